@@ -1,0 +1,109 @@
+"""The command line: parse, call one library function, render. Every MtpgraftError becomes one
+line on stderr and a non-zero exit; --debug shows the traceback instead."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import MtpgraftError
+
+
+class _State:
+    debug = False
+    quiet = False
+
+
+STATE = _State()
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"mtpgraft: error: {message}", err=True)
+    sys.exit(code)
+
+
+def error_boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map typed errors (and the few OS errors a user can cause) to one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MtpgraftError as e:
+            if STATE.debug:
+                raise
+            msg = str(e)
+            _fail(msg, e.exit_code)
+        except KeyboardInterrupt:
+            if STATE.debug:
+                raise
+            _fail("interrupted", 130)
+        except OSError as e:
+            if STATE.debug:
+                raise
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            _fail(f"{e.strerror or e}{where}", 1)
+
+    return wrapper
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(fn)
+
+
+def force_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--force", is_flag=True, help="Overwrite the output if it exists.")(fn)
+
+
+def llama_cpp_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--llama-cpp", "llama_cpp", metavar="DIR", default=None,
+                        help="Directory holding the llama.cpp tools (else $MTPGRAFT_LLAMA_CPP, PATH, "
+                             "then the toolchain cache).")(fn)
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def show_progress() -> bool:
+    return not STATE.quiet and sys.stderr.isatty()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mtpgraft")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or info messages.")
+@click.option("-v", "--verbose", is_flag=True, help="Log the commands mtpgraft runs.")
+def cli(debug: bool, quiet: bool, verbose: bool) -> None:
+    """Graft, quantize, verify and publish GGUF models with multi-token prediction (MTP) heads."""
+    STATE.debug = debug
+    STATE.quiet = quiet
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="mtpgraft: %(message)s", stream=sys.stderr)
+
+
+def warn(msg: str) -> None:
+    click.echo(f"mtpgraft: warning: {msg}", err=True)
+
+
+def info(msg: str) -> None:
+    if not STATE.quiet:
+        click.echo(f"mtpgraft: {msg}", err=True)
+
+
+def main() -> None:
+    # Commands live in their own modules and register on `cli` when imported.
+    from . import commands  # noqa: F401
+
+    cli(prog_name="mtpgraft")
+
+
+if __name__ == "__main__":
+    main()
