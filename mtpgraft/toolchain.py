@@ -37,6 +37,8 @@ BASE_CMAKE_ARGS = (
     "-DLLAMA_BUILD_UI=OFF",
     "-DBUILD_SHARED_LIBS=OFF",
     "-DLLAMA_OPENSSL=OFF",
+    # The sdist has no .git, so tell the build which commit it is (shows in --version, /props).
+    f"-DLLAMA_BUILD_COMMIT={LLAMA_CPP_COMMIT}",
 )
 STAMP = ".mtpgraft-toolchain.json"
 

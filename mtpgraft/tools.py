@@ -130,7 +130,9 @@ def tool_version(path: str) -> str:
         if line.startswith("version:"):
             return line.split(":", 1)[1].strip()
     lines = [x for x in text.splitlines() if x.strip()]
-    return lines[0].strip() if lines else ""
+    if not lines or lines[0].lstrip().startswith("usage"):
+        return ""  # llama-quantize has no --version; it prints its usage
+    return lines[0].strip()
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,0 +1,151 @@
+"""`inspect`, `attach`, `detach`, `extract`: the graft commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..cli import (
+    cli,
+    emit_json,
+    error_boundary,
+    force_option,
+    info,
+    json_option,
+    llama_cpp_option,
+    show_progress,
+    warn,
+)
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                disable=not show_progress(), file=sys.stderr, leave=False)
+
+
+def _run_plan(plan, dry_run: bool, as_json: bool) -> None:
+    from ..graft import apply_plan, describe_plan
+
+    for w in plan.warnings:
+        warn(w)
+    if dry_run:
+        if as_json:
+            emit_json({"dry_run": True, **plan.to_dict()})
+        else:
+            click.echo(describe_plan(plan))
+        return
+    with _progress_bar(plan.output_bytes, plan.operation) as bar:
+        outputs = apply_plan(plan, progress=bar.update)
+    if as_json:
+        emit_json({"dry_run": False, **plan.to_dict(), "written": [str(p) for p in outputs]})
+    else:
+        for p in outputs:
+            click.echo(str(p))
+        info(f"{plan.operation}: wrote {len(outputs)} file(s), {plan.output_bytes / 1e6:.1f} MB of tensors")
+
+
+@cli.command("inspect")
+@click.argument("file", type=click.Path(path_type=Path))
+@json_option
+@error_boundary
+def inspect_cmd(file: Path, as_json: bool) -> None:
+    """Show a GGUF's MTP structure and whether llama.cpp will load it.
+
+    Exits 0 for any readable file (even an inconsistent one), non-zero only if it cannot be read."""
+    from ..inspect import inspect_model
+
+    rep = inspect_model(file)
+    if as_json:
+        emit_json(rep.to_dict())
+        return
+    mb = 1e6
+    click.echo(f"file:            {rep.path}")
+    click.echo(f"architecture:    {rep.architecture}")
+    click.echo(f"block_count:     {rep.block_count}  (trunk {rep.trunk_layers}, nextn_predict_layers "
+               f"{rep.nextn_predict_layers})")
+    click.echo(f"layout:          {rep.layout}; {rep.tensor_count} tensors; n_embd {rep.n_embd}; vocab {rep.vocab_size}")
+    click.echo(f"file type:       {rep.file_type or '?'} (dominant tensor type {rep.dominant_type or '?'})")
+    if rep.split:
+        click.echo(f"split:           {rep.split['count']} shards, split.tensors.count {rep.split['tensors_count']}")
+    click.echo(f"MTP present:     {'yes' if rep.mtp_present else 'no'}"
+               + (f" ({', '.join(f'blk.{i}' for i in rep.mtp_layers)}, {len(rep.mtp_tensors)} tensors, "
+                  f"{rep.mtp_bytes / mb:.1f} MB)" if rep.mtp_present else ""))
+    for t in rep.mtp_tensors:
+        click.echo(f"    {t.name:<42} {t.type:<8} {str(t.shape):<16} {t.nbytes:>14,} B")
+    if rep.layer_arrays:
+        click.echo("per-layer arrays:")
+        for k, n in rep.layer_arrays.items():
+            click.echo(f"    {k} [{n}]")
+    if rep.imatrix:
+        click.echo("imatrix:")
+        for k, v in rep.imatrix.items():
+            click.echo(f"    {k} = {v}")
+    if rep.provenance:
+        click.echo("provenance:")
+        for k, v in rep.provenance.items():
+            click.echo(f"    {k} = {v}")
+    for n in rep.notes:
+        click.echo(f"note: {n}")
+    if rep.consistent:
+        click.echo("verdict:         consistent")
+    else:
+        click.echo(f"verdict:         INCONSISTENT ({len(rep.problems)} problem(s))")
+        for p in rep.problems:
+            click.echo(f"  - {p}")
+
+
+@cli.command("attach")
+@click.argument("base", type=click.Path(path_type=Path))
+@click.option("--mtp-from", "source", required=True, type=click.Path(path_type=Path), metavar="SOURCE",
+              help="GGUF holding the MTP block: a full MTP model, an MTP-only file, or just the MTP tensors.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output file.")
+@click.option("--mtp-type", default=None, metavar="keep|q8_0|match|TYPE",
+              help="MTP tensor type: keep (bytes unchanged), q8_0, match (the body's type per tensor), or a "
+                   "ggml type (f16, bf16, q4_0, q6_k, ...). Default: q8_0 for a quantized base, the base's "
+                   "float type for an unquantized one.")
+@click.option("--replace", is_flag=True, help="Replace the base's own MTP block.")
+@force_option
+@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@llama_cpp_option
+@json_option
+@error_boundary
+def attach_cmd(base: Path, source: Path, out: Path, mtp_type: str | None, replace: bool, force: bool,
+               dry_run: bool, llama_cpp: str | None, as_json: bool) -> None:
+    """Transplant the MTP block from SOURCE into BASE and fix the metadata so llama.cpp loads it."""
+    from ..graft import plan_attach
+
+    plan = plan_attach(base, source, out, mtp_type=mtp_type, replace=replace, force=force, llama_cpp=llama_cpp)
+    _run_plan(plan, dry_run, as_json)
+
+
+@cli.command("detach")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output file.")
+@force_option
+@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@json_option
+@error_boundary
+def detach_cmd(model: Path, out: Path, force: bool, dry_run: bool, as_json: bool) -> None:
+    """Write MODEL without its MTP block (trunk only, consistent metadata)."""
+    from ..graft import plan_detach
+
+    _run_plan(plan_detach(model, out, force=force), dry_run, as_json)
+
+
+@cli.command("extract")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", default=None, type=click.Path(path_type=Path),
+              help="Output file (default: mtp-<name>.gguf beside MODEL).")
+@force_option
+@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@json_option
+@error_boundary
+def extract_cmd(model: Path, out: Path | None, force: bool, dry_run: bool, as_json: bool) -> None:
+    """Write MODEL's MTP block as an MTP-only sidecar (llama-server -md), like convert_hf_to_gguf.py --mtp."""
+    from ..graft import plan_extract
+
+    _run_plan(plan_extract(model, out, force=force), dry_run, as_json)

@@ -1,0 +1,513 @@
+"""Lean GGUF container reading and streaming writing.
+
+Why not gguf.GGUFReader: it builds a numpy array per vocabulary string (hundreds of thousands for
+Qwen3.6) and exposes tensors through one big mmap, so a graft's RSS would grow with the model.
+Here only the header is parsed (from a read-only mmap that is closed afterwards), metadata entries
+keep their raw encoded bytes so unchanged keys are copied verbatim, and tensor bytes are copied
+file-to-file with copy_file_range (no user-space buffer) by the writer.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+from .errors import GGUFFormatError
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+
+_SCALAR_FMT = {
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b",
+    GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f", GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+    GGUFValueType.BOOL: "<?",
+}
+_NP_DTYPE = {
+    GGUFValueType.UINT8: np.uint8, GGUFValueType.INT8: np.int8,
+    GGUFValueType.UINT16: np.uint16, GGUFValueType.INT16: np.int16,
+    GGUFValueType.UINT32: np.uint32, GGUFValueType.INT32: np.int32,
+    GGUFValueType.FLOAT32: np.float32, GGUFValueType.UINT64: np.uint64,
+    GGUFValueType.INT64: np.int64, GGUFValueType.FLOAT64: np.float64,
+    GGUFValueType.BOOL: np.bool_,
+}
+
+SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+@dataclass
+class KV:
+    """One metadata entry: decoded lazily, raw bytes (key included) kept for verbatim copying."""
+
+    key: str
+    vtype: GGUFValueType
+    raw: bytes  # the whole encoded entry: key length, key, type, value
+    item_type: GGUFValueType | None = None  # arrays only
+    count: int = 1  # arrays only: element count
+    _value: Any = field(default=None, repr=False)
+    _decoded: bool = field(default=False, repr=False)
+
+    @property
+    def is_array(self) -> bool:
+        return self.vtype == GGUFValueType.ARRAY
+
+    @property
+    def payload(self) -> bytes:
+        """The value bytes only (for arrays: the elements, after type and count)."""
+        head = 8 + len(self.key.encode()) + 4
+        if self.is_array:
+            head += 12
+        return self.raw[head:]
+
+    @property
+    def value(self) -> Any:
+        if not self._decoded:
+            self._value = _decode_value(self)
+            self._decoded = True
+        return self._value
+
+
+def _decode_value(kv: KV) -> Any:
+    data = kv.payload
+    if kv.vtype == GGUFValueType.STRING:
+        (n,) = struct.unpack_from("<Q", data, 0)
+        return data[8:8 + n].decode("utf-8", errors="replace")
+    if kv.vtype in _SCALAR_FMT:
+        return struct.unpack_from(_SCALAR_FMT[kv.vtype], data, 0)[0]
+    assert kv.item_type is not None
+    if kv.item_type == GGUFValueType.STRING:
+        out, off = [], 0
+        for _ in range(kv.count):
+            (n,) = struct.unpack_from("<Q", data, off)
+            out.append(data[off + 8:off + 8 + n].decode("utf-8", errors="replace"))
+            off += 8 + n
+        return out
+    if kv.item_type in _NP_DTYPE:
+        return np.frombuffer(data, dtype=_NP_DTYPE[kv.item_type], count=kv.count).tolist()
+    raise GGUFFormatError(f"nested arrays are not supported (key {kv.key})")
+
+
+def encode_kv(key: str, vtype: GGUFValueType, value: Any,
+              item_type: GGUFValueType | None = None) -> KV:
+    """Encode a metadata entry the way llama.cpp's writer does (little-endian GGUF v3)."""
+    kb = key.encode()
+    out = bytearray(struct.pack("<Q", len(kb)) + kb + struct.pack("<I", int(vtype)))
+    count = 1
+    if vtype == GGUFValueType.STRING:
+        vb = str(value).encode()
+        out += struct.pack("<Q", len(vb)) + vb
+    elif vtype == GGUFValueType.ARRAY:
+        if item_type is None:
+            raise ValueError("arrays need an item type")
+        items = list(value)
+        count = len(items)
+        out += struct.pack("<IQ", int(item_type), count)
+        if item_type == GGUFValueType.STRING:
+            for s in items:
+                sb = str(s).encode()
+                out += struct.pack("<Q", len(sb)) + sb
+        else:
+            out += np.asarray(items, dtype=_NP_DTYPE[item_type]).tobytes()
+    else:
+        out += struct.pack(_SCALAR_FMT[vtype], value)
+    kv = KV(key=key, vtype=vtype, raw=bytes(out), item_type=item_type, count=count)
+    return kv
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def type_name(ggml_type: int) -> str:
+    try:
+        return GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return f"type{ggml_type}"
+
+
+def tensor_nbytes(ggml_type: int, ne: tuple[int, ...]) -> int:
+    try:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError) as e:
+        raise GGUFFormatError(f"unknown ggml type {ggml_type}") from e
+    n = 1
+    for d in ne:
+        n *= d
+    if ne and ne[0] % block:
+        raise GGUFFormatError(f"row length {ne[0]} is not a multiple of {type_name(ggml_type)}'s block size {block}")
+    return n // block * size
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    ne: tuple[int, ...]  # ggml order: ne[0] is the row length
+    ggml_type: int
+    offset: int  # relative to the file's data section
+    nbytes: int
+
+    @property
+    def type_name(self) -> str:
+        return type_name(self.ggml_type)
+
+    @property
+    def shape(self) -> list[int]:
+        return list(self.ne)
+
+
+# --------------------------------------------------------------------------- one file
+
+
+class _Cursor:
+    def __init__(self, buf: memoryview, path: Path) -> None:
+        self.buf, self.off, self.path = buf, 0, path
+
+    def take(self, n: int) -> memoryview:
+        end = self.off + n
+        if end > len(self.buf):
+            raise GGUFFormatError(f"{self.path}: truncated GGUF header (needs {end} bytes, file has {len(self.buf)})")
+        out = self.buf[self.off:end]
+        self.off = end
+        return out
+
+    def u32(self) -> int:
+        return struct.unpack("<I", self.take(4))[0]
+
+    def u64(self) -> int:
+        return struct.unpack("<Q", self.take(8))[0]
+
+    def string(self) -> str:
+        n = self.u64()
+        if n > len(self.buf):
+            raise GGUFFormatError(f"{self.path}: corrupt string length {n} at offset {self.off - 8}")
+        return bytes(self.take(n)).decode("utf-8", errors="replace")
+
+
+def _skip_value(cur: _Cursor, vtype: int) -> tuple[GGUFValueType | None, int]:
+    if vtype == GGUFValueType.STRING:
+        cur.take(cur.u64())
+        return None, 1
+    if vtype == GGUFValueType.ARRAY:
+        item = cur.u32()
+        count = cur.u64()
+        try:
+            item_t = GGUFValueType(item)
+        except ValueError as e:
+            raise GGUFFormatError(f"{cur.path}: unknown array item type {item}") from e
+        if item_t == GGUFValueType.STRING:
+            for _ in range(count):
+                cur.take(cur.u64())
+        elif item_t == GGUFValueType.ARRAY:
+            raise GGUFFormatError(f"{cur.path}: nested arrays are not supported")
+        else:
+            cur.take(count * np.dtype(_NP_DTYPE[item_t]).itemsize)
+        return item_t, count
+    try:
+        fmt = _SCALAR_FMT[GGUFValueType(vtype)]
+    except (ValueError, KeyError) as e:
+        raise GGUFFormatError(f"{cur.path}: unknown metadata value type {vtype}") from e
+    cur.take(struct.calcsize(fmt))
+    return None, 1
+
+
+class GGUFFile:
+    """The header of one GGUF file. Tensor data is never read here."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError as e:
+            raise GGUFFormatError(f"{self.path}: no such file") from e
+        except IsADirectoryError as e:
+            raise GGUFFormatError(f"{self.path}: is a directory, not a GGUF file") from e
+        except PermissionError as e:
+            raise GGUFFormatError(f"{self.path}: permission denied") from e
+        try:
+            size = os.fstat(fd).st_size
+            if os.path.isdir(self.path):
+                raise GGUFFormatError(f"{self.path}: is a directory, not a GGUF file")
+            if size < 24:
+                raise GGUFFormatError(f"{self.path}: not a GGUF file (only {size} bytes)")
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
+                mv = memoryview(mm)
+                try:
+                    self._parse(mv, size)
+                finally:
+                    mv.release()
+        finally:
+            os.close(fd)
+
+    def _parse(self, mv: memoryview, size: int) -> None:
+        self.file_size = size
+        magic = bytes(mv[:4])
+        if magic != GGUF_MAGIC:
+            if magic == b"\0\0\0\0":
+                raise GGUFFormatError(f"{self.path}: not a GGUF file: the header is zeroed "
+                                      "(the remains of a failed write or quantization?)")
+            if magic == b"FUGG":
+                raise GGUFFormatError(f"{self.path}: big-endian GGUF files are not supported")
+            raise GGUFFormatError(f"{self.path}: not a GGUF file (magic {magic!r})")
+        cur = _Cursor(mv, self.path)
+        cur.take(4)
+        self.version = cur.u32()
+        if self.version not in (2, 3):
+            raise GGUFFormatError(f"{self.path}: unsupported GGUF version {self.version}")
+        n_tensors = cur.u64()
+        n_kv = cur.u64()
+        if n_tensors > 1 << 24 or n_kv > 1 << 24:
+            raise GGUFFormatError(f"{self.path}: corrupt header (tensor count {n_tensors}, key count {n_kv})")
+        self.kv: dict[str, KV] = {}
+        for _ in range(n_kv):
+            start = cur.off
+            key = cur.string()
+            vtype = cur.u32()
+            try:
+                vt = GGUFValueType(vtype)
+            except ValueError as e:
+                raise GGUFFormatError(f"{self.path}: unknown value type {vtype} for key {key}") from e
+            item_t, count = _skip_value(cur, vtype)
+            self.kv[key] = KV(key=key, vtype=vt, raw=bytes(mv[start:cur.off]), item_type=item_t, count=count)
+        self.tensors: list[TensorInfo] = []
+        for _ in range(n_tensors):
+            name = cur.string()
+            n_dims = cur.u32()
+            if n_dims > 4:
+                raise GGUFFormatError(f"{self.path}: tensor {name} has {n_dims} dimensions")
+            ne = tuple(cur.u64() for _ in range(n_dims))
+            gtype = cur.u32()
+            offset = cur.u64()
+            try:
+                nbytes = tensor_nbytes(gtype, ne)
+            except GGUFFormatError as e:
+                raise GGUFFormatError(f"{self.path}: tensor {name}: {e}") from e
+            self.tensors.append(TensorInfo(name, ne, gtype, offset, nbytes))
+        self.alignment = int(self.get("general.alignment", DEFAULT_ALIGNMENT))
+        if self.alignment <= 0 or self.alignment & (self.alignment - 1):
+            raise GGUFFormatError(f"{self.path}: bad general.alignment {self.alignment}")
+        self.header_size = cur.off
+        self.data_offset = _align(cur.off, self.alignment)
+        for t in self.tensors:
+            end = self.data_offset + t.offset + t.nbytes
+            if end > size:
+                raise GGUFFormatError(
+                    f"{self.path}: truncated: tensor {t.name} ends at byte {end} but the file has {size} bytes")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        kv = self.kv.get(key)
+        return default if kv is None else kv.value
+
+    @property
+    def split_no(self) -> int:
+        return int(self.get("split.no", 0))
+
+    @property
+    def split_count(self) -> int:
+        return int(self.get("split.count", 0))
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+# --------------------------------------------------------------------------- a model (maybe split)
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A tensor and where its bytes are: shard index and absolute file offset."""
+
+    info: TensorInfo
+    shard: int
+    path: Path
+    abs_offset: int
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+class GGUFModel:
+    """A model as one or more shards. Metadata comes from the first shard."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        first = GGUFFile(path)
+        self.path = first.path
+        shards = [first]
+        count = first.split_count
+        if count > 1 or first.split_no != 0:
+            if first.split_no != 0:
+                raise GGUFFormatError(f"{self.path}: this is shard {first.split_no + 1} of {count}; "
+                                      "pass the first shard (-00001-of-...)")
+            m = SPLIT_RE.match(self.path.name)
+            if not m:
+                raise GGUFFormatError(f"{self.path}: split.count is {count} but the name is not "
+                                      "NAME-00001-of-0000N.gguf, so the other shards cannot be found")
+            for i in range(2, count + 1):
+                p = self.path.with_name(f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf")
+                if not p.is_file():
+                    raise GGUFFormatError(f"{self.path}: shard {i} of {count} is missing ({p.name})")
+                shard = GGUFFile(p)
+                if shard.split_no != i - 1:
+                    raise GGUFFormatError(f"{p}: split.no is {shard.split_no}, expected {i - 1}")
+                shards.append(shard)
+        self.shards = shards
+        self.kv = first.kv
+        self.refs: list[TensorRef] = []
+        for i, s in enumerate(shards):
+            for t in s.tensors:
+                self.refs.append(TensorRef(t, i, s.path, s.data_offset + t.offset))
+        self.by_name = {r.name: r for r in self.refs}
+
+    @property
+    def is_split(self) -> bool:
+        return len(self.shards) > 1
+
+    @property
+    def paths(self) -> list[Path]:
+        return [s.path for s in self.shards]
+
+    @property
+    def alignment(self) -> int:
+        return self.shards[0].alignment
+
+    def get(self, key: str, default: Any = None) -> Any:
+        kv = self.kv.get(key)
+        return default if kv is None else kv.value
+
+    @property
+    def arch(self) -> str:
+        arch = self.get("general.architecture")
+        if not isinstance(arch, str):
+            raise GGUFFormatError(f"{self.path}: no general.architecture key")
+        return arch
+
+    def arch_key(self, suffix: str) -> str:
+        return f"{self.arch}.{suffix}"
+
+    def tensor_bytes_total(self) -> int:
+        return sum(r.info.nbytes for r in self.refs)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    """A tensor to write: either copied from a file region or produced by `produce` in chunks."""
+
+    name: str
+    ne: tuple[int, ...]
+    ggml_type: int
+    nbytes: int
+    src_path: Path | None = None
+    src_offset: int = 0
+    produce: Callable[[], Iterable[bytes]] | None = None
+
+
+def copy_range(src_fd: int, dst_fd: int, offset: int, count: int, progress: Callable[[int], None]) -> None:
+    """Copy `count` bytes from src at `offset` to dst's current position, in the kernel when possible."""
+    step = 64 << 20
+    done = 0
+    use_cfr = hasattr(os, "copy_file_range")
+    while done < count:
+        n = min(step, count - done)
+        if use_cfr:
+            try:
+                w = os.copy_file_range(src_fd, dst_fd, n, offset + done)
+            except OSError:
+                use_cfr = False
+                continue
+            if w == 0:
+                raise GGUFFormatError(f"unexpected end of input while copying {count} bytes at offset {offset}")
+        else:
+            buf = os.pread(src_fd, min(n, 8 << 20), offset + done)
+            if not buf:
+                raise GGUFFormatError(f"unexpected end of input while copying {count} bytes at offset {offset}")
+            w = os.write(dst_fd, buf)
+        done += w
+        progress(w)
+
+
+def _tensor_info_bytes(t: OutTensor, offset: int) -> bytes:
+    nb = t.name.encode()
+    out = struct.pack("<Q", len(nb)) + nb + struct.pack("<I", len(t.ne))
+    out += struct.pack(f"<{len(t.ne)}Q", *t.ne)
+    out += struct.pack("<IQ", t.ggml_type, offset)
+    return out
+
+
+def write_gguf(fh: BinaryIO, kvs: list[KV], tensors: list[OutTensor], *, alignment: int,
+               progress: Callable[[int], None] = lambda n: None) -> int:
+    """Write a complete GGUF v3 file to an open binary file; returns the bytes written."""
+    header = bytearray(GGUF_MAGIC + struct.pack("<IQQ", 3, len(tensors), len(kvs)))
+    for kv in kvs:
+        header += kv.raw
+    offset = 0
+    for t in tensors:
+        header += _tensor_info_bytes(t, offset)
+        offset = _align(offset + t.nbytes, alignment)
+    header += b"\0" * (_align(len(header), alignment) - len(header))
+    fh.write(header)
+    fh.flush()
+    fd = fh.fileno()
+    src_fds: dict[Path, int] = {}
+    pos = 0
+    try:
+        for t in tensors:
+            if t.src_path is not None:
+                sfd = src_fds.get(t.src_path)
+                if sfd is None:
+                    sfd = src_fds[t.src_path] = os.open(t.src_path, os.O_RDONLY)
+                copy_range(sfd, fd, t.src_offset, t.nbytes, progress)
+            else:
+                assert t.produce is not None
+                written = 0
+                for chunk in t.produce():
+                    os.write(fd, chunk) if len(chunk) < (1 << 20) else _write_all(fd, chunk)
+                    written += len(chunk)
+                    progress(len(chunk))
+                if written != t.nbytes:
+                    raise GGUFFormatError(f"internal error: {t.name} produced {written} bytes, expected {t.nbytes}")
+            pos += t.nbytes
+            pad = _align(pos, alignment) - pos
+            if pad and t is not tensors[-1]:
+                os.write(fd, b"\0" * pad)
+                pos += pad
+    finally:
+        for sfd in src_fds.values():
+            os.close(sfd)
+    return len(header) + pos
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    mv = memoryview(data)
+    while mv:
+        n = os.write(fd, mv)
+        mv = mv[n:]
+
+
+def read_tensor_rows(ref: TensorRef, rows_per_chunk: int) -> Iterator[np.ndarray]:
+    """Yield a tensor's raw bytes as uint8 arrays of whole rows (bounded memory)."""
+    ne0 = ref.info.ne[0] if ref.info.ne else 1
+    row_bytes = tensor_nbytes(ref.info.ggml_type, (ne0,))
+    n_rows = ref.info.nbytes // row_bytes if row_bytes else 0
+    with open(ref.path, "rb", buffering=0) as f:
+        for r0 in range(0, n_rows, rows_per_chunk):
+            r1 = min(n_rows, r0 + rows_per_chunk)
+            f.seek(ref.abs_offset + r0 * row_bytes)
+            buf = f.read((r1 - r0) * row_bytes)
+            yield np.frombuffer(buf, dtype=np.uint8).reshape(r1 - r0, row_bytes)

@@ -1,0 +1,691 @@
+"""The graft: attach an MTP block to a base GGUF, detach it, or extract it as a sidecar.
+
+Each operation is two steps: `plan_*` reads headers only, runs every check and returns a frozen
+GraftPlan (what `--dry-run` prints); `apply_plan` streams the output tensor by tensor into temporary
+files beside the target and renames them only when everything was written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, quants
+
+from . import __version__
+from .arch import NEXTN_REQUIRED, ArchRule, require_mtp_arch, rule_for
+from .errors import GraftError, MtpgraftError, OutputExistsError, UsageError
+from .gguf_io import (
+    KV,
+    SPLIT_RE,
+    GGUFModel,
+    OutTensor,
+    TensorRef,
+    encode_kv,
+    read_tensor_rows,
+    tensor_nbytes,
+    write_gguf,
+)
+from .inspect import FLOAT_TYPES, Structure, analyse, dominant_type, layer_of, vocab_fingerprint
+
+Q = GGMLQuantizationType
+# Types gguf.quants can produce in numpy; anything else (K-quants, IQ) needs llama-quantize.
+NUMPY_TYPES = {Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0}
+# Types llama-quantize refuses to make without an importance matrix, which never covers MTP.
+NEEDS_IMATRIX = {Q.IQ1_S, Q.IQ1_M, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS}
+FLOAT_FILE_TYPES = {"F32", "F16", "BF16"}
+POLICIES = ("keep", "q8_0", "match")
+PROV = "mtpgraft."
+CHUNK_BYTES = 16 << 20
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class TensorAction:
+    """One MTP tensor in the output: where it comes from and what happens to it."""
+
+    source_name: str
+    name: str
+    shape: list[int]
+    from_type: str
+    to_type: str
+    method: str  # "copy" | "convert" | "llama-quantize"
+    bytes_in: int
+    bytes_out: int
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    key: str
+    old: Any
+    new: Any
+
+
+@dataclass(frozen=True)
+class _ShardSpec:
+    path: Path
+    kvs: list[KV]
+    tensors: list[OutTensor]
+
+
+@dataclass(frozen=True)
+class GraftPlan:
+    operation: str  # "attach" | "detach" | "extract"
+    base: str
+    source: str | None
+    outputs: list[str]
+    mtp_type: str
+    arch: str
+    trunk_layers: int
+    mtp_layers: list[int]
+    tensors: list[TensorAction]
+    key_changes: list[KeyChange]
+    warnings: list[str]
+    output_bytes: int
+    force: bool
+    _shards: list[_ShardSpec] = field(default_factory=list, repr=False, compare=False)
+    _source_refs: list[TensorRef] = field(default_factory=list, repr=False, compare=False)
+    _quantize_with: str | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("_shards", "_source_refs", "_quantize_with"):
+            d.pop(k, None)
+        return d
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_type(name: str) -> GGMLQuantizationType:
+    try:
+        return Q[name.upper()]
+    except KeyError:
+        known = ", ".join(t.name for t in Q if t.name not in ("Q4_2", "Q4_3"))
+        raise UsageError(f"unknown --mtp-type {name!r}; use keep, q8_0, match or a ggml type ({known})") from None
+
+
+def _resolve_outputs(out: Path, count: int) -> list[Path]:
+    if count <= 1:
+        return [out]
+    m = SPLIT_RE.match(out.name)
+    prefix = m["prefix"] if m else (out.name[:-5] if out.name.endswith(".gguf") else out.name)
+    return [out.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+
+
+def _check_outputs(outputs: list[Path], inputs: list[Path], force: bool) -> None:
+    for o in outputs:
+        for i in inputs:
+            if o.resolve() == i.resolve() or (o.exists() and os.path.samefile(o, i)):
+                raise OutputExistsError(f"output {o} is one of the inputs; write to a new file")
+        if o.is_dir():
+            raise OutputExistsError(f"output {o} is a directory")
+        if o.exists() and not force:
+            raise OutputExistsError(f"{o} exists; pass --force to overwrite it")
+        if not o.parent.is_dir():
+            raise UsageError(f"output directory {o.parent} does not exist")
+
+
+def _kv_like(old: KV, value: Any) -> KV:
+    """Re-encode `value` with the same key and types as `old`."""
+    return encode_kv(old.key, old.vtype, value, old.item_type)
+
+
+def _set_kv(kvs: list[KV], key: str, vtype: GGUFValueType, value: Any, changes: list[KeyChange],
+            *, after: str | None = None, item_type: GGUFValueType | None = None) -> None:
+    for i, kv in enumerate(kvs):
+        if kv.key == key:
+            new = encode_kv(key, kv.vtype if kv.vtype != GGUFValueType.ARRAY else vtype, value,
+                            kv.item_type if kv.vtype == GGUFValueType.ARRAY else item_type)
+            if kv.raw != new.raw:
+                changes.append(KeyChange(key, _short(kv.value), _short(value)))
+            kvs[i] = new
+            return
+    new = encode_kv(key, vtype, value, item_type)
+    pos = len(kvs)
+    if after is not None:
+        for i, kv in enumerate(kvs):
+            if kv.key == after:
+                pos = i + 1
+                break
+    kvs.insert(pos, new)
+    changes.append(KeyChange(key, None, _short(value)))
+
+
+def _del_kv(kvs: list[KV], key: str, changes: list[KeyChange]) -> None:
+    for i, kv in enumerate(kvs):
+        if kv.key == key:
+            changes.append(KeyChange(key, _short(kv.value), None))
+            del kvs[i]
+            return
+
+
+def _short(v: Any) -> Any:
+    if isinstance(v, list) and len(v) > 12:
+        return v[:4] + ["..."] + v[-4:] + [f"({len(v)} entries)"]
+    return v
+
+
+def _twin(st: Structure, trunk: int, suffix: str) -> TensorRef | None:
+    """The same-named tensor in the base's trunk, searching from the last trunk layer down."""
+    for i in range(trunk - 1, -1, -1):
+        for r in st.layers.get(i, []):
+            if r.name == f"blk.{i}.{suffix}":
+                return r
+    return None
+
+
+def _row_ok(t: GGMLQuantizationType, ne0: int) -> bool:
+    return ne0 % GGML_QUANT_SIZES[t][0] == 0
+
+
+def _source_mtp_layers(src: GGUFModel, st: Structure) -> list[int]:
+    if st.nextn and st.block_count is not None:
+        layers = list(range(st.block_count - st.nextn, st.block_count))
+        if all(st.layers.get(i) for i in layers) and all(i in st.eh_layers for i in layers):
+            return layers
+    if st.eh_layers:
+        return list(st.eh_layers)
+    raise GraftError(f"{src.path.name} has no MTP block (no blk.N.nextn.eh_proj.weight tensor"
+                     + (f"; {st.arch}.nextn_predict_layers is {st.nextn} but its tensors are absent)" if st.nextn else ")"))
+
+
+def _extend_layer_arrays(kvs: list[KV], rule: ArchRule, arch: str, trunk: int, n_mtp: int,
+                         src: GGUFModel | None, src_layers: list[int], changes: list[KeyChange],
+                         warnings: list[str]) -> None:
+    for suffix in rule.layer_arrays:
+        key = f"{arch}.{suffix}"
+        idx = next((i for i, kv in enumerate(kvs) if kv.key == key), None)
+        if idx is None or not kvs[idx].is_array:
+            continue
+        old = kvs[idx]
+        base_vals = list(old.value)[:trunk]
+        mtp_vals: list[Any] | None = None
+        if n_mtp:
+            skv = src.kv.get(key) if src is not None else None
+            if skv is not None and skv.is_array and all(i < skv.count for i in src_layers):
+                sv = skv.value
+                mtp_vals = [sv[i] for i in src_layers]
+            elif skv is not None and not skv.is_array:
+                mtp_vals = [skv.value] * n_mtp
+            elif suffix in rule.mtp_array_defaults:
+                mtp_vals = [rule.mtp_array_defaults[suffix]] * n_mtp
+            else:
+                mtp_vals = [base_vals[-1]] * n_mtp
+                warnings.append(f"{key}: the source gives no value for the MTP block; repeating the "
+                                f"last trunk layer's {base_vals[-1]!r}")
+        new_vals = base_vals + (mtp_vals or [])
+        if new_vals != list(old.value):
+            kvs[idx] = _kv_like(old, new_vals)
+            changes.append(KeyChange(key, _short(list(old.value)), _short(new_vals)))
+
+
+def _provenance(kvs: list[KV], changes: list[KeyChange], values: dict[str, str]) -> None:
+    for k in [kv.key for kv in kvs if kv.key.startswith(PROV)]:
+        if k not in values:
+            _del_kv(kvs, k, changes)
+    for k, v in values.items():
+        _set_kv(kvs, k, GGUFValueType.STRING, v, changes)
+
+
+# --------------------------------------------------------------------------- type conversion
+
+
+def _convert_chunks(ref: TensorRef, to: GGMLQuantizationType) -> Callable[[], Iterator[bytes]]:
+    """Dequantize a tensor and requantize it in numpy, a bounded number of rows at a time."""
+    src_t = GGMLQuantizationType(ref.info.ggml_type)
+    ne0 = ref.info.ne[0]
+    rows = max(1, CHUNK_BYTES // max(1, ne0 * 4))
+
+    def gen() -> Iterator[bytes]:
+        for raw in read_tensor_rows(ref, rows):
+            if src_t == Q.F32:
+                f32 = raw.view(np.float32).reshape(raw.shape[0], ne0)
+            else:
+                f32 = quants.dequantize(raw, src_t).reshape(raw.shape[0], ne0).astype(np.float32, copy=False)
+            out = f32 if to == Q.F32 else quants.quantize(f32, to)
+            yield np.ascontiguousarray(out).tobytes()
+
+    return gen
+
+
+def _convert_to_f32_chunks(ref: TensorRef) -> Callable[[], Iterator[bytes]]:
+    return _convert_chunks(ref, Q.F32)
+
+
+# --------------------------------------------------------------------------- attach
+
+
+def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLike[str],
+                out_path: str | os.PathLike[str], *, mtp_type: str | None = None, replace: bool = False,
+                force: bool = False, llama_cpp: str | None = None) -> GraftPlan:
+    """Check that SOURCE's MTP block fits BASE and plan the output. Reads headers only."""
+    base = GGUFModel(base_path)
+    src = GGUFModel(source_path)
+    out = Path(out_path)
+    outputs = _resolve_outputs(out, len(base.shards))
+    _check_outputs(outputs, base.paths + src.paths, force)
+
+    arch = base.arch
+    if src.arch != arch:
+        raise GraftError(f"architecture mismatch: base is {arch}, MTP source is {src.arch}")
+    rule = require_mtp_arch(arch)
+    warnings: list[str] = []
+
+    b_embd, s_embd = base.get(f"{arch}.embedding_length"), src.get(f"{arch}.embedding_length")
+    if b_embd is not None and s_embd is not None and b_embd != s_embd:
+        raise GraftError(f"n_embd mismatch: base {b_embd}, MTP source {s_embd}: the source is another model")
+    b_vocab, b_hash = vocab_fingerprint(base)
+    s_vocab, s_hash = vocab_fingerprint(src)
+    if b_vocab is not None and s_vocab is not None and b_vocab != s_vocab:
+        raise GraftError(f"vocabulary size mismatch: base has {b_vocab} tokens, MTP source {s_vocab}")
+    if b_hash and s_hash and b_hash != s_hash:
+        raise GraftError("tokenizer tokens differ between base and MTP source (same size, other tokens): "
+                         "the MTP head was trained for another tokenizer")
+    if s_hash is None:
+        warnings.append("the MTP source has no tokenizer; the vocabulary could not be compared")
+
+    st_b, st_s = analyse(base), analyse(src)
+    if st_b.mtp_only_layout:
+        raise GraftError(f"{base.path.name} is an MTP-only file, not a base model")
+    src_layers = _source_mtp_layers(src, st_s)
+    if rule.max_nextn is not None and len(src_layers) > rule.max_nextn:
+        raise GraftError(f"{arch} runs at most {rule.max_nextn} MTP block(s); the source has {len(src_layers)}")
+    if st_b.block_count is None:
+        raise GraftError(f"{base.path.name} has no {arch}.block_count key")
+    if st_b.eh_layers:
+        if not replace:
+            where = ", ".join(f"blk.{i}" for i in st_b.eh_layers)
+            raise GraftError(f"{base.path.name} already has an MTP block ({where}); pass --replace to swap it")
+    trunk = st_b.trunk if st_b.trunk is not None else st_b.block_count
+    if st_b.eh_layers:
+        trunk = min(trunk, min(st_b.eh_layers))
+    n_mtp = len(src_layers)
+    renum = {s: trunk + k for k, s in enumerate(src_layers)}
+    if src_layers[0] != trunk:
+        warnings.append(f"MTP block renumbered: source blk.{src_layers[0]} -> blk.{trunk} "
+                        f"(source trunk has {src_layers[0]} layers, base {trunk})")
+
+    # --- the MTP tensors, their shapes and types
+    src_refs = [r for i in src_layers for r in st_s.layers[i]]
+    names_by_layer = {i: {r.name for r in st_s.layers[i]} for i in src_layers}
+    for i in src_layers:
+        missing = [s for s in NEXTN_REQUIRED if f"blk.{i}.{s}" not in names_by_layer[i]]
+        if missing:
+            raise GraftError(f"the source's MTP block blk.{i} lacks {', '.join(missing)}")
+    n_embd = int(b_embd) if b_embd is not None else None
+    base_refs_trunk = [r for r in base.refs if not ((lo := layer_of(r.name)) and lo[0] >= trunk)]
+    policy = (mtp_type or "").lower() or None
+    explicit: GGMLQuantizationType | None = None
+    if policy not in (None, "keep", "match"):
+        explicit = parse_type(policy)
+    base_ft = None
+    from .inspect import file_type_name
+
+    base_ft = file_type_name(base.get("general.file_type"))
+    dom = dominant_type(base_refs_trunk)
+    base_is_float = (base_ft in FLOAT_FILE_TYPES) if base_ft else (dom in FLOAT_TYPES)
+    if policy is None:
+        if base_is_float:
+            float_t = Q[base_ft] if base_ft in FLOAT_FILE_TYPES else Q(dom)
+            explicit, policy_name = float_t, f"default ({float_t.name}: the base is unquantized)"
+        else:
+            explicit, policy_name = Q.Q8_0, "default (q8_0: the base is quantized)"
+    else:
+        policy_name = policy
+
+    actions: list[TensorAction] = []
+    mtp_out: list[OutTensor] = []
+    needs_quantize: list[tuple[TensorRef, str, GGMLQuantizationType]] = []
+    for r in src_refs:
+        lo = layer_of(r.name)
+        assert lo is not None
+        i, suffix = lo
+        new_name = f"blk.{renum[i]}.{suffix}"
+        ne = r.info.ne
+        # shapes must fit the base's hyperparameters
+        if suffix.startswith("nextn."):
+            if n_embd is not None:
+                want = {"nextn.eh_proj.weight": (2 * n_embd, n_embd), "nextn.enorm.weight": (n_embd,),
+                        "nextn.hnorm.weight": (n_embd,), "nextn.shared_head_norm.weight": (n_embd,)}.get(suffix)
+                if suffix in ("nextn.embed_tokens.weight", "nextn.shared_head_head.weight") and b_vocab:
+                    want = (n_embd, b_vocab)
+                if want is not None and tuple(ne) != want:
+                    raise GraftError(f"MTP tensor {r.name} has shape {list(ne)} but the base needs {list(want)}")
+            twin = None
+        else:
+            twin = _twin(st_b, trunk, suffix)
+            if twin is not None and tuple(twin.info.ne) != tuple(ne):
+                raise GraftError(f"MTP tensor {r.name} has shape {list(ne)} but the base's {twin.name} is "
+                                 f"{list(twin.info.ne)}: the source was made for another model size")
+        src_t = Q(r.info.ggml_type)
+        if policy == "keep":
+            target = src_t
+        elif len(ne) < 2:
+            target = Q.F32  # norms and biases stay F32, as llama-quantize leaves them
+        elif policy == "match":
+            ref = twin or _twin(st_b, trunk, "attn_output.weight")
+            target = Q(ref.info.ggml_type) if ref is not None else Q(dom if dom is not None else Q.Q8_0)
+        else:
+            assert explicit is not None
+            target = explicit
+        if target != src_t and not _row_ok(target, ne[0]):
+            fallback = Q.F16 if src_t not in FLOAT_TYPES else src_t
+            warnings.append(f"{new_name}: row length {ne[0]} does not fit {target.name}; using {fallback.name}")
+            target = fallback
+        if target == src_t:
+            method = "copy"
+        elif target in NUMPY_TYPES:
+            method = "convert"
+        else:
+            if target in NEEDS_IMATRIX:
+                raise GraftError(f"{target.name} needs an importance matrix and llama-imatrix never covers the "
+                                 f"MTP block; give the MTP block a type such as q8_0, Q6_K or Q4_K")
+            method = "llama-quantize"
+        nbytes_out = tensor_nbytes(target, ne)
+        actions.append(TensorAction(r.name, new_name, list(ne), src_t.name, target.name, method,
+                                    r.info.nbytes, nbytes_out))
+        if method == "copy":
+            mtp_out.append(OutTensor(new_name, ne, int(target), nbytes_out, r.path, r.abs_offset))
+        elif method == "convert":
+            mtp_out.append(OutTensor(new_name, ne, int(target), nbytes_out, produce=_convert_chunks(r, target)))
+        else:
+            needs_quantize.append((r, new_name, target))
+            mtp_out.append(OutTensor(new_name, ne, int(target), nbytes_out))  # filled in by apply_plan
+
+    quantize_tool = None
+    if needs_quantize:
+        from .tools import find_tool
+
+        quantize_tool = str(find_tool("llama-quantize", llama_cpp))
+
+    # --- metadata
+    changes: list[KeyChange] = []
+    bc_key, nextn_key = f"{arch}.block_count", f"{arch}.nextn_predict_layers"
+    shards: list[_ShardSpec] = []
+    dropped = {r.name for r in base.refs if (lo := layer_of(r.name)) and lo[0] >= trunk}
+    total_tensors = len(base.refs) - len(dropped) + len(mtp_out)
+    for si, shard in enumerate(base.shards):
+        kvs = list(shard.kv.values())
+        ch: list[KeyChange] = []
+        if si == 0:
+            bc_kv = shard.kv[bc_key]
+            _set_kv(kvs, bc_key, bc_kv.vtype, trunk + n_mtp, ch)
+            after = bc_key
+            src_keys = list(src.kv)
+            if nextn_key in src.kv:
+                pos = src_keys.index(nextn_key)
+                prev = next((k for k in reversed(src_keys[:pos]) if k in shard.kv), None)
+                after = prev or bc_key
+            _set_kv(kvs, nextn_key, GGUFValueType.UINT32, n_mtp, ch, after=after)
+            _extend_layer_arrays(kvs, rule, arch, trunk, n_mtp, src, src_layers, ch, warnings)
+        if "split.tensors.count" in shard.kv:
+            _set_kv(kvs, "split.tensors.count", shard.kv["split.tensors.count"].vtype, total_tensors, ch)
+        if si == 0:
+            changes.extend(ch)
+        else:
+            changes.extend(KeyChange(f"{shard.path.name}: {c.key}", c.old, c.new) for c in ch)
+        tensors = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset)
+                   for r in base.refs if r.shard == si and r.name not in dropped]
+        shards.append(_ShardSpec(outputs[si], kvs, tensors))
+
+    # Where the MTP block goes: after the base tensor that precedes it in the source (the
+    # converter's order), or at the end of the last shard of a split base.
+    last = shards[-1]
+    pos = len(last.tensors)
+    if not base.is_split:
+        src_order = [r.name for r in src.refs]
+        first = src_order.index(src_refs[0].name)
+        names = [t.name for t in last.tensors]
+        for prev in reversed(src_order[:first]):
+            lo = layer_of(prev)
+            key = prev if not lo else (f"blk.{renum[lo[0]]}.{lo[1]}" if lo[0] in renum else prev)
+            if key in names:
+                pos = names.index(key) + 1
+                break
+        else:
+            pos = 0 if first == 0 else len(last.tensors)
+    last.tensors[pos:pos] = mtp_out
+
+    prov = {
+        f"{PROV}version": __version__,
+        f"{PROV}mtp.source": src.path.name,
+        f"{PROV}mtp.source_sha256": "",  # filled in by apply_plan from the bytes it copies
+        f"{PROV}mtp.type_policy": policy_name,
+    }
+    _provenance(shards[0].kvs, changes, prov)
+
+    out_bytes = sum(t.nbytes for s in shards for t in s.tensors)
+    return GraftPlan(
+        operation="attach", base=str(base.path), source=str(src.path), outputs=[str(o) for o in outputs],
+        mtp_type=policy_name, arch=arch, trunk_layers=trunk, mtp_layers=[renum[i] for i in src_layers],
+        tensors=actions, key_changes=changes, warnings=warnings, output_bytes=out_bytes, force=force,
+        _shards=shards, _source_refs=src_refs, _quantize_with=quantize_tool,
+    )
+
+
+# --------------------------------------------------------------------------- detach / extract
+
+
+def _mtp_layers_of(model: GGUFModel, what: str) -> tuple[Structure, list[int], int]:
+    st = analyse(model)
+    if not st.eh_layers:
+        raise GraftError(f"{model.path.name} has no MTP block to {what}")
+    if st.mtp_only_layout and what == "detach":
+        raise GraftError(f"{model.path.name} is an MTP-only file; there is no trunk to keep")
+    layers = sorted(set(st.eh_layers) | set(st.mtp_layers if st.nextn else []))
+    trunk = min(layers)
+    return st, layers, trunk
+
+
+def plan_detach(model_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
+                force: bool = False) -> GraftPlan:
+    """A trunk-only copy: MTP tensors dropped, block_count = trunk, no nextn key, arrays truncated."""
+    model = GGUFModel(model_path)
+    out = Path(out_path)
+    _check_outputs([out], model.paths, force)
+    arch = model.arch
+    rule = rule_for(arch)
+    st, layers, trunk = _mtp_layers_of(model, "detach")
+    kvs = [kv for kv in model.kv.values() if not kv.key.startswith("split.")]
+    changes: list[KeyChange] = [KeyChange(k, model.get(k), None) for k in model.kv if k.startswith("split.")]
+    _set_kv(kvs, f"{arch}.block_count", model.kv[f"{arch}.block_count"].vtype, trunk, changes)
+    _del_kv(kvs, f"{arch}.nextn_predict_layers", changes)
+    if rule is not None:
+        _extend_layer_arrays(kvs, rule, arch, trunk, 0, None, [], changes, [])
+    for k in [kv.key for kv in kvs if kv.key.startswith(PROV + "mtp.")]:
+        _del_kv(kvs, k, changes)
+    dropped = [r for r in model.refs if (lo := layer_of(r.name)) and lo[0] >= trunk]
+    keep = [r for r in model.refs if r not in dropped]
+    tensors = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset) for r in keep]
+    actions = [TensorAction(r.name, "", r.info.shape, r.info.type_name, "", "drop", r.info.nbytes, 0)
+               for r in dropped]
+    return GraftPlan(
+        operation="detach", base=str(model.path), source=None, outputs=[str(out)], mtp_type="",
+        arch=arch, trunk_layers=trunk, mtp_layers=layers, tensors=actions, key_changes=changes,
+        warnings=[], output_bytes=sum(t.nbytes for t in tensors), force=force,
+        _shards=[_ShardSpec(out, kvs, tensors)],
+    )
+
+
+def default_extract_name(model_path: str | os.PathLike[str]) -> Path:
+    p = Path(model_path)
+    m = SPLIT_RE.match(p.name)
+    stem = m["prefix"] if m else (p.name[:-5] if p.name.endswith(".gguf") else p.name)
+    return p.with_name(f"mtp-{stem}.gguf")
+
+
+def plan_extract(model_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None, *,
+                 force: bool = False) -> GraftPlan:
+    """An MTP-only sidecar in convert_hf_to_gguf.py's `--mtp` layout (token_embd, output_norm,
+    output + blk.N.*, full metadata), which llama-server takes with `-md`."""
+    model = GGUFModel(model_path)
+    out = Path(out_path) if out_path else default_extract_name(model.path)
+    _check_outputs([out], model.paths, force)
+    arch = model.arch
+    st, layers, trunk = _mtp_layers_of(model, "extract")
+    kvs = [kv for kv in model.kv.values() if not kv.key.startswith("split.")]
+    changes: list[KeyChange] = [KeyChange(k, model.get(k), None) for k in model.kv if k.startswith("split.")]
+    bc_key, nextn_key = f"{arch}.block_count", f"{arch}.nextn_predict_layers"
+    _set_kv(kvs, bc_key, model.kv[bc_key].vtype, trunk + len(layers), changes)
+    _set_kv(kvs, nextn_key, GGUFValueType.UINT32, len(layers), changes, after=bc_key)
+    shared = ("token_embd.weight", "output_norm.weight", "output.weight")
+    keep = [r for r in model.refs if r.name in shared or ((lo := layer_of(r.name)) and lo[0] in layers)]
+    tensors = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset) for r in keep]
+    actions = [TensorAction(r.name, r.name, r.info.shape, r.info.type_name, r.info.type_name, "copy",
+                            r.info.nbytes, r.info.nbytes) for r in keep]
+    return GraftPlan(
+        operation="extract", base=str(model.path), source=None, outputs=[str(out)], mtp_type="keep",
+        arch=arch, trunk_layers=trunk, mtp_layers=layers, tensors=actions, key_changes=changes,
+        warnings=[], output_bytes=sum(t.nbytes for t in tensors), force=force,
+        _shards=[_ShardSpec(out, kvs, tensors)],
+    )
+
+
+# --------------------------------------------------------------------------- execution
+
+
+def _hash_refs(refs: Iterable[TensorRef], progress: Callable[[int], None]) -> str:
+    h = hashlib.sha256()
+    for r in refs:
+        with open(r.path, "rb", buffering=0) as f:
+            f.seek(r.abs_offset)
+            left = r.info.nbytes
+            while left:
+                chunk = f.read(min(left, 8 << 20))
+                if not chunk:
+                    raise MtpgraftError(f"{r.path}: unexpected end of file reading {r.name}")
+                h.update(chunk)
+                left -= len(chunk)
+                progress(0)
+    return h.hexdigest()
+
+
+def _quantize_mtp(plan: GraftPlan, workdir: Path) -> dict[str, tuple[Path, int]]:
+    """Give MTP tensors K-quant / IQ types with the real llama-quantize, on a file holding the
+    output's metadata and only the MTP tensors (in F32). Returns name -> (file, absolute offset)."""
+    from .gguf_io import GGUFModel as _M
+    from .tools import run_tool
+
+    targets = {a.name: a.to_type for a in plan.tensors if a.method == "llama-quantize"}
+    src_by_out = {a.name: a.source_name for a in plan.tensors}
+    refs = {r.name: r for r in plan._source_refs}
+    head = plan._shards[0]
+    kvs = [kv for kv in head.kvs if not kv.key.startswith("split.")]
+    tensors: list[OutTensor] = []
+    for t in (t for s in plan._shards for t in s.tensors):
+        if t.name not in src_by_out:
+            continue
+        r = refs[src_by_out[t.name]]
+        n = tensor_nbytes(Q.F32, t.ne)
+        if Q(r.info.ggml_type) == Q.F32:
+            tensors.append(OutTensor(t.name, t.ne, int(Q.F32), n, r.path, r.abs_offset))
+        else:
+            tensors.append(OutTensor(t.name, t.ne, int(Q.F32), n, produce=_convert_to_f32_chunks(r)))
+    f32_path = workdir / "mtp-f32.gguf"
+    with open(f32_path, "wb") as fh:
+        write_gguf(fh, kvs, tensors, alignment=plan_alignment(plan))
+    q_path = workdir / "mtp-quant.gguf"
+    cmd: list[str] = [plan._quantize_with or "llama-quantize", "--allow-requantize", "--pure"]
+    for name, tname in targets.items():
+        cmd += ["--tensor-type", f"^{re.escape(name)}$={tname.lower()}"]
+    first = next(iter(targets.values()))
+    cmd += [str(f32_path), str(q_path), first, "1"]
+    run_tool(cmd, timeout=3600)
+    qm = _M(q_path)
+    out: dict[str, tuple[Path, int]] = {}
+    for name, tname in targets.items():
+        r = qm.by_name.get(name)
+        if r is None or r.info.type_name != tname:
+            got = r.info.type_name if r else "missing"
+            raise MtpgraftError(f"llama-quantize did not give {name} type {tname} (got {got})")
+        out[name] = (q_path, r.abs_offset)
+    return out
+
+
+def plan_alignment(plan: GraftPlan) -> int:
+    kv = next((k for k in plan._shards[0].kvs if k.key == "general.alignment"), None)
+    return int(kv.value) if kv is not None else 32
+
+
+def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None) -> list[Path]:
+    """Write the planned output(s): temporary files beside the targets, renamed only on success."""
+    progress = progress or (lambda n: None)
+    outputs = [s.path for s in plan._shards]
+    # The outputs may have appeared since planning.
+    for o in outputs:
+        if o.exists() and not plan.force:
+            raise OutputExistsError(f"{o} exists; pass --force to overwrite it")
+    tmps: list[Path] = []
+    workdir: Path | None = None
+    try:
+        shards = plan._shards
+        if plan.operation == "attach":
+            digest = _hash_refs(plan._source_refs, progress)
+            kvs = shards[0].kvs
+            key = f"{PROV}mtp.source_sha256"
+            for i, kv in enumerate(kvs):
+                if kv.key == key:
+                    kvs[i] = encode_kv(key, GGUFValueType.STRING, digest)
+            if any(a.method == "llama-quantize" for a in plan.tensors):
+                workdir = Path(tempfile.mkdtemp(prefix=".mtpgraft-q-", dir=outputs[0].parent))
+                located = _quantize_mtp(plan, workdir)
+                for s in shards:
+                    for j, t in enumerate(s.tensors):
+                        if t.name in located:
+                            path, off = located[t.name]
+                            s.tensors[j] = OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, path, off)
+        align = plan_alignment(plan)
+        for s in shards:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{s.path.name}.", suffix=".mtpgraft-tmp", dir=s.path.parent)
+            tmp = Path(tmp_name)
+            tmps.append(tmp)
+            with os.fdopen(fd, "wb") as fh:
+                write_gguf(fh, s.kvs, s.tensors, alignment=align, progress=progress)
+            os.chmod(tmp, 0o644)
+        for tmp, s in zip(tmps, shards, strict=True):
+            os.replace(tmp, s.path)
+        tmps = []
+        return outputs
+    finally:
+        for tmp in tmps:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def describe_plan(plan: GraftPlan) -> str:
+    """The human-readable plan (`--dry-run`)."""
+    lines = [f"{plan.operation}: {plan.base}" + (f" + MTP from {plan.source}" if plan.source else "")]
+    lines.append(f"  output: {', '.join(plan.outputs)} ({plan.output_bytes / 1e6:.1f} MB of tensors)")
+    lines.append(f"  architecture {plan.arch}, trunk {plan.trunk_layers} layers, MTP "
+                 f"{', '.join(f'blk.{i}' for i in plan.mtp_layers)}" + (f", type policy {plan.mtp_type}" if plan.mtp_type else ""))
+    if plan.tensors:
+        lines.append("  tensors:")
+        for a in plan.tensors:
+            if a.method == "drop":
+                lines.append(f"    drop     {a.source_name:<40} {a.from_type:<7} {a.bytes_in:>12,} B")
+            else:
+                name = a.source_name if a.name == a.source_name else f"{a.source_name} -> {a.name}"
+                conv = a.from_type if a.from_type == a.to_type else f"{a.from_type} -> {a.to_type}"
+                lines.append(f"    {a.method:<8} {name:<44} {conv:<16} {a.bytes_out:>12,} B")
+    if plan.key_changes:
+        lines.append("  keys:")
+        for c in plan.key_changes:
+            lines.append(f"    {c.key}: {c.old!r} -> {c.new!r}")
+    for w in plan.warnings:
+        lines.append(f"  warning: {w}")
+    return "\n".join(lines)
