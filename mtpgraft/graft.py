@@ -379,6 +379,9 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
         else:
             assert explicit is not None
             target = explicit
+        if target in NEEDS_IMATRIX and target != src_t:
+            raise GraftError(f"{target.name} needs an importance matrix and llama-imatrix never covers the "
+                             f"MTP block; give the MTP block a type such as q8_0, Q6_K or Q4_K")
         if target != src_t and not _row_ok(target, ne[0]):
             fallback = Q.F16 if src_t not in FLOAT_TYPES else src_t
             warnings.append(f"{new_name}: row length {ne[0]} does not fit {target.name}; using {fallback.name}")
@@ -388,9 +391,6 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
         elif target in NUMPY_TYPES:
             method = "convert"
         else:
-            if target in NEEDS_IMATRIX:
-                raise GraftError(f"{target.name} needs an importance matrix and llama-imatrix never covers the "
-                                 f"MTP block; give the MTP block a type such as q8_0, Q6_K or Q4_K")
             method = "llama-quantize"
         nbytes_out = tensor_nbytes(target, ne)
         actions.append(TensorAction(r.name, new_name, list(ne), src_t.name, target.name, method,

@@ -14,7 +14,8 @@ N_FF = 128
 N_HEAD, N_HEAD_KV, HEAD_DIM = 2, 1, 32
 
 
-def _tensor_specs(arch: str, layer: int, full_attn: bool, mtp: bool, n_embd: int, n_exp: int = 4):
+def _tensor_specs(arch: str, layer: int, full_attn: bool, mtp: bool, n_embd: int, n_exp: int = 4,
+                  n_ff: int = N_FF):
     e = n_embd
     p = f"blk.{layer}."
     specs = [(p + "attn_norm.weight", (e,))]
@@ -43,19 +44,19 @@ def _tensor_specs(arch: str, layer: int, full_attn: bool, mtp: bool, n_embd: int
     if arch == "qwen35moe":
         specs += [
             (p + "ffn_gate_inp.weight", (e, n_exp)),
-            (p + "ffn_gate_exps.weight", (e, N_FF, n_exp)),
-            (p + "ffn_up_exps.weight", (e, N_FF, n_exp)),
-            (p + "ffn_down_exps.weight", (N_FF, e, n_exp)),
+            (p + "ffn_gate_exps.weight", (e, n_ff, n_exp)),
+            (p + "ffn_up_exps.weight", (e, n_ff, n_exp)),
+            (p + "ffn_down_exps.weight", (n_ff, e, n_exp)),
             (p + "ffn_gate_inp_shexp.weight", (e,)),
-            (p + "ffn_gate_shexp.weight", (e, N_FF)),
-            (p + "ffn_up_shexp.weight", (e, N_FF)),
-            (p + "ffn_down_shexp.weight", (N_FF, e)),
+            (p + "ffn_gate_shexp.weight", (e, n_ff)),
+            (p + "ffn_up_shexp.weight", (e, n_ff)),
+            (p + "ffn_down_shexp.weight", (n_ff, e)),
         ]
     else:
         specs += [
-            (p + "ffn_gate.weight", (e, N_FF)),
-            (p + "ffn_up.weight", (e, N_FF)),
-            (p + "ffn_down.weight", (N_FF, e)),
+            (p + "ffn_gate.weight", (e, n_ff)),
+            (p + "ffn_up.weight", (e, n_ff)),
+            (p + "ffn_down.weight", (n_ff, e)),
         ]
     if mtp:
         specs += [
@@ -70,18 +71,18 @@ def _tensor_specs(arch: str, layer: int, full_attn: bool, mtp: bool, n_embd: int
 def make_model(path: Path, *, arch: str = "qwen35", trunk: int = 4, layout: str = "full",
                wtype: Q = Q.F16, seed: int = 0, mtp_seed: int | None = None, n_embd: int = N_EMBD,
                vocab: int = 32, vocab_salt: str = "", recurrent_array: bool = True,
-               alignment: int | None = None) -> Path:
+               alignment: int | None = None, n_ff: int = N_FF, arch_name: str | None = None) -> Path:
     """layout: full | base | mtp-only. Trunk weights depend only on `seed`, MTP weights on `mtp_seed`."""
     n_mtp = 0 if layout == "base" else 1
     bc = trunk + n_mtp
-    w = GGUFWriter(str(path), arch)
+    w = GGUFWriter(str(path), arch_name or arch)
     if alignment:
         w.add_custom_alignment(alignment)
     w.add_name("Tiny Test")
     w.add_block_count(bc)
     w.add_context_length(256)
     w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(N_FF)
+    w.add_feed_forward_length(n_ff)
     w.add_head_count(N_HEAD)
     w.add_head_count_kv(N_HEAD_KV)
     w.add_key_length(HEAD_DIM)
@@ -126,8 +127,8 @@ def make_model(path: Path, *, arch: str = "qwen35", trunk: int = 4, layout: str 
     # consume the same random stream for trunk tensors in every layout
     trunk_specs = []
     for i in range(trunk):
-        trunk_specs += _tensor_specs(arch, i, (i % 4) == 3, False, n_embd)
-    mtp_specs = _tensor_specs(arch, trunk, True, True, n_embd) if n_mtp else []
+        trunk_specs += _tensor_specs(arch, i, (i % 4) == 3, False, n_embd, n_ff=n_ff)
+    mtp_specs = _tensor_specs(arch, trunk, True, True, n_embd, n_ff=n_ff) if n_mtp else []
     emb = ("token_embd.weight", (n_embd, vocab))
     if layout == "mtp-only":
         w_rng = np.random.default_rng(seed)
@@ -152,3 +153,29 @@ def make_model(path: Path, *, arch: str = "qwen35", trunk: int = 4, layout: str 
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def split_model(path: Path, parts: int) -> list[Path]:
+    """Split a GGUF the way llama-gguf-split does: the first shard keeps every key plus split.*,
+    the others hold only split.* keys; tensors are divided in order."""
+    from gguf import GGUFValueType
+
+    from mtpgraft.gguf_io import GGUFModel, OutTensor, encode_kv, write_gguf
+
+    m = GGUFModel(path)
+    refs = m.refs
+    per = -(-len(refs) // parts)
+    stem = path.name[:-5]
+    out = []
+    for i in range(parts):
+        chunk = refs[i * per:(i + 1) * per]
+        kvs = list(m.kv.values()) if i == 0 else []
+        kvs = kvs + [encode_kv("split.no", GGUFValueType.UINT16, i),
+                     encode_kv("split.count", GGUFValueType.UINT16, parts),
+                     encode_kv("split.tensors.count", GGUFValueType.INT32, len(refs))]
+        p = path.with_name(f"{stem}-{i + 1:05d}-of-{parts:05d}.gguf")
+        ts = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset) for r in chunk]
+        with open(p, "wb") as fh:
+            write_gguf(fh, kvs, ts, alignment=m.alignment)
+        out.append(p)
+    return out

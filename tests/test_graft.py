@@ -1,0 +1,500 @@
+"""attach / detach / extract / inspect on small generated GGUFs: offline, seconds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+from gguf import quants
+from ggufgen import make_model, split_model
+
+from mtpgraft.errors import GGUFFormatError, GraftError, OutputExistsError
+from mtpgraft.gguf_io import GGUFModel
+from mtpgraft.graft import apply_plan, plan_attach, plan_detach, plan_extract
+from mtpgraft.inspect import inspect_model
+
+
+def tensor_bytes(m: GGUFModel, name: str) -> bytes:
+    r = m.by_name[name]
+    with open(r.path, "rb") as f:
+        f.seek(r.abs_offset)
+        return f.read(r.info.nbytes)
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mtpgraft", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def attach(base: Path, src: Path, out: Path, **kw) -> list[Path]:
+    return apply_plan(plan_attach(base, src, out, **kw))
+
+
+def assert_same_model(a: Path, b: Path, *, ignore_prefix: str = "mtpgraft.") -> None:
+    ma, mb = GGUFModel(a), GGUFModel(b)
+    assert [r.name for r in ma.refs] == [r.name for r in mb.refs]
+    for r in ma.refs:
+        rb = mb.by_name[r.name]
+        assert (r.info.ne, r.info.ggml_type) == (rb.info.ne, rb.info.ggml_type), r.name
+        assert tensor_bytes(ma, r.name) == tensor_bytes(mb, r.name), r.name
+    ka = [k for k in ma.kv if not k.startswith(ignore_prefix)]
+    kb = [k for k in mb.kv if not k.startswith(ignore_prefix)]
+    assert ka == kb
+    for k in ka:
+        assert ma.kv[k].raw == mb.kv[k].raw, k
+
+
+@pytest.fixture(params=["qwen35", "qwen35moe"])
+def models(request, tmp_path: Path) -> dict[str, Path]:
+    arch = request.param
+    return {
+        "arch": arch,
+        "full": make_model(tmp_path / "full.gguf", arch=arch),
+        "base": make_model(tmp_path / "base.gguf", arch=arch, layout="base"),
+        "mtp-only": make_model(tmp_path / "mtp-only.gguf", arch=arch, layout="mtp-only"),
+        "base-q8": make_model(tmp_path / "base-q8.gguf", arch=arch, layout="base", wtype=Q.Q8_0),
+    }
+
+
+# ----------------------------------------------------------------------------- round trips
+
+
+def test_detach_then_attach_reproduces_full_model_byte_for_byte(models, tmp_path):
+    det = tmp_path / "det.gguf"
+    apply_plan(plan_detach(models["full"], det))
+    # detach gives exactly what the converter's --no-mtp gives (our generated base)
+    assert det.read_bytes() == models["base"].read_bytes()
+    out = tmp_path / "re.gguf"
+    attach(det, models["full"], out)
+    assert_same_model(models["full"], out)
+    rep = inspect_model(out)
+    assert rep.consistent and rep.mtp_present and rep.problems == []
+    assert rep.block_count == 5 and rep.nextn_predict_layers == 1 and rep.trunk_layers == 4
+    assert rep.provenance["mtpgraft.mtp.source"] == "full.gguf"
+    assert len(rep.provenance["mtpgraft.mtp.source_sha256"]) == 64
+
+
+def test_attach_from_mtp_only_sidecar_matches_full(models, tmp_path):
+    out = tmp_path / "out.gguf"
+    attach(models["base"], models["mtp-only"], out, mtp_type="keep")
+    full, got = GGUFModel(models["full"]), GGUFModel(out)
+    assert sorted(r.name for r in full.refs) == sorted(r.name for r in got.refs)
+    for r in full.refs:
+        assert tensor_bytes(full, r.name) == tensor_bytes(got, r.name)
+    assert inspect_model(out).consistent
+
+
+def test_extract_gives_converter_mtp_layout_and_attaches_back(models, tmp_path):
+    side = tmp_path / "mtp-side.gguf"
+    apply_plan(plan_extract(models["full"], side))
+    m = GGUFModel(side)
+    names = [r.name for r in m.refs]
+    assert {"token_embd.weight", "output_norm.weight", "output.weight"} <= set(names)
+    assert all(n.startswith("blk.4.") for n in names if n.startswith("blk."))
+    rep = inspect_model(side)
+    assert rep.layout == "mtp-only" and rep.consistent and rep.block_count == 5
+    out = tmp_path / "out.gguf"
+    attach(models["base"], side, out)
+    assert inspect_model(out).consistent
+
+
+def test_extract_default_name(models, tmp_path):
+    plan = plan_extract(models["full"])
+    assert Path(plan.outputs[0]).name == "mtp-full.gguf"
+
+
+def test_sha256_provenance_is_of_copied_bytes(models, tmp_path):
+    import hashlib
+
+    out = tmp_path / "out.gguf"
+    attach(models["base"], models["full"], out, mtp_type="keep")
+    full = GGUFModel(models["full"])
+    h = hashlib.sha256()
+    for r in full.refs:
+        if r.name.startswith("blk.4."):
+            h.update(tensor_bytes(full, r.name))
+    assert GGUFModel(out).get("mtpgraft.mtp.source_sha256") == h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- types
+
+
+def test_default_type_is_q8_0_on_quantized_base(models, tmp_path):
+    out = tmp_path / "out.gguf"
+    plan = plan_attach(models["base-q8"], models["full"], out)
+    apply_plan(plan)
+    m = GGUFModel(out)
+    for a in plan.tensors:
+        r = m.by_name[a.name]
+        want = "F32" if len(r.info.ne) == 1 else "Q8_0"
+        assert r.info.type_name == want, a.name
+    # the converted values are a faithful Q8_0 of the source's F16
+    full = GGUFModel(models["full"])
+    src = np.frombuffer(tensor_bytes(full, "blk.4.attn_q.weight"), dtype=np.float16).astype(np.float32)
+    got = quants.dequantize(np.frombuffer(tensor_bytes(m, "blk.4.attn_q.weight"), dtype=np.uint8), Q.Q8_0)
+    assert np.allclose(got.reshape(-1), src, atol=np.abs(src).max() / 100)
+    assert inspect_model(out).consistent
+
+
+def test_default_keeps_float_type_on_unquantized_base(models, tmp_path):
+    f32_src = make_model(tmp_path / "full32.gguf", arch=models["arch"], wtype=Q.F32)
+    out = tmp_path / "out.gguf"
+    plan = plan_attach(models["base"], f32_src, out)  # base is F16
+    assert "F16" in plan.mtp_type
+    apply_plan(plan)
+    m = GGUFModel(out)
+    assert m.by_name["blk.4.nextn.eh_proj.weight"].info.type_name == "F16"
+    assert m.by_name["blk.4.nextn.enorm.weight"].info.type_name == "F32"
+
+
+@pytest.mark.parametrize("mtp_type", ["f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "f32"])
+def test_numpy_types(tmp_path, mtp_type):
+    base = make_model(tmp_path / "base.gguf", layout="base", wtype=Q.Q8_0)
+    full = make_model(tmp_path / "full.gguf")
+    out = tmp_path / "out.gguf"
+    attach(base, full, out, mtp_type=mtp_type)
+    m = GGUFModel(out)
+    assert m.by_name["blk.4.attn_q.weight"].info.type_name == mtp_type.upper()
+    assert m.by_name["blk.4.attn_norm.weight"].info.type_name == "F32"
+    assert inspect_model(out).consistent
+
+
+def test_keep_copies_bytes_unchanged(models, tmp_path):
+    out = tmp_path / "out.gguf"
+    attach(models["base-q8"], models["full"], out, mtp_type="keep")
+    full, got = GGUFModel(models["full"]), GGUFModel(out)
+    for r in full.refs:
+        if r.name.startswith("blk.4."):
+            assert got.by_name[r.name].info.ggml_type == r.info.ggml_type
+            assert tensor_bytes(got, r.name) == tensor_bytes(full, r.name)
+
+
+def test_match_takes_types_of_the_last_trunk_layer(tmp_path):
+    base = make_model(tmp_path / "base.gguf", layout="base", wtype=Q.Q4_0)
+    full = make_model(tmp_path / "full.gguf")
+    out = tmp_path / "out.gguf"
+    plan = plan_attach(base, full, out, mtp_type="match")
+    apply_plan(plan)
+    m = GGUFModel(out)
+    assert m.by_name["blk.4.ffn_down.weight"].info.type_name == "Q4_0"
+    assert m.by_name["blk.4.attn_q.weight"].info.type_name == "Q4_0"  # twin in blk.3 (full attention)
+    # no twin: eh_proj gets the type of the base's attn_output
+    assert m.by_name["blk.4.nextn.eh_proj.weight"].info.type_name == "Q4_0"
+    assert m.by_name["blk.4.nextn.enorm.weight"].info.type_name == "F32"
+
+
+def test_k_quant_target_needs_llama_quantize(tmp_path, monkeypatch):
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    full = make_model(tmp_path / "full.gguf")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("MTPGRAFT_LLAMA_CPP", str(tmp_path / "nothing"))
+    monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    r = run_cli("attach", base, "--mtp-from", full, "-o", tmp_path / "o.gguf", "--mtp-type", "q6_k")
+    # rows of 64 don't fit K-quant blocks of 256 in this small model: falls back, no tool needed
+    assert r.returncode == 0, r.stderr
+    assert "does not fit Q6_K" in r.stderr
+
+
+def test_iq_types_needing_imatrix_are_refused(models, tmp_path):
+    with pytest.raises(GraftError, match="importance matrix"):
+        plan_attach(models["base"], models["full"], tmp_path / "o.gguf", mtp_type="iq2_xxs")
+
+
+# ----------------------------------------------------------------------------- renumbering, arrays
+
+
+def test_renumbers_when_trunks_differ(tmp_path):
+    base = make_model(tmp_path / "base.gguf", layout="base", trunk=8)
+    donor = make_model(tmp_path / "donor.gguf", trunk=4)
+    out = tmp_path / "out.gguf"
+    plan = plan_attach(base, donor, out)
+    assert any("renumbered" in w for w in plan.warnings)
+    apply_plan(plan)
+    rep = inspect_model(out)
+    assert rep.consistent, rep.problems
+    assert rep.block_count == 9 and rep.mtp_layers == [8]
+    assert GGUFModel(out).get("qwen35.attention.recurrent_layers")[-1] is False
+    d = GGUFModel(donor)
+    assert tensor_bytes(GGUFModel(out), "blk.8.nextn.eh_proj.weight") != b""
+    assert d.by_name["blk.4.nextn.eh_proj.weight"].info.nbytes == GGUFModel(out).by_name["blk.8.nextn.eh_proj.weight"].info.nbytes
+
+
+def test_recurrent_layers_gets_false_when_source_lacks_array(tmp_path):
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    donor = make_model(tmp_path / "donor.gguf", recurrent_array=False)
+    out = tmp_path / "out.gguf"
+    attach(base, donor, out)
+    assert GGUFModel(out).get("qwen35.attention.recurrent_layers") == [True, True, True, False, False]
+
+
+def test_replace_swaps_existing_block(tmp_path):
+    a = make_model(tmp_path / "a.gguf", mtp_seed=1)
+    b = make_model(tmp_path / "b.gguf", mtp_seed=2)
+    with pytest.raises(GraftError, match="already has an MTP block"):
+        plan_attach(a, b, tmp_path / "o.gguf")
+    out = tmp_path / "o.gguf"
+    attach(a, b, out, replace=True, mtp_type="keep")
+    assert_same_model(b, out)
+
+
+# ----------------------------------------------------------------------------- split sets
+
+
+def test_split_base_keeps_sharding(tmp_path):
+    base = make_model(tmp_path / "base.gguf", layout="base", wtype=Q.Q8_0)
+    full = make_model(tmp_path / "full.gguf")
+    shards = split_model(base, 3)
+    out = tmp_path / "out.gguf"
+    written = attach(shards[0], full, out)
+    assert [p.name for p in written] == [f"out-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
+    rep = inspect_model(written[0])
+    assert rep.consistent, rep.problems
+    assert rep.mtp_present and rep.split["tensors_count"] == rep.tensor_count
+    assert all(t.name in {r.name for r in GGUFModel(written[0]).shards[2].tensors} for t in rep.mtp_tensors)
+    for p in written[1:]:
+        m = GGUFModel(written[0])
+        assert m.shards[written.index(p)].get("split.tensors.count") == rep.tensor_count
+
+
+def test_split_source_is_accepted(tmp_path):
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    full = make_model(tmp_path / "full.gguf")
+    shards = split_model(full, 2)
+    out = tmp_path / "out.gguf"
+    attach(base, shards[0], out, mtp_type="keep")
+    assert_same_model(full, out)
+
+
+def test_inspect_catches_wrong_split_tensor_count(tmp_path):
+    from gguf import GGUFValueType
+
+    from mtpgraft.gguf_io import OutTensor, encode_kv, write_gguf
+
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    shards = split_model(base, 2)
+    m = GGUFModel(shards[1].with_name(shards[0].name))
+    s = m.shards[1]
+    kvs = [kv if kv.key != "split.tensors.count" else encode_kv("split.tensors.count", GGUFValueType.INT32, 999)
+           for kv in s.kv.values()]
+    ts = [OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, s.path, s.data_offset + t.offset) for t in s.tensors]
+    tmp = shards[1].with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        write_gguf(fh, kvs, ts, alignment=32)
+    tmp.replace(shards[1])
+    rep = inspect_model(shards[0])
+    assert not rep.consistent
+    assert any("split.tensors.count" in p for p in rep.problems)
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def _no_outputs(tmp_path: Path, before: set[str]) -> None:
+    assert {p.name for p in tmp_path.iterdir()} == before, "a refusal left a file behind"
+
+
+@pytest.mark.parametrize("case,message", [
+    ("arch", "architecture mismatch"),
+    ("gemma4", "separate assistant model"),
+    ("unknown", "no in-file MTP support"),
+    ("n_embd", "n_embd mismatch"),
+    ("vocab_size", "vocabulary size mismatch"),
+    ("tokens", "tokenizer tokens differ"),
+    ("shape", "another model size"),
+    ("no_mtp", "has no MTP block"),
+    ("has_mtp", "already has an MTP block"),
+    ("exists", "exists; pass --force"),
+    ("self", "is one of the inputs"),
+])
+def test_refusals_exit_nonzero_with_message_and_leave_nothing(tmp_path, case, message):
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    src = tmp_path / "src.gguf"
+    out = tmp_path / "out.gguf"
+    if case == "arch":
+        make_model(src, arch="qwen35moe")
+    elif case == "gemma4":
+        base = make_model(tmp_path / "base.gguf", layout="base", arch_name="gemma4")
+        make_model(src, arch_name="gemma4")
+    elif case == "unknown":
+        base = make_model(tmp_path / "base.gguf", layout="base", arch_name="llama")
+        make_model(src, arch_name="llama")
+    elif case == "n_embd":
+        make_model(src, n_embd=128)
+    elif case == "vocab_size":
+        make_model(src, vocab=64)
+    elif case == "tokens":
+        make_model(src, vocab_salt="x")
+    elif case == "shape":
+        make_model(src, n_ff=256)
+    elif case == "no_mtp":
+        make_model(src, layout="base")
+    elif case == "has_mtp":
+        base = make_model(tmp_path / "base.gguf")
+        make_model(src)
+    elif case == "exists":
+        make_model(src)
+        out.write_bytes(b"precious")
+    elif case == "self":
+        make_model(src)
+        out = base
+    before = {p.name for p in tmp_path.iterdir()}
+    r = run_cli("attach", base, "--mtp-from", src, "-o", out)
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    _no_outputs(tmp_path, before)
+    if case == "exists":
+        assert out.read_bytes() == b"precious"
+
+
+def test_force_overwrites(tmp_path):
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    src = make_model(tmp_path / "src.gguf")
+    out = tmp_path / "out.gguf"
+    out.write_bytes(b"old")
+    r = run_cli("attach", base, "--mtp-from", src, "-o", out, "--force")
+    assert r.returncode == 0, r.stderr
+    assert inspect_model(out).consistent
+
+
+@pytest.mark.parametrize("kind", ["truncated", "zero-header", "not-gguf", "empty", "missing", "directory"])
+def test_bad_files_give_one_line_error(tmp_path, kind):
+    good = make_model(tmp_path / "good.gguf")
+    bad = tmp_path / "bad.gguf"
+    if kind == "truncated":
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "zero-header":
+        data = bytearray(good.read_bytes())
+        data[:4096] = bytes(4096)
+        bad.write_bytes(bytes(data))
+    elif kind == "not-gguf":
+        bad.write_text("hello, this is not a model\n" * 10)
+    elif kind == "empty":
+        bad.write_bytes(b"")
+    elif kind == "directory":
+        bad.mkdir()
+    for args in (["inspect", bad], ["attach", bad, "--mtp-from", good, "-o", tmp_path / "o.gguf"],
+                 ["attach", good, "--mtp-from", bad, "-o", tmp_path / "o.gguf"], ["detach", bad, "-o", tmp_path / "o.gguf"]):
+        r = run_cli(*args)
+        assert r.returncode != 0, args
+        assert "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert r.stderr.startswith("mtpgraft: error: ")
+    assert not (tmp_path / "o.gguf").exists()
+    if kind == "zero-header":
+        assert "zeroed" in run_cli("inspect", bad).stderr
+
+
+def test_inputs_are_not_modified(tmp_path):
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    src = make_model(tmp_path / "src.gguf")
+    before = (base.read_bytes(), src.read_bytes(), base.stat().st_mtime_ns)
+    attach(base, src, tmp_path / "out.gguf")
+    assert (base.read_bytes(), src.read_bytes(), base.stat().st_mtime_ns) == before
+
+
+# ----------------------------------------------------------------------------- inspect verdicts
+
+
+def _rewrite(path: Path, out: Path, *, drop_keys=(), set_kv=None, drop_tensors=()) -> Path:
+    from mtpgraft.gguf_io import OutTensor, encode_kv, write_gguf
+
+    m = GGUFModel(path)
+    kvs = [kv for kv in m.kv.values() if kv.key not in drop_keys]
+    for key, (vt, val, it) in (set_kv or {}).items():
+        kvs = [encode_kv(key, vt, val, it) if kv.key == key else kv for kv in kvs]
+    ts = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset)
+          for r in m.refs if r.name not in drop_tensors]
+    with open(out, "wb") as fh:
+        write_gguf(fh, kvs, ts, alignment=m.alignment)
+    return out
+
+
+def test_inspect_flags_each_broken_graft(tmp_path):
+    from gguf import GGUFValueType as V
+
+    full = make_model(tmp_path / "full.gguf")
+    mtp_names = [r.name for r in GGUFModel(full).refs if r.name.startswith("blk.4.")]
+    cases = {
+        "no-key": (_rewrite(full, tmp_path / "a.gguf", drop_keys=["qwen35.nextn_predict_layers"]), "nextn_predict_layers is missing"),
+        "bc-not-bumped": (_rewrite(full, tmp_path / "b.gguf", set_kv={"qwen35.block_count": (V.UINT32, 4, None),
+                                                                       "qwen35.attention.recurrent_layers": (V.ARRAY, [True, True, True, False], V.BOOL)}),
+                          "does not count the MTP block"),
+        "no-tensors": (_rewrite(full, tmp_path / "c.gguf", drop_tensors=mtp_names), "has no tensors"),
+        "short-array": (_rewrite(full, tmp_path / "d.gguf", set_kv={"qwen35.attention.recurrent_layers": (V.ARRAY, [True, True, True, False], V.BOOL)}),
+                        "wrong array length; expected 5, got 4"),
+    }
+    for name, (path, msg) in cases.items():
+        rep = inspect_model(path)
+        assert not rep.consistent, name
+        assert any(msg in p for p in rep.problems), (name, rep.problems)
+        r = run_cli("inspect", path, "--json")
+        assert r.returncode == 0  # readable: exit 0 even when inconsistent
+        d = json.loads(r.stdout)
+        assert d["consistent"] is False and d["problems"]
+
+
+def test_inspect_json_fields(tmp_path):
+    full = make_model(tmp_path / "full.gguf", arch="qwen35moe")
+    r = run_cli("inspect", full, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    for k in ("architecture", "block_count", "nextn_predict_layers", "trunk_layers", "mtp_present",
+              "mtp_tensors", "consistent", "problems"):
+        assert k in d
+    assert d["architecture"] == "qwen35moe" and d["mtp_present"] is True and d["consistent"] is True
+    assert d["trunk_layers"] == 4 and d["block_count"] == 5
+    assert {"name", "type", "shape", "nbytes"} <= set(d["mtp_tensors"][0])
+    assert any(t["name"] == "blk.4.ffn_gate_exps.weight" for t in d["mtp_tensors"])
+
+
+def test_dry_run_writes_nothing_and_lists_the_plan(tmp_path):
+    base = make_model(tmp_path / "base.gguf", layout="base", wtype=Q.Q8_0)
+    src = make_model(tmp_path / "src.gguf")
+    before = {p.name for p in tmp_path.iterdir()}
+    r = run_cli("attach", base, "--mtp-from", src, "-o", tmp_path / "out.gguf", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "blk.4.nextn.eh_proj.weight" in r.stdout and "F16 -> Q8_0" in r.stdout
+    assert "qwen35.block_count: 4 -> 5" in r.stdout
+    _no_outputs(tmp_path, before)
+    r = run_cli("attach", base, "--mtp-from", src, "-o", tmp_path / "out.gguf", "--dry-run", "--json")
+    d = json.loads(r.stdout)
+    assert d["dry_run"] is True and len(d["tensors"]) == 15
+    _no_outputs(tmp_path, before)
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    import mtpgraft.graft as g
+
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    src = make_model(tmp_path / "src.gguf")
+    plan = plan_attach(base, src, tmp_path / "out.gguf", mtp_type="q8_0")
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(g, "write_gguf", boom)
+    before = {p.name for p in tmp_path.iterdir()}
+    with pytest.raises(OSError):
+        apply_plan(plan)
+    _no_outputs(tmp_path, before)
+
+
+def test_reader_rejects_garbage_with_typed_error(tmp_path):
+    p = tmp_path / "x.gguf"
+    p.write_bytes(b"GGUF" + b"\xff" * 40)
+    with pytest.raises(GGUFFormatError):
+        GGUFModel(p)
+
+
+def test_output_exists_error_type(tmp_path):
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    src = make_model(tmp_path / "src.gguf")
+    (tmp_path / "o.gguf").write_bytes(b"x")
+    with pytest.raises(OutputExistsError):
+        plan_attach(base, src, tmp_path / "o.gguf")
