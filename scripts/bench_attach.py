@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Benchmark `mtpgraft attach` against `cp` of the same output bytes, and gguf's own
+gguf_new_metadata.py rewriting the same base, in one run.
+
+Generates a Q8_0 qwen35-shaped base (trunk only) of --size-gb and a donor holding the MTP block,
+then for each tool runs it --reps times (alternating, page cache warm for all) and prints median
+wall time, the ratio to cp, and peak RSS (ru_maxrss of the child: resident pages, memory-mapped
+file pages included).
+
+    python scripts/bench_attach.py --size-gb 4 --dir /tmp/mtpgraft-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType as Q
+from gguf import GGUFValueType as V
+
+from mtpgraft.gguf_io import OutTensor, encode_kv, tensor_nbytes, write_gguf
+
+N_EMBD = 4096
+N_FF = 12288
+VOCAB = 32768  # tokenizer list kept small; token_embd is sized by VOCAB
+
+
+def _blob() -> bytes:
+    # Random Q8_0-like bytes, repeated: incompressible and cheap to produce.
+    return np.random.default_rng(0).integers(0, 256, 64 << 20, dtype=np.uint8).tobytes()
+
+
+BLOB = b""
+
+
+def _producer(nbytes: int):
+    def gen():
+        left = nbytes
+        while left:
+            n = min(left, len(BLOB))
+            yield BLOB[:n]
+            left -= n
+    return gen
+
+
+def _layer(i: int, mtp: bool) -> list[tuple[str, tuple[int, ...], Q]]:
+    p = f"blk.{i}."
+    t = [(p + "attn_norm.weight", (N_EMBD,), Q.F32),
+         (p + "attn_q.weight", (N_EMBD, 2 * N_EMBD), Q.Q8_0),
+         (p + "attn_k.weight", (N_EMBD, 1024), Q.Q8_0),
+         (p + "attn_v.weight", (N_EMBD, 1024), Q.Q8_0),
+         (p + "attn_output.weight", (N_EMBD, N_EMBD), Q.Q8_0),
+         (p + "post_attention_norm.weight", (N_EMBD,), Q.F32),
+         (p + "ffn_gate.weight", (N_EMBD, N_FF), Q.Q8_0),
+         (p + "ffn_up.weight", (N_EMBD, N_FF), Q.Q8_0),
+         (p + "ffn_down.weight", (N_FF, N_EMBD), Q.Q8_0)]
+    if mtp:
+        t += [(p + "nextn.eh_proj.weight", (2 * N_EMBD, N_EMBD), Q.Q8_0),
+              (p + "nextn.enorm.weight", (N_EMBD,), Q.F32),
+              (p + "nextn.hnorm.weight", (N_EMBD,), Q.F32),
+              (p + "nextn.shared_head_norm.weight", (N_EMBD,), Q.F32)]
+    return t
+
+
+def make(path: Path, trunk: int, with_mtp: bool, only_mtp: bool = False) -> None:
+    bc = trunk + (1 if with_mtp else 0)
+    kvs = [encode_kv("general.architecture", V.STRING, "qwen35"),
+           encode_kv("general.name", V.STRING, "bench"),
+           encode_kv("qwen35.block_count", V.UINT32, bc),
+           encode_kv("qwen35.embedding_length", V.UINT32, N_EMBD),
+           encode_kv("general.file_type", V.UINT32, 7),
+           encode_kv("tokenizer.ggml.model", V.STRING, "gpt2"),
+           encode_kv("tokenizer.ggml.tokens", V.ARRAY, [f"t{i}" for i in range(VOCAB)], V.STRING)]
+    if with_mtp:
+        kvs.insert(3, encode_kv("qwen35.nextn_predict_layers", V.UINT32, 1))
+    specs: list[tuple[str, tuple[int, ...], Q]] = [("token_embd.weight", (N_EMBD, VOCAB), Q.Q8_0)]
+    if not only_mtp:
+        for i in range(trunk):
+            specs += _layer(i, False)
+    if with_mtp:
+        specs += _layer(trunk, True)
+    specs += [("output_norm.weight", (N_EMBD,), Q.F32), ("output.weight", (N_EMBD, VOCAB), Q.Q8_0)]
+    tensors = [OutTensor(n, ne, int(t), tensor_nbytes(t, ne), produce=_producer(tensor_nbytes(t, ne)))
+               for n, ne, t in specs]
+    with open(path, "wb") as fh:
+        write_gguf(fh, kvs, tensors, alignment=32)
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    """Wall time and peak RSS of `cmd`. RSS comes from GNU time's child: a child forked straight
+    from this (large) Python process would inherit its high-water mark in ru_maxrss."""
+    gnu_time = shutil.which("time") or "/usr/bin/time"
+    report = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-time-{os.getpid()}.txt"
+    t0 = time.perf_counter()
+    p = subprocess.run([gnu_time, "-o", str(report), "-f", "%M", *cmd], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed: {p.stderr[-2000:]}")
+    kb = int(report.read_text().split()[-1])
+    report.unlink()
+    return dt, kb * 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size-gb", type=float, default=4.0)
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/mtpgraft-bench"))
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-new-metadata", action="store_true", help="skip gguf_new_metadata.py")
+    ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    args = ap.parse_args()
+
+    global BLOB
+    BLOB = _blob()
+    layer_bytes = sum(tensor_nbytes(t, ne) for _, ne, t in _layer(0, False))
+    trunk = max(2, int(args.size_gb * 1e9 // layer_bytes))
+    d = args.dir
+    d.mkdir(parents=True, exist_ok=True)
+    base, donor = d / "base.gguf", d / "donor.gguf"
+    print(f"generating base ({trunk} layers) and MTP donor in {d} ...", file=sys.stderr)
+    make(base, trunk, with_mtp=False)
+    make(donor, trunk, with_mtp=True, only_mtp=True)
+    out, cp_out, nm_out = d / "out.gguf", d / "cp.gguf", d / "newmeta.gguf"
+    mtpgraft = [sys.executable, "-m", "mtpgraft", "-q", "attach", str(base), "--mtp-from", str(donor),
+                "-o", str(out), "--force", "--mtp-type", "keep"]
+    timed(mtpgraft)  # warm the page cache and produce the output for cp
+    size = out.stat().st_size
+    rows: dict[str, list[tuple[float, int]]] = {"cp": [], "mtpgraft attach": []}
+    newmeta = shutil.which("gguf-new-metadata")
+    if newmeta and not args.no_new_metadata:
+        rows["gguf_new_metadata.py"] = []
+    for _ in range(args.reps):
+        rows["cp"].append(timed(["cp", str(out), str(cp_out)]))
+        cp_out.unlink()
+        rows["mtpgraft attach"].append(timed(mtpgraft))
+        if "gguf_new_metadata.py" in rows:
+            rows["gguf_new_metadata.py"].append(timed([newmeta, str(base), str(nm_out), "--force",
+                                                       "--general-name", "bench2"]))
+            nm_out.unlink()
+    cp_t = statistics.median(t for t, _ in rows["cp"])
+    print(f"output: {size / 1e9:.2f} GB ({trunk} trunk layers + MTP block), {args.reps} reps, median wall time")
+    print(f"{'tool':<24} {'wall s':>8} {'x cp':>7} {'peak RSS MB':>12}")
+    for name, rs in rows.items():
+        t = statistics.median(x for x, _ in rs)
+        rss = max(m for _, m in rs)
+        print(f"{name:<24} {t:>8.2f} {t / cp_t:>7.2f} {rss / 1e6:>12.1f}")
+    if not args.keep:
+        for p in (base, donor, out):
+            p.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
