@@ -125,7 +125,7 @@ def ensure_source(log: Callable[[str], None], sdist: str | os.PathLike[str] | No
                 raise UsageError(f"sdist not found: {archive}")
         else:
             _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                  "--no-build-isolation", f"{SDIST_NAME}=={SDIST_VERSION}", "-d", str(tmpdir)], log)
+                  f"{SDIST_NAME}=={SDIST_VERSION}", "-d", str(tmpdir)], log)
             found = sorted(tmpdir.glob("llama_cpp_python-*.tar.gz"))
             if not found:
                 raise ToolFailedError(f"pip did not download the {SDIST_NAME} {SDIST_VERSION} sdist")
