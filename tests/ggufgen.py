@@ -179,3 +179,19 @@ def split_model(path: Path, parts: int) -> list[Path]:
             write_gguf(fh, kvs, ts, alignment=m.alignment)
         out.append(p)
     return out
+
+
+def rewrite(path: Path, out: Path, *, drop_keys=(), set_kv=None, drop_tensors=()) -> Path:
+    """Copy a GGUF with keys dropped or changed ({key: (vtype, value, item_type)}) and tensors dropped:
+    the broken grafts people publish."""
+    from mtpgraft.gguf_io import GGUFFile, OutTensor, encode_kv, write_gguf
+
+    m = GGUFFile(path)  # one file, even a shard of a split set
+    kvs = [kv for kv in m.kv.values() if kv.key not in drop_keys]
+    for key, (vt, val, it) in (set_kv or {}).items():
+        kvs = [encode_kv(key, vt, val, it) if kv.key == key else kv for kv in kvs]
+    ts = [OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, m.path, m.data_offset + t.offset)
+          for t in m.tensors if t.name not in drop_tensors]
+    with open(out, "wb") as fh:
+        write_gguf(fh, kvs, ts, alignment=m.alignment)
+    return out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
-from ggufgen import make_model, split_model
+from ggufgen import make_model, rewrite, split_model
 
 from mtpgraft.errors import GGUFFormatError, GraftError, OutputExistsError
 from mtpgraft.gguf_io import GGUFModel
@@ -401,32 +401,18 @@ def test_inputs_are_not_modified(tmp_path):
 # ----------------------------------------------------------------------------- inspect verdicts
 
 
-def _rewrite(path: Path, out: Path, *, drop_keys=(), set_kv=None, drop_tensors=()) -> Path:
-    from mtpgraft.gguf_io import OutTensor, encode_kv, write_gguf
-
-    m = GGUFModel(path)
-    kvs = [kv for kv in m.kv.values() if kv.key not in drop_keys]
-    for key, (vt, val, it) in (set_kv or {}).items():
-        kvs = [encode_kv(key, vt, val, it) if kv.key == key else kv for kv in kvs]
-    ts = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset)
-          for r in m.refs if r.name not in drop_tensors]
-    with open(out, "wb") as fh:
-        write_gguf(fh, kvs, ts, alignment=m.alignment)
-    return out
-
-
 def test_inspect_flags_each_broken_graft(tmp_path):
     from gguf import GGUFValueType as V
 
     full = make_model(tmp_path / "full.gguf")
     mtp_names = [r.name for r in GGUFModel(full).refs if r.name.startswith("blk.4.")]
     cases = {
-        "no-key": (_rewrite(full, tmp_path / "a.gguf", drop_keys=["qwen35.nextn_predict_layers"]), "nextn_predict_layers is missing"),
-        "bc-not-bumped": (_rewrite(full, tmp_path / "b.gguf", set_kv={"qwen35.block_count": (V.UINT32, 4, None),
+        "no-key": (rewrite(full, tmp_path / "a.gguf", drop_keys=["qwen35.nextn_predict_layers"]), "nextn_predict_layers is missing"),
+        "bc-not-bumped": (rewrite(full, tmp_path / "b.gguf", set_kv={"qwen35.block_count": (V.UINT32, 4, None),
                                                                        "qwen35.attention.recurrent_layers": (V.ARRAY, [True, True, True, False], V.BOOL)}),
                           "does not count the MTP block"),
-        "no-tensors": (_rewrite(full, tmp_path / "c.gguf", drop_tensors=mtp_names), "has no tensors"),
-        "short-array": (_rewrite(full, tmp_path / "d.gguf", set_kv={"qwen35.attention.recurrent_layers": (V.ARRAY, [True, True, True, False], V.BOOL)}),
+        "no-tensors": (rewrite(full, tmp_path / "c.gguf", drop_tensors=mtp_names), "has no tensors"),
+        "short-array": (rewrite(full, tmp_path / "d.gguf", set_kv={"qwen35.attention.recurrent_layers": (V.ARRAY, [True, True, True, False], V.BOOL)}),
                         "wrong array length; expected 5, got 4"),
     }
     for name, (path, msg) in cases.items():
