@@ -1,0 +1,123 @@
+"""Tool discovery (flag > env > PATH > cache), `mtpgraft doctor` and `mtpgraft toolchain`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mtpgraft.errors import ToolFailedError, ToolNotFoundError
+from mtpgraft.toolchain import cached_bin_dir
+from mtpgraft.tools import locate_tool, probe_mtp_spec_type, run_tool, server_help
+
+
+def fake_tool(d: Path, name: str, help_text: str = "") -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / name
+    p.write_text(f"#!/bin/sh\ncat <<'X'\n{help_text}\nX\n")
+    p.chmod(0o755)
+    return p
+
+
+def test_lookup_order(tmp_path, monkeypatch):
+    flag, env, path_dir = tmp_path / "flag", tmp_path / "env", tmp_path / "path"
+    for d in (flag, env, path_dir):
+        fake_tool(d, "llama-quantize")
+    monkeypatch.setenv("PATH", f"{path_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("MTPGRAFT_LLAMA_CPP", str(env))
+    assert locate_tool("llama-quantize", flag).source == "flag"
+    assert locate_tool("llama-quantize").source == "env"
+    monkeypatch.delenv("MTPGRAFT_LLAMA_CPP")
+    loc = locate_tool("llama-quantize")
+    assert (loc.source, loc.path) == ("PATH", path_dir / "llama-quantize")
+
+
+def test_build_tree_layout_is_found(tmp_path):
+    fake_tool(tmp_path / "build" / "bin", "llama-server")
+    assert locate_tool("llama-server", tmp_path).path == tmp_path / "build" / "bin" / "llama-server"
+
+
+def test_not_found_names_every_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("MTPGRAFT_LLAMA_CPP", str(tmp_path / "nope"))
+    monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(ToolNotFoundError) as e:
+        locate_tool("llama-imatrix", tmp_path / "flagdir")
+    msg = str(e.value)
+    for part in ("--llama-cpp", "$MTPGRAFT_LLAMA_CPP", "PATH", "toolchain cache", "mtpgraft toolchain"):
+        assert part in msg
+
+
+@pytest.mark.parametrize("help_text,want", [
+    ("--spec-type [none|draft-simple|draft-mtp|ngram-cache]\n   speculative type", "draft-mtp"),
+    ("--spec-type TYPE   one of: none, mtp, ngram\n-md FILE", "mtp"),
+    ("--spec-type [none|draft-simple]\n--draft-max N  mtp is not here", None),
+])
+def test_probe_spec_type_reads_help(tmp_path, help_text, want):
+    server_help.cache_clear()
+    tool = fake_tool(tmp_path, "llama-server", help_text)
+    assert probe_mtp_spec_type(tool) == want
+
+
+def test_run_tool_raises_with_tail(tmp_path):
+    script = tmp_path / "bad"
+    script.write_text("#!/bin/sh\necho working\necho 'error: it broke' >&2\nexit 3\n")
+    script.chmod(0o755)
+    with pytest.raises(ToolFailedError) as e:
+        run_tool([script])
+    assert e.value.returncode == 3 and "it broke" in str(e.value) and "working" in e.value.output_tail
+
+
+@pytest.mark.tools
+def test_real_server_spelling_is_draft_mtp():
+    assert probe_mtp_spec_type(locate_tool("llama-server").path) == "draft-mtp"
+
+
+@pytest.mark.tools
+def test_doctor_reports_every_tool():
+    r = subprocess.run([sys.executable, "-m", "mtpgraft", "doctor", "--json"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["ok"] is True and d["mtp_spec_type"] == "draft-mtp"
+    tools = {t["tool"]: t for t in d["tools"]}
+    assert set(tools) == {"llama-server", "llama-quantize", "llama-imatrix", "llama-gguf-split"}
+    for t in tools.values():
+        assert t["found"] and Path(t["path"]).is_file()
+        assert "0c1e570" in (t["version"] or ""), t
+
+
+def test_doctor_fails_when_nothing_is_found(tmp_path):
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent), MTPGRAFT_CACHE_DIR=str(tmp_path / "c"))
+    env.pop("MTPGRAFT_LLAMA_CPP", None)
+    r = subprocess.run([sys.executable, "-m", "mtpgraft", "doctor"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 1
+    assert "llama-server      NOT FOUND" in r.stdout and "not built" in r.stdout
+
+
+@pytest.mark.tools
+def test_toolchain_second_run_is_instant():
+    assert cached_bin_dir() is not None, "the toolchain must be built before the tests (scripts/test does it)"
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "mtpgraft", "toolchain", "--json"], capture_output=True, text=True,
+                       timeout=120)
+    dt = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["built"] is False and d["commit"] == "0c1e570"
+    assert dt < 10
+
+
+def test_toolchain_extra_cmake_flags_get_their_own_build_dir(tmp_path, monkeypatch):
+    from mtpgraft.toolchain import build_dir_for
+
+    monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path))
+    assert build_dir_for(()) == tmp_path / "toolchain" / "llama.cpp-0c1e570" / "build"
+    assert build_dir_for(["-DGGML_CUDA=ON"]) != build_dir_for(())
+    assert build_dir_for(["-DGGML_CUDA=ON"]) == build_dir_for(["-DGGML_CUDA=ON"])
