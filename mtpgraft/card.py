@@ -1,0 +1,271 @@
+"""The model card (README.md) of a pushed repo: YAML metadata and a body built from the push plan,
+the check reports' measurements and the GGUF metadata. Deterministic: the same inputs give the same
+bytes, so re-pushing unchanged files leaves the card unchanged too."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .hub import CheckMatch, ModelEntry, RemoteFile
+
+BASE_TAGS = ("gguf", "llama.cpp", "mtp", "speculative-decoding")
+DEFAULT_N_MAX = 3  # suggested when nothing was measured
+HUB_URL = "https://huggingface.co"
+
+# License ids the Hub's metadata validation accepts; anything else becomes `other` + license_name.
+HUB_LICENSES = frozenset("""
+apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0
+bigcode-openrail-m afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear
+c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0
+cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0
+cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0 cdla-permissive-2.0 wtfpl
+ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl
+lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr mpl-2.0
+odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr
+deepfloyd-if-license llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma unknown other
+""".split())
+
+
+def human_size(n: int) -> str:
+    """Decimal units, as the Hub shows sizes."""
+    for unit, div in (("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2), ("kB", 1000)):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n} B"
+
+
+def base_model_of(metadata: dict[str, Any]) -> str | None:
+    """The base model's Hub id from general.base_model.0.*, when the GGUF records one."""
+    url = metadata.get("general.base_model.0.repo_url")
+    if isinstance(url, str):
+        m = re.match(r"^https?://(?:www\.)?(?:huggingface\.co|hf\.co)/([\w.-]+/[\w.-]+)/?$", url.strip())
+        if m:
+            return m.group(1)
+    org, name = metadata.get("general.base_model.0.organization"), metadata.get("general.base_model.0.name")
+    if isinstance(org, str) and isinstance(name, str) and re.fullmatch(r"[\w.-]+", org + name):
+        return f"{org}/{name}"
+    return None
+
+
+def license_fields(metadata: dict[str, Any]) -> dict[str, str]:
+    lic = metadata.get("general.license")
+    if not isinstance(lic, str) or not lic.strip():
+        return {}
+    value = lic.strip().lower()
+    if value in HUB_LICENSES:
+        return {"license": value}
+    slug = re.sub(r"[^a-z0-9.-]+", "-", value).strip("-") or "custom"
+    return {"license": "other", "license_name": slug}
+
+
+def recommended_n(check: CheckMatch | None) -> int | None:
+    """The draft length most tasks measured best; on a tie, the one whose tasks sped up most."""
+    if check is None:
+        return None
+    counts: Counter[int] = Counter()
+    speed: dict[int, list[float]] = {}
+    for c in check.categories.values():
+        if isinstance(c, dict) and isinstance(c.get("best_n"), (int, float)):
+            n = int(c["best_n"])
+            counts[n] += 1
+            if isinstance(c.get("speedup"), (int, float)):
+                speed.setdefault(n, []).append(float(c["speedup"]))
+    if not counts:
+        return None
+
+    def mean_speedup(n: int) -> float:
+        return sum(speed.get(n, [])) / len(speed[n]) if speed.get(n) else 0.0
+
+    return min(counts, key=lambda n: (-counts[n], -mean_speedup(n), n))
+
+
+def render_card(*, repo_id: str, models: Sequence[ModelEntry], verified: bool,
+                other_files: Sequence[RemoteFile] = (), revision: str = "main") -> str:
+    from huggingface_hub import ModelCardData
+
+    meta: dict[str, Any] = {}
+    for m in models:  # the first model that knows a value wins
+        for k, v in m.metadata.items():
+            meta.setdefault(k, v)
+    base = next((b for m in models if (b := base_model_of(m.metadata))), None)
+    imatrix = any("quantize.imatrix.file" in m.metadata or "quantize.imatrix.dataset" in m.metadata
+                  for m in models)
+    tags = list(BASE_TAGS) + (["imatrix"] if imatrix else [])
+    data = ModelCardData(
+        base_model=base, **({"base_model_relation": "quantized"} if base else {}),
+        quantized_by=repo_id.split("/")[0], **license_fields(meta),
+        pipeline_tag="text-generation", tags=tags)
+    body = "\n".join(_body(repo_id=repo_id, models=models, verified=verified, base=base,
+                           other_files=other_files, revision=revision))
+    return "---\n" + data.to_yaml() + "\n---\n\n" + body.rstrip() + "\n"
+
+
+def _title(models: Sequence[ModelEntry], repo_id: str) -> str:
+    for m in models:
+        for k in ("general.basename", "general.name"):
+            v = m.metadata.get(k)
+            if isinstance(v, str) and v.strip():
+                size = m.metadata.get("general.size_label")
+                if k == "general.basename" and isinstance(size, str) and size and size not in v:
+                    return f"{v}-{size}"
+                return v.strip()
+    return repo_id.split("/")[1]
+
+
+def _pct(x: Any) -> str:
+    return f"{float(x) * 100:.0f}%" if isinstance(x, (int, float)) else "–"
+
+
+def _num(x: Any, fmt: str = "{:.1f}") -> str:
+    return fmt.format(float(x)) if isinstance(x, (int, float)) else "–"
+
+
+def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: str | None,
+          other_files: Sequence[RemoteFile], revision: str) -> list[str]:
+    out: list[str] = []
+    title = _title(models, repo_id)
+    base_link = f"[{base}]({HUB_URL}/{base})" if base else f"`{title}`"
+    out += [f"# {title} MTP GGUF", "",
+            f"GGUF quantizations of {base_link} that keep the model's multi-token-prediction (MTP, "
+            "NextN) head, for llama.cpp. With `--spec-type draft-mtp` llama-server drafts tokens with "
+            "that head and verifies them in one pass: speculative decoding without a separate draft "
+            "model.", ""]
+    if not verified:
+        out += ["> **Not verified.** These files were pushed with `mtpgraft push --no-verify`: they "
+                "passed `mtpgraft inspect`, but no llama-server check of their MTP acceptance was "
+                "required before publishing.", ""]
+
+    # Files
+    out += ["## Files", "", "| File | Quant type | MTP head | Size | SHA256 |", "|---|---|---|---:|---|"]
+    for m in models:
+        for i, f in enumerate(m.files):
+            shard = f" (part {i + 1}/{len(m.files)})" if len(m.files) > 1 else ""
+            out.append(f"| [{PurePosixPath(f.path).name}]({HUB_URL}/{repo_id}/blob/{revision}/{f.path}){shard} | "
+                       f"{m.quant or '–'} | {m.mtp_head} | {human_size(f.size)} | `{f.sha256}` |")
+    out.append("")
+    if other_files:
+        out += ["Also in this repository (not part of this push, not described above):", "",
+                "| File | Size | SHA256 |", "|---|---:|---|"]
+        out += [f"| {f.path} | {human_size(f.size)} | `{f.sha256 or f.git_oid}` |" for f in other_files]
+        out.append("")
+
+    # Measurements
+    measured = [m for m in models if m.check is not None]
+    out += ["## Measured MTP acceptance and speedup", ""]
+    if not measured:
+        out += ["Nothing was measured for these files"
+                + (" (pushed with `--no-verify`)." if not verified else "."), ""]
+    for m in measured:
+        c = m.check
+        assert c is not None
+        s = c.settings
+        how = []
+        if s.get("n_max"):
+            how.append(f"draft lengths {', '.join(str(x) for x in s['n_max'])}")
+        if s.get("temperature") is not None:
+            temps = s["temperature"] if isinstance(s["temperature"], list) else [s["temperature"]]
+            how.append(f"temperature {', '.join(str(x) for x in temps)}")
+        if s.get("reps"):
+            how.append(f"{s['reps']} repetitions")
+        if s.get("n_predict"):
+            how.append(f"{s['n_predict']} tokens per request")
+        out += [f"### {PurePosixPath(m.name).name}", "",
+                f"`mtpgraft check` with llama-server (llama.cpp {c.llama_cpp_build or 'unknown build'}): "
+                f"verdict **{c.verdict}**, draft acceptance {_pct(c.acceptance)} overall"
+                + (", MTP active" if c.mtp_active else "") + "."
+                + (f" Settings: {'; '.join(how)}." if how else ""), "",
+                "| Task | Draft acceptance | Speedup | Decode tok/s (MTP) | Decode tok/s (no MTP) "
+                "| Prefill tok/s | Best `--spec-draft-n-max` |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
+        for task, v in c.categories.items():
+            if not isinstance(v, dict):
+                continue
+            out.append(f"| {task} | {_pct(v.get('acceptance'))} | {_num(v.get('speedup'), '{:.2f}×')} | "
+                       f"{_num(v.get('decode_tps'))} | {_num(v.get('baseline_decode_tps'))} | "
+                       f"{_num(v.get('prefill_tps'))} | {v.get('best_n', '–')} |")
+        out.append("")
+        if c.chart:
+            out += [f"![MTP speedup per task]({c.chart})", ""]
+
+    # Usage
+    out += ["## Usage", "", "Run with the MTP head as the draft:", "", "```sh"]
+    for m in models:
+        if m.layout == "mtp-only":
+            continue
+        n = recommended_n(m.check)
+        tag = m.quant or PurePosixPath(m.name).stem
+        out.append(f"llama-server -hf {repo_id}:{tag} --spec-type draft-mtp "
+                   f"--spec-draft-n-max {n or DEFAULT_N_MAX}")
+    out += ["```", ""]
+    if any(recommended_n(m.check) is None for m in models):
+        out += [f"`--spec-draft-n-max {DEFAULT_N_MAX}` is a starting point where nothing was measured; "
+                "the tables above give the best value per task where it was.", ""]
+    else:
+        out += ["The draft length is the one most tasks measured best; the tables above give it per task.", ""]
+    rev = f" --revision {revision}" if revision != "main" else ""
+    out += ["Download:", "", "```sh"]
+    for m in models:
+        if len(m.files) == 1:
+            out.append(f"hf download {repo_id} {m.files[0].path}{rev} --local-dir .")
+        else:
+            pattern = re.sub(r"-\d{5}-of-\d{5}\.gguf$", "-*.gguf", m.files[0].path)
+            out.append(f'hf download {repo_id} --include "{pattern}"{rev} --local-dir .')
+    out += ["```", ""]
+    if revision != "main":
+        out += [f"These files are on the `{revision}` branch; `llama-server -hf` reads `main`.", ""]
+
+    # Provenance
+    out += ["## Provenance", ""]
+    if base:
+        out.append(f"- Base model: {base_link}")
+    out += _prov(models, "MTP head source", lambda m: _mtp_source(m.metadata))
+    out += _prov(models, "MTP tensor types", lambda m: m.metadata.get("mtpgraft.mtp.type_policy"))
+    out += _prov(models, "imatrix", lambda m: _imatrix(m.metadata))
+    out += _prov(models, "llama.cpp build (check)", lambda m: m.check.llama_cpp_build if m.check else None)
+    out += _prov(models, "Grafted with mtpgraft", lambda m: m.metadata.get("mtpgraft.version"))
+    out.append(f"- Published with mtpgraft {__version__}")
+    out.append("- Verification: " + ("every file passed `mtpgraft inspect` and `mtpgraft check` (the "
+                                     "check report lists its sha256)." if verified else
+                                     "`mtpgraft inspect` only; **not checked with llama-server** "
+                                     "(`--no-verify`)."))
+    out.append("")
+    return out
+
+
+def _prov(models: Sequence[ModelEntry], label: str, get: Any) -> list[str]:
+    vals = [(m, get(m)) for m in models]
+    distinct = {v for _, v in vals if v}
+    if not distinct:
+        return []
+    if len(distinct) == 1:
+        return [f"- {label}: {distinct.pop()}"]
+    return [f"- {label}:"] + [f"  - {PurePosixPath(m.name).name}: {v}" for m, v in vals if v]
+
+
+def _mtp_source(meta: dict[str, Any]) -> str | None:
+    src = meta.get("mtpgraft.mtp.source")
+    if not src:
+        return None
+    sha = meta.get("mtpgraft.mtp.source_sha256")
+    return f"`{src}`" + (f" (sha256 `{sha}`)" if sha else "")
+
+
+def _imatrix(meta: dict[str, Any]) -> str | None:
+    ds = meta.get("quantize.imatrix.dataset")
+    f = meta.get("quantize.imatrix.file")
+    if not ds and not f:
+        return None
+    parts = [f"dataset `{ds}`" if ds else f"file `{f}`"]
+    sha = meta.get("mtpgraft.imatrix.dataset_sha256")
+    if sha:
+        parts.append(f"sha256 `{sha}`")
+    if meta.get("quantize.imatrix.chunks_count"):
+        parts.append(f"{meta['quantize.imatrix.chunks_count']} chunks")
+    return ", ".join(parts)

@@ -1,0 +1,109 @@
+"""`mtpgraft push`: publish checked MTP GGUFs and their model card to the Hugging Face Hub."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..cli import STATE, cli, emit_json, error_boundary, info, json_option, show_progress, warn
+from ..errors import HubError
+
+
+@cli.command("push")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--repo", "repo_id", required=True, metavar="OWNER/NAME", help="The model repo to push to.")
+@click.option("--revision", metavar="BRANCH", default=None,
+              help="Branch to commit to (created from main if missing). Default: main.")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
+@click.option("--private", is_flag=True, help="Create the repo private (if it does not exist yet).")
+@click.option("--token", default=None, metavar="TOKEN",
+              help="Hugging Face token (else $HF_TOKEN, else the stored `hf auth login`).")
+@click.option("--endpoint", default=None, metavar="URL", help="Hub endpoint (else $HF_ENDPOINT).")
+@click.option("--report", "reports", multiple=True, type=click.Path(exists=True), metavar="DIR",
+              help="A `mtpgraft check --report` folder; may be repeated. Each GGUF needs a passing "
+                   "result with its sha256.")
+@click.option("--no-verify", is_flag=True,
+              help="Push without a passing check report (the model card says so).")
+@click.option("--dry-run", is_flag=True, help="Print the plan; make no write request.")
+@json_option
+@error_boundary
+def push(paths: tuple[str, ...], repo_id: str, revision: str | None, create_pr: bool, private: bool,
+         token: str | None, endpoint: str | None, reports: tuple[str, ...], no_verify: bool,
+         dry_run: bool, as_json: bool) -> None:
+    """Publish GGUF files (or folders of them) with a measured model card, in one commit.
+
+    Plans first with read-only calls (new / changed / unchanged per file, by size and sha256), refuses
+    any GGUF that fails `inspect` or lacks a passing check report, then sends only what the Hub does
+    not have, as one commit with README.md, and reads sizes and sha256 back.
+    """
+    from huggingface_hub.utils import disable_progress_bars
+
+    from ..hub import execute_push, make_api, plan_push
+
+    if not show_progress():
+        disable_progress_bars()
+    api = make_api(endpoint=endpoint, token=token)
+    plan = plan_push(list(paths), repo_id=repo_id, api=api, revision=revision, create_pr=create_pr,
+                     private=private, report_dirs=list(reports), verify=not no_verify)
+    for w in plan.warnings:
+        warn(w)
+    if dry_run or plan.refused:
+        if as_json:
+            emit_json({"dry_run": dry_run, "plan": plan.to_dict()})
+        else:
+            for line in _plan_lines(plan, dry_run=dry_run):
+                click.echo(line)
+        if plan.refused:
+            raise HubError(plan.refusal_message())
+        return
+    if not as_json and not STATE.quiet:
+        for line in _plan_lines(plan, dry_run=False):
+            info(line)
+    result = execute_push(plan, api=api)
+    if as_json:
+        emit_json({"dry_run": False, "plan": plan.to_dict(), "result": result.to_dict()})
+        return
+    if result.commit_oid is None:
+        click.echo(f"{repo_id}@{plan.revision}: already up to date; nothing sent "
+                   f"({len(result.verified)} files read back with matching sha256)")
+        return
+    click.echo(f"pushed {len(result.sent)} file(s) to {repo_id} in commit {result.commit_oid[:12]} "
+               f"({len(result.verified)} files read back with matching sha256)")
+    click.echo(result.pr_url or result.commit_url or "")
+
+
+def _plan_lines(plan: Any, *, dry_run: bool) -> list[str]:
+    from ..card import human_size
+
+    where = "repo will be created" if not plan.repo_exists and not plan.refused else (
+        "branch will be created" if plan.repo_exists and not plan.branch_exists else "")
+    head = f"push to {plan.repo_id} (branch {plan.revision}{'; ' + where if where else ''}"
+    head += "; as a pull request" if plan.create_pr else ""
+    head += f"; as {plan.user})" if plan.user else ")"
+    lines = [head]
+    checks = {f.path: m.check for m in plan.models for f in m.files}
+    width = max((len(f.path_in_repo) for f in plan.files), default=10)
+    for f in plan.files:
+        note = ""
+        c = checks.get(f.path_in_repo)
+        if f.role == "model":
+            if c is not None:
+                acc = f", acceptance {c.acceptance * 100:.0f}%" if isinstance(c.acceptance, (int, float)) else ""
+                note = f"  check: {c.verdict}{acc}"
+            elif not plan.verify:
+                note = "  not verified (--no-verify)"
+        lines.append(f"  {f.status:<9}  {f.path_in_repo:<{width}}  {human_size(f.size):>9}  "
+                     f"sha256 {f.sha256[:12]}{note}")
+    for r in plan.refusals:
+        lines.append(f"  refused    {r}")
+    if plan.refused:
+        return lines
+    n = len(plan.to_send)
+    lines.append(f"to send: {n} file(s), {human_size(plan.bytes_to_send)}"
+                 + (" (objects already in Hub storage are skipped)" if n else ""))
+    if n:
+        lines.append(f"commit: {plan.commit_message}")
+    if dry_run:
+        lines.append("dry run: nothing was sent")
+    return lines

@@ -1,0 +1,749 @@
+"""Publishing to the Hugging Face Hub: plan with read-only calls, gate, one atomic commit, read back.
+
+    api = make_api(endpoint=..., token=...)      # the one place the client is built
+    plan = plan_push(paths, repo_id=..., api=api, report_dirs=[...])
+    result = execute_push(plan, api=api)
+
+`plan_push` reads local files (inspect, sha256 cached by path/size/mtime) and the repo's current
+tree, and decides per file: new, changed or unchanged. The gate refuses any GGUF that fails
+`inspect` or has no passing `mtpgraft check` report with its sha256 (unless verify=False).
+`execute_push` sends only what is not on the Hub yet, as one commit with the model card, pinned to
+the planned parent commit, then reads sizes and sha256 back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from .errors import GGUFFormatError, HubError, UsageError
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+# The Hub's old per-file limit, which GGUF publishers still split at (llama-gguf-split "50G").
+MAX_FILE_BYTES = 50 * 1000**3
+SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+CHART_DIR = "charts"
+
+NO_TOKEN = ("no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login` "
+            "(a token with write access)")
+
+
+# --------------------------------------------------------------------------- the client seam
+
+
+def make_api(*, endpoint: str | None = None, token: str | None = None) -> HfApi:
+    """The one HfApi used for a push. Token: the argument, else HF_TOKEN, else the stored login."""
+    from huggingface_hub import HfApi, get_token
+
+    return HfApi(endpoint=endpoint or None, token=token or get_token() or None)
+
+
+# --------------------------------------------------------------------------- plan data
+
+
+@dataclass(frozen=True)
+class CheckMatch:
+    """The passing `mtpgraft check` result that covers a model's files."""
+
+    report: str  # the report.json it came from
+    verdict: str
+    acceptance: float | None
+    mtp_active: bool | None
+    categories: dict[str, dict[str, Any]]
+    llama_cpp_build: str | None
+    settings: dict[str, Any]
+    mtpgraft_version: str | None
+    chart: str | None  # path in the repo of the report's chart, when it has one
+    chart_source: str | None = None  # the chart's local path
+
+
+@dataclass(frozen=True)
+class FileRef:
+    path: str  # in the repo
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model to publish: a single GGUF or a whole split set."""
+
+    name: str  # path in the repo of the (first) file
+    files: tuple[FileRef, ...]  # shards in order
+    size: int
+    quant: str | None
+    architecture: str | None
+    nextn_predict_layers: int
+    mtp_head: str  # e.g. "1 layer, Q8_0"
+    layout: str | None  # "full", "mtp-only", "trunk-only"
+    metadata: dict[str, Any]  # general.* / quantize.imatrix.* / mtpgraft.* keys the card reads
+    check: CheckMatch | None
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    path_in_repo: str
+    role: str  # "model", "chart", "card"
+    size: int
+    sha256: str
+    status: str  # "new", "changed", "unchanged"; "refused" / "unknown" when the gate refused
+    local_path: str | None = None  # None for the generated README.md
+    mtime_ns: int | None = None
+    git_oid: str | None = None  # git blob id, for small files the Hub may store outside LFS
+    remote_size: int | None = None
+    remote_sha256: str | None = None
+
+    @property
+    def sends(self) -> bool:
+        return self.status in ("new", "changed")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    sha256: str | None  # LFS files
+    git_oid: str
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    repo_id: str
+    endpoint: str
+    revision: str
+    create_pr: bool
+    private: bool
+    verify: bool
+    user: str | None
+    repo_exists: bool
+    branch_exists: bool
+    parent_commit: str | None
+    models: tuple[ModelEntry, ...]
+    files: tuple[PlannedFile, ...]
+    refusals: tuple[Refusal, ...]
+    warnings: tuple[str, ...]
+    other_files: tuple[RemoteFile, ...]  # GGUFs already in the repo that this push leaves alone
+    card: str
+    commit_message: str
+    commit_description: str
+    chart_sources: tuple[tuple[str, str], ...] = field(default=())  # (path in repo, local path)
+
+    @property
+    def to_send(self) -> tuple[PlannedFile, ...]:
+        return tuple(f for f in self.files if f.sends)
+
+    @property
+    def bytes_to_send(self) -> int:
+        return sum(f.size for f in self.to_send)
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.refusals)
+
+    def refusal_message(self) -> str:
+        return "refusing to push: " + "; ".join(str(r) for r in self.refusals)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("chart_sources")
+        d["bytes_to_send"] = self.bytes_to_send
+        return d
+
+
+@dataclass(frozen=True)
+class PushResult:
+    repo_id: str
+    revision: str
+    commit_oid: str | None  # None when there was nothing to send
+    commit_url: str | None
+    pr_url: str | None
+    sent: tuple[str, ...]
+    bytes_committed: int  # size of the files in the commit (Hub storage may have had some already)
+    verified: tuple[str, ...]  # paths read back with the right size and sha256
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfApi,
+              revision: str | None = None, create_pr: bool = False, private: bool = False,
+              report_dirs: Sequence[str | os.PathLike[str]] = (), verify: bool = True,
+              max_file_bytes: int = MAX_FILE_BYTES) -> PushPlan:
+    """Work out what a push would do. Only read-only Hub calls; refusals are returned, not raised."""
+    from . import card as cardmod
+
+    if not REPO_ID_RE.match(repo_id):
+        raise UsageError(f"--repo {repo_id!r} is not OWNER/NAME")
+    if not paths:
+        raise UsageError("nothing to push: give GGUF files or folders")
+    branch = revision or "main"
+    local, skipped = _collect(paths)
+    reports = [_load_report(Path(d)) for d in report_dirs]
+    refusals: list[Refusal] = []
+    warnings = [f"{p}: skipped (an imatrix file, not a model)" for p in skipped]
+    models: list[ModelEntry] = []
+    files: list[PlannedFile] = []
+    chart_sources: dict[str, str] = {}
+
+    for group in local:
+        entry, group_files, group_refusals, charts = _plan_model(
+            group, reports=reports, verify=verify, max_file_bytes=max_file_bytes)
+        refusals += group_refusals
+        files += group_files
+        chart_sources.update(charts)
+        if entry is not None:
+            models.append(entry)
+            if "mtp-" in PurePosixPath(entry.name).name.lower() and entry.layout != "mtp-only":
+                warnings.append(f"{entry.name}: names containing 'mtp-' are skipped by "
+                                "`llama-server -hf` (reserved for MTP sidecar files)")
+    tags = [m.quant for m in models if m.quant and m.layout != "mtp-only"]
+    for t in sorted({t for t in tags if tags.count(t) > 1}):
+        warnings.append(f"several files have quant type {t}: `llama-server -hf {repo_id}:{t}` "
+                        "picks only one of them")
+
+    user = None
+    repo_exists = branch_exists = False
+    parent = None
+    remote: dict[str, RemoteFile] = {}
+    if not refusals:
+        user = _whoami(api, repo_id)
+        repo_exists, branch_exists, parent, remote = _remote_state(
+            api, repo_id=repo_id, branch=branch, create_pr=create_pr)
+        if private and repo_exists:
+            warnings.append(f"--private has no effect: {repo_id} exists (change its visibility on the Hub)")
+
+    for path_in_repo, local_path in sorted(chart_sources.items()):
+        data = Path(local_path).read_bytes()
+        files.append(PlannedFile(path_in_repo, "chart", len(data), hashlib.sha256(data).hexdigest(),
+                                 "new", local_path=local_path, mtime_ns=os.stat(local_path).st_mtime_ns,
+                                 git_oid=_git_blob_oid(data)))
+
+    ours = {f.path_in_repo for f in files} | {"README.md"}
+    others = tuple(r for p, r in sorted(remote.items()) if p.endswith(".gguf") and p not in ours)
+    text = cardmod.render_card(repo_id=repo_id, models=models, verified=verify,
+                               other_files=others, revision=branch)
+    data = text.encode()
+    files.append(PlannedFile("README.md", "card", len(data), hashlib.sha256(data).hexdigest(), "new",
+                             git_oid=_git_blob_oid(data)))
+    if refusals:  # the Hub was not asked: nothing is compared or sent
+        files = [f if f.status == "refused" else _replace(f, status="unknown") for f in files]
+    else:
+        files = [_compare(f, remote.get(f.path_in_repo)) for f in files]
+    message, description = _commit_text(models, files, verify=verify, repo_id=repo_id)
+    return PushPlan(
+        repo_id=repo_id, endpoint=api.endpoint, revision=branch, create_pr=create_pr, private=private,
+        verify=verify, user=user, repo_exists=repo_exists, branch_exists=branch_exists,
+        parent_commit=parent, models=tuple(models), files=tuple(files), refusals=tuple(refusals),
+        warnings=tuple(warnings), other_files=others, card=text, commit_message=message,
+        commit_description=description, chart_sources=tuple(sorted(chart_sources.items())))
+
+
+@dataclass(frozen=True)
+class _Local:
+    path: Path
+    path_in_repo: str
+
+
+def _collect(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[list[_Local]], list[str]]:
+    """Local GGUFs grouped into models (a split set is one group), in a stable order, and the
+    folder entries skipped: imatrix files and anything under a hidden folder (e.g. .cache)."""
+    found: dict[str, _Local] = {}
+    skipped: list[str] = []
+
+    def add(p: Path, in_repo: str) -> None:
+        prev = found.get(in_repo)
+        if prev is not None and prev.path.resolve() != p.resolve():
+            raise UsageError(f"two files would both be {in_repo} in the repo: {prev.path} and {p}")
+        found[in_repo] = _Local(p, in_repo)
+
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            ggufs = []
+            for q in sorted(p.rglob("*.gguf")):
+                rel = q.relative_to(p)
+                if any(part.startswith(".") for part in rel.parts) or not q.is_file():
+                    continue
+                if "imatrix" in q.name.lower():
+                    skipped.append(str(q))
+                    continue
+                ggufs.append(q)
+            if not ggufs:
+                raise UsageError(f"{p}: no .gguf model files in this folder")
+            for q in ggufs:
+                add(q, q.relative_to(p).as_posix())
+        elif p.is_file():
+            m = SPLIT_RE.match(p.name)
+            if m:  # a shard brings its whole set
+                count = int(m["count"])
+                for i in range(1, count + 1):
+                    q = p.with_name(f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf")
+                    add(q, q.name)
+            else:
+                add(p, p.name)
+        else:
+            raise UsageError(f"{p}: no such file or folder")
+
+    groups: dict[str, list[_Local]] = {}
+    for in_repo in sorted(found):
+        loc = found[in_repo]
+        m = SPLIT_RE.match(PurePosixPath(in_repo).name)
+        key = (str(PurePosixPath(in_repo).parent / m["prefix"]) + "\0split") if m else in_repo
+        groups.setdefault(key, []).append(loc)
+    return list(groups.values()), skipped
+
+
+def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
+                max_file_bytes: int) -> tuple[ModelEntry | None, list[PlannedFile], list[Refusal],
+                                              dict[str, str]]:
+    from .gguf_io import GGUFModel
+    from .hashing import sha256_file
+    from .inspect import inspect_model
+
+    first = group[0]
+    refusals: list[Refusal] = []
+    planned: list[PlannedFile] = []
+    for loc in group:
+        if not loc.path.is_file():
+            m = SPLIT_RE.match(loc.path.name)
+            refusals.append(Refusal(loc.path_in_repo, f"shard {int(m['no'])} of {int(m['count'])} is "
+                                    f"missing ({loc.path})" if m else "missing"))
+    if refusals:
+        return None, [], refusals, {}
+
+    sizes = {loc.path_in_repo: loc.path.stat().st_size for loc in group}
+    for loc in group:
+        if sizes[loc.path_in_repo] > max_file_bytes:
+            refusals.append(Refusal(loc.path_in_repo, (
+                f"{_human(sizes[loc.path_in_repo])} is over the {_human(max_file_bytes)} per-file limit: "
+                f"split it (llama-gguf-split --split --split-max-size {_human_g(max_file_bytes)} "
+                f"{loc.path.name} OUT) and push the shards")))
+    try:
+        model = GGUFModel(first.path)
+        report = inspect_model(first.path, model=model)
+    except GGUFFormatError as e:
+        return None, [], refusals + [Refusal(first.path_in_repo, f"not a readable GGUF ({e})")], {}
+    expected = [p.name for p in model.paths]
+    got = [loc.path.name for loc in group]
+    if expected != got:
+        refusals.append(Refusal(first.path_in_repo,
+                                f"the split set holds {', '.join(expected)} but the push has {', '.join(got)}"))
+    if not report.consistent:
+        refusals.append(Refusal(first.path_in_repo, "inspect found inconsistent MTP metadata: "
+                                + "; ".join(report.problems)))
+    elif not report.mtp_present:
+        refusals.append(Refusal(first.path_in_repo, "has no MTP head (no nextn tensors): nothing for "
+                                "draft-mtp to use; graft one with `mtpgraft graft`"))
+
+    shas = {}
+    for loc in group:
+        st = loc.path.stat()
+        # A file already refused is not hashed: minutes for a big one, and nothing to compare.
+        shas[loc.path_in_repo] = "" if refusals else sha256_file(loc.path)
+        planned.append(PlannedFile(loc.path_in_repo, "model", st.st_size, shas[loc.path_in_repo], "new",
+                                   local_path=str(loc.path), mtime_ns=st.st_mtime_ns))
+
+    match, why = (None, "") if refusals else _match_check(shas, reports)
+    charts: dict[str, str] = {}
+    if match is not None and match.chart is not None and match.chart_source is not None:
+        charts[match.chart] = match.chart_source
+    if verify and match is None and not refusals:
+        refusals.append(Refusal(first.path_in_repo, why))
+    if refusals:
+        planned = [_replace(f, status="refused") for f in planned]
+
+    meta_keys = ("general.name", "general.basename", "general.license", "general.license.name",
+                 "general.size_label", "general.base_model.count", "general.base_model.0.name",
+                 "general.base_model.0.organization", "general.base_model.0.repo_url",
+                 "quantize.imatrix.file", "quantize.imatrix.dataset",
+                 "quantize.imatrix.entries_count", "quantize.imatrix.chunks_count",
+                 "mtpgraft.version", "mtpgraft.mtp.source", "mtpgraft.mtp.source_sha256",
+                 "mtpgraft.mtp.type_policy", "mtpgraft.imatrix.dataset_sha256")
+    metadata = {k: model.get(k) for k in meta_keys if model.get(k) is not None}
+    entry = ModelEntry(
+        name=first.path_in_repo, size=sum(sizes.values()),
+        files=tuple(FileRef(f.path_in_repo, f.size, f.sha256) for f in planned),
+        quant=report.file_type or _quant_from_name(first.path.name), architecture=report.architecture,
+        nextn_predict_layers=report.nextn_predict_layers, mtp_head=_mtp_head(report), layout=report.layout,
+        metadata=metadata, check=match)
+    return entry, planned, refusals, charts
+
+
+def _mtp_head(report: Any) -> str:
+    if not report.mtp_present:
+        return "none"
+    sizes: dict[str, int] = {}
+    for t in report.mtp_tensors:
+        if len(t.shape) >= 2:
+            sizes[t.type] = sizes.get(t.type, 0) + t.nbytes
+    dom = max(sizes, key=lambda k: sizes[k]) if sizes else "?"
+    n = len(report.mtp_layers) or report.nextn_predict_layers
+    return f"{n} layer{'s' if n != 1 else ''}, {dom}"
+
+
+def _quant_from_name(name: str) -> str | None:
+    m = re.search(r"(?i)[-.](I?Q\d+_[A-Z0-9_]+|F16|BF16|F32|Q8_0)(?:-\d{5}-of-\d{5})?\.gguf$", name)
+    return m.group(1).upper() if m else None
+
+
+# --------------------------------------------------------------------------- check reports
+
+
+@dataclass(frozen=True)
+class _Report:
+    path: Path  # report.json
+    data: dict[str, Any]
+
+
+def _load_report(d: Path) -> _Report:
+    p = d / "report.json" if d.is_dir() else d
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--report {d}: no report.json there "
+                         "(write one with `mtpgraft check --report DIR`)") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--report {d}: cannot read {p} ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise UsageError(f"--report {d}: {p} is not an mtpgraft check report (no models list)")
+    return _Report(p, data)
+
+
+def _match_check(shas: dict[str, str], reports: list[_Report]) -> tuple[CheckMatch | None, str]:
+    """The passing report entry that lists every file's sha256, or None and why not."""
+    wanted = set(shas.values())
+    failed: list[str] = []
+    partial = False
+    for rep in reports:
+        for m in rep.data["models"]:
+            listed = {f.get("sha256") for f in m.get("files") or [] if isinstance(f, dict)}
+            if not wanted & listed:
+                continue
+            if not wanted <= listed:
+                partial = True
+                continue
+            if m.get("verdict") != "pass":
+                reasons = "; ".join(m.get("reasons") or []) or f"verdict {m.get('verdict')!r}"
+                failed.append(f"its check failed ({reasons}; {rep.path})")
+                continue
+            chart = rep.data.get("chart")
+            chart_in_repo = chart_src = None
+            if isinstance(chart, str) and chart and (rep.path.parent / chart).is_file():
+                chart_src = rep.path.parent / chart
+                digest = hashlib.sha256(chart_src.read_bytes()).hexdigest()[:12]
+                chart_in_repo = f"{CHART_DIR}/speedup-{digest}{chart_src.suffix or '.png'}"
+            return CheckMatch(
+                report=str(rep.path), verdict="pass", acceptance=m.get("acceptance"),
+                mtp_active=m.get("mtp_active"), categories=dict(m.get("categories") or {}),
+                llama_cpp_build=rep.data.get("llama_cpp_build"), settings=dict(rep.data.get("settings") or {}),
+                mtpgraft_version=rep.data.get("mtpgraft_version"), chart=chart_in_repo,
+                chart_source=str(chart_src) if chart_src else None), ""
+    if failed:
+        return None, failed[0] + "; fix it and check again, or push with --no-verify"
+    short = ", ".join(sorted(s[:12] for s in wanted))
+    if partial:
+        return None, "the check report does not list every shard of this split set; check the whole set"
+    if not reports:
+        return None, ("no check report given: run `mtpgraft check --report DIR` on it and pass "
+                      "--report DIR, or push with --no-verify")
+    return None, (f"no check report lists its sha256 ({short}): the file changed since the check, or it "
+                  "was not checked; run `mtpgraft check --report DIR` on it, or push with --no-verify")
+
+
+# --------------------------------------------------------------------------- the Hub side
+
+
+def _whoami(api: HfApi, repo_id: str) -> str | None:
+    from huggingface_hub import get_token
+
+    if not (api.token or get_token()):
+        return None
+    with hub_errors(api=api, repo_id=repo_id, action="check the token"):
+        return api.whoami().get("name")
+
+
+def _remote_state(api: HfApi, *, repo_id: str, branch: str,
+                  create_pr: bool) -> tuple[bool, bool, str | None, dict[str, RemoteFile]]:
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    with hub_errors(api=api, repo_id=repo_id, action="read the repo"):
+        try:
+            head = api.model_info(repo_id, revision=branch).sha
+            branch_exists = True
+        except RevisionNotFoundError:
+            if create_pr:
+                raise HubError(f"{repo_id} has no branch {branch!r}: a pull request needs an existing "
+                               "target branch (drop --create-pr to create the branch)") from None
+            head = api.model_info(repo_id).sha  # a new branch starts at main
+            branch_exists = False
+        except RepositoryNotFoundError:
+            if create_pr:
+                raise HubError(f"{repo_id} not found on {api.endpoint}: --create-pr needs an existing "
+                               "repo (check --repo, or drop --create-pr to create it)") from None
+            return False, False, None, {}
+        remote = _tree(api, repo_id, head or branch)
+    return True, branch_exists, head, remote
+
+
+def _tree(api: HfApi, repo_id: str, revision: str | None) -> dict[str, RemoteFile]:
+    from huggingface_hub.hf_api import RepoFile
+
+    out = {}
+    for e in api.list_repo_tree(repo_id, revision=revision, recursive=True):
+        if isinstance(e, RepoFile):
+            out[e.path] = RemoteFile(e.path, e.size, e.lfs.sha256 if e.lfs else None, e.blob_id)
+    return out
+
+
+def _compare(f: PlannedFile, r: RemoteFile | None) -> PlannedFile:
+    if f.status == "refused":
+        return f
+    if r is None:
+        return _replace(f, status="new")
+    same = (r.sha256 == f.sha256 and r.size == f.size) if r.sha256 else (r.git_oid == f.git_oid)
+    remote_sha = r.sha256 if r.sha256 else (f.sha256 if same else None)
+    return _replace(f, status="unchanged" if same else "changed", remote_size=r.size, remote_sha256=remote_sha)
+
+
+def _commit_text(models: list[ModelEntry], files: list[PlannedFile], *, verify: bool,
+                 repo_id: str) -> tuple[str, str]:
+    from .card import base_model_of, human_size
+
+    sending = {f.path_in_repo: f for f in files if f.sends}
+    sent_models = [m for m in models if any(f.path in sending for f in m.files)]
+    quants: list[str] = []
+    for m in sent_models:
+        q = m.quant or m.name
+        if q not in quants:
+            quants.append(q)
+    base = next((b for m in models if (b := base_model_of(m.metadata))), None)
+    of = base or next((m.metadata.get("general.name") for m in models if m.metadata.get("general.name")),
+                      repo_id)
+    if sent_models:
+        verb = "Add" if all(sending[f.path].status == "new" for m in sent_models for f in m.files
+                            if f.path in sending) else "Update"
+        noun = "quant" if len(quants) == 1 else "quants"
+        message = f"{verb} {', '.join(quants)} MTP GGUF {noun} of {of}"
+    else:
+        message = f"Update model card of {repo_id}"
+    rows = ["| File | Size | SHA256 |", "|---|---:|---|"]
+    rows += [f"| {f.path_in_repo} | {human_size(f.size)} | `{f.sha256}` |" for f in sending.values()]
+    gate = ("Every GGUF passed `mtpgraft check` (matched by sha256)." if verify
+            else "Pushed with --no-verify: the GGUFs were not checked with llama-server.")
+    return message, "\n".join(rows) + "\n\n" + gate + "\n"
+
+
+# --------------------------------------------------------------------------- executing
+
+
+def execute_push(plan: PushPlan, *, api: HfApi) -> PushResult:
+    """Send what the plan says, as one commit, then read sizes and sha256 back."""
+    from huggingface_hub import CommitOperationAdd
+
+    if plan.refused:
+        raise HubError(plan.refusal_message())
+    for f in plan.to_send:
+        if f.local_path is not None:
+            st = os.stat(f.local_path)
+            if st.st_size != f.size or st.st_mtime_ns != f.mtime_ns:
+                raise HubError(f"{f.local_path} changed since the push was planned: run the push again")
+    if not plan.to_send:
+        verified = _read_back(api, plan, plan.parent_commit)
+        return PushResult(plan.repo_id, plan.revision, None, None, None, (), 0, verified)
+    if plan.user is None:
+        raise HubError(NO_TOKEN)
+
+    with hub_errors(api=api, repo_id=plan.repo_id, action="push", revision=plan.revision):
+        parent = plan.parent_commit
+        if not plan.repo_exists:
+            api.create_repo(plan.repo_id, private=plan.private or None, exist_ok=True)
+            parent = _head(api, plan.repo_id)  # the Hub's initial commit (.gitattributes)
+        if not plan.branch_exists and plan.revision != "main":
+            api.create_branch(plan.repo_id, branch=plan.revision, revision=parent, exist_ok=True)
+        ops = []
+        for f in plan.to_send:
+            if f.role == "card":
+                op = CommitOperationAdd(f.path_in_repo, plan.card.encode())
+            else:
+                op = CommitOperationAdd(f.path_in_repo, f.local_path)
+                op.upload_info.sha256 = bytes.fromhex(f.sha256)  # hashed at plan time: no re-read
+            ops.append(op)
+        info = api.create_commit(
+            plan.repo_id, ops, commit_message=plan.commit_message,
+            commit_description=plan.commit_description, revision=plan.revision,
+            create_pr=plan.create_pr, parent_commit=parent)
+    verified = _read_back(api, plan, info.oid)
+    return PushResult(plan.repo_id, plan.revision, info.oid, info.commit_url, info.pr_url,
+                      tuple(f.path_in_repo for f in plan.to_send), plan.bytes_to_send, verified)
+
+
+def _head(api: HfApi, repo_id: str) -> str | None:
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    try:
+        return api.model_info(repo_id).sha
+    except RevisionNotFoundError:  # a repo created without any commit
+        return None
+
+
+def _read_back(api: HfApi, plan: PushPlan, revision: str | None) -> tuple[str, ...]:
+    """Compare the Hub's size and sha256 of every planned file with the local ones."""
+    from huggingface_hub.errors import RevisionNotFoundError
+    from huggingface_hub.hf_api import RepoFile
+
+    revision = revision or (None if plan.create_pr else plan.revision)
+    if revision is None:
+        return ()
+    paths = [f.path_in_repo for f in plan.files]
+    with hub_errors(api=api, repo_id=plan.repo_id, action="read the pushed files back"):
+        try:
+            entries = api.get_paths_info(plan.repo_id, paths, revision=revision)
+        except RevisionNotFoundError:
+            if plan.create_pr:
+                raise
+            # a server that resolves only branch names: the branch as it is now
+            revision = plan.revision
+            entries = api.get_paths_info(plan.repo_id, paths, revision=revision)
+        got = {e.path: e for e in entries if isinstance(e, RepoFile)}
+    bad = []
+    for f in plan.files:
+        e = got.get(f.path_in_repo)
+        if e is None:
+            bad.append(f"{f.path_in_repo} is missing")
+        elif e.size != f.size:
+            bad.append(f"{f.path_in_repo} is {e.size} bytes on the Hub, {f.size} here")
+        elif e.lfs is not None and e.lfs.sha256 != f.sha256:
+            bad.append(f"{f.path_in_repo} has sha256 {e.lfs.sha256[:12]}… on the Hub, {f.sha256[:12]}… here")
+        elif e.lfs is None and e.blob_id != f.git_oid:
+            bad.append(f"{f.path_in_repo} differs on the Hub (git blob {e.blob_id[:12]}…)")
+    if bad:
+        raise HubError(f"read-back after the commit on {plan.repo_id}@{revision[:12]} failed: "
+                       + "; ".join(bad) + " (run the push again to re-upload)")
+    return tuple(paths)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@contextmanager
+def hub_errors(*, api: HfApi, repo_id: str, action: str, revision: str | None = None) -> Iterator[None]:
+    """Turn huggingface_hub / transport errors into one-line HubErrors that say what to do next."""
+    try:
+        yield
+    except HubError:
+        raise
+    except Exception as e:  # noqa: BLE001 - everything the client can raise is mapped below
+        msg = describe_error(e, api=api, repo_id=repo_id, action=action, revision=revision)
+        if msg is None:
+            raise
+        raise HubError(msg) from e
+
+
+def describe_error(e: BaseException, *, api: HfApi, repo_id: str, action: str,
+                   revision: str | None = None) -> str | None:
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalTokenNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    endpoint = api.endpoint
+    if isinstance(e, LocalTokenNotFoundError):
+        return NO_TOKEN
+    if isinstance(e, RevisionNotFoundError):
+        return f"cannot {action}: revision {revision or 'main'!r} not found in {repo_id} (check --revision)"
+    if isinstance(e, RepositoryNotFoundError):
+        return (f"cannot {action}: {repo_id} not found on {endpoint}, or not visible with this token "
+                "(check --repo and the token's access)")
+    if isinstance(e, HfHubHTTPError):
+        status = e.response.status_code if e.response is not None else None
+        header = e.response.headers.get("X-Error-Message", "") if e.response is not None else ""
+        server = _one_line(e.server_message or header or "")
+        said = f"{status}{': ' + server if server else ''}"
+        if status == 401:
+            return (f"the Hub rejected the token ({said}): pass a valid --token, set HF_TOKEN, "
+                    "or run `hf auth login`")
+        if status == 403:
+            return (f"not allowed to {action} {repo_id} ({said}): use a token with write access to "
+                    f"{repo_id.split('/')[0]}")
+        if status == 412 or (status == 409 and action == "push"):
+            return (f"{repo_id}@{revision or 'main'} changed on the Hub while pushing ({said}); run the "
+                    "push again to plan against the new state")
+        if status is not None and (status >= 500 or status in (408, 429)):
+            return (f"the Hub failed to {action} ({said}); run the same push again: files already "
+                    "uploaded are not sent again")
+        return f"cannot {action} on {repo_id} ({said})"
+    if isinstance(e, RuntimeError) and e.__cause__ is not None and "uploading" in str(e):
+        inner = describe_error(e.__cause__, api=api, repo_id=repo_id, action=action, revision=revision)
+        m = re.search(r"'([^']+)'", str(e))
+        return f"{m.group(1) + ': ' if m else ''}{inner or _one_line(str(e.__cause__))}"
+    try:
+        import httpx2
+
+        transport: tuple[type[BaseException], ...] = (httpx2.TransportError,)
+    except ImportError:  # pragma: no cover - the client's HTTP library
+        transport = ()
+    if isinstance(e, ConnectionError) and "HTTP status" in str(e):  # hf-xet's HTTP errors
+        return (f"the Xet upload failed ({_one_line(str(e))}); check the token's write access, then run "
+                "the push again: chunks already uploaded are not sent again")
+    if isinstance(e, transport + (ConnectionError,)):
+        return (f"cannot reach {endpoint} ({_one_line(str(e)) or type(e).__name__}): check --endpoint and "
+                "the network, then run the push again")
+    if isinstance(e, ValueError):
+        return f"cannot {action} on {repo_id}: {_one_line(str(e))}"
+    if type(e).__module__.split(".")[0] == "hf_xet":
+        return f"the Xet upload failed ({_one_line(str(e))}); run the push again to resume"
+    return None
+
+
+def _one_line(s: str) -> str:
+    lines = [x.strip() for x in s.strip().splitlines() if x.strip()]
+    text = " ".join(lines[:2]) if lines else ""
+    return text[:300]
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _git_blob_oid(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _replace(f: PlannedFile, **kw: Any) -> PlannedFile:
+    from dataclasses import replace
+
+    return replace(f, **kw)
+
+
+def _human(n: int) -> str:
+    from .card import human_size
+
+    return human_size(n)
+
+
+def _human_g(n: int) -> str:
+    """A size as llama-gguf-split's --split-max-size takes it (whole G or M)."""
+    return f"{n // 1000**3}G" if n >= 1000**3 else f"{max(1, n // 1000**2)}M"

@@ -1,0 +1,610 @@
+"""A loopback Hugging Face Hub for tests: the endpoints huggingface_hub 2.4.0 calls to publish.
+
+Stdlib only. It runs on 127.0.0.1:0 in a thread and keeps repos in memory: commits with parents,
+branches, pull-request refs, the parent_commit check, LFS storage (bytes are checked against their
+sha256) and Xet write tokens (the Rust client writes into a `local://` CAS folder, so for Xet the
+fake checks the flow: the sha256 of each committed Xet file must appear in a CAS shard).
+
+Tests drive it with the real client: `HfApi(endpoint=hub.url, token=FakeHub.TOKEN)`.
+- `hub.requests` logs every request (method, path, status, body size); `hub.writes()` lists
+  the ones that could change state (everything but GET/HEAD and the read-only paths-info POST).
+- `hub.fail(method, pattern, status, times)` injects errors; `hub.on_commit` may reject a commit.
+- `hub.lfs_bytes_received` counts bytes PUT to LFS storage.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import yaml
+
+GITATTRIBUTES = b"*.gguf filter=lfs diff=lfs merge=lfs -text\n*.png filter=lfs diff=lfs merge=lfs -text\n"
+LFS_MIN_SIZE = 10 * 1024 * 1024
+
+
+def git_blob_oid(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+@dataclass(frozen=True)
+class Entry:
+    size: int
+    oid: str  # git blob oid (of the pointer for LFS files)
+    sha256: str | None = None  # LFS files only
+    content: bytes | None = None  # regular files; LFS files when the bytes came through LFS
+
+    @property
+    def is_lfs(self) -> bool:
+        return self.sha256 is not None
+
+
+@dataclass
+class Commit:
+    oid: str
+    parent: str | None
+    files: dict[str, Entry]
+    title: str
+    description: str
+    date: float = field(default_factory=time.time)
+
+
+@dataclass
+class Repo:
+    repo_id: str
+    private: bool
+    commits: dict[str, Commit] = field(default_factory=dict)
+    refs: dict[str, str] = field(default_factory=dict)  # "main" / "refs/pr/1" -> commit oid
+    prs: int = 0
+
+    def resolve(self, rev: str) -> Commit | None:
+        if rev in self.refs:
+            return self.commits[self.refs[rev]]
+        if re.fullmatch(r"[0-9a-f]{7,40}", rev):
+            hits = [c for oid, c in self.commits.items() if oid.startswith(rev)]
+            if len(hits) == 1:
+                return hits[0]
+        return None
+
+
+@dataclass
+class Fault:
+    method: str
+    pattern: re.Pattern[str]
+    status: int
+    times: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    status: int
+    nbytes: int
+
+
+class HubError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None,
+                 body: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.body = status, message, code, body
+
+
+class FakeHub:
+    TOKEN = "hf_test_write"
+    READ_TOKEN = "hf_test_read"
+
+    def __init__(self, cas_dir: Path) -> None:
+        self.cas_dir = Path(cas_dir)
+        self.cas_dir.mkdir(parents=True, exist_ok=True)
+        self.users = {self.TOKEN: ("tester", "write"), self.READ_TOKEN: ("tester", "read")}
+        self.orgs = {"tester": ["testorg"]}
+        self.repos: dict[str, Repo] = {}
+        self.lfs_objects: dict[str, bytes] = {}
+        self.lfs_bytes_received = 0
+        self.lfs_multipart_chunk: int | None = None  # set to use multipart uploads
+        self._parts: dict[str, dict[int, bytes]] = {}
+        self.requests: list[Request] = []
+        self.faults: list[Fault] = []
+        self.on_commit: Callable[[str, dict[str, Any]], HubError | None] | None = None
+        self.lock = threading.RLock()
+        self._seq = 0
+        hub = self
+
+        class Handler(_Handler):
+            fake = hub
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    # ------------------------------------------------------------------ control
+    def start(self) -> FakeHub:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def fail(self, method: str, pattern: str, status: int = 500, *, times: int = 1,
+             message: str = "injected failure") -> None:
+        with self.lock:
+            self.faults.append(Fault(method.upper(), re.compile(pattern), status, times, message))
+
+    def writes(self) -> list[Request]:
+        return [r for r in self.requests
+                if r.method not in ("GET", "HEAD") and "/paths-info/" not in r.path]
+
+    def clear_log(self) -> None:
+        with self.lock:
+            self.requests.clear()
+
+    def head(self, repo_id: str, rev: str = "main") -> Commit:
+        repo = self.repos[repo_id]
+        commit = repo.resolve(rev)
+        assert commit is not None, rev
+        return commit
+
+    def create_repo(self, repo_id: str, *, private: bool = False) -> Repo:
+        """Create a repo the way the Hub does: with an initial commit holding .gitattributes."""
+        with self.lock:
+            repo = Repo(repo_id, private)
+            entry = Entry(len(GITATTRIBUTES), git_blob_oid(GITATTRIBUTES), content=GITATTRIBUTES)
+            self._add_commit(repo, "main", None, {".gitattributes": entry}, "initial commit", "")
+            self.repos[repo_id] = repo
+            return repo
+
+    def commit_files(self, repo_id: str, files: dict[str, bytes], *, branch: str = "main",
+                     title: str = "concurrent change") -> str:
+        """Commit regular files directly (a change made by someone else)."""
+        with self.lock:
+            repo = self.repos[repo_id]
+            head = repo.commits[repo.refs[branch]]
+            new = dict(head.files)
+            for path, data in files.items():
+                new[path] = Entry(len(data), git_blob_oid(data), content=data)
+            return self._add_commit(repo, branch, head.oid, new, title, "").oid
+
+    def _add_commit(self, repo: Repo, ref: str, parent: str | None, files: dict[str, Entry],
+                    title: str, description: str) -> Commit:
+        self._seq += 1
+        oid = hashlib.sha1(f"{repo.repo_id}\0{self._seq}\0{parent}\0{title}".encode()).hexdigest()
+        commit = Commit(oid, parent, files, title, description)
+        repo.commits[oid] = commit
+        repo.refs[ref] = oid
+        return commit
+
+    def xet_has_sha256(self, sha256: str) -> bool:
+        """Whether a Xet shard in the CAS folder records a file with this sha256. Shards store a
+        hash as four little-endian u64 words."""
+        raw = bytes.fromhex(sha256)
+        needle = b"".join(raw[i:i + 8][::-1] for i in range(0, 32, 8))
+        return any(needle in p.read_bytes() for p in self.cas_dir.rglob("shards/*.mdb"))
+
+    def cas_files(self) -> dict[str, int]:
+        return {str(p.relative_to(self.cas_dir)): p.stat().st_size
+                for p in self.cas_dir.rglob("*") if p.is_file()}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeHub
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        pass
+
+    # ------------------------------------------------------------------ plumbing
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+        if isinstance(body, (bytes, bytearray)):
+            data, ctype = bytes(body), "application/octet-stream"
+        elif body is None:
+            data, ctype = b"", "application/json"
+        else:
+            data, ctype = json.dumps(body).encode(), "application/json"
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        self._status = status
+
+    def _handle(self) -> None:
+        fake = self.fake
+        split = urlsplit(self.path)
+        self._query = parse_qs(split.query)
+        self._raw = self._body()
+        self._status = 0
+        parts = [unquote(p) for p in split.path.split("/")[1:]]
+        try:
+            with fake.lock:
+                for f in fake.faults:
+                    if f.times > 0 and f.method in (self.command, "*") and f.pattern.search(split.path):
+                        f.times -= 1
+                        raise HubError(f.status, f.message)
+            self._route(parts)
+        except HubError as e:
+            headers = {"X-Error-Message": e.message}
+            if e.code:
+                headers["X-Error-Code"] = e.code
+            self._send(e.status, e.body or {"error": e.message}, headers)
+        except Exception as e:  # a bug in the fake: make it visible
+            self._send(599, {"error": f"fake hub crashed: {e!r}"})
+            raise
+        finally:
+            with fake.lock:
+                fake.requests.append(Request(self.command, split.path, self._status, len(self._raw)))
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
+
+    # ------------------------------------------------------------------ auth
+    def _user(self, *, required: bool = False, write: bool = False) -> str | None:
+        auth = self.headers.get("Authorization", "")
+        if not auth:
+            if required:
+                raise HubError(401, "Invalid username or password.")
+            return None
+        token = auth.removeprefix("Bearer ").strip()
+        who = self.fake.users.get(token)
+        if who is None:
+            raise HubError(401, "Invalid credentials in Authorization header")
+        if write and who[1] != "write":
+            raise HubError(403, "You don't have the rights to write with this token")
+        return who[0]
+
+    def _repo(self, repo_id: str, *, write: bool = False) -> Repo:
+        user = self._user(required=write, write=write)
+        repo = self.fake.repos.get(repo_id)
+        owner = repo_id.split("/")[0]
+        mine = user is not None and (owner == user or owner in self.fake.orgs.get(user, []))
+        if repo is None or (repo.private and not mine):
+            raise HubError(404, "Repository not found", "RepoNotFound")
+        if write and not mine:
+            raise HubError(403, f"You don't have the rights to write to {repo_id}")
+        return repo
+
+    def _commit(self, repo: Repo, rev: str) -> Commit:
+        commit = repo.resolve(rev)
+        if commit is None:
+            raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        return commit
+
+    # ------------------------------------------------------------------ routing
+    def _route(self, p: list[str]) -> None:
+        m = self.command
+        if p[:2] == ["api", "whoami-v2"] and m == "GET":
+            return self._whoami()
+        if p[:3] == ["api", "repos", "create"] and m == "POST":
+            return self._create_repo()
+        if p[:2] == ["api", "validate-yaml"] and m == "POST":
+            return self._validate_yaml()
+        if len(p) >= 4 and p[0] == "api" and p[1] == "models":
+            repo_id, rest = f"{p[2]}/{p[3]}", p[4:]
+            return self._api_repo(m, repo_id, rest)
+        if len(p) >= 3 and p[0] == "_lfs":
+            return self._lfs_storage(m, p[1:])
+        if len(p) >= 6 and p[1].endswith(".git") and p[2:6] == ["info", "lfs", "objects", "batch"]:
+            return self._lfs_batch(f"{p[0]}/{p[1][:-4]}")
+        if len(p) >= 5 and p[2] == "resolve":
+            return self._resolve(f"{p[0]}/{p[1]}", p[3], "/".join(p[4:]))
+        raise HubError(404, f"no route for {m} /{'/'.join(p)}")
+
+    def _api_repo(self, m: str, repo_id: str, rest: list[str]) -> None:
+        if not rest and m == "GET":
+            return self._info(repo_id, "main")
+        head = rest[0] if rest else ""
+        if head == "revision" and m == "GET":
+            return self._info(repo_id, rest[1])
+        if head == "refs" and m == "GET":
+            return self._refs(repo_id)
+        if head == "tree" and m == "GET":
+            return self._tree(repo_id, rest[1], "/".join(rest[2:]))
+        if head == "paths-info" and m == "POST":
+            return self._paths_info(repo_id, rest[1])
+        if head == "branch" and m == "POST":
+            return self._branch(repo_id, "/".join(rest[1:]))
+        if head == "preupload" and m == "POST":
+            return self._preupload(repo_id, rest[1])
+        if head == "commit" and m == "POST":
+            return self._do_commit(repo_id, rest[1])
+        if head == "xet-write-token" and m == "GET":
+            return self._xet_token(repo_id, rest[1] if len(rest) > 1 else "main")
+        raise HubError(404, f"no route for {m} {repo_id} {rest}")
+
+    # ------------------------------------------------------------------ endpoints
+    def _whoami(self) -> None:
+        user = self._user(required=True)
+        if user is None:  # pragma: no cover - _user raised
+            return
+        role = self.fake.users[self.headers["Authorization"].removeprefix("Bearer ").strip()][1]
+        self._send(200, {"type": "user", "name": user, "fullname": user.title(),
+                         "orgs": [{"name": o} for o in self.fake.orgs.get(user, [])],
+                         "auth": {"type": "access_token",
+                                  "accessToken": {"displayName": "test", "role": role}}})
+
+    def _create_repo(self) -> None:
+        user = self._user(required=True, write=True)
+        body = json.loads(self._raw or b"{}")
+        owner = body.get("organization") or user
+        repo_id = f"{owner}/{body['name']}"
+        if body.get("type") not in (None, "model"):
+            raise HubError(400, "only model repos in the fake hub")
+        if owner != user and owner not in self.fake.orgs.get(user or "", []):
+            raise HubError(403, f"You don't have the rights to create a model under the namespace \"{owner}\"")
+        url = f"{self.fake.url}/{repo_id}"
+        if repo_id in self.fake.repos:
+            raise HubError(409, "You already created this model repo",
+                           body={"error": "You already created this model repo", "url": url})
+        private = body.get("visibility") == "private" or bool(body.get("private"))
+        self.fake.create_repo(repo_id, private=private)
+        self._send(200, {"url": url, "name": repo_id, "id": repo_id})
+
+    def _validate_yaml(self) -> None:
+        self._user(required=True)
+        content = json.loads(self._raw).get("content", "")
+        errors: list[dict[str, str]] = []
+        m = re.match(r"^---\n(.*?)\n---\n", content, re.S)
+        if m is None:
+            return self._send(200, {"errors": [], "warnings": [{"message": "empty or missing yaml metadata"}]})
+        try:
+            meta = yaml.safe_load(m.group(1))
+            if not isinstance(meta, dict):
+                errors.append({"message": "metadata is not a mapping"})
+            elif "license" in meta and not isinstance(meta["license"], str):
+                errors.append({"message": "\"license\" must be a string"})
+        except yaml.YAMLError as e:
+            errors.append({"message": f"yaml: {e}"})
+        if errors:
+            raise HubError(400, "Invalid metadata", body={"errors": errors, "warnings": []})
+        self._send(200, {"errors": [], "warnings": []})
+
+    def _info(self, repo_id: str, rev: str) -> None:
+        repo = self._repo(repo_id)
+        commit = self._commit(repo, rev)
+        self._send(200, {"id": repo_id, "modelId": repo_id, "sha": commit.oid, "private": repo.private,
+                         "siblings": [{"rfilename": p} for p in sorted(commit.files)],
+                         "lastModified": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(commit.date))})
+
+    def _refs(self, repo_id: str) -> None:
+        repo = self._repo(repo_id)
+        branches = [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": o}
+                    for n, o in repo.refs.items() if not n.startswith("refs/")]
+        prs = [{"name": n, "ref": n, "targetCommit": o} for n, o in repo.refs.items() if n.startswith("refs/pr/")]
+        self._send(200, {"branches": branches, "converts": [], "tags": [], "pullRequests": prs})
+
+    @staticmethod
+    def _entry_json(path: str, e: Entry) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": "file", "path": path, "size": e.size, "oid": e.oid}
+        if e.sha256 is not None:
+            d["lfs"] = {"oid": e.sha256, "size": e.size, "pointerSize": len(lfs_pointer(e.sha256, e.size))}
+            d["xetHash"] = hashlib.sha256(b"xet" + bytes.fromhex(e.sha256)).hexdigest()
+        return d
+
+    def _tree(self, repo_id: str, rev: str, prefix: str) -> None:
+        commit = self._commit(self._repo(repo_id), rev)
+        recursive = self._query.get("recursive", ["false"])[0].lower() == "true"
+        base = prefix.strip("/")
+        out, folders = [], set()
+        for path in sorted(commit.files):
+            if base and not path.startswith(base + "/"):
+                continue
+            rel = path[len(base) + 1:] if base else path
+            if "/" in rel:
+                top = (base + "/" if base else "") + rel.split("/")[0]
+                folders.add(top)
+                if not recursive:
+                    continue
+                for i in range(1, rel.count("/")):
+                    folders.add((base + "/" if base else "") + "/".join(rel.split("/")[: i + 1]))
+            out.append(self._entry_json(path, commit.files[path]))
+        out += [{"type": "directory", "path": f, "oid": hashlib.sha1(f.encode()).hexdigest()}
+                for f in sorted(folders)]
+        if base and not out:
+            raise HubError(404, f"{base} not found", "EntryNotFound")
+        self._send(200, out)
+
+    def _paths_info(self, repo_id: str, rev: str) -> None:
+        commit = self._commit(self._repo(repo_id), rev)
+        form = parse_qs(self._raw.decode())
+        out = []
+        for path in form.get("paths", []):
+            if path in commit.files:
+                out.append(self._entry_json(path, commit.files[path]))
+            elif any(f.startswith(path.rstrip("/") + "/") for f in commit.files):
+                out.append({"type": "directory", "path": path, "oid": hashlib.sha1(path.encode()).hexdigest()})
+        self._send(200, out)
+
+    def _branch(self, repo_id: str, branch: str) -> None:
+        repo = self._repo(repo_id, write=True)
+        body = json.loads(self._raw or b"{}")
+        if branch in repo.refs:
+            raise HubError(409, "Reference already exists")
+        start = self._commit(repo, body.get("startingPoint") or "main")
+        repo.refs[branch] = start.oid
+        self._send(200, {})
+
+    def _preupload(self, repo_id: str, rev: str) -> None:
+        repo = self._repo(repo_id, write=True)
+        commit = self._commit(repo, rev)
+        files = []
+        for f in json.loads(self._raw)["files"]:
+            sample = base64.b64decode(f["sample"])
+            lfs = f["path"].endswith((".gguf", ".png")) or f["size"] >= LFS_MIN_SIZE or b"\0" in sample
+            entry = commit.files.get(f["path"])
+            oid = None if entry is None else (entry.sha256 if entry.is_lfs else entry.oid)
+            files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular",
+                          "shouldIgnore": False, "oid": oid})
+        self._send(200, {"files": files, "commitOid": commit.oid})
+
+    def _xet_token(self, repo_id: str, rev: str) -> None:
+        repo = self._repo(repo_id, write=True)
+        if rev != "None" and "create_pr" not in self._query:
+            self._commit(repo, rev)
+        exp = int(time.time()) + 3600
+        cas = f"local://{self.fake.cas_dir}"
+        self._send(200, {"accessToken": "xet-test-token", "exp": exp, "casUrl": cas},
+                   {"X-Xet-Cas-Url": cas, "X-Xet-Access-Token": "xet-test-token",
+                    "X-Xet-Token-Expiration": str(exp)})
+
+    def _do_commit(self, repo_id: str, rev: str) -> None:
+        fake = self.fake
+        repo = self._repo(repo_id, write=True)
+        lines = [json.loads(line) for line in self._raw.decode().splitlines() if line.strip()]
+        if not lines or lines[0].get("key") != "header":
+            raise HubError(400, "commit payload must start with a header")
+        header = lines[0]["value"]
+        create_pr = self._query.get("create_pr", ["0"])[0] == "1"
+        base = self._commit(repo, rev)
+        parent = header.get("parentCommit")
+        if parent is not None:
+            pc = repo.resolve(parent)
+            if pc is None:
+                raise HubError(404, f"parent commit {parent} not found", "RevisionNotFound")
+            if not create_pr and pc.oid != base.oid:
+                raise HubError(412, "A commit has happened since. Please refresh and try again.")
+            if create_pr:
+                base = pc
+        if fake.on_commit is not None:
+            err = fake.on_commit(repo_id, header)
+            if err is not None:
+                raise err
+        files = dict(base.files)
+        for item in lines[1:]:
+            key, v = item["key"], item["value"]
+            if key == "file":
+                data = base64.b64decode(v["content"])
+                files[v["path"]] = Entry(len(data), git_blob_oid(data), content=data)
+            elif key == "lfsFile":
+                oid, size = v["oid"], v.get("size")
+                data = fake.lfs_objects.get(oid)
+                if data is None:
+                    # Xet uploads: the CAS shards carry each file's sha256 metadata.
+                    if not fake.xet_has_sha256(oid):
+                        raise HubError(422, f"Your push was rejected because an LFS pointer pointed to a "
+                                            f"file that does not exist. ({v['path']}, {oid})")
+                    if size is None:
+                        raise HubError(422, f"no size for {v['path']}")
+                else:
+                    size = len(data)
+                files[v["path"]] = Entry(size, git_blob_oid(lfs_pointer(oid, size)), sha256=oid, content=data)
+            elif key == "deletedFile":
+                if files.pop(v["path"], None) is None:
+                    raise HubError(404, "A file with this name doesn't exist", "EntryNotFound")
+            else:
+                raise HubError(400, f"unsupported commit operation {key}")
+        with fake.lock:
+            if create_pr:
+                repo.prs += 1
+                ref = f"refs/pr/{repo.prs}"
+            else:
+                ref = rev
+            commit = fake._add_commit(repo, ref, base.oid, files, header["summary"], header.get("description", ""))
+        out: dict[str, Any] = {"success": True, "commitOid": commit.oid,
+                               "commitUrl": f"{fake.url}/{repo_id}/commit/{commit.oid}"}
+        if create_pr:
+            out["pullRequestUrl"] = f"{fake.url}/{repo_id}/discussions/{repo.prs}"
+        self._send(200, out)
+
+    def _resolve(self, repo_id: str, rev: str, path: str) -> None:
+        commit = self._commit(self._repo(repo_id), rev)
+        entry = commit.files.get(path)
+        if entry is None or entry.content is None:
+            raise HubError(404, "Entry not found", "EntryNotFound")
+        headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{entry.sha256 or entry.oid}"'}
+        if entry.sha256:
+            headers["X-Linked-Etag"] = f'"{entry.sha256}"'
+            headers["X-Linked-Size"] = str(entry.size)
+        self._send(200, entry.content, headers)
+
+    # ------------------------------------------------------------------ LFS
+    def _lfs_batch(self, repo_id: str) -> None:
+        fake = self.fake
+        self._repo(repo_id, write=True)
+        body = json.loads(self._raw)
+        objects = []
+        for o in body["objects"]:
+            oid, size = o["oid"], o["size"]
+            if oid in fake.lfs_objects:
+                objects.append({"oid": oid, "size": size})
+                continue
+            verify = {"href": f"{fake.url}/_lfs/verify/{oid}", "header": {}}
+            chunk = fake.lfs_multipart_chunk
+            if chunk and size > chunk:
+                n = -(-size // chunk)
+                header = {"chunk_size": str(chunk)}
+                header.update({f"{i:05d}": f"{fake.url}/_lfs/part/{oid}/{i}" for i in range(1, n + 1)})
+                upload = {"href": f"{fake.url}/_lfs/complete/{oid}", "header": header}
+            else:
+                upload = {"href": f"{fake.url}/_lfs/upload/{oid}"}
+            objects.append({"oid": oid, "size": size, "authenticated": True,
+                            "actions": {"upload": upload, "verify": verify}})
+        self._send(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
+
+    def _lfs_storage(self, m: str, p: list[str]) -> None:
+        fake = self.fake
+        kind, oid = p[0], p[1]
+        if kind == "upload" and m == "PUT":
+            with fake.lock:
+                fake.lfs_bytes_received += len(self._raw)
+            self._store(oid, self._raw)
+            return self._send(200, {})
+        if kind == "part" and m == "PUT":
+            with fake.lock:
+                fake.lfs_bytes_received += len(self._raw)
+                fake._parts.setdefault(oid, {})[int(p[2])] = self._raw
+            return self._send(200, {}, {"ETag": f'"{hashlib.md5(self._raw).hexdigest()}"'})
+        if kind == "complete" and m == "POST":
+            body = json.loads(self._raw)
+            parts = fake._parts.pop(oid, {})
+            numbers = [x["partNumber"] for x in body["parts"]]
+            if numbers != sorted(parts):
+                raise HubError(400, f"parts {numbers} do not match the uploaded parts {sorted(parts)}")
+            self._store(oid, b"".join(parts[i] for i in numbers))
+            return self._send(200, {})
+        if kind == "verify" and m == "POST":
+            self._user(required=True)
+            body = json.loads(self._raw)
+            data = fake.lfs_objects.get(oid)
+            if data is None or len(data) != body["size"]:
+                raise HubError(404, f"object {oid} not found or wrong size")
+            return self._send(200, {})
+        raise HubError(404, f"no LFS route {m} {p}")
+
+    def _store(self, oid: str, data: bytes) -> None:
+        if hashlib.sha256(data).hexdigest() != oid:
+            raise HubError(400, f"uploaded bytes do not match sha256 {oid}")
+        with self.fake.lock:
+            self.fake.lfs_objects[oid] = data
