@@ -1,0 +1,373 @@
+"""mtpgraft check: the prompt suite, the verdict logic and reports (offline), then the real
+llama-server on the tiny test models (marked `tools`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mtpgraft.check import (
+    M_ACCEPTED,
+    M_DRAFT,
+    M_DRAFTS,
+    M_PER_POS,
+    Cell,
+    CheckPlan,
+    CheckResult,
+    ModelSpec,
+    RequestRecord,
+    ServerRun,
+    SpecCounters,
+    judge_model,
+    speed_status,
+)
+from mtpgraft.errors import UsageError
+from mtpgraft.prompts import CATEGORIES, builtin_prompts, load_prompts, select_prompts
+from mtpgraft.report import format_table, render_markdown, write_report
+
+# --------------------------------------------------------------------------- prompt suite
+
+
+def test_builtin_suite_covers_every_category_and_task():
+    prompts = builtin_prompts()
+    by_cat = {c: [p for p in prompts if p.category == c] for c in CATEGORIES}
+    assert all(len(v) >= 3 for v in by_cat.values()), {k: len(v) for k, v in by_cat.items()}
+    tasks = {(p.category, p.task) for p in prompts}
+    for want in [("code", "write"), ("code", "debug"), ("code", "refactor"), ("code", "review"),
+                 ("factual", "definition"), ("factual", "translation"), ("factual", "math"),
+                 ("analysis", "trade-offs"), ("analysis", "comparison"),
+                 ("creative", "story"), ("creative", "poetry"), ("creative", "role-play")]:
+        assert want in tasks
+    assert len({p.id for p in prompts}) == len(prompts)
+
+
+def test_builtin_code_prompts_end_in_a_non_letter_and_creative_ones_in_a_letter():
+    # The mixed tiny head accepts everything after a non-letter and little after a letter; real
+    # models also see code prompts stop where code begins, stories stop mid-sentence.
+    for p in builtin_prompts():
+        last = p.text[-1]
+        is_letter = last.isascii() and last.isalpha()
+        if p.category == "code":
+            assert not is_letter, p.id
+        if p.category == "creative":
+            assert is_letter, p.id
+
+
+def test_load_prompts_reads_jsonl_and_names_the_bad_line(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"category": "code", "prompt": "def f():\\n"}\n\n'
+                 '{"category": "chat", "text": "Hello", "id": "hi"}\n')
+    got = load_prompts(f)
+    assert [(p.id, p.category, p.text) for p in got] == [
+        ("code-1", "code", "def f():\n"), ("hi", "chat", "Hello")]
+    f.write_text('{"category": "code", "prompt": "x"}\n{"prompt": "y"}\n')
+    with pytest.raises(UsageError, match=r"p.jsonl:2: missing a \"category\""):
+        load_prompts(f)
+    f.write_text("{not json\n")
+    with pytest.raises(UsageError, match=r"p.jsonl:1: not valid JSON"):
+        load_prompts(f)
+
+
+def test_select_prompts_keeps_order_limits_and_rejects_unknown():
+    prompts = builtin_prompts()
+    got = select_prompts(prompts, ["creative", "code"], per_category=2)
+    assert [p.category for p in got] == ["creative", "creative", "code", "code"]
+    with pytest.raises(UsageError, match="no prompts in category poetry"):
+        select_prompts(prompts, ["poetry"])
+
+
+# --------------------------------------------------------------------------- counters and verdict
+
+
+def test_spec_counters_parse_prometheus_samples_and_subtract():
+    m = {M_DRAFT: 30.0, M_ACCEPTED: 21.0, M_DRAFTS: 10.0,
+         M_PER_POS + '{position="0"}': 9.0, M_PER_POS + '{position="2"}': 5.0,
+         M_PER_POS + '{position="1"}': 7.0, "llamacpp:prompt_tokens_total": 100.0}
+    c = SpecCounters.from_metrics(m)
+    assert c == SpecCounters(30, 21, 10, (9, 7, 5))
+    assert c.acceptance == 0.7 and c.mean_accept_len == 3.1 and c.per_pos_rate == (0.9, 0.7, 0.5)
+    assert c - SpecCounters.from_metrics({}) == c
+    assert (c - SpecCounters(10, 1, 5, (1,))) == SpecCounters(20, 20, 5, (8, 7, 5))
+    assert SpecCounters().acceptance is None
+
+
+def test_speed_status_thresholds():
+    assert [speed_status(x) for x in (None, 0.9, 1.0, 1.09, 1.10, 2.0)] == [
+        None, "red", "yellow", "yellow", "green", "green"]
+
+
+def _plan(tmp_path: Path, **kw) -> CheckPlan:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    prompts = select_prompts(builtin_prompts(), ["code", "creative"], per_category=1)
+    base = dict(models=(ModelSpec(model, (model,), "qwen35", 1),), prompts=tuple(prompts),
+                llama_server=Path("/bin/llama-server"), spec_type="draft-mtp", n_max=(1, 2),
+                reps=2, n_predict=16)
+    base.update(kw)
+    return CheckPlan(**base)
+
+
+def _cells(plan: CheckPlan, acc: dict[str, float], tps: dict[tuple[int | None, str], float]):
+    """Synthetic cells: every n drafts 10 tokens per prompt, accepting acc[category] of them."""
+    cells = []
+    for n in (None, *plan.n_max):
+        for rep, seed in enumerate(plan.seeds()):
+            for cat in plan.categories:
+                reqs = []
+                counters = SpecCounters()
+                for p in (q for q in plan.prompts if q.category == cat):
+                    d = 10 if n else 0
+                    a = round(d * acc[cat])
+                    ms = 1000.0 * 16 / tps[(n, cat)]
+                    reqs.append(RequestRecord(p.id, cat, n, 0.0, rep, seed, 20, 10.0, 16, ms, 0,
+                                              d, a, "same"))
+                    counters = counters + SpecCounters(d, a, d // max(1, n or 1),
+                                                       (a,) if n else ())
+                cells.append(Cell(n, 0.0, cat, rep, counters, tuple(reqs)))
+    return cells
+
+
+def _servers(plan: CheckPlan, error: str | None = None) -> list[ServerRun]:
+    runs = [ServerRun(None)]
+    if error:
+        return runs + [ServerRun(plan.n_max[0], error=error, log_tail="...\n" + error)]
+    return runs + [ServerRun(n, speculative_types="none,draft-mtp") for n in plan.n_max]
+
+
+def test_verdict_passes_and_picks_best_n(tmp_path):
+    plan = _plan(tmp_path)
+    tps = {(None, "code"): 10.0, (1, "code"): 15.0, (2, "code"): 18.0,
+           (None, "creative"): 10.0, (1, "creative"): 10.5, (2, "creative"): 9.0}
+    m = judge_model(plan, plan.models[0], _cells(plan, {"code": 0.9, "creative": 0.5}, tps),
+                    _servers(plan))
+    assert m.verdict == "pass" and m.reasons == () and m.mtp_active
+    assert m.acceptance == pytest.approx(0.7)
+    code, creative = m.categories["code"], m.categories["creative"]
+    assert (code.best_n, code.acceptance, code.status) == (2, 0.9, "green")
+    assert code.speedup == pytest.approx(1.8) and code.baseline_decode_tps == pytest.approx(10.0)
+    assert (creative.best_n, creative.status) == (1, "yellow")
+    assert creative.speedup == pytest.approx(1.05)
+
+
+def test_verdict_fails_on_low_acceptance_and_on_speed_only_when_asked(tmp_path):
+    tps = {(n, c): 10.0 for n in (None, 1, 2) for c in ("code", "creative")}
+    plan = _plan(tmp_path)
+    m = judge_model(plan, plan.models[0], _cells(plan, {"code": 0.0, "creative": 0.0}, tps),
+                    _servers(plan))
+    assert m.verdict == "fail" and m.reasons == ("acceptance 0.00 < 0.30",)
+    plan = _plan(tmp_path, min_speedup=1.2)
+    m = judge_model(plan, plan.models[0], _cells(plan, {"code": 0.9, "creative": 0.9}, tps),
+                    _servers(plan))
+    assert m.reasons == ("code speedup 1.00 < 1.20",)
+
+
+def test_verdict_mtp_not_active_when_the_mtp_server_dies(tmp_path):
+    plan = _plan(tmp_path)
+    tps = {(n, c): 10.0 for n in (None, 1, 2) for c in ("code", "creative")}
+    cells = [c for c in _cells(plan, {"code": 1.0, "creative": 1.0}, tps) if c.n_max is None]
+    m = judge_model(plan, plan.models[0], cells, _servers(plan, "failed to create MTP context"))
+    assert m.verdict == "fail" and not m.mtp_active
+    assert m.reasons == ("MTP not active: failed to create MTP context",)
+    assert m.categories["code"].speedup is None
+    assert m.categories["code"].baseline_decode_tps == pytest.approx(10.0)
+
+
+def test_verdict_mtp_not_active_when_nothing_was_drafted(tmp_path):
+    plan = _plan(tmp_path)
+    tps = {(n, c): 10.0 for n in (None, 1, 2) for c in ("code", "creative")}
+    cells = [Cell(c.n_max, c.temperature, c.category, c.rep, SpecCounters(), c.requests)
+             for c in _cells(plan, {"code": 0.0, "creative": 0.0}, tps)]
+    m = judge_model(plan, plan.models[0], cells, _servers(plan))
+    assert m.reasons == ("MTP not active: llama-server drafted no tokens "
+                         "(speculative.types = none,draft-mtp)",)
+
+
+def _result(plan: CheckPlan, models) -> CheckResult:
+    reasons = tuple(r for m in models for r in m.reasons)
+    counters = SpecCounters()
+    for m in models:
+        counters = counters + m.counters
+    return CheckResult(plan=plan, models=tuple(models), verdict="fail" if reasons else "pass",
+                       reasons=reasons, warnings=(), counters=counters, llama_cpp_build="b0-0c1e570",
+                       wall_s=2.0, server_start_s=0.5, server_stop_s=0.1, generation_s=1.2)
+
+
+def test_report_files_follow_the_fixed_schema(tmp_path):
+    plan = _plan(tmp_path)
+    tps = {(None, "code"): 10.0, (1, "code"): 15.0, (2, "code"): 18.0,
+           (None, "creative"): 10.0, (1, "creative"): 9.0, (2, "creative"): 8.0}
+    m = judge_model(plan, plan.models[0], _cells(plan, {"code": 0.9, "creative": 0.5}, tps),
+                    _servers(plan))
+    result = _result(plan, [m])
+    files = write_report(result, tmp_path / "rep")
+    d = json.loads(files.json.read_text())
+    assert {"mtpgraft_version", "verdict", "reasons", "acceptance", "llama_cpp_build", "settings",
+            "thresholds", "models", "chart", "categories"} <= set(d)
+    assert d["settings"]["n_max"] == [1, 2] and d["settings"]["reps"] == 2
+    assert d["thresholds"] == {"min_acceptance": 0.3, "min_speedup": None,
+                               "speedup_green": 1.1, "speedup_red": 1.0}
+    model = d["models"][0]
+    assert model["name"] == "m.gguf" and model["files"][0]["name"] == "m.gguf"
+    assert model["files"][0]["size"] == 4 and model["mtp_active"] is True
+    assert set(model["categories"]["code"]) >= {"acceptance", "speedup", "decode_tps",
+                                                "baseline_decode_tps", "prefill_tps", "best_n"}
+    assert d["categories"] == model["categories"]
+    assert d["categories"]["code"]["best_n"] == 2 and d["categories"]["code"]["speedup"] == 1.8
+    md = files.markdown.read_text()
+    assert "| m.gguf | 🟢 +80% (n=2, acc 0.90) | 🔴 -10% (n=1, acc 0.50) |" in md
+    assert "1.10x" in md and "< 1.00x" in md
+    if files.chart is not None:
+        assert files.chart.read_bytes()[:4] == b"\x89PNG" and d["chart"] == "speedup.png"
+    else:
+        assert d["chart"] is None and "matplotlib" in files.chart_note
+    table = format_table(result)
+    assert "verdict: PASS" in table and "code" in table
+    assert "MTP not active" not in render_markdown(result)
+
+
+# --------------------------------------------------------------------------- the real llama-server
+
+# One thread: on a shared 2-core machine two spinning threads make the tiny models ~10x slower.
+ONE_THREAD = ("-t", "1")
+_LOG_ACCEPT = re.compile(r"draft acceptance = [\d.]+ \(\s*(\d+) accepted /\s*(\d+) generated\)")
+
+
+@pytest.fixture(scope="module")
+def checked(tiny_models, llama_cpp_dir, tmp_path_factory):
+    """One check of four tiny models at n=3: aligned, mixed, random head, and no MTP at all."""
+    from mtpgraft.check import plan_check, run_check
+
+    names = ("full-aligned", "full-mixed", "full-random", "base")
+    plan = plan_check([tiny_models[n] for n in names], n_max=(3,), reps=1, n_predict=32,
+                      per_category=2, ctx_size=1024, server_args=ONE_THREAD,
+                      llama_cpp=llama_cpp_dir, warmup=False)
+    logs = tmp_path_factory.mktemp("check-logs")
+    result = run_check(plan, log_dir=logs, hash_files=False)
+    return dict(zip(names, result.models, strict=True)), result, logs
+
+
+@pytest.mark.tools
+def test_aligned_head_passes_with_acceptance_one(checked):
+    models, _, _ = checked
+    m = models["full-aligned"]
+    assert (m.verdict, m.reasons, m.mtp_active) == ("pass", (), True)
+    assert m.acceptance == 1.0 and m.counters.draft_tokens > 0
+    assert all(s.acceptance == 1.0 and s.best_n == 3 for s in m.categories.values())
+    # Lossless at temperature 0 (no mismatch warning), prompt cache never used.
+    assert m.warnings == ()
+    assert all(r.cache_n == 0 and r.prompt_n > 0 for c in m.cells for r in c.requests)
+
+
+@pytest.mark.tools
+def test_random_head_fails_on_acceptance(checked):
+    models, _, _ = checked
+    m = models["full-random"]
+    assert m.mtp_active and m.acceptance < 0.05
+    assert (m.verdict, m.reasons) == ("fail", ("acceptance 0.00 < 0.30",))
+
+
+@pytest.mark.tools
+def test_mixed_head_accepts_less_on_creative_than_on_code(checked):
+    models, _, _ = checked
+    m = models["full-mixed"]
+    code, creative = m.categories["code"].acceptance, m.categories["creative"].acceptance
+    assert code == 1.0 and creative < 0.6, (code, creative)
+    assert m.verdict == "pass"
+
+
+@pytest.mark.tools
+def test_model_without_mtp_fails_with_mtp_not_active(checked):
+    models, result, _ = checked
+    m = models["base"]
+    assert m.verdict == "fail" and not m.mtp_active
+    assert len(m.reasons) == 1 and m.reasons[0].startswith("MTP not active: ")
+    assert "failed to create MTP context" in m.reasons[0]
+    assert m.categories["code"].baseline_decode_tps > 0 and m.categories["code"].speedup is None
+    # The call's verdict names each failing model.
+    assert result.verdict == "fail"
+    assert result.reasons == ("tiny-qwen35-full-random-f16.gguf: acceptance 0.00 < 0.30",
+                              "tiny-qwen35-base-f16.gguf: " + m.reasons[0])
+
+
+@pytest.mark.tools
+def test_reported_numbers_equal_llama_servers_own_counters(checked):
+    models, result, logs = checked
+    total = SpecCounters()
+    for name in ("full-aligned", "full-mixed", "full-random"):
+        m = models[name]
+        (run,) = [s for s in m.servers if s.n_max == 3]
+        # /metrics read before the server stopped (nothing else ran on it: no warm-up here).
+        assert run.counters_final == m.counters
+        assert sum((c.counters for c in m.configs), SpecCounters()) == m.counters
+        # llama-server's log prints each request's accepted / generated draft tokens.
+        log_text = (logs / f"{m.spec.path.stem}.mtp-n3.log").read_text()
+        pairs = [(int(a), int(d)) for a, d in _LOG_ACCEPT.findall(log_text)]
+        assert sum(a for a, _ in pairs) == m.counters.accepted
+        assert sum(d for _, d in pairs) == m.counters.draft_tokens
+        for c in m.configs:
+            assert (c.timings_draft_n, c.timings_draft_n_accepted) == (
+                c.counters.draft_tokens, c.counters.accepted)
+            assert c.acceptance == c.counters.accepted / c.counters.draft_tokens
+        total = total + m.counters
+    assert result.counters == total
+    assert result.acceptance == total.accepted / total.draft_tokens
+
+
+@pytest.mark.tools
+def test_cli_passes_a_split_set_with_json_and_report(tiny_models, llama_cpp_dir, tmp_path):
+    from click.testing import CliRunner
+
+    import mtpgraft.commands.check  # noqa: F401  (registers `check` on the group)
+    from mtpgraft.cli import cli
+    from mtpgraft.hashing import sha256_file
+    from mtpgraft.tools import find_tool, run_tool
+
+    split = find_tool("llama-gguf-split", llama_cpp_dir)
+    run_tool([split, "--split-max-tensors", "20", tiny_models["full-aligned"], tmp_path / "aligned"])
+    shards = sorted(tmp_path.glob("aligned-*-of-*.gguf"))
+    assert len(shards) > 1
+    report = tmp_path / "report"
+    res = CliRunner().invoke(cli, [
+        "check", str(shards[0]), "--n-max", "2", "--temperature", "0,0.7", "--reps", "2",
+        "--per-category", "1", "--categories", "code,creative", "--n-predict", "16",
+        "--ctx", "512", "--server-arg", "-t 1", "--llama-cpp", str(llama_cpp_dir), "--json",
+        "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert (d["verdict"], d["reasons"], d["acceptance"]) == ("pass", [], 1.0)
+    assert list(d["categories"]) == ["code", "creative"]
+    assert d["categories"]["code"]["acceptance"] == 1.0 and d["categories"]["code"]["best_n"] == 2
+    model = d["models"][0]
+    assert [f["name"] for f in model["files"]] == [s.name for s in shards]
+    assert [f["sha256"] for f in model["files"]] == [sha256_file(s) for s in shards]
+    assert {(r["temperature"], r["category"]) for r in model["runs"]} == {
+        (0.0, "code"), (0.0, "creative"), (0.7, "code"), (0.7, "creative")}
+    assert all(r["acceptance_reps"]["n"] == 2 for r in model["runs"])
+    saved = json.loads((report / "report.json").read_text())
+    assert saved["verdict"] == "pass" and saved["models"][0]["files"] == model["files"]
+    assert "Recommendation matrix" in (report / "report.md").read_text()
+
+
+@pytest.mark.tools
+def test_cli_exits_1_and_says_why(tiny_models, llama_cpp_dir):
+    from click.testing import CliRunner
+
+    import mtpgraft.commands.check  # noqa: F401  (registers `check` on the group)
+    from mtpgraft.cli import cli
+
+    common = ["--n-max", "1", "--reps", "1", "--per-category", "1", "--n-predict", "16",
+              "--ctx", "512", "--server-arg", "-t 1", "--llama-cpp", str(llama_cpp_dir)]
+    res = CliRunner().invoke(cli, ["check", str(tiny_models["base"]), *common])
+    assert res.exit_code == 1
+    assert "verdict: FAIL" in res.stdout and "- MTP not active: " in res.stdout
+    # Speed is gated only on request; the sidecar path (-md) measures like an in-file head.
+    res = CliRunner().invoke(cli, ["check", str(tiny_models["base"]), "--draft",
+                                   str(tiny_models["mtp-only-aligned"]), "--min-speedup", "100",
+                                   "--json", *common])
+    assert res.exit_code == 1
+    d = json.loads(res.stdout)
+    assert d["acceptance"] == 1.0 and len(d["reasons"]) == 1
+    assert re.fullmatch(r"code speedup \d+\.\d\d < 100\.00", d["reasons"][0])
