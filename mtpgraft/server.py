@@ -1,0 +1,404 @@
+"""A llama-server process on 127.0.0.1: start, wait for health, talk HTTP, stop. Stdlib only.
+
+Used by the tests and by `mtpgraft check`. Every wait has a timeout; a server that dies while starting
+raises ServerError with the meaningful error line of its log (e.g. "failed to create MTP context").
+Flags and fields are those of llama.cpp 0c1e570 (common/arg.cpp, tools/server).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ServerError
+from .tools import find_tool, format_cmd, probe_mtp_spec_type, server_help
+
+log = logging.getLogger("mtpgraft")
+
+HOST = "127.0.0.1"
+_BIND_ATTEMPTS = 3  # a free port can be taken between probing and binding; retry on a fresh one
+
+
+def cpu_has_amx() -> bool:
+    """Whether this (Linux) CPU advertises Intel AMX."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_int8" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# llama.cpp log lines look like "0.00.102.234 E srv    load_model: failed to create MTP context".
+_PREFIX = re.compile(r"^\s*\d+\.\d+\.\d+\.\d+\s+([IWED])\s+")
+_ERRORISH = re.compile(r"\b(error|failed|unknown|invalid|not found|wrong|abort|terminate|cannot|"
+                       r"couldn't|unable)\b", re.I)
+# Trailers every failure prints: they say that it failed, not why.
+_GENERIC = re.compile(r"exiting due to|cleaning up before exit|to show complete usage|"
+                      r"failed to fit params|encountered an error while trying to fit", re.I)
+
+
+def _clean(line: str) -> str:
+    return " ".join(_PREFIX.sub("", line).split())[:300]
+
+
+def meaningful_error(log_text: str) -> str:
+    """The line of a llama-server log that best says why it failed ('' if none stands out).
+
+    The first error line that is not a generic trailer (later ones repeat it less precisely: "failed
+    to load model"), with the warning just before it appended, which is often the cause: "failed to
+    create MTP context (context type MTP requested but model doesn't contain MTP layers)".
+    """
+    lines = log_text.splitlines()
+    errors: list[int] = []
+    for i, line in enumerate(lines):
+        m = _PREFIX.match(line)
+        level = m.group(1) if m else None
+        if (level == "E" or (level is None and _ERRORISH.search(line))) and not _GENERIC.search(line):
+            errors.append(i)
+    if not errors:
+        return ""
+    first = errors[0]
+    main = _clean(lines[first])
+    for j in range(first - 1, max(first - 3, -1), -1):
+        m = _PREFIX.match(lines[j])
+        if m and m.group(1) == "W" and _ERRORISH.search(lines[j]) is None and "security" not in lines[j]:
+            cause = _clean(lines[j])
+            return f"{main} ({cause})"
+    return main
+
+
+def _tail(text: str, n: int = 40) -> str:
+    return "\n".join(deque(text.splitlines(), maxlen=n))
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {sample name with its labels: value}; comments are skipped."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+class LlamaServer:
+    """One llama-server process serving `model` on 127.0.0.1 (also a context manager).
+
+    spec_type: None (no speculative decoding), "mtp" (the MTP spelling this build accepts, probed from
+    its --help: "draft-mtp" in mainline, "mtp" in ik_llama.cpp), or any literal --spec-type value.
+    draft_model: passed as -md (an MTP-only sidecar, a draft model, a gemma4 assistant).
+    parallel: -np (1 by default so one request owns the server and its numbers).
+    repack: None (default) passes --no-repack on CPUs with AMX, where llama.cpp's AMX matmul for
+    repacked Q4_0/Q8_0/Q4_K/Q6_K weights segfaults (ggml-org/llama.cpp#20824; seen with 0c1e570 on
+    quantized files); True keeps llama.cpp's default, False always passes --no-repack.
+    """
+
+    def __init__(self, model: str | os.PathLike[str], *, llama_cpp: str | os.PathLike[str] | None = None,
+                 spec_type: str | None = None, draft_model: str | os.PathLike[str] | None = None,
+                 draft_n_max: int | None = None, draft_n_min: int | None = None, ctx_size: int = 2048,
+                 threads: int | None = None, extra_args: Sequence[str] = (), startup_timeout: float = 120.0,
+                 log_path: str | os.PathLike[str] | None = None, metrics: bool = True,
+                 parallel: int | None = 1, port: int | None = None, repack: bool | None = None) -> None:
+        self.model = Path(model)
+        self.binary = find_tool("llama-server", llama_cpp)
+        self.spec_type = spec_type
+        self.draft_model = Path(draft_model) if draft_model is not None else None
+        self.draft_n_max = draft_n_max
+        self.draft_n_min = draft_n_min
+        self.ctx_size = ctx_size
+        self.threads = threads
+        self.extra_args = [str(a) for a in extra_args]
+        self.startup_timeout = startup_timeout
+        self.metrics_enabled = metrics
+        self.parallel = parallel
+        self.repack = repack
+        self._fixed_port = port is not None
+        self.port = port if port is not None else free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+        if log_path is not None:
+            self.log_path = Path(log_path)
+        else:
+            fd, name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+            weakref.finalize(self, self.log_path.unlink, missing_ok=True)
+        self._spec_flag: str | None = None
+        self.cmd = self._build_cmd()
+
+    # ---- process ---------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc is not None else None
+
+    def _resolve_spec_type(self) -> str | None:
+        if self.spec_type is None:
+            return None
+        if self.spec_type != "mtp":
+            return self.spec_type
+        if self._spec_flag is None:
+            flag = probe_mtp_spec_type(self.binary)
+            if flag is None:
+                raise ServerError(f"{self.binary} has no MTP speculative type in its --spec-type list; "
+                                  "it predates MTP support: use a newer llama.cpp build")
+            self._spec_flag = flag
+        return self._spec_flag
+
+    def _build_cmd(self) -> list[str]:
+        cmd = [str(self.binary), "-m", str(self.model), "--host", HOST, "--port", str(self.port),
+               "-c", str(self.ctx_size), "--no-webui"]
+        if self.parallel is not None:
+            cmd += ["-np", str(self.parallel)]
+        if self.threads is not None:
+            cmd += ["-t", str(self.threads)]
+        if self.metrics_enabled:
+            cmd.append("--metrics")
+        no_repack = self.repack is False or (self.repack is None and cpu_has_amx())
+        if no_repack and "--no-repack" in server_help(str(self.binary)):
+            cmd.append("--no-repack")
+        spec = self._resolve_spec_type()
+        if spec is not None:
+            cmd += ["--spec-type", spec]
+        if self.draft_model is not None:
+            cmd += ["-md", str(self.draft_model)]
+        if self.draft_n_max is not None:
+            cmd += ["--spec-draft-n-max", str(self.draft_n_max)]
+        if self.draft_n_min is not None:
+            cmd += ["--spec-draft-n-min", str(self.draft_n_min)]
+        return cmd + self.extra_args
+
+    def start(self) -> None:
+        """Start the server and wait until GET /health says ok; ServerError if it dies or times out."""
+        if self.running:
+            return
+        for attempt in range(_BIND_ATTEMPTS):
+            self._launch()
+            try:
+                self._wait_healthy()
+                return
+            except ServerError as e:
+                port_lost = "couldn't bind" in e.log_tail or isinstance(e, _PortClash)
+                if port_lost and not self._fixed_port and attempt + 1 < _BIND_ATTEMPTS:
+                    log.info("port %d was taken; retrying on another", self.port)
+                    self.port = free_port()
+                    self.cmd = self._build_cmd()
+                    continue
+                raise
+
+    def _launch(self) -> None:
+        self.stop()
+        log.info("running: %s", format_cmd(self.cmd))
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - kept open for the process's life
+        try:
+            # Its own session: a Ctrl-C in the terminal reaches us, and we stop it by its pid.
+            self._proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=self._log_file,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as e:
+            self._log_file.close()
+            self._log_file = None
+            raise ServerError(f"cannot run {self.binary}: {e.strerror or e}") from e
+        # Never leave a server behind, even if the caller forgets stop() or the interpreter exits.
+        weakref.finalize(self, _kill_quietly, self._proc)
+
+    def _wait_healthy(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            rc = self._proc.poll()
+            if rc is not None:
+                self._close_log()
+                text = self.log_text()
+                lines = [x for x in text.splitlines() if x.strip()]
+                why = meaningful_error(text) or (_clean(lines[-1]) if lines else "")
+                self._proc = None
+                raise ServerError(f"llama-server exited with {_exit_str(rc)} before it was ready"
+                                  + (f": {why}" if why else "") + f" (log: {self.log_path})",
+                                  log_tail=_tail(text))
+            status = self._health_status(timeout=2.0)
+            if status == 200 and self._proc.poll() is None:
+                # Make sure it is our server that answered, not another one on a reused port.
+                try:
+                    served = self.props(timeout=10.0).get("model_path")
+                except ServerError:
+                    served = None  # ask again on the next round
+                if served == str(self.model):
+                    return
+                if isinstance(served, str) and self._proc.poll() is None:
+                    self.stop()
+                    raise _PortClash(f"another server answers on port {self.port} (serving {served})",
+                                     log_tail=_tail(self.log_text()))
+            if time.monotonic() > deadline:
+                text = self.log_text()
+                self.stop()
+                raise ServerError(f"llama-server did not become healthy within {self.startup_timeout:g}s"
+                                  f" (last /health status: {status or 'no answer'}; log: {self.log_path})",
+                                  log_tail=_tail(text))
+            time.sleep(0.05)
+
+    def _health_status(self, timeout: float) -> int | None:
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        try:
+            conn.request("GET", "/health")
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate the server by its own pid (SIGTERM, then SIGKILL); safe to call twice."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                try:
+                    proc.wait(timeout=5.0)
+                except subprocess.TimeoutExpired:
+                    log.warning("llama-server pid %d did not die after SIGKILL", proc.pid)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def __enter__(self) -> LlamaServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"pid {self.pid}" if self.running else "stopped"
+        return f"<LlamaServer {self.model.name} on {self.url} ({state})>"
+
+    # ---- HTTP --------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None, *, timeout: float = 60.0) -> tuple[int, bytes]:
+        """One HTTP exchange; ServerError if the server cannot be reached."""
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            dead = "" if self.running else " (the server is not running)"
+            raise ServerError(f"{method} {path} on {self.url} failed: {e}{dead}",
+                              log_tail=_tail(self.log_text())) from e
+        finally:
+            conn.close()
+
+    def _json(self, method: str, path: str, body: Any = None, *, timeout: float = 60.0) -> Any:
+        status, raw = self.request(method, path, body, timeout=timeout)
+        if status != 200:
+            raise ServerError(f"{method} {path} answered HTTP {status}: {raw[:300].decode('utf-8', 'replace')}",
+                              log_tail=_tail(self.log_text()))
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise ServerError(f"{method} {path} answered with invalid JSON: {raw[:200]!r}") from e
+
+    def completion(self, prompt: str, *, n_predict: int = 64, temperature: float = 0.0, seed: int = 0,
+                   cache_prompt: bool = False, timeout: float = 300, **extra: Any) -> dict:
+        """POST /completion. The answer has "content" and "timings" (draft_n and draft_n_accepted
+        appear in timings only when something was drafted)."""
+        body = {"prompt": prompt, "n_predict": n_predict, "temperature": temperature, "seed": seed,
+                "cache_prompt": cache_prompt, **extra}
+        return self._json("POST", "/completion", body, timeout=timeout)
+
+    def tokenize(self, text: str, *, timeout: float = 60.0) -> list[int]:
+        """POST /tokenize: the token ids of `text` (no special tokens added)."""
+        return list(self._json("POST", "/tokenize", {"content": text}, timeout=timeout)["tokens"])
+
+    def metrics(self, *, timeout: float = 60.0) -> dict[str, float]:
+        """GET /metrics parsed; keys as printed, e.g.
+        'llamacpp:spec_decode_num_accepted_tokens_per_pos_total{position="0"}'."""
+        status, raw = self.request("GET", "/metrics", timeout=timeout)
+        if status != 200:
+            hint = "" if self.metrics_enabled else " (started with metrics=False)"
+            raise ServerError(f"GET /metrics answered HTTP {status}{hint}")
+        return parse_metrics(raw.decode("utf-8", "replace"))
+
+    def props(self, *, timeout: float = 60.0) -> dict:
+        """GET /props (build_info, model_path, default_generation_settings, ...)."""
+        return self._json("GET", "/props", timeout=timeout)
+
+
+class _PortClash(ServerError):
+    """Something else answered on our port: start() retries on another one."""
+
+
+def _kill_quietly(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        try:
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _exit_str(rc: int) -> str:
+    return f"{_signal_name(-rc)} (signal {-rc})" if rc < 0 else f"exit code {rc}"

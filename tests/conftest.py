@@ -1,0 +1,43 @@
+"""Shared fixtures. Tests that run llama.cpp binaries are marked `tools`; CI always builds the tools, so
+a missing tool FAILS such a test (with the places that were searched), it is never skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def llama_server_bin() -> Path:
+    """Path of the llama-server that `mtpgraft.tools` finds (flag-less lookup: env, PATH, cache)."""
+    from mtpgraft.errors import ToolNotFoundError
+    from mtpgraft.tools import find_tool
+
+    try:
+        return find_tool("llama-server")
+    except ToolNotFoundError as e:
+        pytest.fail(f"{e} (tests marked `tools` need the llama.cpp tools: run `mtpgraft toolchain`)",
+                    pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_dir(llama_server_bin: Path) -> Path:
+    """The directory holding the llama.cpp tools (pass as `llama_cpp=` / `--llama-cpp`)."""
+    return llama_server_bin.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every tiny qwen35 test model (mtpgraft.testmodels.TEST_SET), built once per session."""
+    from mtpgraft.testmodels import build_test_set
+
+    return build_test_set(tmp_path_factory.mktemp("tiny-qwen35"), arch="qwen35")
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every tiny qwen35moe test model, built once per session."""
+    from mtpgraft.testmodels import build_test_set
+
+    return build_test_set(tmp_path_factory.mktemp("tiny-qwen35moe"), arch="qwen35moe")
