@@ -185,6 +185,20 @@ def _twin(st: Structure, trunk: int, suffix: str) -> TensorRef | None:
     return None
 
 
+# Tensors llama-quantize never quantizes (src/llama-quant.cpp, tensor_allows_quantization): they
+# keep whatever type the converter gave them, in a graft too.
+_NEVER_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
+                    "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight",
+                    "indexer.q_proj.weight", "time_mix_", "attn_rel_b.weight", ".position_embd")
+
+
+def quantizable(name: str, ne: tuple[int, ...]) -> bool:
+    """Whether llama-quantize would quantize this tensor (2-D+, a `weight`, not on its keep list)."""
+    if len(ne) < 2 or not name.endswith("weight"):
+        return False
+    return not any(part in name for part in _NEVER_QUANTIZED)
+
+
 def _row_ok(t: GGMLQuantizationType, ne0: int) -> bool:
     return ne0 % GGML_QUANT_SIZES[t][0] == 0
 
@@ -372,7 +386,9 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
         if policy == "keep":
             target = src_t
         elif len(ne) < 2:
-            target = Q.F32  # norms and biases stay F32, as llama-quantize leaves them
+            target = Q.F32  # norms and biases stay F32, as the converter writes them
+        elif not quantizable(new_name, ne):
+            target = src_t  # routers, conv kernels...: llama-quantize leaves them as converted
         elif policy == "match":
             ref = twin or _twin(st_b, trunk, "attn_output.weight")
             target = Q(ref.info.ggml_type) if ref is not None else Q(dom if dom is not None else Q.Q8_0)

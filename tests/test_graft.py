@@ -15,7 +15,7 @@ from ggufgen import make_model, rewrite, split_model
 
 from mtpgraft.errors import GGUFFormatError, GraftError, OutputExistsError
 from mtpgraft.gguf_io import GGUFModel
-from mtpgraft.graft import apply_plan, plan_attach, plan_detach, plan_extract
+from mtpgraft.graft import apply_plan, plan_attach, plan_detach, plan_extract, quantizable
 from mtpgraft.inspect import inspect_model
 
 
@@ -35,15 +35,15 @@ def attach(base: Path, src: Path, out: Path, **kw) -> list[Path]:
     return apply_plan(plan_attach(base, src, out, **kw))
 
 
-def assert_same_model(a: Path, b: Path, *, ignore_prefix: str = "mtpgraft.") -> None:
+def assert_same_model(a: Path, b: Path, *, ignore_prefix: str = "mtpgraft.", ignore_keys=()) -> None:
     ma, mb = GGUFModel(a), GGUFModel(b)
     assert [r.name for r in ma.refs] == [r.name for r in mb.refs]
     for r in ma.refs:
         rb = mb.by_name[r.name]
         assert (r.info.ne, r.info.ggml_type) == (rb.info.ne, rb.info.ggml_type), r.name
         assert tensor_bytes(ma, r.name) == tensor_bytes(mb, r.name), r.name
-    ka = [k for k in ma.kv if not k.startswith(ignore_prefix)]
-    kb = [k for k in mb.kv if not k.startswith(ignore_prefix)]
+    ka = [k for k in ma.kv if not k.startswith(ignore_prefix) and k not in ignore_keys]
+    kb = [k for k in mb.kv if not k.startswith(ignore_prefix) and k not in ignore_keys]
     assert ka == kb
     for k in ka:
         assert ma.kv[k].raw == mb.kv[k].raw, k
@@ -131,7 +131,8 @@ def test_default_type_is_q8_0_on_quantized_base(models, tmp_path):
     m = GGUFModel(out)
     for a in plan.tensors:
         r = m.by_name[a.name]
-        want = "F32" if len(r.info.ne) == 1 else "Q8_0"
+        # 1-D stay F32; routers (ffn_gate_inp) keep their type, as llama-quantize leaves them
+        want = "F32" if len(r.info.ne) == 1 else "Q8_0" if quantizable(a.name, r.info.ne) else a.from_type
         assert r.info.type_name == want, a.name
     # the converted values are a faithful Q8_0 of the source's F16
     full = GGUFModel(models["full"])
@@ -484,3 +485,25 @@ def test_output_exists_error_type(tmp_path):
     (tmp_path / "o.gguf").write_bytes(b"x")
     with pytest.raises(OutputExistsError):
         plan_attach(base, src, tmp_path / "o.gguf")
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe"])
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_graft_of_converter_layout_models_equals_the_converted_full_model(tmp_path, arch, dtype):
+    """testmodels writes keys, tensor names and order as convert_hf_to_gguf.py does (full and --no-mtp):
+    base + MTP block grafted must be the converter's full file, tensor order included."""
+    from mtpgraft.testmodels import build_tiny_model
+
+    full = build_tiny_model(tmp_path / "full.gguf", arch=arch, layout="full", dtype=dtype)
+    base = build_tiny_model(tmp_path / "base.gguf", arch=arch, layout="base", dtype=dtype)
+    side = build_tiny_model(tmp_path / "mtp.gguf", arch=arch, layout="mtp-only", dtype=dtype)
+    out = tmp_path / "out.gguf"
+    attach(base, full, out)
+    named = ("general.name",)  # each test model carries its variant's name; the graft keeps the base's
+    assert_same_model(full, out, ignore_keys=named)
+    out2 = tmp_path / "out2.gguf"
+    attach(base, side, out2)
+    assert_same_model(full, out2, ignore_keys=named)
+    det = tmp_path / "det.gguf"
+    apply_plan(plan_detach(full, det))
+    assert_same_model(base, det, ignore_keys=named)
