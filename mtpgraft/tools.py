@@ -117,15 +117,20 @@ def _last_meaningful_line(text: str) -> str:
     return ""
 
 
-@functools.lru_cache(maxsize=32)
-def tool_version(path: str) -> str:
-    """`TOOL --version` first line that names the build, or '' if it will not say."""
+def _capture(path: str, flag: str) -> str:
+    """stdout + stderr of `TOOL FLAG`, or '' if it cannot run (used for --version and --help)."""
     try:
-        proc = subprocess.run([path, "--version"], stdin=subprocess.DEVNULL, capture_output=True,
+        proc = subprocess.run([path, flag], stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, errors="replace", timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    text = proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+@functools.lru_cache(maxsize=32)
+def tool_version(path: str) -> str:
+    """`TOOL --version` first line that names the build, or '' if it will not say."""
+    text = _capture(path, "--version")
     for line in text.splitlines():
         if line.startswith("version:"):
             return line.split(":", 1)[1].strip()
@@ -137,12 +142,7 @@ def tool_version(path: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def server_help(path: str) -> str:
-    try:
-        proc = subprocess.run([path, "--help"], stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, errors="replace", timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return proc.stdout + proc.stderr
+    return _capture(path, "--help")
 
 
 def probe_mtp_spec_type(server: str | os.PathLike[str]) -> str | None:
