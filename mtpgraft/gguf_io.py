@@ -483,8 +483,10 @@ def write_gguf(fh: BinaryIO, kvs: list[KV], tensors: list[OutTensor], *, alignme
                 if written != t.nbytes:
                     raise GGUFFormatError(f"internal error: {t.name} produced {written} bytes, expected {t.nbytes}")
             pos += t.nbytes
+            # Pad after every tensor, the last one included: ggml's gguf reader (as llama-quantize
+            # loads an imatrix) reads the data blob padded to the alignment, as gguf-py writes it.
             pad = _align(pos, alignment) - pos
-            if pad and t is not tensors[-1]:
+            if pad:
                 os.write(fd, b"\0" * pad)
                 pos += pad
     finally:

@@ -1,0 +1,195 @@
+"""`imatrix`, `quantize`, `run`: quant production with the MTP block kept intact."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..cli import (
+    cli,
+    emit_json,
+    error_boundary,
+    force_option,
+    info,
+    json_option,
+    llama_cpp_option,
+    warn,
+)
+from ..errors import QuantizeError, RecipeError
+
+
+@cli.command("imatrix")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-f", "--file", "calibration", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Calibration text file.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The imatrix GGUF to write (e.g. imatrix.gguf).")
+@click.option("-c", "--ctx", type=int, default=None, help="Chunk size in tokens (llama-imatrix -c; default 512).")
+@click.option("--chunks", type=int, default=None, help="At most N chunks (default: the whole file).")
+@click.option("-b", "--batch", type=int, default=None, help="llama-imatrix -b.")
+@click.option("-t", "--threads", type=int, default=None, help="llama-imatrix -t.")
+@click.option("--ppl", is_flag=True, help="Also compute perplexity (llama-imatrix's default; off here: it only costs time).")
+@click.option("--imatrix-arg", "extra", multiple=True, metavar="ARG",
+              help="Extra llama-imatrix argument, e.g. --imatrix-arg=-ngl --imatrix-arg=99 (repeatable).")
+@force_option
+@click.option("--dry-run", is_flag=True, help="Print the command and stop.")
+@llama_cpp_option
+@json_option
+@error_boundary
+def imatrix_cmd(model: Path, calibration: Path, output: Path, ctx: int | None, chunks: int | None,
+                batch: int | None, threads: int | None, ppl: bool, extra: tuple[str, ...], force: bool,
+                dry_run: bool, llama_cpp: str | None, as_json: bool) -> None:
+    """Compute an importance matrix for MODEL with the real llama-imatrix.
+
+    Records the calibration file's name and sha256 in the imatrix (mtpgraft.imatrix.*); `mtpgraft
+    quantize` carries them into every quant. The imatrix never covers the MTP block (llama-imatrix does
+    not run it): `mtpgraft quantize` gives that block explicit types."""
+    from ..imatrix import plan_imatrix, run_imatrix
+
+    plan = plan_imatrix(model, calibration, output, ctx=ctx, chunks=chunks, batch=batch, threads=threads,
+                        ppl=ppl, extra_args=list(extra), force=force, llama_cpp=llama_cpp)
+    if dry_run:
+        if as_json:
+            emit_json({"dry_run": True, **plan.to_dict()})
+        else:
+            click.echo(plan.shell())
+        return
+    info(f"llama-imatrix on {model.name} with {calibration.name} (sha256 {plan.calibration_sha256[:12]})")
+    res = run_imatrix(plan)
+    if as_json:
+        emit_json({"dry_run": False, **res.to_dict()})
+        return
+    click.echo(res.info.path)
+    info(f"{res.info.entries} entries over {res.info.chunk_count} chunks of {res.info.chunk_size} tokens "
+         f"in {res.seconds:.1f}s")
+
+
+def _types_option(fn):  # noqa: ANN001, ANN202
+    return click.option("--types", required=True, metavar="T1,T2,...",
+                        help="llama-quantize types, e.g. Q4_K_M,Q5_K_M,Q6_K,Q8_0,IQ4_XS,IQ2_XXS.")(fn)
+
+
+@cli.command("quantize")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@_types_option
+@click.option("--imatrix", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Importance matrix (from `mtpgraft imatrix` or llama-imatrix).")
+@click.option("--mtp-type", default=None, metavar="q8_0|match|TYPE",
+              help="Type of the MTP block's weights: q8_0 (default), match (llama.cpp's mixture for each "
+                   "type; refused for types that need an imatrix), or a ggml type such as q6_k.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the outputs go (default: beside MODEL).")
+@click.option("--name", default=None, help="Output name stem: NAME-Q4_K_M.gguf (default: MODEL's name "
+                                           "without .gguf and a trailing -F16/-BF16).")
+@click.option("--split-max-size", default=None, metavar="N(M|G)",
+              help="Split outputs larger than this with llama-gguf-split, into a TYPE/ folder, e.g. 50G.")
+@click.option("--allow-requantize", is_flag=True,
+              help="Let llama-quantize requantize already-quantized tensors (llama.cpp warns: this can "
+                   "severely reduce quality compared to quantizing from 16bit or 32bit).")
+@click.option("-j", "--jobs", default=1, show_default=True, type=int, help="Types quantized at once.")
+@click.option("-t", "--threads", default=None, type=int,
+              help="Threads per llama-quantize (default: llama-quantize's own; CPUs / jobs with --jobs).")
+@click.option("--force", is_flag=True, help="Redo and replace outputs that exist (default: skip those "
+                                            "that verify, refuse those that do not).")
+@click.option("--dry-run", is_flag=True, help="Print the exact commands and stop.")
+@llama_cpp_option
+@json_option
+@error_boundary
+def quantize_cmd(model: Path, types: str, imatrix: Path | None, mtp_type: str | None, out_dir: Path | None,
+                 name: str | None, split_max_size: str | None, allow_requantize: bool, jobs: int,
+                 threads: int | None, force: bool, dry_run: bool, llama_cpp: str | None, as_json: bool) -> None:
+    """Quantize MODEL to every type in --types with the real llama-quantize, keeping its MTP block.
+
+    Each command gives the MTP block an explicit type (--tensor-type), so the very-low-bit types do
+    not abort on the imatrix entries llama-imatrix never makes for it. Every output is verified
+    (header, tensor count, MTP block present and consistent, types as planned) before it is renamed
+    into place; a bad one is removed and reported. Outputs that exist and verify are skipped.
+    Exit code 1 when any type failed."""
+    from ..quantize import plan_quantize, run_quantize
+
+    plan = plan_quantize(model, types, out_dir=out_dir, name=name, imatrix=imatrix, mtp_type=mtp_type,
+                         split_max_size=split_max_size, allow_requantize=allow_requantize, jobs=jobs,
+                         threads=threads, force=force, llama_cpp=llama_cpp)
+    for w in plan.warnings:
+        warn(w)
+    if dry_run:
+        if as_json:
+            emit_json({"dry_run": True, **plan.to_dict()})
+        else:
+            click.echo(plan.describe())
+        return
+    n = len(plan.jobs)
+    order = {t: i + 1 for i, t in enumerate(plan.types)}
+    res = run_quantize(plan, on_event=lambda t, m: info(f"[{order[t]}/{n}] {t}: {m}"))
+    if as_json:
+        emit_json({"dry_run": False, **res.to_dict()})
+    else:
+        for o in res.outputs:
+            if o.ok:
+                mtp = ", ".join(sorted({ty for _, ty in o.mtp_types if ty != "F32"}))
+                click.echo(f"{o.quant_type:<8} {o.status:<8} {o.path}  {o.bytes / 1e6:.1f} MB"
+                           + (f"  (MTP {mtp})" if mtp else ""))
+            else:
+                click.echo(f"{o.quant_type:<8} FAILED   {o.reason}")
+    if not res.ok:
+        bad = res.failed
+        raise QuantizeError(f"{len(bad)} of {n} type(s) failed: "
+                            + "; ".join(f"{o.quant_type}: {o.reason}" for o in bad))
+
+
+@cli.command("run")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--only", multiple=True, metavar="STEP|TYPE",
+              help="Run only these steps (graft, imatrix, quantize, check, push, a type such as Q4_K_M, or "
+                   "quantize:Q4_K_M) and what they need; comma-separated or repeated.")
+@click.option("--resume", is_flag=True, help="Continue a previous run: skip steps recorded as finished "
+                                             "whose inputs have not changed.")
+@click.option("--force", is_flag=True, help="Start over: forget the recorded steps and redo them all, "
+                                            "replacing their outputs.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Override the recipe's [run] work_dir.")
+@click.option("--dry-run", is_flag=True, help="Print each step's commands and write nothing.")
+@click.option("--status", "show_status", is_flag=True, help="Print what the work dir records per step and stop.")
+@llama_cpp_option
+@json_option
+@error_boundary
+def run_cmd(recipe: Path, only: tuple[str, ...], resume: bool, force: bool, work_dir: Path | None,
+            dry_run: bool, show_status: bool, llama_cpp: str | None, as_json: bool) -> None:
+    """Run a recipe: graft -> imatrix -> quantize -> check -> push, resumable.
+
+    Finished steps are recorded in the work dir with the sha256 of their inputs and outputs; --resume
+    skips them, so an interrupted run continues where it stopped and separate processes can run
+    separate types (`--only Q4_K_M`, `--only Q8_0`) on one work dir. Exit code 1 when a step failed."""
+    from ..recipe import describe_state, load_recipe, run_recipe
+
+    r = load_recipe(recipe, work_dir=work_dir)
+    if show_status:
+        rows = describe_state(r)
+        if as_json:
+            emit_json({"work_dir": r.work_dir, "steps": dict(rows)})
+        else:
+            click.echo(f"work dir: {r.work_dir}")
+            for s, st in rows:
+                click.echo(f"  {s:<20} {st}")
+        return
+    res = run_recipe(r, only=list(only) or None, resume=resume, force=force, dry_run=dry_run,
+                     on_event=lambda s, m: info(f"[{s}] {m}"), llama_cpp=llama_cpp)
+    if as_json:
+        emit_json(res.to_dict())
+    else:
+        click.echo(f"{r.name}: {r.path} (work dir {r.work_dir})" + (" -- dry run" if dry_run else ""))
+        for s in res.steps:
+            lines = s.message.splitlines() or [""]
+            click.echo(f"  {s.step:<20} {s.status:<16} {lines[0]}")
+            for extra in lines[1:]:
+                click.echo(f"  {'':<20} {'':<16} {extra}")
+    if not res.ok:
+        bad = res.failed
+        raise RecipeError(f"{len(bad)} step(s) did not finish: "
+                          + "; ".join(f"{s.step}: {s.message.splitlines()[0] if s.message else s.status}"
+                                      for s in bad))
+    if not dry_run and not as_json:
+        info(f"done in {res.wall_s:.1f}s")
+    sys.stdout.flush()

@@ -1,0 +1,208 @@
+"""Compute an importance matrix with the real llama-imatrix, and record what it was computed on.
+
+llama-imatrix records the calibration file's path (`imatrix.datasets`), which llama-quantize copies
+into every quant as `quantize.imatrix.dataset`. mtpgraft runs it from the calibration file's folder
+so that only the file NAME is recorded (no local path in published files), then adds
+`mtpgraft.imatrix.dataset_sha256` (and the model's name) to the imatrix GGUF; `mtpgraft quantize`
+carries that hash into every output. The imatrix never has entries for the MTP block: llama-imatrix
+does not run the MTP graph (that is what the quantize step's MTP rules are for).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gguf import GGUFValueType
+
+from . import __version__
+from .errors import GGUFFormatError, OutputExistsError, QuantizeError, ToolFailedError
+from .tools import find_tool, format_cmd
+
+KEY_SHA = "mtpgraft.imatrix.dataset_sha256"
+KEY_NAME = "mtpgraft.imatrix.dataset"
+KEY_MODEL = "mtpgraft.imatrix.model"
+KEY_VERSION = "mtpgraft.version"
+
+
+@dataclass(frozen=True)
+class ImatrixPlan:
+    model: str
+    calibration: str
+    calibration_name: str
+    calibration_sha256: str
+    calibration_bytes: int
+    output: str
+    tmp_output: str
+    command: tuple[str, ...]
+    cwd: str
+    force: bool
+
+    def shell(self) -> str:
+        return f"cd {format_cmd([self.cwd])} && {format_cmd(list(self.command))}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "shell": self.shell()}
+
+
+@dataclass(frozen=True)
+class ImatrixInfo:
+    path: str
+    datasets: tuple[str, ...]
+    chunk_count: int | None
+    chunk_size: int | None
+    entries: int
+    dataset_sha256: str | None
+    model: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ImatrixResult:
+    plan: ImatrixPlan
+    info: ImatrixInfo
+    seconds: float
+    log: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict(), "imatrix": self.info.to_dict(), "seconds": round(self.seconds, 3),
+                "log": self.log, "mtpgraft_version": __version__}
+
+
+def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[str],
+                 output: str | os.PathLike[str], *, ctx: int | None = None, chunks: int | None = None,
+                 batch: int | None = None, threads: int | None = None, ppl: bool = False,
+                 extra_args: tuple[str, ...] | list[str] = (), force: bool = False,
+                 llama_cpp: str | os.PathLike[str] | None = None) -> ImatrixPlan:
+    """Check the inputs and return the llama-imatrix command. Reads the calibration file once (sha256)."""
+    from .gguf_io import GGUFModel
+    from .hashing import sha256_file
+
+    m = Path(model)
+    try:
+        GGUFModel(m)
+    except GGUFFormatError as e:
+        raise QuantizeError(f"cannot compute an imatrix: {e}") from e
+    cal = Path(calibration)
+    if not cal.is_file():
+        raise QuantizeError(f"calibration file not found: {cal}")
+    size = cal.stat().st_size
+    if size == 0:
+        raise QuantizeError(f"calibration file {cal} is empty")
+    with open(cal, "rb") as f:
+        head = f.read(65536)
+    if b"\0" in head:
+        raise QuantizeError(f"calibration file {cal} is not text (it holds NUL bytes)")
+    out = Path(output).absolute()
+    if out.is_dir():
+        raise QuantizeError(f"-o {out} is a directory")
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
+    if not out.parent.is_dir():
+        raise QuantizeError(f"output directory {out.parent} does not exist")
+    for name, v in (("--ctx", ctx), ("--chunks", chunks), ("--batch", batch), ("--threads", threads)):
+        if v is not None and v < 1:
+            raise QuantizeError(f"{name} must be >= 1, got {v}")
+    tool = str(find_tool("llama-imatrix", llama_cpp))
+    tmp = out.with_name(f".{out.name}.partial.gguf")
+    cmd = [tool, "-m", str(m.resolve()), "-f", cal.name, "-o", str(tmp)]
+    if ctx is not None:
+        cmd += ["-c", str(ctx)]
+    if batch is not None:
+        cmd += ["-b", str(batch)]
+    if chunks is not None:
+        cmd += ["--chunks", str(chunks)]
+    if threads is not None:
+        cmd += ["-t", str(threads)]
+    if not ppl:
+        cmd.append("--no-ppl")
+    cmd += list(extra_args)
+    return ImatrixPlan(model=str(m), calibration=str(cal), calibration_name=cal.name,
+                       calibration_sha256=sha256_file(cal, use_cache=False), calibration_bytes=size,
+                       output=str(out), tmp_output=str(tmp), command=tuple(cmd),
+                       cwd=str(cal.resolve().parent), force=force)
+
+
+def read_imatrix(path: str | os.PathLike[str]) -> ImatrixInfo:
+    from .gguf_io import GGUFFile
+
+    try:
+        g = GGUFFile(path)
+    except GGUFFormatError as e:
+        raise QuantizeError(f"not a GGUF imatrix: {e}") from e
+    if g.get("general.type") != "imatrix":
+        raise QuantizeError(f"{path} is not an imatrix (general.type is {g.get('general.type')!r})")
+    ds = g.get("imatrix.datasets") or []
+    entries = sum(1 for t in g.tensors if t.name.endswith(".in_sum2"))
+    cc, cs = g.get("imatrix.chunk_count"), g.get("imatrix.chunk_size")
+    return ImatrixInfo(path=str(path), datasets=tuple(str(x) for x in ds),
+                       chunk_count=int(cc) if cc is not None else None,
+                       chunk_size=int(cs) if cs is not None else None, entries=entries,
+                       dataset_sha256=g.get(KEY_SHA), model=g.get(KEY_MODEL))
+
+
+def _add_provenance(src: Path, dst: Path, plan: ImatrixPlan) -> None:
+    """Rewrite llama-imatrix's file with the calibration hash added (tensors copied verbatim)."""
+    from .gguf_io import GGUFFile, OutTensor, encode_kv, write_gguf
+
+    g = GGUFFile(src)
+    extra = {KEY_NAME: plan.calibration_name, KEY_SHA: plan.calibration_sha256,
+             KEY_MODEL: Path(plan.model).name, KEY_VERSION: __version__}
+    kvs = [kv for kv in g.kv.values() if kv.key not in extra]
+    kvs += [encode_kv(k, GGUFValueType.STRING, v) for k, v in extra.items()]
+    tensors = [OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, src, g.data_offset + t.offset) for t in g.tensors]
+    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".mtpgraft-tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write_gguf(fh, kvs, tensors, alignment=g.alignment)
+        os.chmod(name, 0o644)
+        os.replace(name, dst)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def run_imatrix(plan: ImatrixPlan, *, log_path: str | os.PathLike[str] | None = None,
+                timeout: float | None = None) -> ImatrixResult:
+    """Run llama-imatrix into a temporary file, add the provenance keys, rename into place."""
+    from .tools import run_tool
+
+    out, tmp = Path(plan.output), Path(plan.tmp_output)
+    if out.exists() and not plan.force:
+        raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
+    tmp.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    try:
+        try:
+            proc = run_tool(list(plan.command), cwd=plan.cwd, timeout=timeout, tail_lines=40)
+            text = proc.stdout
+        except ToolFailedError as e:
+            if log_path is not None:
+                Path(log_path).write_text(e.output_tail, encoding="utf-8")
+            reason = _imatrix_reason(e.output_tail) or str(e)
+            raise QuantizeError(f"llama-imatrix failed: {reason}") from e
+        if log_path is not None:
+            Path(log_path).write_text(text, encoding="utf-8")
+        if not tmp.is_file():
+            raise QuantizeError("llama-imatrix exited 0 but wrote no imatrix file")
+        _add_provenance(tmp, out, plan)
+    finally:
+        tmp.unlink(missing_ok=True)
+    info = read_imatrix(out)
+    if info.entries == 0:
+        out.unlink(missing_ok=True)
+        raise QuantizeError("llama-imatrix wrote an imatrix without entries; removed it")
+    return ImatrixResult(plan, info, time.perf_counter() - t0, str(log_path) if log_path else None)
+
+
+def _imatrix_reason(tail: str) -> str:
+    keys = ("you need at least", "tokenizes to only", "non-finite", "failed", "error")
+    hits = [x.strip() for x in tail.splitlines() if any(k in x for k in keys)]
+    # drop the timestamp and level llama.cpp's logger puts first ("0.00.318.692 E ")
+    return " ".join(h.split(" ", 2)[-1] if h[:1].isdigit() else h for h in hits[-2:])[:400]
