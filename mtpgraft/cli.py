@@ -76,6 +76,15 @@ def show_progress() -> bool:
     return not STATE.quiet and sys.stderr.isatty()
 
 
+def progress_bar(total: int, *, unit: str = "B", desc: str = ""):
+    """A tqdm bar on stderr, off with --quiet or when stderr is not a terminal (bytes scale to KiB/MiB)."""
+    from tqdm import tqdm
+
+    scale = unit == "B"
+    return tqdm(total=total, unit=unit, unit_scale=scale, unit_divisor=1024 if scale else 1000, desc=desc,
+                disable=not show_progress(), file=sys.stderr, leave=False)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mtpgraft")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")

@@ -420,7 +420,7 @@ class OutTensor:
 
 def copy_range(src_fd: int, dst_fd: int, offset: int, count: int, progress: Callable[[int], None]) -> None:
     """Copy `count` bytes from src at `offset` to dst's current position, in the kernel when possible."""
-    step = 64 << 20
+    step = 1 << 30  # big calls, as cp does: the kernel moves the bytes, no user-space buffer
     done = 0
     use_cfr = hasattr(os, "copy_file_range")
     while done < count:
@@ -472,6 +472,8 @@ def write_gguf(fh: BinaryIO, kvs: list[KV], tensors: list[OutTensor], *, alignme
                 sfd = src_fds.get(t.src_path)
                 if sfd is None:
                     sfd = src_fds[t.src_path] = os.open(t.src_path, os.O_RDONLY)
+                    if hasattr(os, "posix_fadvise"):  # a larger readahead window, as cp asks for
+                        os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
                 copy_range(sfd, fd, t.src_offset, t.nbytes, progress)
             else:
                 assert t.produce is not None

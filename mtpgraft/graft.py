@@ -255,7 +255,27 @@ def _provenance(kvs: list[KV], changes: list[KeyChange], values: dict[str, str])
 # --------------------------------------------------------------------------- type conversion
 
 
-def _convert_chunks(ref: TensorRef, to: GGMLQuantizationType) -> Callable[[], Iterator[bytes]]:
+def _copy_chunks(ref: TensorRef, hasher: Any) -> Callable[[], Iterator[bytes]]:
+    """A tensor's bytes unchanged, read once and hashed on the way (provenance without a 2nd read)."""
+
+    def gen() -> Iterator[bytes]:
+        fd = os.open(ref.path, os.O_RDONLY)
+        try:
+            done = 0
+            while done < ref.info.nbytes:
+                chunk = os.pread(fd, min(CHUNK_BYTES, ref.info.nbytes - done), ref.abs_offset + done)
+                if not chunk:
+                    raise MtpgraftError(f"{ref.path}: unexpected end of file reading {ref.name}")
+                hasher.update(chunk)
+                done += len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+
+    return gen
+
+
+def _convert_chunks(ref: TensorRef, to: GGMLQuantizationType, hasher: Any = None) -> Callable[[], Iterator[bytes]]:
     """Dequantize a tensor and requantize it in numpy, a bounded number of rows at a time."""
     src_t = GGMLQuantizationType(ref.info.ggml_type)
     ne0 = ref.info.ne[0]
@@ -263,6 +283,8 @@ def _convert_chunks(ref: TensorRef, to: GGMLQuantizationType) -> Callable[[], It
 
     def gen() -> Iterator[bytes]:
         for raw in read_tensor_rows(ref, rows):
+            if hasher is not None:
+                hasher.update(raw.data)
             if src_t == Q.F32:
                 f32 = raw.view(np.float32).reshape(raw.shape[0], ne0)
             else:
@@ -476,7 +498,7 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
     prov = {
         f"{PROV}version": __version__,
         f"{PROV}mtp.source": src.path.name,
-        f"{PROV}mtp.source_sha256": "",  # filled in by apply_plan from the bytes it copies
+        f"{PROV}mtp.source_sha256": "",  # apply_plan fills in the sha256 of the bytes it copies
         f"{PROV}mtp.type_policy": policy_name,
     }
     _provenance(shards[0].kvs, changes, prov)
@@ -634,6 +656,16 @@ def plan_alignment(plan: GraftPlan) -> int:
     return int(kv.value) if kv is not None else 32
 
 
+def _value_offset(kvs: list[KV], key: str) -> int:
+    """Byte offset, in a file written by write_gguf, of the value of string key `key`."""
+    off = 24  # magic, version, tensor count, key count
+    for kv in kvs:
+        if kv.key == key:
+            return off + 8 + len(key.encode()) + 4 + 8
+        off += len(kv.raw)
+    raise KeyError(key)
+
+
 def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None) -> list[Path]:
     """Write the planned output(s): temporary files beside the targets, renamed only on success."""
     progress = progress or (lambda n: None)
@@ -644,16 +676,16 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
             raise OutputExistsError(f"{o} exists; pass --force to overwrite it")
     tmps: list[Path] = []
     workdir: Path | None = None
+    shards = [_ShardSpec(s.path, list(s.kvs), list(s.tensors)) for s in plan._shards]  # the plan stays as it was
+    hasher = None
+    key = f"{PROV}mtp.source_sha256"
     try:
-        shards = plan._shards
         if plan.operation == "attach":
-            digest = _hash_refs(plan._source_refs, progress)
             kvs = shards[0].kvs
-            key = f"{PROV}mtp.source_sha256"
-            for i, kv in enumerate(kvs):
-                if kv.key == key:
-                    kvs[i] = encode_kv(key, GGUFValueType.STRING, digest)
+            k = next(i for i, kv in enumerate(kvs) if kv.key == key)
             if any(a.method == "llama-quantize" for a in plan.tensors):
+                # llama-quantize reads the sources itself: hash them in a pass of their own.
+                kvs[k] = encode_kv(key, GGUFValueType.STRING, _hash_refs(plan._source_refs, progress))
                 workdir = Path(tempfile.mkdtemp(prefix=".mtpgraft-q-", dir=outputs[0].parent))
                 located = _quantize_mtp(plan, workdir)
                 for s in shards:
@@ -661,6 +693,22 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
                         if t.name in located:
                             path, off = located[t.name]
                             s.tensors[j] = OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, path, off)
+            else:
+                # Hash the source's MTP bytes as they are copied (MTP tensors are written in source
+                # order), then patch the digest into a placeholder of the same length.
+                hasher = hashlib.sha256()
+                kvs[k] = encode_kv(key, GGUFValueType.STRING, "0" * 64)
+                refs = {r.name: r for r in plan._source_refs}
+                acts = {a.name: a for a in plan.tensors}
+                for s in shards:
+                    for j, t in enumerate(s.tensors):
+                        a = acts.get(t.name)
+                        if a is None:
+                            continue
+                        r = refs[a.source_name]
+                        gen = (_copy_chunks(r, hasher) if a.method == "copy"
+                               else _convert_chunks(r, Q[a.to_type], hasher))
+                        s.tensors[j] = OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, produce=gen)
         align = plan_alignment(plan)
         for s in shards:
             fd, tmp_name = tempfile.mkstemp(prefix=f".{s.path.name}.", suffix=".mtpgraft-tmp", dir=s.path.parent)
@@ -669,6 +717,10 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
             with os.fdopen(fd, "wb") as fh:
                 write_gguf(fh, s.kvs, s.tensors, alignment=align, progress=progress)
             os.chmod(tmp, 0o644)
+        if hasher is not None:
+            with open(tmps[0], "r+b") as fh:
+                fh.seek(_value_offset(shards[0].kvs, key))
+                fh.write(hasher.hexdigest().encode())
         for tmp, s in zip(tmps, shards, strict=True):
             os.replace(tmp, s.path)
         tmps = []

@@ -108,11 +108,12 @@ def test_extract_default_name(models, tmp_path):
     assert Path(plan.outputs[0]).name == "mtp-full.gguf"
 
 
-def test_sha256_provenance_is_of_copied_bytes(models, tmp_path):
+@pytest.mark.parametrize("mtp_type", ["keep", "q8_0"])
+def test_sha256_provenance_is_of_copied_bytes(models, tmp_path, mtp_type):
     import hashlib
 
     out = tmp_path / "out.gguf"
-    attach(models["base"], models["full"], out, mtp_type="keep")
+    attach(models["base"], models["full"], out, mtp_type=mtp_type)
     full = GGUFModel(models["full"])
     h = hashlib.sha256()
     for r in full.refs:

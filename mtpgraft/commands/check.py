@@ -15,6 +15,7 @@ from ..cli import (
     info,
     json_option,
     llama_cpp_option,
+    progress_bar,
     show_progress,
     warn,
 )
@@ -106,11 +107,7 @@ def check_cmd(models: tuple[str, ...], draft: str | None, n_max: str, temperatur
 
     info(f"{plan.n_servers} llama-server runs, {plan.n_requests} requests "
          f"(MTP via --spec-type {plan.spec_type})")
-    bar = None
-    if show_progress():
-        from tqdm import tqdm
-
-        bar = tqdm(total=plan.n_requests, unit="req", file=sys.stderr, leave=False)
+    bar = progress_bar(plan.n_requests, unit="req") if show_progress() else None
 
     def progress(label: str, done: int) -> None:
         if bar is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -15,16 +14,9 @@ from ..cli import (
     info,
     json_option,
     llama_cpp_option,
-    show_progress,
+    progress_bar,
     warn,
 )
-
-
-def _progress_bar(total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-                disable=not show_progress(), file=sys.stderr, leave=False)
 
 
 def _run_plan(plan, dry_run: bool, as_json: bool) -> None:
@@ -38,7 +30,7 @@ def _run_plan(plan, dry_run: bool, as_json: bool) -> None:
         else:
             click.echo(describe_plan(plan))
         return
-    with _progress_bar(plan.output_bytes, plan.operation) as bar:
+    with progress_bar(plan.output_bytes, desc=plan.operation) as bar:
         outputs = apply_plan(plan, progress=bar.update)
     if as_json:
         emit_json({"dry_run": False, **plan.to_dict(), "written": [str(p) for p in outputs]})
