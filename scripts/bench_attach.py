@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import repeated
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
 
@@ -39,16 +40,6 @@ def _blob() -> bytes:
 
 BLOB = b""
 COLD = False
-
-
-def _producer(nbytes: int):
-    def gen():
-        left = nbytes
-        while left:
-            n = min(left, len(BLOB))
-            yield BLOB[:n]
-            left -= n
-    return gen
 
 
 def _layer(i: int, mtp: bool) -> list[tuple[str, tuple[int, ...], Q]]:
@@ -88,7 +79,7 @@ def make(path: Path, trunk: int, with_mtp: bool, only_mtp: bool = False) -> None
     if with_mtp:
         specs += _layer(trunk, True)
     specs += [("output_norm.weight", (N_EMBD,), Q.F32), ("output.weight", (N_EMBD, VOCAB), Q.Q8_0)]
-    tensors = [OutTensor(n, ne, int(t), tensor_nbytes(t, ne), produce=_producer(tensor_nbytes(t, ne)))
+    tensors = [OutTensor(n, ne, int(t), tensor_nbytes(t, ne), produce=repeated(BLOB, tensor_nbytes(t, ne)))
                for n, ne, t in specs]
     with open(path, "wb") as fh:
         write_gguf(fh, kvs, tensors, alignment=32)

@@ -33,21 +33,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import repeated
 from gguf import GGUFValueType as V
 
 from mtpgraft.gguf_io import GGUFFile, OutTensor, encode_kv, tensor_nbytes, write_gguf
 
 BLOB = b""  # a few MB of real F16 values (no NaN/Inf: llama-quantize validates rows), repeated
-
-
-def _producer(nbytes: int):
-    def gen():
-        left = nbytes
-        while left:
-            n = min(left, len(BLOB))
-            yield BLOB[:n]
-            left -= n
-    return gen
 
 
 def _scaled(ne: tuple[int, ...], name: str, k: int) -> tuple[int, ...]:
@@ -72,7 +63,7 @@ def build_model(tiny: Path, out: Path, *, layers: int, scale: int) -> tuple[int,
 
     def add(name: str, ne: tuple[int, ...], gtype: int) -> None:
         ne = _scaled(ne, name, scale)
-        tensors.append(OutTensor(name, ne, gtype, tensor_nbytes(gtype, ne), produce=_producer(tensor_nbytes(gtype, ne))))
+        tensors.append(OutTensor(name, ne, gtype, tensor_nbytes(gtype, ne), produce=repeated(BLOB, tensor_nbytes(gtype, ne))))
 
     for t in shared:
         add(t.name, t.ne, t.ggml_type)
