@@ -343,9 +343,9 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
         if not replace:
             where = ", ".join(f"blk.{i}" for i in st_b.eh_layers)
             raise GraftError(f"{base.path.name} already has an MTP block ({where}); pass --replace to swap it")
-    trunk = st_b.trunk if st_b.trunk is not None else st_b.block_count
-    if st_b.eh_layers:
-        trunk = min(trunk, min(st_b.eh_layers))
+    # Where the base's MTP block starts: its nextn.eh_proj tensors say so even when the keys are
+    # wrong (a broken graft whose block_count was not bumped), so --replace repairs such a file.
+    trunk = min(st_b.eh_layers) if st_b.eh_layers else (st_b.trunk if st_b.trunk is not None else st_b.block_count)
     n_mtp = len(src_layers)
     renum = {s: trunk + k for k, s in enumerate(src_layers)}
     if src_layers[0] != trunk:
@@ -521,7 +521,7 @@ def _mtp_layers_of(model: GGUFModel, what: str) -> tuple[Structure, list[int], i
         raise GraftError(f"{model.path.name} has no MTP block to {what}")
     if st.mtp_only_layout and what == "detach":
         raise GraftError(f"{model.path.name} is an MTP-only file; there is no trunk to keep")
-    layers = sorted(set(st.eh_layers) | set(st.mtp_layers if st.nextn else []))
+    layers = list(st.eh_layers)  # the tensors, not the keys: a broken file's keys may be off by one
     trunk = min(layers)
     return st, layers, trunk
 

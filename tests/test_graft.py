@@ -508,3 +508,27 @@ def test_graft_of_converter_layout_models_equals_the_converted_full_model(tmp_pa
     det = tmp_path / "det.gguf"
     apply_plan(plan_detach(full, det))
     assert_same_model(base, det, ignore_keys=named)
+
+
+def test_replace_repairs_broken_grafts(tmp_path):
+    """A published file with a bad graft is fixed by grafting again with --replace."""
+    from gguf import GGUFValueType as V
+
+    full = make_model(tmp_path / "full.gguf")
+    rec4 = (V.ARRAY, [True, True, True, False], V.BOOL)
+    broken = {
+        "no-key": rewrite(full, tmp_path / "a.gguf", drop_keys=["qwen35.nextn_predict_layers"]),
+        "bc-not-bumped": rewrite(full, tmp_path / "b.gguf", set_kv={"qwen35.block_count": (V.UINT32, 4, None),
+                                                                    "qwen35.attention.recurrent_layers": rec4}),
+        "short-array": rewrite(full, tmp_path / "d.gguf", set_kv={"qwen35.attention.recurrent_layers": rec4}),
+    }
+    for name, path in broken.items():
+        assert not inspect_model(path).consistent
+        out = tmp_path / f"fixed-{name}.gguf"
+        attach(path, full, out, replace=True, mtp_type="keep")
+        rep = inspect_model(out)
+        assert rep.consistent, (name, rep.problems)
+        assert_same_model(full, out)  # every trunk layer kept, the MTP block back in place
+        det = tmp_path / f"det-{name}.gguf"
+        apply_plan(plan_detach(path, det))
+        assert inspect_model(det).consistent and inspect_model(det).block_count == 4

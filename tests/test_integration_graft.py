@@ -206,6 +206,12 @@ def test_broken_grafts_are_caught_by_inspect_and_refused_by_llama_server(tiny, t
         with pytest.raises(ServerError) as ei:
             LlamaServer(path, spec_type="mtp", startup_timeout=60).start()
         assert re.search(server_says, str(ei.value) + ei.value.log_tail), (name, str(ei.value))
+        # and grafting again repairs it: consistent, loads, every draft accepted
+        fixed = graft(path, tiny["full-aligned"], tmp_path / f"fixed-{len(name)}-{name[:3]}.gguf",
+                      replace=name != "key without tensors")
+        assert inspect_model(fixed).consistent, name
+        acc, drafted, _ = draft_stats(fixed)
+        assert drafted > 0 and acc == drafted, name
 
 
 def test_wrong_split_tensor_count_is_caught_and_refused(tiny, tmp_path):
