@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -14,12 +13,7 @@ import gguf
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-try:
-    from fakehub import FakeHub, HubError
-except ImportError:  # pytest run with --import-mode=importlib
-    sys.path.insert(0, str(Path(__file__).parent))
-    from fakehub import FakeHub, HubError
+from fakehub import FakeHub, HubError
 
 import mtpgraft.commands  # noqa: F401 - registers the commands
 from mtpgraft import hashing
