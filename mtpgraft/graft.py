@@ -22,7 +22,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, quants
 
 from . import __version__
 from .arch import NEXTN_REQUIRED, ArchRule, require_mtp_arch, rule_for
-from .errors import GraftError, MtpgraftError, OutputExistsError, UsageError
+from .errors import GraftError, MtpgraftError, UsageError
 from .gguf_io import (
     KV,
     SPLIT_RE,
@@ -35,6 +35,7 @@ from .gguf_io import (
     write_gguf,
 )
 from .inspect import FLOAT_TYPES, Structure, analyse, dominant_type, layer_of, vocab_fingerprint
+from .outputs import check_outputs
 
 Q = GGMLQuantizationType
 # Types gguf.quants can produce in numpy; anything else (K-quants, IQ) needs llama-quantize.
@@ -121,19 +122,6 @@ def _resolve_outputs(out: Path, count: int) -> list[Path]:
     m = SPLIT_RE.match(out.name)
     prefix = m["prefix"] if m else (out.name[:-5] if out.name.endswith(".gguf") else out.name)
     return [out.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
-
-
-def _check_outputs(outputs: list[Path], inputs: list[Path], force: bool) -> None:
-    for o in outputs:
-        for i in inputs:
-            if o.resolve() == i.resolve() or (o.exists() and os.path.samefile(o, i)):
-                raise OutputExistsError(f"output {o} is one of the inputs; write to a new file")
-        if o.is_dir():
-            raise OutputExistsError(f"output {o} is a directory")
-        if o.exists() and not force:
-            raise OutputExistsError(f"{o} exists; pass --force to overwrite it")
-        if not o.parent.is_dir():
-            raise UsageError(f"output directory {o.parent} does not exist")
 
 
 def _kv_like(old: KV, value: Any) -> KV:
@@ -310,7 +298,7 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
     src = GGUFModel(source_path)
     out = Path(out_path)
     outputs = _resolve_outputs(out, len(base.shards))
-    _check_outputs(outputs, base.paths + src.paths, force)
+    check_outputs(outputs, base.paths + src.paths, force=force)
 
     arch = base.arch
     if src.arch != arch:
@@ -531,7 +519,7 @@ def plan_detach(model_path: str | os.PathLike[str], out_path: str | os.PathLike[
     """A trunk-only copy: MTP tensors dropped, block_count = trunk, no nextn key, arrays truncated."""
     model = GGUFModel(model_path)
     out = Path(out_path)
-    _check_outputs([out], model.paths, force)
+    check_outputs([out], model.paths, force=force)
     arch = model.arch
     rule = rule_for(arch)
     st, layers, trunk = _mtp_layers_of(model, "detach")
@@ -569,7 +557,7 @@ def plan_extract(model_path: str | os.PathLike[str], out_path: str | os.PathLike
     output + blk.N.*, full metadata), which llama-server takes with `-md`."""
     model = GGUFModel(model_path)
     out = Path(out_path) if out_path else default_extract_name(model.path)
-    _check_outputs([out], model.paths, force)
+    check_outputs([out], model.paths, force=force)
     arch = model.arch
     st, layers, trunk = _mtp_layers_of(model, "extract")
     kvs = [kv for kv in model.kv.values() if not kv.key.startswith("split.")]
@@ -670,10 +658,7 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
     """Write the planned output(s): temporary files beside the targets, renamed only on success."""
     progress = progress or (lambda n: None)
     outputs = [s.path for s in plan._shards]
-    # The outputs may have appeared since planning.
-    for o in outputs:
-        if o.exists() and not plan.force:
-            raise OutputExistsError(f"{o} exists; pass --force to overwrite it")
+    check_outputs(outputs, force=plan.force)  # they may have appeared since planning
     tmps: list[Path] = []
     workdir: Path | None = None
     shards = [_ShardSpec(s.path, list(s.kvs), list(s.tensors)) for s in plan._shards]  # the plan stays as it was

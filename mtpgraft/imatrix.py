@@ -20,7 +20,8 @@ from typing import Any
 from gguf import GGUFValueType
 
 from . import __version__
-from .errors import GGUFFormatError, OutputExistsError, QuantizeError, ToolFailedError
+from .errors import GGUFFormatError, QuantizeError, ToolFailedError
+from .outputs import check_outputs
 from .tools import find_tool, format_cmd
 
 KEY_SHA = "mtpgraft.imatrix.dataset_sha256"
@@ -100,12 +101,7 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
     if b"\0" in head:
         raise QuantizeError(f"calibration file {cal} is not text (it holds NUL bytes)")
     out = Path(output).absolute()
-    if out.is_dir():
-        raise QuantizeError(f"-o {out} is a directory")
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
-    if not out.parent.is_dir():
-        raise QuantizeError(f"output directory {out.parent} does not exist")
+    check_outputs([out], [m, cal], force=force)
     for name, v in (("--ctx", ctx), ("--chunks", chunks), ("--batch", batch), ("--threads", threads)):
         if v is not None and v < 1:
             raise QuantizeError(f"{name} must be >= 1, got {v}")
@@ -174,8 +170,7 @@ def run_imatrix(plan: ImatrixPlan, *, log_path: str | os.PathLike[str] | None = 
     from .tools import run_tool
 
     out, tmp = Path(plan.output), Path(plan.tmp_output)
-    if out.exists() and not plan.force:
-        raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
+    check_outputs([out], force=plan.force)  # it may have appeared since planning
     tmp.unlink(missing_ok=True)
     t0 = time.perf_counter()
     try:

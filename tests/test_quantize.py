@@ -352,3 +352,19 @@ def test_jobs_run_types_in_parallel(tiny, tmp_path: Path) -> None:
     assert "[1/2] Q8_0: quantizing" in p.stderr or "[2/2] Q4_K_M: quantizing" in p.stderr
     with pytest.raises(QuantizeError, match="would overwrite the input"):
         plan_quantize(tmp_path / "j-Q8_0.gguf", "Q8_0", out_dir=tmp_path, name="j", allow_requantize=True)
+
+
+def test_imatrix_refuses_to_overwrite_its_own_input(tmp_path):
+    """Even with --force, an output that is the model (or the calibration file) is refused."""
+    from mtpgraft.errors import OutputExistsError
+    from mtpgraft.imatrix import plan_imatrix
+    from mtpgraft.testmodels import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "m.gguf", dtype="f16")
+    cal = tmp_path / "cal.txt"
+    cal.write_text("some calibration text\n" * 20)
+    before = model.read_bytes()
+    for out in (model, cal):
+        with pytest.raises(OutputExistsError, match="one of the inputs"):
+            plan_imatrix(model, cal, out, force=True)
+    assert model.read_bytes() == before
