@@ -72,6 +72,14 @@ def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
 
 
+def emit_dry_run(plan: Any, text: str, as_json: bool) -> None:
+    """What every --dry-run prints: the plan as JSON (`--json`) or as text."""
+    if as_json:
+        emit_json({"dry_run": True, **plan.to_dict()})
+    else:
+        click.echo(text)
+
+
 def show_progress() -> bool:
     return not STATE.quiet and sys.stderr.isatty()
 

@@ -8,6 +8,7 @@ import click
 
 from ..cli import (
     cli,
+    emit_dry_run,
     emit_json,
     error_boundary,
     force_option,
@@ -25,10 +26,7 @@ def _run_plan(plan, dry_run: bool, as_json: bool) -> None:
     for w in plan.warnings:
         warn(w)
     if dry_run:
-        if as_json:
-            emit_json({"dry_run": True, **plan.to_dict()})
-        else:
-            click.echo(describe_plan(plan))
+        emit_dry_run(plan, describe_plan(plan), as_json)
         return
     with progress_bar(plan.output_bytes, desc=plan.operation) as bar:
         outputs = apply_plan(plan, progress=bar.update)

@@ -9,6 +9,7 @@ import click
 
 from ..cli import (
     cli,
+    emit_dry_run,
     emit_json,
     error_boundary,
     force_option,
@@ -51,10 +52,7 @@ def imatrix_cmd(model: Path, calibration: Path, output: Path, ctx: int | None, c
     plan = plan_imatrix(model, calibration, output, ctx=ctx, chunks=chunks, batch=batch, threads=threads,
                         ppl=ppl, extra_args=list(extra), force=force, llama_cpp=llama_cpp)
     if dry_run:
-        if as_json:
-            emit_json({"dry_run": True, **plan.to_dict()})
-        else:
-            click.echo(plan.shell())
+        emit_dry_run(plan, plan.shell(), as_json)
         return
     info(f"llama-imatrix on {model.name} with {calibration.name} (sha256 {plan.calibration_sha256[:12]})")
     res = run_imatrix(plan)
@@ -115,10 +113,7 @@ def quantize_cmd(model: Path, types: str, imatrix: Path | None, mtp_type: str | 
     for w in plan.warnings:
         warn(w)
     if dry_run:
-        if as_json:
-            emit_json({"dry_run": True, **plan.to_dict()})
-        else:
-            click.echo(plan.describe())
+        emit_dry_run(plan, plan.describe(), as_json)
         return
     n = len(plan.jobs)
     order = {t: i + 1 for i, t in enumerate(plan.types)}
