@@ -34,7 +34,7 @@ from .gguf_io import (
     tensor_nbytes,
     write_gguf,
 )
-from .inspect import FLOAT_TYPES, Structure, analyse, dominant_type, layer_of, vocab_fingerprint
+from .inspection import FLOAT_TYPES, Structure, analyse, dominant_type, layer_of, vocab_fingerprint
 from .outputs import check_outputs
 
 Q = GGMLQuantizationType
@@ -354,7 +354,7 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
     if policy not in (None, "keep", "match"):
         explicit = parse_type(policy)
     base_ft = None
-    from .inspect import file_type_name
+    from .inspection import file_type_name
 
     base_ft = file_type_name(base.get("general.file_type"))
     dom = dominant_type(base_refs_trunk)

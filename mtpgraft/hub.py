@@ -320,7 +320,7 @@ def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
                                               dict[str, str]]:
     from .gguf_io import GGUFModel
     from .hashing import sha256_file
-    from .inspect import inspect_model
+    from .inspection import inspect_model
 
     first = group[0]
     refusals: list[Refusal] = []

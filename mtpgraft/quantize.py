@@ -36,7 +36,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from . import __version__
 from .errors import GGUFFormatError, OutputExistsError, QuantizeError, ToolFailedError
 from .gguf_io import SPLIT_RE, GGUFModel
-from .inspect import analyse, inspect_model
+from .inspection import analyse, inspect_model
 from .tools import find_tool, format_cmd
 
 log = logging.getLogger("mtpgraft")

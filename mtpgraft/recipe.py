@@ -759,7 +759,7 @@ class _Pipeline:
             self.model_path = self.state.abs(rec.detail["model"])
 
         def body(k: str, t0: float) -> StepResult:
-            from .inspect import inspect_model
+            from .inspection import inspect_model
 
             if self.dry_run and not (base.is_file() and (src is None or src.is_file())):
                 self.model_path = out if src is not None else base

@@ -16,7 +16,7 @@ from ggufgen import make_model, rewrite, split_model
 from mtpgraft.errors import GGUFFormatError, GraftError, OutputExistsError
 from mtpgraft.gguf_io import GGUFModel
 from mtpgraft.graft import apply_plan, plan_attach, plan_detach, plan_extract, quantizable
-from mtpgraft.inspect import inspect_model
+from mtpgraft.inspection import inspect_model
 
 
 def tensor_bytes(m: GGUFModel, name: str) -> bytes:

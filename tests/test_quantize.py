@@ -18,7 +18,7 @@ from mtpgraft.gguf_io import GGUFModel
 from mtpgraft.graft import apply_plan, plan_attach
 from mtpgraft.hashing import sha256_file
 from mtpgraft.imatrix import plan_imatrix, read_imatrix, run_imatrix
-from mtpgraft.inspect import inspect_model
+from mtpgraft.inspection import inspect_model
 from mtpgraft.quantize import (
     NEEDS_IMATRIX,
     REQUANTIZE_WARNING,

@@ -13,7 +13,7 @@ import pytest
 
 from mtpgraft.errors import RecipeError
 from mtpgraft.gguf_io import GGUFModel
-from mtpgraft.inspect import inspect_model
+from mtpgraft.inspection import inspect_model
 from mtpgraft.recipe import State, load_recipe, parse_recipe, run_recipe, select_steps
 
 ROOT = Path(__file__).resolve().parents[1]

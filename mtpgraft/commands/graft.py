@@ -46,7 +46,7 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
     """Show a GGUF's MTP structure and whether llama.cpp will load it.
 
     Exits 0 for any readable file (even an inconsistent one), non-zero only if it cannot be read."""
-    from ..inspect import inspect_model
+    from ..inspection import inspect_model
 
     rep = inspect_model(file)
     if as_json:
