@@ -980,14 +980,15 @@ class _Pipeline:
             return _key(step, params, hashes)
 
         def body(k: str, t0: float) -> StepResult:
-            from .check import plan_check, run_check
-            from .report import write_report
+            from .check import plan_check, resolve_server, run_check
+            from .check.report import write_report
 
             plan = plan_check([out], n_max=spec.n_max, temperatures=spec.temperatures, reps=spec.reps,
                               seed=spec.seed, prompts=prompts, categories=spec.categories,
                               per_category=spec.per_category, n_predict=spec.n_predict, ctx_size=spec.ctx,
                               server_args=spec.server_args, min_acceptance=spec.min_acceptance,
-                              min_speedup=spec.min_speedup, llama_cpp=self.llama_cpp)
+                              min_speedup=spec.min_speedup,
+                              server=resolve_server(self.llama_cpp))
             if self.dry_run:
                 return StepResult(step, "dry-run", 0.0, f"{plan.n_servers} llama-server runs, "
                                   f"{plan.n_requests} requests", (str(report_dir),))

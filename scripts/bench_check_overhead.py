@@ -19,7 +19,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from mtpgraft.check import plan_check, run_check
+from mtpgraft.check import plan_check, resolve_server, run_check
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
 
             model = build_tiny_model(Path(tmp) / "tiny-aligned.gguf", head="aligned", dtype="f16")
         plan = plan_check([model], n_max=[int(x) for x in args.n_max.split(",")], reps=args.reps,
-                          n_predict=args.n_predict, llama_cpp=args.llama_cpp,
+                          n_predict=args.n_predict, server=resolve_server(args.llama_cpp),
                           server_args=[x for a in args.server_arg for x in shlex.split(a)])
         r = run_check(plan, hash_files=False)
 

@@ -20,13 +20,14 @@ from mtpgraft.check import (
     ModelSpec,
     RequestRecord,
     ServerRun,
+    ServerTool,
     SpecCounters,
     judge_model,
     speed_status,
 )
+from mtpgraft.check.prompts import CATEGORIES, builtin_prompts, load_prompts, select_prompts
+from mtpgraft.check.report import format_table, render_markdown, write_report
 from mtpgraft.errors import UsageError
-from mtpgraft.prompts import CATEGORIES, builtin_prompts, load_prompts, select_prompts
-from mtpgraft.report import format_table, render_markdown, write_report
 
 # --------------------------------------------------------------------------- prompt suite
 
@@ -104,7 +105,7 @@ def _plan(tmp_path: Path, **kw) -> CheckPlan:
     model.write_bytes(b"GGUF")
     prompts = select_prompts(builtin_prompts(), ["code", "creative"], per_category=1)
     base = dict(models=(ModelSpec(model, (model,), "qwen35", 1),), prompts=tuple(prompts),
-                llama_server=Path("/bin/llama-server"), spec_type="draft-mtp", n_max=(1, 2),
+                server=ServerTool(Path("/bin/llama-server"), "draft-mtp"), n_max=(1, 2),
                 reps=2, n_predict=16)
     base.update(kw)
     return CheckPlan(**base)
@@ -238,12 +239,12 @@ _LOG_ACCEPT = re.compile(r"draft acceptance = [\d.]+ \(\s*(\d+) accepted /\s*(\d
 @pytest.fixture(scope="module")
 def checked(tiny_models, llama_cpp_dir, tmp_path_factory):
     """One check of four tiny models at n=3: aligned, mixed, random head, and no MTP at all."""
-    from mtpgraft.check import plan_check, run_check
+    from mtpgraft.check import plan_check, resolve_server, run_check
 
     names = ("full-aligned", "full-mixed", "full-random", "base")
     plan = plan_check([tiny_models[n] for n in names], n_max=(3,), reps=1, n_predict=32,
                       per_category=2, ctx_size=1024, server_args=ONE_THREAD,
-                      llama_cpp=llama_cpp_dir, warmup=False)
+                      server=resolve_server(llama_cpp_dir), warmup=False)
     logs = tmp_path_factory.mktemp("check-logs")
     result = run_check(plan, log_dir=logs, hash_files=False)
     return dict(zip(names, result.models, strict=True)), result, logs

@@ -10,11 +10,11 @@ import pytest
 from gguf import GGUFValueType as V
 from ggufgen import rewrite
 
+from mtpgraft.check.server import LlamaServer
 from mtpgraft.errors import ServerError
 from mtpgraft.gguf_io import GGUFModel
 from mtpgraft.graft import apply_plan, plan_attach, plan_extract
 from mtpgraft.inspection import inspect_model
-from mtpgraft.server import LlamaServer
 from mtpgraft.testmodels import CODE_PROMPT, PROSE_PROMPT, build_tiny_model
 from mtpgraft.tools import find_tool
 

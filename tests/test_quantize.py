@@ -51,7 +51,7 @@ def mtp_types(path: Path | str) -> dict[str, str]:
 
 
 def acceptance(model: Path | str, n_max: int = 3) -> tuple[int, int]:
-    from mtpgraft.server import LlamaServer
+    from mtpgraft.check.server import LlamaServer
 
     with LlamaServer(model, spec_type="mtp", draft_n_max=n_max, ctx_size=1024) as s:
         t = s.completion(CODE_PROMPT, n_predict=48, temperature=0.0)["timings"]

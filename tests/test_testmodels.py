@@ -1,4 +1,4 @@
-"""The tiny test models (mtpgraft.testmodels) and the llama-server wrapper (mtpgraft.server).
+"""The tiny test models (mtpgraft.testmodels) and the llama-server wrapper (mtpgraft.check.server).
 
 Offline tests read the files back with GGUFReader; `tools` tests run the real llama-server and check
 that each variant's MTP acceptance is what the module docstring promises.
@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from gguf import GGMLQuantizationType, GGUFReader
 
 from mtpgraft import testmodels as tm
+from mtpgraft.check.server import LlamaServer, meaningful_error, parse_metrics
 from mtpgraft.errors import OutputExistsError, ServerError, UsageError
-from mtpgraft.server import LlamaServer, meaningful_error, parse_metrics
 
 M_DRAFT = "llamacpp:spec_decode_num_draft_tokens_total"
 M_ACCEPTED = "llamacpp:spec_decode_num_accepted_tokens_total"
@@ -289,7 +289,7 @@ def test_moe_models(tiny_moe_models, llama_cpp_dir):
 
 @pytest.mark.tools
 def test_quantized_model_keeps_full_acceptance(tiny_models, llama_cpp_dir, tmp_path):
-    from mtpgraft.server import cpu_has_amx
+    from mtpgraft.check.server import cpu_has_amx
     from mtpgraft.tools import find_tool, run_tool
 
     out = tmp_path / "q4_k_m.gguf"

@@ -81,8 +81,8 @@ def check_cmd(models: tuple[str, ...], draft: str | None, n_max: str, temperatur
     Each model runs on one baseline llama-server and one MTP server per --n-max value; exit code
     1 when the verdict is fail. Several models give the quant-by-task matrix.
     """
-    from ..check import plan_check, run_check
-    from ..report import format_table, format_verdict, report_dict, write_report
+    from ..check import plan_check, resolve_server, run_check
+    from ..check.report import format_table, format_verdict, report_dict, write_report
 
     extra: list[str] = []
     for a in server_args:
@@ -92,7 +92,7 @@ def check_cmd(models: tuple[str, ...], draft: str | None, n_max: str, temperatur
         temperatures=_numbers("--temperature", temperature, float), reps=reps, seed=seed,
         prompts=prompts_file, categories=_split(categories) or None, per_category=per_category,
         n_predict=n_predict, ctx_size=ctx_size, server_args=extra,
-        min_acceptance=min_acceptance, min_speedup=min_speedup, llama_cpp=llama_cpp)
+        min_acceptance=min_acceptance, min_speedup=min_speedup, server=resolve_server(llama_cpp))
     if dry_run:
         if as_json:
             emit_json(plan.to_dict())

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .check import SPEEDUP_GREEN, SPEEDUP_RED, CategorySummary, CheckResult, ModelResult
+from .judge import SPEEDUP_GREEN, SPEEDUP_RED, CategorySummary, CheckResult, ModelResult
 
 CHART_NAME = "speedup.png"
 _DOT = {"green": "🟢", "yellow": "🟡", "red": "🔴", None: "⚪"}

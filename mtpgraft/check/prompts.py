@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 CATEGORIES = ("code", "factual", "analysis", "creative")
 

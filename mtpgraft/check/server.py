@@ -20,16 +20,38 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ServerError
-from .tools import find_tool, format_cmd, probe_mtp_spec_type, server_help
+from ..errors import ServerError, UsageError
+from ..tools import find_tool, format_cmd, probe_mtp_spec_type, server_help, tool_version
 
 log = logging.getLogger("mtpgraft")
 
 HOST = "127.0.0.1"
 _BIND_ATTEMPTS = 3  # a free port can be taken between probing and binding; retry on a fresh one
+
+
+@dataclass(frozen=True)
+class ServerTool:
+    """The llama-server a check runs, resolved once: its path, MTP spelling and version."""
+
+    path: Path
+    spec_type: str  # the MTP spelling this llama-server accepts (draft-mtp, or mtp on forks)
+    version: str = ""
+    llama_cpp_dir: str | None = None  # what --llama-cpp said, handed to every LlamaServer
+
+
+def resolve_server(llama_cpp: str | os.PathLike[str] | None = None) -> ServerTool:
+    """Find llama-server and ask it (--help, --version) how it spells MTP; the one probe a check makes."""
+    path = find_tool("llama-server", llama_cpp)
+    spec_type = probe_mtp_spec_type(path)
+    if spec_type is None:
+        raise UsageError(f"{path} has no MTP speculative type in its --help (expected "
+                         "--spec-type draft-mtp); use a llama.cpp build with MTP support")
+    return ServerTool(path=path, spec_type=spec_type, version=tool_version(str(path)),
+                      llama_cpp_dir=str(llama_cpp) if llama_cpp else None)
 
 
 def cpu_has_amx() -> bool:

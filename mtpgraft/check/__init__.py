@@ -1,0 +1,50 @@
+"""The llama-server acceptance and speed check, as a package that shows its pipeline.
+
+plan (what to run, validated, pure) -> measure (servers, requests, /metrics deltas) -> judge
+(stats, best n, verdict) -> report (terminal, report.json/md, chart). `server` is the
+llama-server process wrapper, `prompts` the prompt suite; `run` ties measure and judge together.
+"""
+
+from .judge import (
+    GATE_CATEGORY,
+    SPEEDUP_GREEN,
+    SPEEDUP_RED,
+    CategorySummary,
+    CheckResult,
+    ConfigStats,
+    MeanStd,
+    ModelResult,
+    judge_model,
+    speed_status,
+)
+from .measure import (
+    M_ACCEPTED,
+    M_DRAFT,
+    M_DRAFTS,
+    M_PER_POS,
+    SERVER_BASE_ARGS,
+    Cell,
+    RequestRecord,
+    ServerRun,
+    SpecCounters,
+)
+from .plan import (
+    DEFAULT_MIN_ACCEPTANCE,
+    DEFAULT_N_MAX,
+    DEFAULT_TEMPERATURES,
+    CheckPlan,
+    ModelSpec,
+    ServerConfig,
+    plan_check,
+    resolve_model,
+)
+from .run import run_check
+from .server import ServerTool, resolve_server
+
+__all__ = [
+    "DEFAULT_MIN_ACCEPTANCE", "DEFAULT_N_MAX", "DEFAULT_TEMPERATURES", "GATE_CATEGORY", "M_ACCEPTED",
+    "M_DRAFT", "M_DRAFTS", "M_PER_POS", "SERVER_BASE_ARGS", "SPEEDUP_GREEN", "SPEEDUP_RED",
+    "CategorySummary", "Cell", "CheckPlan", "CheckResult", "ConfigStats", "MeanStd", "ModelResult",
+    "ModelSpec", "RequestRecord", "ServerConfig", "ServerRun", "ServerTool", "SpecCounters",
+    "judge_model", "plan_check", "resolve_model", "resolve_server", "run_check", "speed_status",
+]

@@ -1,0 +1,333 @@
+"""Judging what was measured: per-configuration stats, the best n per category, the verdict.
+
+Verdict: fail when MTP is not active, when the pooled acceptance is below min_acceptance, and,
+only when min_speedup is set, when the code category's speedup is below it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import __version__
+from .measure import Cell, ServerRun, SpecCounters, _r
+from .plan import CheckPlan, ModelSpec, ServerConfig
+
+# The recommendation matrix: a category "speeds up" at >= 1.10x, "slows down" below 1.00x.
+SPEEDUP_GREEN = 1.10
+SPEEDUP_RED = 1.00
+GATE_CATEGORY = "code"
+
+
+@dataclass(frozen=True)
+class MeanStd:
+    mean: float | None
+    std: float | None
+    n: int = 0
+
+    @classmethod
+    def of(cls, values: Sequence[float | None]) -> MeanStd:
+        vals = [v for v in values if v is not None]
+        if not vals:
+            return cls(None, None, 0)
+        return cls(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": _r(self.mean), "std": _r(self.std), "n": self.n}
+
+
+@dataclass(frozen=True)
+class ConfigStats:
+    """One model x draft depth x temperature x category, over all reps."""
+
+    n_max: int
+    temperature: float
+    category: str
+    counters: SpecCounters  # pooled over reps: exactly llama-server's counter deltas
+    acceptance_reps: MeanStd  # per-rep acceptance, for the spread
+    decode_tps: MeanStd
+    prefill_tps: MeanStd
+    baseline_decode_tps: MeanStd
+    baseline_prefill_tps: MeanStd
+    speedup: MeanStd  # per rep: MTP decode tok/s / baseline decode tok/s, same seed
+    timings_draft_n: int  # the same counts summed from the responses' timings (cross-check)
+    timings_draft_n_accepted: int
+    output_mismatches: tuple[str, ...] = ()  # prompt ids whose temp-0 output differs from baseline
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.counters.acceptance
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "n_max": self.n_max, "temperature": self.temperature, "category": self.category,
+            "acceptance": _r(c.acceptance), "acceptance_reps": self.acceptance_reps.to_dict(),
+            "mean_accept_len": _r(c.mean_accept_len),
+            "per_pos_acceptance": [_r(x) for x in c.per_pos_rate], "counters": c.to_dict(),
+            "decode_tps": self.decode_tps.to_dict(), "prefill_tps": self.prefill_tps.to_dict(),
+            "baseline_decode_tps": self.baseline_decode_tps.to_dict(),
+            "baseline_prefill_tps": self.baseline_prefill_tps.to_dict(),
+            "speedup": self.speedup.to_dict(),
+            "output_mismatches": list(self.output_mismatches),
+        }
+
+
+@dataclass(frozen=True)
+class CategorySummary:
+    """A category at its best draft depth (highest mean speedup) at the first temperature."""
+
+    category: str
+    best_n: int | None = None
+    temperature: float | None = None
+    acceptance: float | None = None
+    acceptance_std: float | None = None
+    mean_accept_len: float | None = None
+    per_pos_acceptance: tuple[float, ...] = ()
+    speedup: float | None = None
+    speedup_std: float | None = None
+    decode_tps: float | None = None
+    decode_tps_std: float | None = None
+    baseline_decode_tps: float | None = None
+    prefill_tps: float | None = None
+    baseline_prefill_tps: float | None = None
+
+    @property
+    def status(self) -> str | None:
+        return speed_status(self.speedup)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "acceptance": _r(self.acceptance), "speedup": _r(self.speedup),
+            "decode_tps": _r(self.decode_tps), "baseline_decode_tps": _r(self.baseline_decode_tps),
+            "prefill_tps": _r(self.prefill_tps), "best_n": self.best_n,
+            "baseline_prefill_tps": _r(self.baseline_prefill_tps),
+            "acceptance_std": _r(self.acceptance_std), "speedup_std": _r(self.speedup_std),
+            "decode_tps_std": _r(self.decode_tps_std), "mean_accept_len": _r(self.mean_accept_len),
+            "per_pos_acceptance": [_r(x) for x in self.per_pos_acceptance],
+            "temperature": self.temperature, "status": self.status,
+        }
+
+
+def speed_status(speedup: float | None) -> str | None:
+    """green: speeds up (>= 1.10x); yellow: marginal; red: slows down (< 1.00x)."""
+    if speedup is None:
+        return None
+    if speedup >= SPEEDUP_GREEN:
+        return "green"
+    return "red" if speedup < SPEEDUP_RED else "yellow"
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    spec: ModelSpec
+    verdict: str
+    reasons: tuple[str, ...]
+    warnings: tuple[str, ...]
+    mtp_active: bool
+    counters: SpecCounters  # pooled over every MTP request of this model
+    categories: dict[str, CategorySummary]
+    configs: tuple[ConfigStats, ...]
+    servers: tuple[ServerRun, ...]
+    cells: tuple[Cell, ...] = field(default=(), repr=False)
+    hashes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.counters.acceptance
+
+    def to_dict(self) -> dict[str, Any]:
+        files = [{"name": f.name, "sha256": self.hashes.get(str(f)), "size": f.stat().st_size}
+                 for f in self.spec.files]
+        return {
+            "path": str(self.spec.path), "name": self.spec.name, "files": files,
+            "arch": self.spec.arch, "nextn_predict_layers": self.spec.nextn_predict_layers,
+            "verdict": self.verdict, "reasons": list(self.reasons), "warnings": list(self.warnings),
+            "acceptance": _r(self.acceptance), "mean_accept_len": _r(self.counters.mean_accept_len),
+            "per_pos_acceptance": [_r(x) for x in self.counters.per_pos_rate],
+            "counters": self.counters.to_dict(), "mtp_active": self.mtp_active,
+            "categories": {k: v.to_dict() for k, v in self.categories.items()},
+            "runs": [c.to_dict() for c in self.configs],
+            "servers": [s.to_dict() for s in self.servers],
+        }
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    plan: CheckPlan
+    models: tuple[ModelResult, ...]
+    verdict: str
+    reasons: tuple[str, ...]
+    warnings: tuple[str, ...]
+    counters: SpecCounters
+    llama_cpp_build: str
+    wall_s: float
+    server_start_s: float  # summed over every server started
+    server_stop_s: float
+    generation_s: float  # llama-server's own prompt_ms + predicted_ms over measured requests
+    warmup_s: float = 0.0
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.counters.acceptance
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+    @property
+    def overhead_s(self) -> float:
+        """Wall time not spent starting servers or inside llama-server's own timings."""
+        return self.wall_s - self.server_start_s - self.generation_s
+
+    def to_dict(self) -> dict[str, Any]:
+        first = self.models[0].to_dict()["categories"] if self.models else {}
+        return {
+            "mtpgraft_version": __version__, "verdict": self.verdict, "reasons": list(self.reasons),
+            "warnings": list(self.warnings), "acceptance": _r(self.acceptance),
+            "mean_accept_len": _r(self.counters.mean_accept_len),
+            "llama_cpp_build": self.llama_cpp_build, "settings": self.plan.settings_dict(),
+            "thresholds": {"min_acceptance": self.plan.min_acceptance,
+                           "min_speedup": self.plan.min_speedup,
+                           "speedup_green": SPEEDUP_GREEN, "speedup_red": SPEEDUP_RED},
+            "models": [m.to_dict() for m in self.models],
+            "categories": first,
+            "timing": {"wall_s": _r(self.wall_s), "server_start_s": _r(self.server_start_s),
+                       "server_stop_s": _r(self.server_stop_s), "warmup_s": _r(self.warmup_s),
+                       "generation_s": _r(self.generation_s), "overhead_s": _r(self.overhead_s)},
+            "chart": None,
+        }
+
+
+
+def _config_stats(cells: Sequence[Cell], n: int, temp: float, cat: str) -> ConfigStats | None:
+    mtp = sorted((c for c in cells if c.n_max == n and c.temperature == temp and c.category == cat),
+                 key=lambda c: c.rep)
+    if not mtp:
+        return None
+    base = {c.rep: c for c in cells
+            if c.n_max is None and c.temperature == temp and c.category == cat}
+    pooled = SpecCounters()
+    for c in mtp:
+        pooled = pooled + c.counters
+    speedups = []
+    for c in mtp:
+        b = base.get(c.rep)
+        if b and b.decode_tps and c.decode_tps:
+            speedups.append(c.decode_tps / b.decode_tps)
+    mismatches: list[str] = []
+    if temp == 0.0:
+        for c in mtp:
+            b = base.get(c.rep)
+            if not b:
+                continue
+            ref = {r.prompt_id: r.content for r in b.requests}
+            mismatches += [r.prompt_id for r in c.requests
+                           if r.prompt_id in ref and ref[r.prompt_id] != r.content]
+    return ConfigStats(
+        n_max=n, temperature=temp, category=cat, counters=pooled,
+        acceptance_reps=MeanStd.of([c.counters.acceptance for c in mtp]),
+        decode_tps=MeanStd.of([c.decode_tps for c in mtp]),
+        prefill_tps=MeanStd.of([c.prefill_tps for c in mtp]),
+        baseline_decode_tps=MeanStd.of([b.decode_tps for b in base.values()]),
+        baseline_prefill_tps=MeanStd.of([b.prefill_tps for b in base.values()]),
+        speedup=MeanStd.of(speedups),
+        timings_draft_n=sum(r.draft_n for c in mtp for r in c.requests),
+        timings_draft_n_accepted=sum(r.draft_n_accepted for c in mtp for r in c.requests),
+        output_mismatches=tuple(dict.fromkeys(mismatches)),
+    )
+
+
+def _summarize(plan: CheckPlan, configs: Sequence[ConfigStats], cells: Sequence[Cell],
+               cat: str) -> CategorySummary:
+    temp = plan.temperatures[0]
+    base = [c for c in cells if c.n_max is None and c.temperature == temp and c.category == cat]
+    base_dec = MeanStd.of([c.decode_tps for c in base]).mean
+    base_pre = MeanStd.of([c.prefill_tps for c in base]).mean
+    cands = [c for c in configs if c.category == cat and c.temperature == temp]
+    if not cands:
+        return CategorySummary(cat, temperature=temp, baseline_decode_tps=base_dec,
+                               baseline_prefill_tps=base_pre)
+
+    def key(c: ConfigStats) -> tuple[float, float]:
+        return (c.speedup.mean if c.speedup.mean is not None else -1.0, c.acceptance or 0.0)
+
+    best = max(cands, key=key)
+    return CategorySummary(
+        cat, best_n=best.n_max, temperature=temp, acceptance=best.acceptance,
+        acceptance_std=best.acceptance_reps.std, mean_accept_len=best.counters.mean_accept_len,
+        per_pos_acceptance=best.counters.per_pos_rate, speedup=best.speedup.mean,
+        speedup_std=best.speedup.std, decode_tps=best.decode_tps.mean,
+        decode_tps_std=best.decode_tps.std, baseline_decode_tps=base_dec,
+        prefill_tps=best.prefill_tps.mean, baseline_prefill_tps=base_pre)
+
+
+def _overall_speedup(summaries: Sequence[CategorySummary]) -> float | None:
+    vals = [s.speedup for s in summaries if s.speedup is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def judge_model(plan: CheckPlan, spec: ModelSpec, cells: Sequence[Cell],
+                servers: Sequence[ServerRun]) -> ModelResult:
+    """Aggregate one model's cells into stats and decide its verdict."""
+    reasons: list[str] = []
+    warnings: list[str] = []
+    configs = [s for cat in plan.categories for t in plan.temperatures for n in plan.n_max
+               if (s := _config_stats(cells, n, t, cat)) is not None]
+    pooled = SpecCounters()
+    for c in cells:
+        if c.n_max is not None:
+            pooled = pooled + c.counters
+    categories = {cat: _summarize(plan, configs, cells, cat) for cat in plan.categories}
+
+    base_run = next((s for s in servers if s.n_max is None), None)
+    mtp_runs = [s for s in servers if s.n_max is not None]
+    mtp_failed = next((s for s in mtp_runs if s.error), None)
+    if base_run is not None and base_run.error:
+        reasons.append(f"baseline llama-server failed: {base_run.error}")
+    elif mtp_failed is not None and not any(c.n_max is not None for c in cells):
+        reasons.append(f"MTP not active: {mtp_failed.error}")
+    elif mtp_failed is not None:
+        reasons.append(f"llama-server with {ServerConfig(mtp_failed.n_max).label} failed: "
+                       f"{mtp_failed.error}")
+    mtp_active = bool(mtp_runs) and pooled.draft_tokens > 0
+    if mtp_runs and not mtp_failed and pooled.draft_tokens == 0:
+        types = next((s.speculative_types for s in mtp_runs if s.speculative_types), "?")
+        reasons.append(f"MTP not active: llama-server drafted no tokens "
+                       f"(speculative.types = {types})")
+    if mtp_active:
+        acc = pooled.acceptance or 0.0
+        if acc < plan.min_acceptance:
+            reasons.append(f"acceptance {acc:.2f} < {plan.min_acceptance:.2f}")
+        if plan.min_speedup is not None:
+            gate = categories.get(GATE_CATEGORY)
+            if gate is not None:
+                sp, what = gate.speedup, f"{GATE_CATEGORY} speedup"
+            else:
+                sp, what = _overall_speedup(list(categories.values())), "mean speedup"
+            if sp is None:
+                reasons.append(f"{what} not measured (needed for --min-speedup)")
+            elif sp < plan.min_speedup:
+                reasons.append(f"{what} {sp:.2f} < {plan.min_speedup:.2f}")
+    for s in configs:
+        if s.timings_draft_n != s.counters.draft_tokens or \
+                s.timings_draft_n_accepted != s.counters.accepted:
+            warnings.append(f"n={s.n_max} {s.category}: /metrics counted {s.counters.accepted}/"
+                            f"{s.counters.draft_tokens}, the responses' timings "
+                            f"{s.timings_draft_n_accepted}/{s.timings_draft_n}")
+        if s.output_mismatches:
+            warnings.append(f"n={s.n_max} {s.category}: output at temperature 0 differs from the "
+                            f"baseline for {', '.join(s.output_mismatches)}")
+    cached = sum(1 for c in cells for r in c.requests if r.cache_n > 0)
+    if cached:
+        warnings.append(f"{cached} requests reused cached prompt tokens; prefill numbers are low")
+    drafted_base = sum(r.draft_n for c in cells if c.n_max is None for r in c.requests)
+    if drafted_base:
+        warnings.append(f"the baseline server drafted {drafted_base} tokens: speculative decoding "
+                        "was on without MTP (LLAMA_ARG_SPEC_* in the environment?)")
+    return ModelResult(spec=spec, verdict="fail" if reasons else "pass", reasons=tuple(reasons),
+                       warnings=tuple(warnings), mtp_active=mtp_active, counters=pooled,
+                       categories=categories, configs=tuple(configs), servers=tuple(servers),
+                       cells=tuple(cells))
