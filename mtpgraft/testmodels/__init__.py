@@ -495,7 +495,7 @@ def build_tiny_model(path: str | os.PathLike[str], *, arch: str = "qwen35", layo
     import gguf
     import numpy as np
 
-    from .errors import UsageError
+    from ..errors import UsageError
 
     for what, value, allowed in (("arch", arch, ARCHES), ("layout", layout, LAYOUTS),
                                  ("head", head, HEADS), ("dtype", dtype, DTYPES)):
@@ -607,7 +607,7 @@ def build_test_set(outdir: str | os.PathLike[str], *, arch: str = "qwen35", dtyp
 
     OutputExistsError if one of the files exists, unless `force`.
     """
-    from .errors import OutputExistsError
+    from ..errors import OutputExistsError
 
     outdir = Path(outdir)
     paths = {name: outdir / variant_filename(arch, name, dtype) for name in TEST_SET}
