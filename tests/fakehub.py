@@ -6,10 +6,24 @@ sha256) and Xet write tokens (the Rust client writes into a `local://` CAS folde
 fake checks the flow: the sha256 of each committed Xet file must appear in a CAS shard).
 
 Tests drive it with the real client: `HfApi(endpoint=hub.url, token=FakeHub.TOKEN)`.
-- `hub.requests` logs every request (method, path, status, body size); `hub.writes()` lists
-  the ones that could change state (everything but GET/HEAD and the read-only paths-info POST).
+- `hub.requests` logs every request (method, path, status, body size received, body bytes sent,
+  Range header); `hub.writes()` lists the ones that could change state (everything but GET/HEAD
+  and the read-only paths-info POST).
 - `hub.fail(method, pattern, status, times)` injects errors; `hub.on_commit` may reject a commit.
 - `hub.lfs_bytes_received` counts bytes PUT to LFS storage.
+
+Downloads are served the way huggingface.co serves them, as read by huggingface_hub 2.4.0
+(hf_hub_download, HfFileSystem) and by llama.cpp 0c1e570's `-hf` downloader (common/hf-cache.cpp,
+common/download.cpp): `GET api/models/REPO/refs` (branches with 40-hex `targetCommit`),
+`GET api/models/REPO/tree/REV?recursive=true` (`type`, `path`, `size`, `oid`, `lfs.oid`),
+`HEAD`/`GET REPO/resolve/REV/PATH`. A regular file is answered directly (ETag = git blob oid); an
+LFS file with a 302 to a CDN-like path (`hub.cdn_url` + `/_cdn/...`, a second loopback port, so a
+different origin as on the real Hub) carrying X-Repo-Commit,
+X-Linked-Etag (the sha256) and X-Linked-Size, as the Hub does. File bodies honour `Range`
+(206 + Content-Range, 416 when unsatisfiable) and carry ETag, Content-Length and
+Accept-Ranges. `hub.bytes_sent` counts file-body bytes sent (per request in `hub.requests`);
+`hub.drop(pattern, after, times)` cuts a matching file body after `after` bytes.
+`hub.put_files(repo, {path: bytes})` lays out a repo directly (.gguf files as LFS objects).
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import threading
 import time
@@ -95,7 +110,16 @@ class Request:
     method: str
     path: str
     status: int
-    nbytes: int
+    nbytes: int  # request body bytes received
+    sent: int = 0  # file-body bytes sent (resolve / CDN answers)
+    range: str | None = None  # the Range header, if any
+
+
+@dataclass
+class Drop:
+    pattern: re.Pattern[str]
+    after: int
+    times: int
 
 
 class HubError(Exception):
@@ -108,11 +132,14 @@ class HubError(Exception):
 class FakeHub:
     TOKEN = "hf_test_write"
     READ_TOKEN = "hf_test_read"
+    # llama.cpp sends a token only when it looks like a real one (hf_ + >= 34 alphanumerics).
+    LLAMA_TOKEN = "hf_" + "mtpgraftloopbackreadtoken" + "0" * 9
 
     def __init__(self, cas_dir: Path) -> None:
         self.cas_dir = Path(cas_dir)
         self.cas_dir.mkdir(parents=True, exist_ok=True)
-        self.users = {self.TOKEN: ("tester", "write"), self.READ_TOKEN: ("tester", "read")}
+        self.users = {self.TOKEN: ("tester", "write"), self.READ_TOKEN: ("tester", "read"),
+                      self.LLAMA_TOKEN: ("tester", "read")}
         self.orgs = {"tester": ["testorg"]}
         self.repos: dict[str, Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}
@@ -121,32 +148,53 @@ class FakeHub:
         self._parts: dict[str, dict[int, bytes]] = {}
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
+        self.drops: list[Drop] = []
+        self.bytes_sent = 0
         self.on_commit: Callable[[str, dict[str, Any]], HubError | None] | None = None
         self.lock = threading.RLock()
         self._seq = 0
+        self._salt = os.urandom(8).hex()  # commits differ between hubs: no test sees another's cache
         hub = self
 
         class Handler(_Handler):
             fake = hub
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        # The CDN is another origin (port), as on huggingface.co: clients stop following there and
+        # read the file's metadata from the Hub's redirect answer.
+        self.cdn = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        for srv in (self.server, self.cdn):
+            srv.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.cdn_url = f"http://127.0.0.1:{self.cdn.server_address[1]}"
+        self._threads = [threading.Thread(target=srv.serve_forever, daemon=True) for srv in (self.server, self.cdn)]
 
     # ------------------------------------------------------------------ control
     def start(self) -> FakeHub:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        for srv in (self.server, self.cdn):
+            srv.shutdown()
+            srv.server_close()
 
     def fail(self, method: str, pattern: str, status: int = 500, *, times: int = 1,
              message: str = "injected failure") -> None:
         with self.lock:
             self.faults.append(Fault(method.upper(), re.compile(pattern), status, times, message))
+
+    def drop(self, pattern: str, after: int, *, times: int = 1) -> None:
+        """Cut the connection after `after` body bytes of the next `times` file answers (resolve or
+        CDN GET) whose path matches `pattern`; the headers promise the full length."""
+        with self.lock:
+            self.drops.append(Drop(re.compile(pattern), after, times))
+
+    def downloads(self, pattern: str = "") -> list[Request]:
+        """The file-body answers (GET resolve / CDN) whose path matches `pattern`."""
+        rx = re.compile(pattern)
+        return [r for r in self.requests if r.method == "GET" and r.sent and rx.search(r.path)]
 
     def writes(self) -> list[Request]:
         return [r for r in self.requests
@@ -182,10 +230,30 @@ class FakeHub:
                 new[path] = Entry(len(data), git_blob_oid(data), content=data)
             return self._add_commit(repo, branch, head.oid, new, title, "").oid
 
+    def put_files(self, repo_id: str, files: dict[str, bytes], *, branch: str = "main",
+                  title: str = "add files") -> str:
+        """Commit files directly, creating the repo if needed: .gguf files (and files of at least
+        LFS_MIN_SIZE bytes) become LFS objects as an upload would make them, the rest regular files."""
+        with self.lock:
+            if repo_id not in self.repos:
+                self.create_repo(repo_id)
+            repo = self.repos[repo_id]
+            head = repo.commits[repo.refs[branch]]
+            new = dict(head.files)
+            for path, data in files.items():
+                if path.endswith(".gguf") or len(data) >= LFS_MIN_SIZE:
+                    sha = hashlib.sha256(data).hexdigest()
+                    self.lfs_objects[sha] = data
+                    new[path] = Entry(len(data), git_blob_oid(lfs_pointer(sha, len(data))), sha256=sha,
+                                      content=data)
+                else:
+                    new[path] = Entry(len(data), git_blob_oid(data), content=data)
+            return self._add_commit(repo, branch, head.oid, new, title, "").oid
+
     def _add_commit(self, repo: Repo, ref: str, parent: str | None, files: dict[str, Entry],
                     title: str, description: str) -> Commit:
         self._seq += 1
-        oid = hashlib.sha1(f"{repo.repo_id}\0{self._seq}\0{parent}\0{title}".encode()).hexdigest()
+        oid = hashlib.sha1(f"{self._salt}\0{repo.repo_id}\0{self._seq}\0{parent}\0{title}".encode()).hexdigest()
         commit = Commit(oid, parent, files, title, description)
         repo.commits[oid] = commit
         repo.refs[ref] = oid
@@ -248,6 +316,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._query = parse_qs(split.query)
         self._raw = self._body()
         self._status = 0
+        self._sent = 0
+        self._logged = False
         parts = [unquote(p) for p in split.path.split("/")[1:]]
         try:
             with fake.lock:
@@ -265,8 +335,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(599, {"error": f"fake hub crashed: {e!r}"})
             raise
         finally:
-            with fake.lock:
-                fake.requests.append(Request(self.command, split.path, self._status, len(self._raw)))
+            self._log()
+
+    def _log(self) -> None:
+        if self._logged:
+            return
+        self._logged = True
+        with self.fake.lock:
+            self.fake.requests.append(Request(self.command, urlsplit(self.path).path, self._status,
+                                              len(self._raw), self._sent, self.headers.get("Range")))
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
@@ -314,6 +391,8 @@ class _Handler(BaseHTTPRequestHandler):
         if len(p) >= 4 and p[0] == "api" and p[1] == "models":
             repo_id, rest = f"{p[2]}/{p[3]}", p[4:]
             return self._api_repo(m, repo_id, rest)
+        if len(p) >= 2 and p[0] == "_cdn" and m in ("GET", "HEAD"):
+            return self._cdn(p[-1])
         if len(p) >= 3 and p[0] == "_lfs":
             return self._lfs_storage(m, p[1:])
         if len(p) >= 6 and p[1].endswith(".git") and p[2:6] == ["info", "lfs", "objects", "batch"]:
@@ -410,7 +489,8 @@ class _Handler(BaseHTTPRequestHandler):
         d: dict[str, Any] = {"type": "file", "path": path, "size": e.size, "oid": e.oid}
         if e.sha256 is not None:
             d["lfs"] = {"oid": e.sha256, "size": e.size, "pointerSize": len(lfs_pointer(e.sha256, e.size))}
-            d["xetHash"] = hashlib.sha256(b"xet" + bytes.fromhex(e.sha256)).hexdigest()
+            if e.content is None:  # uploaded through Xet: the fake has no bytes to serve over HTTP
+                d["xetHash"] = hashlib.sha256(b"xet" + bytes.fromhex(e.sha256)).hexdigest()
         return d
 
     def _tree(self, repo_id: str, rev: str, prefix: str) -> None:
@@ -544,10 +624,70 @@ class _Handler(BaseHTTPRequestHandler):
         if entry is None or entry.content is None:
             raise HubError(404, "Entry not found", "EntryNotFound")
         headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{entry.sha256 or entry.oid}"'}
-        if entry.sha256:
-            headers["X-Linked-Etag"] = f'"{entry.sha256}"'
-            headers["X-Linked-Size"] = str(entry.size)
-        self._send(200, entry.content, headers)
+        if entry.sha256 is None:
+            return self._send_file(entry.content, headers)
+        # LFS: the Hub answers with a redirect to its CDN, and says what the target is.
+        headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size),
+                        "Location": f"{self.fake.cdn_url}/_cdn/repos/{repo_id}/{entry.sha256}"})
+        self._send(302, f"Found. Redirecting to {headers['Location']}".encode(), headers)
+
+    def _cdn(self, sha256: str) -> None:
+        data = self.fake.lfs_objects.get(sha256)
+        if data is None:
+            raise HubError(404, "object not found")
+        self._send_file(data, {"ETag": f'"{sha256}"'})
+
+    def _send_file(self, data: bytes, headers: dict[str, str]) -> None:
+        """A file body with Range support (RFC 9110: one range; 416 when unsatisfiable)."""
+        size, status, start, end = len(data), 200, 0, len(data)
+        want = self.headers.get("Range")
+        headers = {**headers, "Accept-Ranges": "bytes"}
+        if want:
+            m = re.fullmatch(r"bytes=(\d*)-(\d*)", want.strip())
+            if m is None or m.groups() == ("", ""):
+                raise HubError(400, f"bad Range header {want!r}")
+            a, b = m.groups()
+            start, end = (size - int(b), size) if a == "" else (int(a), min(size, int(b) + 1) if b else size)
+            start = max(start, 0)
+            if start >= size or start >= end:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                self._status = 416
+                return
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        body = data[start:end]
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self._status = status
+        if self.command == "HEAD":
+            return
+        cut = self._take_drop()
+        if cut is not None and cut < len(body):
+            body = body[:cut]
+        self._sent = len(body)
+        self._log()  # before the body goes out: a client that has read it may look at the log at once
+        with self.fake.lock:
+            self.fake.bytes_sent += len(body)
+        self.wfile.write(body)
+        if cut is not None:
+            self.close_connection = True
+            self.wfile.flush()
+            self.connection.shutdown(2)  # SHUT_RDWR: the client sees a short body
+
+    def _take_drop(self) -> int | None:
+        with self.fake.lock:
+            for d in self.fake.drops:
+                if d.times > 0 and d.pattern.search(urlsplit(self.path).path):
+                    d.times -= 1
+                    return d.after
+        return None
 
     # ------------------------------------------------------------------ LFS
     def _lfs_batch(self, repo_id: str) -> None:
