@@ -52,12 +52,13 @@ import functools
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # numpy is imported where it is used, so `mtpgraft --help` does not pay for it
+    import gguf
     import numpy as np
 
 ARCHES = ("qwen35", "qwen35moe")
@@ -297,16 +298,18 @@ def tiny_vocab(seed: int = 0) -> TinyVocab:
 # weights
 
 
-def _rotation(seed: int) -> np.ndarray:
+def _rotation(seed: int, n: int = N_EMBD, stream: int = 2) -> np.ndarray:
     import numpy as np
 
-    q, r = np.linalg.qr(np.random.default_rng([seed, 2]).standard_normal((N_EMBD, N_EMBD)))
+    q, r = np.linalg.qr(np.random.default_rng([seed, stream]).standard_normal((n, n)))
     return q * np.sign(np.diag(r))  # columns: orthonormal token directions
 
 
 def _direction(R: np.ndarray, t: int) -> np.ndarray:
-    """Unit vector of token t: +-R[:, t mod 256]."""
-    return R[:, t % N_EMBD] * (1.0 if t < N_EMBD else -1.0)
+    """Unit vector of token t: +-R[:, t mod n] for an n x n rotation R (n = 256: t and t^256 are
+    antipodes; n = 512: every token has its own direction)."""
+    n = R.shape[1]
+    return R[:, t % n] * (1.0 if t < n else -1.0)
 
 
 class _Gen:
@@ -400,23 +403,49 @@ def _trunk_block(arch: str, seed: int, il: int) -> dict[str, np.ndarray]:
     return t
 
 
-def _mtp_block(arch: str, seed: int, head: str, vocab: TinyVocab) -> dict[str, np.ndarray]:
+def _eh_proj(g: _Gen, R: np.ndarray, head: str) -> np.ndarray:
+    """nextn.eh_proj {2*n_embd, n_embd}: [e-part | h-part] as numpy (n_embd, 2*n_embd)."""
     import numpy as np
 
-    g = _Gen(seed, 100 + HEADS.index(head))
-    R = _rotation(seed)
     if head == "random":
         # Ordinary random init: the head has no idea what the trunk will say.
-        branch_std, in_std = 1.0 / 16.0, 1.0 / 16.0
-        eh = g.normal((N_EMBD, 2 * N_EMBD), _EMBED_NORM / 16.0 / np.sqrt(2 * N_EMBD))
-    else:
-        branch_std, in_std = _BRANCH_STD, _IN_STD
-        # e-part: R diag(d) R^T keeps every token direction (scaled by d_k); the normed embedding has
-        # norm 16, so the state gets norm d_k * EMBED_NORM, like the trunk's.
-        d = g.rng.uniform(0.75, 1.25, N_EMBD)
-        e_part = (R * d) @ R.T * (_EMBED_NORM / 16.0)
-        h_part = g.normal((N_EMBD, N_EMBD), 0.01 * _EMBED_NORM / 256.0)  # a whisper of the trunk's state
-        eh = np.concatenate([e_part, h_part], axis=1).astype(np.float32)
+        return g.normal((N_EMBD, 2 * N_EMBD), _EMBED_NORM / 16.0 / np.sqrt(2 * N_EMBD))
+    # e-part: R diag(d) R^T keeps every token direction (scaled by d_k); the normed embedding has
+    # norm 16, so the state gets norm d_k * EMBED_NORM, like the trunk's.
+    d = g.rng.uniform(0.75, 1.25, N_EMBD)
+    e_part = (R * d) @ R.T * (_EMBED_NORM / 16.0)
+    h_part = g.normal((N_EMBD, N_EMBD), 0.01 * _EMBED_NORM / 256.0)  # a whisper of the trunk's state
+    return np.concatenate([e_part, h_part], axis=1).astype(np.float32)
+
+
+def _head_stds(head: str) -> tuple[float, float]:
+    """(branch_std, in_std) of the MTP block's residual branches."""
+    return (1.0 / 16.0, 1.0 / 16.0) if head == "random" else (_BRANCH_STD, _IN_STD)
+
+
+def _add_flip_units(ffn: dict[str, np.ndarray], prefix: str, eh: np.ndarray, R: np.ndarray,
+                    vocab: TinyVocab, *, gain: float = 1.0) -> None:
+    """The "mixed" head: one SiLU FFN unit per wrong token w. Gate and up fire only on w's direction
+    (zero on every other token, which is orthogonal), and down adds -FLIP x the state, turning it into
+    w's antipode, whose successor differs from succ(w). `prefix` names the FFN ("ffn_{}.weight");
+    `gain` undoes a gate on the FFN's output (qwen35moe's shared expert: sigmoid(~0) = 0.5)."""
+    import numpy as np
+
+    gate, up, down = (ffn[prefix.format(k)] for k in ("gate", "up", "down"))
+    silu = _GATE_Z / (1.0 + np.exp(-_GATE_Z))
+    for u, w in enumerate(sorted(vocab.wrong)):
+        v = _direction(R, w)
+        gate[u] = v * (_GATE_Z / 16.0)  # the normed state of token w is 16 v
+        up[u] = v / 16.0
+        size = np.linalg.norm(eh[:, :N_EMBD] @ (16.0 * v))  # |state| before the FFN
+        down[:, u] = -v * (_FLIP * gain * size / silu)
+
+
+def _mtp_block(arch: str, seed: int, head: str, vocab: TinyVocab) -> dict[str, np.ndarray]:
+    g = _Gen(seed, 100 + HEADS.index(head))
+    R = _rotation(seed)
+    eh = _eh_proj(g, R, head)
+    branch_std, in_std = _head_stds(head)
     t = {
         "nextn.eh_proj.weight": eh,
         "attn_norm.weight": g.norm(N_EMBD),
@@ -426,26 +455,19 @@ def _mtp_block(arch: str, seed: int, head: str, vocab: TinyVocab) -> dict[str, n
     moe = arch == "qwen35moe"
     ffn = (_moe_ffn if moe else _dense_ffn)(g, branch_std=branch_std, in_std=in_std)
     if head == "mixed":
-        # One FFN unit per wrong token w: gate and up fire only on w's direction (zero on every other
-        # token, which is orthogonal), and down adds -FLIP x the state, turning it into w's antipode,
-        # whose successor differs from succ(w).
-        prefix = "ffn_{}_shexp.weight" if moe else "ffn_{}.weight"
-        gate, up, down = (ffn[prefix.format(k)] for k in ("gate", "up", "down"))
-        gain = 2.0 if moe else 1.0  # the shared expert's output is gated by sigmoid(~0) = 0.5
-        silu = _GATE_Z / (1.0 + np.exp(-_GATE_Z))
-        for u, w in enumerate(sorted(vocab.wrong)):
-            v = _direction(R, w)
-            gate[u] = v * (_GATE_Z / 16.0)  # the normed state of token w is 16 v
-            up[u] = v / 16.0
-            size = np.linalg.norm(eh[:, :N_EMBD] @ (16.0 * v))  # |state| before the FFN
-            down[:, u] = -v * (_FLIP * gain * size / silu)
+        _add_flip_units(ffn, "ffn_{}_shexp.weight" if moe else "ffn_{}.weight", eh, R, vocab,
+                        gain=2.0 if moe else 1.0)
     t |= ffn
-    t |= {
+    t |= _nextn_norms(g)
+    return t
+
+
+def _nextn_norms(g: _Gen) -> dict[str, np.ndarray]:
+    return {
         "nextn.shared_head_norm.weight": g.norm(N_EMBD),
         "nextn.enorm.weight": g.norm(N_EMBD),
         "nextn.hnorm.weight": g.norm(N_EMBD),
     }
-    return t
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,7 +515,6 @@ def build_tiny_model(path: str | os.PathLike[str], *, arch: str = "qwen35", layo
                      seed: int = 0) -> Path:
     """Write one tiny model to `path` (atomically) and return the path. See the module docstring."""
     import gguf
-    import numpy as np
 
     from ..errors import UsageError
 
@@ -505,8 +526,6 @@ def build_tiny_model(path: str | os.PathLike[str], *, arch: str = "qwen35", layo
     vocab = tiny_vocab(seed)
     has_mtp = layout != "base"
     block_count = BLOCK_COUNT if has_mtp else TRUNK_LAYERS
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "bf16": gguf.LlamaFileType.MOSTLY_BF16}[dtype]
 
     embd, output = _embeddings(seed, vocab)
     tensors: list[tuple[str, np.ndarray]] = [("output.weight", output), ("token_embd.weight", embd)]
@@ -519,11 +538,7 @@ def build_tiny_model(path: str | os.PathLike[str], *, arch: str = "qwen35", layo
         block = _mtp_block(arch, seed, head, vocab)
         tensors += [(f"blk.{MTP_BLOCK}.{k}", block[k]) for k in _ordered(block, arch, mtp=True)]
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    w = gguf.GGUFWriter(tmp, arch)
-    try:
-        w.add_type(gguf.GGUFType.MODEL)
-        w.add_name(f"mtpgraft tiny {arch} {layout}" + (f" {head}" if has_mtp else ""))
+    def keys(w: gguf.GGUFWriter) -> None:
         w.add_block_count(block_count)
         w.add_context_length(CONTEXT_LENGTH)
         w.add_embedding_length(N_EMBD)
@@ -539,7 +554,7 @@ def build_tiny_model(path: str | os.PathLike[str], *, arch: str = "qwen35", layo
             w.add_expert_used_count(N_EXPERT_USED)
         w.add_key_length(HEAD_DIM)
         w.add_value_length(HEAD_DIM)
-        w.add_file_type(file_type)
+        w.add_file_type(_file_type(dtype))
         if arch == "qwen35moe":
             w.add_expert_feed_forward_length(N_FF_EXP)
             w.add_expert_shared_feed_forward_length(N_FF_SHEXP)
@@ -558,8 +573,36 @@ def build_tiny_model(path: str | os.PathLike[str], *, arch: str = "qwen35", layo
         w.add_full_attention_interval(FULL_ATTENTION_INTERVAL)
         w.add_rope_dimension_count(N_ROT)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    name = f"mtpgraft tiny {arch} {layout}" + (f" {head}" if has_mtp else "")
+    return write_tiny_gguf(path, arch, name, keys, tensors, dtype=dtype, vocab=vocab,
+                           tokenizer_pre="qwen35")
+
+
+def _file_type(dtype: str) -> int:
+    import gguf
+
+    return {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+            "bf16": gguf.LlamaFileType.MOSTLY_BF16}[dtype]
+
+
+def write_tiny_gguf(path: Path, arch: str, name: str, keys: Callable[[gguf.GGUFWriter], None],
+                    tensors: list[tuple[str, np.ndarray]], *, dtype: str, vocab: TinyVocab,
+                    tokenizer_pre: str) -> Path:
+    """Write one tiny model atomically: general keys, `keys(w)` (the architecture's), the tiny
+    byte-level BPE tokenizer, then `tensors` (float32 arrays; 1-D and norm tensors stay F32, the
+    others in `dtype`)."""
+    import gguf
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    w = gguf.GGUFWriter(tmp, arch)
+    try:
+        w.add_type(gguf.GGUFType.MODEL)
+        w.add_name(name)
+        keys(w)
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("qwen35")
+        w.add_tokenizer_pre(tokenizer_pre)
         w.add_token_list(list(vocab.tokens))
         w.add_token_types(list(vocab.token_types))
         w.add_token_merges(list(vocab.merges))
@@ -568,10 +611,10 @@ def build_tiny_model(path: str | os.PathLike[str], *, arch: str = "qwen35", layo
         w.add_bos_token_id(vocab.bos_id)
         w.add_add_bos_token(False)
         w.add_chat_template(CHAT_TEMPLATE)
-        for name, arr in tensors:
-            qtype = _tensor_type(name, arr, dtype)
+        for tname, arr in tensors:
+            qtype = _tensor_type(tname, arr, dtype)
             data = gguf.quants.quantize(np.ascontiguousarray(arr, dtype=np.float32), qtype)
-            w.add_tensor(name, data, raw_dtype=qtype)
+            w.add_tensor(tname, data, raw_dtype=qtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
