@@ -49,19 +49,22 @@ units that each fire on exactly one wrong token and flip the state to its antipo
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # numpy is imported where it is used, so `mtpgraft --help` does not pay for it
     import gguf
     import numpy as np
 
-ARCHES = ("qwen35", "qwen35moe")
+ARCHES = ("qwen35", "qwen35moe")  # built in this module
+FAMILY_ARCHES = (*ARCHES, "glm4moe", "gemma4")  # every architecture build_tiny_model writes
 LAYOUTS = ("full", "base", "mtp-only")
 HEADS = ("aligned", "mixed", "random")
 DTYPES = ("f32", "f16", "bf16")
@@ -513,15 +516,41 @@ def _tensor_type(name: str, arr: np.ndarray, dtype: str):
 def build_tiny_model(path: str | os.PathLike[str], *, arch: str = "qwen35", layout: str = "full",
                      head: str = "aligned", recurrent_layers_array: bool = True, dtype: str = "f32",
                      seed: int = 0) -> Path:
-    """Write one tiny model to `path` (atomically) and return the path. See the module docstring."""
-    import gguf
-
+    """Write one tiny model to `path` (atomically) and return the path. See the module docstring
+    (qwen35, qwen35moe) and those of mtpgraft.testmodels.glm4moe and .gemma4 (their layouts)."""
     from ..errors import UsageError
 
-    for what, value, allowed in (("arch", arch, ARCHES), ("layout", layout, LAYOUTS),
+    family = _family(arch)
+    layouts = family.LAYOUTS if family else LAYOUTS
+    for what, value, allowed in (("arch", arch, FAMILY_ARCHES), ("layout", layout, layouts),
                                  ("head", head, HEADS), ("dtype", dtype, DTYPES)):
         if value not in allowed:
             raise UsageError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+    if family is None:
+        return _build_qwen35(Path(path), arch=arch, layout=layout, head=head, dtype=dtype, seed=seed,
+                             recurrent_layers_array=recurrent_layers_array)
+    if not recurrent_layers_array:
+        raise UsageError(f"recurrent_layers_array applies to qwen35/qwen35moe, not {arch}")
+    return family.build(path, layout=layout, head=head, dtype=dtype, seed=seed)
+
+
+def _family(arch: str) -> ModuleType | None:
+    """The module building `arch`'s models, or None for qwen35/qwen35moe (built here)."""
+    if arch not in FAMILY_ARCHES[len(ARCHES):]:
+        return None
+    return importlib.import_module(f"{__name__}.{arch}")
+
+
+def variants_for(arch: str) -> dict[str, dict[str, object]]:
+    """{variant name: build_tiny_model keyword arguments} of `arch`'s test set."""
+    family = _family(arch)
+    return family.TEST_SET if family else TEST_SET
+
+
+def _build_qwen35(path: Path, *, arch: str, layout: str, head: str, dtype: str, seed: int,
+                  recurrent_layers_array: bool) -> Path:
+    import gguf
+
     path = Path(path)
     vocab = tiny_vocab(seed)
     has_mtp = layout != "base"
@@ -646,19 +675,20 @@ def variant_filename(arch: str, name: str, dtype: str = "f16") -> str:
 
 def build_test_set(outdir: str | os.PathLike[str], *, arch: str = "qwen35", dtype: str = "f16",
                    seed: int = 0, force: bool = False) -> dict[str, Path]:
-    """Write every TEST_SET variant into `outdir` (created if missing); return {name: path}.
+    """Write every variant of `arch`'s test set into `outdir` (created if missing); return {name: path}.
 
     OutputExistsError if one of the files exists, unless `force`.
     """
     from ..errors import OutputExistsError
 
     outdir = Path(outdir)
-    paths = {name: outdir / variant_filename(arch, name, dtype) for name in TEST_SET}
+    variants = variants_for(arch)
+    paths = {name: outdir / variant_filename(arch, name, dtype) for name in variants}
     existing = [p.name for p in paths.values() if p.exists()]
     if existing and not force:
         more = f" and {len(existing) - 1} more test models" if len(existing) > 1 else ""
         raise OutputExistsError(f"{outdir} already holds {existing[0]}{more}; use --force to replace them")
     outdir.mkdir(parents=True, exist_ok=True)
     for name, path in paths.items():
-        build_tiny_model(path, arch=arch, dtype=dtype, seed=seed, **TEST_SET[name])  # type: ignore[arg-type]
+        build_tiny_model(path, arch=arch, dtype=dtype, seed=seed, **variants[name])  # type: ignore[arg-type]
     return paths
