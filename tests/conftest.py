@@ -41,3 +41,19 @@ def tiny_moe_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     from mtpgraft.testmodels import build_test_set
 
     return build_test_set(tmp_path_factory.mktemp("tiny-qwen35moe"), arch="qwen35moe")
+
+
+@pytest.fixture(scope="session")
+def tiny_glm_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every tiny glm4moe test model (mtpgraft.testmodels.glm4moe.TEST_SET), built once per session."""
+    from mtpgraft.testmodels import build_test_set
+
+    return build_test_set(tmp_path_factory.mktemp("tiny-glm4moe"), arch="glm4moe")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny gemma4 target ("base") and its gemma4-assistant drafters, built once per session."""
+    from mtpgraft.testmodels import build_test_set
+
+    return build_test_set(tmp_path_factory.mktemp("tiny-gemma4"), arch="gemma4")

@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType, GGUFReader
+from tinyserve import M_POS0
+from tinyserve import rate as _rate
+from tinyserve import run as _run
+from tinyserve import serve as _serve
 
 from mtpgraft import testmodels as tm
-from mtpgraft.check.server import LlamaServer, meaningful_error, parse_metrics
+from mtpgraft.check.server import meaningful_error, parse_metrics
 from mtpgraft.errors import OutputExistsError, ServerError, UsageError
-
-M_DRAFT = "llamacpp:spec_decode_num_draft_tokens_total"
-M_ACCEPTED = "llamacpp:spec_decode_num_accepted_tokens_total"
-M_DRAFTS = "llamacpp:spec_decode_num_drafts_total"
-M_POS0 = 'llamacpp:spec_decode_num_accepted_tokens_per_pos_total{position="0"}'
 
 QWEN35_MTP = {"attn_norm", "post_attention_norm", "attn_q", "attn_k", "attn_v", "attn_output",
               "attn_q_norm", "attn_k_norm", "ffn_gate", "ffn_up", "ffn_down", "nextn.eh_proj",
@@ -163,32 +162,6 @@ def test_parse_metrics_and_meaningful_error():
 
 
 # ---------------------------------------------------------------------------------- llama-server
-
-
-def _serve(model: Path, llama_cpp_dir: Path, **kw) -> LlamaServer:
-    # One thread: the tiny models need no more, and on a busy machine llama.cpp's spinning worker
-    # threads slow everything down by orders of magnitude.
-    kw.setdefault("startup_timeout", 60)
-    return LlamaServer(model, llama_cpp=llama_cpp_dir, threads=1, **kw)
-
-
-def _run(server: LlamaServer, prompt: str, **kw) -> dict:
-    """One completion; returns content, draft counts from timings and from the /metrics delta."""
-    before = server.metrics()
-    res = server.completion(prompt, **kw)
-    after = server.metrics()
-    t = res["timings"]
-    return {"content": res["content"], "draft_n": t.get("draft_n", 0),
-            "accepted": t.get("draft_n_accepted", 0),
-            "m_draft": after.get(M_DRAFT, 0) - before.get(M_DRAFT, 0),
-            "m_accepted": after.get(M_ACCEPTED, 0) - before.get(M_ACCEPTED, 0),
-            "m_drafts": after.get(M_DRAFTS, 0) - before.get(M_DRAFTS, 0),
-            "m_pos0": after.get(M_POS0, 0) - before.get(M_POS0, 0)}
-
-
-def _rate(r: dict) -> float:
-    assert r["draft_n"] > 0, r
-    return r["accepted"] / r["draft_n"]
 
 
 @pytest.mark.tools

@@ -1,4 +1,5 @@
-"""`mtpgraft testmodels OUTDIR`: write the tiny qwen35 / qwen35moe test models (see mtpgraft.testmodels)."""
+"""`mtpgraft testmodels OUTDIR`: write the tiny qwen35 / qwen35moe / glm4moe / gemma4 test models (see
+mtpgraft.testmodels)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ from pathlib import Path
 import click
 
 from ..cli import cli, emit_json, error_boundary, force_option, json_option
-from ..testmodels import ARCHES, DTYPES
+from ..testmodels import DTYPES, FAMILY_ARCHES
 
 
 @cli.command("testmodels")
 @click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--arch", type=click.Choice(ARCHES), default="qwen35", show_default=True,
-              help="Architecture of the models.")
+@click.option("--arch", type=click.Choice(FAMILY_ARCHES), default="qwen35", show_default=True,
+              help="Architecture of the models (gemma4: the target and its gemma4-assistant drafters).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="f16", show_default=True,
               help="Type of the 2-D weights (1-D tensors stay F32).")
 @force_option
@@ -21,7 +22,7 @@ from ..testmodels import ARCHES, DTYPES
 @error_boundary
 def testmodels_cmd(outdir: Path, arch: str, dtype: str, force: bool, as_json: bool) -> None:
     """Write tiny models with known MTP acceptance (full-aligned 1.0, full-mixed lower on prose,
-    full-random ~0, base, mtp-only sidecars, ...) into OUTDIR, one file per variant."""
+    full-random ~0, base, mtp-only sidecars, gemma4 assistants, ...) into OUTDIR, one file per variant."""
     from ..testmodels import build_test_set
 
     paths = build_test_set(outdir, arch=arch, dtype=dtype, force=force)

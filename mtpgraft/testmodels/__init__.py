@@ -1,4 +1,9 @@
-"""Tiny qwen35 / qwen35moe GGUF models that the real llama-server runs with MTP, with known acceptance.
+"""Tiny GGUF models that the real llama-server runs with MTP, with known acceptance.
+
+This module builds qwen35 / qwen35moe and holds what every family shares (tokenizer, successor map,
+token directions, the writer); mtpgraft.testmodels.glm4moe builds glm4moe (in-file nextn layer) and
+mtpgraft.testmodels.gemma4 a gemma4 target with gemma4-assistant drafters (`-md`). All of them keep
+the contract below; build_tiny_model(arch=...) and build_test_set(arch=...) dispatch on the arch.
 
 The models are built in numpy and written with gguf.GGUFWriter in the layout llama.cpp's
 convert_hf_to_gguf.py writes for Qwen3.5 / Qwen3.6 (keys, tensor names, F32 rules, tensor order of a

@@ -1,0 +1,100 @@
+"""gemma4 + gemma4-assistant on the real llama-server: the tiny test models
+(mtpgraft.testmodels.gemma4) and what every mtpgraft command does with them."""
+
+from __future__ import annotations
+
+import pytest
+from gguf import GGUFReader
+from tinyserve import rate, run, serve
+
+from mtpgraft import testmodels as tm
+from mtpgraft.errors import ServerError
+from mtpgraft.testmodels import gemma4 as g4
+
+
+def _kv(r: GGUFReader, key: str):
+    arch = r.fields["general.architecture"].contents()
+    f = r.fields.get(f"{arch}.{key}")
+    return None if f is None else f.contents()
+
+
+# ------------------------------------------------------------------------------------- offline
+
+
+def test_target_and_assistant_layout(tiny_gemma_models):
+    tgt = GGUFReader(tiny_gemma_models["base"])
+    asst = GGUFReader(tiny_gemma_models["assistant-aligned"])
+    assert tgt.fields["general.architecture"].contents() == "gemma4"
+    assert asst.fields["general.architecture"].contents() == "gemma4-assistant"
+    assert _kv(tgt, "nextn_predict_layers") is None
+    assert _kv(tgt, "attention.sliding_window_pattern")[-2:] == [True, False]  # what the assistant reads
+    n = _kv(asst, "block_count")
+    assert _kv(asst, "nextn_predict_layers") == n == len(_kv(asst, "attention.sliding_window_pattern"))
+    assert _kv(asst, "embedding_length_out") == _kv(tgt, "embedding_length") != _kv(asst, "embedding_length")
+    assert _kv(asst, "attention.head_count_kv") == [2, 2, 2, 1]
+    names = {t.name for t in asst.tensors}
+    assert {"token_embd.weight", "output_norm.weight", "nextn.pre_projection.weight",
+            "nextn.post_projection.weight", "rope_freqs.weight"} <= names
+    assert not any(s in x for x in names for s in ("attn_k", "attn_v", "eh_proj", "enorm", "hnorm"))
+    for i in range(n):
+        assert {f"blk.{i}.attn_q.weight", f"blk.{i}.attn_q_norm.weight", f"blk.{i}.attn_output.weight",
+                f"blk.{i}.layer_output_scale.weight", f"blk.{i}.ffn_down.weight"} <= names
+    shapes = {t.name: [int(x) for x in t.shape] for t in asst.tensors}
+    assert shapes["nextn.pre_projection.weight"] == [2 * g4.N_EMBD, g4.N_EMBD_ASSISTANT]
+    assert shapes["nextn.post_projection.weight"] == [g4.N_EMBD_ASSISTANT, g4.N_EMBD]
+    for r in (tgt, asst):
+        for t in r.tensors:
+            if len(t.shape) > 1:
+                assert t.shape[0] % 256 == 0, t.name
+    tok = {t.name: bytes(t.data) for t in tgt.tensors}
+    assert tok["token_embd.weight"] != {t.name: bytes(t.data) for t in asst.tensors}["token_embd.weight"]
+
+
+def test_mixed_head_drafts_wrong_exactly_on_the_wrong_tokens():
+    v = tm.tiny_vocab(0)
+    p = g4.drafted(v, "mixed")
+    assert [t for t in range(tm.N_VOCAB) if p[t] != v.succ[t]] == sorted(v.wrong)
+    assert all(p[t] != p[t ^ 256] for t in range(tm.N_VOCAB))
+    assert g4.drafted(v, "aligned") == list(v.succ)
+
+
+# ---------------------------------------------------------------------------------- llama-server
+
+
+@pytest.mark.tools
+def test_target_alone_is_the_successor_chain(tiny_gemma_models, llama_cpp_dir):
+    vocab = tm.tiny_vocab(0)
+    with serve(tiny_gemma_models["base"], llama_cpp_dir) as srv:
+        for prompt in (tm.PROSE_PROMPT, tm.CODE_PROMPT):
+            last = srv.tokenize(prompt)[-1]
+            got = srv.completion(prompt, n_predict=32, temperature=0.0)["content"]
+            assert got == vocab.detokenize(vocab.continuation(last, 32)), prompt
+
+
+@pytest.mark.tools
+def test_assistants_accept_at_the_known_rates(tiny_gemma_models, llama_cpp_dir):
+    got = {}
+    for head in tm.HEADS:
+        with serve(tiny_gemma_models["base"], llama_cpp_dir, spec_type="mtp", draft_n_max=3,
+                   draft_model=tiny_gemma_models[f"assistant-{head}"]) as srv:
+            got[head] = [rate(run(srv, p, n_predict=64)) for p in (tm.PROSE_PROMPT, tm.CODE_PROMPT)]
+            if head == "aligned":  # lossless: the same text as the target alone
+                vocab = tm.tiny_vocab(0)
+                last = srv.tokenize(tm.PROSE_PROMPT)[-1]
+                out = srv.completion(tm.PROSE_PROMPT, n_predict=32, temperature=0.0)["content"]
+                assert out == vocab.detokenize(vocab.continuation(last, 32))
+    assert got["aligned"] == [1.0, 1.0], got
+    assert 0.25 <= got["mixed"][0] <= 0.45 and got["mixed"][1] == 1.0, got
+    assert max(got["random"]) < 0.1, got
+
+
+@pytest.mark.tools
+def test_assistant_needs_the_target_and_the_spec_type(tiny_gemma_models, llama_cpp_dir):
+    with pytest.raises(ServerError, match="requires ctx_other"):
+        serve(tiny_gemma_models["assistant-aligned"], llama_cpp_dir).start()
+    # -md alone is not enough: llama-server only auto-detects in-file nextn heads (eh_proj)
+    with serve(tiny_gemma_models["base"], llama_cpp_dir,
+               draft_model=tiny_gemma_models["assistant-aligned"]) as srv:
+        assert run(srv, tm.PROSE_PROMPT, n_predict=32)["draft_n"] == 0
+    with pytest.raises(ServerError, match="doesn't contain MTP layers"):
+        serve(tiny_gemma_models["base"], llama_cpp_dir, spec_type="mtp").start()
