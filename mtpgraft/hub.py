@@ -261,6 +261,29 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
 
 
 @dataclass(frozen=True)
+class GateResult:
+    files: tuple[str, ...]  # local model files, as they would be named in the repo
+    bytes: int
+    refusals: tuple[Refusal, ...]
+
+
+def check_gate(paths: Sequence[str | os.PathLike[str]], *, report_dirs: Sequence[str | os.PathLike[str]] = (),
+               max_file_bytes: int = MAX_FILE_BYTES) -> GateResult:
+    """The push gate alone, without the Hub: what plan_push would refuse locally (unreadable or
+    inconsistent files, no MTP head, too large, no passing check report listing their sha256)."""
+    local, _ = _collect(paths)
+    reports = [_load_report(Path(d)) for d in report_dirs]
+    files: list[PlannedFile] = []
+    refusals: list[Refusal] = []
+    for group in local:
+        _, planned, refused, _ = _plan_model(group, reports=reports, verify=True,
+                                             max_file_bytes=max_file_bytes)
+        files += planned or [PlannedFile(x.path_in_repo, "model", 0, "", "refused") for x in group]
+        refusals += refused
+    return GateResult(tuple(f.path_in_repo for f in files), sum(f.size for f in files), tuple(refusals))
+
+
+@dataclass(frozen=True)
 class _Local:
     path: Path
     path_in_repo: str

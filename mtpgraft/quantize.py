@@ -132,14 +132,41 @@ def default_name(path: str | os.PathLike[str]) -> str:
     return _FLOAT_SUFFIX_RE.sub("", stem) or stem
 
 
-def check_name(name: str) -> None:
+def name_problem(name: str) -> str | None:
+    """What is wrong with an output name stem, or None (the validator recipes use too)."""
     if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise QuantizeError(f"--name {name!r} must be a plain file name stem (no folders)")
+        return f"{name!r} must be a plain file name stem (no folders)"
     probe = f"{name}-Q8_0.gguf"  # llama.cpp's test is case-sensitive, on the whole file name
     for r in _HF_RESERVED:
         if r in probe:
-            raise QuantizeError(f"--name {name!r} gives file names containing {r!r}, which "
-                                "`llama-server -hf` skips as non-model files; choose another --name")
+            return (f"{name!r} gives file names containing {r!r}, which `llama-server -hf` skips as "
+                    "non-model files; choose another name")
+    return None
+
+
+def check_name(name: str) -> None:
+    problem = name_problem(name)
+    if problem:
+        raise QuantizeError(f"--name {problem}")
+
+
+def check_mtp_policy(value: str, *, what: str = "--mtp-type") -> str:
+    """An MTP type policy (q8_0, match or a ggml tensor type), normalized; QuantizeError if not one."""
+    v = value.strip().lower()
+    if v not in MTP_POLICIES:
+        ggml_type(v, what=what)
+    return v
+
+
+def types_needing_imatrix(types: Sequence[str]) -> tuple[str, ...]:
+    """The file types among `types` that llama-quantize makes only with an importance matrix."""
+    return tuple(t for t in types if t in NEEDS_IMATRIX)
+
+
+def output_names(out_dir: str | os.PathLike[str], name: str, quant_type: str) -> tuple[Path, Path]:
+    """Where a type's output goes: the single file out_dir/Name-TYPE.gguf and the split set's folder."""
+    out = Path(out_dir)
+    return out / f"{name}-{quant_type}.gguf", out / quant_type
 
 
 def llama_quantizes(name: str, ne: Sequence[int]) -> bool:
@@ -305,7 +332,7 @@ class QuantizePlan:
         return "\n".join(lines)
 
 
-def _mtp_policy(mtp_type: str | Mapping[str, str] | None, quant_type: str) -> str:
+def mtp_policy_for(mtp_type: str | Mapping[str, str] | None, quant_type: str) -> str:
     if mtp_type is None:
         return DEFAULT_MTP_TYPE
     if isinstance(mtp_type, str):
@@ -365,7 +392,7 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
         if qt in NEEDS_IMATRIX and cov is None:
             raise QuantizeError(f"{qt} needs an importance matrix (llama-quantize refuses it without one): "
                                 "pass --imatrix FILE (make one with `mtpgraft imatrix`)")
-        policy = _mtp_policy(mtp_type, qt) if mtp_layers else "none"
+        policy = mtp_policy_for(mtp_type, qt) if mtp_layers else "none"
         rules: list[MtpRule] = []
         exact: dict[str, str] = {}
         must_quantize: list[str] = []
@@ -405,7 +432,7 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
                 if cur == target:
                     continue
             requant[cur.name] += 1
-        single = out / f"{name}-{qt}.gguf"
+        single, split_dir = output_names(out, name, qt)
         tmp = out / f".{name}-{qt}.gguf.partial"
         cmd: list[str] = [quantizer]
         if allow_requantize:
@@ -432,7 +459,7 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
                           mtp_types=tuple(sorted(exact.items())), mtp_quantized=tuple(must_quantize),
                           imatrix=cov is not None, layout=rep.layout)
         plan_jobs.append(QuantizeJob(quant_type=qt, mtp_type=policy, single_path=str(single),
-                                     split_dir=str(out / qt), tmp_path=str(tmp),
+                                     split_dir=str(split_dir), tmp_path=str(tmp),
                                      command=tuple(cmd), cwd=cwd, mtp_rules=tuple(rules), expect=spec,
                                      warnings=tuple(jw)))
         warnings += jw

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from mtpgraft.errors import RecipeError
 from mtpgraft.gguf_io import GGUFModel
 from mtpgraft.inspection import inspect_model
-from mtpgraft.recipe import State, load_recipe, parse_recipe, run_recipe, select_steps
+from mtpgraft.recipe import State, load_recipe, parse_recipe, plan_recipe, run_recipe, select_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -144,6 +145,25 @@ def test_only_selects_steps_and_their_dependencies() -> None:
         select_steps(r, ["Q6_K"])
 
 
+def test_dry_run_prints_the_plan_without_tools_or_writes(tmp_path: Path) -> None:
+    """The plan is data: every step, what it needs, what it asks a cluster for; nothing is looked up
+    or written (no tools are needed for it)."""
+    p = tmp_path / "r.toml"
+    p.write_text(GOOD.replace("[hub]", "[run]\nresources = {quantize = {cpus = 4}}\n\n[hub]"))
+    r = load_recipe(p, work_dir=tmp_path / "w")
+    plan = plan_recipe(r, only=["IQ2_XXS"])
+    assert [s.step for s in plan.steps] == ["graft", "imatrix", "quantize:IQ2_XXS", "check:IQ2_XXS"]
+    by = {s.step: s for s in plan.steps}
+    assert by["check:IQ2_XXS"].needs == ("quantize:IQ2_XXS",) and by["quantize:IQ2_XXS"].needs == ("graft", "imatrix")
+    assert by["quantize:IQ2_XXS"].cpus == 4 and "MTP type q6_k" in by["quantize:IQ2_XXS"].action
+    res = run_cli("run", p, "--work-dir", tmp_path / "w", "--dry-run", "--json",
+                  env={**os.environ, "PATH": "/nonexistent", "MTPGRAFT_LLAMA_CPP": "/nonexistent"})
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["dry_run"] and [s["step"] for s in d["steps"]] == list(r.steps())
+    assert not (tmp_path / "w").exists()
+
+
 def test_cli_recipe_errors_are_one_line(tmp_path: Path) -> None:
     p = tmp_path / "r.toml"
     p.write_text(GOOD.replace("ctx = 128", "ctx = -1"))
@@ -243,21 +263,30 @@ def test_changed_inputs_redo_exactly_the_affected_steps(quick: Path, tmp_path: P
 
 @pytest.mark.tools
 def test_types_run_as_separate_processes_on_one_work_dir(quick: Path, tmp_path: Path) -> None:
+    # Q5_K_M rather than Q8_0: both types take long enough on the tiny model (~0.7 s) for the
+    # overlap below to be seen whenever they do run at once
+    quick.write_text(QUICK.replace('"Q8_0", "Q4_K_M"', '"Q5_K_M", "Q4_K_M"'))
     work = tmp_path / "w"
     env = {**os.environ}
     procs = [subprocess.Popen([sys.executable, "-m", "mtpgraft", "run", str(quick), "--work-dir", str(work),
                                "--resume", "--only", t, "--json"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for t in ("Q8_0", "Q4_K_M")]
+                              stderr=subprocess.PIPE, text=True, env=env) for t in ("Q5_K_M", "Q4_K_M")]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
     results = [{s["step"]: s["status"] for s in json.loads(o)["steps"]} for o, _ in outs]
     # the graft and the imatrix ran once: the other process waited for them, then found them finished
     for step in ("graft", "imatrix"):
         assert sorted(r[step] for r in results) == ["done", "finished-before"]
-    assert results[0]["quantize:Q8_0"] == "done" and results[1]["quantize:Q4_K_M"] == "done"
+    assert results[0]["quantize:Q5_K_M"] == "done" and results[1]["quantize:Q4_K_M"] == "done"
     assert "quantize:Q4_K_M" not in results[0]
-    assert sorted(r.step for r in State(work).records()) == ["graft", "imatrix", "quantize:Q4_K_M",
-                                                              "quantize:Q8_0"]
+    recs = {r.step: r for r in State(work).records()}
+    assert sorted(recs) == ["graft", "imatrix", "quantize:Q4_K_M", "quantize:Q5_K_M"]
+    # and the two quantize steps ran at the same time, each in its own process: their intervals
+    # (from taking the step's lock to recording it) overlap; one lock for both would serialize them
+    spans = [(datetime.fromisoformat(recs[s].started).timestamp(),
+              datetime.fromisoformat(recs[s].started).timestamp() + recs[s].seconds)
+             for s in ("quantize:Q5_K_M", "quantize:Q4_K_M")]
+    assert max(a for a, _ in spans) < min(b for _, b in spans), spans
 
 
 @pytest.mark.tools

@@ -37,6 +37,7 @@ from .plan import (
     ServerConfig,
     plan_check,
     resolve_model,
+    settings_problem,
 )
 from .run import run_check
 from .server import ServerTool, resolve_server
@@ -46,5 +47,6 @@ __all__ = [
     "M_DRAFT", "M_DRAFTS", "M_PER_POS", "SERVER_BASE_ARGS", "SPEEDUP_GREEN", "SPEEDUP_RED",
     "CategorySummary", "Cell", "CheckPlan", "CheckResult", "ConfigStats", "MeanStd", "ModelResult",
     "ModelSpec", "RequestRecord", "ServerConfig", "ServerRun", "ServerTool", "SpecCounters",
-    "judge_model", "plan_check", "resolve_model", "resolve_server", "run_check", "speed_status",
+    "judge_model", "plan_check", "resolve_model", "resolve_server", "run_check", "settings_problem",
+    "speed_status",
 ]

@@ -129,6 +129,28 @@ def resolve_model(path: str | os.PathLike[str]) -> ModelSpec:
                      nextn_predict_layers=int(nextn or 0))
 
 
+_FLAGS = {"ctx_size": "--ctx", "temperatures": "--temperature"}
+
+
+def settings_problem(*, n_max: Sequence[int], temperatures: Sequence[float], reps: int,
+                     per_category: int | None, n_predict: int, ctx_size: int, min_acceptance: float,
+                     min_speedup: float | None) -> tuple[str, str] | None:
+    """(setting, what is wrong) for the first bad check setting, or None (recipes validate with it too)."""
+    if not n_max or any(int(n) < 1 for n in n_max):
+        return "n_max", f"values must be >= 1, got {list(n_max)}"
+    if not temperatures or any(t < 0 or not math.isfinite(t) for t in temperatures):
+        return "temperatures", f"values must be >= 0, got {list(temperatures)}"
+    for setting, value, low in (("reps", reps, 1), ("per_category", per_category, 1),
+                                ("n_predict", n_predict, 8), ("ctx_size", ctx_size, 256)):
+        if value is not None and value < low:
+            return setting, f"must be >= {low}, got {value}"
+    if not 0 <= min_acceptance <= 1:
+        return "min_acceptance", f"must be between 0 and 1, got {min_acceptance}"
+    if min_speedup is not None and min_speedup <= 0:
+        return "min_speedup", f"must be > 0, got {min_speedup}"
+    return None
+
+
 def plan_check(models: Sequence[str | os.PathLike[str]], *, draft: str | os.PathLike[str] | None = None,
                n_max: Sequence[int] = DEFAULT_N_MAX,
                temperatures: Sequence[float] = DEFAULT_TEMPERATURES, reps: int = 3, seed: int = 0,
@@ -140,24 +162,13 @@ def plan_check(models: Sequence[str | os.PathLike[str]], *, draft: str | os.Path
     """Validate the inputs and return the plan; `server` is llama-server as resolve_server found it."""
     if not models:
         raise UsageError("give at least one model")
+    bad = settings_problem(n_max=n_max, temperatures=temperatures, reps=reps, per_category=per_category,
+                           n_predict=n_predict, ctx_size=ctx_size, min_acceptance=min_acceptance,
+                           min_speedup=min_speedup)
+    if bad is not None:
+        raise UsageError(f"{_FLAGS.get(bad[0], '--' + bad[0].replace('_', '-'))} {bad[1]}")
     n_max_t = tuple(dict.fromkeys(int(n) for n in n_max))
-    if not n_max_t or any(n < 1 for n in n_max_t):
-        raise UsageError(f"--n-max values must be >= 1, got {list(n_max)}")
     temps = tuple(dict.fromkeys(float(t) for t in temperatures))
-    if not temps or any(t < 0 or not math.isfinite(t) for t in temps):
-        raise UsageError(f"--temperature values must be >= 0, got {list(temperatures)}")
-    if reps < 1:
-        raise UsageError(f"--reps must be >= 1, got {reps}")
-    if per_category is not None and per_category < 1:
-        raise UsageError(f"--per-category must be >= 1, got {per_category}")
-    if n_predict < 8:
-        raise UsageError(f"--n-predict must be >= 8, got {n_predict}")
-    if ctx_size < 256:
-        raise UsageError(f"--ctx must be >= 256, got {ctx_size}")
-    if not 0 <= min_acceptance <= 1:
-        raise UsageError(f"--min-acceptance must be in [0, 1], got {min_acceptance}")
-    if min_speedup is not None and min_speedup <= 0:
-        raise UsageError(f"--min-speedup must be > 0, got {min_speedup}")
     specs = tuple(resolve_model(m) for m in models)
     draft_path = None
     if draft is not None:
