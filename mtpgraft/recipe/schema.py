@@ -5,6 +5,7 @@ repo ids) are checked by that stage's own validator; this module only checks sha
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tomllib
@@ -149,37 +150,24 @@ class _Section:
         at = f"[{self.table}]" + (f" {key}" if key else "")
         raise RecipeError(f"{self.where}: {at}: {msg}")
 
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
+    def get(self, key: str, kind: type, default: Any = None, *, required: bool = False) -> Any:
         if key not in self.data:
             if required:
                 self.fail(key, "is required")
             return default
         v = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(v, bool) and bool not in kinds:
-            pass
-        elif float in kinds and isinstance(v, int):
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
             return float(v)
-        elif isinstance(v, kinds):
+        if isinstance(v, kind) and (kind is bool or not isinstance(v, bool)):
+            if kind is str and not v.strip():
+                self.fail(key, "must not be empty")
+            if kind is int and v < 1 and key != "seed":
+                self.fail(key, f"must be >= 1, got {v}")
             return v
         words = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
-        self.fail(key, f"must be {' or '.join(words.get(k, k.__name__) for k in kinds)}, got {v!r}")
+        self.fail(key, f"must be {words[kind]}, got {v!r}")
 
-    def string(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
-        v = self.get(key, str, default, required=required)
-        if v is not None and not v.strip():
-            self.fail(key, "must not be empty")
-        return v
-
-    def positive(self, key: str, default: int | None = None) -> int | None:
-        v = self.get(key, int, default)
-        if v is not None and v < 1:
-            self.fail(key, f"must be >= 1, got {v}")
-        return v
-
-    def str_list(self, key: str, default: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
-        if key not in self.data:
-            return default
+    def str_list(self, key: str) -> tuple[str, ...]:
         v = self.data[key]
         if isinstance(v, str):
             v = [x.strip() for x in v.split(",") if x.strip()]
@@ -187,9 +175,7 @@ class _Section:
             self.fail(key, f"must be a list of strings, got {v!r}")
         return tuple(v)
 
-    def num_list(self, key: str, kind: type, default: tuple[Any, ...]) -> tuple[Any, ...]:
-        if key not in self.data:
-            return default
+    def num_list(self, key: str, kind: type) -> tuple[Any, ...]:
         v = self.data[key]
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             v = [v]
@@ -208,6 +194,31 @@ class _Section:
             self.fail(key, str(e))
 
 
+# How a section's field is read, by its annotation (the dataclass is the table of keys and defaults).
+_READ = {"str": str, "str | None": str, "int": int, "int | None": int, "bool": bool, "float": float,
+         "float | None": float, "tuple[str, ...]": "strs", "tuple[str, ...] | None": "strs",
+         "tuple[int, ...]": "ints", "tuple[float, ...]": "floats"}
+
+
+def _read(where: str, table: str, data: Any, cls: type, *, keys: dict[str, str] | None = None,
+          required: Sequence[str] = (), special: Sequence[str] = ()) -> tuple[_Section, dict[str, Any]]:
+    """Read a table into `cls`'s fields by their types; `special` fields are left to the caller."""
+    keys = keys or {}
+    fields = dataclasses.fields(cls)
+    sec = _Section(where, table, data, [keys.get(f.name, f.name) for f in fields])
+    kw: dict[str, Any] = {}
+    for f in fields:
+        key = keys.get(f.name, f.name)
+        if key in required and key not in sec.data:
+            sec.fail(key, "is required")
+        if f.name in special or key not in sec.data:
+            continue
+        how = _READ[str(f.type)]
+        kw[f.name] = (sec.str_list(key) if how == "strs" else sec.num_list(key, int) if how == "ints"
+                      else sec.num_list(key, float) if how == "floats" else sec.get(key, how))  # type: ignore[arg-type]
+    return sec, kw
+
+
 def parse_recipe(text: str, *, path: str | os.PathLike[str] = "<recipe>",
                  work_dir: str | os.PathLike[str] | None = None) -> Recipe:
     """Parse recipe TOML text into a frozen Recipe; RecipeError names the bad table and key."""
@@ -223,60 +234,55 @@ def parse_recipe(text: str, *, path: str | os.PathLike[str] = "<recipe>",
         raise RecipeError(f"{where}: [model] is required (name, base)")
     if "quantize" not in data:
         raise RecipeError(f"{where}: [quantize] is required (types)")
-    model = _model(_Section(where, "model", data["model"], ("name", "base", "mtp_from", "graft_mtp_type",
-                                                             "replace_mtp")))
-    imatrix = _imatrix(_Section(where, "imatrix", data["imatrix"], (
-        "calibration", "file", "ctx", "chunks", "batch", "threads", "extra_args"))) if "imatrix" in data else None
-    q = _Section(where, "quantize", data["quantize"],
-                 ("types", "mtp_type", "split_max_size", "allow_requantize", "jobs", "threads", "out_dir"))
-    quant = _quantize(q, imatrix)
-    check = _check(_Section(where, "check", data["check"], (
-        "enabled", "types", "n_max", "reps", "temperature", "seed", "n_predict", "ctx", "categories",
-        "per_category", "prompts", "min_acceptance", "min_speedup", "server_args")), quant) \
-        if "check" in data else None
-    hub = _hub(_Section(where, "hub", data["hub"], ("repo", "dry_run", "private", "revision", "create_pr",
-                                                     "endpoint")), quant, check) if "hub" in data else None
-    r = _Section(where, "run", data.get("run", {}), ("work_dir", "llama_cpp", "resources"))
-    wd = str(work_dir) if work_dir is not None else (r.string("work_dir") or f"mtpgraft-work/{model.name}")
+    model = _model(*_read(where, "model", data["model"], ModelSection, required=("name", "base")))
+    imatrix = _imatrix(*_read(where, "imatrix", data["imatrix"], ImatrixSection)) if "imatrix" in data else None
+    quant = _quantize(*_read(where, "quantize", data["quantize"], QuantizeSection,
+                             special=("types", "mtp_type")), imatrix)
+    check = _check(*_read(where, "check", data["check"], CheckSection, keys={"temperatures": "temperature"},
+                          special=("types",)), quant) if "check" in data else None
+    hub = _hub(*_read(where, "hub", data["hub"], HubSection, required=("repo",)), quant, check) \
+        if "hub" in data else None
+    r, run = _read(where, "run", data.get("run", {}), _Run, special=("resources",))
+    wd = str(work_dir) if work_dir is not None else (run.get("work_dir") or f"mtpgraft-work/{model.name}")
     return Recipe(path=str(path), sha256=hashlib.sha256(text.encode()).hexdigest(), model=model,
                   quantize=quant, imatrix=imatrix, check=check, hub=hub,
-                  work_dir=str(Path(wd).expanduser().absolute()), llama_cpp=r.string("llama_cpp"),
+                  work_dir=str(Path(wd).expanduser().absolute()), llama_cpp=run.get("llama_cpp"),
                   resources=_resources(r))
 
 
-def _model(m: _Section) -> ModelSection:
+@dataclass(frozen=True)
+class _Run:  # the [run] keys
+    work_dir: str | None = None
+    llama_cpp: str | None = None
+    resources: Any = None
+
+
+def _model(m: _Section, kw: dict[str, Any]) -> ModelSection:
     from ..quantize import name_problem
 
-    name = m.string("name", required=True) or ""
-    problem = name_problem(name)
+    problem = name_problem(kw["name"])
     if problem:
         m.fail("name", problem)
-    return ModelSection(name=name, base=m.string("base", required=True) or "",
-                        mtp_from=m.string("mtp_from"), graft_mtp_type=m.string("graft_mtp_type"),
-                        replace_mtp=m.get("replace_mtp", bool, False))
+    return ModelSection(**kw)
 
 
-def _imatrix(s: _Section) -> ImatrixSection:
-    cal, f = s.string("calibration"), s.string("file")
-    if bool(cal) == bool(f):
+def _imatrix(s: _Section, kw: dict[str, Any]) -> ImatrixSection:
+    if bool(kw.get("calibration")) == bool(kw.get("file")):
         s.fail(None, "give exactly one of calibration (a text file to compute it from) or file "
                      "(an existing imatrix)")
-    return ImatrixSection(calibration=cal, file=f, ctx=s.positive("ctx"), chunks=s.positive("chunks"),
-                          batch=s.positive("batch"), threads=s.positive("threads"),
-                          extra_args=s.str_list("extra_args", ()) or ())
+    return ImatrixSection(**kw)
 
 
-def _quantize(q: _Section, imatrix: ImatrixSection | None) -> QuantizeSection:
+def _quantize(q: _Section, kw: dict[str, Any], imatrix: ImatrixSection | None) -> QuantizeSection:
     from ..quantize import canonical_type, check_mtp_policy, parse_size, types_needing_imatrix
 
-    raw_types = q.str_list("types")
+    raw_types = q.str_list("types") if "types" in q.data else ()
     if not raw_types:
         q.fail("types", "is required: a list of llama-quantize types, e.g. [\"Q4_K_M\", \"Q8_0\"]")
-    types = tuple(dict.fromkeys(q.checked("types", canonical_type, t) for t in raw_types or ()))
+    types = tuple(dict.fromkeys(q.checked("types", canonical_type, t) for t in raw_types))
     raw = q.data.get("mtp_type", "q8_0")
-    mtp_type: str | tuple[tuple[str, str], ...]
     if isinstance(raw, str):
-        mtp_type = q.checked("mtp_type", check_mtp_policy, raw, what="mtp_type")
+        kw["mtp_type"] = q.checked("mtp_type", check_mtp_policy, raw, what="mtp_type")
     elif isinstance(raw, dict):
         pairs = []
         for k, v in raw.items():
@@ -286,43 +292,32 @@ def _quantize(q: _Section, imatrix: ImatrixSection | None) -> QuantizeSection:
             if key != "default" and key not in types:
                 q.fail(f"mtp_type.{k}", f"{key} is not one of the recipe's types")
             pairs.append((key, q.checked(f"mtp_type.{k}", check_mtp_policy, v, what="mtp_type")))
-        mtp_type = tuple(pairs)
+        kw["mtp_type"] = tuple(pairs)
     else:
         q.fail("mtp_type", f"must be a string or a table, got {raw!r}")
-    split = q.string("split_max_size")
-    if split is not None:
-        q.checked("split_max_size", parse_size, split)
+    if kw.get("split_max_size") is not None:
+        q.checked("split_max_size", parse_size, kw["split_max_size"])
     needy = types_needing_imatrix(types)
     if needy and imatrix is None:
         q.fail("types", f"{', '.join(needy)} need an importance matrix: add an [imatrix] section "
                         "(calibration = \"file.txt\")")
-    return QuantizeSection(types=types, mtp_type=mtp_type, split_max_size=split,
-                           allow_requantize=q.get("allow_requantize", bool, False),
-                           jobs=q.positive("jobs", 1) or 1, threads=q.positive("threads"),
-                           out_dir=q.string("out_dir", "quants") or "quants")
+    return QuantizeSection(types=types, **kw)
 
 
 # the recipe's [check] keys under check.settings_problem's names
 _CHECK_KEYS = {"ctx_size": "ctx", "temperatures": "temperature"}
 
 
-def _check(c: _Section, quant: QuantizeSection) -> CheckSection:
+def _check(c: _Section, kw: dict[str, Any], quant: QuantizeSection) -> CheckSection:
     from ..check import settings_problem
     from ..quantize import canonical_type
 
-    ctypes = c.str_list("types")
-    if ctypes is not None:
-        ctypes = tuple(c.checked("types", canonical_type, t) for t in ctypes)
-        stray = [t for t in ctypes if t not in quant.types]
+    if "types" in c.data:
+        kw["types"] = tuple(c.checked("types", canonical_type, t) for t in c.str_list("types"))
+        stray = [t for t in kw["types"] if t not in quant.types]
         if stray:
             c.fail("types", f"{', '.join(stray)} not in [quantize] types")
-    check = CheckSection(
-        enabled=c.get("enabled", bool, True), types=ctypes, n_max=c.num_list("n_max", int, (3,)),
-        reps=c.get("reps", int, 1), temperatures=c.num_list("temperature", float, (0.0,)),
-        seed=c.get("seed", int, 0), n_predict=c.get("n_predict", int, 128), ctx=c.get("ctx", int, 4096),
-        categories=c.str_list("categories"), per_category=c.get("per_category", int),
-        prompts=c.string("prompts"), min_acceptance=c.get("min_acceptance", float, 0.3),
-        min_speedup=c.get("min_speedup", float), server_args=c.str_list("server_args", ()) or ())
+    check = CheckSection(**kw)
     bad = settings_problem(n_max=check.n_max, temperatures=check.temperatures, reps=check.reps,
                            per_category=check.per_category, n_predict=check.n_predict,
                            ctx_size=check.ctx, min_acceptance=check.min_acceptance,
@@ -332,19 +327,15 @@ def _check(c: _Section, quant: QuantizeSection) -> CheckSection:
     return check
 
 
-def _hub(h: _Section, quant: QuantizeSection, check: CheckSection | None) -> HubSection:
+def _hub(h: _Section, kw: dict[str, Any], quant: QuantizeSection, check: CheckSection | None) -> HubSection:
     from ..hub import REPO_ID_RE
 
-    repo = h.string("repo", required=True) or ""
-    if not REPO_ID_RE.match(repo):
-        h.fail("repo", f"must be OWNER/NAME, got {repo!r}")
-    hub = HubSection(repo=repo, dry_run=h.get("dry_run", bool, False), private=h.get("private", bool, False),
-                     revision=h.string("revision"), create_pr=h.get("create_pr", bool, False),
-                     endpoint=h.string("endpoint"))
+    if not REPO_ID_RE.match(kw["repo"]):
+        h.fail("repo", f"must be OWNER/NAME, got {kw['repo']!r}")
     if check is None or not check.enabled or set(check.types or quant.types) != set(quant.types):
         h.fail(None, "pushing needs a passing check of every type: add a [check] section covering all "
                      "[quantize] types")
-    return hub
+    return HubSection(**kw)
 
 
 def _resources(r: _Section) -> tuple[tuple[str, Resources], ...]:
@@ -354,15 +345,13 @@ def _resources(r: _Section) -> tuple[tuple[str, Resources], ...]:
         r.fail("resources", f"must be a table of steps, got {raw!r}")
     out = []
     for step, spec in raw.items():
-        key = f"resources.{step}"
         if step not in RESOURCE_STEPS:
-            r.fail(key, f"unknown step (known: {', '.join(RESOURCE_STEPS)})")
-        s = _Section(r.where, f"run.{key}", spec, ("cpus", "gpus"))
-        cpus, gpus = s.get("cpus", float), s.get("gpus", float)
-        for k, v in (("cpus", cpus), ("gpus", gpus)):
-            if v is not None and v < 0:
+            r.fail(f"resources.{step}", f"unknown step (known: {', '.join(RESOURCE_STEPS)})")
+        s, kw = _read(r.where, f"run.resources.{step}", spec, Resources)
+        for k, v in kw.items():
+            if v < 0:
                 s.fail(k, f"must be >= 0, got {v:g}")
-        out.append((step, Resources(cpus=cpus, gpus=gpus)))
+        out.append((step, Resources(**kw)))
     return tuple(out)
 
 
