@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from .errors import GGUFFormatError
+from .naming import SPLIT_RE, shard_name
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -43,7 +43,6 @@ _NP_DTYPE = {
     GGUFValueType.BOOL: np.bool_,
 }
 
-SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
 # --------------------------------------------------------------------------- metadata
@@ -357,7 +356,7 @@ class GGUFModel:
                 raise GGUFFormatError(f"{self.path}: split.count is {count} but the name is not "
                                       "NAME-00001-of-0000N.gguf, so the other shards cannot be found")
             for i in range(2, count + 1):
-                p = self.path.with_name(f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf")
+                p = self.path.with_name(shard_name(m["prefix"], i, count))
                 if not p.is_file():
                     raise GGUFFormatError(f"{self.path}: shard {i} of {count} is missing ({p.name})")
                 shard = GGUFFile(p)

@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, quants
 
-from . import __version__
+from . import __version__, naming
 from .arch import NEXTN_REQUIRED, ArchRule, require_mtp_arch, rule_for
 from .errors import GraftError, MtpgraftError, UsageError
 from .gguf_io import (
     KV,
-    SPLIT_RE,
     GGUFModel,
     OutTensor,
     TensorRef,
@@ -119,9 +118,7 @@ def parse_type(name: str) -> GGMLQuantizationType:
 def _resolve_outputs(out: Path, count: int) -> list[Path]:
     if count <= 1:
         return [out]
-    m = SPLIT_RE.match(out.name)
-    prefix = m["prefix"] if m else (out.name[:-5] if out.name.endswith(".gguf") else out.name)
-    return [out.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    return [out.with_name(n) for n in naming.shard_names(naming.strip_gguf(out.name), count)]
 
 
 def _kv_like(old: KV, value: Any) -> KV:
@@ -546,9 +543,7 @@ def plan_detach(model_path: str | os.PathLike[str], out_path: str | os.PathLike[
 
 def default_extract_name(model_path: str | os.PathLike[str]) -> Path:
     p = Path(model_path)
-    m = SPLIT_RE.match(p.name)
-    stem = m["prefix"] if m else (p.name[:-5] if p.name.endswith(".gguf") else p.name)
-    return p.with_name(f"mtp-{stem}.gguf")
+    return p.with_name(f"{naming.SIDECAR_PREFIX}{naming.strip_gguf(p.name)}.gguf")
 
 
 def plan_extract(model_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None, *,

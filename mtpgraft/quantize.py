@@ -33,9 +33,9 @@ from typing import Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from . import __version__
+from . import __version__, naming
 from .errors import GGUFFormatError, OutputExistsError, QuantizeError, ToolFailedError
-from .gguf_io import SPLIT_RE, GGUFModel
+from .gguf_io import GGUFModel
 from .inspection import analyse, inspect_model
 from .tools import find_tool, format_cmd
 
@@ -75,9 +75,7 @@ MTP_POLICIES = ("q8_0", "match")
 REQUANTIZE_WARNING = ("requantizing tensors that have already been quantized: this can severely "
                       "reduce quality compared to quantizing from 16bit or 32bit!")
 # `llama-server -hf` skips files whose names contain these (common/download.cpp).
-_HF_RESERVED = ("mmproj", "imatrix", "mtp-", "eagle3-", "dflash-", "dspark-")
 _SIZE_RE = re.compile(r"^([1-9]\d*)([MG])$")
-_FLOAT_SUFFIX_RE = re.compile(r"[-_.](f32|f16|bf16|fp16|fp32)$", re.I)
 
 Event = Callable[[str, str], None]  # (quant type, message)
 
@@ -126,18 +124,15 @@ def ggml_type(name: str, *, what: str = "--mtp-type") -> Q:
 
 def default_name(path: str | os.PathLike[str]) -> str:
     """The output name stem: the input's file name without .gguf, shard suffix or float tag."""
-    p = Path(path)
-    m = SPLIT_RE.match(p.name)
-    stem = m["prefix"] if m else (p.name[:-5] if p.name.lower().endswith(".gguf") else p.name)
-    return _FLOAT_SUFFIX_RE.sub("", stem) or stem
+    return naming.model_stem(Path(path).name)
 
 
 def name_problem(name: str) -> str | None:
     """What is wrong with an output name stem, or None (the validator recipes use too)."""
     if not name or "/" in name or "\\" in name or name.startswith("."):
         return f"{name!r} must be a plain file name stem (no folders)"
-    probe = f"{name}-Q8_0.gguf"  # llama.cpp's test is case-sensitive, on the whole file name
-    for r in _HF_RESERVED:
+    probe = naming.quant_file_name(name, "Q8_0")  # llama.cpp's test is case-sensitive, on the whole name
+    for r in naming.HF_RESERVED:
         if r in probe:
             return (f"{name!r} gives file names containing {r!r}, which `llama-server -hf` skips as "
                     "non-model files; choose another name")
@@ -166,7 +161,7 @@ def types_needing_imatrix(types: Sequence[str]) -> tuple[str, ...]:
 def output_names(out_dir: str | os.PathLike[str], name: str, quant_type: str) -> tuple[Path, Path]:
     """Where a type's output goes: the single file out_dir/Name-TYPE.gguf and the split set's folder."""
     out = Path(out_dir)
-    return out / f"{name}-{quant_type}.gguf", out / quant_type
+    return out / naming.quant_file_name(name, quant_type), out / quant_type
 
 
 def llama_quantizes(name: str, ne: Sequence[int]) -> bool:

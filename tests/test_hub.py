@@ -43,7 +43,6 @@ CATEGORIES = {
 def hermetic(tmp_path, monkeypatch):
     """No real token, cache, telemetry or progress bars; the client's retry sleeps are instant."""
     from huggingface_hub import constants
-    from huggingface_hub.utils import _http, _xet
 
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
@@ -57,20 +56,8 @@ def hermetic(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf_home" / "stored_tokens"))
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
-    monkeypatch.setattr(_http, "time", _NoSleep())
-    monkeypatch.setattr(_xet._GLOBAL_XET_HOLDER, "_session", None)  # a fresh session per test
-    yield
-    _xet._GLOBAL_XET_HOLDER._session = None
-
-
-class _NoSleep:
-    """Stands in for the `time` module inside huggingface_hub.utils._http: retries do not wait."""
-
-    def sleep(self, seconds: float) -> None:
-        pass
-
-    def __getattr__(self, name: str):
-        return getattr(time, name)
+    # The client's retry back-off sleeps through the stdlib: no test waits for it.
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
 
 
 @pytest.fixture(params=["xet", "lfs"])
@@ -600,7 +587,7 @@ def test_folder_layout_is_kept_and_imatrix_skipped(api, tmp_path):
 def test_card_license_and_base_model_fallbacks():
     from huggingface_hub import ModelCard
 
-    from mtpgraft import card
+    from mtpgraft.hub import card
 
     entry = hubmod.ModelEntry(
         name="M-Q4_0.gguf", files=(hubmod.FileRef("M-Q4_0.gguf", 10, "00" * 32),), size=10, quant="Q4_0",

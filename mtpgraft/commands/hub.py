@@ -74,7 +74,7 @@ def push(paths: tuple[str, ...], repo_id: str, revision: str | None, create_pr: 
 
 
 def _plan_lines(plan: Any, *, dry_run: bool) -> list[str]:
-    from ..card import human_size
+    from ..hub.card import human_size
 
     where = "repo will be created" if not plan.repo_exists and not plan.refused else (
         "branch will be created" if plan.repo_exists and not plan.branch_exists else "")

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from .. import __version__, naming
 
 if TYPE_CHECKING:
-    from .hub import CheckMatch, ModelEntry, RemoteFile
+    from .plan import CheckMatch, ModelEntry, RemoteFile
 
 BASE_TAGS = ("gguf", "llama.cpp", "mtp", "speculative-decoding")
 DEFAULT_N_MAX = 3  # suggested when nothing was measured
@@ -215,7 +215,7 @@ def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: s
         if len(m.files) == 1:
             out.append(f"hf download {repo_id} {m.files[0].path}{rev} --local-dir .")
         else:
-            pattern = re.sub(r"-\d{5}-of-\d{5}\.gguf$", "-*.gguf", m.files[0].path)
+            pattern = f"{naming.strip_gguf(m.files[0].path)}-*.gguf"
             out.append(f'hf download {repo_id} --include "{pattern}"{rev} --local-dir .')
     out += ["```", ""]
     if revision != "main":

@@ -1,14 +1,8 @@
-"""Publishing to the Hugging Face Hub: plan with read-only calls, gate, one atomic commit, read back.
-
-    api = make_api(endpoint=..., token=...)      # the one place the client is built
-    plan = plan_push(paths, repo_id=..., api=api, report_dirs=[...])
-    result = execute_push(plan, api=api)
+"""Plan a push with read-only calls: which files are new, changed or unchanged, and the gate.
 
 `plan_push` reads local files (inspect, sha256 cached by path/size/mtime) and the repo's current
 tree, and decides per file: new, changed or unchanged. The gate refuses any GGUF that fails
 `inspect` or has no passing `mtpgraft check` report with its sha256 (unless verify=False).
-`execute_push` sends only what is not on the Hub yet, as one commit with the model card, pinned to
-the planned parent commit, then reads sizes and sha256 back.
 """
 
 from __future__ import annotations
@@ -16,37 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from .errors import GGUFFormatError, HubError, UsageError
+from .. import naming
+from ..errors import GGUFFormatError, HubError, UsageError
+from .client import hub_errors, whoami
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
 # The Hub's old per-file limit, which GGUF publishers still split at (llama-gguf-split "50G").
 MAX_FILE_BYTES = 50 * 1000**3
-SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
-REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 CHART_DIR = "charts"
-
-NO_TOKEN = ("no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login` "
-            "(a token with write access)")
-
-
-# --------------------------------------------------------------------------- the client seam
-
-
-def make_api(*, endpoint: str | None = None, token: str | None = None) -> HfApi:
-    """The one HfApi used for a push. Token: the argument, else HF_TOKEN, else the stored login."""
-    from huggingface_hub import HfApi, get_token
-
-    return HfApi(endpoint=endpoint or None, token=token or get_token() or None)
-
 
 # --------------------------------------------------------------------------- plan data
 
@@ -194,7 +172,7 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
     """Work out what a push would do. Only read-only Hub calls; refusals are returned, not raised."""
     from . import card as cardmod
 
-    if not REPO_ID_RE.match(repo_id):
+    if not naming.REPO_ID_RE.match(repo_id):
         raise UsageError(f"--repo {repo_id!r} is not OWNER/NAME")
     if not paths:
         raise UsageError("nothing to push: give GGUF files or folders")
@@ -228,7 +206,7 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
     parent = None
     remote: dict[str, RemoteFile] = {}
     if not refusals:
-        user = _whoami(api, repo_id)
+        user = whoami(api, repo_id)
         repo_exists, branch_exists, parent, remote = _remote_state(
             api, repo_id=repo_id, branch=branch, create_pr=create_pr)
         if private and repo_exists:
@@ -318,12 +296,10 @@ def _collect(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[list[_Local]
             for q in ggufs:
                 add(q, q.relative_to(p).as_posix())
         elif p.is_file():
-            m = SPLIT_RE.match(p.name)
-            if m:  # a shard brings its whole set
-                count = int(m["count"])
-                for i in range(1, count + 1):
-                    q = p.with_name(f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf")
-                    add(q, q.name)
+            shard = naming.parse_shard(p.name)
+            if shard:  # a shard brings its whole set
+                for name in naming.shard_names(shard.prefix, shard.count):
+                    add(p.with_name(name), name)
             else:
                 add(p, p.name)
         else:
@@ -332,8 +308,8 @@ def _collect(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[list[_Local]
     groups: dict[str, list[_Local]] = {}
     for in_repo in sorted(found):
         loc = found[in_repo]
-        m = SPLIT_RE.match(PurePosixPath(in_repo).name)
-        key = (str(PurePosixPath(in_repo).parent / m["prefix"]) + "\0split") if m else in_repo
+        shard = naming.parse_shard(PurePosixPath(in_repo).name)
+        key = (str(PurePosixPath(in_repo).parent / shard.prefix) + "\0split") if shard else in_repo
         groups.setdefault(key, []).append(loc)
     return list(groups.values()), skipped
 
@@ -341,18 +317,18 @@ def _collect(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[list[_Local]
 def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
                 max_file_bytes: int) -> tuple[ModelEntry | None, list[PlannedFile], list[Refusal],
                                               dict[str, str]]:
-    from .gguf_io import GGUFModel
-    from .hashing import sha256_file
-    from .inspection import inspect_model
+    from ..gguf_io import GGUFModel
+    from ..hashing import sha256_file
+    from ..inspection import inspect_model
 
     first = group[0]
     refusals: list[Refusal] = []
     planned: list[PlannedFile] = []
     for loc in group:
         if not loc.path.is_file():
-            m = SPLIT_RE.match(loc.path.name)
-            refusals.append(Refusal(loc.path_in_repo, f"shard {int(m['no'])} of {int(m['count'])} is "
-                                    f"missing ({loc.path})" if m else "missing"))
+            shard = naming.parse_shard(loc.path.name)
+            refusals.append(Refusal(loc.path_in_repo, f"shard {shard.no} of {shard.count} is "
+                                    f"missing ({loc.path})" if shard else "missing"))
     if refusals:
         return None, [], refusals, {}
 
@@ -408,7 +384,7 @@ def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
     entry = ModelEntry(
         name=first.path_in_repo, size=sum(sizes.values()),
         files=tuple(FileRef(f.path_in_repo, f.size, f.sha256) for f in planned),
-        quant=report.file_type or _quant_from_name(first.path.name), architecture=report.architecture,
+        quant=report.file_type or naming.quant_tag(first.path.name), architecture=report.architecture,
         nextn_predict_layers=report.nextn_predict_layers, mtp_head=_mtp_head(report), layout=report.layout,
         metadata=metadata, check=match)
     return entry, planned, refusals, charts
@@ -424,11 +400,6 @@ def _mtp_head(report: Any) -> str:
     dom = max(sizes, key=lambda k: sizes[k]) if sizes else "?"
     n = len(report.mtp_layers) or report.nextn_predict_layers
     return f"{n} layer{'s' if n != 1 else ''}, {dom}"
-
-
-def _quant_from_name(name: str) -> str | None:
-    m = re.search(r"(?i)[-.](I?Q\d+_[A-Z0-9_]+|F16|BF16|F32|Q8_0)(?:-\d{5}-of-\d{5})?\.gguf$", name)
-    return m.group(1).upper() if m else None
 
 
 # --------------------------------------------------------------------------- check reports
@@ -496,15 +467,6 @@ def _match_check(shas: dict[str, str], reports: list[_Report]) -> tuple[CheckMat
 
 
 # --------------------------------------------------------------------------- the Hub side
-
-
-def _whoami(api: HfApi, repo_id: str) -> str | None:
-    from huggingface_hub import get_token
-
-    if not (api.token or get_token()):
-        return None
-    with hub_errors(api=api, repo_id=repo_id, action="check the token"):
-        return api.whoami().get("name")
 
 
 def _remote_state(api: HfApi, *, repo_id: str, branch: str,
@@ -576,176 +538,6 @@ def _commit_text(models: list[ModelEntry], files: list[PlannedFile], *, verify: 
     gate = ("Every GGUF passed `mtpgraft check` (matched by sha256)." if verify
             else "Pushed with --no-verify: the GGUFs were not checked with llama-server.")
     return message, "\n".join(rows) + "\n\n" + gate + "\n"
-
-
-# --------------------------------------------------------------------------- executing
-
-
-def execute_push(plan: PushPlan, *, api: HfApi) -> PushResult:
-    """Send what the plan says, as one commit, then read sizes and sha256 back."""
-    from huggingface_hub import CommitOperationAdd
-
-    if plan.refused:
-        raise HubError(plan.refusal_message())
-    for f in plan.to_send:
-        if f.local_path is not None:
-            st = os.stat(f.local_path)
-            if st.st_size != f.size or st.st_mtime_ns != f.mtime_ns:
-                raise HubError(f"{f.local_path} changed since the push was planned: run the push again")
-    if not plan.to_send:
-        verified = _read_back(api, plan, plan.parent_commit)
-        return PushResult(plan.repo_id, plan.revision, None, None, None, (), 0, verified)
-    if plan.user is None:
-        raise HubError(NO_TOKEN)
-
-    with hub_errors(api=api, repo_id=plan.repo_id, action="push", revision=plan.revision):
-        parent = plan.parent_commit
-        if not plan.repo_exists:
-            api.create_repo(plan.repo_id, private=plan.private or None, exist_ok=True)
-            parent = _head(api, plan.repo_id)  # the Hub's initial commit (.gitattributes)
-        if not plan.branch_exists and plan.revision != "main":
-            api.create_branch(plan.repo_id, branch=plan.revision, revision=parent, exist_ok=True)
-        ops = []
-        for f in plan.to_send:
-            if f.role == "card":
-                op = CommitOperationAdd(f.path_in_repo, plan.card.encode())
-            else:
-                op = CommitOperationAdd(f.path_in_repo, f.local_path)
-                op.upload_info.sha256 = bytes.fromhex(f.sha256)  # hashed at plan time: no re-read
-            ops.append(op)
-        info = api.create_commit(
-            plan.repo_id, ops, commit_message=plan.commit_message,
-            commit_description=plan.commit_description, revision=plan.revision,
-            create_pr=plan.create_pr, parent_commit=parent)
-    verified = _read_back(api, plan, info.oid)
-    return PushResult(plan.repo_id, plan.revision, info.oid, info.commit_url, info.pr_url,
-                      tuple(f.path_in_repo for f in plan.to_send), plan.bytes_to_send, verified)
-
-
-def _head(api: HfApi, repo_id: str) -> str | None:
-    from huggingface_hub.errors import RevisionNotFoundError
-
-    try:
-        return api.model_info(repo_id).sha
-    except RevisionNotFoundError:  # a repo created without any commit
-        return None
-
-
-def _read_back(api: HfApi, plan: PushPlan, revision: str | None) -> tuple[str, ...]:
-    """Compare the Hub's size and sha256 of every planned file with the local ones."""
-    from huggingface_hub.errors import RevisionNotFoundError
-    from huggingface_hub.hf_api import RepoFile
-
-    revision = revision or (None if plan.create_pr else plan.revision)
-    if revision is None:
-        return ()
-    paths = [f.path_in_repo for f in plan.files]
-    with hub_errors(api=api, repo_id=plan.repo_id, action="read the pushed files back"):
-        try:
-            entries = api.get_paths_info(plan.repo_id, paths, revision=revision)
-        except RevisionNotFoundError:
-            if plan.create_pr:
-                raise
-            # a server that resolves only branch names: the branch as it is now
-            revision = plan.revision
-            entries = api.get_paths_info(plan.repo_id, paths, revision=revision)
-        got = {e.path: e for e in entries if isinstance(e, RepoFile)}
-    bad = []
-    for f in plan.files:
-        e = got.get(f.path_in_repo)
-        if e is None:
-            bad.append(f"{f.path_in_repo} is missing")
-        elif e.size != f.size:
-            bad.append(f"{f.path_in_repo} is {e.size} bytes on the Hub, {f.size} here")
-        elif e.lfs is not None and e.lfs.sha256 != f.sha256:
-            bad.append(f"{f.path_in_repo} has sha256 {e.lfs.sha256[:12]}… on the Hub, {f.sha256[:12]}… here")
-        elif e.lfs is None and e.blob_id != f.git_oid:
-            bad.append(f"{f.path_in_repo} differs on the Hub (git blob {e.blob_id[:12]}…)")
-    if bad:
-        raise HubError(f"read-back after the commit on {plan.repo_id}@{revision[:12]} failed: "
-                       + "; ".join(bad) + " (run the push again to re-upload)")
-    return tuple(paths)
-
-
-# --------------------------------------------------------------------------- errors
-
-
-@contextmanager
-def hub_errors(*, api: HfApi, repo_id: str, action: str, revision: str | None = None) -> Iterator[None]:
-    """Turn huggingface_hub / transport errors into one-line HubErrors that say what to do next."""
-    try:
-        yield
-    except HubError:
-        raise
-    except Exception as e:  # noqa: BLE001 - everything the client can raise is mapped below
-        msg = describe_error(e, api=api, repo_id=repo_id, action=action, revision=revision)
-        if msg is None:
-            raise
-        raise HubError(msg) from e
-
-
-def describe_error(e: BaseException, *, api: HfApi, repo_id: str, action: str,
-                   revision: str | None = None) -> str | None:
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalTokenNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    endpoint = api.endpoint
-    if isinstance(e, LocalTokenNotFoundError):
-        return NO_TOKEN
-    if isinstance(e, RevisionNotFoundError):
-        return f"cannot {action}: revision {revision or 'main'!r} not found in {repo_id} (check --revision)"
-    if isinstance(e, RepositoryNotFoundError):
-        return (f"cannot {action}: {repo_id} not found on {endpoint}, or not visible with this token "
-                "(check --repo and the token's access)")
-    if isinstance(e, HfHubHTTPError):
-        status = e.response.status_code if e.response is not None else None
-        header = e.response.headers.get("X-Error-Message", "") if e.response is not None else ""
-        server = _one_line(e.server_message or header or "")
-        said = f"{status}{': ' + server if server else ''}"
-        if status == 401:
-            return (f"the Hub rejected the token ({said}): pass a valid --token, set HF_TOKEN, "
-                    "or run `hf auth login`")
-        if status == 403:
-            return (f"not allowed to {action} {repo_id} ({said}): use a token with write access to "
-                    f"{repo_id.split('/')[0]}")
-        if status == 412 or (status == 409 and action == "push"):
-            return (f"{repo_id}@{revision or 'main'} changed on the Hub while pushing ({said}); run the "
-                    "push again to plan against the new state")
-        if status is not None and (status >= 500 or status in (408, 429)):
-            return (f"the Hub failed to {action} ({said}); run the same push again: files already "
-                    "uploaded are not sent again")
-        return f"cannot {action} on {repo_id} ({said})"
-    if isinstance(e, RuntimeError) and e.__cause__ is not None and "uploading" in str(e):
-        inner = describe_error(e.__cause__, api=api, repo_id=repo_id, action=action, revision=revision)
-        m = re.search(r"'([^']+)'", str(e))
-        return f"{m.group(1) + ': ' if m else ''}{inner or _one_line(str(e.__cause__))}"
-    try:
-        import httpx2
-
-        transport: tuple[type[BaseException], ...] = (httpx2.TransportError,)
-    except ImportError:  # pragma: no cover - the client's HTTP library
-        transport = ()
-    if isinstance(e, ConnectionError) and "HTTP status" in str(e):  # hf-xet's HTTP errors
-        return (f"the Xet upload failed ({_one_line(str(e))}); check the token's write access, then run "
-                "the push again: chunks already uploaded are not sent again")
-    if isinstance(e, transport + (ConnectionError,)):
-        return (f"cannot reach {endpoint} ({_one_line(str(e)) or type(e).__name__}): check --endpoint and "
-                "the network, then run the push again")
-    if isinstance(e, ValueError):
-        return f"cannot {action} on {repo_id}: {_one_line(str(e))}"
-    if type(e).__module__.split(".")[0] == "hf_xet":
-        return f"the Xet upload failed ({_one_line(str(e))}); run the push again to resume"
-    return None
-
-
-def _one_line(s: str) -> str:
-    lines = [x.strip() for x in s.strip().splitlines() if x.strip()]
-    text = " ".join(lines[:2]) if lines else ""
-    return text[:300]
 
 
 # --------------------------------------------------------------------------- small helpers
