@@ -10,23 +10,26 @@ to one-line HubErrors.
 
 from __future__ import annotations
 
+from ..naming import REPO_ID_RE
 from .client import NO_TOKEN, describe_error, hub_errors, make_api
 from .execute import execute_push
 from .plan import (
     MAX_FILE_BYTES,
     CheckMatch,
     FileRef,
+    GateResult,
     ModelEntry,
     PlannedFile,
     PushPlan,
     PushResult,
     Refusal,
     RemoteFile,
+    check_gate,
     plan_push,
 )
 
 __all__ = [
-    "MAX_FILE_BYTES", "NO_TOKEN", "CheckMatch", "FileRef", "ModelEntry", "PlannedFile", "PushPlan",
-    "PushResult", "Refusal", "RemoteFile", "describe_error", "execute_push", "hub_errors", "make_api",
-    "plan_push",
+    "MAX_FILE_BYTES", "NO_TOKEN", "REPO_ID_RE", "CheckMatch", "FileRef", "GateResult", "ModelEntry",
+    "PlannedFile", "PushPlan", "PushResult", "Refusal", "RemoteFile", "check_gate", "describe_error",
+    "execute_push", "hub_errors", "make_api", "plan_push",
 ]

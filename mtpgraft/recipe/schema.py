@@ -328,7 +328,7 @@ def _check(c: _Section, kw: dict[str, Any], quant: QuantizeSection) -> CheckSect
 
 
 def _hub(h: _Section, kw: dict[str, Any], quant: QuantizeSection, check: CheckSection | None) -> HubSection:
-    from ..hub import REPO_ID_RE
+    from ..naming import REPO_ID_RE
 
     if not REPO_ID_RE.match(kw["repo"]):
         h.fail("repo", f"must be OWNER/NAME, got {kw['repo']!r}")
