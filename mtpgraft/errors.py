@@ -60,3 +60,7 @@ class RecipeError(MtpgraftError):
 
 class HubError(MtpgraftError):
     """A Hugging Face Hub operation failed or was refused by the verification gate."""
+
+
+class SourceError(MtpgraftError):
+    """An MTP source cannot be read or converted (bad spec, malformed safetensors, unknown architecture)."""

@@ -1,0 +1,208 @@
+"""Tiny random Hugging Face checkpoints of Qwen3.5/3.6 (dense and MoE) with an MTP head, in numpy.
+
+They have the layout of the real Qwen/Qwen3.6-27B and Qwen3.6-35B-A3B repos: `config.json` with the
+text model nested under `text_config`, the trunk under `model.language_model.*`, the head under
+top-level `mtp.*`, sharded safetensors with `model.safetensors.index.json`, and a byte-level BPE
+tokenizer that transformers loads. The same (variant, seed) always gives the same bytes, so tests
+rebuild exactly the checkpoint that scripts/make_convert_reference.py fed to llama.cpp's converter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .safetensors import write_safetensors
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    moe: bool
+    dtype: str  # safetensors dtype of every tensor: "BF16", "F16" or "F32"
+    experts: str = "fused"  # MoE expert layout: "fused" (gate_up_proj) or "per-expert"
+    shards: int = 2
+    mtp_layers: int = 1
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("dense-bf16", moe=False, dtype="BF16"),
+    Variant("dense-f16", moe=False, dtype="F16"),
+    Variant("moe-bf16", moe=True, dtype="BF16"),
+    Variant("moe-f16-per-expert", moe=True, dtype="F16", experts="per-expert", shards=1),
+)}
+
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FF, VOCAB = 64, 2, 1, 32, 128, 320
+EXPERTS, EXPERTS_USED, EXPERT_FF, SHARED_FF = 4, 2, 32, 32
+LIN_K_HEADS, LIN_V_HEADS, LIN_K_DIM, LIN_V_DIM, CONV_K = 1, 2, 16, 16, 4
+LAYER_TYPES = ["linear_attention", "full_attention"]
+
+
+def config(v: Variant) -> dict[str, Any]:
+    text: dict[str, Any] = {
+        "model_type": "qwen3_5_moe_text" if v.moe else "qwen3_5_text",
+        "hidden_size": HIDDEN, "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM, "vocab_size": VOCAB,
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "layer_types": LAYER_TYPES,
+        "full_attention_interval": 2, "linear_conv_kernel_dim": CONV_K,
+        "linear_key_head_dim": LIN_K_DIM, "linear_value_head_dim": LIN_V_DIM,
+        "linear_num_key_heads": LIN_K_HEADS, "linear_num_value_heads": LIN_V_HEADS,
+        "mtp_num_hidden_layers": v.mtp_layers, "tie_word_embeddings": False,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
+                            "mrope_section": [2, 1, 1], "mrope_interleaved": True},
+    }
+    if v.moe:
+        text.update(num_experts=EXPERTS, num_experts_per_tok=EXPERTS_USED, moe_intermediate_size=EXPERT_FF,
+                    shared_expert_intermediate_size=SHARED_FF)
+    else:
+        text["intermediate_size"] = FF
+    arch = "Qwen3_5MoeForConditionalGeneration" if v.moe else "Qwen3_5ForConditionalGeneration"
+    return {"architectures": [arch], "model_type": "qwen3_5_moe" if v.moe else "qwen3_5",
+            "text_config": text, "tie_word_embeddings": False}
+
+
+def _attention(p: str) -> dict[str, tuple[int, ...]]:
+    return {
+        f"{p}.self_attn.q_proj.weight": (2 * HEADS * HEAD_DIM, HIDDEN),
+        f"{p}.self_attn.k_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
+        f"{p}.self_attn.v_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
+        f"{p}.self_attn.o_proj.weight": (HIDDEN, HEADS * HEAD_DIM),
+        f"{p}.self_attn.q_norm.weight": (HEAD_DIM,),
+        f"{p}.self_attn.k_norm.weight": (HEAD_DIM,),
+    }
+
+
+def _linear_attention(p: str) -> dict[str, tuple[int, ...]]:
+    qkv = 2 * LIN_K_HEADS * LIN_K_DIM + LIN_V_HEADS * LIN_V_DIM
+    return {
+        f"{p}.linear_attn.in_proj_qkv.weight": (qkv, HIDDEN),
+        f"{p}.linear_attn.in_proj_z.weight": (LIN_V_HEADS * LIN_V_DIM, HIDDEN),
+        f"{p}.linear_attn.in_proj_a.weight": (LIN_V_HEADS, HIDDEN),
+        f"{p}.linear_attn.in_proj_b.weight": (LIN_V_HEADS, HIDDEN),
+        f"{p}.linear_attn.conv1d.weight": (qkv, 1, CONV_K),
+        f"{p}.linear_attn.dt_bias": (LIN_V_HEADS,),
+        f"{p}.linear_attn.A_log": (LIN_V_HEADS,),
+        f"{p}.linear_attn.norm.weight": (LIN_V_DIM,),
+        f"{p}.linear_attn.out_proj.weight": (HIDDEN, LIN_V_HEADS * LIN_V_DIM),
+    }
+
+
+def _mlp(p: str, v: Variant) -> dict[str, tuple[int, ...]]:
+    if not v.moe:
+        return {f"{p}.mlp.gate_proj.weight": (FF, HIDDEN), f"{p}.mlp.up_proj.weight": (FF, HIDDEN),
+                f"{p}.mlp.down_proj.weight": (HIDDEN, FF)}
+    out: dict[str, tuple[int, ...]] = {f"{p}.mlp.gate.weight": (EXPERTS, HIDDEN)}
+    if v.experts == "fused":
+        out[f"{p}.mlp.experts.gate_up_proj"] = (EXPERTS, 2 * EXPERT_FF, HIDDEN)
+        out[f"{p}.mlp.experts.down_proj"] = (EXPERTS, HIDDEN, EXPERT_FF)
+    else:
+        for e in range(EXPERTS):
+            out[f"{p}.mlp.experts.{e}.gate_proj.weight"] = (EXPERT_FF, HIDDEN)
+            out[f"{p}.mlp.experts.{e}.up_proj.weight"] = (EXPERT_FF, HIDDEN)
+            out[f"{p}.mlp.experts.{e}.down_proj.weight"] = (HIDDEN, EXPERT_FF)
+    out.update({f"{p}.mlp.shared_expert.gate_proj.weight": (SHARED_FF, HIDDEN),
+                f"{p}.mlp.shared_expert.up_proj.weight": (SHARED_FF, HIDDEN),
+                f"{p}.mlp.shared_expert.down_proj.weight": (HIDDEN, SHARED_FF),
+                f"{p}.mlp.shared_expert_gate.weight": (1, HIDDEN)})
+    return out
+
+
+def _block(p: str, v: Variant, kind: str) -> dict[str, tuple[int, ...]]:
+    out = {f"{p}.input_layernorm.weight": (HIDDEN,), f"{p}.post_attention_layernorm.weight": (HIDDEN,)}
+    out.update(_attention(p) if kind == "full_attention" else _linear_attention(p))
+    out.update(_mlp(p, v))
+    return out
+
+
+def tensor_shapes(v: Variant) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the checkpoint: trunk, lm_head and the MTP head."""
+    lm = "model.language_model"
+    shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN),
+                                          f"{lm}.embed_tokens.weight": (VOCAB, HIDDEN),
+                                          f"{lm}.norm.weight": (HIDDEN,)}
+    for i, kind in enumerate(LAYER_TYPES):
+        shapes.update(_block(f"{lm}.layers.{i}", v, kind))
+    shapes.update({"mtp.fc.weight": (HIDDEN, 2 * HIDDEN), "mtp.pre_fc_norm_embedding.weight": (HIDDEN,),
+                   "mtp.pre_fc_norm_hidden.weight": (HIDDEN,), "mtp.norm.weight": (HIDDEN,)})
+    for i in range(v.mtp_layers):
+        shapes.update(_block(f"mtp.layers.{i}", v, "full_attention"))
+    return shapes
+
+
+def _values(rng: np.random.Generator, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Random values; norms are stored as offsets from 1 (the converter adds the 1)."""
+    scale = 0.3 if name.endswith("norm.weight") else 0.05
+    x = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
+    if dtype == "F16":
+        return x.astype(np.float16)
+    if dtype == "BF16":  # truncate to bfloat16 bits; any bit pattern is a valid checkpoint
+        return (x.view(np.uint32) >> 16).astype(np.uint16)
+    return x
+
+
+def build_checkpoint(out_dir: str | Path, variant: str, *, seed: int = 0) -> Path:
+    """Write config.json, the tokenizer and the safetensors shards of a tiny random checkpoint."""
+    v = VARIANTS[variant]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shapes = tensor_shapes(v)
+    arrays = {n: _values(rng, n, s, v.dtype) for n, s in shapes.items()}
+    names = list(shapes)
+    # Shard like the Hub's checkpoints: trunk first, the MTP head in the last shard.
+    per = -(-len(names) // v.shards)
+    parts = [names[i:i + per] for i in range(0, len(names), per)]
+    weight_map: dict[str, str] = {}
+    for k, part in enumerate(parts, 1):
+        fname = "model.safetensors" if v.shards == 1 else f"model-{k:05d}-of-{len(parts):05d}.safetensors"
+        write_safetensors(out / fname, {n: (v.dtype, shapes[n], arrays[n].tobytes()) for n in part})
+        weight_map.update(dict.fromkeys(part, fname))
+    if v.shards > 1:
+        index = {"metadata": {"total_size": sum(a.nbytes for a in arrays.values())}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (out / "config.json").write_text(json.dumps(config(v), indent=2))
+    _write_tokenizer(out)
+    return out
+
+
+def _byte_unicode() -> list[str]:
+    """GPT-2's byte-to-unicode table: the 256 byte-level BPE base tokens."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    table = dict(zip(bs, cs, strict=True))
+    return [chr(table[b]) for b in range(256)]
+
+
+def _write_tokenizer(out: Path) -> None:
+    """A 256-byte BPE vocabulary with a few merges and two special tokens (ids below VOCAB)."""
+    base = _byte_unicode()
+    vocab = {t: i for i, t in enumerate(base)}
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("a", "n")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    specials = ["<|endoftext|>", "<|im_start|>"]
+    added = [{"id": len(vocab) + k, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for k, s in enumerate(specials)]
+    tok = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": False, "vocab": vocab, "merges": [f"{a} {b}" for a, b in merges]},
+    }
+    (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "bos_token": None, "add_bos_token": False, "model_max_length": 4096}))

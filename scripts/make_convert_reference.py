@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Make the reference MTP heads in tests/data/convert-ref/ with llama.cpp's REAL converter.
+
+mtpgraft converts the MTP head of a safetensors checkpoint itself, in numpy. These references prove
+it writes what llama.cpp's convert_hf_to_gguf.py writes, byte for byte: tests/test_sources_convert.py
+rebuilds each checkpoint from the same seed (mtpgraft.sources.checkpoints, numpy only), converts it
+with mtpgraft and compares names, types, shapes, bytes, order and the head's metadata.
+
+How the committed references were made (2026-12-01):
+- converter: convert_hf_to_gguf.py of llama.cpp 0c1e570 as unpacked by `mtpgraft toolchain` into
+  ~/.cache/mtpgraft/toolchain/llama.cpp-0c1e570/src, with its own vendored gguf-py;
+- its own venv (never a dependency of mtpgraft), Python 3.11.7:
+      python3 -m venv /tmp/convenv
+      /tmp/convenv/bin/pip install torch-2.13.0+cpu (the CPU wheel) transformers==4.57.6 \\
+          safetensors==0.8.0 sentencepiece==0.2.3 'protobuf<5' numpy==2.2.6
+  (transformers 4.57.6 does not know model_type qwen3_5, so the converter falls back to reading
+  config.json as is, exactly as mtpgraft does);
+- the command, per case: `python runconv.py SRC CHECKPOINT_DIR --outtype OUTTYPE --outfile OUT.gguf`,
+  where runconv.py (written by this script) runs convert_hf_to_gguf.py's main unchanged except for one
+  patch: `TextModel.get_vocab_base_pre` returns "qwen35". The converter identifies a BPE tokenizer by
+  hashing how it tokenizes a test string and only accepts hashes of published models; a tiny test
+  vocabulary can have none of those, and the vocabulary is stripped from the reference anyway;
+- kept: the MTP block's tensors (blk.L.* for L >= the trunk) exactly as written, and the converter's
+  values of the structural keys listed in KEPT_KEYS (vocabulary, names and size labels dropped), plus
+  `reference.*` keys saying how the file was made.
+
+Run from the repository root:  .venv/bin/python scripts/make_convert_reference.py [--convenv /tmp/convenv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from gguf import GGUFValueType as V
+
+from mtpgraft.gguf_io import GGUFModel, OutTensor, encode_kv, write_gguf
+from mtpgraft.sources.checkpoints import VARIANTS, build_checkpoint
+from mtpgraft.toolchain import toolchain_root
+
+SEED = 0
+CASES = [("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
+         ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto")]
+KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
+             "attention.head_count", "attention.head_count_kv", "attention.key_length",
+             "attention.value_length", "expert_count", "expert_used_count", "expert_feed_forward_length",
+             "expert_shared_feed_forward_length", "nextn_predict_layers", "attention.recurrent_layers",
+             "full_attention_interval")
+RUNCONV = '''import runpy, sys
+src = sys.argv[1]
+sys.path.insert(0, src)
+sys.argv = [src + "/convert_hf_to_gguf.py"] + sys.argv[2:]
+import conversion.base as base
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen35"  # see the docstring
+runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
+'''
+OUT_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "convert-ref"
+
+
+def reference_name(variant: str, outtype: str) -> str:
+    return f"{variant}-{outtype}.gguf"
+
+
+def keep(converted: Path, out: Path, variant: str, outtype: str) -> None:
+    m = GGUFModel(converted)
+    arch = m.arch
+    keys = ["general.architecture"] + [f"{arch}.{k}" for k in KEPT_KEYS] + ["general.file_type"]
+    kvs = [m.kv[k] for k in m.kv if k in keys]
+    kvs += [encode_kv("reference.converter", V.STRING, "llama.cpp 0c1e570 convert_hf_to_gguf.py"),
+            encode_kv("reference.checkpoint", V.STRING, f"mtpgraft.sources.checkpoints {variant} seed {SEED}"),
+            encode_kv("reference.outtype", V.STRING, outtype)]
+    trunk = int(m.get(f"{arch}.block_count")) - int(m.get(f"{arch}.nextn_predict_layers"))
+    mtp = [r for r in m.refs if r.name.startswith("blk.") and int(r.name.split(".")[1]) >= trunk]
+    tensors = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset) for r in mtp]
+    with open(out, "wb") as fh:
+        write_gguf(fh, kvs, tensors, alignment=m.alignment)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--convenv", default="/tmp/convenv", help="venv with torch and transformers")
+    ap.add_argument("--src", default=str(toolchain_root() / "src"), help="llama.cpp source tree")
+    args = ap.parse_args()
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    py = Path(args.convenv) / "bin" / "python"
+    with tempfile.TemporaryDirectory(prefix="mtpgraft-ref-") as tmp:
+        t = Path(tmp)
+        (t / "runconv.py").write_text(RUNCONV)
+        for variant in sorted({v for v, _ in CASES}):
+            build_checkpoint(t / variant, variant, seed=SEED)
+        for variant, outtype in CASES:
+            assert variant in VARIANTS
+            conv = t / f"{variant}-{outtype}.full.gguf"
+            cmd = [str(py), str(t / "runconv.py"), args.src, str(t / variant), "--outtype", outtype,
+                   "--outfile", str(conv)]
+            print("+", " ".join(cmd), file=sys.stderr)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            keep(conv, OUT_DIR / reference_name(variant, outtype), variant, outtype)
+            print(f"wrote {OUT_DIR / reference_name(variant, outtype)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
