@@ -68,6 +68,33 @@ def llama_cpp_option(fn: Callable[..., Any]) -> Callable[..., Any]:
                              "then the toolchain cache).")(fn)
 
 
+def hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--token and --endpoint, for commands that read from the Hub."""
+    fn = click.option("--endpoint", default=None, metavar="URL", help="Hub endpoint (else $HF_ENDPOINT).")(fn)
+    return click.option("--token", default=None, metavar="TOKEN",
+                        help="Hugging Face token (else $HF_TOKEN, else the stored `hf auth login`).")(fn)
+
+
+class FetchBar:
+    """Bytes fetched from the Hub, as a progress bar on stderr (mtpgraft.sources.FetchProgress)."""
+
+    def __init__(self, desc: str = "fetch") -> None:
+        self.desc, self.bar = desc, None
+
+    def total(self, nbytes: int) -> None:
+        self.close()
+        self.bar = progress_bar(nbytes, desc=self.desc)
+
+    def update(self, nbytes: int) -> None:
+        if self.bar is not None:
+            self.bar.update(nbytes)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
 

@@ -170,14 +170,24 @@ class TensorInfo:
 # --------------------------------------------------------------------------- one file
 
 
+class TruncatedHeaderError(GGUFFormatError):
+    """The bytes given end inside the header; `needed` is how many the next item needs."""
+
+    def __init__(self, message: str, *, needed: int) -> None:
+        super().__init__(message)
+        self.needed = needed
+
+
 class _Cursor:
-    def __init__(self, buf: memoryview, path: Path) -> None:
+    def __init__(self, buf: memoryview, path: Path, limit: int | None = None) -> None:
         self.buf, self.off, self.path = buf, 0, path
+        self.limit = len(buf) if limit is None else limit  # the whole file's size
 
     def take(self, n: int) -> memoryview:
         end = self.off + n
         if end > len(self.buf):
-            raise GGUFFormatError(f"{self.path}: truncated GGUF header (needs {end} bytes, file has {len(self.buf)})")
+            raise TruncatedHeaderError(f"{self.path}: truncated GGUF header (needs {end} bytes, file has "
+                                       f"{len(self.buf)})", needed=end)
         out = self.buf[self.off:end]
         self.off = end
         return out
@@ -190,7 +200,7 @@ class _Cursor:
 
     def string(self) -> str:
         n = self.u64()
-        if n > len(self.buf):
+        if n > self.limit:
             raise GGUFFormatError(f"{self.path}: corrupt string length {n} at offset {self.off - 8}")
         return bytes(self.take(n)).decode("utf-8", errors="replace")
 
@@ -250,6 +260,15 @@ class GGUFFile:
         finally:
             os.close(fd)
 
+    @classmethod
+    def from_prefix(cls, data: bytes, *, size: int, name: str) -> GGUFFile:
+        """Parse a header from the first bytes of a file of `size` bytes (e.g. fetched by range).
+        Raises TruncatedHeaderError, with the byte count needed next, when `data` ends too soon."""
+        self = cls.__new__(cls)
+        self.path = Path(name)
+        self._parse(memoryview(data), size)
+        return self
+
     def _parse(self, mv: memoryview, size: int) -> None:
         self.file_size = size
         magic = bytes(mv[:4])
@@ -260,7 +279,7 @@ class GGUFFile:
             if magic == b"FUGG":
                 raise GGUFFormatError(f"{self.path}: big-endian GGUF files are not supported")
             raise GGUFFormatError(f"{self.path}: not a GGUF file (magic {magic!r})")
-        cur = _Cursor(mv, self.path)
+        cur = _Cursor(mv, self.path, size)
         cur.take(4)
         self.version = cur.u32()
         if self.version not in (2, 3):
@@ -450,8 +469,11 @@ def _tensor_info_bytes(t: OutTensor, offset: int) -> bytes:
 
 
 def write_gguf(fh: BinaryIO, kvs: list[KV], tensors: list[OutTensor], *, alignment: int,
-               progress: Callable[[int], None] = lambda n: None) -> int:
-    """Write a complete GGUF v3 file to an open binary file; returns the bytes written."""
+               progress: Callable[[int], None] = lambda n: None, header_only: bool = False) -> int:
+    """Write a complete GGUF v3 file to an open binary file; returns the bytes written.
+
+    header_only: write the header and leave the tensor data a hole of the right size (a file that
+    parses like the real one, for planning without the data)."""
     header = bytearray(GGUF_MAGIC + struct.pack("<IQQ", 3, len(tensors), len(kvs)))
     for kv in kvs:
         header += kv.raw
@@ -463,6 +485,9 @@ def write_gguf(fh: BinaryIO, kvs: list[KV], tensors: list[OutTensor], *, alignme
     fh.write(header)
     fh.flush()
     fd = fh.fileno()
+    if header_only:
+        os.ftruncate(fd, len(header) + offset)
+        return len(header) + offset
     src_fds: dict[Path, int] = {}
     pos = 0
     try:

@@ -237,6 +237,22 @@ def _provenance(kvs: list[KV], changes: list[KeyChange], values: dict[str, str])
         _set_kv(kvs, k, GGUFValueType.STRING, v, changes)
 
 
+# A tensors-only source made by mtpgraft.sources (a Hub donor's MTP block, a converted safetensors
+# head) says what it was made from and which donor tensor the MTP block followed.
+CACHE_ORIGIN, CACHE_AFTER = "mtpgraft.cache.origin", "mtpgraft.cache.after"
+
+
+def source_label(src: GGUFModel) -> str:
+    """What provenance records as the MTP source: the original reference, else the file name."""
+    origin = src.get(CACHE_ORIGIN)
+    return origin if isinstance(origin, str) and origin else src.path.name
+
+
+def _source_order(src: GGUFModel) -> list[str]:
+    after = src.get(CACHE_AFTER)
+    return ([after] if isinstance(after, str) and after else []) + [r.name for r in src.refs]
+
+
 # --------------------------------------------------------------------------- type conversion
 
 
@@ -467,7 +483,7 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
     last = shards[-1]
     pos = len(last.tensors)
     if not base.is_split:
-        src_order = [r.name for r in src.refs]
+        src_order = _source_order(src)
         first = src_order.index(src_refs[0].name)
         names = [t.name for t in last.tensors]
         for prev in reversed(src_order[:first]):
@@ -482,7 +498,7 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
 
     prov = {
         f"{PROV}version": __version__,
-        f"{PROV}mtp.source": src.path.name,
+        f"{PROV}mtp.source": source_label(src),
         f"{PROV}mtp.source_sha256": "",  # apply_plan fills in the sha256 of the bytes it copies
         f"{PROV}mtp.type_policy": policy_name,
     }

@@ -7,11 +7,13 @@ from pathlib import Path
 import click
 
 from ..cli import (
+    FetchBar,
     cli,
     emit_dry_run,
     emit_json,
     error_boundary,
     force_option,
+    hub_options,
     info,
     json_option,
     llama_cpp_option,
@@ -89,9 +91,12 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
 
 
 @cli.command("attach")
-@click.argument("base", type=click.Path(path_type=Path))
-@click.option("--mtp-from", "source", required=True, type=click.Path(path_type=Path), metavar="SOURCE",
-              help="GGUF holding the MTP block: a full MTP model, an MTP-only file, or just the MTP tensors.")
+@click.argument("base", metavar="BASE")
+@click.option("--mtp-from", "source", required=True, metavar="SOURCE",
+              help="Where the MTP block comes from: a GGUF (a full MTP model, an MTP-only file, or just the "
+                   "MTP tensors), a safetensors snapshot folder or file (converted like convert_hf_to_gguf.py), "
+                   "or the Hub: hf://OWNER/REPO/FILE.gguf, hf://OWNER/REPO:QUANT, hf://OWNER/REPO (safetensors), "
+                   "each with an optional @REVISION. From the Hub only headers and MTP tensors are fetched.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output file.")
 @click.option("--mtp-type", default=None, metavar="keep|q8_0|match|TYPE",
               help="MTP tensor type: keep (bytes unchanged), q8_0, match (the body's type per tensor), or a "
@@ -99,17 +104,36 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
                    "float type for an unquantized one.")
 @click.option("--replace", is_flag=True, help="Replace the base's own MTP block.")
 @force_option
-@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing (fetches headers only).")
+@hub_options
 @llama_cpp_option
 @json_option
 @error_boundary
-def attach_cmd(base: Path, source: Path, out: Path, mtp_type: str | None, replace: bool, force: bool,
-               dry_run: bool, llama_cpp: str | None, as_json: bool) -> None:
-    """Transplant the MTP block from SOURCE into BASE and fix the metadata so llama.cpp loads it."""
-    from ..graft import plan_attach
+def attach_cmd(base: str, source: str, out: Path, mtp_type: str | None, replace: bool, force: bool,
+               dry_run: bool, token: str | None, endpoint: str | None, llama_cpp: str | None,
+               as_json: bool) -> None:
+    """Transplant the MTP block from SOURCE into BASE and fix the metadata so llama.cpp loads it.
 
-    plan = plan_attach(base, source, out, mtp_type=mtp_type, replace=replace, force=force, llama_cpp=llama_cpp)
-    _run_plan(plan, dry_run, as_json)
+    BASE is a GGUF, or hf://OWNER/REPO/FILE.gguf or hf://OWNER/REPO:QUANT (downloaded whole into the
+    Hugging Face cache, where llama-server -hf finds it too)."""
+    from ..sources import plan_attach_from
+
+    bar = FetchBar("MTP source")
+    try:
+        plan, src = plan_attach_from(base, source, out, mtp_type=mtp_type, replace=replace, force=force,
+                                     llama_cpp=llama_cpp, token=token, endpoint=endpoint, progress=bar,
+                                     plan_only=dry_run)
+    finally:
+        bar.close()
+    try:
+        if src.kind.startswith("hub"):
+            info(f"MTP source {src.label}: fetched {src.fetched_bytes:,} bytes "
+                 f"({src.header_bytes:,} of headers, {src.mtp_bytes:,} of MTP tensors"
+                 + (", from the cache" if src.cached else "") + ")")
+        _run_plan(plan, dry_run, as_json)
+    finally:
+        if src.temporary:
+            src.path.unlink(missing_ok=True)
 
 
 @cli.command("detach")

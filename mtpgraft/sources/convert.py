@@ -468,10 +468,13 @@ def tensor_producer(t: HeadTensor, locate: Locate) -> Callable[[], Iterator[byte
     return gen
 
 
-def write_head(plan: HeadPlan, locate: Locate, out: Path, *, extra_kvs: Sequence[KV] = (),
+def write_head(plan: HeadPlan, locate: Locate | None, out: Path, *, extra_kvs: Sequence[KV] = (),
                progress: Callable[[int], None] = lambda n: None) -> None:
-    """Write the head as a GGUF holding the plan's keys (+ extra_kvs) and only the MTP tensors."""
-    tensors = [OutTensor(t.name, t.ne, int(Q[t.ggml_type]), t.nbytes, produce=tensor_producer(t, locate))
+    """Write the head as a GGUF holding the plan's keys (+ extra_kvs) and only the MTP tensors
+    (locate None: the header only, the data left a hole, for planning)."""
+    tensors = [OutTensor(t.name, t.ne, int(Q[t.ggml_type]), t.nbytes,
+                         produce=tensor_producer(t, locate) if locate is not None else None)
                for t in plan.tensors]
     with open(out, "wb") as fh:
-        write_gguf(fh, encode_head_kvs(plan) + list(extra_kvs), tensors, alignment=32, progress=progress)
+        write_gguf(fh, encode_head_kvs(plan) + list(extra_kvs), tensors, alignment=32, progress=progress,
+                   header_only=locate is None)

@@ -1,0 +1,403 @@
+"""Turn an MTP source spec into a local GGUF that graft.plan_attach takes.
+
+A local GGUF is used as it is. Everything else becomes a tensors-only GGUF in the mtpgraft cache
+(`mtp-sources/`): safetensors heads converted in numpy, Hub GGUF donors cut down to their metadata
+and MTP tensors. Such a file records what it was made from (`mtpgraft.cache.origin`, e.g.
+`hf://Qwen/Qwen3.6-27B@<commit>`), which the graft's provenance records instead of the cache name.
+Every check against the base runs on headers and config.json, before any tensor byte is fetched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import GraftError, HubError, SourceError, UsageError
+from ..gguf_io import GGUFModel, encode_kv
+from . import convert, donor
+from .hubfiles import RETRIES, HubRepo, open_repo
+from .safetensors import STHeader, header_length, parse_header, weight_map
+from .spec import HubRef, is_hub, parse_hub
+
+INDEX = "model.safetensors.index.json"
+
+
+class FetchProgress:
+    """What the resolver reports while fetching: the bytes it is about to fetch, then each chunk."""
+
+    def total(self, nbytes: int) -> None:  # pragma: no cover - the null reporter
+        pass
+
+    def update(self, nbytes: int) -> None:  # pragma: no cover - the null reporter
+        pass
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    spec: str  # as given
+    path: Path  # a local GGUF for graft.plan_attach
+    label: str  # what provenance records
+    kind: str  # "gguf" | "safetensors" | "hub-gguf" | "hub-safetensors"
+    commit: str | None = None  # the resolved Hub commit
+    fetched_bytes: int = 0  # received from the Hub by this call
+    header_bytes: int = 0  # header / config bytes the source needed (fetched or cached)
+    mtp_bytes: int = 0  # MTP tensor bytes the source needed (fetched or cached)
+    cached: bool = False  # the tensors-only file was already in the cache
+    temporary: bool = False  # a header-only file for planning (plan_only): the caller deletes it
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """How to reach the Hub; `sleep` and `retries` are injectable so tests need not wait."""
+
+    token: str | None = None
+    endpoint: str | None = None
+    sleep: Callable[[float], None] = time.sleep
+    retries: int = RETRIES
+
+
+def sources_cache() -> Path:
+    from ..toolchain import cache_dir
+
+    return cache_dir() / "mtp-sources"
+
+
+def resolve_mtp_source(spec: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None,
+                       token: str | None = None, endpoint: str | None = None, outtype: str = "auto",
+                       progress: FetchProgress | None = None, hub: HubOptions | None = None,
+                       plan_only: bool = False) -> ResolvedSource:
+    """Resolve SPEC (see mtpgraft.sources.spec) into a local GGUF holding at least the MTP block.
+
+    With `base` (a local GGUF), the source is checked against it on headers and config only.
+    plan_only: fetch headers only and return a temporary file whose tensor data is a hole (enough
+    for graft.plan_attach, which reads headers only; `--dry-run`)."""
+    opts = hub or HubOptions(token=token, endpoint=endpoint)
+    prog = progress or FetchProgress()
+    base_model = GGUFModel(base) if base is not None else None
+    text = os.fspath(spec)
+    if is_hub(text):
+        ref = parse_hub(text)
+        repo = _open(ref, opts, prog)
+        if ref.kind == "safetensors":
+            return _hub_safetensors(text, ref, repo, base_model, outtype, prog, plan_only)
+        path = ref.path if ref.kind == "gguf" else pick_quant(ref, repo)
+        return _hub_gguf(text, ref, repo, path, base_model, prog, plan_only)
+    p = Path(text)
+    if p.is_dir() or p.suffix == ".safetensors":
+        return _local_safetensors(text, p, base_model, outtype, plan_only)
+    return ResolvedSource(text, p, p.name, "gguf")
+
+
+# --------------------------------------------------------------------------- files
+
+
+class LocalFiles:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def size(self, path: str) -> int:
+        try:
+            return (self.root / path).stat().st_size
+        except FileNotFoundError:
+            raise SourceError(f"{self.root / path}: no such file") from None
+
+    def read(self, path: str, start: int, end: int) -> bytes:
+        with open(self.root / path, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+
+    def label(self, path: str) -> str:
+        return str(self.root / path)
+
+
+class RepoFiles:
+    def __init__(self, repo: HubRepo) -> None:
+        self.repo = repo
+
+    def size(self, path: str) -> int:
+        return self.repo.require(path)
+
+    def read(self, path: str, start: int, end: int) -> bytes:
+        return self.repo.read(path, start, end)
+
+    def label(self, path: str) -> str:
+        return self.repo.label(path)
+
+
+def _open(ref: HubRef, opts: HubOptions, prog: FetchProgress) -> HubRepo:
+    from ..hub import make_api
+
+    api = make_api(endpoint=opts.endpoint, token=opts.token)
+    return open_repo(ref, api=api, cache_root=sources_cache() / "ranges", sleep=opts.sleep,
+                     retries=opts.retries, progress=prog.update)
+
+
+def _fetch_spans(repo: HubRepo, spans: list[tuple[str, int, int]], prog: FetchProgress,
+                 max_gap: int) -> Callable[[str, int], tuple[Path, int]]:
+    """Fetch the merged byte spans (progress counts only what is not cached) and say where each
+    tensor starting at (file, offset) lies."""
+    merged = donor.merge_spans(spans, max_gap)
+    prog.total(sum(e - s for f, s, e in merged if not repo.cached(f, s, e)))
+    where = [(f, s, e, repo.fetch(f, s, e)) for f, s, e in merged]
+
+    def locate(file: str, start: int) -> tuple[Path, int]:
+        for f, s, e, p in where:
+            if f == file and s <= start < e:
+                return p, start - s
+        raise KeyError((file, start))  # pragma: no cover - every span was fetched above
+
+    return locate
+
+
+def _cache_file(*parts: object) -> Path:
+    digest = hashlib.sha256(json.dumps([__version__, *map(str, parts)]).encode()).hexdigest()[:24]
+    return sources_cache() / f"{digest}.gguf"
+
+
+def _target(plan_only: bool, *parts: object) -> tuple[Path, bool]:
+    """Where the tensors-only file goes (the cache, or a temporary for planning) and whether it is
+    there already."""
+    if plan_only:
+        sources_cache().mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".gguf", dir=sources_cache())
+        os.close(fd)
+        return Path(tmp), False
+    out = _cache_file(*parts)
+    return out, out.is_file()
+
+
+def _write_atomic(out: Path, write: Callable[[Path], None]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------- GGUF donors on the Hub
+
+
+def _hub_gguf(spec: str, ref: HubRef, repo: HubRepo, path: str, base: GGUFModel | None,
+              prog: FetchProgress, plan_only: bool) -> ResolvedSource:
+    files = RepoFiles(repo)
+    files.size(path)
+    head = donor.plan_donor(files, path)
+    origin = HubRef(ref.repo_id, "gguf", path=path).label(repo.commit)
+    if base is not None:
+        donor.check_donor(head, base, origin)
+    out, cached = _target(plan_only, "hub-gguf", repo.api.endpoint, repo.repo_id, repo.commit, path)
+    if plan_only:
+        donor.write_tensors_only(head, None, out, origin)
+    elif not cached:
+        spans = [(t.shard, t.start, t.end) for t in head.tensors]
+        locate = _fetch_spans(repo, spans, prog, max_gap=head.first.alignment)
+        located = {(t.shard, t.start): locate(t.shard, t.start) for t in head.tensors}
+        _write_atomic(out, lambda tmp: donor.write_tensors_only(head, located, tmp, origin))
+    return ResolvedSource(spec, out, origin, "hub-gguf", repo.commit, repo.fetched, head.header_bytes,
+                          head.mtp_bytes, cached, plan_only, (f"read the header(s) of {', '.join(head.shards_read)}",))
+
+
+def pick_quant(ref: HubRef, repo: HubRepo) -> str:
+    from ..naming import pick_hf_model_file
+
+    assert ref.quant is not None
+    path = pick_hf_model_file(list(repo.files), ref.quant)
+    if path is None:
+        ggufs = sorted(p for p in repo.files if p.endswith(".gguf"))
+        raise HubError(f"{ref.label(repo.commit)}: no GGUF for tag {ref.quant} in {ref.repo_id}"
+                       + (f" (it has {', '.join(ggufs[:6])}{' ...' if len(ggufs) > 6 else ''})" if ggufs
+                          else " (it has no GGUF files)"))
+    return path
+
+
+# --------------------------------------------------------------------------- safetensors
+
+
+def _st_headers(files: donor.Files, names: list[str]) -> tuple[list[STHeader], int]:
+    out, nread = [], 0
+    for n in names:
+        size = files.size(n)
+        first8 = files.read(n, 0, min(8, size))
+        hl = header_length(first8, files.label(n))
+        data = first8 + (files.read(n, 8, 8 + hl) if hl else b"")
+        out.append(parse_header(data, files.label(n), file_size=size))
+        nread += 8 + hl
+    return out, nread
+
+
+def _mtp_shards(files: donor.Files, all_files: list[str], folder: str, label: str) -> tuple[list[str], int]:
+    """The shards to read headers of: those holding mtp.* (by the index) and the first one (the
+    converter's output type follows the first 2-D tensor of the whole checkpoint)."""
+    index = f"{folder}{INDEX}"
+    if index in all_files:
+        size = files.size(index)
+        wm = weight_map(files.read(index, 0, size), files.label(index))
+        shards = sorted(set(wm.values()))
+        mtp = sorted({f for n, f in wm.items() if n.startswith(("mtp.", "model.mtp."))})
+        if not mtp:
+            raise GraftError(f"{label} has no MTP tensors (no mtp.* tensor in {INDEX})")
+        names = sorted({shards[0], *mtp})
+        return [f"{folder}{n}" for n in names], size
+    names = sorted(f for f in all_files if f.startswith(f"{folder}model") and f.endswith(".safetensors")
+                   and "/" not in f[len(folder):])
+    if not names:
+        raise SourceError(f"{label}: no model*.safetensors files and no {INDEX}")
+    return names, 0
+
+
+def _plan_safetensors(files: donor.Files, config_path: str, shard_names: list[str], base: GGUFModel | None,
+                      outtype: str, label: str) -> tuple[convert.HeadPlan, int]:
+    size = files.size(config_path)
+    raw = files.read(config_path, 0, size)
+    try:
+        config = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise SourceError(f"{files.label(config_path)}: not valid JSON") from None
+    headers, nread = _st_headers(files, shard_names)
+    plan = convert.plan_head(config, [(h.file, h.tensors) for h in headers], outtype=outtype, label=label)
+    if base is not None:
+        convert.check_head_against_base(plan, config, base, label=label)
+    return plan, nread + size
+
+
+def _head_extra(origin: str) -> list[Any]:
+    """Provenance of a converted head, and where the converter puts the MTP block: after
+    output_norm (safetensors order: lm_head, the trunk, the final norm, then mtp.*)."""
+    from gguf import GGUFValueType
+
+    return [encode_kv(donor.ORIGIN_KEY, GGUFValueType.STRING, origin),
+            encode_kv(donor.AFTER_KEY, GGUFValueType.STRING, "output_norm.weight")]
+
+
+def _local_safetensors(spec: str, p: Path, base: GGUFModel | None, outtype: str,
+                       plan_only: bool) -> ResolvedSource:
+    if not p.exists():
+        raise SourceError(f"{p}: no such file or folder")
+    root = p if p.is_dir() else p.parent
+    files = LocalFiles(root)
+    label = p.name + ("/" if p.is_dir() else "")
+    if not (root / "config.json").is_file():
+        raise SourceError(f"{root / 'config.json'}: not found; a safetensors source needs the model's config.json")
+    if p.is_dir():
+        listing = sorted(str(q.relative_to(root)) for q in root.iterdir() if q.is_file())
+        shards, index_bytes = _mtp_shards(files, listing, "", label)
+    else:
+        shards, index_bytes = [p.name], 0
+    plan, nread = _plan_safetensors(files, "config.json", shards, base, outtype, label)
+    stamp = [(s, (root / s).stat().st_size, (root / s).stat().st_mtime_ns) for s in shards + ["config.json"]]
+    out, cached = _target(plan_only, "local-safetensors", str(root.resolve()), stamp, outtype)
+    if plan_only:
+        convert.write_head(plan, None, out, extra_kvs=_head_extra(label))
+    elif not cached:
+        _write_atomic(out, lambda tmp: convert.write_head(
+            plan, lambda piece: (root / piece.file, piece.src.start), tmp, extra_kvs=_head_extra(label)))
+    return ResolvedSource(spec, out, label, "safetensors", None, 0, nread + index_bytes, plan.source_bytes, cached,
+                          plan_only, (_converted(plan),))
+
+
+def _converted(plan: convert.HeadPlan) -> str:
+    return f"converted {len(plan.tensors)} MTP tensors ({plan.hf_arch} -> {plan.arch}, {plan.outtype})"
+
+
+def _hub_safetensors(spec: str, ref: HubRef, repo: HubRepo, base: GGUFModel | None, outtype: str,
+                     prog: FetchProgress, plan_only: bool) -> ResolvedSource:
+    files = RepoFiles(repo)
+    folder = str(Path(ref.path).parent) + "/" if ref.path and "/" in ref.path else ""
+    config_path = f"{folder}config.json"
+    origin = ref.label(repo.commit)
+    if config_path not in repo.files:
+        if any(f.endswith(".gguf") for f in repo.files) and not ref.path:
+            raise SourceError(f"{origin}: no config.json (a GGUF repo: name the file, hf://{ref.repo_id}/FILE.gguf, "
+                              f"or a tag, hf://{ref.repo_id}:Q8_0)")
+        raise SourceError(f"{origin}: no config.json in {ref.repo_id}; a safetensors source needs it")
+    if ref.path:
+        files.size(ref.path)
+        shards, index_bytes = [ref.path], 0
+    else:
+        shards, index_bytes = _mtp_shards(files, list(repo.files), folder, origin)
+    plan, nread = _plan_safetensors(files, config_path, shards, base, outtype, origin)
+    out, cached = _target(plan_only, "hub-safetensors", repo.api.endpoint, repo.repo_id, repo.commit, shards,
+                          outtype)
+    if plan_only:
+        convert.write_head(plan, None, out, extra_kvs=_head_extra(origin))
+    elif not cached:
+        spans = [(f, t.start, t.end) for f, t in plan.ranges()]
+        locate = _fetch_spans(repo, spans, prog, max_gap=0)
+        _write_atomic(out, lambda tmp: convert.write_head(
+            plan, lambda piece: locate(piece.file, piece.src.start), tmp, extra_kvs=_head_extra(origin)))
+    return ResolvedSource(spec, out, origin, "hub-safetensors", repo.commit, repo.fetched, nread + index_bytes,
+                          plan.source_bytes, cached, plan_only, (_converted(plan),))
+
+
+# --------------------------------------------------------------------------- a base on the Hub
+
+
+def resolve_base(spec: str | os.PathLike[str], *, token: str | None = None,
+                 endpoint: str | None = None) -> Path:
+    """A base given as hf://: downloaded whole (every shard) into the standard Hugging Face cache,
+    the one `llama-server -hf` reads too. A local path is returned unchanged."""
+    text = os.fspath(spec)
+    if not is_hub(text):
+        return Path(text)
+    ref = parse_hub(text)
+    if ref.kind == "safetensors":
+        raise UsageError(f"{text}: a base must be a GGUF (hf://OWNER/REPO/FILE.gguf or hf://OWNER/REPO:QUANT)")
+    from huggingface_hub import hf_hub_download
+
+    from ..gguf_io import SPLIT_RE
+    from ..hub import make_api
+
+    api = make_api(endpoint=endpoint, token=token)
+    repo = open_repo(ref, api=api, cache_root=sources_cache() / "ranges")
+    path = ref.path if ref.kind == "gguf" else pick_quant(ref, repo)
+    repo.require(path)
+    names = [path]
+    if m := SPLIT_RE.match(Path(path).name):
+        count = int(m["count"])
+        folder = str(Path(path).parent)
+        names = [(f"{folder}/" if folder != "." else "") + f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf"
+                 for i in range(1, count + 1)]
+        for n in names:
+            repo.require(n)
+    from .hubfiles import source_errors
+
+    local = []
+    with source_errors(ref, api):
+        for n in names:
+            local.append(hf_hub_download(ref.repo_id, n, revision=repo.commit, token=api.token,
+                                         endpoint=api.endpoint))
+    return Path(local[0])
+
+
+def plan_attach_from(base: str | os.PathLike[str], source: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                     token: str | None = None, endpoint: str | None = None, progress: FetchProgress | None = None,
+                     plan_only: bool = False, hub: HubOptions | None = None, **attach: Any) -> tuple[Any, ResolvedSource]:
+    """`mtpgraft attach` with any base and source spec: resolve both, then graft.plan_attach."""
+    from ..graft import plan_attach
+
+    opts = hub or HubOptions(token=token, endpoint=endpoint)
+    base_path = resolve_base(base, token=opts.token, endpoint=opts.endpoint)
+    src = resolve_mtp_source(source, base=base_path, progress=progress, hub=opts, plan_only=plan_only)
+    try:
+        return plan_attach(base_path, src.path, out, **attach), src
+    except BaseException:
+        if src.temporary:
+            src.path.unlink(missing_ok=True)
+        raise

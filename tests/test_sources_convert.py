@@ -1,0 +1,182 @@
+"""Safetensors MTP heads converted by mtpgraft equal what llama.cpp's convert_hf_to_gguf.py wrote.
+
+The references in tests/data/convert-ref/ were made by the real converter (scripts/
+make_convert_reference.py says how); here the same checkpoints are rebuilt from the same seed in
+numpy and converted by mtpgraft, then compared tensor by tensor, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from ggufgen import make_model
+
+import mtpgraft.commands  # noqa: F401 - registers the commands
+from mtpgraft.cli import cli
+from mtpgraft.errors import GraftError, SourceError
+from mtpgraft.gguf_io import GGUFModel
+from mtpgraft.sources import resolve_mtp_source
+from mtpgraft.sources.checkpoints import build_checkpoint
+
+REF = Path(__file__).parent / "data" / "convert-ref"
+CASES = [("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
+         ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto")]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def tensors(path: Path) -> list[tuple[str, tuple[int, ...], str, bytes]]:
+    m = GGUFModel(path)
+    out = []
+    with open(path, "rb") as f:
+        for r in m.refs:
+            f.seek(r.abs_offset)
+            out.append((r.name, r.info.ne, r.info.type_name, f.read(r.info.nbytes)))
+    return out
+
+
+def head_kvs(path: Path) -> dict[str, bytes]:
+    """The converter's metadata (raw encoded entries), without mtpgraft's and the reference's own keys."""
+    return {k: kv.raw for k, kv in GGUFModel(path).kv.items() if not k.startswith(("mtpgraft.", "reference."))}
+
+
+def test_references_exist_and_are_small():
+    files = sorted(REF.glob("*.gguf"))
+    assert [f.name for f in files] == sorted(f"{v}-{o}.gguf" for v, o in CASES)
+    assert sum(f.stat().st_size for f in files) < 3 << 20
+
+
+@pytest.mark.parametrize(("variant", "outtype"), CASES)
+def test_converted_head_equals_the_real_converter(tmp_path, variant, outtype):
+    ckpt = build_checkpoint(tmp_path / variant, variant, seed=0)
+    src = resolve_mtp_source(ckpt, outtype=outtype)
+    ref = REF / f"{variant}-{outtype}.gguf"
+    got, want = tensors(src.path), tensors(ref)
+    assert [t[:3] for t in got] == [t[:3] for t in want]  # names, shapes, types, order
+    for g, w in zip(got, want, strict=True):
+        assert g[3] == w[3], f"{g[0]} differs from the converter's bytes"
+    assert head_kvs(src.path) == head_kvs(ref)
+    assert list(head_kvs(src.path)) == list(head_kvs(ref))  # key order too
+    assert src.kind == "safetensors" and src.label == f"{variant}/"
+
+
+def test_single_safetensors_file_and_folder_give_the_same_head(tmp_path):
+    ckpt = build_checkpoint(tmp_path / "m", "moe-f16-per-expert")  # one shard: model.safetensors
+    a = resolve_mtp_source(ckpt / "model.safetensors")
+    b = resolve_mtp_source(ckpt)
+    assert tensors(a.path) == tensors(b.path) == tensors(REF / "moe-f16-per-expert-auto.gguf")
+    assert a.label == "model.safetensors"
+
+
+def test_conversion_is_cached_and_inputs_untouched(tmp_path):
+    ckpt = build_checkpoint(tmp_path / "d", "dense-bf16")
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    a = resolve_mtp_source(ckpt)
+    b = resolve_mtp_source(ckpt)
+    assert not a.cached and b.cached and a.path == b.path
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+
+
+def _base(tmp_path: Path, **kw) -> Path:
+    """A trunk-only qwen35 GGUF whose sizes fit the tiny checkpoints (2 layers, n_embd 64, 320 tokens)."""
+    args = {"arch": "qwen35", "trunk": 2, "layout": "base", "n_embd": 64, "vocab": 320, "n_ff": 128} | kw
+    return make_model(tmp_path / "base.gguf", **args)
+
+
+def test_attach_from_a_snapshot_folder(tmp_path):
+    ckpt = build_checkpoint(tmp_path / "Qwen-tiny", "dense-bf16")
+    base = _base(tmp_path)
+    out = tmp_path / "out.gguf"
+    r = CliRunner().invoke(cli, ["attach", str(base), "--mtp-from", str(ckpt), "-o", str(out), "--mtp-type", "keep"])
+    assert r.exit_code == 0, r.output
+    m = GGUFModel(out)
+    assert m.get("qwen35.block_count") == 3 and m.get("qwen35.nextn_predict_layers") == 1
+    assert m.get("mtpgraft.mtp.source") == "Qwen-tiny/"
+    assert m.get("qwen35.attention.recurrent_layers")[-1] is False
+    mtp = [t for t in tensors(out) if t[0].startswith("blk.2.")]
+    assert mtp == tensors(REF / "dense-bf16-auto.gguf")
+    # the converter's place for the block: right after output_norm
+    names = [r.name for r in m.refs]
+    assert names[names.index("output_norm.weight") + 1] == "blk.2.nextn.eh_proj.weight"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"n_embd": 128}, "config.json hidden_size = 64, the base's qwen35.embedding_length = 128"),
+    ({"vocab": 300}, "config.json vocab_size = 320, the base has 300 tokens"),
+    ({"trunk": 3}, "config.json num_hidden_layers = 2, the base's trunk has 3 layers"),
+    ({"arch": "qwen35moe"}, "Qwen3_5ForConditionalGeneration (qwen35); the base is qwen35moe"),
+])
+def test_config_that_does_not_fit_the_base_is_refused_before_converting(tmp_path, change, message):
+    """The config check's own message: it runs before the head is converted (graft would refuse later,
+    in other words); the Hub tests show no tensor byte is fetched."""
+    ckpt = build_checkpoint(tmp_path / "ck", "dense-bf16")
+    base = _base(tmp_path, **change)
+    r = CliRunner().invoke(cli, ["attach", str(base), "--mtp-from", str(ckpt), "-o", str(tmp_path / "o.gguf")])
+    assert r.exit_code == 1
+    assert r.output.strip() == f"mtpgraft: error: ck/ does not fit the base: {message}" or \
+        r.output.strip() == f"mtpgraft: error: ck/ is {message}"
+    assert not (tmp_path / "o.gguf").exists()
+    assert not list((tmp_path / "cache" / "mtp-sources").glob("*.gguf"))
+
+
+def _edit_config(ckpt: Path, **text) -> None:
+    cfg = json.loads((ckpt / "config.json").read_text())
+    for k, v in text.items():
+        if k == "architectures":
+            cfg[k] = v
+        else:
+            cfg["text_config"][k] = v
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"mtp_num_hidden_layers": 0}, "ck: no MTP head: config.json gives mtp_num_hidden_layers = 0"),
+    ({"architectures": ["LlamaForCausalLM"]}, "ck: no MTP head conversion for architecture LlamaForCausalLM "
+     "(mtpgraft converts Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM, "
+     "Qwen3_5MoeForConditionalGeneration; use a GGUF donor for the others)"),
+    ({"architectures": ["DeepseekV3ForCausalLM"]}, "ck: DeepseekV3ForCausalLM: llama.cpp's converter drops "
+     "DeepSeek-V3's MTP layers (deepseek2 keeps MTP only for GLM-4.7-Flash), so there is no GGUF head to build"),
+])
+def test_unconvertible_checkpoints_are_refused_in_one_line(tmp_path, edit, message):
+    ckpt = build_checkpoint(tmp_path / "ck", "dense-bf16")
+    _edit_config(ckpt, **edit)
+    with pytest.raises(SourceError) as e:
+        resolve_mtp_source(ckpt)
+    assert str(e.value).replace("ck/", "ck") == message
+
+
+def test_checkpoint_without_mtp_tensors(tmp_path):
+    ckpt = build_checkpoint(tmp_path / "ck", "dense-bf16")
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    index["weight_map"] = {k: v for k, v in index["weight_map"].items() if not k.startswith("mtp.")}
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(GraftError, match=r"^ck/ has no MTP tensors \(no mtp\.\* tensor in "
+                                         r"model\.safetensors\.index\.json\)$"):
+        resolve_mtp_source(ckpt)
+
+
+def test_missing_config_json(tmp_path):
+    ckpt = build_checkpoint(tmp_path / "ck", "dense-bf16")
+    (ckpt / "config.json").unlink()
+    with pytest.raises(SourceError, match="config.json: not found; a safetensors source needs the model's config.json"):
+        resolve_mtp_source(ckpt)
+
+
+def test_dry_run_writes_nothing_and_reads_no_tensor(tmp_path):
+    ckpt = build_checkpoint(tmp_path / "ck", "dense-bf16")
+    base = _base(tmp_path)
+    shutil.copy(ckpt / "config.json", tmp_path / "config.keep")
+    r = CliRunner().invoke(cli, ["attach", str(base), "--mtp-from", str(ckpt), "-o", str(tmp_path / "o.gguf"),
+                                 "--dry-run", "--json"])
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.output[r.output.index("{"):])
+    assert plan["dry_run"] is True and plan["mtp_layers"] == [2]
+    assert {a["name"] for a in plan["tensors"]} == {t[0] for t in tensors(REF / "dense-bf16-auto.gguf")}
+    assert not (tmp_path / "o.gguf").exists()
+    assert not list((tmp_path / "cache" / "mtp-sources").glob("*.gguf"))
