@@ -23,7 +23,8 @@ X-Linked-Etag (the sha256) and X-Linked-Size, as the Hub does. File bodies honou
 (206 + Content-Range, 416 when unsatisfiable) and carry ETag, Content-Length and
 Accept-Ranges. `hub.bytes_sent` counts file-body bytes sent (per request in `hub.requests`);
 `hub.drop(pattern, after, times)` cuts a matching file body after `after` bytes.
-`hub.put_files(repo, {path: bytes})` lays out a repo directly (.gguf files as LFS objects).
+`hub.put_files(repo, {path: bytes})` lays out a repo directly (.gguf and .safetensors files as LFS
+objects); `hub.repos[repo].gated = {users}` gates a repo (files need a user who accepted, as on the Hub).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Repo:
     commits: dict[str, Commit] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)  # "main" / "refs/pr/1" -> commit oid
     prs: int = 0
+    gated: set[str] | None = None  # gated repo: the users who accepted its terms
 
     def resolve(self, rev: str) -> Commit | None:
         if rev in self.refs:
@@ -241,7 +243,7 @@ class FakeHub:
             head = repo.commits[repo.refs[branch]]
             new = dict(head.files)
             for path, data in files.items():
-                if path.endswith(".gguf") or len(data) >= LFS_MIN_SIZE:
+                if path.endswith((".gguf", ".safetensors")) or len(data) >= LFS_MIN_SIZE:
                     sha = hashlib.sha256(data).hexdigest()
                     self.lfs_objects[sha] = data
                     new[path] = Entry(len(data), git_blob_oid(lfs_pointer(sha, len(data))), sha256=sha,
@@ -474,6 +476,7 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self._repo(repo_id)
         commit = self._commit(repo, rev)
         self._send(200, {"id": repo_id, "modelId": repo_id, "sha": commit.oid, "private": repo.private,
+                         "gated": "manual" if repo.gated is not None else False,
                          "siblings": [{"rfilename": p} for p in sorted(commit.files)],
                          "lastModified": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(commit.date))})
 
@@ -619,7 +622,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, out)
 
     def _resolve(self, repo_id: str, rev: str, path: str) -> None:
-        commit = self._commit(self._repo(repo_id), rev)
+        repo = self._repo(repo_id)
+        if repo.gated is not None:  # as huggingface.co: metadata is public, files need access
+            user = self._user()
+            if user is None:
+                raise HubError(401, f"Access to model {repo_id} is restricted. You must have access to it "
+                                    "and be authenticated to access it. Please log in.", "GatedRepo")
+            if user not in repo.gated:
+                raise HubError(403, f"Access to model {repo_id} is restricted and you are not in the "
+                                    "authorized list.", "GatedRepo")
+        commit = self._commit(repo, rev)
         entry = commit.files.get(path)
         if entry is None or entry.content is None:
             raise HubError(404, "Entry not found", "EntryNotFound")

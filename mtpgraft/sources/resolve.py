@@ -237,7 +237,7 @@ def _st_headers(files: donor.Files, names: list[str]) -> tuple[list[STHeader], i
         first8 = files.read(n, 0, min(8, size))
         hl = header_length(first8, files.label(n))
         data = first8 + (files.read(n, 8, 8 + hl) if hl else b"")
-        out.append(parse_header(data, files.label(n), file_size=size))
+        out.append(parse_header(data, n, file_size=size))
         nread += 8 + hl
     return out, nread
 
