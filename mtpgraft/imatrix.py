@@ -105,6 +105,7 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
     for name, v in (("--ctx", ctx), ("--chunks", chunks), ("--batch", batch), ("--threads", threads)):
         if v is not None and v < 1:
             raise QuantizeError(f"{name} must be >= 1, got {v}")
+    _check_calibration_length(cal, size, ctx)
     tool = str(find_tool("llama-imatrix", llama_cpp))
     tmp = out.with_name(f".{out.name}.partial.gguf")
     cmd = [tool, "-m", str(m.resolve()), "-f", cal.name, "-o", str(tmp)]
@@ -194,6 +195,19 @@ def run_imatrix(plan: ImatrixPlan, *, log_path: str | os.PathLike[str] | None = 
         out.unlink(missing_ok=True)
         raise QuantizeError("llama-imatrix wrote an imatrix without entries; removed it")
     return ImatrixResult(plan, info, time.perf_counter() - t0, str(log_path) if log_path else None)
+
+
+def _check_calibration_length(cal: Path, size: int, ctx: int | None) -> None:
+    """Refuse a text that cannot fill two contexts before llama-imatrix runs: it needs 2 x ctx tokens,
+    and no tokenizer makes more than one token per byte plus BOS/EOS. (llama-imatrix's own message
+    is printed by an asynchronous logger that exit() can cut off, so it cannot be relied on.)"""
+    if ctx is None:
+        return
+    at_most = size + 2
+    if at_most < 2 * ctx:
+        raise QuantizeError(f"calibration file {cal.name} is too short: you need at least {2 * ctx} "
+                            f"tokens for a context of {ctx} tokens, and its {size} bytes give at most "
+                            f"{at_most}; use a longer text or a smaller --ctx")
 
 
 def _imatrix_reason(tail: str) -> str:
