@@ -320,3 +320,52 @@ def test_base_from_the_hub_is_downloaded_into_the_hf_cache(hub, models, tmp_path
     assert remote.read_bytes() == local.read_bytes()
     cached = list((tmp_path / "hf_home" / "hub" / "models--tester--Tiny-base" / "snapshots").glob("*/Tiny-base-F16.gguf"))
     assert len(cached) == 1 and cached[0].read_bytes() == models["base"].read_bytes()
+
+
+# --------------------------------------------------------------------------- quant tags
+
+
+def test_quant_tag_picks_the_file_llama_server_would(hub, models, tmp_path):
+    donor = models["donor"].read_bytes()
+    c = hub.put_files(DONOR, {"mtp-Tiny-Q8_0.gguf": donor, "Tiny-Q4_K_M.gguf": models["base"].read_bytes(),
+                              "Q8/Tiny-Q8_0.gguf": donor})
+    src = resolve_mtp_source(f"hf://{DONOR}:q8_0", base=models["base"], hub=HubOptions(endpoint=hub.url))
+    assert src.label == f"hf://{DONOR}/Q8/Tiny-Q8_0.gguf@{c}"  # never the mtp- sidecar
+    r = attach(str(models["base"]), "--mtp-from", f"hf://{DONOR}:IQ2_XXS", "-o", str(tmp_path / "o.gguf"),
+               "--endpoint", hub.url)
+    assert r.output.strip() == (f"mtpgraft: error: hf://{DONOR}:IQ2_XXS@{c}: no GGUF for tag IQ2_XXS in {DONOR} "
+                                "(it has Q8/Tiny-Q8_0.gguf, Tiny-Q4_K_M.gguf, mtp-Tiny-Q8_0.gguf)")
+    assert r.exit_code == 1
+
+
+def test_split_base_by_tag_is_downloaded_whole(hub, models, tmp_path):
+    shards = split_model(models["base"], 2)
+    hub.put_files("tester/Tiny-base", {f"F16/{p.name}": p.read_bytes() for p in shards})
+    local, remote = tmp_path / "local.gguf", tmp_path / "remote.gguf"
+    assert attach(str(shards[0]), "--mtp-from", str(models["donor"]), "-o", str(local)).exit_code == 0
+    r = attach("hf://tester/Tiny-base:F16", "--mtp-from", str(models["donor"]), "-o", str(remote),
+               "--endpoint", hub.url)
+    assert r.exit_code == 0, r.output
+    outs = sorted(tmp_path.glob("remote-*.gguf"))
+    assert [p.name for p in outs] == ["remote-00001-of-00002.gguf", "remote-00002-of-00002.gguf"]
+    assert [p.read_bytes() for p in outs] == [p.read_bytes() for p in sorted(tmp_path.glob("local-*.gguf"))]
+
+
+def test_single_safetensors_file_in_a_repo(hub, tmp_path):
+    ckpt = build_checkpoint(tmp_path / "m", "moe-f16-per-expert")
+    c = hub.put_files("tester/Moe", {p.name: p.read_bytes() for p in ckpt.iterdir()})
+    src = resolve_mtp_source(f"hf://tester/Moe/model.safetensors@{c}", hub=HubOptions(endpoint=hub.url))
+    assert src.label == f"hf://tester/Moe/model.safetensors@{c}"
+    ref = REF / "moe-f16-per-expert-auto.gguf"
+    assert [r.name for r in GGUFModel(src.path).refs] == [r.name for r in GGUFModel(ref).refs]
+    assert _tensor_bytes(src.path) == _tensor_bytes(ref)
+
+
+def _tensor_bytes(p: Path) -> list[bytes]:
+    m = GGUFModel(p)
+    with open(p, "rb") as f:
+        out = []
+        for r in m.refs:
+            f.seek(r.abs_offset)
+            out.append(f.read(r.info.nbytes))
+    return out

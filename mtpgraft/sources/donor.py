@@ -20,7 +20,6 @@ from gguf import GGUFValueType
 from ..errors import GraftError
 from ..gguf_io import (
     KV,
-    SPLIT_RE,
     GGUFFile,
     GGUFModel,
     OutTensor,
@@ -29,6 +28,7 @@ from ..gguf_io import (
     encode_kv,
     write_gguf,
 )
+from ..naming import parse_shard, shard_names
 
 ORIGIN_KEY = "mtpgraft.cache.origin"  # what the MTP source really is (provenance records it)
 AFTER_KEY = "mtpgraft.cache.after"  # the donor tensor the MTP block followed (graft keeps the order)
@@ -126,11 +126,11 @@ def plan_donor(files: Files, path: str) -> DonorHead:
     shards: list[tuple[str, GGUFFile]] = [(path, first)]
     count = first.split_count if first.split_count > 1 else 1
     if count > 1:
-        m = SPLIT_RE.match(Path(path).name)
-        if not m:
+        shard = parse_shard(Path(path).name)
+        if shard is None:
             raise GraftError(f"{label}: split.count is {count} but the name is not NAME-00001-of-0000N.gguf")
         folder = str(Path(path).parent)
-        names = [f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf" for i in range(2, count + 1)]
+        names = shard_names(shard.prefix, count)[1:]
         for p, f, n in _scan_back(files, [n if folder == "." else f"{folder}/{n}" for n in names], is_mtp):
             shards.append((p, f))
             nread += n

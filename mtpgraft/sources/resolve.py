@@ -215,12 +215,13 @@ def _hub_gguf(spec: str, ref: HubRef, repo: HubRepo, path: str, base: GGUFModel 
 
 
 def pick_quant(ref: HubRef, repo: HubRepo) -> str:
-    from ..naming import pick_hf_model_file
+    """The GGUF `llama-server -hf OWNER/REPO:QUANT` would take (naming.hf_find_model, tree order)."""
+    from ..naming import hf_find_model
 
     assert ref.quant is not None
-    path = pick_hf_model_file(list(repo.files), ref.quant)
+    path = hf_find_model(list(repo.files), ref.quant)
     if path is None:
-        ggufs = sorted(p for p in repo.files if p.endswith(".gguf"))
+        ggufs = [p for p in repo.files if p.endswith(".gguf")]
         raise HubError(f"{ref.label(repo.commit)}: no GGUF for tag {ref.quant} in {ref.repo_id}"
                        + (f" (it has {', '.join(ggufs[:6])}{' ...' if len(ggufs) > 6 else ''})" if ggufs
                           else " (it has no GGUF files)"))
@@ -361,21 +362,16 @@ def resolve_base(spec: str | os.PathLike[str], *, token: str | None = None,
         raise UsageError(f"{text}: a base must be a GGUF (hf://OWNER/REPO/FILE.gguf or hf://OWNER/REPO:QUANT)")
     from huggingface_hub import hf_hub_download
 
-    from ..gguf_io import SPLIT_RE
     from ..hub import make_api
+    from ..naming import hf_split_files
 
     api = make_api(endpoint=endpoint, token=token)
     repo = open_repo(ref, api=api, cache_root=sources_cache() / "ranges")
     path = ref.path if ref.kind == "gguf" else pick_quant(ref, repo)
     repo.require(path)
-    names = [path]
-    if m := SPLIT_RE.match(Path(path).name):
-        count = int(m["count"])
-        folder = str(Path(path).parent)
-        names = [(f"{folder}/" if folder != "." else "") + f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf"
-                 for i in range(1, count + 1)]
-        for n in names:
-            repo.require(n)
+    names = sorted(hf_split_files(list(repo.files), path))
+    if Path(path).name != Path(names[0]).name:
+        raise UsageError(f"{text}: name the first shard of a split set")
     from .hubfiles import source_errors
 
     local = []
