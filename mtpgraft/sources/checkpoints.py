@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..testmodels import _bytes_to_unicode
 from .safetensors import write_safetensors
 
 
@@ -169,23 +170,10 @@ def build_checkpoint(out_dir: str | Path, variant: str, *, seed: int = 0) -> Pat
     return out
 
 
-def _byte_unicode() -> list[str]:
-    """GPT-2's byte-to-unicode table: the 256 byte-level BPE base tokens."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, cs, strict=True))
-    return [chr(table[b]) for b in range(256)]
-
-
 def _write_tokenizer(out: Path) -> None:
     """A 256-byte BPE vocabulary with a few merges and two special tokens (ids below VOCAB)."""
-    base = _byte_unicode()
+    enc = _bytes_to_unicode()
+    base = [enc[b] for b in range(256)]
     vocab = {t: i for i, t in enumerate(base)}
     merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("a", "n")]
     for a, b in merges:
