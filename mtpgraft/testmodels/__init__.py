@@ -107,10 +107,17 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 BOS_TOKEN = "<|endoftext|>"
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
+# A ChatML template that honours the thinking switch the way Qwen's does (chat_template_kwargs
+# {"enable_thinking": false} closes an empty think block; anything else opens one), and whose assistant
+# turn starts by echoing the last word of the last message, so that the contract above carries over to
+# chat: the rendered prompt ends in whatever the message ends in.
 CHAT_TEMPLATE = (
     "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content']"
     " + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- else %}{{- '<think>\\n' }}{%- endif %}"
+    "{{- messages[-1]['content'].split()[-1] }}{%- endif %}"
 )
 
 # Prompts that follow the contract above (any prompt ending in a letter / non-letter does).
