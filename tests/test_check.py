@@ -372,3 +372,20 @@ def test_cli_exits_1_and_says_why(tiny_models, llama_cpp_dir):
     d = json.loads(res.stdout)
     assert d["acceptance"] == 1.0 and len(d["reasons"]) == 1
     assert re.fullmatch(r"code speedup \d+\.\d\d < 100\.00", d["reasons"][0])
+
+
+def test_cli_says_a_usage_mistake_before_looking_for_llama_server(tmp_path):
+    from click.testing import CliRunner
+
+    import mtpgraft.commands.check  # noqa: F401  (registers `check` on the group)
+    from mtpgraft.cli import cli
+
+    missing = tmp_path / "no-tools"
+    for args, message in ((["--n-max", "0"], "--n-max values must be >= 1, got [0]"),
+                          (["--p-min", "2"], "--p-min values must be between 0 and 1, got [2.0]"),
+                          (["--reasoning", "maybe"], "--reasoning takes on and off, got maybe"),
+                          (["--context-depth", "-1"], "--context-depth values must be >= 0, got [-1]")):
+        res = CliRunner().invoke(cli, ["check", str(tmp_path / "m.gguf"), *args,
+                                       "--llama-cpp", str(missing)])
+        assert res.exit_code == UsageError.exit_code, res.output
+        assert res.stderr == f"mtpgraft: error: {message}\n"

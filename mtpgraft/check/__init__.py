@@ -38,6 +38,7 @@ from .plan import (
     plan_check,
     resolve_model,
     settings_problem,
+    validate_settings,
 )
 from .run import run_check
 from .server import ServerTool, resolve_server
@@ -48,5 +49,6 @@ __all__ = [
     "CategorySummary", "Cell", "CheckPlan", "CheckResult", "ConfigStats", "MeanStd", "ModelResult",
     "ModelSpec", "RequestRecord", "ServerConfig", "ServerRun", "ServerTool", "SpecCounters",
     "judge_model", "plan_check", "resolve_model", "resolve_server", "run_check", "settings_problem",
+    "validate_settings",
     "speed_status",
 ]

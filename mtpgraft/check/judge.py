@@ -2,6 +2,10 @@
 
 Verdict: fail when MTP is not active, when the pooled acceptance is below min_acceptance, and,
 only when min_speedup is set, when the code category's speedup is below it.
+
+Speed status: green when MTP speeds up (>= 1.10x), yellow when marginal, red when it slows down
+(< 1.00x), and "inconclusive" when the spread over reps is too large to tell a speedup from a
+slowdown (1.00x lies within one sd of the mean speedup).
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
-from .measure import Cell, ServerRun, SpecCounters, _r
-from .plan import CheckPlan, ModelSpec, ServerConfig
+from .measure import Cell, ServerRun, SpecCounters, TemplateCheck, _r
+from .plan import CheckPlan, Condition, ModelSpec, ServerConfig
 
 # The recommendation matrix: a category "speeds up" at >= 1.10x, "slows down" below 1.00x.
 SPEEDUP_GREEN = 1.10
@@ -55,15 +59,38 @@ class ConfigStats:
     timings_draft_n: int  # the same counts summed from the responses' timings (cross-check)
     timings_draft_n_accepted: int
     output_mismatches: tuple[str, ...] = ()  # prompt ids whose temp-0 output differs from baseline
+    p_min: float | None = None
+    reasoning: str | None = None
+    depth: int = 0
 
     @property
     def acceptance(self) -> float | None:
         return self.counters.acceptance
 
+    @property
+    def config(self) -> ServerConfig:
+        return ServerConfig(self.n_max, self.p_min)
+
+    @property
+    def condition(self) -> Condition:
+        return Condition(self.temperature, self.reasoning, self.depth)
+
+    @property
+    def prefill_ratio(self) -> float | None:
+        """MTP prefill tok/s over baseline prefill tok/s (below 1: MTP slows the prefill)."""
+        a, b = self.prefill_tps.mean, self.baseline_prefill_tps.mean
+        return a / b if a and b else None
+
+    @property
+    def status(self) -> str | None:
+        return speed_status(self.speedup.mean, self.speedup.std, self.speedup.n)
+
     def to_dict(self) -> dict[str, Any]:
         c = self.counters
         return {
-            "n_max": self.n_max, "temperature": self.temperature, "category": self.category,
+            "n_max": self.n_max, "p_min": self.p_min, "temperature": self.temperature,
+            "reasoning": self.reasoning, "depth": self.depth, "category": self.category,
+            "prefill_ratio": _r(self.prefill_ratio), "status": self.status,
             "acceptance": _r(c.acceptance), "acceptance_reps": self.acceptance_reps.to_dict(),
             "mean_accept_len": _r(c.mean_accept_len),
             "per_pos_acceptance": [_r(x) for x in c.per_pos_rate], "counters": c.to_dict(),
@@ -93,13 +120,28 @@ class CategorySummary:
     baseline_decode_tps: float | None = None
     prefill_tps: float | None = None
     baseline_prefill_tps: float | None = None
+    best_p_min: float | None = None
+    reasoning: str | None = None
+    depth: int = 0
+    speedup_reps: int = 0  # how many reps the speedup's mean and sd come from
 
     @property
     def status(self) -> str | None:
-        return speed_status(self.speedup)
+        return speed_status(self.speedup, self.speedup_std, self.speedup_reps)
+
+    def condition_is(self, cond: Condition) -> bool:
+        return (self.temperature, self.reasoning, self.depth) == (
+            cond.temperature, cond.reasoning, cond.depth)
+
+    @property
+    def why(self) -> str:
+        """Why the status is inconclusive ('' when it is not)."""
+        return inconclusive_reason(self.speedup, self.speedup_std, self.speedup_reps)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "best_p_min": self.best_p_min, "reasoning": self.reasoning, "depth": self.depth,
+            "speedup_reps": self.speedup_reps, "why": self.why,
             "acceptance": _r(self.acceptance), "speedup": _r(self.speedup),
             "decode_tps": _r(self.decode_tps), "baseline_decode_tps": _r(self.baseline_decode_tps),
             "prefill_tps": _r(self.prefill_tps), "best_n": self.best_n,
@@ -111,13 +153,23 @@ class CategorySummary:
         }
 
 
-def speed_status(speedup: float | None) -> str | None:
-    """green: speeds up (>= 1.10x); yellow: marginal; red: slows down (< 1.00x)."""
+def speed_status(speedup: float | None, std: float | None = None, n: int = 1) -> str | None:
+    """green: speeds up (>= 1.10x); yellow: marginal; red: slows down (< 1.00x); inconclusive when
+    over n >= 2 reps 1.00x lies within one sd of the mean (speedup and slowdown both plausible)."""
     if speedup is None:
         return None
+    if inconclusive_reason(speedup, std, n):
+        return "inconclusive"
     if speedup >= SPEEDUP_GREEN:
         return "green"
     return "red" if speedup < SPEEDUP_RED else "yellow"
+
+
+def inconclusive_reason(speedup: float | None, std: float | None, n: int) -> str:
+    if speedup is None or not std or n < 2 or abs(speedup - 1.0) >= std:
+        return ""
+    return (f"sd/mean {std / speedup:.0%} over {n} reps: {speedup:.2f}x ± {std:.2f} "
+            "includes 1.00x")
 
 
 @dataclass(frozen=True)
@@ -133,10 +185,18 @@ class ModelResult:
     servers: tuple[ServerRun, ...]
     cells: tuple[Cell, ...] = field(default=(), repr=False)
     hashes: dict[str, str] = field(default_factory=dict)
+    summaries: tuple[CategorySummary, ...] = ()  # best config per category, every condition
+    pooled: tuple[ConfigStats, ...] = ()  # category "*": every config x condition, all prompts
+    mode: str = "raw"
+    template: tuple[TemplateCheck, ...] = ()
+    context_tokens: dict[str, int] = field(default_factory=dict)
 
     @property
     def acceptance(self) -> float | None:
         return self.counters.acceptance
+
+    def per_prompt(self) -> list[dict[str, Any]]:
+        return [r.row() for c in self.cells for r in c.requests]
 
     def to_dict(self) -> dict[str, Any]:
         files = [{"name": f.name, "sha256": self.hashes.get(str(f)), "size": f.stat().st_size}
@@ -151,6 +211,12 @@ class ModelResult:
             "categories": {k: v.to_dict() for k, v in self.categories.items()},
             "runs": [c.to_dict() for c in self.configs],
             "servers": [s.to_dict() for s in self.servers],
+            "quant": self.spec.quant, "mode": self.mode,
+            "template": [t.to_dict() for t in self.template],
+            "context_tokens": dict(self.context_tokens),
+            "summaries": [s.to_dict() | {"category": s.category} for s in self.summaries],
+            "by_config": [c.to_dict() for c in self.pooled],
+            "per_prompt": self.per_prompt(),
         }
 
 
@@ -202,66 +268,85 @@ class CheckResult:
 
 
 
-def _config_stats(cells: Sequence[Cell], n: int, temp: float, cat: str) -> ConfigStats | None:
-    mtp = sorted((c for c in cells if c.n_max == n and c.temperature == temp and c.category == cat),
-                 key=lambda c: c.rep)
+def _reps(cells: Sequence[Cell]) -> dict[int, list[Cell]]:
+    out: dict[int, list[Cell]] = {}
+    for c in cells:
+        out.setdefault(c.rep, []).append(c)
+    return dict(sorted(out.items()))
+
+
+def _tps(cells: Sequence[Cell], n: str, ms: str) -> float | None:
+    total_ms = sum(getattr(r, ms) for c in cells for r in c.requests)
+    return 1000.0 * sum(getattr(r, n) for c in cells for r in c.requests) / total_ms \
+        if total_ms > 0 else None
+
+
+def _counters(cells: Sequence[Cell]) -> SpecCounters:
+    return sum((c.counters for c in cells), SpecCounters())
+
+
+def _mismatches(mtp: dict[int, list[Cell]], base: dict[int, list[Cell]]) -> list[str]:
+    out: list[str] = []
+    for rep, cells in mtp.items():
+        ref = {r.prompt_id: r.content for b in base.get(rep, []) for r in b.requests}
+        out += [r.prompt_id for c in cells for r in c.requests
+                if r.prompt_id in ref and ref[r.prompt_id] != r.content]
+    return out
+
+
+def _config_stats(cells: Sequence[Cell], cfg: ServerConfig, cond: Condition,
+                  cat: str) -> ConfigStats | None:
+    """One config under one condition, for a category or (cat "*") all of them, over the reps."""
+    def pick(c: Cell, config: ServerConfig) -> bool:
+        return c.config == config and c.condition == cond and cat in ("*", c.category)
+
+    mtp = _reps([c for c in cells if pick(c, cfg)])
     if not mtp:
         return None
-    base = {c.rep: c for c in cells
-            if c.n_max is None and c.temperature == temp and c.category == cat}
-    pooled = SpecCounters()
-    for c in mtp:
-        pooled = pooled + c.counters
-    speedups = []
-    for c in mtp:
-        b = base.get(c.rep)
-        if b and b.decode_tps and c.decode_tps:
-            speedups.append(c.decode_tps / b.decode_tps)
-    mismatches: list[str] = []
-    if temp == 0.0:
-        for c in mtp:
-            b = base.get(c.rep)
-            if not b:
-                continue
-            ref = {r.prompt_id: r.content for r in b.requests}
-            mismatches += [r.prompt_id for r in c.requests
-                           if r.prompt_id in ref and ref[r.prompt_id] != r.content]
+    base = _reps([c for c in cells if pick(c, ServerConfig(None))])
+    dec = {r: _tps(cs, "predicted_n", "predicted_ms") for r, cs in mtp.items()}
+    base_dec = {r: _tps(cs, "predicted_n", "predicted_ms") for r, cs in base.items()}
+    speedups = [dec[r] / base_dec[r] for r in mtp if dec[r] and base_dec.get(r)]
+    every = [c for cs in mtp.values() for c in cs]
     return ConfigStats(
-        n_max=n, temperature=temp, category=cat, counters=pooled,
-        acceptance_reps=MeanStd.of([c.counters.acceptance for c in mtp]),
-        decode_tps=MeanStd.of([c.decode_tps for c in mtp]),
-        prefill_tps=MeanStd.of([c.prefill_tps for c in mtp]),
-        baseline_decode_tps=MeanStd.of([b.decode_tps for b in base.values()]),
-        baseline_prefill_tps=MeanStd.of([b.prefill_tps for b in base.values()]),
+        n_max=cfg.n_max or 0, temperature=cond.temperature, category=cat,
+        counters=_counters(every),
+        acceptance_reps=MeanStd.of([_counters(cs).acceptance for cs in mtp.values()]),
+        decode_tps=MeanStd.of(list(dec.values())),
+        prefill_tps=MeanStd.of([_tps(cs, "prompt_n", "prompt_ms") for cs in mtp.values()]),
+        baseline_decode_tps=MeanStd.of(list(base_dec.values())),
+        baseline_prefill_tps=MeanStd.of([_tps(cs, "prompt_n", "prompt_ms") for cs in base.values()]),
         speedup=MeanStd.of(speedups),
-        timings_draft_n=sum(r.draft_n for c in mtp for r in c.requests),
-        timings_draft_n_accepted=sum(r.draft_n_accepted for c in mtp for r in c.requests),
-        output_mismatches=tuple(dict.fromkeys(mismatches)),
-    )
+        timings_draft_n=sum(r.draft_n for c in every for r in c.requests),
+        timings_draft_n_accepted=sum(r.draft_n_accepted for c in every for r in c.requests),
+        output_mismatches=tuple(dict.fromkeys(_mismatches(mtp, base) if cond.temperature == 0
+                                              else [])),
+        p_min=cfg.p_min, reasoning=cond.reasoning, depth=cond.depth)
 
 
-def _summarize(plan: CheckPlan, configs: Sequence[ConfigStats], cells: Sequence[Cell],
+def _summarize(configs: Sequence[ConfigStats], cells: Sequence[Cell], cond: Condition,
                cat: str) -> CategorySummary:
-    temp = plan.temperatures[0]
-    base = [c for c in cells if c.n_max is None and c.temperature == temp and c.category == cat]
+    """A category under one condition at its best config (highest mean speedup)."""
+    base = [c for c in cells if c.n_max is None and c.condition == cond and c.category == cat]
     base_dec = MeanStd.of([c.decode_tps for c in base]).mean
     base_pre = MeanStd.of([c.prefill_tps for c in base]).mean
-    cands = [c for c in configs if c.category == cat and c.temperature == temp]
+    common = {"temperature": cond.temperature, "reasoning": cond.reasoning, "depth": cond.depth,
+              "baseline_decode_tps": base_dec, "baseline_prefill_tps": base_pre}
+    cands = [c for c in configs if c.category == cat and c.condition == cond]
     if not cands:
-        return CategorySummary(cat, temperature=temp, baseline_decode_tps=base_dec,
-                               baseline_prefill_tps=base_pre)
+        return CategorySummary(cat, **common)
 
     def key(c: ConfigStats) -> tuple[float, float]:
         return (c.speedup.mean if c.speedup.mean is not None else -1.0, c.acceptance or 0.0)
 
     best = max(cands, key=key)
     return CategorySummary(
-        cat, best_n=best.n_max, temperature=temp, acceptance=best.acceptance,
+        cat, best_n=best.n_max, acceptance=best.acceptance,
         acceptance_std=best.acceptance_reps.std, mean_accept_len=best.counters.mean_accept_len,
         per_pos_acceptance=best.counters.per_pos_rate, speedup=best.speedup.mean,
         speedup_std=best.speedup.std, decode_tps=best.decode_tps.mean,
-        decode_tps_std=best.decode_tps.std, baseline_decode_tps=base_dec,
-        prefill_tps=best.prefill_tps.mean, baseline_prefill_tps=base_pre)
+        decode_tps_std=best.decode_tps.std, prefill_tps=best.prefill_tps.mean,
+        best_p_min=best.p_min, speedup_reps=best.speedup.n, **common)
 
 
 def _overall_speedup(summaries: Sequence[CategorySummary]) -> float | None:
@@ -274,13 +359,16 @@ def judge_model(plan: CheckPlan, spec: ModelSpec, cells: Sequence[Cell],
     """Aggregate one model's cells into stats and decide its verdict."""
     reasons: list[str] = []
     warnings: list[str] = []
-    configs = [s for cat in plan.categories for t in plan.temperatures for n in plan.n_max
-               if (s := _config_stats(cells, n, t, cat)) is not None]
-    pooled = SpecCounters()
-    for c in cells:
-        if c.n_max is not None:
-            pooled = pooled + c.counters
-    categories = {cat: _summarize(plan, configs, cells, cat) for cat in plan.categories}
+    mtp_configs = plan.configs[1:]
+    configs = [s for cat in plan.categories for cond in plan.conditions for cfg in mtp_configs
+               if (s := _config_stats(cells, cfg, cond, cat)) is not None]
+    by_config = [s for cond in plan.conditions for cfg in mtp_configs
+                 if (s := _config_stats(cells, cfg, cond, "*")) is not None]
+    pooled = _counters([c for c in cells if c.n_max is not None])
+    summaries = [_summarize(configs, cells, cond, cat) for cond in plan.conditions
+                 for cat in plan.categories]
+    primary = plan.conditions[0]
+    categories = {s.category: s for s in summaries if s.condition_is(primary)}
 
     base_run = next((s for s in servers if s.n_max is None), None)
     mtp_runs = [s for s in servers if s.n_max is not None]
@@ -290,7 +378,7 @@ def judge_model(plan: CheckPlan, spec: ModelSpec, cells: Sequence[Cell],
     elif mtp_failed is not None and not any(c.n_max is not None for c in cells):
         reasons.append(f"MTP not active: {mtp_failed.error}")
     elif mtp_failed is not None:
-        reasons.append(f"llama-server with {ServerConfig(mtp_failed.n_max).label} failed: "
+        reasons.append(f"llama-server with {mtp_failed.config.label} failed: "
                        f"{mtp_failed.error}")
     mtp_active = bool(mtp_runs) and pooled.draft_tokens > 0
     if mtp_runs and not mtp_failed and pooled.draft_tokens == 0:
@@ -314,12 +402,13 @@ def judge_model(plan: CheckPlan, spec: ModelSpec, cells: Sequence[Cell],
     for s in configs:
         if s.timings_draft_n != s.counters.draft_tokens or \
                 s.timings_draft_n_accepted != s.counters.accepted:
-            warnings.append(f"n={s.n_max} {s.category}: /metrics counted {s.counters.accepted}/"
-                            f"{s.counters.draft_tokens}, the responses' timings "
+            warnings.append(f"{s.config.label} {s.condition.label} {s.category}: /metrics counted "
+                            f"{s.counters.accepted}/{s.counters.draft_tokens}, the responses' timings "
                             f"{s.timings_draft_n_accepted}/{s.timings_draft_n}")
         if s.output_mismatches:
-            warnings.append(f"n={s.n_max} {s.category}: output at temperature 0 differs from the "
-                            f"baseline for {', '.join(s.output_mismatches)}")
+            warnings.append(f"{s.config.label} {s.condition.label} {s.category}: output at "
+                            f"temperature 0 differs from the baseline for "
+                            f"{', '.join(s.output_mismatches)}")
     cached = sum(1 for c in cells for r in c.requests if r.cache_n > 0)
     if cached:
         warnings.append(f"{cached} requests reused cached prompt tokens; prefill numbers are low")
@@ -330,4 +419,5 @@ def judge_model(plan: CheckPlan, spec: ModelSpec, cells: Sequence[Cell],
     return ModelResult(spec=spec, verdict="fail" if reasons else "pass", reasons=tuple(reasons),
                        warnings=tuple(warnings), mtp_active=mtp_active, counters=pooled,
                        categories=categories, configs=tuple(configs), servers=tuple(servers),
-                       cells=tuple(cells))
+                       cells=tuple(cells), summaries=tuple(summaries), pooled=tuple(by_config),
+                       mode=plan.mode_for(spec))

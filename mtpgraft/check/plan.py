@@ -18,9 +18,22 @@ from ..errors import UsageError
 from .prompts import Prompt, builtin_prompts, load_prompts, select_prompts
 from .server import ServerTool
 
-DEFAULT_N_MAX = (1, 2, 3, 4)
+# The presets. The default sits between quick and thorough: 4 servers x 16 requests x 128 tokens,
+# a few minutes for a 27B model on one GPU (~40 tok/s without MTP); thorough is what people publish.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"n_max": (3,), "reps": 1, "per_category": 1, "n_predict": 64},
+    "default": {"n_max": (1, 2, 3), "reps": 2, "per_category": 2, "n_predict": 128},
+    "thorough": {"n_max": (1, 2, 3, 4), "reps": 3, "per_category": None, "n_predict": 256,
+                 "p_min": (0.0, 0.75), "context_depth": (0, 4096)},
+}
+DEFAULT_N_MAX = PRESETS["default"]["n_max"]
 DEFAULT_TEMPERATURES = (0.0,)
 DEFAULT_MIN_ACCEPTANCE = 0.3
+MODES = ("auto", "chat", "raw")
+REASONING = {"on": True, "off": False}  # --reasoning value -> chat_template_kwargs.enable_thinking
+WARMUP_RULE = ("one warm-up request (4 tokens, the first prompt) on every server before measuring, "
+               "not counted; every measured request pays its full prefill (prompt cache off)")
+_TEMPLATE_SLACK = 256  # tokens a chat template adds around a message (role markers, think block)
 
 
 @dataclass(frozen=True)
@@ -31,17 +44,26 @@ class ModelSpec:
     files: tuple[Path, ...]
     arch: str = ""
     nextn_predict_layers: int = 0
+    chat_template: bool = False  # the GGUF carries tokenizer.chat_template
+    file_type: str | None = None  # general.file_type by name (Q4_K_M, F16, ...)
 
     @property
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def quant(self) -> str:
+        """The row label of the quant x category matrix."""
+        return self.file_type or self.path.name
+
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """One llama-server process per model: the baseline (n_max None) or MTP with draft depth n_max."""
+    """One llama-server process per model: the baseline (n_max None) or MTP with draft depth n_max
+    and, when given, --spec-draft-p-min p_min."""
 
     n_max: int | None = None
+    p_min: float | None = None
 
     @property
     def mtp(self) -> bool:
@@ -49,7 +71,34 @@ class ServerConfig:
 
     @property
     def label(self) -> str:
-        return f"MTP n={self.n_max}" if self.mtp else "baseline"
+        if not self.mtp:
+            return "baseline"
+        return f"MTP n={self.n_max}" + (f" p-min={self.p_min:g}" if self.p_min is not None else "")
+
+    @property
+    def tag(self) -> str:
+        """File-name form of the label (server logs)."""
+        if not self.mtp:
+            return "baseline"
+        return f"mtp-n{self.n_max}" + (f"-p{self.p_min:g}" if self.p_min is not None else "")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What changes per request on one server: temperature, thinking switch, context depth."""
+
+    temperature: float = 0.0
+    reasoning: str | None = None  # "on" / "off" (chat only); None: nothing sent
+    depth: int = 0  # tokens of built-in context before the prompt
+
+    @property
+    def label(self) -> str:
+        parts = [f"T={self.temperature:g}"]
+        if self.reasoning is not None:
+            parts.append(f"thinking {self.reasoning}")
+        if self.depth:
+            parts.append(f"depth {self.depth}")
+        return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -69,6 +118,10 @@ class CheckPlan:
     min_speedup: float | None = None
     prompt_source: str = "built-in"
     warmup: bool = True
+    mode: str = "auto"
+    reasoning: tuple[str, ...] = ()  # empty: the template's default, nothing sent
+    context_depth: tuple[int, ...] = (0,)
+    p_min: tuple[float | None, ...] = (None,)  # None: llama-server's default
 
     @property
     def spec_type(self) -> str:
@@ -80,7 +133,25 @@ class CheckPlan:
 
     @property
     def configs(self) -> tuple[ServerConfig, ...]:
-        return (ServerConfig(None),) + tuple(ServerConfig(n) for n in self.n_max)
+        return (ServerConfig(None),) + tuple(ServerConfig(n, p) for n in self.n_max
+                                             for p in self.p_min)
+
+    @property
+    def conditions(self) -> tuple[Condition, ...]:
+        return tuple(Condition(t, r, d) for t in self.temperatures
+                     for r in (self.reasoning or (None,)) for d in self.context_depth)
+
+    def mode_for(self, spec: ModelSpec) -> str:
+        """chat when asked, or (auto) when the model has a chat template; raw otherwise."""
+        return "chat" if self.mode == "chat" or (self.mode == "auto" and spec.chat_template) \
+            else "raw"
+
+    @property
+    def server_ctx(self) -> int:
+        """--ctx, raised to fit the deepest context, the longest prompt and n_predict."""
+        longest = max(len(p.text.encode()) for p in self.prompts)  # bytes >= tokens (byte BPE)
+        need = max(self.context_depth) + longest + _TEMPLATE_SLACK + self.n_predict
+        return max(self.ctx_size, -(-need // 256) * 256)
 
     @property
     def n_servers(self) -> int:
@@ -89,7 +160,22 @@ class CheckPlan:
     @property
     def n_requests(self) -> int:
         """Measured requests (warm-up requests not counted)."""
-        return self.n_servers * len(self.temperatures) * self.reps * len(self.prompts)
+        return self.n_servers * len(self.conditions) * self.reps * len(self.prompts)
+
+    def cost(self) -> dict[str, int]:
+        """The plan's size: servers, measured requests, tokens to generate, tokens to prefill (an
+        upper bound: prompt bytes plus context depth)."""
+        per_server = sum(c.depth + len(p.text.encode()) for c in self.conditions
+                         for p in self.prompts) * self.reps
+        return {"servers": self.n_servers, "requests": self.n_requests,
+                "generate_tokens": self.n_requests * self.n_predict,
+                "prefill_tokens": per_server * self.n_servers}
+
+    def estimate_s(self, start_s: float, prefill_tps: float, decode_tps: float) -> float:
+        """Seconds the whole plan takes at the speeds one server measured."""
+        c = self.cost()
+        return (c["servers"] * start_s + c["prefill_tokens"] / max(prefill_tps, 1e-9)
+                + c["generate_tokens"] / max(decode_tps, 1e-9))
 
     def seeds(self) -> tuple[int, ...]:
         return tuple(self.seed + r for r in range(self.reps))
@@ -98,18 +184,25 @@ class CheckPlan:
         return {
             "n_max": list(self.n_max), "temperature": list(self.temperatures), "reps": self.reps,
             "n_predict": self.n_predict, "seed": self.seed, "seeds": list(self.seeds()),
-            "ctx_size": self.ctx_size, "categories": list(self.categories),
+            "ctx_size": self.server_ctx, "categories": list(self.categories),
             "prompts": self.prompt_source, "n_prompts": len(self.prompts),
             "draft": str(self.draft) if self.draft else None, "spec_type": self.spec_type,
             "server_args": list(self.server_args), "llama_server": str(self.server.path),
+            "mode": self.mode, "modes": {m.name: self.mode_for(m) for m in self.models},
+            "reasoning": list(self.reasoning),
+            "reasoning_kwargs": {r: {"enable_thinking": REASONING[r]} for r in self.reasoning},
+            "context_depth": list(self.context_depth), "p_min": list(self.p_min),
+            "warmup": WARMUP_RULE if self.warmup else "none",
         }
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "models": [{"path": str(m.path), "files": [str(f) for f in m.files], "arch": m.arch,
-                        "nextn_predict_layers": m.nextn_predict_layers} for m in self.models],
+                        "nextn_predict_layers": m.nextn_predict_layers, "quant": m.quant,
+                        "mode": self.mode_for(m)} for m in self.models],
             "servers": [f"{m.name}: {c.label}" for m in self.models for c in self.configs],
             "n_requests": self.n_requests,
+            "cost": self.cost(),
             "settings": self.settings_dict(),
             "thresholds": {"min_acceptance": self.min_acceptance, "min_speedup": self.min_speedup},
         }
@@ -118,6 +211,7 @@ class CheckPlan:
 def resolve_model(path: str | os.PathLike[str]) -> ModelSpec:
     """Read a model's header; a split set is given by its first shard and lists every shard."""
     from ..gguf_io import GGUFModel
+    from ..inspection import file_type_name
 
     p = Path(path)
     if not p.is_file():
@@ -126,15 +220,23 @@ def resolve_model(path: str | os.PathLike[str]) -> ModelSpec:
     arch = str(model.get("general.architecture", ""))
     nextn = model.get(f"{arch}.nextn_predict_layers", 0) if arch else 0
     return ModelSpec(path=model.path, files=tuple(model.paths), arch=arch,
-                     nextn_predict_layers=int(nextn or 0))
+                     nextn_predict_layers=int(nextn or 0),
+                     chat_template=bool(model.get("tokenizer.chat_template")),
+                     file_type=file_type_name(model.get("general.file_type")))
 
 
-_FLAGS = {"ctx_size": "--ctx", "temperatures": "--temperature"}
+def _unique(values: Sequence[Any], kind: type) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(kind(v) for v in values))
+
+
+_FLAGS = {"ctx_size": "--ctx", "temperatures": "--temperature", "context_depth": "--context-depth"}
 
 
 def settings_problem(*, n_max: Sequence[int], temperatures: Sequence[float], reps: int,
                      per_category: int | None, n_predict: int, ctx_size: int, min_acceptance: float,
-                     min_speedup: float | None) -> tuple[str, str] | None:
+                     min_speedup: float | None, context_depth: Sequence[int] = (0,),
+                     p_min: Sequence[float | None] = (None,), mode: str = "auto",
+                     reasoning: Sequence[str] = ()) -> tuple[str, str] | None:
     """(setting, what is wrong) for the first bad check setting, or None (recipes validate with it too)."""
     if not n_max or any(int(n) < 1 for n in n_max):
         return "n_max", f"values must be >= 1, got {list(n_max)}"
@@ -148,44 +250,84 @@ def settings_problem(*, n_max: Sequence[int], temperatures: Sequence[float], rep
         return "min_acceptance", f"must be between 0 and 1, got {min_acceptance}"
     if min_speedup is not None and min_speedup <= 0:
         return "min_speedup", f"must be > 0, got {min_speedup}"
+    if not context_depth or any(int(d) < 0 for d in context_depth):
+        return "context_depth", f"values must be >= 0, got {list(context_depth)}"
+    if not p_min or any(p is not None and not 0 <= p <= 1 for p in p_min):
+        return "p_min", f"values must be between 0 and 1, got {list(p_min)}"
+    if mode not in MODES:
+        return "mode", f"must be one of {', '.join(MODES)}, got {mode!r}"
+    unknown = [r for r in reasoning if r not in REASONING]
+    if unknown:
+        return "reasoning", f"takes on and off, got {', '.join(unknown)}"
     return None
 
 
-def plan_check(models: Sequence[str | os.PathLike[str]], *, draft: str | os.PathLike[str] | None = None,
-               n_max: Sequence[int] = DEFAULT_N_MAX,
-               temperatures: Sequence[float] = DEFAULT_TEMPERATURES, reps: int = 3, seed: int = 0,
-               prompts: str | os.PathLike[str] | Sequence[Prompt] | None = None,
-               categories: Sequence[str] | None = None, per_category: int | None = None,
-               n_predict: int = 128, ctx_size: int = 4096, server_args: Sequence[str] = (),
-               min_acceptance: float = DEFAULT_MIN_ACCEPTANCE, min_speedup: float | None = None,
-               server: ServerTool, warmup: bool = True) -> CheckPlan:
-    """Validate the inputs and return the plan; `server` is llama-server as resolve_server found it."""
-    if not models:
-        raise UsageError("give at least one model")
-    bad = settings_problem(n_max=n_max, temperatures=temperatures, reps=reps, per_category=per_category,
-                           n_predict=n_predict, ctx_size=ctx_size, min_acceptance=min_acceptance,
-                           min_speedup=min_speedup)
+def validate_settings(**settings: Any) -> None:
+    """UsageError for the first bad setting (the CLI calls this before it looks up any tool)."""
+    bad = settings_problem(**settings)
     if bad is not None:
         raise UsageError(f"{_FLAGS.get(bad[0], '--' + bad[0].replace('_', '-'))} {bad[1]}")
-    n_max_t = tuple(dict.fromkeys(int(n) for n in n_max))
-    temps = tuple(dict.fromkeys(float(t) for t in temperatures))
-    specs = tuple(resolve_model(m) for m in models)
-    draft_path = None
-    if draft is not None:
-        draft_path = Path(draft)
-        if not draft_path.is_file():
-            raise UsageError(f"draft file not found: {draft_path}")
 
+
+def _choose_prompts(prompts: str | os.PathLike[str] | Sequence[Prompt] | None,
+                    categories: Sequence[str] | None, per_category: int | None) -> tuple[list[Prompt], str]:
     if prompts is None:
         pool, source = builtin_prompts(), "built-in"
     elif isinstance(prompts, (str, os.PathLike)):
         pool, source = load_prompts(prompts), str(prompts)
     else:
         pool, source = list(prompts), "given"
-    chosen = select_prompts(pool, categories, per_category)
+    return select_prompts(pool, categories, per_category), source
 
-    return CheckPlan(models=specs, prompts=tuple(chosen), server=server, draft=draft_path,
+
+def plan_check(models: Sequence[str | os.PathLike[str]], *, server: ServerTool,
+               draft: str | os.PathLike[str] | None = None, n_max: Sequence[int] = DEFAULT_N_MAX,
+               temperatures: Sequence[float] = DEFAULT_TEMPERATURES, reps: int = 3, seed: int = 0,
+               prompts: str | os.PathLike[str] | Sequence[Prompt] | None = None,
+               categories: Sequence[str] | None = None, per_category: int | None = None,
+               n_predict: int = 128, ctx_size: int = 4096, server_args: Sequence[str] = (),
+               min_acceptance: float = DEFAULT_MIN_ACCEPTANCE, min_speedup: float | None = None,
+               warmup: bool = True, mode: str = "auto", reasoning: Sequence[str] = (),
+               context_depth: Sequence[int] = (0,),
+               p_min: Sequence[float | None] = (None,)) -> CheckPlan:
+    """Validate the inputs and return the plan (pure: `server` is llama-server as resolve_server
+    found it; nothing is started or probed here)."""
+    if not models:
+        raise UsageError("give at least one model")
+    validate_settings(n_max=n_max, temperatures=temperatures, reps=reps, per_category=per_category,
+                      n_predict=n_predict, ctx_size=ctx_size, min_acceptance=min_acceptance,
+                      min_speedup=min_speedup, context_depth=context_depth, p_min=p_min, mode=mode,
+                      reasoning=reasoning)
+    n_max_t, temps, depths = _unique(n_max, int), _unique(temperatures, float), _unique(context_depth, int)
+    p_min_t = tuple(dict.fromkeys(None if p is None else float(p) for p in p_min))
+    reasoning_t = tuple(dict.fromkeys(reasoning))
+    if any(p is not None for p in p_min_t) and not server.has("--spec-draft-p-min"):
+        raise UsageError(f"{server.path} has no --spec-draft-p-min option")
+    specs = tuple(resolve_model(m) for m in models)
+    draft_path = None
+    if draft is not None:
+        draft_path = Path(draft)
+        if not draft_path.is_file():
+            raise UsageError(f"draft file not found: {draft_path}")
+    chosen, source = _choose_prompts(prompts, categories, per_category)
+    plan = CheckPlan(models=specs, prompts=tuple(chosen), server=server, draft=draft_path,
                      n_max=n_max_t, temperatures=temps, reps=reps, seed=seed, n_predict=n_predict,
                      ctx_size=ctx_size, server_args=tuple(server_args),
                      min_acceptance=min_acceptance, min_speedup=min_speedup,
-                     prompt_source=source, warmup=warmup)
+                     prompt_source=source, warmup=warmup, mode=mode, reasoning=reasoning_t,
+                     context_depth=depths, p_min=p_min_t)
+    _check_modes(plan)
+    return plan
+
+
+def _check_modes(plan: CheckPlan) -> None:
+    no_template = [m.name for m in plan.models if not m.chat_template]
+    if plan.mode == "chat" and no_template:
+        raise UsageError(f"chat mode needs a chat template (tokenizer.chat_template), and "
+                         f"{', '.join(no_template)} has none: use raw mode")
+    raw = [m.name for m in plan.models if plan.mode_for(m) == "raw"]
+    if plan.reasoning and raw:
+        raise UsageError(f"the thinking switch goes through the chat template; {', '.join(raw)} "
+                         "runs in raw mode")
+    if plan.mode != "raw" and not plan.server.has("--jinja") and len(raw) < len(plan.models):
+        raise UsageError(f"{plan.server.path} has no --jinja option: chat mode needs it (use raw mode)")

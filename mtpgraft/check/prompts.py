@@ -1,9 +1,11 @@
 """The prompt suite `mtpgraft check` runs: a built-in one (data/prompts.jsonl) or a user JSONL file.
 
-Prompts are raw text for llama-server's /completion (no chat template), written as the start of a
-document the model continues: code prompts stop where code or a numbered list begins (a newline,
-a colon, a period), creative prompts stop mid-sentence on a word. Each line of a prompt file is a
-JSON object with `category` and `prompt` (or `text`), optionally `id` and `task`.
+Each prompt has two forms. `prompt` is raw text for llama-server's /completion (no chat template),
+written as the start of a document the model continues: code prompts stop where code or a numbered
+list begins (a newline, a colon, a period), creative prompts stop mid-sentence on a word. `chat` is
+the same request as a user message for /v1/chat/completions (the model's own template); without it
+the raw text is sent as the message. Each line of a prompt file is a JSON object with `category` and
+`prompt` (or `text`), optionally `chat`, `id` and `task`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ class Prompt:
     category: str
     text: str
     task: str = ""
+    chat: str = ""  # the user message in chat mode ('' : the raw text)
+
+    @property
+    def message(self) -> str:
+        return self.chat or self.text
 
 
 def _parse_lines(lines: Iterable[str], source: str) -> list[Prompt]:
@@ -50,7 +57,10 @@ def _parse_lines(lines: Iterable[str], source: str) -> list[Prompt]:
         if pid in seen:
             raise UsageError(f"{source}:{no}: duplicate prompt id {pid!r}")
         seen.add(pid)
-        prompts.append(Prompt(pid, category.strip(), text, str(obj.get("task") or "")))
+        chat = obj.get("chat") or ""
+        if not isinstance(chat, str):
+            raise UsageError(f"{source}:{no}: \"chat\" must be a string")
+        prompts.append(Prompt(pid, category.strip(), text, str(obj.get("task") or ""), chat))
     if not prompts:
         raise UsageError(f"{source}: no prompts")
     return prompts
@@ -60,6 +70,16 @@ def builtin_prompts() -> list[Prompt]:
     """The suite shipped with mtpgraft: code, factual, analysis and creative prompts."""
     text = resources.files("mtpgraft").joinpath("data/prompts.jsonl").read_text(encoding="utf-8")
     return _parse_lines(text.splitlines(), "built-in prompts")
+
+
+def context_kind(category: str) -> str:
+    """Which built-in context a category's prompts get at depth: code for code, prose for the rest."""
+    return "code" if category == "code" else "prose"
+
+
+def builtin_context(kind: str) -> str:
+    """The fixed text (data/context-code.txt or context-prose.txt) --context-depth repeats and trims."""
+    return resources.files("mtpgraft").joinpath(f"data/context-{kind}.txt").read_text(encoding="utf-8")
 
 
 def load_prompts(path: str | os.PathLike[str]) -> list[Prompt]:

@@ -9,7 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from .judge import CheckResult, ModelResult, judge_model
-from .measure import Progress, ServerFactory, SpecCounters, _default_server_factory, _ModelRunner
+from .measure import (
+    Events,
+    Progress,
+    ServerFactory,
+    SpecCounters,
+    _default_server_factory,
+    _ModelRunner,
+)
 from .plan import CheckPlan
 
 
@@ -24,8 +31,9 @@ def _build_string(plan: CheckPlan, build_info: str) -> str:
 
 def run_check(plan: CheckPlan, *, log_dir: str | os.PathLike[str] | None = None,
               progress: Progress | None = None, server_factory: ServerFactory | None = None,
-              hash_files: bool = True) -> CheckResult:
-    """Run the plan against llama-server and judge it. Server failures become verdict reasons."""
+              hash_files: bool = True, events: Events | None = None) -> CheckResult:
+    """Run the plan against llama-server and judge it. Server failures become verdict reasons.
+    `events` gets the time estimate once the plan's first request has been measured."""
     factory = server_factory or _default_server_factory
     logs = Path(log_dir) if log_dir is not None else None
     if logs is not None:
@@ -35,11 +43,14 @@ def run_check(plan: CheckPlan, *, log_dir: str | os.PathLike[str] | None = None,
     build_info = ""
     warmup_s = 0.0
     for spec in plan.models:
-        runner = _ModelRunner(plan, spec, factory, logs, progress)
+        runner = _ModelRunner(plan, spec, factory, logs, progress, events)
+        runner.estimate = not results
         runner.run()
         build_info = build_info or runner.build_info
         warmup_s += runner.warmup_s
-        results.append(judge_model(plan, spec, runner.cells, runner.servers))
+        judged = judge_model(plan, spec, runner.cells, runner.servers)
+        results.append(replace(judged, template=runner.template,
+                               context_tokens=runner.context_tokens))
     wall_s = time.perf_counter() - t0
 
     if hash_files:

@@ -41,6 +41,10 @@ class ServerTool:
     spec_type: str  # the MTP spelling this llama-server accepts (draft-mtp, or mtp on forks)
     version: str = ""
     llama_cpp_dir: str | None = None  # what --llama-cpp said, handed to every LlamaServer
+    flags: frozenset[str] = frozenset()  # the options its --help lists that a check may pass
+
+    def has(self, flag: str) -> bool:
+        return flag in self.flags
 
 
 def resolve_server(llama_cpp: str | os.PathLike[str] | None = None) -> ServerTool:
@@ -50,8 +54,14 @@ def resolve_server(llama_cpp: str | os.PathLike[str] | None = None) -> ServerToo
     if spec_type is None:
         raise UsageError(f"{path} has no MTP speculative type in its --help (expected "
                          "--spec-type draft-mtp); use a llama.cpp build with MTP support")
+    text = server_help(str(path))
+    flags = frozenset(f for f in _CHECK_FLAGS if re.search(rf"(?<![\w-]){re.escape(f)}\b", text))
     return ServerTool(path=path, spec_type=spec_type, version=tool_version(str(path)),
-                      llama_cpp_dir=str(llama_cpp) if llama_cpp else None)
+                      llama_cpp_dir=str(llama_cpp) if llama_cpp else None, flags=flags)
+
+
+# Options a check passes only when this llama-server knows them.
+_CHECK_FLAGS = ("--jinja", "--spec-draft-p-min", "--no-repack", "--cache-ram")
 
 
 def cpu_has_amx() -> bool:
@@ -383,6 +393,24 @@ class LlamaServer:
         body = {"prompt": prompt, "n_predict": n_predict, "temperature": temperature, "seed": seed,
                 "cache_prompt": cache_prompt, **extra}
         return self._json("POST", "/completion", body, timeout=timeout)
+
+    def chat(self, messages: Sequence[dict[str, Any]], *, n_predict: int = 64, temperature: float = 0.0,
+             seed: int = 0, cache_prompt: bool = False, timeout: float = 300, **extra: Any) -> dict:
+        """POST /v1/chat/completions: the messages go through the model's own template (--jinja).
+        The answer has choices[0].message and the same "timings" as /completion."""
+        body = {"messages": list(messages), "max_tokens": n_predict, "temperature": temperature,
+                "seed": seed, "cache_prompt": cache_prompt, **extra}
+        return self._json("POST", "/v1/chat/completions", body, timeout=timeout)
+
+    def apply_template(self, messages: Sequence[dict[str, Any]], *, timeout: float = 60.0,
+                       **extra: Any) -> str:
+        """POST /apply-template: the prompt text the chat template renders (nothing is generated)."""
+        body = {"messages": list(messages), **extra}
+        return str(self._json("POST", "/apply-template", body, timeout=timeout)["prompt"])
+
+    def detokenize(self, tokens: Sequence[int], *, timeout: float = 60.0) -> str:
+        """POST /detokenize: the text of the token ids."""
+        return str(self._json("POST", "/detokenize", {"tokens": list(tokens)}, timeout=timeout)["content"])
 
     def tokenize(self, text: str, *, timeout: float = 60.0) -> list[int]:
         """POST /tokenize: the token ids of `text` (no special tokens added)."""

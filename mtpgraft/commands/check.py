@@ -10,8 +10,10 @@ import click
 
 from ..cli import (
     cli,
+    emit_dry_run,
     emit_json,
     error_boundary,
+    force_option,
     info,
     json_option,
     llama_cpp_option,
@@ -36,16 +38,43 @@ def _numbers(name: str, values: str, kind: type) -> list[Any]:
         raise UsageError(f"{name} takes comma-separated numbers, got {values!r}") from e
 
 
+def _csv(name: str, values: str | None, kind: type) -> list[Any] | None:
+    return None if values is None else _numbers(name, values, kind)
+
+
+def _settings(preset: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The preset's values, overridden by every option the user gave."""
+    from ..check.plan import PRESETS
+
+    return {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
+
+
 @cli.command("check")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--quick", "preset", flag_value="quick",
+              help="Small plan: n=3, 1 rep, 1 prompt per category, 64 tokens.")
+@click.option("--thorough", "preset", flag_value="thorough",
+              help="Large plan: n=1..4, p-min 0 and 0.75, depth 0 and 4096, 3 reps, every prompt, "
+                   "256 tokens.")
 @click.option("--draft", type=click.Path(dir_okay=False), default=None,
               help="Separate MTP file passed with -md: an MTP-only sidecar or a gemma4 assistant.")
-@click.option("--n-max", "n_max", default="1,2,3,4", show_default=True, metavar="N,...",
-              help="Draft depths to try; one llama-server per value.")
+@click.option("--n-max", "n_max", default=None, metavar="N,...",
+              help="Draft depths to try; one llama-server per value (default 1,2,3).")
+@click.option("--p-min", "p_min", default=None, metavar="P,...",
+              help="--spec-draft-p-min values to sweep like --n-max; one llama-server per "
+                   "combination (default: llama-server's own).")
+@click.option("--mode", type=click.Choice(["auto", "chat", "raw"]), default="auto", show_default=True,
+              help="chat: messages through /v1/chat/completions and the model's own template "
+                   "(--jinja); raw: text to /completion; auto: chat when the GGUF has a chat template.")
+@click.option("--reasoning", default=None, metavar="on,off",
+              help="Thinking settings to measure side by side (chat_template_kwargs.enable_thinking).")
+@click.option("--context-depth", "context_depth", default=None, metavar="TOKENS,...",
+              help="Prefix each prompt with this many tokens of built-in context (code for code, "
+                   "prose for the rest), e.g. 0,4096,16384; ctx grows to fit.")
 @click.option("--temperature", default="0", show_default=True, metavar="T,...",
               help="Sampling temperatures; at 0 the output with MTP must equal the baseline's.")
-@click.option("--reps", default=3, show_default=True, type=int,
-              help="Repetitions with distinct seeds (seed, seed+1, ...) for mean and sd.")
+@click.option("--reps", default=None, type=int,
+              help="Repetitions with distinct seeds (seed, seed+1, ...) for mean and sd (default 2).")
 @click.option("--seed", default=0, show_default=True, type=int, help="First seed.")
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
               help="JSONL prompt file: one {\"category\": ..., \"prompt\": ...} per line "
@@ -53,10 +82,10 @@ def _numbers(name: str, values: str, kind: type) -> list[Any]:
 @click.option("--categories", multiple=True, metavar="CAT,...",
               help="Only these categories (code, factual, analysis, creative, or the file's).")
 @click.option("--per-category", type=int, default=None, metavar="N",
-              help="At most N prompts per category.")
-@click.option("--n-predict", default=128, show_default=True, type=int, help="Tokens per request.")
+              help="At most N prompts per category (default 2).")
+@click.option("--n-predict", default=None, type=int, help="Tokens per request (default 128).")
 @click.option("--ctx", "ctx_size", default=4096, show_default=True, type=int,
-              help="llama-server context size.")
+              help="llama-server context size (raised to fit --context-depth).")
 @click.option("--server-arg", "server_args", multiple=True, metavar="ARG",
               help="Extra llama-server arguments, e.g. --server-arg='-ngl 99' (repeatable).")
 @click.option("--min-acceptance", default=0.3, show_default=True, type=float,
@@ -65,48 +94,70 @@ def _numbers(name: str, values: str, kind: type) -> list[Any]:
               help="Also fail when the code category's speedup is below this (off by default: "
                    "speed depends on the hardware more than on the file).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Write report.json, report.md, speedup.png and server logs into DIR.")
-@click.option("--dry-run", is_flag=True, help="Print the plan (servers, requests) and stop.")
+              help="Write report.json, report.md, the charts and server logs into DIR.")
+@click.option("--per-prompt", is_flag=True,
+              help="Also print one line per request: pred= draft= acc= rate= tok/s=.")
+@click.option("--bench-json", "bench_json", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE", help="Write {n_requests, total_predicted, total_draft, "
+                                   "total_draft_accepted, aggregate_accept_rate, wall_s_total}.")
+@force_option
+@click.option("--dry-run", is_flag=True, help="Print the plan (servers, requests, tokens) and stop.")
 @llama_cpp_option
 @json_option
 @error_boundary
-def check_cmd(models: tuple[str, ...], draft: str | None, n_max: str, temperature: str, reps: int,
-              seed: int, prompts_file: str | None, categories: tuple[str, ...],
-              per_category: int | None, n_predict: int, ctx_size: int,
-              server_args: tuple[str, ...], min_acceptance: float, min_speedup: float | None,
-              report_dir: str | None, dry_run: bool, llama_cpp: str | None, as_json: bool) -> None:
+def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_max: str | None,
+              p_min: str | None, mode: str, reasoning: str | None, context_depth: str | None,
+              temperature: str, reps: int | None, seed: int, prompts_file: str | None,
+              categories: tuple[str, ...], per_category: int | None, n_predict: int | None,
+              ctx_size: int, server_args: tuple[str, ...], min_acceptance: float,
+              min_speedup: float | None, report_dir: str | None, per_prompt: bool,
+              bench_json: str | None, force: bool, dry_run: bool, llama_cpp: str | None,
+              as_json: bool) -> None:
     """Measure MTP acceptance and speed of MODEL(s) on llama-server and give a verdict.
 
     MODEL is a GGUF with an MTP head (grafted or converted), or the first shard of a split set.
-    Each model runs on one baseline llama-server and one MTP server per --n-max value; exit code
-    1 when the verdict is fail. Several models give the quant-by-task matrix.
+    Each model runs on one baseline llama-server and one MTP server per --n-max (x --p-min)
+    value; exit code 1 when the verdict is fail. Several models (quants) give one report with the
+    quant x category matrix and the quant x n acceptance table.
     """
-    from ..check import plan_check, resolve_server, run_check
-    from ..check.report import format_table, format_verdict, report_dict, write_report
+    from ..check import plan_check, resolve_server, run_check, validate_settings
+    from ..check.report import (
+        format_per_prompt,
+        format_table,
+        format_verdict,
+        report_dict,
+        write_bench_json,
+        write_report,
+    )
+    from ..outputs import check_outputs
 
     extra: list[str] = []
     for a in server_args:
         extra += shlex.split(a)
-    plan = plan_check(
-        models, draft=draft, n_max=_numbers("--n-max", n_max, int),
-        temperatures=_numbers("--temperature", temperature, float), reps=reps, seed=seed,
-        prompts=prompts_file, categories=_split(categories) or None, per_category=per_category,
-        n_predict=n_predict, ctx_size=ctx_size, server_args=extra,
-        min_acceptance=min_acceptance, min_speedup=min_speedup, server=resolve_server(llama_cpp))
+    settings = _settings(preset or "default", {
+        "n_max": _csv("--n-max", n_max, int), "reps": reps, "per_category": per_category,
+        "n_predict": n_predict, "p_min": _csv("--p-min", p_min, float),
+        "context_depth": _csv("--context-depth", context_depth, int)})
+    settings.update(temperatures=_numbers("--temperature", temperature, float), ctx_size=ctx_size,
+                    min_acceptance=min_acceptance, min_speedup=min_speedup, mode=mode,
+                    reasoning=_split(reasoning))
+    validate_settings(**settings)  # a usage mistake is said before any tool is looked up
+    if bench_json:
+        check_outputs([bench_json], models, force=force)
+    plan = plan_check(models, draft=draft, seed=seed, prompts=prompts_file,
+                      categories=_split(categories) or None, server_args=extra,
+                      server=resolve_server(llama_cpp), **settings)
+    cost = plan.cost()
+    size = (f"{cost['servers']} llama-server runs, {cost['requests']} requests, "
+            f"{cost['generate_tokens']} tokens to generate, <= {cost['prefill_tokens']} to prefill "
+            f"({len(plan.prompts)} prompts x {plan.reps} reps x {len(plan.conditions)} conditions "
+            "per server)")
     if dry_run:
-        if as_json:
-            emit_json(plan.to_dict())
-        else:
-            d = plan.to_dict()
-            click.echo(f"{len(d['servers'])} llama-server runs, {d['n_requests']} requests "
-                       f"({len(plan.prompts)} prompts x {reps} reps x "
-                       f"{len(plan.temperatures)} temperatures per server):")
-            for s in d["servers"]:
-                click.echo(f"  {s}")
+        emit_dry_run(plan, "\n".join([size + ":"] + [f"  {s}" for s in plan.to_dict()["servers"]]),
+                     as_json)
         return
 
-    info(f"{plan.n_servers} llama-server runs, {plan.n_requests} requests "
-         f"(MTP via --spec-type {plan.spec_type})")
+    info(size + f"; MTP via --spec-type {plan.spec_type}")
     bar = progress_bar(plan.n_requests, unit="req") if show_progress() else None
 
     def progress(label: str, done: int) -> None:
@@ -117,19 +168,22 @@ def check_cmd(models: tuple[str, ...], draft: str | None, n_max: str, temperatur
 
     log_dir = f"{report_dir}/logs" if report_dir else None
     try:
-        result = run_check(plan, log_dir=log_dir, progress=progress,
+        result = run_check(plan, log_dir=log_dir, progress=progress, events=info,
                            hash_files=bool(report_dir or as_json))
     finally:
         if bar is not None:
             bar.close()
 
-    chart_name = None
+    chart_name, charts = None, []
     if report_dir:
         files = write_report(result, report_dir)
-        chart_name = files.chart.name if files.chart else None
-        info(f"wrote {files.json}, {files.markdown}" + (f", {files.chart}" if files.chart else ""))
+        charts = [c.name for c in files.charts]
+        chart_name = charts[0] if charts else None
+        info(f"wrote {files.json}, {files.markdown}" + "".join(f", {c}" for c in files.charts))
         if files.chart_note and not files.chart:
             info(files.chart_note)
+    if bench_json:
+        info(f"wrote {write_bench_json(result, bench_json)}")
     for w in result.warnings:
         warn(w)
     for m in result.models:
@@ -138,10 +192,12 @@ def check_cmd(models: tuple[str, ...], draft: str | None, n_max: str, temperatur
                 tail = "\n".join(f"  | {x}" for x in run.log_tail.splitlines()[-12:])
                 info(f"{m.spec.name}: the end of the failed llama-server's log:\n{tail}")
     if as_json:
-        emit_json(report_dict(result, chart_name))
+        emit_json(report_dict(result, chart_name, charts))
         if not result.passed:
             click.echo(format_verdict(result), err=True)
     else:
+        if per_prompt:
+            click.echo(format_per_prompt(result))
         click.echo(format_table(result))
     if not result.passed:
         sys.exit(1)

@@ -1,0 +1,87 @@
+"""The tables people publish, rendered from report.json's model entries (so a model card can render
+them from a report on disk): the quant x category speedup matrix with green / yellow / red, and the
+quant x n acceptance table with mean +- sd over reps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+DOT = {"green": "🟢", "yellow": "🟡", "red": "🔴", "inconclusive": "❔", None: "⚪"}
+
+
+def _pm(mean: float | None, std: float | None, fmt: str = ".2f") -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:{fmt}} ± {std:{fmt}}" if std else f"{mean:{fmt}}"
+
+
+def pct(speedup: float | None) -> str:
+    return "-" if speedup is None else f"{(speedup - 1) * 100:+.0f}%"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def row_labels(models: Sequence[dict[str, Any]]) -> list[str]:
+    """The quant of each model when that tells them apart, else the file name."""
+    quants = [m.get("quant") or m.get("name", "?") for m in models]
+    if len(set(quants)) == len(quants):
+        return [str(q) for q in quants]
+    return [str(m.get("name", "?")) for m in models]
+
+
+def _config(c: dict[str, Any]) -> str:
+    n, p = c.get("best_n"), c.get("best_p_min")
+    if n is None:
+        return ""
+    return f"n={n}" + (f", p-min {p:g}" if p is not None else "")
+
+
+def matrix_cell(c: dict[str, Any] | None) -> str:
+    if not c or c.get("speedup") is None:
+        return f"{DOT[None]} n/a"
+    status = c.get("status")
+    acc = c.get("acceptance")
+    what = f"{pct(c['speedup'])} ({_config(c)}" + (f", acc {acc:.2f}" if acc is not None else "") + ")"
+    if status == "inconclusive":
+        return f"{DOT[status]} inconclusive: {what}"
+    return f"{DOT[status]} {what}"
+
+
+def speedup_matrix(models: Sequence[dict[str, Any]]) -> str:
+    """Markdown: quant x category, a coloured dot, the speedup at the recommended n (and p-min)."""
+    cats = list(dict.fromkeys(c for m in models for c in m.get("categories") or {}))
+    rows = [[label] + [matrix_cell((m.get("categories") or {}).get(c)) for c in cats]
+            for label, m in zip(row_labels(models), models, strict=True)]
+    return md_table(["quant"] + cats, rows)
+
+
+def acceptance_table(models: Sequence[dict[str, Any]]) -> str:
+    """Markdown: quant x draft depth n (x p-min), acceptance mean +- sd over reps, all categories,
+    at the report's first condition (temperature, thinking, depth)."""
+    def first_condition(m: dict[str, Any]) -> list[dict[str, Any]]:
+        runs = m.get("by_config") or []
+        if not runs:
+            return []
+        key = (runs[0].get("temperature"), runs[0].get("reasoning"), runs[0].get("depth"))
+        return [r for r in runs if (r.get("temperature"), r.get("reasoning"), r.get("depth")) == key]
+
+    cols: list[tuple[Any, Any]] = list(dict.fromkeys((r.get("n_max"), r.get("p_min"))
+                                                     for m in models for r in first_condition(m)))
+    if not cols:
+        return ""
+    header = ["quant"] + [f"n={n}" + (f" p-min {p:g}" if p is not None else "") for n, p in cols]
+    rows = []
+    for label, m in zip(row_labels(models), models, strict=True):
+        got = {(r.get("n_max"), r.get("p_min")): r for r in first_condition(m)}
+        cells = []
+        for key in cols:
+            a = (got.get(key) or {}).get("acceptance_reps") or {}
+            cells.append(_pm(a.get("mean"), a.get("std")))
+        rows.append([label] + cells)
+    return md_table(header, rows)
