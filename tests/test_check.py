@@ -229,6 +229,118 @@ def test_report_files_follow_the_fixed_schema(tmp_path):
     assert "MTP not active" not in render_markdown(result)
 
 
+def test_speed_status_says_inconclusive_when_one_sd_covers_no_speedup():
+    from mtpgraft.check.judge import inconclusive_reason
+
+    assert speed_status(1.05, 0.10, 3) == "inconclusive"
+    assert speed_status(0.95, 0.10, 3) == "inconclusive"
+    assert speed_status(1.30, 0.10, 3) == "green" and speed_status(0.80, 0.10, 3) == "red"
+    assert speed_status(1.05, 0.01, 3) == "yellow"
+    assert speed_status(1.05, 0.10, 1) == "yellow"  # one rep: no spread to judge by
+    assert inconclusive_reason(1.05, 0.10, 3) == "sd/mean 10% over 3 reps: 1.05x ± 0.10 includes 1.00x"
+    assert inconclusive_reason(1.30, 0.10, 3) == ""
+
+
+def test_plan_presets_cost_modes_and_ctx(tmp_path):
+    from mtpgraft.check import plan_check
+    from mtpgraft.check.plan import PRESETS
+
+    assert PRESETS["quick"]["n_max"] == (3,) and PRESETS["thorough"]["reps"] == 3
+    chat, raw = tmp_path / "chat.gguf", tmp_path / "raw.gguf"
+    from mtpgraft.testmodels import build_tiny_model
+
+    build_tiny_model(chat, head="aligned", dtype="f16")
+    _strip_template(chat, raw)
+    server = ServerTool(Path("/bin/llama-server"), "draft-mtp",
+                        flags=frozenset({"--jinja", "--spec-draft-p-min"}))
+    plan = plan_check([chat, raw], server=server, n_max=(1, 2), p_min=(0, 0.75), reps=2,
+                      per_category=1, categories=["code"], context_depth=(0, 2048), n_predict=16,
+                      ctx_size=512)
+    assert [plan.mode_for(m) for m in plan.models] == ["chat", "raw"]
+    assert [c.label for c in plan.configs] == ["baseline", "MTP n=1 p-min=0", "MTP n=1 p-min=0.75",
+                                               "MTP n=2 p-min=0", "MTP n=2 p-min=0.75"]
+    assert plan.n_servers == 10 and len(plan.conditions) == 2 and plan.n_requests == 40
+    cost = plan.cost()
+    assert cost["generate_tokens"] == 40 * 16 and cost["servers"] == 10
+    assert cost["prefill_tokens"] >= 20 * 2048
+    assert plan.server_ctx >= 2048 + 16 and plan.server_ctx % 256 == 0
+    assert plan.estimate_s(1.0, 1000.0, 10.0) == pytest.approx(
+        10 + cost["prefill_tokens"] / 1000 + cost["generate_tokens"] / 10)
+    with pytest.raises(UsageError, match="raw.gguf runs in raw mode"):
+        plan_check([chat, raw], server=server, reasoning=["on", "off"])
+    with pytest.raises(UsageError, match="chat mode needs a chat template"):
+        plan_check([raw], server=server, mode="chat")
+    with pytest.raises(UsageError, match="no --spec-draft-p-min"):
+        plan_check([chat], server=ServerTool(Path("/x/llama-server"), "draft-mtp"), p_min=[0.5])
+    with pytest.raises(UsageError, match=r"--p-min values must be between 0 and 1"):
+        plan_check([chat], server=server, p_min=[1.5])
+    with pytest.raises(UsageError, match="--reasoning takes on and off, got maybe"):
+        plan_check([chat], server=server, reasoning=["maybe"])
+
+
+def _strip_template(src: Path, dst: Path) -> None:
+    """A copy of a tiny model without tokenizer.chat_template (raw mode by default)."""
+    from ggufgen import rewrite
+
+    rewrite(src, dst, drop_keys={"tokenizer.chat_template"})
+
+
+def _req(pid, cat, n, rep, pred, ms, draft, acc, p_min=None):
+    return RequestRecord(pid, cat, n, 0.0, rep, rep, 20, 5.0, pred, ms, 0, draft, acc, "x", p_min,
+                         None, 0, ms + 7.0)
+
+
+def test_per_prompt_lines_and_bench_json_add_up(tmp_path):
+    from mtpgraft.check.report import bench_dict, format_per_prompt
+
+    plan = _plan(tmp_path, n_max=(3,), reps=1)
+    cells = [Cell(None, 0.0, "code", 0, SpecCounters(), (_req("a", "code", None, 0, 16, 100.0, 0, 0),)),
+             Cell(3, 0.0, "code", 0, SpecCounters(12, 9, 4),
+                  (_req("a", "code", 3, 0, 16, 50.0, 12, 9),)),
+             Cell(None, 0.0, "creative", 0, SpecCounters(),
+                  (_req("b", "creative", None, 0, 16, 100.0, 0, 0),)),
+             Cell(3, 0.0, "creative", 0, SpecCounters(9, 3, 3),
+                  (_req("b", "creative", 3, 0, 16, 80.0, 9, 3),))]
+    m = judge_model(plan, plan.models[0], cells, [ServerRun(None), ServerRun(3)])
+    result = _result(plan, [m])
+    lines = format_per_prompt(result).splitlines()
+    assert lines[1] == ("m.gguf MTP n=3 T=0 rep=1 a [code]: pred=16 draft=12 acc=9 rate=0.750 "
+                        "tok/s=320.0")
+    assert len(lines) == 4
+    bench = bench_dict(result)
+    assert {k: bench[k] for k in ("n_requests", "total_predicted", "total_draft",
+                                  "total_draft_accepted", "aggregate_accept_rate")} == {
+        "n_requests": 2, "total_predicted": 32, "total_draft": 21, "total_draft_accepted": 12,
+        "aggregate_accept_rate": round(12 / 21, 6)}
+    assert bench["wall_s_total"] == pytest.approx((57.0 + 87.0) / 1000)
+    assert [(r["config"], r["n_requests"]) for r in bench["runs"]] == [("baseline", 2), ("MTP n=3", 2)]
+    rows = m.to_dict()["per_prompt"]
+    assert [(r["id"], r["drafted"], r["accepted"], r["rate"]) for r in rows if r["n_max"]] == [
+        ("a", 12, 9, 0.75), ("b", 9, 3, 0.3333)]
+
+
+def test_three_quants_give_one_matrix_and_acceptance_table(tmp_path):
+    from dataclasses import replace as _replace
+
+    from mtpgraft.check.tables import acceptance_table, speedup_matrix
+
+    plan = _plan(tmp_path)
+    tps = {(None, "code"): 10.0, (1, "code"): 15.0, (2, "code"): 18.0,
+           (None, "creative"): 10.0, (1, "creative"): 9.0, (2, "creative"): 8.0}
+    models = []
+    for quant, acc in (("Q8_0", 0.9), ("Q4_K_M", 0.8), ("IQ2_XXS", 0.5)):
+        spec = _replace(plan.models[0], file_type=quant)
+        models.append(judge_model(plan, spec, _cells(plan, {"code": acc, "creative": 0.5}, tps),
+                                  _servers(plan)).to_dict())
+    matrix = speedup_matrix(models).splitlines()
+    assert matrix[0] == "| quant | code | creative |"
+    assert [r.split(" | ")[0] for r in matrix[2:]] == ["| Q8_0", "| Q4_K_M", "| IQ2_XXS"]
+    assert "🟢 +80% (n=2, acc 0.90)" in matrix[2] and "🔴 -10% (n=1, acc 0.50)" in matrix[2]
+    table = acceptance_table(models).splitlines()
+    assert table[0] == "| quant | n=1 | n=2 |"
+    assert table[2] == "| Q8_0 | 0.70 | 0.70 |" and table[4] == "| IQ2_XXS | 0.50 | 0.50 |"
+
+
 # --------------------------------------------------------------------------- the real llama-server
 
 # One thread: on a shared 2-core machine two spinning threads make the tiny models ~10x slower.
@@ -372,6 +484,168 @@ def test_cli_exits_1_and_says_why(tiny_models, llama_cpp_dir):
     d = json.loads(res.stdout)
     assert d["acceptance"] == 1.0 and len(d["reasons"]) == 1
     assert re.fullmatch(r"code speedup \d+\.\d\d < 100\.00", d["reasons"][0])
+
+
+@pytest.fixture(scope="module")
+def chatted(tiny_models, llama_cpp_dir, tmp_path_factory):
+    """One check as people run MTP: chat template, thinking on and off, a 512-token context, and a
+    p-min sweep; aligned and mixed heads; no warm-up, so /metrics holds only measured requests."""
+    from mtpgraft.check import plan_check, resolve_server, run_check
+
+    names = ("full-aligned", "full-mixed")
+    plan = plan_check([tiny_models[n] for n in names], n_max=(3,), p_min=(0, 0.75), reps=1,
+                      n_predict=32, per_category=1, categories=["code", "creative"],
+                      reasoning=["on", "off"], context_depth=(0, 512), ctx_size=512,
+                      server_args=ONE_THREAD, server=resolve_server(llama_cpp_dir), warmup=False)
+    logs = tmp_path_factory.mktemp("chat-logs")
+    events: list[str] = []
+    result = run_check(plan, log_dir=logs, hash_files=False, events=events.append)
+    return dict(zip(names, result.models, strict=True)), result, events
+
+
+@pytest.mark.tools
+def test_chat_mode_aligned_head_accepts_everything_with_thinking_on_and_off(chatted):
+    models, result, _ = chatted
+    m = models["full-aligned"]
+    assert m.mode == "chat" and m.verdict == "pass" and m.warnings == ()
+    assert {(s.reasoning, s.depth) for s in m.summaries} == {
+        ("on", 0), ("off", 0), ("on", 512), ("off", 512)}
+    assert all(s.acceptance == 1.0 for s in m.summaries)
+    assert result.to_dict()["settings"]["reasoning_kwargs"] == {
+        "on": {"enable_thinking": True}, "off": {"enable_thinking": False}}
+
+
+@pytest.mark.tools
+def test_chat_mode_mixed_head_is_lower_on_creative_than_on_code(chatted):
+    models, _, _ = chatted
+    m = models["full-mixed"]
+    for s in m.summaries:
+        if s.category == "code":
+            assert s.acceptance == 1.0, s
+        else:
+            assert s.acceptance < 0.6, s
+
+
+@pytest.mark.tools
+def test_the_template_honours_the_thinking_switch_and_the_requests_carry_it(chatted):
+    models, _, _ = chatted
+    m = models["full-aligned"]
+    assert [(t.reasoning, t.kwargs, t.honoured) for t in m.template] == [
+        ("on", {"enable_thinking": True}, True), ("off", {"enable_thinking": False}, True)]
+    assert m.template[0].prompt_tail.endswith("<think>\ndocstring.")
+    assert m.template[1].prompt_tail.endswith("<think>\n\n</think>\n\ndocstring.")
+    # What the server prefilled: thinking off renders the closed think block, so more tokens.
+    by = {(r.prompt_id, r.reasoning, r.depth, r.config): r.prompt_n
+          for c in m.cells for r in c.requests}
+    for (pid, reasoning, depth, cfg), n in by.items():
+        if reasoning == "off":
+            assert n > by[(pid, "on", depth, cfg)], pid
+
+
+@pytest.mark.tools
+def test_context_depth_row_has_prefill_for_both_servers(chatted):
+    models, result, _ = chatted
+    for m in models.values():
+        assert m.context_tokens == {"code@512": 512, "prose@512": 512}
+        deep = [c for c in m.pooled if c.depth == 512]
+        assert len(deep) == 2 * 2  # two p-min configs x two thinking settings
+        for c in deep:
+            assert c.prefill_tps.mean > 0 and c.baseline_prefill_tps.mean > 0
+            assert c.prefill_ratio == pytest.approx(c.prefill_tps.mean / c.baseline_prefill_tps.mean)
+        shallow = {(r.prompt_id, r.reasoning, r.config): r.prompt_n
+                   for c in m.cells if c.depth == 0 for r in c.requests}
+        for c in m.cells:
+            for r in c.requests:
+                if r.depth == 512:
+                    assert r.prompt_n >= shallow[(r.prompt_id, r.reasoning, r.config)] + 512
+    from mtpgraft.check.report import render_markdown
+
+    md = render_markdown(result)
+    assert "## Context depth" in md and "## Thinking on and off" in md
+    assert "prose@512 = 512" in md
+
+
+@pytest.mark.tools
+def test_p_min_sweep_starts_one_server_per_value(chatted):
+    models, _, _ = chatted
+    for m in models.values():
+        assert [s.config.label for s in m.servers] == ["baseline", "MTP n=3 p-min=0",
+                                                       "MTP n=3 p-min=0.75"]
+        for s in m.servers[1:]:
+            i = s.cmd.index("--spec-draft-p-min")
+            assert float(s.cmd[i + 1]) == s.p_min and s.error is None
+        assert "--jinja" in m.servers[0].cmd
+
+
+@pytest.mark.tools
+def test_per_prompt_rows_add_up_to_llama_servers_metrics(chatted):
+    from mtpgraft.check.report import bench_dict
+
+    models, result, events = chatted
+    for m in models.values():
+        rows = m.to_dict()["per_prompt"]
+        for s in m.servers[1:]:
+            mine = [r for r in rows if r["config"] == s.config.label]
+            assert len(mine) == 2 * 2 * 2  # prompts x thinking x depth
+            # Rows come from each response's timings; /metrics was read before the server stopped.
+            assert sum(r["drafted"] for r in mine) == s.counters_final.draft_tokens > 0
+            assert sum(r["accepted"] for r in mine) == s.counters_final.accepted
+    bench = bench_dict(result)
+    total = sum((s.counters_final for m in models.values() for s in m.servers), SpecCounters())
+    assert (bench["total_draft"], bench["total_draft_accepted"]) == (total.draft_tokens,
+                                                                     total.accepted)
+    assert bench["n_requests"] == 2 * 2 * 8
+    assert len(events) == 1 and events[0].startswith("estimated time: ~")
+
+
+@pytest.mark.tools
+def test_cli_three_quants_one_report_per_prompt_and_bench_json(tiny_models, llama_cpp_dir, tmp_path):
+    from click.testing import CliRunner
+
+    import mtpgraft.commands.check  # noqa: F401  (registers `check` on the group)
+    from mtpgraft.cli import cli
+    from mtpgraft.tools import find_tool, run_tool
+
+    quantize = find_tool("llama-quantize", llama_cpp_dir)
+    quants = ("Q8_0", "Q6_K", "Q4_K_M")
+    files = []
+    for q in quants:
+        out = tmp_path / f"tiny-{q}.gguf"
+        run_tool([quantize, tiny_models["full-mixed"], out, q])
+        files.append(str(out))
+    report, bench = tmp_path / "report", tmp_path / "bench.json"
+    args = ["check", *files, "--quick", "--categories", "code,creative", "--n-predict", "24",
+            "--server-arg", "-t 1", "--llama-cpp", str(llama_cpp_dir), "--report", str(report),
+            "--per-prompt", "--bench-json", str(bench)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "6 llama-server runs, 12 requests, 288 tokens to generate" in res.stderr
+    assert "estimated time: ~" in res.stderr
+    lines = [x for x in res.stdout.splitlines() if " pred=" in x]
+    assert len(lines) == 12
+    assert all(re.search(r"pred=24 draft=\d+ acc=\d+ rate=(\d\.\d{3}|-) tok/s=\d+\.\d$", x)
+               for x in lines)
+    md = (report / "report.md").read_text()
+    rows = [x for x in md.splitlines() if x.startswith(tuple(f"| {q} |" for q in quants))]
+    assert len(rows) == 6  # three in the matrix, three in the acceptance table
+    assert "| quant | n=3 |" in md and "warm-up: one warm-up request" in md
+    d = json.loads((report / "report.json").read_text())
+    assert [m["quant"] for m in d["models"]] == list(quants)
+    assert d["charts"] == ["speedup.png", "by-n.png"]
+    assert (report / "by-n.png").read_bytes()[:4] == b"\x89PNG"
+    for m in d["models"]:
+        assert m["categories"]["code"]["acceptance"] == 1.0
+        assert m["categories"]["creative"]["acceptance"] < 0.6
+    b = json.loads(bench.read_text())
+    assert b["n_requests"] == 6 and b["total_predicted"] == 6 * 24
+    assert b["total_draft"] == sum(m["counters"]["draft_tokens"] for m in d["models"])
+    assert b["total_draft_accepted"] == sum(m["counters"]["accepted"] for m in d["models"])
+    # The bench file is never overwritten without --force.
+    from mtpgraft.errors import OutputExistsError
+
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == OutputExistsError.exit_code
+    assert res.stderr == f"mtpgraft: error: {bench} exists; pass --force to overwrite it\n"
 
 
 def test_cli_says_a_usage_mistake_before_looking_for_llama_server(tmp_path):
