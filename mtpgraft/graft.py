@@ -21,7 +21,14 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, quants
 
 from . import __version__, naming
-from .arch import NEXTN_REQUIRED, ArchRule, require_mtp_arch, rule_for
+from .arch import (
+    ASSISTANT_ARCH,
+    GEMMA4_MESSAGE,
+    NEXTN_REQUIRED,
+    ArchRule,
+    require_mtp_arch,
+    rule_for,
+)
 from .errors import GraftError, MtpgraftError, UsageError
 from .gguf_io import (
     KV,
@@ -314,9 +321,9 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
     check_outputs(outputs, base.paths + src.paths, force=force)
 
     arch = base.arch
+    rule = require_mtp_arch(arch)  # first: a gemma4 base gets the reason, not "architecture mismatch"
     if src.arch != arch:
         raise GraftError(f"architecture mismatch: base is {arch}, MTP source is {src.arch}")
-    rule = require_mtp_arch(arch)
     warnings: list[str] = []
 
     b_embd, s_embd = base.get(f"{arch}.embedding_length"), src.get(f"{arch}.embedding_length")
@@ -518,7 +525,12 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
 
 def _mtp_layers_of(model: GGUFModel, what: str) -> tuple[Structure, list[int], int]:
     st = analyse(model)
+    if model.arch in ("gemma4", ASSISTANT_ARCH):
+        raise GraftError(GEMMA4_MESSAGE)
     if not st.eh_layers:
+        if what == "detach" and st.nextn and st.block_count and not st.layers.get(st.block_count - st.nextn):
+            # trunk only but the key kept (glm4moe & co. abort with draft-mtp): drop the key
+            return st, [], st.block_count - st.nextn
         raise GraftError(f"{model.path.name} has no MTP block to {what}")
     if st.mtp_only_layout and what == "detach":
         raise GraftError(f"{model.path.name} is an MTP-only file; there is no trunk to keep")

@@ -16,7 +16,15 @@ from typing import Any
 
 from gguf import GGMLQuantizationType, LlamaFileType
 
-from .arch import COMMON_LAYER_ARRAYS, GEMMA4_MESSAGE, NEXTN_REQUIRED, rule_for
+from .arch import (
+    ASSISTANT_ARCH,
+    ASSISTANT_NOTE,
+    COMMON_LAYER_ARRAYS,
+    GEMMA4_MESSAGE,
+    NEXTN_REQUIRED,
+    assistant_problems,
+    rule_for,
+)
 from .gguf_io import GGUFModel, TensorRef
 
 LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
@@ -120,7 +128,7 @@ class InspectReport:
     mtp_layers: list[int]
     mtp_tensors: list[MtpTensor]
     mtp_bytes: int
-    layout: str  # "full", "trunk-only", "mtp-only"
+    layout: str  # "full", "trunk-only", "mtp-only", "assistant" (gemma4-assistant)
     tensor_count: int
     n_embd: int | None
     vocab_size: int | None
@@ -148,7 +156,10 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
     notes: list[str] = []
     bc, nextn = st.block_count, st.nextn
 
-    if arch in ("gemma4", "gemma4-assistant"):
+    if arch == ASSISTANT_ARCH:
+        notes.append(ASSISTANT_NOTE)
+        problems += assistant_problems(model.get, set(model.by_name))
+    elif arch == "gemma4":
         notes.append(GEMMA4_MESSAGE)
     elif rule is None:
         notes.append(f"architecture {arch!r} has no in-file MTP support in llama.cpp")
@@ -169,7 +180,7 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
             else:
                 problems.append(f"MTP tensors ({where}) present but {arch}.nextn_predict_layers is missing, "
                                 f"so llama.cpp takes {where} for trunk layers and fails to load it")
-        elif nextn:
+        elif nextn and arch != ASSISTANT_ARCH:
             expected = list(range(bc - nextn, bc))
             present = [i for i in expected if st.layers.get(i)]
             if beyond and any(i in st.eh_layers for i in beyond):
@@ -180,6 +191,10 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
                 if rule is not None and rule.trunk_only_ok:
                     notes.append(f"trunk-only file: {arch}.nextn_predict_layers={nextn} but no MTP tensors "
                                  "(llama.cpp loads it without MTP)")
+                    if rule.trunk_only_mtp_aborts:
+                        notes.append("warning: llama-server started with --spec-type draft-mtp ABORTS on "
+                                     "this file (GGML_ASSERT: MTP block missing nextn.eh_proj); "
+                                     "`mtpgraft attach` an MTP block, or drop the key")
                 else:
                     problems.append(f"{arch}.nextn_predict_layers={nextn} but the MTP block "
                                     f"blk.{expected[0]} has no tensors (llama.cpp: tensor "
@@ -232,6 +247,9 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
         mtp_refs = [r for i in st.eh_layers for r in st.layers[i]]
     mtp_present = bool(st.eh_layers)
     layout = "mtp-only" if st.mtp_only_layout else ("full" if mtp_present else "trunk-only")
+    if arch == ASSISTANT_ARCH:  # every block an MTP layer, plus the global nextn.* projections
+        mtp_refs = [r for r in model.refs if r.name.startswith("nextn.")] + mtp_refs
+        mtp_present, layout = bool(st.layers) and nextn > 0, "assistant"
     n_embd = model.get(f"{arch}.embedding_length")
     vocab, _ = vocab_fingerprint(model)
     dom = dominant_type(model.refs)
@@ -242,7 +260,7 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
         nextn_predict_layers=nextn,
         trunk_layers=st.trunk,
         mtp_present=mtp_present,
-        mtp_layers=sorted({layer_of(r.name)[0] for r in mtp_refs}),  # type: ignore[index]
+        mtp_layers=sorted({lo[0] for r in mtp_refs if (lo := layer_of(r.name))}),
         mtp_tensors=[MtpTensor(r.name, r.info.type_name, r.info.shape, r.info.nbytes) for r in mtp_refs],
         mtp_bytes=sum(r.info.nbytes for r in mtp_refs),
         layout=layout,

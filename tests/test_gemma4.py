@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from click.testing import CliRunner
 from gguf import GGUFReader
+from gguf import GGUFValueType as V
+from ggufgen import rewrite
 from tinyserve import rate, run, serve
 
 from mtpgraft import testmodels as tm
@@ -98,3 +103,61 @@ def test_assistant_needs_the_target_and_the_spec_type(tiny_gemma_models, llama_c
         assert run(srv, tm.PROSE_PROMPT, n_predict=32)["draft_n"] == 0
     with pytest.raises(ServerError, match="doesn't contain MTP layers"):
         serve(tiny_gemma_models["base"], llama_cpp_dir, spec_type="mtp").start()
+
+
+# --------------------------------------------------------------- inspect / attach / detach / extract
+
+
+def _mtpgraft(*args) -> tuple[int, str]:
+    import mtpgraft.commands  # noqa: F401 - registers the commands
+    from mtpgraft.cli import cli
+
+    res = CliRunner().invoke(cli, [str(a) for a in args])
+    return res.exit_code, res.output
+
+
+def test_inspect_knows_the_assistant(tiny_gemma_models, tmp_path):
+    code, out = _mtpgraft("inspect", "--json", tiny_gemma_models["assistant-mixed"])
+    rep = json.loads(out)
+    assert code == 0 and rep["consistent"], rep["problems"]
+    assert (rep["layout"], rep["mtp_present"], rep["mtp_layers"]) == ("assistant", True, [0, 1, 2, 3])
+    assert {"nextn.pre_projection.weight", "nextn.post_projection.weight"} <= {t["name"] for t in rep["mtp_tensors"]}
+    assert any("-md" in n and "--spec-type draft-mtp" in n for n in rep["notes"])
+    rep = json.loads(_mtpgraft("inspect", "--json", tiny_gemma_models["base"])[1])
+    assert rep["consistent"] and rep["layout"] == "trunk-only" and not rep["mtp_present"]
+
+    src = tiny_gemma_models["assistant-aligned"]
+    broken = {
+        "same-width": rewrite(src, tmp_path / "a.gguf", set_kv={
+            "gemma4-assistant.embedding_length_out": (V.UINT32, g4.N_EMBD_ASSISTANT, None)}),
+        "no-pre": rewrite(src, tmp_path / "b.gguf", drop_tensors={"nextn.pre_projection.weight"}),
+        "short-nextn": rewrite(src, tmp_path / "c.gguf", set_kv={
+            "gemma4-assistant.nextn_predict_layers": (V.UINT32, 2, None)}),
+        "no-q": rewrite(src, tmp_path / "d.gguf", drop_tensors={"blk.3.attn_q.weight"}),
+    }
+    want = {"same-width": "embedding_length_out (256) must be the target's hidden size",
+            "no-pre": "tensor nextn.pre_projection.weight is missing",
+            "short-nextn": "nextn_predict_layers is 2 but every one of the 4 blocks",
+            "no-q": "assistant layer blk.3 lacks attn_q.weight"}
+    for name, path in broken.items():
+        rep = json.loads(_mtpgraft("inspect", "--json", path)[1])
+        assert not rep["consistent"] and any(want[name] in p for p in rep["problems"]), (name, rep["problems"])
+
+
+def test_graft_commands_refuse_gemma4_with_the_reason(tiny_gemma_models, tmp_path):
+    base, asst = tiny_gemma_models["base"], tiny_gemma_models["assistant-aligned"]
+    for args in (("attach", base, "--mtp-from", asst, "-o", tmp_path / "x.gguf"),
+                 ("extract", base, "-o", tmp_path / "x.gguf"),
+                 ("detach", asst, "-o", tmp_path / "x.gguf")):
+        code, out = _mtpgraft(*args)
+        assert code == 1 and "separate assistant model" in out and "-md" in out, out
+        assert "Traceback" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.tools
+def test_broken_assistant_is_what_the_loader_refuses(tiny_gemma_models, llama_cpp_dir, tmp_path):
+    bad = rewrite(tiny_gemma_models["assistant-aligned"], tmp_path / "bad.gguf", set_kv={
+        "gemma4-assistant.embedding_length_out": (V.UINT32, g4.N_EMBD_ASSISTANT, None)})
+    with pytest.raises(ServerError, match="embedding_length_out"):
+        serve(tiny_gemma_models["base"], llama_cpp_dir, spec_type="mtp", draft_model=bad).start()

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from click.testing import CliRunner
 from gguf import GGUFReader
 from tinyserve import rate, run, serve
 
@@ -120,3 +123,72 @@ def test_trunk_only_with_the_key_aborts_with_mtp(tiny_glm_models, llama_cpp_dir,
     srv = serve(tiny_glm_models["base"], llama_cpp_dir, spec_type="mtp")
     with pytest.raises(ServerError, match="failed to create MTP context"):
         srv.start()
+
+
+# ------------------------------------------------------------------- attach / detach / extract / inspect
+
+
+def mtpgraft(*args: str) -> str:
+    """Run one mtpgraft command line in-process; return stdout (asserting exit 0)."""
+    import mtpgraft.commands  # noqa: F401 - registers the commands
+    from mtpgraft.cli import cli
+
+    res = CliRunner().invoke(cli, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    return res.stdout
+
+
+def _tensors(path) -> dict[str, bytes]:
+    return {t.name: bytes(t.data) for t in GGUFReader(path).tensors}
+
+
+def _keys(path) -> dict:
+    return {k: f.contents() for k, f in GGUFReader(path).fields.items()
+            if not k.startswith(("GGUF.", "tokenizer.", "mtpgraft.", "general.name"))}
+
+
+@pytest.fixture(scope="module")
+def grafted(tiny_glm_models, tmp_path_factory) -> dict[str, Path]:
+    """What attach / detach / extract make of the glm4moe test models."""
+    d, m = tmp_path_factory.mktemp("glm-graft"), tiny_glm_models
+    out = {"attach": d / "attach.gguf", "attach-key": d / "attach-key.gguf", "detach": d / "detach.gguf",
+           "detach-key": d / "detach-key.gguf", "extract": d / "mtp-glm.gguf"}
+    mtpgraft("attach", m["base"], "--mtp-from", m["full-mixed"], "-o", out["attach"])
+    mtpgraft("attach", m["base-key"], "--mtp-from", m["mtp-only-aligned"], "-o", out["attach-key"])
+    mtpgraft("detach", m["full-aligned"], "-o", out["detach"])
+    mtpgraft("detach", m["base-key"], "-o", out["detach-key"])  # drops the key: no abort with MTP on
+    mtpgraft("extract", m["full-aligned"], "-o", out["extract"])
+    return out
+
+
+def test_graft_outputs_are_the_converter_layouts(grafted, tiny_glm_models):
+    m = tiny_glm_models
+    for made, want in (("attach", "full-mixed"), ("attach-key", "full-aligned"), ("detach", "base"),
+                       ("detach-key", "base"), ("extract", "mtp-only-aligned")):
+        assert _tensors(grafted[made]) == _tensors(m[want]), made
+        assert list(_tensors(grafted[made])) == list(_tensors(m[want])), made  # order too
+        assert _keys(grafted[made]) == _keys(m[want]), made
+
+
+def test_inspect_judges_every_layout(tiny_glm_models):
+    import json
+
+    got = {n: json.loads(mtpgraft("inspect", "--json", p)) for n, p in tiny_glm_models.items()}
+    assert {n: r["layout"] for n, r in got.items()} == {
+        "full-aligned": "full", "full-mixed": "full", "full-random": "full", "base": "trunk-only",
+        "base-key": "trunk-only", "mtp-only-aligned": "mtp-only", "mtp-only-mixed": "mtp-only"}
+    assert all(r["consistent"] for r in got.values())
+    assert got["full-aligned"]["mtp_layers"] == [4]
+    assert len(got["full-aligned"]["mtp_tensors"]) == glm.MTP_TENSOR_COUNT
+    assert any("ABORTS" in n and "draft-mtp" in n for n in got["base-key"]["notes"])
+    assert not any("ABORTS" in n for r in got.values() if r is not got["base-key"] for n in r["notes"])
+
+
+@pytest.mark.tools
+def test_grafted_files_draft_at_the_known_rates(grafted, llama_cpp_dir):
+    with serve(grafted["attach"], llama_cpp_dir, spec_type="mtp", draft_n_max=3) as srv:
+        prose, code = (rate(run(srv, p, n_predict=64)) for p in (tm.PROSE_PROMPT, tm.CODE_PROMPT))
+    assert 0.25 <= prose <= 0.45 and code == 1.0, (prose, code)
+    with serve(grafted["detach-key"], llama_cpp_dir, spec_type="mtp",
+               draft_model=grafted["extract"]) as srv:
+        assert rate(run(srv, tm.PROSE_PROMPT, n_predict=64)) == 1.0
