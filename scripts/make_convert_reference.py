@@ -22,7 +22,10 @@ How the committed references were made (2026-12-01):
   vocabulary can have none of those, and the vocabulary is stripped from the reference anyway;
 - kept: the MTP block's tensors (blk.L.* for L >= the trunk) exactly as written, and the converter's
   values of the structural keys listed in KEPT_KEYS (vocabulary, names and size labels dropped), plus
-  `reference.*` keys saying how the file was made.
+  `reference.*` keys saying how the file was made;
+- and for the whole-model proof (E2E): the converter's full file and its `--no-mtp` file of the same
+  checkpoint, every tensor and key kept except the `tokenizer.*` keys (`<variant>-full.gguf`,
+  `<variant>-trunk.gguf`): grafting mtpgraft's head onto the trunk must give the full file.
 
 Run from the repository root:  .venv/bin/python scripts/make_convert_reference.py [--convenv /tmp/convenv]
 """
@@ -44,6 +47,7 @@ from mtpgraft.toolchain import toolchain_root
 SEED = 0
 CASES = [("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto")]
+E2E = ("dense-bf16", "moe-bf16")
 KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
              "attention.head_count", "attention.head_count_kv", "attention.key_length",
              "attention.value_length", "expert_count", "expert_used_count", "expert_feed_forward_length",
@@ -79,6 +83,20 @@ def keep(converted: Path, out: Path, variant: str, outtype: str) -> None:
         write_gguf(fh, kvs, tensors, alignment=m.alignment)
 
 
+def strip_vocab(converted: Path, out: Path) -> None:
+    m = GGUFModel(converted)
+    kvs = [kv for k, kv in m.kv.items() if not k.startswith("tokenizer.")]
+    tensors = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset) for r in m.refs]
+    with open(out, "wb") as fh:
+        write_gguf(fh, kvs, tensors, alignment=m.alignment)
+
+
+def convert(py: Path, runconv: Path, src: str, ckpt: Path, out: Path, *flags: str) -> None:
+    cmd = [str(py), str(runconv), src, str(ckpt), *flags, "--outfile", str(out)]
+    print("+", " ".join(cmd), file=sys.stderr)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--convenv", default="/tmp/convenv", help="venv with torch and transformers")
@@ -94,12 +112,13 @@ def main() -> int:
         for variant, outtype in CASES:
             assert variant in VARIANTS
             conv = t / f"{variant}-{outtype}.full.gguf"
-            cmd = [str(py), str(t / "runconv.py"), args.src, str(t / variant), "--outtype", outtype,
-                   "--outfile", str(conv)]
-            print("+", " ".join(cmd), file=sys.stderr)
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            convert(py, t / "runconv.py", args.src, t / variant, conv, "--outtype", outtype)
             keep(conv, OUT_DIR / reference_name(variant, outtype), variant, outtype)
-            print(f"wrote {OUT_DIR / reference_name(variant, outtype)}", file=sys.stderr)
+            if variant in E2E and outtype == "auto":
+                strip_vocab(conv, OUT_DIR / f"{variant}-full.gguf")
+                trunk = t / f"{variant}.trunk.gguf"
+                convert(py, t / "runconv.py", args.src, t / variant, trunk, "--no-mtp")
+                strip_vocab(trunk, OUT_DIR / f"{variant}-trunk.gguf")
     return 0
 
 

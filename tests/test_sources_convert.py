@@ -46,9 +46,13 @@ def head_kvs(path: Path) -> dict[str, bytes]:
     return {k: kv.raw for k, kv in GGUFModel(path).kv.items() if not k.startswith(("mtpgraft.", "reference."))}
 
 
+E2E = ("dense-bf16", "moe-bf16")
+
+
 def test_references_exist_and_are_small():
     files = sorted(REF.glob("*.gguf"))
-    assert [f.name for f in files] == sorted(f"{v}-{o}.gguf" for v, o in CASES)
+    want = [f"{v}-{o}.gguf" for v, o in CASES] + [f"{v}-{k}.gguf" for v in E2E for k in ("full", "trunk")]
+    assert [f.name for f in files] == sorted(want)
     assert sum(f.stat().st_size for f in files) < 3 << 20
 
 
@@ -101,9 +105,9 @@ def test_attach_from_a_snapshot_folder(tmp_path):
     assert m.get("qwen35.attention.recurrent_layers")[-1] is False
     mtp = [t for t in tensors(out) if t[0].startswith("blk.2.")]
     assert mtp == tensors(REF / "dense-bf16-auto.gguf")
-    # the converter's place for the block: right after output_norm
-    names = [r.name for r in m.refs]
-    assert names[names.index("output_norm.weight") + 1] == "blk.2.nextn.eh_proj.weight"
+    # the converter writes the head after blk.1.attn_q_norm, which this base lacks: appended
+    assert GGUFModel(resolve_mtp_source(ckpt).path).get("mtpgraft.cache.after") == "blk.1.attn_q_norm.weight"
+    assert [r.name for r in m.refs][-len(mtp):] == [t[0] for t in mtp]
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -180,3 +184,20 @@ def test_dry_run_writes_nothing_and_reads_no_tensor(tmp_path):
     assert {a["name"] for a in plan["tensors"]} == {t[0] for t in tensors(REF / "dense-bf16-auto.gguf")}
     assert not (tmp_path / "o.gguf").exists()
     assert not list((tmp_path / "cache" / "mtp-sources").glob("*.gguf"))
+
+
+@pytest.mark.parametrize("variant", E2E)
+def test_graft_onto_the_converters_trunk_gives_the_converters_full_file(tmp_path, variant):
+    """convert_hf_to_gguf.py --no-mtp + mtpgraft's head = convert_hf_to_gguf.py (MTP kept): every key
+    but the size label (recomputed by the converter from what it writes) and mtpgraft's provenance,
+    every tensor's name, type, shape, bytes, and the tensor order."""
+    ckpt = build_checkpoint(tmp_path / variant, variant, seed=0)
+    out = tmp_path / "graft.gguf"
+    r = CliRunner().invoke(cli, ["attach", str(REF / f"{variant}-trunk.gguf"), "--mtp-from", str(ckpt), "-o", str(out),
+                                 "--mtp-type", "keep"])
+    assert r.exit_code == 0, r.output
+    full, graft = GGUFModel(REF / f"{variant}-full.gguf"), GGUFModel(out)
+    keys = [k for k in graft.kv if not k.startswith("mtpgraft.")]
+    assert keys == list(full.kv)
+    assert [k for k in keys if graft.kv[k].raw != full.kv[k].raw] == ["general.size_label"]
+    assert tensors(out) == tensors(REF / f"{variant}-full.gguf")

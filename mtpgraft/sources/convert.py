@@ -166,6 +166,7 @@ class HeadPlan:
     kvs: list[tuple[str, str, Any]]
     tensors: list[HeadTensor]
     files: list[str]  # the shards that hold MTP tensors
+    after: str | None = None  # the GGUF tensor the converter writes just before the MTP block
 
     @property
     def source_bytes(self) -> int:
@@ -193,6 +194,43 @@ def _hf_layer_name(rule: HeadRule, name: str, n_layers: int) -> str | None:
     if len(parts) == 3 and parts[1] in _QWEN_MTP_TOP:
         return f"model.layers.{n_layers}.{_QWEN_MTP_TOP[parts[1]]}.{parts[2]}"
     return name  # an mtp.* tensor the converter cannot map: refused below
+
+
+# TextModel.filter_tensors: multimodal tensors the converter skips (the subset Qwen checkpoints hold).
+_SKIPPED = ("visual.", "vision.", "audio.", "vision_", "audio_", "talker.", "projector.", "patch_embed",
+            "merger.", "mtp_only_")
+# Qwen3.5 trunk names not in the MTP table: linear attention and the model's ends.
+_QWEN_TRUNK = {"linear_attn.in_proj_qkv.weight": "attn_qkv.weight", "linear_attn.in_proj_z.weight": "attn_gate.weight",
+               "linear_attn.in_proj_a.weight": "ssm_alpha.weight", "linear_attn.in_proj_b.weight": "ssm_beta.weight",
+               "linear_attn.conv1d.weight": "ssm_conv1d.weight", "linear_attn.dt_bias": "ssm_dt.bias",
+               "linear_attn.A_log": "ssm_a", "linear_attn.norm.weight": "ssm_norm.weight",
+               "linear_attn.out_proj.weight": "ssm_out.weight"}
+_QWEN_ENDS = {"lm_head.weight": "output.weight", "model.embed_tokens.weight": "token_embd.weight",
+              "model.norm.weight": "output_norm.weight"}
+
+
+def _preceding(rule: HeadRule, ordered: Sequence[tuple[str, STensor]], n_layers: int) -> str | None:
+    """The GGUF name of the last tensor the converter writes before the MTP block (graft puts the
+    block after it). An unmappable name is returned as it is: graft then appends the block."""
+    prev: str | None = None
+    for _, t in ordered:
+        if _hf_layer_name(rule, t.name, n_layers) is not None:
+            break
+        if not any(s in t.name for s in _SKIPPED):
+            prev = t.name
+    if prev is None:
+        return None
+    name = prev.replace("language_model.", "")
+    if name in _QWEN_ENDS:
+        return _QWEN_ENDS[name]
+    m = re.match(r"model\.layers\.(\d+)\.(.+)$", name)
+    if not m:
+        return prev
+    suffix = m.group(2)
+    if ".experts." in suffix:  # the converter writes the experts down, gate, up: up comes last
+        suffix = "mlp.experts.down_proj.weight" if suffix.endswith("experts.down_proj") else "mlp.experts.up_proj.weight"
+    g = rule.names.get(suffix) or _QWEN_TRUNK.get(suffix)
+    return f"blk.{m.group(1)}.{g}" if g else prev
 
 
 def _guess_ftype(ordered: Sequence[tuple[str, STensor]]) -> LlamaFileType:
@@ -270,7 +308,7 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     kvs = _head_kvs(rule, hp, n_layers, n_mtp, ftype)
     outname = ftype.name.partition("_")[2]
     return HeadPlan(rule.arch, str((config.get("architectures") or [""])[0]), n_layers, mtp_layers, outname,
-                    kvs, tensors, files)
+                    kvs, tensors, files, _preceding(rule, ordered, n_layers))
 
 
 def _map_tensor(rule: HeadRule, file: str, t: STensor, bid: int, suffix: str, n_experts: int,

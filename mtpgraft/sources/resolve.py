@@ -244,8 +244,9 @@ def _st_headers(files: donor.Files, names: list[str]) -> tuple[list[STHeader], i
 
 
 def _mtp_shards(files: donor.Files, all_files: list[str], folder: str, label: str) -> tuple[list[str], int]:
-    """The shards to read headers of: those holding mtp.* (by the index) and the first one (the
-    converter's output type follows the first 2-D tensor of the whole checkpoint)."""
+    """The shards to read headers of: those holding mtp.* (by the index), the one before them (the
+    converter writes the head after its last tensor), and the first one (the output type follows the
+    first 2-D tensor of the whole checkpoint)."""
     index = f"{folder}{INDEX}"
     if index in all_files:
         size = files.size(index)
@@ -254,7 +255,8 @@ def _mtp_shards(files: donor.Files, all_files: list[str], folder: str, label: st
         mtp = sorted({f for n, f in wm.items() if n.startswith(("mtp.", "model.mtp."))})
         if not mtp:
             raise GraftError(f"{label} has no MTP tensors (no mtp.* tensor in {INDEX})")
-        names = sorted({shards[0], *mtp})
+        before = shards[max(0, shards.index(mtp[0]) - 1)]  # may hold the tensor written before the head
+        names = sorted({shards[0], before, *mtp})
         return [f"{folder}{n}" for n in names], size
     names = sorted(f for f in all_files if f.startswith(f"{folder}model") and f.endswith(".safetensors")
                    and "/" not in f[len(folder):])
@@ -278,13 +280,14 @@ def _plan_safetensors(files: donor.Files, config_path: str, shard_names: list[st
     return plan, nread + size
 
 
-def _head_extra(origin: str) -> list[Any]:
-    """Provenance of a converted head, and where the converter puts the MTP block: after
-    output_norm (safetensors order: lm_head, the trunk, the final norm, then mtp.*)."""
+def _head_extra(origin: str, plan: convert.HeadPlan) -> list[Any]:
+    """Provenance of a converted head, and the tensor the converter writes just before it."""
     from gguf import GGUFValueType
 
-    return [encode_kv(donor.ORIGIN_KEY, GGUFValueType.STRING, origin),
-            encode_kv(donor.AFTER_KEY, GGUFValueType.STRING, "output_norm.weight")]
+    kvs = [encode_kv(donor.ORIGIN_KEY, GGUFValueType.STRING, origin)]
+    if plan.after:
+        kvs.append(encode_kv(donor.AFTER_KEY, GGUFValueType.STRING, plan.after))
+    return kvs
 
 
 def _local_safetensors(spec: str, p: Path, base: GGUFModel | None, outtype: str,
@@ -305,10 +308,10 @@ def _local_safetensors(spec: str, p: Path, base: GGUFModel | None, outtype: str,
     stamp = [(s, (root / s).stat().st_size, (root / s).stat().st_mtime_ns) for s in shards + ["config.json"]]
     out, cached = _target(plan_only, "local-safetensors", str(root.resolve()), stamp, outtype)
     if plan_only:
-        convert.write_head(plan, None, out, extra_kvs=_head_extra(label))
+        convert.write_head(plan, None, out, extra_kvs=_head_extra(label, plan))
     elif not cached:
         _write_atomic(out, lambda tmp: convert.write_head(
-            plan, lambda piece: (root / piece.file, piece.src.start), tmp, extra_kvs=_head_extra(label)))
+            plan, lambda piece: (root / piece.file, piece.src.start), tmp, extra_kvs=_head_extra(label, plan)))
     return ResolvedSource(spec, out, label, "safetensors", None, 0, nread + index_bytes, plan.source_bytes, cached,
                           plan_only, (_converted(plan),))
 
@@ -337,12 +340,12 @@ def _hub_safetensors(spec: str, ref: HubRef, repo: HubRepo, base: GGUFModel | No
     out, cached = _target(plan_only, "hub-safetensors", repo.api.endpoint, repo.repo_id, repo.commit, shards,
                           outtype)
     if plan_only:
-        convert.write_head(plan, None, out, extra_kvs=_head_extra(origin))
+        convert.write_head(plan, None, out, extra_kvs=_head_extra(origin, plan))
     elif not cached:
         spans = [(f, t.start, t.end) for f, t in plan.ranges()]
         locate = _fetch_spans(repo, spans, prog, max_gap=0)
         _write_atomic(out, lambda tmp: convert.write_head(
-            plan, lambda piece: locate(piece.file, piece.src.start), tmp, extra_kvs=_head_extra(origin)))
+            plan, lambda piece: locate(piece.file, piece.src.start), tmp, extra_kvs=_head_extra(origin, plan)))
     return ResolvedSource(spec, out, origin, "hub-safetensors", repo.commit, repo.fetched, nread + index_bytes,
                           plan.source_bytes, cached, plan_only, (_converted(plan),))
 
