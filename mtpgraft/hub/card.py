@@ -86,6 +86,25 @@ def recommended_n(check: CheckMatch | None) -> int | None:
     return min(counts, key=lambda n: (-counts[n], -mean_speedup(n), n))
 
 
+def _quant_tables(measured: Sequence[ModelEntry]) -> list[str]:
+    """The quant x task speedup matrix and the quant x n acceptance table over every measured quant."""
+    from ..check.tables import acceptance_table, speedup_matrix
+
+    rows = [{"quant": m.quant or PurePosixPath(m.name).name, "name": PurePosixPath(m.name).name,
+             "categories": m.check.categories, "by_config": list(m.check.by_config)}
+            for m in measured if m.check is not None]
+    if not rows:
+        return []
+    out = ["Decode speedup with MTP per quant and task, at the best draft length: 🟢 faster "
+           "(>= 1.10×), 🟡 marginal, 🔴 slower (< 1.00×), ❔ inconclusive (the spread over repetitions "
+           "covers 1.00×).", "", speedup_matrix(rows), ""]
+    acc = acceptance_table(rows)
+    if acc:
+        out += ["Draft acceptance per quant and `--spec-draft-n-max` (all tasks, mean ± sd over "
+                "repetitions):", "", acc, ""]
+    return out
+
+
 def render_card(*, repo_id: str, models: Sequence[ModelEntry], verified: bool,
                 other_files: Sequence[RemoteFile] = (), revision: str = "main") -> str:
     from huggingface_hub import ModelCardData
@@ -162,6 +181,7 @@ def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: s
     if not measured:
         out += ["Nothing was measured for these files"
                 + (" (pushed with `--no-verify`)." if not verified else "."), ""]
+    out += _quant_tables(measured)
     for m in measured:
         c = m.check
         assert c is not None

@@ -43,6 +43,7 @@ class CheckMatch:
     mtpgraft_version: str | None
     chart: str | None  # path in the repo of the report's chart, when it has one
     chart_source: str | None = None  # the chart's local path
+    by_config: tuple[dict[str, Any], ...] = ()  # acceptance per n (x p-min) over reps (check.tables)
 
 
 @dataclass(frozen=True)
@@ -453,7 +454,8 @@ def _match_check(shas: dict[str, str], reports: list[_Report]) -> tuple[CheckMat
                 mtp_active=m.get("mtp_active"), categories=dict(m.get("categories") or {}),
                 llama_cpp_build=rep.data.get("llama_cpp_build"), settings=dict(rep.data.get("settings") or {}),
                 mtpgraft_version=rep.data.get("mtpgraft_version"), chart=chart_in_repo,
-                chart_source=str(chart_src) if chart_src else None), ""
+                chart_source=str(chart_src) if chart_src else None,
+                by_config=tuple(x for x in m.get("by_config") or () if isinstance(x, dict))), ""
     if failed:
         return None, failed[0] + "; fix it and check again, or push with --no-verify"
     short = ", ".join(sorted(s[:12] for s in wanted))
