@@ -663,3 +663,18 @@ def test_cli_says_a_usage_mistake_before_looking_for_llama_server(tmp_path):
                                        "--llama-cpp", str(missing)])
         assert res.exit_code == UsageError.exit_code, res.output
         assert res.stderr == f"mtpgraft: error: {message}\n"
+
+
+def test_recipe_check_section_takes_the_new_settings():
+    from mtpgraft.errors import RecipeError
+    from mtpgraft.recipe import parse_recipe
+
+    text = ('[model]\nname = "M"\nbase = "b.gguf"\n[quantize]\ntypes = ["Q8_0", "Q4_K_M"]\n'
+            '[check]\nreasoning = ["on", "off"]\ncontext_depth = [0, 4096]\np_min = [0.0, 0.75]\n'
+            'mode = "chat"\n')
+    r = parse_recipe(text, path="r.toml", work_dir="/tmp/w")
+    assert r.check is not None and (r.check.reasoning, r.check.context_depth, r.check.p_min,
+                                    r.check.mode) == (("on", "off"), (0, 4096), (0.0, 0.75), "chat")
+    assert r.steps()[-1] == "check"  # one check step over both types
+    with pytest.raises(RecipeError, match=r"\[check\] reasoning: takes on and off, got maybe"):
+        parse_recipe(text.replace('"on", "off"', '"maybe"'), path="r.toml", work_dir="/tmp/w")

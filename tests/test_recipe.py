@@ -89,7 +89,7 @@ def test_parse_good_recipe() -> None:
     assert r.hub is not None and r.hub.dry_run and r.work_dir == "/tmp/w"
     assert r.input_path("base.gguf") == Path("/r/base.gguf")
     assert r.steps() == ("graft", "imatrix", "quantize:Q8_0", "quantize:Q4_K_M", "quantize:IQ2_XXS",
-                         "check:Q8_0", "check:Q4_K_M", "check:IQ2_XXS", "push")
+                         "check", "push")
 
 
 def test_every_bad_field_is_named() -> None:
@@ -133,14 +133,16 @@ def test_shipped_recipes_parse() -> None:
 
 def test_only_selects_steps_and_their_dependencies() -> None:
     r = parse_recipe(GOOD, path="x.toml", work_dir="/tmp/w")
-    assert select_steps(r, ["Q4_K_M"]) == ("graft", "imatrix", "quantize:Q4_K_M", "check:Q4_K_M")
-    assert select_steps(r, ["q4_k"]) == ("graft", "imatrix", "quantize:Q4_K_M", "check:Q4_K_M")
+    assert select_steps(r, ["Q4_K_M"]) == ("graft", "imatrix", "quantize:Q4_K_M")
+    assert select_steps(r, ["q4_k"]) == ("graft", "imatrix", "quantize:Q4_K_M")
     assert select_steps(r, ["quantize:Q8_0"]) == ("graft", "imatrix", "quantize:Q8_0")
     assert select_steps(r, ["imatrix"]) == ("graft", "imatrix")
     assert select_steps(r, ["quantize"]) == ("graft", "imatrix", "quantize:Q8_0", "quantize:Q4_K_M",
                                              "quantize:IQ2_XXS")
     assert select_steps(r, ["push"]) == r.steps()
-    assert select_steps(r, ["Q8_0,check:IQ2_XXS"])[-2:] == ("check:Q8_0", "check:IQ2_XXS")
+    # one check step over every type: it needs them all
+    assert select_steps(r, ["check"]) == ("graft", "imatrix", "quantize:Q8_0", "quantize:Q4_K_M",
+                                          "quantize:IQ2_XXS", "check")
     with pytest.raises(RecipeError, match="--only Q6_K: not a step of this recipe"):
         select_steps(r, ["Q6_K"])
 
@@ -151,10 +153,13 @@ def test_dry_run_prints_the_plan_without_tools_or_writes(tmp_path: Path) -> None
     p = tmp_path / "r.toml"
     p.write_text(GOOD.replace("[hub]", "[run]\nresources = {quantize = {cpus = 4}}\n\n[hub]"))
     r = load_recipe(p, work_dir=tmp_path / "w")
-    plan = plan_recipe(r, only=["IQ2_XXS"])
-    assert [s.step for s in plan.steps] == ["graft", "imatrix", "quantize:IQ2_XXS", "check:IQ2_XXS"]
+    plan = plan_recipe(r, only=["IQ2_XXS", "check"])
+    assert [s.step for s in plan.steps] == ["graft", "imatrix", "quantize:Q8_0", "quantize:Q4_K_M",
+                                            "quantize:IQ2_XXS", "check"]
     by = {s.step: s for s in plan.steps}
-    assert by["check:IQ2_XXS"].needs == ("quantize:IQ2_XXS",) and by["quantize:IQ2_XXS"].needs == ("graft", "imatrix")
+    assert by["check"].needs == ("quantize:Q8_0", "quantize:Q4_K_M", "quantize:IQ2_XXS")
+    assert by["quantize:IQ2_XXS"].needs == ("graft", "imatrix")
+    assert "Q8_0, Q4_K_M, IQ2_XXS outputs" in by["check"].action
     assert by["quantize:IQ2_XXS"].cpus == 4 and "MTP type q6_k" in by["quantize:IQ2_XXS"].action
     res = run_cli("run", p, "--work-dir", tmp_path / "w", "--dry-run", "--json",
                   env={**os.environ, "PATH": "/nonexistent", "MTPGRAFT_LLAMA_CPP": "/nonexistent"})
@@ -215,17 +220,20 @@ def test_tiny_recipe_interrupted_resumes_then_runs_end_to_end(tmp_path: Path) ->
     assert status == {"graft": "finished-before", "imatrix": "finished-before",
                       "quantize:Q8_0": "finished-before", "quantize:Q4_K_M": "finished-before",
                       "quantize:IQ4_XS": "done", "quantize:IQ2_XXS": "done",
-                      "check:Q8_0": "done", "check:Q4_K_M": "done", "check:IQ4_XS": "done",
-                      "check:IQ2_XXS": "done", "push": "dry-run"}
+                      "check": "done", "push": "dry-run"}
     push = d["steps"][-1]["message"]  # the Hub is unreachable here: the gate is applied locally
     assert push.startswith("would send 5 model file(s)") and "(Hub not consulted)" in push
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished} == finished
     assert sorted(str(p.relative_to(quants)) for p in quants.rglob("*") if p.is_file()) == [
         "Q8_0/tiny-qwen35-Q8_0-00001-of-00002.gguf", "Q8_0/tiny-qwen35-Q8_0-00002-of-00002.gguf",
         "tiny-qwen35-IQ2_XXS.gguf", "tiny-qwen35-IQ4_XS.gguf", "tiny-qwen35-Q4_K_M.gguf"]
+    rep = json.loads((work / "checks" / "report.json").read_text())  # one report, every quant
+    assert rep["verdict"] == "pass" and rep["acceptance"] == 1.0
+    assert [m["quant"] for m in rep["models"]] == ["Q8_0", "Q4_K_M", "IQ4_XS", "IQ2_XXS"]
+    assert all(m["verdict"] == "pass" and m["acceptance"] == 1.0 for m in rep["models"])
+    md = (work / "checks" / "report.md").read_text()
+    assert len([x for x in md.splitlines() if x.startswith(("| Q8_0 |", "| IQ2_XXS |"))]) == 4
     for t in ("Q8_0", "Q4_K_M", "IQ4_XS", "IQ2_XXS"):
-        rep = json.loads((work / "checks" / t / "report.json").read_text())
-        assert rep["verdict"] == "pass" and rep["acceptance"] == 1.0, t
         out = st.abs(st.get(f"quantize:{t}").detail["path"])  # type: ignore[union-attr]
         ins = inspect_model(out)
         assert ins.consistent and ins.mtp_present and ins.file_type == t
@@ -345,8 +353,12 @@ endpoint = "{hub.url}"
         res = run_recipe(load_recipe(p, work_dir=work), resume=True, hub_api=api)
         assert res.ok, [(s.step, s.message) for s in res.failed]
         status = {s.step: s.status for s in res.steps}
-        assert status["push"] == "done" and status["check:Q8_0"] == "finished-before"
-        files = set(hub.head("tester/q-MTP-GGUF").files)
-        assert {"q-Q8_0.gguf", "q-Q4_K_M.gguf", "README.md"} <= files
+        assert status["push"] == "done" and status["check"] == "finished-before"
+        head = hub.head("tester/q-MTP-GGUF")
+        assert {"q-Q8_0.gguf", "q-Q4_K_M.gguf", "README.md"} <= set(head.files)
+        # one check across both quants: the card carries its matrix and acceptance table
+        card = head.files["README.md"].content.decode()
+        assert "| quant | code |" in card and "| quant | n=3 |" in card
+        assert len([x for x in card.splitlines() if x.startswith(("| Q8_0 | ", "| Q4_K_M | "))]) == 4
     finally:
         hub.stop()

@@ -1,6 +1,6 @@
 """The pipeline as a table of step kinds and what each needs, and the loop that runs it.
 
-    graft -> imatrix -> quantize:TYPE -> check:TYPE -> push
+    graft -> imatrix -> quantize:TYPE -> check (every type, one plan, one report) -> push
 
 A new step is one entry in PIPELINE (its Step class and its needs). Executors (this process, or a
 Ray cluster) share `execute_step`: lock, key, skip if recorded as finished, run, record."""
@@ -35,7 +35,7 @@ from .steps import (
 class StepKind:
     name: str
     step: type[Step]
-    needs: tuple[str, ...]  # "graft": that step; "quantize:{type}": the same type's; "check:*": every one
+    needs: tuple[str, ...]  # "graft": that step; "quantize:{type}": the same type's; "quantize:*": every one
     types: Callable[[Recipe], tuple[str, ...]] | None = None  # a step per type: which types
     present: Callable[[Recipe], bool] = lambda r: True
 
@@ -44,8 +44,10 @@ PIPELINE: tuple[StepKind, ...] = (
     StepKind("graft", GraftStep, ()),
     StepKind("imatrix", ImatrixStep, ("graft",), present=lambda r: r.imatrix is not None),
     StepKind("quantize", QuantizeStep, ("graft", "imatrix"), types=lambda r: r.quantize.types),
-    StepKind("check", CheckStep, ("quantize:{type}",), types=lambda r: r.check_types()),
-    StepKind("push", PushStep, ("quantize:*", "check:*"), present=lambda r: r.hub is not None),
+    # One check over every checked type: one plan, servers one after another (parallel checks
+    # would measure each other's load), one report with the quant x task matrix.
+    StepKind("check", CheckStep, ("quantize:*",), present=lambda r: bool(r.check_types())),
+    StepKind("push", PushStep, ("quantize:*", "check"), present=lambda r: r.hub is not None),
 )
 KINDS = {k.name: k for k in PIPELINE}
 

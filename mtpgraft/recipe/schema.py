@@ -70,6 +70,10 @@ class CheckSection:
     min_acceptance: float = 0.3
     min_speedup: float | None = None
     server_args: tuple[str, ...] = ()
+    mode: str = "auto"  # chat / raw / auto (chat when the GGUF has a chat template)
+    reasoning: tuple[str, ...] = ()  # thinking settings measured side by side: "on", "off"
+    context_depth: tuple[int, ...] = (0,)
+    p_min: tuple[float, ...] = ()  # --spec-draft-p-min values (none: llama-server's default)
 
 
 @dataclass(frozen=True)
@@ -321,7 +325,8 @@ def _check(c: _Section, kw: dict[str, Any], quant: QuantizeSection) -> CheckSect
     bad = settings_problem(n_max=check.n_max, temperatures=check.temperatures, reps=check.reps,
                            per_category=check.per_category, n_predict=check.n_predict,
                            ctx_size=check.ctx, min_acceptance=check.min_acceptance,
-                           min_speedup=check.min_speedup)
+                           min_speedup=check.min_speedup, context_depth=check.context_depth,
+                           p_min=check.p_min or (None,), mode=check.mode, reasoning=check.reasoning)
     if bad is not None:
         c.fail(_CHECK_KEYS.get(bad[0], bad[0]), bad[1])
     return check

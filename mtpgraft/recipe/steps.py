@@ -334,10 +334,12 @@ class QuantizeStep(Step):
 
 
 class CheckStep(Step):
+    """Every checked type in one `mtpgraft check` plan: one report across all quants."""
+
     kind = "check"
 
     def _report_dir(self) -> Path:
-        return Path(self.r.work_dir) / "checks" / (self.type or "")
+        return Path(self.r.work_dir) / "checks"
 
     def _prompts(self) -> Path | None:
         spec = self.r.check
@@ -346,18 +348,22 @@ class CheckStep(Step):
     def describe(self) -> str:
         spec = self.r.check
         assert spec is not None
-        return (f"llama-server check of the {self.type} output with and without MTP (n_max "
-                f"{list(spec.n_max)}, min acceptance {spec.min_acceptance}) -> checks/{self.type}/report.json")
+        return (f"llama-server check of the {', '.join(self.r.check_types())} outputs with and "
+                f"without MTP, one plan (n_max {list(spec.n_max)}, min acceptance "
+                f"{spec.min_acceptance}) -> checks/report.json")
 
     def resources(self) -> Resources:
         assert self.r.check is not None
         return _server_resources(self, self.r.check.server_args, None)
 
+    def _outputs(self, ctx: Context) -> list[Path]:
+        return [ctx.upstream(f"quantize:{t}", "path") for t in self.r.check_types()]
+
     def key(self, ctx: Context) -> str:
         spec = self.r.check
         assert spec is not None
         prompts = self._prompts()
-        files = _model_files(ctx.upstream(f"quantize:{self.type}", "path")) + ([prompts] if prompts else [])
+        files = [f for out in self._outputs(ctx) for f in _model_files(out)] + ([prompts] if prompts else [])
         params = {k: v for k, v in asdict(spec).items() if k not in ("enabled", "types")}
         return content_key(self.id, params, _named_hashes(files))
 
@@ -367,29 +373,34 @@ class CheckStep(Step):
 
         spec = self.r.check
         assert spec is not None
-        out, report_dir = ctx.upstream(f"quantize:{self.type}", "path"), self._report_dir()
-        plan = plan_check([out], n_max=spec.n_max, temperatures=spec.temperatures, reps=spec.reps,
-                          seed=spec.seed, prompts=self._prompts(), categories=spec.categories,
-                          per_category=spec.per_category, n_predict=spec.n_predict, ctx_size=spec.ctx,
-                          server_args=spec.server_args, min_acceptance=spec.min_acceptance,
-                          min_speedup=spec.min_speedup, server=resolve_server(ctx.llama_cpp))
+        report_dir = self._report_dir()
+        plan = plan_check(self._outputs(ctx), n_max=spec.n_max, temperatures=spec.temperatures,
+                          reps=spec.reps, seed=spec.seed, prompts=self._prompts(),
+                          categories=spec.categories, per_category=spec.per_category,
+                          n_predict=spec.n_predict, ctx_size=spec.ctx, server_args=spec.server_args,
+                          min_acceptance=spec.min_acceptance, min_speedup=spec.min_speedup,
+                          mode=spec.mode, reasoning=spec.reasoning, context_depth=spec.context_depth,
+                          p_min=spec.p_min or (None,), server=resolve_server(ctx.llama_cpp))
         ctx.emit(self.id, f"{plan.n_servers} llama-server runs, {plan.n_requests} requests")
-        result = run_check(plan, log_dir=report_dir / "logs")
+        result = run_check(plan, log_dir=report_dir / "logs", events=lambda m: ctx.emit(self.id, m))
         files = write_report(result, report_dir)
         acc = result.acceptance
         summary = f"verdict {result.verdict}" + (f", acceptance {acc:.3f}" if acc is not None else "")
         if not result.passed:
             raise StepFailed(f"{summary}: {'; '.join(result.reasons)}")
         ctx.emit(self.id, f"done: {summary} ({ctx.state.rel(files.json)})")
+        by_type = {t: {"verdict": m.verdict, "acceptance": m.acceptance}
+                   for t, m in zip(self.r.check_types(), result.models, strict=True)}
         return Outcome(summary, (Path(files.json),), {"verdict": result.verdict, "acceptance": acc,
-                                                      "report": ctx.state.rel(files.json)})
+                                                      "report": ctx.state.rel(files.json),
+                                                      "types": by_type})
 
 
 class PushStep(Step):
     kind = "push"
 
     def _reports(self) -> list[Path]:
-        return [Path(self.r.work_dir) / "checks" / t for t in self.r.check_types()]
+        return [CheckStep(self.r)._report_dir()] if self.r.check_types() else []
 
     def _files(self) -> list[Path]:
         out_dir = QuantizeStep(self.r).out_dir()
