@@ -95,6 +95,23 @@ class FetchBar:
             self.bar = None
 
 
+def layout_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--layout and --no-reflink, for every command that writes a GGUF through gguf_io's writer."""
+    fn = click.option("--no-reflink", "no_reflink", is_flag=True,
+                      help="Copy every byte, even where the filesystem could share the base's blocks.")(fn)
+    return click.option("--layout", type=click.Choice(["reflink", "converter"]), default="reflink",
+                        show_default=True,
+                        help="reflink: the copied body keeps its offsets modulo the block size (a padding key "
+                             "sizes the header) and new tensors follow it, so btrfs/XFS/ZFS share its blocks "
+                             "with the base; converter: convert_hf_to_gguf.py's order and no padding.")(fn)
+
+
+def layout_from(layout: str, no_reflink: bool):
+    from .gguf_io import Layout
+
+    return Layout(align=layout == "reflink", clone=not no_reflink)
+
+
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
 

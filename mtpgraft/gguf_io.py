@@ -298,6 +298,8 @@ class GGUFFile:
             except ValueError as e:
                 raise GGUFFormatError(f"{self.path}: unknown value type {vtype} for key {key}") from e
             item_t, count = _skip_value(cur, vtype)
+            if key == PAD_KEY:  # layout, not metadata: every writer sizes its own
+                continue
             self.kv[key] = KV(key=key, vtype=vt, raw=bytes(mv[start:cur.off]), item_type=item_t, count=count)
         self.tensors: list[TensorInfo] = []
         for _ in range(n_tensors):
@@ -436,28 +438,48 @@ class OutTensor:
     produce: Callable[[], Iterable[bytes]] | None = None
 
 
-def copy_range(src_fd: int, dst_fd: int, offset: int, count: int, progress: Callable[[int], None]) -> None:
-    """Copy `count` bytes from src at `offset` to dst's current position, in the kernel when possible."""
-    step = 1 << 30  # big calls, as cp does: the kernel moves the bytes, no user-space buffer
-    done = 0
-    use_cfr = hasattr(os, "copy_file_range")
-    while done < count:
-        n = min(step, count - done)
-        if use_cfr:
-            try:
-                w = os.copy_file_range(src_fd, dst_fd, n, offset + done)
-            except OSError:
-                use_cfr = False
-                continue
-            if w == 0:
-                raise GGUFFormatError(f"unexpected end of input while copying {count} bytes at offset {offset}")
-        else:
-            buf = os.pread(src_fd, min(n, 8 << 20), offset + done)
-            if not buf:
-                raise GGUFFormatError(f"unexpected end of input while copying {count} bytes at offset {offset}")
-            w = os.write(dst_fd, buf)
-        done += w
-        progress(w)
+PAD_KEY = "mtpgraft.layout.padding"  # a u8 array that sizes the header; layout, not metadata
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where write_gguf puts tensor data.
+
+    `align` (the default, "reflink"): tensors copied from the input that contributes most bytes come
+    first, in that input's order, and a padding key sizes the header so that they land at offsets
+    congruent to their source offsets modulo the filesystem block size; copy-on-write filesystems
+    then share those blocks instead of copying them. New and converted tensors follow. llama.cpp
+    reads tensor data in tensor-info order with no gaps, so the info order follows the data.
+    Without `align` ("converter"): the tensors' given order and no padding key, byte for byte what
+    convert_hf_to_gguf.py writes. `clone=False` copies every byte even where blocks could be shared.
+    """
+
+    align: bool = True
+    clone: bool = True
+
+    @property
+    def name(self) -> str:
+        return "reflink" if self.align else "converter"
+
+
+REFLINK = Layout()
+CONVERTER = Layout(align=False)
+
+
+@dataclass(frozen=True)
+class Written:
+    """What write_gguf wrote: total bytes and where each key's entry starts in the file."""
+
+    nbytes: int
+    kv_offsets: dict[str, int]
+
+
+@dataclass(frozen=True)
+class _Copy:
+    src: Path
+    src_off: int
+    dst_off: int
+    n: int
 
 
 def _tensor_info_bytes(t: OutTensor, offset: int) -> bytes:
@@ -468,64 +490,132 @@ def _tensor_info_bytes(t: OutTensor, offset: int) -> bytes:
     return out
 
 
+def _place(tensors: list[OutTensor], layout: Layout) -> list[OutTensor]:
+    """The output's tensor order: the main input's tensors first in source order (reflink layout)."""
+    if not layout.align:
+        return list(tensors)
+    per_src: dict[Path, int] = {}
+    for t in tensors:
+        if t.src_path is not None:
+            per_src[t.src_path] = per_src.get(t.src_path, 0) + t.nbytes
+    if not per_src:
+        return list(tensors)
+    main = max(per_src, key=lambda p: per_src[p])
+    body = sorted((t for t in tensors if t.src_path == main), key=lambda t: t.src_offset)
+    return body + [t for t in tensors if t.src_path != main]
+
+
+def _padding(tensors: list[OutTensor], rel: list[int], header_len: int, alignment: int, block: int) -> int | None:
+    """How many padding bytes the padding key carries so that most copied bytes land congruent
+    with their source offsets, or None when no copied tensor can (alignment mismatch)."""
+    weight: dict[int, int] = {}
+    for t, r in zip(tensors, rel, strict=True):
+        if t.src_path is not None:
+            res = (t.src_offset - r) % block
+            weight[res] = weight.get(res, 0) + t.nbytes
+    fixed = header_len + len(encode_kv(PAD_KEY, GGUFValueType.ARRAY, [], GGUFValueType.UINT8).raw)
+    for res in sorted(weight, key=lambda x: -weight[x]):
+        n = (res - fixed) % block
+        if (fixed + n) % alignment == 0:
+            return n
+    return None
+
+
 def write_gguf(fh: BinaryIO, kvs: list[KV], tensors: list[OutTensor], *, alignment: int,
-               progress: Callable[[int], None] = lambda n: None, header_only: bool = False) -> int:
-    """Write a complete GGUF v3 file to an open binary file; returns the bytes written.
+               progress: Callable[[int], None] = lambda n: None, layout: Layout = REFLINK,
+               header_only: bool = False) -> Written:
+    """Write a complete GGUF v3 file to an open binary file (see Layout for where the data goes).
 
     header_only: write the header and leave the tensor data a hole of the right size (a file that
     parses like the real one, for planning without the data)."""
-    header = bytearray(GGUF_MAGIC + struct.pack("<IQQ", 3, len(tensors), len(kvs)))
-    for kv in kvs:
-        header += kv.raw
-    offset = 0
+    from .blocks import block_size
+
+    fd = fh.fileno()
+    block = block_size(fd)
+    tensors = _place(tensors, layout)
+    rel, off = [], 0
     for t in tensors:
-        header += _tensor_info_bytes(t, offset)
-        offset = _align(offset + t.nbytes, alignment)
+        rel.append(off)
+        off = _align(off + t.nbytes, alignment)
+    kvs = [kv for kv in kvs if kv.key != PAD_KEY]
+    infos = b"".join(_tensor_info_bytes(t, r) for t, r in zip(tensors, rel, strict=True))
+    if layout.align:
+        head_len = 24 + sum(len(kv.raw) for kv in kvs) + len(infos)
+        pad = _padding(tensors, rel, head_len, alignment, block)
+        if pad is not None:
+            kvs.append(encode_kv(PAD_KEY, GGUFValueType.ARRAY, bytes(pad), GGUFValueType.UINT8))
+    header = bytearray(GGUF_MAGIC + struct.pack("<IQQ", 3, len(tensors), len(kvs)))
+    kv_offsets = {}
+    for kv in kvs:
+        kv_offsets[kv.key] = len(header)
+        header += kv.raw
+    header += infos
     header += b"\0" * (_align(len(header), alignment) - len(header))
     fh.write(header)
     fh.flush()
-    fd = fh.fileno()
+    data = len(header)
     if header_only:
-        os.ftruncate(fd, len(header) + offset)
-        return len(header) + offset
+        os.ftruncate(fd, data + off)
+        return Written(data + off, kv_offsets)
+    _write_data(fd, tensors, [data + r for r in rel], data + off, layout, block, progress)
+    return Written(data + off, kv_offsets)
+
+
+def _write_data(fd: int, tensors: list[OutTensor], starts: list[int], end: int, layout: Layout, block: int,
+                progress: Callable[[int], None]) -> None:
+    """Tensor bytes at their offsets; runs of tensors copied from consecutive places in one input
+    (the padding between them included) become one range, so their blocks can be shared whole."""
+    from .blocks import copy_range
+
+    runs: list[tuple[int, _Copy | OutTensor]] = []
+    for t, pos in zip(tensors, starts, strict=True):
+        last = runs[-1][1] if runs else None
+        if t.src_path is None:
+            runs.append((pos, t))
+        elif isinstance(last, _Copy) and last.src == t.src_path and t.src_offset - last.src_off == pos - last.dst_off:
+            runs[-1] = (last.dst_off, _Copy(last.src, last.src_off, last.dst_off, pos - last.dst_off + t.nbytes))
+        else:
+            runs.append((pos, _Copy(t.src_path, t.src_offset, pos, t.nbytes)))
     src_fds: dict[Path, int] = {}
-    pos = 0
+    pos = starts[0] if starts else end
     try:
-        for t in tensors:
-            if t.src_path is not None:
-                sfd = src_fds.get(t.src_path)
-                if sfd is None:
-                    sfd = src_fds[t.src_path] = os.open(t.src_path, os.O_RDONLY)
-                    if hasattr(os, "posix_fadvise"):  # a larger readahead window, as cp asks for
-                        os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-                copy_range(sfd, fd, t.src_offset, t.nbytes, progress)
-            else:
-                assert t.produce is not None
-                written = 0
-                for chunk in t.produce():
-                    os.write(fd, chunk) if len(chunk) < (1 << 20) else _write_all(fd, chunk)
-                    written += len(chunk)
-                    progress(len(chunk))
-                if written != t.nbytes:
-                    raise GGUFFormatError(f"internal error: {t.name} produced {written} bytes, expected {t.nbytes}")
-            pos += t.nbytes
-            # Pad after every tensor, the last one included: ggml's gguf reader (as llama-quantize
-            # loads an imatrix) reads the data blob padded to the alignment, as gguf-py writes it.
-            pad = _align(pos, alignment) - pos
-            if pad:
-                os.write(fd, b"\0" * pad)
-                pos += pad
+        for start, run in runs:
+            if start > pos:  # the padding after the previous tensor
+                os.pwrite(fd, bytes(start - pos), pos)
+            if isinstance(run, OutTensor):
+                pos = _produce(fd, run, start, progress)
+                continue
+            sfd = src_fds.get(run.src)
+            if sfd is None:
+                sfd = src_fds[run.src] = os.open(run.src, os.O_RDONLY)
+                if hasattr(os, "posix_fadvise"):  # a larger readahead window, as cp asks for
+                    os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            copy_range(sfd, fd, run.src_off, start, run.n, clone=layout.clone, block=block, progress=progress)
+            pos = start + run.n
+        if end > pos:  # pad after the last tensor too: ggml's reader reads the blob padded, as gguf-py writes it
+            os.pwrite(fd, bytes(end - pos), pos)
     finally:
         for sfd in src_fds.values():
             os.close(sfd)
-    return len(header) + pos
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _produce(fd: int, t: OutTensor, pos: int, progress: Callable[[int], None]) -> int:
+    assert t.produce is not None
+    written = 0
+    for chunk in t.produce():
+        _pwrite_all(fd, chunk, pos + written)
+        written += len(chunk)
+        progress(len(chunk))
+    if written != t.nbytes:
+        raise GGUFFormatError(f"internal error: {t.name} produced {written} bytes, expected {t.nbytes}")
+    return pos + written
+
+
+def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
     mv = memoryview(data)
     while mv:
-        n = os.write(fd, mv)
-        mv = mv[n:]
+        n = os.pwrite(fd, mv, pos)
+        mv, pos = mv[n:], pos + n
 
 
 def read_tensor_rows(ref: TensorRef, rows_per_chunk: int) -> Iterator[np.ndarray]:

@@ -32,7 +32,9 @@ from .arch import (
 from .errors import GraftError, MtpgraftError, UsageError
 from .gguf_io import (
     KV,
+    REFLINK,
     GGUFModel,
+    Layout,
     OutTensor,
     TensorRef,
     encode_kv,
@@ -667,18 +669,11 @@ def plan_alignment(plan: GraftPlan) -> int:
     return int(kv.value) if kv is not None else 32
 
 
-def _value_offset(kvs: list[KV], key: str) -> int:
-    """Byte offset, in a file written by write_gguf, of the value of string key `key`."""
-    off = 24  # magic, version, tensor count, key count
-    for kv in kvs:
-        if kv.key == key:
-            return off + 8 + len(key.encode()) + 4 + 8
-        off += len(kv.raw)
-    raise KeyError(key)
-
-
-def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None) -> list[Path]:
-    """Write the planned output(s): temporary files beside the targets, renamed only on success."""
+def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None,
+               layout: Layout = REFLINK) -> list[Path]:
+    """Write the planned output(s): temporary files beside the targets, renamed only on success.
+    `layout` says where the tensor data goes (by default so that copy-on-write filesystems share
+    the body's blocks with the base; see gguf_io.Layout)."""
     progress = progress or (lambda n: None)
     outputs = [s.path for s in plan._shards]
     check_outputs(outputs, force=plan.force)  # they may have appeared since planning
@@ -718,16 +713,17 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
                                else _convert_chunks(r, Q[a.to_type], hasher))
                         s.tensors[j] = OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, produce=gen)
         align = plan_alignment(plan)
+        written = []
         for s in shards:
             fd, tmp_name = tempfile.mkstemp(prefix=f".{s.path.name}.", suffix=".mtpgraft-tmp", dir=s.path.parent)
             tmp = Path(tmp_name)
             tmps.append(tmp)
             with os.fdopen(fd, "wb") as fh:
-                write_gguf(fh, s.kvs, s.tensors, alignment=align, progress=progress)
+                written.append(write_gguf(fh, s.kvs, s.tensors, alignment=align, progress=progress, layout=layout))
             os.chmod(tmp, 0o644)
         if hasher is not None:
-            with open(tmps[0], "r+b") as fh:
-                fh.seek(_value_offset(shards[0].kvs, key))
+            with open(tmps[0], "r+b") as fh:  # the string value: after key length, key, type, string length
+                fh.seek(written[0].kv_offsets[key] + 8 + len(key.encode()) + 4 + 8)
                 fh.write(hasher.hexdigest().encode())
         for tmp, s in zip(tmps, shards, strict=True):
             os.replace(tmp, s.path)
@@ -741,6 +737,53 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
                 pass
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class BlockSharing:
+    """How much of an output's body (the tensors copied from the base) sits in the base's own blocks."""
+
+    body_bytes: int
+    shared_bytes: int | None  # None: the filesystem does not say (no FIEMAP)
+
+    @property
+    def shared_fraction(self) -> float | None:
+        if self.shared_bytes is None or not self.body_bytes:
+            return None
+        return self.shared_bytes / self.body_bytes
+
+
+def block_sharing(plan: GraftPlan) -> BlockSharing:
+    """After apply_plan: compare the written outputs' extents with the base's (FIEMAP)."""
+    from .blocks import common_bytes
+    from .gguf_io import GGUFFile
+
+    mtp_sources = {r.path for r in plan._source_refs}
+    body, shared = 0, 0
+    known = True
+    for spec in plan._shards:
+        out = GGUFFile(spec.path)
+        where = {t.name: out.data_offset + t.offset for t in out.tensors}
+        fds: dict[Path, int] = {}
+        ofd = os.open(spec.path, os.O_RDONLY)
+        try:
+            for t in spec.tensors:
+                if t.src_path is None or t.src_path in mtp_sources or t.name not in where:
+                    continue
+                sfd = fds.get(t.src_path)
+                if sfd is None:
+                    sfd = fds[t.src_path] = os.open(t.src_path, os.O_RDONLY)
+                body += t.nbytes
+                n = common_bytes(ofd, where[t.name], sfd, t.src_offset, t.nbytes) if known else None
+                if n is None:
+                    known = False
+                else:
+                    shared += n
+        finally:
+            os.close(ofd)
+            for fd in fds.values():
+                os.close(fd)
+    return BlockSharing(body, shared if known else None)
 
 
 def describe_plan(plan: GraftPlan) -> str:

@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
-"""Benchmark `mtpgraft attach` against `cp` of the same output bytes, and gguf's own
+"""Benchmark `mtpgraft attach` against `cp --reflink=auto` of the same output bytes, and gguf's own
 gguf_new_metadata.py rewriting the same base, in one run.
 
 Generates a Q8_0 qwen35-shaped base (trunk only) of --size-gb and a donor holding the MTP block,
-then for each tool runs it --reps times (alternating, page cache warm for all) and prints median
-wall time, the ratio to cp, and peak RSS (ru_maxrss of the child: resident pages, memory-mapped
-file pages included).
+then for each tool runs it --reps times (alternating) and prints median wall time, the ratio to
+cp, peak RSS (GNU time's %M: resident pages, memory-mapped file pages included), the new disk
+space each output took (statvfs of --dir before and after, synced) and, for attach, how much of
+the body shares the base's blocks (FIEMAP). With --sync every timed run ends with `sync FILE` of
+its output, so writeback is paid inside the timing by every tool.
 
     python scripts/bench_attach.py --size-gb 4 --dir /tmp/mtpgraft-bench
+    python scripts/bench_attach.py --size-gb 12 --btrfs 14 --dir /tmp/mtpgraft-btrfs   # root: loop-mounted btrfs
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -85,87 +89,152 @@ def make(path: Path, trunk: int, with_mtp: bool, only_mtp: bool = False) -> None
         write_gguf(fh, kvs, tensors, alignment=32)
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """Wall time and peak RSS of `cmd`. RSS comes from GNU time's child: a child forked straight
-    from this (large) Python process would inherit its high-water mark in ru_maxrss."""
+SYNC = False
+
+
+def _used(d: Path) -> int:
+    os.sync()
+    st = os.statvfs(d)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def timed(cmd: list[str], out: Path | None = None) -> tuple[float, int, int, int, str]:
+    """Wall time, peak RSS, new disk space (statvfs), the output's allocated bytes (st_blocks) and
+    stdout of `cmd`. RSS comes from GNU time's child: a
+    child forked straight from this (large) Python process would inherit its high-water mark."""
     gnu_time = shutil.which("time") or "/usr/bin/time"
     report = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-time-{os.getpid()}.txt"
     # Flush the previous run's dirty pages first (untimed), so no tool pays for another's writeback,
     # and with --cold start every run from an empty page cache: each tool reads its inputs from disk,
     # as it does for a 16-60 GB model that never fits in memory.
-    os.sync()
+    before = _used(out.parent) if out is not None else 0
     if COLD:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
     t0 = time.perf_counter()
-    p = subprocess.run([gnu_time, "-o", str(report), "-f", "%M", *cmd], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
+    p = subprocess.run([gnu_time, "-o", str(report), "-f", "%M", *cmd], capture_output=True,
+                       text=True)
+    if SYNC and out is not None and p.returncode == 0:
+        subprocess.run(["sync", str(out)], check=True)
     dt = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed: {p.stderr[-2000:]}")
     kb = int(report.read_text().split()[-1])
     report.unlink()
-    return dt, kb * 1024
+    new = _used(out.parent) - before if out is not None else 0
+    alloc = out.stat().st_blocks * 512 if out is not None else 0
+    return dt, kb * 1024, new, alloc, p.stdout
+
+
+def _fs_type(d: Path) -> str:
+    r = subprocess.run(["stat", "-f", "-c", "%T", str(d)], capture_output=True, text=True)
+    return r.stdout.strip() or "?"
+
+
+def _mount_btrfs(d: Path, size_gb: float) -> tuple[Path, Path]:
+    """A sparse image in `d` holding a fresh btrfs, loop-mounted at d/mnt (root only)."""
+    d.mkdir(parents=True, exist_ok=True)
+    img, mnt = d / "btrfs.img", d / "mnt"
+    mnt.mkdir(exist_ok=True)
+    with open(img, "wb") as f:
+        f.truncate(int(size_gb * 1e9))
+    subprocess.run(["mkfs.btrfs", "-q", "-f", str(img)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    return img, mnt
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size-gb", type=float, default=4.0)
-    ap.add_argument("--dir", type=Path, default=Path("/tmp/mtpgraft-bench"))
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/mtpgraft-bench"),
+                    help="where the files go (put it on btrfs/XFS to see reflinks)")
+    ap.add_argument("--btrfs", type=float, default=None, metavar="GB",
+                    help="make a loop-mounted btrfs of GB in --dir and run there (root; removed afterwards)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-new-metadata", action="store_true", help="skip gguf_new_metadata.py")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument("--sync", action="store_true", help="end every timed run with `sync OUTPUT`")
     ap.add_argument("--cache", choices=("cold", "warm"), default="cold",
                     help="cold: drop the page cache before every run (needs root); warm: keep it")
     args = ap.parse_args()
 
-    global BLOB, COLD
-    COLD = args.cache == "cold"
+    global BLOB, COLD, SYNC
+    COLD, SYNC = args.cache == "cold", args.sync
     if COLD and not os.access("/proc/sys/vm/drop_caches", os.W_OK):
         print("cannot drop the page cache (not root?): measuring warm", file=sys.stderr)
         COLD = False
+    img = None
+    if args.btrfs:
+        img, d = _mount_btrfs(args.dir, args.btrfs)
+    else:
+        d = args.dir
+        d.mkdir(parents=True, exist_ok=True)
+    try:
+        run_bench(d, args)
+    finally:
+        if img is not None:
+            subprocess.run(["umount", str(d)], check=False)
+            img.unlink(missing_ok=True)
+
+
+def run_bench(d: Path, args: argparse.Namespace) -> None:
+    global BLOB
     BLOB = _blob()
     layer_bytes = sum(tensor_nbytes(t, ne) for _, ne, t in _layer(0, False))
     trunk = max(2, int(args.size_gb * 1e9 // layer_bytes))
-    d = args.dir
-    d.mkdir(parents=True, exist_ok=True)
     base, donor = d / "base.gguf", d / "donor.gguf"
     print(f"generating base ({trunk} layers) and MTP donor in {d} ...", file=sys.stderr)
     make(base, trunk, with_mtp=False)
     make(donor, trunk, with_mtp=True, only_mtp=True)
     out, cp_out, nm_out = d / "out.gguf", d / "cp.gguf", d / "newmeta.gguf"
     mtpgraft = [sys.executable, "-m", "mtpgraft", "-q", "attach", str(base), "--mtp-from", str(donor),
-                "-o", str(out), "--mtp-type", "keep"]
+                "-o", str(out), "--mtp-type", "keep", "--json"]
     timed(mtpgraft)  # warm the page cache and produce the bytes cp will copy
     ref = d / "ref.gguf"
     out.replace(ref)
     size = ref.stat().st_size
-    rows: dict[str, list[tuple[float, int]]] = {"cp": [], "mtpgraft attach": []}
+    body = size_of_tensors(base)
+    rows: dict[str, list[tuple[float, int, int, int, str]]] = {"cp --reflink=auto": [], "mtpgraft attach": []}
     newmeta = shutil.which("gguf-new-metadata")
     if newmeta and not args.no_new_metadata:
         rows["gguf_new_metadata.py"] = []
-    out.unlink(missing_ok=True)
     for _ in range(args.reps):
-        # Every tool writes a new file: deleting a 4 GB output is not part of anyone's time.
-        rows["cp"].append(timed(["cp", str(ref), str(cp_out)]))
+        # Every tool writes a new file: deleting a 12 GB output is not part of anyone's time.
+        rows["cp --reflink=auto"].append(timed(["cp", "--reflink=auto", str(ref), str(cp_out)], cp_out))
         cp_out.unlink()
-        rows["mtpgraft attach"].append(timed(mtpgraft))
+        rows["mtpgraft attach"].append(timed(mtpgraft, out))
         out.unlink()
         if "gguf_new_metadata.py" in rows:
             rows["gguf_new_metadata.py"].append(timed([newmeta, str(base), str(nm_out), "--force",
-                                                       "--general-name", "bench2"]))
+                                                       "--general-name", "bench2"], nm_out))
             nm_out.unlink()
-    cp_t = statistics.median(t for t, _ in rows["cp"])
-    print(f"output: {size / 1e9:.2f} GB ({trunk} trunk layers + MTP block), {args.reps} reps, median wall time, "
-          f"{'cold' if COLD else 'warm'} page cache")
-    print(f"{'tool':<24} {'wall s':>8} {'x cp':>7} {'peak RSS MB':>12}   runs (s)")
+    shared = [json.loads(r[4]).get("body_shared_bytes") for r in rows["mtpgraft attach"]]
+    cp_t = statistics.median(r[0] for r in rows["cp --reflink=auto"])
+    print(f"output: {size / 1e9:.2f} GB ({trunk} trunk layers + MTP block, body {body / 1e9:.2f} GB) on "
+          f"{_fs_type(d)}, {args.reps} reps, median wall time, {'cold' if COLD else 'warm'} page cache"
+          + (", each run ends with sync OUTPUT" if SYNC else ""))
+    # statvfs: what the filesystem lost (the truth on a private btrfs, noisy on a shared root fs);
+    # st_blocks: the output's allocation (exact where nothing is shared, the full size where it is)
+    print(f"{'tool':<24} {'wall s':>8} {'x cp':>7} {'peak RSS MB':>12} {'fs used MB':>11} {'st_blocks MB':>13}   runs (s)")
     for name, rs in rows.items():
-        t = statistics.median(x for x, _ in rs)
-        runs = " ".join(f"{x:.2f}" for x, _ in rs)
-        rss = max(m for _, m in rs)
-        print(f"{name:<24} {t:>8.2f} {t / cp_t:>7.2f} {rss / 1e6:>12.1f}   {runs}")
+        t = statistics.median(x[0] for x in rs)
+        runs = " ".join(f"{x[0]:.3f}" for x in rs)
+        rss = max(x[1] for x in rs)
+        disk = statistics.median(x[2] for x in rs)
+        alloc = statistics.median(x[3] for x in rs)
+        print(f"{name:<24} {t:>8.3f} {t / cp_t:>7.2f} {rss / 1e6:>12.1f} {disk / 1e6:>11.1f} {alloc / 1e6:>13.1f}   {runs}")
+    if shared and shared[0] is not None:
+        print(f"attach: body blocks shared with the base (FIEMAP) {min(shared) / body:.2%} "
+              f"({min(shared) / 1e9:.2f} of {body / 1e9:.2f} GB); new disk space "
+              f"{statistics.median(x[2] for x in rows['mtpgraft attach']) / body:.3%} of the body")
     if not args.keep:
         for p in (base, donor, ref):
             p.unlink(missing_ok=True)
+
+
+def size_of_tensors(path: Path) -> int:
+    from mtpgraft.gguf_io import GGUFModel
+
+    return GGUFModel(path).tensor_bytes_total()
 
 
 if __name__ == "__main__":

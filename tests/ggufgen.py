@@ -160,7 +160,7 @@ def split_model(path: Path, parts: int) -> list[Path]:
     the others hold only split.* keys; tensors are divided in order."""
     from gguf import GGUFValueType
 
-    from mtpgraft.gguf_io import GGUFModel, OutTensor, encode_kv, write_gguf
+    from mtpgraft.gguf_io import CONVERTER, GGUFModel, OutTensor, encode_kv, write_gguf
 
     m = GGUFModel(path)
     refs = m.refs
@@ -176,7 +176,7 @@ def split_model(path: Path, parts: int) -> list[Path]:
         p = path.with_name(f"{stem}-{i + 1:05d}-of-{parts:05d}.gguf")
         ts = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset) for r in chunk]
         with open(p, "wb") as fh:
-            write_gguf(fh, kvs, ts, alignment=m.alignment)
+            write_gguf(fh, kvs, ts, alignment=m.alignment, layout=CONVERTER)
         out.append(p)
     return out
 
@@ -184,7 +184,7 @@ def split_model(path: Path, parts: int) -> list[Path]:
 def rewrite(path: Path, out: Path, *, drop_keys=(), set_kv=None, drop_tensors=()) -> Path:
     """Copy a GGUF with keys dropped or changed ({key: (vtype, value, item_type)}) and tensors dropped:
     the broken grafts people publish."""
-    from mtpgraft.gguf_io import GGUFFile, OutTensor, encode_kv, write_gguf
+    from mtpgraft.gguf_io import CONVERTER, GGUFFile, OutTensor, encode_kv, write_gguf
 
     m = GGUFFile(path)  # one file, even a shard of a split set
     kvs = [kv for kv in m.kv.values() if kv.key not in drop_keys]
@@ -193,5 +193,5 @@ def rewrite(path: Path, out: Path, *, drop_keys=(), set_kv=None, drop_tensors=()
     ts = [OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, m.path, m.data_offset + t.offset)
           for t in m.tensors if t.name not in drop_tensors]
     with open(out, "wb") as fh:
-        write_gguf(fh, kvs, ts, alignment=m.alignment)
+        write_gguf(fh, kvs, ts, alignment=m.alignment, layout=CONVERTER)
     return out

@@ -14,7 +14,7 @@ from gguf import quants
 from ggufgen import make_model, rewrite, split_model
 
 from mtpgraft.errors import GGUFFormatError, GraftError, OutputExistsError
-from mtpgraft.gguf_io import GGUFModel
+from mtpgraft.gguf_io import CONVERTER, GGUFModel
 from mtpgraft.graft import apply_plan, plan_attach, plan_detach, plan_extract, quantizable
 from mtpgraft.inspection import inspect_model
 
@@ -35,9 +35,13 @@ def attach(base: Path, src: Path, out: Path, **kw) -> list[Path]:
     return apply_plan(plan_attach(base, src, out, **kw))
 
 
-def assert_same_model(a: Path, b: Path, *, ignore_prefix: str = "mtpgraft.", ignore_keys=()) -> None:
+def assert_same_model(a: Path, b: Path, *, ignore_prefix: str = "mtpgraft.", ignore_keys=(),
+                      ordered: bool = True) -> None:
+    """Same keys (in order), same tensors byte for byte; `ordered`: in the same tensor order too (the
+    reflink layout moves new tensors after the copied body, so only the converter layout keeps it)."""
     ma, mb = GGUFModel(a), GGUFModel(b)
-    assert [r.name for r in ma.refs] == [r.name for r in mb.refs]
+    names_a, names_b = [r.name for r in ma.refs], [r.name for r in mb.refs]
+    assert names_a == names_b if ordered else sorted(names_a) == sorted(names_b)
     for r in ma.refs:
         rb = mb.by_name[r.name]
         assert (r.info.ne, r.info.ggml_type) == (rb.info.ne, rb.info.ggml_type), r.name
@@ -66,12 +70,19 @@ def models(request, tmp_path: Path) -> dict[str, Path]:
 
 def test_detach_then_attach_reproduces_full_model_byte_for_byte(models, tmp_path):
     det = tmp_path / "det.gguf"
-    apply_plan(plan_detach(models["full"], det))
-    # detach gives exactly what the converter's --no-mtp gives (our generated base)
+    apply_plan(plan_detach(models["full"], det), layout=CONVERTER)
+    # detach in the converter's layout gives exactly what the converter's --no-mtp gives (our generated base)
     assert det.read_bytes() == models["base"].read_bytes()
+    # the default (reflink) layout holds the same model, only its header is padded
+    det2 = tmp_path / "det2.gguf"
+    apply_plan(plan_detach(models["full"], det2))
+    assert_same_model(models["base"], det2)
+    assert det2.stat().st_size > det.stat().st_size
     out = tmp_path / "re.gguf"
+    apply_plan(plan_attach(det, models["full"], tmp_path / "re-conv.gguf"), layout=CONVERTER)
+    assert_same_model(models["full"], tmp_path / "re-conv.gguf")
     attach(det, models["full"], out)
-    assert_same_model(models["full"], out)
+    assert_same_model(models["full"], out, ordered=False)
     rep = inspect_model(out)
     assert rep.consistent and rep.mtp_present and rep.problems == []
     assert rep.block_count == 5 and rep.nextn_predict_layers == 1 and rep.trunk_layers == 4
@@ -241,7 +252,7 @@ def test_replace_swaps_existing_block(tmp_path):
         plan_attach(a, b, tmp_path / "o.gguf")
     out = tmp_path / "o.gguf"
     attach(a, b, out, replace=True, mtp_type="keep")
-    assert_same_model(b, out)
+    assert_same_model(b, out, ordered=False)
 
 
 # ----------------------------------------------------------------------------- split sets
@@ -269,7 +280,7 @@ def test_split_source_is_accepted(tmp_path):
     shards = split_model(full, 2)
     out = tmp_path / "out.gguf"
     attach(base, shards[0], out, mtp_type="keep")
-    assert_same_model(full, out)
+    assert_same_model(full, out, ordered=False)
 
 
 def test_inspect_catches_wrong_split_tensor_count(tmp_path):
@@ -528,7 +539,7 @@ def test_replace_repairs_broken_grafts(tmp_path):
         attach(path, full, out, replace=True, mtp_type="keep")
         rep = inspect_model(out)
         assert rep.consistent, (name, rep.problems)
-        assert_same_model(full, out)  # every trunk layer kept, the MTP block back in place
+        assert_same_model(full, out, ordered=False)  # every trunk layer kept, the MTP block back in place
         det = tmp_path / f"det-{name}.gguf"
         apply_plan(plan_detach(path, det))
         assert inspect_model(det).consistent and inspect_model(det).block_count == 4

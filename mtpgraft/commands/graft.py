@@ -16,14 +16,16 @@ from ..cli import (
     hub_options,
     info,
     json_option,
+    layout_from,
+    layout_options,
     llama_cpp_option,
     progress_bar,
     warn,
 )
 
 
-def _run_plan(plan, dry_run: bool, as_json: bool) -> None:
-    from ..graft import apply_plan, describe_plan
+def _run_plan(plan, dry_run: bool, as_json: bool, layout: str = "reflink", no_reflink: bool = False) -> None:
+    from ..graft import apply_plan, block_sharing, describe_plan
 
     for w in plan.warnings:
         warn(w)
@@ -31,13 +33,28 @@ def _run_plan(plan, dry_run: bool, as_json: bool) -> None:
         emit_dry_run(plan, describe_plan(plan), as_json)
         return
     with progress_bar(plan.output_bytes, desc=plan.operation) as bar:
-        outputs = apply_plan(plan, progress=bar.update)
+        outputs = apply_plan(plan, progress=bar.update, layout=layout_from(layout, no_reflink))
+    sharing = block_sharing(plan)
     if as_json:
-        emit_json({"dry_run": False, **plan.to_dict(), "written": [str(p) for p in outputs]})
+        emit_json({"dry_run": False, **plan.to_dict(), "written": [str(p) for p in outputs],
+                   "layout": layout, "body_bytes": sharing.body_bytes, "body_shared_bytes": sharing.shared_bytes})
     else:
         for p in outputs:
             click.echo(str(p))
         info(f"{plan.operation}: wrote {len(outputs)} file(s), {plan.output_bytes / 1e6:.1f} MB of tensors")
+        info(_sharing_line(sharing))
+
+
+def _sharing_line(s) -> str:
+    mb = 1e6
+    if s.shared_bytes is None:
+        return "blocks: the filesystem does not report extents (no FIEMAP); the body was copied"
+    if not s.body_bytes:
+        return "blocks: nothing copied from the base"
+    if s.shared_bytes == 0:
+        return f"blocks: the {s.body_bytes / mb:.1f} MB body was copied (no blocks shared with the base)"
+    return (f"blocks: {s.shared_bytes / mb:.1f} of {s.body_bytes / mb:.1f} MB of the body share the base's "
+            f"blocks ({s.shared_fraction:.1%}, reflinked: no new disk space)")
 
 
 @cli.command("inspect")
@@ -51,8 +68,9 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
     from ..inspection import inspect_model
 
     rep = inspect_model(file)
+    shared = _shared_extents(rep)
     if as_json:
-        emit_json(rep.to_dict())
+        emit_json({**rep.to_dict(), "shared_bytes": shared[0] if shared else None})
         return
     mb = 1e6
     click.echo(f"file:            {rep.path}")
@@ -80,6 +98,9 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
         click.echo("provenance:")
         for k, v in rep.provenance.items():
             click.echo(f"    {k} = {v}")
+    if shared is not None:
+        click.echo(f"shared blocks:   {shared[0] / mb:.1f} of {shared[1] / mb:.1f} MB of tensor data in extents "
+                   "the filesystem shares with other files (reflinks)")
     for n in rep.notes:
         click.echo(f"note: {n}")
     if rep.consistent:
@@ -88,6 +109,22 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
         click.echo(f"verdict:         INCONSISTENT ({len(rep.problems)} problem(s))")
         for p in rep.problems:
             click.echo(f"  - {p}")
+
+
+def _shared_extents(rep) -> tuple[int, int] | None:
+    """(shared, total) tensor-data bytes over every shard, or None without FIEMAP."""
+    from ..blocks import flagged_shared_bytes
+    from ..gguf_io import GGUFModel
+
+    shared = total = 0
+    for shard in GGUFModel(rep.path).shards:
+        n = shard.file_size - shard.data_offset
+        with open(shard.path, "rb") as f:
+            got = flagged_shared_bytes(f.fileno(), shard.data_offset, n)
+        if got is None:
+            return None
+        shared, total = shared + got, total + n
+    return shared, total
 
 
 @cli.command("attach")
@@ -105,12 +142,14 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
 @click.option("--replace", is_flag=True, help="Replace the base's own MTP block.")
 @force_option
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing (fetches headers only).")
+@layout_options
 @hub_options
 @llama_cpp_option
 @json_option
 @error_boundary
 def attach_cmd(base: str, source: str, out: Path, mtp_type: str | None, replace: bool, force: bool,
-               dry_run: bool, token: str | None, endpoint: str | None, llama_cpp: str | None,
+               dry_run: bool, layout: str, no_reflink: bool, token: str | None, endpoint: str | None,
+               llama_cpp: str | None,
                as_json: bool) -> None:
     """Transplant the MTP block from SOURCE into BASE and fix the metadata so llama.cpp loads it.
 
@@ -130,7 +169,7 @@ def attach_cmd(base: str, source: str, out: Path, mtp_type: str | None, replace:
             info(f"MTP source {src.label}: fetched {src.fetched_bytes:,} bytes "
                  f"({src.header_bytes:,} of headers, {src.mtp_bytes:,} of MTP tensors"
                  + (", from the cache" if src.cached else "") + ")")
-        _run_plan(plan, dry_run, as_json)
+        _run_plan(plan, dry_run, as_json, layout, no_reflink)
     finally:
         if src.temporary:
             src.path.unlink(missing_ok=True)
@@ -141,13 +180,15 @@ def attach_cmd(base: str, source: str, out: Path, mtp_type: str | None, replace:
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output file.")
 @force_option
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@layout_options
 @json_option
 @error_boundary
-def detach_cmd(model: Path, out: Path, force: bool, dry_run: bool, as_json: bool) -> None:
+def detach_cmd(model: Path, out: Path, force: bool, dry_run: bool, layout: str, no_reflink: bool,
+               as_json: bool) -> None:
     """Write MODEL without its MTP block (trunk only, consistent metadata)."""
     from ..graft import plan_detach
 
-    _run_plan(plan_detach(model, out, force=force), dry_run, as_json)
+    _run_plan(plan_detach(model, out, force=force), dry_run, as_json, layout, no_reflink)
 
 
 @cli.command("extract")
@@ -156,10 +197,12 @@ def detach_cmd(model: Path, out: Path, force: bool, dry_run: bool, as_json: bool
               help="Output file (default: mtp-<name>.gguf beside MODEL).")
 @force_option
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@layout_options
 @json_option
 @error_boundary
-def extract_cmd(model: Path, out: Path | None, force: bool, dry_run: bool, as_json: bool) -> None:
+def extract_cmd(model: Path, out: Path | None, force: bool, dry_run: bool, layout: str, no_reflink: bool,
+                as_json: bool) -> None:
     """Write MODEL's MTP block as an MTP-only sidecar (llama-server -md), like convert_hf_to_gguf.py --mtp."""
     from ..graft import plan_extract
 
-    _run_plan(plan_extract(model, out, force=force), dry_run, as_json)
+    _run_plan(plan_extract(model, out, force=force), dry_run, as_json, layout, no_reflink)

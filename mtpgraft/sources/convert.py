@@ -32,7 +32,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, LlamaFileType, quants
 
 from ..errors import GraftError, SourceError
-from ..gguf_io import KV, GGUFModel, OutTensor, encode_kv, tensor_nbytes, write_gguf
+from ..gguf_io import CONVERTER, KV, GGUFModel, OutTensor, encode_kv, tensor_nbytes, write_gguf
 from .safetensors import DTYPE_SIZE, STensor
 
 Q = GGMLQuantizationType
@@ -515,4 +515,4 @@ def write_head(plan: HeadPlan, locate: Locate | None, out: Path, *, extra_kvs: S
                for t in plan.tensors]
     with open(out, "wb") as fh:
         write_gguf(fh, encode_head_kvs(plan) + list(extra_kvs), tensors, alignment=32, progress=progress,
-                   header_only=locate is None)
+                   header_only=locate is None, layout=CONVERTER)  # as its header-only twin

@@ -19,6 +19,7 @@ from gguf import GGUFValueType
 
 from ..errors import GraftError
 from ..gguf_io import (
+    CONVERTER,
     KV,
     GGUFFile,
     GGUFModel,
@@ -204,7 +205,8 @@ def write_tensors_only(head: DonorHead, located: dict[tuple[str, int], tuple[Pat
         tensors.append(OutTensor(t.info.name, t.info.ne, t.info.ggml_type, t.info.nbytes, p, off))
     with open(out, "wb") as fh:
         write_gguf(fh, tensors_only_kvs(head.first, origin, head.after), tensors,
-                   alignment=head.first.alignment, progress=progress, header_only=located is None)
+                   alignment=head.first.alignment, progress=progress, header_only=located is None,
+                   layout=CONVERTER)  # a temporary source: its header-only twin must match it
 
 
 def merge_spans(spans: Sequence[tuple[str, int, int]], max_gap: int) -> list[tuple[str, int, int]]:

@@ -1,0 +1,246 @@
+"""The reflink layout: every byte range copied from an input lands at an offset congruent to its
+source offset modulo the block size, so copy-on-write filesystems share the body's blocks.
+
+The first tests check the layout itself on any filesystem; the btrfs ones make a small btrfs on a
+loop device (root, losetup, mkfs.btrfs) and are skipped, with the reason, where that is impossible."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import pytest
+from ggufgen import make_model, split_model
+
+from mtpgraft.gguf_io import CONVERTER, PAD_KEY, GGUFFile, GGUFModel, Layout
+from mtpgraft.graft import apply_plan, block_sharing, plan_attach, plan_detach, plan_extract
+from mtpgraft.testmodels import CODE_PROMPT, build_tiny_model
+
+BLOCK = 4096
+
+
+def tensor_bytes(m: GGUFModel, name: str) -> bytes:
+    r = m.by_name[name]
+    with open(r.path, "rb") as f:
+        f.seek(r.abs_offset)
+        return f.read(r.info.nbytes)
+
+
+def assert_body_congruent(plan, base: GGUFModel) -> None:
+    """In every output shard: the tensors copied from `base` come first, in base order, as one
+    contiguous run whose every offset is congruent to its base offset modulo 4096; the rest follow."""
+    for spec in plan._shards:
+        shard = GGUFFile(spec.path)
+        copied = {t.name for t in spec.tensors if t.src_path in base.paths}
+        names = [t.name for t in shard.tensors]
+        assert copied and set(names[:len(copied)]) == copied, spec.path  # the body first
+        srcs = [base.by_name[n] for n in names[:len(copied)]]
+        assert len({r.path for r in srcs}) == 1
+        shift = {r.abs_offset - (shard.data_offset + t.offset) for t, r in zip(shard.tensors, srcs, strict=False)}
+        assert len(shift) == 1  # one run: the base's relative offsets (hence its order), unchanged
+        assert shift.pop() % BLOCK == 0
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> dict[str, Path]:
+    return {"full": make_model(tmp_path / "full.gguf"), "base": make_model(tmp_path / "base.gguf", layout="base")}
+
+
+@pytest.mark.parametrize("mtp_type", ["keep", "q8_0"])
+def test_attach_body_lands_congruent_and_new_tensors_follow(small, tmp_path, mtp_type):
+    plan = plan_attach(small["base"], small["full"], tmp_path / "out.gguf", mtp_type=mtp_type)
+    apply_plan(plan)
+    assert_body_congruent(plan, GGUFModel(small["base"]))
+    out = GGUFModel(tmp_path / "out.gguf")
+    assert [r.name for r in out.refs][-len(plan.tensors):] == [a.name for a in plan.tensors]
+    assert PAD_KEY not in out.kv  # layout, not metadata: the reader hides it from every plan
+
+
+def test_split_base_every_shard_laid_out_the_same_way(tmp_path):
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    shards = split_model(base, 3)
+    plan = plan_attach(shards[0], make_model(tmp_path / "full.gguf"), tmp_path / "out.gguf")
+    apply_plan(plan)
+    assert len(plan._shards) == 3
+    assert_body_congruent(plan, GGUFModel(shards[0]))
+
+
+def _congruent_fraction(out: Path, src: GGUFModel) -> float:
+    shard = GGUFFile(out)
+    ok = sum(t.nbytes for t in shard.tensors
+             if (shard.data_offset + t.offset - src.by_name[t.name].abs_offset) % BLOCK == 0)
+    return ok / sum(t.nbytes for t in shard.tensors)
+
+
+def test_detach_lands_congruent(tmp_path):
+    """The converter puts the MTP block last (mtpgraft.testmodels): the detached trunk is one run."""
+    full = build_tiny_model(tmp_path / "full.gguf", layout="full", dtype="f16")
+    plan = plan_detach(full, tmp_path / "det.gguf")
+    apply_plan(plan)
+    assert_body_congruent(plan, GGUFModel(full))
+
+
+def test_two_runs_the_bigger_one_lands_congruent(small, tmp_path):
+    """Where dropped tensors split the body in two (an MTP block before output_norm/output; extract
+    keeps token_embd and the MTP block), llama.cpp's gapless data section leaves one degree of
+    freedom: the header padding aligns the run with the most bytes, the other is copied."""
+    full = GGUFModel(small["full"])
+    for plan in (plan_detach(small["full"], tmp_path / "det.gguf"), plan_extract(small["full"], tmp_path / "side.gguf")):
+        apply_plan(plan)
+        assert 0.5 < _congruent_fraction(Path(plan.outputs[0]), full) < 1.0
+
+
+def test_layouts_hold_the_same_tensors_and_gguf_py_reads_them(small, tmp_path):
+    outs = {}
+    for name, layout in {"reflink": Layout(), "no-reflink": Layout(clone=False), "converter": CONVERTER}.items():
+        outs[name] = tmp_path / f"{name}.gguf"
+        apply_plan(plan_attach(small["base"], small["full"], outs[name]), layout=layout)
+    # cloning or not changes where the bytes are stored, never the bytes
+    assert outs["reflink"].read_bytes() == outs["no-reflink"].read_bytes()
+    conv = gguf.GGUFReader(outs["converter"])
+    assert PAD_KEY not in conv.fields
+    for name in ("reflink", "converter"):
+        rd = gguf.GGUFReader(outs[name])  # gguf-py's own reader takes the padding key and the order
+        m = GGUFModel(outs[name])
+        assert len(rd.tensors) == len(m.refs)
+        for t in rd.tensors:
+            assert bytes(t.data.tobytes()) == tensor_bytes(m, t.name), (name, t.name)
+    pad = gguf.GGUFReader(outs["reflink"]).fields[PAD_KEY]
+    assert pad.types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT8]
+
+
+def test_the_padding_key_is_resized_not_stacked(small, tmp_path):
+    """A graft of a graft: the base's padding key is dropped and a new one sized for this output."""
+    one = tmp_path / "one.gguf"
+    apply_plan(plan_detach(small["full"], one))
+    two = tmp_path / "two.gguf"
+    plan = plan_attach(one, small["full"], two)
+    assert all(c.key != PAD_KEY for c in plan.key_changes)
+    apply_plan(plan)
+    assert list(gguf.GGUFReader(two).fields).count(PAD_KEY) == 1
+    assert_body_congruent(plan, GGUFModel(one))
+
+
+def test_cli_layout_flags(small, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "mtpgraft", *map(str, args)], capture_output=True,
+                              text=True, timeout=120)
+
+    r = run("attach", small["base"], "--mtp-from", small["full"], "-o", tmp_path / "c.gguf", "--layout", "converter")
+    assert r.returncode == 0, r.stderr
+    assert PAD_KEY not in gguf.GGUFReader(tmp_path / "c.gguf").fields
+    r = run("attach", small["base"], "--mtp-from", small["full"], "-o", tmp_path / "r.gguf", "--no-reflink", "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    d = json.loads(r.stdout)
+    assert d["layout"] == "reflink" and d["body_bytes"] == GGUFModel(small["base"]).tensor_bytes_total()
+    r = run("attach", small["base"], "--mtp-from", small["full"], "-o", tmp_path / "x.gguf", "--layout", "bogus")
+    assert r.returncode == 2 and "bogus" in r.stderr
+
+
+# ----------------------------------------------------------------------------- on a real btrfs
+
+
+def _btrfs_unavailable() -> str | None:
+    if sys.platform != "linux":
+        return "loop-mounted btrfs needs Linux"
+    if os.geteuid() != 0:
+        return "making a loop-mounted btrfs needs root"
+    for tool in ("mkfs.btrfs", "losetup", "mount", "umount"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found (apt-get install btrfs-progs)"
+    if "btrfs" not in Path("/proc/filesystems").read_text():
+        return "the kernel has no btrfs"
+    return None
+
+
+@pytest.fixture(scope="module")
+def btrfs(tmp_path_factory) -> Path:
+    why = _btrfs_unavailable()
+    if why:
+        pytest.skip(why)
+    d = tmp_path_factory.mktemp("btrfs")
+    img, mnt = d / "fs.img", d / "mnt"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(256 << 20)  # sparse; btrfs wants at least ~110 MB
+    r = subprocess.run(["mkfs.btrfs", "-q", str(img)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"mkfs.btrfs failed: {r.stderr.strip()}")
+    r = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot loop-mount a btrfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+        img.unlink(missing_ok=True)
+
+
+def _used(path: Path) -> int:
+    os.sync()  # btrfs accounts space when the transaction commits
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+@pytest.fixture(scope="module")
+def on_btrfs(btrfs) -> dict[str, Path]:
+    # f32: the tiny aligned model's body (11.6 MB) dwarfs its MTP block, so sharing shows in the numbers
+    return {"full": build_tiny_model(btrfs / "full.gguf", layout="full", dtype="f32"),
+            "base": build_tiny_model(btrfs / "base.gguf", layout="base", dtype="f32")}
+
+
+def test_btrfs_attach_shares_the_base_extents_and_costs_only_the_mtp_bytes(btrfs, on_btrfs):
+    from mtpgraft.blocks import flagged_shared_bytes
+
+    base = GGUFModel(on_btrfs["base"])
+    body = base.tensor_bytes_total()
+    out = btrfs / "grafted.gguf"
+    plan = plan_attach(on_btrfs["base"], on_btrfs["full"], out)
+    mtp = sum(a.bytes_out for a in plan.tensors)
+    before = _used(btrfs)
+    apply_plan(plan)
+    new = _used(btrfs) - before
+    s = block_sharing(plan)
+    assert s.body_bytes == body
+    assert s.shared_bytes >= body - 2 * BLOCK  # all but the unaligned head and tail blocks
+    with open(out, "rb") as f:
+        sh = GGUFFile(out)
+        assert flagged_shared_bytes(f.fileno(), sh.data_offset, body) >= body - 2 * BLOCK  # FIEMAP_EXTENT_SHARED
+    assert new < mtp + (1 << 20), (new, mtp)  # the MTP bytes, the header and btrfs metadata
+    assert new < body / 2
+
+    # --no-reflink and the converter layout copy the body: the space it takes, and no shared blocks
+    for name, layout in (("copied.gguf", Layout(clone=False)), ("converter.gguf", CONVERTER)):
+        p = plan_attach(on_btrfs["base"], on_btrfs["full"], btrfs / name)
+        before = _used(btrfs)
+        apply_plan(p, layout=layout)
+        assert _used(btrfs) - before > body
+        assert block_sharing(p).shared_bytes < body / 10, name
+
+
+@pytest.mark.tools
+def test_btrfs_reflinked_graft_loads_drafts_and_quantizes(btrfs, on_btrfs):
+    """llama-server loads the reflinked graft and drafts at acceptance 1.0; llama-quantize reads it."""
+    from mtpgraft.check.server import LlamaServer
+    from mtpgraft.tools import find_tool
+
+    out = btrfs / "served.gguf"
+    plan = plan_attach(on_btrfs["base"], on_btrfs["full"], out)
+    apply_plan(plan)
+    assert block_sharing(plan).shared_fraction > 0.99
+    with LlamaServer(out, spec_type="mtp", draft_n_max=3) as s:
+        r = s.completion(CODE_PROMPT, n_predict=48, temperature=0.0)
+    t = r["timings"]
+    assert t["draft_n"] > 0 and t["draft_n_accepted"] == t["draft_n"]
+    q = btrfs / "served-q8.gguf"
+    subprocess.run([str(find_tool("llama-quantize")), str(out), str(q), "Q8_0"], check=True,
+                   capture_output=True, timeout=300)
+    got = GGUFModel(q)
+    assert sorted(r.name for r in got.refs) == sorted(r.name for r in GGUFModel(out).refs)
+    q.unlink()
