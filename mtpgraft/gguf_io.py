@@ -25,6 +25,7 @@ from .naming import SPLIT_RE, shard_name
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
+PAD_KEY = "mtpgraft.layout.padding"  # a u8 array that sizes the header; layout, not metadata
 
 _SCALAR_FMT = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b",
@@ -438,7 +439,6 @@ class OutTensor:
     produce: Callable[[], Iterable[bytes]] | None = None
 
 
-PAD_KEY = "mtpgraft.layout.padding"  # a u8 array that sizes the header; layout, not metadata
 
 
 @dataclass(frozen=True)
