@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .. import __version__
@@ -201,8 +202,12 @@ class ModelResult:
     def to_dict(self) -> dict[str, Any]:
         files = [{"name": f.name, "sha256": self.hashes.get(str(f)), "size": f.stat().st_size}
                  for f in self.spec.files]
+        # A hashed file that is not the model's is the draft it ran with (an MTP sidecar, -md).
+        drafts = [{"name": Path(p).name, "sha256": h, "size": Path(p).stat().st_size}
+                  for p, h in self.hashes.items() if Path(p) not in self.spec.files]
         return {
             "path": str(self.spec.path), "name": self.spec.name, "files": files,
+            **({"draft": drafts[0]} if drafts else {}),
             "arch": self.spec.arch, "nextn_predict_layers": self.spec.nextn_predict_layers,
             "verdict": self.verdict, "reasons": list(self.reasons), "warnings": list(self.warnings),
             "acceptance": _r(self.acceptance), "mean_accept_len": _r(self.counters.mean_accept_len),

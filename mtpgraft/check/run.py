@@ -56,7 +56,9 @@ def run_check(plan: CheckPlan, *, log_dir: str | os.PathLike[str] | None = None,
     if hash_files:
         from ..hashing import sha256_file
 
-        results = [replace(m, hashes={str(f): sha256_file(f) for f in m.spec.files})
+        # The draft (an MTP sidecar) is listed with each model: a push gate can then find its check.
+        drafts = (plan.draft,) if plan.draft is not None else ()
+        results = [replace(m, hashes={str(f): sha256_file(f) for f in (*m.spec.files, *drafts)})
                    for m in results]
     reasons: list[str] = []
     warnings: list[str] = []

@@ -148,6 +148,8 @@ class LlamaServer:
     its --help: "draft-mtp" in mainline, "mtp" in ik_llama.cpp), or any literal --spec-type value.
     draft_model: passed as -md (an MTP-only sidecar, a draft model, a gemma4 assistant).
     parallel: -np (1 by default so one request owns the server and its numbers).
+    hf_repo: `OWNER/REPO[:TAG]` passed as -hf instead of -m (llama.cpp downloads it; `model` is then
+    only a label); env: extra environment (MODEL_ENDPOINT, HF_HUB_CACHE) for the process.
     repack: None (default) passes --no-repack on CPUs with AMX, where llama.cpp's AMX matmul for
     repacked Q4_0/Q8_0/Q4_K/Q6_K weights segfaults (ggml-org/llama.cpp#20824; seen with 0c1e570 on
     quantized files); True keeps llama.cpp's default, False always passes --no-repack.
@@ -158,8 +160,11 @@ class LlamaServer:
                  draft_n_max: int | None = None, draft_n_min: int | None = None, ctx_size: int = 2048,
                  threads: int | None = None, extra_args: Sequence[str] = (), startup_timeout: float = 120.0,
                  log_path: str | os.PathLike[str] | None = None, metrics: bool = True,
-                 parallel: int | None = 1, port: int | None = None, repack: bool | None = None) -> None:
+                 parallel: int | None = 1, port: int | None = None, repack: bool | None = None,
+                 hf_repo: str | None = None, env: dict[str, str] | None = None) -> None:
         self.model = Path(model)
+        self.hf_repo = hf_repo
+        self.env = dict(env or {})
         self.binary = find_tool("llama-server", llama_cpp)
         self.spec_type = spec_type
         self.draft_model = Path(draft_model) if draft_model is not None else None
@@ -218,7 +223,8 @@ class LlamaServer:
         return self._spec_flag
 
     def _build_cmd(self) -> list[str]:
-        cmd = [str(self.binary), "-m", str(self.model), "--host", HOST, "--port", str(self.port),
+        source = ["-hf", self.hf_repo] if self.hf_repo else ["-m", str(self.model)]
+        cmd = [str(self.binary), *source, "--host", HOST, "--port", str(self.port),
                "-c", str(self.ctx_size), "--no-webui"]
         if self.parallel is not None:
             cmd += ["-np", str(self.parallel)]
@@ -266,7 +272,8 @@ class LlamaServer:
         try:
             # Its own session: a Ctrl-C in the terminal reaches us, and we stop it by its pid.
             self._proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+                                          stderr=subprocess.STDOUT, start_new_session=True,
+                                          env={**os.environ, **self.env} if self.env else None)
         except OSError as e:
             self._log_file.close()
             self._log_file = None
@@ -292,10 +299,11 @@ class LlamaServer:
             if status == 200 and self._proc.poll() is None:
                 # Make sure it is our server that answered, not another one on a reused port.
                 try:
-                    served = self.props(timeout=10.0).get("model_path")
+                    props = self.props(timeout=10.0)
+                    served = props.get("model_path")
                 except ServerError:
-                    served = None  # ask again on the next round
-                if served == str(self.model):
+                    props, served = {}, None  # ask again on the next round
+                if served == str(self.model) or (self.hf_repo and props.get("model_alias") == self.hf_repo):
                     return
                 if isinstance(served, str) and self._proc.poll() is None:
                     self.stop()

@@ -93,6 +93,8 @@ def _settings(preset: str, given: dict[str, Any]) -> dict[str, Any]:
 @click.option("--min-speedup", default=None, type=float,
               help="Also fail when the code category's speedup is below this (off by default: "
                    "speed depends on the hardware more than on the file).")
+@click.option("--endpoint", default=None, metavar="URL",
+              help="Hub endpoint for hf:// models (else $MODEL_ENDPOINT, $HF_ENDPOINT, huggingface.co).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Write report.json, report.md, the charts and server logs into DIR.")
 @click.option("--per-prompt", is_flag=True,
@@ -110,12 +112,15 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
               temperature: str, reps: int | None, seed: int, prompts_file: str | None,
               categories: tuple[str, ...], per_category: int | None, n_predict: int | None,
               ctx_size: int, server_args: tuple[str, ...], min_acceptance: float,
-              min_speedup: float | None, report_dir: str | None, per_prompt: bool,
+              min_speedup: float | None, endpoint: str | None, report_dir: str | None, per_prompt: bool,
               bench_json: str | None, force: bool, dry_run: bool, llama_cpp: str | None,
               as_json: bool) -> None:
     """Measure MTP acceptance and speed of MODEL(s) on llama-server and give a verdict.
 
-    MODEL is a GGUF with an MTP head (grafted or converted), or the first shard of a split set.
+    MODEL is a GGUF with an MTP head (grafted or converted), or the first shard of a split set, or
+    hf://OWNER/REPO:TAG: then the real `llama-server -hf OWNER/REPO:TAG --spec-type draft-mtp` downloads
+    it (into the standard Hugging Face cache) as users load it, mtpgraft says which files llama.cpp
+    resolved (model, shards, MTP sidecar), and those files are measured.
     Each model runs on one baseline llama-server and one MTP server per --n-max (x --p-min)
     value; exit code 1 when the verdict is fail. Several models (quants) give one report with the
     quant x category matrix and the quant x n acceptance table.
@@ -129,6 +134,7 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
         write_bench_json,
         write_report,
     )
+    from ..hub.remote import is_hf_ref, localize_models
     from ..outputs import check_outputs
 
     extra: list[str] = []
@@ -143,10 +149,19 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
                     reasoning=_split(reasoning))
     validate_settings(**settings)  # a usage mistake is said before any tool is looked up
     if bench_json:
-        check_outputs([bench_json], models, force=force)
+        check_outputs([bench_json], [m for m in models if not is_hf_ref(m)], force=force)
+    server = resolve_server(llama_cpp)
+    resolutions: list[Any] = []
+    if any(is_hf_ref(m) for m in models) and not dry_run:
+        models, draft, resolutions = localize_models(list(models), draft=draft, server=server,
+                                                     endpoint=endpoint,
+                                                     log_dir=f"{report_dir}/logs" if report_dir else None)
+        for res in resolutions:
+            for line in res.lines():
+                (warn if line.startswith("mtpgraft predicted") else info)(line)
     plan = plan_check(models, draft=draft, seed=seed, prompts=prompts_file,
                       categories=_split(categories) or None, server_args=extra,
-                      server=resolve_server(llama_cpp), **settings)
+                      server=server, **settings)
     cost = plan.cost()
     size = (f"{cost['servers']} llama-server runs, {cost['requests']} requests, "
             f"{cost['generate_tokens']} tokens to generate, <= {cost['prefill_tokens']} to prefill "
@@ -192,7 +207,8 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
                 tail = "\n".join(f"  | {x}" for x in run.log_tail.splitlines()[-12:])
                 info(f"{m.spec.name}: the end of the failed llama-server's log:\n{tail}")
     if as_json:
-        emit_json(report_dict(result, chart_name, charts))
+        emit_json({**report_dict(result, chart_name, charts),
+                   **({"resolved": [r.to_dict() for r in resolutions]} if resolutions else {})})
         if not result.passed:
             click.echo(format_verdict(result), err=True)
     else:
