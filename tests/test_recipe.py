@@ -169,6 +169,27 @@ def test_dry_run_prints_the_plan_without_tools_or_writes(tmp_path: Path) -> None
     assert not (tmp_path / "w").exists()
 
 
+def test_ray_is_optional(tmp_path: Path) -> None:
+    """The local executor never imports Ray; --executor ray without it is one line, not a traceback."""
+    p = tmp_path / "r.toml"
+    p.write_text(QUICK)
+    work = tmp_path / "w"
+    code = ("import sys; sys.modules['ray'] = None  # as if Ray were not installed\n"
+            "from mtpgraft.cli import main; sys.argv = ['mtpgraft'] + sys.argv[1:]\n"
+            "try:\n    main()\nfinally:\n    print('ray imported' if 'ray' in sys.modules and sys.modules['ray'] "
+            "else 'no ray', file=sys.stderr)\n")
+    res = subprocess.run([sys.executable, "-c", code, "run", str(p), "--work-dir", str(work), "--dry-run"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stderr.strip() == "no ray", res.stderr
+    res = subprocess.run([sys.executable, "-c", code, "run", str(p), "--work-dir", str(work), "--executor", "ray"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and res.stderr.splitlines()[0] == (
+        "mtpgraft: error: --executor ray needs Ray on this machine and every node: pip install 'mtpgraft[ray]'")
+    assert not work.exists()
+    res = run_cli("run", p, "--work-dir", work, "--address", "127.0.0.1:1")
+    assert res.returncode == 2 and res.stderr == "mtpgraft: error: --address is the Ray cluster to run on: it needs --executor ray\n"
+
+
 def test_cli_recipe_errors_are_one_line(tmp_path: Path) -> None:
     p = tmp_path / "r.toml"
     p.write_text(GOOD.replace("ctx = 128", "ctx = -1"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..cli import cli, emit_dry_run, emit_json, error_boundary, info, json_option, llama_cpp_option
-from ..errors import RecipeError
+from ..errors import RecipeError, UsageError
 
 
 @cli.command("run")
@@ -43,6 +43,8 @@ def run_cmd(recipe: Path, only: tuple[str, ...], resume: bool, force: bool, work
     are Ray tasks over a work dir every node sees. Exit code 1 when a step failed."""
     from ..recipe import describe_state, load_recipe, plan_recipe, run_recipe
 
+    if address is not None and executor != "ray":
+        raise UsageError("--address is the Ray cluster to run on: it needs --executor ray")
     r = load_recipe(recipe, work_dir=work_dir)
     if show_status:
         rows = describe_state(r)

@@ -327,18 +327,17 @@ def run_recipe(recipe: Recipe, *, only: Sequence[str] | None = None, resume: boo
     `executor="ray"` runs the steps as tasks on a Ray cluster (`address`; default: a local one).
     `hub_api(hub_section)` builds the Hub client for the push (default: hub.make_api)."""
     t0 = time.perf_counter()
+    if executor not in ("local", "ray"):
+        raise RecipeError(f"unknown executor {executor!r} (local or ray)")
     selected = select_steps(recipe, only)
+    if executor == "ray":
+        from .ray_executor import require_ray, run_on_ray
+
+        require_ray()  # before anything is written
     prepare_work_dir(recipe, resume=resume, force=force)
     ctx = Context(recipe, llama_cpp=llama_cpp or recipe.llama_cpp, emit=on_event or (lambda s, m: None),
                   hub_api=hub_api)
-    if executor == "ray":
-        from .ray_executor import run_on_ray
-
-        steps = run_on_ray(ctx, selected, address=address)
-    elif executor == "local":
-        steps = run_local(ctx, selected)
-    else:
-        raise RecipeError(f"unknown executor {executor!r} (local or ray)")
+    steps = run_on_ray(ctx, selected, address=address) if executor == "ray" else run_local(ctx, selected)
     return RunResult(recipe=recipe.path, work_dir=recipe.work_dir, steps=steps,
                      wall_s=time.perf_counter() - t0, executor=executor)
 

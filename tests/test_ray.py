@@ -1,0 +1,201 @@
+"""The Ray executor on a real local Ray cluster (a head and a worker node on 127.0.0.1, CPUs only):
+the tiny recipe gives the same outputs and state records as the local executor, a worker killed in
+the middle of a quantize is retried and the run completes, and a driver interrupted by Ctrl-C leaves
+no partial output and resumes without redoing anything finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mtpgraft.recipe import State, load_recipe
+
+pytestmark = [pytest.mark.tools, pytest.mark.ray]
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9"}  # the tiny recipe's dry-run push stays offline
+
+QUICK = """
+[model]
+name = "q"
+base = "builtin:tiny-qwen35-base"
+mtp_from = "builtin:tiny-qwen35-full"
+
+[imatrix]
+calibration = "builtin:calibration-tiny"
+ctx = 128
+chunks = 4
+batch = 128
+
+[quantize]
+types = ["Q4_K_M", "Q5_K_M", "IQ4_XS", "Q6_K"]
+"""
+
+
+# Every Ray process on the loopback interface only: Ray's switch for single-machine clusters
+# (named for Windows/macOS, honoured on Linux) makes it take 127.0.0.1 as each node's address.
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> str:
+    """A head (1 CPU) and a separate worker node (2 CPUs), each its own raylet, on 127.0.0.1;
+    skipped, saying why, where Ray is missing or cannot start."""
+    saved = {k: os.environ.get(k) for k in LOOPBACK}
+    os.environ.update(LOOPBACK)  # read when ray is imported, and by the processes it starts
+    try:
+        from ray.cluster_utils import Cluster
+    except ImportError:
+        pytest.skip("Ray is not installed (pip install 'mtpgraft[ray]')")
+    c = None
+    try:
+        c = Cluster(initialize_head=True, connect=False,
+                    head_node_args={"num_cpus": 1, "include_dashboard": False})
+        c.add_node(num_cpus=2)
+        c.wait_for_nodes()
+    except Exception as e:  # noqa: BLE001 - any reason Ray cannot run here is a skip, said in one line
+        if c is not None:
+            c.shutdown()
+        pytest.skip(f"a local Ray cluster cannot start here: {type(e).__name__}: {e}")
+    yield c.address
+    c.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def mtpgraft(*args: object, env: dict[str, str] | None = None, **kw) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "mtpgraft", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **LOOPBACK, **(env or {})},
+                            **kw)
+
+
+def finish(p: subprocess.Popen[str], timeout: float = 600) -> tuple[int, dict, str]:
+    out, err = p.communicate(timeout=timeout)
+    try:
+        return p.returncode, json.loads(out), err
+    except ValueError:
+        return p.returncode, {"stdout": out}, err
+
+
+def sha256s(work: Path) -> dict[str, str]:
+    """Every model file the pipeline made (graft, imatrix, quants) by path in the work dir."""
+    from mtpgraft.hashing import sha256_file
+
+    files = [p for p in work.rglob("*.gguf") if "sources" not in p.parts]
+    return {p.relative_to(work).as_posix(): sha256_file(p, use_cache=False) for p in files}
+
+
+def records(work: Path) -> dict[str, tuple[str, str, dict]]:
+    return {r.step: (r.status, r.key, r.outputs) for r in State(work).records()}
+
+
+def leftovers(work: Path) -> list[str]:
+    """Partial outputs and in-flight markers: none may survive a run, however it ended."""
+    return sorted(str(p.relative_to(work)) for p in work.rglob("*")
+                  if ".partial" in p.name or p.name.endswith((".running", ".tmp")) or p.name.startswith(".driver-"))
+
+
+def test_tiny_recipe_on_ray_equals_the_local_run(cluster: str, tmp_path: Path) -> None:
+    tiny = ROOT / "recipes" / "tiny.toml"
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    rc, d_local, err = finish(mtpgraft("run", tiny, "--work-dir", local, "--json", env=NO_HUB))
+    assert rc == 0, err
+    rc, d_ray, err = finish(mtpgraft("run", tiny, "--work-dir", on_ray, "--json", "--executor", "ray",
+                                     "--address", cluster, env=NO_HUB))
+    assert rc == 0, err
+    assert d_ray["executor"] == "ray" and [s["status"] for s in d_ray["steps"]] == \
+        [s["status"] for s in d_local["steps"]]
+    assert all(s["where"] for s in d_ray["steps"] if s["status"] == "done")  # each ran as a task
+    assert "[ray] " in err and "steps done; running:" in err  # the driver's progress view
+    # identical model files, byte for byte, and identical state records (keys, output hashes);
+    # check reports hold timings, so of the checks only the keys are compared
+    assert sha256s(on_ray) == sha256s(local) and len(sha256s(local)) == 7
+    a, b = records(local), records(on_ray)
+    assert a.keys() == b.keys() and {s: v[1] for s, v in a.items()} == {s: v[1] for s, v in b.items()}
+    assert {s: v for s, v in a.items() if not s.startswith("check:")} == \
+        {s: v for s, v in b.items() if not s.startswith("check:")}
+    assert leftovers(on_ray) == []
+    # and the records mean the same to either executor: a local --resume finds everything finished
+    rc, d, err = finish(mtpgraft("run", tiny, "--work-dir", on_ray, "--json", "--resume", env=NO_HUB))
+    assert rc == 0, err
+    assert {s["status"] for s in d["steps"][:-1]} == {"finished-before"} and d["steps"][-1]["step"] == "push"
+
+
+def _quantize_procs(work: Path) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if d.name.isdigit() and cmd and cmd[0].endswith(b"llama-quantize") and str(work).encode() in b" ".join(cmd):
+            out.append(int(d.name))
+    return out
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_worker_killed_mid_quantize_is_retried(cluster: str, tmp_path: Path) -> None:
+    recipe = tmp_path / "quick.toml"
+    recipe.write_text(QUICK)
+    work = tmp_path / "w"
+    p = mtpgraft("run", recipe, "--work-dir", work, "--json", "--executor", "ray", "--address", cluster)
+    victim = None
+    deadline = time.monotonic() + 300
+    while victim is None and p.poll() is None and time.monotonic() < deadline:
+        pids = _quantize_procs(work)
+        if pids:
+            worker = _parent(pids[0])
+            assert b"ray" in Path(f"/proc/{worker}/cmdline").read_bytes()  # a Ray worker process
+            victim = Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")[-3].decode()  # TYPE
+            os.kill(worker, signal.SIGKILL)  # the worker dies, as with a lost node: its tool too
+            os.kill(pids[0], signal.SIGKILL)
+        time.sleep(0.005)
+    assert victim is not None, "no llama-quantize seen"
+    rc, d, err = finish(p)
+    assert rc == 0 and "steps" in d, (err, d)
+    steps = {s["step"]: s for s in d["steps"]}
+    assert steps[f"quantize:{victim}"]["status"] == "done" and steps[f"quantize:{victim}"]["attempts"] == 2
+    assert f"[quantize:{victim}] attempt 1 failed (task lost" in err
+    assert all(s["status"] == "done" for s in d["steps"])
+    assert sorted(records(work)) == ["graft", "imatrix"] + sorted(f"quantize:{t}" for t in
+                                                                  load_recipe(recipe).quantize.types)
+    assert leftovers(work) == []
+
+
+def test_driver_interrupted_then_resumed_redoes_nothing(cluster: str, tmp_path: Path) -> None:
+    recipe = tmp_path / "quick.toml"
+    recipe.write_text(QUICK)
+    work = tmp_path / "w"
+    p = mtpgraft("run", recipe, "--work-dir", work, "--executor", "ray", "--address", cluster)
+    first = work / "state" / "quantize-Q4_K_M.json"
+    deadline = time.monotonic() + 300
+    while not first.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert first.exists(), p.communicate()[1]
+    p.send_signal(signal.SIGINT)  # Ctrl-C on the driver
+    _, err = p.communicate(timeout=180)
+    assert p.returncode == 130 and err.strip().splitlines()[-1] == "mtpgraft: error: interrupted", err
+    assert leftovers(work) == [] and not _quantize_procs(work)
+    done = {s: v for s, v in records(work).items() if v[0] == "done"}
+    assert {"graft", "imatrix", "quantize:Q4_K_M"} <= set(done) and len(done) < 6
+    stamps = {f: f.stat().st_mtime_ns for f in work.rglob("*.gguf")}
+    rc, d, err = finish(mtpgraft("run", recipe, "--work-dir", work, "--json", "--resume", "--executor", "ray",
+                                 "--address", cluster))
+    assert rc == 0, err
+    status = {s["step"]: s["status"] for s in d["steps"]}
+    assert {s for s, v in status.items() if v == "finished-before"} == set(done)
+    assert {s for s, v in status.items() if v == "done"} == set(status) - set(done)
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps  # nothing finished was rewritten
