@@ -199,3 +199,21 @@ def test_driver_interrupted_then_resumed_redoes_nothing(cluster: str, tmp_path: 
     assert {s for s, v in status.items() if v == "finished-before"} == set(done)
     assert {s for s, v in status.items() if v == "done"} == set(status) - set(done)
     assert {f: f.stat().st_mtime_ns for f in stamps} == stamps  # nothing finished was rewritten
+
+
+def test_a_failing_step_is_retried_once_then_reported_and_the_rest_goes_on(cluster: str, tmp_path: Path) -> None:
+    recipe = tmp_path / "quick.toml"
+    # Q5_K_M's MTP rule cannot work (iq2_xxs needs importance data the imatrix never has for the MTP
+    # block): that step fails every time; Q4_K_M does not depend on it
+    recipe.write_text(QUICK.replace('types = ["Q4_K_M", "Q5_K_M", "IQ4_XS", "Q6_K"]',
+                                    'types = ["Q4_K_M", "Q5_K_M"]\nmtp_type = {default = "q8_0", Q5_K_M = "iq2_xxs"}'))
+    work = tmp_path / "w"
+    rc, d, err = finish(mtpgraft("run", recipe, "--work-dir", work, "--json", "--executor", "ray",
+                                 "--address", cluster))
+    steps = {s["step"]: s for s in d["steps"]}
+    assert rc == 1 and steps["quantize:Q4_K_M"]["status"] == "done", err
+    bad = steps["quantize:Q5_K_M"]
+    assert bad["status"] == "failed" and bad["attempts"] == 2 and "needs importance data" in bad["message"]
+    assert err.count("[quantize:Q5_K_M] attempt 1 failed") == 1
+    assert err.strip().splitlines()[-1].startswith("mtpgraft: error: 1 step(s) did not finish: quantize:Q5_K_M: ")
+    assert State(work).get("quantize:Q5_K_M").status == "failed" and leftovers(work) == []  # type: ignore[union-attr]

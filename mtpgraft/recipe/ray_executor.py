@@ -56,7 +56,10 @@ def connect(address: str | None) -> Any:
 
 def run_step_task(recipe: Recipe, step_id: str, token: str, llama_cpp: str | None, hub_api: Any) -> StepResult:
     """The Ray task: check the shared work dir, then run one step as the local executor would."""
-    where = f"{socket.gethostname()} pid {os.getpid()}"
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()[:8]
+    where = f"{socket.gethostname()} node {node} pid {os.getpid()}"
     state = Path(recipe.work_dir) / "state"
     if not (state / f".driver-{token}").is_file():  # the driver wrote it there just before
         return StepResult(step_id, "failed", message=f"the work dir {recipe.work_dir} is not visible on "
