@@ -180,17 +180,17 @@ def test_driver_interrupted_then_resumed_redoes_nothing(cluster: str, tmp_path: 
     recipe.write_text(QUICK)
     work = tmp_path / "w"
     p = mtpgraft("run", recipe, "--work-dir", work, "--executor", "ray", "--address", cluster)
-    first = work / "state" / "quantize-Q4_K_M.json"
     deadline = time.monotonic() + 300
-    while not first.exists() and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert first.exists(), p.communicate()[1]
-    p.send_signal(signal.SIGINT)  # Ctrl-C on the driver
+    # the first quantize recorded (the others run or wait: 4 types, 3 CPUs), then Ctrl-C on the driver
+    while not list(work.glob("state/quantize-*.json")) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert p.poll() is None and list(work.glob("state/quantize-*.json")), p.communicate()[1]
+    p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=180)
     assert p.returncode == 130 and err.strip().splitlines()[-1] == "mtpgraft: error: interrupted", err
     assert leftovers(work) == [] and not _quantize_procs(work)
     done = {s: v for s, v in records(work).items() if v[0] == "done"}
-    assert {"graft", "imatrix", "quantize:Q4_K_M"} <= set(done) and len(done) < 6
+    assert {"graft", "imatrix"} < set(done) and len(done) < 6  # some quantize steps never finished
     stamps = {f: f.stat().st_mtime_ns for f in work.rglob("*.gguf")}
     rc, d, err = finish(mtpgraft("run", recipe, "--work-dir", work, "--json", "--resume", "--executor", "ray",
                                  "--address", cluster))
