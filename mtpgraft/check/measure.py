@@ -287,6 +287,10 @@ class _ModelRunner:
                 break
 
     def _run_server(self, cfg: ServerConfig) -> bool:
+        blocker = _mtp_blocker(self.spec.path, self.plan.draft) if cfg.mtp else None
+        if blocker:  # known before a server starts (and one that aborts prints a backtrace)
+            self.servers.append(ServerRun(cfg.n_max, (), 0.0, 0.0, blocker, "", p_min=cfg.p_min))
+            return False
         server = self.factory(**self._server_kwargs(cfg))
         t0 = time.perf_counter()
         try:
@@ -411,3 +415,13 @@ class _ModelRunner:
         total = self.plan.estimate_s(self._start_s, prefill, decode)
         self.events(f"estimated time: ~{_duration(total)} (first server: start {self._start_s:.1f} s, "
                     f"prefill {prefill:.0f} tok/s, decode {decode:.1f} tok/s)")
+
+
+def _mtp_blocker(model: Path, draft: Path | None) -> str | None:
+    """preflight.mtp_blocker, or None when the headers cannot be read (the server will say why)."""
+    from ..preflight import mtp_blocker
+
+    try:
+        return mtp_blocker(model, draft)
+    except MtpgraftError:
+        return None

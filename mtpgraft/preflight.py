@@ -1,0 +1,90 @@
+"""Will llama-server run an MTP draft for this model (and this -md file)? Headers only.
+
+`mtp_blocker` names the cases where the answer is known before a server starts, each in the words of
+what llama.cpp 0c1e570 would do: a gemma4 target without its assistant, a trunk-only file that keeps
+the nextn key (glm4moe & co. abort on a GGML_ASSERT), a gemma4-assistant that does not fit its target
+(its layers read the target's KV cache, its input is the target's embedding), a sidecar of another
+model. None means "no known blocker": the server decides.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .arch import ASSISTANT_ARCH, ASSISTANT_TARGET_ARCH, assistant_problems, rule_for
+from .gguf_io import GGUFModel
+from .inspection import analyse, vocab_fingerprint
+
+
+def mtp_blocker(model_path: str | os.PathLike[str], draft_path: str | os.PathLike[str] | None = None) -> str | None:
+    """Why `llama-server -m MODEL [-md DRAFT] --spec-type draft-mtp` cannot draft, or None."""
+    model = GGUFModel(model_path)
+    if draft_path is None:
+        return _in_file_blocker(model)
+    draft = GGUFModel(draft_path)
+    if draft.arch == ASSISTANT_ARCH:
+        return _assistant_blocker(model, draft)
+    if model.arch == ASSISTANT_TARGET_ARCH:
+        return (f"{draft.path.name} (arch {draft.arch}) is not a gemma4-assistant: a gemma4 target "
+                "drafts only with its assistant")
+    return _same_model(model, draft)
+
+
+def _in_file_blocker(model: GGUFModel) -> str | None:
+    arch, name = model.arch, model.path.name
+    if arch == ASSISTANT_TARGET_ARCH:
+        return (f"{name} is a gemma4 target: its MTP head is a separate gemma4-assistant model; "
+                "pass it with --draft ASSISTANT.gguf")
+    if arch == ASSISTANT_ARCH:
+        return f"{name} is a gemma4-assistant: check its target with --draft {name}"
+    st = analyse(model)
+    rule = rule_for(arch)
+    if st.nextn and st.block_count and not st.eh_layers and not st.layers.get(st.block_count - st.nextn):
+        if rule is not None and rule.trunk_only_ok and rule.trunk_only_mtp_aborts:
+            return (f"{name} keeps {arch}.nextn_predict_layers={st.nextn} but has no MTP block: "
+                    "llama-server aborts on it with --spec-type draft-mtp (GGML_ASSERT: MTP block "
+                    "missing nextn.eh_proj); attach an MTP block, or detach the key")
+    return None
+
+
+def _assistant_blocker(target: GGUFModel, asst: GGUFModel) -> str | None:
+    a, t = ASSISTANT_ARCH, target.arch
+    if t != ASSISTANT_TARGET_ARCH:
+        return f"{asst.path.name} is a gemma4-assistant; its target must be a gemma4 model, not {t}"
+    problems = assistant_problems(asst.get, set(asst.by_name))
+    if problems:
+        return f"{asst.path.name} is not a valid gemma4-assistant: {problems[0]}"
+    want = {
+        "embedding_length_out": (asst.get(f"{a}.embedding_length_out"), target.get(f"{t}.embedding_length"),
+                                 "the target's embedding_length"),
+        "attention.key_length": (asst.get(f"{a}.attention.key_length"),
+                                 target.get(f"{t}.attention.key_length"), "the target's"),
+        "attention.key_length_swa": (asst.get(f"{a}.attention.key_length_swa"),
+                                     target.get(f"{t}.attention.key_length_swa"), "the target's"),
+    }
+    for key, (mine, theirs, what) in want.items():
+        if mine != theirs:
+            return f"{asst.path.name}: {a}.{key} is {mine}, {what} is {theirs}"
+    swa = target.get(f"{t}.attention.sliding_window_pattern")
+    if isinstance(swa, list) and len(swa) >= 2 and not (swa[-2] and not swa[-1]):
+        return (f"{target.path.name}: the assistant's sliding layers read the target's second-to-last "
+                "layer and its full layers the last one, so those must be sliding and full; the "
+                f"pattern ends {swa[-2:]}")
+    return _same_vocab(target, asst)
+
+
+def _same_model(model: GGUFModel, draft: GGUFModel) -> str | None:
+    if draft.arch != model.arch:
+        return f"{draft.path.name} is {draft.arch}, the model is {model.arch}: not its MTP sidecar"
+    a = model.arch
+    if draft.get(f"{a}.embedding_length") != model.get(f"{a}.embedding_length"):
+        return (f"{draft.path.name}: embedding_length {draft.get(f'{a}.embedding_length')} differs from "
+                f"the model's {model.get(f'{a}.embedding_length')}: not its MTP sidecar")
+    return _same_vocab(model, draft)
+
+
+def _same_vocab(model: GGUFModel, draft: GGUFModel) -> str | None:
+    (n1, h1), (n2, h2) = vocab_fingerprint(model), vocab_fingerprint(draft)
+    if n1 != n2 or (h1 and h2 and h1 != h2):
+        return f"{draft.path.name} has another vocabulary than {model.path.name} ({n2} vs {n1} tokens)"
+    return None
