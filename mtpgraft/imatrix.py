@@ -20,6 +20,7 @@ from typing import Any
 from gguf import GGUFValueType
 
 from . import __version__
+from .arch import ASSISTANT_ARCH
 from .errors import GGUFFormatError, QuantizeError, ToolFailedError
 from .outputs import check_outputs
 from .tools import find_tool, format_cmd
@@ -87,9 +88,13 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
 
     m = Path(model)
     try:
-        GGUFModel(m)
+        arch = GGUFModel(m).arch
     except GGUFFormatError as e:
         raise QuantizeError(f"cannot compute an imatrix: {e}") from e
+    if arch == ASSISTANT_ARCH:
+        raise QuantizeError(f"llama-imatrix cannot run {m.name}: a gemma4-assistant only runs next to "
+                            "its gemma4 target (-md), so it has no imatrix of its own; quantize it "
+                            "without one (Q8_0, Q6_K, Q4_K_M, IQ4_XS)")
     cal = Path(calibration)
     if not cal.is_file():
         raise QuantizeError(f"calibration file not found: {cal}")

@@ -34,6 +34,7 @@ from typing import Any
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from . import __version__, naming
+from .arch import ASSISTANT_ARCH
 from .errors import GGUFFormatError, OutputExistsError, QuantizeError, ToolFailedError
 from .gguf_io import GGUFModel
 from .inspection import analyse, inspect_model
@@ -127,20 +128,21 @@ def default_name(path: str | os.PathLike[str]) -> str:
     return naming.model_stem(Path(path).name)
 
 
-def name_problem(name: str) -> str | None:
-    """What is wrong with an output name stem, or None (the validator recipes use too)."""
+def name_problem(name: str, *, sidecar: bool = False) -> str | None:
+    """What is wrong with an output name stem, or None (the validator recipes use too). A `sidecar`
+    (an MTP-only file or a gemma4-assistant) may, and should, carry the `mtp-` prefix `-hf` looks for."""
     if not name or "/" in name or "\\" in name or name.startswith("."):
         return f"{name!r} must be a plain file name stem (no folders)"
     probe = naming.quant_file_name(name, "Q8_0")  # llama.cpp's test is case-sensitive, on the whole name
     for r in naming.HF_RESERVED:
-        if r in probe:
+        if r in probe and not (sidecar and r == naming.SIDECAR_PREFIX):
             return (f"{name!r} gives file names containing {r!r}, which `llama-server -hf` skips as "
                     "non-model files; choose another name")
     return None
 
 
-def check_name(name: str) -> None:
-    problem = name_problem(name)
+def check_name(name: str, *, sidecar: bool = False) -> None:
+    problem = name_problem(name, sidecar=sidecar)
     if problem:
         raise QuantizeError(f"--name {problem}")
 
@@ -336,6 +338,21 @@ def mtp_policy_for(mtp_type: str | Mapping[str, str] | None, quant_type: str) ->
     return str(by_type.get(quant_type, by_type.get("default", DEFAULT_MTP_TYPE))).strip().lower()
 
 
+def _check_assistant(name: str, imatrix: object, quant_types: Sequence[str]) -> None:
+    """A gemma4-assistant has no importance matrix: llama-imatrix cannot run it (it needs its target's
+    context), and its target's imatrix holds entries under the same names (blk.0.attn_q ...) sized for
+    the target's width, which llama-quantize rejects ("imatrix size N is different from tensor size")
+    or, were the widths equal, would apply to the wrong weights."""
+    if imatrix is not None:
+        raise QuantizeError(f"{name} is a gemma4-assistant: no imatrix applies to it (llama-imatrix "
+                            "cannot run an assistant, and its target's imatrix describes the target's "
+                            "tensors of the same names); quantize it without --imatrix")
+    needing = [t for t in quant_types if t in NEEDS_IMATRIX]
+    if needing:
+        raise QuantizeError(f"{', '.join(needing)} need(s) an importance matrix, which a gemma4-assistant "
+                            "cannot have (llama-imatrix cannot run it): use Q8_0, Q6_K, Q4_K_M or IQ4_XS")
+
+
 def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
                   out_dir: str | os.PathLike[str] | None = None, name: str | None = None,
                   imatrix: str | os.PathLike[str] | None = None,
@@ -355,10 +372,13 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
         raise QuantizeError(f"{src.path.name} is inconsistent, llama.cpp would not load it: "
                             f"{'; '.join(rep.problems)} (see `mtpgraft inspect`)")
     st = analyse(src)
+    if src.arch == ASSISTANT_ARCH:
+        _check_assistant(src.path.name, imatrix, quant_types)
+        mtp_type = mtp_type or "match"  # the assistant is all head: the file type applies to all of it
     mtp_layers = tuple(rep.mtp_layers) if rep.mtp_present else ()
     mtp_prefixes = tuple(f"blk.{i}." for i in mtp_layers)
     name = name or default_name(src.path)
-    check_name(name)
+    check_name(name, sidecar=rep.layout in ("mtp-only", "assistant"))
     out = (Path(out_dir) if out_dir is not None else src.path.parent).absolute()
     if out.exists() and not out.is_dir():
         raise QuantizeError(f"--out-dir {out} is a file")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -161,3 +162,103 @@ def test_broken_assistant_is_what_the_loader_refuses(tiny_gemma_models, llama_cp
         "gemma4-assistant.embedding_length_out": (V.UINT32, g4.N_EMBD_ASSISTANT, None)})
     with pytest.raises(ServerError, match="embedding_length_out"):
         serve(tiny_gemma_models["base"], llama_cpp_dir, spec_type="mtp", draft_model=bad).start()
+
+
+# ----------------------------------------------------------------------- imatrix / quantize / check
+
+KNOWN_MIXED = {1: 1 / 3, 2: 1 / 2, 3: 1 / 3, 4: 1 / 4}  # creative (prose) acceptance by draft depth
+
+
+def test_assistant_takes_no_imatrix(tiny_gemma_models, tmp_path):
+    from mtpgraft.errors import QuantizeError
+    from mtpgraft.imatrix import plan_imatrix
+    from mtpgraft.quantize import plan_quantize
+
+    asst = tiny_gemma_models["assistant-aligned"]
+    cal = tmp_path / "cal.txt"
+    cal.write_text(tm.PROSE_PROMPT * 200)
+    with pytest.raises(QuantizeError, match="cannot run .* gemma4-assistant only runs next to"):
+        plan_imatrix(asst, cal, tmp_path / "i.gguf")
+    with pytest.raises(QuantizeError, match="no imatrix applies to it"):
+        plan_quantize(asst, "Q4_K_M", imatrix=tmp_path / "any.gguf", out_dir=tmp_path)
+    with pytest.raises(QuantizeError, match="IQ2_XXS need.* gemma4-assistant cannot have"):
+        plan_quantize(asst, "Q8_0,IQ2_XXS", out_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cal.txt"]
+
+
+@pytest.fixture(scope="module")
+def gemma_quants(tiny_gemma_models, tmp_path_factory) -> dict[str, Path]:
+    """imatrix quants of the target and plain quants of the mixed assistant, made by mtpgraft."""
+    d = tmp_path_factory.mktemp("gemma-quants")
+    cal = d / "calibration.txt"
+    cal.write_text((tm.PROSE_PROMPT + "\n" + tm.CODE_PROMPT) * 120)
+    assert _mtpgraft("imatrix", tiny_gemma_models["base"], "-f", cal, "-o", d / "imatrix.gguf")[0] == 0
+    code, out = _mtpgraft("quantize", tiny_gemma_models["base"], "--types", ",".join(TARGET_QUANTS),
+                          "--imatrix", d / "imatrix.gguf", "--out-dir", d, "--name", "tgt")
+    assert code == 0, out
+    code, out = _mtpgraft("quantize", tiny_gemma_models["assistant-mixed"], "--types", ",".join(ASST_QUANTS),
+                          "--out-dir", d, "--name", "mtp-tgt")
+    assert code == 0, out
+    return {p.stem: p for p in d.glob("*.gguf")}
+
+
+TARGET_QUANTS = ("Q8_0", "Q4_K_M", "IQ4_XS", "IQ2_XXS")
+ASST_QUANTS = ("Q8_0", "Q4_K_M", "IQ4_XS")
+
+
+@pytest.mark.tools
+def test_llama_quantize_quantizes_every_2d_weight_of_the_assistant(gemma_quants, tiny_gemma_models):
+    src = {t.name: t for t in GGUFReader(tiny_gemma_models["assistant-mixed"]).tensors}
+    two_d = {n for n, t in src.items() if len(t.shape) > 1}
+    assert {"token_embd.weight", "nextn.pre_projection.weight", "nextn.post_projection.weight"} <= two_d
+    for q in ASST_QUANTS:
+        r = GGUFReader(gemma_quants[f"mtp-tgt-{q}"])
+        assert r.fields["general.architecture"].contents() == "gemma4-assistant"
+        types = {t.name: t.tensor_type.name for t in r.tensors}
+        assert {n for n, t in types.items() if t != "F32"} == two_d, q  # norms, scales, rope_freqs: F32
+        assert "quantize.imatrix.file" not in r.fields
+        if q != "Q8_0":
+            assert types["nextn.pre_projection.weight"] == {"Q4_K_M": "Q4_K", "IQ4_XS": "IQ4_XS"}[q]
+    for q in TARGET_QUANTS:
+        assert "quantize.imatrix.file" in GGUFReader(gemma_quants[f"tgt-{q}"]).fields, q
+
+
+@pytest.mark.tools
+def test_every_assistant_quant_drafts_for_the_target(gemma_quants, llama_cpp_dir):
+    for q in ASST_QUANTS:
+        with serve(gemma_quants["tgt-Q4_K_M"], llama_cpp_dir, spec_type="mtp", draft_n_max=3,
+                   draft_model=gemma_quants[f"mtp-tgt-{q}"]) as srv:
+            prose, code = (rate(run(srv, p, n_predict=64)) for p in (tm.PROSE_PROMPT, tm.CODE_PROMPT))
+        assert 0.25 <= prose <= 0.45 and code == 1.0, (q, prose, code)
+
+
+@pytest.mark.tools
+def test_one_check_gives_the_acceptance_by_quant_and_depth(gemma_quants, tmp_path):
+    targets = [gemma_quants[f"tgt-{q}"] for q in TARGET_QUANTS]
+    code, out = _mtpgraft("check", *targets, "--draft", gemma_quants["mtp-tgt-Q8_0"], "--n-max", "1,2,3,4",
+                          "--mode", "raw", "--reps", "1", "--per-category", "1", "--n-predict", "64",
+                          "--report", tmp_path / "report")
+    assert code == 0, out
+    rep = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert rep["verdict"] == "pass" and [m["quant"] for m in rep["models"]] == list(TARGET_QUANTS)
+    for m in rep["models"]:
+        assert m["mtp_active"], m["name"]
+        for r in m["runs"]:
+            if r["n_max"] is None:
+                continue
+            if r["category"] == "creative":
+                assert abs(r["acceptance"] - KNOWN_MIXED[r["n_max"]]) < 0.06, (m["quant"], r["n_max"], r["acceptance"])
+            else:
+                assert r["acceptance"] == 1.0, (m["quant"], r["category"], r["n_max"])
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Acceptance per quant and draft depth" in md and "| IQ2_XXS |" in md
+
+
+@pytest.mark.tools
+def test_check_names_what_blocks_a_gemma4_pair(tiny_gemma_models, tiny_glm_models):
+    tgt = tiny_gemma_models["base"]
+    for draft, reason in ((None, "pass it with --draft"),
+                          (tiny_glm_models["mtp-only-aligned"], "drafts only with its assistant")):
+        args = ("check", tgt, "--quick", "--mode", "raw") + (("--draft", draft) if draft else ())
+        code, out = _mtpgraft(*args)
+        assert code == 1 and "MTP not active" in out and reason in out, out

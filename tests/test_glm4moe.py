@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,54 @@ def test_grafted_files_draft_at_the_known_rates(grafted, llama_cpp_dir):
     with serve(grafted["detach-key"], llama_cpp_dir, spec_type="mtp",
                draft_model=grafted["extract"]) as srv:
         assert rate(run(srv, tm.PROSE_PROMPT, n_predict=64)) == 1.0
+
+
+# ----------------------------------------------------------------------- imatrix / quantize / check
+
+QUANTS = ("Q8_0", "Q4_K_M", "IQ2_XXS")
+KNOWN_MIXED = {1: 1 / 3, 2: 1 / 2, 3: 1 / 3, 4: 1 / 4}  # creative (prose) acceptance by draft depth
+
+
+@pytest.fixture(scope="module")
+def glm_quants(tiny_glm_models, tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("glm-quants")
+    cal = d / "calibration.txt"
+    cal.write_text((tm.PROSE_PROMPT + "\n" + tm.CODE_PROMPT) * 120)
+    mtpgraft("imatrix", tiny_glm_models["full-mixed"], "-f", cal, "-o", d / "imatrix.gguf")
+    mtpgraft("quantize", tiny_glm_models["full-mixed"], "--types", ",".join(QUANTS), "--imatrix",
+             d / "imatrix.gguf", "--out-dir", d, "--name", "glm")
+    return {p.stem: p for p in d.glob("*.gguf")}
+
+
+@pytest.mark.tools
+def test_quants_keep_the_mtp_block_and_its_rates(glm_quants, tmp_path):
+    for q in QUANTS:
+        r = GGUFReader(glm_quants[f"glm-{q}"])
+        types = {t.name: t.tensor_type.name for t in r.tensors}
+        assert "quantize.imatrix.file" in r.fields
+        mtp = {n: t for n, t in types.items() if n.startswith("blk.4.")}
+        assert len(mtp) == glm.MTP_TENSOR_COUNT
+        # the default MTP policy: every quantizable MTP weight at q8_0, the router kept F32
+        assert mtp["blk.4.nextn.eh_proj.weight"] == mtp["blk.4.ffn_down_exps.weight"] == "Q8_0", q
+        assert mtp["blk.4.ffn_gate_inp.weight"] == "F32" and types["blk.1.ffn_gate_inp.weight"] == "F32"
+    rep_dir = tmp_path / "report"
+    out = mtpgraft("check", *(glm_quants[f"glm-{q}"] for q in QUANTS), "--n-max", "1,2,3,4", "--mode",
+                   "raw", "--reps", "1", "--per-category", "1", "--n-predict", "64", "--report", rep_dir)
+    assert "verdict: PASS" in out
+    rep = json.loads((rep_dir / "report.json").read_text())
+    assert [m["quant"] for m in rep["models"]] == list(QUANTS)
+    for m in rep["models"]:
+        for r in (r for r in m["runs"] if r["n_max"]):
+            want = KNOWN_MIXED[r["n_max"]] if r["category"] == "creative" else 1.0
+            assert abs(r["acceptance"] - want) < 0.06, (m["quant"], r["category"], r["n_max"], r["acceptance"])
+
+
+@pytest.mark.tools
+def test_check_gives_a_verdict_on_the_aborting_layout(tiny_glm_models):
+    import mtpgraft.commands  # noqa: F401
+    from mtpgraft.cli import cli
+
+    res = CliRunner().invoke(cli, ["check", str(tiny_glm_models["base-key"]), "--quick", "--mode", "raw"])
+    assert res.exit_code == 1
+    assert "MTP not active" in res.output and "aborts on it with --spec-type draft-mtp" in res.output
+    assert "SIGABRT" not in res.output  # refused before a server was started
