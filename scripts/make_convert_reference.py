@@ -19,7 +19,11 @@ How the committed references were made (2026-12-01):
   where runconv.py (written by this script) runs convert_hf_to_gguf.py's main unchanged except for one
   patch: `TextModel.get_vocab_base_pre` returns "qwen35". The converter identifies a BPE tokenizer by
   hashing how it tokenizes a test string and only accepts hashes of published models; a tiny test
-  vocabulary can have none of those, and the vocabulary is stripped from the reference anyway;
+  vocabulary can have none of those, and the vocabulary is stripped from the reference anyway (GLM's
+  _set_vocab_glm goes through the same function; the tiny tokenizer has GLM's special tokens);
+- checkpoints: Qwen3.5/3.6 dense and MoE (mtp.* head, text_config nested) and GLM-4.5 MoE
+  (Glm4MoeForCausalLM: the MTP layer is model.layers.N with eh_proj, enorm, hnorm, shared_head.*,
+  embed_tokens; per-expert tensors; attention biases; e_score_correction_bias);
 - kept: the MTP block's tensors (blk.L.* for L >= the trunk) exactly as written, and the converter's
   values of the structural keys listed in KEPT_KEYS (vocabulary, names and size labels dropped), plus
   `reference.*` keys saying how the file was made;
@@ -45,13 +49,15 @@ from mtpgraft.sources.checkpoints import VARIANTS, build_checkpoint
 from mtpgraft.toolchain import toolchain_root
 
 SEED = 0
-CASES = [("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
+CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto")]
-E2E = ("dense-bf16", "moe-bf16")
+E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16")
 KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
              "attention.head_count", "attention.head_count_kv", "attention.key_length",
              "attention.value_length", "expert_count", "expert_used_count", "expert_feed_forward_length",
-             "expert_shared_feed_forward_length", "nextn_predict_layers", "attention.recurrent_layers",
+             "expert_group_count", "expert_group_used_count", "expert_gating_func",
+             "expert_shared_feed_forward_length", "expert_shared_count", "leading_dense_block_count",
+             "expert_weights_scale", "expert_weights_norm", "nextn_predict_layers", "attention.recurrent_layers",
              "full_attention_interval")
 RUNCONV = '''import runpy, sys
 src = sys.argv[1]

@@ -22,7 +22,7 @@ from mtpgraft.sources import resolve_mtp_source
 from mtpgraft.sources.checkpoints import build_checkpoint
 
 REF = Path(__file__).parent / "data" / "convert-ref"
-CASES = [("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
+CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto")]
 
 
@@ -46,7 +46,7 @@ def head_kvs(path: Path) -> dict[str, bytes]:
     return {k: kv.raw for k, kv in GGUFModel(path).kv.items() if not k.startswith(("mtpgraft.", "reference."))}
 
 
-E2E = ("dense-bf16", "moe-bf16")
+E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16")
 
 
 def test_references_exist_and_are_small():
@@ -142,7 +142,7 @@ def _edit_config(ckpt: Path, **text) -> None:
 @pytest.mark.parametrize(("edit", "message"), [
     ({"mtp_num_hidden_layers": 0}, "ck: no MTP head: config.json gives mtp_num_hidden_layers = 0"),
     ({"architectures": ["LlamaForCausalLM"]}, "ck: no MTP head conversion for architecture LlamaForCausalLM "
-     "(mtpgraft converts Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM, "
+     "(mtpgraft converts Glm4MoeForCausalLM, Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM, "
      "Qwen3_5MoeForConditionalGeneration; use a GGUF donor for the others)"),
     ({"architectures": ["DeepseekV3ForCausalLM"]}, "ck: DeepseekV3ForCausalLM: llama.cpp's converter drops "
      "DeepSeek-V3's MTP layers (deepseek2 keeps MTP only for GLM-4.7-Flash), so there is no GGUF head to build"),
@@ -160,8 +160,8 @@ def test_checkpoint_without_mtp_tensors(tmp_path):
     index = json.loads((ckpt / "model.safetensors.index.json").read_text())
     index["weight_map"] = {k: v for k, v in index["weight_map"].items() if not k.startswith("mtp.")}
     (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(GraftError, match=r"^ck/ has no MTP tensors \(no mtp\.\* tensor in "
-                                         r"model\.safetensors\.index\.json\)$"):
+    with pytest.raises(GraftError, match=r"^ck/ has no MTP tensors \(none of the tensors in "
+                                         r"model\.safetensors\.index\.json is an MTP tensor\)$"):
         resolve_mtp_source(ckpt)
 
 

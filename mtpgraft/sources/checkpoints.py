@@ -28,6 +28,7 @@ class Variant:
     experts: str = "fused"  # MoE expert layout: "fused" (gate_up_proj) or "per-expert"
     shards: int = 2
     mtp_layers: int = 1
+    family: str = "qwen35"  # "qwen35" (Qwen3.5/3.6: mtp.*) or "glm4moe" (GLM-4.5: layer-indexed MTP)
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -35,6 +36,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("dense-f16", moe=False, dtype="F16"),
     Variant("moe-bf16", moe=True, dtype="BF16"),
     Variant("moe-f16-per-expert", moe=True, dtype="F16", experts="per-expert", shards=1),
+    Variant("glm4moe-bf16", moe=True, dtype="BF16", experts="per-expert", family="glm4moe"),
 )}
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FF, VOCAB = 64, 2, 1, 32, 128, 320
@@ -43,7 +45,20 @@ LIN_K_HEADS, LIN_V_HEADS, LIN_K_DIM, LIN_V_DIM, CONV_K = 1, 2, 16, 16, 4
 LAYER_TYPES = ["linear_attention", "full_attention"]
 
 
+def _glm_config() -> dict[str, Any]:
+    return {"architectures": ["Glm4MoeForCausalLM"], "model_type": "glm4_moe", "hidden_size": HIDDEN,
+            "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+            "head_dim": HEAD_DIM, "intermediate_size": FF, "moe_intermediate_size": EXPERT_FF,
+            "n_routed_experts": EXPERTS, "n_shared_experts": 1, "num_experts_per_tok": EXPERTS_USED,
+            "first_k_dense_replace": 1, "num_nextn_predict_layers": 1, "partial_rotary_factor": 0.5,
+            "rope_theta": 1000000.0, "rms_norm_eps": 1e-5, "vocab_size": VOCAB, "max_position_embeddings": 4096,
+            "attention_bias": True, "use_qk_norm": False, "routed_scaling_factor": 2.5, "norm_topk_prob": True,
+            "n_group": 1, "topk_group": 1, "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
 def config(v: Variant) -> dict[str, Any]:
+    if v.family == "glm4moe":
+        return _glm_config()
     text: dict[str, Any] = {
         "model_type": "qwen3_5_moe_text" if v.moe else "qwen3_5_text",
         "hidden_size": HIDDEN, "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS,
@@ -119,8 +134,48 @@ def _block(p: str, v: Variant, kind: str) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _glm_block(p: str, dense: bool) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {f"{p}.input_layernorm.weight": (HIDDEN,),
+                                       f"{p}.post_attention_layernorm.weight": (HIDDEN,)}
+    for w, rows in (("q", HEADS * HEAD_DIM), ("k", KV_HEADS * HEAD_DIM), ("v", KV_HEADS * HEAD_DIM)):
+        out[f"{p}.self_attn.{w}_proj.weight"] = (rows, HIDDEN)
+        out[f"{p}.self_attn.{w}_proj.bias"] = (rows,)
+    out[f"{p}.self_attn.o_proj.weight"] = (HIDDEN, HEADS * HEAD_DIM)
+    if dense:
+        out.update({f"{p}.mlp.gate_proj.weight": (FF, HIDDEN), f"{p}.mlp.up_proj.weight": (FF, HIDDEN),
+                    f"{p}.mlp.down_proj.weight": (HIDDEN, FF)})
+        return out
+    out[f"{p}.mlp.gate.weight"] = (EXPERTS, HIDDEN)
+    out[f"{p}.mlp.gate.e_score_correction_bias"] = (EXPERTS,)
+    for e in range(EXPERTS):
+        out[f"{p}.mlp.experts.{e}.gate_proj.weight"] = (EXPERT_FF, HIDDEN)
+        out[f"{p}.mlp.experts.{e}.up_proj.weight"] = (EXPERT_FF, HIDDEN)
+        out[f"{p}.mlp.experts.{e}.down_proj.weight"] = (HIDDEN, EXPERT_FF)
+    out.update({f"{p}.mlp.shared_experts.gate_proj.weight": (EXPERT_FF, HIDDEN),
+                f"{p}.mlp.shared_experts.up_proj.weight": (EXPERT_FF, HIDDEN),
+                f"{p}.mlp.shared_experts.down_proj.weight": (HIDDEN, EXPERT_FF)})
+    return out
+
+
+def _glm_shapes() -> dict[str, tuple[int, ...]]:
+    """GLM-4.5 layout: the MTP layer is model.layers.N (N = num_hidden_layers), an MoE layer plus
+    eh_proj, enorm, hnorm, shared_head.{norm,head} and its own embed_tokens."""
+    n = len(LAYER_TYPES)
+    shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN), "model.embed_tokens.weight": (VOCAB, HIDDEN),
+                                          "model.norm.weight": (HIDDEN,)}
+    for i in range(n + 1):
+        shapes.update(_glm_block(f"model.layers.{i}", dense=i < 1))
+    m = f"model.layers.{n}"
+    shapes.update({f"{m}.eh_proj.weight": (HIDDEN, 2 * HIDDEN), f"{m}.enorm.weight": (HIDDEN,),
+                   f"{m}.hnorm.weight": (HIDDEN,), f"{m}.shared_head.norm.weight": (HIDDEN,),
+                   f"{m}.shared_head.head.weight": (VOCAB, HIDDEN), f"{m}.embed_tokens.weight": (VOCAB, HIDDEN)})
+    return shapes
+
+
 def tensor_shapes(v: Variant) -> dict[str, tuple[int, ...]]:
     """Every tensor of the checkpoint: trunk, lm_head and the MTP head."""
+    if v.family == "glm4moe":
+        return _glm_shapes()
     lm = "model.language_model"
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN),
                                           f"{lm}.embed_tokens.weight": (VOCAB, HIDDEN),
@@ -178,7 +233,7 @@ def _write_tokenizer(out: Path) -> None:
     merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("a", "n")]
     for a, b in merges:
         vocab[a + b] = len(vocab)
-    specials = ["<|endoftext|>", "<|im_start|>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "[gMASK]", "<|user|>", "<|observation|>"]  # GLM's too
     added = [{"id": len(vocab) + k, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": False, "special": True} for k, s in enumerate(specials)]
     tok = {

@@ -78,6 +78,23 @@ _QWEN_MTP_TOP = {"fc": "eh_proj", "pre_fc_norm_embedding": "enorm", "pre_fc_norm
 _FORCED_F32 = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
 
 
+_GLM_NAMES = {k: v for k, v in _QWEN_NAMES.items() if not k.startswith("mlp.shared_expert")} | {
+    "shared_head.head.weight": "nextn.shared_head_head.weight",
+    "embed_tokens.weight": "nextn.embed_tokens.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "mlp.gate.e_score_correction.bias": "exp_probs_b.bias",
+    "mlp.shared_experts.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
+}
+_QWEN_MOE_KEYS = (("expert_feed_forward_length", "moe_intermediate_size"),
+                  ("expert_shared_feed_forward_length", "shared_expert_intermediate_size"))
+_GLM_MOE_KEYS = (("expert_feed_forward_length", "moe_intermediate_size"), ("expert_shared_count", "n_shared_experts"),
+                 ("leading_dense_block_count", "first_k_dense_replace"))
+
+
 @dataclass(frozen=True)
 class HeadRule:
     """How one family of HF checkpoints stores its MTP head and how the converter maps it."""
@@ -87,13 +104,19 @@ class HeadRule:
     moe: bool
     names: dict[str, str]
     plus_one_norms: bool  # Qwen3.5 stores RMSNorm weights as offsets from 1
+    layer_indexed: bool = False  # the head is model.layers.N.* (GLM-4.5), not mtp.* (Qwen3.5)
+    moe_keys: tuple[tuple[str, str], ...] = ()  # (GGUF key suffix, config key) the converter adds for MoE
+    hybrid: bool = False  # qwen35's recurrent_layers / full_attention_interval keys
 
 
+_QWEN = {"n_mtp_key": "mtp_num_hidden_layers", "names": _QWEN_NAMES, "plus_one_norms": True, "hybrid": True}
 HEAD_RULES: dict[str, HeadRule] = {
-    "Qwen3_5ForConditionalGeneration": HeadRule("qwen35", "mtp_num_hidden_layers", False, _QWEN_NAMES, True),
-    "Qwen3_5ForCausalLM": HeadRule("qwen35", "mtp_num_hidden_layers", False, _QWEN_NAMES, True),
-    "Qwen3_5MoeForConditionalGeneration": HeadRule("qwen35moe", "mtp_num_hidden_layers", True, _QWEN_NAMES, True),
-    "Qwen3_5MoeForCausalLM": HeadRule("qwen35moe", "mtp_num_hidden_layers", True, _QWEN_NAMES, True),
+    "Qwen3_5ForConditionalGeneration": HeadRule("qwen35", moe=False, **_QWEN),
+    "Qwen3_5ForCausalLM": HeadRule("qwen35", moe=False, **_QWEN),
+    "Qwen3_5MoeForConditionalGeneration": HeadRule("qwen35moe", moe=True, moe_keys=_QWEN_MOE_KEYS, **_QWEN),
+    "Qwen3_5MoeForCausalLM": HeadRule("qwen35moe", moe=True, moe_keys=_QWEN_MOE_KEYS, **_QWEN),
+    "Glm4MoeForCausalLM": HeadRule("glm4moe", "num_nextn_predict_layers", True, _GLM_NAMES, False,
+                                   layer_indexed=True, moe_keys=_GLM_MOE_KEYS),
 }
 
 # Architectures whose checkpoints carry an MTP head that mtpgraft does not convert, and why.
@@ -103,6 +126,10 @@ REFUSED = {
     "DeepseekV3ForCausalLM": "llama.cpp's converter drops DeepSeek-V3's MTP layers (deepseek2 keeps MTP only "
                              "for GLM-4.7-Flash), so there is no GGUF head to build",
     "DeepseekV32ForCausalLM": "llama.cpp's converter drops DeepSeek-V3.2's MTP layers",
+    "Glm4MoeLiteForCausalLM": "GLM-4.7-Flash converts through the deepseek2 MLA path (kv_b_proj split into "
+                              "k_b/v_b, per-layer transposes), which mtpgraft does not reproduce; use a GGUF donor",
+    "DeepseekV4ForCausalLM": "DeepSeek-V4's head (mtp.N.*, compressed attention) is converted only with "
+                             "convert_hf_to_gguf.py --mtp; use a GGUF donor",
 }
 
 
@@ -116,6 +143,13 @@ def head_rule(config: dict[str, Any], file: str) -> HeadRule:
     known = ", ".join(sorted(HEAD_RULES))
     raise SourceError(f"{file}: no MTP head conversion for architecture {hf_arch or '(none given)'} "
                       f"(mtpgraft converts {known}; use a GGUF donor for the others)")
+
+
+def mtp_predicate(config: dict[str, Any], label: str) -> Callable[[str], bool]:
+    """Which safetensors tensor names belong to the MTP head (refuses unknown architectures)."""
+    rule = head_rule(config, label)
+    n_layers = int(text_config(config).get("num_hidden_layers") or 0)
+    return lambda name: _hf_layer_name(rule, name, n_layers) is not None
 
 
 def text_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -167,6 +201,7 @@ class HeadPlan:
     tensors: list[HeadTensor]
     files: list[str]  # the shards that hold MTP tensors
     after: str | None = None  # the GGUF tensor the converter writes just before the MTP block
+    inputs: list[str] = field(default_factory=list)  # the shards whose headers the plan read
 
     @property
     def source_bytes(self) -> int:
@@ -184,6 +219,10 @@ class HeadPlan:
 
 def _hf_layer_name(rule: HeadRule, name: str, n_layers: int) -> str | None:
     """The converter's rename of an MTP tensor to `model.layers.L.X`; None for non-MTP tensors."""
+    name = _filtered_name(name)
+    if rule.layer_indexed:
+        m = re.match(r"model\.layers\.(\d+)\.", name)
+        return name if m and int(m.group(1)) >= n_layers else None
     if name.startswith("model.mtp."):
         name = name[len("model."):]
     if not name.startswith("mtp."):
@@ -209,28 +248,42 @@ _QWEN_ENDS = {"lm_head.weight": "output.weight", "model.embed_tokens.weight": "t
               "model.norm.weight": "output_norm.weight"}
 
 
-def _preceding(rule: HeadRule, ordered: Sequence[tuple[str, STensor]], n_layers: int) -> str | None:
+def _filtered_name(name: str) -> str:
+    """ModelBase.filter_tensors' renames."""
+    if name.endswith("e_score_correction_bias"):
+        name = name.replace("e_score_correction_bias", "e_score_correction.bias")
+    return name.replace("language_model.", "")
+
+
+def _preceding(rule: HeadRule, ordered: Sequence[tuple[str, STensor]], n_layers: int, n_experts: int) -> str | None:
     """The GGUF name of the last tensor the converter writes before the MTP block (graft puts the
-    block after it). An unmappable name is returned as it is: graft then appends the block."""
-    prev: str | None = None
+    block after it), following its write order: per-expert tensors are written, stacked, when a
+    layer's last one arrives. An unmappable name is returned as it is: graft then appends the block."""
+    last: str | None = None
+    pending: dict[str, int] = {}
     for _, t in ordered:
+        if any(s in t.name for s in _SKIPPED):
+            continue
         if _hf_layer_name(rule, t.name, n_layers) is not None:
-            break
-        if not any(s in t.name for s in _SKIPPED):
-            prev = t.name
-    if prev is None:
-        return None
-    name = prev.replace("language_model.", "")
-    if name in _QWEN_ENDS:
-        return _QWEN_ENDS[name]
-    m = re.match(r"model\.layers\.(\d+)\.(.+)$", name)
-    if not m:
-        return prev
-    suffix = m.group(2)
-    if ".experts." in suffix:  # the converter writes the experts down, gate, up: up comes last
-        suffix = "mlp.experts.down_proj.weight" if suffix.endswith("experts.down_proj") else "mlp.experts.up_proj.weight"
-    g = rule.names.get(suffix) or _QWEN_TRUNK.get(suffix)
-    return f"blk.{m.group(1)}.{g}" if g else prev
+            return last
+        name = _filtered_name(t.name)
+        m = re.match(r"model\.layers\.(\d+)\.(.+)$", name)
+        if not m:
+            last = _QWEN_ENDS.get(name, name)
+            continue
+        bid, suffix = m.group(1), m.group(2)
+        if re.match(r"mlp\.experts\.\d+\.", suffix):
+            pending[bid] = pending.get(bid, 0) + 1
+            if pending[bid] >= 3 * n_experts:
+                last = f"blk.{bid}.ffn_up_exps.weight"  # written down, gate, up
+            continue
+        if suffix.startswith("mlp.experts.gate_up_proj"):
+            suffix = "mlp.experts.up_proj.weight"
+        elif suffix.startswith("mlp.experts.down_proj"):
+            suffix = "mlp.experts.down_proj.weight"
+        g = rule.names.get(suffix) or _QWEN_TRUNK.get(suffix)
+        last = f"blk.{bid}.{g}" if g else name
+    return last
 
 
 def _guess_ftype(ordered: Sequence[tuple[str, STensor]]) -> LlamaFileType:
@@ -282,7 +335,7 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
         ftype = OUTTYPES[outtype]
     else:
         raise SourceError(f"unknown output type {outtype!r} (auto, {', '.join(OUTTYPES)})")
-    n_experts = int(hp.get("num_experts") or hp.get("num_local_experts") or 0)
+    n_experts = int(hp.get("num_local_experts") or hp.get("num_experts") or hp.get("n_routed_experts") or 0)
     tensors: list[HeadTensor] = []
     pending: dict[int, dict[str, tuple[str, STensor]]] = {}
     files: list[str] = []
@@ -308,7 +361,7 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     kvs = _head_kvs(rule, hp, n_layers, n_mtp, ftype)
     outname = ftype.name.partition("_")[2]
     return HeadPlan(rule.arch, str((config.get("architectures") or [""])[0]), n_layers, mtp_layers, outname,
-                    kvs, tensors, files, _preceding(rule, ordered, n_layers))
+                    kvs, tensors, files, _preceding(rule, ordered, n_layers, n_experts), sorted(h[0] for h in headers))
 
 
 def _map_tensor(rule: HeadRule, file: str, t: STensor, bid: int, suffix: str, n_experts: int,
@@ -328,7 +381,7 @@ def _map_tensor(rule: HeadRule, file: str, t: STensor, bid: int, suffix: str, n_
     if rule.moe and suffix in ("mlp.experts.down_proj", "mlp.experts.down_proj.weight"):
         return [_tensor(rule, "mlp.experts.down_proj.weight", bid, t.shape, t.dtype, plus_one,
                         (_piece(file, t),), ftype, label)]
-    if rule.moe and "experts" in suffix:
+    if rule.moe and suffix.startswith("mlp.experts."):
         got = pending.setdefault(bid, {})
         got[f"model.layers.{bid}.{suffix}"] = (file, t)
         if len(got) < n_experts * 3:
@@ -357,6 +410,10 @@ def _tensor(rule: HeadRule, suffix: str, bid: int, shape: tuple[int, ...], dtype
     return HeadTensor(name, ne, target.name, dtype, plus_one, pieces)
 
 
+_SCORE_FUNC_KEYS = ("score_function", "scoring_func", "score_func", "moe_router_activation",
+                    "moe_router_activation_func", "expert_selection_fn")
+_GATING = {"softmax": 1, "sigmoid": 2, "sqrtsoftplus": 3}  # gguf.ExpertGatingFuncType
+
 def _head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
               ftype: LlamaFileType) -> list[tuple[str, str, Any]]:
     """The structural keys of the converter's output that describe the head, in its order."""
@@ -380,15 +437,33 @@ def _head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
             kvs.append((f"{a}.expert_count", "UINT32", int(v)))
         if (v := first(("num_experts_per_tok", "num_experts_per_token"))) is not None:
             kvs.append((f"{a}.expert_used_count", "UINT32", int(v)))
+        for suffix, field_ in (("expert_group_count", "n_group"), ("expert_group_used_count", "topk_group")):
+            if (v := hp.get(field_)) is not None:
+                kvs.append((f"{a}.{suffix}", "UINT32", int(v)))
+        if (v := first(_SCORE_FUNC_KEYS)) is not None:
+            if v not in _GATING:
+                raise SourceError(f"config.json: unsupported expert score function {v!r}")
+            kvs.append((f"{a}.expert_gating_func", "UINT32", _GATING[v]))
     if (hd := hp.get("head_dim")) is not None:
         kvs += [(f"{a}.attention.key_length", "UINT32", int(hd)), (f"{a}.attention.value_length", "UINT32", int(hd))]
     kvs.append(("general.file_type", "UINT32", int(ftype)))
-    if rule.moe:
-        if (v := hp.get("moe_intermediate_size")) is not None:
-            kvs.append((f"{a}.expert_feed_forward_length", "UINT32", int(v)))
-        if (v := hp.get("shared_expert_intermediate_size")) is not None:
-            kvs.append((f"{a}.expert_shared_feed_forward_length", "UINT32", int(v)))
+    for suffix, field_ in rule.moe_keys:
+        if (v := hp.get(field_)) is not None:
+            kvs.append((f"{a}.{suffix}", "UINT32", int(v)))
+    if rule.arch == "glm4moe":  # Glm4MoeModel.set_gguf_parameters' own keys, in its order
+        gating = (f"{a}.expert_gating_func", "UINT32", _GATING["sigmoid"])
+        at = next((i for i, kv in enumerate(kvs) if kv[0] == gating[0]), None)
+        if at is None:
+            kvs.append(gating)
+        else:
+            kvs[at] = gating  # the writer overwrites a key in place
+        if (v := hp.get("routed_scaling_factor")) is not None:
+            kvs.append((f"{a}.expert_weights_scale", "FLOAT32", float(v)))
+        if (v := hp.get("norm_topk_prob")) is not None:
+            kvs.append((f"{a}.expert_weights_norm", "BOOL", bool(v)))
     kvs.append((f"{a}.nextn_predict_layers", "UINT32", n_mtp))
+    if not rule.hybrid:
+        return kvs
     if (layer_types := hp.get("layer_types")) is not None:
         if len(layer_types) != n_layers:
             raise SourceError(f"config.json: layer_types has {len(layer_types)} entries, num_hidden_layers is {n_layers}")
@@ -410,12 +485,17 @@ def encode_head_kvs(plan: HeadPlan) -> list[KV]:
 
 # --------------------------------------------------------------------------- checks against the base
 
-_CONFIG_NAMES = {"embedding_length": "hidden_size", "feed_forward_length": "intermediate_size",
-                 "attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
-                 "attention.key_length": "head_dim", "attention.value_length": "head_dim",
-                 "expert_count": "num_experts", "expert_used_count": "num_experts_per_tok",
-                 "expert_feed_forward_length": "moe_intermediate_size",
-                 "expert_shared_feed_forward_length": "shared_expert_intermediate_size"}
+# GGUF key suffix -> the config fields it can come from (the converter's find_hparam lists).
+_CONFIG_NAMES = {"embedding_length": ("hidden_size", "n_embd", "dim"),
+                 "feed_forward_length": ("intermediate_size", "n_inner", "hidden_dim"),
+                 "attention.head_count": ("num_attention_heads", "n_head", "n_heads"),
+                 "attention.head_count_kv": ("num_key_value_heads", "n_kv_heads"),
+                 "attention.key_length": ("head_dim",), "attention.value_length": ("head_dim",),
+                 "expert_count": ("num_local_experts", "num_experts", "n_routed_experts"),
+                 "expert_used_count": ("num_experts_per_tok", "num_experts_per_token"),
+                 "expert_feed_forward_length": ("moe_intermediate_size",),
+                 "expert_shared_feed_forward_length": ("shared_expert_intermediate_size",),
+                 "expert_shared_count": ("n_shared_experts",), "leading_dense_block_count": ("first_k_dense_replace",)}
 
 
 def check_head_against_base(plan: HeadPlan, config: dict[str, Any], base: GGUFModel, *, label: str) -> None:
@@ -431,7 +511,9 @@ def check_head_against_base(plan: HeadPlan, config: dict[str, Any], base: GGUFMo
         if isinstance(have, list):
             have = have[0] if have and all(x == have[0] for x in have) else have
         if have is not None and have != value:
-            raise GraftError(f"{label} does not fit the base: config.json {_CONFIG_NAMES[suffix]} = {value}, "
+            hp = text_config(config)
+            field_ = next((f for f in _CONFIG_NAMES[suffix] if f in hp), _CONFIG_NAMES[suffix][0])
+            raise GraftError(f"{label} does not fit the base: config.json {field_} = {value}, "
                              f"the base's {key} = {have}")
     vocab = text_config(config).get("vocab_size")
     tokens = base.kv.get("tokenizer.ggml.tokens")

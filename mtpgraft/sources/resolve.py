@@ -243,7 +243,8 @@ def _st_headers(files: donor.Files, names: list[str]) -> tuple[list[STHeader], i
     return out, nread
 
 
-def _mtp_shards(files: donor.Files, all_files: list[str], folder: str, label: str) -> tuple[list[str], int]:
+def _mtp_shards(files: donor.Files, all_files: list[str], folder: str, label: str,
+                is_mtp: Callable[[str], bool]) -> tuple[list[str], int]:
     """The shards to read headers of: those holding mtp.* (by the index), the one before them (the
     converter writes the head after its last tensor), and the first one (the output type follows the
     first 2-D tensor of the whole checkpoint)."""
@@ -252,9 +253,9 @@ def _mtp_shards(files: donor.Files, all_files: list[str], folder: str, label: st
         size = files.size(index)
         wm = weight_map(files.read(index, 0, size), files.label(index))
         shards = sorted(set(wm.values()))
-        mtp = sorted({f for n, f in wm.items() if n.startswith(("mtp.", "model.mtp."))})
+        mtp = sorted({f for n, f in wm.items() if is_mtp(n)})
         if not mtp:
-            raise GraftError(f"{label} has no MTP tensors (no mtp.* tensor in {INDEX})")
+            raise GraftError(f"{label} has no MTP tensors (none of the tensors in {INDEX} is an MTP tensor)")
         before = shards[max(0, shards.index(mtp[0]) - 1)]  # may hold the tensor written before the head
         names = sorted({shards[0], before, *mtp})
         return [f"{folder}{n}" for n in names], size
@@ -265,19 +266,24 @@ def _mtp_shards(files: donor.Files, all_files: list[str], folder: str, label: st
     return names, 0
 
 
-def _plan_safetensors(files: donor.Files, config_path: str, shard_names: list[str], base: GGUFModel | None,
-                      outtype: str, label: str) -> tuple[convert.HeadPlan, int]:
+def _plan_safetensors(files: donor.Files, folder: str, listing: list[str], single: str | None,
+                      base: GGUFModel | None, outtype: str, label: str) -> tuple[convert.HeadPlan, int]:
+    """config.json first (unknown architectures are refused before anything else is read), then the
+    index, then the headers of the shards that matter."""
+    config_path = f"{folder}config.json"
     size = files.size(config_path)
     raw = files.read(config_path, 0, size)
     try:
         config = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise SourceError(f"{files.label(config_path)}: not valid JSON") from None
-    headers, nread = _st_headers(files, shard_names)
+    is_mtp = convert.mtp_predicate(config, label)
+    shards, index_bytes = ([single], 0) if single else _mtp_shards(files, listing, folder, label, is_mtp)
+    headers, nread = _st_headers(files, shards)
     plan = convert.plan_head(config, [(h.file, h.tensors) for h in headers], outtype=outtype, label=label)
     if base is not None:
         convert.check_head_against_base(plan, config, base, label=label)
-    return plan, nread + size
+    return plan, nread + size + index_bytes
 
 
 def _head_extra(origin: str, plan: convert.HeadPlan) -> list[Any]:
@@ -299,20 +305,16 @@ def _local_safetensors(spec: str, p: Path, base: GGUFModel | None, outtype: str,
     label = p.name + ("/" if p.is_dir() else "")
     if not (root / "config.json").is_file():
         raise SourceError(f"{root / 'config.json'}: not found; a safetensors source needs the model's config.json")
-    if p.is_dir():
-        listing = sorted(str(q.relative_to(root)) for q in root.iterdir() if q.is_file())
-        shards, index_bytes = _mtp_shards(files, listing, "", label)
-    else:
-        shards, index_bytes = [p.name], 0
-    plan, nread = _plan_safetensors(files, "config.json", shards, base, outtype, label)
-    stamp = [(s, (root / s).stat().st_size, (root / s).stat().st_mtime_ns) for s in shards + ["config.json"]]
+    listing = sorted(str(q.relative_to(root)) for q in root.iterdir() if q.is_file())
+    plan, nread = _plan_safetensors(files, "", listing, None if p.is_dir() else p.name, base, outtype, label)
+    stamp = [(s, (root / s).stat().st_size, (root / s).stat().st_mtime_ns) for s in plan.inputs + ["config.json"]]
     out, cached = _target(plan_only, "local-safetensors", str(root.resolve()), stamp, outtype)
     if plan_only:
         convert.write_head(plan, None, out, extra_kvs=_head_extra(label, plan))
     elif not cached:
         _write_atomic(out, lambda tmp: convert.write_head(
             plan, lambda piece: (root / piece.file, piece.src.start), tmp, extra_kvs=_head_extra(label, plan)))
-    return ResolvedSource(spec, out, label, "safetensors", None, 0, nread + index_bytes, plan.source_bytes, cached,
+    return ResolvedSource(spec, out, label, "safetensors", None, 0, nread, plan.source_bytes, cached,
                           plan_only, (_converted(plan),))
 
 
@@ -333,11 +335,8 @@ def _hub_safetensors(spec: str, ref: HubRef, repo: HubRepo, base: GGUFModel | No
         raise SourceError(f"{origin}: no config.json in {ref.repo_id}; a safetensors source needs it")
     if ref.path:
         files.size(ref.path)
-        shards, index_bytes = [ref.path], 0
-    else:
-        shards, index_bytes = _mtp_shards(files, list(repo.files), folder, origin)
-    plan, nread = _plan_safetensors(files, config_path, shards, base, outtype, origin)
-    out, cached = _target(plan_only, "hub-safetensors", repo.api.endpoint, repo.repo_id, repo.commit, shards,
+    plan, nread = _plan_safetensors(files, folder, list(repo.files), ref.path, base, outtype, origin)
+    out, cached = _target(plan_only, "hub-safetensors", repo.api.endpoint, repo.repo_id, repo.commit, plan.inputs,
                           outtype)
     if plan_only:
         convert.write_head(plan, None, out, extra_kvs=_head_extra(origin, plan))
@@ -346,7 +345,7 @@ def _hub_safetensors(spec: str, ref: HubRef, repo: HubRepo, base: GGUFModel | No
         locate = _fetch_spans(repo, spans, prog, max_gap=0)
         _write_atomic(out, lambda tmp: convert.write_head(
             plan, lambda piece: locate(piece.file, piece.src.start), tmp, extra_kvs=_head_extra(origin, plan)))
-    return ResolvedSource(spec, out, origin, "hub-safetensors", repo.commit, repo.fetched, nread + index_bytes,
+    return ResolvedSource(spec, out, origin, "hub-safetensors", repo.commit, repo.fetched, nread,
                           plan.source_bytes, cached, plan_only, (_converted(plan),))
 
 
