@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import __version__
 from .measure import Cell, ServerRun, SpecCounters, TemplateCheck, _r
-from .plan import CheckPlan, Condition, ModelSpec, ServerConfig
+from .plan import CheckPlan, Condition, Keyed, ModelSpec, ServerConfig
 
 # The recommendation matrix: a category "speeds up" at >= 1.10x, "slows down" below 1.00x.
 SPEEDUP_GREEN = 1.10
@@ -44,7 +44,7 @@ class MeanStd:
 
 
 @dataclass(frozen=True)
-class ConfigStats:
+class ConfigStats(Keyed):
     """One model x draft depth x temperature x category, over all reps."""
 
     n_max: int
@@ -67,14 +67,6 @@ class ConfigStats:
     @property
     def acceptance(self) -> float | None:
         return self.counters.acceptance
-
-    @property
-    def config(self) -> ServerConfig:
-        return ServerConfig(self.n_max, self.p_min)
-
-    @property
-    def condition(self) -> Condition:
-        return Condition(self.temperature, self.reasoning, self.depth)
 
     @property
     def prefill_ratio(self) -> float | None:
@@ -359,60 +351,54 @@ def _overall_speedup(summaries: Sequence[CategorySummary]) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
-def judge_model(plan: CheckPlan, spec: ModelSpec, cells: Sequence[Cell],
-                servers: Sequence[ServerRun]) -> ModelResult:
-    """Aggregate one model's cells into stats and decide its verdict."""
-    reasons: list[str] = []
-    warnings: list[str] = []
-    mtp_configs = plan.configs[1:]
-    configs = [s for cat in plan.categories for cond in plan.conditions for cfg in mtp_configs
-               if (s := _config_stats(cells, cfg, cond, cat)) is not None]
-    by_config = [s for cond in plan.conditions for cfg in mtp_configs
-                 if (s := _config_stats(cells, cfg, cond, "*")) is not None]
-    pooled = _counters([c for c in cells if c.n_max is not None])
-    summaries = [_summarize(configs, cells, cond, cat) for cond in plan.conditions
-                 for cat in plan.categories]
-    primary = plan.conditions[0]
-    categories = {s.category: s for s in summaries if s.condition_is(primary)}
-
+def _server_reasons(cells: Sequence[Cell], servers: Sequence[ServerRun],
+                    pooled: SpecCounters) -> list[str]:
+    """Why the servers say MTP did not run (a failed server, nothing drafted)."""
     base_run = next((s for s in servers if s.n_max is None), None)
     mtp_runs = [s for s in servers if s.n_max is not None]
     mtp_failed = next((s for s in mtp_runs if s.error), None)
     if base_run is not None and base_run.error:
-        reasons.append(f"baseline llama-server failed: {base_run.error}")
-    elif mtp_failed is not None and not any(c.n_max is not None for c in cells):
-        reasons.append(f"MTP not active: {mtp_failed.error}")
-    elif mtp_failed is not None:
-        reasons.append(f"llama-server with {mtp_failed.config.label} failed: "
-                       f"{mtp_failed.error}")
-    mtp_active = bool(mtp_runs) and pooled.draft_tokens > 0
-    if mtp_runs and not mtp_failed and pooled.draft_tokens == 0:
+        return [f"baseline llama-server failed: {base_run.error}"]
+    if mtp_failed is not None and not any(c.n_max is not None for c in cells):
+        return [f"MTP not active: {mtp_failed.error}"]
+    if mtp_failed is not None:
+        return [f"llama-server with {mtp_failed.config.label} failed: {mtp_failed.error}"]
+    if mtp_runs and pooled.draft_tokens == 0:
         types = next((s.speculative_types for s in mtp_runs if s.speculative_types), "?")
-        reasons.append(f"MTP not active: llama-server drafted no tokens "
-                       f"(speculative.types = {types})")
-    if mtp_active:
-        acc = pooled.acceptance or 0.0
-        if acc < plan.min_acceptance:
-            reasons.append(f"acceptance {acc:.2f} < {plan.min_acceptance:.2f}")
-        if plan.min_speedup is not None:
-            gate = categories.get(GATE_CATEGORY)
-            if gate is not None:
-                sp, what = gate.speedup, f"{GATE_CATEGORY} speedup"
-            else:
-                sp, what = _overall_speedup(list(categories.values())), "mean speedup"
-            if sp is None:
-                reasons.append(f"{what} not measured (needed for --min-speedup)")
-            elif sp < plan.min_speedup:
-                reasons.append(f"{what} {sp:.2f} < {plan.min_speedup:.2f}")
+        return [f"MTP not active: llama-server drafted no tokens (speculative.types = {types})"]
+    return []
+
+
+def _threshold_reasons(plan: CheckPlan, pooled: SpecCounters,
+                       categories: dict[str, CategorySummary]) -> list[str]:
+    reasons = []
+    acc = pooled.acceptance or 0.0
+    if acc < plan.min_acceptance:
+        reasons.append(f"acceptance {acc:.2f} < {plan.min_acceptance:.2f}")
+    if plan.min_speedup is not None:
+        gate = categories.get(GATE_CATEGORY)
+        if gate is not None:
+            sp, what = gate.speedup, f"{GATE_CATEGORY} speedup"
+        else:
+            sp, what = _overall_speedup(list(categories.values())), "mean speedup"
+        if sp is None:
+            reasons.append(f"{what} not measured (needed for --min-speedup)")
+        elif sp < plan.min_speedup:
+            reasons.append(f"{what} {sp:.2f} < {plan.min_speedup:.2f}")
+    return reasons
+
+
+def _warnings(configs: Sequence[ConfigStats], cells: Sequence[Cell]) -> list[str]:
+    warnings = []
     for s in configs:
+        where = f"{s.config.label} {s.condition.label} {s.category}"
         if s.timings_draft_n != s.counters.draft_tokens or \
                 s.timings_draft_n_accepted != s.counters.accepted:
-            warnings.append(f"{s.config.label} {s.condition.label} {s.category}: /metrics counted "
-                            f"{s.counters.accepted}/{s.counters.draft_tokens}, the responses' timings "
+            warnings.append(f"{where}: /metrics counted {s.counters.accepted}/"
+                            f"{s.counters.draft_tokens}, the responses' timings "
                             f"{s.timings_draft_n_accepted}/{s.timings_draft_n}")
         if s.output_mismatches:
-            warnings.append(f"{s.config.label} {s.condition.label} {s.category}: output at "
-                            f"temperature 0 differs from the baseline for "
+            warnings.append(f"{where}: output at temperature 0 differs from the baseline for "
                             f"{', '.join(s.output_mismatches)}")
     cached = sum(1 for c in cells for r in c.requests if r.cache_n > 0)
     if cached:
@@ -421,8 +407,27 @@ def judge_model(plan: CheckPlan, spec: ModelSpec, cells: Sequence[Cell],
     if drafted_base:
         warnings.append(f"the baseline server drafted {drafted_base} tokens: speculative decoding "
                         "was on without MTP (LLAMA_ARG_SPEC_* in the environment?)")
+    return warnings
+
+
+def judge_model(plan: CheckPlan, spec: ModelSpec, cells: Sequence[Cell],
+                servers: Sequence[ServerRun]) -> ModelResult:
+    """Aggregate one model's cells into stats and decide its verdict."""
+    mtp_configs = plan.configs[1:]
+    configs = [s for cat in plan.categories for cond in plan.conditions for cfg in mtp_configs
+               if (s := _config_stats(cells, cfg, cond, cat)) is not None]
+    by_config = [s for cond in plan.conditions for cfg in mtp_configs
+                 if (s := _config_stats(cells, cfg, cond, "*")) is not None]
+    pooled = _counters([c for c in cells if c.n_max is not None])
+    summaries = [_summarize(configs, cells, cond, cat) for cond in plan.conditions
+                 for cat in plan.categories]
+    categories = {s.category: s for s in summaries if s.condition_is(plan.conditions[0])}
+    mtp_active = any(s.n_max is not None for s in servers) and pooled.draft_tokens > 0
+    reasons = _server_reasons(cells, servers, pooled)
+    if mtp_active:
+        reasons += _threshold_reasons(plan, pooled, categories)
     return ModelResult(spec=spec, verdict="fail" if reasons else "pass", reasons=tuple(reasons),
-                       warnings=tuple(warnings), mtp_active=mtp_active, counters=pooled,
-                       categories=categories, configs=tuple(configs), servers=tuple(servers),
-                       cells=tuple(cells), summaries=tuple(summaries), pooled=tuple(by_config),
-                       mode=plan.mode_for(spec))
+                       warnings=tuple(_warnings(configs, cells)), mtp_active=mtp_active,
+                       counters=pooled, categories=categories, configs=tuple(configs),
+                       servers=tuple(servers), cells=tuple(cells), summaries=tuple(summaries),
+                       pooled=tuple(by_config), mode=plan.mode_for(spec))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MtpgraftError, ServerError
-from .plan import REASONING, CheckPlan, Condition, ModelSpec, ServerConfig
+from .plan import REASONING, CheckPlan, Condition, Keyed, ModelSpec, ServerConfig
 from .prompts import Prompt, builtin_context, context_kind
 
 # Always passed to llama-server (LlamaServer already gives -np 1): no host-memory prompt cache, so
@@ -87,7 +87,7 @@ class SpecCounters:
 
 
 @dataclass(frozen=True)
-class RequestRecord:
+class RequestRecord(Keyed):
     """One measured request and what its `timings` said."""
 
     prompt_id: str
@@ -110,10 +110,6 @@ class RequestRecord:
     wall_ms: float = 0.0  # the HTTP request as the harness saw it
 
     @property
-    def config(self) -> ServerConfig:
-        return ServerConfig(self.n_max, self.p_min)
-
-    @property
     def rate(self) -> float | None:
         return self.draft_n_accepted / self.draft_n if self.draft_n else None
 
@@ -132,7 +128,7 @@ class RequestRecord:
 
 
 @dataclass(frozen=True)
-class Cell:
+class Cell(Keyed):
     """The requests of one category, one repetition, on one server under one condition."""
 
     n_max: int | None
@@ -144,14 +140,6 @@ class Cell:
     p_min: float | None = None
     reasoning: str | None = None
     depth: int = 0
-
-    @property
-    def config(self) -> ServerConfig:
-        return ServerConfig(self.n_max, self.p_min)
-
-    @property
-    def condition(self) -> Condition:
-        return Condition(self.temperature, self.reasoning, self.depth)
 
     @property
     def decode_tps(self) -> float | None:

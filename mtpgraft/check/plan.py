@@ -101,6 +101,24 @@ class Condition:
         return " ".join(parts)
 
 
+class Keyed:
+    """The server config and request condition of a record that carries their fields."""
+
+    n_max: int | None
+    p_min: float | None
+    temperature: float
+    reasoning: str | None
+    depth: int
+
+    @property
+    def config(self) -> ServerConfig:
+        return ServerConfig(self.n_max, self.p_min)
+
+    @property
+    def condition(self) -> Condition:
+        return Condition(self.temperature, self.reasoning, self.depth)
+
+
 @dataclass(frozen=True)
 class CheckPlan:
     models: tuple[ModelSpec, ...]

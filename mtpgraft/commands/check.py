@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -125,15 +126,7 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
     value; exit code 1 when the verdict is fail. Several models (quants) give one report with the
     quant x category matrix and the quant x n acceptance table.
     """
-    from ..check import plan_check, resolve_server, run_check, validate_settings
-    from ..check.report import (
-        format_per_prompt,
-        format_table,
-        format_verdict,
-        report_dict,
-        write_bench_json,
-        write_report,
-    )
+    from ..check import plan_check, resolve_server, validate_settings
     from ..hub.remote import is_hf_ref, localize_models
     from ..outputs import check_outputs
 
@@ -173,6 +166,17 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
         return
 
     info(size + f"; MTP via --spec-type {plan.spec_type}")
+    result = _run(plan, report_dir, hash_files=bool(report_dir or as_json))
+    _show(result, report_dir=report_dir, bench_json=bench_json, per_prompt=per_prompt,
+          as_json=as_json, resolutions=resolutions)
+    if not result.passed:
+        sys.exit(1)
+
+
+def _run(plan: Any, report_dir: str | None, *, hash_files: bool) -> Any:
+    """run_check with a progress bar (requests) and the time estimate as an info line."""
+    from ..check import run_check
+
     bar = progress_bar(plan.n_requests, unit="req") if show_progress() else None
 
     def progress(label: str, done: int) -> None:
@@ -181,19 +185,30 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
                 bar.set_description_str(label[-60:])
             bar.update(done)
 
-    log_dir = f"{report_dir}/logs" if report_dir else None
     try:
-        result = run_check(plan, log_dir=log_dir, progress=progress, events=info,
-                           hash_files=bool(report_dir or as_json))
+        return run_check(plan, log_dir=f"{report_dir}/logs" if report_dir else None,
+                         progress=progress, events=info, hash_files=hash_files)
     finally:
         if bar is not None:
             bar.close()
 
-    chart_name, charts = None, []
+
+def _show(result: Any, *, report_dir: str | None, bench_json: str | None, per_prompt: bool,
+          as_json: bool, resolutions: Sequence[Any] = ()) -> None:
+    """Write the report and bench files, print warnings and the result (JSON or tables)."""
+    from ..check.report import (
+        format_per_prompt,
+        format_table,
+        format_verdict,
+        report_dict,
+        write_bench_json,
+        write_report,
+    )
+
+    charts: list[str] = []
     if report_dir:
         files = write_report(result, report_dir)
         charts = [c.name for c in files.charts]
-        chart_name = charts[0] if charts else None
         info(f"wrote {files.json}, {files.markdown}" + "".join(f", {c}" for c in files.charts))
         if files.chart_note and not files.chart:
             info(files.chart_note)
@@ -207,7 +222,7 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
                 tail = "\n".join(f"  | {x}" for x in run.log_tail.splitlines()[-12:])
                 info(f"{m.spec.name}: the end of the failed llama-server's log:\n{tail}")
     if as_json:
-        emit_json({**report_dict(result, chart_name, charts),
+        emit_json({**report_dict(result, charts[0] if charts else None, charts),
                    **({"resolved": [r.to_dict() for r in resolutions]} if resolutions else {})})
         if not result.passed:
             click.echo(format_verdict(result), err=True)
@@ -215,5 +230,3 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
         if per_prompt:
             click.echo(format_per_prompt(result))
         click.echo(format_table(result))
-    if not result.passed:
-        sys.exit(1)
