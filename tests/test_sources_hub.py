@@ -369,3 +369,16 @@ def _tensor_bytes(p: Path) -> list[bytes]:
             f.seek(r.abs_offset)
             out.append(f.read(r.info.nbytes))
     return out
+
+
+def test_dry_run_fetches_headers_only_and_leaves_nothing(hub, models, tmp_path):
+    hub.put_files(DONOR, {"Tiny-MTP-F16.gguf": models["donor"].read_bytes()})
+    r = attach(str(models["base"]), "--mtp-from", f"hf://{DONOR}/Tiny-MTP-F16.gguf", "-o", str(tmp_path / "o.gguf"),
+               "--endpoint", hub.url, "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.output[r.output.index("{"):])
+    assert plan["dry_run"] is True and plan["mtp_layers"] == [4] and len(plan["tensors"]) == 15
+    h = header_bytes(models["donor"])
+    assert h <= hub.bytes_sent <= h + max(512, h // 8)  # the header, and what was read past it
+    assert not (tmp_path / "o.gguf").exists()
+    assert not list((tmp_path / "mtpgraft_cache" / "mtp-sources").glob("*.gguf"))
