@@ -25,7 +25,7 @@ from .errors import ToolFailedError, ToolNotFoundError, UsageError
 SDIST_NAME = "llama-cpp-python"
 SDIST_VERSION = "0.3.36"
 LLAMA_CPP_COMMIT = "0c1e570"
-TARGETS = ("llama-server", "llama-quantize", "llama-imatrix", "llama-gguf-split")
+TARGETS = ("llama-server", "llama-quantize", "llama-imatrix", "llama-gguf-split", "llama-perplexity")
 
 # Only what the four tools need: no tests, examples, web UI download or TLS (offline machines).
 BASE_CMAKE_ARGS = (
@@ -149,7 +149,8 @@ def ensure_source(log: Callable[[str], None], sdist: str | os.PathLike[str] | No
 def build_toolchain(*, cmake_args: Sequence[str] = (), jobs: int | None = None, force: bool = False,
                     sdist: str | os.PathLike[str] | None = None,
                     log: Callable[[str], None] = lambda s: None) -> ToolchainResult:
-    """Build (or find already built) llama-server, llama-quantize, llama-imatrix, llama-gguf-split."""
+    """Build (or find already built) llama-server, llama-quantize, llama-imatrix, llama-gguf-split,
+    llama-perplexity."""
     build = build_dir_for(cmake_args)
     tools = {t: build / "bin" / t for t in TARGETS}
     if not force and _is_complete(build, cmake_args):

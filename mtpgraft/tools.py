@@ -21,7 +21,7 @@ from .errors import ToolFailedError, ToolNotFoundError
 
 log = logging.getLogger("mtpgraft")
 
-TOOLS = ("llama-server", "llama-quantize", "llama-imatrix", "llama-gguf-split")
+TOOLS = ("llama-server", "llama-quantize", "llama-imatrix", "llama-gguf-split", "llama-perplexity")
 ENV_DIR = "MTPGRAFT_LLAMA_CPP"
 
 

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from . import check, graft, hub, quantize, run, testmodels, toolchain  # noqa: F401
+from . import check, graft, hub, quality, quantize, run, testmodels, toolchain  # noqa: F401

@@ -19,7 +19,7 @@ from ..cli import STATE, cli, emit_json, error_boundary, info, json_option, llam
 @error_boundary
 def toolchain_cmd(cmake_args: tuple[str, ...], jobs: int | None, sdist: str | None, force: bool,
                   print_bin_dir: bool, as_json: bool) -> None:
-    """Build llama-server, llama-quantize, llama-imatrix and llama-gguf-split from the llama.cpp
+    """Build llama-server, llama-quantize, llama-imatrix, llama-gguf-split and llama-perplexity from the llama.cpp
     source vendored in the pinned llama-cpp-python sdist (PyPI). Needs pip, cmake and a C++ compiler.
     A second run with the same flags returns at once."""
     from ..toolchain import LLAMA_CPP_COMMIT, SDIST_NAME, SDIST_VERSION, build_toolchain
