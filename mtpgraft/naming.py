@@ -134,14 +134,14 @@ def hf_find_model(paths: Sequence[str], tag: str = "") -> str | None:
         except re.error:
             continue
         for p in paths:
-            if is_hf_model_file(p) and rx.search(p) and _is_first_shard(p):
+            if is_hf_model_file(p) and rx.search(p) and is_first_shard(p):
                 return p
     if not tag:
-        return next((p for p in paths if is_hf_model_file(p) and _is_first_shard(p)), None)
+        return next((p for p in paths if is_hf_model_file(p) and is_first_shard(p)), None)
     return None
 
 
-def _is_first_shard(path: str) -> bool:
+def is_first_shard(path: str) -> bool:
     info = hf_split_info(path)
     return info is None or info.count <= 1 or info.index == 1
 

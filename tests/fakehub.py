@@ -364,14 +364,16 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(403, "You don't have the rights to write with this token")
         return who[0]
 
-    def _repo(self, repo_id: str, *, write: bool = False) -> Repo:
+    def _repo(self, repo_id: str, *, write: bool = False, pr: bool = False) -> Repo:
+        """`pr`: a step of a pull request, which anyone with a write token may open on a public repo
+        (uploads included); everything else that writes needs the owner or one of its orgs."""
         user = self._user(required=write, write=write)
         repo = self.fake.repos.get(repo_id)
         owner = repo_id.split("/")[0]
         mine = user is not None and (owner == user or owner in self.fake.orgs.get(user, []))
         if repo is None or (repo.private and not mine):
             raise HubError(404, "Repository not found", "RepoNotFound")
-        if write and not mine:
+        if write and not mine and not pr:
             raise HubError(403, f"You don't have the rights to write to {repo_id}")
         return repo
 
@@ -540,7 +542,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {})
 
     def _preupload(self, repo_id: str, rev: str) -> None:
-        repo = self._repo(repo_id, write=True)
+        repo = self._repo(repo_id, write=True, pr=True)
         commit = self._commit(repo, rev)
         files = []
         for f in json.loads(self._raw)["files"]:
@@ -553,7 +555,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"files": files, "commitOid": commit.oid})
 
     def _xet_token(self, repo_id: str, rev: str) -> None:
-        repo = self._repo(repo_id, write=True)
+        repo = self._repo(repo_id, write=True, pr=True)
         if rev != "None" and "create_pr" not in self._query:
             self._commit(repo, rev)
         exp = int(time.time()) + 3600
@@ -564,7 +566,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _do_commit(self, repo_id: str, rev: str) -> None:
         fake = self.fake
-        repo = self._repo(repo_id, write=True)
+        create_pr = self._query.get("create_pr", ["0"])[0] == "1"
+        repo = self._repo(repo_id, write=True, pr=create_pr)
         lines = [json.loads(line) for line in self._raw.decode().splitlines() if line.strip()]
         if not lines or lines[0].get("key") != "header":
             raise HubError(400, "commit payload must start with a header")
@@ -704,7 +707,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ LFS
     def _lfs_batch(self, repo_id: str) -> None:
         fake = self.fake
-        self._repo(repo_id, write=True)
+        self._repo(repo_id, write=True, pr=True)
         body = json.loads(self._raw)
         objects = []
         for o in body["objects"]:

@@ -1,4 +1,4 @@
-"""`mtpgraft push`: publish checked MTP GGUFs and their model card to the Hugging Face Hub."""
+"""`mtpgraft push` (publish checked MTP GGUFs and sidecars with their model card) and `mtpgraft card`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,19 @@ from typing import Any
 
 import click
 
-from ..cli import STATE, cli, emit_json, error_boundary, info, json_option, show_progress, warn
-from ..errors import HubError
+from ..cli import (
+    STATE,
+    cli,
+    emit_json,
+    error_boundary,
+    force_option,
+    info,
+    json_option,
+    llama_cpp_option,
+    show_progress,
+    warn,
+)
+from ..errors import HubError, UsageError
 
 
 @cli.command("push")
@@ -25,12 +36,20 @@ from ..errors import HubError
                    "result with its sha256.")
 @click.option("--no-verify", is_flag=True,
               help="Push without a passing check report (the model card says so).")
+@click.option("--base-model", default=None, metavar="OWNER/NAME",
+              help="The base model on the card (base_model, base_model_relation: quantized) when the "
+                   "GGUFs record none.")
+@click.option("--verify-remote", is_flag=True,
+              help="After the commit, load every changed :TAG with the real `llama-server -hf` from the "
+                   "Hub (as users will) and check that it drafts; exit 1 when one fails.")
+@llama_cpp_option
 @click.option("--dry-run", is_flag=True, help="Print the plan; make no write request.")
 @json_option
 @error_boundary
 def push(paths: tuple[str, ...], repo_id: str, revision: str | None, create_pr: bool, private: bool,
          token: str | None, endpoint: str | None, reports: tuple[str, ...], no_verify: bool,
-         dry_run: bool, as_json: bool) -> None:
+         base_model: str | None, verify_remote: bool, llama_cpp: str | None, dry_run: bool,
+         as_json: bool) -> None:
     """Publish GGUF files (or folders of them) with a measured model card, in one commit.
 
     Plans first with read-only calls (new / changed / unchanged per file, by size and sha256), refuses
@@ -44,8 +63,12 @@ def push(paths: tuple[str, ...], repo_id: str, revision: str | None, create_pr: 
     if not show_progress():
         disable_progress_bars()
     api = make_api(endpoint=endpoint, token=token)
+    if verify_remote and (create_pr or (revision or "main") != "main"):
+        raise UsageError("--verify-remote loads the repo as `llama-server -hf` does, from main: it cannot "
+                         "check a pull request or another branch")
     plan = plan_push(list(paths), repo_id=repo_id, api=api, revision=revision, create_pr=create_pr,
-                     private=private, report_dirs=list(reports), verify=not no_verify)
+                     private=private, report_dirs=list(reports), verify=not no_verify,
+                     base_model=base_model)
     for w in plan.warnings:
         warn(w)
     if dry_run or plan.refused:
@@ -61,8 +84,11 @@ def push(paths: tuple[str, ...], repo_id: str, revision: str | None, create_pr: 
         for line in _plan_lines(plan, dry_run=False):
             info(line)
     result = execute_push(plan, api=api)
+    checks = _verify_remote(plan, token=token, llama_cpp=llama_cpp) if verify_remote else []
     if as_json:
-        emit_json({"dry_run": False, "plan": plan.to_dict(), "result": result.to_dict()})
+        emit_json({"dry_run": False, "plan": plan.to_dict(), "result": result.to_dict(),
+                   **({"verify_remote": [_check_dict(c) for c in checks]} if verify_remote else {})})
+        _exit_on_failed(checks)
         return
     if result.commit_oid is None:
         click.echo(f"{repo_id}@{plan.revision}: already up to date; nothing sent "
@@ -71,6 +97,35 @@ def push(paths: tuple[str, ...], repo_id: str, revision: str | None, create_pr: 
     click.echo(f"pushed {len(result.sent)} file(s) to {repo_id} in commit {result.commit_oid[:12]} "
                f"({len(result.verified)} files read back with matching sha256)")
     click.echo(result.pr_url or result.commit_url or "")
+    for c in checks:
+        acc = c.result.acceptance
+        click.echo(f"verify-remote {repo_id}:{c.tag}: {c.result.verdict}, acceptance "
+                   f"{'–' if acc is None else f'{acc:.2f}'} ({'; '.join(c.resolution.lines())})")
+    _exit_on_failed(checks)
+
+
+def _verify_remote(plan: Any, *, token: str | None, llama_cpp: str | None) -> list[Any]:
+    from ..check import resolve_server
+    from ..hub.remote import verify_remote
+
+    tags = plan.verify_tags()
+    if not tags:
+        warn("--verify-remote: no :TAG of this repo changed what llama-server -hf loads; nothing checked")
+        return []
+    info(f"verify-remote: loading {', '.join(tags)} from {plan.endpoint} with llama-server -hf")
+    return verify_remote(plan.repo_id, tags, server=resolve_server(llama_cpp), endpoint=plan.endpoint,
+                         token=token)
+
+
+def _check_dict(c: Any) -> dict[str, Any]:
+    return {"tag": c.tag, "verdict": c.result.verdict, "acceptance": c.result.acceptance,
+            "reasons": list(c.result.reasons), "resolved": c.resolution.to_dict()}
+
+
+def _exit_on_failed(checks: list[Any]) -> None:
+    bad = [c for c in checks if not c.passed]
+    if bad:
+        raise HubError("verify-remote: the published repo does not pass its check: " + "; ".join(f"{c.tag}: {'; '.join(c.result.reasons) or c.result.verdict}" for c in bad))
 
 
 def _plan_lines(plan: Any, *, dry_run: bool) -> list[str]:
@@ -107,3 +162,42 @@ def _plan_lines(plan: Any, *, dry_run: bool) -> list[str]:
     if dry_run:
         lines.append("dry run: nothing was sent")
     return lines
+
+
+@cli.command("card")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--report", "reports", multiple=True, type=click.Path(exists=True), metavar="DIR",
+              help="A `mtpgraft check --report` folder; may be repeated.")
+@click.option("--repo", "repo_id", default="OWNER/REPO", show_default=True, metavar="OWNER/NAME",
+              help="The repo the card is for (links and `llama-server -hf` lines).")
+@click.option("--base-model", default=None, metavar="OWNER/NAME",
+              help="The base model on the card when the GGUFs record none.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Where to write the card (README.md).")
+@force_option
+@error_boundary
+def card_cmd(paths: tuple[str, ...], reports: tuple[str, ...], repo_id: str, base_model: str | None,
+             output: str, force: bool) -> None:
+    """Render the model card a push of PATHS would write, offline, for review before anything is sent."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from ..hub.plan import render_local_card
+    from ..outputs import check_outputs
+
+    check_outputs([output], paths, force=force)
+    text, refusals = render_local_card(list(paths), repo_id=repo_id, report_dirs=list(reports),
+                                       base_model=base_model)
+    for r in refusals:
+        warn(f"push would refuse {r}")
+    out = Path(output)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".mtpgraft-tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    info(f"wrote {out}")

@@ -106,14 +106,16 @@ def _quant_tables(measured: Sequence[ModelEntry]) -> list[str]:
 
 
 def render_card(*, repo_id: str, models: Sequence[ModelEntry], verified: bool,
-                other_files: Sequence[RemoteFile] = (), revision: str = "main") -> str:
+                other_files: Sequence[RemoteFile] = (), revision: str = "main",
+                base_model: str | None = None) -> str:
+    """The whole card. `base_model` (OWNER/NAME) is used when no GGUF records its base model."""
     from huggingface_hub import ModelCardData
 
     meta: dict[str, Any] = {}
     for m in models:  # the first model that knows a value wins
         for k, v in m.metadata.items():
             meta.setdefault(k, v)
-    base = next((b for m in models if (b := base_model_of(m.metadata))), None)
+    base = next((b for m in models if (b := base_model_of(m.metadata))), None) or base_model
     imatrix = any("quantize.imatrix.file" in m.metadata or "quantize.imatrix.dataset" in m.metadata
                   for m in models)
     tags = list(BASE_TAGS) + (["imatrix"] if imatrix else [])
@@ -220,7 +222,8 @@ def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: s
         if m.layout == "mtp-only":
             continue
         n = recommended_n(m.check)
-        tag = m.quant or PurePosixPath(m.name).stem
+        # -hf matches the tag in the file name, whatever the GGUF's own file type says
+        tag = getattr(naming.hf_split_info(m.name), "tag", "") or m.quant or PurePosixPath(m.name).stem
         out.append(f"llama-server -hf {repo_id}:{tag} --spec-type draft-mtp "
                    f"--spec-draft-n-max {n or DEFAULT_N_MAX}")
     out += ["```", ""]
@@ -289,3 +292,45 @@ def _imatrix(meta: dict[str, Any]) -> str | None:
     if meta.get("quantize.imatrix.chunks_count"):
         parts.append(f"{meta['quantize.imatrix.chunks_count']} chunks")
     return ", ".join(parts)
+
+
+SECTION_BEGIN = "<!-- mtpgraft:mtp-sidecar -->"
+SECTION_END = "<!-- /mtpgraft:mtp-sidecar -->"
+
+
+def with_sidecar_section(readme: str, *, repo_id: str, sidecars: Sequence[ModelEntry],
+                         picks: Sequence[tuple[str, str | None]]) -> str:
+    """`readme` with one section about the MTP sidecars (replacing the section of an earlier run):
+    what each is, which quant loads which (llama.cpp's -hf rules), how to run it, what was measured."""
+    names = {f.path for m in sidecars for f in m.files}
+    out = [SECTION_BEGIN, "## MTP draft head (sidecar)", "",
+           "MTP-only GGUF files (the multi-token-prediction head of the same model, converted and checked "
+           "with mtpgraft). With `--spec-type draft-mtp`, `llama-server -hf` downloads the best one next "
+           "to the quant and drafts with it: speculative decoding without a separate draft model.", "",
+           "| Sidecar | MTP head | Size | SHA256 |", "|---|---|---:|---|"]
+    out += [f"| {f.path} | {m.mtp_head} | {human_size(f.size)} | `{f.sha256}` |" for m in sidecars for f in m.files]
+    served = [(q, s) for q, s in picks if s in names]
+    if served:
+        out += ["", "| Quant | MTP draft `llama-server -hf` loads |", "|---|---|"]
+        out += [f"| {q} | {s} |" for q, s in served]
+    out += ["", "```sh"]
+    out += [f"llama-server -hf {repo_id}:{(naming.hf_split_info(q) or naming.HfSplit('', '', 1, 1)).tag} "
+            f"--spec-type draft-mtp --spec-draft-n-max {recommended_n(_check_of(sidecars)) or DEFAULT_N_MAX}"
+            for q, _ in served[:3]]
+    out += ["```", ""]
+    c = _check_of(sidecars)
+    if c is not None:
+        out += [f"Measured with `mtpgraft check` (llama.cpp {c.llama_cpp_build or 'unknown build'}): draft "
+                f"acceptance {_pct(c.acceptance)}, verdict {c.verdict}.", ""]
+    out.append(SECTION_END)
+    section = "\n".join(out)
+    text = readme.rstrip()
+    if SECTION_BEGIN in text and SECTION_END in text:
+        head, rest = text.split(SECTION_BEGIN, 1)
+        text = head.rstrip() + "\n\n" + section + rest.split(SECTION_END, 1)[1]
+        return text.rstrip() + "\n"
+    return (text + "\n\n" if text else "") + section + "\n"
+
+
+def _check_of(models: Sequence[ModelEntry]) -> CheckMatch | None:
+    return next((m.check for m in models if m.check is not None), None)

@@ -118,3 +118,14 @@ def whoami(api: HfApi, repo_id: str) -> str | None:
         return None
     with hub_errors(api=api, repo_id=repo_id, action="check the token"):
         return api.whoami().get("name")
+
+
+def namespaces(api: HfApi, repo_id: str) -> set[str]:
+    """The user's name and organisations: where the token may push without a pull request."""
+    from huggingface_hub import get_token
+
+    if not (api.token or get_token()):
+        return set()
+    with hub_errors(api=api, repo_id=repo_id, action="check the token"):
+        me = api.whoami()
+    return {me.get("name", "")} | {o.get("name", "") for o in me.get("orgs") or [] if isinstance(o, dict)}

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import naming
 from ..errors import GGUFFormatError, HubError, UsageError
-from .client import hub_errors, whoami
+from .client import hub_errors, namespaces, whoami
+from .sidecars import check_placement
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -125,6 +126,14 @@ class PushPlan:
     commit_message: str
     commit_description: str
     chart_sources: tuple[tuple[str, str], ...] = field(default=())  # (path in repo, local path)
+    picks: tuple[tuple[str, str | None], ...] = field(default=())  # (quant, sidecar -hf :TAG loads)
+
+    def verify_tags(self) -> tuple[str, ...]:
+        """The :TAGs whose loading this push changes: its quants', and those served by its sidecars."""
+        pushed = {f.path for m in self.models for f in m.files}
+        tags = [(naming.hf_split_info(q) or naming.HfSplit("", "", 1, 1)).tag
+                for q, s in self.picks if q in pushed or s in pushed]
+        return tuple(dict.fromkeys(t for t in tags if t))
 
     @property
     def to_send(self) -> tuple[PlannedFile, ...]:
@@ -169,12 +178,18 @@ class PushResult:
 def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfApi,
               revision: str | None = None, create_pr: bool = False, private: bool = False,
               report_dirs: Sequence[str | os.PathLike[str]] = (), verify: bool = True,
-              max_file_bytes: int = MAX_FILE_BYTES) -> PushPlan:
-    """Work out what a push would do. Only read-only Hub calls; refusals are returned, not raised."""
+              max_file_bytes: int = MAX_FILE_BYTES, base_model: str | None = None) -> PushPlan:
+    """Work out what a push would do. Only read-only Hub calls; refusals are returned, not raised.
+
+    A pull request to a repo the token's user does not own sends only MTP sidecars, and the card is
+    the repo's own README.md with one section about them (card.sidecar_section). `base_model`
+    (OWNER/NAME) names the base model on the card when the GGUFs record none."""
     from . import card as cardmod
 
     if not naming.REPO_ID_RE.match(repo_id):
         raise UsageError(f"--repo {repo_id!r} is not OWNER/NAME")
+    if base_model is not None and not naming.REPO_ID_RE.match(base_model):
+        raise UsageError(f"--base-model {base_model!r} is not OWNER/NAME")
     if not paths:
         raise UsageError("nothing to push: give GGUF files or folders")
     branch = revision or "main"
@@ -187,8 +202,9 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
     chart_sources: dict[str, str] = {}
 
     for group in local:
+        # A trunk-only quant is judged with the repo's sidecars below (sidecars.check_placement).
         entry, group_files, group_refusals, charts = _plan_model(
-            group, reports=reports, verify=verify, max_file_bytes=max_file_bytes)
+            group, reports=reports, verify=verify, max_file_bytes=max_file_bytes, allow_trunk_only=True)
         refusals += group_refusals
         files += group_files
         chart_sources.update(charts)
@@ -197,6 +213,10 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
             if "mtp-" in PurePosixPath(entry.name).name.lower() and entry.layout != "mtp-only":
                 warnings.append(f"{entry.name}: names containing 'mtp-' are skipped by "
                                 "`llama-server -hf` (reserved for MTP sidecar files)")
+    if not any(m.layout == "mtp-only" for m in models):  # decided here, before asking the Hub
+        refusals += [Refusal(m.name, "has no MTP head (no nextn tensors) and the push has no mtp- sidecar "
+                             "for it: graft one (mtpgraft attach) or push it with its sidecar")
+                     for m in models if m.layout == "trunk-only"]
     tags = [m.quant for m in models if m.quant and m.layout != "mtp-only"]
     for t in sorted({t for t in tags if tags.count(t) > 1}):
         warnings.append(f"several files have quant type {t}: `llama-server -hf {repo_id}:{t}` "
@@ -212,6 +232,17 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
             api, repo_id=repo_id, branch=branch, create_pr=create_pr)
         if private and repo_exists:
             warnings.append(f"--private has no effect: {repo_id} exists (change its visibility on the Hub)")
+    foreign = create_pr and repo_exists and repo_id.split("/")[0] not in namespaces(api, repo_id)
+    if foreign:
+        chart_sources.clear()
+        refusals += [Refusal(m.name, f"a pull request to {repo_id.split('/')[0]}'s repo sends only MTP "
+                             "sidecars (mtp-*.gguf, MTP-only); push quants to a repo of yours")
+                     for m in models if m.layout != "mtp-only"]
+    placement = check_placement(sorted(set(remote) | {f.path for m in models for f in m.files}),
+                                layouts={m.name: m.layout or "" for m in models},
+                                pushed={f.path for m in models for f in m.files})
+    refusals += [Refusal(p, why) for p, why in placement.refusals]
+    warnings += placement.warnings
 
     for path_in_repo, local_path in sorted(chart_sources.items()):
         data = Path(local_path).read_bytes()
@@ -221,8 +252,13 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
 
     ours = {f.path_in_repo for f in files} | {"README.md"}
     others = tuple(r for p, r in sorted(remote.items()) if p.endswith(".gguf") and p not in ours)
-    text = cardmod.render_card(repo_id=repo_id, models=models, verified=verify,
-                               other_files=others, revision=branch)
+    if foreign:
+        text = cardmod.with_sidecar_section(_remote_readme(api, repo_id, parent), repo_id=repo_id,
+                                            sidecars=[m for m in models if m.layout == "mtp-only"],
+                                            picks=placement.picks)
+    else:
+        text = cardmod.render_card(repo_id=repo_id, models=models, verified=verify,
+                                   other_files=others, revision=branch, base_model=base_model)
     data = text.encode()
     files.append(PlannedFile("README.md", "card", len(data), hashlib.sha256(data).hexdigest(), "new",
                              git_oid=_git_blob_oid(data)))
@@ -236,7 +272,33 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
         verify=verify, user=user, repo_exists=repo_exists, branch_exists=branch_exists,
         parent_commit=parent, models=tuple(models), files=tuple(files), refusals=tuple(refusals),
         warnings=tuple(warnings), other_files=others, card=text, commit_message=message,
-        commit_description=description, chart_sources=tuple(sorted(chart_sources.items())))
+        commit_description=description, chart_sources=tuple(sorted(chart_sources.items())),
+        picks=placement.picks)
+
+
+def render_local_card(paths: Sequence[str | os.PathLike[str]], *, repo_id: str = "OWNER/REPO",
+                      report_dirs: Sequence[str | os.PathLike[str]] = (),
+                      base_model: str | None = None) -> tuple[str, tuple[Refusal, ...]]:
+    """The card a push of `paths` would write, made offline (no Hub call), and what the push's gate
+    would refuse. Files without a passing check report are shown unmeasured."""
+    from . import card as cardmod
+
+    if not naming.REPO_ID_RE.match(repo_id):
+        raise UsageError(f"--repo {repo_id!r} is not OWNER/NAME")
+    local, _ = _collect(paths)
+    reports = [_load_report(Path(d)) for d in report_dirs]
+    models: list[ModelEntry] = []
+    refusals: list[Refusal] = []
+    for group in local:
+        entry, _, refused, _ = _plan_model(group, reports=reports, verify=True, max_file_bytes=MAX_FILE_BYTES,
+                                           allow_trunk_only=True)
+        refusals += refused
+        if entry is None:
+            raise UsageError("; ".join(map(str, refused)))
+        models.append(entry)
+    text = cardmod.render_card(repo_id=repo_id, models=models, verified=all(m.check for m in models),
+                               base_model=base_model)
+    return text, tuple(refusals)
 
 
 @dataclass(frozen=True)
@@ -316,7 +378,7 @@ def _collect(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[list[_Local]
 
 
 def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
-                max_file_bytes: int) -> tuple[ModelEntry | None, list[PlannedFile], list[Refusal],
+                max_file_bytes: int, allow_trunk_only: bool = False) -> tuple[ModelEntry | None, list[PlannedFile], list[Refusal],
                                               dict[str, str]]:
     from ..gguf_io import GGUFModel
     from ..hashing import sha256_file
@@ -353,7 +415,7 @@ def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
     if not report.consistent:
         refusals.append(Refusal(first.path_in_repo, "inspect found inconsistent MTP metadata: "
                                 + "; ".join(report.problems)))
-    elif not report.mtp_present:
+    elif not report.mtp_present and not (allow_trunk_only and report.layout == "trunk-only"):
         refusals.append(Refusal(first.path_in_repo, "has no MTP head (no nextn tensors): nothing for "
                                 "draft-mtp to use; graft one with `mtpgraft graft`"))
 
@@ -434,6 +496,8 @@ def _match_check(shas: dict[str, str], reports: list[_Report]) -> tuple[CheckMat
     for rep in reports:
         for m in rep.data["models"]:
             listed = {f.get("sha256") for f in m.get("files") or [] if isinstance(f, dict)}
+            if isinstance(m.get("draft"), dict):  # the sidecar the model was checked with (-md)
+                listed.add(m["draft"].get("sha256"))
             if not wanted & listed:
                 continue
             if not wanted <= listed:
@@ -469,6 +533,17 @@ def _match_check(shas: dict[str, str], reports: list[_Report]) -> tuple[CheckMat
 
 
 # --------------------------------------------------------------------------- the Hub side
+
+
+def _remote_readme(api: HfApi, repo_id: str, revision: str | None) -> str:
+    """The repo's README.md as it is now ('' when it has none)."""
+    from huggingface_hub.errors import EntryNotFoundError
+
+    with hub_errors(api=api, repo_id=repo_id, action="read the model card"):
+        try:
+            return Path(api.hf_hub_download(repo_id, "README.md", revision=revision)).read_text()
+        except EntryNotFoundError:
+            return ""
 
 
 def _remote_state(api: HfApi, *, repo_id: str, branch: str,

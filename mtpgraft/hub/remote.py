@@ -228,3 +228,32 @@ def localize_models(models: list[str], *, draft: str | None, server: ServerTool,
         raise UsageError("these refs load different MTP sidecars (" + ", ".join(sorted(drafts))
                          + "); one check has one draft: check each ref on its own")
     return out, (drafts.pop() if drafts else draft), resolutions
+
+
+@dataclass(frozen=True)
+class RemoteCheck:
+    tag: str
+    resolution: RemoteResolution
+    result: object  # check.CheckResult
+
+    @property
+    def passed(self) -> bool:
+        return bool(getattr(self.result, "passed", False))
+
+
+def verify_remote(repo_id: str, tags: list[str] | tuple[str, ...], *, server: ServerTool,
+                  endpoint: str | None = None, token: str | None = None,
+                  settings: dict[str, object] | None = None) -> list[RemoteCheck]:
+    """After a push: load each `repo_id:TAG` with llama-server -hf as users will, and check it (the
+    `quick` check preset unless `settings` says otherwise)."""
+    from ..check import plan_check, run_check
+    from ..check.plan import PRESETS
+
+    out = []
+    for tag in tags:
+        ref = HfRef(repo_id, tag)
+        models, draft, (res,) = localize_models([str(ref)], draft=None, server=server, endpoint=endpoint,
+                                                token=token)
+        plan = plan_check(models, draft=draft, server=server, **{**PRESETS["quick"], **(settings or {})})
+        out.append(RemoteCheck(tag, res, run_check(plan)))
+    return out
