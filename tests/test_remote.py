@@ -122,3 +122,14 @@ def test_https_endpoint_without_tls_is_refused_with_the_fix(hf_env, quants):
         pytest.skip("this llama-server was built with TLS")
     r = CliRunner().invoke(cli, ["check", "hf://me/x:Q8_0", "--endpoint", "https://127.0.0.1:9", *QUICK])
     assert r.exit_code != 0 and "built without TLS" in r.stderr and "libssl-dev" in r.stderr
+
+
+def test_doctor_says_whether_llama_server_downloads_over_https(llama_cpp_dir):
+    """The toolchain builds llama.cpp with -DLLAMA_OPENSSL=OFF (toolchain.BASE_CMAKE_ARGS)."""
+    from mtpgraft.toolchain import BASE_CMAKE_ARGS
+
+    assert "-DLLAMA_OPENSSL=OFF" in BASE_CMAKE_ARGS
+    r = CliRunner().invoke(cli, ["doctor", "--llama-cpp", str(llama_cpp_dir), "--json"])
+    assert json.loads(r.stdout)["https_downloads"] is False
+    r = CliRunner().invoke(cli, ["doctor", "--llama-cpp", str(llama_cpp_dir)])
+    assert "llama-server -hf over https: no: built without TLS" in r.stdout and "libssl-dev" in r.stdout

@@ -48,6 +48,7 @@ def toolchain_cmd(cmake_args: tuple[str, ...], jobs: int | None, sdist: str | No
 def doctor_cmd(llama_cpp: str | None, as_json: bool) -> None:
     """Show which llama.cpp tools mtpgraft finds, where, which build, and the MTP flag spelling."""
     from ..errors import ToolNotFoundError
+    from ..hub.remote import TLS_HINT
     from ..toolchain import cached_bin_dir
     from ..tools import TOOLS, locate_tool, probe_mtp_spec_type, tool_version
 
@@ -67,10 +68,15 @@ def doctor_cmd(llama_cpp: str | None, as_json: bool) -> None:
                      "version": version or None})
     spec = None
     server = next((r for r in rows if r["tool"] == "llama-server" and r["found"]), None)
+    tls = None
     if server:
+        from ..hub.remote import server_has_tls
+
         spec = probe_mtp_spec_type(server["path"])
+        tls = server_has_tls(server["path"])
     cache = cached_bin_dir()
-    result = {"tools": rows, "mtp_spec_type": spec, "toolchain_cache": str(cache) if cache else None,
+    result = {"tools": rows, "mtp_spec_type": spec, "https_downloads": tls,
+              "toolchain_cache": str(cache) if cache else None,
               "ok": all(r["found"] for r in rows) and spec is not None}
     if as_json:
         emit_json(result)
@@ -83,6 +89,9 @@ def doctor_cmd(llama_cpp: str | None, as_json: bool) -> None:
         if server:
             click.echo(f"MTP speculative type: {spec or 'none (this llama-server has no MTP support)'}"
                        + (f"  (use --spec-type {spec})" if spec else ""))
+            click.echo("llama-server -hf over https: " + ("yes (built with TLS)" if tls else
+                       "no: built without TLS, it downloads from http:// endpoints only; to get https, "
+                       + TLS_HINT))
         click.echo(f"toolchain cache: {cache or 'not built (run `mtpgraft toolchain`)'}")
     if not result["ok"]:
         raise SystemExit(1)
