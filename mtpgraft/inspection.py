@@ -128,7 +128,7 @@ class InspectReport:
     mtp_layers: list[int]
     mtp_tensors: list[MtpTensor]
     mtp_bytes: int
-    layout: str  # "full", "trunk-only", "mtp-only", "assistant" (gemma4-assistant)
+    layout: str  # "full", "trunk-only", "mtp-only" (also a gemma4-assistant: a file for -md)
     tensor_count: int
     n_embd: int | None
     vocab_size: int | None
@@ -249,7 +249,8 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
     layout = "mtp-only" if st.mtp_only_layout else ("full" if mtp_present else "trunk-only")
     if arch == ASSISTANT_ARCH:  # every block an MTP layer, plus the global nextn.* projections
         mtp_refs = [r for r in model.refs if r.name.startswith("nextn.")] + mtp_refs
-        mtp_present, layout = bool(st.layers) and nextn > 0, "assistant"
+        # a sidecar for -md, like the converter's --mtp output
+        mtp_present, layout = bool(st.layers) and nextn > 0, "mtp-only"
     n_embd = model.get(f"{arch}.embedding_length")
     vocab, _ = vocab_fingerprint(model)
     dom = dominant_type(model.refs)

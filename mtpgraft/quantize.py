@@ -378,7 +378,7 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
     mtp_layers = tuple(rep.mtp_layers) if rep.mtp_present else ()
     mtp_prefixes = tuple(f"blk.{i}." for i in mtp_layers)
     name = name or default_name(src.path)
-    check_name(name, sidecar=rep.layout in ("mtp-only", "assistant"))
+    check_name(name, sidecar=rep.layout == "mtp-only")
     out = (Path(out_dir) if out_dir is not None else src.path.parent).absolute()
     if out.exists() and not out.is_dir():
         raise QuantizeError(f"--out-dir {out} is a file")

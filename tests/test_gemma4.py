@@ -121,7 +121,7 @@ def test_inspect_knows_the_assistant(tiny_gemma_models, tmp_path):
     code, out = _mtpgraft("inspect", "--json", tiny_gemma_models["assistant-mixed"])
     rep = json.loads(out)
     assert code == 0 and rep["consistent"], rep["problems"]
-    assert (rep["layout"], rep["mtp_present"], rep["mtp_layers"]) == ("assistant", True, [0, 1, 2, 3])
+    assert (rep["layout"], rep["mtp_present"], rep["mtp_layers"]) == ("mtp-only", True, [0, 1, 2, 3])
     assert {"nextn.pre_projection.weight", "nextn.post_projection.weight"} <= {t["name"] for t in rep["mtp_tensors"]}
     assert any("-md" in n and "--spec-type draft-mtp" in n for n in rep["notes"])
     rep = json.loads(_mtpgraft("inspect", "--json", tiny_gemma_models["base"])[1])
