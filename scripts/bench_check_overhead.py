@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--n-predict", type=int, default=128)
     ap.add_argument("--llama-cpp", default=None)
+    ap.add_argument("--mode", default="auto", choices=["auto", "chat", "raw"],
+                    help="chat: /v1/chat/completions through the template; raw: /completion")
     ap.add_argument("--server-arg", action="append", default=[],
                     help="extra llama-server arguments, e.g. --server-arg='-t 1'")
     args = ap.parse_args()
@@ -40,7 +42,7 @@ def main() -> None:
 
             model = build_tiny_model(Path(tmp) / "tiny-aligned.gguf", head="aligned", dtype="f16")
         plan = plan_check([model], n_max=[int(x) for x in args.n_max.split(",")], reps=args.reps,
-                          n_predict=args.n_predict, server=resolve_server(args.llama_cpp),
+                          n_predict=args.n_predict, server=resolve_server(args.llama_cpp), mode=args.mode,
                           server_args=[x for a in args.server_arg for x in shlex.split(a)])
         r = run_check(plan, hash_files=False)
 
@@ -48,7 +50,7 @@ def main() -> None:
     n_srv = len(r.models[0].servers)
     server_work = r.server_start_s + r.generation_s
     rest = r.wall_s - server_work
-    print(f"model: {Path(model).name}; {n_srv} servers, {n_req} measured requests "
+    print(f"model: {Path(model).name} ({r.models[0].mode} mode); {n_srv} servers, {n_req} measured requests "
           f"({len(plan.prompts)} prompts x {plan.reps} reps x {len(plan.configs)} configs), "
           f"n_predict {plan.n_predict}; acceptance {r.acceptance}")
     print(f"run_check wall time          {r.wall_s:8.2f} s")

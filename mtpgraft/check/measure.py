@@ -327,7 +327,8 @@ class _ModelRunner:
                 self.contexts[(kind, depth)] = text
                 self.context_tokens[f"{kind}@{depth}"] = n
         if self.mode == "chat":
-            self.template = self._check_template(server)
+            with contextlib.suppress(MtpgraftError):  # a check of the template, not of the model
+                self.template = self._check_template(server)
 
     def _check_template(self, server: Any) -> tuple[TemplateCheck, ...]:
         messages = [{"role": "user", "content": self.plan.prompts[0].message}]
