@@ -382,3 +382,34 @@ def test_dry_run_fetches_headers_only_and_leaves_nothing(hub, models, tmp_path):
     assert h <= hub.bytes_sent <= h + max(512, h // 8)  # the header, and what was read past it
     assert not (tmp_path / "o.gguf").exists()
     assert not list((tmp_path / "mtpgraft_cache" / "mtp-sources").glob("*.gguf"))
+
+
+def test_interrupted_fetch_resumes_in_the_next_run(hub, models, tmp_path):
+    """A run that gives up keeps what it received; the next run fetches only the rest."""
+    c = hub.put_files(DONOR, {"Tiny-MTP-F16.gguf": models["donor"].read_bytes()})
+
+    class DropAlways:
+        tensors = down = False
+
+        def total(self, n: int) -> None:
+            hub.drop("/_cdn/", after=n // 3, times=1)
+            self.tensors = True
+
+        def update(self, n: int) -> None:
+            if self.tensors and not self.down:  # tensor bytes arrive: after this answer the Hub is down
+                hub.fail("GET", r"/resolve/", 502, times=100)
+                self.down = True
+
+    spec = f"hf://{DONOR}/Tiny-MTP-F16.gguf"
+    with pytest.raises(HubError) as e:
+        resolve_mtp_source(spec, progress=DropAlways(), hub=HubOptions(endpoint=hub.url, sleep=Sleeps(), retries=2))
+    m = str(e.value)
+    assert m.startswith(f"fetching hf://{DONOR}/Tiny-MTP-F16.gguf@{c[:12]} failed 2 times (HTTP 502); run the same "
+                        "command again: the ") and m.endswith(" bytes already fetched of this range are kept and not "
+                                                              "fetched again")
+    kept = int(m.split("the ")[-1].split(" bytes")[0].replace(",", ""))
+    assert kept > 0
+    hub.faults.clear()
+    src = resolve_mtp_source(spec, hub=HubOptions(endpoint=hub.url))
+    assert src.fetched_bytes == src.mtp_bytes + _padding(models["donor"]) - kept
+    assert hub.bytes_sent <= (mtp_bytes(models["donor"]) + header_bytes(models["donor"])) * 1.01
