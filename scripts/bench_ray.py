@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark the Ray executor against the local one, one run each, on a local Ray cluster.
 
-1. Scheduling overhead: recipes/tiny.toml (graft, imatrix, 4 quants, 4 checks, dry-run push) run by
+1. Scheduling overhead: recipes/tiny.toml (graft, imatrix, 4 quants, the check, dry-run push) run by
    the local executor, then by the Ray executor on a cluster of 1 one-CPU worker node (steps one at a
    time, as locally: the difference is Ray's cost, joining the cluster included) and of 2 (independent
    steps at once).
@@ -42,7 +42,8 @@ def cluster(workers: int):  # noqa: ANN201
     return c
 
 
-def timed_run(recipe: Path, work: Path, **kw) -> float:  # noqa: ANN003
+def timed_run(recipe: Path, work: Path, **kw) -> tuple[float, float]:  # noqa: ANN003
+    """(wall seconds, wall minus the seconds the steps themselves took: the executor's own cost)."""
     import ray
 
     from mtpgraft.recipe import load_recipe, run_recipe
@@ -54,22 +55,49 @@ def timed_run(recipe: Path, work: Path, **kw) -> float:  # noqa: ANN003
         raise SystemExit(f"run failed: {[(s.step, s.message) for s in res.failed]}")
     if ray.is_initialized():
         ray.shutdown()
-    return wall
+    return wall, wall - sum(s.seconds for s in res.steps)
+
+
+def round_trip(address: str, n: int = 50) -> float:
+    """Median seconds from submitting an empty task to having its result, on a joined cluster."""
+    import statistics
+
+    import ray
+
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    f = ray.remote(lambda: None)
+    ray.get(f.remote())  # a worker started
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        ray.get(f.remote())
+        times.append(time.perf_counter() - t0)
+    ray.shutdown()
+    return statistics.median(times)
 
 
 def overhead(d: Path) -> None:
     tiny = ROOT / "recipes" / "tiny.toml"
-    local = timed_run(tiny, d / "tiny-local")
-    walls = {}
-    for n in (1, 2):
-        c = cluster(n)
-        try:
-            walls[n] = timed_run(tiny, d / f"tiny-ray{n}", executor="ray", address=c.address)
-        finally:
-            c.shutdown()
-    print(f"tiny recipe (11 steps): local {local:.2f} s; ray, 1 one-CPU worker (steps one at a time, as "
-          f"locally) {walls[1]:.2f} s: overhead {walls[1] - local:+.2f} s ({(walls[1] - local) / 11:+.2f} s "
-          f"per step), ratio {walls[1] / local:.3f}; ray, 2 workers {walls[2]:.2f} s (ratio {walls[2] / local:.3f})")
+    local, local_own = timed_run(tiny, d / "tiny-local")
+    c = cluster(1)
+    try:
+        rtt = round_trip(c.address)
+        on_ray, ray_own = timed_run(tiny, d / "tiny-ray1", executor="ray", address=c.address)
+    finally:
+        c.shutdown()
+    c = cluster(2)
+    try:
+        on_ray2, _ = timed_run(tiny, d / "tiny-ray2", executor="ray", address=c.address)
+    finally:
+        c.shutdown()
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    from mtpgraft.recipe import load_recipe
+
+    n = len(load_recipe(tiny).steps())
+    print(f"tiny recipe, {n} steps: local {local:.2f} s (executor's own time {local_own:.2f} s); ray on 1 "
+          f"one-CPU worker (steps one at a time, as locally) {on_ray:.2f} s (executor's own time "
+          f"{ray_own:.2f} s, joining the cluster included: {(ray_own - local_own) / n:+.2f} s per step "
+          f"over local); ray on 2 workers {on_ray2:.2f} s; an empty task's round trip {rtt * 1e3:.1f} ms")
 
 
 def scaling(d: Path, layers: int, scale: int) -> None:
@@ -92,7 +120,7 @@ def scaling(d: Path, layers: int, scale: int) -> None:
     walls: dict[str | int, float] = {}
     for jobs, p in recipes.items():
         shutil.copytree(base, d / f"batch-local{jobs}")
-        walls[f"local, jobs {jobs}"] = timed_run(p, d / f"batch-local{jobs}", resume=True)
+        walls[f"local, jobs {jobs}"] = timed_run(p, d / f"batch-local{jobs}", resume=True)[0]
         print(f"  local, jobs {jobs}    {walls[f'local, jobs {jobs}']:7.2f} s")
     recipe = recipes[1]
     for n in (1, 2, 4):
@@ -100,12 +128,12 @@ def scaling(d: Path, layers: int, scale: int) -> None:
         shutil.copytree(base, work)
         c = cluster(n)
         try:
-            walls[n] = timed_run(recipe, work, resume=True, executor="ray", address=c.address)
+            walls[n] = timed_run(recipe, work, resume=True, executor="ray", address=c.address)[0]
         finally:
             c.shutdown()
         print(f"  ray, {n} worker{'s' if n > 1 else ' '}    {walls[n]:7.2f} s   speedup over 1 worker "
               f"{walls[1] / walls[n]:.2f}x   vs local jobs 1 {walls['local, jobs 1'] / walls[n]:.2f}x")
-    print(f"  (this machine has {os.cpu_count()} CPU cores)")
+    print(f"  (this machine has {os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f})")
 
 
 def main() -> int:

@@ -161,6 +161,11 @@ def test_dry_run_prints_the_plan_without_tools_or_writes(tmp_path: Path) -> None
     assert by["quantize:IQ2_XXS"].needs == ("graft", "imatrix")
     assert "Q8_0, Q4_K_M, IQ2_XXS outputs" in by["check"].action
     assert by["quantize:IQ2_XXS"].cpus == 4 and "MTP type q6_k" in by["quantize:IQ2_XXS"].action
+    assert (by["imatrix"].cpus, by["imatrix"].gpus, by["check"].gpus) == (1, 0, 0)
+    gpu = parse_recipe(GOOD.replace("ctx = 128", "ctx = 128\nthreads = 6\nextra_args = ['-ngl', '99']")
+                       .replace("[check]", "[check]\nserver_args = ['--n-gpu-layers=0']"), work_dir=tmp_path)
+    by = {s.step: s for s in plan_recipe(gpu).steps}
+    assert (by["imatrix"].cpus, by["imatrix"].gpus) == (1, 1) and (by["check"].cpus, by["check"].gpus) == (1, 0)
     res = run_cli("run", p, "--work-dir", tmp_path / "w", "--dry-run", "--json",
                   env={**os.environ, "PATH": "/nonexistent", "MTPGRAFT_LLAMA_CPP": "/nonexistent"})
     assert res.returncode == 0, res.stderr

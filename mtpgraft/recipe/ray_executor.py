@@ -162,8 +162,10 @@ class _Driver:
         for ref in refs:
             self.ray.cancel(ref, force=False)
         _, left = self.ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S) if refs else ([], [])
-        for ref in left:  # a task that did not stop: kill its worker
+        for ref in left:  # a task that did not stop: kill its worker (its cleanup will not run)
             self.ray.cancel(ref, force=True)
+            step, _ = self.inflight[ref]
+            (Path(self.r.work_dir) / "state" / (step.id.replace(":", "-") + ".running")).unlink(missing_ok=True)
         self.inflight.clear()
 
 

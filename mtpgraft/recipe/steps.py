@@ -87,9 +87,14 @@ class Step:
     def run(self, ctx: Context) -> Outcome:
         raise NotImplementedError
 
+    def default_resources(self) -> Resources:
+        return Resources(cpus=1.0, gpus=0.0)
+
     def resources(self) -> Resources:
-        own = self.r.resources_for(self.kind)
-        return Resources(cpus=own.cpus if own.cpus is not None else 1.0, gpus=own.gpus or 0.0)
+        """What a cluster task for this step asks for: the recipe's [run] resources, else the default."""
+        own, default = self.r.resources_for(self.kind), self.default_resources()
+        return Resources(cpus=default.cpus if own.cpus is None else own.cpus,
+                         gpus=default.gpus if own.gpus is None else own.gpus)
 
 
 def _offloads(args: tuple[str, ...]) -> bool:
@@ -102,11 +107,9 @@ def _offloads(args: tuple[str, ...]) -> bool:
     return False
 
 
-def _server_resources(step: Step, args: tuple[str, ...], threads: int | None) -> Resources:
-    own = step.r.resources_for(step.kind)
-    gpu = _offloads(args)
-    return Resources(cpus=own.cpus if own.cpus is not None else float(1 if gpu else threads or 1),
-                     gpus=own.gpus if own.gpus is not None else (1.0 if gpu else 0.0))
+def _server_resources(args: tuple[str, ...], threads: int | None) -> Resources:
+    """llama-imatrix / llama-server: a GPU when their args offload layers, else their threads in CPUs."""
+    return Resources(cpus=1.0, gpus=1.0) if _offloads(args) else Resources(cpus=float(threads or 1), gpus=0.0)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -231,10 +234,10 @@ class ImatrixStep(Step):
         return (f"llama-imatrix on the grafted model with {s.calibration} (ctx {s.ctx or 'default'}, "
                 f"chunks {s.chunks or 'all'}) -> {self.r.name}.imatrix.gguf")
 
-    def resources(self) -> Resources:
+    def default_resources(self) -> Resources:
         s = self.r.imatrix
         assert s is not None
-        return _server_resources(self, s.extra_args, s.threads)
+        return _server_resources(s.extra_args, s.threads)
 
     def key(self, ctx: Context) -> str:
         s = self.r.imatrix
@@ -299,10 +302,8 @@ class QuantizeStep(Step):
         return (f"llama-quantize {self.type}, MTP type {self._policy()} -> {single}"
                 + (f" (split above {q.split_max_size})" if q.split_max_size else ""))
 
-    def resources(self) -> Resources:
-        own = self.r.resources_for(self.kind)
-        return Resources(cpus=own.cpus if own.cpus is not None else float(self.r.quantize.threads or 1),
-                         gpus=own.gpus or 0.0)
+    def default_resources(self) -> Resources:
+        return Resources(cpus=float(self.r.quantize.threads or 1), gpus=0.0)
 
     def key(self, ctx: Context) -> str:
         q = self.r.quantize
@@ -352,9 +353,9 @@ class CheckStep(Step):
                 f"without MTP, one plan (n_max {list(spec.n_max)}, min acceptance "
                 f"{spec.min_acceptance}) -> checks/report.json")
 
-    def resources(self) -> Resources:
+    def default_resources(self) -> Resources:
         assert self.r.check is not None
-        return _server_resources(self, self.r.check.server_args, None)
+        return _server_resources(self.r.check.server_args, None)
 
     def _outputs(self, ctx: Context) -> list[Path]:
         return [ctx.upstream(f"quantize:{t}", "path") for t in self.r.check_types()]
