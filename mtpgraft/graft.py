@@ -683,7 +683,7 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
     hasher = None
     key = f"{PROV}mtp.source_sha256"
     try:
-        if plan.operation == "attach":
+        if plan.operation in ("attach", "sidecar"):  # both carry a grafted MTP block
             kvs = shards[0].kvs
             k = next(i for i, kv in enumerate(kvs) if kv.key == key)
             if any(a.method == "llama-quantize" for a in plan.tensors):

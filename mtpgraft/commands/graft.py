@@ -206,3 +206,46 @@ def extract_cmd(model: Path, out: Path | None, force: bool, dry_run: bool, layou
     from ..graft import plan_extract
 
     _run_plan(plan_extract(model, out, force=force), dry_run, as_json, layout, no_reflink)
+
+
+@cli.command("sidecar")
+@click.argument("base", metavar="BASE")
+@click.option("--mtp-from", "source", required=True, metavar="SOURCE",
+              help="Where the MTP block comes from (any source attach takes: a GGUF, safetensors, hf://...).")
+@click.option("-o", "--output", "out", default=None, type=click.Path(path_type=Path),
+              help="Output file (default: mtp-NAME-TYPE.gguf beside BASE, NAME without its quant tag).")
+@click.option("--mtp-type", default=None, metavar="keep|q8_0|match|TYPE",
+              help="MTP tensor type, as for attach (default: q8_0 for a quantized base, else its float type).")
+@force_option
+@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing (fetches headers only).")
+@layout_options
+@hub_options
+@llama_cpp_option
+@json_option
+@error_boundary
+def sidecar_cmd(base: str, source: str, out: Path | None, mtp_type: str | None, force: bool, dry_run: bool,
+                layout: str, no_reflink: bool, token: str | None, endpoint: str | None, llama_cpp: str | None,
+                as_json: bool) -> None:
+    """Write the MTP-only sidecar for BASE (what `llama-server -md`, and `-hf` next to trunk-only quants,
+    take): BASE's metadata and shared tensors (token_embd, output_norm, output) plus SOURCE's MTP block,
+    renumbered and converted as attach does, in convert_hf_to_gguf.py's --mtp layout."""
+    import tempfile
+
+    from ..sidecar import default_sidecar_path, plan_sidecar
+    from ..sources import plan_attach_from
+
+    scratch = Path(tempfile.gettempdir()) / ".mtpgraft-sidecar-plan.gguf"  # planned, never written
+    bar = FetchBar("MTP source")
+    try:
+        attach, src = plan_attach_from(base, source, scratch, mtp_type=mtp_type, replace=True, force=True,
+                                       llama_cpp=llama_cpp, token=token, endpoint=endpoint, progress=bar,
+                                       plan_only=dry_run)
+    finally:
+        bar.close()
+    try:
+        if out is None and str(base).startswith("hf://"):  # not beside a file in the Hugging Face cache
+            out = Path(default_sidecar_path(attach.base, attach).name)
+        _run_plan(plan_sidecar(attach, out, force=force), dry_run, as_json, layout, no_reflink)
+    finally:
+        if src.temporary:
+            src.path.unlink(missing_ok=True)
