@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ class QualityPlan:
     logits_cached: bool
     logits_bytes_max: int  # before it is written: an upper bound from the text size and vocabulary
     n_vocab: int
+    model_sha256: list[list[str]] = field(default_factory=list)  # per model, every shard's (the card matches them)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,9 +88,11 @@ class ModelQuality:
     figures: dict[str, Figure]
     log: str
     attempts: int = 1  # runs until llama-perplexity's output held its summary
+    sha256: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "name": self.name, "log": self.log, "attempts": self.attempts,
+        return {"path": self.path, "name": self.name, "sha256": list(self.sha256), "log": self.log,
+                "attempts": self.attempts,
                 "figures": {k: asdict(v) for k, v in self.figures.items()}}
 
 
@@ -145,8 +148,7 @@ def plan_quality(reference: str | os.PathLike[str], models: Sequence[str | os.Pa
     if not txt.is_file():
         raise UsageError(f"text file not found: {txt}")
     ref = GGUFModel(reference)
-    for m in models:
-        GGUFModel(m)  # readable, a GGUF: refused before anything runs
+    shards = [GGUFModel(m).paths for m in models]  # readable GGUFs: refused before anything runs
     tokens = ref.kv.get("tokenizer.ggml.tokens")
     if tokens is None:
         raise UsageError(f"{ref.path.name} has no tokenizer; llama-perplexity needs one")
@@ -168,7 +170,8 @@ def plan_quality(reference: str | os.PathLike[str], models: Sequence[str | os.Pa
         reference=str(ref.path), models=[str(m) for m in models], text=str(txt), text_sha256=text_sha,
         ctx_size=ctx_size, chunks=chunks, extra_args=list(extra_args), perplexity=str(tool), build=build,
         logits=str(logits), logits_cached=logits.is_file() and logits.with_suffix(".json").is_file(),
-        logits_bytes_max=logits_size(n_vocab, ctx_size, max_chunks), n_vocab=n_vocab)
+        logits_bytes_max=logits_size(n_vocab, ctx_size, max_chunks), n_vocab=n_vocab,
+        model_sha256=[[sha256_file(p) for p in ps] for ps in shards])
 
 
 # --------------------------------------------------------------------------- run
@@ -245,7 +248,8 @@ def run_quality(plan: QualityPlan, *, log_dir: str | os.PathLike[str],
     logs = Path(log_dir)
     logs.mkdir(parents=True, exist_ok=True)
     ref_ppl, reused = _reference_logits(plan, logs, emit)
-    results = [_model_quality(plan, model, logs / f"{i:02d}-{Path(model).stem}.log", emit)
+    results = [replace(_model_quality(plan, model, logs / f"{i:02d}-{Path(model).stem}.log", emit),
+                       sha256=tuple(plan.model_sha256[i]) if plan.model_sha256 else ())
                for i, model in enumerate(plan.models)]
     return QualityResult(plan, ref_ppl, Path(plan.logits).stat().st_size, reused, results)
 
@@ -366,10 +370,12 @@ def render_markdown(result: QualityResult) -> str:
     return "\n".join(out)
 
 
-def write_report(result: QualityResult, outdir: str | os.PathLike[str]) -> tuple[Path, Path]:
+def write_report(result: QualityResult, outdir: str | os.PathLike[str], *,
+                 md_name: str = "report.md") -> tuple[Path, Path]:
+    """quality.json (what the card reads) and the markdown report, atomically."""
     d = Path(outdir)
     d.mkdir(parents=True, exist_ok=True)
-    js, md = d / "quality.json", d / "report.md"
+    js, md = d / "quality.json", d / md_name
     for path, text in ((js, json.dumps(result.to_dict(), indent=2)), (md, render_markdown(result))):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text)

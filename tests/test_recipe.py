@@ -246,7 +246,7 @@ def test_tiny_recipe_interrupted_resumes_then_runs_end_to_end(tmp_path: Path) ->
     assert status == {"graft": "finished-before", "imatrix": "finished-before",
                       "quantize:Q8_0": "finished-before", "quantize:Q4_K_M": "finished-before",
                       "quantize:IQ4_XS": "done", "quantize:IQ2_XXS": "done",
-                      "check": "done", "push": "dry-run"}
+                      "check": "done", "quality": "done", "push": "dry-run"}
     push = d["steps"][-1]["message"]  # the Hub is unreachable here: the gate is applied locally
     assert push.startswith("would send 5 model file(s)") and "(Hub not consulted)" in push
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished} == finished

@@ -4,6 +4,7 @@ bytes, so re-pushing unchanged files leaves the card unchanged too."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -164,13 +165,19 @@ def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: s
                 "required before publishing.", ""]
 
     # Files
-    out += ["## Files", "", "| File | Quant type | MTP head | Size | SHA256 |", "|---|---|---|---:|---|"]
+    quality = any(m.quality is not None for m in models)
+    out += ["## Files", "", "| File | Quant type | MTP head | Size | "
+            + ("KLD | PPL ratio | MTP retention | " if quality else "") + "SHA256 |",
+            "|---|---|---|---:|" + ("---:|---:|---:|" if quality else "") + "---|"]
     for m in models:
         for i, f in enumerate(m.files):
             shard = f" (part {i + 1}/{len(m.files)})" if len(m.files) > 1 else ""
             out.append(f"| [{PurePosixPath(f.path).name}]({HUB_URL}/{repo_id}/blob/{revision}/{f.path}){shard} | "
-                       f"{m.quant or '–'} | {m.mtp_head} | {human_size(f.size)} | `{f.sha256}` |")
+                       f"{m.quant or '–'} | {m.mtp_head} | {human_size(f.size)} | "
+                       + (_quality_cells(m) if quality else "") + f"`{f.sha256}` |")
     out.append("")
+    if quality:
+        out += _quality_note(models)
     if other_files:
         out += ["Also in this repository (not part of this push, not described above):", "",
                 "| File | Size | SHA256 |", "|---|---:|---|"]
@@ -260,6 +267,29 @@ def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: s
                                      "(`--no-verify`)."))
     out.append("")
     return out
+
+
+def _quality_cells(m: ModelEntry) -> str:
+    q = m.quality
+    if q is None:
+        return "– | – | – | "
+    ret = f"{q.retention:.3f}" if q.retention is not None else "–"
+    return f"{q.figures.get('kld', '–')} | {q.figures.get('ppl_ratio', '–')} | {ret} | "
+
+
+def _quality_note(models: Sequence[ModelEntry]) -> list[str]:
+    """How the quality columns were made, once per distinct setting."""
+    out = []
+    for how in {json.dumps(m.quality.how, sort_keys=True): m.quality for m in models if m.quality}.values():
+        h = how.how
+        text = PurePosixPath(str(h.get("text") or "")).name
+        out.append(f"KLD (mean KL divergence), PPL ratio (PPL(Q)/PPL(base)) and their inputs were measured with "
+                   f"llama.cpp's `llama-perplexity` (build {h.get('build') or 'unknown'}) against `{how.reference}`: "
+                   f"`--kl-divergence-base` on it once, `--kl-divergence` per file, over `{text}` with context "
+                   f"{h.get('ctx_size')}" + (f", {h.get('chunks')} chunks" if h.get("chunks") else "")
+                   + "; figures exactly as the tool printed them. MTP retention is the file's draft acceptance "
+                   "divided by the reference's, both from `mtpgraft check` with the same settings.")
+    return out + [""]
 
 
 def _prov(models: Sequence[ModelEntry], label: str, get: Any) -> list[str]:

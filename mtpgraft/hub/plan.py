@@ -68,6 +68,18 @@ class ModelEntry:
     layout: str | None  # "full", "mtp-only", "trunk-only"
     metadata: dict[str, Any]  # general.* / quantize.imatrix.* / mtpgraft.* keys the card reads
     check: CheckMatch | None
+    quality: QualityMatch | None = None
+
+
+@dataclass(frozen=True)
+class QualityMatch:
+    """`mtpgraft quality`'s figures for a model's files (quality.json beside a check report)."""
+
+    report: str
+    figures: dict[str, str]  # name -> the text llama-perplexity printed
+    retention: float | None  # MTP acceptance / the reference's, every request
+    reference: str
+    how: dict[str, Any]  # text, ctx, chunks, build
 
 
 @dataclass(frozen=True)
@@ -449,7 +461,7 @@ def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
         files=tuple(FileRef(f.path_in_repo, f.size, f.sha256) for f in planned),
         quant=report.file_type or naming.quant_tag(first.path.name), architecture=report.architecture,
         nextn_predict_layers=report.nextn_predict_layers, mtp_head=_mtp_head(report), layout=report.layout,
-        metadata=metadata, check=match)
+        metadata=metadata, check=match, quality=None if refusals else _match_quality(shas, reports))
     return entry, planned, refusals, charts
 
 
@@ -472,6 +484,7 @@ def _mtp_head(report: Any) -> str:
 class _Report:
     path: Path  # report.json
     data: dict[str, Any]
+    quality: dict[str, Any] | None = None  # quality.json beside it (`mtpgraft quality`), if any
 
 
 def _load_report(d: Path) -> _Report:
@@ -485,7 +498,30 @@ def _load_report(d: Path) -> _Report:
         raise UsageError(f"--report {d}: cannot read {p} ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         raise UsageError(f"--report {d}: {p} is not an mtpgraft check report (no models list)")
-    return _Report(p, data)
+    q = p.with_name("quality.json")
+    try:
+        quality = json.loads(q.read_text()) if q.is_file() else None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--report {d}: cannot read {q} ({e})") from None
+    return _Report(p, data, quality if isinstance(quality, dict) else None)
+
+
+def _match_quality(shas: dict[str, str], reports: list[_Report]) -> QualityMatch | None:
+    """The quality figures whose model lists exactly these files' sha256."""
+    wanted = set(shas.values())
+    for rep in reports:
+        q = rep.quality
+        for m in (q or {}).get("models", []):
+            if set(m.get("sha256") or ()) != wanted:
+                continue
+            plan = q.get("plan", {})
+            figs = {k: v.get("text") for k, v in (m.get("figures") or {}).items() if isinstance(v, dict)}
+            return QualityMatch(
+                report=str(rep.path.with_name("quality.json")), figures=figs,
+                retention=(q.get("retention") or {}).get(m.get("name"), {}).get("*"),
+                reference=Path(plan.get("reference", "")).name,
+                how={k: plan.get(k) for k in ("text", "ctx_size", "chunks", "build")})
+    return None
 
 
 def _match_check(shas: dict[str, str], reports: list[_Report]) -> tuple[CheckMatch | None, str]:

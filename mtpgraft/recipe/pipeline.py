@@ -25,6 +25,7 @@ from .steps import (
     GraftStep,
     ImatrixStep,
     PushStep,
+    QualityStep,
     QuantizeStep,
     Step,
     StepFailed,
@@ -47,7 +48,10 @@ PIPELINE: tuple[StepKind, ...] = (
     # One check over every checked type: one plan, servers one after another (parallel checks
     # would measure each other's load), one report with the quant x task matrix.
     StepKind("check", CheckStep, ("quantize:*",), present=lambda r: bool(r.check_types())),
-    StepKind("push", PushStep, ("quantize:*", "check"), present=lambda r: r.hub is not None),
+    # After the check: its quality.json goes beside the check report (the card reads both) and the
+    # reference is checked with the same settings for acceptance retention.
+    StepKind("quality", QualityStep, ("graft", "quantize:*", "check"), present=lambda r: bool(r.quality_types())),
+    StepKind("push", PushStep, ("quantize:*", "check", "quality"), present=lambda r: r.hub is not None),
 )
 KINDS = {k.name: k for k in PIPELINE}
 

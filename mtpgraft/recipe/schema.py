@@ -16,8 +16,8 @@ from typing import Any
 
 from ..errors import MtpgraftError, RecipeError
 
-TABLES = ("model", "imatrix", "quantize", "check", "hub", "run")
-RESOURCE_STEPS = ("graft", "imatrix", "quantize", "check", "push")
+TABLES = ("model", "imatrix", "quantize", "check", "quality", "hub", "run")
+RESOURCE_STEPS = ("graft", "imatrix", "quantize", "check", "quality", "push")
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,18 @@ class CheckSection:
 
 
 @dataclass(frozen=True)
+class QualitySection:
+    """[quality]: llama-perplexity KL divergence of each quant against the graft output."""
+
+    enabled: bool = True
+    types: tuple[str, ...] | None = None  # default: every [quantize] type
+    text: str | None = None  # default: the built-in small text
+    chunks: int | None = None
+    ctx: int = 512
+    perplexity_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class HubSection:
     repo: str
     dry_run: bool = False
@@ -104,6 +116,7 @@ class Recipe:
     check: CheckSection | None = None
     hub: HubSection | None = None
     work_dir: str = ""
+    quality: QualitySection | None = None
     llama_cpp: str | None = None
     resources: tuple[tuple[str, Resources], ...] = ()
 
@@ -124,6 +137,11 @@ class Recipe:
         if self.check is None or not self.check.enabled:
             return ()
         return self.check.types if self.check.types is not None else self.quantize.types
+
+    def quality_types(self) -> tuple[str, ...]:
+        if self.quality is None or not self.quality.enabled:
+            return ()
+        return self.quality.types if self.quality.types is not None else self.quantize.types
 
     def resources_for(self, kind: str) -> Resources:
         return dict(self.resources).get(kind, Resources())
@@ -246,10 +264,12 @@ def parse_recipe(text: str, *, path: str | os.PathLike[str] = "<recipe>",
                           special=("types",)), quant) if "check" in data else None
     hub = _hub(*_read(where, "hub", data["hub"], HubSection, required=("repo",)), quant, check) \
         if "hub" in data else None
+    quality = _quality(*_read(where, "quality", data["quality"], QualitySection, special=("types",)), quant) \
+        if "quality" in data else None
     r, run = _read(where, "run", data.get("run", {}), _Run, special=("resources",))
     wd = str(work_dir) if work_dir is not None else (run.get("work_dir") or f"mtpgraft-work/{model.name}")
     return Recipe(path=str(path), sha256=hashlib.sha256(text.encode()).hexdigest(), model=model,
-                  quantize=quant, imatrix=imatrix, check=check, hub=hub,
+                  quantize=quant, imatrix=imatrix, check=check, hub=hub, quality=quality,
                   work_dir=str(Path(wd).expanduser().absolute()), llama_cpp=run.get("llama_cpp"),
                   resources=_resources(r))
 
@@ -312,15 +332,21 @@ def _quantize(q: _Section, kw: dict[str, Any], imatrix: ImatrixSection | None) -
 _CHECK_KEYS = {"ctx_size": "ctx", "temperatures": "temperature"}
 
 
-def _check(c: _Section, kw: dict[str, Any], quant: QuantizeSection) -> CheckSection:
-    from ..check import settings_problem
+def _types_subset(s: _Section, kw: dict[str, Any], quant: QuantizeSection) -> None:
+    """A step's `types`: canonical names, each one of [quantize] types."""
     from ..quantize import canonical_type
 
-    if "types" in c.data:
-        kw["types"] = tuple(c.checked("types", canonical_type, t) for t in c.str_list("types"))
+    if "types" in s.data:
+        kw["types"] = tuple(s.checked("types", canonical_type, t) for t in s.str_list("types"))
         stray = [t for t in kw["types"] if t not in quant.types]
         if stray:
-            c.fail("types", f"{', '.join(stray)} not in [quantize] types")
+            s.fail("types", f"{', '.join(stray)} not in [quantize] types")
+
+
+def _check(c: _Section, kw: dict[str, Any], quant: QuantizeSection) -> CheckSection:
+    from ..check import settings_problem
+
+    _types_subset(c, kw, quant)
     check = CheckSection(**kw)
     bad = settings_problem(n_max=check.n_max, temperatures=check.temperatures, reps=check.reps,
                            per_category=check.per_category, n_predict=check.n_predict,
@@ -330,6 +356,13 @@ def _check(c: _Section, kw: dict[str, Any], quant: QuantizeSection) -> CheckSect
     if bad is not None:
         c.fail(_CHECK_KEYS.get(bad[0], bad[0]), bad[1])
     return check
+
+
+def _quality(s: _Section, kw: dict[str, Any], quant: QuantizeSection) -> QualitySection:
+    _types_subset(s, kw, quant)
+    if kw.get("ctx", 512) < 16:
+        s.fail("ctx", "must be at least 16")
+    return QualitySection(**kw)
 
 
 def _hub(h: _Section, kw: dict[str, Any], quant: QuantizeSection, check: CheckSection | None) -> HubSection:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -368,20 +368,28 @@ class CheckStep(Step):
         params = {k: v for k, v in asdict(spec).items() if k not in ("enabled", "types")}
         return content_key(self.id, params, _named_hashes(files))
 
-    def run(self, ctx: Context) -> Outcome:
-        from ..check import plan_check, resolve_server, run_check
-        from ..check.report import write_report
+    def plan_for(self, ctx: Context, models: list[Path]) -> Any:
+        """The recipe's check settings for these models (the quality step checks its reference alike)."""
+        from ..check import plan_check, resolve_server
 
         spec = self.r.check
         assert spec is not None
-        report_dir = self._report_dir()
-        plan = plan_check(self._outputs(ctx), n_max=spec.n_max, temperatures=spec.temperatures,
+        return plan_check(models, n_max=spec.n_max, temperatures=spec.temperatures,
                           reps=spec.reps, seed=spec.seed, prompts=self._prompts(),
                           categories=spec.categories, per_category=spec.per_category,
                           n_predict=spec.n_predict, ctx_size=spec.ctx, server_args=spec.server_args,
                           min_acceptance=spec.min_acceptance, min_speedup=spec.min_speedup,
                           mode=spec.mode, reasoning=spec.reasoning, context_depth=spec.context_depth,
                           p_min=spec.p_min or (None,), server=resolve_server(ctx.llama_cpp))
+
+    def run(self, ctx: Context) -> Outcome:
+        from ..check import run_check
+        from ..check.report import write_report
+
+        spec = self.r.check
+        assert spec is not None
+        report_dir = self._report_dir()
+        plan = self.plan_for(ctx, self._outputs(ctx))
         ctx.emit(self.id, f"{plan.n_servers} llama-server runs, {plan.n_requests} requests")
         result = run_check(plan, log_dir=report_dir / "logs", events=lambda m: ctx.emit(self.id, m))
         files = write_report(result, report_dir)
@@ -395,6 +403,69 @@ class CheckStep(Step):
         return Outcome(summary, (Path(files.json),), {"verdict": result.verdict, "acceptance": acc,
                                                       "report": ctx.state.rel(files.json),
                                                       "types": by_type})
+
+
+class QualityStep(Step):
+    """KL divergence per quant against the graft output (llama-perplexity), and, with a [check],
+    acceptance retention: the reference is checked with the same settings as the quants."""
+
+    kind = "quality"
+
+    def out_dir(self) -> Path:
+        # beside the check report, where the card finds quality.json; its own folder without a check
+        return CheckStep(self.r)._report_dir() if self.r.check_types() else Path(self.r.work_dir) / "quality"
+
+    def _text(self) -> Path | None:
+        q = self.r.quality
+        return self.r.input_path(q.text) if q is not None and q.text else None
+
+    def describe(self) -> str:
+        q = self.r.quality
+        assert q is not None
+        return (f"llama-perplexity KL divergence of {', '.join(self.r.quality_types())} against the graft "
+                f"output (ctx {q.ctx}{f', {q.chunks} chunks' if q.chunks else ''})"
+                + (", acceptance retention from a check of the reference" if self.r.check_types() else ""))
+
+    def _outputs(self, ctx: Context) -> list[Path]:
+        return [ctx.upstream(f"quantize:{t}", "path") for t in self.r.quality_types()]
+
+    def key(self, ctx: Context) -> str:
+        q = self.r.quality
+        assert q is not None
+        text = self._text()
+        files = [ctx.model()] + [f for out in self._outputs(ctx) for f in _model_files(out)] + ([text] if text else [])
+        params = asdict(q) | {"check": asdict(self.r.check) if self.r.check_types() else None}
+        return content_key(self.id, params, _named_hashes(files))
+
+    def run(self, ctx: Context) -> Outcome:
+        from ..quality import acceptance_retention, plan_quality, run_quality, write_report
+
+        q = self.r.quality
+        assert q is not None
+        ref, quants = ctx.model(), self._outputs(ctx)
+        plan = plan_quality(ref, [str(p) for p in quants], text=self._text(), ctx_size=q.ctx, chunks=q.chunks,
+                            extra_args=q.perplexity_args, llama_cpp=ctx.llama_cpp)
+        out = self.out_dir()
+        result = run_quality(plan, log_dir=out / "quality-logs", emit=lambda m: ctx.emit(self.id, m))
+        if self.r.check_types():
+            ref_report = self._check_reference(ctx, ref, out / "reference")
+            result = replace(result, retention=acceptance_retention(
+                [out / "report.json", ref_report], str(ref), [str(p) for p in quants]))
+        js, _ = write_report(result, out, md_name="quality.md")
+        worst = max(m.figures["kld"].value for m in result.models)
+        return Outcome(f"max mean KLD {worst:g} over {len(result.models)} quant(s)", (js,),
+                       {"report": ctx.state.rel(js), "logits": plan.logits,
+                        "kld": {m.name: m.figures["kld"].text for m in result.models}})
+
+    def _check_reference(self, ctx: Context, ref: Path, d: Path) -> Path:
+        from ..check import run_check
+        from ..check.report import write_report
+
+        check = CheckStep(self.r)
+        plan = check.plan_for(ctx, [ref])
+        ctx.emit(self.id, f"checking the reference {ref.name} with the check step's settings")
+        files = write_report(run_check(plan, log_dir=d / "logs", events=lambda m: ctx.emit(self.id, m)), d)
+        return Path(files.json)
 
 
 class PushStep(Step):
@@ -415,7 +486,8 @@ class PushStep(Step):
 
     def key(self, ctx: Context) -> str:
         assert self.r.hub is not None
-        files = self._files() + [d / "report.json" for d in self._reports()]
+        files = self._files() + [d / n for d in self._reports() for n in ("report.json", "quality.json")
+                                 if (d / n).is_file() or n == "report.json"]
         return content_key(self.id, asdict(self.r.hub), {ctx.state.rel(k): v for k, v in hash_files(files).items()})
 
     def run(self, ctx: Context) -> Outcome:
