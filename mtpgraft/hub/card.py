@@ -149,16 +149,25 @@ def _num(x: Any, fmt: str = "{:.1f}") -> str:
     return fmt.format(float(x)) if isinstance(x, (int, float)) else "–"
 
 
+def _intro(models: Sequence[ModelEntry], base_link: str) -> str:
+    if any(m.architecture == "gemma4-assistant" for m in models):
+        return (f"GGUF quantizations of {base_link} with its Gemma 4 assistant (`mtp-*.gguf`, arch "
+                "gemma4-assistant): the multi-token-prediction drafter Gemma 4 ships as a separate "
+                "model, which reads the target's KV cache. With `--spec-type draft-mtp`, `llama-server "
+                "-hf` downloads the assistant next to the quant and drafts with it (locally: `-m "
+                "QUANT.gguf -md mtp-....gguf --spec-type draft-mtp`).")
+    return (f"GGUF quantizations of {base_link} that keep the model's multi-token-prediction (MTP, "
+            "NextN) head, for llama.cpp. With `--spec-type draft-mtp` llama-server drafts tokens with "
+            "that head and verifies them in one pass: speculative decoding without a separate draft "
+            "model.")
+
+
 def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: str | None,
           other_files: Sequence[RemoteFile], revision: str) -> list[str]:
     out: list[str] = []
     title = _title(models, repo_id)
     base_link = f"[{base}]({HUB_URL}/{base})" if base else f"`{title}`"
-    out += [f"# {title} MTP GGUF", "",
-            f"GGUF quantizations of {base_link} that keep the model's multi-token-prediction (MTP, "
-            "NextN) head, for llama.cpp. With `--spec-type draft-mtp` llama-server drafts tokens with "
-            "that head and verifies them in one pass: speculative decoding without a separate draft "
-            "model.", ""]
+    out += [f"# {title} MTP GGUF", "", _intro(models, base_link), ""]
     if not verified:
         out += ["> **Not verified.** These files were pushed with `mtpgraft push --no-verify`: they "
                 "passed `mtpgraft inspect`, but no llama-server check of their MTP acceptance was "
