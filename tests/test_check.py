@@ -563,6 +563,9 @@ def test_context_depth_row_has_prefill_for_both_servers(chatted):
     md = render_markdown(result)
     assert "## Context depth" in md and "## Thinking on and off" in md
     assert "prose@512 = 512" in md
+    for name in ("tiny-qwen35-full-aligned-f16.gguf", "tiny-qwen35-full-mixed-f16.gguf"):
+        for thinking in ("on", "off"):
+            assert f"| {name} | 512 | T=0 thinking {thinking} | n=3 p-min=0.75 | " in md
 
 
 @pytest.mark.tools

@@ -15,8 +15,8 @@ from typing import Any
 
 from .judge import SPEEDUP_GREEN, SPEEDUP_RED, CheckResult, ConfigStats, ModelResult
 from .measure import RequestRecord
-from .plan import WARMUP_RULE
-from .tables import DOT, acceptance_table, md_table, speedup_matrix
+from .plan import WARMUP_RULE, Condition
+from .tables import DOT, acceptance_table, md_table, row_labels, speedup_matrix
 
 CHART_NAME = "speedup.png"  # the quant x category heatmap
 CHART_BY_N = "by-n.png"  # acceptance and speedup against n, one line per quant
@@ -168,6 +168,11 @@ def _template_lines(m: ModelResult) -> list[str]:
             f"ends `{t.prompt_tail[-30:]!r}`)" for t in m.template]
 
 
+def _labels(result: CheckResult) -> list[str]:
+    """Row labels: the quant, or the file name where quants repeat (as in the matrix)."""
+    return row_labels([{"quant": m.spec.quant, "name": m.spec.name} for m in result.models])
+
+
 def _reasoning_table(result: CheckResult) -> list[str]:
     """Thinking on and off side by side: acceptance and speedup per model x category."""
     settings = result.plan.reasoning
@@ -177,9 +182,9 @@ def _reasoning_table(result: CheckResult) -> list[str]:
     header = ["model", "category"] + [f"{w} (thinking {r})" for r in settings
                                       for w in ("acceptance", "speedup")]
     rows = []
-    for m in result.models:
+    for label, m in zip(_labels(result), result.models, strict=True):
         for cat in result.plan.categories:
-            row = [m.spec.quant, cat]
+            row = [label, cat]
             for r in settings:
                 s = next((x for x in m.summaries if x.category == cat and x.reasoning == r
                           and x.temperature == first.temperature and x.depth == first.depth), None)
@@ -194,20 +199,22 @@ def _depth_table(result: CheckResult) -> list[str]:
     if result.plan.context_depth == (0,):
         return []
     rows = []
-    for m in result.models:
+    for label, m in zip(_labels(result), result.models, strict=True):
         for c in m.pooled:
-            rows.append([m.spec.quant, str(c.depth), c.config.label.removeprefix("MTP "),
+            rows.append([label, str(c.depth), Condition(c.temperature, c.reasoning).label,
+                         c.config.label.removeprefix("MTP "),
                          _f(c.baseline_prefill_tps.mean, ".0f"), _f(c.prefill_tps.mean, ".0f"),
                          _f(c.prefill_ratio), _pm(c.speedup.mean, c.speedup.std),
                          _pm(c.acceptance, c.acceptance_reps.std)])
-    tokens = "; ".join(f"{m.spec.quant}: " + ", ".join(f"{k} = {v}" for k, v in m.context_tokens.items())
-                       for m in result.models if m.context_tokens)
+    tokens = "; ".join(f"{label}: " + ", ".join(f"{k} = {v}" for k, v in m.context_tokens.items())
+                       for label, m in zip(_labels(result), result.models, strict=True)
+                       if m.context_tokens)
     return ["## Context depth", "",
             "Each prompt prefixed with a fixed built-in context of the given number of tokens (code "
             "for code prompts, prose for the rest; counted with the server's /tokenize"
             + (f": {tokens}" if tokens else "") + "). Prefill ratio = MTP prefill tok/s / baseline "
             "prefill tok/s (below 1: MTP slows the prefill).", "",
-            md_table(["quant", "depth", "config", "prefill tok/s (no MTP)", "prefill tok/s (MTP)",
+            md_table(["quant", "depth", "condition", "config", "prefill tok/s (no MTP)", "prefill tok/s (MTP)",
                       "prefill ratio", "decode speedup", "acceptance"], rows), ""]
 
 
