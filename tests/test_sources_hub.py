@@ -413,3 +413,22 @@ def test_interrupted_fetch_resumes_in_the_next_run(hub, models, tmp_path):
     src = resolve_mtp_source(spec, hub=HubOptions(endpoint=hub.url))
     assert src.fetched_bytes == src.mtp_bytes + _padding(models["donor"]) - kept
     assert hub.bytes_sent <= (mtp_bytes(models["donor"]) + header_bytes(models["donor"])) * 1.01
+
+
+def test_a_damaged_cached_range_is_completed_not_trusted(hub, models, tmp_path):
+    """A range file of the wrong size (a copy cut short, say) is completed, never used as it is; once
+    the head is written the tensor ranges are dropped (the head is on disk once)."""
+    hub.put_files(DONOR, {"Tiny-MTP-F16.gguf": models["donor"].read_bytes()})
+    spec = f"hf://{DONOR}/Tiny-MTP-F16.gguf"
+    first = resolve_mtp_source(spec, hub=HubOptions(endpoint=hub.url))
+    good = first.path.read_bytes()
+    ranges = tmp_path / "mtpgraft_cache" / "mtp-sources" / "ranges"
+    assert max(p.stat().st_size for p in ranges.rglob("*") if p.is_file()) < 20_000  # headers only left
+    first.path.unlink()
+    start = _first_mtp_offset(models["donor"])
+    end = start + first.mtp_bytes + _padding(models["donor"])
+    cut = next(ranges.rglob("*.gguf")) / f"{start}-{end}"
+    cut.write_bytes(models["donor"].read_bytes()[start:start + 1000])
+    again = resolve_mtp_source(spec, hub=HubOptions(endpoint=hub.url))
+    assert again.fetched_bytes == end - start - 1000
+    assert again.path.read_bytes() == good

@@ -12,6 +12,7 @@ dropped connections are retried with backoff; after the last try one line says w
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -74,16 +75,29 @@ class HubRepo:
         return self.range_path(path, start, end).is_file()
 
     def fetch(self, path: str, start: int, end: int) -> Path:
-        """A local file holding bytes [start, end) of `path` (fetched unless already cached)."""
+        """A local file holding bytes [start, end) of `path` (fetched unless already cached). Two
+        runs fetching the same range take turns (a lock file beside it)."""
         final = self.range_path(path, start, end)
-        if final.is_file():
+        if final.is_file() and final.stat().st_size == end - start:
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
+        with open(final.with_name(final.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if final.is_file() and final.stat().st_size == end - start:
+                return final  # fetched by the run we waited for
+            return self._fetch_locked(path, start, end, final)
+
+    def _fetch_locked(self, path: str, start: int, end: int, final: Path) -> Path:
         part = final.with_name(final.name + ".part")
+        if final.is_file():  # a cached range of the wrong size: fetch what is missing
+            os.replace(final, part)
         failures = 0
         while True:
             have = part.stat().st_size if part.exists() else 0
-            if have >= end - start:
+            if have > end - start:
+                part.unlink()  # more than the range holds: not ours, start again
+                continue
+            if have == end - start:
                 os.replace(part, final)
                 return final
             try:

@@ -146,9 +146,10 @@ def _open(ref: HubRef, opts: HubOptions, prog: FetchProgress) -> HubRepo:
 
 
 def _fetch_spans(repo: HubRepo, spans: list[tuple[str, int, int]], prog: FetchProgress,
-                 max_gap: int) -> Callable[[str, int], tuple[Path, int]]:
-    """Fetch the merged byte spans (progress counts only what is not cached) and say where each
-    tensor starting at (file, offset) lies."""
+                 max_gap: int) -> tuple[Callable[[str, int], tuple[Path, int]], list[Path]]:
+    """Fetch the merged byte spans (progress counts only what is not cached); say where each tensor
+    starting at (file, offset) lies, and which files hold them (dropped once the head is written:
+    the tensors-only file is then the cache, and the disk holds the head once)."""
     merged = donor.merge_spans(spans, max_gap)
     prog.total(sum(e - s for f, s, e in merged if not repo.cached(f, s, e)))
     where = [(f, s, e, repo.fetch(f, s, e)) for f, s, e in merged]
@@ -159,7 +160,12 @@ def _fetch_spans(repo: HubRepo, spans: list[tuple[str, int, int]], prog: FetchPr
                 return p, start - s
         raise KeyError((file, start))  # pragma: no cover - every span was fetched above
 
-    return locate
+    return locate, [p for *_, p in where]
+
+
+def _unlink(paths: list[Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
 
 
 def _cache_file(*parts: object) -> Path:
@@ -207,9 +213,10 @@ def _hub_gguf(spec: str, ref: HubRef, repo: HubRepo, path: str, base: GGUFModel 
         donor.write_tensors_only(head, None, out, origin)
     elif not cached:
         spans = [(t.shard, t.start, t.end) for t in head.tensors]
-        locate = _fetch_spans(repo, spans, prog, max_gap=head.first.alignment)
+        locate, fetched = _fetch_spans(repo, spans, prog, max_gap=head.first.alignment)
         located = {(t.shard, t.start): locate(t.shard, t.start) for t in head.tensors}
         _write_atomic(out, lambda tmp: donor.write_tensors_only(head, located, tmp, origin))
+        _unlink(fetched)
     return ResolvedSource(spec, out, origin, "hub-gguf", repo.commit, repo.fetched, head.header_bytes,
                           head.mtp_bytes, cached, plan_only, (f"read the header(s) of {', '.join(head.shards_read)}",))
 
@@ -342,9 +349,10 @@ def _hub_safetensors(spec: str, ref: HubRef, repo: HubRepo, base: GGUFModel | No
         convert.write_head(plan, None, out, extra_kvs=_head_extra(origin, plan))
     elif not cached:
         spans = [(f, t.start, t.end) for f, t in plan.ranges()]
-        locate = _fetch_spans(repo, spans, prog, max_gap=0)
+        locate, fetched = _fetch_spans(repo, spans, prog, max_gap=0)
         _write_atomic(out, lambda tmp: convert.write_head(
             plan, lambda piece: locate(piece.file, piece.src.start), tmp, extra_kvs=_head_extra(origin, plan)))
+        _unlink(fetched)
     return ResolvedSource(spec, out, origin, "hub-safetensors", repo.commit, repo.fetched, nread,
                           plan.source_bytes, cached, plan_only, (_converted(plan),))
 
