@@ -9,17 +9,21 @@ file-to-file with copy_file_range (no user-space buffer) by the writer.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
+import stat
 import struct
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf import GGUFValueType
 
+from . import ggml_types
 from .errors import GGUFFormatError
 from .naming import SPLIT_RE, shard_name
 
@@ -44,6 +48,35 @@ _NP_DTYPE = {
     GGUFValueType.BOOL: np.bool_,
 }
 
+INT_RANGES = {GGUFValueType.UINT8: (0, 2**8 - 1), GGUFValueType.INT8: (-2**7, 2**7 - 1),
+              GGUFValueType.UINT16: (0, 2**16 - 1), GGUFValueType.INT16: (-2**15, 2**15 - 1),
+              GGUFValueType.UINT32: (0, 2**32 - 1), GGUFValueType.INT32: (-2**31, 2**31 - 1),
+              GGUFValueType.UINT64: (0, 2**64 - 1), GGUFValueType.INT64: (-2**63, 2**63 - 1)}
+# llama.cpp's own limits (ggml/include/ggml.h GGML_MAX_NAME, GGML_MAX_DIMS; src/llama-hparams.h).
+MAX_NAME = 64
+MAX_DIMS = 4
+MAX_LAYERS = 512
+
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """A name from a file, fit for a one-line message: non-printables as \\xNN, at most `limit` chars.
+
+    Key and tensor names are whatever bytes a file holds; every message that names one uses this."""
+    out = "".join(ch if ch.isprintable() else (f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
+                  for ch in text[:limit])
+    return out[:limit] + ("..." if len(text) > limit or len(out) > limit else "")
+
+
+def vtype_name(kv: KV) -> str:
+    """The GGUF type of an entry as llama.cpp names it (u32, f32, arr[i8], ...)."""
+    names = {GGUFValueType.UINT8: "u8", GGUFValueType.INT8: "i8", GGUFValueType.UINT16: "u16",
+             GGUFValueType.INT16: "i16", GGUFValueType.UINT32: "u32", GGUFValueType.INT32: "i32",
+             GGUFValueType.FLOAT32: "f32", GGUFValueType.BOOL: "bool", GGUFValueType.STRING: "str",
+             GGUFValueType.UINT64: "u64", GGUFValueType.INT64: "i64", GGUFValueType.FLOAT64: "f64"}
+    if kv.is_array:
+        return f"arr[{names.get(kv.item_type, '?') if kv.item_type is not None else '?'}]"
+    return names.get(kv.vtype, "?")
 
 
 # --------------------------------------------------------------------------- metadata
@@ -101,19 +134,40 @@ def _decode_value(kv: KV) -> Any:
     raise GGUFFormatError(f"nested arrays are not supported (key {kv.key})")
 
 
+def _check_scalar(key: str, vtype: GGUFValueType, value: Any) -> None:
+    """Refuse a value the GGUF type cannot hold, so the writer never meets a struct.error."""
+    if vtype in INT_RANGES:
+        lo, hi = INT_RANGES[vtype]
+        ok = isinstance(value, (int, np.integer)) and lo <= int(value) <= hi  # a bool is 0 or 1
+    elif vtype == GGUFValueType.BOOL:
+        ok = isinstance(value, (bool, np.bool_)) or value in (0, 1)
+    elif vtype in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64):
+        ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+        if ok and vtype == GGUFValueType.FLOAT32 and math.isfinite(value):
+            ok = abs(float(value)) <= 3.4028234663852886e38
+    elif vtype == GGUFValueType.STRING:
+        ok = True  # written as str(value)
+    else:
+        ok = False
+    if not ok:
+        raise GGUFFormatError(f"cannot write key {shown(key)}: {shown(repr(value), 40)} does not fit its "
+                              f"type {GGUFValueType(vtype).name.lower()}")
+
+
 def encode_kv(key: str, vtype: GGUFValueType, value: Any,
               item_type: GGUFValueType | None = None) -> KV:
-    """Encode a metadata entry the way llama.cpp's writer does (little-endian GGUF v3)."""
+    """Encode a metadata entry the way llama.cpp's writer does (little-endian GGUF v3).
+
+    Every value is checked against its type first: a GGUFFormatError names the key, never a struct.error."""
     kb = key.encode()
     out = bytearray(struct.pack("<Q", len(kb)) + kb + struct.pack("<I", int(vtype)))
     count = 1
-    if vtype == GGUFValueType.STRING:
-        vb = str(value).encode()
-        out += struct.pack("<Q", len(vb)) + vb
-    elif vtype == GGUFValueType.ARRAY:
-        if item_type is None:
-            raise ValueError("arrays need an item type")
+    if vtype == GGUFValueType.ARRAY:
+        if item_type is None or item_type == GGUFValueType.ARRAY:
+            raise GGUFFormatError(f"cannot write key {shown(key)}: arrays need a scalar item type")
         items = list(value)
+        for v in items:
+            _check_scalar(key, item_type, v)
         count = len(items)
         out += struct.pack("<IQ", int(item_type), count)
         if item_type == GGUFValueType.STRING:
@@ -123,32 +177,28 @@ def encode_kv(key: str, vtype: GGUFValueType, value: Any,
         else:
             out += np.asarray(items, dtype=_NP_DTYPE[item_type]).tobytes()
     else:
-        out += struct.pack(_SCALAR_FMT[vtype], value)
-    kv = KV(key=key, vtype=vtype, raw=bytes(out), item_type=item_type, count=count)
-    return kv
+        _check_scalar(key, vtype, value)
+        if vtype == GGUFValueType.STRING:
+            vb = str(value).encode()
+            out += struct.pack("<Q", len(vb)) + vb
+        else:
+            out += struct.pack(_SCALAR_FMT[vtype], value)
+    return KV(key=key, vtype=vtype, raw=bytes(out), item_type=item_type, count=count)
 
 
 # --------------------------------------------------------------------------- tensors
 
 
-def type_name(ggml_type: int) -> str:
-    try:
-        return GGMLQuantizationType(ggml_type).name
-    except ValueError:
-        return f"type{ggml_type}"
+type_name = ggml_types.type_name
 
 
 def tensor_nbytes(ggml_type: int, ne: tuple[int, ...]) -> int:
-    try:
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
-    except (ValueError, KeyError) as e:
-        raise GGUFFormatError(f"unknown ggml type {ggml_type}") from e
-    n = 1
-    for d in ne:
-        n *= d
-    if ne and ne[0] % block:
-        raise GGUFFormatError(f"row length {ne[0]} is not a multiple of {type_name(ggml_type)}'s block size {block}")
-    return n // block * size
+    t = ggml_types.tensor_type(ggml_type)
+    if t is None:
+        raise GGUFFormatError(f"unknown ggml type {ggml_type}")
+    if ne and not t.row_fits(ne[0]):
+        raise GGUFFormatError(f"row length {ne[0]} is not a multiple of {t.name}'s block size {t.block}")
+    return t.nbytes(ne)
 
 
 @dataclass(frozen=True)
@@ -218,6 +268,8 @@ def _skip_value(cur: _Cursor, vtype: int) -> tuple[GGUFValueType | None, int]:
         except ValueError as e:
             raise GGUFFormatError(f"{cur.path}: unknown array item type {item}") from e
         if item_t == GGUFValueType.STRING:
+            if count * 8 > cur.limit - cur.off:
+                raise GGUFFormatError(f"{cur.path}: corrupt array length {count} at offset {cur.off - 8}")
             for _ in range(count):
                 cur.take(cur.u64())
         elif item_t == GGUFValueType.ARRAY:
@@ -233,23 +285,86 @@ def _skip_value(cur: _Cursor, vtype: int) -> tuple[GGUFValueType | None, int]:
     return None, 1
 
 
-class GGUFFile:
-    """The header of one GGUF file. Tensor data is never read here."""
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def open_input(path: Path) -> int:
+    """Open an input read-only; anything but a regular file is refused before open() could block
+    (a FIFO blocks until a writer comes) and checked again on the descriptor."""
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise GGUFFormatError(f"{path}: is a directory, not a GGUF file")
+        if not stat.S_ISREG(mode):
+            kind = next((k for test, k in _FILE_KINDS if test(mode)), "not a regular file")
+            raise GGUFFormatError(f"{path}: is {kind}, not a regular file; mtpgraft reads GGUF files only")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as e:
+        raise GGUFFormatError(f"{path}: no such file") from e
+    except PermissionError as e:
+        raise GGUFFormatError(f"{path}: permission denied") from e
+    except OSError as e:
+        raise GGUFFormatError(f"{path}: cannot open: {e.strerror or e}") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for something else since the stat
+        os.close(fd)
+        raise GGUFFormatError(f"{path}: is not a regular file")
+    return fd
+
+
+class _Metadata:
+    """Typed, range-checked access to metadata: the one place a value's GGUF type is checked."""
+
+    path: Path
+    kv: dict[str, KV]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        kv = self.kv.get(key)
+        return default if kv is None else kv.value
+
+    def get_int(self, key: str, *, lo: int = 0, hi: int = 2**32 - 1) -> int | None:
+        """An integer key (any integer width), None when absent; GGUFFormatError for another type or
+        a value outside lo..hi."""
+        kv = self.kv.get(key)
+        if kv is None:
+            return None
+        if kv.vtype not in INT_RANGES:
+            raise GGUFFormatError(f"{self.path}: key {shown(key)} must be an integer but is {vtype_name(kv)}")
+        v = int(kv.value)
+        if not lo <= v <= hi:
+            raise GGUFFormatError(f"{self.path}: key {shown(key)} is {v}, outside {lo}..{hi}")
+        return v
+
+    def get_str(self, key: str) -> str | None:
+        kv = self.kv.get(key)
+        if kv is None:
+            return None
+        if kv.vtype != GGUFValueType.STRING:
+            raise GGUFFormatError(f"{self.path}: key {shown(key)} must be a string but is {vtype_name(kv)}")
+        return str(kv.value)
+
+    def type_defect(self, key: str, want: GGUFValueType = GGUFValueType.UINT32) -> str | None:
+        """What llama.cpp's loader says when a key it reads has another type (it reads exact types:
+        src/llama-model-loader.cpp GKV::get_kv), or None."""
+        kv = self.kv.get(key)
+        if kv is None or (kv.vtype == want and not kv.is_array):
+            return None
+        want_name = vtype_name(KV(key, want, b""))
+        return f"key {shown(key)} has wrong type {vtype_name(kv)} but expected type {want_name}"
+
+
+class GGUFFile(_Metadata):
+    """The header of one GGUF file. Tensor data is never read here.
+
+    `defects` lists what llama.cpp's GGUF reader (ggml/src/gguf.cpp gguf_init_from_file_impl) or
+    model loader refuses although the header can be parsed: inspect reports them, and no command
+    writes an output from such a file."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError as e:
-            raise GGUFFormatError(f"{self.path}: no such file") from e
-        except IsADirectoryError as e:
-            raise GGUFFormatError(f"{self.path}: is a directory, not a GGUF file") from e
-        except PermissionError as e:
-            raise GGUFFormatError(f"{self.path}: permission denied") from e
+        fd = open_input(self.path)
         try:
             size = os.fstat(fd).st_size
-            if os.path.isdir(self.path):
-                raise GGUFFormatError(f"{self.path}: is a directory, not a GGUF file")
             if size < 24:
                 raise GGUFFormatError(f"{self.path}: not a GGUF file (only {size} bytes)")
             with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
@@ -272,6 +387,31 @@ class GGUFFile:
 
     def _parse(self, mv: memoryview, size: int) -> None:
         self.file_size = size
+        self.defects: list[str] = []
+        cur = self._preamble(mv)
+        n_tensors, n_kv = cur.u64(), cur.u64()
+        # The smallest key-value pair takes 13 bytes and the smallest tensor info 24: larger counts
+        # cannot be true, and are refused before anything is sized by them.
+        if n_tensors > 1 << 24 or n_kv > 1 << 24 or 13 * n_kv + 24 * n_tensors > size:
+            raise GGUFFormatError(f"{self.path}: corrupt header (tensor count {n_tensors}, key count {n_kv}, "
+                                  f"{size} bytes)")
+        self.kv: dict[str, KV] = {}
+        for i in range(n_kv):
+            self._read_kv(cur, i)
+        self.tensors: list[TensorInfo] = []
+        seen: set[str] = set()
+        for i in range(n_tensors):
+            t = self._read_tensor_info(cur, i)
+            if t.name in seen:  # gguf.cpp: "duplicate tensor name"
+                self.defects.append(f"duplicate tensor name {shown(t.name)}")
+            seen.add(t.name)
+            self.tensors.append(t)
+        self.alignment = self._alignment()
+        self.header_size = cur.off
+        self.data_offset = _align(cur.off, self.alignment)
+        self._check_layout(size)
+
+    def _preamble(self, mv: memoryview) -> _Cursor:
         magic = bytes(mv[:4])
         if magic != GGUF_MAGIC:
             if magic == b"\0\0\0\0":
@@ -280,64 +420,87 @@ class GGUFFile:
             if magic == b"FUGG":
                 raise GGUFFormatError(f"{self.path}: big-endian GGUF files are not supported")
             raise GGUFFormatError(f"{self.path}: not a GGUF file (magic {magic!r})")
-        cur = _Cursor(mv, self.path, size)
+        cur = _Cursor(mv, self.path, self.file_size)
         cur.take(4)
         self.version = cur.u32()
         if self.version not in (2, 3):
             raise GGUFFormatError(f"{self.path}: unsupported GGUF version {self.version}")
-        n_tensors = cur.u64()
-        n_kv = cur.u64()
-        if n_tensors > 1 << 24 or n_kv > 1 << 24:
-            raise GGUFFormatError(f"{self.path}: corrupt header (tensor count {n_tensors}, key count {n_kv})")
-        self.kv: dict[str, KV] = {}
-        for _ in range(n_kv):
-            start = cur.off
-            key = cur.string()
-            vtype = cur.u32()
-            try:
-                vt = GGUFValueType(vtype)
-            except ValueError as e:
-                raise GGUFFormatError(f"{self.path}: unknown value type {vtype} for key {key}") from e
-            item_t, count = _skip_value(cur, vtype)
-            if key == PAD_KEY:  # layout, not metadata: every writer sizes its own
-                continue
-            self.kv[key] = KV(key=key, vtype=vt, raw=bytes(mv[start:cur.off]), item_type=item_t, count=count)
-        self.tensors: list[TensorInfo] = []
-        for _ in range(n_tensors):
-            name = cur.string()
-            n_dims = cur.u32()
-            if n_dims > 4:
-                raise GGUFFormatError(f"{self.path}: tensor {name} has {n_dims} dimensions")
-            ne = tuple(cur.u64() for _ in range(n_dims))
-            gtype = cur.u32()
-            offset = cur.u64()
-            try:
-                nbytes = tensor_nbytes(gtype, ne)
-            except GGUFFormatError as e:
-                raise GGUFFormatError(f"{self.path}: tensor {name}: {e}") from e
-            self.tensors.append(TensorInfo(name, ne, gtype, offset, nbytes))
-        self.alignment = int(self.get("general.alignment", DEFAULT_ALIGNMENT))
-        if self.alignment <= 0 or self.alignment & (self.alignment - 1):
-            raise GGUFFormatError(f"{self.path}: bad general.alignment {self.alignment}")
-        self.header_size = cur.off
-        self.data_offset = _align(cur.off, self.alignment)
+        return cur
+
+    def _read_kv(self, cur: _Cursor, i: int) -> None:
+        start = cur.off
+        key = cur.string()
+        vtype = cur.u32()
+        try:
+            vt = GGUFValueType(vtype)
+        except ValueError as e:
+            raise GGUFFormatError(f"{self.path}: unknown value type {vtype} for key {shown(key)}") from e
+        item_t, count = _skip_value(cur, vtype)
+        if key == PAD_KEY:  # layout, not metadata: every writer sizes its own
+            return
+        if not key:
+            self.defects.append(f"key {i} is empty")
+        elif key in self.kv:  # gguf.cpp: "duplicate key"
+            self.defects.append(f"duplicate key {shown(key)}")
+            return  # the first one counts, as in llama.cpp's lookup
+        self.kv[key] = KV(key=key, vtype=vt, raw=bytes(cur.buf[start:cur.off]), item_type=item_t, count=count)
+
+    def _read_tensor_info(self, cur: _Cursor, i: int) -> TensorInfo:
+        name = cur.string()
+        if len(name.encode()) >= MAX_NAME:
+            self.defects.append(f"tensor name {shown(name)} is too long ({len(name.encode())} >= {MAX_NAME} bytes)")
+        n_dims = cur.u32()
+        if n_dims > MAX_DIMS:
+            raise GGUFFormatError(f"{self.path}: tensor {shown(name)} has {n_dims} dimensions")
+        ne = tuple(cur.u64() for _ in range(n_dims))
+        n = 1
+        for d in ne:
+            n *= d
+        if any(d >= 2**63 for d in ne) or n >= 2**63:
+            raise GGUFFormatError(f"{self.path}: tensor {shown(name)} has an impossible shape {list(ne)}")
+        if 0 in ne:  # gguf.cpp reads it, but no model tensor is empty and llama-quantize dies on one
+            self.defects.append(f"tensor {shown(name)} has a zero dimension (shape {list(ne)})")
+        gtype = cur.u32()
+        offset = cur.u64()
+        try:
+            nbytes = tensor_nbytes(gtype, ne)
+        except GGUFFormatError as e:
+            raise GGUFFormatError(f"{self.path}: tensor {shown(name)}: {e}") from e
+        return TensorInfo(name, ne, gtype, offset, nbytes)
+
+    def _alignment(self) -> int:
+        # gguf.cpp: "key 'general.alignment' must be of type u32", "alignment N is not a power of 2";
+        # the file is refused, and read here with the default alignment only to report it.
+        bad = self.type_defect("general.alignment")
+        if bad is not None:
+            self.defects.append(bad)
+            return DEFAULT_ALIGNMENT
+        a = int(self.get("general.alignment", DEFAULT_ALIGNMENT))
+        if a <= 0 or a & (a - 1):
+            self.defects.append(f"general.alignment {a} is not a power of 2")
+            return DEFAULT_ALIGNMENT
+        return a
+
+    def _check_layout(self, size: int) -> None:
+        expected = 0
         for t in self.tensors:
             end = self.data_offset + t.offset + t.nbytes
             if end > size:
-                raise GGUFFormatError(
-                    f"{self.path}: truncated: tensor {t.name} ends at byte {end} but the file has {size} bytes")
-
-    def get(self, key: str, default: Any = None) -> Any:
-        kv = self.kv.get(key)
-        return default if kv is None else kv.value
+                raise GGUFFormatError(f"{self.path}: truncated: tensor {shown(t.name)} ends at byte {end} "
+                                      f"but the file has {size} bytes")
+            if t.offset != expected and expected >= 0:  # gguf.cpp: "tensor X has offset N, expected M"
+                self.defects.append(f"tensor {shown(t.name)} has offset {t.offset}, expected {expected}")
+                expected = -1  # report the first only
+            elif expected >= 0:
+                expected = _align(expected + t.nbytes, self.alignment)
 
     @property
     def split_no(self) -> int:
-        return int(self.get("split.no", 0))
+        return self.get_int("split.no", hi=2**16 - 1) or 0
 
     @property
     def split_count(self) -> int:
-        return int(self.get("split.count", 0))
+        return self.get_int("split.count", hi=2**16 - 1) or 0
 
 
 def _align(n: int, a: int) -> int:
@@ -361,37 +524,47 @@ class TensorRef:
         return self.info.name
 
 
-class GGUFModel:
+class GGUFModel(_Metadata):
     """A model as one or more shards. Metadata comes from the first shard."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         first = GGUFFile(path)
         self.path = first.path
-        shards = [first]
-        count = first.split_count
-        if count > 1 or first.split_no != 0:
-            if first.split_no != 0:
-                raise GGUFFormatError(f"{self.path}: this is shard {first.split_no + 1} of {count}; "
-                                      "pass the first shard (-00001-of-...)")
-            m = SPLIT_RE.match(self.path.name)
-            if not m:
-                raise GGUFFormatError(f"{self.path}: split.count is {count} but the name is not "
-                                      "NAME-00001-of-0000N.gguf, so the other shards cannot be found")
-            for i in range(2, count + 1):
-                p = self.path.with_name(shard_name(m["prefix"], i, count))
-                if not p.is_file():
-                    raise GGUFFormatError(f"{self.path}: shard {i} of {count} is missing ({p.name})")
-                shard = GGUFFile(p)
-                if shard.split_no != i - 1:
-                    raise GGUFFormatError(f"{p}: split.no is {shard.split_no}, expected {i - 1}")
-                shards.append(shard)
-        self.shards = shards
         self.kv = first.kv
+        self.shards = [first] + self._other_shards(first)
         self.refs: list[TensorRef] = []
-        for i, s in enumerate(shards):
+        for i, s in enumerate(self.shards):
             for t in s.tensors:
                 self.refs.append(TensorRef(t, i, s.path, s.data_offset + t.offset))
         self.by_name = {r.name: r for r in self.refs}
+        self.defects = list(first.defects)
+        for s in self.shards[1:]:
+            self.defects += [f"{s.path.name}: {d}" for d in s.defects]
+        if self.is_split and len(self.by_name) != len(self.refs):  # llama-model-loader.cpp
+            dup = next(n for n, c in Counter(r.name for r in self.refs).items() if c > 1)
+            self.defects.append(f"invalid model: tensor {shown(dup)} is duplicated across shards")
+
+    def _other_shards(self, first: GGUFFile) -> list[GGUFFile]:
+        count = first.split_count
+        if count <= 1 and first.split_no == 0:
+            return []
+        if first.split_no != 0:
+            raise GGUFFormatError(f"{self.path}: this is shard {first.split_no + 1} of {count}; "
+                                  "pass the first shard (-00001-of-...)")
+        m = SPLIT_RE.match(self.path.name)
+        if not m:
+            raise GGUFFormatError(f"{self.path}: split.count is {count} but the name is not "
+                                  "NAME-00001-of-0000N.gguf, so the other shards cannot be found")
+        shards = []
+        for i in range(2, count + 1):
+            p = self.path.with_name(shard_name(m["prefix"], i, count))
+            if not p.exists():
+                raise GGUFFormatError(f"{self.path}: shard {i} of {count} is missing ({p.name})")
+            shard = GGUFFile(p)
+            if shard.split_no != i - 1:
+                raise GGUFFormatError(f"{p}: split.no is {shard.split_no}, expected {i - 1}")
+            shards.append(shard)
+        return shards
 
     @property
     def is_split(self) -> bool:
@@ -405,22 +578,14 @@ class GGUFModel:
     def alignment(self) -> int:
         return self.shards[0].alignment
 
-    def get(self, key: str, default: Any = None) -> Any:
-        kv = self.kv.get(key)
-        return default if kv is None else kv.value
-
     @property
     def arch(self) -> str:
-        arch = self.get("general.architecture")
-        if not isinstance(arch, str):
+        arch = self.get_str("general.architecture")
+        if arch is None:
             raise GGUFFormatError(f"{self.path}: no general.architecture key")
+        if not arch or not arch.isprintable() or len(arch) > MAX_NAME:  # every key name is built from it
+            raise GGUFFormatError(f"{self.path}: general.architecture {shown(arch)} is not an architecture name")
         return arch
-
-    def arch_key(self, suffix: str) -> str:
-        return f"{self.arch}.{suffix}"
-
-    def tensor_bytes_total(self) -> int:
-        return sum(r.info.nbytes for r in self.refs)
 
 
 # --------------------------------------------------------------------------- writing

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, quants
+from gguf import GGMLQuantizationType, GGUFValueType, quants
 
-from . import __version__, naming
+from . import __version__, ggml_types, naming
 from .arch import (
     ASSISTANT_ARCH,
     GEMMA4_MESSAGE,
@@ -29,9 +29,11 @@ from .arch import (
     require_mtp_arch,
     rule_for,
 )
-from .errors import GraftError, MtpgraftError, UsageError
+from .errors import GraftError, MtpgraftError
+from .ggml_types import mtp_target
 from .gguf_io import (
     KV,
+    MAX_LAYERS,
     REFLINK,
     GGUFModel,
     Layout,
@@ -39,19 +41,23 @@ from .gguf_io import (
     TensorRef,
     encode_kv,
     read_tensor_rows,
+    shown,
     tensor_nbytes,
     write_gguf,
 )
-from .inspection import FLOAT_TYPES, Structure, analyse, dominant_type, layer_of, vocab_fingerprint
+from .inspection import (
+    LAYER_ARRAY_ITEMS,
+    Structure,
+    analyse,
+    dominant_type,
+    file_type_of,
+    layer_of,
+    vocab_fingerprint,
+)
 from .outputs import check_outputs
 
-Q = GGMLQuantizationType
-# Types gguf.quants can produce in numpy; anything else (K-quants, IQ) needs llama-quantize.
-NUMPY_TYPES = {Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0}
-# Types llama-quantize refuses to make without an importance matrix, which never covers MTP.
-NEEDS_IMATRIX = {Q.IQ1_S, Q.IQ1_M, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS}
-FLOAT_FILE_TYPES = {"F32", "F16", "BF16"}
-POLICIES = ("keep", "q8_0", "match")
+Q = GGMLQuantizationType  # gguf-py's enum, for its numpy (de)quantizers only
+ATTACH_POLICIES = ("keep", "q8_0", "match")
 PROV = "mtpgraft."
 CHUNK_BYTES = 16 << 20
 
@@ -116,14 +122,6 @@ class GraftPlan:
 # --------------------------------------------------------------------------- helpers
 
 
-def parse_type(name: str) -> GGMLQuantizationType:
-    try:
-        return Q[name.upper()]
-    except KeyError:
-        known = ", ".join(t.name for t in Q if t.name not in ("Q4_2", "Q4_3"))
-        raise UsageError(f"unknown --mtp-type {name!r}; use keep, q8_0, match or a ggml type ({known})") from None
-
-
 def _resolve_outputs(out: Path, count: int) -> list[Path]:
     if count <= 1:
         return [out]
@@ -179,24 +177,6 @@ def _twin(st: Structure, trunk: int, suffix: str) -> TensorRef | None:
     return None
 
 
-# Tensors llama-quantize never quantizes (src/llama-quant.cpp, tensor_allows_quantization): they
-# keep whatever type the converter gave them, in a graft too.
-_NEVER_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
-                    "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight",
-                    "indexer.q_proj.weight", "time_mix_", "attn_rel_b.weight", ".position_embd")
-
-
-def quantizable(name: str, ne: tuple[int, ...]) -> bool:
-    """Whether llama-quantize would quantize this tensor (2-D+, a `weight`, not on its keep list)."""
-    if len(ne) < 2 or not name.endswith("weight"):
-        return False
-    return not any(part in name for part in _NEVER_QUANTIZED)
-
-
-def _row_ok(t: GGMLQuantizationType, ne0: int) -> bool:
-    return ne0 % GGML_QUANT_SIZES[t][0] == 0
-
-
 def _source_mtp_layers(src: GGUFModel, st: Structure) -> list[int]:
     if st.nextn and st.block_count is not None:
         layers = list(range(st.block_count - st.nextn, st.block_count))
@@ -211,37 +191,49 @@ def _source_mtp_layers(src: GGUFModel, st: Structure) -> list[int]:
 def _extend_layer_arrays(kvs: list[KV], rule: ArchRule, arch: str, trunk: int, n_mtp: int,
                          src: GGUFModel | None, src_layers: list[int], changes: list[KeyChange],
                          warnings: list[str]) -> None:
+    """Per-layer arrays cut to the trunk, then given the MTP block's entries (from the source's
+    array, its scalar, the architecture's default, or the last trunk layer's value)."""
     for suffix in rule.layer_arrays:
         key = f"{arch}.{suffix}"
         idx = next((i for i, kv in enumerate(kvs) if kv.key == key), None)
         if idx is None or not kvs[idx].is_array:
             continue
         old = kvs[idx]
+        if old.count < trunk:
+            raise GraftError(f"key {key} has {old.count} entries but the trunk has {trunk} layers; "
+                             "the file is broken beyond what a graft repairs")
         base_vals = list(old.value)[:trunk]
-        mtp_vals: list[Any] | None = None
-        if n_mtp:
-            skv = src.kv.get(key) if src is not None else None
-            if skv is not None and skv.is_array and all(i < skv.count for i in src_layers):
-                sv = skv.value
-                mtp_vals = [sv[i] for i in src_layers]
-            elif skv is not None and not skv.is_array:
-                mtp_vals = [skv.value] * n_mtp
-            elif suffix in rule.mtp_array_defaults:
-                mtp_vals = [rule.mtp_array_defaults[suffix]] * n_mtp
-            else:
-                mtp_vals = [base_vals[-1]] * n_mtp
-                warnings.append(f"{key}: the source gives no value for the MTP block; repeating the "
-                                f"last trunk layer's {base_vals[-1]!r}")
-        new_vals = base_vals + (mtp_vals or [])
+        mtp_vals = _mtp_array_values(key, suffix, rule, base_vals, n_mtp, src, src_layers, warnings)
+        new_vals = base_vals + mtp_vals
         if new_vals != list(old.value):
             kvs[idx] = _kv_like(old, new_vals)
             changes.append(KeyChange(key, _short(list(old.value)), _short(new_vals)))
 
 
+def _mtp_array_values(key: str, suffix: str, rule: ArchRule, base_vals: list[Any], n_mtp: int,
+                      src: GGUFModel | None, src_layers: list[int], warnings: list[str]) -> list[Any]:
+    if not n_mtp:
+        return []
+    skv = src.kv.get(key) if src is not None else None
+    if skv is not None and skv.is_array and skv.item_type in LAYER_ARRAY_ITEMS and all(i < skv.count for i in src_layers):
+        sv = skv.value
+        return [sv[i] for i in src_layers]
+    if skv is not None and not skv.is_array:
+        return [skv.value] * n_mtp
+    if suffix in rule.mtp_array_defaults:
+        return [rule.mtp_array_defaults[suffix]] * n_mtp
+    if not base_vals:
+        raise GraftError(f"key {key} is empty and the source gives no value for the MTP block")
+    warnings.append(f"{key}: the source gives no value for the MTP block; repeating the "
+                    f"last trunk layer's {base_vals[-1]!r}")
+    return [base_vals[-1]] * n_mtp
+
+
 def _provenance(kvs: list[KV], changes: list[KeyChange], values: dict[str, str]) -> None:
-    for k in [kv.key for kv in kvs if kv.key.startswith(PROV)]:
-        if k not in values:
-            _del_kv(kvs, k, changes)
+    """mtpgraft's own keys, always strings: an old one of another type is replaced, not re-encoded."""
+    for kv in [kv for kv in kvs if kv.key.startswith(PROV)]:
+        if kv.key not in values or kv.vtype != GGUFValueType.STRING:
+            _del_kv(kvs, kv.key, changes)
     for k, v in values.items():
         _set_kv(kvs, k, GGUFValueType.STRING, v, changes)
 
@@ -285,9 +277,11 @@ def _copy_chunks(ref: TensorRef, hasher: Any) -> Callable[[], Iterator[bytes]]:
     return gen
 
 
-def _convert_chunks(ref: TensorRef, to: GGMLQuantizationType, hasher: Any = None) -> Callable[[], Iterator[bytes]]:
-    """Dequantize a tensor and requantize it in numpy, a bounded number of rows at a time."""
+def _convert_chunks(ref: TensorRef, target: str, hasher: Any = None) -> Callable[[], Iterator[bytes]]:
+    """Dequantize a tensor and requantize it in numpy, a bounded number of rows at a time (plan
+    time has refused every type outside ggml_types.NUMPY_READS / NUMPY_MAKES)."""
     src_t = GGMLQuantizationType(ref.info.ggml_type)
+    to = Q[target]
     ne0 = ref.info.ne[0]
     rows = max(1, CHUNK_BYTES // max(1, ne0 * 4))
 
@@ -305,30 +299,80 @@ def _convert_chunks(ref: TensorRef, to: GGMLQuantizationType, hasher: Any = None
     return gen
 
 
-def _convert_to_f32_chunks(ref: TensorRef) -> Callable[[], Iterator[bytes]]:
-    return _convert_chunks(ref, Q.F32)
-
-
 # --------------------------------------------------------------------------- attach
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where the source's MTP block goes in the base."""
+
+    trunk: int  # the base's trunk length: the MTP block starts at blk.{trunk}
+    src_layers: list[int]  # the source's MTP layer indices
+    renum: dict[int, int]  # source layer -> output layer
+    src_refs: list[TensorRef]  # the source's MTP tensors, in source order
+
+
+@dataclass(frozen=True)
+class _Policy:
+    word: str | None  # None (default), "keep", "match" or a tensor type name
+    explicit: str | None  # the tensor type for every quantizable MTP weight, if one
+    name: str  # what the plan and the provenance key say
+    dominant: int | None  # the base trunk's dominant tensor type id
 
 
 def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLike[str],
                 out_path: str | os.PathLike[str], *, mtp_type: str | None = None, replace: bool = False,
                 force: bool = False, llama_cpp: str | None = None) -> GraftPlan:
-    """Check that SOURCE's MTP block fits BASE and plan the output. Reads headers only."""
-    base = GGUFModel(base_path)
-    src = GGUFModel(source_path)
-    out = Path(out_path)
-    outputs = _resolve_outputs(out, len(base.shards))
+    """Check that SOURCE's MTP block fits BASE and plan the output. Reads headers only; every check
+    runs before llama-quantize is looked up (and only when a type needs it)."""
+    word = mtp_target(mtp_type, policies=ATTACH_POLICIES) if mtp_type else None
+    base, src = GGUFModel(base_path), GGUFModel(source_path)
+    outputs = _resolve_outputs(Path(out_path), len(base.shards))
     check_outputs(outputs, base.paths + src.paths, force=force)
-
     arch = base.arch
     rule = require_mtp_arch(arch)  # first: a gemma4 base gets the reason, not "architecture mismatch"
     if src.arch != arch:
         raise GraftError(f"architecture mismatch: base is {arch}, MTP source is {src.arch}")
-    warnings: list[str] = []
+    st_b, st_s = _loadable(base), _loadable(src)
+    warnings = _check_same_model(base, src)
+    place = _placement(base, st_b, src, st_s, rule, replace, warnings)
+    policy = _type_policy(base, place.trunk, word)
+    actions, mtp_out = _mtp_tensors(base, st_b, place, policy, warnings)
+    shards, changes = _attach_shards(base, src, outputs, rule, place, mtp_out, warnings)
+    _provenance(shards[0].kvs, changes, {
+        f"{PROV}version": __version__,
+        f"{PROV}mtp.source": source_label(src),
+        f"{PROV}mtp.source_sha256": "",  # apply_plan fills in the sha256 of the bytes it copies
+        f"{PROV}mtp.type_policy": policy.name,
+    })
+    quantize_tool = None
+    if any(a.method == "llama-quantize" for a in actions):
+        from .tools import find_tool
 
-    b_embd, s_embd = base.get(f"{arch}.embedding_length"), src.get(f"{arch}.embedding_length")
+        quantize_tool = str(find_tool("llama-quantize", llama_cpp))
+    return GraftPlan(
+        operation="attach", base=str(base.path), source=str(src.path), outputs=[str(o) for o in outputs],
+        mtp_type=policy.name, arch=arch, trunk_layers=place.trunk,
+        mtp_layers=[place.renum[i] for i in place.src_layers], tensors=actions, key_changes=changes,
+        warnings=warnings, output_bytes=sum(t.nbytes for s in shards for t in s.tensors), force=force,
+        _shards=shards, _source_refs=place.src_refs, _quantize_with=quantize_tool,
+    )
+
+
+def _loadable(model: GGUFModel) -> Structure:
+    """The model's structure, or a GraftError when llama.cpp would refuse the file whatever its MTP
+    block: no output is ever written from such a file."""
+    st = analyse(model)
+    if st.defects:
+        more = f" (and {len(st.defects) - 1} more problem(s); see `mtpgraft inspect`)" if len(st.defects) > 1 else ""
+        raise GraftError(f"{model.path.name}: llama.cpp would refuse this file: {st.defects[0]}{more}")
+    return st
+
+
+def _check_same_model(base: GGUFModel, src: GGUFModel) -> list[str]:
+    """The source's head must have been trained for the base: same n_embd and tokenizer."""
+    arch = base.arch
+    b_embd, s_embd = base.get_int(f"{arch}.embedding_length"), src.get_int(f"{arch}.embedding_length")
     if b_embd is not None and s_embd is not None and b_embd != s_embd:
         raise GraftError(f"n_embd mismatch: base {b_embd}, MTP source {s_embd}: the source is another model")
     b_vocab, b_hash = vocab_fingerprint(base)
@@ -338,10 +382,12 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
     if b_hash and s_hash and b_hash != s_hash:
         raise GraftError("tokenizer tokens differ between base and MTP source (same size, other tokens): "
                          "the MTP head was trained for another tokenizer")
-    if s_hash is None:
-        warnings.append("the MTP source has no tokenizer; the vocabulary could not be compared")
+    return [] if s_hash is not None else ["the MTP source has no tokenizer; the vocabulary could not be compared"]
 
-    st_b, st_s = analyse(base), analyse(src)
+
+def _placement(base: GGUFModel, st_b: Structure, src: GGUFModel, st_s: Structure, rule: ArchRule,
+               replace: bool, warnings: list[str]) -> _Placement:
+    arch = base.arch
     if st_b.mtp_only_layout:
         raise GraftError(f"{base.path.name} is an MTP-only file, not a base model")
     src_layers = _source_mtp_layers(src, st_s)
@@ -349,186 +395,176 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
         raise GraftError(f"{arch} runs at most {rule.max_nextn} MTP block(s); the source has {len(src_layers)}")
     if st_b.block_count is None:
         raise GraftError(f"{base.path.name} has no {arch}.block_count key")
-    if st_b.eh_layers:
-        if not replace:
-            where = ", ".join(f"blk.{i}" for i in st_b.eh_layers)
-            raise GraftError(f"{base.path.name} already has an MTP block ({where}); pass --replace to swap it")
+    if st_b.eh_layers and not replace:
+        where = ", ".join(f"blk.{i}" for i in st_b.eh_layers)
+        raise GraftError(f"{base.path.name} already has an MTP block ({where}); pass --replace to swap it")
     # Where the base's MTP block starts: its nextn.eh_proj tensors say so even when the keys are
     # wrong (a broken graft whose block_count was not bumped), so --replace repairs such a file.
     trunk = min(st_b.eh_layers) if st_b.eh_layers else (st_b.trunk if st_b.trunk is not None else st_b.block_count)
-    n_mtp = len(src_layers)
-    renum = {s: trunk + k for k, s in enumerate(src_layers)}
+    if trunk + len(src_layers) > MAX_LAYERS:
+        raise GraftError(f"the output would have {trunk + len(src_layers)} blocks; llama.cpp loads at most {MAX_LAYERS}")
     if src_layers[0] != trunk:
         warnings.append(f"MTP block renumbered: source blk.{src_layers[0]} -> blk.{trunk} "
                         f"(source trunk has {src_layers[0]} layers, base {trunk})")
-
-    # --- the MTP tensors, their shapes and types
-    src_refs = [r for i in src_layers for r in st_s.layers[i]]
-    names_by_layer = {i: {r.name for r in st_s.layers[i]} for i in src_layers}
     for i in src_layers:
-        missing = [s for s in NEXTN_REQUIRED if f"blk.{i}.{s}" not in names_by_layer[i]]
+        names = {r.name for r in st_s.layers[i]}
+        missing = [s for s in NEXTN_REQUIRED if f"blk.{i}.{s}" not in names]
         if missing:
             raise GraftError(f"the source's MTP block blk.{i} lacks {', '.join(missing)}")
-    n_embd = int(b_embd) if b_embd is not None else None
-    base_refs_trunk = [r for r in base.refs if not ((lo := layer_of(r.name)) and lo[0] >= trunk)]
-    policy = (mtp_type or "").lower() or None
-    explicit: GGMLQuantizationType | None = None
-    if policy not in (None, "keep", "match"):
-        explicit = parse_type(policy)
-    base_ft = None
-    from .inspection import file_type_name
+    renum = {s: trunk + k for k, s in enumerate(src_layers)}
+    return _Placement(trunk, src_layers, renum, [r for i in src_layers for r in st_s.layers[i]])
 
-    base_ft = file_type_name(base.get("general.file_type"))
-    dom = dominant_type(base_refs_trunk)
-    base_is_float = (base_ft in FLOAT_FILE_TYPES) if base_ft else (dom in FLOAT_TYPES)
-    if policy is None:
-        if base_is_float:
-            float_t = Q[base_ft] if base_ft in FLOAT_FILE_TYPES else Q(dom)
-            explicit, policy_name = float_t, f"default ({float_t.name}: the base is unquantized)"
-        else:
-            explicit, policy_name = Q.Q8_0, "default (q8_0: the base is quantized)"
-    else:
-        policy_name = policy
 
+def _type_policy(base: GGUFModel, trunk: int, word: str | None) -> _Policy:
+    trunk_refs = [r for r in base.refs if not ((lo := layer_of(r.name)) and lo[0] >= trunk)]
+    dom = dominant_type(trunk_refs)
+    if word is not None:
+        explicit = None if word in ("keep", "match") else word.upper()
+        return _Policy(word, explicit, word.lower(), dom)
+    base_ft = file_type_of(base)
+    dom_name = ggml_types.type_name(dom) if dom is not None else None
+    if base_ft in ggml_types.FLOAT_FILE_TYPES or (not base_ft and dom_name in ggml_types.FLOAT_TYPES):
+        float_t = base_ft if base_ft in ggml_types.FLOAT_FILE_TYPES else dom_name
+        return _Policy(None, float_t, f"default ({float_t}: the base is unquantized)", dom)
+    return _Policy(None, "Q8_0", "default (q8_0: the base is quantized)", dom)
+
+
+def _mtp_tensors(base: GGUFModel, st_b: Structure, place: _Placement, policy: _Policy,
+                 warnings: list[str]) -> tuple[list[TensorAction], list[OutTensor]]:
+    """Each MTP tensor's output name, type and method. Copied tensors point at the source's bytes;
+    converted and quantized ones are filled in by apply_plan from the actions."""
+    n_embd = base.get_int(f"{base.arch}.embedding_length")
+    vocab = vocab_fingerprint(base)[0]
     actions: list[TensorAction] = []
-    mtp_out: list[OutTensor] = []
-    needs_quantize: list[tuple[TensorRef, str, GGMLQuantizationType]] = []
-    for r in src_refs:
-        lo = layer_of(r.name)
-        assert lo is not None
-        i, suffix = lo
-        new_name = f"blk.{renum[i]}.{suffix}"
-        ne = r.info.ne
-        # shapes must fit the base's hyperparameters
-        if suffix.startswith("nextn."):
-            if n_embd is not None:
-                want = {"nextn.eh_proj.weight": (2 * n_embd, n_embd), "nextn.enorm.weight": (n_embd,),
-                        "nextn.hnorm.weight": (n_embd,), "nextn.shared_head_norm.weight": (n_embd,)}.get(suffix)
-                if suffix in ("nextn.embed_tokens.weight", "nextn.shared_head_head.weight") and b_vocab:
-                    want = (n_embd, b_vocab)
-                if want is not None and tuple(ne) != want:
-                    raise GraftError(f"MTP tensor {r.name} has shape {list(ne)} but the base needs {list(want)}")
-            twin = None
-        else:
-            twin = _twin(st_b, trunk, suffix)
-            if twin is not None and tuple(twin.info.ne) != tuple(ne):
-                raise GraftError(f"MTP tensor {r.name} has shape {list(ne)} but the base's {twin.name} is "
-                                 f"{list(twin.info.ne)}: the source was made for another model size")
-        src_t = Q(r.info.ggml_type)
-        if policy == "keep":
-            target = src_t
-        elif len(ne) < 2:
-            target = Q.F32  # norms and biases stay F32, as the converter writes them
-        elif not quantizable(new_name, ne):
-            target = src_t  # routers, conv kernels...: llama-quantize leaves them as converted
-        elif policy == "match":
-            ref = twin or _twin(st_b, trunk, "attn_output.weight")
-            target = Q(ref.info.ggml_type) if ref is not None else Q(dom if dom is not None else Q.Q8_0)
-        else:
-            assert explicit is not None
-            target = explicit
-        if target in NEEDS_IMATRIX and target != src_t:
-            raise GraftError(f"{target.name} needs an importance matrix and llama-imatrix never covers the "
-                             f"MTP block; give the MTP block a type such as q8_0, Q6_K or Q4_K")
-        if target != src_t and not _row_ok(target, ne[0]):
-            fallback = Q.F16 if src_t not in FLOAT_TYPES else src_t
-            warnings.append(f"{new_name}: row length {ne[0]} does not fit {target.name}; using {fallback.name}")
-            target = fallback
-        if target == src_t:
-            method = "copy"
-        elif target in NUMPY_TYPES:
-            method = "convert"
-        else:
-            method = "llama-quantize"
-        nbytes_out = tensor_nbytes(target, ne)
-        actions.append(TensorAction(r.name, new_name, list(ne), src_t.name, target.name, method,
-                                    r.info.nbytes, nbytes_out))
+    out: list[OutTensor] = []
+    for r in place.src_refs:
+        i, suffix = layer_of(r.name)  # type: ignore[misc]
+        new_name = f"blk.{place.renum[i]}.{suffix}"
+        twin = _check_shape(r, suffix, st_b, place.trunk, n_embd, vocab)
+        src_t = ggml_types.BY_ID[r.info.ggml_type]
+        target = _target_type(r, new_name, src_t, twin, st_b, place.trunk, policy, warnings)
+        method = ("copy" if target is src_t else "convert" if target.name in ggml_types.NUMPY_MAKES
+                  else "llama-quantize")
+        nbytes = target.nbytes(r.info.ne)
+        actions.append(TensorAction(r.name, new_name, list(r.info.ne), src_t.name, target.name, method,
+                                    r.info.nbytes, nbytes))
         if method == "copy":
-            mtp_out.append(OutTensor(new_name, ne, int(target), nbytes_out, r.path, r.abs_offset))
-        elif method == "convert":
-            mtp_out.append(OutTensor(new_name, ne, int(target), nbytes_out, produce=_convert_chunks(r, target)))
+            out.append(OutTensor(new_name, r.info.ne, target.id, nbytes, r.path, r.abs_offset))
         else:
-            needs_quantize.append((r, new_name, target))
-            mtp_out.append(OutTensor(new_name, ne, int(target), nbytes_out))  # filled in by apply_plan
+            out.append(OutTensor(new_name, r.info.ne, target.id, nbytes))  # filled in by apply_plan
+    return actions, out
 
-    quantize_tool = None
-    if needs_quantize:
-        from .tools import find_tool
 
-        quantize_tool = str(find_tool("llama-quantize", llama_cpp))
+def _check_shape(r: TensorRef, suffix: str, st_b: Structure, trunk: int, n_embd: int | None,
+                 vocab: int | None) -> TensorRef | None:
+    """Shapes must fit the base's hyperparameters. Returns the base twin of a transformer tensor."""
+    ne = tuple(r.info.ne)
+    if not suffix.startswith("nextn."):
+        twin = _twin(st_b, trunk, suffix)
+        if twin is not None and tuple(twin.info.ne) != ne:
+            raise GraftError(f"MTP tensor {shown(r.name)} has shape {list(ne)} but the base's {shown(twin.name)} "
+                             f"is {list(twin.info.ne)}: the source was made for another model size")
+        return twin
+    if n_embd is not None:
+        want = {"nextn.eh_proj.weight": (2 * n_embd, n_embd), "nextn.enorm.weight": (n_embd,),
+                "nextn.hnorm.weight": (n_embd,), "nextn.shared_head_norm.weight": (n_embd,)}.get(suffix)
+        if suffix in ("nextn.embed_tokens.weight", "nextn.shared_head_head.weight") and vocab:
+            want = (n_embd, vocab)
+        if want is not None and ne != want:
+            raise GraftError(f"MTP tensor {shown(r.name)} has shape {list(ne)} but the base needs {list(want)}")
+    return None
 
-    # --- metadata
-    changes: list[KeyChange] = []
+
+def _target_type(r: TensorRef, new_name: str, src_t: ggml_types.TensorType, twin: TensorRef | None,
+                 st_b: Structure, trunk: int, policy: _Policy, warnings: list[str]) -> ggml_types.TensorType:
+    ne = r.info.ne
+    if policy.word == "keep":
+        target = src_t
+    elif len(ne) < 2:
+        target = ggml_types.BY_NAME["F32"]  # norms and biases stay F32, as the converter writes them
+    elif not ggml_types.llama_quantizes(new_name, ne, st_b.arch):
+        target = src_t  # routers, conv kernels...: llama-quantize leaves them as converted
+    elif policy.word == "match":
+        ref = twin or _twin(st_b, trunk, "attn_output.weight")
+        tid = ref.info.ggml_type if ref is not None else (policy.dominant if policy.dominant is not None else 8)
+        target = ggml_types.BY_ID[tid]
+    else:
+        assert policy.explicit is not None
+        target = ggml_types.BY_NAME[policy.explicit]
+    if target is src_t:
+        return target
+    if target.name in ggml_types.TENSOR_NEEDS_IMATRIX:
+        raise GraftError(f"{target.name} needs an importance matrix and llama-imatrix never covers the "
+                         f"MTP block; give the MTP block a type such as q8_0, Q6_K or Q4_K")
+    if target.name not in ggml_types.NUMPY_MAKES | ggml_types.LLAMA_QUANTIZE_MAKES:
+        raise GraftError(f"{new_name} would get type {target.name}, which neither numpy nor llama-quantize "
+                         "can make; pass --mtp-type q8_0 or keep")
+    if not target.row_fits(ne[0]):
+        fallback = ggml_types.BY_NAME["F16"] if src_t.name not in ggml_types.FLOAT_TYPES else src_t
+        warnings.append(f"{new_name}: row length {ne[0]} does not fit {target.name}; using {fallback.name}")
+        target = fallback
+    if target is not src_t and src_t.name not in ggml_types.NUMPY_READS:
+        raise GraftError(f"MTP tensor {shown(r.name)} is {src_t.name}, which mtpgraft cannot convert to "
+                         f"{target.name} (it reads {', '.join(sorted(ggml_types.NUMPY_READS))}); "
+                         "pass --mtp-type keep to copy it as it is")
+    return target
+
+
+def _attach_shards(base: GGUFModel, src: GGUFModel, outputs: list[Path], rule: ArchRule, place: _Placement,
+                   mtp_out: list[OutTensor], warnings: list[str]) -> tuple[list[_ShardSpec], list[KeyChange]]:
+    """Every output shard's metadata and tensor list, the MTP block placed where the converter puts it."""
+    arch, trunk, n_mtp = base.arch, place.trunk, len(place.src_layers)
     bc_key, nextn_key = f"{arch}.block_count", f"{arch}.nextn_predict_layers"
-    shards: list[_ShardSpec] = []
     dropped = {r.name for r in base.refs if (lo := layer_of(r.name)) and lo[0] >= trunk}
     total_tensors = len(base.refs) - len(dropped) + len(mtp_out)
+    shards: list[_ShardSpec] = []
+    changes: list[KeyChange] = []
     for si, shard in enumerate(base.shards):
         kvs = list(shard.kv.values())
         ch: list[KeyChange] = []
         if si == 0:
-            bc_kv = shard.kv[bc_key]
-            _set_kv(kvs, bc_key, bc_kv.vtype, trunk + n_mtp, ch)
-            after = bc_key
+            _set_kv(kvs, bc_key, GGUFValueType.UINT32, trunk + n_mtp, ch)
             src_keys = list(src.kv)
+            after = bc_key
             if nextn_key in src.kv:
                 pos = src_keys.index(nextn_key)
-                prev = next((k for k in reversed(src_keys[:pos]) if k in shard.kv), None)
-                after = prev or bc_key
+                after = next((k for k in reversed(src_keys[:pos]) if k in shard.kv), None) or bc_key
             _set_kv(kvs, nextn_key, GGUFValueType.UINT32, n_mtp, ch, after=after)
-            _extend_layer_arrays(kvs, rule, arch, trunk, n_mtp, src, src_layers, ch, warnings)
+            _extend_layer_arrays(kvs, rule, arch, trunk, n_mtp, src, place.src_layers, ch, warnings)
         if "split.tensors.count" in shard.kv:
-            _set_kv(kvs, "split.tensors.count", shard.kv["split.tensors.count"].vtype, total_tensors, ch)
-        if si == 0:
-            changes.extend(ch)
-        else:
-            changes.extend(KeyChange(f"{shard.path.name}: {c.key}", c.old, c.new) for c in ch)
+            _set_kv(kvs, "split.tensors.count", GGUFValueType.INT32, total_tensors, ch)
+        changes.extend(ch if si == 0 else [KeyChange(f"{shard.path.name}: {c.key}", c.old, c.new) for c in ch])
         tensors = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset)
                    for r in base.refs if r.shard == si and r.name not in dropped]
         shards.append(_ShardSpec(outputs[si], kvs, tensors))
-
-    # Where the MTP block goes: after the base tensor that precedes it in the source (the
-    # converter's order), or at the end of the last shard of a split base.
     last = shards[-1]
-    pos = len(last.tensors)
-    if not base.is_split:
-        src_order = _source_order(src)
-        first = src_order.index(src_refs[0].name)
-        names = [t.name for t in last.tensors]
-        for prev in reversed(src_order[:first]):
-            lo = layer_of(prev)
-            key = prev if not lo else (f"blk.{renum[lo[0]]}.{lo[1]}" if lo[0] in renum else prev)
-            if key in names:
-                pos = names.index(key) + 1
-                break
-        else:
-            pos = 0 if first == 0 else len(last.tensors)
+    pos = len(last.tensors) if base.is_split else _mtp_position(src, last, place)
     last.tensors[pos:pos] = mtp_out
+    return shards, changes
 
-    prov = {
-        f"{PROV}version": __version__,
-        f"{PROV}mtp.source": source_label(src),
-        f"{PROV}mtp.source_sha256": "",  # apply_plan fills in the sha256 of the bytes it copies
-        f"{PROV}mtp.type_policy": policy_name,
-    }
-    _provenance(shards[0].kvs, changes, prov)
 
-    out_bytes = sum(t.nbytes for s in shards for t in s.tensors)
-    return GraftPlan(
-        operation="attach", base=str(base.path), source=str(src.path), outputs=[str(o) for o in outputs],
-        mtp_type=policy_name, arch=arch, trunk_layers=trunk, mtp_layers=[renum[i] for i in src_layers],
-        tensors=actions, key_changes=changes, warnings=warnings, output_bytes=out_bytes, force=force,
-        _shards=shards, _source_refs=src_refs, _quantize_with=quantize_tool,
-    )
+def _mtp_position(src: GGUFModel, last: _ShardSpec, place: _Placement) -> int:
+    """After the base tensor that precedes the MTP block in the source (the converter's order)."""
+    src_order = _source_order(src)
+    first = src_order.index(place.src_refs[0].name)
+    names = {t.name: i for i, t in enumerate(last.tensors)}
+    for prev in reversed(src_order[:first]):
+        lo = layer_of(prev)
+        key = f"blk.{place.renum[lo[0]]}.{lo[1]}" if lo and lo[0] in place.renum else prev
+        if key in names:
+            return names[key] + 1
+    return 0 if first == 0 else len(last.tensors)
 
 
 # --------------------------------------------------------------------------- detach / extract
 
 
 def _mtp_layers_of(model: GGUFModel, what: str) -> tuple[Structure, list[int], int]:
-    st = analyse(model)
+    st = _loadable(model)
     if model.arch in ("gemma4", ASSISTANT_ARCH):
         raise GraftError(GEMMA4_MESSAGE)
+    if st.block_count is None:
+        raise GraftError(f"{model.path.name} has no {st.arch}.block_count key; llama.cpp cannot load it")
     if not st.eh_layers:
         if what == "detach" and st.nextn and st.block_count and not st.layers.get(st.block_count - st.nextn):
             # trunk only but the key kept (glm4moe & co. abort with draft-mtp): drop the key
@@ -552,7 +588,7 @@ def plan_detach(model_path: str | os.PathLike[str], out_path: str | os.PathLike[
     st, layers, trunk = _mtp_layers_of(model, "detach")
     kvs = [kv for kv in model.kv.values() if not kv.key.startswith("split.")]
     changes: list[KeyChange] = [KeyChange(k, model.get(k), None) for k in model.kv if k.startswith("split.")]
-    _set_kv(kvs, f"{arch}.block_count", model.kv[f"{arch}.block_count"].vtype, trunk, changes)
+    _set_kv(kvs, f"{arch}.block_count", GGUFValueType.UINT32, trunk, changes)
     _del_kv(kvs, f"{arch}.nextn_predict_layers", changes)
     if rule is not None:
         _extend_layer_arrays(kvs, rule, arch, trunk, 0, None, [], changes, [])
@@ -576,6 +612,23 @@ def default_extract_name(model_path: str | os.PathLike[str]) -> Path:
     return p.with_name(f"{naming.SIDECAR_PREFIX}{naming.strip_gguf(p.name)}.gguf")
 
 
+def _require_sidecar_fits(model: GGUFModel, st: Structure, layers: list[int], block_count: int) -> None:
+    """An extracted sidecar keeps the metadata: it loads only if the MTP block is complete and every
+    per-layer array covers its block_count. A broken file is repaired with attach --replace first."""
+    for i in layers:
+        names = {r.name for r in st.layers.get(i, [])}
+        missing = [s for s in NEXTN_REQUIRED if f"blk.{i}.{s}" not in names]
+        if missing:
+            raise GraftError(f"{model.path.name}: the MTP block blk.{i} lacks {', '.join(missing)}; "
+                             "an MTP-only file made from it would not load")
+    rule = rule_for(st.arch)
+    for k in rule.layer_arrays if rule is not None else ():
+        kv = model.kv.get(f"{st.arch}.{k}")
+        if kv is not None and kv.is_array and kv.count != block_count:
+            raise GraftError(f"{model.path.name}: key {st.arch}.{k} has {kv.count} entries but the MTP-only "
+                             f"file needs {block_count}; repair the model with `mtpgraft attach --replace` first")
+
+
 def plan_extract(model_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None, *,
                  force: bool = False) -> GraftPlan:
     """An MTP-only sidecar in convert_hf_to_gguf.py's `--mtp` layout (token_embd, output_norm,
@@ -585,10 +638,11 @@ def plan_extract(model_path: str | os.PathLike[str], out_path: str | os.PathLike
     check_outputs([out], model.paths, force=force)
     arch = model.arch
     st, layers, trunk = _mtp_layers_of(model, "extract")
+    _require_sidecar_fits(model, st, layers, trunk + len(layers))
     kvs = [kv for kv in model.kv.values() if not kv.key.startswith("split.")]
     changes: list[KeyChange] = [KeyChange(k, model.get(k), None) for k in model.kv if k.startswith("split.")]
     bc_key, nextn_key = f"{arch}.block_count", f"{arch}.nextn_predict_layers"
-    _set_kv(kvs, bc_key, model.kv[bc_key].vtype, trunk + len(layers), changes)
+    _set_kv(kvs, bc_key, GGUFValueType.UINT32, trunk + len(layers), changes)
     _set_kv(kvs, nextn_key, GGUFValueType.UINT32, len(layers), changes, after=bc_key)
     shared = ("token_embd.weight", "output_norm.weight", "output.weight")
     keep = [r for r in model.refs if r.name in shared or ((lo := layer_of(r.name)) and lo[0] in layers)]
@@ -642,7 +696,7 @@ def _quantize_mtp(plan: GraftPlan, workdir: Path) -> dict[str, tuple[Path, int]]
         if Q(r.info.ggml_type) == Q.F32:
             tensors.append(OutTensor(t.name, t.ne, int(Q.F32), n, r.path, r.abs_offset))
         else:
-            tensors.append(OutTensor(t.name, t.ne, int(Q.F32), n, produce=_convert_to_f32_chunks(r)))
+            tensors.append(OutTensor(t.name, t.ne, int(Q.F32), n, produce=_convert_chunks(r, "F32")))
     f32_path = workdir / "mtp-f32.gguf"
     with open(f32_path, "wb") as fh:
         write_gguf(fh, kvs, tensors, alignment=plan_alignment(plan))
@@ -669,6 +723,26 @@ def plan_alignment(plan: GraftPlan) -> int:
     return int(kv.value) if kv is not None else 32
 
 
+def _bind_mtp(plan: GraftPlan, shards: list[_ShardSpec], hasher: Any,
+              located: dict[str, tuple[Path, int]]) -> None:
+    """Point each MTP tensor at its bytes: the source (hashed on the way when `hasher` is given),
+    a numpy conversion of it, or llama-quantize's output (`located`)."""
+    refs = {r.name: r for r in plan._source_refs}
+    acts = {a.name: a for a in plan.tensors}
+    for s in shards:
+        for j, t in enumerate(s.tensors):
+            a = acts.get(t.name)
+            if a is None or (a.method == "copy" and hasher is None):
+                continue  # a plain copy already points at the source's bytes
+            if a.method == "llama-quantize":
+                path, off = located[t.name]
+                s.tensors[j] = OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, path, off)
+                continue
+            r = refs[a.source_name]
+            gen = _copy_chunks(r, hasher) if a.method == "copy" else _convert_chunks(r, a.to_type, hasher)
+            s.tensors[j] = OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, produce=gen)
+
+
 def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None,
                layout: Layout = REFLINK) -> list[Path]:
     """Write the planned output(s): temporary files beside the targets, renamed only on success.
@@ -690,28 +764,13 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
                 # llama-quantize reads the sources itself: hash them in a pass of their own.
                 kvs[k] = encode_kv(key, GGUFValueType.STRING, _hash_refs(plan._source_refs, progress))
                 workdir = Path(tempfile.mkdtemp(prefix=".mtpgraft-q-", dir=outputs[0].parent))
-                located = _quantize_mtp(plan, workdir)
-                for s in shards:
-                    for j, t in enumerate(s.tensors):
-                        if t.name in located:
-                            path, off = located[t.name]
-                            s.tensors[j] = OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, path, off)
+                _bind_mtp(plan, shards, None, _quantize_mtp(plan, workdir))
             else:
                 # Hash the source's MTP bytes as they are copied (MTP tensors are written in source
                 # order), then patch the digest into a placeholder of the same length.
                 hasher = hashlib.sha256()
                 kvs[k] = encode_kv(key, GGUFValueType.STRING, "0" * 64)
-                refs = {r.name: r for r in plan._source_refs}
-                acts = {a.name: a for a in plan.tensors}
-                for s in shards:
-                    for j, t in enumerate(s.tensors):
-                        a = acts.get(t.name)
-                        if a is None:
-                            continue
-                        r = refs[a.source_name]
-                        gen = (_copy_chunks(r, hasher) if a.method == "copy"
-                               else _convert_chunks(r, Q[a.to_type], hasher))
-                        s.tensors[j] = OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, produce=gen)
+                _bind_mtp(plan, shards, hasher, {})
         align = plan_alignment(plan)
         written = []
         for s in shards:

@@ -14,21 +14,26 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gguf import GGMLQuantizationType, LlamaFileType
+from gguf import GGUFValueType
 
+from . import ggml_types
 from .arch import (
     ASSISTANT_ARCH,
     ASSISTANT_NOTE,
     COMMON_LAYER_ARRAYS,
     GEMMA4_MESSAGE,
     NEXTN_REQUIRED,
+    ArchRule,
     assistant_problems,
     rule_for,
 )
-from .gguf_io import GGUFModel, TensorRef
+from .gguf_io import INT_RANGES, MAX_LAYERS, GGUFModel, TensorRef, shown, vtype_name
 
 LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
-FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
+# Element types llama.cpp reads per-layer arrays from (src/llama-model-loader.cpp get_arr):
+# anything else is "not a string/float32/uint32/int32/uint64 array" or "wrong array element type".
+LAYER_ARRAY_ITEMS = frozenset({GGUFValueType.BOOL, GGUFValueType.UINT32, GGUFValueType.INT32,
+                               GGUFValueType.FLOAT32})
 
 
 def layer_of(name: str) -> tuple[int, str] | None:
@@ -36,17 +41,30 @@ def layer_of(name: str) -> tuple[int, str] | None:
     return (int(m.group(1)), m.group(2)) if m else None
 
 
-def file_type_name(value: Any) -> str | None:
-    if value is None:
+def _u32(model: GGUFModel, key: str, problems: list[str], *, lo: int = 0, hi: int = 2**32 - 1,
+         want: GGUFValueType = GGUFValueType.UINT32) -> int | None:
+    """An integer key as llama.cpp reads it (u32 unless `want` says otherwise): its value, or None
+    (and the loader's complaint in `problems`) when it is not an integer or outside lo..hi. An
+    integer of another width is read but reported: the loader reads exact types."""
+    kv = model.kv.get(key)
+    if kv is None:
         return None
-    try:
-        name = LlamaFileType(int(value)).name
-    except ValueError:
-        return f"type{value}"
-    for prefix in ("MOSTLY_", "ALL_"):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    return name
+    bad = model.type_defect(key, want)
+    if kv.is_array or kv.vtype not in INT_RANGES:
+        problems.append(bad or f"key {shown(key)} has type {vtype_name(kv)}")
+        return None
+    if bad:
+        problems.append(bad)
+    v = int(kv.value)
+    if not lo <= v <= hi:
+        problems.append(f"key {shown(key)} is {v}; llama.cpp accepts {lo}..{hi}")
+        return None
+    return v
+
+
+def file_type_of(model: GGUFModel, problems: list[str] | None = None) -> str | None:
+    """general.file_type's name (Q4_K_M, BF16, ...), None when absent or unreadable."""
+    return ggml_types.file_type_name(_u32(model, "general.file_type", [] if problems is None else problems))
 
 
 @dataclass(frozen=True)
@@ -68,12 +86,14 @@ class Structure:
     layers: dict[int, list[TensorRef]]  # blk index -> its tensors, in file order
     eh_layers: list[int]  # indices holding nextn.eh_proj (the MTP blocks actually present)
     mtp_only_layout: bool  # nextn > 0 and no trunk layer 0 (convert_hf_to_gguf.py --mtp layout)
+    defects: tuple[str, ...] = ()  # what llama.cpp refuses before it looks at MTP at all
+
 
     @property
     def mtp_layers(self) -> list[int]:
         """The layers that form the MTP block(s): by the key when it is set, else by the tensors."""
         if self.nextn and self.block_count is not None:
-            return list(range(self.block_count - self.nextn, self.block_count))
+            return list(range(max(0, self.block_count - self.nextn), self.block_count))
         return list(self.eh_layers)
 
     def mtp_refs(self) -> list[TensorRef]:
@@ -84,19 +104,33 @@ class Structure:
 
 
 def analyse(model: GGUFModel) -> Structure:
+    """Trunk and MTP layers from the keys and the tensors. Keys of the wrong type or range are
+    reported in `defects` (with what llama.cpp says) and read as absent, so no count from a corrupt
+    file ever sizes anything."""
     arch = model.arch
-    bc = model.get(f"{arch}.block_count")
-    nextn = int(model.get(f"{arch}.nextn_predict_layers", 0) or 0)
+    defects = list(model.defects)
+    # llama-model.cpp: GGML_ASSERT(0 < n_layer_all <= LLAMA_MAX_LAYERS) and n_layer_nextn <= n_layer_all
+    bc = _u32(model, f"{arch}.block_count", defects, lo=1, hi=MAX_LAYERS)
+    nextn = _u32(model, f"{arch}.nextn_predict_layers", defects, hi=MAX_LAYERS) or 0
+    _u32(model, f"{arch}.embedding_length", defects)
+    file_type_of(model, defects)
+    rule = rule_for(arch)
+    for k in rule.layer_arrays if rule else COMMON_LAYER_ARRAYS:
+        kv = model.kv.get(f"{arch}.{k}")
+        if kv is not None and kv.is_array and kv.item_type not in LAYER_ARRAY_ITEMS:
+            defects.append(f"key {arch}.{k} is an {vtype_name(kv)}; llama.cpp reads per-layer arrays of "
+                           "u32, i32, f32 or bool only")
     layers: dict[int, list[TensorRef]] = {}
     for r in model.refs:
         lo = layer_of(r.name)
-        if lo:
+        if lo and lo[0] >= MAX_LAYERS:  # llama.cpp has at most 512 blocks: never size anything by it
+            defects.append(f"tensor {shown(r.name)} is beyond llama.cpp's {MAX_LAYERS} layers")
+        elif lo:
             layers.setdefault(lo[0], []).append(r)
     eh = sorted(i for i, refs in layers.items() if any(r.name.endswith("nextn.eh_proj.weight") for r in refs))
-    bc_i = int(bc) if bc is not None else None
-    trunk = bc_i - nextn if bc_i is not None else None
+    trunk = bc - min(nextn, bc) if bc is not None else None
     mtp_only = nextn > 0 and "blk.0.attn_norm.weight" not in model.by_name and bool(layers) and min(layers) > 0
-    return Structure(arch, bc_i, nextn, trunk, layers, eh, mtp_only)
+    return Structure(arch, bc, nextn, trunk, layers, eh, mtp_only, tuple(dict.fromkeys(defects)))
 
 
 def vocab_fingerprint(model: GGUFModel) -> tuple[int | None, str | None]:
@@ -152,96 +186,18 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
     st = analyse(model)
     arch = st.arch
     rule = rule_for(arch)
-    problems: list[str] = []
-    notes: list[str] = []
-    bc, nextn = st.block_count, st.nextn
-
+    problems: list[str] = list(st.defects)
+    notes = _arch_notes(arch, rule)
     if arch == ASSISTANT_ARCH:
-        notes.append(ASSISTANT_NOTE)
         problems += assistant_problems(model.get, set(model.by_name))
-    elif arch == "gemma4":
-        notes.append(GEMMA4_MESSAGE)
-    elif rule is None:
-        notes.append(f"architecture {arch!r} has no in-file MTP support in llama.cpp")
-    elif not rule.runs_mtp:
-        notes.append(f"llama.cpp loads MTP tensors for {arch!r} but cannot run them ({rule.note})")
-
-    if bc is None:
-        problems.append(f"key {arch}.block_count is missing")
+    if st.block_count is None:
+        if f"{arch}.block_count" not in model.kv:
+            problems.append(f"key {arch}.block_count is missing")
     else:
-        beyond = sorted(i for i in st.layers if i >= bc)
-        if nextn > bc:
-            problems.append(f"{arch}.nextn_predict_layers {nextn} exceeds block_count {bc}")
-        if not nextn and st.eh_layers:
-            where = ", ".join(f"blk.{i}" for i in st.eh_layers)
-            if all(i >= bc for i in st.eh_layers):
-                problems.append(f"MTP tensors ({where}) present but {arch}.nextn_predict_layers is missing "
-                                f"and block_count {bc} does not count them")
-            else:
-                problems.append(f"MTP tensors ({where}) present but {arch}.nextn_predict_layers is missing, "
-                                f"so llama.cpp takes {where} for trunk layers and fails to load it")
-        elif nextn and arch != ASSISTANT_ARCH:
-            expected = list(range(bc - nextn, bc))
-            present = [i for i in expected if st.layers.get(i)]
-            if beyond and any(i in st.eh_layers for i in beyond):
-                problems.append(f"block_count {bc} does not count the MTP block: nextn tensors are at "
-                                f"{', '.join(f'blk.{i}' for i in beyond)} (llama.cpp looks for "
-                                f"blk.{expected[0]}.nextn.eh_proj.weight)")
-            elif not present:
-                if rule is not None and rule.trunk_only_ok:
-                    notes.append(f"trunk-only file: {arch}.nextn_predict_layers={nextn} but no MTP tensors "
-                                 "(llama.cpp loads it without MTP)")
-                    if rule.trunk_only_mtp_aborts:
-                        notes.append("warning: llama-server started with --spec-type draft-mtp ABORTS on "
-                                     "this file (GGML_ASSERT: MTP block missing nextn.eh_proj); "
-                                     "`mtpgraft attach` an MTP block, or drop the key")
-                else:
-                    problems.append(f"{arch}.nextn_predict_layers={nextn} but the MTP block "
-                                    f"blk.{expected[0]} has no tensors (llama.cpp: tensor "
-                                    f"'blk.{expected[0]}.attn_norm.weight' not found)")
-            else:
-                for i in expected:
-                    names = {r.name for r in st.layers.get(i, [])}
-                    if not names:
-                        problems.append(f"MTP block blk.{i} has no tensors")
-                        continue
-                    missing = [s for s in NEXTN_REQUIRED if f"blk.{i}.{s}" not in names]
-                    if missing:
-                        problems.append(f"MTP block blk.{i} lacks {', '.join(missing)}")
-            if rule is not None and rule.max_nextn is not None and nextn > rule.max_nextn:
-                problems.append(f"{arch} runs at most {rule.max_nextn} MTP block(s); file has {nextn}")
-        if beyond and not (nextn and any(i in st.eh_layers for i in beyond)):
-            problems.append(f"tensors for {', '.join(f'blk.{i}' for i in beyond)} lie beyond block_count "
-                            f"{bc} (llama.cpp: wrong number of tensors)")
-        if st.trunk and not st.mtp_only_layout:
-            gaps = [i for i in range(st.trunk) if i not in st.layers]
-            if gaps and len(gaps) < st.trunk:
-                problems.append(f"trunk layers without tensors: {', '.join(f'blk.{i}' for i in gaps[:5])}")
-
-    arrays: dict[str, int] = {}
-    keys = rule.layer_arrays if rule else COMMON_LAYER_ARRAYS
-    for k in keys:
-        kv = model.kv.get(f"{arch}.{k}")
-        if kv is not None and kv.is_array:
-            arrays[f"{arch}.{k}"] = kv.count
-            if bc is not None and kv.count != bc:
-                problems.append(f"key {arch}.{k} has wrong array length; expected {bc}, got {kv.count}")
-
-    split = None
-    if model.is_split or "split.count" in model.kv:
-        declared = model.get("split.tensors.count")
-        actual = len(model.refs)
-        split = {"count": len(model.shards), "tensors_count": declared, "files": [p.name for p in model.paths]}
-        if declared is not None and int(declared) != actual:
-            problems.append(f"split.tensors.count is {declared} but the shards hold {actual} tensors "
-                            f"(llama.cpp: corrupted model: {declared} tensors expected but {actual} found)")
-        for s in model.shards[1:]:
-            if s.get("split.count") != model.get("split.count"):
-                problems.append(f"{s.path.name}: split.count {s.get('split.count')} differs from the first shard's")
-            if s.get("split.tensors.count") != declared:
-                problems.append(f"{s.path.name}: split.tensors.count {s.get('split.tensors.count')} "
-                                f"differs from the first shard's {declared}")
-
+        problems += _mtp_problems(st, rule, notes)
+    arrays, array_problems = _layer_arrays(model, st, rule)
+    split, split_problems = _split_info(model)
+    problems += array_problems + split_problems
     mtp_refs = st.mtp_refs()
     if not mtp_refs and st.eh_layers:
         mtp_refs = [r for i in st.eh_layers for r in st.layers[i]]
@@ -250,31 +206,131 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
     if arch == ASSISTANT_ARCH:  # every block an MTP layer, plus the global nextn.* projections
         mtp_refs = [r for r in model.refs if r.name.startswith("nextn.")] + mtp_refs
         # a sidecar for -md, like the converter's --mtp output
-        mtp_present, layout = bool(st.layers) and nextn > 0, "mtp-only"
-    n_embd = model.get(f"{arch}.embedding_length")
-    vocab, _ = vocab_fingerprint(model)
+        mtp_present, layout = bool(st.layers) and st.nextn > 0, "mtp-only"
     dom = dominant_type(model.refs)
     return InspectReport(
-        path=str(model.path),
-        architecture=arch,
-        block_count=bc,
-        nextn_predict_layers=nextn,
-        trunk_layers=st.trunk,
-        mtp_present=mtp_present,
+        path=str(model.path), architecture=arch, block_count=st.block_count,
+        nextn_predict_layers=st.nextn, trunk_layers=st.trunk, mtp_present=mtp_present,
         mtp_layers=sorted({lo[0] for r in mtp_refs if (lo := layer_of(r.name))}),
         mtp_tensors=[MtpTensor(r.name, r.info.type_name, r.info.shape, r.info.nbytes) for r in mtp_refs],
         mtp_bytes=sum(r.info.nbytes for r in mtp_refs),
         layout=layout,
-        tensor_count=len(model.refs),
-        n_embd=int(n_embd) if n_embd is not None else None,
-        vocab_size=vocab,
-        file_type=file_type_name(model.get("general.file_type")),
-        dominant_type=GGMLQuantizationType(dom).name if dom is not None else None,
-        layer_arrays=arrays,
-        split=split,
+        tensor_count=len(model.refs), n_embd=_u32(model, f"{arch}.embedding_length", []),
+        vocab_size=vocab_fingerprint(model)[0], file_type=file_type_of(model),
+        dominant_type=ggml_types.type_name(dom) if dom is not None else None,
+        layer_arrays=arrays, split=split,
         imatrix={k: model.get(k) for k in model.kv if k.startswith("quantize.imatrix.")},
         provenance={k: model.get(k) for k in model.kv if k.startswith("mtpgraft.")},
-        consistent=not problems,
-        problems=problems,
-        notes=notes,
+        consistent=not problems, problems=list(dict.fromkeys(problems)), notes=notes,
     )
+
+
+def _arch_notes(arch: str, rule: ArchRule | None) -> list[str]:
+    if arch == ASSISTANT_ARCH:
+        return [ASSISTANT_NOTE]
+    if arch == "gemma4":
+        return [GEMMA4_MESSAGE]
+    if rule is None:
+        return [f"architecture {arch!r} has no in-file MTP support in llama.cpp"]
+    if not rule.runs_mtp:
+        return [f"llama.cpp loads MTP tensors for {arch!r} but cannot run them ({rule.note})"]
+    return []
+
+
+def _mtp_problems(st: Structure, rule: ArchRule | None, notes: list[str]) -> list[str]:
+    """What the loader says about the MTP block, the trunk and block_count (the keys are sane here)."""
+    arch, bc, nextn = st.arch, st.block_count, st.nextn
+    assert bc is not None
+    problems: list[str] = []
+    beyond = sorted(i for i in st.layers if i >= bc)
+    mtp_beyond = bool(nextn) and any(i in st.eh_layers for i in beyond)
+    if nextn > bc:
+        problems.append(f"{arch}.nextn_predict_layers {nextn} exceeds block_count {bc}")
+    if not nextn and st.eh_layers:
+        where = ", ".join(f"blk.{i}" for i in st.eh_layers)
+        if all(i >= bc for i in st.eh_layers):
+            problems.append(f"MTP tensors ({where}) present but {arch}.nextn_predict_layers is missing "
+                            f"and block_count {bc} does not count them")
+        else:
+            problems.append(f"MTP tensors ({where}) present but {arch}.nextn_predict_layers is missing, "
+                            f"so llama.cpp takes {where} for trunk layers and fails to load it")
+    elif nextn and arch != ASSISTANT_ARCH:
+        problems += _mtp_block_problems(st, rule, beyond, notes)
+    if beyond and not mtp_beyond:
+        problems.append(f"tensors for {', '.join(f'blk.{i}' for i in beyond[:8])} lie beyond block_count "
+                        f"{bc} (llama.cpp: wrong number of tensors)")
+    if st.trunk and not st.mtp_only_layout:
+        gaps = [i for i in range(st.trunk) if i not in st.layers]
+        if gaps and len(gaps) < st.trunk:
+            problems.append(f"trunk layers without tensors: {', '.join(f'blk.{i}' for i in gaps[:5])}")
+    return problems
+
+
+def _mtp_block_problems(st: Structure, rule: ArchRule | None, beyond: list[int], notes: list[str]) -> list[str]:
+    arch, bc, nextn = st.arch, st.block_count, st.nextn
+    assert bc is not None
+    expected = list(range(max(0, bc - nextn), bc))
+    present = [i for i in expected if st.layers.get(i)]
+    problems: list[str] = []
+    if beyond and any(i in st.eh_layers for i in beyond):
+        problems.append(f"block_count {bc} does not count the MTP block: nextn tensors are at "
+                        f"{', '.join(f'blk.{i}' for i in beyond[:8])} (llama.cpp looks for "
+                        f"blk.{expected[0]}.nextn.eh_proj.weight)")
+    elif not present:
+        if rule is not None and rule.trunk_only_ok:
+            notes.append(f"trunk-only file: {arch}.nextn_predict_layers={nextn} but no MTP tensors "
+                         "(llama.cpp loads it without MTP)")
+            if rule.trunk_only_mtp_aborts:
+                notes.append("warning: llama-server started with --spec-type draft-mtp ABORTS on "
+                             "this file (GGML_ASSERT: MTP block missing nextn.eh_proj); "
+                             "`mtpgraft attach` an MTP block, or drop the key")
+        else:
+            problems.append(f"{arch}.nextn_predict_layers={nextn} but the MTP block "
+                            f"blk.{expected[0]} has no tensors (llama.cpp: tensor "
+                            f"'blk.{expected[0]}.attn_norm.weight' not found)")
+    else:
+        for i in expected:
+            names = {r.name for r in st.layers.get(i, [])}
+            missing = [s for s in NEXTN_REQUIRED if f"blk.{i}.{s}" not in names]
+            if not names:
+                problems.append(f"MTP block blk.{i} has no tensors")
+            elif missing:
+                problems.append(f"MTP block blk.{i} lacks {', '.join(missing)}")
+    if rule is not None and rule.max_nextn is not None and nextn > rule.max_nextn:
+        problems.append(f"{arch} runs at most {rule.max_nextn} MTP block(s); file has {nextn}")
+    return problems
+
+
+def _layer_arrays(model: GGUFModel, st: Structure, rule: ArchRule | None) -> tuple[dict[str, int], list[str]]:
+    """Per-layer array keys, their lengths, and the loader's complaints about them."""
+    arrays: dict[str, int] = {}
+    problems: list[str] = []
+    for k in rule.layer_arrays if rule else COMMON_LAYER_ARRAYS:
+        key = f"{st.arch}.{k}"
+        kv = model.kv.get(key)
+        if kv is None or not kv.is_array:
+            continue
+        arrays[key] = kv.count
+        if kv.item_type in LAYER_ARRAY_ITEMS and st.block_count is not None and kv.count != st.block_count:
+            problems.append(f"key {key} has wrong array length; expected {st.block_count}, got {kv.count}")
+    return arrays, problems
+
+
+def _split_info(model: GGUFModel) -> tuple[dict[str, Any] | None, list[str]]:
+    """A split set's shape and what the loader says about its counts (split.tensors.count is an i32)."""
+    if not model.is_split and "split.count" not in model.kv:
+        return None, []
+    problems: list[str] = []
+    declared = _u32(model, "split.tensors.count", problems, want=GGUFValueType.INT32, hi=2**31 - 1)
+    actual = len(model.refs)
+    split = {"count": len(model.shards), "tensors_count": declared, "files": [p.name for p in model.paths]}
+    if declared is not None and declared != actual:
+        problems.append(f"split.tensors.count is {declared} but the shards hold {actual} tensors "
+                        f"(llama.cpp: corrupted model: {declared} tensors expected but {actual} found)")
+    for s in model.shards[1:]:
+        if s.kv.get("split.count", None) is None or s.split_count != model.shards[0].split_count:
+            problems.append(f"{s.path.name}: split.count {s.get('split.count')} differs from the first shard's")
+        theirs = _u32(s, "split.tensors.count", problems, want=GGUFValueType.INT32, hi=2**31 - 1)  # type: ignore[arg-type]
+        if theirs != declared:
+            problems.append(f"{s.path.name}: split.tensors.count {theirs} differs from the first shard's {declared}")
+    return split, problems

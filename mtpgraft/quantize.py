@@ -31,47 +31,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-from . import __version__, naming
+from . import __version__, ggml_types, naming
 from .arch import ASSISTANT_ARCH
 from .errors import GGUFFormatError, OutputExistsError, QuantizeError, ToolFailedError
-from .gguf_io import GGUFModel
-from .inspection import analyse, inspect_model
+from .ggml_types import FILE_TYPES, FLOAT_FILE_TYPES, llama_quantizes, mtp_target, type_name
+from .gguf_io import GGUFModel, TensorRef, open_input, shown
+from .inspection import inspect_model
 from .tools import find_tool, format_cmd
 
 log = logging.getLogger("mtpgraft")
-Q = GGMLQuantizationType
 
-# llama-quantize's file types (tools/quantize/quantize.cpp QUANT_OPTIONS) -> llama_ftype value,
-# which llama-quantize writes to general.file_type.
-FTYPES: dict[str, int] = {
-    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10,
-    "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16,
-    "Q5_K_M": 17, "Q6_K": 18, "IQ2_XXS": 19, "IQ2_XS": 20, "Q2_K_S": 21, "IQ3_XS": 22,
-    "IQ3_XXS": 23, "IQ1_S": 24, "IQ4_NL": 25, "IQ3_S": 26, "IQ3_M": 27, "IQ2_S": 28, "IQ2_M": 29,
-    "IQ4_XS": 30, "IQ1_M": 31, "BF16": 32, "TQ1_0": 36, "TQ2_0": 37, "MXFP4_MOE": 38,
-    "Q1_0": 40, "Q2_0": 41,
-}
-ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
-FLOAT_FTYPES = frozenset({"F32", "F16", "BF16"})
-# File types llama-quantize refuses to make without an imatrix ("this quantization requires an
-# imatrix!") and, with one, aborts on the MTP block it does not cover. Measured on llama.cpp 0c1e570
-# over every type in QUANT_OPTIONS (BENCHMARKS.md); they are the types whose mixture holds
-# IQ1_S/IQ1_M/IQ2_XXS/IQ2_XS/IQ2_S/IQ3_XXS tensors, or Q2_K tensors inside Q2_K_S.
-NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS",
-                           "IQ3_XS", "Q2_K_S"})
-# ggml tensor types that llama-quantize refuses to make without importance data for the tensor.
-_TENSOR_NEEDS_IMATRIX = frozenset({Q.IQ1_S, Q.IQ1_M, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS})
-# ggml tensor types whose quantization ignores an importance matrix anyway.
-_UNWEIGHTED_TYPES = frozenset({Q.Q8_0, Q.F16, Q.BF16, Q.F32})
-_FLOAT_TENSOR_TYPES = frozenset({Q.F32, Q.F16, Q.BF16})
-# gguf-py knows these ggml types but llama.cpp 0c1e570 no longer makes them (or never as a target).
-_NOT_TARGETS = {"Q4_2", "Q4_3", "Q8_1", "Q8_K", "I8", "I16", "I32", "I64", "F64", "Q4_0_4_4",
-                "Q4_0_4_8", "Q4_0_8_8", "IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8"}
+# The type knowledge is ggml_types'; these names stay for recipe.py, which imports them from here.
+NEEDS_IMATRIX = ggml_types.FILE_TYPES_NEED_IMATRIX
+ALIASES = ggml_types.FILE_TYPE_ALIASES
+canonical_type = ggml_types.canonical_file_type
+MTP_POLICIES = ("q8_0", "match")
 
 DEFAULT_MTP_TYPE = "q8_0"
-MTP_POLICIES = ("q8_0", "match")
 # llama.cpp's own words for --allow-requantize (tools/quantize/quantize.cpp usage()).
 REQUANTIZE_WARNING = ("requantizing tensors that have already been quantized: this can severely "
                       "reduce quality compared to quantizing from 16bit or 32bit!")
@@ -82,16 +58,6 @@ Event = Callable[[str, str], None]  # (quant type, message)
 
 
 # --------------------------------------------------------------------------- parsing helpers
-
-
-def canonical_type(name: str) -> str:
-    """A llama-quantize file type name in its canonical spelling (Q4_K -> Q4_K_M)."""
-    up = name.strip().upper()
-    up = ALIASES.get(up, up)
-    if up not in FTYPES:
-        raise QuantizeError(f"unknown quant type {name!r}; llama-quantize knows "
-                            f"{', '.join(FTYPES)}")
-    return up
 
 
 def parse_types(types: str | Sequence[str]) -> tuple[str, ...]:
@@ -112,15 +78,9 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * (10**6 if m.group(2) == "M" else 10**9)
 
 
-def ggml_type(name: str, *, what: str = "--mtp-type") -> Q:
-    try:
-        t = Q[name.strip().upper()]
-    except KeyError:
-        t = None
-    if t is None or t.name in _NOT_TARGETS:
-        known = ", ".join(x.name.lower() for x in Q if x.name not in _NOT_TARGETS)
-        raise QuantizeError(f"{what} {name!r} is not q8_0, match or a ggml tensor type ({known})")
-    return t
+def ggml_type(name: str, *, what: str = "--mtp-type") -> str:
+    """An MTP type policy (q8_0, match or a tensor type), validated by ggml_types.mtp_target."""
+    return mtp_target(name, policies=MTP_POLICIES, what=what)
 
 
 def default_name(path: str | os.PathLike[str]) -> str:
@@ -148,7 +108,7 @@ def check_name(name: str, *, sidecar: bool = False) -> None:
 
 
 def check_mtp_policy(value: str, *, what: str = "--mtp-type") -> str:
-    """An MTP type policy (q8_0, match or a ggml tensor type), normalized; QuantizeError if not one."""
+    """An MTP type policy (q8_0, match or a ggml tensor type), normalized; UsageError if not one."""
     v = value.strip().lower()
     if v not in MTP_POLICIES:
         ggml_type(v, what=what)
@@ -164,21 +124,6 @@ def output_names(out_dir: str | os.PathLike[str], name: str, quant_type: str) ->
     """Where a type's output goes: the single file out_dir/Name-TYPE.gguf and the split set's folder."""
     out = Path(out_dir)
     return out / naming.quant_file_name(name, quant_type), out / quant_type
-
-
-def llama_quantizes(name: str, ne: Sequence[int]) -> bool:
-    """Whether llama-quantize gives this tensor a quantized type (llama-quant.cpp
-    tensor_allows_quantization, for the architectures mtpgraft handles)."""
-    if len(ne) < 2 or not name.endswith("weight") or "_norm.weight" in name:
-        return False
-    skip = ("ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel", "per_layer_model_proj",
-            "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight", "indexer.q_proj.weight",
-            "time_mix_")
-    return not any(s in name for s in skip) and name not in ("position_embd.weight", "token_types.weight")
-
-
-def _row_fits(t: Q, ne0: int) -> bool:
-    return ne0 % GGML_QUANT_SIZES[t][0] == 0
 
 
 # --------------------------------------------------------------------------- imatrix coverage
@@ -353,151 +298,222 @@ def _check_assistant(name: str, imatrix: object, quant_types: Sequence[str]) -> 
                             "cannot have (llama-imatrix cannot run it): use Q8_0, Q6_K, Q4_K_M or IQ4_XS")
 
 
+def _check_mtp_types(mtp_type: str | Mapping[str, str] | None) -> None:
+    """Every MTP policy given (one, or one per quant type) is valid: UsageError (exit 2) otherwise."""
+    if mtp_type is None:
+        return
+    for v in [mtp_type] if isinstance(mtp_type, str) else list(mtp_type.values()):
+        ggml_type(str(v))
+
+
+@dataclass(frozen=True)
+class QuantizeTools:
+    """The tools a quantize plan runs, resolved once (ToolNotFoundError names every place looked)."""
+
+    llama_quantize: str
+    llama_gguf_split: str | None = None
+
+
+def resolve_quantize_tools(llama_cpp: str | os.PathLike[str] | None = None, *, split: bool = False) -> QuantizeTools:
+    return QuantizeTools(str(find_tool("llama-quantize", llama_cpp)),
+                         str(find_tool("llama-gguf-split", llama_cpp)) if split else None)
+
+
+@dataclass(frozen=True)
+class _Input:
+    """What planning learns about the input model and the imatrix (headers only)."""
+
+    src: GGUFModel
+    layout: str
+    file_type: str | None
+    mtp_layers: tuple[int, ...]
+    mtp_weights: tuple[TensorRef, ...]  # MTP tensors llama-quantize quantizes
+    quantized_in: tuple[TensorRef, ...]  # quantizable tensors already in a quantized type
+    cov: ImatrixCoverage | None
+    covers_mtp: bool
+
+    @property
+    def mtp_prefixes(self) -> tuple[str, ...]:
+        return tuple(f"blk.{i}." for i in self.mtp_layers)
+
+
+@dataclass(frozen=True)
+class _JobTypes:
+    """One quant type's MTP decisions, made before any command is built."""
+
+    quant_type: str
+    policy: str
+    rules: tuple[MtpRule, ...]
+    exact: tuple[tuple[str, str], ...]  # tensor -> exact ggml type expected
+    must_quantize: tuple[str, ...]
+    target: str | None  # the MTP tensor type for an explicit policy
+    warnings: tuple[str, ...]
+
+
 def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
                   out_dir: str | os.PathLike[str] | None = None, name: str | None = None,
                   imatrix: str | os.PathLike[str] | None = None,
                   mtp_type: str | Mapping[str, str] | None = None,
                   split_max_size: str | None = None, allow_requantize: bool = False,
                   jobs: int = 1, threads: int | None = None, force: bool = False,
-                  llama_cpp: str | os.PathLike[str] | None = None) -> QuantizePlan:
-    """Check MODEL and the options, and return the plan with the exact commands. Headers only."""
+                  llama_cpp: str | os.PathLike[str] | None = None,
+                  tools: QuantizeTools | None = None) -> QuantizePlan:
+    """Check MODEL and the options, and return the plan with the exact commands. Headers only.
+
+    Every check runs before a tool is looked up: `tools` if given, else resolved once from
+    `llama_cpp` at the end, so a usage mistake is never hidden by "tool not found"."""
     quant_types = parse_types(types)
     if jobs < 1:
         raise QuantizeError(f"--jobs must be >= 1, got {jobs}")
     if threads is not None and threads < 1:
         raise QuantizeError(f"--threads must be >= 1, got {threads}")
+    _check_mtp_types(mtp_type)
+    inp = _read_input(model, imatrix)
+    if inp.src.arch == ASSISTANT_ARCH:
+        _check_assistant(inp.src.path.name, imatrix, quant_types)
+        mtp_type = mtp_type or "match"  # the assistant is all head: the file type applies to all of it
+    name = name or default_name(inp.src.path)
+    check_name(name, sidecar=inp.layout == "mtp-only")
+    out = (Path(out_dir) if out_dir is not None else inp.src.path.parent).absolute()
+    if out.exists() and not out.is_dir():
+        raise QuantizeError(f"--out-dir {out} is a file")
+    split_bytes = parse_size(split_max_size) if split_max_size else None
+    decided = [_job_types(qt, inp, mtp_type) for qt in quant_types]
+    warnings = _plan_warnings(inp, decided, allow_requantize)
+    for qt in quant_types:
+        single = output_names(out, name, qt)[0]
+        if any(single.resolve() == p.resolve() for p in inp.src.paths):
+            raise QuantizeError(f"the {qt} output {single} would overwrite the input; pass another --name")
+    tools = tools or resolve_quantize_tools(llama_cpp, split=split_bytes is not None)
+    if threads is None and jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    plan_jobs = tuple(_job(jt, inp, tools, out, name, allow_requantize, threads) for jt in decided)
+    src = inp.src
+    return QuantizePlan(
+        input=str(src.path), input_files=tuple(str(p) for p in src.paths), arch=src.arch,
+        input_file_type=inp.file_type, mtp_layers=inp.mtp_layers, tensor_count=len(src.refs), name=name,
+        out_dir=str(out), imatrix=str(inp.cov.path) if inp.cov else None, imatrix_covers_mtp=inp.covers_mtp,
+        split_max_size=split_max_size.strip() if split_max_size else None, split_max_bytes=split_bytes,
+        allow_requantize=allow_requantize, requantize=_requantize_list(inp, decided), threads=threads,
+        jobs_n=jobs, force=force, llama_quantize=tools.llama_quantize, llama_gguf_split=tools.llama_gguf_split,
+        jobs=plan_jobs, warnings=tuple(dict.fromkeys(warnings)))
+
+
+def _read_input(model: str | os.PathLike[str], imatrix: str | os.PathLike[str] | None) -> _Input:
     src = GGUFModel(model)
     rep = inspect_model(src.path, src)
     if not rep.consistent:
         raise QuantizeError(f"{src.path.name} is inconsistent, llama.cpp would not load it: "
-                            f"{'; '.join(rep.problems)} (see `mtpgraft inspect`)")
-    st = analyse(src)
-    if src.arch == ASSISTANT_ARCH:
-        _check_assistant(src.path.name, imatrix, quant_types)
-        mtp_type = mtp_type or "match"  # the assistant is all head: the file type applies to all of it
+                            f"{'; '.join(rep.problems[:3])} (see `mtpgraft inspect`)")
     mtp_layers = tuple(rep.mtp_layers) if rep.mtp_present else ()
-    mtp_prefixes = tuple(f"blk.{i}." for i in mtp_layers)
-    name = name or default_name(src.path)
-    check_name(name, sidecar=rep.layout == "mtp-only")
-    out = (Path(out_dir) if out_dir is not None else src.path.parent).absolute()
-    if out.exists() and not out.is_dir():
-        raise QuantizeError(f"--out-dir {out} is a file")
-    split_bytes = parse_size(split_max_size) if split_max_size else None
-
+    prefixes = tuple(f"blk.{i}." for i in mtp_layers)
     cov = read_imatrix_coverage(imatrix) if imatrix is not None else None
-    mtp_weights = [r for r in src.refs if r.name.startswith(mtp_prefixes) and llama_quantizes(r.name, r.info.ne)]
-    covers_mtp = bool(cov and mtp_weights and all(cov.covers(r.name) for r in mtp_weights))
-    quantizer = str(find_tool("llama-quantize", llama_cpp))
-    splitter = str(find_tool("llama-gguf-split", llama_cpp)) if split_bytes else None
-    if threads is None and jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+    mtp_weights = tuple(r for r in src.refs if r.name.startswith(prefixes) and llama_quantizes(r.name, r.info.ne, src.arch))
+    quantized_in = tuple(r for r in src.refs if llama_quantizes(r.name, r.info.ne, src.arch)
+                         and type_name(r.info.ggml_type) not in ggml_types.FLOAT_TYPES)
+    covers = bool(cov and mtp_weights and all(cov.covers(r.name) for r in mtp_weights))
+    return _Input(src, rep.layout, rep.file_type, mtp_layers, mtp_weights, quantized_in, cov, covers)
 
-    warnings: list[str] = []
-    if cov is not None and cov.format == "dat":
-        warnings.append(f"{Path(cov.path).name} is in the legacy .dat format: its MTP coverage is not "
-                        "checked (llama-imatrix never covers the MTP block)")
-    names = frozenset(r.name for r in src.refs)
-    quantized_in = [r for r in src.refs if llama_quantizes(r.name, r.info.ne)
-                    and Q(r.info.ggml_type) not in _FLOAT_TENSOR_TYPES]
 
-    plan_jobs: list[QuantizeJob] = []
+def _job_types(qt: str, inp: _Input, mtp_type: str | Mapping[str, str] | None) -> _JobTypes:
+    """The MTP policy for one quant type and what it means for the command and the output check."""
+    cov, covers, blocks = inp.cov, inp.covers_mtp, ", ".join(f"blk.{i}" for i in inp.mtp_layers)
+    if qt in NEEDS_IMATRIX and cov is None:
+        raise QuantizeError(f"{qt} needs an importance matrix (llama-quantize refuses it without one): "
+                            "pass --imatrix FILE (make one with `mtpgraft imatrix`)")
+    policy = mtp_policy_for(mtp_type, qt) if inp.mtp_layers else "none"
+    jw: list[str] = []
+    if policy == "match":
+        if qt in NEEDS_IMATRIX and not covers:
+            raise QuantizeError(
+                f"--mtp-type match cannot make {qt}: its mixture needs importance data for the MTP "
+                f"block ({blocks}), which the imatrix lacks (llama-imatrix never runs it); use --mtp-type "
+                "q8_0 or a type such as q6_k")
+        if cov is not None and not covers:
+            jw.append(f"{qt}: the MTP block is quantized by llama.cpp's {qt} mixture without importance "
+                      "data (--mtp-type match)")
+        must = tuple(r.name for r in inp.mtp_weights) if qt not in FLOAT_FILE_TYPES else ()
+        return _JobTypes(qt, policy, (), (), must, None, tuple(jw))
+    if policy == "none":
+        return _JobTypes(qt, policy, (), (), (), None, ())
+    target = ggml_type(policy).upper()  # q8_0 is a policy word and a type
+    if ggml_types.tensor_needs_imatrix(target, qt) and not covers:
+        raise QuantizeError(f"--mtp-type {policy} needs importance data for the MTP block, which the imatrix "
+                            "lacks (llama-imatrix never runs it); use q8_0, q6_k, q4_k or iq4_xs")
+    if cov is not None and not covers and target not in ggml_types.IGNORES_IMATRIX:
+        jw.append(f"{qt}: MTP tensors get {target} without importance data (chosen with "
+                  "--mtp-type; the imatrix has no entries for the MTP block)")
+    rules = tuple(MtpRule(rf"^blk\.{i}\.", target.lower()) for i in inp.mtp_layers)
+    # overrides only apply when the file type is a quantized one
+    exact = () if qt in FLOAT_FILE_TYPES else tuple(sorted(
+        (r.name, target) for r in inp.mtp_weights if ggml_types.BY_NAME[target].row_fits(r.info.ne[0])))
+    return _JobTypes(qt, policy, rules, exact, (), target, tuple(jw))
+
+
+def _requantize_counts(inp: _Input, decided: Sequence[_JobTypes]) -> Counter[str]:
+    """Already-quantized input tensors that change type over the batch (need --allow-requantize)."""
     requant: Counter[str] = Counter()
-    for qt in quant_types:
-        jw: list[str] = []
-        if qt in NEEDS_IMATRIX and cov is None:
-            raise QuantizeError(f"{qt} needs an importance matrix (llama-quantize refuses it without one): "
-                                "pass --imatrix FILE (make one with `mtpgraft imatrix`)")
-        policy = mtp_policy_for(mtp_type, qt) if mtp_layers else "none"
-        rules: list[MtpRule] = []
-        exact: dict[str, str] = {}
-        must_quantize: list[str] = []
-        target: Q | None = None
-        if policy == "match":
-            if qt in NEEDS_IMATRIX and not covers_mtp:
-                raise QuantizeError(
-                    f"--mtp-type match cannot make {qt}: its mixture needs importance data for the MTP "
-                    f"block ({', '.join(f'blk.{i}' for i in mtp_layers)}), which the imatrix lacks "
-                    "(llama-imatrix never runs it); use --mtp-type q8_0 or a type such as q6_k")
-            if cov is not None and not covers_mtp:
-                jw.append(f"{qt}: the MTP block is quantized by llama.cpp's {qt} mixture without importance "
-                          "data (--mtp-type match)")
-            if qt not in FLOAT_FTYPES:
-                must_quantize = [r.name for r in mtp_weights]
-        elif policy != "none":
-            target = ggml_type(policy)
-            needs = target in _TENSOR_NEEDS_IMATRIX or (target == Q.Q2_K and qt == "Q2_K_S")
-            if needs and not covers_mtp:
-                raise QuantizeError(
-                    f"--mtp-type {policy} needs importance data for the MTP block, which the imatrix "
-                    "lacks (llama-imatrix never runs it); use q8_0, q6_k, q4_k or iq4_xs")
-            if cov is not None and not covers_mtp and target not in _UNWEIGHTED_TYPES:
-                jw.append(f"{qt}: MTP tensors get {target.name} without importance data (chosen with "
-                          "--mtp-type; the imatrix has no entries for the MTP block)")
-            for i in mtp_layers:
-                rules.append(MtpRule(rf"^blk\.{i}\.", target.name.lower()))
-            for r in mtp_weights:
-                if qt in FLOAT_FTYPES:
-                    continue  # overrides only apply when the file type is a quantized one
-                if _row_fits(target, r.info.ne[0]):
-                    exact[r.name] = target.name
-        # Already-quantized input tensors that will change type need --allow-requantize.
-        for r in quantized_in:
-            cur = Q(r.info.ggml_type)
-            if r.name.startswith(mtp_prefixes) and target is not None and qt not in FLOAT_FTYPES:
-                if cur == target:
-                    continue
-            requant[cur.name] += 1
-        single, split_dir = output_names(out, name, qt)
-        tmp = out / f".{name}-{qt}.gguf.partial"
-        cmd: list[str] = [quantizer]
-        if allow_requantize:
-            cmd.append("--allow-requantize")
-        cwd = None
-        if cov is not None:
-            # Run beside the imatrix and name it by its file name: llama-quantize records the path
-            # as given in quantize.imatrix.file, and a published file should not carry a local path.
-            cwd = str(Path(cov.path).resolve().parent)
-            cmd += ["--imatrix", Path(cov.path).name]
-        for rule in rules:
-            cmd += ["--tensor-type", rule.arg]
-        if mtp_layers:
-            cmd += ["--override-kv", f"mtpgraft.quantize.mtp_type=str:{policy}"]
-        if cov is not None and cov.dataset_sha256:
-            cmd += ["--override-kv", f"mtpgraft.imatrix.dataset_sha256=str:{cov.dataset_sha256}"]
-        if any(single.resolve() == Path(f).resolve() for f in src.paths):
-            raise QuantizeError(f"the {qt} output {single} would overwrite the input; pass another --name")
-        cmd += [str(src.path.resolve()), str(tmp), qt]
-        if threads is not None:
-            cmd.append(str(threads))
-        spec = OutputSpec(quant_type=qt, file_type=FTYPES[qt], tensor_names=names,
-                          mtp_present=bool(mtp_layers), mtp_layers=mtp_layers,
-                          mtp_types=tuple(sorted(exact.items())), mtp_quantized=tuple(must_quantize),
-                          imatrix=cov is not None, layout=rep.layout)
-        plan_jobs.append(QuantizeJob(quant_type=qt, mtp_type=policy, single_path=str(single),
-                                     split_dir=str(split_dir), tmp_path=str(tmp),
-                                     command=tuple(cmd), cwd=cwd, mtp_rules=tuple(rules), expect=spec,
-                                     warnings=tuple(jw)))
-        warnings += jw
+    for jt in decided:
+        for r in inp.quantized_in:
+            cur = type_name(r.info.ggml_type)
+            if (r.name.startswith(inp.mtp_prefixes) and jt.target is not None and jt.quant_type not in FLOAT_FILE_TYPES
+                    and cur == jt.target):
+                continue
+            requant[cur] += 1
+    return requant
 
-    requant_list = tuple(f"{n} x {t}" for t, n in sorted(requant.items()))
-    if requant and not allow_requantize:
-        raise QuantizeError(
-            f"{src.path.name} holds already-quantized tensors ({', '.join(requant_list)} over the batch) "
-            "that would change type; llama-quantize refuses that unless you pass --allow-requantize "
-            f"(llama.cpp: {REQUANTIZE_WARNING.split(': ', 1)[1]}) — better, quantize from the F16/BF16 file")
-    if requant:
+
+def _requantize_list(inp: _Input, decided: Sequence[_JobTypes]) -> tuple[str, ...]:
+    return tuple(f"{n} x {t}" for t, n in sorted(_requantize_counts(inp, decided).items()))
+
+
+def _plan_warnings(inp: _Input, decided: Sequence[_JobTypes], allow_requantize: bool) -> list[str]:
+    warnings: list[str] = []
+    if inp.cov is not None and inp.cov.format == "dat":
+        warnings.append(f"{Path(inp.cov.path).name} is in the legacy .dat format: its MTP coverage is not "
+                        "checked (llama-imatrix never covers the MTP block)")
+    for jt in decided:
+        warnings += jt.warnings
+    if _requantize_counts(inp, decided):
+        if not allow_requantize:
+            raise QuantizeError(
+                f"{inp.src.path.name} holds already-quantized tensors ({', '.join(_requantize_list(inp, decided))} "
+                "over the batch) that would change type; llama-quantize refuses that unless you pass "
+                f"--allow-requantize (llama.cpp: {REQUANTIZE_WARNING.split(': ', 1)[1]}) — better, quantize "
+                "from the F16/BF16 file")
         warnings.insert(0, REQUANTIZE_WARNING)
-    if not mtp_layers:
-        warnings.append(f"{src.path.name} has no MTP block: quantizing the trunk only (attach a head "
+    if not inp.mtp_layers:
+        warnings.append(f"{inp.src.path.name} has no MTP block: quantizing the trunk only (attach a head "
                         "afterwards with `mtpgraft attach`)")
-    return QuantizePlan(
-        input=str(src.path), input_files=tuple(str(p) for p in src.paths), arch=st.arch,
-        input_file_type=rep.file_type, mtp_layers=mtp_layers, tensor_count=len(src.refs), name=name,
-        out_dir=str(out), imatrix=str(cov.path) if cov else None, imatrix_covers_mtp=covers_mtp,
-        split_max_size=split_max_size.strip() if split_max_size else None, split_max_bytes=split_bytes,
-        allow_requantize=allow_requantize, requantize=requant_list, threads=threads, jobs_n=jobs,
-        force=force, llama_quantize=quantizer, llama_gguf_split=splitter, jobs=tuple(plan_jobs),
-        warnings=tuple(dict.fromkeys(warnings)))
+    return warnings
+
+
+def _job(jt: _JobTypes, inp: _Input, tools: QuantizeTools, out: Path, name: str, allow_requantize: bool,
+         threads: int | None) -> QuantizeJob:
+    """One llama-quantize command and what its output must look like."""
+    qt, cov = jt.quant_type, inp.cov
+    single, split_dir = output_names(out, name, qt)
+    tmp = out / f".{name}-{qt}.gguf.partial"
+    cmd: list[str] = [tools.llama_quantize] + (["--allow-requantize"] if allow_requantize else [])
+    cwd = None
+    if cov is not None:
+        # Run beside the imatrix and name it by its file name: llama-quantize records the path
+        # as given in quantize.imatrix.file, and a published file should not carry a local path.
+        cwd = str(Path(cov.path).resolve().parent)
+        cmd += ["--imatrix", Path(cov.path).name]
+    for rule in jt.rules:
+        cmd += ["--tensor-type", rule.arg]
+    if inp.mtp_layers:
+        cmd += ["--override-kv", f"mtpgraft.quantize.mtp_type=str:{jt.policy}"]
+    if cov is not None and cov.dataset_sha256:
+        cmd += ["--override-kv", f"mtpgraft.imatrix.dataset_sha256=str:{cov.dataset_sha256}"]
+    cmd += [str(inp.src.path.resolve()), str(tmp), qt] + ([str(threads)] if threads is not None else [])
+    spec = OutputSpec(quant_type=qt, file_type=FILE_TYPES[qt], tensor_names=frozenset(r.name for r in inp.src.refs),
+                      mtp_present=bool(inp.mtp_layers), mtp_layers=inp.mtp_layers, mtp_types=jt.exact,
+                      mtp_quantized=jt.must_quantize, imatrix=cov is not None, layout=inp.layout)
+    return QuantizeJob(quant_type=qt, mtp_type=jt.policy, single_path=str(single), split_dir=str(split_dir),
+                       tmp_path=str(tmp), command=tuple(cmd), cwd=cwd, mtp_rules=jt.rules, expect=spec,
+                       warnings=jt.warnings)
 
 
 # --------------------------------------------------------------------------- verification
@@ -513,18 +529,28 @@ class Verification:
     mtp_types: tuple[tuple[str, str], ...] = ()
 
 
+_SAMPLES = 9  # the head, the tail and 7 regions between
+_SAMPLE_BYTES = 512
+
+
 def _zero_data(model: GGUFModel, names: Sequence[str]) -> list[str]:
-    """Tensors whose first bytes are all zero: a quantized weight never starts with a zero block."""
+    """Quantized tensors that read as zero in every sample: the head, the tail and evenly spread
+    regions between. A failed write leaves the header or whole regions zeroed, while a real tensor
+    may start with zero rows (unused tokens at the start of a vocabulary), so no single sample decides."""
     bad = []
     for n in names:
         r = model.by_name.get(n)
-        if r is None or Q(r.info.ggml_type) in _FLOAT_TENSOR_TYPES:
+        if r is None or r.info.type_name in ggml_types.FLOAT_TYPES or not r.info.nbytes:
             continue
-        with open(r.path, "rb") as f:
-            f.seek(r.abs_offset)
-            head = f.read(min(r.info.nbytes, 512))
-        if head and not any(head):
-            bad.append(n)
+        k = min(_SAMPLE_BYTES, r.info.nbytes)
+        span = r.info.nbytes - k
+        offsets = sorted({span * i // (_SAMPLES - 1) for i in range(_SAMPLES)})
+        fd = open_input(r.path)
+        try:
+            if not any(any(os.pread(fd, k, r.abs_offset + off)) for off in offsets):
+                bad.append(n)
+        finally:
+            os.close(fd)
     return bad
 
 
@@ -544,11 +570,11 @@ def verify_output(path: str | os.PathLike[str], expect: OutputSpec) -> Verificat
     missing = sorted(expect.tensor_names - names)
     extra = sorted(names - expect.tensor_names)
     if missing:
-        problems.append(f"tensors missing: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        problems.append(f"tensors missing: {', '.join(shown(m) for m in missing[:5])}" + (" ..." if len(missing) > 5 else ""))
     if extra:
-        problems.append(f"unexpected tensors: {', '.join(extra[:5])}")
+        problems.append(f"unexpected tensors: {', '.join(shown(x) for x in extra[:5])}")
     ft = model.get("general.file_type")
-    if ft is None or int(ft) != expect.file_type:
+    if isinstance(ft, bool) or not isinstance(ft, int) or ft != expect.file_type:
         problems.append(f"general.file_type is {ft}, expected {expect.file_type} ({expect.quant_type})")
     rep = inspect_model(p, model)
     if not rep.consistent:
@@ -564,7 +590,7 @@ def verify_output(path: str | os.PathLike[str], expect: OutputSpec) -> Verificat
         if n in got and got[n] != t:
             problems.append(f"{n} is {got[n]}, planned {t}")
     for n in expect.mtp_quantized:
-        if n in got and Q[got[n]] in _FLOAT_TENSOR_TYPES:
+        if n in got and got[n] in ggml_types.FLOAT_TYPES:
             problems.append(f"{n} was left {got[n]}, expected a quantized type")
     if expect.imatrix and "quantize.imatrix.file" not in model.kv:
         problems.append("quantize.imatrix.file is missing: the imatrix was not applied")
@@ -572,7 +598,7 @@ def verify_output(path: str | os.PathLike[str], expect: OutputSpec) -> Verificat
         check = [n for n, _ in expect.mtp_types] + [r.name for r in model.refs[:1] + model.refs[-1:]]
         zero = _zero_data(model, check)
         if zero:
-            problems.append(f"tensor data is zeroed: {', '.join(zero[:3])}")
+            problems.append(f"tensor data is zeroed: {', '.join(shown(z) for z in zero[:3])}")
     mtp_types = tuple((t.name, t.type) for t in rep.mtp_tensors)
     return Verification(str(p), not problems, tuple(problems), files, size, mtp_types)
 

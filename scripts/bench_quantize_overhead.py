@@ -125,8 +125,10 @@ def _child_cpu() -> float:
 def rules_table(work: Path) -> int:
     """Which llama-quantize types abort on the MTP block without mtpgraft's --tensor-type rules."""
     from mtpgraft.errors import ToolFailedError
+    from mtpgraft.ggml_types import FILE_TYPES as FTYPES
+    from mtpgraft.ggml_types import FLOAT_FILE_TYPES as FLOAT_FTYPES
     from mtpgraft.imatrix import plan_imatrix, run_imatrix
-    from mtpgraft.quantize import FLOAT_FTYPES, FTYPES, plan_quantize
+    from mtpgraft.quantize import plan_quantize
     from mtpgraft.testmodels import build_tiny_model
     from mtpgraft.tools import run_tool
 

@@ -14,8 +14,9 @@ from gguf import quants
 from ggufgen import make_model, rewrite, split_model
 
 from mtpgraft.errors import GGUFFormatError, GraftError, OutputExistsError
+from mtpgraft.ggml_types import llama_quantizes as quantizable
 from mtpgraft.gguf_io import CONVERTER, GGUFModel
-from mtpgraft.graft import apply_plan, plan_attach, plan_detach, plan_extract, quantizable
+from mtpgraft.graft import apply_plan, plan_attach, plan_detach, plan_extract
 from mtpgraft.inspection import inspect_model
 
 
