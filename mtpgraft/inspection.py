@@ -62,6 +62,13 @@ def _u32(model: GGUFModel, key: str, problems: list[str], *, lo: int = 0, hi: in
     return v
 
 
+def file_type_name(value: Any) -> str | None:
+    """general.file_type's name for a value read from a file (None unless it is an integer)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return ggml_types.file_type_name(value)
+
+
 def file_type_of(model: GGUFModel, problems: list[str] | None = None) -> str | None:
     """general.file_type's name (Q4_K_M, BF16, ...), None when absent or unreadable."""
     return ggml_types.file_type_name(_u32(model, "general.file_type", [] if problems is None else problems))
