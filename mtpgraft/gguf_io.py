@@ -578,6 +578,9 @@ class GGUFModel(_Metadata):
     def alignment(self) -> int:
         return self.shards[0].alignment
 
+    def tensor_bytes_total(self) -> int:
+        return sum(r.info.nbytes for r in self.refs)
+
     @property
     def arch(self) -> str:
         arch = self.get_str("general.architecture")
