@@ -368,9 +368,8 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
     if threads is not None and threads < 1:
         raise QuantizeError(f"--threads must be >= 1, got {threads}")
     _check_mtp_types(mtp_type)
-    inp = _read_input(model, imatrix)
+    inp = _read_input(model, imatrix, quant_types)
     if inp.src.arch == ASSISTANT_ARCH:
-        _check_assistant(inp.src.path.name, imatrix, quant_types)
         mtp_type = mtp_type or "match"  # the assistant is all head: the file type applies to all of it
     name = name or default_name(inp.src.path)
     check_name(name, sidecar=inp.layout == "mtp-only")
@@ -399,7 +398,8 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
         jobs=plan_jobs, warnings=tuple(dict.fromkeys(warnings)))
 
 
-def _read_input(model: str | os.PathLike[str], imatrix: str | os.PathLike[str] | None) -> _Input:
+def _read_input(model: str | os.PathLike[str], imatrix: str | os.PathLike[str] | None,
+                quant_types: Sequence[str]) -> _Input:
     src = GGUFModel(model)
     rep = inspect_model(src.path, src)
     if not rep.consistent:
@@ -407,6 +407,8 @@ def _read_input(model: str | os.PathLike[str], imatrix: str | os.PathLike[str] |
                             f"{'; '.join(rep.problems[:3])} (see `mtpgraft inspect`)")
     mtp_layers = tuple(rep.mtp_layers) if rep.mtp_present else ()
     prefixes = tuple(f"blk.{i}." for i in mtp_layers)
+    if src.arch == ASSISTANT_ARCH:
+        _check_assistant(src.path.name, imatrix, quant_types)
     cov = read_imatrix_coverage(imatrix) if imatrix is not None else None
     mtp_weights = tuple(r for r in src.refs if r.name.startswith(prefixes) and llama_quantizes(r.name, r.info.ne, src.arch))
     quantized_in = tuple(r for r in src.refs if llama_quantizes(r.name, r.info.ne, src.arch)
