@@ -763,3 +763,16 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(400, f"uploaded bytes do not match sha256 {oid}")
         with self.fake.lock:
             self.fake.lfs_objects[oid] = data
+
+
+def hermetic_hf_env(monkeypatch: Any, tmp_path: Path) -> Path:
+    """The environment for a test that talks to a loopback Hub: no token, endpoint or cache of the
+    machine; a private standard cache (returned), read by huggingface_hub and llama.cpp alike."""
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "MODEL_ENDPOINT", "LLAMA_CACHE",
+                "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    return cache

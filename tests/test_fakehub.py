@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from fakehub import FakeHub
+from fakehub import FakeHub, hermetic_hf_env
 
 REPO = "tester/Tiny-GGUF"
 BIG = bytes(range(256)) * 4096  # 1 MiB, an LFS object
@@ -42,14 +42,7 @@ def request(method: str, url: str, *, headers: dict[str, str] | None = None, fol
 
 @pytest.fixture
 def hf_env(tmp_path, monkeypatch):
-    """A private Hugging Face cache; no token, telemetry or progress bars from the environment."""
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "MODEL_ENDPOINT", "LLAMA_CACHE",
-                "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    return tmp_path / "hf_home" / "hub"
+    return hermetic_hf_env(monkeypatch, tmp_path)
 
 
 @pytest.fixture
@@ -140,3 +133,23 @@ def test_hf_file_system_reads_exact_ranges(hub, hf_env):
         assert f.read(8) == BIG[-8:]
     assert [g.range for g in hub.downloads("/_cdn/")] == ["bytes=4096-4195", f"bytes={len(BIG) - 8}-{len(BIG) - 1}"]
     assert hub.bytes_sent == 108
+
+
+@pytest.mark.tools
+def test_llama_cpp_downloader_follows_the_cdn_redirect_and_resumes_with_range(hub, hf_env, tmp_path,
+                                                                              llama_server_bin):
+    """The real -hf downloader: refs -> tree -> HEAD/GET resolve (302 to the CDN origin) into the standard
+    cache; a body cut mid-way is resumed with `Range: bytes=N-` (206), so nothing travels twice."""
+    from mtpgraft.check.server import LlamaServer
+    from mtpgraft.testmodels import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "m.gguf", layout="full", head="aligned").read_bytes()
+    hub.put_files("me/Resume-GGUF", {"Tiny-Q8_0.gguf": model})
+    hub.drop("/_cdn/", after=1_000_000)
+    env = {"MODEL_ENDPOINT": hub.url + "/", "HF_HUB_CACHE": str(hf_env), "LLAMA_CACHE": ""}
+    with LlamaServer("me/Resume-GGUF:Q8_0", hf_repo="me/Resume-GGUF:Q8_0", env=env, ctx_size=512) as srv:
+        local = Path(srv.props()["model_path"])
+    assert local.read_bytes() == model and str(hf_env) in str(local)
+    gets = hub.downloads("/_cdn/")
+    assert [(g.sent, g.range) for g in gets] == [(1_000_000, None), (len(model) - 1_000_000, "bytes=1000000-")]
+    assert hub.bytes_sent == len(model)

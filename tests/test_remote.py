@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fakehub import FakeHub
+from fakehub import FakeHub, hermetic_hf_env
 
 import mtpgraft.commands  # noqa: F401 - registers the commands
 from mtpgraft.cli import cli
@@ -22,13 +22,7 @@ QUICK = ["--n-max", "3", "--reps", "1", "--per-category", "1", "--n-predict", "3
 
 @pytest.fixture
 def hf_env(tmp_path, monkeypatch):
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "MODEL_ENDPOINT", "LLAMA_CACHE",
-                "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.delenv(var, raising=False)
-    cache = tmp_path / "hf_cache"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    return cache
+    return hermetic_hf_env(monkeypatch, tmp_path)
 
 
 @pytest.fixture

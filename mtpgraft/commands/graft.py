@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -155,13 +158,20 @@ def attach_cmd(base: str, source: str, out: Path, mtp_type: str | None, replace:
 
     BASE is a GGUF, or hf://OWNER/REPO/FILE.gguf or hf://OWNER/REPO:QUANT (downloaded whole into the
     Hugging Face cache, where llama-server -hf finds it too)."""
+    with _planned_attach(base, source, out, mtp_type=mtp_type, replace=replace, force=force, llama_cpp=llama_cpp,
+                         token=token, endpoint=endpoint, dry_run=dry_run) as plan:
+        _run_plan(plan, dry_run, as_json, layout, no_reflink)
+
+
+@contextmanager
+def _planned_attach(base: str, source: str, out: Path, *, dry_run: bool, **kw: Any) -> Iterator[Any]:
+    """plan_attach_from with a fetch bar, a line on what came from the Hub, and the fetched source
+    file (a temporary one) removed when the caller is done with the plan."""
     from ..sources import plan_attach_from
 
     bar = FetchBar("MTP source")
     try:
-        plan, src = plan_attach_from(base, source, out, mtp_type=mtp_type, replace=replace, force=force,
-                                     llama_cpp=llama_cpp, token=token, endpoint=endpoint, progress=bar,
-                                     plan_only=dry_run)
+        plan, src = plan_attach_from(base, source, out, progress=bar, plan_only=dry_run, **kw)
     finally:
         bar.close()
     try:
@@ -169,7 +179,7 @@ def attach_cmd(base: str, source: str, out: Path, mtp_type: str | None, replace:
             info(f"MTP source {src.label}: fetched {src.fetched_bytes:,} bytes "
                  f"({src.header_bytes:,} of headers, {src.mtp_bytes:,} of MTP tensors"
                  + (", from the cache" if src.cached else "") + ")")
-        _run_plan(plan, dry_run, as_json, layout, no_reflink)
+        yield plan
     finally:
         if src.temporary:
             src.path.unlink(missing_ok=True)
@@ -232,20 +242,10 @@ def sidecar_cmd(base: str, source: str, out: Path | None, mtp_type: str | None, 
     import tempfile
 
     from ..sidecar import default_sidecar_path, plan_sidecar
-    from ..sources import plan_attach_from
 
     scratch = Path(tempfile.gettempdir()) / ".mtpgraft-sidecar-plan.gguf"  # planned, never written
-    bar = FetchBar("MTP source")
-    try:
-        attach, src = plan_attach_from(base, source, scratch, mtp_type=mtp_type, replace=True, force=True,
-                                       llama_cpp=llama_cpp, token=token, endpoint=endpoint, progress=bar,
-                                       plan_only=dry_run)
-    finally:
-        bar.close()
-    try:
+    with _planned_attach(base, source, scratch, mtp_type=mtp_type, replace=True, force=True, llama_cpp=llama_cpp,
+                         token=token, endpoint=endpoint, dry_run=dry_run) as attach:
         if out is None and str(base).startswith("hf://"):  # not beside a file in the Hugging Face cache
             out = Path(default_sidecar_path(attach.base, attach).name)
         _run_plan(plan_sidecar(attach, out, force=force), dry_run, as_json, layout, no_reflink)
-    finally:
-        if src.temporary:
-            src.path.unlink(missing_ok=True)
