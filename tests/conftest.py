@@ -57,3 +57,21 @@ def tiny_gemma_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     from mtpgraft.testmodels import build_test_set
 
     return build_test_set(tmp_path_factory.mktemp("tiny-gemma4"), arch="gemma4")
+
+
+@pytest.fixture
+def hf_hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No real token or cache: HF_HOME, the HF cache, the stored token and the mtpgraft cache live
+    under tmp_path; returns the HF hub cache folder."""
+    from huggingface_hub import constants
+
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "mtpgraft_cache"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf_home" / "stored_tokens"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    return tmp_path / "hf_home" / "hub"

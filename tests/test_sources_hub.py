@@ -24,19 +24,8 @@ LABEL_KEY = "mtpgraft.mtp.source"
 
 
 @pytest.fixture(autouse=True)
-def hermetic(tmp_path, monkeypatch):
-    """No real token or cache; HF_HOME, the mtpgraft cache and the stored token under tmp_path."""
-    from huggingface_hub import constants
-
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "mtpgraft_cache"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf_home" / "stored_tokens"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+def _hermetic(hf_hermetic):
+    """No real token or cache (conftest.hf_hermetic)."""
 
 
 @pytest.fixture
@@ -106,6 +95,7 @@ def test_graft_from_hub_equals_graft_from_the_local_file_and_fetches_only_the_he
     r = attach(str(models["base"]), "--mtp-from", f"hf://{DONOR}/Tiny-MTP-F16.gguf", "-o", str(remote),
                "--endpoint", hub.url)
     assert r.exit_code == 0, r.output
+    assert f"mtpgraft: MTP source hf://{DONOR}/Tiny-MTP-F16.gguf@{commit}: fetched {hub.bytes_sent:,} bytes" in r.output
     labels = same_except_label(local, remote)
     assert labels == ("Tiny-MTP-F16.gguf", f"hf://{DONOR}/Tiny-MTP-F16.gguf@{commit}")
     budget = mtp_bytes(models["donor"]) + header_bytes(models["donor"])

@@ -29,17 +29,10 @@ pytestmark = pytest.mark.tools
 
 
 @pytest.fixture(autouse=True)
-def hermetic(tmp_path, monkeypatch, llama_cpp_dir):
-    """A private mtpgraft cache (the tools are found through $MTPGRAFT_LLAMA_CPP instead) and HF home."""
-    from huggingface_hub import constants
-
+def _hermetic(hf_hermetic, monkeypatch, llama_cpp_dir):
+    """A private mtpgraft cache and HF home (conftest.hf_hermetic); the tools are found through
+    $MTPGRAFT_LLAMA_CPP, as the toolchain cache is not where MTPGRAFT_CACHE_DIR now points."""
     monkeypatch.setenv("MTPGRAFT_LLAMA_CPP", str(llama_cpp_dir))
-
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "mtpgraft_cache"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
 
 
 @pytest.fixture
