@@ -276,6 +276,7 @@ class FakeHub:
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeHub
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as written, as from a real server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
         pass

@@ -369,7 +369,7 @@ def test_dry_run_fetches_headers_only_and_leaves_nothing(hub, models, tmp_path):
     plan = json.loads(r.output[r.output.index("{"):])
     assert plan["dry_run"] is True and plan["mtp_layers"] == [4] and len(plan["tensors"]) == 15
     h = header_bytes(models["donor"])
-    assert h <= hub.bytes_sent <= h + max(512, h // 8)  # the header, and what was read past it
+    assert h <= hub.bytes_sent <= h + max(512, h // 4)  # the header, and what was read past it
     assert not (tmp_path / "o.gguf").exists()
     assert not list((tmp_path / "mtpgraft_cache" / "mtp-sources").glob("*.gguf"))
 
@@ -387,7 +387,7 @@ def test_interrupted_fetch_resumes_in_the_next_run(hub, models, tmp_path):
 
         def update(self, n: int) -> None:
             if self.tensors and not self.down:  # tensor bytes arrive: after this answer the Hub is down
-                hub.fail("GET", r"/resolve/", 502, times=100)
+                hub.fail("GET", r"/(resolve|_cdn)/", 502, times=100)
                 self.down = True
 
     spec = f"hf://{DONOR}/Tiny-MTP-F16.gguf"

@@ -53,6 +53,9 @@ class HubRepo:
     retries: int = RETRIES
     progress: Progress = field(default=lambda n: None)
     fetched: int = 0  # bytes received from the Hub by this object
+    # path -> the CDN URL the Hub redirected its first range to: later ranges of the file go there
+    # directly (one round trip instead of two; the token is never sent to it).
+    _direct: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def repo_id(self) -> str:
@@ -120,8 +123,9 @@ class HubRepo:
         from huggingface_hub import get_session
         from huggingface_hub.utils import build_hf_headers
 
-        url = f"{self.api.endpoint}/{self.repo_id}/resolve/{self.commit}/{quote(path)}"
-        headers = build_hf_headers(token=self.api.token)
+        direct = self._direct.get(path)
+        url = direct or f"{self.api.endpoint}/{self.repo_id}/resolve/{self.commit}/{quote(path)}"
+        headers = build_hf_headers(token=False if direct else self.api.token)
         headers["Range"] = f"bytes={start}-{end - 1}"
         transport = _transport_errors()
         got = 0
@@ -130,8 +134,13 @@ class HubRepo:
                 if r.status_code >= 500 or r.status_code in (408, 429):
                     raise _Retry(f"HTTP {r.status_code}")
                 whole = r.status_code == 200 and start == 0 and end == self.files.get(path)
+                if direct and r.status_code != 206 and not whole:
+                    del self._direct[path]  # an expired link: back to the Hub's resolve URL
+                    raise _Retry(f"the CDN link answered HTTP {r.status_code}")
                 if r.status_code != 206 and not whole:
                     raise HubError(_status_message(self, path, r.status_code, r.headers))
+                if r.history and not direct:
+                    self._direct[path] = str(r.url)
                 with open(part, "ab") as fh:
                     for chunk in r.iter_bytes():  # as received: a drop loses nothing
                         chunk = chunk[:end - start - got]
