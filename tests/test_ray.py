@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import test_recipe
 
 from mtpgraft.recipe import State, load_recipe
 
@@ -22,21 +23,9 @@ pytestmark = [pytest.mark.tools, pytest.mark.ray]
 ROOT = Path(__file__).resolve().parents[1]
 NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9"}  # the tiny recipe's dry-run push stays offline
 
-QUICK = """
-[model]
-name = "q"
-base = "builtin:tiny-qwen35-base"
-mtp_from = "builtin:tiny-qwen35-full"
-
-[imatrix]
-calibration = "builtin:calibration-tiny"
-ctx = 128
-chunks = 4
-batch = 128
-
-[quantize]
-types = ["Q4_K_M", "Q5_K_M", "IQ4_XS", "Q6_K"]
-"""
+# test_recipe's quick pipeline (no check) with four types: more than the cluster's 3 CPUs run at once
+QUICK = test_recipe.QUICK.replace('types = ["Q8_0", "Q4_K_M"]', 'types = ["Q4_K_M", "Q5_K_M", "IQ4_XS", "Q6_K"]')
+assert QUICK != test_recipe.QUICK
 
 
 # Every Ray process on the loopback interface only: Ray's switch for single-machine clusters
@@ -118,12 +107,13 @@ def test_tiny_recipe_on_ray_equals_the_local_run(cluster: str, tmp_path: Path) -
     assert all(s["where"] for s in d_ray["steps"] if s["status"] == "done")  # each ran as a task
     assert "[ray] " in err and "steps done; running:" in err  # the driver's progress view
     # identical model files, byte for byte, and identical state records (keys, output hashes);
-    # check reports hold timings, so of the check only the key is compared
+    # reports (check, quality) hold timings: of those steps only the keys are compared
     assert sha256s(on_ray) == sha256s(local) and len(sha256s(local)) == 7
     a, b = records(local), records(on_ray)
     assert a.keys() == b.keys() and {s: v[1] for s, v in a.items()} == {s: v[1] for s, v in b.items()}
-    assert {s: v for s, v in a.items() if s.partition(":")[0] != "check"} == \
-        {s: v for s, v in b.items() if s.partition(":")[0] != "check"}
+    makes_models = ("graft", "imatrix", "quantize")
+    assert {s: v for s, v in a.items() if s.partition(":")[0] in makes_models} == \
+        {s: v for s, v in b.items() if s.partition(":")[0] in makes_models}
     assert leftovers(on_ray) == []
     # and the records mean the same to either executor: a local --resume finds everything finished
     rc, d, err = finish(mtpgraft("run", tiny, "--work-dir", on_ray, "--json", "--resume", env=NO_HUB))
