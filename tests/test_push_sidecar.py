@@ -207,3 +207,56 @@ def test_in_file_mtp_quants_pushed_then_checked_from_the_hub(hub, tmp_path, llam
     d = json.loads(r.stdout)
     assert d["resolved"][0]["model"] == "Tiny-Q4_K_M.gguf" and d["resolved"][0]["mtp"] is None
     assert d["acceptance"] == 1.0 and d["verdict"] == "pass"
+
+
+RECIPE = """
+[model]
+name = "q"
+base = "builtin:tiny-qwen35-base"
+mtp_from = "builtin:tiny-qwen35-full"
+
+[quantize]
+types = ["Q8_0"]
+
+[check]
+n_max = [3]
+n_predict = 32
+ctx = 1024
+categories = ["code"]
+per_category = 1
+min_acceptance = 0.9
+
+[hub]
+repo = "tester/q-MTP-GGUF"
+endpoint = "{url}"
+base_model = "Org/Tiny"
+verify_remote = true
+"""
+
+
+def test_recipe_hub_base_model_and_verify_remote_are_validated():
+    from mtpgraft.errors import RecipeError
+    from mtpgraft.recipe import parse_recipe
+
+    r = parse_recipe(RECIPE.format(url="http://127.0.0.1:9"))
+    assert r.hub is not None and r.hub.base_model == "Org/Tiny" and r.hub.verify_remote
+    with pytest.raises(RecipeError, match=r"\[hub\] base_model: must be OWNER/NAME"):
+        parse_recipe(RECIPE.format(url="x").replace('"Org/Tiny"', '"Tiny"'))
+    with pytest.raises(RecipeError, match=r"\[hub\] verify_remote: loads the repo from main"):
+        parse_recipe(RECIPE.format(url="x") + "create_pr = true\n")
+
+
+@pytest.mark.tools
+def test_recipe_push_verifies_the_published_repo_with_llama_server_hf(hub, tmp_path, llama_cpp_dir, monkeypatch):
+    from mtpgraft.hub import make_api
+    from mtpgraft.recipe import load_recipe, run_recipe
+
+    p = tmp_path / "r.toml"
+    p.write_text(RECIPE.format(url=hub.url))
+    res = run_recipe(load_recipe(p, work_dir=tmp_path / "w"), llama_cpp=str(llama_cpp_dir),
+                     hub_api=lambda h: make_api(endpoint=h.endpoint, token=FakeHub.TOKEN))
+    assert res.ok, [(s.step, s.message) for s in res.failed]
+    push = res.steps[-1]
+    assert push.step == "push" and "llama-server -hf drafts with :Q8_0 (in-file MTP, acceptance 1.00)" in push.message
+    card = hub.head("tester/q-MTP-GGUF").files["README.md"].content.decode()
+    assert "base_model: Org/Tiny" in card and "base_model_relation: quantized" in card

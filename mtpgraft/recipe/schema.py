@@ -96,6 +96,8 @@ class HubSection:
     revision: str | None = None
     create_pr: bool = False
     endpoint: str | None = None  # else $HF_ENDPOINT / huggingface.co; the token: $HF_TOKEN or `hf auth login`
+    base_model: str | None = None  # OWNER/NAME for the card when the GGUFs record none
+    verify_remote: bool = False  # after the commit, load each :TAG with llama-server -hf and check it
 
 
 @dataclass(frozen=True)
@@ -370,6 +372,11 @@ def _hub(h: _Section, kw: dict[str, Any], quant: QuantizeSection, check: CheckSe
 
     if not REPO_ID_RE.match(kw["repo"]):
         h.fail("repo", f"must be OWNER/NAME, got {kw['repo']!r}")
+    if kw.get("base_model") is not None and not REPO_ID_RE.match(kw["base_model"]):
+        h.fail("base_model", f"must be OWNER/NAME, got {kw['base_model']!r}")
+    if kw.get("verify_remote") and (kw.get("create_pr") or kw.get("revision") not in (None, "main")):
+        h.fail("verify_remote", "loads the repo from main as llama-server -hf does: not with create_pr or "
+                                "another revision")
     if check is None or not check.enabled or set(check.types or quant.types) != set(quant.types):
         h.fail(None, "pushing needs a passing check of every type: add a [check] section covering all "
                      "[quantize] types")

@@ -501,7 +501,7 @@ class PushStep(Step):
             api = ctx.hub_api(hub) if ctx.hub_api is not None else make_api(endpoint=hub.endpoint)
             plan = plan_push([out_dir], repo_id=hub.repo, api=api, revision=hub.revision,
                              create_pr=hub.create_pr, private=hub.private, report_dirs=self._reports(),
-                             verify=True)
+                             verify=True, base_model=hub.base_model)
         except HubError as e:
             if not hub.dry_run:
                 raise
@@ -516,8 +516,24 @@ class PushStep(Step):
                            record=False)
         ctx.emit(self.id, f"pushing {len(plan.to_send)} file(s) to {hub.repo}")
         res = execute_push(plan, api=api)
-        return Outcome(f"commit {res.commit_oid or '(nothing new)'}", (),
-                       {"commit": res.commit_oid, "url": res.commit_url or res.pr_url, "sent": list(res.sent)})
+        verified = self._verify_remote(ctx, plan) if hub.verify_remote else []
+        return Outcome(f"commit {res.commit_oid or '(nothing new)'}" + (
+            f"; llama-server -hf drafts with {', '.join(verified)}" if verified else ""), (),
+                       {"commit": res.commit_oid, "url": res.commit_url or res.pr_url, "sent": list(res.sent),
+                        **({"verify_remote": verified} if hub.verify_remote else {})})
+
+    def _verify_remote(self, ctx: Context, plan: Any) -> list[str]:
+        """Load every changed :TAG from the Hub with the real llama-server -hf and check it."""
+        from ..check import resolve_server
+        from ..hub.remote import verify_remote
+
+        checks = verify_remote(plan.repo_id, plan.verify_tags(), server=resolve_server(ctx.llama_cpp),
+                               endpoint=plan.endpoint)
+        bad = [f"{c.tag}: {'; '.join(c.result.reasons) or c.result.verdict}" for c in checks if not c.passed]
+        if bad:
+            raise StepFailed("the published repo does not pass its check from the Hub: " + "; ".join(bad))
+        return [f":{c.tag} ({c.resolution.mtp or 'in-file MTP'}, acceptance {c.result.acceptance:.2f})"
+                for c in checks]
 
     def _offline(self, ctx: Context, why: Exception) -> Outcome:
         """A dry run where the Hub cannot be reached: apply the gate locally and say so."""
