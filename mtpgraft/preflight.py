@@ -23,7 +23,7 @@ def mtp_blocker(model_path: str | os.PathLike[str], draft_path: str | os.PathLik
         return _in_file_blocker(model)
     draft = GGUFModel(draft_path)
     if draft.arch == ASSISTANT_ARCH:
-        return _assistant_blocker(model, draft)
+        return assistant_blocker(model, draft)
     if model.arch == ASSISTANT_TARGET_ARCH:
         return (f"{draft.path.name} (arch {draft.arch}) is not a gemma4-assistant: a gemma4 target "
                 "drafts only with its assistant")
@@ -47,7 +47,8 @@ def _in_file_blocker(model: GGUFModel) -> str | None:
     return None
 
 
-def _assistant_blocker(target: GGUFModel, asst: GGUFModel) -> str | None:
+def assistant_blocker(target: GGUFModel, asst: GGUFModel) -> str | None:
+    """Why gemma4-assistant `asst` cannot draft for `target`, or None."""
     a, t = ASSISTANT_ARCH, target.arch
     if t != ASSISTANT_TARGET_ARCH:
         return f"{asst.path.name} is a gemma4-assistant; its target must be a gemma4 model, not {t}"

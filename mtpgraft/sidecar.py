@@ -17,8 +17,8 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from . import naming
-from .graft import GraftPlan, KeyChange, _ShardSpec
+from . import __version__, naming
+from .graft import PROV, GraftPlan, KeyChange, _provenance, _ShardSpec, source_label
 from .outputs import check_outputs
 
 # What a draft shares with its target and llama.cpp reads from the sidecar itself (qwen35/qwen35moe,
@@ -60,3 +60,44 @@ def plan_sidecar(attach: GraftPlan, out: str | os.PathLike[str] | None = None, *
     return replace(attach, operation="sidecar", outputs=[str(target)], key_changes=attach.key_changes + dropped,
                    warnings=warnings, output_bytes=sum(t.nbytes for t in tensors), force=force,
                    _shards=[_ShardSpec(target, kvs, tensors)])
+
+
+def plan_assistant_sidecar(target: str | os.PathLike[str], assistant: str | os.PathLike[str],
+                           out: str | os.PathLike[str] | None = None, *, mtp_type: str | None = None,
+                           force: bool = False) -> GraftPlan:
+    """Gemma 4's sidecar is its gemma4-assistant itself (nothing of the target goes into it): checked
+    against the target (preflight.assistant_blocker) and copied byte for byte as `mtp-NAME-TYPE.gguf`."""
+    from .errors import GraftError, UsageError
+    from .gguf_io import GGUFModel, OutTensor
+    from .graft import TensorAction
+    from .preflight import assistant_blocker
+
+    if mtp_type not in (None, "keep"):
+        raise UsageError("a gemma4-assistant is copied as it is (--mtp-type keep); to change its type, "
+                         "quantize it: mtpgraft quantize ASSISTANT --types Q8_0 --name mtp-NAME")
+    t, a = GGUFModel(target), GGUFModel(assistant)
+    why = assistant_blocker(t, a)
+    if why:
+        raise GraftError(why)
+    actions = [TensorAction(r.name, r.name, r.info.shape, r.info.type_name, r.info.type_name, "copy",
+                            r.info.nbytes, r.info.nbytes) for r in a.refs]
+    tensors = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset) for r in a.refs]
+    c: Counter[str] = Counter()
+    for x in actions:
+        if len(x.shape) >= 2:
+            c[x.to_type] += x.bytes_out
+    from .hub.sidecars import model_stem
+
+    dest = Path(out) if out is not None else t.path.with_name(
+        naming.sidecar_name(model_stem(t.path.name), (c.most_common(1)[0][0] if c else "F32").upper()))
+    check_outputs([dest], [*t.paths, *a.paths], force=force)
+    n = int(a.get(f"{a.arch}.block_count") or 0)
+    kvs = [kv for kv in a.kv.values() if not kv.key.startswith("split.")]
+    changes: list[KeyChange] = []
+    # the same provenance as any graft; apply_plan fills in the sha256 of the bytes it copies
+    _provenance(kvs, changes, {f"{PROV}version": __version__, f"{PROV}mtp.source": source_label(a),
+                               f"{PROV}mtp.source_sha256": "", f"{PROV}mtp.type_policy": "keep"})
+    return GraftPlan(operation="sidecar", base=str(t.path), source=str(a.path), outputs=[str(dest)],
+                     mtp_type="keep", arch=a.arch, trunk_layers=0, mtp_layers=list(range(n)), tensors=actions,
+                     key_changes=changes, warnings=[], output_bytes=sum(x.nbytes for x in tensors), force=force,
+                     _shards=[_ShardSpec(dest, kvs, tensors)], _source_refs=list(a.refs))

@@ -311,3 +311,25 @@ def test_published_quants_and_assistant_sidecar_load_with_hf(gemma_quants, tmp_p
                                                             "mtp-Tiny-Gemma4-Q8_0.gguf", [])
     cats = d["models"][0]["categories"]
     assert cats["code"]["acceptance"] == 1.0 and abs(cats["creative"]["acceptance"] - 1 / 3) < 0.06, cats
+
+
+def test_sidecar_of_a_gemma4_target_is_its_assistant(tiny_gemma_models, tmp_path):
+    import hashlib
+
+    tgt, asst = tiny_gemma_models["base"], tiny_gemma_models["assistant-mixed"]
+    out = tmp_path / "mtp-Tiny-Gemma4-F16.gguf"
+    code, text = _mtpgraft("sidecar", tgt, "--mtp-from", asst, "-o", out)
+    assert code == 0, text
+    got, want = GGUFReader(out), GGUFReader(asst)
+    assert [(t.name, bytes(t.data)) for t in got.tensors] == [(t.name, bytes(t.data)) for t in want.tensors]
+    digest = hashlib.sha256(b"".join(bytes(t.data) for t in want.tensors)).hexdigest()
+    assert got.fields["mtpgraft.mtp.source_sha256"].contents() == digest
+    assert json.loads(_mtpgraft("inspect", "--json", out)[1])["consistent"]
+    other = tmp_path / "qwen-base.gguf"
+    tm.build_tiny_model(other, layout="base")
+    for args, msg in ((("sidecar", other, "--mtp-from", asst, "-o", tmp_path / "a.gguf"), "not qwen35"),
+                      (("sidecar", tgt, "--mtp-from", asst, "--mtp-type", "q8_0", "-o", tmp_path / "b.gguf"),
+                       "quantize it")):
+        code, text = _mtpgraft(*args)
+        assert code in (1, 2) and msg in text and "Traceback" not in text, text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, other.name]

@@ -159,13 +159,16 @@ def grafted(tiny_glm_models, tmp_path_factory) -> dict[str, Path]:
     mtpgraft("detach", m["full-aligned"], "-o", out["detach"])
     mtpgraft("detach", m["base-key"], "-o", out["detach-key"])  # drops the key: no abort with MTP on
     mtpgraft("extract", m["full-aligned"], "-o", out["extract"])
+    out["sidecar"] = d / "mtp-glm-F16.gguf"
+    mtpgraft("sidecar", m["base"], "--mtp-from", m["full-mixed"], "-o", out["sidecar"])
     return out
 
 
 def test_graft_outputs_are_the_converter_layouts(grafted, tiny_glm_models):
     m = tiny_glm_models
     for made, want in (("attach", "full-mixed"), ("attach-key", "full-aligned"), ("detach", "base"),
-                       ("detach-key", "base"), ("extract", "mtp-only-aligned")):
+                       ("detach-key", "base"), ("extract", "mtp-only-aligned"),
+                       ("sidecar", "mtp-only-mixed")):
         assert _tensors(grafted[made]) == _tensors(m[want]), made
         assert list(_tensors(grafted[made])) == list(_tensors(m[want])), made  # order too
         assert _keys(grafted[made]) == _keys(m[want]), made
@@ -193,6 +196,10 @@ def test_grafted_files_draft_at_the_known_rates(grafted, llama_cpp_dir):
     with serve(grafted["detach-key"], llama_cpp_dir, spec_type="mtp",
                draft_model=grafted["extract"]) as srv:
         assert rate(run(srv, tm.PROSE_PROMPT, n_predict=64)) == 1.0
+    with serve(grafted["detach"], llama_cpp_dir, spec_type="mtp", draft_n_max=3,
+               draft_model=grafted["sidecar"]) as srv:
+        prose, code = (rate(run(srv, p, n_predict=64)) for p in (tm.PROSE_PROMPT, tm.CODE_PROMPT))
+    assert 0.25 <= prose <= 0.45 and code == 1.0, (prose, code)
 
 
 # ----------------------------------------------------------------------- imatrix / quantize / check

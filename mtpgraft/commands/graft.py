@@ -218,6 +218,19 @@ def extract_cmd(model: Path, out: Path | None, force: bool, dry_run: bool, layou
     _run_plan(plan_extract(model, out, force=force), dry_run, as_json, layout, no_reflink)
 
 
+def _is_assistant(source: str) -> bool:
+    from ..arch import ASSISTANT_ARCH
+    from ..errors import GGUFFormatError
+    from ..gguf_io import GGUFModel
+
+    if not (source.endswith(".gguf") and Path(source).is_file()):
+        return False
+    try:
+        return GGUFModel(source).arch == ASSISTANT_ARCH
+    except GGUFFormatError:
+        return False
+
+
 @cli.command("sidecar")
 @click.argument("base", metavar="BASE")
 @click.option("--mtp-from", "source", required=True, metavar="SOURCE",
@@ -241,8 +254,12 @@ def sidecar_cmd(base: str, source: str, out: Path | None, mtp_type: str | None, 
     renumbered and converted as attach does, in convert_hf_to_gguf.py's --mtp layout."""
     import tempfile
 
-    from ..sidecar import default_sidecar_path, plan_sidecar
+    from ..sidecar import default_sidecar_path, plan_assistant_sidecar, plan_sidecar
 
+    if _is_assistant(source):  # gemma4: the assistant itself is the sidecar
+        _run_plan(plan_assistant_sidecar(base, source, out, mtp_type=mtp_type, force=force), dry_run,
+                  as_json, layout, no_reflink)
+        return
     scratch = Path(tempfile.gettempdir()) / ".mtpgraft-sidecar-plan.gguf"  # planned, never written
     with _planned_attach(base, source, scratch, mtp_type=mtp_type, replace=True, force=True, llama_cpp=llama_cpp,
                          token=token, endpoint=endpoint, dry_run=dry_run) as attach:
