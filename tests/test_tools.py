@@ -86,7 +86,7 @@ def test_doctor_reports_every_tool():
     d = json.loads(r.stdout)
     assert d["ok"] is True and d["mtp_spec_type"] == "draft-mtp"
     tools = {t["tool"]: t for t in d["tools"]}
-    assert set(tools) == {"llama-server", "llama-quantize", "llama-imatrix", "llama-gguf-split"}
+    assert set(tools) == {"llama-server", "llama-quantize", "llama-imatrix", "llama-gguf-split", "llama-perplexity"}
     for t in tools.values():
         assert t["found"] and Path(t["path"]).is_file()
         assert "0c1e570" in (t["version"] or ""), t
