@@ -29,9 +29,8 @@ COMMON_LAYER_ARRAYS = (
     "attention.compress_ratios",
 )
 
-# MTP-only tensor suffixes (after `blk.N.`), and the two that may fall back to token_embd / output.
+# MTP-only tensor suffixes (after `blk.N.`) every MTP layer must have.
 NEXTN_REQUIRED = ("nextn.eh_proj.weight", "nextn.enorm.weight", "nextn.hnorm.weight")
-NEXTN_OPTIONAL = ("nextn.shared_head_norm.weight", "nextn.embed_tokens.weight", "nextn.shared_head_head.weight")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -203,9 +203,6 @@ class QuantizeJob:
     mtp_rules: tuple[MtpRule, ...]
     expect: OutputSpec
     warnings: tuple[str, ...]
-
-    def split_prefix(self, name: str) -> str:
-        return str(Path(self.split_dir) / f"{name}-{self.quant_type}")
 
     def split_command(self, plan: QuantizePlan, tmp_dir: str) -> tuple[str, ...]:
         assert plan.llama_gguf_split is not None and plan.split_max_size is not None
@@ -639,7 +636,6 @@ class OutputResult:
     reason: str = ""
     problems: tuple[str, ...] = ()
     mtp_types: tuple[tuple[str, str], ...] = ()
-    sha256: tuple[tuple[str, str], ...] = ()
     log: str | None = None
 
     @property
@@ -653,7 +649,6 @@ class QuantizeResult:
     outputs: tuple[OutputResult, ...]
     wall_s: float
     tool_s: float  # time inside llama-quantize / llama-gguf-split
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed(self) -> tuple[OutputResult, ...]:
@@ -691,12 +686,10 @@ def _rm(path: Path) -> None:
 
 
 class _Runner:
-    def __init__(self, plan: QuantizePlan, on_event: Event | None, log_dir: Path | None,
-                 hash_outputs: bool) -> None:
+    def __init__(self, plan: QuantizePlan, on_event: Event | None, log_dir: Path | None) -> None:
         self.plan = plan
         self.emit = on_event or (lambda t, m: None)
         self.log_dir = log_dir
-        self.hash_outputs = hash_outputs
         self.tool_s = 0.0
 
     def _tool(self, cmd: Sequence[str], cwd: str | None, log_name: str) -> str:
@@ -808,13 +801,8 @@ class _Runner:
         if not v.ok:  # an installed output that no longer verifies: never count it
             return OutputResult(job.quant_type, "failed", None, reason="; ".join(v.problems),
                                 problems=v.problems, seconds=time.perf_counter() - t0, log=log)
-        sha: tuple[tuple[str, str], ...] = ()
-        if self.hash_outputs:
-            from .hashing import sha256_file
-
-            sha = tuple((f, sha256_file(f)) for f in v.files)
         res = OutputResult(job.quant_type, status, v.files[0], v.files, v.bytes, time.perf_counter() - t0,
-                           split, mtp_types=v.mtp_types, sha256=sha, log=log)
+                           split, mtp_types=v.mtp_types, log=log)
         if status == "done":
             where = _rel(Path(v.files[0])) + (f" (+{len(v.files) - 1} shards)" if len(v.files) > 1 else "")
             self.emit(job.quant_type, f"done: {where}, {v.bytes / 1e6:.1f} MB, {res.seconds:.1f}s")
@@ -830,13 +818,12 @@ def _rel(p: Path) -> str:
 
 def run_quantize(plan: QuantizePlan, *, on_event: Event | None = None,
                  on_result: Callable[[OutputResult], None] | None = None,
-                 log_dir: str | os.PathLike[str] | None = None,
-                 hash_outputs: bool = False) -> QuantizeResult:
+                 log_dir: str | os.PathLike[str] | None = None) -> QuantizeResult:
     """Run every job of the plan (plan.jobs_n at a time); a failed type does not stop the others.
 
     Returns every type's result; the caller decides what a failure means (the CLI exits 1)."""
     t0 = time.perf_counter()
-    runner = _Runner(plan, on_event, Path(log_dir) if log_dir is not None else None, hash_outputs)
+    runner = _Runner(plan, on_event, Path(log_dir) if log_dir is not None else None)
 
     def one(job: QuantizeJob) -> OutputResult:
         r = runner.run(job)

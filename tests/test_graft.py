@@ -203,11 +203,24 @@ def test_match_takes_types_of_the_last_trunk_layer(tmp_path):
 
 
 def test_k_quant_target_needs_llama_quantize(tmp_path, monkeypatch):
-    base = make_model(tmp_path / "base.gguf", layout="base")
-    full = make_model(tmp_path / "full.gguf")
+    """Q6_K for rows that fit its 256-wide blocks is llama-quantize's job (numpy cannot make K-quants):
+    with no tool anywhere, attach says so at plan time (exit 1, one line, nothing written). Rows of 64
+    do not fit: those tensors fall back, and then no tool is needed."""
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setenv("MTPGRAFT_LLAMA_CPP", str(tmp_path / "nothing"))
     monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    wide_base = make_model(tmp_path / "wbase.gguf", layout="base", n_embd=256)
+    wide_full = make_model(tmp_path / "wfull.gguf", n_embd=256)
+    r = run_cli("attach", wide_base, "--mtp-from", wide_full, "-o", tmp_path / "w.gguf", "--mtp-type", "q6_k")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("mtpgraft: error: ") and "llama-quantize" in lines[0], r.stderr
+    assert not (tmp_path / "w.gguf").exists()
+    plan = plan_attach(wide_base, wide_full, tmp_path / "w.gguf", mtp_type="keep")  # no tool needed
+    assert not any(a.method == "llama-quantize" for a in plan.tensors)
+
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    full = make_model(tmp_path / "full.gguf")
     r = run_cli("attach", base, "--mtp-from", full, "-o", tmp_path / "o.gguf", "--mtp-type", "q6_k")
     # rows of 64 don't fit K-quant blocks of 256 in this small model: falls back, no tool needed
     assert r.returncode == 0, r.stderr

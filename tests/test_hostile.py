@@ -146,6 +146,20 @@ def test_names_in_messages_are_escaped(m):
     assert any(x.startswith("duplicate key evil\\x0a") and len(x) < 200 and "\n" not in x for x in rep.problems)
 
 
+
+def test_inspect_prints_raw_values_escaped(m):
+    """inspect's text view shows provenance values as the file holds them: escaped, capped, one line."""
+    value = "hf://a/b\n\x1b[31mred\r" + "x" * 5000
+    p = bad(m, "prov.gguf", kv=lambda kvs: kvs + [scalar("mtpgraft.mtp.source", V.STRING, value),
+                                                  scalar("mtpgraft.evil\nkey", V.STRING, "v")])
+    res = CliRunner().invoke(cli, ["inspect", str(p)])
+    assert res.exit_code == 0, res.output
+    assert "\x1b" not in res.stdout and "\r" not in res.stdout
+    src = [ln for ln in res.stdout.splitlines() if ln.strip().startswith("mtpgraft.mtp.source = ")]
+    assert len(src) == 1 and "hf://a/b\\x0a\\x1b[31mred\\x0d" in src[0] and len(src[0]) < 300, src
+    assert any("mtpgraft.evil\\x0akey = v" in ln for ln in res.stdout.splitlines())
+
+
 # 8. a FIFO (or any non-regular file) is refused without blocking
 def test_fifo_refused_without_blocking(m):
     fifo = m["dir"] / "fifo.gguf"

@@ -368,3 +368,36 @@ def test_imatrix_refuses_to_overwrite_its_own_input(tmp_path):
         with pytest.raises(OutputExistsError, match="one of the inputs"):
             plan_imatrix(model, cal, out, force=True)
     assert model.read_bytes() == before
+
+
+@pytest.mark.tools
+def test_zero_first_rows_are_not_a_zeroed_output(tiny, tmp_path: Path) -> None:
+    """Issue 9 class 15: a vocabulary whose first rows are zero (unused or padding tokens at its start)
+    quantizes, with the real llama-quantize, to tensors whose first blocks are all zero. Such outputs
+    are valid: every type of the batch verifies and is installed (a first-512-bytes rule refused all)."""
+    src = tmp_path / "zrows-F16.gguf"
+    shutil.copyfile(tiny["full"], src)
+    m = GGUFModel(src)
+    zeroed = ("token_embd.weight", "output.weight")
+    with open(src, "r+b") as f:
+        for n in zeroed:
+            r = m.by_name[n]
+            f.seek(r.abs_offset)
+            f.write(b"\0" * (r.info.nbytes // r.info.ne[1] * 100))  # the first 100 of 512 rows
+    types = ("Q4_K_M", "IQ4_XS", "IQ2_XXS")
+    res = run_quantize(plan_quantize(src, ",".join(types), imatrix=tiny["imatrix"], out_dir=tmp_path / "q",
+                                     name="zrows"))
+    assert [(o.quant_type, o.status) for o in res.outputs] == [(t, "done") for t in types], \
+        [o.reason for o in res.outputs]
+    zero_heads = []
+    for o in res.outputs:
+        q = GGUFModel(o.path)
+        assert inspect_model(o.path).consistent
+        for n in zeroed:
+            r = q.by_name[n]
+            with open(r.path, "rb") as f:
+                f.seek(r.abs_offset)
+                if r.info.type_name not in ("F32", "F16", "BF16") and not any(f.read(512)):
+                    zero_heads.append(f"{o.quant_type}:{n}")
+    # the outputs really start with zero blocks, so the old rule would have refused them
+    assert zero_heads, "no quantized tensor starts with 512 zero bytes: the test proves nothing"

@@ -26,6 +26,8 @@ from ..cli import (
     warn,
 )
 
+VALUE_CHARS = 240  # a metadata value shown by inspect: escaped, at most this long
+
 
 def _run_plan(plan, dry_run: bool, as_json: bool, layout: str = "reflink", no_reflink: bool = False) -> None:
     from ..graft import apply_plan, block_sharing, describe_plan
@@ -68,6 +70,7 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
     """Show a GGUF's MTP structure and whether llama.cpp will load it.
 
     Exits 0 for any readable file (even an inconsistent one), non-zero only if it cannot be read."""
+    from ..gguf_io import shown
     from ..inspection import inspect_model
 
     rep = inspect_model(file)
@@ -88,19 +91,19 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
                + (f" ({', '.join(f'blk.{i}' for i in rep.mtp_layers)}, {len(rep.mtp_tensors)} tensors, "
                   f"{rep.mtp_bytes / mb:.1f} MB)" if rep.mtp_present else ""))
     for t in rep.mtp_tensors:
-        click.echo(f"    {t.name:<42} {t.type:<8} {str(t.shape):<16} {t.nbytes:>14,} B")
+        click.echo(f"    {shown(t.name):<42} {t.type:<8} {str(t.shape):<16} {t.nbytes:>14,} B")
     if rep.layer_arrays:
         click.echo("per-layer arrays:")
         for k, n in rep.layer_arrays.items():
-            click.echo(f"    {k} [{n}]")
+            click.echo(f"    {shown(k)} [{n}]")
     if rep.imatrix:
         click.echo("imatrix:")
         for k, v in rep.imatrix.items():
-            click.echo(f"    {k} = {v}")
+            click.echo(f"    {shown(k)} = {shown(str(v), VALUE_CHARS)}")
     if rep.provenance:
         click.echo("provenance:")
-        for k, v in rep.provenance.items():
-            click.echo(f"    {k} = {v}")
+        for k, v in rep.provenance.items():  # values as a file holds them: escaped, one line each
+            click.echo(f"    {shown(k)} = {shown(str(v), VALUE_CHARS)}")
     if shared is not None:
         click.echo(f"shared blocks:   {shared[0] / mb:.1f} of {shared[1] / mb:.1f} MB of tensor data in extents "
                    "the filesystem shares with other files (reflinks)")

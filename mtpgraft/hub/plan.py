@@ -429,7 +429,7 @@ def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
                                 + "; ".join(report.problems)))
     elif not report.mtp_present and not (allow_trunk_only and report.layout == "trunk-only"):
         refusals.append(Refusal(first.path_in_repo, "has no MTP head (no nextn tensors): nothing for "
-                                "draft-mtp to use; graft one with `mtpgraft graft`"))
+                                "draft-mtp to use; graft one with `mtpgraft attach`"))
 
     shas = {}
     for loc in group:
