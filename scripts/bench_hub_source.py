@@ -136,8 +136,8 @@ def main() -> None:
     print(f"fetched / (MTP + header)   {cold / (mtp + header):.4f}")
     print(f"time hf:// cold / local    {rows[0][2] / rows[2][2]:.2f}")
     print(f"time hf:// cold / download + local  {rows[0][2] / rows[3][2]:.2f}")
-    same = (d / "out-hf.gguf").stat().st_size - (d / "out-local.gguf").stat().st_size
-    print(f"outputs differ in size by {same} bytes (the provenance label only)")
+    a, b = (d / "out-hf.gguf").stat().st_size, (d / "out-local.gguf").stat().st_size
+    print(f"output sizes: hf:// {a:,}, local {b:,} (tests/test_sources_hub.py: only the source label differs)")
     if not args.keep:
         shutil.rmtree(d, ignore_errors=True)
 
