@@ -1,18 +1,49 @@
-"""One error hierarchy. The CLI maps every MtpgraftError to one line on stderr and a non-zero exit."""
+"""One error hierarchy and one table of exit codes.
+
+Every error mtpgraft raises on purpose is an MtpgraftError whose class says what kind of failure it
+is; the CLI maps it to one line on stderr and the exit code of its kind (EXIT_CODES, also in the
+README). A signal is not an error: it raises Interrupted, which exits 128 + the signal number.
+"""
 
 from __future__ import annotations
+
+import signal
+
+# The exit code per kind of failure (the README's table is this one).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran and its result is a fail: check verdict, a quant type or recipe step failed
+EXIT_USAGE = 2  # a bad option or combination (click's own usage errors exit 2 as well)
+EXIT_INPUT = 3  # an input that cannot be used: not a GGUF, inputs that do not fit, a bad recipe
+EXIT_OUTPUT = 4  # an output that cannot be written: it exists (no --force), no space, an OS error
+EXIT_TOOL = 5  # a llama.cpp tool is missing, failed, or llama-server died / stopped responding
+EXIT_HUB = 6  # the Hugging Face Hub refused or failed a request
+EXIT_SIGNAL_BASE = 128  # interrupted: 128 + signal number (130 SIGINT, 143 SIGTERM, 129 SIGHUP)
+
+EXIT_CODES: dict[str, int] = {
+    "ok": EXIT_OK, "failed": EXIT_FAILED, "usage": EXIT_USAGE, "input": EXIT_INPUT,
+    "output": EXIT_OUTPUT, "tool": EXIT_TOOL, "hub": EXIT_HUB,
+    "interrupted (SIGINT)": EXIT_SIGNAL_BASE + signal.SIGINT,
+    "interrupted (SIGTERM)": EXIT_SIGNAL_BASE + signal.SIGTERM,
+    "interrupted (SIGHUP)": EXIT_SIGNAL_BASE + signal.SIGHUP,
+}
 
 
 class MtpgraftError(Exception):
     """Base of every error mtpgraft raises on purpose. `exit_code` is what the CLI exits with."""
 
-    exit_code = 1
+    exit_code = EXIT_INPUT
+
+
+class VerdictFailedError(MtpgraftError):
+    """The command did its work and the result is a fail (check verdict, failed quant types or steps)."""
+
+    exit_code = EXIT_FAILED
 
 
 class UsageError(MtpgraftError):
     """The user asked for something that cannot work (bad option combination, bad value)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class GGUFFormatError(MtpgraftError):
@@ -23,16 +54,36 @@ class GraftError(MtpgraftError):
     """A graft (attach / detach / extract) was refused: the inputs do not fit together."""
 
 
+class QuantizeError(MtpgraftError):
+    """A quantization was refused at plan time or produced a bad output."""
+
+
+class RecipeError(MtpgraftError):
+    """A recipe file is invalid or its work dir cannot be used."""
+
+
 class OutputExistsError(MtpgraftError):
     """The output exists and --force was not given, or the output is one of the inputs."""
+
+    exit_code = EXIT_OUTPUT
+
+
+class OutputWriteError(MtpgraftError):
+    """An output could not be written: not enough free space, or the OS refused the write."""
+
+    exit_code = EXIT_OUTPUT
 
 
 class ToolNotFoundError(MtpgraftError):
     """A llama.cpp tool could not be found in any of the places mtpgraft looks."""
 
+    exit_code = EXIT_TOOL
+
 
 class ToolFailedError(MtpgraftError):
     """An external tool exited non-zero. Carries the command, exit code and the tail of its output."""
+
+    exit_code = EXIT_TOOL
 
     def __init__(self, message: str, *, cmd: list[str] | None = None, returncode: int | None = None,
                  output_tail: str = "") -> None:
@@ -45,22 +96,41 @@ class ToolFailedError(MtpgraftError):
 class ServerError(MtpgraftError):
     """llama-server failed to start, died, or answered wrongly. Carries the tail of its log."""
 
+    exit_code = EXIT_TOOL
+
     def __init__(self, message: str, *, log_tail: str = "") -> None:
         super().__init__(message)
         self.log_tail = log_tail
 
 
-class QuantizeError(MtpgraftError):
-    """A quantization batch failed or produced a bad output."""
-
-
-class RecipeError(MtpgraftError):
-    """A recipe file is invalid or a pipeline step failed."""
-
-
 class HubError(MtpgraftError):
     """A Hugging Face Hub operation failed or was refused by the verification gate."""
+
+    exit_code = EXIT_HUB
 
 
 class SourceError(MtpgraftError):
     """An MTP source cannot be read or converted (bad spec, malformed safetensors, unknown architecture)."""
+
+
+class Interrupted(KeyboardInterrupt):  # noqa: N818 - it is KeyboardInterrupt's kin, not an error
+    """SIGINT, SIGTERM or SIGHUP arrived. A BaseException like KeyboardInterrupt, so `except
+    Exception` never swallows it and every `finally` on the way out runs (temp files, children)."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal_name(signum))
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SIGNAL_BASE + self.signum
+
+    def __str__(self) -> str:
+        return f"interrupted ({signal_name(self.signum)})"
+
+
+def signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ToolFailedError, ToolNotFoundError, UsageError
+from .tools import run_tool
 
 SDIST_NAME = "llama-cpp-python"
 SDIST_VERSION = "0.3.36"
@@ -93,20 +93,9 @@ def _is_complete(build: Path, cmake_args: Sequence[str]) -> bool:
 
 
 def _run(cmd: list[str], log: Callable[[str], None], cwd: Path | None = None) -> None:
+    """A build step through the one runner, its output streamed to `log` as it comes."""
     log("+ " + " ".join(cmd))
-    proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace")
-    tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        tail.append(line.rstrip())
-        del tail[:-40]
-        log(line.rstrip())
-    rc = proc.wait()
-    if rc != 0:
-        last = next((x for x in reversed(tail) if x.strip()), "")
-        raise ToolFailedError(f"{Path(cmd[0]).name} failed with exit code {rc}: {last[:300]}",
-                              cmd=cmd, returncode=rc, output_tail="\n".join(tail))
+    run_tool(cmd, cwd=cwd, on_line=log, tail_lines=40)
 
 
 def ensure_source(log: Callable[[str], None], sdist: str | os.PathLike[str] | None = None) -> Path:

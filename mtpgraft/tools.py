@@ -1,4 +1,5 @@
-"""Finding and running the llama.cpp tools: the one place that knows where binaries live.
+"""Finding and running external tools: where the llama.cpp binaries live, and the one runner that
+starts every child process (none outlives mtpgraft, whatever ends it).
 
 Lookup order for every tool: the --llama-cpp DIR flag, then $MTPGRAFT_LLAMA_CPP, then PATH, then
 the toolchain cache built by `mtpgraft toolchain`.
@@ -6,18 +7,24 @@ the toolchain cache built by `mtpgraft toolchain`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
+import threading
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .errors import ToolFailedError, ToolNotFoundError
+from .errors import Interrupted, ToolFailedError, ToolNotFoundError, signal_name
 
 log = logging.getLogger("mtpgraft")
 
@@ -77,29 +84,156 @@ def format_cmd(cmd: list[str]) -> str:
     return shlex.join(str(c) for c in cmd)
 
 
-def run_tool(cmd: list[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] | None = None,
-             timeout: float | None = None, env: dict[str, str] | None = None,
-             tail_lines: int = 30) -> subprocess.CompletedProcess[str]:
-    """Run an external tool, logging the exact command; raise ToolFailedError with its output tail."""
+# Every child runs through this launcher: it asks the kernel to SIGKILL it when the mtpgraft
+# thread that started it dies (prctl PR_SET_PDEATHSIG survives execve), makes sure that parent is
+# still there, then execs the tool in place (same pid). Chosen over preexec_fn, which is unsafe in a
+# process with threads (quantize -j runs its tools from worker threads), and over a watchdog process,
+# which cannot close the window between starting the child and starting the watchdog.
+_LAUNCHER = (
+    "import ctypes,os,sys\n"
+    "try:\n ctypes.CDLL(None,use_errno=True).prctl(1,9,0,0,0)\n"  # PR_SET_PDEATHSIG, SIGKILL
+    "except Exception:\n pass\n"
+    "if os.getppid()!=int(sys.argv[1]):\n os._exit(137)\n"
+    "try:\n os.execv(sys.argv[2],sys.argv[2:])\n"
+    "except OSError as e:\n sys.stderr.write(f'cannot run {sys.argv[2]}: {e.strerror}\\n'); os._exit(127)\n"
+)
+_USE_LAUNCHER = sys.platform.startswith("linux")
+
+_live: set[subprocess.Popen[Any]] = set()
+_live_lock = threading.Lock()
+_stopping: int | None = None  # the signal that is shutting mtpgraft down, once one arrived
+
+
+def spawn(cmd: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] | None = None,
+          env: dict[str, str] | None = None, stdout: Any = subprocess.PIPE, text: bool = True,
+          ) -> subprocess.Popen[Any]:
+    """Start an external process that cannot outlive mtpgraft (see _LAUNCHER), in a session of its
+    own (a Ctrl-C reaches mtpgraft, which stops it). The caller ends it with stop_process()."""
+    if _stopping is not None:
+        raise Interrupted(_stopping)
     args = [str(c) for c in cmd]
+    exe = shutil.which(args[0])
+    if exe is None:
+        raise ToolNotFoundError(f"cannot run {args[0]}: no such executable")
     log.info("running: %s", format_cmd(args))
+    argv = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), exe, *args[1:]] if _USE_LAUNCHER \
+        else [exe, *args[1:]]
+    kw: dict[str, Any] = {"text": True, "errors": "replace"} if text else {}
     try:
-        proc = subprocess.run(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              errors="replace", timeout=timeout)
-    except FileNotFoundError as e:
-        raise ToolNotFoundError(f"cannot run {args[0]}: {e.strerror}") from e
-    except subprocess.TimeoutExpired as e:
-        out = e.output if isinstance(e.output, str) else (e.output or b"").decode("utf-8", "replace")
-        raise ToolFailedError(f"{Path(args[0]).name} timed out after {timeout:g}s",
-                              cmd=args, returncode=None, output_tail=_tail(out, tail_lines)) from e
-    if proc.returncode != 0:
-        tail = _tail(proc.stdout, tail_lines)
-        last = _last_meaningful_line(proc.stdout)
-        raise ToolFailedError(
-            f"{Path(args[0]).name} failed with exit code {proc.returncode}" + (f": {last}" if last else ""),
-            cmd=args, returncode=proc.returncode, output_tail=tail)
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+                                stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    except OSError as e:
+        raise ToolNotFoundError(f"cannot run {args[0]}: {e.strerror or e}") from e
+    proc.args = args  # what was asked for, not the launcher line
+    with _live_lock:
+        _live.add(proc)
     return proc
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> int | None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL and wait; returns the exit status (None only if
+    even SIGKILL did not end it in 5 s). Safe to call on a process that already ended."""
+    try:
+        if proc.poll() is None:
+            _signal(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _signal(proc, signal.SIGKILL)
+                try:
+                    proc.wait(timeout=5.0)
+                except subprocess.TimeoutExpired:
+                    log.warning("pid %d did not end after SIGKILL", proc.pid)
+        return proc.poll()
+    finally:
+        if proc.poll() is not None:
+            with _live_lock:
+                _live.discard(proc)
+
+
+def _signal(proc: subprocess.Popen[Any], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # its session's group: the tool and anything it started
+    except OSError:
+        with contextlib.suppress(OSError):
+            proc.send_signal(sig)
+
+
+def interrupt_children(signum: int, *, kill: bool = False) -> None:
+    """Called from a signal handler: refuse new children and send SIGTERM (SIGKILL with `kill`) to
+    the running ones (the threads waiting for them then see them end); stop_children() reaps."""
+    global _stopping
+    _stopping = signum
+    with _live_lock:
+        procs = list(_live)
+    for p in procs:
+        if p.poll() is None:
+            _signal(p, signal.SIGKILL if kill else signal.SIGTERM)
+
+
+def stop_children(timeout: float = 5.0) -> None:
+    """End every child still running (TERM, then KILL after `timeout`) and wait for each; then
+    children may be started again (the signal that stopped them has been dealt with)."""
+    global _stopping
+    with _live_lock:
+        procs = list(_live)
+    for p in procs:
+        stop_process(p, timeout)
+    _stopping = None
+
+
+def live_children() -> list[int]:
+    """The pids of the children mtpgraft started and has not reaped yet."""
+    with _live_lock:
+        return [p.pid for p in _live if p.poll() is None]
+
+
+def run_tool(cmd: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] | None = None,
+             timeout: float | None = None, env: dict[str, str] | None = None, tail_lines: int = 30,
+             on_line: Callable[[str], None] | None = None, check: bool = True,
+             ) -> subprocess.CompletedProcess[str]:
+    """THE way mtpgraft runs a tool to completion: logs the exact command, captures stdout+stderr
+    (each line also goes to `on_line`), and on a non-zero exit or a timeout raises ToolFailedError
+    with the command, the exit code and the output's tail. The child never outlives the call."""
+    proc = spawn(cmd, cwd=cwd, env=env)
+    args: list[str] = proc.args  # type: ignore[assignment]
+    fired: list[bool] = []
+
+    def expire() -> None:
+        fired.append(True)
+        _signal(proc, signal.SIGKILL)
+
+    timer = threading.Timer(timeout, expire) if timeout else None
+    lines: list[str] = []
+    try:
+        if timer is not None:
+            timer.start()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
+        rc = proc.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+        stop_process(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    out = "".join(lines)
+    if fired:
+        raise ToolFailedError(f"{Path(args[0]).name} timed out after {timeout:g}s",
+                              cmd=args, returncode=None, output_tail=_tail(out, tail_lines))
+    if rc != 0 and check:
+        last = _last_meaningful_line(out)
+        raise ToolFailedError(
+            f"{Path(args[0]).name} failed with {_exit_str(rc)}" + (f": {last}" if last else ""),
+            cmd=args, returncode=rc, output_tail=_tail(out, tail_lines))
+    return subprocess.CompletedProcess(args, rc, out, None)
+
+
+def _exit_str(rc: int) -> str:
+    return f"{signal_name(-rc)} (signal {-rc})" if rc < 0 else f"exit code {rc}"
 
 
 def _tail(text: str, n: int) -> str:
@@ -120,11 +254,9 @@ def _last_meaningful_line(text: str) -> str:
 def _capture(path: str, flag: str) -> str:
     """stdout + stderr of `TOOL FLAG`, or '' if it cannot run (used for --version and --help)."""
     try:
-        proc = subprocess.run([path, flag], stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, errors="replace", timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
+        return run_tool([path, flag], timeout=30, check=False).stdout
+    except (ToolNotFoundError, ToolFailedError):
         return ""
-    return proc.stdout + proc.stderr
 
 
 @functools.lru_cache(maxsize=32)

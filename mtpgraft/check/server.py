@@ -7,6 +7,7 @@ Flags and fields are those of llama.cpp 0c1e570 (common/arg.cpp, tools/server).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import weakref
 from collections import deque
@@ -24,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ServerError, UsageError
-from ..tools import find_tool, format_cmd, probe_mtp_spec_type, server_help, tool_version
+from ..errors import ServerError, ToolNotFoundError, UsageError
+from ..tools import find_tool, probe_mtp_spec_type, server_help, spawn, stop_process, tool_version
 
 log = logging.getLogger("mtpgraft")
 
@@ -189,6 +191,7 @@ class LlamaServer:
             self.log_path = Path(name)
             weakref.finalize(self, self.log_path.unlink, missing_ok=True)
         self._spec_flag: str | None = None
+        self._speed = _Speed()
         self.cmd = self._build_cmd()
 
     # ---- process ---------------------------------------------------------------------------
@@ -266,20 +269,18 @@ class LlamaServer:
 
     def _launch(self) -> None:
         self.stop()
-        log.info("running: %s", format_cmd(self.cmd))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - kept open for the process's life
         try:
-            # Its own session: a Ctrl-C in the terminal reaches us, and we stop it by its pid.
-            self._proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                          stderr=subprocess.STDOUT, start_new_session=True,
-                                          env={**os.environ, **self.env} if self.env else None)
-        except OSError as e:
-            self._log_file.close()
-            self._log_file = None
-            raise ServerError(f"cannot run {self.binary}: {e.strerror or e}") from e
+            # The one runner: its own session (a Ctrl-C reaches us, and we stop it), and it dies with
+            # mtpgraft even when mtpgraft is killed with SIGKILL.
+            self._proc = spawn(self.cmd, stdout=self._log_file, text=False,
+                               env={**os.environ, **self.env} if self.env else None)
+        except ToolNotFoundError as e:
+            self._close_log()
+            raise ServerError(str(e)) from e
         # Never leave a server behind, even if the caller forgets stop() or the interpreter exits.
-        weakref.finalize(self, _kill_quietly, self._proc)
+        weakref.finalize(self, stop_process, self._proc, 2.0)
 
     def _wait_healthy(self) -> None:
         assert self._proc is not None
@@ -330,18 +331,11 @@ class LlamaServer:
             conn.close()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Terminate the server by its own pid (SIGTERM, then SIGKILL); safe to call twice."""
+        """Stop the server: SIGTERM, then SIGKILL when it is still there after `timeout` seconds
+        (a server stuck "cleaning up before exit" or stopped with SIGSTOP); safe to call twice."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                try:
-                    proc.wait(timeout=5.0)
-                except subprocess.TimeoutExpired:
-                    log.warning("llama-server pid %d did not die after SIGKILL", proc.pid)
+        if proc is not None:
+            stop_process(proc, timeout)
         self._close_log()
 
     def _close_log(self) -> None:
@@ -369,20 +363,23 @@ class LlamaServer:
     # ---- HTTP --------------------------------------------------------------------------------
 
     def request(self, method: str, path: str, body: Any = None, *, timeout: float = 60.0) -> tuple[int, bytes]:
-        """One HTTP exchange; ServerError if the server cannot be reached."""
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        except (OSError, http.client.HTTPException) as e:
+        """One HTTP exchange, watched: ServerError if the server cannot be reached, exits, or stops
+        responding (its process stopped, /health unanswered, or no answer within `timeout`)."""
+        ex = _Exchange(HOST, self.port, method, path, body, timeout)
+        ex.start()
+        watch = _Watchdog(self, f"{method} {path}", timeout)
+        while not ex.done.wait(_WATCH_SLICE):
+            why = watch.problem()
+            if why is not None:
+                ex.abort()
+                raise ServerError(f"llama-server stopped responding: {why} (log: {self.log_path})",
+                                  log_tail=_tail(self.log_text()))
+        if ex.error is not None:
             dead = "" if self.running else " (the server is not running)"
-            raise ServerError(f"{method} {path} on {self.url} failed: {e}{dead}",
-                              log_tail=_tail(self.log_text())) from e
-        finally:
-            conn.close()
+            raise ServerError(f"{method} {path} on {self.url} failed: {ex.error}{dead}",
+                              log_tail=_tail(self.log_text())) from ex.error
+        assert ex.status is not None
+        return ex.status, ex.data
 
     def _json(self, method: str, path: str, body: Any = None, *, timeout: float = 60.0) -> Any:
         status, raw = self.request(method, path, body, timeout=timeout)
@@ -395,12 +392,22 @@ class LlamaServer:
             raise ServerError(f"{method} {path} answered with invalid JSON: {raw[:200]!r}") from e
 
     def completion(self, prompt: str, *, n_predict: int = 64, temperature: float = 0.0, seed: int = 0,
-                   cache_prompt: bool = False, timeout: float = 300, **extra: Any) -> dict:
+                   cache_prompt: bool = False, timeout: float | None = None, **extra: Any) -> dict:
         """POST /completion. The answer has "content" and "timings" (draft_n and draft_n_accepted
-        appear in timings only when something was drafted)."""
+        appear in timings only when something was drafted). The wait is bounded by what the request
+        needs at the speed this server has shown (see request_budget), unless `timeout` is given."""
         body = {"prompt": prompt, "n_predict": n_predict, "temperature": temperature, "seed": seed,
                 "cache_prompt": cache_prompt, **extra}
-        return self._json("POST", "/completion", body, timeout=timeout)
+        budget = timeout if timeout is not None else self.request_budget(len(prompt), n_predict)
+        res = self._json("POST", "/completion", body, timeout=budget)
+        self._speed.update(res.get("timings") or {})
+        return res
+
+    def request_budget(self, prompt_chars: int, n_predict: int) -> float:
+        """Seconds a completion may take: the floor plus 4x what the slowest speed measured so far on
+        this server needs for the prompt (counted as one token per character, an overestimate) and
+        n_predict tokens; the first requests (nothing measured yet) get the startup allowance."""
+        return self._speed.budget(prompt_chars, n_predict, first=self.startup_timeout)
 
     def chat(self, messages: Sequence[dict[str, Any]], *, n_predict: int = 64, temperature: float = 0.0,
              seed: int = 0, cache_prompt: bool = False, timeout: float = 300, **extra: Any) -> dict:
@@ -442,13 +449,101 @@ class _PortClash(ServerError):
     """Something else answered on our port: start() retries on another one."""
 
 
-def _kill_quietly(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
+_WATCH_SLICE = 0.5  # how often a waiting request looks at the server
+_HEALTH_EVERY = 2.0  # seconds between /health probes while a request waits
+_HEALTH_MISSES = 5  # unanswered probes in a row that mean the server stopped responding
+_BUDGET_FLOOR = 30.0  # no completion is given less than this many seconds
+_BUDGET_FACTOR = 4.0  # headroom over the slowest speed measured
+
+
+class _Speed:
+    """The slowest prompt and decode speeds (tokens/s) a server has shown: what a request needs."""
+
+    def __init__(self) -> None:
+        self.prefill: float | None = None
+        self.decode: float | None = None
+
+    def update(self, timings: dict[str, Any]) -> None:
+        for attr, key in (("prefill", "prompt_per_second"), ("decode", "predicted_per_second")):
+            v = timings.get(key)
+            if isinstance(v, (int, float)) and v > 0:
+                cur = getattr(self, attr)
+                setattr(self, attr, v if cur is None else min(cur, v))
+
+    def budget(self, prompt_tokens: int, n_predict: int, *, first: float) -> float:
+        if self.prefill is None or self.decode is None:
+            return max(first, _BUDGET_FLOOR)
+        need = prompt_tokens / self.prefill + max(n_predict, 1) / self.decode
+        return _BUDGET_FLOOR + _BUDGET_FACTOR * need
+
+
+class _Exchange(threading.Thread):
+    """One HTTP request on a thread of its own, so the caller can watch the server meanwhile."""
+
+    def __init__(self, host: str, port: int, method: str, path: str, body: Any, timeout: float) -> None:
+        super().__init__(daemon=True, name=f"http {method} {path}")
+        self.conn = http.client.HTTPConnection(host, port, timeout=timeout + 5.0)
+        self.method, self.path = method, path
+        self.data = json.dumps(body).encode() if body is not None else None
+        self.status: int | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        headers = {"Content-Type": "application/json"} if self.data is not None else {}
         try:
-            proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            pass
+            self.conn.request(self.method, self.path, body=self.data, headers=headers)
+            resp = self.conn.getresponse()
+            self.data = resp.read()
+            self.status = resp.status
+        except (OSError, http.client.HTTPException) as e:
+            self.error = e
+        finally:
+            self.conn.close()
+            self.done.set()
+
+    def abort(self) -> None:
+        sock = self.conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """Says why a server stopped responding to a request: it exited, its process is stopped, it
+    stopped answering /health, or the request outlived its budget. None while all is well."""
+
+    def __init__(self, server: LlamaServer, what: str, budget: float) -> None:
+        self.server, self.what, self.budget = server, what, budget
+        self.t0 = time.monotonic()
+        self.next_probe = self.t0 + _HEALTH_EVERY
+        self.misses = 0
+
+    def problem(self) -> str | None:
+        proc = self.server._proc
+        now = time.monotonic()
+        if proc is None or proc.poll() is not None:
+            rc = proc.poll() if proc is not None else None
+            return f"it exited with {_exit_str(rc)} during {self.what}" if rc is not None else "it was stopped"
+        if _process_state(proc.pid) in ("T", "t"):
+            return f"its process (pid {proc.pid}) is stopped (SIGSTOP?) during {self.what}"
+        if now - self.t0 > self.budget:
+            return f"no answer to {self.what} within {self.budget:.0f}s"
+        if now >= self.next_probe:
+            self.next_probe = now + _HEALTH_EVERY
+            self.misses = 0 if self.server._health_status(timeout=_HEALTH_EVERY) is not None else self.misses + 1
+            if self.misses >= _HEALTH_MISSES:
+                return f"no answer to /health for {self.misses} probes during {self.what}"
+        return None
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (R, S, D, T, Z, ...), or '' where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
 
 
 def _signal_name(num: int) -> str:
