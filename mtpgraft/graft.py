@@ -7,11 +7,10 @@ files beside the target and renames them only when everything was written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,7 +53,7 @@ from .inspection import (
     layer_of,
     vocab_fingerprint,
 )
-from .outputs import check_outputs
+from .outputs import PendingOutput, check_outputs, ensure_space, writing
 
 Q = GGMLQuantizationType  # gguf-py's enum, for its numpy (de)quantizers only
 ATTACH_POLICIES = ("keep", "q8_0", "match")
@@ -698,7 +697,7 @@ def _quantize_mtp(plan: GraftPlan, workdir: Path) -> dict[str, tuple[Path, int]]
         else:
             tensors.append(OutTensor(t.name, t.ne, int(Q.F32), n, produce=_convert_chunks(r, "F32")))
     f32_path = workdir / "mtp-f32.gguf"
-    with open(f32_path, "wb") as fh:
+    with writing(f32_path), open(f32_path, "wb") as fh:
         write_gguf(fh, kvs, tensors, alignment=plan_alignment(plan))
     q_path = workdir / "mtp-quant.gguf"
     cmd: list[str] = [plan._quantize_with or "llama-quantize", "--allow-requantize", "--pure"]
@@ -751,20 +750,19 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
     progress = progress or (lambda n: None)
     outputs = [s.path for s in plan._shards]
     check_outputs(outputs, force=plan.force)  # they may have appeared since planning
-    tmps: list[Path] = []
-    workdir: Path | None = None
+    ensure_space(outputs[0], plan.output_bytes)  # all shards go to one folder
     shards = [_ShardSpec(s.path, list(s.kvs), list(s.tensors)) for s in plan._shards]  # the plan stays as it was
     hasher = None
     key = f"{PROV}mtp.source_sha256"
-    try:
+    with contextlib.ExitStack() as stack:
         if plan.operation in ("attach", "sidecar"):  # both carry a grafted MTP block
             kvs = shards[0].kvs
             k = next(i for i, kv in enumerate(kvs) if kv.key == key)
             if any(a.method == "llama-quantize" for a in plan.tensors):
                 # llama-quantize reads the sources itself: hash them in a pass of their own.
                 kvs[k] = encode_kv(key, GGUFValueType.STRING, _hash_refs(plan._source_refs, progress))
-                workdir = Path(tempfile.mkdtemp(prefix=".mtpgraft-q-", dir=outputs[0].parent))
-                _bind_mtp(plan, shards, None, _quantize_mtp(plan, workdir))
+                workdir = stack.enter_context(PendingOutput(outputs[0], folder=True))
+                _bind_mtp(plan, shards, None, _quantize_mtp(plan, workdir.path))
             else:
                 # Hash the source's MTP bytes as they are copied (MTP tensors are written in source
                 # order), then patch the digest into a placeholder of the same length.
@@ -772,30 +770,19 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
                 kvs[k] = encode_kv(key, GGUFValueType.STRING, "0" * 64)
                 _bind_mtp(plan, shards, hasher, {})
         align = plan_alignment(plan)
+        pending = [stack.enter_context(PendingOutput(s.path)) for s in shards]
         written = []
-        for s in shards:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{s.path.name}.", suffix=".mtpgraft-tmp", dir=s.path.parent)
-            tmp = Path(tmp_name)
-            tmps.append(tmp)
-            with os.fdopen(fd, "wb") as fh:
+        for p, s in zip(pending, shards, strict=True):
+            with writing(s.path), open(p.path, "wb") as fh:
                 written.append(write_gguf(fh, s.kvs, s.tensors, alignment=align, progress=progress, layout=layout))
-            os.chmod(tmp, 0o644)
         if hasher is not None:
-            with open(tmps[0], "r+b") as fh:  # the string value: after key length, key, type, string length
+            with writing(outputs[0]), open(pending[0].path, "r+b") as fh:
+                # the string value: after key length, key, type, string length
                 fh.seek(written[0].kv_offsets[key] + 8 + len(key.encode()) + 4 + 8)
                 fh.write(hasher.hexdigest().encode())
-        for tmp, s in zip(tmps, shards, strict=True):
-            os.replace(tmp, s.path)
-        tmps = []
-        return outputs
-    finally:
-        for tmp in tmps:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        for p in pending:
+            p.install(force=plan.force)
+    return outputs
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import os
 import threading
 from pathlib import Path
 
+from .outputs import write_text
 from .toolchain import cache_dir
 
 CHUNK = 8 << 20
@@ -50,9 +51,7 @@ def sha256_file(path: str | os.PathLike[str], *, use_cache: bool = True) -> str:
             cf = _cache_file()
             try:
                 cf.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cf.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(data))
-                os.replace(tmp, cf)
+                write_text(cf, json.dumps(data))
             except OSError:
                 pass  # a read-only cache only costs a re-hash next time
     return digest

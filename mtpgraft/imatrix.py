@@ -11,7 +11,6 @@ does not run the MTP graph (that is what the quantize step's MTP rules are for).
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from gguf import GGUFValueType
 from . import __version__
 from .arch import ASSISTANT_ARCH
 from .errors import GGUFFormatError, QuantizeError, ToolFailedError
-from .outputs import check_outputs
+from .outputs import PendingOutput, atomic_write, check_outputs, disk_full, no_space_error
 from .tools import find_tool, format_cmd
 
 KEY_SHA = "mtpgraft.imatrix.dataset_sha256"
@@ -159,15 +158,8 @@ def _add_provenance(src: Path, dst: Path, plan: ImatrixPlan) -> None:
     kvs = [kv for kv in g.kv.values() if kv.key not in extra]
     kvs += [encode_kv(k, GGUFValueType.STRING, v) for k, v in extra.items()]
     tensors = [OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, src, g.data_offset + t.offset) for t in g.tensors]
-    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".mtpgraft-tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write_gguf(fh, kvs, tensors, alignment=g.alignment)
-        os.chmod(name, 0o644)
-        os.replace(name, dst)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+    with atomic_write(dst, force=plan.force, size=sum(t.nbytes for t in tensors)) as fh:
+        write_gguf(fh, kvs, tensors, alignment=g.alignment)
 
 
 def run_imatrix(plan: ImatrixPlan, *, log_path: str | os.PathLike[str] | None = None,
@@ -175,26 +167,25 @@ def run_imatrix(plan: ImatrixPlan, *, log_path: str | os.PathLike[str] | None = 
     """Run llama-imatrix into a temporary file, add the provenance keys, rename into place."""
     from .tools import run_tool
 
-    out, tmp = Path(plan.output), Path(plan.tmp_output)
+    out = Path(plan.output)
     check_outputs([out], force=plan.force)  # it may have appeared since planning
-    tmp.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    try:
+    with PendingOutput(out, tmp=plan.tmp_output) as tmp:
         try:
             proc = run_tool(list(plan.command), cwd=plan.cwd, timeout=timeout, tail_lines=40)
             text = proc.stdout
         except ToolFailedError as e:
             if log_path is not None:
                 Path(log_path).write_text(e.output_tail, encoding="utf-8")
-            reason = _imatrix_reason(e.output_tail) or str(e)
-            raise QuantizeError(f"llama-imatrix failed: {reason}") from e
+            if disk_full(out.parent):
+                raise no_space_error(out) from e
+            e.args = (f"llama-imatrix failed: {_imatrix_reason(e.output_tail) or e}",)
+            raise
         if log_path is not None:
             Path(log_path).write_text(text, encoding="utf-8")
-        if not tmp.is_file():
+        if not tmp.path.is_file() or tmp.path.stat().st_size == 0:
             raise QuantizeError("llama-imatrix exited 0 but wrote no imatrix file")
-        _add_provenance(tmp, out, plan)
-    finally:
-        tmp.unlink(missing_ok=True)
+        _add_provenance(tmp.path, out, plan)
     info = read_imatrix(out)
     if info.entries == 0:
         out.unlink(missing_ok=True)

@@ -33,10 +33,17 @@ from typing import Any
 
 from . import __version__, ggml_types, naming
 from .arch import ASSISTANT_ARCH
-from .errors import GGUFFormatError, OutputExistsError, QuantizeError, ToolFailedError
+from .errors import (
+    GGUFFormatError,
+    OutputExistsError,
+    OutputWriteError,
+    QuantizeError,
+    ToolFailedError,
+)
 from .ggml_types import FILE_TYPES, FLOAT_FILE_TYPES, llama_quantizes, mtp_target, type_name
 from .gguf_io import GGUFModel, TensorRef, open_input, shown
 from .inspection import inspect_model
+from .outputs import PendingOutput, disk_full, no_space_error
 from .tools import find_tool, format_cmd
 
 log = logging.getLogger("mtpgraft")
@@ -728,73 +735,63 @@ class _Runner:
             self.emit(qt, f"FAILED: {msg}")
             return OutputResult(qt, "failed", None, reason=msg, problems=v.problems,
                                 seconds=time.perf_counter() - t0)
-        tmp = Path(job.tmp_path)
-        _rm(tmp)  # a stale partial from an interrupted run is ours to replace
-        split_tmp = Path(plan.out_dir) / f".{qt}.partial"
         try:
             Path(plan.out_dir).mkdir(parents=True, exist_ok=True)
-            self.emit(qt, "quantizing")
-            try:
-                self._tool(job.command, job.cwd, log_name)
-            except ToolFailedError as e:
-                reason = _failure_reason(e)
-                self.emit(qt, f"FAILED: llama-quantize: {reason}")
-                return OutputResult(qt, "failed", None, reason=f"llama-quantize: {reason}",
-                                    seconds=time.perf_counter() - t0, log=log_path)
-            v = verify_output(tmp, job.expect)
-            if not v.ok:
-                self.emit(qt, f"FAILED verification: {'; '.join(v.problems)}")
-                return OutputResult(qt, "failed", None, reason="bad output removed: " + "; ".join(v.problems),
-                                    problems=v.problems, seconds=time.perf_counter() - t0, log=log_path)
-            size = tmp.stat().st_size
-            if plan.split_max_bytes is not None and size > plan.split_max_bytes:
-                final = self._split(job, split_tmp, log_name)
-                if final is not None:
-                    v = verify_output(final, job.expect)
-                    return self._result(job, "done", v, t0, split=True, log=log_path)
-            self._install_single(job, tmp)
+            with PendingOutput(job.single_path, tmp=job.tmp_path) as tmp:
+                self.emit(qt, "quantizing")
+                try:
+                    self._tool(job.command, job.cwd, log_name)
+                except ToolFailedError as e:
+                    reason = f"llama-quantize: {_failure_reason(e)}"
+                    if disk_full(plan.out_dir):
+                        written = tmp.path.stat().st_size if tmp.path.is_file() else None
+                        reason = str(no_space_error(job.single_path, written))
+                    self.emit(qt, f"FAILED: {reason}")
+                    return OutputResult(qt, "failed", None, reason=reason,
+                                        seconds=time.perf_counter() - t0, log=log_path)
+                v = verify_output(tmp.path, job.expect)
+                if not v.ok:
+                    self.emit(qt, f"FAILED verification: {'; '.join(v.problems)}")
+                    return OutputResult(qt, "failed", None, reason="bad output removed: " + "; ".join(v.problems),
+                                        problems=v.problems, seconds=time.perf_counter() - t0, log=log_path)
+                if plan.split_max_bytes is not None and tmp.path.stat().st_size > plan.split_max_bytes:
+                    final = self._split(job, log_name)
+                    if final is not None:
+                        v = verify_output(final, job.expect)
+                        return self._result(job, "done", v, t0, split=True, log=log_path)
+                self._claim(Path(job.split_dir))
+                tmp.install(force=plan.force)
             v = verify_output(job.single_path, job.expect)
             return self._result(job, "done", v, t0, log=log_path)
-        except (ToolFailedError, QuantizeError, OutputExistsError) as e:
+        except (ToolFailedError, QuantizeError, OutputExistsError, OutputWriteError) as e:
             self.emit(qt, f"FAILED: {e}")
             return OutputResult(qt, "failed", None, reason=str(e), seconds=time.perf_counter() - t0,
                                 log=log_path)
-        finally:
-            _rm(tmp)
-            _rm(split_tmp)
 
-    def _split(self, job: QuantizeJob, split_tmp: Path, log_name: str) -> Path | None:
+    def _split(self, job: QuantizeJob, log_name: str) -> Path | None:
         plan = self.plan
-        _rm(split_tmp)
-        split_tmp.mkdir(parents=True)
-        self.emit(job.quant_type, f"splitting at {plan.split_max_size}")
-        self._tool(job.split_command(plan, str(split_tmp)), None, log_name.replace(".log", "-split.log"))
-        shards = sorted(split_tmp.glob("*.gguf"))
-        if len(shards) <= 1:  # llama-gguf-split counts tensor bytes only: it may not need to split
-            return None
-        first = shards[0]
-        v = verify_output(first, job.expect)
-        if not v.ok:
-            raise QuantizeError(f"the split set is bad ({'; '.join(v.problems)}); removed")
-        if len(v.files) != len(shards):
-            raise QuantizeError(f"llama-gguf-split wrote {len(shards)} files but the set has {len(v.files)}")
         dest = Path(job.split_dir)
-        single = Path(job.single_path)
-        if (dest.exists() or single.exists()) and not plan.force:
-            raise OutputExistsError(f"{dest if dest.exists() else single} appeared meanwhile; pass --force")
-        _rm(dest)
-        _rm(single)
-        os.rename(split_tmp, dest)
-        return dest / first.name
+        with PendingOutput(dest, tmp=Path(plan.out_dir) / f".{job.quant_type}.partial", folder=True) as st:
+            self.emit(job.quant_type, f"splitting at {plan.split_max_size}")
+            self._tool(job.split_command(plan, str(st.path)), None, log_name.replace(".log", "-split.log"))
+            shards = sorted(st.path.glob("*.gguf"))
+            if len(shards) <= 1:  # llama-gguf-split counts tensor bytes only: it may not need to split
+                return None
+            v = verify_output(shards[0], job.expect)
+            if not v.ok:
+                raise QuantizeError(f"the split set is bad ({'; '.join(v.problems)}); removed")
+            if len(v.files) != len(shards):
+                raise QuantizeError(f"llama-gguf-split wrote {len(shards)} files but the set has {len(v.files)}")
+            self._claim(Path(job.single_path))
+            st.install(force=plan.force)
+        return dest / shards[0].name
 
-    def _install_single(self, job: QuantizeJob, tmp: Path) -> None:
-        single, dest = Path(job.single_path), Path(job.split_dir)
-        if (single.exists() or dest.exists()) and not self.plan.force:
-            raise OutputExistsError(f"{single if single.exists() else dest} appeared meanwhile; pass --force")
-        if dest.exists():
-            _rm(dest)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, single)
+    def _claim(self, other: Path) -> None:
+        """One type has one output: a single file or a split folder. Installing one removes the
+        other with --force and is refused without it (the target itself is guarded by install())."""
+        if other.exists() and not self.plan.force:
+            raise OutputExistsError(f"{other} appeared meanwhile; pass --force")
+        _rm(other)
 
     def _result(self, job: QuantizeJob, status: str, v: Verification, t0: float, *, split: bool = False,
                 log: str | None = None) -> OutputResult:

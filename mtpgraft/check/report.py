@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..outputs import PendingOutput, write_text
 from .judge import SPEEDUP_GREEN, SPEEDUP_RED, CheckResult, ConfigStats, ModelResult
 from .measure import RequestRecord
 from .plan import WARMUP_RULE, Condition
@@ -326,10 +327,10 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, plt: Any, path: Path) -> None:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    with PendingOutput(path) as tmp:
+        fig.savefig(tmp.path, dpi=120, format="png")
+        plt.close(fig)
+        tmp.install(force=True)
 
 
 def write_chart(result: CheckResult, path: Path) -> str:
@@ -398,9 +399,7 @@ def write_chart_by_n(result: CheckResult, path: Path) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def write_bench_json(result: CheckResult, path: str | os.PathLike[str]) -> Path:

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..outputs import write_text
+
 
 @dataclass(frozen=True)
 class StepRecord:
@@ -76,9 +78,7 @@ class State:
     def put(self, rec: StepRecord) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         f = self._file(rec.step)
-        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(rec), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, f)
+        write_text(f, json.dumps(asdict(rec), indent=2, sort_keys=True) + "\n")
 
     def record(self, step: str, key: str, started: str, seconds: float, outputs: Sequence[Path],
                detail: Mapping[str, Any], *, status: str = "done") -> StepRecord:

@@ -22,6 +22,7 @@ from typing import Any
 from .. import __version__
 from ..errors import GraftError, HubError, SourceError, UsageError
 from ..gguf_io import GGUFModel, encode_kv
+from ..outputs import PendingOutput
 from . import convert, donor
 from .hubfiles import RETRIES, HubRepo, open_repo
 from .safetensors import STHeader, header_length, parse_header, weight_map
@@ -187,14 +188,9 @@ def _target(plan_only: bool, *parts: object) -> tuple[Path, bool]:
 
 def _write_atomic(out: Path, write: Callable[[Path], None]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with PendingOutput(out) as tmp:
+        write(tmp.path)
+        tmp.install(force=True)  # a cache entry: whoever finishes it last leaves the same bytes
 
 
 # --------------------------------------------------------------------------- GGUF donors on the Hub
