@@ -12,7 +12,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def render() -> str:
-    from mtpgraft import commands  # noqa: F401  (registers the commands)
     from mtpgraft.cli import cli
 
     runner = CliRunner()

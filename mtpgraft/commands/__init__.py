@@ -1,5 +1,2 @@
-"""CLI commands, one module per stage; importing this package registers them all on `cli`."""
-
-from __future__ import annotations
-
-from . import check, graft, hub, quality, quantize, run, testmodels, toolchain  # noqa: F401
+"""The CLI commands, one module each; mtpgraft.cli registers them on the group (common.py holds
+what they share)."""

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from ..cli import (
-    cli,
+from ..errors import UsageError, VerdictFailedError
+from .common import (
+    dry_run_option,
     emit_dry_run,
     emit_json,
     error_boundary,
@@ -22,7 +22,6 @@ from ..cli import (
     show_progress,
     warn,
 )
-from ..errors import UsageError
 
 
 def _split(values: tuple[str, ...] | str | None) -> list[str]:
@@ -50,7 +49,7 @@ def _settings(preset: str, given: dict[str, Any]) -> dict[str, Any]:
     return {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
 
 
-@cli.command("check")
+@click.command("check")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--quick", "preset", flag_value="quick",
               help="Small plan: n=3, 1 rep, 1 prompt per category, 64 tokens.")
@@ -104,7 +103,7 @@ def _settings(preset: str, given: dict[str, Any]) -> dict[str, Any]:
               metavar="FILE", help="Write {n_requests, total_predicted, total_draft, "
                                    "total_draft_accepted, aggregate_accept_rate, wall_s_total}.")
 @force_option
-@click.option("--dry-run", is_flag=True, help="Print the plan (servers, requests, tokens) and stop.")
+@dry_run_option("Print the plan (servers, requests, tokens) and stop.")
 @llama_cpp_option
 @json_option
 @error_boundary
@@ -170,7 +169,10 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
     _show(result, report_dir=report_dir, bench_json=bench_json, per_prompt=per_prompt,
           as_json=as_json, resolutions=resolutions)
     if not result.passed:
-        sys.exit(1)
+        from ..check.report import format_verdict
+
+        head = " ".join(format_verdict(result).splitlines()[0].split())
+        raise VerdictFailedError(f"{head}: {'; '.join(result.reasons) or 'see the report'}")
 
 
 def _run(plan: Any, report_dir: str | None, *, hash_files: bool) -> Any:
@@ -199,7 +201,6 @@ def _show(result: Any, *, report_dir: str | None, bench_json: str | None, per_pr
     from ..check.report import (
         format_per_prompt,
         format_table,
-        format_verdict,
         report_dict,
         write_bench_json,
         write_report,
@@ -224,8 +225,6 @@ def _show(result: Any, *, report_dir: str | None, bench_json: str | None, per_pr
     if as_json:
         emit_json({**report_dict(result, charts[0] if charts else None, charts),
                    **({"resolved": [r.to_dict() for r in resolutions]} if resolutions else {})})
-        if not result.passed:
-            click.echo(format_verdict(result), err=True)
     else:
         if per_prompt:
             click.echo(format_per_prompt(result))

@@ -1,4 +1,4 @@
-"""`inspect`, `attach`, `detach`, `extract`: the graft commands."""
+"""`attach`, `detach`, `extract`: the graft commands (one plan renderer for the three)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from ..cli import (
+from .common import (
     FetchBar,
-    cli,
+    dry_run_option,
     emit_dry_run,
     emit_json,
     error_boundary,
@@ -26,8 +26,6 @@ from ..cli import (
     warn,
 )
 
-VALUE_CHARS = 240  # a metadata value shown by inspect: escaped, at most this long
-
 
 def _run_plan(plan, dry_run: bool, as_json: bool, layout: str = "reflink", no_reflink: bool = False) -> None:
     from ..graft import apply_plan, block_sharing, describe_plan
@@ -41,7 +39,7 @@ def _run_plan(plan, dry_run: bool, as_json: bool, layout: str = "reflink", no_re
         outputs = apply_plan(plan, progress=bar.update, layout=layout_from(layout, no_reflink))
     sharing = block_sharing(plan)
     if as_json:
-        emit_json({"dry_run": False, **plan.to_dict(), "written": [str(p) for p in outputs],
+        emit_json({"dry_run": False, "plan": plan.to_dict(), "written": [str(p) for p in outputs],
                    "layout": layout, "body_bytes": sharing.body_bytes, "body_shared_bytes": sharing.shared_bytes})
     else:
         for p in outputs:
@@ -62,78 +60,7 @@ def _sharing_line(s) -> str:
             f"blocks ({s.shared_fraction:.1%}, reflinked: no new disk space)")
 
 
-@cli.command("inspect")
-@click.argument("file", type=click.Path(path_type=Path))
-@json_option
-@error_boundary
-def inspect_cmd(file: Path, as_json: bool) -> None:
-    """Show a GGUF's MTP structure and whether llama.cpp will load it.
-
-    Exits 0 for any readable file (even an inconsistent one), non-zero only if it cannot be read."""
-    from ..gguf_io import shown
-    from ..inspection import inspect_model
-
-    rep = inspect_model(file)
-    shared = _shared_extents(rep)
-    if as_json:
-        emit_json({**rep.to_dict(), "shared_bytes": shared[0] if shared else None})
-        return
-    mb = 1e6
-    click.echo(f"file:            {rep.path}")
-    click.echo(f"architecture:    {rep.architecture}")
-    click.echo(f"block_count:     {rep.block_count}  (trunk {rep.trunk_layers}, nextn_predict_layers "
-               f"{rep.nextn_predict_layers})")
-    click.echo(f"layout:          {rep.layout}; {rep.tensor_count} tensors; n_embd {rep.n_embd}; vocab {rep.vocab_size}")
-    click.echo(f"file type:       {rep.file_type or '?'} (dominant tensor type {rep.dominant_type or '?'})")
-    if rep.split:
-        click.echo(f"split:           {rep.split['count']} shards, split.tensors.count {rep.split['tensors_count']}")
-    click.echo(f"MTP present:     {'yes' if rep.mtp_present else 'no'}"
-               + (f" ({', '.join(f'blk.{i}' for i in rep.mtp_layers)}, {len(rep.mtp_tensors)} tensors, "
-                  f"{rep.mtp_bytes / mb:.1f} MB)" if rep.mtp_present else ""))
-    for t in rep.mtp_tensors:
-        click.echo(f"    {shown(t.name):<42} {t.type:<8} {str(t.shape):<16} {t.nbytes:>14,} B")
-    if rep.layer_arrays:
-        click.echo("per-layer arrays:")
-        for k, n in rep.layer_arrays.items():
-            click.echo(f"    {shown(k)} [{n}]")
-    if rep.imatrix:
-        click.echo("imatrix:")
-        for k, v in rep.imatrix.items():
-            click.echo(f"    {shown(k)} = {shown(str(v), VALUE_CHARS)}")
-    if rep.provenance:
-        click.echo("provenance:")
-        for k, v in rep.provenance.items():  # values as a file holds them: escaped, one line each
-            click.echo(f"    {shown(k)} = {shown(str(v), VALUE_CHARS)}")
-    if shared is not None:
-        click.echo(f"shared blocks:   {shared[0] / mb:.1f} of {shared[1] / mb:.1f} MB of tensor data in extents "
-                   "the filesystem shares with other files (reflinks)")
-    for n in rep.notes:
-        click.echo(f"note: {n}")
-    if rep.consistent:
-        click.echo("verdict:         consistent")
-    else:
-        click.echo(f"verdict:         INCONSISTENT ({len(rep.problems)} problem(s))")
-        for p in rep.problems:
-            click.echo(f"  - {p}")
-
-
-def _shared_extents(rep) -> tuple[int, int] | None:
-    """(shared, total) tensor-data bytes over every shard, or None without FIEMAP."""
-    from ..blocks import flagged_shared_bytes
-    from ..gguf_io import GGUFModel
-
-    shared = total = 0
-    for shard in GGUFModel(rep.path).shards:
-        n = shard.file_size - shard.data_offset
-        with open(shard.path, "rb") as f:
-            got = flagged_shared_bytes(f.fileno(), shard.data_offset, n)
-        if got is None:
-            return None
-        shared, total = shared + got, total + n
-    return shared, total
-
-
-@cli.command("attach")
+@click.command("attach")
 @click.argument("base", metavar="BASE")
 @click.option("--mtp-from", "source", required=True, metavar="SOURCE",
               help="Where the MTP block comes from: a GGUF (a full MTP model, an MTP-only file, or just the "
@@ -147,7 +74,7 @@ def _shared_extents(rep) -> tuple[int, int] | None:
                    "float type for an unquantized one.")
 @click.option("--replace", is_flag=True, help="Replace the base's own MTP block.")
 @force_option
-@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing (fetches headers only).")
+@dry_run_option("Print the plan and write nothing (fetches headers only).")
 @layout_options
 @hub_options
 @llama_cpp_option
@@ -188,11 +115,11 @@ def _planned_attach(base: str, source: str, out: Path, *, dry_run: bool, **kw: A
             src.path.unlink(missing_ok=True)
 
 
-@cli.command("detach")
+@click.command("detach")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output file.")
 @force_option
-@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@dry_run_option()
 @layout_options
 @json_option
 @error_boundary
@@ -204,12 +131,12 @@ def detach_cmd(model: Path, out: Path, force: bool, dry_run: bool, layout: str, 
     _run_plan(plan_detach(model, out, force=force), dry_run, as_json, layout, no_reflink)
 
 
-@cli.command("extract")
+@click.command("extract")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", default=None, type=click.Path(path_type=Path),
               help="Output file (default: mtp-<name>.gguf beside MODEL).")
 @force_option
-@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@dry_run_option()
 @layout_options
 @json_option
 @error_boundary
@@ -234,7 +161,7 @@ def _is_assistant(source: str) -> bool:
         return False
 
 
-@cli.command("sidecar")
+@click.command("sidecar")
 @click.argument("base", metavar="BASE")
 @click.option("--mtp-from", "source", required=True, metavar="SOURCE",
               help="Where the MTP block comes from (any source attach takes: a GGUF, safetensors, hf://...).")
@@ -243,7 +170,7 @@ def _is_assistant(source: str) -> bool:
 @click.option("--mtp-type", default=None, metavar="keep|q8_0|match|TYPE",
               help="MTP tensor type, as for attach (default: q8_0 for a quantized base, else its float type).")
 @force_option
-@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing (fetches headers only).")
+@dry_run_option("Print the plan and write nothing (fetches headers only).")
 @layout_options
 @hub_options
 @llama_cpp_option

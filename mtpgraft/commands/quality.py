@@ -7,10 +7,18 @@ from pathlib import Path
 
 import click
 
-from ..cli import cli, emit_dry_run, emit_json, error_boundary, info, json_option, llama_cpp_option
+from .common import (
+    dry_run_option,
+    emit_dry_run,
+    emit_json,
+    error_boundary,
+    info,
+    json_option,
+    llama_cpp_option,
+)
 
 
-@cli.command("quality")
+@click.command("quality")
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("quants", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-f", "--file", "text", type=click.Path(path_type=Path), default=None,
@@ -23,7 +31,7 @@ from ..cli import cli, emit_dry_run, emit_json, error_boundary, info, json_optio
               help="check report.json holding REFERENCE and the QUANTS (repeatable): adds acceptance retention.")
 @click.option("-o", "--report-dir", type=click.Path(path_type=Path), default=None,
               help="Write quality.json and report.md here.")
-@click.option("--dry-run", is_flag=True, help="Print the plan (where the logits go, how large) and run nothing.")
+@dry_run_option("Print the plan (where the logits go, how large) and run nothing.")
 @llama_cpp_option
 @json_option
 @error_boundary

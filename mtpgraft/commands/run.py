@@ -7,11 +7,19 @@ from pathlib import Path
 
 import click
 
-from ..cli import cli, emit_dry_run, emit_json, error_boundary, info, json_option, llama_cpp_option
-from ..errors import RecipeError, UsageError
+from ..errors import UsageError, VerdictFailedError
+from .common import (
+    dry_run_option,
+    emit_dry_run,
+    emit_json,
+    error_boundary,
+    info,
+    json_option,
+    llama_cpp_option,
+)
 
 
-@cli.command("run")
+@click.command("run")
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--only", multiple=True, metavar="STEP|TYPE",
               help="Run only these steps (graft, imatrix, quantize, check, push, a type such as Q4_K_M, or "
@@ -26,7 +34,7 @@ from ..errors import RecipeError, UsageError
               help="Where steps run: this process, or tasks on a Ray cluster (pip install 'mtpgraft[ray]').")
 @click.option("--address", default=None, metavar="HOST:PORT",
               help="The Ray cluster to join (--executor ray; default: $RAY_ADDRESS, else a new local one).")
-@click.option("--dry-run", is_flag=True, help="Print the plan (each step, what it needs, what it asks a "
+@dry_run_option("Print the plan (each step, what it needs, what it asks a "
                                               "cluster for) and write nothing.")
 @click.option("--status", "show_status", is_flag=True, help="Print what the work dir records per step and stop.")
 @llama_cpp_option
@@ -73,7 +81,7 @@ def run_cmd(recipe: Path, only: tuple[str, ...], resume: bool, force: bool, work
                 click.echo(f"  {'':<20} {'':<16} {extra}")
     if not res.ok:
         bad = res.failed
-        raise RecipeError(f"{len(bad)} step(s) did not finish: "
+        raise VerdictFailedError(f"{len(bad)} step(s) did not finish: "
                           + "; ".join(f"{s.step}: {s.message.splitlines()[0] if s.message else s.status}"
                                       for s in bad))
     if not as_json:

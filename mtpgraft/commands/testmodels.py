@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from ..cli import cli, emit_json, error_boundary, force_option, json_option
 from ..testmodels import DTYPES, FAMILY_ARCHES
+from .common import emit_json, error_boundary, force_option, json_option
 
 
-@cli.command("testmodels")
+@click.command("testmodels")
 @click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--arch", type=click.Choice(FAMILY_ARCHES), default="qwen35", show_default=True,
               help="Architecture of the models (gemma4: the target and its gemma4-assistant drafters).")

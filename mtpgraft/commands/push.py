@@ -1,4 +1,4 @@
-"""`mtpgraft push` (publish checked MTP GGUFs and sidecars with their model card) and `mtpgraft card`."""
+"""`mtpgraft push`: publish checked MTP GGUFs and sidecars with their model card."""
 
 from __future__ import annotations
 
@@ -6,22 +6,21 @@ from typing import Any
 
 import click
 
-from ..cli import (
+from ..errors import HubError, UsageError
+from .common import (
     STATE,
-    cli,
+    dry_run_option,
     emit_json,
     error_boundary,
-    force_option,
     info,
     json_option,
     llama_cpp_option,
     show_progress,
     warn,
 )
-from ..errors import HubError, UsageError
 
 
-@cli.command("push")
+@click.command("push")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--repo", "repo_id", required=True, metavar="OWNER/NAME", help="The model repo to push to.")
 @click.option("--revision", metavar="BRANCH", default=None,
@@ -43,10 +42,10 @@ from ..errors import HubError, UsageError
               help="After the commit, load every changed :TAG with the real `llama-server -hf` from the "
                    "Hub (as users will) and check that it drafts; exit 1 when one fails.")
 @llama_cpp_option
-@click.option("--dry-run", is_flag=True, help="Print the plan; make no write request.")
+@dry_run_option("Print the plan; make no write request.")
 @json_option
 @error_boundary
-def push(paths: tuple[str, ...], repo_id: str, revision: str | None, create_pr: bool, private: bool,
+def push_cmd(paths: tuple[str, ...], repo_id: str, revision: str | None, create_pr: bool, private: bool,
          token: str | None, endpoint: str | None, reports: tuple[str, ...], no_verify: bool,
          base_model: str | None, verify_remote: bool, llama_cpp: str | None, dry_run: bool,
          as_json: bool) -> None:
@@ -162,42 +161,3 @@ def _plan_lines(plan: Any, *, dry_run: bool) -> list[str]:
     if dry_run:
         lines.append("dry run: nothing was sent")
     return lines
-
-
-@cli.command("card")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--report", "reports", multiple=True, type=click.Path(exists=True), metavar="DIR",
-              help="A `mtpgraft check --report` folder; may be repeated.")
-@click.option("--repo", "repo_id", default="OWNER/REPO", show_default=True, metavar="OWNER/NAME",
-              help="The repo the card is for (links and `llama-server -hf` lines).")
-@click.option("--base-model", default=None, metavar="OWNER/NAME",
-              help="The base model on the card when the GGUFs record none.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="FILE",
-              help="Where to write the card (README.md).")
-@force_option
-@error_boundary
-def card_cmd(paths: tuple[str, ...], reports: tuple[str, ...], repo_id: str, base_model: str | None,
-             output: str, force: bool) -> None:
-    """Render the model card a push of PATHS would write, offline, for review before anything is sent."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    from ..hub.plan import render_local_card
-    from ..outputs import check_outputs
-
-    check_outputs([output], paths, force=force)
-    text, refusals = render_local_card(list(paths), repo_id=repo_id, report_dirs=list(reports),
-                                       base_model=base_model)
-    for r in refusals:
-        warn(f"push would refuse {r}")
-    out = Path(output)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".mtpgraft-tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    info(f"wrote {out}")

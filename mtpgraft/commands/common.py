@@ -1,0 +1,218 @@
+"""What every command shares: the error boundary, the shared options, and the renderers.
+
+The boundary is the only place that turns an error into an exit: every MtpgraftError becomes one
+line `mtpgraft: error: ...` and the exit code of its kind (mtpgraft.errors.EXIT_CODES); SIGINT,
+SIGTERM and SIGHUP become Interrupted, which stops the children and removes the temporary outputs
+before the line `mtpgraft: error: interrupted (SIGTERM)` and exit 128 + the signal number.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..errors import EXIT_OUTPUT, Interrupted, MtpgraftError, ServerError, ToolFailedError
+
+
+class _State:
+    debug = False
+    quiet = False
+    verbose = False
+
+
+STATE = _State()
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"mtpgraft: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    from ..tools import interrupt_children
+
+    first = not _interrupted.is_set()
+    _interrupted.set()
+    interrupt_children(signum, kill=not first)
+    if first:  # later signals only hurry the children: the first one's cleanup must finish
+        raise Interrupted(signum)
+
+
+_interrupted = threading.Event()
+
+
+def _install_handlers() -> dict[int, Any] | None:
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    _interrupted.clear()
+    return {s: signal.signal(s, _on_signal) for s in _SIGNALS}
+
+
+def _restore_handlers(old: dict[int, Any] | None) -> None:
+    for s, h in (old or {}).items():
+        signal.signal(s, h)
+
+
+def _show_tail(e: MtpgraftError) -> None:
+    """-v: the end of what the failed tool (or llama-server) printed, after the error line."""
+    tail = getattr(e, "output_tail", "") or getattr(e, "log_tail", "")
+    if not (STATE.verbose and tail):
+        return
+    cmd = getattr(e, "cmd", None)
+    if cmd:
+        from ..tools import format_cmd
+
+        click.echo(f"mtpgraft: the failed command: {format_cmd(cmd)}", err=True)
+    click.echo("mtpgraft: the end of its output:", err=True)
+    for line in tail.splitlines():
+        click.echo(f"  | {line}", err=True)
+
+
+def _cleanup_after_interrupt() -> None:
+    from ..outputs import remove_pending
+    from ..tools import stop_children
+
+    stop_children(timeout=5.0)
+    remove_pending()
+
+
+def error_boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map typed errors (and the OS errors a user can cause) to one line and their exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        old = _install_handlers()
+        try:
+            result = fn(*args, **kwargs)
+        except KeyboardInterrupt as e:  # Interrupted, or a SIGINT that came before our handler
+            _cleanup_after_interrupt()
+            _restore_handlers(old)
+            if STATE.debug:
+                raise
+            intr = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+            _fail(str(intr), intr.exit_code)
+        except MtpgraftError as e:
+            _restore_handlers(old)
+            if STATE.debug:
+                raise
+            click.echo(f"mtpgraft: error: {e}", err=True)
+            if isinstance(e, (ToolFailedError, ServerError)):
+                _show_tail(e)
+            sys.exit(e.exit_code)
+        except OSError as e:
+            _restore_handlers(old)
+            if STATE.debug:
+                raise
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            what = "no space left on the device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or e)
+            _fail(f"{what}{where}", EXIT_OUTPUT)
+        _restore_handlers(old)
+        return result
+
+    return wrapper
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(fn)
+
+
+def force_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--force", is_flag=True, help="Overwrite the output if it exists.")(fn)
+
+
+def dry_run_option(help: str = "Print the plan and write nothing.") -> Callable[..., Any]:  # noqa: A002
+    """--dry-run: print the plan (with --json: {"dry_run": true, "plan": {...}}) and stop."""
+    return click.option("--dry-run", is_flag=True, help=help)
+
+
+def llama_cpp_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--llama-cpp", "llama_cpp", metavar="DIR", default=None,
+                        help="Directory holding the llama.cpp tools (else $MTPGRAFT_LLAMA_CPP, PATH, "
+                             "then the toolchain cache).")(fn)
+
+
+def hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--token and --endpoint, for commands that read from the Hub."""
+    fn = click.option("--endpoint", default=None, metavar="URL", help="Hub endpoint (else $HF_ENDPOINT).")(fn)
+    return click.option("--token", default=None, metavar="TOKEN",
+                        help="Hugging Face token (else $HF_TOKEN, else the stored `hf auth login`).")(fn)
+
+
+class FetchBar:
+    """Bytes fetched from the Hub, as a progress bar on stderr (mtpgraft.sources.FetchProgress)."""
+
+    def __init__(self, desc: str = "fetch") -> None:
+        self.desc, self.bar = desc, None
+
+    def total(self, nbytes: int) -> None:
+        self.close()
+        self.bar = progress_bar(nbytes, desc=self.desc)
+
+    def update(self, nbytes: int) -> None:
+        if self.bar is not None:
+            self.bar.update(nbytes)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def layout_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--layout and --no-reflink, for every command that writes a GGUF through gguf_io's writer."""
+    fn = click.option("--no-reflink", "no_reflink", is_flag=True,
+                      help="Copy every byte, even where the filesystem could share the base's blocks.")(fn)
+    return click.option("--layout", type=click.Choice(["reflink", "converter"]), default="reflink",
+                        show_default=True,
+                        help="reflink: the copied body keeps its offsets modulo the block size (a padding key "
+                             "sizes the header) and new tensors follow it, so btrfs/XFS/ZFS share its blocks "
+                             "with the base; converter: convert_hf_to_gguf.py's order and no padding.")(fn)
+
+
+def layout_from(layout: str, no_reflink: bool):  # noqa: ANN201 - gguf_io.Layout, imported lazily
+    from ..gguf_io import Layout
+
+    return Layout(align=layout == "reflink", clone=not no_reflink)
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def emit_dry_run(plan: Any, text: str, as_json: bool) -> None:
+    """What every --dry-run prints: {"dry_run": true, "plan": plan.to_dict()} (`--json`) or text."""
+    if as_json:
+        emit_json({"dry_run": True, "plan": plan.to_dict()})
+    else:
+        click.echo(text)
+
+
+def show_progress() -> bool:
+    return not STATE.quiet and sys.stderr.isatty()
+
+
+def progress_bar(total: int, *, unit: str = "B", desc: str = ""):
+    """A tqdm bar on stderr, off with --quiet or when stderr is not a terminal (bytes scale to KiB/MiB)."""
+    from tqdm import tqdm
+
+    scale = unit == "B"
+    return tqdm(total=total, unit=unit, unit_scale=scale, unit_divisor=1024 if scale else 1000, desc=desc,
+                disable=not show_progress(), file=sys.stderr, leave=False)
+
+
+def warn(msg: str) -> None:
+    click.echo(f"mtpgraft: warning: {msg}", err=True)
+
+
+def info(msg: str) -> None:
+    if not STATE.quiet:
+        click.echo(f"mtpgraft: {msg}", err=True)
