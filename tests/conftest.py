@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `tools` (the real llama.cpp tools, slow) run after every offline test."""
+    items.sort(key=lambda item: item.get_closest_marker("tools") is not None)
+
+
 @pytest.fixture(scope="session")
 def llama_server_bin() -> Path:
     """Path of the llama-server that `mtpgraft.tools` finds (flag-less lookup: env, PATH, cache)."""

@@ -433,7 +433,6 @@ def test_reported_numbers_equal_llama_servers_own_counters(checked):
 def test_cli_passes_a_split_set_with_json_and_report(tiny_models, llama_cpp_dir, tmp_path):
     from click.testing import CliRunner
 
-    import mtpgraft.commands.check  # noqa: F401  (registers `check` on the group)
     from mtpgraft.cli import cli
     from mtpgraft.hashing import sha256_file
     from mtpgraft.tools import find_tool, run_tool
@@ -468,7 +467,6 @@ def test_cli_passes_a_split_set_with_json_and_report(tiny_models, llama_cpp_dir,
 def test_cli_exits_1_and_says_why(tiny_models, llama_cpp_dir):
     from click.testing import CliRunner
 
-    import mtpgraft.commands.check  # noqa: F401  (registers `check` on the group)
     from mtpgraft.cli import cli
 
     common = ["--n-max", "1", "--reps", "1", "--per-category", "1", "--n-predict", "16",

@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import quants
 from ggufgen import make_model, rewrite, split_model
 
-from mtpgraft.errors import GGUFFormatError, GraftError, OutputExistsError
+from mtpgraft.errors import GGUFFormatError, GraftError, OutputExistsError, OutputWriteError
 from mtpgraft.ggml_types import llama_quantizes as quantizable
 from mtpgraft.gguf_io import CONVERTER, GGUFModel
 from mtpgraft.graft import apply_plan, plan_attach, plan_detach, plan_extract
@@ -338,7 +338,7 @@ def _no_outputs(tmp_path: Path, before: set[str]) -> None:
     ("exists", "exists; pass --force"),
     ("self", "is one of the inputs"),
 ])
-def test_refusals_exit_nonzero_with_message_and_leave_nothing(tmp_path, case, message):
+def test_refusals_exit_with_their_code_and_message_and_leave_nothing(tmp_path, case, message):
     base = make_model(tmp_path / "base.gguf", layout="base")
     src = tmp_path / "src.gguf"
     out = tmp_path / "out.gguf"
@@ -371,7 +371,7 @@ def test_refusals_exit_nonzero_with_message_and_leave_nothing(tmp_path, case, me
         out = base
     before = {p.name for p in tmp_path.iterdir()}
     r = run_cli("attach", base, "--mtp-from", src, "-o", out)
-    assert r.returncode != 0
+    assert r.returncode == (4 if case in ("exists", "self") else 3)  # output refused / bad input
     assert message in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     _no_outputs(tmp_path, before)
@@ -408,7 +408,7 @@ def test_bad_files_give_one_line_error(tmp_path, kind):
     for args in (["inspect", bad], ["attach", bad, "--mtp-from", good, "-o", tmp_path / "o.gguf"],
                  ["attach", good, "--mtp-from", bad, "-o", tmp_path / "o.gguf"], ["detach", bad, "-o", tmp_path / "o.gguf"]):
         r = run_cli(*args)
-        assert r.returncode != 0, args
+        assert r.returncode == 3, args  # bad input
         assert "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert r.stderr.startswith("mtpgraft: error: ")
@@ -477,7 +477,7 @@ def test_dry_run_writes_nothing_and_lists_the_plan(tmp_path):
     _no_outputs(tmp_path, before)
     r = run_cli("attach", base, "--mtp-from", src, "-o", tmp_path / "out.gguf", "--dry-run", "--json")
     d = json.loads(r.stdout)
-    assert d["dry_run"] is True and len(d["tensors"]) == 15
+    assert d["dry_run"] is True and len(d["plan"]["tensors"]) == 15
     _no_outputs(tmp_path, before)
 
 
@@ -493,7 +493,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(g, "write_gguf", boom)
     before = {p.name for p in tmp_path.iterdir()}
-    with pytest.raises(OSError):
+    with pytest.raises(OutputWriteError, match=r"^no space left on the device writing .*out\.gguf \(\d"):
         apply_plan(plan)
     _no_outputs(tmp_path, before)
 

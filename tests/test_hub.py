@@ -15,7 +15,6 @@ import pytest
 from click.testing import CliRunner
 from fakehub import FakeHub, HubError
 
-import mtpgraft.commands  # noqa: F401 - registers the commands
 from mtpgraft import hashing
 from mtpgraft import hub as hubmod
 from mtpgraft.cli import cli
@@ -290,7 +289,7 @@ def test_failed_upload_resumes_without_resending(fakehub, quants, lfs):
     q8_oid = sha256(q8)
     fakehub.fail("PUT", f"/_lfs/upload/{q8_oid}", 500, times=100)  # outlasts the client's retries
     r = push(fakehub, str(out), "--repo", REPO, "--report", str(rep))
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     err = r.stderr.strip().splitlines()[-1]  # info lines (the plan) come before the one error line
     assert err.startswith("mtpgraft: error: Model-Q8_0.gguf: the Hub failed to push (500: injected failure)")
     assert "run the same push again" in err
@@ -328,7 +327,7 @@ def test_rejected_commit_resumes_without_resending(fakehub, quants, transport):
 
     fakehub.on_commit = reject_once
     r = push(fakehub, str(out), "--repo", REPO, "--report", str(rep))
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     assert r.stderr.strip().splitlines()[-1] == (f"mtpgraft: error: cannot push on {REPO} (422: commit "
                                                  "rejected by a pre-receive hook)")
     assert len(commits(fakehub)) == 1
@@ -371,7 +370,7 @@ def test_unverified_file_is_refused(fakehub, tmp_path, quants):
     out, q4, q8, _ = quants
     rep = write_report(tmp_path / "only-q4", [[q4]])
     r = push(fakehub, str(out), "--repo", REPO, "--report", str(rep))
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     assert r.stderr.strip().splitlines()[-1] == (
         "mtpgraft: error: refusing to push: Model-Q8_0.gguf: no check report lists its sha256 "
         f"({sha256(q8)[:12]}): the file changed since the check, or it was not checked; run "
@@ -385,7 +384,7 @@ def test_failed_check_is_refused(fakehub, tmp_path, quants):
     rep = write_report(tmp_path / "fail", [[q4], [q8]], verdict="fail",
                        reasons=["acceptance 0.12 below 0.3"])
     r = push(fakehub, str(q8), "--repo", REPO, "--report", str(rep))
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     assert "Model-Q8_0.gguf: its check failed (acceptance 0.12 below 0.3;" in r.stderr
     assert fakehub.writes() == []
 
@@ -393,7 +392,7 @@ def test_failed_check_is_refused(fakehub, tmp_path, quants):
 def test_no_report_is_refused_and_no_verify_says_so(fakehub, quants, api, tmp_path):
     out, q4, q8, rep = quants
     r = push(fakehub, str(q4), "--repo", REPO)
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     assert "Model-Q4_K_M.gguf: no check report given" in r.stderr
 
     r = push(fakehub, str(q4), "--repo", REPO, "--no-verify")
@@ -417,7 +416,7 @@ def test_inconsistent_gguf_is_refused_even_without_verify(fakehub, tmp_path):
                       (plain, "has no MTP head"),
                       (junk, "not a readable GGUF")):
         r = push(fakehub, str(path), "--repo", REPO, "--no-verify")
-        assert r.exit_code == 1
+        assert r.exit_code == 6
         assert f"error: refusing to push: {path.name}: {why}" in r.stderr
     assert fakehub.requests == []
 
@@ -505,7 +504,7 @@ def test_branch_is_created_and_pr_opened(fakehub, quants, lfs):
 def test_bad_token_is_one_line(fakehub, quants):
     out, q4, q8, rep = quants
     r = push(fakehub, str(out), "--repo", REPO, "--report", str(rep), token="hf_not_a_token")
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     assert r.stderr == ("mtpgraft: error: the Hub rejected the token (401: Invalid credentials in "
                         "Authorization header): pass a valid --token, set HF_TOKEN, or run `hf auth login`\n")
     assert "hf_not_a_token" not in r.stdout + r.stderr
@@ -516,7 +515,7 @@ def test_no_token_is_one_line(fakehub, quants):
     out, q4, q8, rep = quants
     fakehub.create_repo(REPO)
     r = push(fakehub, str(out), "--repo", REPO, "--report", str(rep), token=None)
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     assert r.stderr.strip().splitlines()[-1].startswith("mtpgraft: error: no Hugging Face token: pass --token")
     assert fakehub.writes() == []
 
@@ -524,12 +523,12 @@ def test_no_token_is_one_line(fakehub, quants):
 def test_missing_repo_and_forbidden_namespace_are_one_line(fakehub, quants):
     out, q4, q8, rep = quants
     r = push(fakehub, str(q4), "--repo", "tester/nope", "--report", str(rep), "--create-pr")
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     assert r.stderr == (f"mtpgraft: error: tester/nope not found on {fakehub.url}: --create-pr needs an "
                         "existing repo (check --repo, or drop --create-pr to create it)\n")
 
     r = push(fakehub, str(q4), "--repo", "someone-else/x", "--report", str(rep))
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     assert r.stderr.splitlines()[-1].startswith(
         "mtpgraft: error: not allowed to push someone-else/x (403: You don't have the rights to create a "
         "model under the namespace")
@@ -550,7 +549,7 @@ def test_unreachable_endpoint_is_one_line(quants, monkeypatch):
     s.close()  # nothing listens there now
     r = CliRunner().invoke(cli, ["push", str(q4), "--repo", REPO, "--report", str(rep),
                                  "--endpoint", f"http://127.0.0.1:{port}", "--token", FakeHub.TOKEN])
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     assert r.stderr.startswith(f"mtpgraft: error: cannot reach http://127.0.0.1:{port}")
     assert r.stderr.count("\n") == 1
 
@@ -562,7 +561,7 @@ def test_xet_token_refused_is_one_line(fakehub, quants, monkeypatch):
     out, q4, q8, rep = quants
     fakehub.fail("GET", "/xet-write-token/", 403, times=100)
     r = push(fakehub, str(q4), "--repo", REPO, "--report", str(rep))
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("mtpgraft: error: the Xet upload failed (") and "403 Forbidden" in last
     assert len(commits(fakehub)) == 1
@@ -606,7 +605,7 @@ def test_token_from_environment_and_read_only_token(fakehub, quants, monkeypatch
     fakehub.create_repo(REPO)
     monkeypatch.setenv("HF_TOKEN", FakeHub.READ_TOKEN)
     r = push(fakehub, str(q4), "--repo", REPO, "--report", str(rep), token=None)
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     assert r.stderr.splitlines()[-1] == (
         f"mtpgraft: error: not allowed to push {REPO} (403: You don't have the rights to write with this "
         "token): use a token with write access to tester")

@@ -128,12 +128,12 @@ def test_imatrix_cli(tiny, tmp_path: Path) -> None:
     assert d["imatrix"]["dataset_sha256"] == sha256_file(CALIBRATION, use_cache=False)
     assert d["imatrix"]["chunk_count"] == 4 and out.is_file()
     again = run_cli("imatrix", tiny["full"], "-f", CALIBRATION, "-o", out)
-    assert again.returncode == 1 and "exists; pass --force" in again.stderr
+    assert again.returncode == 4 and "exists; pass --force" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
     short = tmp_path / "short.txt"
     short.write_text("too short\n")
     bad = run_cli("imatrix", tiny["full"], "-f", short, "-o", tmp_path / "x.gguf", "-c", "128")
-    assert bad.returncode == 1 and "you need at least 256 tokens" in bad.stderr
+    assert bad.returncode == 5 and "you need at least 256 tokens" in bad.stderr
     assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".x.gguf*"))
 
 
@@ -287,7 +287,7 @@ def test_requantizing_needs_the_flag_and_warns(batch, tmp_path: Path) -> None:
     res = run_quantize(plan)
     assert res.ok and set(mtp_types(res.outputs[0].path).values()) == {"Q8_0"}
     p = run_cli("quantize", src, "--types", "Q4_K_M", "--out-dir", tmp_path / "x")
-    assert p.returncode == 1 and "--allow-requantize" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert p.returncode == 3 and "--allow-requantize" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.tools
@@ -318,7 +318,7 @@ def test_dry_run_prints_exact_commands_and_writes_nothing(tiny, tmp_path: Path) 
     assert not out.exists()
     j = run_cli("quantize", tiny["full"], "--types", "Q8_0", "--out-dir", out, "--dry-run", "--json")
     d = json.loads(j.stdout)
-    assert d["dry_run"] and d["jobs"][0]["command"][-1] == "Q8_0" and d["jobs"][0]["mtp_type"] == "q8_0"
+    assert d["dry_run"] and d["plan"]["jobs"][0]["command"][-1] == "Q8_0" and d["plan"]["jobs"][0]["mtp_type"] == "q8_0"
 
 
 @pytest.mark.tools
@@ -332,12 +332,12 @@ def test_cli_errors_are_one_line(tiny, tmp_path: Path) -> None:
     ]
     for args, msg in cases:
         p = run_cli("quantize", tiny["full"], *args, "--out-dir", tmp_path)
-        assert p.returncode == 1, args
+        assert p.returncode == 3, args
         assert msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     zero = tmp_path / "zero.gguf"
     zero.write_bytes(b"\0" * 4096)
     p = run_cli("quantize", zero, "--types", "Q4_K_M")
-    assert p.returncode == 1 and "header is zeroed" in p.stderr
+    assert p.returncode == 3 and "header is zeroed" in p.stderr
 
 
 @pytest.mark.tools

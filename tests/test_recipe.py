@@ -199,10 +199,10 @@ def test_cli_recipe_errors_are_one_line(tmp_path: Path) -> None:
     p = tmp_path / "r.toml"
     p.write_text(GOOD.replace("ctx = 128", "ctx = -1"))
     res = run_cli("run", p, "--work-dir", tmp_path / "w")
-    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+    assert res.returncode == 3 and res.stderr.strip().splitlines() == [
         f"mtpgraft: error: {p.absolute()}: [imatrix] ctx: must be >= 1, got -1"]
     res = run_cli("run", tmp_path / "missing.toml")
-    assert res.returncode == 1 and "recipe not found" in res.stderr
+    assert res.returncode == 3 and "recipe not found" in res.stderr
 
 
 # --------------------------------------------------------------------------- the pipeline (real tools)
@@ -237,7 +237,7 @@ def test_tiny_recipe_interrupted_resumes_then_runs_end_to_end(tmp_path: Path) ->
     assert len(finished) == 5  # graft, imatrix, Q8_0 (2 shards), Q4_K_M
 
     res = run_cli("run", RECIPES / "tiny.toml", "--work-dir", work)
-    assert res.returncode == 1 and "pass --resume to continue it or --force" in res.stderr
+    assert res.returncode == 3 and "pass --resume to continue it or --force" in res.stderr
 
     res = run_cli("run", RECIPES / "tiny.toml", "--work-dir", work, "--resume", "--json", env=NO_HUB)
     assert res.returncode == 0, res.stderr
@@ -332,7 +332,7 @@ def test_dry_run_writes_nothing_and_foreign_outputs_are_not_overwritten(quick: P
     (work / "quants").mkdir(parents=True)
     (work / "quants" / "q-Q8_0.gguf").write_bytes(b"not ours")
     res = run_cli("run", quick, "--work-dir", work)
-    assert res.returncode == 1 and "q-Q8_0.gguf exists and no run of this recipe is recorded" in res.stderr
+    assert res.returncode == 3 and "q-Q8_0.gguf exists and no run of this recipe is recorded" in res.stderr
     assert (work / "quants" / "q-Q8_0.gguf").read_bytes() == b"not ours"
 
 

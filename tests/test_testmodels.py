@@ -131,7 +131,6 @@ def test_build_is_deterministic_and_checks_arguments(tmp_path):
 
 def test_cli_writes_the_set_and_refuses_to_overwrite(tmp_path, monkeypatch):
     from mtpgraft.cli import cli
-    from mtpgraft.commands import testmodels as _  # noqa: F401 - registers the command
 
     monkeypatch.setattr(tm, "TEST_SET", {k: tm.TEST_SET[k] for k in ("base", "mtp-only-aligned")})
 
@@ -140,7 +139,7 @@ def test_cli_writes_the_set_and_refuses_to_overwrite(tmp_path, monkeypatch):
     written = res.stdout.split()
     assert len(written) == len(tm.TEST_SET) and all(Path(p).is_file() for p in written)
     res = CliRunner().invoke(cli, ["testmodels", str(tmp_path)])
-    assert res.exit_code == 1 and "use --force" in res.output
+    assert res.exit_code == 4 and "use --force" in res.output
     assert CliRunner().invoke(cli, ["testmodels", "--force", str(tmp_path)]).exit_code == 0
     with pytest.raises(OutputExistsError):
         tm.build_test_set(tmp_path)

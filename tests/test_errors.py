@@ -1,0 +1,195 @@
+"""The error model: one exit code per kind of failure (mtpgraft.errors.EXIT_CODES, the README's
+table), one line on stderr for each, and `-v` showing a failed tool's output tail. The runner and
+the atomic install on real processes and files."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from ggufgen import make_model
+
+from mtpgraft.cli import cli
+from mtpgraft.errors import EXIT_CODES, OutputExistsError, OutputWriteError, ToolFailedError
+from mtpgraft.outputs import PendingOutput, atomic_write, ensure_space, install
+from mtpgraft.tools import live_children, run_tool, spawn, stop_process
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mtpgraft", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mtpgraft: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_readme_table_is_the_code_table():
+    text = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| ([\d, ]+) \| ([A-Za-z ]+) \|", text, re.M))
+    assert rows == {"0": "success", "1": "the result is a fail", "2": "usage", "3": "bad input",
+                    "4": "output", "5": "tool", "6": "Hub"} | {"130, 143, 129": "interrupted"}
+    assert EXIT_CODES == {"ok": 0, "failed": 1, "usage": 2, "input": 3, "output": 4, "tool": 5, "hub": 6,
+                          "interrupted (SIGINT)": 130, "interrupted (SIGTERM)": 143,
+                          "interrupted (SIGHUP)": 129}
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    return make_model(tmp_path / "base.gguf", layout="base"), make_model(tmp_path / "src.gguf")
+
+
+def test_usage_error_exits_2(pair, tmp_path):
+    base, src = pair
+    p = run_cli("attach", base, "--mtp-from", src, "-o", tmp_path / "o.gguf", "--mtp-type", "bogus")
+    assert p.returncode == 2
+    assert "unknown --mtp-type 'bogus'" in one_line(p.stderr)
+
+
+def test_bad_input_exits_3(tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_text("not a model\n" * 20)
+    p = run_cli("inspect", junk)
+    assert p.returncode == 3
+    assert one_line(p.stderr) == f"mtpgraft: error: {junk}: not a GGUF file (magic b'not ')"
+
+
+def test_existing_output_exits_4(pair, tmp_path):
+    base, src = pair
+    out = tmp_path / "o.gguf"
+    out.write_bytes(b"precious")
+    p = run_cli("attach", base, "--mtp-from", src, "-o", out)
+    assert p.returncode == 4
+    assert one_line(p.stderr) == f"mtpgraft: error: {out} exists; pass --force to overwrite it"
+    assert out.read_bytes() == b"precious"
+
+
+def test_hub_error_exits_6(pair):
+    _, src = pair
+    r = CliRunner().invoke(cli, ["push", str(src), "--repo", "o/n", "--no-verify", "--token", "x",
+                                 "--endpoint", "http://127.0.0.1:9"])  # nothing listens on port 9
+    assert r.exit_code == 6
+    assert "127.0.0.1:9" in one_line(r.stderr)
+
+
+@pytest.mark.tools
+def test_tool_failure_exits_5_and_v_shows_its_output_tail(tiny_models, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("too short\n")
+    args = ("imatrix", tiny_models["full-aligned"], "-f", short, "-o", tmp_path / "x.gguf", "-c", "128")
+    p = run_cli("-q", *args)
+    assert p.returncode == 5
+    assert "llama-imatrix failed: " in one_line(p.stderr) and "you need at least" in p.stderr
+    v = run_cli("-q", "-v", *args)
+    assert v.returncode == 5
+    err = v.stderr.splitlines()
+    i = err.index(one_line(p.stderr))  # the same error line, then the command and the tail
+    assert err[i + 1].startswith("mtpgraft: the failed command: ") and "llama-imatrix" in err[i + 1]
+    assert err[i + 2] == "mtpgraft: the end of its output:"
+    tail = err[i + 3:]
+    assert tail and all(x.startswith("  | ") for x in tail) and any("you need at least" in x for x in tail)
+
+
+@pytest.mark.tools
+def test_failed_verdict_exits_1(tiny_models):
+    p = run_cli("check", tiny_models["base"], "--n-max", "1", "--reps", "1", "--per-category", "1",
+                "--n-predict", "16", "--ctx", "512", "--server-arg=-t 1")
+    assert p.returncode == 1
+    line = [x for x in p.stderr.splitlines() if x.startswith("mtpgraft: error:")]
+    assert len(line) == 1 and line[0].startswith("mtpgraft: error: verdict: FAIL (acceptance")
+    assert "MTP not active" in line[0]
+
+
+# ---- the runner -------------------------------------------------------------------------------
+
+
+def _script(tmp_path: Path, name: str, body: str) -> Path:
+    p = tmp_path / name
+    p.write_text("#!/bin/sh\n" + body)
+    p.chmod(0o755)
+    return p
+
+
+def test_run_tool_streams_lines_and_keeps_no_child(tmp_path):
+    seen: list[str] = []
+    res = run_tool([_script(tmp_path, "ok", "echo one\necho two >&2\n")], on_line=seen.append)
+    assert seen == ["one", "two"] and res.stdout == "one\ntwo\n" and res.returncode == 0
+    assert live_children() == []
+
+
+def test_run_tool_timeout_is_a_tool_failure_with_the_tail(tmp_path):
+    slow = _script(tmp_path, "slow", "echo started\nexec sleep 30\n")
+    t0 = time.monotonic()
+    with pytest.raises(ToolFailedError, match=r"^slow timed out after 0\.5s$") as e:
+        run_tool([slow], timeout=0.5)
+    assert time.monotonic() - t0 < 10 and "started" in e.value.output_tail and live_children() == []
+
+
+def test_stop_process_escalates_to_sigkill(tmp_path):
+    stubborn = _script(tmp_path, "stubborn", "trap '' TERM\necho ready\nwhile :; do sleep 0.1; done\n")
+    p = spawn([stubborn])
+    assert p.stdout.readline() == "ready\n"
+    assert stop_process(p, timeout=0.5) == -signal.SIGKILL
+    p.stdout.close()
+
+
+def test_children_run_in_place_in_a_session_of_their_own(tmp_path):
+    # (The parent-death signal cannot be read from outside; test_signals.py SIGKILLs a parent.)
+    p = spawn([_script(tmp_path, "idle", "exec sleep 30\n")])
+    try:
+        wait = time.monotonic() + 10
+        while Path(f"/proc/{p.pid}/comm").read_text().strip() != "sleep" and time.monotonic() < wait:
+            time.sleep(0.01)
+        assert Path(f"/proc/{p.pid}/comm").read_text().strip() == "sleep"  # the launcher exec'd: same pid
+        assert os.getsid(p.pid) == p.pid  # a terminal's Ctrl-C reaches mtpgraft only, which stops it
+        assert live_children() == [p.pid]
+    finally:
+        stop_process(p)
+        p.stdout.close()
+
+
+# ---- the atomic install -----------------------------------------------------------------------
+
+
+def test_install_never_replaces_without_force(tmp_path):
+    target = tmp_path / "out"
+    target.write_text("first")
+    with PendingOutput(target) as p:
+        p.path.write_text("second")
+        with pytest.raises(OutputExistsError, match=f"^{re.escape(str(target))} exists; pass --force"):
+            p.install(force=False)
+    assert target.read_text() == "first" and sorted(x.name for x in tmp_path.iterdir()) == ["out"]
+    with atomic_write(target, force=True) as fh:
+        fh.write(b"third")
+    assert target.read_text() == "third" and sorted(x.name for x in tmp_path.iterdir()) == ["out"]
+
+
+def test_install_of_folders_refuses_a_non_empty_target(tmp_path):
+    target = tmp_path / "Q8_0"
+    (target).mkdir()
+    (target / "a.gguf").write_text("theirs")
+    with PendingOutput(target, folder=True) as p:
+        (p.path / "b.gguf").write_text("ours")
+        with pytest.raises(OutputExistsError):
+            install(p.path, target, force=False)
+        p.install(force=True)
+    assert sorted(x.name for x in target.iterdir()) == ["b.gguf"]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["Q8_0"]
+
+
+def test_free_space_is_checked_before_a_long_write(tmp_path):
+    with pytest.raises(OutputWriteError, match=rf"^not enough space for {re.escape(str(tmp_path / 'x'))}: "
+                                               r"needs 1,000,000,000,000,000,000 bytes \(.* MB\), [\d,]+ bytes"):
+        ensure_space(tmp_path / "x", 10**18)
+    assert list(tmp_path.iterdir()) == []
