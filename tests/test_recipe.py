@@ -170,7 +170,7 @@ def test_dry_run_prints_the_plan_without_tools_or_writes(tmp_path: Path) -> None
                   env={**os.environ, "PATH": "/nonexistent", "MTPGRAFT_LLAMA_CPP": "/nonexistent"})
     assert res.returncode == 0, res.stderr
     d = json.loads(res.stdout)
-    assert d["dry_run"] and [s["step"] for s in d["steps"]] == list(r.steps())
+    assert d["dry_run"] and [s["step"] for s in d["plan"]["steps"]] == list(r.steps())
     assert not (tmp_path / "w").exists()
 
 

@@ -122,7 +122,7 @@ def test_config_that_does_not_fit_the_base_is_refused_before_converting(tmp_path
     ckpt = build_checkpoint(tmp_path / "ck", "dense-bf16")
     base = _base(tmp_path, **change)
     r = CliRunner().invoke(cli, ["attach", str(base), "--mtp-from", str(ckpt), "-o", str(tmp_path / "o.gguf")])
-    assert r.exit_code == 1
+    assert r.exit_code == 3
     assert r.output.strip() == f"mtpgraft: error: ck/ does not fit the base: {message}" or \
         r.output.strip() == f"mtpgraft: error: ck/ is {message}"
     assert not (tmp_path / "o.gguf").exists()
@@ -179,8 +179,9 @@ def test_dry_run_writes_nothing_and_reads_no_tensor(tmp_path):
     r = CliRunner().invoke(cli, ["attach", str(base), "--mtp-from", str(ckpt), "-o", str(tmp_path / "o.gguf"),
                                  "--dry-run", "--json"])
     assert r.exit_code == 0, r.output
-    plan = json.loads(r.output[r.output.index("{"):])
-    assert plan["dry_run"] is True and plan["mtp_layers"] == [2]
+    d = json.loads(r.output[r.output.index("{"):])
+    plan = d["plan"]
+    assert d["dry_run"] is True and plan["mtp_layers"] == [2]
     assert {a["name"] for a in plan["tensors"]} == {t[0] for t in tensors(REF / "dense-bf16-auto.gguf")}
     assert not (tmp_path / "o.gguf").exists()
     assert not list((tmp_path / "cache" / "mtp-sources").glob("*.gguf"))

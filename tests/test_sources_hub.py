@@ -229,7 +229,9 @@ def test_errors_are_one_line_before_any_tensor_is_fetched(hub, models, tmp_path,
     r = attach(str(models["base"]), "--mtp-from", spec, "-o", str(tmp_path / "o.gguf"), "--endpoint", hub.url)
     want = message.format(url=hub.url, c=c, c12=c[:12])
     assert r.output.strip().splitlines() == [f"mtpgraft: error: {want}"]
-    assert r.exit_code == (2 if "neither" in message else 1)
+    # usage (a spec that names no model file), bad input (a file that does not fit), else the Hub said no
+    assert r.exit_code == (2 if "neither" in message else 3 if "MTP tensors" in message or "mismatch" in message
+                           else 6)
     assert hub.bytes_sent < 20_000  # headers at most
     assert not (tmp_path / "o.gguf").exists()
 
@@ -241,7 +243,7 @@ def test_gated_repo_without_token_and_with_a_token_without_access(hub, models, t
     r = attach(str(models["base"]), "--mtp-from", spec, "-o", str(tmp_path / "o.gguf"), "--endpoint", hub.url)
     assert r.output.strip() == (f"mtpgraft: error: {DONOR} is gated or private and no Hugging Face token was "
                                 "given: pass --token, set HF_TOKEN, or run `hf auth login`")
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     r = attach(str(models["base"]), "--mtp-from", spec, "-o", str(tmp_path / "o.gguf"), "--endpoint", hub.url,
                env={"HF_TOKEN": FakeHub.READ_TOKEN})
     assert r.output.strip() == (f"mtpgraft: error: {DONOR} is gated and this token has no access: accept its "
