@@ -7,7 +7,9 @@ README). A signal is not an error: it raises Interrupted, which exits 128 + the 
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 
 # The exit code per kind of failure (the README's table is this one).
 EXIT_OK = 0
@@ -127,6 +129,23 @@ class Interrupted(KeyboardInterrupt):  # noqa: N818 - it is KeyboardInterrupt's 
 
     def __str__(self) -> str:
         return f"interrupted ({signal_name(self.signum)})"
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP back for a few statements that must not be cut in two (start a
+    child and register it; create a temporary file and register it); they arrive right after."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def signal_name(num: int) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import OutputExistsError, OutputWriteError, UsageError
+from .errors import OutputExistsError, OutputWriteError, UsageError, signals_held
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -166,22 +166,24 @@ class PendingOutput:
                  folder: bool = False) -> None:
         self.target = Path(target)
         self.folder = folder
-        if tmp is not None:
-            self.path = Path(tmp)
-            _remove(self.path)  # a stale one from an interrupted run is ours to replace
-            if folder:
-                self.path.mkdir(parents=True)
-        elif folder:
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".mtpgraft-tmp",
-                                              dir=self.target.parent))
-        else:
-            fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".mtpgraft-tmp",
-                                        dir=self.target.parent)
-            os.close(fd)
-            self.path = Path(name)
         self.installed = False
-        with _pending_lock:
-            _pending.add(self)
+        with signals_held():  # a signal must not fall between making the file and registering it
+            self.path = self._make(Path(tmp) if tmp is not None else None)
+            with _pending_lock:
+                _pending.add(self)
+
+    def _make(self, tmp: Path | None) -> Path:
+        if tmp is not None:
+            _remove(tmp)  # a stale one from an interrupted run is ours to replace
+            if self.folder:
+                tmp.mkdir(parents=True)
+            return tmp
+        kw = {"prefix": f".{self.target.name}.", "suffix": ".mtpgraft-tmp", "dir": self.target.parent}
+        if self.folder:
+            return Path(tempfile.mkdtemp(**kw))
+        fd, name = tempfile.mkstemp(**kw)
+        os.close(fd)
+        return Path(name)
 
     def install(self, *, force: bool) -> Path:
         """fsync, make it world-readable like a normal output, rename onto the target."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import Interrupted, ToolFailedError, ToolNotFoundError, signal_name
+from .errors import Interrupted, ToolFailedError, ToolNotFoundError, signal_name, signals_held
 
 log = logging.getLogger("mtpgraft")
 
@@ -90,7 +90,8 @@ def format_cmd(cmd: list[str]) -> str:
 # process with threads (quantize -j runs its tools from worker threads), and over a watchdog process,
 # which cannot close the window between starting the child and starting the watchdog.
 _LAUNCHER = (
-    "import ctypes,os,sys\n"
+    "import ctypes,os,signal,sys\n"
+    "signal.pthread_sigmask(signal.SIG_SETMASK,[])\n"  # spawn() held the stop signals back
     "try:\n ctypes.CDLL(None,use_errno=True).prctl(1,9,0,0,0)\n"  # PR_SET_PDEATHSIG, SIGKILL
     "except Exception:\n pass\n"
     "if os.getppid()!=int(sys.argv[1]):\n os._exit(137)\n"
@@ -119,14 +120,21 @@ def spawn(cmd: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] 
     argv = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), exe, *args[1:]] if _USE_LAUNCHER \
         else [exe, *args[1:]]
     kw: dict[str, Any] = {"text": True, "errors": "replace"} if text else {}
-    try:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=subprocess.STDOUT, start_new_session=True, **kw)
-    except OSError as e:
-        raise ToolNotFoundError(f"cannot run {args[0]}: {e.strerror or e}") from e
-    proc.args = args  # what was asked for, not the launcher line
-    with _live_lock:
-        _live.add(proc)
+    # A signal must not fall between starting the child and registering it: it would not be
+    # stopped. Held back here, it arrives after, and finds the child (the launcher unblocks it).
+    with signals_held() if _USE_LAUNCHER else contextlib.nullcontext():
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+                                    stderr=subprocess.STDOUT, start_new_session=True, **kw)
+        except OSError as e:
+            raise ToolNotFoundError(f"cannot run {args[0]}: {e.strerror or e}") from e
+        proc.args = args  # what was asked for, not the launcher line
+        with _live_lock:
+            _live.add(proc)
+            stopping = _stopping
+    if stopping is not None:  # another thread took the signal while this one was starting it
+        _signal(proc, signal.SIGTERM)
+        raise Interrupted(stopping)
     return proc
 
 
@@ -163,8 +171,8 @@ def interrupt_children(signum: int, *, kill: bool = False) -> None:
     """Called from a signal handler: refuse new children and send SIGTERM (SIGKILL with `kill`) to
     the running ones (the threads waiting for them then see them end); stop_children() reaps."""
     global _stopping
-    _stopping = signum
     with _live_lock:
+        _stopping = signum
         procs = list(_live)
     for p in procs:
         if p.poll() is None:

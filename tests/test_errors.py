@@ -85,20 +85,21 @@ def test_hub_error_exits_6(pair):
 
 @pytest.mark.tools
 def test_tool_failure_exits_5_and_v_shows_its_output_tail(tiny_models, tmp_path):
-    short = tmp_path / "short.txt"
-    short.write_text("too short\n")
-    args = ("imatrix", tiny_models["full-aligned"], "-f", short, "-o", tmp_path / "x.gguf", "-c", "128")
+    cal = ROOT / "mtpgraft" / "data" / "calibration-tiny.txt"
+    args = ("imatrix", tiny_models["full-aligned"], "-f", cal, "-o", tmp_path / "x.gguf",
+            "--imatrix-arg=--bogus-flag")  # the real llama-imatrix refuses it
     p = run_cli("-q", *args)
     assert p.returncode == 5
-    assert "llama-imatrix failed: " in one_line(p.stderr) and "you need at least" in p.stderr
+    assert one_line(p.stderr) == "mtpgraft: error: llama-imatrix failed: error: invalid argument: --bogus-flag"
     v = run_cli("-q", "-v", *args)
     assert v.returncode == 5
     err = v.stderr.splitlines()
     i = err.index(one_line(p.stderr))  # the same error line, then the command and the tail
-    assert err[i + 1].startswith("mtpgraft: the failed command: ") and "llama-imatrix" in err[i + 1]
+    assert err[i + 1].startswith("mtpgraft: the failed command: ") and "--bogus-flag" in err[i + 1]
     assert err[i + 2] == "mtpgraft: the end of its output:"
     tail = err[i + 3:]
-    assert tail and all(x.startswith("  | ") for x in tail) and any("you need at least" in x for x in tail)
+    assert tail and all(x.startswith("  | ") for x in tail) and any("invalid argument" in x for x in tail)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.tools
