@@ -151,7 +151,7 @@ def test_graft_commands_refuse_gemma4_with_the_reason(tiny_gemma_models, tmp_pat
                  ("extract", base, "-o", tmp_path / "x.gguf"),
                  ("detach", asst, "-o", tmp_path / "x.gguf")):
         code, out = _mtpgraft(*args)
-        assert code == 1 and "separate assistant model" in out and "-md" in out, out
+        assert code == 3 and "separate assistant model" in out and "-md" in out, out
         assert "Traceback" not in out
     assert list(tmp_path.iterdir()) == []
 

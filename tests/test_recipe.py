@@ -188,7 +188,7 @@ def test_ray_is_optional(tmp_path: Path) -> None:
     assert res.returncode == 0 and res.stderr.strip() == "no ray", res.stderr
     res = subprocess.run([sys.executable, "-c", code, "run", str(p), "--work-dir", str(work), "--executor", "ray"],
                          capture_output=True, text=True, timeout=120)
-    assert res.returncode == 1 and res.stderr.splitlines()[0] == (
+    assert res.returncode == 3 and res.stderr.splitlines()[0] == (
         "mtpgraft: error: --executor ray needs Ray on this machine and every node: pip install 'mtpgraft[ray]'")
     assert not work.exists()
     res = run_cli("run", p, "--work-dir", work, "--address", "127.0.0.1:1")
