@@ -177,7 +177,7 @@ def test_driver_interrupted_then_resumed_redoes_nothing(cluster: str, tmp_path: 
     assert p.poll() is None and list(work.glob("state/quantize-*.json")), p.communicate()[1]
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=180)
-    assert p.returncode == 130 and err.strip().splitlines()[-1] == "mtpgraft: error: interrupted", err
+    assert p.returncode == 130 and err.strip().splitlines()[-1] == "mtpgraft: error: interrupted (SIGINT)", err
     assert leftovers(work) == [] and not _quantize_procs(work)
     done = {s: v for s, v in records(work).items() if v[0] == "done"}
     assert {"graft", "imatrix"} < set(done) and len(done) < 6  # some quantize steps never finished

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from .. import naming
-from ..errors import HubError, UsageError
+from ..errors import HubError, ToolFailedError, ToolNotFoundError, UsageError
+from ..tools import run_tool
 from .client import hub_errors, make_api
 
 if TYPE_CHECKING:
@@ -190,12 +190,11 @@ def server_has_tls(binary: str | os.PathLike[str]) -> bool:
         env = {**os.environ, "MODEL_ENDPOINT": "https://127.0.0.1:9/", "HF_HUB_CACHE": tmp, "LLAMA_CACHE": "",
                "HF_TOKEN": ""}
         try:
-            proc = subprocess.run([str(binary), "-hf", "mtpgraft/tls-probe", "--port", "9", "--no-webui"],
-                                  env=env, capture_output=True, text=True, timeout=60,
-                                  stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired):
+            proc = run_tool([binary, "-hf", "mtpgraft/tls-probe", "--port", "9", "--no-webui"], env=env,
+                            timeout=60, check=False)
+        except (ToolNotFoundError, ToolFailedError):
             return False
-    return _NO_TLS not in proc.stdout + proc.stderr
+    return _NO_TLS not in proc.stdout
 
 
 def localize_models(models: list[str], *, draft: str | None, server: ServerTool, endpoint: str | None = None,
