@@ -155,7 +155,9 @@ def test_cli_json_and_report(tiny_models, llama_cpp_dir, check_report, tmp_path,
     r = subprocess.run([*base, "--dry-run", "--json"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["dry_run"] and not d["logits_cached"] and d["logits_bytes_max"] > 0
+    assert d["dry_run"]
+    d = d["plan"]
+    assert not d["logits_cached"] and d["logits_bytes_max"] > 0
     assert not Path(d["logits"]).exists()
     r = subprocess.run([*base, "--json", "--check-report", str(check_report), "-o", str(tmp_path / "q")],
                        capture_output=True, text=True, timeout=600)

@@ -368,8 +368,9 @@ def test_dry_run_fetches_headers_only_and_leaves_nothing(hub, models, tmp_path):
     r = attach(str(models["base"]), "--mtp-from", f"hf://{DONOR}/Tiny-MTP-F16.gguf", "-o", str(tmp_path / "o.gguf"),
                "--endpoint", hub.url, "--dry-run", "--json")
     assert r.exit_code == 0, r.output
-    plan = json.loads(r.output[r.output.index("{"):])
-    assert plan["dry_run"] is True and plan["mtp_layers"] == [4] and len(plan["tensors"]) == 15
+    d = json.loads(r.output[r.output.index("{"):])
+    plan = d["plan"]
+    assert d["dry_run"] is True and plan["mtp_layers"] == [4] and len(plan["tensors"]) == 15
     h = header_bytes(models["donor"])
     assert h <= hub.bytes_sent <= h + max(512, h // 4)  # the header, and what was read past it
     assert not (tmp_path / "o.gguf").exists()
