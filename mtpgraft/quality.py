@@ -14,13 +14,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import MtpgraftError, UsageError
+from .outputs import PendingOutput, ensure_space, write_text
 
 DEFAULT_CTX = 512
 BUILTIN_TEXT = "quality-small.txt"
@@ -224,20 +224,14 @@ def _reference_logits(plan: QualityPlan, log_dir: Path, emit: Callable[[str], No
         emit(f"reusing the reference's logits {logits} ({logits.stat().st_size:,} bytes)")
         return (Figure(**d["reference_ppl"]) if d.get("reference_ppl") else None), True
     logits.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(logits.parent).free
-    if free < plan.logits_bytes_max:
-        raise UsageError(f"the reference's logits need up to {plan.logits_bytes_max / 1e9:.2f} GB in "
-                         f"{logits.parent}, only {free / 1e9:.2f} GB free (fewer --chunks, or a shorter text)")
+    ensure_space(logits, plan.logits_bytes_max)
     emit(f"writing the reference's logits (at most {plan.logits_bytes_max / 1e6:.1f} MB) to {logits}")
-    tmp = logits.with_name(f".{logits.name}.{os.getpid()}.tmp")
-    try:
-        out = _run_logged(_base_cmd(plan, plan.reference) + ["--kl-divergence-base", str(tmp)],
+    with PendingOutput(logits) as tmp:
+        out = _run_logged(_base_cmd(plan, plan.reference) + ["--kl-divergence-base", str(tmp.path)],
                           log_dir / "reference-base.log")
         ppl = _parse_final(out)
-        os.replace(tmp, logits)
-    finally:
-        tmp.unlink(missing_ok=True)
-    meta.write_text(json.dumps({"reference": plan.reference, "text": plan.text, "build": plan.build,
+        tmp.install(force=True)  # a cache entry: the same inputs give the same logits
+    write_text(meta, json.dumps({"reference": plan.reference, "text": plan.text, "build": plan.build,
                                 "reference_ppl": asdict(ppl) if ppl else None}, indent=2))
     return ppl, False
 
@@ -377,7 +371,5 @@ def write_report(result: QualityResult, outdir: str | os.PathLike[str], *,
     d.mkdir(parents=True, exist_ok=True)
     js, md = d / "quality.json", d / md_name
     for path, text in ((js, json.dumps(result.to_dict(), indent=2)), (md, render_markdown(result))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text(path, text)
     return js, md

@@ -63,7 +63,7 @@ def push(hub, *args: str):
 def test_sidecar_in_a_sibling_folder_is_refused_before_sending(hub, tiny, tmp_path):
     out = lay_out(tmp_path / "out", {"Tiny-Q4_K_M.gguf": tiny["base"], "MTP/mtp-Tiny-F16.gguf": tiny["sidecar"]})
     r = push(hub, str(out), "--repo", "tester/Tiny-GGUF", "--no-verify")
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     err = r.stderr.strip().splitlines()[-1]
     assert err.startswith("mtpgraft: error: refusing to push: ")
     assert ("MTP/mtp-Tiny-F16.gguf: llama.cpp would not find it: MTP holds no model file and is not a "
@@ -77,7 +77,7 @@ def test_two_sidecars_where_the_wrong_one_would_be_picked_are_refused(hub, tiny,
     out = lay_out(tmp_path / "out", {"Tiny-Q4_K_M.gguf": tiny["base"], "mtp-Tiny-F16.gguf": tiny["sidecar"],
                                      "mtp-Other-Q4_K_M.gguf": tiny["sidecar"]})
     r = push(hub, str(out), "--repo", "tester/Tiny-GGUF", "--no-verify")
-    assert r.exit_code == 1
+    assert r.exit_code == 6
     assert ("mtp-Other-Q4_K_M.gguf: `llama-server -hf REPO:Q4_K_M` would load it as the MTP draft of "
             "Tiny-Q4_K_M.gguf, not mtp-Tiny-F16.gguf (its name has the exact tag)") in r.stderr
     assert hub.writes() == []
@@ -87,7 +87,7 @@ def test_sidecars_ranked_equal_are_refused(hub, tiny, tmp_path):
     out = lay_out(tmp_path / "out", {"Tiny-Q4_K_M.gguf": tiny["base"], "mtp-Tiny-Q8_0.gguf": tiny["sidecar"],
                                      "mtp-Tiny.Q8_0.gguf": tiny["sidecar"]})
     r = push(hub, str(out), "--repo", "tester/Tiny-GGUF", "--no-verify")
-    assert r.exit_code == 1 and "would depend on the Hub's file order" in r.stderr
+    assert r.exit_code == 6 and "would depend on the Hub's file order" in r.stderr
     assert hub.writes() == []
 
 
@@ -119,7 +119,7 @@ def test_pull_request_to_another_owner_sends_only_the_sidecar_and_a_card_section
     main_before = hub.head(theirs).oid
     out = lay_out(tmp_path / "out", {"mtp-Tiny-F16.gguf": tiny["sidecar"], "Tiny-Q6_K.gguf": tiny["base"]})
     r = push(hub, str(out), "--repo", theirs, "--create-pr", "--no-verify")
-    assert r.exit_code == 1  # a quant in a PR to their repo
+    assert r.exit_code == 6  # a quant in a PR to their repo
     assert "Tiny-Q6_K.gguf: a pull request to someone's repo sends only MTP sidecars" in r.stderr
     assert hub.writes() == []
 

@@ -67,16 +67,17 @@ def test_refusals_are_one_line_and_write_nothing(tiny, tmp_path):
     out = tmp_path / "side.gguf"
     out.write_bytes(b"keep")
     r = run("sidecar", str(tiny["base"]), "--mtp-from", str(tiny["full"]), "-o", str(out))
-    assert r.exit_code != 0 and "exists; pass --force" in r.stderr and out.read_bytes() == b"keep"
+    assert r.exit_code == 4 and "exists; pass --force" in r.stderr and out.read_bytes() == b"keep"
     r = run("sidecar", str(tiny["base"]), "--mtp-from", str(tiny["moe-full"]), "-o", str(tmp_path / "x.gguf"))
-    assert r.exit_code != 0 and r.stderr.count("\n") == 1
+    assert r.exit_code == 3 and r.stderr.count("\n") == 1
     assert "architecture mismatch: base is qwen35, MTP source is qwen35moe" in r.stderr
     assert not (tmp_path / "x.gguf").exists()
     r = run("sidecar", str(tiny["base"]), "--mtp-from", str(tiny["full"]), "-o", str(tmp_path / "d.gguf"),
             "--dry-run", "--json")
     assert r.exit_code == 0 and not (tmp_path / "d.gguf").exists()
-    plan = json.loads(r.stdout)
-    assert plan["operation"] == "sidecar" and plan["outputs"] == [str(tmp_path / "d.gguf")]
+    d = json.loads(r.stdout)
+    plan = d["plan"]
+    assert d["dry_run"] is True and plan["operation"] == "sidecar" and plan["outputs"] == [str(tmp_path / "d.gguf")]
     assert [p for p in tmp_path.iterdir() if "mtpgraft" in p.name] == []
 
 
