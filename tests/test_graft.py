@@ -213,7 +213,7 @@ def test_k_quant_target_needs_llama_quantize(tmp_path, monkeypatch):
     wide_full = make_model(tmp_path / "wfull.gguf", n_embd=256)
     r = run_cli("attach", wide_base, "--mtp-from", wide_full, "-o", tmp_path / "w.gguf", "--mtp-type", "q6_k")
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert r.returncode == 5 and len(lines) == 1, r.stderr
     assert lines[0].startswith("mtpgraft: error: ") and "llama-quantize" in lines[0], r.stderr
     assert not (tmp_path / "w.gguf").exists()
     plan = plan_attach(wide_base, wide_full, tmp_path / "w.gguf", mtp_type="keep")  # no tool needed

@@ -55,7 +55,7 @@ def refused_everywhere(m: dict[str, Path], p: Path, msg: str) -> None:
                  ["attach", m["base"], "--mtp-from", p, "-o", out], ["detach", p, "-o", out],
                  ["extract", p, "-o", out]):
         code, err = mtpgraft(*args)
-        assert code == 1 and msg in one_line(err), (args, err)
+        assert code == 3 and msg in one_line(err), (args, err)
         assert not out.exists()
 
 
@@ -71,7 +71,7 @@ def test_wrong_typed_metadata_is_reported_not_a_traceback(m):
     assert "key general.file_type has wrong type arr[u32] but expected type u32" in inspect_model(p).problems
     p = bad(m, "split-str.gguf", kv=with_kv("split.count", scalar("split.count", V.STRING, "2")))
     code, err = mtpgraft("inspect", p)
-    assert code == 1 and "key split.count must be an integer but is str" in one_line(err)
+    assert code == 3 and "key split.count must be an integer but is str" in one_line(err)
 
 
 # 2. huge counts: checked against llama.cpp's bounds before anything is sized by them
@@ -89,7 +89,7 @@ def test_missing_block_count(m):
     assert f"key {A}.block_count is missing" in inspect_model(p).problems
     for cmd in ("detach", "extract"):
         code, err = mtpgraft(cmd, p, "-o", m["dir"] / "o.gguf")
-        assert code == 1 and f"nobc.gguf has no {A}.block_count key" in one_line(err)
+        assert code == 3 and f"nobc.gguf has no {A}.block_count key" in one_line(err)
 
 
 # 4. a source MTP tensor numpy cannot convert: refused at plan time, before any write
@@ -101,7 +101,7 @@ def test_unconvertible_source_type_refused_at_plan_time(m, tname, tid, block, si
     src = bad(m, "src.gguf", tensors=retype("blk.4.attn_q.weight", tid, nbytes))
     out = m["dir"] / "o.gguf"
     code, err = mtpgraft("attach", m["base"], "--mtp-from", src, "-o", out, "--mtp-type", "q8_0")
-    assert code == 1 and f"MTP tensor blk.4.attn_q.weight is {tname}, which mtpgraft cannot convert" in one_line(err)
+    assert code == 3 and f"MTP tensor blk.4.attn_q.weight is {tname}, which mtpgraft cannot convert" in one_line(err)
     assert not out.exists() and not [n for n in os.listdir(m["dir"]) if n.startswith(".")]
 
 
@@ -112,7 +112,7 @@ def test_odd_layer_arrays(m):
     refused_everywhere(m, p, f"key {key} is an arr[i8]; llama.cpp reads per-layer arrays of u32, i32, f32 or bool only")
     p = bad(m, "rec-empty.gguf", kv=with_kv(key, array(key, V.BOOL, [])))
     code, err = mtpgraft("attach", p, "--mtp-from", m["full"], "-o", m["dir"] / "o.gguf", "--replace")
-    assert code == 1 and f"key {key} has 0 entries but the trunk has 4 layers" in one_line(err)
+    assert code == 3 and f"key {key} has 0 entries but the trunk has 4 layers" in one_line(err)
 
 
 # 6. the metadata encoder never raises struct.error
@@ -131,7 +131,7 @@ def test_encoder_values_checked_at_plan_time(m, tmp_path):
     p = bad(m, "blk-huge.gguf", tensors=lambda ts: [OutTensor(t.name.replace("blk.4.", "blk.4294967296."), t.ne,
                                                                t.ggml_type, t.nbytes, t.src_path, t.src_offset) for t in ts])
     code, err = mtpgraft("attach", m["base"], "--mtp-from", p, "-o", out, "--force")
-    assert code == 1 and "tensor blk.4294967296.attn_norm.weight is beyond llama.cpp's 512 layers" in one_line(err)
+    assert code == 3 and "tensor blk.4294967296.attn_norm.weight is beyond llama.cpp's 512 layers" in one_line(err)
 
 
 # 7. names from the file are escaped and capped in messages
@@ -140,7 +140,7 @@ def test_names_in_messages_are_escaped(m):
     p = bad(m, "evil.gguf", kv=lambda kvs: kvs + [raw_kv(key, 99, b"")])
     code, err = mtpgraft("inspect", p)
     line = one_line(err)
-    assert code == 1 and "unknown value type 99 for key evil\\x0a\\x00" in line and len(line) < 400
+    assert code == 3 and "unknown value type 99 for key evil\\x0a\\x00" in line and len(line) < 400
     p = bad(m, "evil-dup.gguf", kv=lambda kvs: kvs + [scalar(key, V.UINT32, 1), scalar(key, V.UINT32, 2)])
     rep = inspect_model(p)
     assert any(x.startswith("duplicate key evil\\x0a") and len(x) < 200 and "\n" not in x for x in rep.problems)
@@ -167,7 +167,7 @@ def test_fifo_refused_without_blocking(m):
     for args in (["inspect", fifo], ["attach", m["base"], "--mtp-from", fifo, "-o", m["dir"] / "o.gguf"]):
         p = subprocess.run([sys.executable, "-m", "mtpgraft", *map(str, args)], capture_output=True, text=True,
                            timeout=20)
-        assert p.returncode == 1 and f"{fifo}: is a FIFO, not a regular file" in one_line(p.stderr)
+        assert p.returncode == 3 and f"{fifo}: is a FIFO, not a regular file" in one_line(p.stderr)
 
 
 # 9. files llama.cpp's loader refuses: inspect says so, and no command writes from them
