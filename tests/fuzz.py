@@ -24,10 +24,12 @@ from pathlib import Path
 
 from gguf import GGUFValueType as V
 
+from mtpgraft import errors as _errors
 from mtpgraft.gguf_io import KV, GGUFFile, OutTensor, write_gguf
 
 ARCH = "qwen35"
-EXIT_CODES = {0, 1, 2}  # README: success, bad input / failure, usage
+# The README's codes (mtpgraft.errors.EXIT_CODES) but the signal ones: nothing here is interrupted.
+EXIT_CODES = {c for kind, c in _errors.EXIT_CODES.items() if not kind.startswith("interrupted")}
 HANG_S = 10.0
 TEMP_MARKERS = (".mtpgraft-tmp", ".partial", ".mtpgraft-q-")
 
