@@ -2,7 +2,8 @@
 """Benchmark `mtpgraft attach` against `cp --reflink=auto` of the same output bytes, and gguf's own
 gguf_new_metadata.py rewriting the same base, in one run.
 
-Generates a Q8_0 qwen35-shaped base (trunk only) of --size-gb and a donor holding the MTP block,
+Generates a Q8_0 base (trunk only) in the tensor layout of the tiny qwen35 test models
+(mtpgraft.testmodels.synthetic) at Qwen3.6-27B-like sizes of --size-gb and a donor holding the MTP block,
 then for each tool runs it --reps times (alternating) and prints median wall time, the ratio to
 cp, peak RSS (GNU time's %M: resident pages, memory-mapped file pages included), the new disk
 space each output took (statvfs of --dir before and after, synced) and, for attach, how much of
@@ -31,6 +32,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
 
 from mtpgraft.gguf_io import OutTensor, encode_kv, tensor_nbytes, write_gguf
+from mtpgraft.testmodels.synthetic import Dims, qwen35_specs
 
 N_EMBD = 4096
 N_FF = 12288
@@ -46,23 +48,15 @@ BLOB = b""
 COLD = False
 
 
-def _layer(i: int, mtp: bool) -> list[tuple[str, tuple[int, ...], Q]]:
-    p = f"blk.{i}."
-    t = [(p + "attn_norm.weight", (N_EMBD,), Q.F32),
-         (p + "attn_q.weight", (N_EMBD, 2 * N_EMBD), Q.Q8_0),
-         (p + "attn_k.weight", (N_EMBD, 1024), Q.Q8_0),
-         (p + "attn_v.weight", (N_EMBD, 1024), Q.Q8_0),
-         (p + "attn_output.weight", (N_EMBD, N_EMBD), Q.Q8_0),
-         (p + "post_attention_norm.weight", (N_EMBD,), Q.F32),
-         (p + "ffn_gate.weight", (N_EMBD, N_FF), Q.Q8_0),
-         (p + "ffn_up.weight", (N_EMBD, N_FF), Q.Q8_0),
-         (p + "ffn_down.weight", (N_FF, N_EMBD), Q.Q8_0)]
-    if mtp:
-        t += [(p + "nextn.eh_proj.weight", (2 * N_EMBD, N_EMBD), Q.Q8_0),
-              (p + "nextn.enorm.weight", (N_EMBD,), Q.F32),
-              (p + "nextn.hnorm.weight", (N_EMBD,), Q.F32),
-              (p + "nextn.shared_head_norm.weight", (N_EMBD,), Q.F32)]
-    return t
+# Qwen3.6-27B-like sizes in the tensor layout of the tiny test models (mtpgraft.testmodels.synthetic).
+DIMS = Dims(n_embd=N_EMBD, n_ff=N_FF, n_head=32, n_head_kv=8, head_dim=128, ssm_state=128, ssm_groups=16,
+            ssm_rank=48, vocab=VOCAB)
+
+
+def _specs(trunk: int, layout: str) -> list[tuple[str, tuple[int, ...], Q]]:
+    """Q8_0 weights, F32 norms / 1-D tensors / rows llama.cpp keeps in F32 (ssm_conv1d)."""
+    return [(n, ne, Q.Q8_0 if len(ne) > 1 and ne[0] % 32 == 0 else Q.F32)
+            for n, ne in qwen35_specs("qwen35", trunk=trunk, layout=layout, dims=DIMS)]
 
 
 def make(path: Path, trunk: int, with_mtp: bool, only_mtp: bool = False) -> None:
@@ -76,13 +70,7 @@ def make(path: Path, trunk: int, with_mtp: bool, only_mtp: bool = False) -> None
            encode_kv("tokenizer.ggml.tokens", V.ARRAY, [f"t{i}" for i in range(VOCAB)], V.STRING)]
     if with_mtp:
         kvs.insert(3, encode_kv("qwen35.nextn_predict_layers", V.UINT32, 1))
-    specs: list[tuple[str, tuple[int, ...], Q]] = [("token_embd.weight", (N_EMBD, VOCAB), Q.Q8_0)]
-    if not only_mtp:
-        for i in range(trunk):
-            specs += _layer(i, False)
-    if with_mtp:
-        specs += _layer(trunk, True)
-    specs += [("output_norm.weight", (N_EMBD,), Q.F32), ("output.weight", (N_EMBD, VOCAB), Q.Q8_0)]
+    specs = _specs(trunk, "mtp-only" if only_mtp else ("full" if with_mtp else "base"))
     tensors = [OutTensor(n, ne, int(t), tensor_nbytes(t, ne), produce=repeated(BLOB, tensor_nbytes(t, ne)))
                for n, ne, t in specs]
     with open(path, "wb") as fh:
@@ -179,7 +167,8 @@ def main() -> None:
 def run_bench(d: Path, args: argparse.Namespace) -> None:
     global BLOB
     BLOB = _blob()
-    layer_bytes = sum(tensor_nbytes(t, ne) for _, ne, t in _layer(0, False))
+    four = sum(tensor_nbytes(t, ne) for n, ne, t in _specs(4, "base") if n.startswith("blk."))
+    layer_bytes = four // 4  # three linear-attention layers and one full-attention layer
     trunk = max(2, int(args.size_gb * 1e9 // layer_bytes))
     base, donor = d / "base.gguf", d / "donor.gguf"
     print(f"generating base ({trunk} layers) and MTP donor in {d} ...", file=sys.stderr)

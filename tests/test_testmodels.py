@@ -283,3 +283,18 @@ def test_server_reports_a_dead_process_and_a_missing_file(tmp_path, llama_cpp_di
         srv.start()
     assert srv.log_text()  # the log outlives the process
 
+
+
+def test_synthetic_specs_are_the_runnable_layout(tmp_path):
+    """The shape-only generator (graft tests, benchmarks) writes what build_tiny_model writes."""
+    from mtpgraft.testmodels.synthetic import Dims, qwen35_specs
+
+    for arch in tm.ARCHES:
+        for layout in tm.LAYOUTS:
+            path = tm.build_tiny_model(tmp_path / f"{arch}-{layout}.gguf", arch=arch, layout=layout)
+            got = [(t.name, tuple(int(x) for x in t.shape)) for t in GGUFReader(path).tensors]
+            assert got == qwen35_specs(arch, layout=layout), (arch, layout)
+    small = qwen35_specs("qwen35moe", trunk=8, dims=Dims(n_embd=64, n_ff_exp=32, vocab=16))
+    assert [n for n, _ in small if n.startswith("blk.8.")][0] == "blk.8.nextn.eh_proj.weight"
+    assert dict(small)["blk.8.ffn_down_exps.weight"] == (32, 64, 4)
+    assert "blk.7.attn_q.weight" in dict(small) and "blk.6.ssm_out.weight" in dict(small)
