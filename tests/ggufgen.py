@@ -1,6 +1,5 @@
-"""Small qwen35 / qwen35moe-shaped GGUFs for fast offline graft tests: the tensor layout of the runnable
-tiny models (mtpgraft.testmodels.synthetic) at a smaller size, with random weights (not meant to run
-in llama.cpp)."""
+"""Small qwen35 / qwen35moe-shaped GGUFs for fast offline graft tests (not meant to run in llama.cpp;
+the runnable tiny models are in mtpgraft.testmodels)."""
 
 from __future__ import annotations
 
@@ -9,19 +8,64 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, quants
 
-from mtpgraft.testmodels.synthetic import Dims, qwen35_specs
-
 Q = GGMLQuantizationType
 N_EMBD = 64
 N_FF = 128
 N_HEAD, N_HEAD_KV, HEAD_DIM = 2, 1, 32
 
 
-def dims(n_embd: int = N_EMBD, n_ff: int = N_FF, n_exp: int = 4, vocab: int = 32) -> Dims:
-    """The small sizes of these graft-test models (the layout is the runnable test models')."""
-    return Dims(n_embd=n_embd, n_ff=n_ff, n_head=N_HEAD, n_head_kv=N_HEAD_KV, head_dim=HEAD_DIM,
-                ssm_state=32, ssm_groups=2, ssm_rank=2, n_expert=n_exp, n_ff_exp=n_ff, n_ff_shexp=n_ff,
-                vocab=vocab)
+def _tensor_specs(arch: str, layer: int, full_attn: bool, mtp: bool, n_embd: int, n_exp: int = 4,
+                  n_ff: int = N_FF):
+    e = n_embd
+    p = f"blk.{layer}."
+    specs = [(p + "attn_norm.weight", (e,))]
+    if full_attn or mtp:
+        specs += [
+            (p + "attn_q.weight", (e, 2 * N_HEAD * HEAD_DIM)),
+            (p + "attn_k.weight", (e, N_HEAD_KV * HEAD_DIM)),
+            (p + "attn_v.weight", (e, N_HEAD_KV * HEAD_DIM)),
+            (p + "attn_output.weight", (N_HEAD * HEAD_DIM, e)),
+            (p + "attn_q_norm.weight", (HEAD_DIM,)),
+            (p + "attn_k_norm.weight", (HEAD_DIM,)),
+        ]
+    else:
+        specs += [
+            (p + "attn_qkv.weight", (e, 3 * 64)),
+            (p + "attn_gate.weight", (e, 64)),
+            (p + "ssm_conv1d.weight", (4, 3 * 64)),
+            (p + "ssm_dt.bias", (2,)),
+            (p + "ssm_a", (2,)),
+            (p + "ssm_beta.weight", (e, 2)),
+            (p + "ssm_alpha.weight", (e, 2)),
+            (p + "ssm_norm.weight", (32,)),
+            (p + "ssm_out.weight", (64, e)),
+        ]
+    specs.append((p + "post_attention_norm.weight", (e,)))
+    if arch == "qwen35moe":
+        specs += [
+            (p + "ffn_gate_inp.weight", (e, n_exp)),
+            (p + "ffn_gate_exps.weight", (e, n_ff, n_exp)),
+            (p + "ffn_up_exps.weight", (e, n_ff, n_exp)),
+            (p + "ffn_down_exps.weight", (n_ff, e, n_exp)),
+            (p + "ffn_gate_inp_shexp.weight", (e,)),
+            (p + "ffn_gate_shexp.weight", (e, n_ff)),
+            (p + "ffn_up_shexp.weight", (e, n_ff)),
+            (p + "ffn_down_shexp.weight", (n_ff, e)),
+        ]
+    else:
+        specs += [
+            (p + "ffn_gate.weight", (e, n_ff)),
+            (p + "ffn_up.weight", (e, n_ff)),
+            (p + "ffn_down.weight", (n_ff, e)),
+        ]
+    if mtp:
+        specs += [
+            (p + "nextn.eh_proj.weight", (2 * e, e)),
+            (p + "nextn.enorm.weight", (e,)),
+            (p + "nextn.hnorm.weight", (e,)),
+            (p + "nextn.shared_head_norm.weight", (e,)),
+        ]
+    return specs
 
 
 def make_model(path: Path, *, arch: str = "qwen35", trunk: int = 4, layout: str = "full",
@@ -63,10 +107,13 @@ def make_model(path: Path, *, arch: str = "qwen35", trunk: int = 4, layout: str 
     rng_t = np.random.default_rng(seed)
     rng_m = np.random.default_rng(seed + 1000 if mtp_seed is None else mtp_seed)
 
-    def add(name: str, shape: tuple[int, ...], data: np.ndarray) -> None:
+    def add(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> None:
+        # shape is ggml order (ne0 first); numpy wants it reversed
+        data = rng.standard_normal(tuple(reversed(shape))).astype(np.float32) * 0.02
         if len(shape) == 1 or shape[0] % 32:  # like the converter: odd rows stay F32
             w.add_tensor(name, data)
-        elif wtype == Q.F32:
+            return
+        if wtype == Q.F32:
             w.add_tensor(name, data)
         elif wtype == Q.F16:
             w.add_tensor(name, data.astype(np.float16))
@@ -74,15 +121,33 @@ def make_model(path: Path, *, arch: str = "qwen35", trunk: int = 4, layout: str 
             qd = quants.quantize(data, wtype)
             w.add_tensor(name, qd, raw_shape=qd.shape, raw_dtype=wtype)
 
-    # Every layout draws the same streams over the full layout (trunk and shared tensors from `seed`,
-    # the MTP block from `mtp_seed`), so base + MTP block of full is full, byte for byte.
-    d = dims(n_embd, n_ff, vocab=vocab)
-    keep = {name for name, _ in qwen35_specs(arch, trunk=trunk, layout=layout, dims=d)}
-    for name, shape in qwen35_specs(arch, trunk=trunk, layout="full", dims=d):
-        rng = rng_m if name.startswith(f"blk.{trunk}.") else rng_t
-        data = rng.standard_normal(tuple(reversed(shape))).astype(np.float32) * 0.02  # numpy: ne reversed
-        if name in keep:
-            add(name, shape, data)
+    tensors = []
+    if layout != "mtp-only":
+        tensors.append(("token_embd.weight", (n_embd, vocab), rng_t))
+    # consume the same random stream for trunk tensors in every layout
+    trunk_specs = []
+    for i in range(trunk):
+        trunk_specs += _tensor_specs(arch, i, (i % 4) == 3, False, n_embd, n_ff=n_ff)
+    mtp_specs = _tensor_specs(arch, trunk, True, True, n_embd, n_ff=n_ff) if n_mtp else []
+    emb = ("token_embd.weight", (n_embd, vocab))
+    if layout == "mtp-only":
+        w_rng = np.random.default_rng(seed)
+        add(*emb, w_rng)
+        for _name, shape in trunk_specs:  # advance the stream identically, write nothing
+            w_rng.standard_normal(tuple(reversed(shape)))
+        for name, shape in mtp_specs:
+            add(name, shape, rng_m)
+        add("output_norm.weight", (n_embd,), w_rng)
+        add("output.weight", (n_embd, vocab), w_rng)
+    else:
+        for name, shape, rng in tensors:
+            add(name, shape, rng)
+        for name, shape in trunk_specs:
+            add(name, shape, rng_t)
+        for name, shape in mtp_specs:
+            add(name, shape, rng_m)
+        add("output_norm.weight", (n_embd,), rng_t)
+        add("output.weight", (n_embd, vocab), rng_t)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
