@@ -256,27 +256,7 @@ def _source_order(src: GGUFModel) -> list[str]:
 # --------------------------------------------------------------------------- type conversion
 
 
-def _copy_chunks(ref: TensorRef, hasher: Any) -> Callable[[], Iterator[bytes]]:
-    """A tensor's bytes unchanged, read once and hashed on the way (provenance without a 2nd read)."""
-
-    def gen() -> Iterator[bytes]:
-        fd = os.open(ref.path, os.O_RDONLY)
-        try:
-            done = 0
-            while done < ref.info.nbytes:
-                chunk = os.pread(fd, min(CHUNK_BYTES, ref.info.nbytes - done), ref.abs_offset + done)
-                if not chunk:
-                    raise MtpgraftError(f"{ref.path}: unexpected end of file reading {ref.name}")
-                hasher.update(chunk)
-                done += len(chunk)
-                yield chunk
-        finally:
-            os.close(fd)
-
-    return gen
-
-
-def _convert_chunks(ref: TensorRef, target: str, hasher: Any = None) -> Callable[[], Iterator[bytes]]:
+def _convert_chunks(ref: TensorRef, target: str) -> Callable[[], Iterator[bytes]]:
     """Dequantize a tensor and requantize it in numpy, a bounded number of rows at a time (plan
     time has refused every type outside ggml_types.NUMPY_READS / NUMPY_MAKES)."""
     src_t = GGMLQuantizationType(ref.info.ggml_type)
@@ -286,8 +266,6 @@ def _convert_chunks(ref: TensorRef, target: str, hasher: Any = None) -> Callable
 
     def gen() -> Iterator[bytes]:
         for raw in read_tensor_rows(ref, rows):
-            if hasher is not None:
-                hasher.update(raw.data)
             if src_t == Q.F32:
                 f32 = raw.view(np.float32).reshape(raw.shape[0], ne0)
             else:
@@ -661,16 +639,17 @@ def plan_extract(model_path: str | os.PathLike[str], out_path: str | os.PathLike
 
 def _hash_refs(refs: Iterable[TensorRef], progress: Callable[[int], None]) -> str:
     h = hashlib.sha256()
+    buf = memoryview(bytearray(CHUNK_BYTES))
     for r in refs:
         with open(r.path, "rb", buffering=0) as f:
             f.seek(r.abs_offset)
             left = r.info.nbytes
             while left:
-                chunk = f.read(min(left, 8 << 20))
-                if not chunk:
+                n = f.readinto(buf[:min(left, CHUNK_BYTES)])
+                if not n:
                     raise MtpgraftError(f"{r.path}: unexpected end of file reading {r.name}")
-                h.update(chunk)
-                left -= len(chunk)
+                h.update(buf[:n])
+                left -= n
                 progress(0)
     return h.hexdigest()
 
@@ -722,24 +701,22 @@ def plan_alignment(plan: GraftPlan) -> int:
     return int(kv.value) if kv is not None else 32
 
 
-def _bind_mtp(plan: GraftPlan, shards: list[_ShardSpec], hasher: Any,
-              located: dict[str, tuple[Path, int]]) -> None:
-    """Point each MTP tensor at its bytes: the source (hashed on the way when `hasher` is given),
-    a numpy conversion of it, or llama-quantize's output (`located`)."""
+def _bind_mtp(plan: GraftPlan, shards: list[_ShardSpec], located: dict[str, tuple[Path, int]]) -> None:
+    """Point each MTP tensor at its bytes: the source (a plain copy already does), a numpy
+    conversion of it, or llama-quantize's output (`located`)."""
     refs = {r.name: r for r in plan._source_refs}
     acts = {a.name: a for a in plan.tensors}
     for s in shards:
         for j, t in enumerate(s.tensors):
             a = acts.get(t.name)
-            if a is None or (a.method == "copy" and hasher is None):
+            if a is None or a.method == "copy":
                 continue  # a plain copy already points at the source's bytes
             if a.method == "llama-quantize":
                 path, off = located[t.name]
                 s.tensors[j] = OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, path, off)
                 continue
             r = refs[a.source_name]
-            gen = _copy_chunks(r, hasher) if a.method == "copy" else _convert_chunks(r, a.to_type, hasher)
-            s.tensors[j] = OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, produce=gen)
+            s.tensors[j] = OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, produce=_convert_chunks(r, a.to_type))
 
 
 def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None,
@@ -752,34 +729,24 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
     check_outputs(outputs, force=plan.force)  # they may have appeared since planning
     ensure_space(outputs[0], plan.output_bytes)  # all shards go to one folder
     shards = [_ShardSpec(s.path, list(s.kvs), list(s.tensors)) for s in plan._shards]  # the plan stays as it was
-    hasher = None
     key = f"{PROV}mtp.source_sha256"
     with contextlib.ExitStack() as stack:
         if plan.operation in ("attach", "sidecar"):  # both carry a grafted MTP block
             kvs = shards[0].kvs
             k = next(i for i, kv in enumerate(kvs) if kv.key == key)
+            # The digest first: that pass reads the source's MTP bytes into the page cache, so the
+            # copies after it (in the kernel, copy_file_range) and conversions read them from memory.
+            kvs[k] = encode_kv(key, GGUFValueType.STRING, _hash_refs(plan._source_refs, progress))
             if any(a.method == "llama-quantize" for a in plan.tensors):
-                # llama-quantize reads the sources itself: hash them in a pass of their own.
-                kvs[k] = encode_kv(key, GGUFValueType.STRING, _hash_refs(plan._source_refs, progress))
                 workdir = stack.enter_context(PendingOutput(outputs[0], folder=True))
-                _bind_mtp(plan, shards, None, _quantize_mtp(plan, workdir.path))
+                _bind_mtp(plan, shards, _quantize_mtp(plan, workdir.path))
             else:
-                # Hash the source's MTP bytes as they are copied (MTP tensors are written in source
-                # order), then patch the digest into a placeholder of the same length.
-                hasher = hashlib.sha256()
-                kvs[k] = encode_kv(key, GGUFValueType.STRING, "0" * 64)
-                _bind_mtp(plan, shards, hasher, {})
+                _bind_mtp(plan, shards, {})
         align = plan_alignment(plan)
         pending = [stack.enter_context(PendingOutput(s.path)) for s in shards]
-        written = []
         for p, s in zip(pending, shards, strict=True):
             with writing(s.path), open(p.path, "wb") as fh:
-                written.append(write_gguf(fh, s.kvs, s.tensors, alignment=align, progress=progress, layout=layout))
-        if hasher is not None:
-            with writing(outputs[0]), open(pending[0].path, "r+b") as fh:
-                # the string value: after key length, key, type, string length
-                fh.seek(written[0].kv_offsets[key] + 8 + len(key.encode()) + 4 + 8)
-                fh.write(hasher.hexdigest().encode())
+                write_gguf(fh, s.kvs, s.tensors, alignment=align, progress=progress, layout=layout)
         for p in pending:
             p.install(force=plan.force)
     return outputs

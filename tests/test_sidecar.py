@@ -43,9 +43,13 @@ def run(*args: str):
 
 def test_sidecar_equals_the_converters_mtp_layout(tiny, tmp_path):
     out = tmp_path / "side.gguf"
-    r = run("sidecar", str(tiny["base"]), "--mtp-from", str(tiny["full"]), "-o", str(out))
+    r = run("sidecar", str(tiny["base"]), "--mtp-from", str(tiny["full"]), "-o", str(out), "--layout", "converter")
     assert r.exit_code == 0, r.stderr
     assert tensor_bytes(out) == tensor_bytes(tiny["ref"])  # names, order, shapes, types, bytes
+    # the default (reflink) layout puts the tensors copied from the bigger input first: same tensors
+    side = tmp_path / "side-reflink.gguf"
+    assert run("sidecar", str(tiny["base"]), "--mtp-from", str(tiny["full"]), "-o", str(side)).exit_code == 0
+    assert sorted(tensor_bytes(side)) == sorted(tensor_bytes(tiny["ref"]))
     got, want = GGUFModel(out), GGUFModel(tiny["ref"])
     differ = sorted(k for k in set(got.kv) | set(want.kv)
                     if not k.startswith(PROVENANCE) and (k not in got.kv or k not in want.kv
