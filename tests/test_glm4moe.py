@@ -160,7 +160,8 @@ def grafted(tiny_glm_models, tmp_path_factory) -> dict[str, Path]:
     mtpgraft("detach", m["base-key"], "-o", out["detach-key"])  # drops the key: no abort with MTP on
     mtpgraft("extract", m["full-aligned"], "-o", out["extract"])
     out["sidecar"] = d / "mtp-glm-F16.gguf"
-    mtpgraft("sidecar", m["base"], "--mtp-from", m["full-mixed"], "-o", out["sidecar"])
+    # the converter's order exactly: the default (reflink) layout puts the bigger input's copies first
+    mtpgraft("sidecar", m["base"], "--mtp-from", m["full-mixed"], "-o", out["sidecar"], "--layout", "converter")
     return out
 
 
