@@ -164,20 +164,26 @@ def _intro(models: Sequence[ModelEntry], base_link: str) -> str:
 
 def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: str | None,
           other_files: Sequence[RemoteFile], revision: str) -> list[str]:
-    out: list[str] = []
     title = _title(models, repo_id)
     base_link = f"[{base}]({HUB_URL}/{base})" if base else f"`{title}`"
-    out += [f"# {title} MTP GGUF", "", _intro(models, base_link), ""]
+    out = [f"# {title} MTP GGUF", "", _intro(models, base_link), ""]
     if not verified:
         out += ["> **Not verified.** These files were pushed with `mtpgraft push --no-verify`: they "
                 "passed `mtpgraft inspect`, but no llama-server check of their MTP acceptance was "
                 "required before publishing.", ""]
+    out += _files_section(repo_id, models, other_files, revision)
+    out += _measurements_section(models, verified)
+    out += _usage_section(repo_id, models, revision)
+    out += _provenance_section(models, verified, base, base_link)
+    return out
 
-    # Files
+
+def _files_section(repo_id: str, models: Sequence[ModelEntry], other_files: Sequence[RemoteFile],
+                   revision: str) -> list[str]:
     quality = any(m.quality is not None for m in models)
-    out += ["## Files", "", "| File | Quant type | MTP head | Size | "
-            + ("KLD | PPL ratio | MTP retention | " if quality else "") + "SHA256 |",
-            "|---|---|---|---:|" + ("---:|---:|---:|" if quality else "") + "---|"]
+    out = ["## Files", "", "| File | Quant type | MTP head | Size | "
+           + ("KLD | PPL ratio | MTP retention | " if quality else "") + "SHA256 |",
+           "|---|---|---|---:|" + ("---:|---:|---:|" if quality else "") + "---|"]
     for m in models:
         for i, f in enumerate(m.files):
             shard = f" (part {i + 1}/{len(m.files)})" if len(m.files) > 1 else ""
@@ -192,48 +198,62 @@ def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: s
                 "| File | Size | SHA256 |", "|---|---:|---|"]
         out += [f"| {f.path} | {human_size(f.size)} | `{f.sha256 or f.git_oid}` |" for f in other_files]
         out.append("")
+    return out
 
-    # Measurements
+
+def _measurements_section(models: Sequence[ModelEntry], verified: bool) -> list[str]:
     measured = [m for m in models if m.check is not None]
-    out += ["## Measured MTP acceptance and speedup", ""]
+    out = ["## Measured MTP acceptance and speedup", ""]
     if not measured:
         out += ["Nothing was measured for these files"
                 + (" (pushed with `--no-verify`)." if not verified else "."), ""]
     out += _quant_tables(measured)
     for m in measured:
-        c = m.check
-        assert c is not None
-        s = c.settings
-        how = []
-        if s.get("n_max"):
-            how.append(f"draft lengths {', '.join(str(x) for x in s['n_max'])}")
-        if s.get("temperature") is not None:
-            temps = s["temperature"] if isinstance(s["temperature"], list) else [s["temperature"]]
-            how.append(f"temperature {', '.join(str(x) for x in temps)}")
-        if s.get("reps"):
-            how.append(f"{s['reps']} repetitions")
-        if s.get("n_predict"):
-            how.append(f"{s['n_predict']} tokens per request")
-        out += [f"### {PurePosixPath(m.name).name}", "",
-                f"`mtpgraft check` with llama-server (llama.cpp {c.llama_cpp_build or 'unknown build'}): "
-                f"verdict **{c.verdict}**, draft acceptance {_pct(c.acceptance)} overall"
-                + (", MTP active" if c.mtp_active else "") + "."
-                + (f" Settings: {'; '.join(how)}." if how else ""), "",
-                "| Task | Draft acceptance | Speedup | Decode tok/s (MTP) | Decode tok/s (no MTP) "
-                "| Prefill tok/s | Best `--spec-draft-n-max` |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
-        for task, v in c.categories.items():
-            if not isinstance(v, dict):
-                continue
-            out.append(f"| {task} | {_pct(v.get('acceptance'))} | {_num(v.get('speedup'), '{:.2f}×')} | "
-                       f"{_num(v.get('decode_tps'))} | {_num(v.get('baseline_decode_tps'))} | "
-                       f"{_num(v.get('prefill_tps'))} | {v.get('best_n', '–')} |")
-        out.append("")
-        if c.chart:
-            out += [f"![MTP speedup per task]({c.chart})", ""]
+        out += _check_table(m)
+    return out
 
-    # Usage
-    out += ["## Usage", "", "Run with the MTP head as the draft:", "", "```sh"]
+
+def _check_settings(s: dict) -> list[str]:
+    """The check's settings in words: draft lengths, temperatures, repetitions, tokens."""
+    how = []
+    if s.get("n_max"):
+        how.append(f"draft lengths {', '.join(str(x) for x in s['n_max'])}")
+    if s.get("temperature") is not None:
+        temps = s["temperature"] if isinstance(s["temperature"], list) else [s["temperature"]]
+        how.append(f"temperature {', '.join(str(x) for x in temps)}")
+    if s.get("reps"):
+        how.append(f"{s['reps']} repetitions")
+    if s.get("n_predict"):
+        how.append(f"{s['n_predict']} tokens per request")
+    return how
+
+
+def _check_table(m: ModelEntry) -> list[str]:
+    c = m.check
+    assert c is not None
+    how = _check_settings(c.settings)
+    out = [f"### {PurePosixPath(m.name).name}", "",
+           f"`mtpgraft check` with llama-server (llama.cpp {c.llama_cpp_build or 'unknown build'}): "
+           f"verdict **{c.verdict}**, draft acceptance {_pct(c.acceptance)} overall"
+           + (", MTP active" if c.mtp_active else "") + "."
+           + (f" Settings: {'; '.join(how)}." if how else ""), "",
+           "| Task | Draft acceptance | Speedup | Decode tok/s (MTP) | Decode tok/s (no MTP) "
+           "| Prefill tok/s | Best `--spec-draft-n-max` |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for task, v in c.categories.items():
+        if not isinstance(v, dict):
+            continue
+        out.append(f"| {task} | {_pct(v.get('acceptance'))} | {_num(v.get('speedup'), '{:.2f}×')} | "
+                   f"{_num(v.get('decode_tps'))} | {_num(v.get('baseline_decode_tps'))} | "
+                   f"{_num(v.get('prefill_tps'))} | {v.get('best_n', '–')} |")
+    out.append("")
+    if c.chart:
+        out += [f"![MTP speedup per task]({c.chart})", ""]
+    return out
+
+
+def _usage_section(repo_id: str, models: Sequence[ModelEntry], revision: str) -> list[str]:
+    out = ["## Usage", "", "Run with the MTP head as the draft:", "", "```sh"]
     for m in models:
         if m.layout == "mtp-only":
             continue
@@ -248,8 +268,12 @@ def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: s
                 "the tables above give the best value per task where it was.", ""]
     else:
         out += ["The draft length is the one most tasks measured best; the tables above give it per task.", ""]
+    return out + _download_section(repo_id, models, revision)
+
+
+def _download_section(repo_id: str, models: Sequence[ModelEntry], revision: str) -> list[str]:
     rev = f" --revision {revision}" if revision != "main" else ""
-    out += ["Download:", "", "```sh"]
+    out = ["Download:", "", "```sh"]
     for m in models:
         if len(m.files) == 1:
             out.append(f"hf download {repo_id} {m.files[0].path}{rev} --local-dir .")
@@ -259,9 +283,12 @@ def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: s
     out += ["```", ""]
     if revision != "main":
         out += [f"These files are on the `{revision}` branch; `llama-server -hf` reads `main`.", ""]
+    return out
 
-    # Provenance
-    out += ["## Provenance", ""]
+
+def _provenance_section(models: Sequence[ModelEntry], verified: bool, base: str | None,
+                        base_link: str) -> list[str]:
+    out = ["## Provenance", ""]
     if base:
         out.append(f"- Base model: {base_link}")
     out += _prov(models, "MTP head source", lambda m: _mtp_source(m.metadata))
