@@ -196,10 +196,7 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
     A pull request to a repo the token's user does not own sends only MTP sidecars, and the card is
     the repo's own README.md with one section about them (card.sidecar_section). `base_model`
     (OWNER/NAME) names the base model on the card when the GGUFs record none."""
-    from . import card as cardmod
-
-    if not naming.REPO_ID_RE.match(repo_id):
-        raise UsageError(f"--repo {repo_id!r} is not OWNER/NAME")
+    _check_repo_id(repo_id)
     if base_model is not None and not naming.REPO_ID_RE.match(base_model):
         raise UsageError(f"--base-model {base_model!r} is not OWNER/NAME")
     if not paths:
@@ -207,12 +204,63 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
     branch = revision or "main"
     local, skipped = _collect(paths)
     reports = [_load_report(Path(d)) for d in report_dirs]
+    models, files, refusals, warnings, chart_sources = _plan_local(
+        local, reports=reports, verify=verify, max_file_bytes=max_file_bytes, repo_id=repo_id)
+    warnings = [f"{p}: skipped (an imatrix file, not a model)" for p in skipped] + warnings
+
+    user = None
+    repo_exists = branch_exists = False
+    parent = None
+    remote: dict[str, RemoteFile] = {}
+    if not refusals:  # the gate refused: the Hub is not asked
+        user = whoami(api, repo_id)
+        repo_exists, branch_exists, parent, remote = _remote_state(
+            api, repo_id=repo_id, branch=branch, create_pr=create_pr)
+        if private and repo_exists:
+            warnings.append(f"--private has no effect: {repo_id} exists (change its visibility on the Hub)")
+    foreign = create_pr and repo_exists and repo_id.split("/")[0] not in namespaces(api, repo_id)
+    if foreign:
+        chart_sources.clear()
+        refusals += _foreign_refusals(models, repo_id)
+    placement = check_placement(sorted(set(remote) | {f.path for m in models for f in m.files}),
+                                layouts={m.name: m.layout or "" for m in models},
+                                pushed={f.path for m in models for f in m.files})
+    refusals += [Refusal(p, why) for p, why in placement.refusals]
+    warnings += placement.warnings
+    files += [_chart_file(path_in_repo, local_path) for path_in_repo, local_path in sorted(chart_sources.items())]
+
+    ours = {f.path_in_repo for f in files} | {"README.md"}
+    others = tuple(r for p, r in sorted(remote.items()) if p.endswith(".gguf") and p not in ours)
+    text = _card_text(api, repo_id=repo_id, parent=parent, models=models, foreign=foreign,
+                      picks=placement.picks, verify=verify, others=others, branch=branch,
+                      base_model=base_model)
+    files.append(_blob_file("README.md", "card", text.encode()))
+    files = _settle(files, remote, refused=bool(refusals))
+    message, description = _commit_text(models, files, verify=verify, repo_id=repo_id)
+    return PushPlan(
+        repo_id=repo_id, endpoint=api.endpoint, revision=branch, create_pr=create_pr, private=private,
+        verify=verify, user=user, repo_exists=repo_exists, branch_exists=branch_exists,
+        parent_commit=parent, models=tuple(models), files=tuple(files), refusals=tuple(refusals),
+        warnings=tuple(warnings), other_files=others, card=text, commit_message=message,
+        commit_description=description, chart_sources=tuple(sorted(chart_sources.items())),
+        picks=placement.picks)
+
+
+def _check_repo_id(repo_id: str) -> None:
+    if not naming.REPO_ID_RE.match(repo_id):
+        raise UsageError(f"--repo {repo_id!r} is not OWNER/NAME")
+
+
+def _plan_local(local: list[list[_Local]], *, reports: list[_Report], verify: bool, max_file_bytes: int,
+                repo_id: str) -> tuple[list[ModelEntry], list[PlannedFile], list[Refusal], list[str],
+                                       dict[str, str]]:
+    """The local half of a push plan: one entry per model, its files, the gate's refusals and
+    warnings, and the charts the check reports bring (path in repo -> local path)."""
     refusals: list[Refusal] = []
-    warnings = [f"{p}: skipped (an imatrix file, not a model)" for p in skipped]
+    warnings: list[str] = []
     models: list[ModelEntry] = []
     files: list[PlannedFile] = []
     chart_sources: dict[str, str] = {}
-
     for group in local:
         # A trunk-only quant is judged with the repo's sidecars below (sidecars.check_placement).
         entry, group_files, group_refusals, charts = _plan_model(
@@ -233,59 +281,44 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
     for t in sorted({t for t in tags if tags.count(t) > 1}):
         warnings.append(f"several files have quant type {t}: `llama-server -hf {repo_id}:{t}` "
                         "picks only one of them")
+    return models, files, refusals, warnings, chart_sources
 
-    user = None
-    repo_exists = branch_exists = False
-    parent = None
-    remote: dict[str, RemoteFile] = {}
-    if not refusals:
-        user = whoami(api, repo_id)
-        repo_exists, branch_exists, parent, remote = _remote_state(
-            api, repo_id=repo_id, branch=branch, create_pr=create_pr)
-        if private and repo_exists:
-            warnings.append(f"--private has no effect: {repo_id} exists (change its visibility on the Hub)")
-    foreign = create_pr and repo_exists and repo_id.split("/")[0] not in namespaces(api, repo_id)
+
+def _foreign_refusals(models: list[ModelEntry], repo_id: str) -> list[Refusal]:
+    return [Refusal(m.name, f"a pull request to {repo_id.split('/')[0]}'s repo sends only MTP "
+                    "sidecars (mtp-*.gguf, MTP-only); push quants to a repo of yours")
+            for m in models if m.layout != "mtp-only"]
+
+
+def _settle(files: list[PlannedFile], remote: dict[str, RemoteFile], *, refused: bool) -> list[PlannedFile]:
+    """Each file's status against the repo's; "unknown" where the gate refused and the Hub was not asked."""
+    if refused:  # nothing is compared or sent
+        return [f if f.status == "refused" else _replace(f, status="unknown") for f in files]
+    return [_compare(f, remote.get(f.path_in_repo)) for f in files]
+
+
+def _blob_file(path_in_repo: str, kind: str, data: bytes, **kw: Any) -> PlannedFile:
+    return PlannedFile(path_in_repo, kind, len(data), hashlib.sha256(data).hexdigest(), "new",
+                       git_oid=_git_blob_oid(data), **kw)
+
+
+def _chart_file(path_in_repo: str, local_path: str) -> PlannedFile:
+    return _blob_file(path_in_repo, "chart", Path(local_path).read_bytes(), local_path=local_path,
+                      mtime_ns=os.stat(local_path).st_mtime_ns)
+
+
+def _card_text(api: HfApi, *, repo_id: str, parent: str | None, models: list[ModelEntry], foreign: bool,
+               picks: Any, verify: bool, others: tuple[RemoteFile, ...], branch: str,
+               base_model: str | None) -> str:
+    """The repo's README.md: its own with a sidecar section for a foreign pull request, else ours."""
+    from . import card as cardmod
+
     if foreign:
-        chart_sources.clear()
-        refusals += [Refusal(m.name, f"a pull request to {repo_id.split('/')[0]}'s repo sends only MTP "
-                             "sidecars (mtp-*.gguf, MTP-only); push quants to a repo of yours")
-                     for m in models if m.layout != "mtp-only"]
-    placement = check_placement(sorted(set(remote) | {f.path for m in models for f in m.files}),
-                                layouts={m.name: m.layout or "" for m in models},
-                                pushed={f.path for m in models for f in m.files})
-    refusals += [Refusal(p, why) for p, why in placement.refusals]
-    warnings += placement.warnings
-
-    for path_in_repo, local_path in sorted(chart_sources.items()):
-        data = Path(local_path).read_bytes()
-        files.append(PlannedFile(path_in_repo, "chart", len(data), hashlib.sha256(data).hexdigest(),
-                                 "new", local_path=local_path, mtime_ns=os.stat(local_path).st_mtime_ns,
-                                 git_oid=_git_blob_oid(data)))
-
-    ours = {f.path_in_repo for f in files} | {"README.md"}
-    others = tuple(r for p, r in sorted(remote.items()) if p.endswith(".gguf") and p not in ours)
-    if foreign:
-        text = cardmod.with_sidecar_section(_remote_readme(api, repo_id, parent), repo_id=repo_id,
+        return cardmod.with_sidecar_section(_remote_readme(api, repo_id, parent), repo_id=repo_id,
                                             sidecars=[m for m in models if m.layout == "mtp-only"],
-                                            picks=placement.picks)
-    else:
-        text = cardmod.render_card(repo_id=repo_id, models=models, verified=verify,
-                                   other_files=others, revision=branch, base_model=base_model)
-    data = text.encode()
-    files.append(PlannedFile("README.md", "card", len(data), hashlib.sha256(data).hexdigest(), "new",
-                             git_oid=_git_blob_oid(data)))
-    if refusals:  # the Hub was not asked: nothing is compared or sent
-        files = [f if f.status == "refused" else _replace(f, status="unknown") for f in files]
-    else:
-        files = [_compare(f, remote.get(f.path_in_repo)) for f in files]
-    message, description = _commit_text(models, files, verify=verify, repo_id=repo_id)
-    return PushPlan(
-        repo_id=repo_id, endpoint=api.endpoint, revision=branch, create_pr=create_pr, private=private,
-        verify=verify, user=user, repo_exists=repo_exists, branch_exists=branch_exists,
-        parent_commit=parent, models=tuple(models), files=tuple(files), refusals=tuple(refusals),
-        warnings=tuple(warnings), other_files=others, card=text, commit_message=message,
-        commit_description=description, chart_sources=tuple(sorted(chart_sources.items())),
-        picks=placement.picks)
+                                            picks=picks)
+    return cardmod.render_card(repo_id=repo_id, models=models, verified=verify,
+                               other_files=others, revision=branch, base_model=base_model)
 
 
 def render_local_card(paths: Sequence[str | os.PathLike[str]], *, repo_id: str = "OWNER/REPO",
@@ -295,8 +328,7 @@ def render_local_card(paths: Sequence[str | os.PathLike[str]], *, repo_id: str =
     would refuse. Files without a passing check report are shown unmeasured."""
     from . import card as cardmod
 
-    if not naming.REPO_ID_RE.match(repo_id):
-        raise UsageError(f"--repo {repo_id!r} is not OWNER/NAME")
+    _check_repo_id(repo_id)
     local, _ = _collect(paths)
     reports = [_load_report(Path(d)) for d in report_dirs]
     models: list[ModelEntry] = []
@@ -397,40 +429,19 @@ def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
     from ..inspection import inspect_model
 
     first = group[0]
-    refusals: list[Refusal] = []
-    planned: list[PlannedFile] = []
-    for loc in group:
-        if not loc.path.is_file():
-            shard = naming.parse_shard(loc.path.name)
-            refusals.append(Refusal(loc.path_in_repo, f"shard {shard.no} of {shard.count} is "
-                                    f"missing ({loc.path})" if shard else "missing"))
+    refusals = _missing_refusals(group)
     if refusals:
         return None, [], refusals, {}
-
     sizes = {loc.path_in_repo: loc.path.stat().st_size for loc in group}
-    for loc in group:
-        if sizes[loc.path_in_repo] > max_file_bytes:
-            refusals.append(Refusal(loc.path_in_repo, (
-                f"{_human(sizes[loc.path_in_repo])} is over the {_human(max_file_bytes)} per-file limit: "
-                f"split it (llama-gguf-split --split --split-max-size {_human_g(max_file_bytes)} "
-                f"{loc.path.name} OUT) and push the shards")))
+    refusals = _size_refusals(group, sizes, max_file_bytes)
     try:
         model = GGUFModel(first.path)
         report = inspect_model(first.path, model=model)
     except GGUFFormatError as e:
         return None, [], refusals + [Refusal(first.path_in_repo, f"not a readable GGUF ({e})")], {}
-    expected = [p.name for p in model.paths]
-    got = [loc.path.name for loc in group]
-    if expected != got:
-        refusals.append(Refusal(first.path_in_repo,
-                                f"the split set holds {', '.join(expected)} but the push has {', '.join(got)}"))
-    if not report.consistent:
-        refusals.append(Refusal(first.path_in_repo, "inspect found inconsistent MTP metadata: "
-                                + "; ".join(report.problems)))
-    elif not report.mtp_present and not (allow_trunk_only and report.layout == "trunk-only"):
-        refusals.append(Refusal(first.path_in_repo, "has no MTP head (no nextn tensors): nothing for "
-                                "draft-mtp to use; graft one with `mtpgraft attach`"))
+    refusals += _content_refusals(group, model, report, allow_trunk_only=allow_trunk_only)
 
+    planned: list[PlannedFile] = []
     shas = {}
     for loc in group:
         st = loc.path.stat()
@@ -448,14 +459,7 @@ def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
     if refusals:
         planned = [_replace(f, status="refused") for f in planned]
 
-    meta_keys = ("general.name", "general.basename", "general.license", "general.license.name",
-                 "general.size_label", "general.base_model.count", "general.base_model.0.name",
-                 "general.base_model.0.organization", "general.base_model.0.repo_url",
-                 "quantize.imatrix.file", "quantize.imatrix.dataset",
-                 "quantize.imatrix.entries_count", "quantize.imatrix.chunks_count",
-                 "mtpgraft.version", "mtpgraft.mtp.source", "mtpgraft.mtp.source_sha256",
-                 "mtpgraft.mtp.type_policy", "mtpgraft.imatrix.dataset_sha256")
-    metadata = {k: model.get(k) for k in meta_keys if model.get(k) is not None}
+    metadata = {k: model.get(k) for k in CARD_METADATA_KEYS if model.get(k) is not None}
     entry = ModelEntry(
         name=first.path_in_repo, size=sum(sizes.values()),
         files=tuple(FileRef(f.path_in_repo, f.size, f.sha256) for f in planned),
@@ -463,6 +467,54 @@ def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
         nextn_predict_layers=report.nextn_predict_layers, mtp_head=_mtp_head(report), layout=report.layout,
         metadata=metadata, check=match, quality=None if refusals else _match_quality(shas, reports))
     return entry, planned, refusals, charts
+
+
+# The GGUF metadata a model's card entry carries (provenance, license, imatrix).
+CARD_METADATA_KEYS = (
+    "general.name", "general.basename", "general.license", "general.license.name",
+    "general.size_label", "general.base_model.count", "general.base_model.0.name",
+    "general.base_model.0.organization", "general.base_model.0.repo_url",
+    "quantize.imatrix.file", "quantize.imatrix.dataset",
+    "quantize.imatrix.entries_count", "quantize.imatrix.chunks_count",
+    "mtpgraft.version", "mtpgraft.mtp.source", "mtpgraft.mtp.source_sha256",
+    "mtpgraft.mtp.type_policy", "mtpgraft.imatrix.dataset_sha256")
+
+
+def _missing_refusals(group: list[_Local]) -> list[Refusal]:
+    refusals = []
+    for loc in group:
+        if not loc.path.is_file():
+            shard = naming.parse_shard(loc.path.name)
+            refusals.append(Refusal(loc.path_in_repo, f"shard {shard.no} of {shard.count} is "
+                                    f"missing ({loc.path})" if shard else "missing"))
+    return refusals
+
+
+def _size_refusals(group: list[_Local], sizes: dict[str, int], max_file_bytes: int) -> list[Refusal]:
+    return [Refusal(loc.path_in_repo, (
+                f"{_human(sizes[loc.path_in_repo])} is over the {_human(max_file_bytes)} per-file limit: "
+                f"split it (llama-gguf-split --split --split-max-size {_human_g(max_file_bytes)} "
+                f"{loc.path.name} OUT) and push the shards"))
+            for loc in group if sizes[loc.path_in_repo] > max_file_bytes]
+
+
+def _content_refusals(group: list[_Local], model: Any, report: Any, *, allow_trunk_only: bool) -> list[Refusal]:
+    """What the model's own content refuses: a split set that differs from the push, inconsistent
+    MTP metadata, no MTP head."""
+    first = group[0]
+    refusals = []
+    expected = [p.name for p in model.paths]
+    got = [loc.path.name for loc in group]
+    if expected != got:
+        refusals.append(Refusal(first.path_in_repo,
+                                f"the split set holds {', '.join(expected)} but the push has {', '.join(got)}"))
+    if not report.consistent:
+        refusals.append(Refusal(first.path_in_repo, "inspect found inconsistent MTP metadata: "
+                                + "; ".join(report.problems)))
+    elif not report.mtp_present and not (allow_trunk_only and report.layout == "trunk-only"):
+        refusals.append(Refusal(first.path_in_repo, "has no MTP head (no nextn tensors): nothing for "
+                                "draft-mtp to use; graft one with `mtpgraft attach`"))
+    return refusals
 
 
 def _mtp_head(report: Any) -> str:
