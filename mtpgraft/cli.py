@@ -57,7 +57,23 @@ for _command in COMMANDS:
 
 
 def main() -> None:
-    cli(prog_name="mtpgraft")
+    """Run the CLI. click's own usage errors (a missing or unknown option, a bad choice) get the same
+    one line and exit code as every other usage error instead of click's multi-line usage block."""
+    try:
+        code = cli.main(prog_name="mtpgraft", standalone_mode=False)
+    except click.exceptions.UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        _fail(f"{e.format_message()}{hint}", 2)
+    except click.exceptions.Abort:
+        _fail("interrupted", 130)
+    except click.ClickException as e:
+        _fail(e.format_message(), e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo("mtpgraft: error: " + " ".join(message.split()), err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,24 @@ def test_usage_error_exits_2(pair, tmp_path):
     assert one_line(p.stderr).startswith("mtpgraft: error: --mtp-type 'bogus' is not keep, q8_0, match or a ggml")
 
 
+@pytest.mark.parametrize("args, says", [
+    (("attach",), "Missing argument 'BASE'. (see 'mtpgraft attach --help')"),
+    (("attach", "x.gguf", "--bogus"), "No such option '--bogus'. (see 'mtpgraft attach --help')"),
+    (("check", "x.gguf", "--mode", "nope"), "Invalid value for '--mode': 'nope' is not one of"),
+    (("nosuch",), "No such command 'nosuch'. (see 'mtpgraft --help')"),
+])
+def test_click_usage_errors_are_one_line_exit_2(args, says):
+    p = run_cli(*args)
+    assert p.returncode == 2 and p.stdout == ""
+    assert one_line(p.stderr).startswith("mtpgraft: error: " + says)
+
+
+def test_help_and_version_still_exit_0():
+    assert run_cli("--version").returncode == 0
+    h = run_cli("attach", "--help")
+    assert h.returncode == 0 and h.stdout.startswith("Usage: mtpgraft attach")
+
+
 def test_bad_input_exits_3(tmp_path):
     junk = tmp_path / "junk.gguf"
     junk.write_text("not a model\n" * 20)
