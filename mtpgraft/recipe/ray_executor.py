@@ -179,10 +179,17 @@ def _read_lines(p: Path) -> list[str]:
 def run_on_ray(ctx: Context, selected: Sequence[str], *, address: str | None = None) -> tuple[StepResult, ...]:
     # Ray's own notices (a worker died, ...) go to stdout; a run's stdout is for its result alone
     with contextlib.redirect_stdout(sys.stderr):
-        connect(address)
-        drv = _Driver(ctx, selected)
-        t0 = time.perf_counter()
-        results = drv.run()
+        joined_here = not require_ray().is_initialized()
+        ray = connect(address)
+        try:
+            drv = _Driver(ctx, selected)
+            t0 = time.perf_counter()
+            results = drv.run()
+        finally:
+            # Leave the cluster before the error boundary prints its line: at interpreter exit Ray's
+            # core worker can print its own shutdown trace after it (seen after a Ctrl-C).
+            if joined_here:
+                ray.shutdown()
     ctx.emit("ray", f"{sum(r.ok for r in results)}/{len(results)} steps finished in "
                     f"{time.perf_counter() - t0:.1f}s")
     return results
