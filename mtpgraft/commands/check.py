@@ -126,12 +126,10 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
     quant x category matrix and the quant x n acceptance table.
     """
     from ..check import plan_check, resolve_server, validate_settings
-    from ..hub.remote import is_hf_ref, localize_models
+    from ..hub.remote import is_hf_ref
     from ..outputs import check_outputs
 
-    extra: list[str] = []
-    for a in server_args:
-        extra += shlex.split(a)
+    extra = [x for a in server_args for x in shlex.split(a)]
     settings = _settings(preset or "default", {
         "n_max": _csv("--n-max", n_max, int), "reps": reps, "per_category": per_category,
         "n_predict": n_predict, "p_min": _csv("--p-min", p_min, float),
@@ -145,20 +143,12 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
     server = resolve_server(llama_cpp)
     resolutions: list[Any] = []
     if any(is_hf_ref(m) for m in models) and not dry_run:
-        models, draft, resolutions = localize_models(list(models), draft=draft, server=server,
-                                                     endpoint=endpoint,
-                                                     log_dir=f"{report_dir}/logs" if report_dir else None)
-        for res in resolutions:
-            for line in res.lines():
-                (warn if line.startswith("mtpgraft predicted") else info)(line)
+        models, draft, resolutions = _localize(models, draft=draft, server=server, endpoint=endpoint,
+                                               report_dir=report_dir)
     plan = plan_check(models, draft=draft, seed=seed, prompts=prompts_file,
                       categories=_split(categories) or None, server_args=extra,
                       server=server, **settings)
-    cost = plan.cost()
-    size = (f"{cost['servers']} llama-server runs, {cost['requests']} requests, "
-            f"{cost['generate_tokens']} tokens to generate, <= {cost['prefill_tokens']} to prefill "
-            f"({len(plan.prompts)} prompts x {plan.reps} reps x {len(plan.conditions)} conditions "
-            "per server)")
+    size = _plan_size(plan)
     if dry_run:
         emit_dry_run(plan, "\n".join([size + ":"] + [f"  {s}" for s in plan.to_dict()["servers"]]),
                      as_json)
@@ -173,6 +163,28 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
 
         head = " ".join(format_verdict(result).splitlines()[0].split())
         raise VerdictFailedError(f"{head}: {'; '.join(result.reasons) or 'see the report'}")
+
+
+def _localize(models: Sequence[str], *, draft: str | None, server: Any, endpoint: str | None,
+              report_dir: str | None) -> tuple[Any, str | None, list[Any]]:
+    """hf:// models downloaded by the real `llama-server -hf`; says which files llama.cpp resolved."""
+    from ..hub.remote import localize_models
+
+    models, draft, resolutions = localize_models(list(models), draft=draft, server=server,
+                                                 endpoint=endpoint,
+                                                 log_dir=f"{report_dir}/logs" if report_dir else None)
+    for res in resolutions:
+        for line in res.lines():
+            (warn if line.startswith("mtpgraft predicted") else info)(line)
+    return models, draft, resolutions
+
+
+def _plan_size(plan: Any) -> str:
+    cost = plan.cost()
+    return (f"{cost['servers']} llama-server runs, {cost['requests']} requests, "
+            f"{cost['generate_tokens']} tokens to generate, <= {cost['prefill_tokens']} to prefill "
+            f"({len(plan.prompts)} prompts x {plan.reps} reps x {len(plan.conditions)} conditions "
+            "per server)")
 
 
 def _run(plan: Any, report_dir: str | None, *, hash_files: bool) -> Any:

@@ -71,13 +71,7 @@ def push_cmd(paths: tuple[str, ...], repo_id: str, revision: str | None, create_
     for w in plan.warnings:
         warn(w)
     if dry_run or plan.refused:
-        if as_json:
-            emit_json({"dry_run": dry_run, "plan": plan.to_dict()})
-        else:
-            for line in _plan_lines(plan, dry_run=dry_run):
-                click.echo(line)
-        if plan.refused:
-            raise HubError(plan.refusal_message())
+        _show_plan(plan, dry_run=dry_run, as_json=as_json)
         return
     if not as_json and not STATE.quiet:
         for line in _plan_lines(plan, dry_run=False):
@@ -87,12 +81,28 @@ def push_cmd(paths: tuple[str, ...], repo_id: str, revision: str | None, create_
     if as_json:
         emit_json({"dry_run": False, "plan": plan.to_dict(), "result": result.to_dict(),
                    **({"verify_remote": [_check_dict(c) for c in checks]} if verify_remote else {})})
-        _exit_on_failed(checks)
-        return
-    if result.commit_oid is None:
+    elif result.commit_oid is None:
         click.echo(f"{repo_id}@{plan.revision}: already up to date; nothing sent "
                    f"({len(result.verified)} files read back with matching sha256)")
         return
+    else:
+        _show_result(result, checks, repo_id=repo_id)
+    _exit_on_failed(checks)
+
+
+def _show_plan(plan: Any, *, dry_run: bool, as_json: bool) -> None:
+    """The plan on stdout; a HubError with the gate's refusals when it refused."""
+    if as_json:
+        emit_json({"dry_run": dry_run, "plan": plan.to_dict()})
+    else:
+        for line in _plan_lines(plan, dry_run=dry_run):
+            click.echo(line)
+    if plan.refused:
+        raise HubError(plan.refusal_message())
+
+
+def _show_result(result: Any, checks: list[Any], *, repo_id: str) -> None:
+    """What a push sent, and each verify-remote check."""
     click.echo(f"pushed {len(result.sent)} file(s) to {repo_id} in commit {result.commit_oid[:12]} "
                f"({len(result.verified)} files read back with matching sha256)")
     click.echo(result.pr_url or result.commit_url or "")
@@ -100,7 +110,6 @@ def push_cmd(paths: tuple[str, ...], repo_id: str, revision: str | None, create_
         acc = c.result.acceptance
         click.echo(f"verify-remote {repo_id}:{c.tag}: {c.result.verdict}, acceptance "
                    f"{'–' if acc is None else f'{acc:.2f}'} ({'; '.join(c.resolution.lines())})")
-    _exit_on_failed(checks)
 
 
 def _verify_remote(plan: Any, *, token: str | None, llama_cpp: str | None) -> list[Any]:

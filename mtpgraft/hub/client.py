@@ -15,6 +15,7 @@ from ..errors import HubError
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
 
 NO_TOKEN = ("no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login` "
             "(a token with write access)")
@@ -60,29 +61,39 @@ def describe_error(e: BaseException, *, api: HfApi, repo_id: str, action: str,
         return (f"cannot {action}: {repo_id} not found on {endpoint}, or not visible with this token "
                 "(check --repo and the token's access)")
     if isinstance(e, HfHubHTTPError):
-        status = e.response.status_code if e.response is not None else None
-        header = e.response.headers.get("X-Error-Message", "") if e.response is not None else ""
-        server = _one_line(e.server_message or header or "")
-        said = f"{status}{': ' + server if server else ''}"
-        if status == 401:
-            return (f"the Hub rejected the token ({said}): pass a valid --token, set HF_TOKEN, "
-                    "or run `hf auth login`")
-        if status == 403:
-            return (f"not allowed to {action} {repo_id} ({said}): use a token with write access to "
-                    f"{repo_id.split('/')[0]}")
-        if status == 412 or (status == 409 and action == "push"):
-            return (f"{repo_id}@{revision or 'main'} changed on the Hub while pushing ({said}); run the "
-                    "push again to plan against the new state")
-        if status is not None and (status >= 500 or status in (408, 429)):
-            return (f"the Hub failed to {action} ({said}); run the same push again: files already "
-                    "uploaded are not sent again")
-        return f"cannot {action} on {repo_id} ({said})"
+        return _describe_http(e, repo_id=repo_id, action=action, revision=revision)
     if isinstance(e, RuntimeError) and e.__cause__ is not None:
         # The client wraps a failed upload ("Error while uploading 'PATH' ...") around the real error.
         # It names the file only in that text, so the name is taken from there (for display only).
         inner = describe_error(e.__cause__, api=api, repo_id=repo_id, action=action, revision=revision)
         m = re.search(r"'([^']+)'", str(e))
         return f"{m.group(1) + ': ' if m else ''}{inner or _one_line(str(e.__cause__))}"
+    return _describe_transfer(e, endpoint=endpoint, repo_id=repo_id, action=action)
+
+
+def _describe_http(e: HfHubHTTPError, *, repo_id: str, action: str, revision: str | None) -> str:
+    """An HTTP error from the Hub, by status: token, access, a moved branch, a Hub failure."""
+    status = e.response.status_code if e.response is not None else None
+    header = e.response.headers.get("X-Error-Message", "") if e.response is not None else ""
+    server = _one_line(e.server_message or header or "")
+    said = f"{status}{': ' + server if server else ''}"
+    if status == 401:
+        return (f"the Hub rejected the token ({said}): pass a valid --token, set HF_TOKEN, "
+                "or run `hf auth login`")
+    if status == 403:
+        return (f"not allowed to {action} {repo_id} ({said}): use a token with write access to "
+                f"{repo_id.split('/')[0]}")
+    if status == 412 or (status == 409 and action == "push"):
+        return (f"{repo_id}@{revision or 'main'} changed on the Hub while pushing ({said}); run the "
+                "push again to plan against the new state")
+    if status is not None and (status >= 500 or status in (408, 429)):
+        return (f"the Hub failed to {action} ({said}); run the same push again: files already "
+                "uploaded are not sent again")
+    return f"cannot {action} on {repo_id} ({said})"
+
+
+def _describe_transfer(e: BaseException, *, endpoint: str, repo_id: str, action: str) -> str | None:
+    """A network, Xet or client-side error; None for anything else."""
     try:
         import httpx2
 
