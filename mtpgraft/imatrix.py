@@ -82,28 +82,12 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
                  extra_args: tuple[str, ...] | list[str] = (), force: bool = False,
                  llama_cpp: str | os.PathLike[str] | None = None) -> ImatrixPlan:
     """Check the inputs and return the llama-imatrix command. Reads the calibration file once (sha256)."""
-    from .gguf_io import GGUFModel
     from .hashing import sha256_file
 
     m = Path(model)
-    try:
-        arch = GGUFModel(m).arch
-    except GGUFFormatError as e:
-        raise QuantizeError(f"cannot compute an imatrix: {e}") from e
-    if arch == ASSISTANT_ARCH:
-        raise QuantizeError(f"llama-imatrix cannot run {m.name}: a gemma4-assistant only runs next to "
-                            "its gemma4 target (-md), so it has no imatrix of its own; quantize it "
-                            "without one (Q8_0, Q6_K, Q4_K_M, IQ4_XS)")
+    _check_model(m)
     cal = Path(calibration)
-    if not cal.is_file():
-        raise QuantizeError(f"calibration file not found: {cal}")
-    size = cal.stat().st_size
-    if size == 0:
-        raise QuantizeError(f"calibration file {cal} is empty")
-    with open(cal, "rb") as f:
-        head = f.read(65536)
-    if b"\0" in head:
-        raise QuantizeError(f"calibration file {cal} is not text (it holds NUL bytes)")
+    size = _check_calibration(cal)
     out = Path(output).absolute()
     check_outputs([out], [m, cal], force=force)
     for name, v in (("--ctx", ctx), ("--chunks", chunks), ("--batch", batch), ("--threads", threads)):
@@ -113,14 +97,9 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
     tool = str(find_tool("llama-imatrix", llama_cpp))
     tmp = out.with_name(f".{out.name}.partial.gguf")
     cmd = [tool, "-m", str(m.resolve()), "-f", cal.name, "-o", str(tmp)]
-    if ctx is not None:
-        cmd += ["-c", str(ctx)]
-    if batch is not None:
-        cmd += ["-b", str(batch)]
-    if chunks is not None:
-        cmd += ["--chunks", str(chunks)]
-    if threads is not None:
-        cmd += ["-t", str(threads)]
+    for flag, v in (("-c", ctx), ("-b", batch), ("--chunks", chunks), ("-t", threads)):
+        if v is not None:
+            cmd += [flag, str(v)]
     if not ppl:
         cmd.append("--no-ppl")
     cmd += list(extra_args)
@@ -128,6 +107,34 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
                        calibration_sha256=sha256_file(cal, use_cache=False), calibration_bytes=size,
                        output=str(out), tmp_output=str(tmp), command=tuple(cmd),
                        cwd=str(cal.resolve().parent), force=force)
+
+
+def _check_model(m: Path) -> None:
+    """A readable GGUF that llama-imatrix can run on its own."""
+    from .gguf_io import GGUFModel
+
+    try:
+        arch = GGUFModel(m).arch
+    except GGUFFormatError as e:
+        raise QuantizeError(f"cannot compute an imatrix: {e}") from e
+    if arch == ASSISTANT_ARCH:
+        raise QuantizeError(f"llama-imatrix cannot run {m.name}: a gemma4-assistant only runs next to "
+                            "its gemma4 target (-md), so it has no imatrix of its own; quantize it "
+                            "without one (Q8_0, Q6_K, Q4_K_M, IQ4_XS)")
+
+
+def _check_calibration(cal: Path) -> int:
+    """A non-empty text file; its size."""
+    if not cal.is_file():
+        raise QuantizeError(f"calibration file not found: {cal}")
+    size = cal.stat().st_size
+    if size == 0:
+        raise QuantizeError(f"calibration file {cal} is empty")
+    with open(cal, "rb") as f:
+        head = f.read(65536)
+    if b"\0" in head:
+        raise QuantizeError(f"calibration file {cal} is not text (it holds NUL bytes)")
+    return size
 
 
 def read_imatrix(path: str | os.PathLike[str]) -> ImatrixInfo:
