@@ -80,3 +80,13 @@ def hf_hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf_home" / "stored_tokens"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
     return tmp_path / "hf_home" / "hub"
+
+
+@pytest.fixture
+def hub(tmp_path: Path):
+    """A loopback Hub (tests/fakehub.py) with nothing in it, stopped after the test."""
+    from fakehub import FakeHub
+
+    h = FakeHub(tmp_path / "cas").start()
+    yield h
+    h.stop()

@@ -32,13 +32,6 @@ def hermetic(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "sleep", lambda s: None)
 
 
-@pytest.fixture
-def hub(tmp_path):
-    h = FakeHub(tmp_path / "cas").start()
-    yield h
-    h.stop()
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, bytes]:
     from mtpgraft.testmodels import build_tiny_model

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fakehub import FakeHub, hermetic_hf_env
+from fakehub import hermetic_hf_env
 
 import mtpgraft.commands  # noqa: F401 - registers the commands
 from mtpgraft.cli import cli
@@ -23,13 +23,6 @@ QUICK = ["--n-max", "3", "--reps", "1", "--per-category", "1", "--n-predict", "3
 @pytest.fixture
 def hf_env(tmp_path, monkeypatch):
     return hermetic_hf_env(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def hub(tmp_path):
-    h = FakeHub(tmp_path / "cas").start()
-    yield h
-    h.stop()
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,6 @@ def _hermetic(hf_hermetic):
     """No real token or cache (conftest.hf_hermetic)."""
 
 
-@pytest.fixture
-def hub(tmp_path):
-    h = FakeHub(tmp_path / "cas").start()
-    yield h
-    h.stop()
-
-
 class Sleeps:
     def __init__(self) -> None:
         self.calls: list[float] = []

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from fakehub import FakeHub
 
 import mtpgraft.commands  # noqa: F401 - registers the commands
 from mtpgraft.check.server import LlamaServer
@@ -33,13 +32,6 @@ def _hermetic(hf_hermetic, monkeypatch, llama_cpp_dir):
     """A private mtpgraft cache and HF home (conftest.hf_hermetic); the tools are found through
     $MTPGRAFT_LLAMA_CPP, as the toolchain cache is not where MTPGRAFT_CACHE_DIR now points."""
     monkeypatch.setenv("MTPGRAFT_LLAMA_CPP", str(llama_cpp_dir))
-
-
-@pytest.fixture
-def hub(tmp_path):
-    h = FakeHub(tmp_path / "cas").start()
-    yield h
-    h.stop()
 
 
 @pytest.fixture(scope="module")
