@@ -60,6 +60,11 @@ class QuantizeError(MtpgraftError):
     """A quantization was refused at plan time or produced a bad output."""
 
 
+class QuantizeOptionError(UsageError, QuantizeError):
+    """A quantize or imatrix option has a bad value (an unknown type, --jobs 0, a bad --name): a usage
+    error like every other bad option (exit 2), and still a QuantizeError for callers of the stage."""
+
+
 class RecipeError(MtpgraftError):
     """A recipe file is invalid or its work dir cannot be used."""
 

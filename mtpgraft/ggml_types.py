@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .errors import QuantizeError, UsageError
+from .errors import QuantizeOptionError, UsageError
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def canonical_file_type(name: str) -> str:
     up = name.strip().upper()
     up = FILE_TYPE_ALIASES.get(up, up)
     if up not in FILE_TYPES:
-        raise QuantizeError(f"unknown quant type {name!r}; llama-quantize knows {', '.join(FILE_TYPES)}")
+        raise QuantizeOptionError(f"unknown quant type {name!r}; llama-quantize knows {', '.join(FILE_TYPES)}")
     return up
 
 

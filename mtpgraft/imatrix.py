@@ -20,7 +20,7 @@ from gguf import GGUFValueType
 
 from . import __version__
 from .arch import ASSISTANT_ARCH
-from .errors import GGUFFormatError, QuantizeError, ToolFailedError
+from .errors import GGUFFormatError, QuantizeError, QuantizeOptionError, ToolFailedError
 from .outputs import PendingOutput, atomic_write, check_outputs, disk_full, no_space_error
 from .tools import find_tool, format_cmd
 
@@ -92,7 +92,7 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
     check_outputs([out], [m, cal], force=force)
     for name, v in (("--ctx", ctx), ("--chunks", chunks), ("--batch", batch), ("--threads", threads)):
         if v is not None and v < 1:
-            raise QuantizeError(f"{name} must be >= 1, got {v}")
+            raise QuantizeOptionError(f"{name} must be >= 1, got {v}")
     _check_calibration_length(cal, size, ctx)
     tool = str(find_tool("llama-imatrix", llama_cpp))
     tmp = out.with_name(f".{out.name}.partial.gguf")

@@ -38,6 +38,7 @@ from .errors import (
     OutputExistsError,
     OutputWriteError,
     QuantizeError,
+    QuantizeOptionError,
     ToolFailedError,
 )
 from .ggml_types import FILE_TYPES, FLOAT_FILE_TYPES, llama_quantizes, mtp_target, type_name
@@ -72,7 +73,7 @@ def parse_types(types: str | Sequence[str]) -> tuple[str, ...]:
     items = types.split(",") if isinstance(types, str) else [x for t in types for x in str(t).split(",")]
     out = [canonical_type(t) for t in items if t.strip()]
     if not out:
-        raise QuantizeError("no quant types given (e.g. --types Q4_K_M,Q8_0)")
+        raise QuantizeOptionError("no quant types given (e.g. --types Q4_K_M,Q8_0)")
     return tuple(dict.fromkeys(out))
 
 
@@ -80,7 +81,7 @@ def parse_size(text: str) -> int:
     """llama-gguf-split's --split-max-size syntax: an integer and M or G (decimal units)."""
     m = _SIZE_RE.match(text.strip())
     if not m:
-        raise QuantizeError(f"split size {text!r} is not N followed by M or G (e.g. 50G, 500M), "
+        raise QuantizeOptionError(f"split size {text!r} is not N followed by M or G (e.g. 50G, 500M), "
                             "the units llama-gguf-split takes")
     return int(m.group(1)) * (10**6 if m.group(2) == "M" else 10**9)
 
@@ -111,7 +112,7 @@ def name_problem(name: str, *, sidecar: bool = False) -> str | None:
 def check_name(name: str, *, sidecar: bool = False) -> None:
     problem = name_problem(name, sidecar=sidecar)
     if problem:
-        raise QuantizeError(f"--name {problem}")
+        raise QuantizeOptionError(f"--name {problem}")
 
 
 def check_mtp_policy(value: str, *, what: str = "--mtp-type") -> str:
@@ -368,9 +369,9 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
     `llama_cpp` at the end, so a usage mistake is never hidden by "tool not found"."""
     quant_types = parse_types(types)
     if jobs < 1:
-        raise QuantizeError(f"--jobs must be >= 1, got {jobs}")
+        raise QuantizeOptionError(f"--jobs must be >= 1, got {jobs}")
     if threads is not None and threads < 1:
-        raise QuantizeError(f"--threads must be >= 1, got {threads}")
+        raise QuantizeOptionError(f"--threads must be >= 1, got {threads}")
     _check_mtp_types(mtp_type)
     inp = _read_input(model, imatrix, quant_types)
     if inp.src.arch == ASSISTANT_ARCH:
