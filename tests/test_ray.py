@@ -165,9 +165,16 @@ def test_worker_killed_mid_quantize_is_retried(cluster: str, tmp_path: Path) -> 
     assert leftovers(work) == []
 
 
+# More quantize steps than the cluster runs at once (3 CPUs): when the first one is recorded, some are
+# still waiting, so the Ctrl-C always lands before the last one can finish, however fast the machine.
+MANY = QUICK.replace('types = ["Q4_K_M", "Q5_K_M", "IQ4_XS", "Q6_K"]',
+                     'types = ["Q4_K_M", "Q5_K_M", "IQ4_XS", "Q6_K", "Q4_0", "Q5_0", "Q3_K_M", "Q4_K_S", "Q5_K_S"]')
+assert MANY != QUICK
+
+
 def test_driver_interrupted_then_resumed_redoes_nothing(cluster: str, tmp_path: Path) -> None:
     recipe = tmp_path / "quick.toml"
-    recipe.write_text(QUICK)
+    recipe.write_text(MANY)
     work = tmp_path / "w"
     p = mtpgraft("run", recipe, "--work-dir", work, "--executor", "ray", "--address", cluster)
     deadline = time.monotonic() + 300
@@ -180,7 +187,7 @@ def test_driver_interrupted_then_resumed_redoes_nothing(cluster: str, tmp_path: 
     assert p.returncode == 130 and err.strip().splitlines()[-1] == "mtpgraft: error: interrupted (SIGINT)", err
     assert leftovers(work) == [] and not _quantize_procs(work)
     done = {s: v for s, v in records(work).items() if v[0] == "done"}
-    assert {"graft", "imatrix"} < set(done) and len(done) < 6  # some quantize steps never finished
+    assert {"graft", "imatrix"} < set(done) and len(done) < 2 + 9  # some quantize steps never finished
     stamps = {f: f.stat().st_mtime_ns for f in work.rglob("*.gguf")}
     rc, d, err = finish(mtpgraft("run", recipe, "--work-dir", work, "--json", "--resume", "--executor", "ray",
                                  "--address", cluster))
