@@ -280,7 +280,7 @@ def test_plan_presets_cost_modes_and_ctx(tmp_path):
 
 def _strip_template(src: Path, dst: Path) -> None:
     """A copy of a tiny model without tokenizer.chat_template (raw mode by default)."""
-    from ggufgen import rewrite
+    from mtpgraft.testmodels.synthetic import rewrite
 
     rewrite(src, dst, drop_keys={"tokenizer.chat_template"})
 

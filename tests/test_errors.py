@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from ggufgen import make_model
 
 from mtpgraft.cli import cli
 from mtpgraft.errors import EXIT_CODES, OutputExistsError, OutputWriteError, ToolFailedError
 from mtpgraft.outputs import PendingOutput, atomic_write, ensure_space, install
+from mtpgraft.testmodels.synthetic import make_model
 from mtpgraft.tools import live_children, run_tool, spawn, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent

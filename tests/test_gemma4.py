@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 from gguf import GGUFReader
 from gguf import GGUFValueType as V
-from ggufgen import rewrite
 from tinyserve import rate, run, serve
 
 from mtpgraft import testmodels as tm
 from mtpgraft.errors import ServerError
 from mtpgraft.testmodels import gemma4 as g4
+from mtpgraft.testmodels.synthetic import rewrite
 
 
 def _kv(r: GGUFReader, key: str):

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
-from ggufgen import make_model, rewrite, split_model
 
 from mtpgraft.errors import GGUFFormatError, GraftError, OutputExistsError, OutputWriteError
 from mtpgraft.ggml_types import llama_quantizes as quantizable
 from mtpgraft.gguf_io import CONVERTER, GGUFModel
 from mtpgraft.graft import apply_plan, plan_attach, plan_detach, plan_extract
 from mtpgraft.inspection import inspect_model
+from mtpgraft.testmodels.synthetic import make_model, rewrite, split_model
 
 
 def tensor_bytes(m: GGUFModel, name: str) -> bytes:

@@ -13,12 +13,12 @@ import pytest
 from click.testing import CliRunner
 from fuzz import array, raw_kv, rebuild, retype, scalar, with_kv, zeros
 from gguf import GGUFValueType as V
-from ggufgen import make_model
 
 from mtpgraft import commands  # noqa: F401  (registers the commands on the group)
 from mtpgraft.cli import cli
 from mtpgraft.gguf_io import GGUFModel, OutTensor, write_gguf
 from mtpgraft.inspection import inspect_model
+from mtpgraft.testmodels.synthetic import make_model
 
 A = "qwen35"
 

@@ -9,8 +9,6 @@ import os
 import time
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from fakehub import FakeHub, HubError
@@ -19,6 +17,7 @@ from mtpgraft import hashing
 from mtpgraft import hub as hubmod
 from mtpgraft.cli import cli
 from mtpgraft.errors import HubError as MtpHubError
+from mtpgraft.testmodels.synthetic import make_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -89,42 +88,23 @@ def api(fakehub):
 # --------------------------------------------------------------------------- test data
 
 
-def write_gguf(path: Path, *, ftype: int = 15, seed: int = 0, mtp: bool = True, pad: int = 0,
-               split_max_tensors: int = 0, nextn_key: bool = True) -> Path:
-    """A tiny qwen35 GGUF with a one-layer MTP (NextN) block; not runnable, but inspect-consistent."""
-    rng = np.random.default_rng(seed)
+# A quant's metadata as the card and the gate read it (name, license, base model, imatrix, provenance).
+QUANT_KV = {"general.basename": "Model", "general.size_label": "1B", "general.license": "apache-2.0",
+            "general.base_model.count": 1, "general.base_model.0.repo_url": "https://huggingface.co/org/Model",
+            "quantize.imatrix.file": "imatrix.gguf", "quantize.imatrix.dataset": "calibration-v1.txt",
+            "mtpgraft.version": "0.1.0", "mtpgraft.mtp.source": "org/Model-MTP-F16.gguf",
+            "mtpgraft.mtp.source_sha256": "ab" * 32, "mtpgraft.mtp.type_policy": "keep",
+            "mtpgraft.imatrix.dataset_sha256": "cd" * 32}
+
+
+def write_gguf(path: Path, *, ftype: int = 15, seed: int = 0, mtp: bool = True, n_ff: int = 128,
+               shards: int = 1, nextn_key: bool = True) -> Path:
+    """A tiny qwen35 quant (mtpgraft.testmodels.synthetic, ~0.2 MB at n_ff 128) with a one-layer MTP block
+    (blk.1, F16) labelled file type `ftype`; not runnable, but inspect-consistent."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(path), "qwen35", split_max_tensors=split_max_tensors)
-    w.add_block_count(2 if mtp else 1)
-    if nextn_key:
-        w.add_uint32("qwen35.nextn_predict_layers", 1)
-    w.add_name("Model")
-    w.add_string("general.basename", "Model")
-    w.add_string("general.size_label", "1B")
-    w.add_string("general.license", "apache-2.0")
-    w.add_uint32("general.base_model.count", 1)
-    w.add_string("general.base_model.0.repo_url", "https://huggingface.co/org/Model")
-    w.add_file_type(ftype)
-    w.add_string("quantize.imatrix.file", "imatrix.gguf")
-    w.add_string("quantize.imatrix.dataset", "calibration-v1.txt")
-    w.add_string("mtpgraft.version", "0.1.0")
-    w.add_string("mtpgraft.mtp.source", "org/Model-MTP-F16.gguf")
-    w.add_string("mtpgraft.mtp.source_sha256", "ab" * 32)
-    w.add_string("mtpgraft.mtp.type_policy", "keep")
-    w.add_string("mtpgraft.imatrix.dataset_sha256", "cd" * 32)
-    w.add_tensor("token_embd.weight", rng.standard_normal((16, 8), dtype=np.float32))
-    w.add_tensor("blk.0.attn_norm.weight", rng.standard_normal(8, dtype=np.float32))
-    w.add_tensor("blk.0.ffn_down.weight", rng.standard_normal((8 + pad, 8)).astype(np.float16))
-    if mtp:
-        w.add_tensor("blk.1.attn_norm.weight", rng.standard_normal(8, dtype=np.float32))
-        w.add_tensor("blk.1.nextn.eh_proj.weight", rng.standard_normal((8, 16)).astype(np.float16))
-        w.add_tensor("blk.1.nextn.enorm.weight", rng.standard_normal(8, dtype=np.float32))
-        w.add_tensor("blk.1.nextn.hnorm.weight", rng.standard_normal(8, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return make_model(path, trunk=1, layout="full" if mtp else "base", seed=seed, n_ff=n_ff, name="Model",
+                      file_type=ftype, extra_kv=QUANT_KV, shards=shards,
+                      drop_keys=() if nextn_key else ("qwen35.nextn_predict_layers",))
 
 
 def sha256(p: Path) -> str:
@@ -154,8 +134,8 @@ def write_report(d: Path, models: list[list[Path]], *, verdict: str = "pass", ch
 def quants(tmp_path):
     """Two quants (~0.2 MB and ~0.3 MB) in one folder and a passing report for both."""
     out = tmp_path / "out"
-    q4 = write_gguf(out / "Model-Q4_K_M.gguf", ftype=15, seed=1, pad=12000)
-    q8 = write_gguf(out / "Model-Q8_0.gguf", ftype=7, seed=2, pad=20000)
+    q4 = write_gguf(out / "Model-Q4_K_M.gguf", ftype=15, seed=1)
+    q8 = write_gguf(out / "Model-Q8_0.gguf", ftype=7, seed=2, n_ff=256)
     rep = write_report(tmp_path / "check", [[q4], [q8]])
     return out, q4, q8, rep
 
@@ -422,7 +402,7 @@ def test_inconsistent_gguf_is_refused_even_without_verify(fakehub, tmp_path):
 
 
 def test_split_set_needs_every_shard_checked(fakehub, api, tmp_path, lfs):
-    write_gguf(tmp_path / "q6" / "Model-Q6_K.gguf", ftype=18, seed=3, split_max_tensors=3)
+    write_gguf(tmp_path / "q6" / "Model-Q6_K.gguf", ftype=18, seed=3, shards=3)
     shards = sorted((tmp_path / "q6").glob("*.gguf"))
     assert len(shards) == 3
     partial = write_report(tmp_path / "partial", [shards[:2]], chart=False)
@@ -570,7 +550,7 @@ def test_xet_token_refused_is_one_line(fakehub, quants, monkeypatch):
 def test_folder_layout_is_kept_and_imatrix_skipped(api, tmp_path):
     out = tmp_path / "out"
     write_gguf(out / "Model-Q4_K_M.gguf", seed=1)
-    write_gguf(out / "Q6_K" / "Model-Q6_K.gguf", ftype=18, seed=2, split_max_tensors=4)
+    write_gguf(out / "Q6_K" / "Model-Q6_K.gguf", ftype=18, seed=2, shards=2)
     (out / "imatrix.gguf").write_bytes(b"GGUF")
     write_gguf(out / ".cache" / "huggingface" / "stale.gguf")
     plan = hubmod.plan_push([out], repo_id=REPO, api=api, verify=False)

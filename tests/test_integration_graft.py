@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from gguf import GGUFValueType as V
-from ggufgen import rewrite
 
 from mtpgraft.check.server import LlamaServer
 from mtpgraft.errors import ServerError
@@ -16,6 +15,7 @@ from mtpgraft.gguf_io import GGUFModel
 from mtpgraft.graft import apply_plan, plan_attach, plan_extract
 from mtpgraft.inspection import inspect_model
 from mtpgraft.testmodels import CODE_PROMPT, PROSE_PROMPT, build_tiny_model
+from mtpgraft.testmodels.synthetic import rewrite
 from mtpgraft.tools import find_tool
 
 pytestmark = pytest.mark.tools

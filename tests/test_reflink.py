@@ -14,11 +14,11 @@ from pathlib import Path
 
 import gguf
 import pytest
-from ggufgen import make_model, split_model
 
 from mtpgraft.gguf_io import CONVERTER, PAD_KEY, GGUFFile, GGUFModel, Layout
 from mtpgraft.graft import apply_plan, block_sharing, plan_attach, plan_detach, plan_extract
 from mtpgraft.testmodels import CODE_PROMPT, build_tiny_model
+from mtpgraft.testmodels.synthetic import make_model, split_model
 
 BLOCK = 4096
 

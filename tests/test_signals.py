@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from ggufgen import make_model
 
 from mtpgraft.gguf_io import GGUFFile, OutTensor, write_gguf
+from mtpgraft.testmodels.synthetic import make_model
 
 SIGNALS = [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM"), (signal.SIGHUP, 129, "SIGHUP")]
 PAD_BYTES = 384 << 20  # big enough that copying it takes a moment, cheap to make (a sparse file)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from ggufgen import make_model
 
 import mtpgraft.commands  # noqa: F401 - registers the commands
 from mtpgraft.cli import cli
@@ -20,6 +19,7 @@ from mtpgraft.errors import GraftError, SourceError
 from mtpgraft.gguf_io import GGUFModel
 from mtpgraft.sources import resolve_mtp_source
 from mtpgraft.sources.checkpoints import build_checkpoint
+from mtpgraft.testmodels.synthetic import make_model
 
 REF = Path(__file__).parent / "data" / "convert-ref"
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fakehub import FakeHub
-from ggufgen import make_model, split_model
 
 import mtpgraft.commands  # noqa: F401 - registers the commands
 from mtpgraft.cli import cli
@@ -17,6 +16,7 @@ from mtpgraft.errors import HubError
 from mtpgraft.gguf_io import GGUFModel
 from mtpgraft.sources import HubOptions, resolve_mtp_source
 from mtpgraft.sources.checkpoints import build_checkpoint
+from mtpgraft.testmodels.synthetic import make_model, split_model
 
 REF = Path(__file__).parent / "data" / "convert-ref"
 DONOR = "tester/Tiny-MTP-GGUF"

@@ -65,6 +65,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from ..outputs import PendingOutput
+from .writer import write_model
 
 if TYPE_CHECKING:  # numpy is imported where it is used, so `mtpgraft --help` does not pay for it
     import gguf
@@ -636,33 +637,24 @@ def write_tiny_gguf(path: Path, arch: str, name: str, keys: Callable[[gguf.GGUFW
     byte-level BPE tokenizer, then `tensors` (float32 arrays; 1-D and norm tensors stay F32, the
     others in `dtype`)."""
     import gguf
-    import numpy as np
+
+    def all_keys(w: gguf.GGUFWriter) -> None:
+        w.add_type(gguf.GGUFType.MODEL)
+        w.add_name(name)
+        keys(w)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(tokenizer_pre)
+        w.add_token_list(list(vocab.tokens))
+        w.add_token_types(list(vocab.token_types))
+        w.add_token_merges(list(vocab.merges))
+        w.add_eos_token_id(vocab.eos_id)
+        w.add_pad_token_id(vocab.pad_id)
+        w.add_bos_token_id(vocab.bos_id)
+        w.add_add_bos_token(False)
+        w.add_chat_template(CHAT_TEMPLATE)
 
     with PendingOutput(path) as tmp:
-        w = gguf.GGUFWriter(tmp.path, arch)
-        try:
-            w.add_type(gguf.GGUFType.MODEL)
-            w.add_name(name)
-            keys(w)
-            w.add_tokenizer_model("gpt2")
-            w.add_tokenizer_pre(tokenizer_pre)
-            w.add_token_list(list(vocab.tokens))
-            w.add_token_types(list(vocab.token_types))
-            w.add_token_merges(list(vocab.merges))
-            w.add_eos_token_id(vocab.eos_id)
-            w.add_pad_token_id(vocab.pad_id)
-            w.add_bos_token_id(vocab.bos_id)
-            w.add_add_bos_token(False)
-            w.add_chat_template(CHAT_TEMPLATE)
-            for tname, arr in tensors:
-                qtype = _tensor_type(tname, arr, dtype)
-                data = gguf.quants.quantize(np.ascontiguousarray(arr, dtype=np.float32), qtype)
-                w.add_tensor(tname, data, raw_dtype=qtype)
-            w.write_header_to_file()
-            w.write_kv_data_to_file()
-            w.write_tensors_to_file()
-        finally:
-            w.close()
+        write_model(tmp.path, arch, all_keys, [(n, a, _tensor_type(n, a, dtype)) for n, a in tensors])
         tmp.install(force=True)  # build_test_set refused existing files without --force
     return path
 
