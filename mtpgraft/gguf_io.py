@@ -256,6 +256,26 @@ class _Cursor:
         return bytes(self.take(n)).decode("utf-8", errors="replace")
 
 
+_U64 = struct.Struct("<Q")
+
+
+def _skip_strings(cur: _Cursor, count: int) -> None:
+    """Step over `count` strings (u64 length, bytes): `cur.take` per item, without its per-call
+    cost (a tokenizer holds 150-250k tokens and as many merges)."""
+    buf, off, end, unpack = cur.buf, cur.off, len(cur.buf), _U64.unpack_from
+    try:
+        for _ in range(count):
+            off += 8 + unpack(buf, off)[0]
+            if off > end:
+                break
+    except struct.error:  # fewer than 8 bytes left for a length
+        off += 8
+    if off > end:
+        raise TruncatedHeaderError(f"{cur.path}: truncated GGUF header (needs {off} bytes, file has "
+                                   f"{end})", needed=off)
+    cur.off = off
+
+
 def _skip_value(cur: _Cursor, vtype: int) -> tuple[GGUFValueType | None, int]:
     if vtype == GGUFValueType.STRING:
         cur.take(cur.u64())
@@ -270,8 +290,7 @@ def _skip_value(cur: _Cursor, vtype: int) -> tuple[GGUFValueType | None, int]:
         if item_t == GGUFValueType.STRING:
             if count * 8 > cur.limit - cur.off:
                 raise GGUFFormatError(f"{cur.path}: corrupt array length {count} at offset {cur.off - 8}")
-            for _ in range(count):
-                cur.take(cur.u64())
+            _skip_strings(cur, count)
         elif item_t == GGUFValueType.ARRAY:
             raise GGUFFormatError(f"{cur.path}: nested arrays are not supported")
         else:

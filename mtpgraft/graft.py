@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ Q = GGMLQuantizationType  # gguf-py's enum, for its numpy (de)quantizers only
 ATTACH_POLICIES = ("keep", "q8_0", "match")
 PROV = "mtpgraft."
 CHUNK_BYTES = 16 << 20
+_NO_DIGEST = "0" * 64  # a sha256's length: the header keeps its size when the digest replaces it
 
 
 # --------------------------------------------------------------------------- the plan
@@ -637,7 +639,8 @@ def plan_extract(model_path: str | os.PathLike[str], out_path: str | os.PathLike
 # --------------------------------------------------------------------------- execution
 
 
-def _hash_refs(refs: Iterable[TensorRef], progress: Callable[[int], None]) -> str:
+def _hash_refs(refs: Iterable[TensorRef], stop: threading.Event) -> str | None:
+    """sha256 of the tensors' bytes in order; None when `stop` is set first."""
     h = hashlib.sha256()
     buf = memoryview(bytearray(CHUNK_BYTES))
     for r in refs:
@@ -645,13 +648,59 @@ def _hash_refs(refs: Iterable[TensorRef], progress: Callable[[int], None]) -> st
             f.seek(r.abs_offset)
             left = r.info.nbytes
             while left:
+                if stop.is_set():
+                    return None
                 n = f.readinto(buf[:min(left, CHUNK_BYTES)])
                 if not n:
                     raise MtpgraftError(f"{r.path}: unexpected end of file reading {r.name}")
                 h.update(buf[:n])
                 left -= n
-                progress(0)
     return h.hexdigest()
+
+
+class _Digest:
+    """The sha256 of the MTP source's bytes, computed in a thread while the output is written: the
+    body's copy runs in the kernel, so the pass costs no time of its own, and it brings the MTP
+    bytes into the page cache before their copy (after the body) reads them. Leaving the block
+    stops the thread and waits for it."""
+
+    def __init__(self, refs: Iterable[TensorRef]) -> None:
+        self._stop = threading.Event()
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(list(refs),), name="mtpgraft-digest", daemon=True)
+
+    def _run(self, refs: list[TensorRef]) -> None:
+        try:
+            self._digest = _hash_refs(refs, self._stop)
+        except BaseException as e:  # handed to the main thread by result()
+            self._error = e
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._digest is not None
+        return self._digest
+
+    def __enter__(self) -> _Digest:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _patch_kv(path: Path, offset: int, kv: KV) -> None:
+    """Overwrite one key-value entry of a written header in place (same key, same encoded length)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        old = f.read(len(kv.raw))
+        if old[:len(kv.raw) - 64] != kv.raw[:-64]:  # a bug, never an input
+            raise MtpgraftError(f"internal error: {path}: {kv.key} is not where it was written")
+        f.seek(offset)
+        f.write(kv.raw)
 
 
 def _quantize_mtp(plan: GraftPlan, workdir: Path) -> dict[str, tuple[Path, int]]:
@@ -730,13 +779,13 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
     ensure_space(outputs[0], plan.output_bytes)  # all shards go to one folder
     shards = [_ShardSpec(s.path, list(s.kvs), list(s.tensors)) for s in plan._shards]  # the plan stays as it was
     key = f"{PROV}mtp.source_sha256"
+    digest: _Digest | None = None
     with contextlib.ExitStack() as stack:
         if plan.operation in ("attach", "sidecar"):  # both carry a grafted MTP block
             kvs = shards[0].kvs
             k = next(i for i, kv in enumerate(kvs) if kv.key == key)
-            # The digest first: that pass reads the source's MTP bytes into the page cache, so the
-            # copies after it (in the kernel, copy_file_range) and conversions read them from memory.
-            kvs[k] = encode_kv(key, GGUFValueType.STRING, _hash_refs(plan._source_refs, progress))
+            kvs[k] = encode_kv(key, GGUFValueType.STRING, _NO_DIGEST)  # filled in once the file is written
+            digest = stack.enter_context(_Digest(plan._source_refs))
             if any(a.method == "llama-quantize" for a in plan.tensors):
                 workdir = stack.enter_context(PendingOutput(outputs[0], folder=True))
                 _bind_mtp(plan, shards, _quantize_mtp(plan, workdir.path))
@@ -744,9 +793,13 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
                 _bind_mtp(plan, shards, {})
         align = plan_alignment(plan)
         pending = [stack.enter_context(PendingOutput(s.path)) for s in shards]
+        written = []
         for p, s in zip(pending, shards, strict=True):
             with writing(s.path), open(p.path, "wb") as fh:
-                write_gguf(fh, s.kvs, s.tensors, alignment=align, progress=progress, layout=layout)
+                written.append(write_gguf(fh, s.kvs, s.tensors, alignment=align, progress=progress, layout=layout))
+        if digest is not None:
+            _patch_kv(pending[0].path, written[0].kv_offsets[key],
+                      encode_kv(key, GGUFValueType.STRING, digest.result()))
         for p in pending:
             p.install(force=plan.force)
     return outputs

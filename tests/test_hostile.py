@@ -219,3 +219,37 @@ def test_mtp_type_usage_error_everywhere(m, value):
     assert code == 2 and f"--mtp-type {value!r} is not keep, q8_0, match or a ggml tensor type" in one_line(err)
     code, err = mtpgraft("quantize", m["full"], "--types", "Q8_0", "--mtp-type", value, "--llama-cpp", m["dir"])
     assert code == 2 and f"--mtp-type {value!r} is not q8_0, match or a ggml tensor type" in one_line(err)
+
+
+def test_truncated_string_arrays_say_how_many_bytes_they_need(tmp_path):
+    """A header cut anywhere inside a string array (a tokenizer's tokens or merges) raises
+    TruncatedHeaderError naming the end of the item that was cut, which the Hub range reader uses
+    to size its next read; the whole header parses to the same keys gguf-py reads."""
+    import struct
+
+    import gguf as ggufpy
+
+    from mtpgraft.gguf_io import GGUFFile, TruncatedHeaderError, encode_kv, write_gguf
+
+    toks = ["", "a", "\u00e9t\u00e9", "x" * 300, *(f"t{i}" for i in range(50))]
+    path = tmp_path / "strings.gguf"
+    kvs = [encode_kv("general.architecture", ggufpy.GGUFValueType.STRING, "qwen35"),
+           encode_kv("tokenizer.ggml.tokens", ggufpy.GGUFValueType.ARRAY, toks, ggufpy.GGUFValueType.STRING)]
+    with open(path, "wb") as fh:
+        write_gguf(fh, kvs, [], alignment=32)
+    data = path.read_bytes()
+    full = GGUFFile(path)
+    assert full.get("tokenizer.ggml.tokens") == toks
+    assert ggufpy.GGUFReader(path).fields["tokenizer.ggml.tokens"].contents() == toks
+    # Where each item of the array ends, walked here by hand from the array's start.
+    raw = full.kv["tokenizer.ggml.tokens"].raw
+    pos = data.index(raw) + len(raw) - sum(8 + len(t.encode()) for t in toks)
+    ends = []
+    for t in toks:
+        assert struct.unpack_from("<Q", data, pos)[0] == len(t.encode())
+        ends += [pos + 8, pos + 8 + len(t.encode())]
+        pos = ends[-1]
+    for cut in range(ends[0] - 8, pos):
+        with pytest.raises(TruncatedHeaderError) as e:
+            GGUFFile.from_prefix(data[:cut], size=len(data), name="cut.gguf")
+        assert e.value.needed == min(x for x in ends if x > cut), cut
