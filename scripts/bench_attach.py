@@ -194,7 +194,8 @@ def run_bench(d: Path, args: argparse.Namespace) -> None:
     BLOB = _blob()
     four = sum(tensor_nbytes(t, ne) for n, ne, t in _specs(4, "base") if n.startswith("blk."))
     layer_bytes = four // 4  # three linear-attention layers and one full-attention layer
-    trunk = max(2, int(args.size_gb * 1e9 // layer_bytes))
+    rest = sum(tensor_nbytes(t, ne) for n, ne, t in _specs(4, "base") if not n.startswith("blk."))
+    trunk = max(2, int((args.size_gb * 1e9 - rest) // layer_bytes))  # embeddings + output: ~2 GB of it
     base, donor = d / "base.gguf", d / "donor.gguf"
     print(f"generating base ({trunk} layers) and MTP donor in {d} ...", file=sys.stderr)
     make(base, trunk, with_mtp=False)

@@ -87,8 +87,12 @@ def resolve_mtp_source(spec: str | os.PathLike[str], *, base: str | os.PathLike[
     for graft.plan_attach, which reads headers only; `--dry-run`)."""
     opts = hub or HubOptions(token=token, endpoint=endpoint)
     prog = progress or FetchProgress()
-    base_model = GGUFModel(base) if base is not None else None
     text = os.fspath(spec)
+    p = Path(text)
+    local_gguf = not is_hub(text) and not (p.is_dir() or p.suffix == ".safetensors")
+    if local_gguf:  # graft.plan_attach reads both headers (the base's first)
+        return ResolvedSource(text, p, p.name, "gguf")
+    base_model = GGUFModel(base) if base is not None else None
     if is_hub(text):
         ref = parse_hub(text)
         repo = _open(ref, opts, prog)
@@ -96,10 +100,7 @@ def resolve_mtp_source(spec: str | os.PathLike[str], *, base: str | os.PathLike[
             return _hub_safetensors(text, ref, repo, base_model, outtype, prog, plan_only)
         path = ref.path if ref.kind == "gguf" else pick_quant(ref, repo)
         return _hub_gguf(text, ref, repo, path, base_model, prog, plan_only)
-    p = Path(text)
-    if p.is_dir() or p.suffix == ".safetensors":
-        return _local_safetensors(text, p, base_model, outtype, plan_only)
-    return ResolvedSource(text, p, p.name, "gguf")
+    return _local_safetensors(text, p, base_model, outtype, plan_only)
 
 
 # --------------------------------------------------------------------------- files
