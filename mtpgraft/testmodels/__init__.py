@@ -262,12 +262,25 @@ def _train_merges(n_tokens: int) -> list[tuple[str, str]]:
 @functools.lru_cache(maxsize=8)
 def tiny_vocab(seed: int = 0) -> TinyVocab:
     """The vocabulary and successor map of the tiny models built with `seed`."""
-    import numpy as np
+    tokens, token_bytes, merges = _token_table()
+    n_normal = N_VOCAB - len(SPECIAL_TOKENS)
+    token_types = [1] * n_normal + [3] * len(SPECIAL_TOKENS)  # NORMAL, CONTROL
+    succ, letters, letter_cycle = _successors(token_bytes, seed)
+    # Wrong on half the prose cycle in the pattern wrong, wrong, right, right: unlike every other
+    # token, no draft length can step over the wrong ones (n_max 1..4 give 1/3, 1/2, 1/3, 1/4).
+    wrong = frozenset(t for i, t in enumerate(letter_cycle) if i % 4 < 2)
+    return TinyVocab(
+        tokens=tuple(tokens), token_bytes=tuple(token_bytes), token_types=tuple(token_types),
+        merges=tuple(f"{a} {b}" for a, b in merges), succ=tuple(succ), letters=frozenset(letters),
+        wrong=wrong, bos_id=tokens.index(BOS_TOKEN), eos_id=tokens.index(EOS_TOKEN),
+        pad_id=tokens.index(PAD_TOKEN))
 
+
+def _token_table() -> tuple[list[str], list[bytes], list[tuple[str, str]]]:
+    """(token texts, what each decodes to, BPE merges): the 256 bytes, the merged tokens, the specials."""
     enc = _bytes_to_unicode()
     dec = {c: b for b, c in enc.items()}
-    n_merged = N_VOCAB - 256 - len(SPECIAL_TOKENS)
-    merges = _train_merges(n_merged)
+    merges = _train_merges(N_VOCAB - 256 - len(SPECIAL_TOKENS))
     tokens = [enc[b] for b in range(256)]
     seen = set(tokens)
     for a, b in merges:
@@ -278,8 +291,12 @@ def tiny_vocab(seed: int = 0) -> TinyVocab:
     assert len(tokens) == N_VOCAB
     token_bytes = [bytes(dec[c] for c in t) for t in tokens[:-len(SPECIAL_TOKENS)]]
     token_bytes += [s.encode() for s in SPECIAL_TOKENS]
-    n_normal = N_VOCAB - len(SPECIAL_TOKENS)
-    token_types = [1] * n_normal + [3] * len(SPECIAL_TOKENS)  # NORMAL, CONTROL
+    return tokens, token_bytes, merges
+
+
+def _successors(token_bytes: list[bytes], seed: int) -> tuple[list[int], list[int], list[int]]:
+    """(succ, the letter tokens, the letter cycle): two random cycles, letter tokens and printable others."""
+    import numpy as np
 
     def is_letter(b: int) -> bool:
         return 65 <= b <= 90 or 97 <= b <= 122
@@ -287,6 +304,7 @@ def tiny_vocab(seed: int = 0) -> TinyVocab:
     def printable(bs: bytes) -> bool:
         return all(32 <= b < 127 or b in (9, 10) for b in bs)
 
+    n_normal = N_VOCAB - len(SPECIAL_TOKENS)
     letters = [t for t in range(n_normal) if is_letter(token_bytes[t][-1])]
     others = [t for t in range(n_normal) if t not in set(letters) and printable(token_bytes[t])]
     rng = np.random.default_rng([seed, 1])
@@ -302,14 +320,7 @@ def tiny_vocab(seed: int = 0) -> TinyVocab:
         if succ[t] < 0:
             anti = succ[t ^ 256]
             succ[t] = next(c for c in other_cycle if c != anti)
-    # Wrong on half the prose cycle in the pattern wrong, wrong, right, right: unlike every other
-    # token, no draft length can step over the wrong ones (n_max 1..4 give 1/3, 1/2, 1/3, 1/4).
-    wrong = frozenset(t for i, t in enumerate(letter_cycle) if i % 4 < 2)
-    return TinyVocab(
-        tokens=tuple(tokens), token_bytes=tuple(token_bytes), token_types=tuple(token_types),
-        merges=tuple(f"{a} {b}" for a, b in merges), succ=tuple(succ), letters=frozenset(letters),
-        wrong=wrong, bos_id=tokens.index(BOS_TOKEN), eos_id=tokens.index(EOS_TOKEN),
-        pad_id=tokens.index(PAD_TOKEN))
+    return succ, letters, letter_cycle
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,13 +575,17 @@ def variants_for(arch: str) -> dict[str, dict[str, object]]:
 
 def _build_qwen35(path: Path, *, arch: str, layout: str, head: str, dtype: str, seed: int,
                   recurrent_layers_array: bool) -> Path:
-    import gguf
-
-    path = Path(path)
     vocab = tiny_vocab(seed)
     has_mtp = layout != "base"
-    block_count = BLOCK_COUNT if has_mtp else TRUNK_LAYERS
+    keys = functools.partial(_qwen35_keys, arch=arch, dtype=dtype, has_mtp=has_mtp,
+                             recurrent_layers_array=recurrent_layers_array)
+    name = f"mtpgraft tiny {arch} {layout}" + (f" {head}" if has_mtp else "")
+    return write_tiny_gguf(Path(path), arch, name, keys, _qwen35_tensors(arch, layout, head, seed, vocab),
+                           dtype=dtype, vocab=vocab, tokenizer_pre="qwen35")
 
+
+def _qwen35_tensors(arch: str, layout: str, head: str, seed: int, vocab: TinyVocab) -> list[tuple[str, np.ndarray]]:
+    """The tensors of a qwen35 / qwen35moe model in the converter's order (see _ordered)."""
     embd, output = _embeddings(seed, vocab)
     tensors: list[tuple[str, np.ndarray]] = [("output.weight", output), ("token_embd.weight", embd)]
     if layout != "mtp-only":
@@ -578,49 +593,52 @@ def _build_qwen35(path: Path, *, arch: str, layout: str, head: str, dtype: str, 
             block = _trunk_block(arch, seed, il)
             tensors += [(f"blk.{il}.{k}", block[k]) for k in _ordered(block, arch, mtp=False)]
     tensors.append(("output_norm.weight", _Gen(seed, 4).norm(N_EMBD)))
-    if has_mtp:
+    if layout != "base":
         block = _mtp_block(arch, seed, head, vocab)
         tensors += [(f"blk.{MTP_BLOCK}.{k}", block[k]) for k in _ordered(block, arch, mtp=True)]
+    return tensors
 
-    def keys(w: gguf.GGUFWriter) -> None:
-        w.add_block_count(block_count)
-        w.add_context_length(CONTEXT_LENGTH)
-        w.add_embedding_length(N_EMBD)
-        if arch == "qwen35":
-            w.add_feed_forward_length(N_FF)
-        w.add_head_count(N_HEAD)
-        w.add_head_count_kv(N_HEAD_KV)
-        w.add_rope_dimension_sections(list(ROPE_SECTIONS))
-        w.add_rope_freq_base(ROPE_FREQ_BASE)
-        w.add_layer_norm_rms_eps(RMS_EPS)
-        if arch == "qwen35moe":
-            w.add_expert_count(N_EXPERT)
-            w.add_expert_used_count(N_EXPERT_USED)
-        w.add_key_length(HEAD_DIM)
-        w.add_value_length(HEAD_DIM)
-        w.add_file_type(_file_type(dtype))
-        if arch == "qwen35moe":
-            w.add_expert_feed_forward_length(N_FF_EXP)
-            w.add_expert_shared_feed_forward_length(N_FF_SHEXP)
-        if has_mtp:
-            w.add_nextn_predict_layers(MTP_LAYERS)
-        w.add_ssm_conv_kernel(SSM_CONV_KERNEL)
-        w.add_ssm_state_size(SSM_STATE_SIZE)
-        w.add_ssm_group_count(SSM_GROUP_COUNT)
-        w.add_ssm_time_step_rank(SSM_TIME_STEP_RANK)
-        w.add_ssm_inner_size(SSM_INNER_SIZE)
-        if recurrent_layers_array:
-            recurrent = [(i + 1) % FULL_ATTENTION_INTERVAL != 0 for i in range(TRUNK_LAYERS)]
-            recurrent += [False] * (block_count - TRUNK_LAYERS)
-            # gguf 0.19.0 has no constant for this key: write it by name.
-            w.add_array(f"{arch}.attention.recurrent_layers", recurrent)
-        w.add_full_attention_interval(FULL_ATTENTION_INTERVAL)
-        w.add_rope_dimension_count(N_ROT)
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
-    name = f"mtpgraft tiny {arch} {layout}" + (f" {head}" if has_mtp else "")
-    return write_tiny_gguf(path, arch, name, keys, tensors, dtype=dtype, vocab=vocab,
-                           tokenizer_pre="qwen35")
+def _qwen35_keys(w: gguf.GGUFWriter, *, arch: str, dtype: str, has_mtp: bool,
+                 recurrent_layers_array: bool) -> None:
+    """The qwen35 / qwen35moe keys, in the converter's order."""
+    import gguf
+
+    block_count = BLOCK_COUNT if has_mtp else TRUNK_LAYERS
+    w.add_block_count(block_count)
+    w.add_context_length(CONTEXT_LENGTH)
+    w.add_embedding_length(N_EMBD)
+    if arch == "qwen35":
+        w.add_feed_forward_length(N_FF)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_HEAD_KV)
+    w.add_rope_dimension_sections(list(ROPE_SECTIONS))
+    w.add_rope_freq_base(ROPE_FREQ_BASE)
+    w.add_layer_norm_rms_eps(RMS_EPS)
+    if arch == "qwen35moe":
+        w.add_expert_count(N_EXPERT)
+        w.add_expert_used_count(N_EXPERT_USED)
+    w.add_key_length(HEAD_DIM)
+    w.add_value_length(HEAD_DIM)
+    w.add_file_type(_file_type(dtype))
+    if arch == "qwen35moe":
+        w.add_expert_feed_forward_length(N_FF_EXP)
+        w.add_expert_shared_feed_forward_length(N_FF_SHEXP)
+    if has_mtp:
+        w.add_nextn_predict_layers(MTP_LAYERS)
+    w.add_ssm_conv_kernel(SSM_CONV_KERNEL)
+    w.add_ssm_state_size(SSM_STATE_SIZE)
+    w.add_ssm_group_count(SSM_GROUP_COUNT)
+    w.add_ssm_time_step_rank(SSM_TIME_STEP_RANK)
+    w.add_ssm_inner_size(SSM_INNER_SIZE)
+    if recurrent_layers_array:
+        recurrent = [(i + 1) % FULL_ATTENTION_INTERVAL != 0 for i in range(TRUNK_LAYERS)]
+        recurrent += [False] * (block_count - TRUNK_LAYERS)
+        # gguf 0.19.0 has no constant for this key: write it by name.
+        w.add_array(f"{arch}.attention.recurrent_layers", recurrent)
+    w.add_full_attention_interval(FULL_ATTENTION_INTERVAL)
+    w.add_rope_dimension_count(N_ROT)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
 def _file_type(dtype: str) -> int:

@@ -27,6 +27,7 @@ no output gate in GLM (unlike qwen35moe's).
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +38,7 @@ from . import (
     HEADS,
     N_EMBD,
     RMS_EPS,
+    TinyVocab,
     _add_flip_units,
     _eh_proj,
     _embeddings,
@@ -145,48 +147,51 @@ def _mtp_block(seed: int, head: str) -> dict[str, np.ndarray]:
 def build(path: str | os.PathLike[str], *, layout: str = "full", head: str = "aligned",
           dtype: str = "f32", seed: int = 0) -> Path:
     """Write one tiny glm4moe model (see the module docstring) atomically; return its path."""
-    import gguf
-
-    path = Path(path)
     vocab = tiny_vocab(seed)
-    has_key = layout != "base"
     has_mtp = layout in ("full", "mtp-only")
-    block_count = TRUNK_LAYERS + (1 if has_key else 0)
+    keys = functools.partial(_keys, dtype=dtype, has_key=layout != "base")
+    name = f"mtpgraft tiny {ARCH} {layout}" + (f" {head}" if has_mtp else "")
+    return write_tiny_gguf(Path(path), ARCH, name, keys, _tensors(layout, head, seed, vocab), dtype=dtype,
+                           vocab=vocab, tokenizer_pre="glm4")
 
+
+def _tensors(layout: str, head: str, seed: int, vocab: TinyVocab) -> list[tuple[str, np.ndarray]]:
+    """output, token_embd, the trunk blocks, output_norm, the MTP block (for layouts that have it)."""
     embd, output = _embeddings(seed, vocab)
     tensors: list[tuple[str, np.ndarray]] = [("output.weight", output), ("token_embd.weight", embd)]
     if layout != "mtp-only":
         for il in range(TRUNK_LAYERS):
             tensors += [(f"blk.{il}.{k}", v) for k, v in _trunk_block(seed, il).items()]
     tensors.append(("output_norm.weight", _Gen(seed, 4).norm(N_EMBD)))
-    if has_mtp:
+    if layout in ("full", "mtp-only"):
         tensors += [(f"blk.{MTP_BLOCK}.{k}", v) for k, v in _mtp_block(seed, head).items()]
+    return tensors
 
-    def keys(w: gguf.GGUFWriter) -> None:
-        w.add_block_count(block_count)
-        w.add_context_length(CONTEXT_LENGTH)
-        w.add_embedding_length(N_EMBD)
-        w.add_feed_forward_length(N_FF)
-        w.add_head_count(N_HEAD)
-        w.add_head_count_kv(N_HEAD_KV)
-        w.add_rope_freq_base(ROPE_FREQ_BASE)
-        w.add_layer_norm_rms_eps(RMS_EPS)
-        w.add_expert_count(N_EXPERT)
-        w.add_expert_used_count(N_EXPERT_USED)
-        w.add_key_length(HEAD_DIM)
-        w.add_value_length(HEAD_DIM)
-        w.add_file_type(_file_type(dtype))
-        w.add_rope_dimension_count(N_ROT)
-        w.add_expert_feed_forward_length(N_FF_EXP)
-        w.add_expert_shared_count(N_EXPERT_SHARED)
-        w.add_leading_dense_block_count(LEADING_DENSE)
-        w.add_uint32(f"{ARCH}.expert_gating_func", GATING_SIGMOID)
-        w.add_expert_weights_scale(EXPERT_WEIGHTS_SCALE)
-        w.add_bool(f"{ARCH}.expert_weights_norm", True)
-        if has_key:
-            w.add_nextn_predict_layers(1)
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
-    name = f"mtpgraft tiny {ARCH} {layout}" + (f" {head}" if has_mtp else "")
-    return write_tiny_gguf(path, ARCH, name, keys, tensors, dtype=dtype, vocab=vocab,
-                           tokenizer_pre="glm4")
+def _keys(w: gguf.GGUFWriter, *, dtype: str, has_key: bool) -> None:
+    """The glm4moe keys; nextn_predict_layers (and the block it counts) where `has_key`."""
+    import gguf
+
+    w.add_block_count(TRUNK_LAYERS + (1 if has_key else 0))
+    w.add_context_length(CONTEXT_LENGTH)
+    w.add_embedding_length(N_EMBD)
+    w.add_feed_forward_length(N_FF)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_HEAD_KV)
+    w.add_rope_freq_base(ROPE_FREQ_BASE)
+    w.add_layer_norm_rms_eps(RMS_EPS)
+    w.add_expert_count(N_EXPERT)
+    w.add_expert_used_count(N_EXPERT_USED)
+    w.add_key_length(HEAD_DIM)
+    w.add_value_length(HEAD_DIM)
+    w.add_file_type(_file_type(dtype))
+    w.add_rope_dimension_count(N_ROT)
+    w.add_expert_feed_forward_length(N_FF_EXP)
+    w.add_expert_shared_count(N_EXPERT_SHARED)
+    w.add_leading_dense_block_count(LEADING_DENSE)
+    w.add_uint32(f"{ARCH}.expert_gating_func", GATING_SIGMOID)
+    w.add_expert_weights_scale(EXPERT_WEIGHTS_SCALE)
+    w.add_bool(f"{ARCH}.expert_weights_norm", True)
+    if has_key:
+        w.add_nextn_predict_layers(1)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
