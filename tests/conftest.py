@@ -32,36 +32,34 @@ def llama_cpp_dir(llama_server_bin: Path) -> Path:
     return llama_server_bin.parent
 
 
+def _test_set(tmp_path_factory: pytest.TempPathFactory, arch: str) -> dict[str, Path]:
+    from mtpgraft.testmodels import build_test_set
+
+    return build_test_set(tmp_path_factory.mktemp(f"tiny-{arch}"), arch=arch)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every tiny qwen35 test model (mtpgraft.testmodels.TEST_SET), built once per session."""
-    from mtpgraft.testmodels import build_test_set
-
-    return build_test_set(tmp_path_factory.mktemp("tiny-qwen35"), arch="qwen35")
+    return _test_set(tmp_path_factory, "qwen35")
 
 
 @pytest.fixture(scope="session")
 def tiny_moe_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every tiny qwen35moe test model, built once per session."""
-    from mtpgraft.testmodels import build_test_set
-
-    return build_test_set(tmp_path_factory.mktemp("tiny-qwen35moe"), arch="qwen35moe")
+    return _test_set(tmp_path_factory, "qwen35moe")
 
 
 @pytest.fixture(scope="session")
 def tiny_glm_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every tiny glm4moe test model (mtpgraft.testmodels.glm4moe.TEST_SET), built once per session."""
-    from mtpgraft.testmodels import build_test_set
-
-    return build_test_set(tmp_path_factory.mktemp("tiny-glm4moe"), arch="glm4moe")
+    return _test_set(tmp_path_factory, "glm4moe")
 
 
 @pytest.fixture(scope="session")
 def tiny_gemma_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny gemma4 target ("base") and its gemma4-assistant drafters, built once per session."""
-    from mtpgraft.testmodels import build_test_set
-
-    return build_test_set(tmp_path_factory.mktemp("tiny-gemma4"), arch="gemma4")
+    return _test_set(tmp_path_factory, "gemma4")
 
 
 @pytest.fixture
@@ -80,6 +78,15 @@ def hf_hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf_home" / "stored_tokens"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
     return tmp_path / "hf_home" / "hub"
+
+
+@pytest.fixture
+def hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The environment of a test that talks to the loopback Hub, for huggingface_hub and llama.cpp's
+    `-hf` alike (fakehub.hermetic_hf_env); returns the private HF cache."""
+    from fakehub import hermetic_hf_env
+
+    return hermetic_hf_env(monkeypatch, tmp_path)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-from fakehub import FakeHub, hermetic_hf_env
 
 REPO = "tester/Tiny-GGUF"
 BIG = bytes(range(256)) * 4096  # 1 MiB, an LFS object
@@ -41,16 +40,10 @@ def request(method: str, url: str, *, headers: dict[str, str] | None = None, fol
 
 
 @pytest.fixture
-def hf_env(tmp_path, monkeypatch):
-    return hermetic_hf_env(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def hub(tmp_path):
-    h = FakeHub(tmp_path / "cas").start()
-    h.put_files(REPO, {"Tiny-Q8_0.gguf": BIG, "README.md": README})
-    yield h
-    h.stop()
+def hub(hub):
+    """The loopback Hub (conftest.hub) holding REPO: an LFS file and a README."""
+    hub.put_files(REPO, {"Tiny-Q8_0.gguf": BIG, "README.md": README})
+    return hub
 
 
 def test_refs_and_tree_have_the_fields_llama_cpp_reads(hub):

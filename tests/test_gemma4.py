@@ -269,7 +269,8 @@ def test_check_names_what_blocks_a_gemma4_pair(tiny_gemma_models, tiny_glm_model
 
 @pytest.mark.tools
 @pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
-def test_published_quants_and_assistant_sidecar_load_with_hf(gemma_quants, tmp_path, monkeypatch):
+def test_published_quants_and_assistant_sidecar_load_with_hf(gemma_quants, hub, hf_env, tmp_path,
+                                                               monkeypatch):
     """imatrix quants of the target + the assistant as an `mtp-` sidecar, checked, pushed with the
     card to the loopback Hub; then `llama-server -hf REPO:TAG --spec-type draft-mtp` (the real
     downloader, via `mtpgraft check hf://`) finds the assistant and drafts at the known rates."""
@@ -278,9 +279,6 @@ def test_published_quants_and_assistant_sidecar_load_with_hf(gemma_quants, tmp_p
     from fakehub import FakeHub
     from huggingface_hub import constants
 
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "MODEL_ENDPOINT", "LLAMA_CACHE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     out = tmp_path / "out"
@@ -291,20 +289,16 @@ def test_published_quants_and_assistant_sidecar_load_with_hf(gemma_quants, tmp_p
     targets = sorted(p for p in out.glob("Tiny-*.gguf"))
     assert _mtpgraft("check", *targets, "--draft", out / "mtp-Tiny-Gemma4-Q8_0.gguf", "--quick", "--mode",
                      "raw", "--report", tmp_path / "report")[0] == 0
-    hub = FakeHub(tmp_path / "cas").start()
-    try:
-        code, text = _mtpgraft("push", out, "--repo", "tester/Tiny-Gemma4-GGUF", "--report", tmp_path / "report",
-                               "--endpoint", hub.url, "--token", FakeHub.TOKEN)
-        assert code == 0, text
-        card = hub.head("tester/Tiny-Gemma4-GGUF").files["README.md"].content.decode()
-        assert "gemma4-assistant" in card and "mtp-Tiny-Gemma4-Q8_0.gguf" in card
-        assert "llama-server -hf tester/Tiny-Gemma4-GGUF:IQ4_XS --spec-type draft-mtp" in card
-        shutil.rmtree(out)  # what is measured next comes from the Hub
-        code, text = _mtpgraft("check", "hf://tester/Tiny-Gemma4-GGUF:IQ4_XS", "--endpoint", hub.url,
-                               "--quick", "--mode", "raw", "--json")
-        assert code == 0, text
-    finally:
-        hub.stop()
+    code, text = _mtpgraft("push", out, "--repo", "tester/Tiny-Gemma4-GGUF", "--report", tmp_path / "report",
+                           "--endpoint", hub.url, "--token", FakeHub.TOKEN)
+    assert code == 0, text
+    card = hub.head("tester/Tiny-Gemma4-GGUF").files["README.md"].content.decode()
+    assert "gemma4-assistant" in card and "mtp-Tiny-Gemma4-Q8_0.gguf" in card
+    assert "llama-server -hf tester/Tiny-Gemma4-GGUF:IQ4_XS --spec-type draft-mtp" in card
+    shutil.rmtree(out)  # what is measured next comes from the Hub
+    code, text = _mtpgraft("check", "hf://tester/Tiny-Gemma4-GGUF:IQ4_XS", "--endpoint", hub.url,
+                           "--quick", "--mode", "raw", "--json")
+    assert code == 0, text
     d = json.loads(text[text.index("{"):])
     (res,) = d["resolved"]
     assert (res["model"], res["mtp"], res["mismatches"]) == ("Tiny-Gemma4-IQ4_XS.gguf",

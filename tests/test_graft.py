@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
+from helpers import tensor_bytes
 
 from mtpgraft.errors import GGUFFormatError, GraftError, OutputExistsError, OutputWriteError
 from mtpgraft.ggml_types import llama_quantizes as quantizable
@@ -18,13 +19,6 @@ from mtpgraft.gguf_io import CONVERTER, GGUFModel
 from mtpgraft.graft import apply_plan, plan_attach, plan_detach, plan_extract
 from mtpgraft.inspection import inspect_model
 from mtpgraft.testmodels.synthetic import make_model, rewrite, split_model
-
-
-def tensor_bytes(m: GGUFModel, name: str) -> bytes:
-    r = m.by_name[name]
-    with open(r.path, "rb") as f:
-        f.seek(r.abs_offset)
-        return f.read(r.info.nbytes)
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -38,20 +38,13 @@ CATEGORIES = {
 
 
 @pytest.fixture(autouse=True)
-def hermetic(tmp_path, monkeypatch):
-    """No real token, cache, telemetry or progress bars; the client's retry sleeps are instant."""
+def hermetic(hf_hermetic, tmp_path, monkeypatch):
+    """No real token, cache, telemetry or progress bars (conftest.hf_hermetic, and hf-xet's); the
+    client's retry sleeps are instant."""
     from huggingface_hub import constants
 
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setenv("HF_XET_CACHE", str(tmp_path / "xet_cache"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_XET_TELEMETRY_ENABLED", "0")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "mtpgraft_cache"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf_home" / "stored_tokens"))
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
     # The client's retry back-off sleeps through the stdlib: no test waits for it.
@@ -74,10 +67,9 @@ def lfs(monkeypatch):
 
 
 @pytest.fixture
-def fakehub(tmp_path):
-    hub = FakeHub(tmp_path / "cas").start()
-    yield hub
-    hub.stop()
+def fakehub(hub):
+    """The loopback Hub (conftest.hub)."""
+    return hub
 
 
 @pytest.fixture

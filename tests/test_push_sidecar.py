@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fakehub import FakeHub, hermetic_hf_env
+from fakehub import FakeHub
+from helpers import hub_api, quick_check_section, tiny_model_section
 
 import mtpgraft.commands  # noqa: F401 - registers the commands
 from mtpgraft.cli import cli
@@ -21,10 +22,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 
 @pytest.fixture(autouse=True)
-def hermetic(tmp_path, monkeypatch):
+def hermetic(hf_env, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    hermetic_hf_env(monkeypatch, tmp_path)
     monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "mtpgraft_cache"))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "stored_tokens"))
@@ -202,23 +202,10 @@ def test_in_file_mtp_quants_pushed_then_checked_from_the_hub(hub, tmp_path, llam
     assert d["acceptance"] == 1.0 and d["verdict"] == "pass"
 
 
-RECIPE = """
-[model]
-name = "q"
-base = "builtin:tiny-qwen35-base"
-mtp_from = "builtin:tiny-qwen35-full"
-
+RECIPE = tiny_model_section("q") + """
 [quantize]
 types = ["Q8_0"]
-
-[check]
-n_max = [3]
-n_predict = 32
-ctx = 1024
-categories = ["code"]
-per_category = 1
-min_acceptance = 0.9
-
+""" + quick_check_section() + """
 [hub]
 repo = "tester/q-MTP-GGUF"
 endpoint = "{url}"
@@ -241,13 +228,11 @@ def test_recipe_hub_base_model_and_verify_remote_are_validated():
 
 @pytest.mark.tools
 def test_recipe_push_verifies_the_published_repo_with_llama_server_hf(hub, tmp_path, llama_cpp_dir, monkeypatch):
-    from mtpgraft.hub import make_api
     from mtpgraft.recipe import load_recipe, run_recipe
 
     p = tmp_path / "r.toml"
     p.write_text(RECIPE.format(url=hub.url))
-    res = run_recipe(load_recipe(p, work_dir=tmp_path / "w"), llama_cpp=str(llama_cpp_dir),
-                     hub_api=lambda h: make_api(endpoint=h.endpoint, token=FakeHub.TOKEN))
+    res = run_recipe(load_recipe(p, work_dir=tmp_path / "w"), llama_cpp=str(llama_cpp_dir), hub_api=hub_api)
     assert res.ok, [(s.step, s.message) for s in res.failed]
     push = res.steps[-1]
     assert push.step == "push" and "llama-server -hf drafts with :Q8_0 (in-file MTP, acceptance 1.00)" in push.message

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import hub_api, quick_check_section, tiny_model_section
 
 from mtpgraft.errors import UsageError
 from mtpgraft.quality import (
@@ -173,24 +174,10 @@ def test_cli_json_and_report(tiny_models, llama_cpp_dir, check_report, tmp_path,
     assert bad.returncode != 0 and bad.stderr.startswith("mtpgraft: error:") and "Traceback" not in bad.stderr
 
 
-THREE = """
-[model]
-name = "q3"
-base = "builtin:tiny-qwen35-base"
-mtp_from = "builtin:tiny-qwen35-full"
-
+THREE = tiny_model_section("q3") + """
 [quantize]
 types = ["Q8_0", "Q6_K", "Q4_K_M"]
-
-[check]
-n_max = [3]
-n_predict = 32
-ctx = 1024
-categories = ["code", "creative"]
-per_category = 1
-min_acceptance = 0.9
-server_args = ["-t", "1"]
-
+""" + quick_check_section(("code", "creative"), server_args=["-t", "1"]) + """
 [quality]
 ctx = 128
 perplexity_args = ["-t", "1"]
@@ -202,44 +189,35 @@ endpoint = "{endpoint}"
 
 
 @pytest.mark.tools
-def test_three_quant_run_card_carries_the_quality_columns(tmp_path, monkeypatch, llama_cpp_dir):
+def test_three_quant_run_card_carries_the_quality_columns(hub, tmp_path, monkeypatch, llama_cpp_dir):
     """graft -> quantize x3 -> check -> quality -> push to the loopback Hub: the card's file table has
     KLD, PPL ratio and MTP retention for every file, equal to quality.json, and says how they were made;
     a resumed run redoes nothing."""
-    from fakehub import FakeHub
     from huggingface_hub import constants
 
-    from mtpgraft.hub import make_api
     from mtpgraft.recipe import load_recipe, run_recipe
 
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "cache"))  # the logits, not the shared cache
     monkeypatch.setenv("MTPGRAFT_LLAMA_CPP", str(llama_cpp_dir))  # ... which holds the tools
-    hub = FakeHub(tmp_path / "cas").start()
-    try:
-        p = tmp_path / "three.toml"
-        p.write_text(THREE.format(endpoint=hub.url))
-        work = tmp_path / "w"
+    p = tmp_path / "three.toml"
+    p.write_text(THREE.format(endpoint=hub.url))
+    work = tmp_path / "w"
 
-        def api(h):
-            return make_api(endpoint=h.endpoint, token=FakeHub.TOKEN)
-
-        res = run_recipe(load_recipe(p, work_dir=work), hub_api=api)
-        assert res.ok, [(s.step, s.message) for s in res.failed]
-        assert [s.step for s in res.steps][-2:] == ["quality", "push"]
-        q = json.loads((work / "checks" / "quality.json").read_text())
-        assert [m["name"] for m in q["models"]] == [f"q3-{t}.gguf" for t in ("Q8_0", "Q6_K", "Q4_K_M")]
-        # the aligned head keeps all of the reference's acceptance in every quant
-        assert all(r["*"] == 1.0 for r in q["retention"].values())
-        card = hub.head("tester/q3-MTP-GGUF").files["README.md"].content.decode()
-        assert "| KLD | PPL ratio | MTP retention |" in card
-        for m in q["models"]:
-            row = next(x for x in card.splitlines() if x.startswith(f"| [{m['name']}]"))
-            f = m["figures"]
-            assert f"| {f['kld']['text']} | {f['ppl_ratio']['text']} | 1.000 |" in row, row
-        assert "llama-perplexity" in card and "--kl-divergence-base" in card and "q3.gguf" in card
-        again = run_recipe(load_recipe(p, work_dir=work), resume=True, hub_api=api)
-        status = {s.step: s.status for s in again.steps}
-        assert status["quality"] == "finished-before", status
-    finally:
-        hub.stop()
+    res = run_recipe(load_recipe(p, work_dir=work), hub_api=hub_api)
+    assert res.ok, [(s.step, s.message) for s in res.failed]
+    assert [s.step for s in res.steps][-2:] == ["quality", "push"]
+    q = json.loads((work / "checks" / "quality.json").read_text())
+    assert [m["name"] for m in q["models"]] == [f"q3-{t}.gguf" for t in ("Q8_0", "Q6_K", "Q4_K_M")]
+    # the aligned head keeps all of the reference's acceptance in every quant
+    assert all(r["*"] == 1.0 for r in q["retention"].values())
+    card = hub.head("tester/q3-MTP-GGUF").files["README.md"].content.decode()
+    assert "| KLD | PPL ratio | MTP retention |" in card
+    for m in q["models"]:
+        row = next(x for x in card.splitlines() if x.startswith(f"| [{m['name']}]"))
+        f = m["figures"]
+        assert f"| {f['kld']['text']} | {f['ppl_ratio']['text']} | 1.000 |" in row, row
+    assert "llama-perplexity" in card and "--kl-divergence-base" in card and "q3.gguf" in card
+    again = run_recipe(load_recipe(p, work_dir=work), resume=True, hub_api=hub_api)
+    status = {s.step: s.status for s in again.steps}
+    assert status["quality"] == "finished-before", status

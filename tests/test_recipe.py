@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from helpers import hub_api, quick_check_section, tiny_model_section
 
 from mtpgraft.errors import RecipeError
 from mtpgraft.gguf_io import GGUFModel
@@ -45,12 +46,7 @@ dry_run = true
 """
 
 # A quick pipeline (no check step) for the resume and locking tests.
-QUICK = """
-[model]
-name = "q"
-base = "builtin:tiny-qwen35-base"
-mtp_from = "builtin:tiny-qwen35-full"
-
+QUICK = tiny_model_section("q") + """
 [imatrix]
 calibration = "builtin:calibration-tiny"
 ctx = 128
@@ -338,53 +334,35 @@ def test_dry_run_writes_nothing_and_foreign_outputs_are_not_overwritten(quick: P
 
 @pytest.mark.tools
 @pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
-def test_push_step_publishes_checked_outputs(tmp_path: Path, monkeypatch) -> None:
+def test_push_step_publishes_checked_outputs(hub, tmp_path: Path, monkeypatch) -> None:
     """graft -> imatrix -> quantize -> check -> push, the push going to a loopback Hub (tests/fakehub.py)
     through the real huggingface_hub client; a dry-run push first sends nothing."""
-    from fakehub import FakeHub
     from huggingface_hub import constants
 
-    from mtpgraft.hub import make_api
-
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # classic LFS upload to the fake
-    hub = FakeHub(tmp_path / "cas").start()
-    try:
-        text = QUICK + f"""
-[check]
-n_max = [3]
-n_predict = 32
-ctx = 1024
-categories = ["code"]
-per_category = 1
-min_acceptance = 0.9
-
+    text = QUICK + quick_check_section() + f"""
 [hub]
 repo = "tester/q-MTP-GGUF"
 dry_run = true
 endpoint = "{hub.url}"
 """
-        p = tmp_path / "push.toml"
-        p.write_text(text)
-        work = tmp_path / "w"
+    p = tmp_path / "push.toml"
+    p.write_text(text)
+    work = tmp_path / "w"
 
-        def api(h):
-            return make_api(endpoint=h.endpoint, token=FakeHub.TOKEN)
-
-        res = run_recipe(load_recipe(p, work_dir=work), hub_api=api)
-        assert res.ok, [(s.step, s.message) for s in res.failed]
-        push = res.steps[-1]
-        assert push.step == "push" and push.status == "dry-run" and push.message.startswith("would send")
-        assert hub.writes() == []
-        p.write_text(text.replace("dry_run = true", "dry_run = false"))
-        res = run_recipe(load_recipe(p, work_dir=work), resume=True, hub_api=api)
-        assert res.ok, [(s.step, s.message) for s in res.failed]
-        status = {s.step: s.status for s in res.steps}
-        assert status["push"] == "done" and status["check"] == "finished-before"
-        head = hub.head("tester/q-MTP-GGUF")
-        assert {"q-Q8_0.gguf", "q-Q4_K_M.gguf", "README.md"} <= set(head.files)
-        # one check across both quants: the card carries its matrix and acceptance table
-        card = head.files["README.md"].content.decode()
-        assert "| quant | code |" in card and "| quant | n=3 |" in card
-        assert len([x for x in card.splitlines() if x.startswith(("| Q8_0 | ", "| Q4_K_M | "))]) == 4
-    finally:
-        hub.stop()
+    res = run_recipe(load_recipe(p, work_dir=work), hub_api=hub_api)
+    assert res.ok, [(s.step, s.message) for s in res.failed]
+    push = res.steps[-1]
+    assert push.step == "push" and push.status == "dry-run" and push.message.startswith("would send")
+    assert hub.writes() == []
+    p.write_text(text.replace("dry_run = true", "dry_run = false"))
+    res = run_recipe(load_recipe(p, work_dir=work), resume=True, hub_api=hub_api)
+    assert res.ok, [(s.step, s.message) for s in res.failed]
+    status = {s.step: s.status for s in res.steps}
+    assert status["push"] == "done" and status["check"] == "finished-before"
+    head = hub.head("tester/q-MTP-GGUF")
+    assert {"q-Q8_0.gguf", "q-Q4_K_M.gguf", "README.md"} <= set(head.files)
+    # one check across both quants: the card carries its matrix and acceptance table
+    card = head.files["README.md"].content.decode()
+    assert "| quant | code |" in card and "| quant | n=3 |" in card
+    assert len([x for x in card.splitlines() if x.startswith(("| Q8_0 | ", "| Q4_K_M | "))]) == 4

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import gguf
 import pytest
+from helpers import tensor_bytes
 
 from mtpgraft.gguf_io import CONVERTER, PAD_KEY, GGUFFile, GGUFModel, Layout
 from mtpgraft.graft import apply_plan, block_sharing, plan_attach, plan_detach, plan_extract
@@ -21,13 +22,6 @@ from mtpgraft.testmodels import CODE_PROMPT, build_tiny_model
 from mtpgraft.testmodels.synthetic import make_model, split_model
 
 BLOCK = 4096
-
-
-def tensor_bytes(m: GGUFModel, name: str) -> bytes:
-    r = m.by_name[name]
-    with open(r.path, "rb") as f:
-        f.seek(r.abs_offset)
-        return f.read(r.info.nbytes)
 
 
 def assert_body_congruent(plan, base: GGUFModel) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fakehub import hermetic_hf_env
 
 import mtpgraft.commands  # noqa: F401 - registers the commands
 from mtpgraft.cli import cli
@@ -18,11 +17,6 @@ from mtpgraft.cli import cli
 pytestmark = pytest.mark.tools
 QUICK = ["--n-max", "3", "--reps", "1", "--per-category", "1", "--n-predict", "32", "--ctx", "512",
          "--categories", "code"]
-
-
-@pytest.fixture
-def hf_env(tmp_path, monkeypatch):
-    return hermetic_hf_env(monkeypatch, tmp_path)
 
 
 @pytest.fixture(scope="module")
