@@ -294,18 +294,10 @@ def test_split_source_is_accepted(tmp_path):
 def test_inspect_catches_wrong_split_tensor_count(tmp_path):
     from gguf import GGUFValueType
 
-    from mtpgraft.gguf_io import OutTensor, encode_kv, write_gguf
-
     base = make_model(tmp_path / "base.gguf", layout="base")
     shards = split_model(base, 2)
-    m = GGUFModel(shards[1].with_name(shards[0].name))
-    s = m.shards[1]
-    kvs = [kv if kv.key != "split.tensors.count" else encode_kv("split.tensors.count", GGUFValueType.INT32, 999)
-           for kv in s.kv.values()]
-    ts = [OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, s.path, s.data_offset + t.offset) for t in s.tensors]
-    tmp = shards[1].with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
-        write_gguf(fh, kvs, ts, alignment=32)
+    tmp = rewrite(shards[1], shards[1].with_suffix(".tmp"),
+                  set_kv={"split.tensors.count": (GGUFValueType.INT32, 999, None)})
     tmp.replace(shards[1])
     rep = inspect_model(shards[0])
     assert not rep.consistent
