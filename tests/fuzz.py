@@ -25,7 +25,8 @@ from pathlib import Path
 from gguf import GGUFValueType as V
 
 from mtpgraft import errors as _errors
-from mtpgraft.gguf_io import KV, GGUFFile, OutTensor, write_gguf
+from mtpgraft.gguf_io import KV, REFLINK, GGUFFile, OutTensor
+from mtpgraft.testmodels.synthetic import rewrite
 
 ARCH = "qwen35"
 # The README's codes (mtpgraft.errors.EXIT_CODES) but the signal ones: nothing here is interrupted.
@@ -72,13 +73,8 @@ def array(key: str, item: V, values: list[object]) -> KV:
 
 def rebuild(src: Path, out: Path, *, kv: Callable[[list[KV]], list[KV]] | None = None,
             tensors: Callable[[list[OutTensor]], list[OutTensor]] | None = None, alignment: int | None = None) -> None:
-    """Copy a GGUF with its key list and tensor list passed through the given edits."""
-    f = GGUFFile(src)
-    kvs = list(f.kv.values())
-    ts = [OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, f.path, f.data_offset + t.offset) for t in f.tensors]
-    with open(out, "wb") as fh:
-        write_gguf(fh, kv(kvs) if kv else kvs, tensors(ts) if tensors else ts,
-                   alignment=alignment or f.alignment)
+    """Copy a GGUF with its key list and tensor list passed through the given edits (mtpgraft's own layout)."""
+    rewrite(src, out, kv=kv, tensors=tensors, alignment=alignment, layout=REFLINK)
 
 
 def zeros(n: int) -> Callable[[], Iterator[bytes]]:

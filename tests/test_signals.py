@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from mtpgraft.gguf_io import GGUFFile, OutTensor, write_gguf
-from mtpgraft.testmodels.synthetic import make_model
+from mtpgraft.gguf_io import REFLINK, OutTensor
+from mtpgraft.testmodels.synthetic import make_model, rewrite
 
 SIGNALS = [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM"), (signal.SIGHUP, 129, "SIGHUP")]
 PAD_BYTES = 384 << 20  # big enough that copying it takes a moment, cheap to make (a sparse file)
@@ -107,11 +107,8 @@ def padded(model: Path, out: Path) -> Path:
     hole = out.with_suffix(".hole")
     with open(hole, "wb") as f:
         f.truncate(PAD_BYTES)
-    m = GGUFFile(model)
-    ts = [OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, m.path, m.data_offset + t.offset) for t in m.tensors]
-    ts.append(OutTensor("padding.weight", (PAD_BYTES // 4,), 0, PAD_BYTES, hole, 0))  # F32
-    with open(out, "wb") as fh:
-        write_gguf(fh, list(m.kv.values()), ts, alignment=m.alignment)
+    pad = OutTensor("padding.weight", (PAD_BYTES // 4,), 0, PAD_BYTES, hole, 0)  # F32
+    rewrite(model, out, tensors=lambda ts: [*ts, pad], layout=REFLINK)
     hole.unlink()
     return out
 

@@ -15,6 +15,7 @@ were written against, whose messages name a block's first tensor). On top of it:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,8 @@ from .writer import write_model
 if TYPE_CHECKING:  # numpy is imported where it is used, so `mtpgraft --help` does not pay for it
     import gguf
     import numpy as np
+
+    from ..gguf_io import KV, Layout, OutTensor
 
 ORDERS = ("converter", "blocks")
 
@@ -221,17 +224,22 @@ def split_model(path: Path, parts: int) -> list[Path]:
     return out
 
 
-def rewrite(path: Path, out: Path, *, drop_keys=(), set_kv=None, drop_tensors=()) -> Path:
+def rewrite(path: Path, out: Path, *, drop_keys=(), set_kv=None, drop_tensors=(),
+            kv: Callable[[list[KV]], list[KV]] | None = None,
+            tensors: Callable[[list[OutTensor]], list[OutTensor]] | None = None,
+            alignment: int | None = None, layout: Layout | None = None) -> Path:
     """Copy a GGUF with keys dropped or changed ({key: (vtype, value, item_type)}) and tensors dropped:
-    the broken grafts people publish."""
+    the broken grafts people publish. `kv` and `tensors` edit the lists freely (after the drops);
+    `alignment` (default: the file's) and `layout` (default: the converter's) say how it is written."""
     from ..gguf_io import CONVERTER, GGUFFile, OutTensor, encode_kv, write_gguf
 
     m = GGUFFile(path)  # one file, even a shard of a split set
-    kvs = [kv for kv in m.kv.values() if kv.key not in drop_keys]
+    kvs = [k for k in m.kv.values() if k.key not in drop_keys]
     for key, (vt, val, it) in (set_kv or {}).items():
-        kvs = [encode_kv(key, vt, val, it) if kv.key == key else kv for kv in kvs]
+        kvs = [encode_kv(key, vt, val, it) if k.key == key else k for k in kvs]
     ts = [OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, m.path, m.data_offset + t.offset)
           for t in m.tensors if t.name not in drop_tensors]
     with open(out, "wb") as fh:
-        write_gguf(fh, kvs, ts, alignment=m.alignment, layout=CONVERTER)
+        write_gguf(fh, kv(kvs) if kv else kvs, tensors(ts) if tensors else ts, alignment=alignment or m.alignment,
+                   layout=CONVERTER if layout is None else layout)
     return out
