@@ -3,13 +3,19 @@
 Every error mtpgraft raises on purpose is an MtpgraftError whose class says what kind of failure it
 is; the CLI maps it to one line on stderr and the exit code of its kind (EXIT_CODES, also in the
 README). A signal is not an error: it raises Interrupted, which exits 128 + the signal number.
+
+A message that tells the user which setting to change names it as the library takes it (a `Setting`
+inside a `Text`): str() reads `pass force=True`, and each front end spells it its own way (the CLI's
+error boundary `pass --force`, the recipe runner its recipe key or `run`'s flag).
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 # The exit code per kind of failure (the README's table is this one).
 EXIT_OK = 0
@@ -30,10 +36,85 @@ EXIT_CODES: dict[str, int] = {
 }
 
 
+@dataclass(frozen=True)
+class Setting:
+    """A setting a message names: the library's parameter and, when the message says what to set it
+    to, the value (None: the setting itself). str() is a library caller's spelling: `force=True`."""
+
+    name: str
+    value: Any = None
+
+    def __str__(self) -> str:
+        return self.name if self.value is None else f"{self.name}={self.value!r}"
+
+
+Spelling = Callable[[Setting], str]
+
+
+class Text(str):
+    """A message that names settings: a str whose value is the library's spelling, and which keeps
+    its parts so that a front end can spell each Setting its own way (`spelled`). Joining or adding
+    Texts keeps the parts; an f-string makes a plain str in the library's spelling."""
+
+    parts: tuple[str | Setting, ...]
+
+    def __new__(cls, *parts: str | Setting) -> Text:
+        flat: list[str | Setting] = []
+        for p in parts:
+            flat.extend(p.parts if isinstance(p, Text) else (p,))
+        self = super().__new__(cls, "".join(map(str, flat)))
+        self.parts = tuple(flat)
+        return self
+
+    def spelled(self, spell: Spelling) -> str:
+        return "".join(spell(p) if isinstance(p, Setting) else p for p in self.parts)
+
+    def join(self, items: Any) -> Text:  # type: ignore[override]
+        out: list[str | Setting] = []
+        for i, item in enumerate(items):
+            out += [self, item] if i else [item]
+        return Text(*out)
+
+    def __add__(self, other: str) -> Text:  # type: ignore[override]
+        return Text(self, other)
+
+    def __radd__(self, other: str) -> Text:
+        return Text(other, self)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickle (Ray) and deepcopy (dataclasses.asdict)
+        return (Text, self.parts)
+
+
+def spelled(message: object, spell: Spelling) -> str:
+    """`message` with its settings spelled by `spell` (a plain str or an error's text as it is)."""
+    if isinstance(message, BaseException):
+        message = message.args[0] if len(message.args) == 1 else str(message)
+    return message.spelled(spell) if isinstance(message, Text) else str(message)
+
+
+def respelled(obj: Any, spell: Spelling) -> Any:
+    """A JSON-shaped value (dicts, lists, tuples) with every Text in it spelled by `spell`."""
+    if isinstance(obj, Text):
+        return obj.spelled(spell)
+    if isinstance(obj, dict):
+        return {k: respelled(v, spell) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [respelled(v, spell) for v in obj]
+    return obj
+
+
 class MtpgraftError(Exception):
-    """Base of every error mtpgraft raises on purpose. `exit_code` is what the CLI exits with."""
+    """Base of every error mtpgraft raises on purpose. `exit_code` is what the CLI exits with.
+
+    The message is one str, or parts (str and Setting) that make one Text: raise
+    OutputExistsError(f"{target} exists; pass ", Setting("force", True), " to overwrite it")."""
 
     exit_code = EXIT_INPUT
+
+    def __init__(self, *parts: Any) -> None:
+        if any(isinstance(p, Setting) for p in parts):
+            parts = (Text(*parts),)
+        super().__init__(*parts)
 
 
 class VerdictFailedError(MtpgraftError):

@@ -21,15 +21,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import OutputExistsError, OutputWriteError, UsageError, signals_held
+from .errors import OutputExistsError, OutputWriteError, Setting, Text, UsageError, signals_held
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def check_outputs(outputs: Iterable[str | os.PathLike[str]], inputs: Iterable[str | os.PathLike[str]] = (),
                   *, force: bool) -> None:
-    """Refuse an output that is one of the inputs (always), a directory, an existing file without
-    --force, or one whose directory does not exist."""
+    """Refuse an output that is one of the inputs (always), a directory, an existing file unless
+    `force`, or one whose directory does not exist."""
     ins = [Path(i) for i in inputs]
     for o in map(Path, outputs):
         for i in ins:
@@ -43,8 +43,8 @@ def check_outputs(outputs: Iterable[str | os.PathLike[str]], inputs: Iterable[st
             raise UsageError(f"output directory {o.parent} does not exist")
 
 
-def _exists(target: Path) -> str:
-    return f"{target} exists; pass --force to overwrite it"
+def _exists(target: Path) -> Text:
+    return Text(f"{target} exists; pass ", Setting("force", True), " to overwrite it")
 
 
 def free_bytes(path: str | os.PathLike[str]) -> int:

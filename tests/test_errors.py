@@ -186,7 +186,7 @@ def test_install_never_replaces_without_force(tmp_path):
     target.write_text("first")
     with PendingOutput(target) as p:
         p.path.write_text("second")
-        with pytest.raises(OutputExistsError, match=f"^{re.escape(str(target))} exists; pass --force"):
+        with pytest.raises(OutputExistsError, match=f"^{re.escape(str(target))} exists; pass force=True"):
             p.install(force=False)
     assert target.read_text() == "first" and sorted(x.name for x in tmp_path.iterdir()) == ["out"]
     with atomic_write(target, force=True) as fh:
@@ -212,3 +212,48 @@ def test_free_space_is_checked_before_a_long_write(tmp_path):
                                                r"needs 1,000,000,000,000,000,000 bytes \(.* MB\), [\d,]+ bytes"):
         ensure_space(tmp_path / "x", 10**18)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- settings in messages: the library's names, the CLI's flags ------------------------------
+
+
+def test_a_text_keeps_its_settings_through_joins_pickles_and_plans():
+    import copy
+    import pickle
+    from dataclasses import asdict, dataclass
+
+    from mtpgraft.commands.common import flag
+    from mtpgraft.errors import Setting, Text, respelled, spelled
+
+    t = Text("out.gguf exists; pass ", Setting("force", True), " to overwrite it")
+    assert t == "out.gguf exists; pass force=True to overwrite it" and isinstance(t, str)
+    assert t.spelled(lambda s: flag(s, "quantize")) == "out.gguf exists; pass --force to overwrite it"
+    joined = "refusing: " + Text("; ").join([t, Text("or ", Setting("verify", False))])
+    assert isinstance(joined, Text) and str(joined).endswith("; or verify=False")
+    assert spelled(joined, lambda s: flag(s, "push")).endswith("overwrite it; or --no-verify")
+    assert spelled(OutputExistsError(t), lambda s: flag(s, "push")) == "out.gguf exists; pass --force to overwrite it"
+    for back in (pickle.loads(pickle.dumps(OutputExistsError(t))).args[0], copy.deepcopy(t)):
+        assert isinstance(back, Text) and back.parts == t.parts
+
+    @dataclass(frozen=True)
+    class Plan:
+        warnings: tuple[str, ...]
+
+    d = asdict(Plan((Text(Setting("repo_id"), " 'x' is not OWNER/NAME"), "plain")))
+    assert respelled(d, lambda s: flag(s, "push")) == {"warnings": ["--repo 'x' is not OWNER/NAME", "plain"]}
+    assert flag(Setting("mtp_type", "q8_0"), "quantize") == "--mtp-type q8_0"
+    assert flag(Setting("ctx_size"), "check") == "--ctx" and flag(Setting("ctx_size"), "quality") == "--ctx-size"
+
+
+def test_library_messages_name_settings_and_the_cli_names_flags(pair, tmp_path):
+    """The same mistake through the library (its parameter names) and through the CLI (its flags)."""
+    from mtpgraft.outputs import check_outputs
+
+    base, src = pair
+    out = tmp_path / "o.gguf"
+    out.write_bytes(b"precious")
+    with pytest.raises(OutputExistsError) as e:
+        check_outputs([out], [base], force=False)
+    assert str(e.value) == f"{out} exists; pass force=True to overwrite it" and "--" not in str(e.value)
+    r = CliRunner().invoke(cli, ["attach", str(base), "--mtp-from", str(src), "-o", str(out)])
+    assert r.exit_code == 4 and r.output.strip() == f"mtpgraft: error: {out} exists; pass --force to overwrite it"

@@ -4,6 +4,9 @@ The boundary is the only place that turns an error into an exit: every MtpgraftE
 line `mtpgraft: error: ...` and the exit code of its kind (mtpgraft.errors.EXIT_CODES); SIGINT,
 SIGTERM and SIGHUP become Interrupted, which stops the children and removes the temporary outputs
 before the line `mtpgraft: error: interrupted (SIGTERM)` and exit 128 + the signal number.
+
+Library messages name settings as the library takes them (errors.Setting: `force=True`); everything
+a command prints (errors, warnings, JSON) spells them as that command's flags (`--force`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,16 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_OUTPUT, Interrupted, MtpgraftError, ServerError, ToolFailedError
+from ..errors import (
+    EXIT_OUTPUT,
+    Interrupted,
+    MtpgraftError,
+    ServerError,
+    Setting,
+    ToolFailedError,
+    respelled,
+    spelled,
+)
 
 
 class _State:
@@ -30,6 +42,35 @@ class _State:
 
 STATE = _State()
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+# A command's flag for a library setting, where it is not the setting's name with dashes
+# (--force for force, --no-verify for verify=False, --mtp-type q8_0 for mtp_type="q8_0").
+FLAG_NAMES: dict[str, dict[str, str]] = {
+    "push": {"repo_id": "--repo", "report_dirs": "--report"},
+    "card": {"repo_id": "--repo", "report_dirs": "--report"},
+    "check": {"ctx_size": "--ctx", "temperatures": "--temperature"},
+    "quality": {"reports": "--check-report"},
+}
+
+
+def flag(setting: Setting, command: str | None = None) -> str:
+    """`setting` as the flag of `command` (default: the command running now) that sets it."""
+    if command is None:
+        ctx = click.get_current_context(silent=True)
+        command = ctx.command.name if ctx is not None else None
+    name = FLAG_NAMES.get(command or "", {}).get(setting.name, "--" + setting.name.replace("_", "-"))
+    value = setting.value
+    if value is None or value is True:
+        return name
+    if value is False:
+        return "--no-" + name.removeprefix("--")
+    return f"{name} {value}"
+
+
+def cli_text(message: object) -> str:
+    """A library message (or error) as the running command says it: its settings as flags."""
+    return spelled(message, flag)
 
 
 def _fail(message: str, code: int) -> None:
@@ -104,7 +145,7 @@ def error_boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
             _restore_handlers(old)
             if STATE.debug:
                 raise
-            click.echo(f"mtpgraft: error: {e}", err=True)
+            click.echo(f"mtpgraft: error: {cli_text(e)}", err=True)
             if isinstance(e, (ToolFailedError, ServerError)):
                 _show_tail(e)
             sys.exit(e.exit_code)
@@ -185,7 +226,7 @@ def layout_from(layout: str, no_reflink: bool):  # noqa: ANN201 - gguf_io.Layout
 
 
 def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    click.echo(json.dumps(respelled(obj, flag), indent=2, sort_keys=False, default=str))
 
 
 def emit_dry_run(plan: Any, text: str, as_json: bool) -> None:
@@ -210,9 +251,9 @@ def progress_bar(total: int, *, unit: str = "B", desc: str = ""):
 
 
 def warn(msg: str) -> None:
-    click.echo(f"mtpgraft: warning: {msg}", err=True)
+    click.echo(f"mtpgraft: warning: {cli_text(msg)}", err=True)
 
 
 def info(msg: str) -> None:
     if not STATE.quiet:
-        click.echo(f"mtpgraft: {msg}", err=True)
+        click.echo(f"mtpgraft: {cli_text(msg)}", err=True)
