@@ -298,3 +298,25 @@ def test_synthetic_specs_are_the_runnable_layout(tmp_path):
     assert [n for n, _ in small if n.startswith("blk.8.")][0] == "blk.8.nextn.eh_proj.weight"
     assert dict(small)["blk.8.ffn_down_exps.weight"] == (32, 64, 4)
     assert "blk.7.attn_q.weight" in dict(small) and "blk.6.ssm_out.weight" in dict(small)
+
+
+def test_make_model_writes_the_blocks_order_and_splits_evenly(tmp_path):
+    """make_model (graft, Hub and signal tests) writes qwen35_specs(order="blocks") at small_dims: the
+    MTP block starts with attn_norm, output comes last; shards=3 divides those tensors over 3 files."""
+    from mtpgraft.gguf_io import GGUFModel
+    from mtpgraft.testmodels.synthetic import make_model, qwen35_specs, small_dims
+
+    for arch in tm.ARCHES:
+        for layout in tm.LAYOUTS:
+            path = make_model(tmp_path / f"{arch}-{layout}.gguf", arch=arch, layout=layout, trunk=5)
+            got = [(t.name, tuple(int(x) for x in t.shape)) for t in GGUFReader(path).tensors]
+            assert got == qwen35_specs(arch, trunk=5, layout=layout, dims=small_dims(), order="blocks"), (arch, layout)
+            if layout != "base":
+                assert [n for n, _ in got if n.startswith("blk.5.")][0] == "blk.5.attn_norm.weight"
+            assert got[0][0] == "token_embd.weight" and got[-1][0] == "output.weight"
+    (tmp_path / "split").mkdir()
+    make_model(tmp_path / "split" / "M.gguf", shards=3)
+    shards = sorted((tmp_path / "split").glob("*.gguf"))
+    assert [s.name for s in shards] == [f"M-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    whole = make_model(tmp_path / "whole.gguf")
+    assert [r.name for r in GGUFModel(shards[0]).refs] == [r.name for r in GGUFModel(whole).refs]
