@@ -23,6 +23,9 @@ DEFAULT_BLOCK = 4096
 _MAX_BLOCK = 1 << 20
 _STEP = 1 << 30  # big calls, as cp does; a multiple of every block size
 
+_FICLONERANGE = 0x4020940D  # linux/fs.h: _IOW(0x94, 13, struct file_clone_range)
+_CLONE_RANGE = struct.Struct("=qQQQ")  # src_fd, src_offset, src_length, dest_offset
+
 # linux/fiemap.h
 _FS_IOC_FIEMAP = 0xC020660B
 _FIEMAP_EXTENT_LAST = 0x1
@@ -44,6 +47,20 @@ def block_size(fd: int) -> int:
     if DEFAULT_BLOCK <= b <= _MAX_BLOCK and not b & (b - 1):
         return b
     return DEFAULT_BLOCK
+
+
+def can_clone(src_fd: int, dst_fd: int) -> bool:
+    """Whether `dst` can share blocks of `src` (the same copy-on-write filesystem: btrfs, XFS with
+    reflink=1, ZFS with block cloning), found by cloning src's first block into dst at offset 0.
+    dst's contents there are not kept: call it on a file about to be written from the start."""
+    block = block_size(dst_fd)
+    try:
+        if os.fstat(src_fd).st_size < block:
+            return False
+        fcntl.ioctl(dst_fd, _FICLONERANGE, _CLONE_RANGE.pack(src_fd, 0, block, 0))
+    except OSError:  # EOPNOTSUPP, EXDEV, EINVAL, ENOTTY: the kernel copies instead
+        return False
+    return True
 
 
 def copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, count: int, *, clone: bool = True,

@@ -768,6 +768,38 @@ def _bind_mtp(plan: GraftPlan, shards: list[_ShardSpec], located: dict[str, tupl
             s.tensors[j] = OutTensor(t.name, t.ne, t.ggml_type, t.nbytes, produce=_convert_chunks(r, a.to_type))
 
 
+def _shared_bytes(shards: list[_ShardSpec], layout: Layout) -> int:
+    """Bytes the outputs will share with an input instead of writing them: each shard's aligned run
+    (the input it copies most from; see gguf_io.Layout) where the filesystem clones between the
+    two. The free-space check asks only for the rest: on btrfs a graft needs room for its MTP
+    block, not for a second body. The estimate leaves out a block at each end of the run."""
+    from .blocks import can_clone
+
+    if not (layout.align and layout.clone):
+        return 0
+    total = 0
+    with PendingOutput(shards[0].path) as probe:
+        fd = os.open(probe.path, os.O_WRONLY)
+        try:
+            for s in shards:
+                by_src: dict[Path, int] = {}
+                for t in s.tensors:
+                    if t.src_path is not None:
+                        by_src[t.src_path] = by_src.get(t.src_path, 0) + t.nbytes
+                if not by_src:
+                    continue
+                src, n = max(by_src.items(), key=lambda kv: kv[1])
+                sfd = os.open(src, os.O_RDONLY)
+                try:
+                    if can_clone(sfd, fd):
+                        total += max(0, n - 2 * os.fstatvfs(fd).f_bsize)
+                finally:
+                    os.close(sfd)
+        finally:
+            os.close(fd)
+    return total
+
+
 def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None,
                layout: Layout = REFLINK) -> list[Path]:
     """Write the planned output(s): temporary files beside the targets, renamed only on success.
@@ -776,8 +808,8 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
     progress = progress or (lambda n: None)
     outputs = [s.path for s in plan._shards]
     check_outputs(outputs, force=plan.force)  # they may have appeared since planning
-    ensure_space(outputs[0], plan.output_bytes)  # all shards go to one folder
     shards = [_ShardSpec(s.path, list(s.kvs), list(s.tensors)) for s in plan._shards]  # the plan stays as it was
+    ensure_space(outputs[0], plan.output_bytes - _shared_bytes(shards, layout))  # all shards go to one folder
     key = f"{PROV}mtp.source_sha256"
     digest: _Digest | None = None
     with contextlib.ExitStack() as stack:

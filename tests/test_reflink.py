@@ -16,6 +16,7 @@ import gguf
 import pytest
 from helpers import tensor_bytes
 
+from mtpgraft.errors import OutputWriteError
 from mtpgraft.gguf_io import CONVERTER, PAD_KEY, GGUFFile, GGUFModel, Layout
 from mtpgraft.graft import apply_plan, block_sharing, plan_attach, plan_detach, plan_extract
 from mtpgraft.testmodels import CODE_PROMPT, build_tiny_model
@@ -216,6 +217,38 @@ def test_btrfs_attach_shares_the_base_extents_and_costs_only_the_mtp_bytes(btrfs
         apply_plan(p, layout=layout)
         assert _used(btrfs) - before > body
         assert block_sharing(p).shared_bytes < body / 10, name
+
+
+def test_btrfs_graft_needs_room_for_the_mtp_block_not_a_second_body(btrfs, on_btrfs):
+    """With less free space than the body but more than the MTP block, the reflinked graft is
+    written (the free-space check counts only what is not shared) and a copying one is refused
+    before it writes anything."""
+    from mtpgraft.outputs import free_bytes
+
+    body = GGUFModel(on_btrfs["base"]).tensor_bytes_total()
+    plan = plan_attach(on_btrfs["base"], on_btrfs["full"], btrfs / "tight.gguf")
+    mtp = sum(a.bytes_out for a in plan.tensors)
+    filler = btrfs / "filler"
+    try:
+        with open(filler, "wb") as f:  # fill up to mtp + body/2 free, as btrfs counts it
+            size = 0
+            while free_bytes(btrfs) > mtp + body // 2 + (1 << 20):
+                step = max(1 << 20, (free_bytes(btrfs) - mtp - body // 2) // 2)
+                os.posix_fallocate(f.fileno(), size, step)
+                size += step
+                os.sync()
+        assert mtp + (1 << 20) < free_bytes(btrfs) < plan.output_bytes
+        with pytest.raises(OutputWriteError, match="not enough space"):
+            apply_plan(plan_attach(on_btrfs["base"], on_btrfs["full"], btrfs / "tight-copied.gguf"),
+                       layout=Layout(clone=False))
+        assert not (btrfs / "tight-copied.gguf").exists()
+        assert not [p for p in btrfs.iterdir() if p.name.endswith(".mtpgraft-tmp")]
+        apply_plan(plan)
+        assert block_sharing(plan).shared_fraction > 0.99
+        assert GGUFModel(btrfs / "tight.gguf").tensor_bytes_total() == plan.output_bytes
+    finally:
+        filler.unlink(missing_ok=True)
+        (btrfs / "tight.gguf").unlink(missing_ok=True)
 
 
 @pytest.mark.tools
