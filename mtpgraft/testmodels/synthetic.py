@@ -136,7 +136,10 @@ def make_model(path: Path, *, arch: str = "qwen35", trunk: int = 4, layout: str 
 
     def keys(w: gguf.GGUFWriter) -> None:
         for key, (vtype, value) in kv.items():
-            w.add_array(key, value) if vtype == V.ARRAY else w.add_key_value(key, value, vtype)  # type: ignore[arg-type]
+            if vtype == V.ARRAY:
+                w.add_array(key, value)  # type: ignore[arg-type]  (skips an empty one, as gguf-py's helpers do)
+            else:
+                w.add_key_value(key, value, vtype)
 
     dims = small_dims(n_embd=n_embd, n_ff=n_ff, vocab=vocab)
     tensors = _random_tensors(arch, trunk=trunk, layout=layout, dims=dims, wtype=wtype, seed=seed,
