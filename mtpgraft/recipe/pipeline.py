@@ -348,9 +348,7 @@ def run_recipe(recipe: Recipe, *, only: Sequence[str] | None = None, resume: boo
 
 def describe_state(recipe: Recipe) -> list[tuple[str, str]]:
     """(step, what the state records for it) for every step of the recipe."""
-    st = State(Path(recipe.work_dir))
-    return [(s, "not run" if (rec := st.get(s)) is None else f"{rec.status} {rec.finished}")
-            for s in step_ids(recipe)]
+    return [(s.step, s.recorded or "not run") for s in plan_recipe(recipe).steps]
 
 
 __all__ = ["PIPELINE", "StepFailed", "execute_step", "plan_recipe", "run_recipe", "select_steps"]

@@ -26,6 +26,7 @@ from typing import Any
 from ..errors import RecipeError
 from .pipeline import Schedule, StepResult, build_steps, execute_step
 from .schema import Recipe
+from .state import State
 from .steps import Context, Step
 
 PROGRESS_EVERY_S = 5.0
@@ -60,11 +61,11 @@ def run_step_task(recipe: Recipe, step_id: str, token: str, llama_cpp: str | Non
 
     node = ray.get_runtime_context().get_node_id()[:8]
     where = f"{socket.gethostname()} node {node} pid {os.getpid()}"
-    state = Path(recipe.work_dir) / "state"
-    if not (state / f".driver-{token}").is_file():  # the driver wrote it there just before
+    state = State(Path(recipe.work_dir))
+    if not (state.dir / f".driver-{token}").is_file():  # the driver wrote it there just before
         return StepResult(step_id, "failed", message=f"the work dir {recipe.work_dir} is not visible on "
                           f"{socket.gethostname()}: every node needs it on a shared filesystem", where=where)
-    running = state / (step_id.replace(":", "-") + ".running")
+    running = state.file(step_id, ".running")
 
     def emit(step: str, msg: str) -> None:
         with open(running, "a", encoding="utf-8") as f:
@@ -116,9 +117,8 @@ class _Driver:
         self.ctx.emit(step.id, f"{res.status} on {res.where or '?'}: {res.message}{tail}")
 
     def run(self) -> tuple[StepResult, ...]:
-        state = Path(self.r.work_dir) / "state"
-        state.mkdir(parents=True, exist_ok=True)
-        marker = state / f".driver-{self.token}"  # each task checks it sees this file
+        self.ctx.state.dir.mkdir(parents=True, exist_ok=True)
+        marker = self.ctx.state.dir / f".driver-{self.token}"  # each task checks it sees this file
         marker.write_text(f"{socket.gethostname()} pid {os.getpid()}\n", encoding="utf-8")
         try:
             while True:
@@ -140,10 +140,9 @@ class _Driver:
 
     def progress(self) -> None:
         """One line: steps done, what runs where (and its last event), bytes written so far."""
-        state = Path(self.r.work_dir) / "state"
         running = []
         for step, _ in self.inflight.values():
-            lines = _read_lines(state / (step.id.replace(":", "-") + ".running"))
+            lines = _read_lines(self.ctx.state.file(step.id, ".running"))
             running.append(f"{step.id} on {lines[0]}" + (f" ({lines[-1]})" if len(lines) > 1 else "")
                            if lines else f"{step.id} (queued)")
         view = (f"{len(self.sched.results)}/{self.total} steps done; running: {', '.join(running) or '-'}; "
@@ -165,7 +164,7 @@ class _Driver:
         for ref in left:  # a task that did not stop: kill its worker (its cleanup will not run)
             self.ray.cancel(ref, force=True)
             step, _ = self.inflight[ref]
-            (Path(self.r.work_dir) / "state" / (step.id.replace(":", "-") + ".running")).unlink(missing_ok=True)
+            self.ctx.state.file(step.id, ".running").unlink(missing_ok=True)
         self.inflight.clear()
 
 

@@ -136,14 +136,16 @@ class Recipe:
         return p if p.is_absolute() else self.base_dir / p
 
     def check_types(self) -> tuple[str, ...]:
-        if self.check is None or not self.check.enabled:
-            return ()
-        return self.check.types if self.check.types is not None else self.quantize.types
+        return self._types(self.check)
 
     def quality_types(self) -> tuple[str, ...]:
-        if self.quality is None or not self.quality.enabled:
+        return self._types(self.quality)
+
+    def _types(self, s: CheckSection | QualitySection | None) -> tuple[str, ...]:
+        """The types a [check] or [quality] covers: its own list, else every [quantize] type."""
+        if s is None or not s.enabled:
             return ()
-        return self.quality.types if self.quality.types is not None else self.quantize.types
+        return s.types if s.types is not None else self.quantize.types
 
     def resources_for(self, kind: str) -> Resources:
         return dict(self.resources).get(kind, Resources())

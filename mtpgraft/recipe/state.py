@@ -58,7 +58,8 @@ class State:
         self.work = Path(work_dir)
         self.dir = self.work / "state"
 
-    def _file(self, step: str, suffix: str = ".json") -> Path:
+    def file(self, step: str, suffix: str = ".json") -> Path:
+        """The step's file in WORK/state: its record (.json), lock (.lock), in-flight marker (.running)."""
         return self.dir / (step.replace(":", "-") + suffix)
 
     def records(self) -> list[StepRecord]:
@@ -73,11 +74,11 @@ class State:
             return None
 
     def get(self, step: str) -> StepRecord | None:
-        return self._read(self._file(step))
+        return self._read(self.file(step))
 
     def put(self, rec: StepRecord) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        f = self._file(rec.step)
+        f = self.file(rec.step)
         write_text(f, json.dumps(asdict(rec), indent=2, sort_keys=True) + "\n")
 
     def record(self, step: str, key: str, started: str, seconds: float, outputs: Sequence[Path],
@@ -121,7 +122,7 @@ class State:
         import fcntl
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._file(step, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.file(step, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,5 +1,6 @@
-"""One object per pipeline stage. Each knows its key (settings + input hashes), what it would do
-(`describe`, pure: for the plan), what it needs from a scheduler (`resources`) and how to `run`.
+"""One object per pipeline stage: what it would do (`describe`, pure: for the plan), what its key
+hashes (`params` and `inputs`), what it asks a scheduler for (`resources`) and how it runs (`run`,
+calling the stage's own plan and run functions).
 
 Steps read what earlier steps made from those steps' state records, never from memory, so a step
 runs the same in this process, in another process on the same work dir, or as a cluster task."""
@@ -13,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MtpgraftError, RecipeError
+from ..hashing import sha256_file
 from .schema import HubSection, Recipe, Resources
-from .state import State, content_key, hash_files
+from .state import State, content_key
 
 BUILTIN = "builtin:"
 BUILTIN_CALIBRATION = {"calibration-tiny": "calibration-tiny.txt"}
@@ -62,6 +64,20 @@ class Context:
     def imatrix(self) -> Path | None:
         return self.upstream("imatrix", "imatrix") if self.recipe.imatrix is not None else None
 
+    def quants(self, types: tuple[str, ...]) -> list[Path]:
+        return [self.upstream(f"quantize:{t}", "path") for t in types]
+
+    def input(self, table: str, key: str) -> Path:
+        """A recipe input file: `builtin:` models and texts, else a path relative to the recipe."""
+        spec = getattr(getattr(self.recipe, table), key)
+        if spec.startswith(BUILTIN) and key != "file":  # an imatrix file is never built in
+            return (resolve_calibration(spec) if key == "calibration"
+                    else resolve_builtin_model(spec, self.work / "sources"))
+        p = self.recipe.input_path(spec)
+        if not p.is_file():
+            raise RecipeError(f"[{table}] {key}: {p} not found")
+        return p
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -78,10 +94,23 @@ class Step:
         self.r, self.type = recipe, quant_type
         self.id = f"{self.kind}:{quant_type}" if quant_type else self.kind
 
-    def describe(self) -> str:
-        raise NotImplementedError
+    @property
+    def s(self) -> Any:
+        """The recipe table this step runs with ([model] for the graft, [hub] for the push)."""
+        return getattr(self.r, {"graft": "model", "push": "hub"}.get(self.kind, self.kind))
 
     def key(self, ctx: Context) -> str:
+        """sha256 over the step's id, its settings and the sha256 of each input file."""
+        return content_key(self.id, self.params(),
+                           {name: sha256_file(p) for name, p in self.inputs(ctx).items()})
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self.s)
+
+    def inputs(self, ctx: Context) -> dict[str, Path]:  # a stable name -> the file
+        raise NotImplementedError
+
+    def describe(self) -> str:
         raise NotImplementedError
 
     def run(self, ctx: Context) -> Outcome:
@@ -97,19 +126,26 @@ class Step:
                          gpus=default.gpus if own.gpus is None else own.gpus)
 
 
-def _offloads(args: tuple[str, ...]) -> bool:
-    """Whether llama.cpp args put layers on a GPU (-ngl N with N != 0)."""
+def _server_resources(args: tuple[str, ...], threads: int | None) -> Resources:
+    """llama-imatrix / llama-server: a GPU when their args offload layers (-ngl N, N != 0), else
+    their threads in CPUs."""
     for i, a in enumerate(args):
         flag, _, val = a.partition("=")
         if flag in _GPU_FLAGS:
-            val = val or (args[i + 1] if i + 1 < len(args) else "")
-            return val.strip() not in ("0", "")
-    return False
+            if (val or (args[i + 1] if i + 1 < len(args) else "")).strip() not in ("0", ""):
+                return Resources(cpus=1.0, gpus=1.0)
+            break
+    return Resources(cpus=float(threads or 1), gpus=0.0)
 
 
-def _server_resources(args: tuple[str, ...], threads: int | None) -> Resources:
-    """llama-imatrix / llama-server: a GPU when their args offload layers, else their threads in CPUs."""
-    return Resources(cpus=1.0, gpus=1.0) if _offloads(args) else Resources(cpus=float(threads or 1), gpus=0.0)
+def _by_name(files: list[Path]) -> dict[str, Path]:
+    return {p.name: p for p in files}
+
+
+def _model_files(p: Path) -> list[Path]:
+    from ..gguf_io import GGUFModel
+
+    return GGUFModel(p).paths
 
 
 # --------------------------------------------------------------------------- inputs
@@ -133,32 +169,18 @@ def resolve_builtin_model(spec: str, dest_dir: Path) -> Path:
     return path
 
 
-def resolve_calibration(recipe: Recipe, spec: str) -> Path:
-    if spec.startswith(BUILTIN):
-        key = spec[len(BUILTIN):]
-        if key not in BUILTIN_CALIBRATION:
-            raise RecipeError(f"unknown built-in calibration {spec!r} (known: "
-                              f"{', '.join(BUILTIN + k for k in BUILTIN_CALIBRATION)})")
-        from importlib import resources
+def resolve_calibration(spec: str) -> Path:
+    """`builtin:calibration-tiny`: the small calibration text shipped with mtpgraft."""
+    from importlib import resources
 
-        p = Path(str(resources.files("mtpgraft") / "data" / BUILTIN_CALIBRATION[key]))
-        if not p.is_file():
-            raise RecipeError(f"{spec}: {p} is missing from the mtpgraft installation")
-        return p
-    p = recipe.input_path(spec)
+    key = spec[len(BUILTIN):]
+    if key not in BUILTIN_CALIBRATION:
+        raise RecipeError(f"unknown built-in calibration {spec!r} (known: "
+                          f"{', '.join(BUILTIN + k for k in BUILTIN_CALIBRATION)})")
+    p = Path(str(resources.files("mtpgraft") / "data" / BUILTIN_CALIBRATION[key]))
     if not p.is_file():
-        raise RecipeError(f"[imatrix] calibration: {p} not found")
+        raise RecipeError(f"{spec}: {p} is missing from the mtpgraft installation")
     return p
-
-
-def _model_files(p: Path) -> list[Path]:
-    from ..gguf_io import GGUFModel
-
-    return GGUFModel(p).paths
-
-
-def _named_hashes(files: list[Path]) -> dict[str, str]:
-    return {Path(k).name: v for k, v in hash_files(files).items()}
 
 
 # --------------------------------------------------------------------------- the stages
@@ -167,31 +189,22 @@ def _named_hashes(files: list[Path]) -> dict[str, str]:
 class GraftStep(Step):
     kind = "graft"
 
-    def _input(self, ctx: Context, spec: str, what: str) -> Path:
-        if spec.startswith(BUILTIN):
-            return resolve_builtin_model(spec, ctx.work / "sources")
-        p = self.r.input_path(spec)
-        if not p.is_file():
-            raise RecipeError(f"[model] {what}: {p} not found")
-        return p
-
     def _inputs(self, ctx: Context) -> tuple[Path, Path | None]:
-        m = self.r.model
-        return self._input(ctx, m.base, "base"), self._input(ctx, m.mtp_from, "mtp_from") if m.mtp_from else None
+        return ctx.input("model", "base"), ctx.input("model", "mtp_from") if self.s.mtp_from else None
 
     def describe(self) -> str:
-        m = self.r.model
-        if not m.mtp_from:
-            return f"use {m.base} as it is (it must hold an MTP block)"
-        return (f"attach the MTP block of {m.mtp_from} to {m.base} -> {self.r.name}.gguf"
-                f" (MTP type {m.graft_mtp_type or 'the base float type'})")
+        if not self.s.mtp_from:
+            return f"use {self.s.base} as it is (it must hold an MTP block)"
+        return (f"attach the MTP block of {self.s.mtp_from} to {self.s.base} -> {self.r.name}.gguf"
+                f" (MTP type {self.s.graft_mtp_type or 'the base float type'})")
 
-    def key(self, ctx: Context) -> str:
+    def params(self) -> dict[str, Any]:
+        return {"mtp_from": bool(self.s.mtp_from), "graft_mtp_type": self.s.graft_mtp_type,
+                "replace": self.s.replace_mtp}
+
+    def inputs(self, ctx: Context) -> dict[str, Path]:
         base, src = self._inputs(ctx)
-        m = self.r.model
-        return content_key(self.id, {"mtp_from": bool(src), "graft_mtp_type": m.graft_mtp_type,
-                                     "replace": m.replace_mtp},
-                           _named_hashes(_model_files(base) + (_model_files(src) if src else [])))
+        return _by_name(_model_files(base) + (_model_files(src) if src else []))
 
     def run(self, ctx: Context) -> Outcome:
         from ..graft import apply_plan, plan_attach
@@ -207,10 +220,9 @@ class GraftStep(Step):
                                   "holding one (a full MTP model or an mtp-*.gguf sidecar)")
             ctx.emit(self.id, f"{base.name} already has its MTP block (nothing to graft)")
             return Outcome("base has MTP", (), {"model": ctx.state.rel(base), "grafted": False})
-        plan = plan_attach(base, src, ctx.work / f"{self.r.name}.gguf", mtp_type=self.r.model.graft_mtp_type,
-                           replace=self.r.model.replace_mtp, force=True, llama_cpp=ctx.llama_cpp)
-        for w in plan.warnings:
-            ctx.emit(self.id, f"warning: {w}")
+        plan = plan_attach(base, src, ctx.work / f"{self.r.name}.gguf", mtp_type=self.s.graft_mtp_type,
+                           replace=self.s.replace_mtp, force=True, llama_cpp=ctx.llama_cpp)
+        _warn(ctx, self, plan.warnings)
         ctx.emit(self.id, f"attaching the MTP block of {src.name} to {base.name}")
         written = apply_plan(plan)
         rep = inspect_model(written[0])
@@ -221,66 +233,46 @@ class GraftStep(Step):
 
 
 class ImatrixStep(Step):
+    """llama-imatrix over the calibration text, or the recipe's given imatrix file."""
+
     kind = "imatrix"
 
-    def _out(self, ctx: Context) -> Path:
-        return ctx.work / f"{self.r.name}.imatrix.gguf"
-
     def describe(self) -> str:
-        s = self.r.imatrix
-        assert s is not None
-        if s.file:
-            return f"use the given imatrix {s.file}"
-        return (f"llama-imatrix on the grafted model with {s.calibration} (ctx {s.ctx or 'default'}, "
-                f"chunks {s.chunks or 'all'}) -> {self.r.name}.imatrix.gguf")
+        if self.s.file:
+            return f"use the given imatrix {self.s.file}"
+        return (f"llama-imatrix on the grafted model with {self.s.calibration} (ctx {self.s.ctx or 'default'}, "
+                f"chunks {self.s.chunks or 'all'}) -> {self.r.name}.imatrix.gguf")
 
     def default_resources(self) -> Resources:
-        s = self.r.imatrix
-        assert s is not None
-        return _server_resources(s.extra_args, s.threads)
+        return _server_resources(self.s.extra_args, self.s.threads)
 
-    def key(self, ctx: Context) -> str:
-        s = self.r.imatrix
-        assert s is not None
-        if s.file:
-            given = self._given()
-            return content_key(self.id, {"file": True}, {given.name: hash_files([given])[str(given)]})
-        assert s.calibration is not None
-        model, cal = ctx.model(), resolve_calibration(self.r, s.calibration)
-        h = hash_files([model, cal])
-        return content_key(self.id, {"ctx": s.ctx, "chunks": s.chunks, "batch": s.batch,
-                                     "extra": list(s.extra_args)},
-                           {"model": h[str(model)], "calibration": h[str(cal)]})
+    def params(self) -> dict[str, Any]:
+        s = self.s
+        return {"file": True} if s.file else {"ctx": s.ctx, "chunks": s.chunks, "batch": s.batch,
+                                              "extra": list(s.extra_args)}
 
-    def _given(self) -> Path:
-        assert self.r.imatrix is not None and self.r.imatrix.file
-        given = self.r.input_path(self.r.imatrix.file)
-        if not given.is_file():
-            raise RecipeError(f"[imatrix] file: {given} not found")
-        return given
+    def inputs(self, ctx: Context) -> dict[str, Path]:
+        if self.s.file:
+            return _by_name([ctx.input("imatrix", "file")])
+        return {"model": ctx.model(), "calibration": ctx.input("imatrix", "calibration")}
 
     def run(self, ctx: Context) -> Outcome:
         from ..imatrix import plan_imatrix, read_imatrix, run_imatrix
 
-        s = self.r.imatrix
-        assert s is not None
+        s = self.s
         if s.file:
-            given = self._given()
-            info = read_imatrix(given)
-            return Outcome(f"given: {given.name} ({info.entries} entries)", (given,),
+            given = ctx.input("imatrix", "file")
+            return Outcome(f"given: {given.name} ({read_imatrix(given).entries} entries)", (given,),
                            {"imatrix": ctx.state.rel(given), "given": True})
-        assert s.calibration is not None
-        model, cal, out = ctx.model(), resolve_calibration(self.r, s.calibration), self._out(ctx)
+        model, cal, out = ctx.model(), ctx.input("imatrix", "calibration"), ctx.work / f"{self.r.name}.imatrix.gguf"
         plan = plan_imatrix(model, cal, out, ctx=s.ctx, chunks=s.chunks, batch=s.batch, threads=s.threads,
                             extra_args=s.extra_args, force=True, llama_cpp=ctx.llama_cpp)
         ctx.emit(self.id, f"llama-imatrix on {model.name} with {cal.name}")
-        logs = ctx.work / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        res = run_imatrix(plan, log_path=logs / "imatrix.log")
-        return Outcome(f"{res.info.entries} entries, {res.info.chunk_count} chunks", (out,),
-                       {"imatrix": ctx.state.rel(out), "entries": res.info.entries,
-                        "chunks": res.info.chunk_count, "calibration": cal.name,
-                        "calibration_sha256": plan.calibration_sha256})
+        (ctx.work / "logs").mkdir(parents=True, exist_ok=True)
+        info = run_imatrix(plan, log_path=ctx.work / "logs" / "imatrix.log").info
+        return Outcome(f"{info.entries} entries, {info.chunk_count} chunks", (out,),
+                       {"imatrix": ctx.state.rel(out), "entries": info.entries, "chunks": info.chunk_count,
+                        "calibration": cal.name, "calibration_sha256": plan.calibration_sha256})
 
 
 class QuantizeStep(Step):
@@ -289,44 +281,41 @@ class QuantizeStep(Step):
     def _policy(self) -> str:
         from ..quantize import mtp_policy_for
 
-        return mtp_policy_for(self.r.quantize.mtp_policy(), self.type or "")
+        return mtp_policy_for(self.s.mtp_policy(), self.type or "")
 
     def out_dir(self) -> Path:
-        return State(Path(self.r.work_dir)).abs(self.r.quantize.out_dir)
+        return State(Path(self.r.work_dir)).abs(self.s.out_dir)
 
     def describe(self) -> str:
         from ..quantize import output_names
 
-        q = self.r.quantize
-        single, _ = output_names(q.out_dir, self.r.name, self.type or "")
+        single, _ = output_names(self.s.out_dir, self.r.name, self.type or "")
         return (f"llama-quantize {self.type}, MTP type {self._policy()} -> {single}"
-                + (f" (split above {q.split_max_size})" if q.split_max_size else ""))
+                + (f" (split above {self.s.split_max_size})" if self.s.split_max_size else ""))
 
     def default_resources(self) -> Resources:
-        return Resources(cpus=float(self.r.quantize.threads or 1), gpus=0.0)
+        return Resources(cpus=float(self.s.threads or 1), gpus=0.0)
 
-    def key(self, ctx: Context) -> str:
-        q = self.r.quantize
-        model, imatrix = ctx.model(), ctx.imatrix()
-        h = hash_files([model] + ([imatrix] if imatrix else []))
-        inputs = {"model": h[str(model)]} | ({"imatrix": h[str(imatrix)]} if imatrix else {})
-        return content_key(self.id, {"type": self.type, "mtp_type": self._policy(),
-                                     "split_max_size": q.split_max_size, "name": self.r.name,
-                                     "out_dir": q.out_dir, "allow_requantize": q.allow_requantize}, inputs)
+    def params(self) -> dict[str, Any]:
+        q = self.s
+        return {"type": self.type, "mtp_type": self._policy(), "split_max_size": q.split_max_size,
+                "name": self.r.name, "out_dir": q.out_dir, "allow_requantize": q.allow_requantize}
+
+    def inputs(self, ctx: Context) -> dict[str, Path]:
+        imatrix = ctx.imatrix()
+        return {"model": ctx.model()} | ({"imatrix": imatrix} if imatrix else {})
 
     def run(self, ctx: Context) -> Outcome:
         from ..quantize import plan_quantize, run_quantize
 
-        q = self.r.quantize
+        q = self.s
         threads = q.threads or (max(1, int(self.resources().cpus or 1)) if ctx.pin_threads else None)
         plan = plan_quantize(ctx.model(), [self.type or ""], out_dir=self.out_dir(), name=self.r.name,
                              imatrix=ctx.imatrix(), mtp_type=q.mtp_policy(), split_max_size=q.split_max_size,
                              allow_requantize=q.allow_requantize, jobs=q.jobs, threads=threads, force=True,
                              llama_cpp=ctx.llama_cpp)
-        for w in plan.warnings:
-            ctx.emit(self.id, f"warning: {w}")
-        res = run_quantize(plan, on_event=lambda t, m: ctx.emit(self.id, m), log_dir=ctx.work / "logs")
-        o = res.outputs[0]
+        _warn(ctx, self, plan.warnings)
+        o = run_quantize(plan, on_event=lambda t, m: ctx.emit(self.id, m), log_dir=ctx.work / "logs").outputs[0]
         if not o.ok or o.path is None:
             raise StepFailed(o.reason, log_tail=_tail(o.log))
         return Outcome(f"{o.bytes / 1e6:.1f} MB", tuple(Path(f) for f in o.files),
@@ -339,70 +328,57 @@ class CheckStep(Step):
 
     kind = "check"
 
-    def _report_dir(self) -> Path:
+    def report_dir(self) -> Path:
         return Path(self.r.work_dir) / "checks"
 
     def _prompts(self) -> Path | None:
-        spec = self.r.check
-        return self.r.input_path(spec.prompts) if spec is not None and spec.prompts else None
+        return self.r.input_path(self.s.prompts) if self.s.prompts else None
 
     def describe(self) -> str:
-        spec = self.r.check
-        assert spec is not None
         return (f"llama-server check of the {', '.join(self.r.check_types())} outputs with and "
-                f"without MTP, one plan (n_max {list(spec.n_max)}, min acceptance "
-                f"{spec.min_acceptance}) -> checks/report.json")
+                f"without MTP, one plan (n_max {list(self.s.n_max)}, min acceptance "
+                f"{self.s.min_acceptance}) -> checks/report.json")
 
     def default_resources(self) -> Resources:
-        assert self.r.check is not None
-        return _server_resources(self.r.check.server_args, None)
+        return _server_resources(self.s.server_args, None)
 
-    def _outputs(self, ctx: Context) -> list[Path]:
-        return [ctx.upstream(f"quantize:{t}", "path") for t in self.r.check_types()]
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self.s).items() if k not in ("enabled", "types")}
 
-    def key(self, ctx: Context) -> str:
-        spec = self.r.check
-        assert spec is not None
+    def inputs(self, ctx: Context) -> dict[str, Path]:
         prompts = self._prompts()
-        files = [f for out in self._outputs(ctx) for f in _model_files(out)] + ([prompts] if prompts else [])
-        params = {k: v for k, v in asdict(spec).items() if k not in ("enabled", "types")}
-        return content_key(self.id, params, _named_hashes(files))
+        return _by_name([f for q in ctx.quants(self.r.check_types()) for f in _model_files(q)]
+                        + ([prompts] if prompts else []))
 
-    def plan_for(self, ctx: Context, models: list[Path]) -> Any:
-        """The recipe's check settings for these models (the quality step checks its reference alike)."""
-        from ..check import plan_check, resolve_server
-
-        spec = self.r.check
-        assert spec is not None
-        return plan_check(models, n_max=spec.n_max, temperatures=spec.temperatures,
-                          reps=spec.reps, seed=spec.seed, prompts=self._prompts(),
-                          categories=spec.categories, per_category=spec.per_category,
-                          n_predict=spec.n_predict, ctx_size=spec.ctx, server_args=spec.server_args,
-                          min_acceptance=spec.min_acceptance, min_speedup=spec.min_speedup,
-                          mode=spec.mode, reasoning=spec.reasoning, context_depth=spec.context_depth,
-                          p_min=spec.p_min or (None,), server=resolve_server(ctx.llama_cpp))
-
-    def run(self, ctx: Context) -> Outcome:
-        from ..check import run_check
+    def check(self, ctx: Context, models: list[Path], report_dir: Path, step_id: str) -> tuple[Any, Path]:
+        """These models checked with the recipe's [check] settings, and the report.json written
+        (the quality step checks its reference alike)."""
+        from ..check import plan_check, resolve_server, run_check
         from ..check.report import write_report
 
-        spec = self.r.check
-        assert spec is not None
-        report_dir = self._report_dir()
-        plan = self.plan_for(ctx, self._outputs(ctx))
-        ctx.emit(self.id, f"{plan.n_servers} llama-server runs, {plan.n_requests} requests")
-        result = run_check(plan, log_dir=report_dir / "logs", events=lambda m: ctx.emit(self.id, m))
-        files = write_report(result, report_dir)
+        s = self.s
+        plan = plan_check(models, n_max=s.n_max, temperatures=s.temperatures, reps=s.reps, seed=s.seed,
+                          prompts=self._prompts(), categories=s.categories, per_category=s.per_category,
+                          n_predict=s.n_predict, ctx_size=s.ctx, server_args=s.server_args,
+                          min_acceptance=s.min_acceptance, min_speedup=s.min_speedup, mode=s.mode,
+                          reasoning=s.reasoning, context_depth=s.context_depth, p_min=s.p_min or (None,),
+                          server=resolve_server(ctx.llama_cpp))
+        ctx.emit(step_id, f"{plan.n_servers} llama-server runs, {plan.n_requests} requests" if step_id == self.id
+                 else f"checking the reference {models[0].name} with the check step's settings")
+        result = run_check(plan, log_dir=report_dir / "logs", events=lambda m: ctx.emit(step_id, m))
+        return result, Path(write_report(result, report_dir).json)
+
+    def run(self, ctx: Context) -> Outcome:
+        result, report = self.check(ctx, ctx.quants(self.r.check_types()), self.report_dir(), self.id)
         acc = result.acceptance
         summary = f"verdict {result.verdict}" + (f", acceptance {acc:.3f}" if acc is not None else "")
         if not result.passed:
             raise StepFailed(f"{summary}: {'; '.join(result.reasons)}")
-        ctx.emit(self.id, f"done: {summary} ({ctx.state.rel(files.json)})")
+        ctx.emit(self.id, f"done: {summary} ({ctx.state.rel(report)})")
         by_type = {t: {"verdict": m.verdict, "acceptance": m.acceptance}
                    for t, m in zip(self.r.check_types(), result.models, strict=True)}
-        return Outcome(summary, (Path(files.json),), {"verdict": result.verdict, "acceptance": acc,
-                                                      "report": ctx.state.rel(files.json),
-                                                      "types": by_type})
+        return Outcome(summary, (report,), {"verdict": result.verdict, "acceptance": acc,
+                                            "report": ctx.state.rel(report), "types": by_type})
 
 
 class QualityStep(Step):
@@ -413,42 +389,34 @@ class QualityStep(Step):
 
     def out_dir(self) -> Path:
         # beside the check report, where the card finds quality.json; its own folder without a check
-        return CheckStep(self.r)._report_dir() if self.r.check_types() else Path(self.r.work_dir) / "quality"
+        return CheckStep(self.r).report_dir() if self.r.check_types() else Path(self.r.work_dir) / "quality"
 
     def _text(self) -> Path | None:
-        q = self.r.quality
-        return self.r.input_path(q.text) if q is not None and q.text else None
+        return self.r.input_path(self.s.text) if self.s.text else None
 
     def describe(self) -> str:
-        q = self.r.quality
-        assert q is not None
+        q = self.s
         return (f"llama-perplexity KL divergence of {', '.join(self.r.quality_types())} against the graft "
                 f"output (ctx {q.ctx}{f', {q.chunks} chunks' if q.chunks else ''})"
                 + (", acceptance retention from a check of the reference" if self.r.check_types() else ""))
 
-    def _outputs(self, ctx: Context) -> list[Path]:
-        return [ctx.upstream(f"quantize:{t}", "path") for t in self.r.quality_types()]
+    def params(self) -> dict[str, Any]:
+        return asdict(self.s) | {"check": asdict(self.r.check) if self.r.check_types() else None}
 
-    def key(self, ctx: Context) -> str:
-        q = self.r.quality
-        assert q is not None
+    def inputs(self, ctx: Context) -> dict[str, Path]:
         text = self._text()
-        files = [ctx.model()] + [f for out in self._outputs(ctx) for f in _model_files(out)] + ([text] if text else [])
-        params = asdict(q) | {"check": asdict(self.r.check) if self.r.check_types() else None}
-        return content_key(self.id, params, _named_hashes(files))
+        return _by_name([ctx.model()] + [f for q in ctx.quants(self.r.quality_types()) for f in _model_files(q)]
+                        + ([text] if text else []))
 
     def run(self, ctx: Context) -> Outcome:
         from ..quality import acceptance_retention, plan_quality, run_quality, write_report
 
-        q = self.r.quality
-        assert q is not None
-        ref, quants = ctx.model(), self._outputs(ctx)
-        plan = plan_quality(ref, [str(p) for p in quants], text=self._text(), ctx_size=q.ctx, chunks=q.chunks,
-                            extra_args=q.perplexity_args, llama_cpp=ctx.llama_cpp)
-        out = self.out_dir()
+        ref, quants, out = ctx.model(), ctx.quants(self.r.quality_types()), self.out_dir()
+        plan = plan_quality(ref, [str(p) for p in quants], text=self._text(), ctx_size=self.s.ctx,
+                            chunks=self.s.chunks, extra_args=self.s.perplexity_args, llama_cpp=ctx.llama_cpp)
         result = run_quality(plan, log_dir=out / "quality-logs", emit=lambda m: ctx.emit(self.id, m))
         if self.r.check_types():
-            ref_report = self._check_reference(ctx, ref, out / "reference")
+            _, ref_report = CheckStep(self.r).check(ctx, [ref], out / "reference", self.id)
             result = replace(result, retention=acceptance_retention(
                 [out / "report.json", ref_report], str(ref), [str(p) for p in quants]))
         js, _ = write_report(result, out, md_name="quality.md")
@@ -457,57 +425,40 @@ class QualityStep(Step):
                        {"report": ctx.state.rel(js), "logits": plan.logits,
                         "kld": {m.name: m.figures["kld"].text for m in result.models}})
 
-    def _check_reference(self, ctx: Context, ref: Path, d: Path) -> Path:
-        from ..check import run_check
-        from ..check.report import write_report
-
-        check = CheckStep(self.r)
-        plan = check.plan_for(ctx, [ref])
-        ctx.emit(self.id, f"checking the reference {ref.name} with the check step's settings")
-        files = write_report(run_check(plan, log_dir=d / "logs", events=lambda m: ctx.emit(self.id, m)), d)
-        return Path(files.json)
-
 
 class PushStep(Step):
     kind = "push"
 
     def _reports(self) -> list[Path]:
-        return [CheckStep(self.r)._report_dir()] if self.r.check_types() else []
-
-    def _files(self) -> list[Path]:
-        out_dir = QuantizeStep(self.r).out_dir()
-        return [p for p in sorted(out_dir.rglob("*.gguf"))
-                if not any(part.startswith(".") for part in p.relative_to(out_dir).parts)]
+        return [CheckStep(self.r).report_dir()] if self.r.check_types() else []
 
     def describe(self) -> str:
-        hub = self.r.hub
-        assert hub is not None
-        return f"push {self.r.quantize.out_dir} to {hub.repo}" + (" ([hub] dry_run: plan only)" if hub.dry_run else "")
+        return f"push {self.r.quantize.out_dir} to {self.s.repo}" + (
+            " ([hub] dry_run: plan only)" if self.s.dry_run else "")
 
-    def key(self, ctx: Context) -> str:
-        assert self.r.hub is not None
-        files = self._files() + [d / n for d in self._reports() for n in ("report.json", "quality.json")
-                                 if (d / n).is_file() or n == "report.json"]
-        return content_key(self.id, asdict(self.r.hub), {ctx.state.rel(k): v for k, v in hash_files(files).items()})
+    def inputs(self, ctx: Context) -> dict[str, Path]:
+        out_dir = QuantizeStep(self.r).out_dir()
+        files = [p for p in sorted(out_dir.rglob("*.gguf"))
+                 if not any(part.startswith(".") for part in p.relative_to(out_dir).parts)]
+        files += [d / n for d in self._reports() for n in ("report.json", "quality.json")
+                  if (d / n).is_file() or n == "report.json"]
+        return {ctx.state.rel(p): p for p in files}
 
     def run(self, ctx: Context) -> Outcome:
         from ..errors import HubError
         from ..hub import execute_push, make_api, plan_push
 
-        hub = self.r.hub
-        assert hub is not None
-        out_dir = QuantizeStep(self.r).out_dir()
+        hub = self.s
         try:
             api = ctx.hub_api(hub) if ctx.hub_api is not None else make_api(endpoint=hub.endpoint)
-            plan = plan_push([out_dir], repo_id=hub.repo, api=api, revision=hub.revision,
-                             create_pr=hub.create_pr, private=hub.private, report_dirs=self._reports(),
-                             verify=True, base_model=hub.base_model)
+            plan = plan_push([QuantizeStep(self.r).out_dir()], repo_id=hub.repo, api=api,
+                             revision=hub.revision, create_pr=hub.create_pr, private=hub.private,
+                             report_dirs=self._reports(), verify=True, base_model=hub.base_model)
         except HubError as e:
             if not hub.dry_run:
                 raise
             return self._offline(ctx, e)
-        for w in plan.warnings:
-            ctx.emit(self.id, f"warning: {w}")
+        _warn(ctx, self, plan.warnings)
         if plan.refused:
             raise StepFailed(plan.refusal_message())
         if hub.dry_run:
@@ -539,20 +490,21 @@ class PushStep(Step):
         """A dry run where the Hub cannot be reached: apply the gate locally and say so."""
         from ..hub import check_gate
 
-        assert self.r.hub is not None
         gate = check_gate([QuantizeStep(self.r).out_dir()], report_dirs=self._reports())
         if gate.refusals:
             raise StepFailed("refusing to push: " + "; ".join(map(str, gate.refusals)))
-        msg = (f"would send {len(gate.files)} model file(s), {gate.bytes / 1e6:.1f} MB, and README.md "
-               f"to {self.r.hub.repo}")
+        msg = f"would send {len(gate.files)} model file(s), {gate.bytes / 1e6:.1f} MB, and README.md to {self.s.repo}"
         ctx.emit(self.id, f"dry run without the Hub ({why}): {msg}")
         return Outcome(f"{msg} (Hub not consulted)", record=False)
 
 
+def _warn(ctx: Context, step: Step, warnings: Any) -> None:
+    for w in warnings:
+        ctx.emit(step.id, f"warning: {w}")
+
+
 def _tail(log: str | None, n: int = 12) -> str:
-    if not log:
-        return ""
     try:
-        return "\n".join(Path(log).read_text(errors="replace").splitlines()[-n:])
+        return "\n".join(Path(log).read_text(errors="replace").splitlines()[-n:]) if log else ""
     except OSError:
         return ""
