@@ -75,6 +75,14 @@ class CheckSection:
     context_depth: tuple[int, ...] = (0,)
     p_min: tuple[float, ...] = ()  # --spec-draft-p-min values (none: llama-server's default)
 
+    def settings(self) -> dict[str, Any]:
+        """The settings check validates (check.settings_problem), under check's names."""
+        return {"n_max": self.n_max, "temperatures": self.temperatures, "reps": self.reps,
+                "per_category": self.per_category, "n_predict": self.n_predict, "ctx_size": self.ctx,
+                "min_acceptance": self.min_acceptance, "min_speedup": self.min_speedup,
+                "context_depth": self.context_depth, "p_min": self.p_min or (None,), "mode": self.mode,
+                "reasoning": self.reasoning}
+
 
 @dataclass(frozen=True)
 class QualitySection:
@@ -352,11 +360,7 @@ def _check(c: _Section, kw: dict[str, Any], quant: QuantizeSection) -> CheckSect
 
     _types_subset(c, kw, quant)
     check = CheckSection(**kw)
-    bad = settings_problem(n_max=check.n_max, temperatures=check.temperatures, reps=check.reps,
-                           per_category=check.per_category, n_predict=check.n_predict,
-                           ctx_size=check.ctx, min_acceptance=check.min_acceptance,
-                           min_speedup=check.min_speedup, context_depth=check.context_depth,
-                           p_min=check.p_min or (None,), mode=check.mode, reasoning=check.reasoning)
+    bad = settings_problem(**check.settings())
     if bad is not None:
         c.fail(_CHECK_KEYS.get(bad[0], bad[0]), bad[1])
     return check

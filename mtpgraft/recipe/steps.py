@@ -357,12 +357,8 @@ class CheckStep(Step):
         from ..check.report import write_report
 
         s = self.s
-        plan = plan_check(models, n_max=s.n_max, temperatures=s.temperatures, reps=s.reps, seed=s.seed,
-                          prompts=self._prompts(), categories=s.categories, per_category=s.per_category,
-                          n_predict=s.n_predict, ctx_size=s.ctx, server_args=s.server_args,
-                          min_acceptance=s.min_acceptance, min_speedup=s.min_speedup, mode=s.mode,
-                          reasoning=s.reasoning, context_depth=s.context_depth, p_min=s.p_min or (None,),
-                          server=resolve_server(ctx.llama_cpp))
+        plan = plan_check(models, **s.settings(), seed=s.seed, prompts=self._prompts(), categories=s.categories,
+                          server_args=s.server_args, server=resolve_server(ctx.llama_cpp))
         ctx.emit(step_id, f"{plan.n_servers} llama-server runs, {plan.n_requests} requests" if step_id == self.id
                  else f"checking the reference {models[0].name} with the check step's settings")
         result = run_check(plan, log_dir=report_dir / "logs", events=lambda m: ctx.emit(step_id, m))
