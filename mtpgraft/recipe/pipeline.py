@@ -107,7 +107,7 @@ def select_steps(recipe: Recipe, only: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _match(word: str, ids: Sequence[str]) -> list[str]:
-    from ..quantize import ALIASES
+    from ..ggml_types import FILE_TYPE_ALIASES as ALIASES
 
     def canon(t: str) -> str:
         return ALIASES.get(t.upper(), t.upper())
@@ -265,8 +265,9 @@ class Schedule:
     def finish(self, res: StepResult) -> None:
         self.results[res.step] = res
 
-    def ordered(self, selected: Sequence[str]) -> tuple[StepResult, ...]:
-        return tuple(self.results.get(s, StepResult(s, "blocked", 0.0, "not run")) for s in selected)
+    def ordered(self) -> tuple[StepResult, ...]:
+        """Every selected step's result, in pipeline order."""
+        return tuple(self.results.get(s, StepResult(s, "blocked", 0.0, "not run")) for s in self.needs)
 
 
 def run_local(ctx: Context, selected: Sequence[str]) -> tuple[StepResult, ...]:
@@ -278,7 +279,7 @@ def run_local(ctx: Context, selected: Sequence[str]) -> tuple[StepResult, ...]:
         while ready := sched.ready():
             sched.start(ready[0])
             sched.finish(execute_step(ctx, ready[0]))
-        return sched.ordered(selected)
+        return sched.ordered()
     running: dict[Future[StepResult], Step] = {}
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="recipe") as pool:
         while True:
@@ -290,7 +291,7 @@ def run_local(ctx: Context, selected: Sequence[str]) -> tuple[StepResult, ...]:
                 sched.start(step)
                 running[pool.submit(execute_step, ctx, step)] = step
             if not running:
-                return sched.ordered(selected)
+                return sched.ordered()
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for f in done:
                 running.pop(f)

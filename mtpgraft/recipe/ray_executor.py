@@ -136,7 +136,7 @@ class _Driver:
             raise
         finally:
             marker.unlink(missing_ok=True)
-        return self.sched.ordered(list(self.sched.needs))
+        return self.sched.ordered()
 
     def progress(self) -> None:
         """One line: steps done, what runs where (and its last event), bytes written so far."""

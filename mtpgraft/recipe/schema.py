@@ -10,7 +10,7 @@ import hashlib
 import os
 import tomllib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -164,9 +164,6 @@ class Recipe:
 
         return step_ids(self)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 class _Section:
     """Typed access to one TOML table; every error names the file, the table and the key."""
@@ -184,11 +181,7 @@ class _Section:
         at = f"[{self.table}]" + (f" {key}" if key else "")
         raise RecipeError(f"{self.where}: {at}: {msg}")
 
-    def get(self, key: str, kind: type, default: Any = None, *, required: bool = False) -> Any:
-        if key not in self.data:
-            if required:
-                self.fail(key, "is required")
-            return default
+    def get(self, key: str, kind: type) -> Any:
         v = self.data[key]
         if kind is float and isinstance(v, int) and not isinstance(v, bool):
             return float(v)
@@ -310,7 +303,8 @@ def _imatrix(s: _Section, kw: dict[str, Any]) -> ImatrixSection:
 
 
 def _quantize(q: _Section, kw: dict[str, Any], imatrix: ImatrixSection | None) -> QuantizeSection:
-    from ..quantize import canonical_type, check_mtp_policy, parse_size, types_needing_imatrix
+    from ..ggml_types import canonical_file_type as canonical_type
+    from ..quantize import check_mtp_policy, parse_size, types_needing_imatrix
 
     raw_types = q.str_list("types") if "types" in q.data else ()
     if not raw_types:
@@ -346,7 +340,7 @@ _CHECK_KEYS = {"ctx_size": "ctx", "temperatures": "temperature"}
 
 def _types_subset(s: _Section, kw: dict[str, Any], quant: QuantizeSection) -> None:
     """A step's `types`: canonical names, each one of [quantize] types."""
-    from ..quantize import canonical_type
+    from ..ggml_types import canonical_file_type as canonical_type
 
     if "types" in s.data:
         kw["types"] = tuple(s.checked("types", canonical_type, t) for t in s.str_list("types"))
