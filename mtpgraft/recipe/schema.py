@@ -310,7 +310,7 @@ def _quantize(q: _Section, kw: dict[str, Any], imatrix: ImatrixSection | None) -
     if not raw_types:
         q.fail("types", "is required: a list of llama-quantize types, e.g. [\"Q4_K_M\", \"Q8_0\"]")
     types = tuple(dict.fromkeys(q.checked("types", canonical_type, t) for t in raw_types))
-    raw = q.data.get("mtp_type", "q8_0")
+    raw = q.data.get("mtp_type", QuantizeSection.mtp_type)
     if isinstance(raw, str):
         kw["mtp_type"] = q.checked("mtp_type", check_mtp_policy, raw, what="mtp_type")
     elif isinstance(raw, dict):
@@ -362,7 +362,7 @@ def _check(c: _Section, kw: dict[str, Any], quant: QuantizeSection) -> CheckSect
 
 def _quality(s: _Section, kw: dict[str, Any], quant: QuantizeSection) -> QualitySection:
     _types_subset(s, kw, quant)
-    if kw.get("ctx", 512) < 16:
+    if kw.get("ctx", QualitySection.ctx) < 16:
         s.fail("ctx", "must be at least 16")
     return QualitySection(**kw)
 
