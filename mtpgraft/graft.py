@@ -17,8 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType, quants
+from gguf import GGMLQuantizationType, GGUFValueType
 
 from . import __version__, ggml_types, naming
 from .arch import (
@@ -60,6 +59,7 @@ Q = GGMLQuantizationType  # gguf-py's enum, for its numpy (de)quantizers only
 ATTACH_POLICIES = ("keep", "q8_0", "match")
 PROV = "mtpgraft."
 CHUNK_BYTES = 16 << 20
+CONVERT_CHUNK_BYTES = 4 << 20  # f32 per conversion chunk; requant.workers() of them at once
 _NO_DIGEST = "0" * 64  # a sha256's length: the header keeps its size when the digest replaces it
 
 
@@ -259,21 +259,19 @@ def _source_order(src: GGUFModel) -> list[str]:
 
 
 def _convert_chunks(ref: TensorRef, target: str) -> Callable[[], Iterator[bytes]]:
-    """Dequantize a tensor and requantize it in numpy, a bounded number of rows at a time (plan
-    time has refused every type outside ggml_types.NUMPY_READS / NUMPY_MAKES)."""
+    """Dequantize a tensor and requantize it in numpy (mtpgraft.requant: gguf-py's bytes), a
+    bounded number of rows at a time on a few threads (plan time has refused every type outside
+    ggml_types.NUMPY_READS / NUMPY_MAKES)."""
+    from . import requant
+
     src_t = GGMLQuantizationType(ref.info.ggml_type)
     to = Q[target]
     ne0 = ref.info.ne[0]
-    rows = max(1, CHUNK_BYTES // max(1, ne0 * 4))
+    rows = max(1, CONVERT_CHUNK_BYTES // max(1, ne0 * 4))
 
     def gen() -> Iterator[bytes]:
-        for raw in read_tensor_rows(ref, rows):
-            if src_t == Q.F32:
-                f32 = raw.view(np.float32).reshape(raw.shape[0], ne0)
-            else:
-                f32 = quants.dequantize(raw, src_t).reshape(raw.shape[0], ne0).astype(np.float32, copy=False)
-            out = f32 if to == Q.F32 else quants.quantize(f32, to)
-            yield np.ascontiguousarray(out).tobytes()
+        yield from requant.ordered_map(lambda raw: requant.convert(raw, src_t, to, ne0),
+                                       read_tensor_rows(ref, rows), requant.workers())
 
     return gen
 
