@@ -1,8 +1,8 @@
 """The command line: the `mtpgraft` group and the list of its commands.
 
 Each command lives in its own module under mtpgraft/commands/ (parse, call one library function,
-render) and is registered here, explicitly; what they share (the error boundary, options,
-renderers) is mtpgraft/commands/common.py.
+render) and is registered here, explicitly; what they share is mtpgraft/commands/common.py (the
+error boundary, renderers) and mtpgraft/commands/options.py (the options several commands take).
 """
 
 from __future__ import annotations

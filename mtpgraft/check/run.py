@@ -34,11 +34,21 @@ def run_check(plan: CheckPlan, *, log_dir: str | os.PathLike[str] | None = None,
               hash_files: bool = True, events: Events | None = None) -> CheckResult:
     """Run the plan against llama-server and judge it. Server failures become verdict reasons.
     `events` gets the time estimate once the plan's first request has been measured."""
-    factory = server_factory or _default_server_factory
     logs = Path(log_dir) if log_dir is not None else None
     if logs is not None:
         logs.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    results, build_info, warmup_s = _measure_models(plan, server_factory or _default_server_factory, logs,
+                                                    progress, events)
+    wall_s = time.perf_counter() - t0
+    if hash_files:
+        results = _with_hashes(plan, results)
+    return _pooled(plan, results, build_info=build_info, wall_s=wall_s, warmup_s=warmup_s)
+
+
+def _measure_models(plan: CheckPlan, factory: ServerFactory, logs: Path | None, progress: Progress | None,
+                    events: Events | None) -> tuple[list[ModelResult], str, float]:
+    """Each model measured on its servers and judged; the first llama-server build seen; the warm-up time."""
     results: list[ModelResult] = []
     build_info = ""
     warmup_s = 0.0
@@ -51,15 +61,22 @@ def run_check(plan: CheckPlan, *, log_dir: str | os.PathLike[str] | None = None,
         judged = judge_model(plan, spec, runner.cells, runner.servers)
         results.append(replace(judged, template=runner.template,
                                context_tokens=runner.context_tokens))
-    wall_s = time.perf_counter() - t0
+    return results, build_info, warmup_s
 
-    if hash_files:
-        from ..hashing import sha256_file
 
-        # The draft (an MTP sidecar) is listed with each model: a push gate can then find its check.
-        drafts = (plan.draft,) if plan.draft is not None else ()
-        results = [replace(m, hashes={str(f): sha256_file(f) for f in (*m.spec.files, *drafts)})
-                   for m in results]
+def _with_hashes(plan: CheckPlan, results: list[ModelResult]) -> list[ModelResult]:
+    """Each model's files with their sha256. The draft (an MTP sidecar) is listed with each model: a push
+    gate can then find its check."""
+    from ..hashing import sha256_file
+
+    drafts = (plan.draft,) if plan.draft is not None else ()
+    return [replace(m, hashes={str(f): sha256_file(f) for f in (*m.spec.files, *drafts)}) for m in results]
+
+
+def _pooled(plan: CheckPlan, results: list[ModelResult], *, build_info: str, wall_s: float,
+            warmup_s: float) -> CheckResult:
+    """One result for the plan: every model's reasons and warnings (named when there are several),
+    pooled counters and the time spent."""
     reasons: list[str] = []
     warnings: list[str] = []
     for m in results:

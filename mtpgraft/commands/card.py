@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import click
 
-from .common import error_boundary, force_option, info, warn
+from .common import error_boundary, info, warn
+from .options import base_model_option, check_reports_option, force_option
 
 
 @click.command("card")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--report", "reports", multiple=True, type=click.Path(exists=True), metavar="DIR",
-              help="A `mtpgraft check --report` folder; may be repeated.")
+@check_reports_option("A `mtpgraft check --report` folder; may be repeated.")
 @click.option("--repo", "repo_id", default="OWNER/REPO", show_default=True, metavar="OWNER/NAME",
               help="The repo the card is for (links and `llama-server -hf` lines).")
-@click.option("--base-model", default=None, metavar="OWNER/NAME",
-              help="The base model on the card when the GGUFs record none.")
+@base_model_option("The base model on the card when the GGUFs record none.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="Where to write the card (README.md).")
-@force_option
+@force_option()
 @error_boundary
 def card_cmd(paths: tuple[str, ...], reports: tuple[str, ...], repo_id: str, base_model: str | None,
              output: str, force: bool) -> None:

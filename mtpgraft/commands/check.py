@@ -9,19 +9,8 @@ from typing import Any
 import click
 
 from ..errors import UsageError, VerdictFailedError
-from .common import (
-    dry_run_option,
-    emit_dry_run,
-    emit_json,
-    error_boundary,
-    force_option,
-    info,
-    json_option,
-    llama_cpp_option,
-    progress_bar,
-    show_progress,
-    warn,
-)
+from .common import emit_dry_run, emit_json, error_boundary, info, progress_bar, show_progress, warn
+from .options import standard_options
 
 
 def _split(values: tuple[str, ...] | str | None) -> list[str]:
@@ -102,10 +91,7 @@ def _settings(preset: str, given: dict[str, Any]) -> dict[str, Any]:
 @click.option("--bench-json", "bench_json", type=click.Path(dir_okay=False), default=None,
               metavar="FILE", help="Write {n_requests, total_predicted, total_draft, "
                                    "total_draft_accepted, aggregate_accept_rate, wall_s_total}.")
-@force_option
-@dry_run_option("Print the plan (servers, requests, tokens) and stop.")
-@llama_cpp_option
-@json_option
+@standard_options(force=True, dry_run="Print the plan (servers, requests, tokens) and stop.", llama_cpp=True)
 @error_boundary
 def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_max: str | None,
               p_min: str | None, mode: str, reasoning: str | None, context_depth: str | None,
@@ -125,19 +111,14 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
     value; exit code 1 when the verdict is fail. Several models (quants) give one report with the
     quant x category matrix and the quant x n acceptance table.
     """
-    from ..check import plan_check, resolve_server, validate_settings
+    from ..check import plan_check, resolve_server
     from ..hub.remote import is_hf_ref
     from ..outputs import check_outputs
 
-    extra = [x for a in server_args for x in shlex.split(a)]
-    settings = _settings(preset or "default", {
-        "n_max": _csv("--n-max", n_max, int), "reps": reps, "per_category": per_category,
-        "n_predict": n_predict, "p_min": _csv("--p-min", p_min, float),
-        "context_depth": _csv("--context-depth", context_depth, int)})
-    settings.update(temperatures=_numbers("--temperature", temperature, float), ctx_size=ctx_size,
-                    min_acceptance=min_acceptance, min_speedup=min_speedup, mode=mode,
-                    reasoning=_split(reasoning))
-    validate_settings(**settings)  # a usage mistake is said before any tool is looked up
+    settings = _validated_settings(preset, n_max=n_max, p_min=p_min, context_depth=context_depth,
+                                   temperature=temperature, reasoning=reasoning, reps=reps,
+                                   per_category=per_category, n_predict=n_predict, ctx_size=ctx_size,
+                                   min_acceptance=min_acceptance, min_speedup=min_speedup, mode=mode)
     if bench_json:
         check_outputs([bench_json], [m for m in models if not is_hf_ref(m)], force=force)
     server = resolve_server(llama_cpp)
@@ -146,18 +127,38 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
         models, draft, resolutions = _localize(models, draft=draft, server=server, endpoint=endpoint,
                                                report_dir=report_dir)
     plan = plan_check(models, draft=draft, seed=seed, prompts=prompts_file,
-                      categories=_split(categories) or None, server_args=extra,
-                      server=server, **settings)
-    size = _plan_size(plan)
+                      categories=_split(categories) or None,
+                      server_args=[x for a in server_args for x in shlex.split(a)], server=server, **settings)
     if dry_run:
-        emit_dry_run(plan, "\n".join([size + ":"] + [f"  {s}" for s in plan.to_dict()["servers"]]),
+        emit_dry_run(plan, "\n".join([_plan_size(plan) + ":"] + [f"  {s}" for s in plan.to_dict()["servers"]]),
                      as_json)
         return
-
-    info(size + f"; MTP via --spec-type {plan.spec_type}")
+    info(_plan_size(plan) + f"; MTP via --spec-type {plan.spec_type}")
     result = _run(plan, report_dir, hash_files=bool(report_dir or as_json))
     _show(result, report_dir=report_dir, bench_json=bench_json, per_prompt=per_prompt,
           as_json=as_json, resolutions=resolutions)
+    _fail_on_verdict(result)
+
+
+def _validated_settings(preset: str | None, *, n_max: str | None, p_min: str | None,
+                        context_depth: str | None, temperature: str, reasoning: str | None, reps: int | None,
+                        per_category: int | None, n_predict: int | None, **fixed: Any) -> dict[str, Any]:
+    """plan_check's settings: the preset overridden by every option given, and `fixed` (options with a
+    default of their own), validated before any tool is looked up so a usage mistake is said first."""
+    from ..check import validate_settings
+
+    settings = _settings(preset or "default", {
+        "n_max": _csv("--n-max", n_max, int), "reps": reps, "per_category": per_category,
+        "n_predict": n_predict, "p_min": _csv("--p-min", p_min, float),
+        "context_depth": _csv("--context-depth", context_depth, int)})
+    settings.update(temperatures=_numbers("--temperature", temperature, float), **fixed,
+                    reasoning=_split(reasoning))
+    validate_settings(**settings)
+    return settings
+
+
+def _fail_on_verdict(result: Any) -> None:
+    """A failed verdict is VerdictFailedError (exit 1), its message the verdict line and the reasons."""
     if not result.passed:
         from ..check.report import format_verdict
 

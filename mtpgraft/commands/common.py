@@ -1,4 +1,4 @@
-"""What every command shares: the error boundary, the shared options, and the renderers.
+"""What every command shares: the error boundary and the renderers (the shared options: options.py).
 
 The boundary is the only place that turns an error into an exit: every MtpgraftError becomes one
 line `mtpgraft: error: ...` and the exit code of its kind (mtpgraft.errors.EXIT_CODES); SIGINT,
@@ -162,32 +162,6 @@ def error_boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(fn)
-
-
-def force_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--force", is_flag=True, help="Overwrite the output if it exists.")(fn)
-
-
-def dry_run_option(help: str = "Print the plan and write nothing.") -> Callable[..., Any]:  # noqa: A002
-    """--dry-run: print the plan (with --json: {"dry_run": true, "plan": {...}}) and stop."""
-    return click.option("--dry-run", is_flag=True, help=help)
-
-
-def llama_cpp_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--llama-cpp", "llama_cpp", metavar="DIR", default=None,
-                        help="Directory holding the llama.cpp tools (else $MTPGRAFT_LLAMA_CPP, PATH, "
-                             "then the toolchain cache).")(fn)
-
-
-def hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--token and --endpoint, for commands that read from the Hub."""
-    fn = click.option("--endpoint", default=None, metavar="URL", help="Hub endpoint (else $HF_ENDPOINT).")(fn)
-    return click.option("--token", default=None, metavar="TOKEN",
-                        help="Hugging Face token (else $HF_TOKEN, else the stored `hf auth login`).")(fn)
-
-
 class FetchBar:
     """Bytes fetched from the Hub, as a progress bar on stderr (mtpgraft.sources.FetchProgress)."""
 
@@ -206,23 +180,6 @@ class FetchBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def layout_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--layout and --no-reflink, for every command that writes a GGUF through gguf_io's writer."""
-    fn = click.option("--no-reflink", "no_reflink", is_flag=True,
-                      help="Copy every byte, even where the filesystem could share the base's blocks.")(fn)
-    return click.option("--layout", type=click.Choice(["reflink", "converter"]), default="reflink",
-                        show_default=True,
-                        help="reflink: the copied body keeps its offsets modulo the block size (a padding key "
-                             "sizes the header) and new tensors follow it, so btrfs/XFS/ZFS share its blocks "
-                             "with the base; converter: convert_hf_to_gguf.py's order and no padding.")(fn)
-
-
-def layout_from(layout: str, no_reflink: bool):  # noqa: ANN201 - gguf_io.Layout, imported lazily
-    from ..gguf_io import Layout
-
-    return Layout(align=layout == "reflink", clone=not no_reflink)
 
 
 def emit_json(obj: Any) -> None:

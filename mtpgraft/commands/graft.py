@@ -9,22 +9,10 @@ from typing import Any
 
 import click
 
-from .common import (
-    FetchBar,
-    dry_run_option,
-    emit_dry_run,
-    emit_json,
-    error_boundary,
-    force_option,
-    hub_options,
-    info,
-    json_option,
-    layout_from,
-    layout_options,
-    llama_cpp_option,
-    progress_bar,
-    warn,
-)
+from .common import FetchBar, emit_dry_run, emit_json, error_boundary, info, progress_bar, warn
+from .options import layout_from, mtp_from_option, mtp_type_option, output_option, standard_options
+
+FETCHING_DRY_RUN = "Print the plan and write nothing (fetches headers only)."
 
 
 def _run_plan(plan, dry_run: bool, as_json: bool, layout: str = "reflink", no_reflink: bool = False) -> None:
@@ -62,23 +50,16 @@ def _sharing_line(s) -> str:
 
 @click.command("attach")
 @click.argument("base", metavar="BASE")
-@click.option("--mtp-from", "source", required=True, metavar="SOURCE",
-              help="Where the MTP block comes from: a GGUF (a full MTP model, an MTP-only file, or just the "
-                   "MTP tensors), a safetensors snapshot folder or file (converted like convert_hf_to_gguf.py), "
-                   "or the Hub: hf://OWNER/REPO/FILE.gguf, hf://OWNER/REPO:QUANT, hf://OWNER/REPO (safetensors), "
-                   "each with an optional @REVISION. From the Hub only headers and MTP tensors are fetched.")
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output file.")
-@click.option("--mtp-type", default=None, metavar="keep|q8_0|match|TYPE",
-              help="MTP tensor type: keep (bytes unchanged), q8_0, match (the body's type per tensor), or a "
-                   "ggml type (f16, bf16, q4_0, q6_k, ...). Default: q8_0 for a quantized base, the base's "
-                   "float type for an unquantized one.")
+@mtp_from_option("Where the MTP block comes from: a GGUF (a full MTP model, an MTP-only file, or just the "
+                 "MTP tensors), a safetensors snapshot folder or file (converted like convert_hf_to_gguf.py), "
+                 "or the Hub: hf://OWNER/REPO/FILE.gguf, hf://OWNER/REPO:QUANT, hf://OWNER/REPO (safetensors), "
+                 "each with an optional @REVISION. From the Hub only headers and MTP tensors are fetched.")
+@output_option(required=True)
+@mtp_type_option("MTP tensor type: keep (bytes unchanged), q8_0, match (the body's type per tensor), or a "
+                 "ggml type (f16, bf16, q4_0, q6_k, ...). Default: q8_0 for a quantized base, the base's "
+                 "float type for an unquantized one.")
 @click.option("--replace", is_flag=True, help="Replace the base's own MTP block.")
-@force_option
-@dry_run_option("Print the plan and write nothing (fetches headers only).")
-@layout_options
-@hub_options
-@llama_cpp_option
-@json_option
+@standard_options(force=True, dry_run=FETCHING_DRY_RUN, layout=True, hub=True, llama_cpp=True)
 @error_boundary
 def attach_cmd(base: str, source: str, out: Path, mtp_type: str | None, replace: bool, force: bool,
                dry_run: bool, layout: str, no_reflink: bool, token: str | None, endpoint: str | None,
@@ -117,11 +98,8 @@ def _planned_attach(base: str, source: str, out: Path, *, dry_run: bool, **kw: A
 
 @click.command("detach")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output file.")
-@force_option
-@dry_run_option()
-@layout_options
-@json_option
+@output_option(required=True)
+@standard_options(force=True, dry_run=True, layout=True)
 @error_boundary
 def detach_cmd(model: Path, out: Path, force: bool, dry_run: bool, layout: str, no_reflink: bool,
                as_json: bool) -> None:
@@ -133,12 +111,8 @@ def detach_cmd(model: Path, out: Path, force: bool, dry_run: bool, layout: str, 
 
 @click.command("extract")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", default=None, type=click.Path(path_type=Path),
-              help="Output file (default: mtp-<name>.gguf beside MODEL).")
-@force_option
-@dry_run_option()
-@layout_options
-@json_option
+@output_option(help="Output file (default: mtp-<name>.gguf beside MODEL).")
+@standard_options(force=True, dry_run=True, layout=True)
 @error_boundary
 def extract_cmd(model: Path, out: Path | None, force: bool, dry_run: bool, layout: str, no_reflink: bool,
                 as_json: bool) -> None:
@@ -163,18 +137,10 @@ def _is_assistant(source: str) -> bool:
 
 @click.command("sidecar")
 @click.argument("base", metavar="BASE")
-@click.option("--mtp-from", "source", required=True, metavar="SOURCE",
-              help="Where the MTP block comes from (any source attach takes: a GGUF, safetensors, hf://...).")
-@click.option("-o", "--output", "out", default=None, type=click.Path(path_type=Path),
-              help="Output file (default: mtp-NAME-TYPE.gguf beside BASE, NAME without its quant tag).")
-@click.option("--mtp-type", default=None, metavar="keep|q8_0|match|TYPE",
-              help="MTP tensor type, as for attach (default: q8_0 for a quantized base, else its float type).")
-@force_option
-@dry_run_option("Print the plan and write nothing (fetches headers only).")
-@layout_options
-@hub_options
-@llama_cpp_option
-@json_option
+@mtp_from_option("Where the MTP block comes from (any source attach takes: a GGUF, safetensors, hf://...).")
+@output_option(help="Output file (default: mtp-NAME-TYPE.gguf beside BASE, NAME without its quant tag).")
+@mtp_type_option("MTP tensor type, as for attach (default: q8_0 for a quantized base, else its float type).")
+@standard_options(force=True, dry_run=FETCHING_DRY_RUN, layout=True, hub=True, llama_cpp=True)
 @error_boundary
 def sidecar_cmd(base: str, source: str, out: Path | None, mtp_type: str | None, force: bool, dry_run: bool,
                 layout: str, no_reflink: bool, token: str | None, endpoint: str | None, llama_cpp: str | None,

@@ -6,16 +6,8 @@ from pathlib import Path
 
 import click
 
-from .common import (
-    dry_run_option,
-    emit_dry_run,
-    emit_json,
-    error_boundary,
-    force_option,
-    info,
-    json_option,
-    llama_cpp_option,
-)
+from .common import emit_dry_run, emit_json, error_boundary, info
+from .options import standard_options
 
 
 @click.command("imatrix")
@@ -31,10 +23,7 @@ from .common import (
 @click.option("--ppl", is_flag=True, help="Also compute perplexity (llama-imatrix's default; off here: it only costs time).")
 @click.option("--imatrix-arg", "extra", multiple=True, metavar="ARG",
               help="Extra llama-imatrix argument, e.g. --imatrix-arg=-ngl --imatrix-arg=99 (repeatable).")
-@force_option
-@dry_run_option("Print the command and stop.")
-@llama_cpp_option
-@json_option
+@standard_options(force=True, dry_run="Print the command and stop.", llama_cpp=True)
 @error_boundary
 def imatrix_cmd(model: Path, calibration: Path, output: Path, ctx: int | None, chunks: int | None,
                 batch: int | None, threads: int | None, ppl: bool, extra: tuple[str, ...], force: bool,

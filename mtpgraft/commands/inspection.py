@@ -6,20 +6,21 @@ from pathlib import Path
 
 import click
 
-from .common import emit_json, error_boundary, json_option
+from .common import emit_json, error_boundary
+from .options import standard_options
 
 VALUE_CHARS = 240  # a metadata value shown by inspect: escaped, at most this long
+MB = 1e6
 
 
 @click.command("inspect")
 @click.argument("file", type=click.Path(path_type=Path))
-@json_option
+@standard_options()
 @error_boundary
 def inspect_cmd(file: Path, as_json: bool) -> None:
     """Show a GGUF's MTP structure and whether llama.cpp will load it.
 
     Exits 0 for any readable file (even an inconsistent one), non-zero only if it cannot be read."""
-    from ..gguf_io import shown
     from ..inspection import inspect_model
 
     rep = inspect_model(file)
@@ -27,43 +28,53 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
     if as_json:
         emit_json({**rep.to_dict(), "shared_bytes": shared[0] if shared else None})
         return
-    mb = 1e6
-    click.echo(f"file:            {rep.path}")
-    click.echo(f"architecture:    {rep.architecture}")
-    click.echo(f"block_count:     {rep.block_count}  (trunk {rep.trunk_layers}, nextn_predict_layers "
-               f"{rep.nextn_predict_layers})")
-    click.echo(f"layout:          {rep.layout}; {rep.tensor_count} tensors; n_embd {rep.n_embd}; vocab {rep.vocab_size}")
-    click.echo(f"file type:       {rep.file_type or '?'} (dominant tensor type {rep.dominant_type or '?'})")
+    for line in (*_structure_lines(rep), *_metadata_lines(rep), *_verdict_lines(rep, shared)):
+        click.echo(line)
+
+
+def _structure_lines(rep) -> list[str]:  # noqa: ANN001 - inspection.ModelReport
+    """The file, its layers and layout, the file type, the split, and the MTP block tensor by tensor."""
+    from ..gguf_io import shown
+
+    lines = [f"file:            {rep.path}",
+             f"architecture:    {rep.architecture}",
+             f"block_count:     {rep.block_count}  (trunk {rep.trunk_layers}, nextn_predict_layers "
+             f"{rep.nextn_predict_layers})",
+             f"layout:          {rep.layout}; {rep.tensor_count} tensors; n_embd {rep.n_embd}; vocab {rep.vocab_size}",
+             f"file type:       {rep.file_type or '?'} (dominant tensor type {rep.dominant_type or '?'})"]
     if rep.split:
-        click.echo(f"split:           {rep.split['count']} shards, split.tensors.count {rep.split['tensors_count']}")
-    click.echo(f"MTP present:     {'yes' if rep.mtp_present else 'no'}"
-               + (f" ({', '.join(f'blk.{i}' for i in rep.mtp_layers)}, {len(rep.mtp_tensors)} tensors, "
-                  f"{rep.mtp_bytes / mb:.1f} MB)" if rep.mtp_present else ""))
-    for t in rep.mtp_tensors:
-        click.echo(f"    {shown(t.name):<42} {t.type:<8} {str(t.shape):<16} {t.nbytes:>14,} B")
+        lines.append(f"split:           {rep.split['count']} shards, split.tensors.count {rep.split['tensors_count']}")
+    lines.append(f"MTP present:     {'yes' if rep.mtp_present else 'no'}"
+                 + (f" ({', '.join(f'blk.{i}' for i in rep.mtp_layers)}, {len(rep.mtp_tensors)} tensors, "
+                    f"{rep.mtp_bytes / MB:.1f} MB)" if rep.mtp_present else ""))
+    lines += [f"    {shown(t.name):<42} {t.type:<8} {str(t.shape):<16} {t.nbytes:>14,} B" for t in rep.mtp_tensors]
+    return lines
+
+
+def _metadata_lines(rep) -> list[str]:  # noqa: ANN001 - inspection.ModelReport
+    """Per-layer arrays, imatrix and provenance keys, values as the file holds them: escaped, one line each."""
+    from ..gguf_io import shown
+
+    lines = []
     if rep.layer_arrays:
-        click.echo("per-layer arrays:")
-        for k, n in rep.layer_arrays.items():
-            click.echo(f"    {shown(k)} [{n}]")
-    if rep.imatrix:
-        click.echo("imatrix:")
-        for k, v in rep.imatrix.items():
-            click.echo(f"    {shown(k)} = {shown(str(v), VALUE_CHARS)}")
-    if rep.provenance:
-        click.echo("provenance:")
-        for k, v in rep.provenance.items():  # values as a file holds them: escaped, one line each
-            click.echo(f"    {shown(k)} = {shown(str(v), VALUE_CHARS)}")
+        lines += ["per-layer arrays:", *(f"    {shown(k)} [{n}]" for k, n in rep.layer_arrays.items())]
+    for title, keys in (("imatrix", rep.imatrix), ("provenance", rep.provenance)):
+        if keys:
+            lines += [f"{title}:", *(f"    {shown(k)} = {shown(str(v), VALUE_CHARS)}" for k, v in keys.items())]
+    return lines
+
+
+def _verdict_lines(rep, shared: tuple[int, int] | None) -> list[str]:  # noqa: ANN001 - inspection.ModelReport
+    """Shared blocks, notes, and whether llama.cpp's loader will take the file (with each problem)."""
+    lines = []
     if shared is not None:
-        click.echo(f"shared blocks:   {shared[0] / mb:.1f} of {shared[1] / mb:.1f} MB of tensor data in extents "
-                   "the filesystem shares with other files (reflinks)")
-    for n in rep.notes:
-        click.echo(f"note: {n}")
+        lines.append(f"shared blocks:   {shared[0] / MB:.1f} of {shared[1] / MB:.1f} MB of tensor data in extents "
+                     "the filesystem shares with other files (reflinks)")
+    lines += [f"note: {n}" for n in rep.notes]
     if rep.consistent:
-        click.echo("verdict:         consistent")
-    else:
-        click.echo(f"verdict:         INCONSISTENT ({len(rep.problems)} problem(s))")
-        for p in rep.problems:
-            click.echo(f"  - {p}")
+        return [*lines, "verdict:         consistent"]
+    return [*lines, f"verdict:         INCONSISTENT ({len(rep.problems)} problem(s))",
+            *(f"  - {p}" for p in rep.problems)]
 
 
 def _shared_extents(rep) -> tuple[int, int] | None:

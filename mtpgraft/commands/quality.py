@@ -7,15 +7,8 @@ from pathlib import Path
 
 import click
 
-from .common import (
-    dry_run_option,
-    emit_dry_run,
-    emit_json,
-    error_boundary,
-    info,
-    json_option,
-    llama_cpp_option,
-)
+from .common import emit_dry_run, emit_json, error_boundary, info
+from .options import standard_options
 
 
 @click.command("quality")
@@ -31,9 +24,7 @@ from .common import (
               help="check report.json holding REFERENCE and the QUANTS (repeatable): adds acceptance retention.")
 @click.option("-o", "--report-dir", type=click.Path(path_type=Path), default=None,
               help="Write quality.json and report.md here.")
-@dry_run_option("Print the plan (where the logits go, how large) and run nothing.")
-@llama_cpp_option
-@json_option
+@standard_options(dry_run="Print the plan (where the logits go, how large) and run nothing.", llama_cpp=True)
 @error_boundary
 def quality_cmd(reference: Path, quants: tuple[Path, ...], text: Path | None, chunks: int | None, ctx_size: int,
                 extra: tuple[str, ...], reports: tuple[Path, ...], report_dir: Path | None, dry_run: bool,

@@ -7,16 +7,8 @@ from pathlib import Path
 import click
 
 from ..errors import VerdictFailedError
-from .common import (
-    dry_run_option,
-    emit_dry_run,
-    emit_json,
-    error_boundary,
-    info,
-    json_option,
-    llama_cpp_option,
-    warn,
-)
+from .common import emit_dry_run, emit_json, error_boundary, info, warn
+from .options import standard_options
 
 
 def _types_option(fn):  # noqa: ANN001, ANN202
@@ -44,11 +36,8 @@ def _types_option(fn):  # noqa: ANN001, ANN202
 @click.option("-j", "--jobs", default=1, show_default=True, type=int, help="Types quantized at once.")
 @click.option("-t", "--threads", default=None, type=int,
               help="Threads per llama-quantize (default: llama-quantize's own; CPUs / jobs with --jobs).")
-@click.option("--force", is_flag=True, help="Redo and replace outputs that exist (default: skip those "
-                                            "that verify, refuse those that do not).")
-@dry_run_option("Print the exact commands and stop.")
-@llama_cpp_option
-@json_option
+@standard_options(force="Redo and replace outputs that exist (default: skip those that verify, refuse "
+                        "those that do not).", dry_run="Print the exact commands and stop.", llama_cpp=True)
 @error_boundary
 def quantize_cmd(model: Path, types: str, imatrix: Path | None, mtp_type: str | None, out_dir: Path | None,
                  name: str | None, split_max_size: str | None, allow_requantize: bool, jobs: int,

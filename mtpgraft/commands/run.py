@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..errors import UsageError, VerdictFailedError
-from .common import (
-    dry_run_option,
-    emit_dry_run,
-    emit_json,
-    error_boundary,
-    info,
-    json_option,
-    llama_cpp_option,
-)
+from .common import emit_dry_run, emit_json, error_boundary, info
+from .options import dry_run_option, force_option, standard_options
 
 
 @click.command("run")
@@ -26,19 +20,16 @@ from .common import (
                    "quantize:Q4_K_M) and what they need; comma-separated or repeated.")
 @click.option("--resume", is_flag=True, help="Continue a previous run: skip steps recorded as finished "
                                              "whose inputs have not changed.")
-@click.option("--force", is_flag=True, help="Start over: forget the recorded steps and redo them all, "
-                                            "replacing their outputs.")
+@force_option("Start over: forget the recorded steps and redo them all, replacing their outputs.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Override the recipe's [run] work_dir.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where steps run: this process, or tasks on a Ray cluster (pip install 'mtpgraft[ray]').")
 @click.option("--address", default=None, metavar="HOST:PORT",
               help="The Ray cluster to join (--executor ray; default: $RAY_ADDRESS, else a new local one).")
-@dry_run_option("Print the plan (each step, what it needs, what it asks a "
-                                              "cluster for) and write nothing.")
+@dry_run_option("Print the plan (each step, what it needs, what it asks a cluster for) and write nothing.")
 @click.option("--status", "show_status", is_flag=True, help="Print what the work dir records per step and stop.")
-@llama_cpp_option
-@json_option
+@standard_options(llama_cpp=True)
 @error_boundary
 def run_cmd(recipe: Path, only: tuple[str, ...], resume: bool, force: bool, work_dir: Path | None,
             executor: str, address: str | None, dry_run: bool, show_status: bool, llama_cpp: str | None,
@@ -55,13 +46,7 @@ def run_cmd(recipe: Path, only: tuple[str, ...], resume: bool, force: bool, work
         raise UsageError("--address is the Ray cluster to run on: it needs --executor ray")
     r = load_recipe(recipe, work_dir=work_dir)
     if show_status:
-        rows = describe_state(r)
-        if as_json:
-            emit_json({"work_dir": r.work_dir, "steps": dict(rows)})
-        else:
-            click.echo(f"work dir: {r.work_dir}")
-            for s, st in rows:
-                click.echo(f"  {s:<20} {st}")
+        _show_status(r, describe_state(r), as_json=as_json)
         return
     if dry_run:
         plan = plan_recipe(r, only=list(only) or None)
@@ -73,12 +58,7 @@ def run_cmd(recipe: Path, only: tuple[str, ...], resume: bool, force: bool, work
     if as_json:
         emit_json(res.to_dict())
     else:
-        click.echo(f"{r.name}: {r.path} (work dir {r.work_dir})")
-        for s in res.steps:
-            lines = s.message.splitlines() or [""]
-            click.echo(f"  {s.step:<20} {s.status:<16} {lines[0]}")
-            for extra in lines[1:]:
-                click.echo(f"  {'':<20} {'':<16} {extra}")
+        _show_steps(r, res)
     if not res.ok:
         bad = res.failed
         raise VerdictFailedError(f"{len(bad)} step(s) did not finish: "
@@ -87,3 +67,23 @@ def run_cmd(recipe: Path, only: tuple[str, ...], resume: bool, force: bool, work
     if not as_json:
         info(f"done in {res.wall_s:.1f}s")
     sys.stdout.flush()
+
+
+def _show_status(r: Any, rows: list[tuple[str, str]], *, as_json: bool) -> None:
+    """--status: what the work dir records for each step."""
+    if as_json:
+        emit_json({"work_dir": r.work_dir, "steps": dict(rows)})
+        return
+    click.echo(f"work dir: {r.work_dir}")
+    for s, st in rows:
+        click.echo(f"  {s:<20} {st}")
+
+
+def _show_steps(r: Any, res: Any) -> None:
+    """One line per step (status and message; a message's further lines indented below it)."""
+    click.echo(f"{r.name}: {r.path} (work dir {r.work_dir})")
+    for s in res.steps:
+        lines = s.message.splitlines() or [""]
+        click.echo(f"  {s.step:<20} {s.status:<16} {lines[0]}")
+        for extra in lines[1:]:
+            click.echo(f"  {'':<20} {'':<16} {extra}")

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from ..testmodels import DTYPES, FAMILY_ARCHES
-from .common import emit_json, error_boundary, force_option, json_option
+from .common import emit_json, error_boundary
+from .options import standard_options
 
 
 @click.command("testmodels")
@@ -17,8 +18,7 @@ from .common import emit_json, error_boundary, force_option, json_option
               help="Architecture of the models (gemma4: the target and its gemma4-assistant drafters).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="f16", show_default=True,
               help="Type of the 2-D weights (1-D tensors stay F32).")
-@force_option
-@json_option
+@standard_options(force=True)
 @error_boundary
 def testmodels_cmd(outdir: Path, arch: str, dtype: str, force: bool, as_json: bool) -> None:
     """Write tiny models with known MTP acceptance (full-aligned 1.0, full-mixed lower on prose,

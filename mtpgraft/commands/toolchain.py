@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .common import STATE, emit_json, error_boundary, info, json_option
+from .common import STATE, emit_json, error_boundary, info
+from .options import force_option, standard_options
 
 
 @click.command("toolchain")
@@ -13,9 +14,9 @@ from .common import STATE, emit_json, error_boundary, info, json_option
 @click.option("-j", "--jobs", type=int, default=None, help="Parallel build jobs (default: all cores).")
 @click.option("--sdist", type=click.Path(dir_okay=False), default=None,
               help="Use this local llama-cpp-python sdist instead of downloading it ($MTPGRAFT_SDIST).")
-@click.option("--force", is_flag=True, help="Rebuild even if the cache holds this build.")
+@force_option("Rebuild even if the cache holds this build.")
 @click.option("--print-bin-dir", is_flag=True, help="Print only the bin directory (for scripts).")
-@json_option
+@standard_options()
 @error_boundary
 def toolchain_cmd(cmake_args: tuple[str, ...], jobs: int | None, sdist: str | None, force: bool,
                   print_bin_dir: bool, as_json: bool) -> None:
