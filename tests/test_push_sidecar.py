@@ -174,6 +174,34 @@ def test_trunk_only_quants_plus_one_sidecar_verified_remotely(hub, tmp_path, lla
 
 
 @pytest.mark.tools
+def test_verify_remote_on_an_up_to_date_push_reports_the_check_and_fails(hub, tmp_path, llama_cpp_dir):
+    """Nothing to send, yet --verify-remote still loads the :TAG: its failed check is shown and exits 1,
+    as with --json (the text path used to print only "already up to date" and exit 0)."""
+    from mtpgraft.testmodels import build_tiny_model
+
+    out = tmp_path / "out"
+    out.mkdir()
+    build_tiny_model(out / "Tiny-Q8_0.gguf", layout="full", head="random")  # drafts ~never accepted
+    assert push(hub, str(out), "--repo", "tester/Tiny-GGUF", "--no-verify").exit_code == 0
+    commits = len(hub.writes())
+    r = push(hub, str(out), "--repo", "tester/Tiny-GGUF", "--no-verify", "--verify-remote",
+             "--llama-cpp", str(llama_cpp_dir))
+    assert r.exit_code == 1, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "tester/Tiny-GGUF@main: already up to date; nothing sent (2 files read back with matching sha256)"
+    assert lines[1].startswith("verify-remote tester/Tiny-GGUF:Q8_0: fail, acceptance ")
+    assert r.stderr.splitlines()[-1].startswith(
+        "mtpgraft: error: verify-remote: the published repo does not pass its check: Q8_0: ")
+    r = push(hub, str(out), "--repo", "tester/Tiny-GGUF", "--no-verify", "--verify-remote", "--json",
+             "--llama-cpp", str(llama_cpp_dir))
+    assert r.exit_code == 1, r.stderr
+    d = json.loads(r.stdout)
+    assert d["result"]["commit_oid"] is None
+    assert [(c["tag"], c["verdict"]) for c in d["verify_remote"]] == [("Q8_0", "fail")]
+    assert len(hub.writes()) == commits  # neither verifying push wrote anything
+
+
+@pytest.mark.tools
 def test_in_file_mtp_quants_pushed_then_checked_from_the_hub(hub, tmp_path, llama_cpp_dir):
     import subprocess
 

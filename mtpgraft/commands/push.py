@@ -6,18 +6,9 @@ from typing import Any
 
 import click
 
-from ..errors import HubError, UsageError
-from .common import (
-    STATE,
-    dry_run_option,
-    emit_json,
-    error_boundary,
-    info,
-    json_option,
-    llama_cpp_option,
-    show_progress,
-    warn,
-)
+from ..errors import HubError, UsageError, VerdictFailedError
+from .common import STATE, emit_json, error_boundary, info, show_progress, warn
+from .options import base_model_option, check_reports_option, hub_options, standard_options
 
 
 @click.command("push")
@@ -27,23 +18,17 @@ from .common import (
               help="Branch to commit to (created from main if missing). Default: main.")
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
 @click.option("--private", is_flag=True, help="Create the repo private (if it does not exist yet).")
-@click.option("--token", default=None, metavar="TOKEN",
-              help="Hugging Face token (else $HF_TOKEN, else the stored `hf auth login`).")
-@click.option("--endpoint", default=None, metavar="URL", help="Hub endpoint (else $HF_ENDPOINT).")
-@click.option("--report", "reports", multiple=True, type=click.Path(exists=True), metavar="DIR",
-              help="A `mtpgraft check --report` folder; may be repeated. Each GGUF needs a passing "
-                   "result with its sha256.")
+@hub_options
+@check_reports_option("A `mtpgraft check --report` folder; may be repeated. Each GGUF needs a passing "
+                      "result with its sha256.")
 @click.option("--no-verify", is_flag=True,
               help="Push without a passing check report (the model card says so).")
-@click.option("--base-model", default=None, metavar="OWNER/NAME",
-              help="The base model on the card (base_model, base_model_relation: quantized) when the "
+@base_model_option("The base model on the card (base_model, base_model_relation: quantized) when the "
                    "GGUFs record none.")
 @click.option("--verify-remote", is_flag=True,
               help="After the commit, load every changed :TAG with the real `llama-server -hf` from the "
                    "Hub (as users will) and check that it drafts; exit 1 when one fails.")
-@llama_cpp_option
-@dry_run_option("Print the plan; make no write request.")
-@json_option
+@standard_options(dry_run="Print the plan; make no write request.", llama_cpp=True)
 @error_boundary
 def push_cmd(paths: tuple[str, ...], repo_id: str, revision: str | None, create_pr: bool, private: bool,
          token: str | None, endpoint: str | None, reports: tuple[str, ...], no_verify: bool,
@@ -81,12 +66,8 @@ def push_cmd(paths: tuple[str, ...], repo_id: str, revision: str | None, create_
     if as_json:
         emit_json({"dry_run": False, "plan": plan.to_dict(), "result": result.to_dict(),
                    **({"verify_remote": [_check_dict(c) for c in checks]} if verify_remote else {})})
-    elif result.commit_oid is None:
-        click.echo(f"{repo_id}@{plan.revision}: already up to date; nothing sent "
-                   f"({len(result.verified)} files read back with matching sha256)")
-        return
     else:
-        _show_result(result, checks, repo_id=repo_id)
+        _show_result(result, checks, repo_id=repo_id, revision=plan.revision)
     _exit_on_failed(checks)
 
 
@@ -101,11 +82,15 @@ def _show_plan(plan: Any, *, dry_run: bool, as_json: bool) -> None:
         raise HubError(plan.refusal_message())
 
 
-def _show_result(result: Any, checks: list[Any], *, repo_id: str) -> None:
-    """What a push sent, and each verify-remote check."""
-    click.echo(f"pushed {len(result.sent)} file(s) to {repo_id} in commit {result.commit_oid[:12]} "
-               f"({len(result.verified)} files read back with matching sha256)")
-    click.echo(result.pr_url or result.commit_url or "")
+def _show_result(result: Any, checks: list[Any], *, repo_id: str, revision: str) -> None:
+    """What a push sent (or that the repo already had it all), and each verify-remote check."""
+    if result.commit_oid is None:
+        click.echo(f"{repo_id}@{revision}: already up to date; nothing sent "
+                   f"({len(result.verified)} files read back with matching sha256)")
+    else:
+        click.echo(f"pushed {len(result.sent)} file(s) to {repo_id} in commit {result.commit_oid[:12]} "
+                   f"({len(result.verified)} files read back with matching sha256)")
+        click.echo(result.pr_url or result.commit_url or "")
     for c in checks:
         acc = c.result.acceptance
         click.echo(f"verify-remote {repo_id}:{c.tag}: {c.result.verdict}, acceptance "
@@ -131,9 +116,12 @@ def _check_dict(c: Any) -> dict[str, Any]:
 
 
 def _exit_on_failed(checks: list[Any]) -> None:
+    """A verify-remote check that failed is a failed result (exit 1), with or without --json."""
     bad = [c for c in checks if not c.passed]
     if bad:
-        raise HubError("verify-remote: the published repo does not pass its check: " + "; ".join(f"{c.tag}: {'; '.join(c.result.reasons) or c.result.verdict}" for c in bad))
+        raise VerdictFailedError("verify-remote: the published repo does not pass its check: "
+                                 + "; ".join(f"{c.tag}: {'; '.join(c.result.reasons) or c.result.verdict}"
+                                             for c in bad))
 
 
 def _plan_lines(plan: Any, *, dry_run: bool) -> list[str]:
