@@ -87,8 +87,8 @@ class Text(str):
 
 def spelled(message: object, spell: Spelling) -> str:
     """`message` with its settings spelled by `spell` (a plain str or an error's text as it is)."""
-    if isinstance(message, BaseException):
-        message = message.args[0] if len(message.args) == 1 else str(message)
+    if isinstance(message, MtpgraftError):
+        message = message.text
     return message.spelled(spell) if isinstance(message, Text) else str(message)
 
 
@@ -106,15 +106,21 @@ def respelled(obj: Any, spell: Spelling) -> Any:
 class MtpgraftError(Exception):
     """Base of every error mtpgraft raises on purpose. `exit_code` is what the CLI exits with.
 
-    The message is one str, or parts (str and Setting) that make one Text: raise
-    OutputExistsError(f"{target} exists; pass ", Setting("force", True), " to overwrite it")."""
+    The message is one str, or parts (str, Text and Setting) that make one Text: raise
+    OutputExistsError(f"{target} exists; pass ", Setting("force", True), " to overwrite it").
+    A message may name another command to run (`mtpgraft check --report DIR`), in backticks."""
 
     exit_code = EXIT_INPUT
 
     def __init__(self, *parts: Any) -> None:
-        if any(isinstance(p, Setting) for p in parts):
+        if len(parts) > 1 or any(isinstance(p, Setting) for p in parts):
             parts = (Text(*parts),)
         super().__init__(*parts)
+
+    @property
+    def text(self) -> str:
+        """The message as raised: a Text when it names settings (str(e) spells them as the library)."""
+        return self.args[0] if len(self.args) == 1 and isinstance(self.args[0], str) else str(self)
 
 
 class VerdictFailedError(MtpgraftError):

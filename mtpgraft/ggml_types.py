@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .errors import QuantizeOptionError, UsageError
+from .errors import QuantizeOptionError, Setting, UsageError
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,10 @@ def tensor_needs_imatrix(name: str, file_type: str | None = None) -> bool:
 # --------------------------------------------------------------------------- --mtp-type
 
 
-def mtp_target(text: str, *, policies: Iterable[str] = ("q8_0", "match"), what: str = "--mtp-type") -> str:
+MTP_TYPE = Setting("mtp_type")  # the setting whose value mtp_target checks, in its messages
+
+
+def mtp_target(text: str, *, policies: Iterable[str] = ("q8_0", "match"), what: str | Setting = MTP_TYPE) -> str:
     """Validate an `--mtp-type` value: a policy word, or a tensor type something can make (numpy or
     llama-quantize). Returns the policy word or the canonical type name; UsageError otherwise.
     The one check for attach, quantize and recipes."""
@@ -106,7 +109,7 @@ def mtp_target(text: str, *, policies: Iterable[str] = ("q8_0", "match"), what: 
     if name in NUMPY_MAKES or name in LLAMA_QUANTIZE_MAKES:
         return name
     known = ", ".join(t.name.lower() for t in TENSOR_TYPES if t.name in NUMPY_MAKES | LLAMA_QUANTIZE_MAKES)
-    raise UsageError(f"{what} {text!r} is not {', '.join(policies)} or a ggml tensor type "
+    raise UsageError(what, f" {text!r} is not {', '.join(policies)} or a ggml tensor type "
                      f"llama.cpp can make ({known})")
 
 

@@ -20,7 +20,7 @@ from gguf import GGUFValueType
 
 from . import __version__
 from .arch import ASSISTANT_ARCH
-from .errors import GGUFFormatError, QuantizeError, QuantizeOptionError, ToolFailedError
+from .errors import GGUFFormatError, QuantizeError, QuantizeOptionError, Setting, ToolFailedError
 from .outputs import PendingOutput, atomic_write, check_outputs, disk_full, no_space_error
 from .tools import find_tool, format_cmd
 
@@ -90,9 +90,9 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
     size = _check_calibration(cal)
     out = Path(output).absolute()
     check_outputs([out], [m, cal], force=force)
-    for name, v in (("--ctx", ctx), ("--chunks", chunks), ("--batch", batch), ("--threads", threads)):
+    for name, v in (("ctx", ctx), ("chunks", chunks), ("batch", batch), ("threads", threads)):
         if v is not None and v < 1:
-            raise QuantizeOptionError(f"{name} must be >= 1, got {v}")
+            raise QuantizeOptionError(Setting(name), f" must be >= 1, got {v}")
     _check_calibration_length(cal, size, ctx)
     tool = str(find_tool("llama-imatrix", llama_cpp))
     tmp = out.with_name(f".{out.name}.partial.gguf")
@@ -210,7 +210,7 @@ def _check_calibration_length(cal: Path, size: int, ctx: int | None) -> None:
     if at_most < 2 * ctx:
         raise QuantizeError(f"calibration file {cal.name} is too short: you need at least {2 * ctx} "
                             f"tokens for a context of {ctx} tokens, and its {size} bytes give at most "
-                            f"{at_most}; use a longer text or a smaller --ctx")
+                            f"{at_most}; use a longer text or a smaller ", Setting("ctx"))
 
 
 def _imatrix_reason(tail: str) -> str:

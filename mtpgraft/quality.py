@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import MtpgraftError, UsageError
+from .errors import MtpgraftError, Setting, UsageError
 from .outputs import PendingOutput, ensure_space, write_text
 
 DEFAULT_CTX = 512
@@ -143,7 +143,7 @@ def plan_quality(reference: str | os.PathLike[str], models: Sequence[str | os.Pa
     if ctx_size < 16:
         raise UsageError(f"context size {ctx_size} is too small for perplexity (use 128 or more)")
     if chunks is not None and chunks < 1:
-        raise UsageError("--chunks must be at least 1")
+        raise UsageError(Setting("chunks"), " must be at least 1")
     txt = Path(text) if text is not None else builtin_text()
     if not txt.is_file():
         raise UsageError(f"text file not found: {txt}")
@@ -161,7 +161,7 @@ def plan_quality(reference: str | os.PathLike[str], models: Sequence[str | os.Pa
         max_chunks = min(max_chunks, chunks)
     if max_chunks < 2:
         raise UsageError(f"{txt.name} is too short for context {ctx_size}: llama-perplexity needs at "
-                         f"least {2 * ctx_size} tokens (a longer text, or a smaller --ctx-size)")
+                         f"least {2 * ctx_size} tokens (a longer text, or a smaller ", Setting("ctx_size"), ")")
     key = hashlib.sha256(json.dumps({
         "model": [sha256_file(p) for p in ref.paths], "text": text_sha, "ctx": ctx_size,
         "chunks": chunks, "args": list(extra_args), "build": build}, sort_keys=True).encode()).hexdigest()

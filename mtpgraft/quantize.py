@@ -39,9 +39,18 @@ from .errors import (
     OutputWriteError,
     QuantizeError,
     QuantizeOptionError,
+    Setting,
+    Text,
     ToolFailedError,
 )
-from .ggml_types import FILE_TYPES, FLOAT_FILE_TYPES, llama_quantizes, mtp_target, type_name
+from .ggml_types import (
+    FILE_TYPES,
+    FLOAT_FILE_TYPES,
+    MTP_TYPE,
+    llama_quantizes,
+    mtp_target,
+    type_name,
+)
 from .gguf_io import GGUFModel, TensorRef, open_input, shown
 from .inspection import inspect_model
 from .outputs import PendingOutput, disk_full, no_space_error
@@ -73,7 +82,7 @@ def parse_types(types: str | Sequence[str]) -> tuple[str, ...]:
     items = types.split(",") if isinstance(types, str) else [x for t in types for x in str(t).split(",")]
     out = [canonical_type(t) for t in items if t.strip()]
     if not out:
-        raise QuantizeOptionError("no quant types given (e.g. --types Q4_K_M,Q8_0)")
+        raise QuantizeOptionError("no quant types given (e.g. ", Setting("types", "Q4_K_M,Q8_0"), ")")
     return tuple(dict.fromkeys(out))
 
 
@@ -86,7 +95,7 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * (10**6 if m.group(2) == "M" else 10**9)
 
 
-def ggml_type(name: str, *, what: str = "--mtp-type") -> str:
+def ggml_type(name: str, *, what: str | Setting = MTP_TYPE) -> str:
     """An MTP type policy (q8_0, match or a tensor type), validated by ggml_types.mtp_target."""
     return mtp_target(name, policies=MTP_POLICIES, what=what)
 
@@ -112,10 +121,10 @@ def name_problem(name: str, *, sidecar: bool = False) -> str | None:
 def check_name(name: str, *, sidecar: bool = False) -> None:
     problem = name_problem(name, sidecar=sidecar)
     if problem:
-        raise QuantizeOptionError(f"--name {problem}")
+        raise QuantizeOptionError(Setting("name"), f" {problem}")
 
 
-def check_mtp_policy(value: str, *, what: str = "--mtp-type") -> str:
+def check_mtp_policy(value: str, *, what: str | Setting = MTP_TYPE) -> str:
     """An MTP type policy (q8_0, match or a ggml tensor type), normalized; UsageError if not one."""
     v = value.strip().lower()
     if v not in MTP_POLICIES:
@@ -275,8 +284,8 @@ class QuantizePlan:
                              + format_cmd(list(j.split_command(self, f"{self.out_dir}/.{j.quant_type}.partial")))
                              + f" -> {Path(j.split_dir).name}/{self.name}-{j.quant_type}-0000i-of-0000N.gguf")
         for w in self.warnings:
-            lines.append(f"  warning: {w}")
-        return "\n".join(lines)
+            lines.append("  warning: " + w)
+        return Text("\n").join(lines)
 
 
 def mtp_policy_for(mtp_type: str | Mapping[str, str] | None, quant_type: str) -> str:
@@ -296,7 +305,7 @@ def _check_assistant(name: str, imatrix: object, quant_types: Sequence[str]) -> 
     if imatrix is not None:
         raise QuantizeError(f"{name} is a gemma4-assistant: no imatrix applies to it (llama-imatrix "
                             "cannot run an assistant, and its target's imatrix describes the target's "
-                            "tensors of the same names); quantize it without --imatrix")
+                            "tensors of the same names); quantize it without ", Setting("imatrix"))
     needing = [t for t in quant_types if t in NEEDS_IMATRIX]
     if needing:
         raise QuantizeError(f"{', '.join(needing)} need(s) an importance matrix, which a gemma4-assistant "
@@ -369,9 +378,9 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
     `llama_cpp` at the end, so a usage mistake is never hidden by "tool not found"."""
     quant_types = parse_types(types)
     if jobs < 1:
-        raise QuantizeOptionError(f"--jobs must be >= 1, got {jobs}")
+        raise QuantizeOptionError(Setting("jobs"), f" must be >= 1, got {jobs}")
     if threads is not None and threads < 1:
-        raise QuantizeOptionError(f"--threads must be >= 1, got {threads}")
+        raise QuantizeOptionError(Setting("threads"), f" must be >= 1, got {threads}")
     _check_mtp_types(mtp_type)
     inp = _read_input(model, imatrix, quant_types)
     if inp.src.arch == ASSISTANT_ARCH:
@@ -380,14 +389,15 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
     check_name(name, sidecar=inp.layout == "mtp-only")
     out = (Path(out_dir) if out_dir is not None else inp.src.path.parent).absolute()
     if out.exists() and not out.is_dir():
-        raise QuantizeError(f"--out-dir {out} is a file")
+        raise QuantizeError(Setting("out_dir"), f" {out} is a file")
     split_bytes = parse_size(split_max_size) if split_max_size else None
     decided = [_job_types(qt, inp, mtp_type) for qt in quant_types]
     warnings = _plan_warnings(inp, decided, allow_requantize)
     for qt in quant_types:
         single = output_names(out, name, qt)[0]
         if any(single.resolve() == p.resolve() for p in inp.src.paths):
-            raise QuantizeError(f"the {qt} output {single} would overwrite the input; pass another --name")
+            raise QuantizeError(f"the {qt} output {single} would overwrite the input; pass another ",
+                                Setting("name"))
     tools = tools or resolve_quantize_tools(llama_cpp, split=split_bytes is not None)
     if threads is None and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -427,29 +437,29 @@ def _job_types(qt: str, inp: _Input, mtp_type: str | Mapping[str, str] | None) -
     cov, covers, blocks = inp.cov, inp.covers_mtp, ", ".join(f"blk.{i}" for i in inp.mtp_layers)
     if qt in NEEDS_IMATRIX and cov is None:
         raise QuantizeError(f"{qt} needs an importance matrix (llama-quantize refuses it without one): "
-                            "pass --imatrix FILE (make one with `mtpgraft imatrix`)")
+                            "pass ", Setting("imatrix"), " FILE (make one with `mtpgraft imatrix`)")
     policy = mtp_policy_for(mtp_type, qt) if inp.mtp_layers else "none"
     jw: list[str] = []
     if policy == "match":
         if qt in NEEDS_IMATRIX and not covers:
             raise QuantizeError(
-                f"--mtp-type match cannot make {qt}: its mixture needs importance data for the MTP "
-                f"block ({blocks}), which the imatrix lacks (llama-imatrix never runs it); use --mtp-type "
-                "q8_0 or a type such as q6_k")
+                Setting("mtp_type", "match"), f" cannot make {qt}: its mixture needs importance data for "
+                f"the MTP block ({blocks}), which the imatrix lacks (llama-imatrix never runs it); use ",
+                Setting("mtp_type", "q8_0"), " or a type such as q6_k")
         if cov is not None and not covers:
-            jw.append(f"{qt}: the MTP block is quantized by llama.cpp's {qt} mixture without importance "
-                      "data (--mtp-type match)")
+            jw.append(Text(f"{qt}: the MTP block is quantized by llama.cpp's {qt} mixture without "
+                           "importance data (", Setting("mtp_type", "match"), ")"))
         must = tuple(r.name for r in inp.mtp_weights) if qt not in FLOAT_FILE_TYPES else ()
         return _JobTypes(qt, policy, (), (), must, None, tuple(jw))
     if policy == "none":
         return _JobTypes(qt, policy, (), (), (), None, ())
     target = ggml_type(policy).upper()  # q8_0 is a policy word and a type
     if ggml_types.tensor_needs_imatrix(target, qt) and not covers:
-        raise QuantizeError(f"--mtp-type {policy} needs importance data for the MTP block, which the imatrix "
-                            "lacks (llama-imatrix never runs it); use q8_0, q6_k, q4_k or iq4_xs")
+        raise QuantizeError(Setting("mtp_type", policy), " needs importance data for the MTP block, which "
+                            "the imatrix lacks (llama-imatrix never runs it); use q8_0, q6_k, q4_k or iq4_xs")
     if cov is not None and not covers and target not in ggml_types.IGNORES_IMATRIX:
-        jw.append(f"{qt}: MTP tensors get {target} without importance data (chosen with "
-                  "--mtp-type; the imatrix has no entries for the MTP block)")
+        jw.append(Text(f"{qt}: MTP tensors get {target} without importance data (chosen with ",
+                       Setting("mtp_type"), "; the imatrix has no entries for the MTP block)"))
     rules = tuple(MtpRule(rf"^blk\.{i}\.", target.lower()) for i in inp.mtp_layers)
     # overrides only apply when the file type is a quantized one
     exact = () if qt in FLOAT_FILE_TYPES else tuple(sorted(
@@ -485,9 +495,9 @@ def _plan_warnings(inp: _Input, decided: Sequence[_JobTypes], allow_requantize: 
         if not allow_requantize:
             raise QuantizeError(
                 f"{inp.src.path.name} holds already-quantized tensors ({', '.join(_requantize_list(inp, decided))} "
-                "over the batch) that would change type; llama-quantize refuses that unless you pass "
-                f"--allow-requantize (llama.cpp: {REQUANTIZE_WARNING.split(': ', 1)[1]}) — better, quantize "
-                "from the F16/BF16 file")
+                "over the batch) that would change type; llama-quantize refuses that unless you pass ",
+                Setting("allow_requantize", True), f" (llama.cpp: {REQUANTIZE_WARNING.split(': ', 1)[1]}) — "
+                "better, quantize from the F16/BF16 file")
         warnings.insert(0, REQUANTIZE_WARNING)
     if not inp.mtp_layers:
         warnings.append(f"{inp.src.path.name} has no MTP block: quantizing the trunk only (attach a head "
@@ -732,8 +742,9 @@ class _Runner:
             if v.ok:
                 self.emit(qt, f"exists and verifies: {_rel(existing)} (skipped)")
                 return self._result(job, "skipped", v, t0, split=existing.parent == Path(job.split_dir))
-            msg = f"{existing} exists but fails verification ({'; '.join(v.problems)}); pass --force to redo it"
-            self.emit(qt, f"FAILED: {msg}")
+            msg = Text(f"{existing} exists but fails verification ({'; '.join(v.problems)}); pass ",
+                       Setting("force", True), " to redo it")
+            self.emit(qt, "FAILED: " + msg)
             return OutputResult(qt, "failed", None, reason=msg, problems=v.problems,
                                 seconds=time.perf_counter() - t0)
         try:
@@ -765,8 +776,8 @@ class _Runner:
             v = verify_output(job.single_path, job.expect)
             return self._result(job, "done", v, t0, log=log_path)
         except (ToolFailedError, QuantizeError, OutputExistsError, OutputWriteError) as e:
-            self.emit(qt, f"FAILED: {e}")
-            return OutputResult(qt, "failed", None, reason=str(e), seconds=time.perf_counter() - t0,
+            self.emit(qt, "FAILED: " + e.text)
+            return OutputResult(qt, "failed", None, reason=e.text, seconds=time.perf_counter() - t0,
                                 log=log_path)
 
     def _split(self, job: QuantizeJob, log_name: str) -> Path | None:
@@ -791,7 +802,7 @@ class _Runner:
         """One type has one output: a single file or a split folder. Installing one removes the
         other with --force and is refused without it (the target itself is guarded by install())."""
         if other.exists() and not self.plan.force:
-            raise OutputExistsError(f"{other} appeared meanwhile; pass --force")
+            raise OutputExistsError(f"{other} appeared meanwhile; pass ", Setting("force", True))
         _rm(other)
 
     def _result(self, job: QuantizeJob, status: str, v: Verification, t0: float, *, split: bool = False,

@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import Interrupted, ToolFailedError, ToolNotFoundError, signal_name, signals_held
+from .errors import (
+    Interrupted,
+    Setting,
+    Text,
+    ToolFailedError,
+    ToolNotFoundError,
+    signal_name,
+    signals_held,
+)
 
 log = logging.getLogger("mtpgraft")
 
@@ -46,12 +54,12 @@ class ToolLocation:
 
 def locate_tool(name: str, llama_cpp_dir: str | os.PathLike[str] | None = None) -> ToolLocation:
     """Return where `name` is, looking in the flag's dir, $MTPGRAFT_LLAMA_CPP, PATH, then the cache."""
-    tried: list[str] = []
+    tried: list[str | Text] = []
     if llama_cpp_dir:
         for c in _candidates(Path(llama_cpp_dir), name):
             if c.is_file() and os.access(c, os.X_OK):
                 return ToolLocation(name, c, "flag")
-        tried.append(f"--llama-cpp {llama_cpp_dir}")
+        tried.append(Text(Setting("llama_cpp"), f" {llama_cpp_dir}"))
     env = os.environ.get(ENV_DIR)
     if env:
         for c in _candidates(Path(env), name):
@@ -70,10 +78,9 @@ def locate_tool(name: str, llama_cpp_dir: str | os.PathLike[str] | None = None) 
         if c.is_file() and os.access(c, os.X_OK):
             return ToolLocation(name, c, "cache")
     tried.append("the toolchain cache")
-    raise ToolNotFoundError(
-        f"{name} not found (looked in {', '.join(tried)}); build it with `mtpgraft toolchain` "
-        f"or point --llama-cpp / ${ENV_DIR} at a llama.cpp build"
-    )
+    raise ToolNotFoundError(f"{name} not found (looked in ", Text(", ").join(tried), "); build it with "
+                            "`mtpgraft toolchain` or point ", Setting("llama_cpp"), f" / ${ENV_DIR} at a "
+                            "llama.cpp build")
 
 
 def find_tool(name: str, llama_cpp_dir: str | os.PathLike[str] | None = None) -> Path:

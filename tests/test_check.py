@@ -272,9 +272,9 @@ def test_plan_presets_cost_modes_and_ctx(tmp_path):
         plan_check([raw], server=server, mode="chat")
     with pytest.raises(UsageError, match="no --spec-draft-p-min"):
         plan_check([chat], server=ServerTool(Path("/x/llama-server"), "draft-mtp"), p_min=[0.5])
-    with pytest.raises(UsageError, match=r"--p-min values must be between 0 and 1"):
+    with pytest.raises(UsageError, match=r"^p_min values must be between 0 and 1"):
         plan_check([chat], server=server, p_min=[1.5])
-    with pytest.raises(UsageError, match="--reasoning takes on and off, got maybe"):
+    with pytest.raises(UsageError, match="^reasoning takes on and off, got maybe"):
         plan_check([chat], server=server, reasoning=["maybe"])
 
 

@@ -257,3 +257,73 @@ def test_library_messages_name_settings_and_the_cli_names_flags(pair, tmp_path):
     assert str(e.value) == f"{out} exists; pass force=True to overwrite it" and "--" not in str(e.value)
     r = CliRunner().invoke(cli, ["attach", str(base), "--mtp-from", str(src), "-o", str(out)])
     assert r.exit_code == 4 and r.output.strip() == f"mtpgraft: error: {out} exists; pass --force to overwrite it"
+
+
+def _raised(call):
+    with pytest.raises(Exception) as e:  # noqa: PT011 - each call below raises a typed MtpgraftError
+        call()
+    from mtpgraft.errors import MtpgraftError
+
+    assert isinstance(e.value, MtpgraftError), repr(e.value)
+    return str(e.value)
+
+
+def _setting_cases(base: Path, tmp_path: Path):
+    """(library call, its message, CLI args, the CLI's message) for one mistake per stage."""
+    from mtpgraft.check import validate_settings
+    from mtpgraft.hub import make_api, plan_push
+    from mtpgraft.imatrix import plan_imatrix
+    from mtpgraft.quality import plan_quality
+    from mtpgraft.quantize import plan_quantize
+
+    cal = tmp_path / "cal.txt"
+    cal.write_text("calibration text " * 200)
+    imx = tmp_path / "imatrix.gguf"
+    check = dict(n_max=[3], temperatures=[0.0], reps=1, per_category=None, n_predict=32,
+                 min_acceptance=0.3, min_speedup=None)
+    return [
+        (lambda: plan_quantize(base, "Q8_0", jobs=0), "jobs must be >= 1, got 0",
+         ["quantize", base, "--types", "Q8_0", "-j", "0"], "--jobs must be >= 1, got 0"),
+        (lambda: plan_quantize(base, "Q8_0", mtp_type="q9_9"), "mtp_type 'q9_9' is not q8_0, match",
+         ["quantize", base, "--types", "Q8_0", "--mtp-type", "q9_9"], "--mtp-type 'q9_9' is not q8_0, match"),
+        (lambda: plan_imatrix(base, cal, imx, ctx=0), "ctx must be >= 1, got 0",
+         ["imatrix", base, "-f", cal, "-o", imx, "-c", "0"], "--ctx must be >= 1, got 0"),
+        (lambda: validate_settings(ctx_size=8, **check), "ctx_size must be >= 256, got 8",
+         ["check", base, "--ctx", "8"], "--ctx must be >= 256, got 8"),
+        (lambda: plan_quality(base, [base], chunks=0), "chunks must be at least 1",
+         ["quality", base, base, "--chunks", "0"], "--chunks must be at least 1"),
+        (lambda: plan_push([base], repo_id="nobody", api=make_api(endpoint="http://127.0.0.1:9", token="x")),
+         "repo_id 'nobody' is not OWNER/NAME",
+         ["push", base, "--repo", "nobody", "--no-verify"], "--repo 'nobody' is not OWNER/NAME"),
+        (lambda: plan_push([base], repo_id="o/n", api=make_api(endpoint="http://127.0.0.1:9", token="x"),
+                           report_dirs=[tmp_path]),
+         f"report_dirs {tmp_path}: no report.json there",
+         ["push", base, "--repo", "o/n", "--report", tmp_path], f"--report {tmp_path}: no report.json there"),
+    ]
+
+
+def test_library_messages_name_no_cli_flag_and_each_command_renders_its_flag(pair, tmp_path):
+    base, _ = pair
+    for call, library, args, shown in _setting_cases(base, tmp_path):
+        said = _raised(call)
+        # another command to run may be named, in backticks (`mtpgraft check --report DIR`)
+        assert said.startswith(library) and not re.search(r"(^|[\s(])--[a-z]", re.sub(r"`[^`]*`", "", said)), said
+        r = CliRunner().invoke(cli, [str(a) for a in args])
+        assert r.exit_code == 2 and r.output.startswith(f"mtpgraft: error: {shown}"), (args, r.output)
+        assert r.output.count("\n") == 1, r.output
+
+
+def test_tool_and_recipe_messages_name_settings(tmp_path):
+    from mtpgraft.commands.common import flag
+    from mtpgraft.errors import Setting, ToolNotFoundError, spelled
+    from mtpgraft.recipe.pipeline import recipe_setting
+    from mtpgraft.tools import find_tool
+
+    with pytest.raises(ToolNotFoundError) as e:
+        find_tool("llama-no-such-tool", tmp_path)
+    assert f"looked in llama_cpp {tmp_path}, " in str(e.value) and "--llama-cpp" not in str(e.value)
+    assert f"looked in --llama-cpp {tmp_path}, " in spelled(e.value, lambda s: flag(s, "quantize"))
+    assert "or point --llama-cpp / $MTPGRAFT_LLAMA_CPP at" in spelled(e.value, lambda s: flag(s, "quantize"))
+    # a stage's setting inside `mtpgraft run`: the recipe's key, or run's own flag
+    assert recipe_setting(Setting("mtp_type", "iq2_xxs")) == 'mtp_type = "iq2_xxs"'
+    assert recipe_setting(Setting("force", True)) == "--force" and recipe_setting(Setting("ctx")) == "ctx"

@@ -265,11 +265,11 @@ def test_mtp_type_policies(tiny, tmp_path: Path) -> None:
     res = run_quantize(plan)
     types = mtp_types(res.outputs[0].path)
     assert res.ok and set(types.values()) <= {"Q4_K", "Q6_K"} and types["attn_v"] == "Q6_K"
-    with pytest.raises(QuantizeError, match="--mtp-type match cannot make IQ2_XXS"):
+    with pytest.raises(QuantizeError, match="^mtp_type='match' cannot make IQ2_XXS"):
         plan_quantize(tiny["full"], "IQ2_XXS", imatrix=tiny["imatrix"], out_dir=out, mtp_type="match")
-    with pytest.raises(QuantizeError, match="--mtp-type iq2_xxs needs importance data for the MTP block"):
+    with pytest.raises(QuantizeError, match="^mtp_type='iq2_xxs' needs importance data for the MTP block"):
         plan_quantize(tiny["full"], "Q4_K_M", imatrix=tiny["imatrix"], out_dir=out, mtp_type="iq2_xxs")
-    with pytest.raises(UsageError, match="--mtp-type .q9_9. is not q8_0, match or a ggml tensor type"):
+    with pytest.raises(UsageError, match="^mtp_type .q9_9. is not q8_0, match or a ggml tensor type"):
         plan_quantize(tiny["full"], "Q4_K_M", out_dir=out, mtp_type="q9_9")
     with pytest.raises(QuantizeError, match="IQ2_XXS needs an importance matrix"):
         plan_quantize(tiny["full"], "Q4_K_M,IQ2_XXS", out_dir=out)
@@ -278,7 +278,7 @@ def test_mtp_type_policies(tiny, tmp_path: Path) -> None:
 @pytest.mark.tools
 def test_requantizing_needs_the_flag_and_warns(batch, tmp_path: Path) -> None:
     src = Path(next(o.path for o in batch["result"].outputs if o.quant_type == "IQ4_XS"))
-    with pytest.raises(QuantizeError, match="--allow-requantize") as e:
+    with pytest.raises(QuantizeError, match="allow_requantize=True") as e:
         plan_quantize(src, "Q4_K_M", out_dir=tmp_path)
     assert "IQ4_XS" in str(e.value) and "Q8_0" not in str(e.value)  # the q8_0 MTP block stays as it is
     plan = plan_quantize(src, "Q4_K_M", out_dir=tmp_path, allow_requantize=True)

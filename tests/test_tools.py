@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mtpgraft.errors import ToolFailedError, ToolNotFoundError
+from mtpgraft.commands.common import flag
+from mtpgraft.errors import ToolFailedError, ToolNotFoundError, spelled
 from mtpgraft.toolchain import cached_bin_dir
 from mtpgraft.tools import locate_tool, probe_mtp_spec_type, run_tool, server_help
 
@@ -48,7 +49,8 @@ def test_not_found_names_every_place(tmp_path, monkeypatch):
     monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(ToolNotFoundError) as e:
         locate_tool("llama-imatrix", tmp_path / "flagdir")
-    msg = str(e.value)
+    assert f"looked in llama_cpp {tmp_path / 'flagdir'}," in str(e.value)  # the library's own name
+    msg = spelled(e.value, lambda s: flag(s, "quantize"))  # what a command says
     for part in ("--llama-cpp", "$MTPGRAFT_LLAMA_CPP", "PATH", "toolchain cache", "mtpgraft toolchain"):
         assert part in msg
 

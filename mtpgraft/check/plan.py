@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import Setting, UsageError
 from .prompts import Prompt, builtin_prompts, load_prompts, select_prompts
 from .server import ServerTool
 
@@ -247,9 +247,6 @@ def _unique(values: Sequence[Any], kind: type) -> tuple[Any, ...]:
     return tuple(dict.fromkeys(kind(v) for v in values))
 
 
-_FLAGS = {"ctx_size": "--ctx", "temperatures": "--temperature", "context_depth": "--context-depth"}
-
-
 def settings_problem(*, n_max: Sequence[int], temperatures: Sequence[float], reps: int,
                      per_category: int | None, n_predict: int, ctx_size: int, min_acceptance: float,
                      min_speedup: float | None, context_depth: Sequence[int] = (0,),
@@ -284,7 +281,7 @@ def validate_settings(**settings: Any) -> None:
     """UsageError for the first bad setting (the CLI calls this before it looks up any tool)."""
     bad = settings_problem(**settings)
     if bad is not None:
-        raise UsageError(f"{_FLAGS.get(bad[0], '--' + bad[0].replace('_', '-'))} {bad[1]}")
+        raise UsageError(Setting(bad[0]), f" {bad[1]}")
 
 
 def _choose_prompts(prompts: str | os.PathLike[str] | Sequence[Prompt] | None,

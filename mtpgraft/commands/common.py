@@ -191,7 +191,7 @@ def emit_dry_run(plan: Any, text: str, as_json: bool) -> None:
     if as_json:
         emit_json({"dry_run": True, "plan": plan.to_dict()})
     else:
-        click.echo(text)
+        click.echo(cli_text(text))
 
 
 def show_progress() -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..errors import HubError, UsageError, VerdictFailedError
-from .common import STATE, emit_json, error_boundary, info, show_progress, warn
+from .common import STATE, cli_text, emit_json, error_boundary, info, show_progress, warn
 from .options import base_model_option, check_reports_option, hub_options, standard_options
 
 
@@ -77,7 +77,7 @@ def _show_plan(plan: Any, *, dry_run: bool, as_json: bool) -> None:
         emit_json({"dry_run": dry_run, "plan": plan.to_dict()})
     else:
         for line in _plan_lines(plan, dry_run=dry_run):
-            click.echo(line)
+            click.echo(cli_text(line))
     if plan.refused:
         raise HubError(plan.refusal_message())
 
@@ -147,7 +147,7 @@ def _plan_lines(plan: Any, *, dry_run: bool) -> list[str]:
         lines.append(f"  {f.status:<9}  {f.path_in_repo:<{width}}  {human_size(f.size):>9}  "
                      f"sha256 {f.sha256[:12]}{note}")
     for r in plan.refusals:
-        lines.append(f"  refused    {r}")
+        lines.append("  refused    " + str(r))
     if plan.refused:
         return lines
     n = len(plan.to_send)

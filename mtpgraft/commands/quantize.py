@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import VerdictFailedError
-from .common import emit_dry_run, emit_json, error_boundary, info, warn
+from .common import cli_text, emit_dry_run, emit_json, error_boundary, info, warn
 from .options import standard_options
 
 
@@ -61,7 +61,7 @@ def quantize_cmd(model: Path, types: str, imatrix: Path | None, mtp_type: str | 
         return
     n = len(plan.jobs)
     order = {t: i + 1 for i, t in enumerate(plan.types)}
-    res = run_quantize(plan, on_event=lambda t, m: info(f"[{order[t]}/{n}] {t}: {m}"))
+    res = run_quantize(plan, on_event=lambda t, m: info(f"[{order[t]}/{n}] {t}: {cli_text(m)}"))
     if as_json:
         emit_json({"dry_run": False, **res.to_dict()})
     else:
@@ -71,8 +71,8 @@ def quantize_cmd(model: Path, types: str, imatrix: Path | None, mtp_type: str | 
                 click.echo(f"{o.quant_type:<8} {o.status:<8} {o.path}  {o.bytes / 1e6:.1f} MB"
                            + (f"  (MTP {mtp})" if mtp else ""))
             else:
-                click.echo(f"{o.quant_type:<8} FAILED   {o.reason}")
+                click.echo(f"{o.quant_type:<8} FAILED   {cli_text(o.reason)}")
     if not res.ok:
         bad = res.failed
         raise VerdictFailedError(f"{len(bad)} of {n} type(s) failed: "
-                            + "; ".join(f"{o.quant_type}: {o.reason}" for o in bad))
+                            + "; ".join(f"{o.quant_type}: {cli_text(o.reason)}" for o in bad))

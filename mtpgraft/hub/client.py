@@ -11,14 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from ..errors import HubError
+from ..errors import HubError, Setting, Text
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-NO_TOKEN = ("no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login` "
-            "(a token with write access)")
+NO_TOKEN = Text("no Hugging Face token: pass ", Setting("token"), ", set HF_TOKEN, or run `hf auth login` "
+                "(a token with write access)")
 
 
 def make_api(*, endpoint: str | None = None, token: str | None = None) -> HfApi:
@@ -44,7 +44,7 @@ def hub_errors(*, api: HfApi, repo_id: str, action: str, revision: str | None = 
 
 
 def describe_error(e: BaseException, *, api: HfApi, repo_id: str, action: str,
-                   revision: str | None = None) -> str | None:
+                   revision: str | None = None) -> str | Text | None:
     from huggingface_hub.errors import (
         HfHubHTTPError,
         LocalTokenNotFoundError,
@@ -56,10 +56,11 @@ def describe_error(e: BaseException, *, api: HfApi, repo_id: str, action: str,
     if isinstance(e, LocalTokenNotFoundError):
         return NO_TOKEN
     if isinstance(e, RevisionNotFoundError):
-        return f"cannot {action}: revision {revision or 'main'!r} not found in {repo_id} (check --revision)"
+        return Text(f"cannot {action}: revision {revision or 'main'!r} not found in {repo_id} (check ",
+                    Setting("revision"), ")")
     if isinstance(e, RepositoryNotFoundError):
-        return (f"cannot {action}: {repo_id} not found on {endpoint}, or not visible with this token "
-                "(check --repo and the token's access)")
+        return Text(f"cannot {action}: {repo_id} not found on {endpoint}, or not visible with this token "
+                    "(check ", Setting("repo_id"), " and the token's access)")
     if isinstance(e, HfHubHTTPError):
         return _describe_http(e, repo_id=repo_id, action=action, revision=revision)
     if isinstance(e, RuntimeError) and e.__cause__ is not None:
@@ -67,19 +68,19 @@ def describe_error(e: BaseException, *, api: HfApi, repo_id: str, action: str,
         # It names the file only in that text, so the name is taken from there (for display only).
         inner = describe_error(e.__cause__, api=api, repo_id=repo_id, action=action, revision=revision)
         m = re.search(r"'([^']+)'", str(e))
-        return f"{m.group(1) + ': ' if m else ''}{inner or _one_line(str(e.__cause__))}"
+        return Text(m.group(1) + ": " if m else "", inner or _one_line(str(e.__cause__)))
     return _describe_transfer(e, endpoint=endpoint, repo_id=repo_id, action=action)
 
 
-def _describe_http(e: HfHubHTTPError, *, repo_id: str, action: str, revision: str | None) -> str:
+def _describe_http(e: HfHubHTTPError, *, repo_id: str, action: str, revision: str | None) -> str | Text:
     """An HTTP error from the Hub, by status: token, access, a moved branch, a Hub failure."""
     status = e.response.status_code if e.response is not None else None
     header = e.response.headers.get("X-Error-Message", "") if e.response is not None else ""
     server = _one_line(e.server_message or header or "")
     said = f"{status}{': ' + server if server else ''}"
     if status == 401:
-        return (f"the Hub rejected the token ({said}): pass a valid --token, set HF_TOKEN, "
-                "or run `hf auth login`")
+        return Text(f"the Hub rejected the token ({said}): pass a valid ", Setting("token"), ", set HF_TOKEN, "
+                    "or run `hf auth login`")
     if status == 403:
         return (f"not allowed to {action} {repo_id} ({said}): use a token with write access to "
                 f"{repo_id.split('/')[0]}")
@@ -92,7 +93,7 @@ def _describe_http(e: HfHubHTTPError, *, repo_id: str, action: str, revision: st
     return f"cannot {action} on {repo_id} ({said})"
 
 
-def _describe_transfer(e: BaseException, *, endpoint: str, repo_id: str, action: str) -> str | None:
+def _describe_transfer(e: BaseException, *, endpoint: str, repo_id: str, action: str) -> str | Text | None:
     """A network, Xet or client-side error; None for anything else."""
     try:
         import httpx2
@@ -101,8 +102,8 @@ def _describe_transfer(e: BaseException, *, endpoint: str, repo_id: str, action:
     except ImportError:  # pragma: no cover - the client's HTTP library
         transport = ()
     if isinstance(e, transport):
-        return (f"cannot reach {endpoint} ({_one_line(str(e)) or type(e).__name__}): check --endpoint and "
-                "the network, then run the push again")
+        return Text(f"cannot reach {endpoint} ({_one_line(str(e)) or type(e).__name__}): check ",
+                    Setting("endpoint"), " and the network, then run the push again")
     if isinstance(e, ConnectionError):  # what hf-xet raises when its CAS refuses or fails a transfer
         return (f"the Xet upload failed ({_one_line(str(e))}); check the token's write access, then run "
                 "the push again: chunks already uploaded are not sent again")

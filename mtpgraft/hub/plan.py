@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from .. import naming
-from ..errors import GGUFFormatError, HubError, UsageError
+from ..errors import GGUFFormatError, HubError, Setting, Text, UsageError
 from .client import hub_errors, namespaces, whoami
 from .sidecars import check_placement
 
@@ -106,7 +106,7 @@ class Refusal:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
+        return Text(f"{self.path}: ", self.reason)
 
 
 @dataclass(frozen=True)
@@ -159,8 +159,8 @@ class PushPlan:
     def refused(self) -> bool:
         return bool(self.refusals)
 
-    def refusal_message(self) -> str:
-        return "refusing to push: " + "; ".join(str(r) for r in self.refusals)
+    def refusal_message(self) -> Text:
+        return "refusing to push: " + Text("; ").join(str(r) for r in self.refusals)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -198,7 +198,7 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
     (OWNER/NAME) names the base model on the card when the GGUFs record none."""
     _check_repo_id(repo_id)
     if base_model is not None and not naming.REPO_ID_RE.match(base_model):
-        raise UsageError(f"--base-model {base_model!r} is not OWNER/NAME")
+        raise UsageError(Setting("base_model"), f" {base_model!r} is not OWNER/NAME")
     if not paths:
         raise UsageError("nothing to push: give GGUF files or folders")
     branch = revision or "main"
@@ -217,7 +217,8 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
         repo_exists, branch_exists, parent, remote = _remote_state(
             api, repo_id=repo_id, branch=branch, create_pr=create_pr)
         if private and repo_exists:
-            warnings.append(f"--private has no effect: {repo_id} exists (change its visibility on the Hub)")
+            warnings.append(Text(Setting("private", True), f" has no effect: {repo_id} exists (change its "
+                                 "visibility on the Hub)"))
     foreign = create_pr and repo_exists and repo_id.split("/")[0] not in namespaces(api, repo_id)
     if foreign:
         chart_sources.clear()
@@ -248,7 +249,7 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
 
 def _check_repo_id(repo_id: str) -> None:
     if not naming.REPO_ID_RE.match(repo_id):
-        raise UsageError(f"--repo {repo_id!r} is not OWNER/NAME")
+        raise UsageError(Setting("repo_id"), f" {repo_id!r} is not OWNER/NAME")
 
 
 def _plan_local(local: list[list[_Local]], *, reports: list[_Report], verify: bool, max_file_bytes: int,
@@ -338,7 +339,7 @@ def render_local_card(paths: Sequence[str | os.PathLike[str]], *, repo_id: str =
                                            allow_trunk_only=True)
         refusals += refused
         if entry is None:
-            raise UsageError("; ".join(map(str, refused)))
+            raise UsageError(Text("; ").join(str(r) for r in refused))
         models.append(entry)
     text = cardmod.render_card(repo_id=repo_id, models=models, verified=all(m.check for m in models),
                                base_model=base_model)
@@ -541,20 +542,20 @@ class _Report:
 
 def _load_report(d: Path) -> _Report:
     p = d / "report.json" if d.is_dir() else d
+    given = Text(Setting("report_dirs"), f" {d}: ")
     try:
         data = json.loads(p.read_text())
     except FileNotFoundError:
-        raise UsageError(f"--report {d}: no report.json there "
-                         "(write one with `mtpgraft check --report DIR`)") from None
+        raise UsageError(given, "no report.json there (write one with `mtpgraft check --report DIR`)") from None
     except (OSError, ValueError) as e:
-        raise UsageError(f"--report {d}: cannot read {p} ({e})") from None
+        raise UsageError(given, f"cannot read {p} ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
-        raise UsageError(f"--report {d}: {p} is not an mtpgraft check report (no models list)")
+        raise UsageError(given, f"{p} is not an mtpgraft check report (no models list)")
     q = p.with_name("quality.json")
     try:
         quality = json.loads(q.read_text()) if q.is_file() else None
     except (OSError, ValueError) as e:
-        raise UsageError(f"--report {d}: cannot read {q} ({e})") from None
+        raise UsageError(given, f"cannot read {q} ({e})") from None
     return _Report(p, data, quality if isinstance(quality, dict) else None)
 
 
@@ -576,7 +577,7 @@ def _match_quality(shas: dict[str, str], reports: list[_Report]) -> QualityMatch
     return None
 
 
-def _match_check(shas: dict[str, str], reports: list[_Report]) -> tuple[CheckMatch | None, str]:
+def _match_check(shas: dict[str, str], reports: list[_Report]) -> tuple[CheckMatch | None, str | Text]:
     """The passing report entry that lists every file's sha256, or None and why not."""
     wanted = set(shas.values())
     failed: list[str] = []
@@ -608,16 +609,17 @@ def _match_check(shas: dict[str, str], reports: list[_Report]) -> tuple[CheckMat
                 mtpgraft_version=rep.data.get("mtpgraft_version"), chart=chart_in_repo,
                 chart_source=str(chart_src) if chart_src else None,
                 by_config=tuple(x for x in m.get("by_config") or () if isinstance(x, dict))), ""
+    no_verify = Text("or push with ", Setting("verify", False))
     if failed:
-        return None, failed[0] + "; fix it and check again, or push with --no-verify"
+        return None, Text(failed[0], "; fix it and check again, ", no_verify)
     short = ", ".join(sorted(s[:12] for s in wanted))
     if partial:
         return None, "the check report does not list every shard of this split set; check the whole set"
     if not reports:
-        return None, ("no check report given: run `mtpgraft check --report DIR` on it and pass "
-                      "--report DIR, or push with --no-verify")
-    return None, (f"no check report lists its sha256 ({short}): the file changed since the check, or it "
-                  "was not checked; run `mtpgraft check --report DIR` on it, or push with --no-verify")
+        return None, Text("no check report given: run `mtpgraft check --report DIR` on it and pass ",
+                          Setting("report_dirs"), " DIR, ", no_verify)
+    return None, Text(f"no check report lists its sha256 ({short}): the file changed since the check, or it "
+                      "was not checked; run `mtpgraft check --report DIR` on it, ", no_verify)
 
 
 # --------------------------------------------------------------------------- the Hub side
@@ -645,13 +647,14 @@ def _remote_state(api: HfApi, *, repo_id: str, branch: str,
         except RevisionNotFoundError:
             if create_pr:
                 raise HubError(f"{repo_id} has no branch {branch!r}: a pull request needs an existing "
-                               "target branch (drop --create-pr to create the branch)") from None
+                               "target branch (drop ", Setting("create_pr"), " to create the branch)") from None
             head = api.model_info(repo_id).sha  # a new branch starts at main
             branch_exists = False
         except RepositoryNotFoundError:
             if create_pr:
-                raise HubError(f"{repo_id} not found on {api.endpoint}: --create-pr needs an existing "
-                               "repo (check --repo, or drop --create-pr to create it)") from None
+                raise HubError(f"{repo_id} not found on {api.endpoint}: ", Setting("create_pr"), " needs an "
+                               "existing repo (check ", Setting("repo_id"), ", or drop ", Setting("create_pr"),
+                               " to create it)") from None
             return False, False, None, {}
         remote = _tree(api, repo_id, head or branch)
     return True, branch_exists, head, remote

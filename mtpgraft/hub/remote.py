@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from .. import naming
-from ..errors import HubError, ToolFailedError, ToolNotFoundError, UsageError
+from ..errors import HubError, Setting, Text, ToolFailedError, ToolNotFoundError, UsageError
 from ..tools import run_tool
 from .client import hub_errors, make_api
 
@@ -177,9 +177,10 @@ def _in_repo(local: Path, snapshot: Path) -> str:
 
 # --------------------------------------------------------------------------- TLS
 
-TLS_HINT = ("install the OpenSSL headers (Debian/Ubuntu: apt-get install libssl-dev; Fedora: "
-            "dnf install openssl-devel), build a TLS toolchain with `mtpgraft toolchain "
-            "--cmake-arg=-DLLAMA_OPENSSL=ON` and pass the folder it prints (--print-bin-dir) as --llama-cpp")
+TLS_HINT = Text("install the OpenSSL headers (Debian/Ubuntu: apt-get install libssl-dev; Fedora: "
+                "dnf install openssl-devel), build a TLS toolchain with `mtpgraft toolchain "
+                "--cmake-arg=-DLLAMA_OPENSSL=ON` and pass the folder it prints (--print-bin-dir) as ",
+                Setting("llama_cpp"))
 
 
 def server_has_tls(binary: str | os.PathLike[str]) -> bool:
@@ -221,8 +222,8 @@ def localize_models(models: list[str], *, draft: str | None, server: ServerTool,
         if res.local_mtp is not None:
             drafts.add(str(res.local_mtp))
     if drafts and draft is not None:
-        raise UsageError(f"--draft {draft} and the sidecar llama-server -hf loads ({', '.join(sorted(drafts))}): "
-                         "check them separately")
+        raise UsageError(Setting("draft"), f" {draft} and the sidecar llama-server -hf loads "
+                         f"({', '.join(sorted(drafts))}): check them separately")
     if len(drafts) > 1:
         raise UsageError("these refs load different MTP sidecars (" + ", ".join(sorted(drafts))
                          + "); one check has one draft: check each ref on its own")

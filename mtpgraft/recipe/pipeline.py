@@ -7,6 +7,7 @@ Ray cluster) share `execute_step`: lock, key, skip if recorded as finished, run,
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import MtpgraftError, RecipeError
+from ..errors import MtpgraftError, RecipeError, Setting, spelled
 from .schema import HubSection, Recipe
 from .state import State, now_iso
 from .steps import (
@@ -86,7 +87,7 @@ def needs(recipe: Recipe, step_id: str, all_ids: Sequence[str] | None = None) ->
 
 
 def select_steps(recipe: Recipe, only: Sequence[str] | None) -> tuple[str, ...]:
-    """The steps `--only` names, plus every step they depend on, in pipeline order."""
+    """The steps `only` names, plus every step they depend on, in pipeline order."""
     ids = step_ids(recipe)
     if not only:
         return ids
@@ -94,7 +95,7 @@ def select_steps(recipe: Recipe, only: Sequence[str] | None) -> tuple[str, ...]:
     for w in (w.strip() for o in only for w in o.split(",") if w.strip()):
         hits = _match(w, ids)
         if not hits:
-            raise RecipeError(f"--only {w}: not a step of this recipe (steps: {', '.join(ids)}; "
+            raise RecipeError(Setting("only"), f" {w}: not a step of this recipe (steps: {', '.join(ids)}; "
                               f"or a type: {', '.join(recipe.quantize.types)})")
         wanted.update(hits)
     todo = list(wanted)
@@ -223,12 +224,12 @@ def execute_step(ctx: Context, step: Step) -> StepResult:
                 return StepResult(sid, "finished-before", 0.0, "recorded as finished", tuple(rec.outputs))
             out = step.run(ctx)
         except MtpgraftError as e:
-            tail = getattr(e, "log_tail", "") or getattr(e, "output_tail", "")
+            tail, msg = getattr(e, "log_tail", "") or getattr(e, "output_tail", ""), spelled(e, recipe_setting)
             if key:
-                st.record(sid, key, started, time.perf_counter() - t0, [], {"error": str(e), "log_tail": tail},
+                st.record(sid, key, started, time.perf_counter() - t0, [], {"error": msg, "log_tail": tail},
                           status="failed")
-            ctx.emit(sid, f"FAILED: {e}")
-            return StepResult(sid, "failed", time.perf_counter() - t0, str(e), log_tail=tail)
+            ctx.emit(sid, f"FAILED: {msg}")
+            return StepResult(sid, "failed", time.perf_counter() - t0, msg, log_tail=tail)
         if out.record:
             st.record(sid, key, started, time.perf_counter() - t0, out.outputs, out.detail)
         return StepResult(sid, "done" if out.record else "dry-run", time.perf_counter() - t0, out.message,
@@ -298,6 +299,16 @@ def run_local(ctx: Context, selected: Sequence[str]) -> tuple[StepResult, ...]:
                 sched.finish(f.result())
 
 
+RUN_FLAGS = ("force", "resume", "only", "executor")  # what `mtpgraft run` sets; the rest is recipe keys
+
+
+def recipe_setting(s: Setting) -> str:
+    """A stage's setting as a recipe user sets it: `run`'s flag (--force), else the key (jobs = 2)."""
+    if s.name in RUN_FLAGS:
+        return f"--{s.name}" + ("" if s.value in (None, True) else f" {s.value}")
+    return s.name if s.value is None else f"{s.name} = {json.dumps(s.value)}"
+
+
 def prepare_work_dir(recipe: Recipe, *, resume: bool, force: bool) -> None:
     """A work dir holding a previous run needs resume or force; a first run never overwrites quants
     it did not make."""
@@ -305,7 +316,8 @@ def prepare_work_dir(recipe: Recipe, *, resume: bool, force: bool) -> None:
     previous = st.records()
     if previous and not (resume or force):
         raise RecipeError(f"{recipe.work_dir} holds a previous run of this pipeline ({len(previous)} "
-                          "recorded step(s)); pass --resume to continue it or --force to start over")
+                          "recorded step(s)); pass ", Setting("resume", True), " to continue it or ",
+                          Setting("force", True), " to start over")
     if force:
         st.clear()
     Path(recipe.work_dir).mkdir(parents=True, exist_ok=True)
@@ -317,7 +329,7 @@ def prepare_work_dir(recipe: Recipe, *, resume: bool, force: bool) -> None:
             clash = [p for p in output_names(out_dir, recipe.name, t) if p.exists()]
             if clash:
                 raise RecipeError(f"{clash[0]} exists and no run of this recipe is recorded in "
-                                  f"{recipe.work_dir}; pass --force to overwrite it")
+                                  f"{recipe.work_dir}; pass ", Setting("force", True), " to overwrite it")
 
 
 def run_recipe(recipe: Recipe, *, only: Sequence[str] | None = None, resume: bool = False,

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import RecipeError
+from ..errors import RecipeError, Setting
 from .pipeline import Schedule, StepResult, build_steps, execute_step
 from .schema import Recipe
 from .state import State
@@ -37,7 +37,7 @@ def require_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise RecipeError("--executor ray needs Ray on this machine and every node: "
+        raise RecipeError(Setting("executor", "ray"), " needs Ray on this machine and every node: "
                           "pip install 'mtpgraft[ray]'") from None
     return ray
 
