@@ -377,10 +377,7 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
     Every check runs before a tool is looked up: `tools` if given, else resolved once from
     `llama_cpp` at the end, so a usage mistake is never hidden by "tool not found"."""
     quant_types = parse_types(types)
-    if jobs < 1:
-        raise QuantizeOptionError(Setting("jobs"), f" must be >= 1, got {jobs}")
-    if threads is not None and threads < 1:
-        raise QuantizeOptionError(Setting("threads"), f" must be >= 1, got {threads}")
+    _check_counts(jobs, threads)
     _check_mtp_types(mtp_type)
     inp = _read_input(model, imatrix, quant_types)
     if inp.src.arch == ASSISTANT_ARCH:
@@ -393,11 +390,7 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
     split_bytes = parse_size(split_max_size) if split_max_size else None
     decided = [_job_types(qt, inp, mtp_type) for qt in quant_types]
     warnings = _plan_warnings(inp, decided, allow_requantize)
-    for qt in quant_types:
-        single = output_names(out, name, qt)[0]
-        if any(single.resolve() == p.resolve() for p in inp.src.paths):
-            raise QuantizeError(f"the {qt} output {single} would overwrite the input; pass another ",
-                                Setting("name"))
+    _check_not_input(out, name, quant_types, inp)
     tools = tools or resolve_quantize_tools(llama_cpp, split=split_bytes is not None)
     if threads is None and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -411,6 +404,22 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
         allow_requantize=allow_requantize, requantize=_requantize_list(inp, decided), threads=threads,
         jobs_n=jobs, force=force, llama_quantize=tools.llama_quantize, llama_gguf_split=tools.llama_gguf_split,
         jobs=plan_jobs, warnings=tuple(dict.fromkeys(warnings)))
+
+
+def _check_counts(jobs: int, threads: int | None) -> None:
+    if jobs < 1:
+        raise QuantizeOptionError(Setting("jobs"), f" must be >= 1, got {jobs}")
+    if threads is not None and threads < 1:
+        raise QuantizeOptionError(Setting("threads"), f" must be >= 1, got {threads}")
+
+
+def _check_not_input(out: Path, name: str, quant_types: Sequence[str], inp: _Input) -> None:
+    """No output may be the input file itself (the same name stem and type in the same folder)."""
+    for qt in quant_types:
+        single = output_names(out, name, qt)[0]
+        if any(single.resolve() == p.resolve() for p in inp.src.paths):
+            raise QuantizeError(f"the {qt} output {single} would overwrite the input; pass another ",
+                                Setting("name"))
 
 
 def _read_input(model: str | os.PathLike[str], imatrix: str | os.PathLike[str] | None,
@@ -578,9 +587,24 @@ def verify_output(path: str | os.PathLike[str], expect: OutputSpec) -> Verificat
         model = GGUFModel(p)
     except GGUFFormatError as e:
         return Verification(str(p), False, (str(e),))
-    problems: list[str] = []
+    rep = inspect_model(p, model)
+    problems = _tensor_problems(model, expect) + _mtp_problems(model, rep, expect)
+    if expect.imatrix and "quantize.imatrix.file" not in model.kv:
+        problems.append("quantize.imatrix.file is missing: the imatrix was not applied")
+    if not problems:
+        check = [n for n, _ in expect.mtp_types] + [r.name for r in model.refs[:1] + model.refs[-1:]]
+        zero = _zero_data(model, check)
+        if zero:
+            problems.append(f"tensor data is zeroed: {', '.join(shown(z) for z in zero[:3])}")
+    mtp_types = tuple((t.name, t.type) for t in rep.mtp_tensors)
     files = tuple(str(x) for x in model.paths)
     size = sum(x.stat().st_size for x in model.paths)
+    return Verification(str(p), not problems, tuple(problems), files, size, mtp_types)
+
+
+def _tensor_problems(model: GGUFModel, expect: OutputSpec) -> list[str]:
+    """The output's tensor list and file type against the input's and the plan's."""
+    problems: list[str] = []
     names = {r.name for r in model.refs}
     if len(model.refs) != len(expect.tensor_names):
         problems.append(f"{len(model.refs)} tensors, the input has {len(expect.tensor_names)}")
@@ -593,7 +617,12 @@ def verify_output(path: str | os.PathLike[str], expect: OutputSpec) -> Verificat
     ft = model.get("general.file_type")
     if isinstance(ft, bool) or not isinstance(ft, int) or ft != expect.file_type:
         problems.append(f"general.file_type is {ft}, expected {expect.file_type} ({expect.quant_type})")
-    rep = inspect_model(p, model)
+    return problems
+
+
+def _mtp_problems(model: GGUFModel, rep: Any, expect: OutputSpec) -> list[str]:
+    """The output's MTP block against the plan: consistent, present, its layers, layout and types."""
+    problems: list[str] = []
     if not rep.consistent:
         problems += [f"inconsistent: {x}" for x in rep.problems]
     if rep.mtp_present != expect.mtp_present:
@@ -609,15 +638,7 @@ def verify_output(path: str | os.PathLike[str], expect: OutputSpec) -> Verificat
     for n in expect.mtp_quantized:
         if n in got and got[n] in ggml_types.FLOAT_TYPES:
             problems.append(f"{n} was left {got[n]}, expected a quantized type")
-    if expect.imatrix and "quantize.imatrix.file" not in model.kv:
-        problems.append("quantize.imatrix.file is missing: the imatrix was not applied")
-    if not problems:
-        check = [n for n, _ in expect.mtp_types] + [r.name for r in model.refs[:1] + model.refs[-1:]]
-        zero = _zero_data(model, check)
-        if zero:
-            problems.append(f"tensor data is zeroed: {', '.join(shown(z) for z in zero[:3])}")
-    mtp_types = tuple((t.name, t.type) for t in rep.mtp_tensors)
-    return Verification(str(p), not problems, tuple(problems), files, size, mtp_types)
+    return problems
 
 
 def existing_output(job: QuantizeJob, name: str) -> Path | None:
@@ -737,16 +758,7 @@ class _Runner:
         log_path = str(self.log_dir / log_name) if self.log_dir is not None else None
         existing = existing_output(job, plan.name)
         if existing is not None and not plan.force:
-            v = verify_output(existing, job.expect) if existing.is_file() else Verification(
-                str(existing), False, ("a folder without a first shard",))
-            if v.ok:
-                self.emit(qt, f"exists and verifies: {_rel(existing)} (skipped)")
-                return self._result(job, "skipped", v, t0, split=existing.parent == Path(job.split_dir))
-            msg = Text(f"{existing} exists but fails verification ({'; '.join(v.problems)}); pass ",
-                       Setting("force", True), " to redo it")
-            self.emit(qt, "FAILED: " + msg)
-            return OutputResult(qt, "failed", None, reason=msg, problems=v.problems,
-                                seconds=time.perf_counter() - t0)
+            return self._existing(job, existing, t0)
         try:
             Path(plan.out_dir).mkdir(parents=True, exist_ok=True)
             with PendingOutput(job.single_path, tmp=job.tmp_path) as tmp:
@@ -754,13 +766,7 @@ class _Runner:
                 try:
                     self._tool(job.command, job.cwd, log_name)
                 except ToolFailedError as e:
-                    reason = f"llama-quantize: {_failure_reason(e)}"
-                    if disk_full(plan.out_dir):
-                        written = tmp.path.stat().st_size if tmp.path.is_file() else None
-                        reason = str(no_space_error(job.single_path, written))
-                    self.emit(qt, f"FAILED: {reason}")
-                    return OutputResult(qt, "failed", None, reason=reason,
-                                        seconds=time.perf_counter() - t0, log=log_path)
+                    return self._tool_failed(job, e, tmp.path, t0, log_path)
                 v = verify_output(tmp.path, job.expect)
                 if not v.ok:
                     self.emit(qt, f"FAILED verification: {'; '.join(v.problems)}")
@@ -779,6 +785,29 @@ class _Runner:
             self.emit(qt, "FAILED: " + e.text)
             return OutputResult(qt, "failed", None, reason=e.text, seconds=time.perf_counter() - t0,
                                 log=log_path)
+
+    def _existing(self, job: QuantizeJob, existing: Path, t0: float) -> OutputResult:
+        """An output already in place (no force): skipped when it verifies, else a failure."""
+        qt = job.quant_type
+        v = verify_output(existing, job.expect) if existing.is_file() else Verification(
+            str(existing), False, ("a folder without a first shard",))
+        if v.ok:
+            self.emit(qt, f"exists and verifies: {_rel(existing)} (skipped)")
+            return self._result(job, "skipped", v, t0, split=existing.parent == Path(job.split_dir))
+        msg = Text(f"{existing} exists but fails verification ({'; '.join(v.problems)}); pass ",
+                   Setting("force", True), " to redo it")
+        self.emit(qt, "FAILED: " + msg)
+        return OutputResult(qt, "failed", None, reason=msg, problems=v.problems, seconds=time.perf_counter() - t0)
+
+    def _tool_failed(self, job: QuantizeJob, e: ToolFailedError, tmp: Path, t0: float,
+                     log_path: str | None) -> OutputResult:
+        """llama-quantize failed: its own reason, or that the disk is full."""
+        reason = f"llama-quantize: {_failure_reason(e)}"
+        if disk_full(self.plan.out_dir):
+            reason = str(no_space_error(job.single_path, tmp.stat().st_size if tmp.is_file() else None))
+        self.emit(job.quant_type, f"FAILED: {reason}")
+        return OutputResult(job.quant_type, "failed", None, reason=reason, seconds=time.perf_counter() - t0,
+                            log=log_path)
 
     def _split(self, job: QuantizeJob, log_name: str) -> Path | None:
         plan = self.plan

@@ -239,7 +239,11 @@ def test_rerun_skips_verified_outputs_and_refuses_bad_ones(tiny, batch, tmp_path
     with open(bad, "r+b") as f:
         f.write(b"\0" * 64)
     res = run_quantize(plan_quantize(tiny["full"], "Q4_K_M", imatrix=tiny["imatrix"], out_dir=out, name="tiny"))
-    assert res.outputs[0].status == "failed" and "pass --force" in res.outputs[0].reason
+    assert res.outputs[0].status == "failed" and "pass force=True to redo it" in res.outputs[0].reason
+    cli = run_cli("quantize", tiny["full"], "--types", "Q4_K_M", "--imatrix", tiny["imatrix"], "--out-dir", out,
+                  "--name", "tiny")  # the same refusal as the command says it
+    assert cli.returncode == 1 and "; pass --force to redo it" in cli.stdout + cli.stderr
+    assert "force=True" not in cli.stdout + cli.stderr
     assert bad.read_bytes()[:4] == b"\0\0\0\0"
     res = run_quantize(plan_quantize(tiny["full"], "Q4_K_M", imatrix=tiny["imatrix"], out_dir=out, name="tiny",
                                      force=True))

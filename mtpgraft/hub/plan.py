@@ -196,42 +196,28 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
     A pull request to a repo the token's user does not own sends only MTP sidecars, and the card is
     the repo's own README.md with one section about them (card.sidecar_section). `base_model`
     (OWNER/NAME) names the base model on the card when the GGUFs record none."""
-    _check_repo_id(repo_id)
-    if base_model is not None and not naming.REPO_ID_RE.match(base_model):
-        raise UsageError(Setting("base_model"), f" {base_model!r} is not OWNER/NAME")
-    if not paths:
-        raise UsageError("nothing to push: give GGUF files or folders")
+    _check_push_args(paths, repo_id=repo_id, base_model=base_model)
     branch = revision or "main"
     local, skipped = _collect(paths)
     reports = [_load_report(Path(d)) for d in report_dirs]
     models, files, refusals, warnings, chart_sources = _plan_local(
         local, reports=reports, verify=verify, max_file_bytes=max_file_bytes, repo_id=repo_id)
     warnings = [f"{p}: skipped (an imatrix file, not a model)" for p in skipped] + warnings
-
-    user = None
-    repo_exists = branch_exists = False
-    parent = None
-    remote: dict[str, RemoteFile] = {}
-    if not refusals:  # the gate refused: the Hub is not asked
-        user = whoami(api, repo_id)
-        repo_exists, branch_exists, parent, remote = _remote_state(
-            api, repo_id=repo_id, branch=branch, create_pr=create_pr)
-        if private and repo_exists:
-            warnings.append(Text(Setting("private", True), f" has no effect: {repo_id} exists (change its "
-                                 "visibility on the Hub)"))
+    # where the gate refused, the Hub is not asked
+    user, (repo_exists, branch_exists, parent, remote) = (None, (False, False, None, {})) if refusals else (
+        whoami(api, repo_id), _remote_state(api, repo_id=repo_id, branch=branch, create_pr=create_pr))
+    if private and repo_exists:
+        warnings.append(Text(Setting("private", True), f" has no effect: {repo_id} exists (change its "
+                             "visibility on the Hub)"))
     foreign = create_pr and repo_exists and repo_id.split("/")[0] not in namespaces(api, repo_id)
     if foreign:
         chart_sources.clear()
         refusals += _foreign_refusals(models, repo_id)
-    placement = check_placement(sorted(set(remote) | {f.path for m in models for f in m.files}),
-                                layouts={m.name: m.layout or "" for m in models},
-                                pushed={f.path for m in models for f in m.files})
+    placement = _placement(models, remote)
     refusals += [Refusal(p, why) for p, why in placement.refusals]
     warnings += placement.warnings
     files += [_chart_file(path_in_repo, local_path) for path_in_repo, local_path in sorted(chart_sources.items())]
-
-    ours = {f.path_in_repo for f in files} | {"README.md"}
-    others = tuple(r for p, r in sorted(remote.items()) if p.endswith(".gguf") and p not in ours)
+    others = _other_ggufs(files, remote)
     text = _card_text(api, repo_id=repo_id, parent=parent, models=models, foreign=foreign,
                       picks=placement.picks, verify=verify, others=others, branch=branch,
                       base_model=base_model)
@@ -245,6 +231,27 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
         warnings=tuple(warnings), other_files=others, card=text, commit_message=message,
         commit_description=description, chart_sources=tuple(sorted(chart_sources.items())),
         picks=placement.picks)
+
+
+def _placement(models: list[ModelEntry], remote: dict[str, RemoteFile]) -> Any:
+    """Where the pushed models sit among the repo's files (sidecars.check_placement)."""
+    pushed = {f.path for m in models for f in m.files}
+    return check_placement(sorted(set(remote) | pushed), layouts={m.name: m.layout or "" for m in models},
+                           pushed=pushed)
+
+
+def _other_ggufs(files: list[PlannedFile], remote: dict[str, RemoteFile]) -> tuple[RemoteFile, ...]:
+    """The GGUFs already in the repo that this push neither sends nor replaces."""
+    ours = {f.path_in_repo for f in files} | {"README.md"}
+    return tuple(r for p, r in sorted(remote.items()) if p.endswith(".gguf") and p not in ours)
+
+
+def _check_push_args(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, base_model: str | None) -> None:
+    _check_repo_id(repo_id)
+    if base_model is not None and not naming.REPO_ID_RE.match(base_model):
+        raise UsageError(Setting("base_model"), f" {base_model!r} is not OWNER/NAME")
+    if not paths:
+        raise UsageError("nothing to push: give GGUF files or folders")
 
 
 def _check_repo_id(repo_id: str) -> None:
@@ -426,7 +433,6 @@ def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
                 max_file_bytes: int, allow_trunk_only: bool = False) -> tuple[ModelEntry | None, list[PlannedFile], list[Refusal],
                                               dict[str, str]]:
     from ..gguf_io import GGUFModel
-    from ..hashing import sha256_file
     from ..inspection import inspect_model
 
     first = group[0]
@@ -441,16 +447,7 @@ def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
     except GGUFFormatError as e:
         return None, [], refusals + [Refusal(first.path_in_repo, f"not a readable GGUF ({e})")], {}
     refusals += _content_refusals(group, model, report, allow_trunk_only=allow_trunk_only)
-
-    planned: list[PlannedFile] = []
-    shas = {}
-    for loc in group:
-        st = loc.path.stat()
-        # A file already refused is not hashed: minutes for a big one, and nothing to compare.
-        shas[loc.path_in_repo] = "" if refusals else sha256_file(loc.path)
-        planned.append(PlannedFile(loc.path_in_repo, "model", st.st_size, shas[loc.path_in_repo], "new",
-                                   local_path=str(loc.path), mtime_ns=st.st_mtime_ns))
-
+    planned, shas = _model_files(group, hashed=not refusals)
     match, why = (None, "") if refusals else _match_check(shas, reports)
     charts: dict[str, str] = {}
     if match is not None and match.chart is not None and match.chart_source is not None:
@@ -468,6 +465,21 @@ def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
         nextn_predict_layers=report.nextn_predict_layers, mtp_head=_mtp_head(report), layout=report.layout,
         metadata=metadata, check=match, quality=None if refusals else _match_quality(shas, reports))
     return entry, planned, refusals, charts
+
+
+def _model_files(group: list[_Local], *, hashed: bool) -> tuple[list[PlannedFile], dict[str, str]]:
+    """A model's files as planned, and their sha256 (path in repo -> sha256). A file already refused
+    is not hashed (`hashed` False): minutes for a big one, and nothing to compare."""
+    from ..hashing import sha256_file
+
+    planned: list[PlannedFile] = []
+    shas = {}
+    for loc in group:
+        st = loc.path.stat()
+        shas[loc.path_in_repo] = sha256_file(loc.path) if hashed else ""
+        planned.append(PlannedFile(loc.path_in_repo, "model", st.st_size, shas[loc.path_in_repo], "new",
+                                   local_path=str(loc.path), mtime_ns=st.st_mtime_ns))
+    return planned, shas
 
 
 # The GGUF metadata a model's card entry carries (provenance, license, imatrix).
