@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sys
 import time
@@ -26,7 +27,7 @@ from typing import Any
 from ..errors import RecipeError, Setting
 from .pipeline import Schedule, StepResult, build_steps, execute_step
 from .schema import Recipe
-from .state import State
+from .state import State, now_iso
 from .steps import Context, Step
 
 PROGRESS_EVERY_S = 5.0
@@ -75,8 +76,24 @@ def run_step_task(recipe: Recipe, step_id: str, token: str, llama_cpp: str | Non
     try:
         ctx = Context(recipe, llama_cpp=llama_cpp, emit=emit, hub_api=hub_api, pin_threads=True)
         return replace(execute_step(ctx, build_steps(recipe)[step_id]), where=where)
+    except BaseException:
+        _clean_up_after_cancel()
+        raise
     finally:
         running.unlink(missing_ok=True)
+
+
+def _clean_up_after_cancel() -> None:
+    """Ray cancels a running task by raising KeyboardInterrupt in it (interrupt_main), wherever it
+    is, even inside a cleanup; do here what the CLI does after Ctrl-C: stop the task's children
+    (none may go on writing) and remove every output it had not installed. The worker process
+    lives on for other tasks, so children may be started again after."""
+    from ...outputs import remove_pending
+    from ...tools import interrupt_children, stop_children
+
+    interrupt_children(signal.SIGTERM)
+    stop_children(timeout=5.0)
+    remove_pending()
 
 
 class _Driver:
@@ -87,11 +104,13 @@ class _Driver:
         self.total = len(selected)
         self.token = uuid.uuid4().hex
         self.inflight: dict[Any, tuple[Step, int]] = {}
+        self.submitted: dict[str, str] = {}  # step -> when its last attempt was submitted (UTC)
         self.task = self.ray.remote(run_step_task)
         self.base_bytes = self._bytes()
         self.last_view = ""
 
     def submit(self, step: Step, attempt: int) -> None:
+        self.submitted[step.id] = now_iso("microseconds")
         res = step.resources()
         ref = self.task.options(num_cpus=res.cpus or 0, num_gpus=res.gpus or 0, max_retries=0,
                                 name=step.id).remote(self.r, step.id, self.token, self.ctx.llama_cpp,
@@ -151,6 +170,13 @@ class _Driver:
             self.ctx.emit("ray", view)
             self.last_view = view
 
+    def _recorded(self, step: Step) -> bool:
+        """Whether the step's running attempt has written its record: it is returning, and is left
+        to finish (cancelling a task as it completes can crash Ray's core worker: "Check failed:
+        it != submissible_tasks_.end()", ray-project/ray#54798)."""
+        rec = self.ctx.state.get(step.id)
+        return rec is not None and rec.started >= self.submitted.get(step.id, "~")
+
     def _bytes(self) -> int:
         return sum(p.stat().st_size for p in Path(self.r.work_dir).rglob("*") if p.is_file()) \
             if Path(self.r.work_dir).is_dir() else 0
@@ -158,8 +184,9 @@ class _Driver:
     def cancel(self) -> None:
         """Stop every running task (each one's cleanup removes its partial output), and wait for them."""
         refs = list(self.inflight)
-        for ref in refs:
-            self.ray.cancel(ref, force=False)
+        for ref, (step, _) in self.inflight.items():
+            if not self._recorded(step):
+                self.ray.cancel(ref, force=False)
         _, left = self.ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S) if refs else ([], [])
         for ref in left:  # a task that did not stop: kill its worker (its cleanup will not run)
             self.ray.cancel(ref, force=True)
