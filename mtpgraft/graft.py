@@ -28,7 +28,7 @@ from .arch import (
     require_mtp_arch,
     rule_for,
 )
-from .errors import GraftError, MtpgraftError
+from .errors import GraftError, MtpgraftError, Setting
 from .ggml_types import mtp_target
 from .gguf_io import (
     KV,
@@ -374,7 +374,8 @@ def _placement(base: GGUFModel, st_b: Structure, src: GGUFModel, st_s: Structure
         raise GraftError(f"{base.path.name} has no {arch}.block_count key")
     if st_b.eh_layers and not replace:
         where = ", ".join(f"blk.{i}" for i in st_b.eh_layers)
-        raise GraftError(f"{base.path.name} already has an MTP block ({where}); pass --replace to swap it")
+        raise GraftError(f"{base.path.name} already has an MTP block ({where}); pass ", Setting("replace", True),
+                         " to swap it")
     # Where the base's MTP block starts: its nextn.eh_proj tensors say so even when the keys are
     # wrong (a broken graft whose block_count was not bumped), so --replace repairs such a file.
     trunk = min(st_b.eh_layers) if st_b.eh_layers else (st_b.trunk if st_b.trunk is not None else st_b.block_count)
@@ -475,7 +476,7 @@ def _target_type(r: TensorRef, new_name: str, src_t: ggml_types.TensorType, twin
                          f"MTP block; give the MTP block a type such as q8_0, Q6_K or Q4_K")
     if target.name not in ggml_types.NUMPY_MAKES | ggml_types.LLAMA_QUANTIZE_MAKES:
         raise GraftError(f"{new_name} would get type {target.name}, which neither numpy nor llama-quantize "
-                         "can make; pass --mtp-type q8_0 or keep")
+                         "can make; pass ", Setting("mtp_type", "q8_0"), " or keep")
     if not target.row_fits(ne[0]):
         fallback = ggml_types.BY_NAME["F16"] if src_t.name not in ggml_types.FLOAT_TYPES else src_t
         warnings.append(f"{new_name}: row length {ne[0]} does not fit {target.name}; using {fallback.name}")
@@ -483,7 +484,7 @@ def _target_type(r: TensorRef, new_name: str, src_t: ggml_types.TensorType, twin
     if target is not src_t and src_t.name not in ggml_types.NUMPY_READS:
         raise GraftError(f"MTP tensor {shown(r.name)} is {src_t.name}, which mtpgraft cannot convert to "
                          f"{target.name} (it reads {', '.join(sorted(ggml_types.NUMPY_READS))}); "
-                         "pass --mtp-type keep to copy it as it is")
+                         "pass ", Setting("mtp_type", "keep"), " to copy it as it is")
     return target
 
 

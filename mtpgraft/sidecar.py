@@ -67,14 +67,14 @@ def plan_assistant_sidecar(target: str | os.PathLike[str], assistant: str | os.P
                            force: bool = False) -> GraftPlan:
     """Gemma 4's sidecar is its gemma4-assistant itself (nothing of the target goes into it): checked
     against the target (preflight.assistant_blocker) and copied byte for byte as `mtp-NAME-TYPE.gguf`."""
-    from .errors import GraftError, UsageError
+    from .errors import GraftError, Setting, UsageError
     from .gguf_io import GGUFModel, OutTensor
     from .graft import TensorAction
     from .preflight import assistant_blocker
 
     if mtp_type not in (None, "keep"):
-        raise UsageError("a gemma4-assistant is copied as it is (--mtp-type keep); to change its type, "
-                         "quantize it: mtpgraft quantize ASSISTANT --types Q8_0 --name mtp-NAME")
+        raise UsageError("a gemma4-assistant is copied as it is (", Setting("mtp_type", "keep"), "); to change "
+                         "its type, quantize it: mtpgraft quantize ASSISTANT --types Q8_0 --name mtp-NAME")
     t, a = GGUFModel(target), GGUFModel(assistant)
     why = assistant_blocker(t, a)
     if why:

@@ -700,7 +700,7 @@ def build_test_set(outdir: str | os.PathLike[str], *, arch: str = "qwen35", dtyp
 
     OutputExistsError if one of the files exists, unless `force`.
     """
-    from ..errors import OutputExistsError
+    from ..errors import OutputExistsError, Setting
 
     outdir = Path(outdir)
     variants = variants_for(arch)
@@ -708,7 +708,8 @@ def build_test_set(outdir: str | os.PathLike[str], *, arch: str = "qwen35", dtyp
     existing = [p.name for p in paths.values() if p.exists()]
     if existing and not force:
         more = f" and {len(existing) - 1} more test models" if len(existing) > 1 else ""
-        raise OutputExistsError(f"{outdir} already holds {existing[0]}{more}; use --force to replace them")
+        raise OutputExistsError(f"{outdir} already holds {existing[0]}{more}; use ", Setting("force", True),
+                                " to replace them")
     outdir.mkdir(parents=True, exist_ok=True)
     for name, path in paths.items():
         build_tiny_model(path, arch=arch, dtype=dtype, seed=seed, **variants[name])  # type: ignore[arg-type]
