@@ -74,7 +74,7 @@ def plan_assistant_sidecar(target: str | os.PathLike[str], assistant: str | os.P
 
     if mtp_type not in (None, "keep"):
         raise UsageError("a gemma4-assistant is copied as it is (", Setting("mtp_type", "keep"), "); to change "
-                         "its type, quantize it: mtpgraft quantize ASSISTANT --types Q8_0 --name mtp-NAME")
+                         "its type, quantize it: `mtpgraft quantize ASSISTANT --types Q8_0 --name mtp-NAME`")
     t, a = GGUFModel(target), GGUFModel(assistant)
     why = assistant_blocker(t, a)
     if why:

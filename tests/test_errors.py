@@ -327,3 +327,12 @@ def test_tool_and_recipe_messages_name_settings(tmp_path):
     # a stage's setting inside `mtpgraft run`: the recipe's key, or run's own flag
     assert recipe_setting(Setting("mtp_type", "iq2_xxs")) == 'mtp_type = "iq2_xxs"'
     assert recipe_setting(Setting("force", True)) == "--force" and recipe_setting(Setting("ctx")) == "ctx"
+
+
+def test_gated_hub_message_names_the_token_setting_and_the_cli_spells_the_flag():
+    from mtpgraft.commands.common import cli_text
+    from mtpgraft.sources.hubfiles import gated_message
+
+    msg = gated_message("o/r", has_token=False)
+    assert "--token" not in str(msg) and "pass token," in str(msg)
+    assert "pass --token, set HF_TOKEN" in cli_text(msg)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from ..errors import HubError
+from ..errors import HubError, Setting, Text
 from .spec import HubRef
 
 if TYPE_CHECKING:
@@ -179,8 +179,8 @@ def _status_message(repo: HubRepo, path: str, status: int, headers: object) -> s
 
 def gated_message(repo_id: str, *, has_token: bool) -> str:
     if not has_token:
-        return (f"{repo_id} is gated or private and no Hugging Face token was given: pass --token, "
-                "set HF_TOKEN, or run `hf auth login`")
+        return Text(f"{repo_id} is gated or private and no Hugging Face token was given: pass ", Setting("token"),
+                    ", set HF_TOKEN, or run `hf auth login`")
     return (f"{repo_id} is gated and this token has no access: accept its terms on the Hub (or use a "
             "token of an account that did), then run the same command again")
 
