@@ -677,17 +677,21 @@ def _tensor_info_bytes(t: OutTensor, offset: int) -> bytes:
     return out
 
 
-def _place(tensors: list[OutTensor], layout: Layout) -> list[OutTensor]:
-    """The output's tensor order: the main input's tensors first in source order (reflink layout)."""
-    if not layout.align:
-        return list(tensors)
+def main_input(tensors: list[OutTensor]) -> tuple[Path, int] | None:
+    """The input a file copies most bytes from, and how many: the run the reflink layout aligns."""
     per_src: dict[Path, int] = {}
     for t in tensors:
         if t.src_path is not None:
             per_src[t.src_path] = per_src.get(t.src_path, 0) + t.nbytes
-    if not per_src:
+    return max(per_src.items(), key=lambda kv: kv[1]) if per_src else None
+
+
+def _place(tensors: list[OutTensor], layout: Layout) -> list[OutTensor]:
+    """The output's tensor order: the main input's tensors first in source order (reflink layout)."""
+    found = main_input(tensors) if layout.align else None
+    if found is None:
         return list(tensors)
-    main = max(per_src, key=lambda p: per_src[p])
+    main = found[0]
     body = sorted((t for t in tensors if t.src_path == main), key=lambda t: t.src_offset)
     return body + [t for t in tensors if t.src_path != main]
 

@@ -39,6 +39,7 @@ from .gguf_io import (
     OutTensor,
     TensorRef,
     encode_kv,
+    main_input,
     read_tensor_rows,
     shown,
     tensor_nbytes,
@@ -772,7 +773,7 @@ def _shared_bytes(shards: list[_ShardSpec], layout: Layout) -> int:
     (the input it copies most from; see gguf_io.Layout) where the filesystem clones between the
     two. The free-space check asks only for the rest: on btrfs a graft needs room for its MTP
     block, not for a second body. The estimate leaves out a block at each end of the run."""
-    from .blocks import can_clone
+    from .blocks import block_size, can_clone
 
     if not (layout.align and layout.clone):
         return 0
@@ -781,17 +782,14 @@ def _shared_bytes(shards: list[_ShardSpec], layout: Layout) -> int:
         fd = os.open(probe.path, os.O_WRONLY)
         try:
             for s in shards:
-                by_src: dict[Path, int] = {}
-                for t in s.tensors:
-                    if t.src_path is not None:
-                        by_src[t.src_path] = by_src.get(t.src_path, 0) + t.nbytes
-                if not by_src:
+                found = main_input(s.tensors)
+                if found is None:
                     continue
-                src, n = max(by_src.items(), key=lambda kv: kv[1])
+                src, n = found
                 sfd = os.open(src, os.O_RDONLY)
                 try:
                     if can_clone(sfd, fd):
-                        total += max(0, n - 2 * os.fstatvfs(fd).f_bsize)
+                        total += max(0, n - 2 * block_size(fd))
                 finally:
                     os.close(sfd)
         finally:

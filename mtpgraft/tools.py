@@ -197,6 +197,15 @@ def stop_children(timeout: float = 5.0) -> None:
     _stopping = None
 
 
+def clean_up_after_interrupt() -> None:
+    """After an interrupt: end every child still running and remove every output not installed
+    yet (outputs.remove_pending). Children may be started again after."""
+    from .outputs import remove_pending
+
+    stop_children(timeout=5.0)
+    remove_pending()
+
+
 def live_children() -> list[int]:
     """The pids of the children mtpgraft started and has not reaped yet."""
     with _live_lock:

@@ -118,14 +118,6 @@ def _show_tail(e: MtpgraftError) -> None:
         click.echo(f"  | {line}", err=True)
 
 
-def _cleanup_after_interrupt() -> None:
-    from ..outputs import remove_pending
-    from ..tools import stop_children
-
-    stop_children(timeout=5.0)
-    remove_pending()
-
-
 def error_boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Map typed errors (and the OS errors a user can cause) to one line and their exit code."""
 
@@ -135,7 +127,9 @@ def error_boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             result = fn(*args, **kwargs)
         except KeyboardInterrupt as e:  # Interrupted, or a SIGINT that came before our handler
-            _cleanup_after_interrupt()
+            from ..tools import clean_up_after_interrupt
+
+            clean_up_after_interrupt()
             _restore_handlers(old)
             if STATE.debug:
                 raise

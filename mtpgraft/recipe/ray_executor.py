@@ -88,12 +88,10 @@ def _clean_up_after_cancel() -> None:
     is, even inside a cleanup; do here what the CLI does after Ctrl-C: stop the task's children
     (none may go on writing) and remove every output it had not installed. The worker process
     lives on for other tasks, so children may be started again after."""
-    from ...outputs import remove_pending
-    from ...tools import interrupt_children, stop_children
+    from ...tools import clean_up_after_interrupt, interrupt_children
 
-    interrupt_children(signal.SIGTERM)
-    stop_children(timeout=5.0)
-    remove_pending()
+    interrupt_children(signal.SIGTERM)  # first: no thread of the step may start another child
+    clean_up_after_interrupt()
 
 
 class _Driver:
