@@ -14,22 +14,46 @@ import mmap
 import os
 import stat
 import struct
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import numpy as np
-from gguf import GGUFValueType
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import ggml_types
 from .errors import GGUFFormatError
 from .naming import SPLIT_RE, shard_name
 
+if TYPE_CHECKING:
+    import numpy as np
+
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 PAD_KEY = "mtpgraft.layout.padding"  # a u8 array that sizes the header; layout, not metadata
+
+
+
+class GGUFValueType(IntEnum):
+    """GGUF's metadata value types (ggml/include/gguf.h; the values of gguf-py's enum of the same
+    name, which compares equal to these). Our own so that reading and copying a GGUF never imports
+    numpy and gguf-py (a tenth of a second on each attach): only the numpy code paths do."""
+
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
 
 _SCALAR_FMT = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b",
@@ -38,14 +62,6 @@ _SCALAR_FMT = {
     GGUFValueType.FLOAT32: "<f", GGUFValueType.UINT64: "<Q",
     GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
     GGUFValueType.BOOL: "<?",
-}
-_NP_DTYPE = {
-    GGUFValueType.UINT8: np.uint8, GGUFValueType.INT8: np.int8,
-    GGUFValueType.UINT16: np.uint16, GGUFValueType.INT16: np.int16,
-    GGUFValueType.UINT32: np.uint32, GGUFValueType.INT32: np.int32,
-    GGUFValueType.FLOAT32: np.float32, GGUFValueType.UINT64: np.uint64,
-    GGUFValueType.INT64: np.int64, GGUFValueType.FLOAT64: np.float64,
-    GGUFValueType.BOOL: np.bool_,
 }
 
 INT_RANGES = {GGUFValueType.UINT8: (0, 2**8 - 1), GGUFValueType.INT8: (-2**7, 2**7 - 1),
@@ -129,20 +145,28 @@ def _decode_value(kv: KV) -> Any:
             out.append(data[off + 8:off + 8 + n].decode("utf-8", errors="replace"))
             off += 8 + n
         return out
-    if kv.item_type in _NP_DTYPE:
-        return np.frombuffer(data, dtype=_NP_DTYPE[kv.item_type], count=kv.count).tolist()
+    if kv.item_type in _SCALAR_FMT:
+        return list(struct.unpack_from(f"<{kv.count}{_SCALAR_FMT[kv.item_type][1]}", data, 0))
     raise GGUFFormatError(f"nested arrays are not supported (key {kv.key})")
+
+
+def _numpy_scalars() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """numpy's integer, bool and number scalar types, or nothing: a value can only be a numpy
+    scalar once numpy is loaded, and this module never loads it."""
+    np = sys.modules.get("numpy")
+    return ((np.integer,), (np.bool_,), (np.number,)) if np is not None else ((), (), ())
 
 
 def _check_scalar(key: str, vtype: GGUFValueType, value: Any) -> None:
     """Refuse a value the GGUF type cannot hold, so the writer never meets a struct.error."""
+    np_int, np_bool, np_num = _numpy_scalars()
     if vtype in INT_RANGES:
         lo, hi = INT_RANGES[vtype]
-        ok = isinstance(value, (int, np.integer)) and lo <= int(value) <= hi  # a bool is 0 or 1
+        ok = isinstance(value, (int, *np_int)) and lo <= int(value) <= hi  # a bool is 0 or 1
     elif vtype == GGUFValueType.BOOL:
-        ok = isinstance(value, (bool, np.bool_)) or value in (0, 1)
+        ok = isinstance(value, (bool, *np_bool)) or value in (0, 1)
     elif vtype in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64):
-        ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float, *np_num)) and not isinstance(value, bool)
         if ok and vtype == GGUFValueType.FLOAT32 and math.isfinite(value):
             ok = abs(float(value)) <= 3.4028234663852886e38
     elif vtype == GGUFValueType.STRING:
@@ -175,7 +199,7 @@ def encode_kv(key: str, vtype: GGUFValueType, value: Any,
                 sb = str(s).encode()
                 out += struct.pack("<Q", len(sb)) + sb
         else:
-            out += np.asarray(items, dtype=_NP_DTYPE[item_type]).tobytes()
+            out += struct.pack(f"<{count}{_SCALAR_FMT[item_type][1]}", *items)
     else:
         _check_scalar(key, vtype, value)
         if vtype == GGUFValueType.STRING:
@@ -294,7 +318,7 @@ def _skip_value(cur: _Cursor, vtype: int) -> tuple[GGUFValueType | None, int]:
         elif item_t == GGUFValueType.ARRAY:
             raise GGUFFormatError(f"{cur.path}: nested arrays are not supported")
         else:
-            cur.take(count * np.dtype(_NP_DTYPE[item_t]).itemsize)
+            cur.take(count * struct.calcsize(_SCALAR_FMT[item_t]))
         return item_t, count
     try:
         fmt = _SCALAR_FMT[GGUFValueType(vtype)]
@@ -811,6 +835,8 @@ def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
 
 def read_tensor_rows(ref: TensorRef, rows_per_chunk: int) -> Iterator[np.ndarray]:
     """Yield a tensor's raw bytes as uint8 arrays of whole rows (bounded memory)."""
+    import numpy as np
+
     ne0 = ref.info.ne[0] if ref.info.ne else 1
     row_bytes = tensor_nbytes(ref.info.ggml_type, (ne0,))
     n_rows = ref.info.nbytes // row_bytes if row_bytes else 0

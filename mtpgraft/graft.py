@@ -17,8 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGMLQuantizationType, GGUFValueType
-
 from . import __version__, ggml_types, naming
 from .arch import (
     ASSISTANT_ARCH,
@@ -35,6 +33,7 @@ from .gguf_io import (
     MAX_LAYERS,
     REFLINK,
     GGUFModel,
+    GGUFValueType,
     Layout,
     OutTensor,
     TensorRef,
@@ -56,7 +55,7 @@ from .inspection import (
 )
 from .outputs import PendingOutput, check_outputs, ensure_space, writing
 
-Q = GGMLQuantizationType  # gguf-py's enum, for its numpy (de)quantizers only
+F32 = ggml_types.BY_NAME["F32"].id
 ATTACH_POLICIES = ("keep", "q8_0", "match")
 PROV = "mtpgraft."
 CHUNK_BYTES = 16 << 20
@@ -263,9 +262,11 @@ def _convert_chunks(ref: TensorRef, target: str) -> Callable[[], Iterator[bytes]
     """Dequantize a tensor and requantize it in numpy (mtpgraft.requant: gguf-py's bytes), a
     bounded number of rows at a time on a few threads (plan time has refused every type outside
     ggml_types.NUMPY_READS / NUMPY_MAKES)."""
+    from gguf import GGMLQuantizationType as Q  # gguf-py's enum, for its numpy (de)quantizers
+
     from . import requant
 
-    src_t = GGMLQuantizationType(ref.info.ggml_type)
+    src_t = Q(ref.info.ggml_type)
     to = Q[target]
     ne0 = ref.info.ne[0]
     rows = max(1, CONVERT_CHUNK_BYTES // max(1, ne0 * 4))
@@ -719,11 +720,11 @@ def _quantize_mtp(plan: GraftPlan, workdir: Path) -> dict[str, tuple[Path, int]]
         if t.name not in src_by_out:
             continue
         r = refs[src_by_out[t.name]]
-        n = tensor_nbytes(Q.F32, t.ne)
-        if Q(r.info.ggml_type) == Q.F32:
-            tensors.append(OutTensor(t.name, t.ne, int(Q.F32), n, r.path, r.abs_offset))
+        n = tensor_nbytes(F32, t.ne)
+        if r.info.ggml_type == F32:
+            tensors.append(OutTensor(t.name, t.ne, F32, n, r.path, r.abs_offset))
         else:
-            tensors.append(OutTensor(t.name, t.ne, int(Q.F32), n, produce=_convert_chunks(r, "F32")))
+            tensors.append(OutTensor(t.name, t.ne, F32, n, produce=_convert_chunks(r, "F32")))
     f32_path = workdir / "mtp-f32.gguf"
     with writing(f32_path), open(f32_path, "wb") as fh:
         write_gguf(fh, kvs, tensors, alignment=plan_alignment(plan))

@@ -16,8 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFValueType
-
 from . import __version__
 from .arch import ASSISTANT_ARCH
 from .errors import GGUFFormatError, QuantizeError, QuantizeOptionError, Setting, ToolFailedError
@@ -157,7 +155,7 @@ def read_imatrix(path: str | os.PathLike[str]) -> ImatrixInfo:
 
 def _add_provenance(src: Path, dst: Path, plan: ImatrixPlan) -> None:
     """Rewrite llama-imatrix's file with the calibration hash added (tensors copied verbatim)."""
-    from .gguf_io import GGUFFile, OutTensor, encode_kv, write_gguf
+    from .gguf_io import GGUFFile, GGUFValueType, OutTensor, encode_kv, write_gguf
 
     g = GGUFFile(src)
     extra = {KEY_NAME: plan.calibration_name, KEY_SHA: plan.calibration_sha256,

@@ -14,8 +14,6 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gguf import GGUFValueType
-
 from . import ggml_types
 from .arch import (
     ASSISTANT_ARCH,
@@ -27,7 +25,7 @@ from .arch import (
     assistant_problems,
     rule_for,
 )
-from .gguf_io import INT_RANGES, MAX_LAYERS, GGUFModel, TensorRef, shown, vtype_name
+from .gguf_io import INT_RANGES, MAX_LAYERS, GGUFModel, GGUFValueType, TensorRef, shown, vtype_name
 
 LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 # Element types llama.cpp reads per-layer arrays from (src/llama-model-loader.cpp get_arr):

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gguf import GGUFValueType
-
 from ..errors import GraftError
 from ..gguf_io import (
     CONVERTER,
     KV,
     GGUFFile,
     GGUFModel,
+    GGUFValueType,
     OutTensor,
     TensorInfo,
     TruncatedHeaderError,

@@ -17,16 +17,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..errors import GraftError, HubError, SourceError, UsageError
-from ..gguf_io import GGUFModel, encode_kv
+from ..gguf_io import GGUFModel, GGUFValueType, encode_kv
 from ..outputs import PendingOutput
-from . import convert, donor
+from . import donor
 from .hubfiles import RETRIES, HubRepo, open_repo
 from .safetensors import STHeader, header_length, parse_header, weight_map
 from .spec import HubRef, is_hub, parse_hub
+
+if TYPE_CHECKING:  # numpy and gguf-py: loaded only when a safetensors head is converted
+    from . import convert
 
 INDEX = "model.safetensors.index.json"
 
@@ -274,6 +277,8 @@ def _plan_safetensors(files: donor.Files, folder: str, listing: list[str], singl
                       base: GGUFModel | None, outtype: str, label: str) -> tuple[convert.HeadPlan, int]:
     """config.json first (unknown architectures are refused before anything else is read), then the
     index, then the headers of the shards that matter."""
+    from . import convert
+
     config_path = f"{folder}config.json"
     size = files.size(config_path)
     raw = files.read(config_path, 0, size)
@@ -292,8 +297,6 @@ def _plan_safetensors(files: donor.Files, folder: str, listing: list[str], singl
 
 def _head_extra(origin: str, plan: convert.HeadPlan) -> list[Any]:
     """Provenance of a converted head, and the tensor the converter writes just before it."""
-    from gguf import GGUFValueType
-
     kvs = [encode_kv(donor.ORIGIN_KEY, GGUFValueType.STRING, origin)]
     if plan.after:
         kvs.append(encode_kv(donor.AFTER_KEY, GGUFValueType.STRING, plan.after))
@@ -302,6 +305,8 @@ def _head_extra(origin: str, plan: convert.HeadPlan) -> list[Any]:
 
 def _local_safetensors(spec: str, p: Path, base: GGUFModel | None, outtype: str,
                        plan_only: bool) -> ResolvedSource:
+    from . import convert
+
     if not p.exists():
         raise SourceError(f"{p}: no such file or folder")
     root = p if p.is_dir() else p.parent
@@ -328,6 +333,8 @@ def _converted(plan: convert.HeadPlan) -> str:
 
 def _hub_safetensors(spec: str, ref: HubRef, repo: HubRepo, base: GGUFModel | None, outtype: str,
                      prog: FetchProgress, plan_only: bool) -> ResolvedSource:
+    from . import convert
+
     files = RepoFiles(repo)
     folder = str(Path(ref.path).parent) + "/" if ref.path and "/" in ref.path else ""
     config_path = f"{folder}config.json"
