@@ -283,10 +283,21 @@ class _Cursor:
 _U64 = struct.Struct("<Q")
 
 
+# String arrays already walked (tokens, merges), by item count: a base, its donor and the output
+# hold the same tokenizer, so an identical span (one memcmp) ends where the walk ended before.
+_WALKED: dict[int, bytes] = {}
+_WALK_MEMO_MIN, _WALK_MEMO_MAX = 4096, 64 << 20  # items; bytes per span
+
+
 def _skip_strings(cur: _Cursor, count: int) -> None:
     """Step over `count` strings (u64 length, bytes): `cur.take` per item, without its per-call
     cost (a tokenizer holds 150-250k tokens and as many merges)."""
-    buf, off, end, unpack = cur.buf, cur.off, len(cur.buf), _U64.unpack_from
+    buf, start, end, unpack = cur.buf, cur.off, len(cur.buf), _U64.unpack_from
+    seen = _WALKED.get(count)
+    if seen is not None and start + len(seen) <= end and bytes(buf[start:start + len(seen)]) == seen:
+        cur.off = start + len(seen)  # the same bytes walk to the same end
+        return
+    off = start
     try:
         for _ in range(count):
             off += 8 + unpack(buf, off)[0]
@@ -297,6 +308,10 @@ def _skip_strings(cur: _Cursor, count: int) -> None:
     if off > end:
         raise TruncatedHeaderError(f"{cur.path}: truncated GGUF header (needs {off} bytes, file has "
                                    f"{end})", needed=off)
+    if count >= _WALK_MEMO_MIN and off - start <= _WALK_MEMO_MAX:
+        if len(_WALKED) >= 8:
+            _WALKED.pop(next(iter(_WALKED)))
+        _WALKED[count] = bytes(buf[start:off])
     cur.off = off
 
 

@@ -253,3 +253,43 @@ def test_truncated_string_arrays_say_how_many_bytes_they_need(tmp_path):
         with pytest.raises(TruncatedHeaderError) as e:
             GGUFFile.from_prefix(data[:cut], size=len(data), name="cut.gguf")
         assert e.value.needed == min(x for x in ends if x > cut), cut
+
+
+def test_a_tokenizer_walked_before_is_recognised_only_by_its_exact_bytes(tmp_path):
+    """The parser remembers the string arrays it walked (a base, its donor and the output share a
+    tokenizer) and steps over an identical span at once. An array of the same length with other
+    bytes, one cut short, or one whose bytes match but are followed by other keys, parses as if
+    nothing were remembered: the keys gguf-py reads, and the same `needed` at every cut."""
+    import gguf as ggufpy
+
+    from mtpgraft.gguf_io import GGUFFile, TruncatedHeaderError, encode_kv, write_gguf
+
+    V = ggufpy.GGUFValueType
+    n = 6000
+    variants = {"a": [f"t{i}" for i in range(n)],
+                "b": [f"t{i}" for i in range(n - 1)] + ["x" * 40],  # same count, other bytes, longer
+                "c": [f"t{i}" if i != 3000 else "t300\0" for i in range(n)]}  # same count and length
+    paths = {}
+    for name, toks in (*variants.items(), ("a2", variants["a"])):
+        paths[name] = tmp_path / f"{name}.gguf"
+        kvs = [encode_kv("general.architecture", V.STRING, "qwen35"),
+               encode_kv("tokenizer.ggml.tokens", V.ARRAY, toks, V.STRING),
+               encode_kv("general.name", V.STRING, name)]  # what follows differs in a2
+        with open(paths[name], "wb") as fh:
+            write_gguf(fh, kvs, [], alignment=32)
+    for name in ("a", "b", "c", "a2", "a"):
+        got = GGUFFile(paths[name])
+        assert got.get("tokenizer.ggml.tokens") == variants[name[0]], name
+        assert got.get("general.name") == name
+        assert ggufpy.GGUFReader(paths[name]).fields["general.name"].contents() == name
+    data = paths["a"].read_bytes()
+    full = len(data)
+    key = data.index(b"general.name") - 8
+    for cut in range(key, key + 8 + 12 + 4 + 8 + 1):  # the array whole, the key after it cut short
+        with pytest.raises(TruncatedHeaderError) as e:
+            GGUFFile.from_prefix(data[:cut], size=full, name="cut.gguf")
+        assert key <= cut < e.value.needed <= key + 8 + 12 + 4 + 8 + 1, cut
+    mid = data.index(b"t3000")
+    with pytest.raises(TruncatedHeaderError) as e:  # inside the remembered span: walked, as always
+        GGUFFile.from_prefix(data[:mid], size=full, name="cut.gguf")
+    assert e.value.needed == mid + len("t3000")
