@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -91,9 +92,20 @@ def _used(d: Path) -> int:
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-def timed(cmd: list[str], out: Path | None = None) -> tuple[float, int, int, int, str]:
-    """Wall time, peak RSS, new disk space (statvfs), the output's allocated bytes (st_blocks) and
-    stdout of `cmd`. RSS comes from GNU time's child: a
+@dataclass(frozen=True)
+class Run:
+    wall: float  # seconds, `sync OUTPUT` included with --sync
+    rss: int  # peak resident bytes
+    new: int  # new disk space (statvfs, after sync)
+    alloc: int  # the output's allocated bytes (st_blocks)
+    stdout: str
+    read: int  # bytes the tool read from storage (getrusage ru_inblock: page-cache misses)
+    written: int  # bytes the tool dirtied for storage (ru_oublock: shared blocks are not written)
+    cpu: float  # user + system seconds
+
+
+def timed(cmd: list[str], out: Path | None = None) -> Run:
+    """Run `cmd` once, measured (see Run). RSS, I/O and CPU come from GNU time's child: a
     child forked straight from this (large) Python process would inherit its high-water mark."""
     gnu_time = shutil.which("time") or "/usr/bin/time"
     report = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-time-{os.getpid()}.txt"
@@ -106,18 +118,19 @@ def timed(cmd: list[str], out: Path | None = None) -> tuple[float, int, int, int
     elif COLD == "inputs":
         evict(EVICT)
     t0 = time.perf_counter()
-    p = subprocess.run([gnu_time, "-o", str(report), "-f", "%M", *cmd], capture_output=True,
+    p = subprocess.run([gnu_time, "-o", str(report), "-f", "%M %I %O %U %S", *cmd], capture_output=True,
                        text=True, env=ENV)
     if SYNC and out is not None and p.returncode == 0:
         subprocess.run(["sync", str(out)], check=True)
     dt = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed: {p.stderr[-2000:]}")
-    kb = int(report.read_text().split()[-1])
+    kb, blocks_in, blocks_out, user, system = report.read_text().split()[-5:]
     report.unlink()
     new = _used(out.parent) - before if out is not None else 0
     alloc = out.stat().st_blocks * 512 if out is not None else 0
-    return dt, kb * 1024, new, alloc, p.stdout
+    return Run(dt, int(kb) * 1024, new, alloc, p.stdout, int(blocks_in) * 512, int(blocks_out) * 512,
+               float(user) + float(system))
 
 
 _CACHE_WORDS = {"inputs": "model files evicted from the page cache before each run",
@@ -209,43 +222,50 @@ def run_bench(d: Path, args: argparse.Namespace) -> None:
     EVICT[:] = [base, donor, ref]
     size = ref.stat().st_size
     body = size_of_tensors(base)
-    rows: dict[str, list[tuple[float, int, int, int, str]]] = {"cp --reflink=auto": [], "mtpgraft attach": []}
+    rows: dict[str, list[Run]] = {"cp --reflink=auto": [], "mtpgraft attach": []}
     newmeta = shutil.which("gguf-new-metadata")
     if newmeta and not args.no_new_metadata:
         rows["gguf_new_metadata.py"] = []
-    for _ in range(args.reps):
-        # Every tool writes a new file: deleting a 12 GB output is not part of anyone's time.
-        rows["cp --reflink=auto"].append(timed(["cp", "--reflink=auto", str(ref), str(cp_out)], cp_out))
-        cp_out.unlink()
-        rows["mtpgraft attach"].append(timed(mtpgraft, out))
-        out.unlink()
-        if "gguf_new_metadata.py" in rows:
-            rows["gguf_new_metadata.py"].append(timed([newmeta, str(base), str(nm_out), "--force",
-                                                       "--general-name", "bench2"], nm_out))
-            nm_out.unlink()
-    shared = [json.loads(r[4]).get("body_shared_bytes") for r in rows["mtpgraft attach"]]
-    cp_t = statistics.median(r[0] for r in rows["cp --reflink=auto"])
+    cmds = {"cp --reflink=auto": (["cp", "--reflink=auto", str(ref), str(cp_out)], cp_out),
+            "mtpgraft attach": (mtpgraft, out)}
+    if "gguf_new_metadata.py" in rows:
+        cmds["gguf_new_metadata.py"] = ([newmeta, str(base), str(nm_out), "--force", "--general-name", "bench2"],
+                                        nm_out)
+    for rep in range(args.reps):
+        # Every tool writes a new file: deleting a 12 GB output is not part of anyone's time. The
+        # order alternates (ABBA...) so that no tool always runs right after the same other one.
+        for name in (list(cmds) if rep % 2 == 0 else list(reversed(cmds))):
+            cmd, dst = cmds[name]
+            rows[name].append(timed(cmd, dst))
+            dst.unlink()
+    shared = [json.loads(r.stdout).get("body_shared_bytes") for r in rows["mtpgraft attach"]]
+    cp_t = statistics.median(r.wall for r in rows["cp --reflink=auto"])
     print(f"output: {size / 1e9:.2f} GB ({trunk} trunk layers + MTP block, body {body / 1e9:.2f} GB) on "
-          f"{_fs_type(d)}, {args.reps} reps, median wall time, {_CACHE_WORDS[COLD]}"
+          f"{_fs_type(d)}, {args.reps} reps (order alternating), median wall time, {_CACHE_WORDS[COLD]}"
           + (", each run ends with sync OUTPUT" if SYNC else ""))
     # statvfs: what the filesystem lost (the truth on a private btrfs, noisy on a shared root fs);
-    # st_blocks: the output's allocation (exact where nothing is shared, the full size where it is)
-    print(f"{'tool':<24} {'wall s':>8} {'x cp':>7} {'peak RSS MB':>12} {'fs used MB':>11} {'st_blocks MB':>13}   runs (s)")
+    # st_blocks: the output's allocation (exact where nothing is shared, the full size where it is);
+    # read / written: what the tool itself made the storage do (getrusage), the same on any disk
+    print(f"{'tool':<24} {'wall s':>8} {'x cp':>7} {'CPU s':>6} {'peak RSS MB':>12} {'read MB':>8} "
+          f"{'written MB':>10} {'fs used MB':>11} {'st_blocks MB':>13}   runs (s)")
     for name, rs in rows.items():
-        t = statistics.median(x[0] for x in rs)
-        runs = " ".join(f"{x[0]:.3f}" for x in rs)
-        rss = max(x[1] for x in rs)
-        disk = statistics.median(x[2] for x in rs)
-        alloc = statistics.median(x[3] for x in rs)
-        print(f"{name:<24} {t:>8.3f} {t / cp_t:>7.2f} {rss / 1e6:>12.1f} {disk / 1e6:>11.1f} {alloc / 1e6:>13.1f}   {runs}")
+        t, cpu, read, written, new, alloc = (statistics.median(getattr(x, k) for x in rs)
+                                             for k in ("wall", "cpu", "read", "written", "new", "alloc"))
+        print(f"{name:<24} {t:>8.3f} {t / cp_t:>7.3f} {cpu:>6.2f} {max(x.rss for x in rs) / 1e6:>12.1f} "
+              f"{read / 1e6:>8.1f} {written / 1e6:>10.1f} {new / 1e6:>11.1f} {alloc / 1e6:>13.1f}   "
+              + " ".join(f"{x.wall:.3f}" for x in rs))
+    att = rows["mtpgraft attach"]
     if shared and shared[0] is not None:
+        new_space = statistics.median(x.new for x in att)
         print(f"attach: body blocks shared with the base (FIEMAP) {min(shared) / body:.2%} "
-              f"({min(shared) / 1e9:.2f} of {body / 1e9:.2f} GB); new disk space "
-              f"{statistics.median(x[2] for x in rows['mtpgraft attach']) / body:.3%} of the body")
-    pairs = [a[0] / c[0] for a, c in zip(rows["mtpgraft attach"], rows["cp --reflink=auto"], strict=True)]
+              f"({min(shared) / 1e9:.2f} of {body / 1e9:.2f} GB); new disk space {new_space / 1e6:.1f} MB, "
+              f"of which the MTP block is {(size - body) / 1e6:.1f} MB: the body's own bytes written again "
+              f"<= {max(0.0, new_space - (size - body)) / body:.3%} of the body")
+    pairs = [a.wall / c.wall for a, c in zip(att, rows["cp --reflink=auto"], strict=True)]
     print(f"attach / cp, run by run (each pair back to back): median {statistics.median(pairs):.3f}, "
-          f"best {min(pairs):.3f}, worst {max(pairs):.3f}")
-    fixed = statistics.median(timed([*mtpgraft, "--dry-run"])[0] for _ in range(3))
+          f"best {min(pairs):.3f}, worst {max(pairs):.3f}; attach - cp, median "
+          f"{statistics.median(a.wall - c.wall for a, c in zip(att, rows['cp --reflink=auto'], strict=True)):+.3f} s")
+    fixed = statistics.median(timed([*mtpgraft, "--dry-run"]).wall for _ in range(3))
     print(f"attach's fixed part (start-up, both headers, the plan: --dry-run, model headers cached): {fixed:.3f} s")
     if not args.keep:
         for p in (base, donor, ref):
