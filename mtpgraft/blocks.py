@@ -71,14 +71,18 @@ def copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, count: int,
     if not clone:
         _real_copy(src_fd, dst_fd, src_off, dst_off, count, progress)
         return
-    if (src_off - dst_off) % block or count < block:
+    if (src_off - dst_off) % block:
         _kernel_copy(src_fd, dst_fd, src_off, dst_off, count, progress)
         return
     head = min(count, -dst_off % block)
     whole = (count - head) // block * block
-    for off, n in ((0, head), (head, whole), (head + whole, count - head - whole)):
+    # The partial blocks at either end are copied, never handed to copy_file_range: at the source's
+    # end of file it would clone the last, partial block, and the next write into the rest of that
+    # block (padding, the MTP block) would copy it again (XFS reserves a copy-on-write extent for it).
+    for off, n, copy in ((0, head, _real_copy), (head, whole, _kernel_copy),
+                         (head + whole, count - head - whole, _real_copy)):
         if n:
-            _kernel_copy(src_fd, dst_fd, src_off + off, dst_off + off, n, progress)
+            copy(src_fd, dst_fd, src_off + off, dst_off + off, n, progress)
 
 
 def _kernel_copy(src_fd: int, dst_fd: int, src_off: int, dst_off: int, count: int,
