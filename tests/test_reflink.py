@@ -1,8 +1,9 @@
 """The reflink layout: every byte range copied from an input lands at an offset congruent to its
 source offset modulo the block size, so copy-on-write filesystems share the body's blocks.
 
-The first tests check the layout itself on any filesystem; the btrfs ones make a small btrfs on a
-loop device (root, losetup, mkfs.btrfs) and are skipped, with the reason, where that is impossible."""
+The first tests check the layout itself on any filesystem; the `cow` ones run once on a small btrfs
+and once on a small XFS with reflink=1, each made on a loop device (root, losetup, mkfs.btrfs /
+mkfs.xfs) and skipped, with the reason, where that filesystem cannot be made."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from helpers import tensor_bytes
 from mtpgraft.errors import OutputWriteError
 from mtpgraft.gguf_io import CONVERTER, PAD_KEY, GGUFFile, GGUFModel, Layout
 from mtpgraft.graft import apply_plan, block_sharing, plan_attach, plan_detach, plan_extract
+from mtpgraft.sidecar import plan_sidecar
 from mtpgraft.testmodels import CODE_PROMPT, build_tiny_model
 from mtpgraft.testmodels.synthetic import make_model, split_model
 
@@ -138,134 +140,225 @@ def test_cli_layout_flags(small, tmp_path):
     assert r.returncode == 2 and "bogus" in r.stderr
 
 
-# ----------------------------------------------------------------------------- on a real btrfs
+# -------------------------------------------------------------- on a real copy-on-write filesystem
+
+# each filesystem: its mkfs command line, the distribution package that has it, the image size
+# (sparse: btrfs wants at least ~110 MB, mkfs.xfs refuses less than 300 MB)
+COW_FILESYSTEMS = {
+    "btrfs": (["mkfs.btrfs", "-q"], "btrfs-progs", 256 << 20),
+    "xfs": (["mkfs.xfs", "-q", "-m", "reflink=1"], "xfsprogs", 320 << 20),
+}
 
 
-def _btrfs_unavailable() -> str | None:
+def _cow_unavailable(fs: str) -> str | None:
+    mkfs, package, _ = COW_FILESYSTEMS[fs]
     if sys.platform != "linux":
-        return "loop-mounted btrfs needs Linux"
+        return f"a loop-mounted {fs} needs Linux"
     if os.geteuid() != 0:
-        return "making a loop-mounted btrfs needs root"
-    for tool in ("mkfs.btrfs", "losetup", "mount", "umount"):
+        return f"making a loop-mounted {fs} needs root"
+    for tool in (mkfs[0], "losetup", "mount", "umount"):
         if shutil.which(tool) is None:
-            return f"{tool} not found (apt-get install btrfs-progs)"
-    if "btrfs" not in Path("/proc/filesystems").read_text():
-        return "the kernel has no btrfs"
+            return f"{tool} not found" + (f" (apt-get install {package})" if tool == mkfs[0] else "")
     return None
 
 
-@pytest.fixture(scope="module")
-def btrfs(tmp_path_factory) -> Path:
-    why = _btrfs_unavailable()
+def _mount_failed(fs: str, stderr: str) -> str:
+    # a filesystem built as a module is missing from /proc/filesystems until mount loads it
+    if fs not in Path("/proc/filesystems").read_text().split():
+        return f"the kernel has no {fs} (not in /proc/filesystems; mount: {stderr.strip()})"
+    return f"cannot loop-mount a {fs} here: {stderr.strip()}"
+
+
+@pytest.fixture(scope="module", params=sorted(COW_FILESYSTEMS))
+def cow(request, tmp_path_factory) -> Path:
+    """A fresh loop-mounted copy-on-write filesystem (btrfs; XFS with reflink=1), one per module."""
+    fs = request.param
+    why = _cow_unavailable(fs)
     if why:
         pytest.skip(why)
-    d = tmp_path_factory.mktemp("btrfs")
+    mkfs, _, size = COW_FILESYSTEMS[fs]
+    d = tmp_path_factory.mktemp(fs)
     img, mnt = d / "fs.img", d / "mnt"
     mnt.mkdir()
-    with open(img, "wb") as f:
-        f.truncate(256 << 20)  # sparse; btrfs wants at least ~110 MB
-    r = subprocess.run(["mkfs.btrfs", "-q", str(img)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"mkfs.btrfs failed: {r.stderr.strip()}")
-    r = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot loop-mount a btrfs here: {r.stderr.strip()}")
     try:
-        yield mnt
+        with open(img, "wb") as f:
+            f.truncate(size)
+        r = subprocess.run([*mkfs, str(img)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"{mkfs[0]} failed: {r.stderr.strip()}")
+        r = subprocess.run(["mount", "-t", fs, "-o", "loop", str(img), str(mnt)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(_mount_failed(fs, r.stderr))
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["umount", str(mnt)], capture_output=True)
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
         img.unlink(missing_ok=True)
 
 
+_FIFREEZE, _FITHAW = 0xC0045877, 0xC0045878  # linux/fs.h: _IOWR('X', 119 / 120, int)
+
+
 def _used(path: Path) -> int:
-    os.sync()  # btrfs accounts space when the transaction commits
-    st = os.statvfs(path)
+    """Bytes the filesystem holding `path` has in use once all its pending work is done. Freezing
+    it (and thawing it again) is the one way that waits for all of it: btrfs commits its
+    transaction (space is accounted then); XFS writes back delayed allocations (reserved at a worst
+    case until then) and finishes freeing unlinked files (in the background, after the unlink)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, _FIFREEZE, 0)
+        fcntl.ioctl(fd, _FITHAW, 0)
+        st = os.fstatvfs(fd)
+    finally:
+        os.close(fd)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
 @pytest.fixture(scope="module")
-def on_btrfs(btrfs) -> dict[str, Path]:
+def on_cow(cow) -> dict[str, Path]:
     # f32: the tiny aligned model's body (11.6 MB) dwarfs its MTP block, so sharing shows in the numbers
-    return {"full": build_tiny_model(btrfs / "full.gguf", layout="full", dtype="f32"),
-            "base": build_tiny_model(btrfs / "base.gguf", layout="base", dtype="f32")}
+    models = {"full": build_tiny_model(cow / "full.gguf", layout="full", dtype="f32"),
+              "base": build_tiny_model(cow / "base.gguf", layout="base", dtype="f32")}
+    (cow / "split").mkdir()
+    models["split"] = split_model(build_tiny_model(cow / "split" / "base.gguf", layout="base", dtype="f32"), 3)[0]
+    (cow / "split" / "base.gguf").unlink()
+    return models
 
 
-def test_btrfs_attach_shares_the_base_extents_and_costs_only_the_mtp_bytes(btrfs, on_btrfs):
+def _cow_plan(op: str, models: dict[str, Path], out: Path):
+    if op == "attach":
+        return plan_attach(models["base"], models["full"], out)
+    if op == "attach-split":
+        return plan_attach(models["split"], models["full"], out)
+    if op == "detach":
+        return plan_detach(models["full"], out)
+    if op == "extract":
+        return plan_extract(models["full"], out)
+    return plan_sidecar(plan_attach(models["base"], models["full"], out.with_suffix(".planned.gguf")), out)
+
+
+def _congruent_runs(spec) -> dict[tuple[Path, int], int]:
+    """A written shard's copied tensors that landed congruent with their source offsets modulo the
+    block size, as runs: bytes per (source, shift). Their whole blocks are the ones a clone shares."""
+    out = GGUFFile(spec.path)
+    where = {t.name: out.data_offset + t.offset for t in out.tensors}
+    runs: dict[tuple[Path, int], int] = {}
+    for t in spec.tensors:
+        shift = None if t.src_path is None else where[t.name] - t.src_offset
+        if shift is not None and shift % BLOCK == 0:
+            runs[t.src_path, shift] = runs.get((t.src_path, shift), 0) + t.nbytes
+    return runs
+
+
+@pytest.mark.parametrize("op", ["attach", "attach-split", "detach", "extract", "sidecar"])
+def test_cow_each_command_shares_its_copied_run_and_writes_only_the_rest(cow, on_cow, op):
+    """Every shard of every graft command: the run it copies congruently sits in shared extents, the
+    filesystem's new space is the rest of the file, and the file holds no blocks past its size (no
+    speculative preallocation left, no copy-on-write of a block it had just cloned)."""
     from mtpgraft.blocks import flagged_shared_bytes
 
-    base = GGUFModel(on_btrfs["base"])
+    plan = _cow_plan(op, on_cow, cow / f"{op}.gguf")
+    before = _used(cow)
+    outs = [Path(p) for p in apply_plan(plan)]
+    try:
+        new = _used(cow) - before
+        runs = [r for s in plan._shards for r in _congruent_runs(s).values()]
+        assert sum(runs) > sum(p.stat().st_size for p in outs) / 2  # the layout aligned the bulk
+        slack = 2 * BLOCK * len(runs)  # each run's unaligned head and tail blocks
+        shared = 0
+        for p in outs:
+            with open(p, "rb") as f:
+                start = GGUFFile(p).data_offset
+                shared += flagged_shared_bytes(f.fileno(), start, p.stat().st_size - start)
+        assert sum(runs) - slack <= shared <= sum(runs), (shared, runs)
+        rest = sum(p.stat().st_size for p in outs) - sum(runs)
+        assert rest <= new < rest + slack + (1 << 20), (new, rest)  # + filesystem metadata
+        held = sum(p.stat().st_blocks * 512 for p in outs)
+        assert held <= sum(-(-p.stat().st_size // BLOCK) * BLOCK for p in outs), (held, [p.stat() for p in outs])
+    finally:
+        for p in outs:
+            p.unlink()
+
+
+def test_cow_attach_shares_the_base_extents_and_costs_only_the_mtp_bytes(cow, on_cow):
+    from mtpgraft.blocks import flagged_shared_bytes
+
+    base = GGUFModel(on_cow["base"])
     body = base.tensor_bytes_total()
-    out = btrfs / "grafted.gguf"
-    plan = plan_attach(on_btrfs["base"], on_btrfs["full"], out)
+    out = cow / "grafted.gguf"
+    plan = plan_attach(on_cow["base"], on_cow["full"], out)
     mtp = sum(a.bytes_out for a in plan.tensors)
-    before = _used(btrfs)
+    before = _used(cow)
     apply_plan(plan)
-    new = _used(btrfs) - before
+    new = _used(cow) - before
     s = block_sharing(plan)
     assert s.body_bytes == body
     assert s.shared_bytes >= body - 2 * BLOCK  # all but the unaligned head and tail blocks
     with open(out, "rb") as f:
         sh = GGUFFile(out)
         assert flagged_shared_bytes(f.fileno(), sh.data_offset, body) >= body - 2 * BLOCK  # FIEMAP_EXTENT_SHARED
-    assert new < mtp + (1 << 20), (new, mtp)  # the MTP bytes, the header and btrfs metadata
+    assert new < mtp + (1 << 20), (new, mtp)  # the MTP bytes, the header and filesystem metadata
     assert new < body / 2
 
     # --no-reflink and the converter layout copy the body: the space it takes, and no shared blocks
     for name, layout in (("copied.gguf", Layout(clone=False)), ("converter.gguf", CONVERTER)):
-        p = plan_attach(on_btrfs["base"], on_btrfs["full"], btrfs / name)
-        before = _used(btrfs)
+        p = plan_attach(on_cow["base"], on_cow["full"], cow / name)
+        before = _used(cow)
         apply_plan(p, layout=layout)
-        assert _used(btrfs) - before > body
+        assert _used(cow) - before > body
         assert block_sharing(p).shared_bytes < body / 10, name
 
 
-def test_btrfs_graft_needs_room_for_the_mtp_block_not_a_second_body(btrfs, on_btrfs):
+def test_cow_graft_needs_room_for_the_mtp_block_not_a_second_body(cow, on_cow):
     """With less free space than the body but more than the MTP block, the reflinked graft is
     written (the free-space check counts only what is not shared) and a copying one is refused
     before it writes anything."""
     from mtpgraft.outputs import free_bytes
 
-    body = GGUFModel(on_btrfs["base"]).tensor_bytes_total()
-    plan = plan_attach(on_btrfs["base"], on_btrfs["full"], btrfs / "tight.gguf")
+    body = GGUFModel(on_cow["base"]).tensor_bytes_total()
+    plan = plan_attach(on_cow["base"], on_cow["full"], cow / "tight.gguf")
     mtp = sum(a.bytes_out for a in plan.tensors)
-    filler = btrfs / "filler"
+    filler = cow / "filler"
     try:
-        with open(filler, "wb") as f:  # fill up to mtp + body/2 free, as btrfs counts it
+        with open(filler, "wb") as f:  # fill up to mtp + body/2 free, as the filesystem counts it
             size = 0
-            while free_bytes(btrfs) > mtp + body // 2 + (1 << 20):
-                step = max(1 << 20, (free_bytes(btrfs) - mtp - body // 2) // 2)
+            while free_bytes(cow) > mtp + body // 2 + (1 << 20):
+                step = max(1 << 20, (free_bytes(cow) - mtp - body // 2) // 2)
                 os.posix_fallocate(f.fileno(), size, step)
                 size += step
                 os.sync()
-        assert mtp + (1 << 20) < free_bytes(btrfs) < plan.output_bytes
+        assert mtp + (1 << 20) < free_bytes(cow) < plan.output_bytes
         with pytest.raises(OutputWriteError, match="not enough space"):
-            apply_plan(plan_attach(on_btrfs["base"], on_btrfs["full"], btrfs / "tight-copied.gguf"),
+            apply_plan(plan_attach(on_cow["base"], on_cow["full"], cow / "tight-copied.gguf"),
                        layout=Layout(clone=False))
-        assert not (btrfs / "tight-copied.gguf").exists()
-        assert not [p for p in btrfs.iterdir() if p.name.endswith(".mtpgraft-tmp")]
+        assert not (cow / "tight-copied.gguf").exists()
+        assert not [p for p in cow.iterdir() if p.name.endswith(".mtpgraft-tmp")]
         apply_plan(plan)
         assert block_sharing(plan).shared_fraction > 0.99
-        assert GGUFModel(btrfs / "tight.gguf").tensor_bytes_total() == plan.output_bytes
+        assert GGUFModel(cow / "tight.gguf").tensor_bytes_total() == plan.output_bytes
     finally:
         filler.unlink(missing_ok=True)
-        (btrfs / "tight.gguf").unlink(missing_ok=True)
+        (cow / "tight.gguf").unlink(missing_ok=True)
 
 
 @pytest.mark.tools
-def test_btrfs_reflinked_graft_loads_drafts_and_quantizes(btrfs, on_btrfs):
+def test_cow_reflinked_graft_loads_drafts_and_quantizes(cow, on_cow):
     """llama-server loads the reflinked graft and drafts at acceptance 1.0; llama-quantize reads it."""
     from mtpgraft.check.server import LlamaServer
     from mtpgraft.tools import find_tool
 
-    out = btrfs / "served.gguf"
-    plan = plan_attach(on_btrfs["base"], on_btrfs["full"], out)
+    out = cow / "served.gguf"
+    plan = plan_attach(on_cow["base"], on_cow["full"], out)
     apply_plan(plan)
     assert block_sharing(plan).shared_fraction > 0.99
     with LlamaServer(out, spec_type="mtp", draft_n_max=3) as s:
         r = s.completion(CODE_PROMPT, n_predict=48, temperature=0.0)
     t = r["timings"]
     assert t["draft_n"] > 0 and t["draft_n_accepted"] == t["draft_n"]
-    q = btrfs / "served-q8.gguf"
+    q = cow / "served-q8.gguf"
     subprocess.run([str(find_tool("llama-quantize")), str(out), str(q), "Q8_0"], check=True,
                    capture_output=True, timeout=300)
     got = GGUFModel(q)
