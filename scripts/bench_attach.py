@@ -12,6 +12,7 @@ its output, so writeback is paid inside the timing by every tool.
 
     python scripts/bench_attach.py --size-gb 4 --dir /tmp/mtpgraft-bench
     python scripts/bench_attach.py --size-gb 12 --btrfs 14 --dir /tmp/mtpgraft-btrfs   # root: loop-mounted btrfs
+    python scripts/bench_attach.py --size-gb 12 --xfs 14 --dir /tmp/mtpgraft-xfs       # root: XFS, reflink=1
 """
 
 from __future__ import annotations
@@ -154,15 +155,22 @@ def _fs_type(d: Path) -> str:
     return r.stdout.strip() or "?"
 
 
-def _mount_btrfs(d: Path, size_gb: float) -> tuple[Path, Path]:
-    """A sparse image in `d` holding a fresh btrfs, loop-mounted at d/mnt (root only)."""
+_MKFS = {"btrfs": ["mkfs.btrfs", "-q", "-f"], "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"]}
+
+
+def _mount_cow(d: Path, fs: str, size_gb: float) -> tuple[Path, Path]:
+    """A sparse image in `d` holding a fresh btrfs or XFS (reflink=1), loop-mounted at d/mnt (root only)."""
     d.mkdir(parents=True, exist_ok=True)
-    img, mnt = d / "btrfs.img", d / "mnt"
+    img, mnt = d / f"{fs}.img", d / "mnt"
     mnt.mkdir(exist_ok=True)
     with open(img, "wb") as f:
         f.truncate(int(size_gb * 1e9))
-    subprocess.run(["mkfs.btrfs", "-q", "-f", str(img)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    try:
+        subprocess.run([*_MKFS[fs], str(img)], check=True)
+        subprocess.run(["mount", "-t", fs, "-o", "loop", str(img), str(mnt)], check=True)
+    except BaseException:
+        img.unlink()
+        raise
     return img, mnt
 
 
@@ -173,6 +181,8 @@ def main() -> None:
                     help="where the files go (put it on btrfs/XFS to see reflinks)")
     ap.add_argument("--btrfs", type=float, default=None, metavar="GB",
                     help="make a loop-mounted btrfs of GB in --dir and run there (root; removed afterwards)")
+    ap.add_argument("--xfs", type=float, default=None, metavar="GB",
+                    help="the same with XFS, reflink=1 (mkfs.xfs wants at least 0.3 GB)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-new-metadata", action="store_true", help="skip gguf_new_metadata.py")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
@@ -182,6 +192,8 @@ def main() -> None:
                          "run; cold-all: drop the whole page cache, Python's own files too (needs root); "
                          "warm: keep it")
     args = ap.parse_args()
+    if args.btrfs and args.xfs:
+        ap.error("--btrfs and --xfs: one filesystem at a time")
 
     global BLOB, COLD, SYNC
     COLD, SYNC = {"cold": "inputs", "cold-all": "all", "warm": ""}[args.cache], args.sync
@@ -189,8 +201,8 @@ def main() -> None:
         print("cannot drop the page cache (not root?): evicting the model files only", file=sys.stderr)
         COLD = "inputs"
     img = None
-    if args.btrfs:
-        img, d = _mount_btrfs(args.dir, args.btrfs)
+    if args.btrfs or args.xfs:
+        img, d = _mount_cow(args.dir, "btrfs" if args.btrfs else "xfs", args.btrfs or args.xfs)
     else:
         d = args.dir
         d.mkdir(parents=True, exist_ok=True)
