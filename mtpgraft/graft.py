@@ -772,7 +772,7 @@ def _bind_mtp(plan: GraftPlan, shards: list[_ShardSpec], located: dict[str, tupl
 def _shared_bytes(shards: list[_ShardSpec], layout: Layout) -> int:
     """Bytes the outputs will share with an input instead of writing them: each shard's aligned run
     (the input it copies most from; see gguf_io.Layout) where the filesystem clones between the
-    two. The free-space check asks only for the rest: on btrfs a graft needs room for its MTP
+    two. The free-space check asks only for the rest: on btrfs or XFS a graft needs room for its MTP
     block, not for a second body. The estimate leaves out a block at each end of the run."""
     from .blocks import block_size, can_clone
 
