@@ -142,16 +142,18 @@ def test_cli_layout_flags(small, tmp_path):
 
 # -------------------------------------------------------------- on a real copy-on-write filesystem
 
-# each filesystem: its mkfs command line, the distribution package that has it, the image size
-# (sparse: btrfs wants at least ~110 MB, mkfs.xfs refuses less than 300 MB)
+# each test filesystem: its type, mkfs command line, the distribution package that has mkfs, the
+# image size (sparse: btrfs wants at least ~110 MB, mkfs.xfs refuses less than 300 MB). xfs-16k: a
+# block size above the page size (Linux 6.12 and later mount it), so the layout aligns to 16 KiB.
 COW_FILESYSTEMS = {
-    "btrfs": (["mkfs.btrfs", "-q"], "btrfs-progs", 256 << 20),
-    "xfs": (["mkfs.xfs", "-q", "-m", "reflink=1"], "xfsprogs", 320 << 20),
+    "btrfs": ("btrfs", ["mkfs.btrfs", "-q"], "btrfs-progs", 256 << 20),
+    "xfs": ("xfs", ["mkfs.xfs", "-q", "-m", "reflink=1"], "xfsprogs", 320 << 20),
+    "xfs-16k": ("xfs", ["mkfs.xfs", "-q", "-m", "reflink=1", "-b", "size=16384"], "xfsprogs", 512 << 20),
 }
 
 
 def _cow_unavailable(fs: str) -> str | None:
-    mkfs, package, _ = COW_FILESYSTEMS[fs]
+    _, mkfs, package, _ = COW_FILESYSTEMS[fs]
     if sys.platform != "linux":
         return f"a loop-mounted {fs} needs Linux"
     if os.geteuid() != 0:
@@ -172,12 +174,11 @@ def _mount_failed(fs: str, stderr: str) -> str:
 @pytest.fixture(scope="module", params=sorted(COW_FILESYSTEMS))
 def cow(request, tmp_path_factory) -> Path:
     """A fresh loop-mounted copy-on-write filesystem (btrfs; XFS with reflink=1), one per module."""
-    fs = request.param
-    why = _cow_unavailable(fs)
+    why = _cow_unavailable(request.param)
     if why:
         pytest.skip(why)
-    mkfs, _, size = COW_FILESYSTEMS[fs]
-    d = tmp_path_factory.mktemp(fs)
+    fs, mkfs, _, size = COW_FILESYSTEMS[request.param]
+    d = tmp_path_factory.mktemp(request.param)
     img, mnt = d / "fs.img", d / "mnt"
     mnt.mkdir()
     try:
@@ -240,7 +241,11 @@ def _cow_plan(op: str, models: dict[str, Path], out: Path):
     return plan_sidecar(plan_attach(models["base"], models["full"], out.with_suffix(".planned.gguf")), out)
 
 
-def _congruent_runs(spec) -> dict[tuple[Path, int], int]:
+def _block(cow: Path) -> int:
+    return os.statvfs(cow).f_frsize  # the filesystem's block size: what the layout aligns to
+
+
+def _congruent_runs(spec, block: int) -> dict[tuple[Path, int], int]:
     """A written shard's copied tensors that landed congruent with their source offsets modulo the
     block size, as runs: bytes per (source, shift). Their whole blocks are the ones a clone shares."""
     out = GGUFFile(spec.path)
@@ -248,7 +253,7 @@ def _congruent_runs(spec) -> dict[tuple[Path, int], int]:
     runs: dict[tuple[Path, int], int] = {}
     for t in spec.tensors:
         shift = None if t.src_path is None else where[t.name] - t.src_offset
-        if shift is not None and shift % BLOCK == 0:
+        if shift is not None and shift % block == 0:
             runs[t.src_path, shift] = runs.get((t.src_path, shift), 0) + t.nbytes
     return runs
 
@@ -261,13 +266,14 @@ def test_cow_each_command_shares_its_copied_run_and_writes_only_the_rest(cow, on
     from mtpgraft.blocks import flagged_shared_bytes
 
     plan = _cow_plan(op, on_cow, cow / f"{op}.gguf")
+    block = _block(cow)
     before = _used(cow)
     outs = [Path(p) for p in apply_plan(plan)]
     try:
         new = _used(cow) - before
-        runs = [r for s in plan._shards for r in _congruent_runs(s).values()]
+        runs = [r for s in plan._shards for r in _congruent_runs(s, block).values()]
         assert sum(runs) > sum(p.stat().st_size for p in outs) / 2  # the layout aligned the bulk
-        slack = 2 * BLOCK * len(runs)  # each run's unaligned head and tail blocks
+        slack = 2 * block * len(runs)  # each run's unaligned head and tail blocks
         shared = 0
         for p in outs:
             with open(p, "rb") as f:
@@ -277,7 +283,7 @@ def test_cow_each_command_shares_its_copied_run_and_writes_only_the_rest(cow, on
         rest = sum(p.stat().st_size for p in outs) - sum(runs)
         assert rest <= new < rest + slack + (1 << 20), (new, rest)  # + filesystem metadata
         held = sum(p.stat().st_blocks * 512 for p in outs)
-        assert held <= sum(-(-p.stat().st_size // BLOCK) * BLOCK for p in outs), (held, [p.stat() for p in outs])
+        assert held <= sum(-(-p.stat().st_size // block) * block for p in outs), (held, [p.stat() for p in outs])
     finally:
         for p in outs:
             p.unlink()
@@ -296,10 +302,11 @@ def test_cow_attach_shares_the_base_extents_and_costs_only_the_mtp_bytes(cow, on
     new = _used(cow) - before
     s = block_sharing(plan)
     assert s.body_bytes == body
-    assert s.shared_bytes >= body - 2 * BLOCK  # all but the unaligned head and tail blocks
+    block = _block(cow)
+    assert s.shared_bytes >= body - 2 * block  # all but the unaligned head and tail blocks
     with open(out, "rb") as f:
         sh = GGUFFile(out)
-        assert flagged_shared_bytes(f.fileno(), sh.data_offset, body) >= body - 2 * BLOCK  # FIEMAP_EXTENT_SHARED
+        assert flagged_shared_bytes(f.fileno(), sh.data_offset, body) >= body - 2 * block  # FIEMAP_EXTENT_SHARED
     assert new < mtp + (1 << 20), (new, mtp)  # the MTP bytes, the header and filesystem metadata
     assert new < body / 2
 
