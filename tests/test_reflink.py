@@ -122,11 +122,13 @@ def test_the_padding_key_is_resized_not_stacked(small, tmp_path):
     assert_body_congruent(plan, GGUFModel(one))
 
 
-def test_cli_layout_flags(small, tmp_path):
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "mtpgraft", *map(str, args)], capture_output=True,
-                              text=True, timeout=120)
+def _mtpgraft(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mtpgraft", *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
 
+
+def test_cli_layout_flags(small, tmp_path):
+    run = _mtpgraft
     r = run("attach", small["base"], "--mtp-from", small["full"], "-o", tmp_path / "c.gguf", "--layout", "converter")
     assert r.returncode == 0, r.stderr
     assert PAD_KEY not in gguf.GGUFReader(tmp_path / "c.gguf").fields
@@ -317,6 +319,37 @@ def test_cow_attach_shares_the_base_extents_and_costs_only_the_mtp_bytes(cow, on
         apply_plan(p, layout=layout)
         assert _used(cow) - before > body
         assert block_sharing(p).shared_bytes < body / 10, name
+
+
+def test_cow_cli_reports_what_the_output_shares(cow, on_cow):
+    """Through the CLI: attach's report line (-v) and --json say how much of the body shares the
+    base's blocks, inspect (text and --json) how much tensor data sits in shared extents, and
+    --no-reflink writes a file that shares nothing."""
+    import json
+    import re
+
+    body, block = GGUFModel(on_cow["base"]).tensor_bytes_total(), _block(cow)
+    shared, copied = cow / "cli.gguf", cow / "cli-copied.gguf"
+    try:
+        r = _mtpgraft("-v", "attach", on_cow["base"], "--mtp-from", on_cow["full"], "-o", shared)
+        assert r.returncode == 0, r.stderr
+        m = re.search(r"blocks: ([\d.]+) of ([\d.]+) MB of the body share the base's blocks", r.stderr)
+        assert m and float(m[2]) == round(body / 1e6, 1) and float(m[1]) >= (body - 2 * block) / 1e6 - 0.05, r.stderr
+        r = _mtpgraft("attach", on_cow["base"], "--mtp-from", on_cow["full"], "-o", copied, "--no-reflink", "--json")
+        assert r.returncode == 0, r.stderr
+        d = json.loads(r.stdout)
+        assert (d["body_bytes"], d["body_shared_bytes"]) == (body, 0)
+        assert "no blocks shared with the base" in _mtpgraft("detach", copied, "-o", cow / "x.gguf",
+                                                              "--no-reflink").stderr
+        (cow / "x.gguf").unlink()
+        data = [GGUFFile(p).data_offset for p in (shared, copied)]
+        got = [json.loads(_mtpgraft("inspect", p, "--json").stdout)["shared_bytes"] for p in (shared, copied)]
+        assert body - 2 * block <= got[0] <= shared.stat().st_size - data[0] and got[1] == 0, got
+        m = re.search(r"shared blocks: +([\d.]+) of ([\d.]+) MB", _mtpgraft("inspect", shared).stdout)
+        assert m and float(m[1]) == round(got[0] / 1e6, 1) and float(m[2]) == round((shared.stat().st_size - data[0]) / 1e6, 1)
+    finally:
+        shared.unlink(missing_ok=True)
+        copied.unlink(missing_ok=True)
 
 
 def test_cow_graft_needs_room_for_the_mtp_block_not_a_second_body(cow, on_cow):
