@@ -166,11 +166,14 @@ def _cow_unavailable(fs: str) -> str | None:
     return None
 
 
-def _mount_failed(fs: str, stderr: str) -> str:
+_MOUNT_HINTS = {"xfs-16k": " (blocks larger than the page size need Linux 6.12 or later)"}
+
+
+def _mount_failed(name: str, fs: str, stderr: str) -> str:
     # a filesystem built as a module is missing from /proc/filesystems until mount loads it
     if fs not in Path("/proc/filesystems").read_text().split():
         return f"the kernel has no {fs} (not in /proc/filesystems; mount: {stderr.strip()})"
-    return f"cannot loop-mount a {fs} here: {stderr.strip()}"
+    return f"cannot loop-mount {name} here{_MOUNT_HINTS.get(name, '')}: {stderr.strip()}"
 
 
 @pytest.fixture(scope="module", params=sorted(COW_FILESYSTEMS))
@@ -191,7 +194,7 @@ def cow(request, tmp_path_factory) -> Path:
             pytest.skip(f"{mkfs[0]} failed: {r.stderr.strip()}")
         r = subprocess.run(["mount", "-t", fs, "-o", "loop", str(img), str(mnt)], capture_output=True, text=True)
         if r.returncode != 0:
-            pytest.skip(_mount_failed(fs, r.stderr))
+            pytest.skip(_mount_failed(request.param, fs, r.stderr))
         try:
             yield mnt
         finally:
