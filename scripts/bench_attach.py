@@ -18,6 +18,7 @@ its output, so writeback is paid inside the timing by every tool.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -87,9 +88,23 @@ SYNC = False
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
+SETTLE = False  # the benchmark's own mount: freeze and thaw it before reading its space
+_FIFREEZE, _FITHAW = 0xC0045877, 0xC0045878  # linux/fs.h: _IOWR('X', 119 / 120, int)
+
+
 def _used(d: Path) -> int:
+    """Bytes in use on d's filesystem once its pending work is done. On the benchmark's own mount
+    a freeze and thaw waits for all of it (btrfs commits, XFS finishes freeing deleted files in the
+    background, which a sync does not wait for); a shared filesystem is only synced."""
     os.sync()
-    st = os.statvfs(d)
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        if SETTLE:
+            fcntl.ioctl(fd, _FIFREEZE, 0)
+            fcntl.ioctl(fd, _FITHAW, 0)
+        st = os.fstatvfs(fd)
+    finally:
+        os.close(fd)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
@@ -195,7 +210,7 @@ def main() -> None:
     if args.btrfs and args.xfs:
         ap.error("--btrfs and --xfs: one filesystem at a time")
 
-    global BLOB, COLD, SYNC
+    global BLOB, COLD, SYNC, SETTLE
     COLD, SYNC = {"cold": "inputs", "cold-all": "all", "warm": ""}[args.cache], args.sync
     if COLD == "all" and not os.access("/proc/sys/vm/drop_caches", os.W_OK):
         print("cannot drop the page cache (not root?): evicting the model files only", file=sys.stderr)
@@ -203,6 +218,7 @@ def main() -> None:
     img = None
     if args.btrfs or args.xfs:
         img, d = _mount_cow(args.dir, "btrfs" if args.btrfs else "xfs", args.btrfs or args.xfs)
+        SETTLE = True
     else:
         d = args.dir
         d.mkdir(parents=True, exist_ok=True)
