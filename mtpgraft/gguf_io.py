@@ -806,14 +806,18 @@ def _write_data(fd: int, tensors: list[OutTensor], starts: list[int], end: int, 
             runs[-1] = (last.dst_off, _Copy(last.src, last.src_off, last.dst_off, pos - last.dst_off + t.nbytes))
         else:
             runs.append((pos, _Copy(t.src_path, t.src_offset, pos, t.nbytes)))
-    src_fds: dict[Path, int] = {}
     pos = starts[0] if starts else end
+    for start, run in runs:  # the padding between tensors, and after the last one: ggml's reader
+        if start > pos:      # reads the blob padded, as gguf-py writes it
+            os.pwrite(fd, bytes(start - pos), pos)
+        pos = start + (run.n if isinstance(run, _Copy) else run.nbytes)
+    if end > pos:
+        os.pwrite(fd, bytes(end - pos), pos)
+    src_fds: dict[Path, int] = {}
     try:
-        for start, run in runs:
-            if start > pos:  # the padding after the previous tensor
-                os.pwrite(fd, bytes(start - pos), pos)
+        for start, run in _largest_copy_last(runs):
             if isinstance(run, OutTensor):
-                pos = _produce(fd, run, start, progress)
+                _produce(fd, run, start, progress)
                 continue
             sfd = src_fds.get(run.src)
             if sfd is None:
@@ -821,12 +825,21 @@ def _write_data(fd: int, tensors: list[OutTensor], starts: list[int], end: int, 
                 if hasattr(os, "posix_fadvise"):  # a larger readahead window, as cp asks for
                     os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             copy_range(sfd, fd, run.src_off, start, run.n, clone=layout.clone, block=block, progress=progress)
-            pos = start + run.n
-        if end > pos:  # pad after the last tensor too: ggml's reader reads the blob padded, as gguf-py writes it
-            os.pwrite(fd, bytes(end - pos), pos)
     finally:
         for sfd in src_fds.values():
             os.close(sfd)
+
+
+def _largest_copy_last(runs: list[tuple[int, _Copy | OutTensor]]) -> list[tuple[int, _Copy | OutTensor]]:
+    """The order the runs are written in (each at its own offset, so any order makes the same file):
+    the largest copied run (the body) last. The MTP block is then copied, or converted, while the
+    provenance digest reads the same source bytes, so they come from storage once; after a 12 GB
+    body they would have left the page cache and been read a second time."""
+    copies = [i for i, (_, r) in enumerate(runs) if isinstance(r, _Copy)]
+    if not copies:
+        return runs
+    big = max(copies, key=lambda i: runs[i][1].n)  # type: ignore[union-attr]
+    return [r for i, r in enumerate(runs) if i != big] + [runs[big]]
 
 
 def _produce(fd: int, t: OutTensor, pos: int, progress: Callable[[int], None]) -> int:
