@@ -837,10 +837,13 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
 
 @dataclass(frozen=True)
 class BlockSharing:
-    """How much of an output's body (the tensors copied from the base) sits in the base's own blocks."""
+    """How much of an output's body (the tensors copied from the base) sits in the base's own blocks,
+    and how much of what was copied from the MTP source (a kept MTP block) sits in the source's."""
 
     body_bytes: int
     shared_bytes: int | None  # None: the filesystem does not say (no FIEMAP)
+    mtp_bytes: int = 0  # copied from the MTP source as they are
+    mtp_shared_bytes: int | None = 0
 
     @property
     def shared_fraction(self) -> float | None:
@@ -850,36 +853,44 @@ class BlockSharing:
 
 
 def block_sharing(plan: GraftPlan) -> BlockSharing:
-    """After apply_plan: compare the written outputs' extents with the base's (FIEMAP)."""
+    """After apply_plan: compare the written outputs' extents with their inputs' (FIEMAP)."""
+    mtp_sources = {r.path for r in plan._source_refs}
+    counts = {False: [0, 0], True: [0, 0]}  # from the MTP source? -> [copied, shared]
+    known = True
+    for spec in plan._shards:
+        for t, n in _copied_and_shared(spec):
+            c = counts[t.src_path in mtp_sources]
+            c[0] += t.nbytes
+            if n is None:
+                known = False
+            else:
+                c[1] += n
+    (body, shared), (mtp, mtp_shared) = counts[False], counts[True]
+    return BlockSharing(body, shared if known else None, mtp, mtp_shared if known else None)
+
+
+def _copied_and_shared(spec: _ShardSpec) -> Iterator[tuple[OutTensor, int | None]]:
+    """Each tensor a written shard copied from an input, with the bytes of it that share the
+    input's blocks (None: no FIEMAP)."""
     from .blocks import common_bytes
     from .gguf_io import GGUFFile
 
-    mtp_sources = {r.path for r in plan._source_refs}
-    body, shared = 0, 0
-    known = True
-    for spec in plan._shards:
-        out = GGUFFile(spec.path)
-        where = {t.name: out.data_offset + t.offset for t in out.tensors}
-        fds: dict[Path, int] = {}
-        ofd = os.open(spec.path, os.O_RDONLY)
-        try:
-            for t in spec.tensors:
-                if t.src_path is None or t.src_path in mtp_sources or t.name not in where:
-                    continue
-                sfd = fds.get(t.src_path)
-                if sfd is None:
-                    sfd = fds[t.src_path] = os.open(t.src_path, os.O_RDONLY)
-                body += t.nbytes
-                n = common_bytes(ofd, where[t.name], sfd, t.src_offset, t.nbytes) if known else None
-                if n is None:
-                    known = False
-                else:
-                    shared += n
-        finally:
-            os.close(ofd)
-            for fd in fds.values():
-                os.close(fd)
-    return BlockSharing(body, shared if known else None)
+    out = GGUFFile(spec.path)
+    where = {t.name: out.data_offset + t.offset for t in out.tensors}
+    fds: dict[Path, int] = {}
+    ofd = os.open(spec.path, os.O_RDONLY)
+    try:
+        for t in spec.tensors:
+            if t.src_path is None or t.name not in where:
+                continue
+            sfd = fds.get(t.src_path)
+            if sfd is None:
+                sfd = fds[t.src_path] = os.open(t.src_path, os.O_RDONLY)
+            yield t, common_bytes(ofd, where[t.name], sfd, t.src_offset, t.nbytes)
+    finally:
+        os.close(ofd)
+        for fd in fds.values():
+            os.close(fd)
 
 
 def describe_plan(plan: GraftPlan) -> str:

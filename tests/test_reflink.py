@@ -355,6 +355,29 @@ def test_cow_cli_reports_what_the_output_shares(cow, on_cow):
         copied.unlink(missing_ok=True)
 
 
+def test_cow_sidecar_reports_the_mtp_block_it_shares_with_its_source(cow, on_cow):
+    """A sidecar's largest copied run is the MTP block when the base's shared tensors are smaller
+    (as in the tiny model): it lands congruent with the MTP source and shares its blocks, and the
+    report says so instead of only "no blocks shared with the base" (text and --json agree)."""
+    import json
+    import re
+
+    out, block = cow / "mtp-side.gguf", _block(cow)
+    try:
+        r = _mtpgraft("-v", "sidecar", on_cow["base"], "--mtp-from", on_cow["full"], "-o", out, "--json")
+        assert r.returncode == 0, r.stderr
+        d = json.loads(r.stdout)
+        mtp = sum(a["bytes_out"] for a in d["plan"]["tensors"])
+        assert d["mtp_copied_bytes"] == mtp and mtp > d["body_bytes"] > 0
+        assert mtp - 2 * block <= d["mtp_shared_bytes"] <= mtp and d["body_shared_bytes"] < d["body_bytes"]
+        out.unlink()
+        r = _mtpgraft("-v", "sidecar", on_cow["base"], "--mtp-from", on_cow["full"], "-o", out)
+        m = re.search(r"; ([\d.]+) of ([\d.]+) MB copied from the MTP source share its blocks", r.stderr)
+        assert m and float(m[2]) == round(mtp / 1e6, 1) and float(m[1]) == round(d["mtp_shared_bytes"] / 1e6, 1), r.stderr
+    finally:
+        out.unlink(missing_ok=True)
+
+
 def test_cow_graft_needs_room_for_the_mtp_block_not_a_second_body(cow, on_cow):
     """With less free space than the body but more than the MTP block, the reflinked graft is
     written (the free-space check counts only what is not shared) and a copying one is refused

@@ -28,7 +28,8 @@ def _run_plan(plan, dry_run: bool, as_json: bool, layout: str = "reflink", no_re
     sharing = block_sharing(plan)
     if as_json:
         emit_json({"dry_run": False, "plan": plan.to_dict(), "written": [str(p) for p in outputs],
-                   "layout": layout, "body_bytes": sharing.body_bytes, "body_shared_bytes": sharing.shared_bytes})
+                   "layout": layout, "body_bytes": sharing.body_bytes, "body_shared_bytes": sharing.shared_bytes,
+                   "mtp_copied_bytes": sharing.mtp_bytes, "mtp_shared_bytes": sharing.mtp_shared_bytes})
     else:
         for p in outputs:
             click.echo(str(p))
@@ -41,11 +42,16 @@ def _sharing_line(s) -> str:
     if s.shared_bytes is None:
         return "blocks: the filesystem does not report extents (no FIEMAP); the body was copied"
     if not s.body_bytes:
-        return "blocks: nothing copied from the base"
-    if s.shared_bytes == 0:
-        return f"blocks: the {s.body_bytes / mb:.1f} MB body was copied (no blocks shared with the base)"
-    return (f"blocks: {s.shared_bytes / mb:.1f} of {s.body_bytes / mb:.1f} MB of the body share the base's "
-            f"blocks ({s.shared_fraction:.1%}, reflinked: no new disk space)")
+        line = "blocks: nothing copied from the base"
+    elif s.shared_bytes == 0:
+        line = f"blocks: the {s.body_bytes / mb:.1f} MB body was copied (no blocks shared with the base)"
+    else:
+        line = (f"blocks: {s.shared_bytes / mb:.1f} of {s.body_bytes / mb:.1f} MB of the body share the base's "
+                f"blocks ({s.shared_fraction:.1%}, reflinked: no new disk space)")
+    if s.mtp_shared_bytes:  # a kept MTP block that landed congruent with its source (the larger run)
+        line += (f"; {s.mtp_shared_bytes / mb:.1f} of {s.mtp_bytes / mb:.1f} MB copied from the MTP source "
+                 "share its blocks")
+    return line
 
 
 @click.command("attach")
