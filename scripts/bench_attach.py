@@ -287,7 +287,7 @@ def run_bench(d: Path, args: argparse.Namespace) -> None:
         new_space = statistics.median(x.new for x in att)
         print(f"attach: body blocks shared with the base (FIEMAP) {min(shared) / body:.2%} "
               f"({min(shared) / 1e9:.2f} of {body / 1e9:.2f} GB); new disk space {new_space / 1e6:.1f} MB, "
-              f"of which the MTP block is {(size - body) / 1e6:.1f} MB: the body's own bytes written again "
+              f"of which the header and MTP block are {(size - body) / 1e6:.1f} MB: the body's own bytes written again "
               f"<= {max(0.0, new_space - (size - body)) / body:.3%} of the body")
     pairs = [a.wall / c.wall for a, c in zip(att, rows["cp --reflink=auto"], strict=True)]
     print(f"attach / cp, run by run (each pair back to back): median {statistics.median(pairs):.3f}, "
