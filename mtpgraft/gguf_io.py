@@ -34,7 +34,6 @@ DEFAULT_ALIGNMENT = 32
 PAD_KEY = "mtpgraft.layout.padding"  # a u8 array that sizes the header; layout, not metadata
 
 
-
 class GGUFValueType(IntEnum):
     """GGUF's metadata value types (ggml/include/gguf.h; the values of gguf-py's enum of the same
     name, which compares equal to these). Our own so that reading and copying a GGUF never imports

@@ -29,10 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType, LlamaFileType, quants
+from gguf import GGMLQuantizationType, LlamaFileType, quants
 
 from ..errors import GraftError, SourceError
-from ..gguf_io import CONVERTER, KV, GGUFModel, OutTensor, encode_kv, tensor_nbytes, write_gguf
+from ..gguf_io import (
+    CONVERTER,
+    KV,
+    GGUFModel,
+    GGUFValueType,
+    OutTensor,
+    encode_kv,
+    tensor_nbytes,
+    write_gguf,
+)
 from .safetensors import DTYPE_SIZE, STensor
 
 Q = GGMLQuantizationType

@@ -204,9 +204,7 @@ def _random_tensors(arch: str, *, trunk: int, layout: str, dims: Dims, wtype: gg
 def split_model(path: Path, parts: int) -> list[Path]:
     """Split a GGUF the way llama-gguf-split does: the first shard keeps every key plus split.*,
     the others hold only split.* keys; tensors are divided in order."""
-    from gguf import GGUFValueType
-
-    from ..gguf_io import CONVERTER, GGUFModel, OutTensor, encode_kv, write_gguf
+    from ..gguf_io import CONVERTER, GGUFModel, GGUFValueType, OutTensor, encode_kv, write_gguf
 
     m = GGUFModel(path)
     refs = m.refs
