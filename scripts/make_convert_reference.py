@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Make the reference MTP heads in tests/data/convert-ref/ with llama.cpp's REAL converter.
+"""Make the converter references in tests/data/convert-ref/ with llama.cpp's REAL converter.
 
 mtpgraft converts the MTP head of a safetensors checkpoint itself, in numpy. These references prove
 it writes what llama.cpp's convert_hf_to_gguf.py writes, byte for byte: tests/test_sources_convert.py
@@ -29,7 +29,10 @@ How the committed references were made (2026-12-01):
   `reference.*` keys saying how the file was made;
 - and for the whole-model proof (E2E): the converter's full file and its `--no-mtp` file of the same
   checkpoint, every tensor and key kept except the `tokenizer.*` keys (`<variant>-full.gguf`,
-  `<variant>-trunk.gguf`): grafting mtpgraft's head onto the trunk must give the full file.
+  `<variant>-trunk.gguf`): grafting mtpgraft's head onto the trunk must give the full file;
+- what is committed: the trunks as GGUF files (they are the test's input), and of every other file
+  only its fingerprint (mtpgraft.testmodels.fingerprint: each key's and tensor's sha256, in order)
+  in references.json, which is all the comparisons need.
 
 Run from the repository root:  .venv/bin/python scripts/make_convert_reference.py [--convenv /tmp/convenv]
 """
@@ -37,6 +40,7 @@ Run from the repository root:  .venv/bin/python scripts/make_convert_reference.p
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -44,8 +48,9 @@ from pathlib import Path
 
 from gguf import GGUFValueType as V
 
-from mtpgraft.gguf_io import GGUFModel, OutTensor, encode_kv, write_gguf
+from mtpgraft.gguf_io import CONVERTER, GGUFModel, OutTensor, encode_kv, write_gguf
 from mtpgraft.sources.checkpoints import VARIANTS, build_checkpoint
+from mtpgraft.testmodels.fingerprint import fingerprint
 from mtpgraft.toolchain import toolchain_root
 
 SEED = 0
@@ -86,7 +91,7 @@ def keep(converted: Path, out: Path, variant: str, outtype: str) -> None:
     mtp = [r for r in m.refs if r.name.startswith("blk.") and int(r.name.split(".")[1]) >= trunk]
     tensors = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset) for r in mtp]
     with open(out, "wb") as fh:
-        write_gguf(fh, kvs, tensors, alignment=m.alignment)
+        write_gguf(fh, kvs, tensors, alignment=m.alignment, layout=CONVERTER)  # no padding key
 
 
 def strip_vocab(converted: Path, out: Path) -> None:
@@ -94,7 +99,7 @@ def strip_vocab(converted: Path, out: Path) -> None:
     kvs = [kv for k, kv in m.kv.items() if not k.startswith("tokenizer.")]
     tensors = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset) for r in m.refs]
     with open(out, "wb") as fh:
-        write_gguf(fh, kvs, tensors, alignment=m.alignment)
+        write_gguf(fh, kvs, tensors, alignment=m.alignment, layout=CONVERTER)  # no padding key
 
 
 def convert(py: Path, runconv: Path, src: str, ckpt: Path, out: Path, *flags: str) -> None:
@@ -110,6 +115,7 @@ def main() -> int:
     args = ap.parse_args()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     py = Path(args.convenv) / "bin" / "python"
+    refs = {}
     with tempfile.TemporaryDirectory(prefix="mtpgraft-ref-") as tmp:
         t = Path(tmp)
         (t / "runconv.py").write_text(RUNCONV)
@@ -119,12 +125,16 @@ def main() -> int:
             assert variant in VARIANTS
             conv = t / f"{variant}-{outtype}.full.gguf"
             convert(py, t / "runconv.py", args.src, t / variant, conv, "--outtype", outtype)
-            keep(conv, OUT_DIR / reference_name(variant, outtype), variant, outtype)
+            name = reference_name(variant, outtype)
+            keep(conv, t / name, variant, outtype)
+            refs[name] = fingerprint(t / name)
             if variant in E2E and outtype == "auto":
-                strip_vocab(conv, OUT_DIR / f"{variant}-full.gguf")
+                strip_vocab(conv, t / f"{variant}-full.gguf")
+                refs[f"{variant}-full.gguf"] = fingerprint(t / f"{variant}-full.gguf")
                 trunk = t / f"{variant}.trunk.gguf"
                 convert(py, t / "runconv.py", args.src, t / variant, trunk, "--no-mtp")
                 strip_vocab(trunk, OUT_DIR / f"{variant}-trunk.gguf")
+    (OUT_DIR / "references.json").write_text(json.dumps(refs, indent=1, sort_keys=True) + "\n")
     return 0
 
 

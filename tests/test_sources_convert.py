@@ -1,8 +1,10 @@
 """Safetensors MTP heads converted by mtpgraft equal what llama.cpp's convert_hf_to_gguf.py wrote.
 
-The references in tests/data/convert-ref/ were made by the real converter (scripts/
-make_convert_reference.py says how); here the same checkpoints are rebuilt from the same seed in
-numpy and converted by mtpgraft, then compared tensor by tensor, byte for byte."""
+The references were made by the real converter (scripts/make_convert_reference.py says how) and are
+kept as fingerprints (tests/data/convert-ref/references.json: each key's and tensor's sha256, in
+order); the trunks the whole-file test grafts onto are the converter's own GGUF files. Here the same
+checkpoints are rebuilt from the same seed in numpy and converted by mtpgraft, then compared key by
+key and tensor by tensor (name, shape, type, sha256 of the bytes, order)."""
 
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ from mtpgraft.errors import GraftError, SourceError
 from mtpgraft.gguf_io import GGUFModel
 from mtpgraft.sources import resolve_mtp_source
 from mtpgraft.sources.checkpoints import build_checkpoint
+from mtpgraft.testmodels.fingerprint import fingerprint
 from mtpgraft.testmodels.synthetic import make_model
 
 REF = Path(__file__).parent / "data" / "convert-ref"
+REFS = json.loads((REF / "references.json").read_text())
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto")]
 
@@ -31,42 +35,46 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def tensors(path: Path) -> list[tuple[str, tuple[int, ...], str, bytes]]:
-    m = GGUFModel(path)
-    out = []
-    with open(path, "rb") as f:
-        for r in m.refs:
-            f.seek(r.abs_offset)
-            out.append((r.name, r.info.ne, r.info.type_name, f.read(r.info.nbytes)))
-    return out
+def tensors(path: Path) -> list[list]:
+    """[name, shape, type, sha256 of the bytes] per tensor, in file order."""
+    return fingerprint(path)["tensors"]
 
 
-def head_kvs(path: Path) -> dict[str, bytes]:
-    """The converter's metadata (raw encoded entries), without mtpgraft's and the reference's own keys."""
-    return {k: kv.raw for k, kv in GGUFModel(path).kv.items() if not k.startswith(("mtpgraft.", "reference."))}
+def head_kvs(path: Path) -> dict[str, str]:
+    """The converter's metadata (sha256 of each raw encoded entry, in order), without mtpgraft's
+    and the reference's own keys."""
+    return {k: h for k, h in fingerprint(path)["keys"] if not k.startswith(("mtpgraft.", "reference."))}
+
+
+def ref_tensors(name: str) -> list[list]:
+    return REFS[name]["tensors"]
+
+
+def ref_kvs(name: str) -> dict[str, str]:
+    return {k: h for k, h in REFS[name]["keys"] if not k.startswith(("mtpgraft.", "reference."))}
 
 
 E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16")
 
 
 def test_references_exist_and_are_small():
+    assert sorted(REFS) == sorted([f"{v}-{o}.gguf" for v, o in CASES] + [f"{v}-full.gguf" for v in E2E])
     files = sorted(REF.glob("*.gguf"))
-    want = [f"{v}-{o}.gguf" for v, o in CASES] + [f"{v}-{k}.gguf" for v in E2E for k in ("full", "trunk")]
-    assert [f.name for f in files] == sorted(want)
-    assert sum(f.stat().st_size for f in files) < 3 << 20
+    assert [f.name for f in files] == sorted(f"{v}-trunk.gguf" for v in E2E)  # inputs only
+    assert sum(f.stat().st_size for f in files) < 1 << 20
 
 
 @pytest.mark.parametrize(("variant", "outtype"), CASES)
 def test_converted_head_equals_the_real_converter(tmp_path, variant, outtype):
     ckpt = build_checkpoint(tmp_path / variant, variant, seed=0)
     src = resolve_mtp_source(ckpt, outtype=outtype)
-    ref = REF / f"{variant}-{outtype}.gguf"
-    got, want = tensors(src.path), tensors(ref)
+    ref = f"{variant}-{outtype}.gguf"
+    got, want = tensors(src.path), ref_tensors(ref)
     assert [t[:3] for t in got] == [t[:3] for t in want]  # names, shapes, types, order
     for g, w in zip(got, want, strict=True):
         assert g[3] == w[3], f"{g[0]} differs from the converter's bytes"
-    assert head_kvs(src.path) == head_kvs(ref)
-    assert list(head_kvs(src.path)) == list(head_kvs(ref))  # key order too
+    assert head_kvs(src.path) == ref_kvs(ref)
+    assert list(head_kvs(src.path)) == list(ref_kvs(ref))  # key order too
     assert src.kind == "safetensors" and src.label == f"{variant}/"
 
 
@@ -74,7 +82,7 @@ def test_single_safetensors_file_and_folder_give_the_same_head(tmp_path):
     ckpt = build_checkpoint(tmp_path / "m", "moe-f16-per-expert")  # one shard: model.safetensors
     a = resolve_mtp_source(ckpt / "model.safetensors")
     b = resolve_mtp_source(ckpt)
-    assert tensors(a.path) == tensors(b.path) == tensors(REF / "moe-f16-per-expert-auto.gguf")
+    assert tensors(a.path) == tensors(b.path) == ref_tensors("moe-f16-per-expert-auto.gguf")
     assert a.label == "model.safetensors"
 
 
@@ -104,7 +112,7 @@ def test_attach_from_a_snapshot_folder(tmp_path):
     assert m.get("mtpgraft.mtp.source") == "Qwen-tiny/"
     assert m.get("qwen35.attention.recurrent_layers")[-1] is False
     mtp = [t for t in tensors(out) if t[0].startswith("blk.2.")]
-    assert mtp == tensors(REF / "dense-bf16-auto.gguf")
+    assert mtp == ref_tensors("dense-bf16-auto.gguf")
     # the converter writes the head after blk.1.attn_q_norm, which this base lacks: appended
     assert GGUFModel(resolve_mtp_source(ckpt).path).get("mtpgraft.cache.after") == "blk.1.attn_q_norm.weight"
     assert [r.name for r in m.refs][-len(mtp):] == [t[0] for t in mtp]
@@ -182,7 +190,7 @@ def test_dry_run_writes_nothing_and_reads_no_tensor(tmp_path):
     d = json.loads(r.output[r.output.index("{"):])
     plan = d["plan"]
     assert d["dry_run"] is True and plan["mtp_layers"] == [2]
-    assert {a["name"] for a in plan["tensors"]} == {t[0] for t in tensors(REF / "dense-bf16-auto.gguf")}
+    assert {a["name"] for a in plan["tensors"]} == {t[0] for t in ref_tensors("dense-bf16-auto.gguf")}
     assert not (tmp_path / "o.gguf").exists()
     assert not list((tmp_path / "cache" / "mtp-sources").glob("*.gguf"))
 
@@ -197,8 +205,8 @@ def test_graft_onto_the_converters_trunk_gives_the_converters_full_file(tmp_path
     r = CliRunner().invoke(cli, ["attach", str(REF / f"{variant}-trunk.gguf"), "--mtp-from", str(ckpt), "-o", str(out),
                                  "--mtp-type", "keep"])
     assert r.exit_code == 0, r.output
-    full, graft = GGUFModel(REF / f"{variant}-full.gguf"), GGUFModel(out)
-    keys = [k for k in graft.kv if not k.startswith("mtpgraft.")]
-    assert keys == list(full.kv)
-    assert [k for k in keys if graft.kv[k].raw != full.kv[k].raw] == ["general.size_label"]
-    assert tensors(out) == tensors(REF / f"{variant}-full.gguf")
+    full, graft = dict(REFS[f"{variant}-full.gguf"]["keys"]), dict(fingerprint(out)["keys"])
+    keys = [k for k in graft if not k.startswith("mtpgraft.")]
+    assert keys == list(full)
+    assert [k for k in keys if graft[k] != full[k]] == ["general.size_label"]
+    assert tensors(out) == ref_tensors(f"{variant}-full.gguf")

@@ -16,9 +16,10 @@ from mtpgraft.errors import HubError
 from mtpgraft.gguf_io import GGUFModel
 from mtpgraft.sources import HubOptions, resolve_mtp_source
 from mtpgraft.sources.checkpoints import build_checkpoint
+from mtpgraft.testmodels.fingerprint import fingerprint
 from mtpgraft.testmodels.synthetic import make_model, split_model
 
-REF = Path(__file__).parent / "data" / "convert-ref"
+REFS = json.loads((Path(__file__).parent / "data" / "convert-ref" / "references.json").read_text())
 DONOR = "tester/Tiny-MTP-GGUF"
 LABEL_KEY = "mtpgraft.mtp.source"
 
@@ -258,14 +259,7 @@ def test_safetensors_repo_fetches_config_headers_and_the_head_only(hub, tmp_path
     commit = hub.put_files("tester/Qwen-tiny", files)
     src = resolve_mtp_source("hf://tester/Qwen-tiny", hub=HubOptions(endpoint=hub.url))
     assert src.label == f"hf://tester/Qwen-tiny@{commit}" and src.kind == "hub-safetensors"
-    ref = GGUFModel(REF / "dense-bf16-auto.gguf")
-    got = GGUFModel(src.path)
-    assert [(r.name, r.info.ne, r.info.ggml_type) for r in got.refs] == [(r.name, r.info.ne, r.info.ggml_type) for r in ref.refs]
-    with open(src.path, "rb") as a, open(ref.path, "rb") as b:
-        for ra, rb in zip(got.refs, ref.refs, strict=True):
-            a.seek(ra.abs_offset)
-            b.seek(rb.abs_offset)
-            assert a.read(ra.info.nbytes) == b.read(rb.info.nbytes)
+    assert fingerprint(src.path)["tensors"] == REFS["dense-bf16-auto.gguf"]["tensors"]  # names, shapes, types, bytes
     index = json.loads(files["model.safetensors.index.json"])["weight_map"]
     mtp_shards = {f for n, f in index.items() if n.startswith("mtp.")}
     small = len(files["config.json"]) + len(files["model.safetensors.index.json"])
@@ -341,19 +335,7 @@ def test_single_safetensors_file_in_a_repo(hub, tmp_path):
     c = hub.put_files("tester/Moe", {p.name: p.read_bytes() for p in ckpt.iterdir()})
     src = resolve_mtp_source(f"hf://tester/Moe/model.safetensors@{c}", hub=HubOptions(endpoint=hub.url))
     assert src.label == f"hf://tester/Moe/model.safetensors@{c}"
-    ref = REF / "moe-f16-per-expert-auto.gguf"
-    assert [r.name for r in GGUFModel(src.path).refs] == [r.name for r in GGUFModel(ref).refs]
-    assert _tensor_bytes(src.path) == _tensor_bytes(ref)
-
-
-def _tensor_bytes(p: Path) -> list[bytes]:
-    m = GGUFModel(p)
-    with open(p, "rb") as f:
-        out = []
-        for r in m.refs:
-            f.seek(r.abs_offset)
-            out.append(f.read(r.info.nbytes))
-    return out
+    assert fingerprint(src.path)["tensors"] == REFS["moe-f16-per-expert-auto.gguf"]["tensors"]
 
 
 def test_dry_run_fetches_headers_only_and_leaves_nothing(hub, models, tmp_path):
