@@ -30,9 +30,12 @@ How the committed references were made (2026-12-01):
 - and for the whole-model proof (E2E): the converter's full file and its `--no-mtp` file of the same
   checkpoint, every tensor and key kept except the `tokenizer.*` keys (`<variant>-full.gguf`,
   `<variant>-trunk.gguf`): grafting mtpgraft's head onto the trunk must give the full file;
-- what is committed: the trunks as GGUF files (they are the test's input), and of every other file
-  only its fingerprint (mtpgraft.testmodels.fingerprint: each key's and tensor's sha256, in order)
-  in references.json, which is all the comparisons need.
+- what is committed: no GGUF file. Of each head and full file only its fingerprint
+  (mtpgraft.testmodels.fingerprint: each key's and tensor's sha256, in order) in references.json,
+  which is all the comparisons need; of each trunk (the whole-file test's input) its recipe in
+  trunks.json (mtpgraft.testmodels.trunks: its metadata, and for every tensor the checkpoint
+  tensors and the one-line step that make its bytes, with the file's sha256), from which the test
+  rebuilds the converter's trunk byte for byte.
 
 Run from the repository root:  .venv/bin/python scripts/make_convert_reference.py [--convenv /tmp/convenv]
 """
@@ -51,6 +54,7 @@ from gguf import GGUFValueType as V
 from mtpgraft.gguf_io import CONVERTER, GGUFModel, OutTensor, encode_kv, write_gguf
 from mtpgraft.sources.checkpoints import VARIANTS, build_checkpoint
 from mtpgraft.testmodels.fingerprint import fingerprint
+from mtpgraft.testmodels.trunks import derive
 from mtpgraft.toolchain import toolchain_root
 
 SEED = 0
@@ -115,7 +119,7 @@ def main() -> int:
     args = ap.parse_args()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     py = Path(args.convenv) / "bin" / "python"
-    refs = {}
+    refs, trunks = {}, {}
     with tempfile.TemporaryDirectory(prefix="mtpgraft-ref-") as tmp:
         t = Path(tmp)
         (t / "runconv.py").write_text(RUNCONV)
@@ -133,8 +137,10 @@ def main() -> int:
                 refs[f"{variant}-full.gguf"] = fingerprint(t / f"{variant}-full.gguf")
                 trunk = t / f"{variant}.trunk.gguf"
                 convert(py, t / "runconv.py", args.src, t / variant, trunk, "--no-mtp")
-                strip_vocab(trunk, OUT_DIR / f"{variant}-trunk.gguf")
-    (OUT_DIR / "references.json").write_text(json.dumps(refs, indent=1, sort_keys=True) + "\n")
+                strip_vocab(trunk, t / f"{variant}-trunk.gguf")
+                trunks[variant] = derive(t / f"{variant}-trunk.gguf", t / variant)
+    for name, data in (("references.json", refs), ("trunks.json", trunks)):
+        (OUT_DIR / name).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     return 0
 
 

@@ -2,12 +2,14 @@
 
 The references were made by the real converter (scripts/make_convert_reference.py says how) and are
 kept as fingerprints (tests/data/convert-ref/references.json: each key's and tensor's sha256, in
-order); the trunks the whole-file test grafts onto are the converter's own GGUF files. Here the same
+order); the trunks the whole-file test grafts onto are rebuilt from the checkpoint by the recipes in
+trunks.json and checked against the converter file's sha256 (no GGUF is committed). Here the same
 checkpoints are rebuilt from the same seed in numpy and converted by mtpgraft, then compared key by
 key and tensor by tensor (name, shape, type, sha256 of the bytes, order)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -23,9 +25,11 @@ from mtpgraft.sources import resolve_mtp_source
 from mtpgraft.sources.checkpoints import build_checkpoint
 from mtpgraft.testmodels.fingerprint import fingerprint
 from mtpgraft.testmodels.synthetic import make_model
+from mtpgraft.testmodels.trunks import rebuild
 
 REF = Path(__file__).parent / "data" / "convert-ref"
 REFS = json.loads((REF / "references.json").read_text())
+TRUNKS = json.loads((REF / "trunks.json").read_text())
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto")]
 
@@ -59,9 +63,27 @@ E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16")
 
 def test_references_exist_and_are_small():
     assert sorted(REFS) == sorted([f"{v}-{o}.gguf" for v, o in CASES] + [f"{v}-full.gguf" for v in E2E])
-    files = sorted(REF.glob("*.gguf"))
-    assert [f.name for f in files] == sorted(f"{v}-trunk.gguf" for v in E2E)  # inputs only
-    assert sum(f.stat().st_size for f in files) < 1 << 20
+    assert sorted(TRUNKS) == sorted(E2E)
+    assert sorted(p.name for p in REF.iterdir()) == ["references.json", "trunks.json"]  # no GGUF file
+    assert sum(p.stat().st_size for p in REF.iterdir()) < 256 << 10
+
+
+@pytest.mark.parametrize("variant", E2E)
+def test_the_rebuilt_trunk_is_the_converters_file(tmp_path, variant):
+    """The recipe rebuilds convert_hf_to_gguf.py --no-mtp's trunk byte for byte (its sha256, as the
+    real converter wrote it), and a recipe step that is off by one bit is caught."""
+    import copy
+
+    ckpt = build_checkpoint(tmp_path / variant, variant, seed=0)
+    recipe = TRUNKS[variant]
+    out = rebuild(recipe, ckpt, tmp_path / "trunk.gguf")
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == recipe["sha256"]
+    assert fingerprint(out) == recipe["fingerprint"]
+    broken = copy.deepcopy(recipe)
+    step = next(s for s in broken["tensors"] if s["op"] == "plus1" or s["op"] == "f32")
+    step["op"] = "f32" if step["op"] == "plus1" else "plus1"
+    bad = rebuild(broken, ckpt, tmp_path / "bad.gguf")
+    assert fingerprint(bad)["tensors"] != recipe["fingerprint"]["tensors"]
 
 
 @pytest.mark.parametrize(("variant", "outtype"), CASES)
@@ -201,8 +223,10 @@ def test_graft_onto_the_converters_trunk_gives_the_converters_full_file(tmp_path
     but the size label (recomputed by the converter from what it writes) and mtpgraft's provenance,
     every tensor's name, type, shape, bytes, and the tensor order."""
     ckpt = build_checkpoint(tmp_path / variant, variant, seed=0)
+    trunk = rebuild(TRUNKS[variant], ckpt, tmp_path / f"{variant}-trunk.gguf")
+    assert hashlib.sha256(trunk.read_bytes()).hexdigest() == TRUNKS[variant]["sha256"]  # the converter's trunk
     out = tmp_path / "graft.gguf"
-    r = CliRunner().invoke(cli, ["attach", str(REF / f"{variant}-trunk.gguf"), "--mtp-from", str(ckpt), "-o", str(out),
+    r = CliRunner().invoke(cli, ["attach", str(trunk), "--mtp-from", str(ckpt), "-o", str(out),
                                  "--mtp-type", "keep"])
     assert r.exit_code == 0, r.output
     full, graft = dict(REFS[f"{variant}-full.gguf"]["keys"]), dict(fingerprint(out)["keys"])

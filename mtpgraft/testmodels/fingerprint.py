@@ -2,8 +2,8 @@
 
 Two files with equal fingerprints hold the same keys with the same encoded bytes, in the same
 order, and the same tensors (name, shape, type, bytes), in the same order. The converter references
-in tests/data/convert-ref/references.json are kept this way instead of as GGUF files (made by
-scripts/make_convert_reference.py)."""
+in tests/data/convert-ref/references.json are kept this way instead of as GGUF files, and the
+trunks in trunks.json carry one (made by scripts/make_convert_reference.py; see trunks.py)."""
 
 from __future__ import annotations
 
