@@ -132,12 +132,13 @@ def test_build_is_deterministic_and_checks_arguments(tmp_path):
 def test_cli_writes_the_set_and_refuses_to_overwrite(tmp_path, monkeypatch):
     from mtpgraft.cli import cli
 
-    monkeypatch.setattr(tm, "TEST_SET", {k: tm.TEST_SET[k] for k in ("base", "mtp-only-aligned")})
+    small = {k: tm.TEST_SET[k] for k in ("base", "mtp-only-aligned")}
+    monkeypatch.setattr(tm.qwen35, "TEST_SET", small)  # where build_test_set looks a family's set up
 
     res = CliRunner().invoke(cli, ["testmodels", str(tmp_path)])
     assert res.exit_code == 0, res.output
     written = res.stdout.split()
-    assert len(written) == len(tm.TEST_SET) and all(Path(p).is_file() for p in written)
+    assert len(written) == len(small) and all(Path(p).is_file() for p in written)
     res = CliRunner().invoke(cli, ["testmodels", str(tmp_path)])
     assert res.exit_code == 4 and "use --force" in res.output
     assert CliRunner().invoke(cli, ["testmodels", "--force", str(tmp_path)]).exit_code == 0

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..testmodels import _bytes_to_unicode
+from ..testmodels.vocab import bytes_to_unicode
 from .safetensors import write_safetensors
 
 
@@ -227,7 +227,7 @@ def build_checkpoint(out_dir: str | Path, variant: str, *, seed: int = 0) -> Pat
 
 def _write_tokenizer(out: Path) -> None:
     """A 256-byte BPE vocabulary with a few merges and two special tokens (ids below VOCAB)."""
-    enc = _bytes_to_unicode()
+    enc = bytes_to_unicode()
     base = [enc[b] for b in range(256)]
     vocab = {t: i for i, t in enumerate(base)}
     merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("a", "n")]

@@ -34,19 +34,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import (
-    _LOGIT_SCALE,
-    HEADS,
-    N_VOCAB,
-    RMS_EPS,
-    TinyVocab,
-    _direction,
-    _file_type,
-    _Gen,
-    _rotation,
-    tiny_vocab,
-    write_tiny_gguf,
-)
+from .dims import HEADS, N_VOCAB, RMS_EPS
+from .vocab import TinyVocab, tiny_vocab
+from .weights import LOGIT_SCALE, Gen, direction, rotation
+from .writer import file_type_of, write_tiny_gguf
 
 if TYPE_CHECKING:
     import gguf
@@ -91,7 +82,7 @@ def _rope_freqs() -> np.ndarray:
     return np.array([1.0] * n_rot + [1e30] * (HEAD_DIM_FULL // 2 - n_rot), dtype=np.float32)
 
 
-def _layer(g: _Gen, n_embd: int, swa: bool, *, kv: bool, post: float) -> dict[str, np.ndarray]:
+def _layer(g: Gen, n_embd: int, swa: bool, *, kv: bool, post: float) -> dict[str, np.ndarray]:
     """One gemma4 block; `post` is the branch post-norms' weight (their output's element RMS)."""
     import numpy as np
 
@@ -119,18 +110,18 @@ def _layer(g: _Gen, n_embd: int, swa: bool, *, kv: bool, post: float) -> dict[st
 def _target_tensors(seed: int, vocab: TinyVocab) -> list[tuple[str, np.ndarray]]:
     import numpy as np
 
-    R = _rotation(seed, N_EMBD, stream=5)  # 512 directions: every token its own
-    g = _Gen(seed, 400)
-    embd = np.stack([_direction(R, t) * _EMBED_NORM for t in range(N_VOCAB)]).astype(np.float32)
+    R = rotation(seed, N_EMBD, stream=5)  # 512 directions: every token its own
+    g = Gen(seed, 400)
+    embd = np.stack([direction(R, t) * _EMBED_NORM for t in range(N_VOCAB)]).astype(np.float32)
     embd += g.normal(embd.shape, 0.002 * _EMBED_NORM)
     # the normed final state has norm sqrt(512): rows of norm 32/sqrt(512) give a margin of 32
     out = np.zeros((N_VOCAB, N_EMBD), dtype=np.float32)
     for t, s in enumerate(vocab.succ):
-        out[s] += 32.0 / np.sqrt(N_EMBD) * _direction(R, t)
+        out[s] += 32.0 / np.sqrt(N_EMBD) * direction(R, t)
     out += g.normal(out.shape, 0.002)
     tensors = [("token_embd.weight", embd), ("output.weight", out), ("rope_freqs.weight", _rope_freqs())]
     for il, swa in enumerate(TARGET_SWA):
-        layer = _layer(_Gen(seed, 410 + il), N_EMBD, swa, kv=True, post=_POST_NORM * _EMBED_NORM)
+        layer = _layer(Gen(seed, 410 + il), N_EMBD, swa, kv=True, post=_POST_NORM * _EMBED_NORM)
         tensors += [(f"blk.{il}.{k}", v) for k, v in layer.items()]
     tensors.append(("output_norm.weight", g.norm(N_EMBD)))
     return tensors
@@ -153,14 +144,14 @@ def drafted(vocab: TinyVocab, head: str) -> list[int]:
 def _assistant_tensors(seed: int, head: str, vocab: TinyVocab) -> list[tuple[str, np.ndarray]]:
     import numpy as np
 
-    Rt = _rotation(seed, N_EMBD, stream=5)
-    Ra = _rotation(seed, N_EMBD_ASSISTANT, stream=6)
-    g = _Gen(seed, 500 + HEADS.index(head))
+    Rt = rotation(seed, N_EMBD, stream=5)
+    Ra = rotation(seed, N_EMBD_ASSISTANT, stream=6)
+    g = Gen(seed, 500 + HEADS.index(head))
     x_norm = _EMBED_NORM * np.sqrt(N_EMBD)  # |target token_embd row| * sqrt(n_embd)
     n = N_EMBD_ASSISTANT
     if head == "random":
         pre = g.normal((n, 2 * N_EMBD), 1.0 / x_norm)
-        embd = g.normal((N_VOCAB, n), _LOGIT_SCALE / np.sqrt(n))
+        embd = g.normal((N_VOCAB, n), LOGIT_SCALE / np.sqrt(n))
         post = 1.0
     else:
         # token part: target direction of t -> the assistant's +-Ra[:, t mod 256], scaled to norm 16
@@ -169,13 +160,13 @@ def _assistant_tensors(seed: int, head: str, vocab: TinyVocab) -> list[tuple[str
         pre = np.concatenate([e_part, h_part], axis=1).astype(np.float32)
         embd = np.zeros((N_VOCAB, n), dtype=np.float32)
         for t, d in enumerate(drafted(vocab, head)):
-            embd[d] += _LOGIT_SCALE * _direction(Ra, t)  # the normed state has norm 16: margin 32
+            embd[d] += LOGIT_SCALE * direction(Ra, t)  # the normed state has norm 16: margin 32
         embd += g.normal(embd.shape, 0.002)
         post = _POST_NORM
     tensors = [("token_embd.weight", embd), ("rope_freqs.weight", _rope_freqs()),
                ("nextn.pre_projection.weight", pre)]
     for il, swa in enumerate(ASSISTANT_SWA):
-        layer = _layer(_Gen(seed, 510 + il), n, swa, kv=False, post=post)
+        layer = _layer(Gen(seed, 510 + il), n, swa, kv=False, post=post)
         tensors += [(f"blk.{il}.{k}", v) for k, v in layer.items()]
     tensors += [("output_norm.weight", g.norm(n)),
                 ("nextn.post_projection.weight", g.normal((N_EMBD, n), 1.0 / 16.0))]
@@ -221,7 +212,7 @@ def build(path: str | os.PathLike[str], *, layout: str = "base", head: str = "al
         _attention_keys(w, swa)
         if not assistant:
             w.add_final_logit_softcapping(FINAL_LOGIT_SOFTCAPPING)
-        w.add_file_type(_file_type(dtype))
+        w.add_file_type(file_type_of(dtype))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     tensors = _assistant_tensors(seed, head, vocab) if assistant else _target_tensors(seed, vocab)

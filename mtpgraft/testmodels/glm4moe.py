@@ -32,24 +32,20 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import (
-    _BRANCH_STD,
-    _IN_STD,
-    HEADS,
-    N_EMBD,
-    RMS_EPS,
-    TinyVocab,
-    _add_flip_units,
-    _eh_proj,
-    _embeddings,
-    _file_type,
-    _Gen,
-    _head_stds,
-    _nextn_norms,
-    _rotation,
-    tiny_vocab,
-    write_tiny_gguf,
+from .dims import HEADS, N_EMBD, RMS_EPS
+from .vocab import TinyVocab, tiny_vocab
+from .weights import (
+    BRANCH_STD,
+    IN_STD,
+    Gen,
+    add_flip_units,
+    eh_proj,
+    embeddings,
+    head_stds,
+    nextn_norms,
+    rotation,
 )
+from .writer import file_type_of, write_tiny_gguf
 
 if TYPE_CHECKING:
     import gguf
@@ -88,28 +84,28 @@ TEST_SET: dict[str, dict[str, object]] = {
 }
 
 
-def _attention(g: _Gen, *, branch_std: float) -> dict[str, np.ndarray]:
+def _attention(g: Gen, *, branch_std: float) -> dict[str, np.ndarray]:
     q, kv = N_HEAD * HEAD_DIM, N_HEAD_KV * HEAD_DIM
     return {
-        "attn_q.weight": g.normal((q, N_EMBD), _IN_STD),
+        "attn_q.weight": g.normal((q, N_EMBD), IN_STD),
         "attn_q.bias": g.normal((q,), 0.02),
-        "attn_k.weight": g.normal((kv, N_EMBD), _IN_STD),
+        "attn_k.weight": g.normal((kv, N_EMBD), IN_STD),
         "attn_k.bias": g.normal((kv,), 0.02),
-        "attn_v.weight": g.normal((kv, N_EMBD), _IN_STD),
+        "attn_v.weight": g.normal((kv, N_EMBD), IN_STD),
         "attn_v.bias": g.normal((kv,), 0.02),
         "attn_output.weight": g.normal((N_EMBD, q), branch_std),
     }
 
 
-def _dense_ffn(g: _Gen, *, branch_std: float) -> dict[str, np.ndarray]:
+def _dense_ffn(g: Gen, *, branch_std: float) -> dict[str, np.ndarray]:
     return {
-        "ffn_gate.weight": g.normal((N_FF, N_EMBD), _IN_STD),
-        "ffn_up.weight": g.normal((N_FF, N_EMBD), _IN_STD),
+        "ffn_gate.weight": g.normal((N_FF, N_EMBD), IN_STD),
+        "ffn_up.weight": g.normal((N_FF, N_EMBD), IN_STD),
         "ffn_down.weight": g.normal((N_EMBD, N_FF), branch_std),
     }
 
 
-def _moe_ffn(g: _Gen, *, branch_std: float, in_std: float = _IN_STD) -> dict[str, np.ndarray]:
+def _moe_ffn(g: Gen, *, branch_std: float, in_std: float = IN_STD) -> dict[str, np.ndarray]:
     shexp = N_FF_EXP * N_EXPERT_SHARED
     return {
         "ffn_gate_inp.weight": g.normal((N_EXPERT, N_EMBD), in_std),
@@ -124,24 +120,24 @@ def _moe_ffn(g: _Gen, *, branch_std: float, in_std: float = _IN_STD) -> dict[str
 
 
 def _trunk_block(seed: int, il: int) -> dict[str, np.ndarray]:
-    g = _Gen(seed, 200 + il)
-    t = {"attn_norm.weight": g.norm(N_EMBD), **_attention(g, branch_std=_BRANCH_STD),
+    g = Gen(seed, 200 + il)
+    t = {"attn_norm.weight": g.norm(N_EMBD), **_attention(g, branch_std=BRANCH_STD),
          "post_attention_norm.weight": g.norm(N_EMBD)}
-    t |= _dense_ffn(g, branch_std=_BRANCH_STD) if il < LEADING_DENSE else _moe_ffn(g, branch_std=_BRANCH_STD)
+    t |= _dense_ffn(g, branch_std=BRANCH_STD) if il < LEADING_DENSE else _moe_ffn(g, branch_std=BRANCH_STD)
     return t
 
 
 def _mtp_block(seed: int, head: str) -> dict[str, np.ndarray]:
-    g = _Gen(seed, 300 + HEADS.index(head))
-    R = _rotation(seed)
-    eh = _eh_proj(g, R, head)
-    branch_std, in_std = _head_stds(head)
+    g = Gen(seed, 300 + HEADS.index(head))
+    R = rotation(seed)
+    eh = eh_proj(g, R, head)
+    branch_std, in_std = head_stds(head)
     t = {"nextn.eh_proj.weight": eh, "attn_norm.weight": g.norm(N_EMBD),
          **_attention(g, branch_std=branch_std), "post_attention_norm.weight": g.norm(N_EMBD)}
     ffn = _moe_ffn(g, branch_std=branch_std, in_std=in_std)
     if head == "mixed":
-        _add_flip_units(ffn, "ffn_{}_shexp.weight", eh, R, tiny_vocab(seed))
-    return t | ffn | _nextn_norms(g)
+        add_flip_units(ffn, "ffn_{}_shexp.weight", eh, R, tiny_vocab(seed))
+    return t | ffn | nextn_norms(g)
 
 
 def build(path: str | os.PathLike[str], *, layout: str = "full", head: str = "aligned",
@@ -157,12 +153,12 @@ def build(path: str | os.PathLike[str], *, layout: str = "full", head: str = "al
 
 def _tensors(layout: str, head: str, seed: int, vocab: TinyVocab) -> list[tuple[str, np.ndarray]]:
     """output, token_embd, the trunk blocks, output_norm, the MTP block (for layouts that have it)."""
-    embd, output = _embeddings(seed, vocab)
+    embd, output = embeddings(seed, vocab)
     tensors: list[tuple[str, np.ndarray]] = [("output.weight", output), ("token_embd.weight", embd)]
     if layout != "mtp-only":
         for il in range(TRUNK_LAYERS):
             tensors += [(f"blk.{il}.{k}", v) for k, v in _trunk_block(seed, il).items()]
-    tensors.append(("output_norm.weight", _Gen(seed, 4).norm(N_EMBD)))
+    tensors.append(("output_norm.weight", Gen(seed, 4).norm(N_EMBD)))
     if layout in ("full", "mtp-only"):
         tensors += [(f"blk.{MTP_BLOCK}.{k}", v) for k, v in _mtp_block(seed, head).items()]
     return tensors
@@ -184,7 +180,7 @@ def _keys(w: gguf.GGUFWriter, *, dtype: str, has_key: bool) -> None:
     w.add_expert_used_count(N_EXPERT_USED)
     w.add_key_length(HEAD_DIM)
     w.add_value_length(HEAD_DIM)
-    w.add_file_type(_file_type(dtype))
+    w.add_file_type(file_type_of(dtype))
     w.add_rope_dimension_count(N_ROT)
     w.add_expert_feed_forward_length(N_FF_EXP)
     w.add_expert_shared_count(N_EXPERT_SHARED)

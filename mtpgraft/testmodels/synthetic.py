@@ -20,13 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..gguf_io import (
+    CONVERTER,
+    KV,
+    GGUFFile,
+    GGUFModel,
+    GGUFValueType,
+    Layout,
+    OutTensor,
+    encode_kv,
+    write_gguf,
+)
+from .qwen35 import ordered
 from .writer import write_model
 
 if TYPE_CHECKING:  # numpy is imported where it is used, so `mtpgraft --help` does not pay for it
     import gguf
     import numpy as np
-
-    from ..gguf_io import KV, Layout, OutTensor
 
 ORDERS = ("converter", "blocks")
 
@@ -91,11 +101,9 @@ def qwen35_specs(arch: str = "qwen35", *, trunk: int = 4, layout: str = "full", 
     mtp-only). order="converter": build_tiny_model's (output, token_embd, the trunk blocks, output_norm,
     the MTP block; within a block the HF order); order="blocks": token_embd, the blocks, output_norm,
     output (within a block as `_layer` lists them)."""
-    from . import _ordered
-
     def block(il: int, mtp: bool) -> list[tuple[str, tuple[int, ...]]]:
         b = _layer(arch, il, dims, mtp=mtp)
-        names = _ordered(b, arch, mtp=mtp) if order == "converter" else list(b)
+        names = ordered(b, arch, mtp=mtp) if order == "converter" else list(b)
         return [(f"blk.{il}.{k}", b[k]) for k in names]
 
     vocab_shape = (dims.n_embd, dims.vocab)
@@ -204,8 +212,6 @@ def _random_tensors(arch: str, *, trunk: int, layout: str, dims: Dims, wtype: gg
 def split_model(path: Path, parts: int) -> list[Path]:
     """Split a GGUF the way llama-gguf-split does: the first shard keeps every key plus split.*,
     the others hold only split.* keys; tensors are divided in order."""
-    from ..gguf_io import CONVERTER, GGUFModel, GGUFValueType, OutTensor, encode_kv, write_gguf
-
     m = GGUFModel(path)
     refs = m.refs
     per = -(-len(refs) // parts)
@@ -232,8 +238,6 @@ def rewrite(path: Path, out: Path, *, drop_keys=(), set_kv=None, drop_tensors=()
     """Copy a GGUF with keys dropped or changed ({key: (vtype, value, item_type)}) and tensors dropped:
     the broken grafts people publish. `kv` and `tensors` edit the lists freely (after the drops);
     `alignment` (default: the file's) and `layout` (default: the converter's) say how it is written."""
-    from ..gguf_io import CONVERTER, GGUFFile, OutTensor, encode_kv, write_gguf
-
     m = GGUFFile(path)  # one file, even a shard of a split set
     kvs = [k for k in m.kv.values() if k.key not in drop_keys]
     for key, (vt, val, it) in (set_kv or {}).items():
