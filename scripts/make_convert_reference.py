@@ -3,7 +3,7 @@
 
 mtpgraft converts the MTP head of a safetensors checkpoint itself, in numpy. These references prove
 it writes what llama.cpp's convert_hf_to_gguf.py writes, byte for byte: tests/test_sources_convert.py
-rebuilds each checkpoint from the same seed (mtpgraft.sources.checkpoints, numpy only), converts it
+rebuilds each checkpoint from the same seed (mtpgraft.testmodels.checkpoints, numpy only), converts it
 with mtpgraft and compares names, types, shapes, bytes, order and the head's metadata.
 
 How the committed references were made (2026-12-01):
@@ -52,7 +52,7 @@ from pathlib import Path
 from gguf import GGUFValueType as V
 
 from mtpgraft.gguf_io import CONVERTER, GGUFModel, OutTensor, encode_kv, write_gguf
-from mtpgraft.sources.checkpoints import VARIANTS, build_checkpoint
+from mtpgraft.testmodels.checkpoints import VARIANTS, build_checkpoint
 from mtpgraft.testmodels.fingerprint import fingerprint
 from mtpgraft.testmodels.trunks import derive
 from mtpgraft.toolchain import toolchain_root
@@ -88,6 +88,8 @@ def keep(converted: Path, out: Path, variant: str, outtype: str) -> None:
     arch = m.arch
     keys = ["general.architecture"] + [f"{arch}.{k}" for k in KEPT_KEYS] + ["general.file_type"]
     kvs = [m.kv[k] for k in m.kv if k in keys]
+    # reference.checkpoint names the generator as it was called when references.json was made
+    # (now mtpgraft.testmodels.checkpoints): the label is part of the fingerprints, so it stays.
     kvs += [encode_kv("reference.converter", V.STRING, "llama.cpp 0c1e570 convert_hf_to_gguf.py"),
             encode_kv("reference.checkpoint", V.STRING, f"mtpgraft.sources.checkpoints {variant} seed {SEED}"),
             encode_kv("reference.outtype", V.STRING, outtype)]

@@ -22,7 +22,7 @@ from mtpgraft.cli import cli
 from mtpgraft.errors import GraftError, SourceError
 from mtpgraft.gguf_io import GGUFModel
 from mtpgraft.sources import resolve_mtp_source
-from mtpgraft.sources.checkpoints import build_checkpoint
+from mtpgraft.testmodels.checkpoints import build_checkpoint
 from mtpgraft.testmodels.fingerprint import fingerprint
 from mtpgraft.testmodels.synthetic import make_model
 from mtpgraft.testmodels.trunks import rebuild

@@ -15,7 +15,7 @@ from mtpgraft.cli import cli
 from mtpgraft.errors import HubError
 from mtpgraft.gguf_io import GGUFModel
 from mtpgraft.sources import HubOptions, resolve_mtp_source
-from mtpgraft.sources.checkpoints import build_checkpoint
+from mtpgraft.testmodels.checkpoints import build_checkpoint
 from mtpgraft.testmodels.fingerprint import fingerprint
 from mtpgraft.testmodels.synthetic import make_model, split_model
 

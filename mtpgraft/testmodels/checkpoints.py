@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..testmodels.vocab import bytes_to_unicode
-from .safetensors import write_safetensors
+from ..sources.safetensors import write_safetensors
+from .vocab import bytes_to_unicode
 
 
 @dataclass(frozen=True)
