@@ -33,10 +33,39 @@ COMMON_LAYER_ARRAYS = (
 NEXTN_REQUIRED = ("nextn.eh_proj.weight", "nextn.enorm.weight", "nextn.hnorm.weight")
 
 
+GEMMA4_MESSAGE = (
+    "gemma4 keeps its MTP head in a separate assistant model (arch gemma4-assistant) that llama.cpp "
+    "uses with `-md assistant.gguf --spec-type draft-mtp`; nothing is grafted into a gemma4 file "
+    "(verify the pair with `mtpgraft check MODEL --draft ASSISTANT`)"
+)
+
+ASSISTANT_NOTE = (
+    "gemma4-assistant drafter: it only runs as `-md` next to its gemma4 target, with an explicit "
+    "`--spec-type draft-mtp` (llama-server does not detect it by itself; served alone it fails: "
+    "\"requires ctx_other\")"
+)
+
+# How a family packages its draft (ArchRule.packaging).
+IN_FILE = "in-file"  # the MTP block(s) are the last nextn_predict_layers blocks of the model file
+DRAFTER_TARGET = "drafter-target"  # the model drafts with a separate drafter file (`-md`)
+DRAFTER = "drafter"  # the drafter file itself: every block is a head, no trunk
+
+# The tensors a draft borrows from its target: an `mtp-` sidecar carries them beside the head.
+SHARED_TENSORS = ("token_embd.weight", "output_norm.weight", "output.weight")
+
+MAINLINE, IK = "mainline", "ik"
+
+
 @dataclass(frozen=True)
 class ArchRule:
+    """Every fact mtpgraft branches on for one architecture. A new family is one row of ARCH_RULES
+    (plus its test model and, if mtpgraft converts its HF head, a HeadRule in sources/convert.py)."""
+
     name: str
     runs_mtp: bool = True
+    packaging: str = IN_FILE
+    drafter_arch: str | None = None  # DRAFTER_TARGET: the drafter's architecture
+    target_arch: str | None = None  # DRAFTER: the architecture it drafts for
     # The loader accepts the nextn key with the MTP tensors absent ("trunk only"): a detached file
     # may keep the key. qwen35/qwen35moe/qwen3next and nemotron_h_moe have no such tolerance.
     trunk_only_ok: bool = True
@@ -45,59 +74,49 @@ class ArchRule:
     # refusing with "failed to create MTP context". deepseek4 resets the key instead (MTP just off).
     trunk_only_mtp_aborts: bool = True
     max_nextn: int | None = 1  # graph_mtp asserts n_layer_nextn == 1 for most archs
+    # How several heads draft: "single" (one head), "chain" (head k drafts position k; n_max is
+    # clamped to the number of heads: step35, hy_v3, mimo2 through its nextn layer offset).
+    heads: str = "single"
     # Value for the MTP block's entry in a per-layer array when the MTP source has none to give.
     mtp_array_defaults: dict[str, Any] = field(default_factory=dict)
     # Per-layer arrays sized to the trunk only (read with n_layer(), not n_layer_all): not extended.
     trunk_arrays: tuple[str, ...] = ()
+    shared_tensors: tuple[str, ...] = SHARED_TENSORS  # what a sidecar borrows from its target
+    # llama-imatrix runs the trunk graph only: it never sees the head. A drafter cannot run alone.
+    imatrix_sees_head: bool = False
+    imatrix_runs: bool = True
+    # The head's type when a quantized body is grafted or quantized ("match": the file type applies to
+    # the whole file, as for a drafter that is all head).
+    head_type: str = "q8_0"
+    # The Hugging Face architectures whose MTP layers mtpgraft converts (sources/convert.HEAD_RULES),
+    # or why it refuses them.
+    hf_conversion: str = "not converted: the pinned convert_hf_to_gguf.py has no MTP mapping checked here"
+    runtimes: frozenset[str] = frozenset({MAINLINE})  # which runtimes run its MTP draft
     # Run with MTP on the pinned llama-server by the test suite (tiny models, known acceptance).
     proven: bool = False
     note: str = ""
+    family: str = ""  # the name people know the models by (cards, messages)
+    # A drafter's own loader rules: `file_problems(get, names)` lists what its loader refuses.
+    file_problems: Callable[[Callable[[str], Any], set[str]], list[str]] | None = None
 
     @property
     def layer_arrays(self) -> tuple[str, ...]:
         return tuple(k for k in COMMON_LAYER_ARRAYS if k not in self.trunk_arrays)
 
+    @property
+    def in_file(self) -> bool:
+        return self.packaging == IN_FILE
 
-_QWEN = {"trunk_only_ok": False, "trunk_only_mtp_aborts": False,
-         "mtp_array_defaults": {"attention.recurrent_layers": False}}
+    @property
+    def is_drafter(self) -> bool:
+        return self.packaging == DRAFTER
 
-ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
-    ArchRule("qwen35", proven=True, **_QWEN,
-             note="Qwen3.5/3.6 dense: gated-delta-net trunk, the MTP block is full attention "
-                  "(recurrent_layers gets false); 15 MTP tensors"),
-    ArchRule("qwen35moe", proven=True, **_QWEN,
-             note="Qwen3.5/3.6 MoE (e.g. 35B-A3B): MTP block with MoE FFN, recurrent_layers gets false"),
-    ArchRule("qwen3next", **_QWEN, note="Qwen3-Next: like qwen35moe"),
-    ArchRule("glm4moe", proven=True,
-             note="GLM-4.5/4.6/4.7: one MTP block, an MoE layer (the dense lead is trunk only); "
-                  "trunk-only files load, but abort with --spec-type draft-mtp if they keep the key"),
-    ArchRule("deepseek2", note="DeepSeek-V2/V3 layout; of these only GLM-4.7-Flash conversions keep MTP"),
-    ArchRule("deepseek32", note="DeepSeek-V3.2"),
-    ArchRule("deepseek4", trunk_only_mtp_aborts=False,
-             note="DeepSeek-V4: attention.compress_ratios must cover block_count; "
-                  "a missing MTP block silently disables MTP"),
-    ArchRule("glm-dsa", trunk_arrays=("attention.indexer.types",),
-             note="GLM-5 (DSA): attention.indexer.types is per trunk layer"),
-    ArchRule("mimo2", max_nextn=None, note="MiMo-V2: sliding_window_pattern covers the MTP blocks too"),
-    ArchRule("step35", max_nextn=None,
-             note="Step-3.5: several chained MTP heads (nextn_predict_layers > 1)"),
-    ArchRule("hy_v3", max_nextn=None, note="Hunyuan v3"),
-    ArchRule("cohere2moe", note="Cohere 2 MoE"),
-    ArchRule("bailingmoe3", note="Ling/Ring 3: MTP final norm is blk.N.layer_output_norm"),
-    ArchRule("nemotron_h_moe", trunk_only_ok=False, trunk_only_mtp_aborts=False,
-             note="Nemotron-H MoE: one MTP block"),
-    # Loaded by llama.cpp but with no runnable MTP graph in 0c1e570.
-    ArchRule("glm5-next", runs_mtp=False, max_nextn=None, note="graph_mtp is not implemented"),
-    ArchRule("glm4", runs_mtp=False, max_nextn=None, note="MTP tensors load but no MTP graph runs"),
-    ArchRule("exaone4", runs_mtp=False, max_nextn=None, note="MTP tensors load but no MTP graph runs"),
-    ArchRule("exaone-moe", runs_mtp=False, max_nextn=None, note="MTP tensors load but no MTP graph runs"),
-)}
+    @property
+    def has_drafter(self) -> bool:
+        return self.packaging == DRAFTER_TARGET
 
-GEMMA4_MESSAGE = (
-    "gemma4 keeps its MTP head in a separate assistant model (arch gemma4-assistant) that llama.cpp "
-    "uses with `-md assistant.gguf --spec-type draft-mtp`; nothing is grafted into a gemma4 file "
-    "(verify the pair with `mtpgraft check MODEL --draft ASSISTANT`)"
-)
+
+
 
 # gemma4-assistant (src/models/gemma4-assistant.cpp): every block is an MTP layer (no trunk), no K/V
 # (its layers read the target's KV cache), and none of the nextn.eh_proj/enorm/hnorm set.
@@ -112,11 +131,6 @@ ASSISTANT_LAYER_TENSORS = ("attn_norm.weight", "attn_q.weight", "attn_q_norm.wei
 ASSISTANT_REQUIRED_KEYS = ("attention.sliding_window_pattern", "attention.sliding_window",
                            "attention.layer_norm_rms_epsilon", "attention.key_length_swa",
                            "attention.value_length_swa", "embedding_length_out")
-ASSISTANT_NOTE = (
-    "gemma4-assistant drafter: it only runs as `-md` next to its gemma4 target, with an explicit "
-    "`--spec-type draft-mtp` (llama-server does not detect it by itself; served alone it fails: "
-    "\"requires ctx_other\")"
-)
 
 
 def assistant_problems(get: Callable[[str], Any], names: set[str]) -> list[str]:
@@ -146,17 +160,68 @@ def assistant_problems(get: Callable[[str], Any], names: set[str]) -> list[str]:
     return problems
 
 
+_QWEN = {"trunk_only_ok": False, "trunk_only_mtp_aborts": False,
+         "mtp_array_defaults": {"attention.recurrent_layers": False}}
+_CHAIN = {"max_nextn": None, "heads": "chain"}
+
+ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
+    ArchRule("qwen35", proven=True, **_QWEN, family="Qwen3.5/3.6",
+             hf_conversion="Qwen3_5ForConditionalGeneration, Qwen3_5ForCausalLM",
+             note="Qwen3.5/3.6 dense: gated-delta-net trunk, the MTP block is full attention "
+                  "(recurrent_layers gets false); 15 MTP tensors"),
+    ArchRule("qwen35moe", proven=True, **_QWEN, family="Qwen3.5/3.6 MoE",
+             hf_conversion="Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeForCausalLM",
+             note="Qwen3.5/3.6 MoE (e.g. 35B-A3B): MTP block with MoE FFN, recurrent_layers gets false"),
+    ArchRule("qwen3next", **_QWEN, family="Qwen3-Next", note="Qwen3-Next: like qwen35moe"),
+    ArchRule("glm4moe", proven=True, family="GLM-4.5/4.6/4.7", hf_conversion="Glm4MoeForCausalLM",
+             runtimes=frozenset({MAINLINE, IK}),
+             note="GLM-4.5/4.6/4.7: one MTP block, an MoE layer (the dense lead is trunk only); "
+                  "trunk-only files load, but abort with --spec-type draft-mtp if they keep the key"),
+    ArchRule("deepseek2", family="GLM-4.7-Flash",
+             note="DeepSeek-V2/V3 layout; of these only GLM-4.7-Flash conversions keep MTP"),
+    ArchRule("deepseek32", family="DeepSeek-V3.2", note="DeepSeek-V3.2"),
+    ArchRule("deepseek4", trunk_only_mtp_aborts=False, family="DeepSeek-V4",
+             note="DeepSeek-V4: attention.compress_ratios must cover block_count; "
+                  "a missing MTP block silently disables MTP"),
+    ArchRule("glm-dsa", trunk_arrays=("attention.indexer.types",), family="GLM-5",
+             note="GLM-5 (DSA): attention.indexer.types is per trunk layer"),
+    ArchRule("mimo2", **_CHAIN, family="MiMo-V2",
+             note="MiMo-V2: sliding_window_pattern covers the MTP blocks too"),
+    ArchRule("step35", **_CHAIN, family="Step-3.5",
+             note="Step-3.5: several chained MTP heads (nextn_predict_layers > 1)"),
+    ArchRule("hy_v3", **_CHAIN, family="Hy3", note="Hunyuan v3"),
+    ArchRule("cohere2moe", family="Cohere 2 MoE", note="Cohere 2 MoE"),
+    ArchRule("bailingmoe3", family="Ling/Ring 3", note="Ling/Ring 3: MTP final norm is blk.N.layer_output_norm"),
+    ArchRule("nemotron_h_moe", trunk_only_ok=False, trunk_only_mtp_aborts=False, family="Nemotron-3",
+             note="Nemotron-H MoE: one MTP block"),
+    # Gemma 4: the draft is a separate model (src/models/gemma4-assistant.cpp) used with `-md`.
+    ArchRule("gemma4", packaging=DRAFTER_TARGET, drafter_arch="gemma4-assistant", proven=True,
+             family="Gemma 4", hf_conversion="not converted: the head is a separate assistant model",
+             note=GEMMA4_MESSAGE),
+    ArchRule("gemma4-assistant", packaging=DRAFTER, target_arch="gemma4", proven=True, max_nextn=None,
+             imatrix_runs=False, head_type="match", family="Gemma 4 assistant",
+             file_problems=assistant_problems,
+             hf_conversion="not converted here: convert it with convert_hf_to_gguf.py",
+             note=ASSISTANT_NOTE),
+    # Loaded by llama.cpp but with no runnable MTP graph in 0c1e570.
+    ArchRule("glm5-next", runs_mtp=False, max_nextn=None, note="graph_mtp is not implemented"),
+    ArchRule("glm4", runs_mtp=False, max_nextn=None, note="MTP tensors load but no MTP graph runs"),
+    ArchRule("exaone4", runs_mtp=False, max_nextn=None, note="MTP tensors load but no MTP graph runs"),
+    ArchRule("exaone-moe", runs_mtp=False, max_nextn=None, note="MTP tensors load but no MTP graph runs"),
+)}
+
+
 def rule_for(arch: str) -> ArchRule | None:
     return ARCH_RULES.get(arch)
 
 
 def require_mtp_arch(arch: str) -> ArchRule:
     """The rule for an architecture that runs in-file MTP, or a GraftError saying why not."""
-    if arch in ("gemma4", "gemma4-assistant"):
-        raise GraftError(GEMMA4_MESSAGE)
     rule = ARCH_RULES.get(arch)
+    if rule is not None and not rule.in_file:  # a drafter pair: nothing is grafted into either file
+        raise GraftError(rule.note if rule.has_drafter else ARCH_RULES[str(rule.target_arch)].note)
     if rule is None:
-        runnable = ", ".join(n for n, r in ARCH_RULES.items() if r.runs_mtp)
+        runnable = ", ".join(n for n, r in ARCH_RULES.items() if r.runs_mtp and r.in_file)
         raise GraftError(f"architecture {arch!r} has no in-file MTP support in llama.cpp "
                          f"(supported: {runnable})")
     if not rule.runs_mtp:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from .arch import ASSISTANT_ARCH, ASSISTANT_TARGET_ARCH, assistant_problems, rule_for
+from .arch import ArchRule, rule_for
 from .gguf_io import GGUFModel
 from .inspection import analyse, vocab_fingerprint
 
@@ -22,23 +22,28 @@ def mtp_blocker(model_path: str | os.PathLike[str], draft_path: str | os.PathLik
     if draft_path is None:
         return _in_file_blocker(model)
     draft = GGUFModel(draft_path)
-    if draft.arch == ASSISTANT_ARCH:
+    if _rule(draft.arch).is_drafter:
         return assistant_blocker(model, draft)
-    if model.arch == ASSISTANT_TARGET_ARCH:
-        return (f"{draft.path.name} (arch {draft.arch}) is not a gemma4-assistant: a gemma4 target "
+    drafter = _rule(model.arch).drafter_arch
+    if drafter is not None:
+        return (f"{draft.path.name} (arch {draft.arch}) is not a {drafter}: a {model.arch} target "
                 "drafts only with its assistant")
     return _same_model(model, draft)
 
 
+def _rule(arch: str) -> ArchRule:
+    return rule_for(arch) or ArchRule(arch)
+
+
 def _in_file_blocker(model: GGUFModel) -> str | None:
     arch, name = model.arch, model.path.name
-    if arch == ASSISTANT_TARGET_ARCH:
-        return (f"{name} is a gemma4 target: its MTP head is a separate gemma4-assistant model; "
-                "pass it with --draft ASSISTANT.gguf")
-    if arch == ASSISTANT_ARCH:
-        return f"{name} is a gemma4-assistant: check its target with --draft {name}"
-    st = analyse(model)
     rule = rule_for(arch)
+    if rule is not None and rule.has_drafter:
+        return (f"{name} is a {arch} target: its MTP head is a separate {rule.drafter_arch} model; "
+                "pass it with --draft ASSISTANT.gguf")
+    if rule is not None and rule.is_drafter:
+        return f"{name} is a {arch}: check its target with --draft {name}"
+    st = analyse(model)
     if st.nextn and st.block_count and not st.eh_layers and not st.layers.get(st.block_count - st.nextn):
         if rule is not None and rule.trunk_only_ok and rule.trunk_only_mtp_aborts:
             return (f"{name} keeps {arch}.nextn_predict_layers={st.nextn} but has no MTP block: "
@@ -48,13 +53,14 @@ def _in_file_blocker(model: GGUFModel) -> str | None:
 
 
 def assistant_blocker(target: GGUFModel, asst: GGUFModel) -> str | None:
-    """Why gemma4-assistant `asst` cannot draft for `target`, or None."""
-    a, t = ASSISTANT_ARCH, target.arch
-    if t != ASSISTANT_TARGET_ARCH:
-        return f"{asst.path.name} is a gemma4-assistant; its target must be a gemma4 model, not {t}"
-    problems = assistant_problems(asst.get, set(asst.by_name))
+    """Why drafter `asst` (a gemma4-assistant) cannot draft for `target`, or None."""
+    a, t = asst.arch, target.arch
+    if t != _rule(a).target_arch:
+        return f"{asst.path.name} is a {a}; its target must be a {_rule(a).target_arch} model, not {t}"
+    check = _rule(a).file_problems
+    problems = check(asst.get, set(asst.by_name)) if check else []
     if problems:
-        return f"{asst.path.name} is not a valid gemma4-assistant: {problems[0]}"
+        return f"{asst.path.name} is not a valid {a}: {problems[0]}"
     want = {
         "embedding_length_out": (asst.get(f"{a}.embedding_length_out"), target.get(f"{t}.embedding_length"),
                                  "the target's embedding_length"),
