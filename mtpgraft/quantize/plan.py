@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import ggml_types
-from ..arch import ASSISTANT_ARCH
+from ..arch import rule_for
 from ..errors import GGUFFormatError, QuantizeError, QuantizeOptionError, Setting, Text
 from ..ggml_types import FILE_TYPES, FLOAT_FILE_TYPES, llama_quantizes, type_name
 from ..gguf_io import GGUFFile, GGUFModel, TensorRef
@@ -167,18 +167,18 @@ class QuantizePlan:
         return Text("\n").join(lines)
 
 
-def _check_assistant(name: str, imatrix: object, quant_types: Sequence[str]) -> None:
-    """A gemma4-assistant has no importance matrix: llama-imatrix cannot run it (it needs its target's
+def _check_drafter(name: str, arch: str, imatrix: object, quant_types: Sequence[str]) -> None:
+    """A drafter (a gemma4-assistant) has no importance matrix: llama-imatrix cannot run it (it needs its target's
     context), and its target's imatrix holds entries under the same names (blk.0.attn_q ...) sized for
     the target's width, which llama-quantize rejects ("imatrix size N is different from tensor size")
     or, were the widths equal, would apply to the wrong weights."""
     if imatrix is not None:
-        raise QuantizeError(f"{name} is a gemma4-assistant: no imatrix applies to it (llama-imatrix "
+        raise QuantizeError(f"{name} is a {arch}: no imatrix applies to it (llama-imatrix "
                             "cannot run an assistant, and its target's imatrix describes the target's "
                             "tensors of the same names); quantize it without ", Setting("imatrix"))
     needing = [t for t in quant_types if t in NEEDS_IMATRIX]
     if needing:
-        raise QuantizeError(f"{', '.join(needing)} need(s) an importance matrix, which a gemma4-assistant "
+        raise QuantizeError(f"{', '.join(needing)} need(s) an importance matrix, which a {arch} "
                             "cannot have (llama-imatrix cannot run it): use Q8_0, Q6_K, Q4_K_M or IQ4_XS")
 
 
@@ -250,8 +250,9 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
     _check_counts(jobs, threads)
     _check_mtp_types(mtp_type)
     inp = _read_input(model, imatrix, quant_types)
-    if inp.src.arch == ASSISTANT_ARCH:
-        mtp_type = mtp_type or "match"  # the assistant is all head: the file type applies to all of it
+    rule = rule_for(inp.src.arch)
+    if rule is not None and rule.is_drafter:
+        mtp_type = mtp_type or rule.head_type  # a drafter is all head: the file type applies to all of it
     name = name or default_name(inp.src.path)
     check_name(name, sidecar=inp.layout == "mtp-only")
     out = (Path(out_dir) if out_dir is not None else inp.src.path.parent).absolute()
@@ -301,8 +302,9 @@ def _read_input(model: str | os.PathLike[str], imatrix: str | os.PathLike[str] |
                             f"{'; '.join(rep.problems[:3])} (see `mtpgraft inspect`)")
     mtp_layers = tuple(rep.mtp_layers) if rep.mtp_present else ()
     prefixes = tuple(f"blk.{i}." for i in mtp_layers)
-    if src.arch == ASSISTANT_ARCH:
-        _check_assistant(src.path.name, imatrix, quant_types)
+    rule = rule_for(src.arch)
+    if rule is not None and not rule.imatrix_runs:
+        _check_drafter(src.path.name, src.arch, imatrix, quant_types)
     cov = read_imatrix_coverage(imatrix) if imatrix is not None else None
     mtp_weights = tuple(r for r in src.refs if r.name.startswith(prefixes) and llama_quantizes(r.name, r.info.ne, src.arch))
     quantized_in = tuple(r for r in src.refs if llama_quantizes(r.name, r.info.ne, src.arch)
