@@ -33,6 +33,7 @@ from .errors import (
     signal_name,
     signals_held,
 )
+from .outputs import remove_pending
 
 log = logging.getLogger("mtpgraft")
 
@@ -200,8 +201,6 @@ def stop_children(timeout: float = 5.0) -> None:
 def clean_up_after_interrupt() -> None:
     """After an interrupt: end every child still running and remove every output not installed
     yet (outputs.remove_pending). Children may be started again after."""
-    from .outputs import remove_pending
-
     stop_children(timeout=5.0)
     remove_pending()
 
