@@ -283,6 +283,13 @@ def _level(line: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _is_error(line: str) -> bool:
+    level = _level(line)
+    if _GENERIC.search(line) or level not in ("E", None):
+        return False
+    return level == "E" or (_ERRORISH.search(line) is not None and not _NOISE.match(line.strip()))
+
+
 def error_line(output: str) -> str:
     """The line of a tool's output (or a llama-server log) that best says why it failed; '' when
     it printed nothing but noise.
@@ -293,9 +300,7 @@ def error_line(output: str) -> str:
     (context type MTP requested but model doesn't contain MTP layers)". With no error line, the
     last line that is not noise."""
     lines = output.splitlines()
-    first = next((i for i, x in enumerate(lines) if not _GENERIC.search(x)
-                  and (_level(x) == "E" or (_level(x) is None and _ERRORISH.search(x) and not _NOISE.match(x.strip())))),
-                 None)
+    first = next((i for i, x in enumerate(lines) if _is_error(x)), None)
     if first is None:
         return next((_clean(x) for x in reversed(lines) if not _NOISE.match(x.strip())), "")
     for j in range(first - 1, max(first - 3, -1), -1):
