@@ -247,12 +247,11 @@ logs). Skipped, saying why, where it cannot start."""
     temp = Path(tempfile.mkdtemp(prefix="mtpgraft-ray-"))  # short: Ray's socket paths must fit 107 bytes
     port, dash, agent = _free_ports(3)
     log = open(temp / "start.log", "w+b")  # noqa: SIM115 - the process writes it until teardown
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-         f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
-         "--disable-usage-stats", f"--temp-dir={temp}"], stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, **LOOPBACK}, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # noqa: PLW1509 - no threads yet
+    start = [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+             f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats",
+             f"--temp-dir={temp}"]
+    head = subprocess.Popen(["sh", "-c", 'trap "" INT; exec "$0" "$@"', *start], stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, **LOOPBACK}, start_new_session=True)
     deadline = time.monotonic() + 120
     while b"Ray runtime started" not in (temp / "start.log").read_bytes() and head.poll() is None \
             and time.monotonic() < deadline:
