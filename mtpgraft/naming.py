@@ -64,6 +64,16 @@ def model_stem(name: str) -> str:
     return _FLOAT_SUFFIX_RE.sub("", stem) or stem
 
 
+def untagged_stem(path: str) -> str:
+    """What a quant and its MTP sidecar have in common: the file name without its folder, shard
+    suffix, `.gguf`, sidecar prefix and quant tag. `Q8_0/Name-Q8_0-00001-of-00002.gguf` -> `Name`,
+    `sub/mtp-Name-Q8_0.gguf` -> `Name`, `mtp-Name.gguf` -> `Name`. (model_stem instead keeps a quant
+    tag and drops only a float one: the name of the quants made from a file.)"""
+    name = strip_gguf(path.rsplit("/", 1)[-1]).removeprefix(SIDECAR_PREFIX)
+    info = hf_split_info(f"{name}.gguf")
+    return name[: -len(info.tag) - 1] if info and info.tag and name.upper().endswith("-" + info.tag) else name
+
+
 def quant_file_name(stem: str, quant: str) -> str:
     """`Name`, `Q4_K_M` -> `Name-Q4_K_M.gguf`: a name `llama-server -hf REPO:Q4_K_M` finds."""
     return f"{stem}-{quant}.gguf"

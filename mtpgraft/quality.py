@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import MtpgraftError, Setting, UsageError
 from .outputs import PendingOutput, ensure_space, write_text
+from .reports import QUALITY_REPORT, CheckedModel, CheckReport, load_check_report
 
 DEFAULT_CTX = 512
 BUILTIN_TEXT = "quality-small.txt"
@@ -269,35 +270,32 @@ SAME_SETTINGS = ("prompts", "n_prompts", "categories", "n_max", "temperature", "
                  "mode", "reasoning", "context_depth", "p_min", "spec_type")
 
 
-def _find_model(reports: Sequence[dict[str, Any]], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _find_model(reports: Sequence[CheckReport], path: str) -> tuple[CheckReport, CheckedModel]:
     p = Path(path).resolve()
     for rep in reports:
-        for m in rep.get("models", []):
-            if Path(m.get("path", "")).resolve() == p or Path(m.get("path", "")).name == p.name:
+        for m in rep.models:
+            if Path(m.path).resolve() == p or Path(m.path).name == p.name:
                 return rep, m
     raise QualityError(f"no check report holds {Path(path).name}; run `mtpgraft check` on it first")
 
 
-def _same_settings(a: dict[str, Any], b: dict[str, Any], what: str) -> None:
-    sa, sb = a.get("settings", {}), b.get("settings", {})
+def _same_settings(a: CheckReport, b: CheckReport, what: str) -> None:
     for k in SAME_SETTINGS:
-        if sa.get(k) != sb.get(k):
-            raise QualityError(f"check reports differ in {k} ({sa.get(k)!r} vs {sb.get(k)!r}) for {what}: "
-                               "acceptance is only comparable under the same settings")
-    if a.get("llama_cpp_build") != b.get("llama_cpp_build"):
+        if a.settings.get(k) != b.settings.get(k):
+            raise QualityError(f"check reports differ in {k} ({a.settings.get(k)!r} vs {b.settings.get(k)!r}) "
+                               f"for {what}: acceptance is only comparable under the same settings")
+    if a.llama_cpp_build != b.llama_cpp_build:
         raise QualityError(f"check reports were made with different llama.cpp builds for {what} "
-                           f"({a.get('llama_cpp_build')!r} vs {b.get('llama_cpp_build')!r})")
+                           f"({a.llama_cpp_build!r} vs {b.llama_cpp_build!r})")
 
 
-def _acceptance_by_category(m: dict[str, Any]) -> dict[str, float | None]:
+def _acceptance_by_category(m: CheckedModel) -> dict[str, float | None]:
     pooled: dict[str, list[int]] = {}
-    for run in m.get("runs", []):
-        c = run.get("counters", {})
-        acc = pooled.setdefault(run["category"], [0, 0])
-        acc[0] += int(c.get("accepted", 0))
-        acc[1] += int(c.get("draft_tokens", 0))
-    c = m.get("counters", {})
-    pooled["*"] = [int(c.get("accepted", 0)), int(c.get("draft_tokens", 0))]
+    for run in m.runs:
+        acc = pooled.setdefault(run.category, [0, 0])
+        acc[0] += run.counts.accepted
+        acc[1] += run.counts.draft_tokens
+    pooled["*"] = [m.counts.accepted, m.counts.draft_tokens]
     return {k: (a / d if d else None) for k, (a, d) in pooled.items()}
 
 
@@ -305,12 +303,7 @@ def acceptance_retention(report_paths: Sequence[str | os.PathLike[str]], referen
                          models: Sequence[str]) -> dict[str, dict[str, float | None]]:
     """Per model and category ("*": every MTP request): its acceptance / the reference's, pooled
     over the same runs; refuses reports made with other prompts, n, temperature or build."""
-    reports = []
-    for p in report_paths:
-        try:
-            reports.append(json.loads(Path(p).read_text()))
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot read check report {p}: {e}") from e
+    reports = [load_check_report(p, prefix=f"check report {p}: ") for p in report_paths]
     ref_rep, ref_m = _find_model(reports, reference)
     ref_acc = _acceptance_by_category(ref_m)
     out: dict[str, dict[str, float | None]] = {}
@@ -369,7 +362,7 @@ def write_report(result: QualityResult, outdir: str | os.PathLike[str], *,
     """quality.json (what the card reads) and the markdown report, atomically."""
     d = Path(outdir)
     d.mkdir(parents=True, exist_ok=True)
-    js, md = d / "quality.json", d / md_name
+    js, md = d / QUALITY_REPORT, d / md_name
     for path, text in ((js, json.dumps(result.to_dict(), indent=2)), (md, render_markdown(result))):
         write_text(path, text)
     return js, md

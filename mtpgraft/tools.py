@@ -33,6 +33,7 @@ from .errors import (
     signal_name,
     signals_held,
 )
+from .outputs import remove_pending
 
 log = logging.getLogger("mtpgraft")
 
@@ -200,8 +201,6 @@ def stop_children(timeout: float = 5.0) -> None:
 def clean_up_after_interrupt() -> None:
     """After an interrupt: end every child still running and remove every output not installed
     yet (outputs.remove_pending). Children may be started again after."""
-    from .outputs import remove_pending
-
     stop_children(timeout=5.0)
     remove_pending()
 
@@ -249,7 +248,7 @@ def run_tool(cmd: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[st
         raise ToolFailedError(f"{Path(args[0]).name} timed out after {timeout:g}s",
                               cmd=args, returncode=None, output_tail=_tail(out, tail_lines))
     if rc != 0 and check:
-        last = _last_meaningful_line(out)
+        last = error_line(out)
         raise ToolFailedError(
             f"{Path(args[0]).name} failed with {_exit_str(rc)}" + (f": {last}" if last else ""),
             cmd=args, returncode=rc, output_tail=_tail(out, tail_lines))
@@ -264,15 +263,50 @@ def _tail(text: str, n: int) -> str:
     return "\n".join(deque(text.splitlines(), maxlen=n))
 
 
+# llama.cpp log lines look like "0.00.102.234 E srv    load_model: failed to create MTP context".
+_LOG_PREFIX = re.compile(r"^\s*\d+\.\d+\.\d+\.\d+\s+([IWED])\s+")
+_ERRORISH = re.compile(r"\b(error|failed|unknown|invalid|not found|wrong|abort|terminate|cannot|"
+                       r"couldn't|unable)\b", re.I)
+# Trailers every failure prints: they say that it failed, not why.
+_GENERIC = re.compile(r"exiting due to|cleaning up before exit|to show complete usage|"
+                      r"failed to fit params|encountered an error while trying to fit", re.I)
+# What a tool prints as it loads a model: never the reason it failed.
 _NOISE = re.compile(r"^\s*$|^(main|llama_model_loader|load|print_info|llm_load)\b.*: (- |\s*$)")
 
 
-def _last_meaningful_line(text: str) -> str:
-    for line in reversed(text.splitlines()):
-        s = line.strip()
-        if s and not _NOISE.match(s):
-            return s[:300]
-    return ""
+def _clean(line: str) -> str:
+    return " ".join(_LOG_PREFIX.sub("", line).split())[:300]
+
+
+def _level(line: str) -> str | None:
+    m = _LOG_PREFIX.match(line)
+    return m.group(1) if m else None
+
+
+def _is_error(line: str) -> bool:
+    level = _level(line)
+    if _GENERIC.search(line) or level not in ("E", None):
+        return False
+    return level == "E" or (_ERRORISH.search(line) is not None and not _NOISE.match(line.strip()))
+
+
+def error_line(output: str) -> str:
+    """The line of a tool's output (or a llama-server log) that best says why it failed; '' when
+    it printed nothing but noise.
+
+    The first error line (logged at level E, or without a level one that reads like an error) that
+    is not a generic trailer: later ones repeat it less precisely ("failed to load model"). The
+    warning just before it is appended, as it is often the cause: "failed to create MTP context
+    (context type MTP requested but model doesn't contain MTP layers)". With no error line, the
+    last line that is not noise."""
+    lines = output.splitlines()
+    first = next((i for i, x in enumerate(lines) if _is_error(x)), None)
+    if first is None:
+        return next((_clean(x) for x in reversed(lines) if not _NOISE.match(x.strip())), "")
+    for j in range(first - 1, max(first - 3, -1), -1):
+        if _level(lines[j]) == "W" and _ERRORISH.search(lines[j]) is None and "security" not in lines[j]:
+            return f"{_clean(lines[first])} ({_clean(lines[j])})"
+    return _clean(lines[first])
 
 
 def _capture(path: str, flag: str) -> str:

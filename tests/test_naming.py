@@ -27,6 +27,15 @@ def test_strip_and_stem(name, stripped, stem):
     assert naming.model_stem(name) == stem
 
 
+@pytest.mark.parametrize(("path", "stem"), [
+    ("Q8_0/Name-Q8_0-00001-of-00002.gguf", "Name"), ("sub/mtp-Name-Q8_0.gguf", "Name"),
+    ("mtp-Name.gguf", "Name"), ("Name-IQ2_XXS.gguf", "Name"), ("Qwen3.6-27B-F16.gguf", "Qwen3.6-27B"),
+    ("Name.gguf", "Name"), ("mtp-Qwen3.6-27B-q8_0.gguf", "Qwen3.6-27B"),
+])
+def test_untagged_stem_is_what_a_quant_and_its_sidecar_share(path, stem):
+    assert naming.untagged_stem(path) == stem
+
+
 @pytest.mark.parametrize(("name", "tag"), [
     ("Model-Q4_K_M.gguf", "Q4_K_M"), ("model-iq2_xxs-00001-of-00003.gguf", "IQ2_XXS"),
     ("Model.BF16.gguf", "BF16"), ("Model-Q8_0.gguf", "Q8_0"), ("Model.gguf", None),

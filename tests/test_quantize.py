@@ -3,12 +3,15 @@ llama-server, with the tiny qwen35 models (mtpgraft.testmodels: "aligned" MTP he
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -345,18 +348,58 @@ def test_cli_errors_are_one_line(tiny, tmp_path: Path) -> None:
     assert p.returncode == 3 and "header is zeroed" in p.stderr
 
 
+def _quantizing_into(out_dir: Path) -> list[int]:
+    """The pids of the llama-quantize processes (past the launcher's exec) writing into `out_dir`."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if d.name.isdigit() and cmd[0].endswith(b"llama-quantize") and str(out_dir).encode() in b"\0".join(cmd):
+            pids.append(int(d.name))
+    return sorted(pids)
+
+
 @pytest.mark.tools
 def test_jobs_run_types_in_parallel(tiny, tmp_path: Path) -> None:
-    p = run_cli("quantize", tiny["full"], "--types", "Q8_0,Q4_K_M", "--out-dir", tmp_path, "--name", "j",
-                "--jobs", "2", "--json")
-    assert p.returncode == 0, p.stderr
-    d = json.loads(p.stdout)
+    """--jobs 2: the second type's llama-quantize starts while the first one still runs (each is
+    frozen as soon as it is seen, so neither can finish first); run one after another, the second
+    never starts and this fails."""
+    p = subprocess.Popen([sys.executable, "-m", "mtpgraft", "quantize", tiny["full"], "--types", "Q8_0,Q4_K_M",
+                          "--out-dir", tmp_path, "--name", "j", "--jobs", "2", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    frozen: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(frozen) < 2 and p.poll() is None and time.monotonic() < deadline:
+            for pid in set(_quantizing_into(tmp_path)) - set(frozen):
+                os.kill(pid, signal.SIGSTOP)
+                frozen.append(pid)
+            time.sleep(0.002)
+        both_ran = len(frozen) == 2 and set(_quantizing_into(tmp_path)) == set(frozen)
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    out, err = p.communicate(timeout=120)
+    assert both_ran, f"not two llama-quantize at once (seen: {frozen}): {err}"
+    assert p.returncode == 0, err
+    d = json.loads(out)
     assert [o["status"] for o in d["outputs"]] == ["done", "done"]
-    threads = str(max(1, (os.cpu_count() or 1) // 2))  # CPUs / jobs: threads per llama-quantize
-    assert d["plan"]["jobs"][0]["command"][-1] == threads
-    assert "[1/2] Q8_0: quantizing" in p.stderr or "[2/2] Q4_K_M: quantizing" in p.stderr
+    assert "[1/2] Q8_0: quantizing" in err and "[2/2] Q4_K_M: quantizing" in err
     with pytest.raises(QuantizeError, match="would overwrite the input"):
         plan_quantize(tmp_path / "j-Q8_0.gguf", "Q8_0", out_dir=tmp_path, name="j", allow_requantize=True)
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("cpus,jobs,threads", [(8, 2, "4"), (8, 3, "2"), (3, 2, "1"), (1, 4, "1"), (None, 2, "1")])
+def test_jobs_share_the_cpus(tiny, tmp_path: Path, monkeypatch, cpus, jobs, threads) -> None:
+    """With jobs and no threads given, each llama-quantize gets the CPUs divided among the jobs."""
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    plan = plan_quantize(tiny["full"], ["Q8_0", "Q4_K_M"], out_dir=tmp_path, name="j", jobs=jobs)
+    assert [j.command[-1] for j in plan.jobs] == [threads, threads]
+    assert plan_quantize(tiny["full"], ["Q8_0"], out_dir=tmp_path, name="j", jobs=jobs, threads=5).jobs[0].command[-1] == "5"
 
 
 def test_imatrix_refuses_to_overwrite_its_own_input(tmp_path):

@@ -214,3 +214,124 @@ def test_a_failing_step_is_retried_once_then_reported_and_the_rest_goes_on(clust
     assert err.count("[quantize:Q5_K_M] attempt 1 failed") == 1
     assert err.strip().splitlines()[-1].startswith("mtpgraft: error: 1 step(s) did not finish: quantize:Q5_K_M: ")
     assert State(work).get("quantize:Q5_K_M").status == "failed" and leftovers(work) == []  # type: ignore[union-attr]
+
+
+# ---- a cluster of its own: `ray start --head` as a separate process ---------------------------------
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def ray_start_cluster() -> tuple[str, Path]:
+    """A head node (2 CPUs) started by `ray start --head --block` in a session of its own, with
+    SIGINT ignored as in a script's background job (Ray's cancel must still reach the task); torn
+    down by ending that process, which stops what it started. Not `ray stop`: that stops every Ray
+    process of the machine, other test runs' clusters too. Yields its address and its temp dir (its
+logs). Skipped, saying why, where it cannot start."""
+    import shutil
+    import tempfile
+
+    ray_bin = Path(sys.executable).with_name("ray")
+    if not ray_bin.is_file():
+        pytest.skip(f"no `ray` command beside {sys.executable} (pip install 'mtpgraft[ray]')")
+    temp = Path(tempfile.mkdtemp(prefix="mtpgraft-ray-"))  # short: Ray's socket paths must fit 107 bytes
+    port, dash, agent = _free_ports(3)
+    log = open(temp / "start.log", "w+b")  # noqa: SIM115 - the process writes it until teardown
+    start = [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+             f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats",
+             f"--temp-dir={temp}"]
+    head = subprocess.Popen(["sh", "-c", 'trap "" INT; exec "$0" "$@"', *start], stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, **LOOPBACK}, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while b"Ray runtime started" not in (temp / "start.log").read_bytes() and head.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        if b"Ray runtime started" not in (temp / "start.log").read_bytes():
+            tail = (temp / "start.log").read_bytes().decode(errors="replace").strip().splitlines()[-1:]
+            pytest.skip(f"`ray start --head` cannot run here: {tail[0] if tail else 'no output'}")
+        yield f"127.0.0.1:{port}", temp
+    finally:
+        head.terminate()  # it stops the raylet, the GCS and the rest it started, then exits
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _wait_for(what: str, found, p: subprocess.Popen[str], timeout: float = 300):  # noqa: ANN001, ANN202
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = found()
+        if got:
+            return got
+        assert p.poll() is None, f"the run ended before {what}: {p.communicate()[1]}"
+        time.sleep(0.005)
+    p.kill()
+    pytest.fail(f"no {what} in {timeout:g}s: {p.communicate()[1]}")
+
+
+def _cancel_requests(cluster_dir: Path) -> int:
+    """How many times a Ray worker of the cluster logged that it interrupts the task it runs."""
+    logs = cluster_dir.glob("session_latest/logs/python-core-worker-*.log")
+    return sum(f.read_bytes().count(b"Cancelling a running task") for f in logs)
+
+
+def test_a_cancelled_quantize_leaves_no_child_and_no_partial_file(ray_start_cluster: tuple[str, Path],
+                                                                  tmp_path: Path) -> None:
+    """Ctrl-C on a driver whose quantize task runs llama-quantize: Ray interrupts the task, which
+    stops the tool and removes its partial output; the worker process lives on, without them."""
+    recipe = tmp_path / "quick.toml"
+    recipe.write_text(test_recipe.QUICK.replace('types = ["Q8_0", "Q4_K_M"]', 'types = ["Q4_K_M"]'))
+    work = tmp_path / "w"  # unique to this test: what /proc is searched for
+    address, cluster_dir = ray_start_cluster
+    before = _cancel_requests(cluster_dir)
+    p = mtpgraft("run", recipe, "--work-dir", work, "--executor", "ray", "--address", address)
+    tool = _wait_for("llama-quantize", lambda: _quantize_procs(work), p)[0]
+    # frozen, it is still running when the cancel arrives, however fast this machine quantizes; let
+    # run in slices of a few milliseconds until it has begun writing its output
+    os.kill(tool, signal.SIGSTOP)
+    while [f.name for f in work.rglob("*.partial")] != [".q-Q4_K_M.gguf.partial"]:
+        os.kill(tool, signal.SIGCONT)
+        time.sleep(0.002)
+        os.kill(tool, signal.SIGSTOP)
+        assert tool in _quantize_procs(work), "llama-quantize ended before it was seen writing"
+    p.send_signal(signal.SIGINT)
+    _wait_for("cancel request on the worker", lambda: _cancel_requests(cluster_dir) > before, p, timeout=60)
+    os.kill(tool, signal.SIGCONT)
+    _, err = p.communicate(timeout=180)
+    assert p.returncode == 130 and err.strip().splitlines()[-1] == "mtpgraft: error: interrupted (SIGINT)", err
+    assert "clean-up failed" not in err, err
+    assert not _quantize_procs(work), "llama-quantize outlived its cancelled task"
+    assert leftovers(work) == [] and not list(work.rglob("*.mtpgraft-tmp"))
+    assert not [p for p in work.rglob("*Q4_K_M*") if p.suffix == ".gguf"]  # nothing half-made was installed
+    assert "quantize:Q4_K_M" not in records(work)
+
+
+def test_the_cleanup_of_a_cancelled_task_stops_children_and_removes_partial_outputs(tmp_path: Path) -> None:
+    """What a Ray task runs when Ray interrupts it, wherever the interrupt lands (even where the
+    step's own cleanups cannot run): its children stopped, its outputs not installed removed."""
+    from mtpgraft.outputs import PendingOutput
+    from mtpgraft.recipe import ray_executor
+    from mtpgraft.tools import live_children, spawn
+
+    child = spawn([sys.executable, "-c", "import time; time.sleep(60)"])
+    pending = PendingOutput(tmp_path / "out.gguf", tmp=tmp_path / ".out.gguf.partial")
+    pending.path.write_bytes(b"half")
+    assert live_children() == [child.pid]
+    ray_executor._clean_up_after_cancel()
+    assert child.poll() == -signal.SIGTERM and live_children() == []
+    assert list(tmp_path.iterdir()) == []

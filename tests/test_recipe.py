@@ -366,3 +366,13 @@ endpoint = "{hub.url}"
     card = head.files["README.md"].content.decode()
     assert "| quant | code |" in card and "| quant | n=3 |" in card
     assert len([x for x in card.splitlines() if x.startswith(("| Q8_0 | ", "| Q4_K_M | "))]) == 4
+
+
+def test_one_list_of_step_kinds() -> None:
+    """schema.STEP_KINDS is the pipeline's order, and every kind has exactly one rule there."""
+    from mtpgraft.recipe.pipeline import _RULES, PIPELINE
+    from mtpgraft.recipe.schema import STEP_KINDS
+
+    assert [k.name for k in PIPELINE] == list(STEP_KINDS) == ["graft", "imatrix", "quantize", "check", "quality",
+                                                               "push"]
+    assert set(_RULES) == set(STEP_KINDS)

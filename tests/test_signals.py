@@ -173,15 +173,34 @@ CHECK_ARGS = ("--n-max", "1,2,3", "--reps", "3", "--n-predict", "256", "--ctx", 
 
 @pytest.mark.tools
 @pytest.mark.parametrize("sig,code,name", SIGNALS, ids=[s[2] for s in SIGNALS])
-def test_check_interrupted_stops_llama_server(tiny_models, tmp_path, sig, code, name):
+def test_check_interrupted_while_measuring_stops_llama_server(tiny_models, tmp_path, sig, code, name):
+    rep, err_file = tmp_path / "rep", tmp_path / "stderr"
+    with open(err_file, "w") as err_out:  # read while it runs: the check's events come on stderr
+        p = subprocess.Popen([sys.executable, "-m", "mtpgraft", "check", tiny_models["full-aligned"], *CHECK_ARGS,
+                              "--report", rep], stdout=subprocess.PIPE, stderr=err_out, text=True)
+    server = wait_for(lambda: child_named(p.pid, "llama-server"), what="llama-server to start")
+    # the estimate comes after the first measured request: the server is answering, many more to go
+    wait_for(lambda: "mtpgraft: estimated time: ~" in err_file.read_text(), what="the first measured request")
+    p.send_signal(sig)
+    p.communicate(timeout=60)
+    err = err_file.read_text()
+    assert p.returncode == code
+    assert err.splitlines()[-1] == f"mtpgraft: error: interrupted ({name})" and err.count("error") == 1, err
+    assert not alive(*server)
+    assert not rep.exists() or temp_files(rep) == []
+
+
+@pytest.mark.tools
+def test_check_interrupted_while_the_server_starts_stops_llama_server(tiny_models, tmp_path):
     rep = tmp_path / "rep"
     p = start("-q", "check", tiny_models["full-aligned"], *CHECK_ARGS, "--report", rep)
     server = wait_for(lambda: child_named(p.pid, "llama-server"), what="llama-server to start")
-    time.sleep(0.5)  # inside the run: starting, or answering its first requests
-    p.send_signal(sig)
+    os.kill(server[0], signal.SIGSTOP)  # frozen as it starts, it cannot load and answer: the check waits for it
+    p.send_signal(signal.SIGINT)
+    os.kill(server[0], signal.SIGCONT)  # mtpgraft's SIGTERM, sent or on its way, ends it
     rc, err = finish(p)
-    assert rc == code
-    assert_one_line(err, f"interrupted ({name})")
+    assert rc == 130
+    assert_one_line(err, "interrupted (SIGINT)")
     assert not alive(*server)
     assert not rep.exists() or temp_files(rep) == []
 

@@ -17,8 +17,9 @@ from tinyserve import run as _run
 from tinyserve import serve as _serve
 
 from mtpgraft import testmodels as tm
-from mtpgraft.check.server import meaningful_error, parse_metrics
+from mtpgraft.check.server import parse_metrics
 from mtpgraft.errors import OutputExistsError, ServerError, UsageError
+from mtpgraft.tools import error_line
 
 QWEN35_MTP = {"attn_norm", "post_attention_norm", "attn_q", "attn_k", "attn_v", "attn_output",
               "attn_q_norm", "attn_k_norm", "ffn_gate", "ffn_up", "ffn_down", "nextn.eh_proj",
@@ -146,7 +147,7 @@ def test_cli_writes_the_set_and_refuses_to_overwrite(tmp_path, monkeypatch):
         tm.build_test_set(tmp_path)
 
 
-def test_parse_metrics_and_meaningful_error():
+def test_parse_metrics_and_error_line():
     m = parse_metrics('# HELP x y\nllamacpp:n_decode_total 20\n'
                       'llamacpp:spec_decode_num_accepted_tokens_per_pos_total{position="0"} 1.6e+01\n')
     assert m == {"llamacpp:n_decode_total": 20.0, M_POS0: 16.0}
@@ -155,9 +156,9 @@ def test_parse_metrics_and_meaningful_error():
            "0.00.102.232 E common_speculative_init_result: failed to create MTP context\n"
            "0.00.102.234 E srv    load_model: failed to create MTP context\n"
            "0.00.102.660 E srv  llama_server: exiting due to model loading error\n")
-    assert meaningful_error(log) == ("common_speculative_init_result: failed to create MTP context (llama_init_"
+    assert error_line(log) == ("common_speculative_init_result: failed to create MTP context (llama_init_"
                                      "from_model: context type MTP requested but model doesn't contain MTP layers)")
-    assert "unknown speculative type: mtp" in meaningful_error(
+    assert "unknown speculative type: mtp" in error_line(
         'error while handling argument "--spec-type": unknown speculative type: mtp\nusage:\n')
 
 

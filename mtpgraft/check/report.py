@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..outputs import PendingOutput, write_text
+from ..reports import CHECK_REPORT
 from .judge import SPEEDUP_GREEN, SPEEDUP_RED, CheckResult, ConfigStats, ModelResult
 from .measure import RequestRecord
 from .plan import WARMUP_RULE, Condition
@@ -423,8 +424,8 @@ def write_report(result: CheckResult, outdir: str | os.PathLike[str], *,
                 charts.append(d / CHART_BY_N)
     names = [c.name for c in charts]
     main = names[0] if names else None
-    _write_text(d / "report.json", json.dumps(report_dict(result, main, names), indent=2,
+    _write_text(d / CHECK_REPORT, json.dumps(report_dict(result, main, names), indent=2,
                                               ensure_ascii=False) + "\n")
     _write_text(d / "report.md", render_markdown(result, main, note, names))
-    return ReportFiles(d / "report.json", d / "report.md", charts[0] if charts else None, note,
+    return ReportFiles(d / CHECK_REPORT, d / "report.md", charts[0] if charts else None, note,
                        tuple(charts))

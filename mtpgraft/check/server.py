@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ServerError, ToolNotFoundError, UsageError
-from ..tools import find_tool, probe_mtp_spec_type, server_help, spawn, stop_process, tool_version
+from ..tools import (
+    error_line,
+    find_tool,
+    probe_mtp_spec_type,
+    server_help,
+    spawn,
+    stop_process,
+    tool_version,
+)
 
 log = logging.getLogger("mtpgraft")
 
@@ -83,45 +91,6 @@ def free_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-# llama.cpp log lines look like "0.00.102.234 E srv    load_model: failed to create MTP context".
-_PREFIX = re.compile(r"^\s*\d+\.\d+\.\d+\.\d+\s+([IWED])\s+")
-_ERRORISH = re.compile(r"\b(error|failed|unknown|invalid|not found|wrong|abort|terminate|cannot|"
-                       r"couldn't|unable)\b", re.I)
-# Trailers every failure prints: they say that it failed, not why.
-_GENERIC = re.compile(r"exiting due to|cleaning up before exit|to show complete usage|"
-                      r"failed to fit params|encountered an error while trying to fit", re.I)
-
-
-def _clean(line: str) -> str:
-    return " ".join(_PREFIX.sub("", line).split())[:300]
-
-
-def meaningful_error(log_text: str) -> str:
-    """The line of a llama-server log that best says why it failed ('' if none stands out).
-
-    The first error line that is not a generic trailer (later ones repeat it less precisely: "failed
-    to load model"), with the warning just before it appended, which is often the cause: "failed to
-    create MTP context (context type MTP requested but model doesn't contain MTP layers)".
-    """
-    lines = log_text.splitlines()
-    errors: list[int] = []
-    for i, line in enumerate(lines):
-        m = _PREFIX.match(line)
-        level = m.group(1) if m else None
-        if (level == "E" or (level is None and _ERRORISH.search(line))) and not _GENERIC.search(line):
-            errors.append(i)
-    if not errors:
-        return ""
-    first = errors[0]
-    main = _clean(lines[first])
-    for j in range(first - 1, max(first - 3, -1), -1):
-        m = _PREFIX.match(lines[j])
-        if m and m.group(1) == "W" and _ERRORISH.search(lines[j]) is None and "security" not in lines[j]:
-            cause = _clean(lines[j])
-            return f"{main} ({cause})"
-    return main
 
 
 def _tail(text: str, n: int = 40) -> str:
@@ -290,8 +259,7 @@ class LlamaServer:
             if rc is not None:
                 self._close_log()
                 text = self.log_text()
-                lines = [x for x in text.splitlines() if x.strip()]
-                why = meaningful_error(text) or (_clean(lines[-1]) if lines else "")
+                why = error_line(text)
                 self._proc = None
                 raise ServerError(f"llama-server exited with {_exit_str(rc)} before it was ready"
                                   + (f": {why}" if why else "") + f" (log: {self.log_path})",

@@ -8,7 +8,6 @@ tree, and decides per file: new, changed or unchanged. The gate refuses any GGUF
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import naming
 from ..errors import GGUFFormatError, HubError, Setting, Text, UsageError
+from ..reports import QUALITY_REPORT, CheckReport, QualityReport, load_check_report, load_quality
 from .client import hub_errors, namespaces, whoami
 from .sidecars import check_placement
 
@@ -278,11 +278,11 @@ def _plan_local(local: list[list[_Local]], *, reports: list[_Report], verify: bo
         chart_sources.update(charts)
         if entry is not None:
             models.append(entry)
-            if "mtp-" in PurePosixPath(entry.name).name.lower() and entry.layout != "mtp-only":
-                warnings.append(f"{entry.name}: names containing 'mtp-' are skipped by "
+            if naming.SIDECAR_PREFIX in PurePosixPath(entry.name).name.lower() and entry.layout != "mtp-only":
+                warnings.append(f"{entry.name}: names containing '{naming.SIDECAR_PREFIX}' are skipped by "
                                 "`llama-server -hf` (reserved for MTP sidecar files)")
     if not any(m.layout == "mtp-only" for m in models):  # decided here, before asking the Hub
-        refusals += [Refusal(m.name, "has no MTP head (no nextn tensors) and the push has no mtp- sidecar "
+        refusals += [Refusal(m.name, f"has no MTP head (no nextn tensors) and the push has no {naming.SIDECAR_PREFIX} sidecar "
                              "for it: graft one (mtpgraft attach) or push it with its sidecar")
                      for m in models if m.layout == "trunk-only"]
     tags = [m.quant for m in models if m.quant and m.layout != "mtp-only"]
@@ -294,7 +294,7 @@ def _plan_local(local: list[list[_Local]], *, reports: list[_Report], verify: bo
 
 def _foreign_refusals(models: list[ModelEntry], repo_id: str) -> list[Refusal]:
     return [Refusal(m.name, f"a pull request to {repo_id.split('/')[0]}'s repo sends only MTP "
-                    "sidecars (mtp-*.gguf, MTP-only); push quants to a repo of yours")
+                    f"sidecars ({naming.SIDECAR_PREFIX}*.gguf, MTP-only); push quants to a repo of yours")
             for m in models if m.layout != "mtp-only"]
 
 
@@ -547,28 +547,15 @@ def _mtp_head(report: Any) -> str:
 
 @dataclass(frozen=True)
 class _Report:
-    path: Path  # report.json
-    data: dict[str, Any]
-    quality: dict[str, Any] | None = None  # quality.json beside it (`mtpgraft quality`), if any
+    check: CheckReport
+    quality: QualityReport | None = None  # quality.json beside it (`mtpgraft quality`), if any
 
 
 def _load_report(d: Path) -> _Report:
-    p = d / "report.json" if d.is_dir() else d
     given = Text(Setting("report_dirs"), f" {d}: ")
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UsageError(given, "no report.json there (write one with `mtpgraft check --report DIR`)") from None
-    except (OSError, ValueError) as e:
-        raise UsageError(given, f"cannot read {p} ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
-        raise UsageError(given, f"{p} is not an mtpgraft check report (no models list)")
-    q = p.with_name("quality.json")
-    try:
-        quality = json.loads(q.read_text()) if q.is_file() else None
-    except (OSError, ValueError) as e:
-        raise UsageError(given, f"cannot read {q} ({e})") from None
-    return _Report(p, data, quality if isinstance(quality, dict) else None)
+    check = load_check_report(d, prefix=given)
+    q = check.path.with_name(QUALITY_REPORT)
+    return _Report(check, load_quality(q, prefix=given) if q.is_file() else None)
 
 
 def _match_quality(shas: dict[str, str], reports: list[_Report]) -> QualityMatch | None:
@@ -576,16 +563,12 @@ def _match_quality(shas: dict[str, str], reports: list[_Report]) -> QualityMatch
     wanted = set(shas.values())
     for rep in reports:
         q = rep.quality
-        for m in (q or {}).get("models", []):
-            if set(m.get("sha256") or ()) != wanted:
+        for m in q.models if q is not None else ():
+            if set(m.sha256) != wanted:
                 continue
-            plan = q.get("plan", {})
-            figs = {k: v.get("text") for k, v in (m.get("figures") or {}).items() if isinstance(v, dict)}
-            return QualityMatch(
-                report=str(rep.path.with_name("quality.json")), figures=figs,
-                retention=(q.get("retention") or {}).get(m.get("name"), {}).get("*"),
-                reference=Path(plan.get("reference", "")).name,
-                how={k: plan.get(k) for k in ("text", "ctx_size", "chunks", "build")})
+            return QualityMatch(report=str(q.path), figures=dict(m.figures),
+                                retention=q.retention.get(m.name, {}).get("*"),
+                                reference=Path(q.reference).name, how=dict(q.how))
     return None
 
 
@@ -594,33 +577,28 @@ def _match_check(shas: dict[str, str], reports: list[_Report]) -> tuple[CheckMat
     wanted = set(shas.values())
     failed: list[str] = []
     partial = False
-    for rep in reports:
-        for m in rep.data["models"]:
-            listed = {f.get("sha256") for f in m.get("files") or [] if isinstance(f, dict)}
-            if isinstance(m.get("draft"), dict):  # the sidecar the model was checked with (-md)
-                listed.add(m["draft"].get("sha256"))
+    for rep in (r.check for r in reports):
+        for m in rep.models:
+            listed = m.sha256s  # its files and the sidecar it was checked with (-md)
             if not wanted & listed:
                 continue
             if not wanted <= listed:
                 partial = True
                 continue
-            if m.get("verdict") != "pass":
-                reasons = "; ".join(m.get("reasons") or []) or f"verdict {m.get('verdict')!r}"
+            if m.verdict != "pass":
+                reasons = "; ".join(m.reasons) or f"verdict {m.verdict!r}"
                 failed.append(f"its check failed ({reasons}; {rep.path})")
                 continue
-            chart = rep.data.get("chart")
             chart_in_repo = chart_src = None
-            if isinstance(chart, str) and chart and (rep.path.parent / chart).is_file():
-                chart_src = rep.path.parent / chart
+            if rep.chart and (rep.path.parent / rep.chart).is_file():
+                chart_src = rep.path.parent / rep.chart
                 digest = hashlib.sha256(chart_src.read_bytes()).hexdigest()[:12]
                 chart_in_repo = f"{CHART_DIR}/speedup-{digest}{chart_src.suffix or '.png'}"
             return CheckMatch(
-                report=str(rep.path), verdict="pass", acceptance=m.get("acceptance"),
-                mtp_active=m.get("mtp_active"), categories=dict(m.get("categories") or {}),
-                llama_cpp_build=rep.data.get("llama_cpp_build"), settings=dict(rep.data.get("settings") or {}),
-                mtpgraft_version=rep.data.get("mtpgraft_version"), chart=chart_in_repo,
-                chart_source=str(chart_src) if chart_src else None,
-                by_config=tuple(x for x in m.get("by_config") or () if isinstance(x, dict))), ""
+                report=str(rep.path), verdict="pass", acceptance=m.acceptance, mtp_active=m.mtp_active,
+                categories=dict(m.categories), llama_cpp_build=rep.llama_cpp_build, settings=dict(rep.settings),
+                mtpgraft_version=rep.mtpgraft_version, chart=chart_in_repo,
+                chart_source=str(chart_src) if chart_src else None, by_config=m.by_config), ""
     no_verify = Text("or push with ", Setting("verify", False))
     if failed:
         return None, Text(failed[0], "; fix it and check again, ", no_verify)

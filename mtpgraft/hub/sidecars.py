@@ -23,16 +23,8 @@ class Placement:
     picks: tuple[tuple[str, str | None], ...]  # (model path, the sidecar -hf :TAG loads for it)
 
 
-def sidecar_stem(path: str) -> str:
-    """`sub/mtp-Name-Q8_0.gguf` -> `Name`; `mtp-Name.gguf` -> `Name`."""
-    name = naming.strip_gguf(path.rsplit("/", 1)[-1]).removeprefix(naming.SIDECAR_PREFIX)
-    info = naming.hf_split_info(f"{name}.gguf")
-    return name[: -len(info.tag) - 1] if info and info.tag and name.upper().endswith("-" + info.tag) else name
-
-
-def model_stem(path: str) -> str:
-    """`Q8_0/Name-Q8_0-00001-of-00002.gguf` -> `Name`."""
-    return sidecar_stem(path.rsplit("/", 1)[-1])
+# sidecar.py's two calls switch to naming.untagged_stem, then this name goes
+model_stem = naming.untagged_stem
 
 
 def is_sidecar(path: str) -> bool:
@@ -71,7 +63,7 @@ def check_placement(paths: Sequence[str], *, layouts: Mapping[str, str], pushed:
 
 
 def _intended(model: str, sidecars: list[str]) -> list[str]:
-    same = [s for s in sidecars if sidecar_stem(s) == model_stem(model)]
+    same = [s for s in sidecars if naming.untagged_stem(s) == naming.untagged_stem(model)]
     return same or (sidecars if len(sidecars) == 1 else [])
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import MtpgraftError, RecipeError, Setting, spelled
-from .schema import HubSection, Recipe
+from .schema import STEP_KINDS, HubSection, Recipe
 from .state import State, now_iso
 from .steps import (
     CheckStep,
@@ -35,25 +35,29 @@ from .steps import (
 
 @dataclass(frozen=True)
 class StepKind:
-    name: str
     step: type[Step]
     needs: tuple[str, ...]  # "graft": that step; "quantize:{type}": the same type's; "quantize:*": every one
     types: Callable[[Recipe], tuple[str, ...]] | None = None  # a step per type: which types
     present: Callable[[Recipe], bool] = lambda r: True
 
+    @property
+    def name(self) -> str:
+        return self.step.kind
 
-PIPELINE: tuple[StepKind, ...] = (
-    StepKind("graft", GraftStep, ()),
-    StepKind("imatrix", ImatrixStep, ("graft",), present=lambda r: r.imatrix is not None),
-    StepKind("quantize", QuantizeStep, ("graft", "imatrix"), types=lambda r: r.quantize.types),
+
+_RULES = {k.name: k for k in (
+    StepKind(GraftStep, ()),
+    StepKind(ImatrixStep, ("graft",), present=lambda r: r.imatrix is not None),
+    StepKind(QuantizeStep, ("graft", "imatrix"), types=lambda r: r.quantize.types),
     # One check over every checked type: one plan, servers one after another (parallel checks
     # would measure each other's load), one report with the quant x task matrix.
-    StepKind("check", CheckStep, ("quantize:*",), present=lambda r: bool(r.check_types())),
+    StepKind(CheckStep, ("quantize:*",), present=lambda r: bool(r.check_types())),
     # After the check: its quality.json goes beside the check report (the card reads both) and the
     # reference is checked with the same settings for acceptance retention.
-    StepKind("quality", QualityStep, ("graft", "quantize:*", "check"), present=lambda r: bool(r.quality_types())),
-    StepKind("push", PushStep, ("quantize:*", "check", "quality"), present=lambda r: r.hub is not None),
-)
+    StepKind(QualityStep, ("graft", "quantize:*", "check"), present=lambda r: bool(r.quality_types())),
+    StepKind(PushStep, ("quantize:*", "check", "quality"), present=lambda r: r.hub is not None),
+)}
+PIPELINE: tuple[StepKind, ...] = tuple(_RULES[name] for name in STEP_KINDS)  # schema's order
 KINDS = {k.name: k for k in PIPELINE}
 
 

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError, Setting
+from ..tools import clean_up_after_interrupt, interrupt_children
 from .pipeline import Schedule, StepResult, build_steps, execute_step
 from .schema import Recipe
 from .state import State, now_iso
@@ -73,6 +75,7 @@ def run_step_task(recipe: Recipe, step_id: str, token: str, llama_cpp: str | Non
             f.write(f"{msg}\n")
 
     running.write_text(f"{where}\n", encoding="utf-8")
+    _take_back_sigint()
     try:
         ctx = Context(recipe, llama_cpp=llama_cpp, emit=emit, hub_api=hub_api, pin_threads=True)
         return replace(execute_step(ctx, build_steps(recipe)[step_id]), where=where)
@@ -83,13 +86,21 @@ def run_step_task(recipe: Recipe, step_id: str, token: str, llama_cpp: str | Non
         running.unlink(missing_ok=True)
 
 
+def _take_back_sigint() -> None:
+    """Ray cancels a task with _thread.interrupt_main(), which does nothing while SIGINT is ignored
+    or default, as in every worker of a cluster started from a background job (`ray start ... &`
+    ignores SIGINT, and its workers inherit that): the step would run on, and be killed with its
+    partial output after CANCEL_WAIT_S. The task runs on the worker's main thread, which may set it."""
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL) \
+            and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _clean_up_after_cancel() -> None:
     """Ray cancels a running task by raising KeyboardInterrupt in it (interrupt_main), wherever it
     is, even inside a cleanup; do here what the CLI does after Ctrl-C: stop the task's children
     (none may go on writing) and remove every output it had not installed. The worker process
     lives on for other tasks, so children may be started again after."""
-    from ...tools import clean_up_after_interrupt, interrupt_children
-
     interrupt_children(signal.SIGTERM)  # first: no thread of the step may start another child
     clean_up_after_interrupt()
 
@@ -179,6 +190,20 @@ class _Driver:
         return sum(p.stat().st_size for p in Path(self.r.work_dir).rglob("*") if p.is_file()) \
             if Path(self.r.work_dir).is_dir() else 0
 
+    def _say_if_cleanup_failed(self, ref: Any) -> None:
+        """A task stopped by a cancel ends cancelled; one that raised something else had its clean-up
+        fail (its children or partial outputs may be left on that node): say so, with the cause."""
+        try:
+            self.ray.get(ref, timeout=0)
+        except self.ray.exceptions.TaskCancelledError:
+            pass
+        except self.ray.exceptions.RayTaskError as e:
+            cause = e.cause if isinstance(e.cause, BaseException) else e
+            self.ctx.emit(self.inflight[ref][0].id, f"cancelled, but its clean-up failed: {type(cause).__name__}: "
+                          f"{str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}")
+        except self.ray.exceptions.RayError:
+            pass  # lost with its worker: nothing ran there to fail
+
     def cancel(self) -> None:
         """Stop every running task (each one's cleanup removes its partial output), and wait for them."""
         refs = list(self.inflight)
@@ -186,6 +211,8 @@ class _Driver:
             if not self._recorded(step):
                 self.ray.cancel(ref, force=False)
         _, left = self.ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S) if refs else ([], [])
+        for ref in set(refs) - set(left):
+            self._say_if_cleanup_failed(ref)
         for ref in left:  # a task that did not stop: kill its worker (its cleanup will not run)
             self.ray.cancel(ref, force=True)
             step, _ = self.inflight[ref]

@@ -17,7 +17,9 @@ from typing import Any
 from ..errors import MtpgraftError, RecipeError
 
 TABLES = ("model", "imatrix", "quantize", "check", "quality", "hub", "run")
-RESOURCE_STEPS = ("graft", "imatrix", "quantize", "check", "quality", "push")
+# Every kind of step, in the order the pipeline runs them: the one list (recipe.pipeline orders its
+# rules by it; each Step class names its own kind; [resources] takes these keys).
+STEP_KINDS = ("graft", "imatrix", "quantize", "check", "quality", "push")
 
 
 @dataclass(frozen=True)
@@ -390,8 +392,8 @@ def _resources(r: _Section) -> tuple[tuple[str, Resources], ...]:
         r.fail("resources", f"must be a table of steps, got {raw!r}")
     out = []
     for step, spec in raw.items():
-        if step not in RESOURCE_STEPS:
-            r.fail(f"resources.{step}", f"unknown step (known: {', '.join(RESOURCE_STEPS)})")
+        if step not in STEP_KINDS:
+            r.fail(f"resources.{step}", f"unknown step (known: {', '.join(STEP_KINDS)})")
         s, kw = _read(r.where, f"run.resources.{step}", spec, Resources)
         for k, v in kw.items():
             if v < 0:

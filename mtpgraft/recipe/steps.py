@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import MtpgraftError, RecipeError
 from ..hashing import sha256_file
+from ..reports import CHECK_REPORT, QUALITY_REPORT
 from .schema import HubSection, Recipe, Resources
 from .state import State, content_key
 
@@ -414,7 +415,7 @@ class QualityStep(Step):
         if self.r.check_types():
             _, ref_report = CheckStep(self.r).check(ctx, [ref], out / "reference", self.id)
             result = replace(result, retention=acceptance_retention(
-                [out / "report.json", ref_report], str(ref), [str(p) for p in quants]))
+                [out / CHECK_REPORT, ref_report], str(ref), [str(p) for p in quants]))
         js, _ = write_report(result, out, md_name="quality.md")
         worst = max(m.figures["kld"].value for m in result.models)
         return Outcome(f"max mean KLD {worst:g} over {len(result.models)} quant(s)", (js,),
@@ -436,8 +437,8 @@ class PushStep(Step):
         out_dir = QuantizeStep(self.r).out_dir()
         files = [p for p in sorted(out_dir.rglob("*.gguf"))
                  if not any(part.startswith(".") for part in p.relative_to(out_dir).parts)]
-        files += [d / n for d in self._reports() for n in ("report.json", "quality.json")
-                  if (d / n).is_file() or n == "report.json"]
+        files += [d / n for d in self._reports() for n in (CHECK_REPORT, QUALITY_REPORT)
+                  if (d / n).is_file() or n == CHECK_REPORT]
         return {ctx.state.rel(p): p for p in files}
 
     def run(self, ctx: Context) -> Outcome:
