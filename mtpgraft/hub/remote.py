@@ -3,7 +3,8 @@
     ref = parse_hf_ref("hf://me/Model-GGUF:Q4_K_M")
     res = resolve_remote(ref, endpoint=..., server=resolve_server())
 
-`resolve_remote` lists the repo (refs -> main's commit -> recursive tree, as llama.cpp does), predicts
+`resolve_remote` lists the repo (refs -> main's commit -> recursive tree, as llama.cpp does; the
+commit and every name checked, every request bounded as in sources.hublimits), predicts
 with naming.hf_resolve which files llama.cpp will take, then starts llama-server with `-hf` pointed
 at the endpoint (MODEL_ENDPOINT) and the standard Hugging Face cache (HF_HUB_CACHE), so the files
 land where huggingface_hub keeps them and are never downloaded twice. What llama.cpp loaded comes
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from .. import naming
 from ..errors import HubError, Setting, Text, ToolFailedError, ToolNotFoundError, UsageError
+from ..sources.hublimits import bounded, check_commit, check_path
 from ..tools import run_tool
 from .client import hub_errors, make_api
 
@@ -114,15 +116,16 @@ def repo_listing(ref: HfRef, *, endpoint: str, token: str | None = None) -> tupl
     from huggingface_hub.hf_api import RepoFile
 
     api = make_api(endpoint=endpoint, token=token)
-    with hub_errors(api=api, repo_id=ref.repo_id, action="list the repo"):
+    with bounded(), hub_errors(api=api, repo_id=ref.repo_id, action="list the repo"):
         refs = api.list_repo_refs(ref.repo_id)
         branches = {b.name: b.target_commit for b in refs.branches}
         commit = branches.get("main") or next(iter(branches.values()), None)
         if commit is None:
             raise HubError(f"{ref.repo_id} has no branch on {endpoint}: nothing for llama.cpp to download")
+        check_commit(commit, str(ref))
         paths = [e.path for e in api.list_repo_tree(ref.repo_id, revision=commit, recursive=True)
                  if isinstance(e, RepoFile)]
-    return commit, paths
+    return commit, [check_path(p, str(ref)) for p in paths]
 
 
 def resolve_remote(ref: HfRef, *, endpoint: str | None = None, server: ServerTool, token: str | None = None,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from .hublimits import path_problem
 
 HF_PREFIX = "hf://"
 _NAME = r"[A-Za-z0-9][\w.-]*"
@@ -58,6 +59,8 @@ def parse_hub(spec: str) -> HubRef:
         rest, _, rev = rest.rpartition("@")
     if rev is not None and not rev:
         raise UsageError(f"{spec}: empty revision after @")
+    if rev is not None and not rev.isprintable():
+        raise UsageError(f"{ascii(spec)}: the revision {ascii(rev)} has a control character")
     if rest.startswith(":"):
         quant = rest[1:]
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", quant):
@@ -66,6 +69,9 @@ def parse_hub(spec: str) -> HubRef:
     path = rest.strip("/")
     if not path:
         return HubRef(repo_id, "safetensors", revision=rev)
+    problem = path_problem(path)
+    if problem is not None:
+        raise UsageError(f"{ascii(spec)}: the file name {ascii(path)} has {problem}; name a file in the repo")
     if path.endswith(".gguf"):
         return HubRef(repo_id, "gguf", path=path, revision=rev)
     if path.endswith(".safetensors"):

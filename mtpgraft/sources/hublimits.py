@@ -1,0 +1,204 @@
+"""How long and how slowly the Hub may answer, and what it may name: the bounds on hostile answers.
+
+Every request made while reading a Hub source (huggingface_hub's model_info and tree listing, and
+mtpgraft's own range GETs, all through the client's one HTTP session) runs under:
+
+    connect timeout   CONNECT_TIMEOUT s to open the connection
+    read timeout      READ_TIMEOUT s of silence ends the request
+    minimum rate      once a request has run READ_TIMEOUT s, it must average MIN_RATE bytes/s
+    deadline          no request runs longer than DEADLINE s (a range that needs longer resumes)
+
+Each is overridable by an environment variable (MTPGRAFT_HUB_CONNECT_TIMEOUT, _READ_TIMEOUT,
+_MIN_RATE, _DEADLINE), read when a Hub source is opened. A request cut by them fails like a dropped
+connection: the range reader's retry rule applies, then one line says what to re-run.
+
+Names the Hub gives are checked before they touch the disk: a commit is 40 hex digits, a file name
+relative, without `..`, control characters or a leading `/`, and no longer than a filesystem takes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import HubError
+
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 30.0
+MIN_RATE = 16 * 1024  # bytes/s, averaged over a request once it has run READ_TIMEOUT s
+DEADLINE = 1800.0  # s per request
+
+HEADER_CAP = 256 * 1024 * 1024  # a GGUF header (tokenizer included) larger than this is refused unread
+NAME_MAX = 255  # bytes per path component (ext4, XFS, btrfs)
+PATH_MAX = 4096  # bytes per path (Linux)
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class HubLimits:
+    connect: float = CONNECT_TIMEOUT
+    read: float = READ_TIMEOUT
+    min_rate: float = MIN_RATE
+    deadline: float | None = DEADLINE
+
+    @classmethod
+    def from_env(cls) -> HubLimits:
+        def get(name: str, default: float) -> float:
+            raw = os.environ.get(f"MTPGRAFT_HUB_{name}", "")
+            try:
+                value = float(raw) if raw else default
+            except ValueError:
+                value = default
+            return value if value > 0 else default
+
+        return cls(get("CONNECT_TIMEOUT", CONNECT_TIMEOUT), get("READ_TIMEOUT", READ_TIMEOUT),
+                   get("MIN_RATE", MIN_RATE), get("DEADLINE", DEADLINE))
+
+
+# --------------------------------------------------------------------------- names
+
+
+def check_commit(sha: object, where: str) -> str:
+    """A commit id the Hub gave: 40 lowercase hex digits, nothing else (it becomes a cache folder)."""
+    if not isinstance(sha, str) or not _COMMIT.fullmatch(sha):
+        raise HubError(f"{where}: the Hub gave {_shown(sha)} as the commit, not a 40-hex-digit commit id; "
+                       "refusing to use it")
+    return sha
+
+
+def path_problem(path: object) -> str | None:
+    """Why a repo file name cannot be used as one (None when it can)."""
+    if not isinstance(path, str) or not path:
+        return "not a name"
+    if _CONTROL.search(path):
+        return "a control character"
+    if path.startswith("/") or "\\" in path:
+        return "an absolute path" if path.startswith("/") else "a backslash"
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "an empty, '.' or '..' component"
+    if len(path.encode("utf-8", "surrogatepass")) > PATH_MAX:
+        return f"longer than {PATH_MAX} bytes"
+    if any(len(p.encode("utf-8", "surrogatepass")) > NAME_MAX for p in parts):
+        return f"a component longer than {NAME_MAX} bytes"
+    return None
+
+
+def check_path(path: object, where: str) -> str:
+    problem = path_problem(path)
+    if problem is not None:
+        raise HubError(f"{where}: the Hub lists a file named {_shown(path)} ({problem}); refusing to use it")
+    assert isinstance(path, str)
+    return path
+
+
+def _shown(value: object) -> str:
+    """A name from the Hub as one short, printable line."""
+    text = ascii(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --------------------------------------------------------------------------- the session's bounds
+
+_ACTIVE: contextvars.ContextVar[HubLimits | None] = contextvars.ContextVar("mtpgraft_hub_limits", default=None)
+_installed = False
+
+
+@contextmanager
+def bounded(limits: HubLimits | None = None) -> Iterator[HubLimits]:
+    """Run the block's Hub requests under `limits` (default: the constants and their variables)."""
+    lim = limits or HubLimits.from_env()
+    _install()
+    token = _ACTIVE.set(lim)
+    try:
+        yield lim
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active() -> HubLimits | None:
+    return _ACTIVE.get()
+
+
+def _install() -> None:
+    """Give the client's shared HTTP session two hooks (once per process). They do nothing outside
+    `bounded`, so pushes and everything else keep the client's own behaviour."""
+    global _installed
+    if _installed:
+        return
+    from huggingface_hub import set_client_factory
+
+    try:
+        from huggingface_hub.utils._http import default_client_factory
+    except ImportError:  # pragma: no cover - another client version
+        import httpx2
+
+        def default_client_factory() -> Any:
+            return httpx2.Client(follow_redirects=True, timeout=None)
+
+    def factory() -> Any:
+        client = default_client_factory()
+        hooks = client.event_hooks
+        client.event_hooks = {"request": [*hooks.get("request", []), _on_request],
+                              "response": [*hooks.get("response", []), _on_response]}
+        return client
+
+    set_client_factory(factory)
+    _installed = True
+
+
+def _on_request(request: Any) -> None:
+    lim = _ACTIVE.get()
+    if lim is None:
+        return
+    given = dict(request.extensions.get("timeout") or {})
+    want = {"connect": lim.connect, "read": lim.read, "write": lim.read, "pool": lim.connect}
+    # the tighter of the caller's timeout and ours (huggingface_hub often passes none at all)
+    request.extensions["timeout"] = {k: v if given.get(k) is None else min(given[k], v) for k, v in want.items()}
+    request.extensions["mtpgraft_started"] = time.monotonic()
+
+
+def _on_response(response: Any) -> None:
+    lim = _ACTIVE.get()
+    if lim is None:
+        return
+    started = response.request.extensions.get("mtpgraft_started", time.monotonic())
+    response.stream = _paced(response.stream, lim, started)
+
+
+def _paced(inner: Any, lim: HubLimits, started: float) -> Any:
+    import httpx2
+
+    class Paced(httpx2.SyncByteStream):
+        """A response body that ends with a timeout when it comes too slowly or too late."""
+
+        def __iter__(self) -> Iterator[bytes]:
+            got = 0
+            for chunk in inner:
+                got += len(chunk)
+                _pace(lim, started, got)
+                yield chunk
+
+        def close(self) -> None:
+            inner.close()
+
+    return Paced()
+
+
+def _pace(lim: HubLimits, started: float, got: int) -> None:
+    import httpx2
+
+    took = time.monotonic() - started
+    if lim.deadline is not None and took > lim.deadline:
+        raise httpx2.ReadTimeout(f"no answer within the {lim.deadline:g} s deadline")
+    if took > lim.read and got / took < lim.min_rate:
+        raise httpx2.ReadTimeout(f"the answer came at {got / took:,.0f} bytes/s, under the minimum of "
+                                 f"{lim.min_rate:,.0f}")
