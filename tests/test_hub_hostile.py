@@ -161,9 +161,9 @@ def test_a_graft_leaves_no_lock_file_and_no_partial_file(hub, models, tmp_path):
 # --------------------------------------------------------------------------- headers that claim the impossible
 
 
-def claim_size(hub, size: int) -> None:
+def claim_size(hub, size: int, name: str = FILE) -> None:
     """The listing and every 206 say the file has `size` bytes."""
-    hub.hostile.tree = lambda entries: [{**e, "size": size} if e["path"] == FILE else e for e in entries]
+    hub.hostile.tree = lambda entries: [{**e, "size": size} if e["path"] == name else e for e in entries]
     hub.hostile.content_range = lambda a, b, n: f"bytes {a}-{b - 1}/{size}"
 
 
@@ -374,3 +374,45 @@ def test_config_counts_no_model_has_are_refused_before_any_list_is_sized(hub, mo
     headers = sum(8 + int.from_bytes(files[f][:8], "little") for f in set(index.values()))
     assert hub.bytes_sent <= len(files["config.json"]) + len(files["model.safetensors.index.json"]) + headers
     no_ranges(tmp_path)
+
+
+def test_a_config_past_the_cap_is_refused_unread(hub, models, tmp_path):
+    from mtpgraft.sources.checkpoints import build_checkpoint
+
+    ckpt = build_checkpoint(tmp_path / "made" / "Qwen-tiny", "dense-bf16")
+    c = hub.put_files("tester/Qwen-tiny", {p.name: p.read_bytes() for p in ckpt.iterdir()})
+    claim_size(hub, 2**31, "config.json")
+    r = attach(tmp_path, hub, models, spec="hf://tester/Qwen-tiny")
+    assert one_line(r, 3) == (f"hf://tester/Qwen-tiny/config.json@{c[:12]}: 2,147,483,648 bytes, past the 64 MiB mtpgraft reads "
+                              "of a config or index (they take kilobytes); refusing it unread")
+    assert hub.bytes_sent == 0
+    no_ranges(tmp_path)
+
+
+# --------------------------------------------------------------------------- check hf:// (the listing llama.cpp's -hf reads)
+
+
+@pytest.mark.parametrize("case", ["commit", "name", "silent"])
+def test_check_hf_listing_is_confined_and_timed_out(hub, models, tmp_path, monkeypatch, case):
+    """`check hf://` lists the repo before llama-server -hf downloads anything: a forged branch
+    commit, a name that is no relative path and a Hub that never answers each end there."""
+    from mtpgraft.errors import HubError
+    from mtpgraft.hub.remote import HfRef, repo_listing
+
+    for k, v in FAST.items():
+        monkeypatch.setenv(k, v)
+    c = put(hub, models["donor"].read_bytes())
+    want = {"commit": "the Hub gave '../../..' as the commit, not a 40-hex-digit commit id; refusing to use it",
+            "name": "the Hub lists a file named '../x-Q8_0.gguf' (an empty, '.' or '..' component); refusing to use it",
+            "silent": f"cannot reach {hub.url}"}[case]
+    if case == "commit":
+        hub.hostile.sha = "../../.."
+    elif case == "name":
+        hub.hostile.tree = lambda entries: [{**e, "path": "../x-Q8_0.gguf"} for e in entries]
+    else:
+        hub.hostile.silent = "/refs"
+    t0 = time.monotonic()
+    with pytest.raises(HubError) as e:
+        repo_listing(HfRef(DONOR, "Q8_0"), endpoint=hub.url)
+    assert time.monotonic() - t0 < 10
+    assert want in str(e.value) and "\n" not in str(e.value) and c

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # numpy and gguf-py: loaded only when a safetensors head is c
     from . import convert
 
 INDEX = "model.safetensors.index.json"
+JSON_CAP = 64 * 1024 * 1024  # config.json and the safetensors index are read whole up to this size
 Precheck = Callable[[Path], None]
 
 
@@ -274,6 +275,15 @@ def _st_headers(files: donor.Files, names: list[str]) -> tuple[list[STHeader], i
     return out, nread
 
 
+def _read_json_file(files: donor.Files, path: str) -> tuple[bytes, int]:
+    """config.json or the index, whole; one larger than JSON_CAP is refused before it is read."""
+    size = files.size(path)
+    if size > JSON_CAP:
+        raise SourceError(f"{files.label(path)}: {size:,} bytes, past the {JSON_CAP // 2**20} MiB mtpgraft reads "
+                          "of a config or index (they take kilobytes); refusing it unread")
+    return (files.read(path, 0, size) if size else b""), size
+
+
 def _mtp_shards(files: donor.Files, all_files: list[str], folder: str, label: str,
                 is_mtp: Callable[[str], bool]) -> tuple[list[str], int]:
     """The shards to read headers of: those holding mtp.* (by the index), the one before them (the
@@ -281,8 +291,8 @@ def _mtp_shards(files: donor.Files, all_files: list[str], folder: str, label: st
     first 2-D tensor of the whole checkpoint)."""
     index = f"{folder}{INDEX}"
     if index in all_files:
-        size = files.size(index)
-        wm = weight_map(files.read(index, 0, size), files.label(index))
+        raw, size = _read_json_file(files, index)
+        wm = weight_map(raw, files.label(index))
         shards = sorted(set(wm.values()))
         mtp = sorted({f for n, f in wm.items() if is_mtp(n)})
         if not mtp:
@@ -304,8 +314,7 @@ def _plan_safetensors(files: donor.Files, folder: str, listing: list[str], singl
     from . import convert
 
     config_path = f"{folder}config.json"
-    size = files.size(config_path)
-    raw = files.read(config_path, 0, size)
+    raw, size = _read_json_file(files, config_path)
     try:
         config = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
