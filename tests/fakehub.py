@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -136,6 +137,7 @@ class Hostile:
     drip: tuple[str, float] | None = None  # (path pattern, seconds per byte): bodies sent a byte at a time
     content_range: Callable[[int, int, int], str] | None = None  # (start, end, size) -> a 206's Content-Range
     body: Callable[[bytes], bytes] | None = None  # what a 206's body becomes (Content-Length follows it)
+    answer: Callable[[str, Any], Any] | None = None  # (path, JSON answer) -> what /api/ answers instead
 
 
 class HubError(Exception):
@@ -177,10 +179,10 @@ class FakeHub:
         class Handler(_Handler):
             fake = hub
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         # The CDN is another origin (port), as on huggingface.co: clients stop following there and
         # read the file's metadata from the Hub's redirect answer.
-        self.cdn = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.cdn = _Server(("127.0.0.1", 0), Handler)
         for srv in (self.server, self.cdn):
             srv.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -290,6 +292,13 @@ class FakeHub:
                 for p in self.cas_dir.rglob("*") if p.is_file()}
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (it refused an answer, or timed out) is no error of the fake's."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeHub
     protocol_version = "HTTP/1.1"
@@ -314,6 +323,10 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(n) if n else b""
 
     def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+        edit = self.fake.hostile.answer
+        if edit is not None and status < 300 and not isinstance(body, (bytes, bytearray)) \
+                and urlsplit(self.path).path.startswith("/api/"):
+            body = edit(urlsplit(self.path).path, body)
         if isinstance(body, (bytes, bytearray)):
             data, ctype = bytes(body), "application/octet-stream"
         elif body is None:

@@ -28,6 +28,8 @@ from ..tools import run_tool
 from .client import hub_errors, make_api
 
 if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
     from ..check.server import ServerTool
 
 HF_SCHEME = "hf://"
@@ -113,18 +115,25 @@ class RemoteResolution:
 
 def repo_listing(ref: HfRef, *, endpoint: str, token: str | None = None) -> tuple[str, list[str]]:
     """main's commit and the repo's file paths in the order the Hub's recursive tree lists them."""
+    api = make_api(endpoint=endpoint, token=token)
+    try:
+        with bounded(), hub_errors(api=api, repo_id=ref.repo_id, action="list the repo"):
+            return _listing(ref, api, endpoint)
+    except (KeyError, TypeError, AttributeError, RecursionError) as e:  # an answer that is no listing
+        raise HubError(f"{ref}: the Hub's listing cannot be read ({type(e).__name__}); refusing it") from None
+
+
+def _listing(ref: HfRef, api: HfApi, endpoint: str) -> tuple[str, list[str]]:
     from huggingface_hub.hf_api import RepoFile
 
-    api = make_api(endpoint=endpoint, token=token)
-    with bounded(), hub_errors(api=api, repo_id=ref.repo_id, action="list the repo"):
-        refs = api.list_repo_refs(ref.repo_id)
-        branches = {b.name: b.target_commit for b in refs.branches}
-        commit = branches.get("main") or next(iter(branches.values()), None)
-        if commit is None:
-            raise HubError(f"{ref.repo_id} has no branch on {endpoint}: nothing for llama.cpp to download")
-        check_commit(commit, str(ref))
-        paths = [e.path for e in api.list_repo_tree(ref.repo_id, revision=commit, recursive=True)
-                 if isinstance(e, RepoFile)]
+    refs = api.list_repo_refs(ref.repo_id)
+    branches = {b.name: b.target_commit for b in refs.branches}
+    commit = branches.get("main") or next(iter(branches.values()), None)
+    if commit is None:
+        raise HubError(f"{ref.repo_id} has no branch on {endpoint}: nothing for llama.cpp to download")
+    check_commit(commit, str(ref))
+    paths = [e.path for e in api.list_repo_tree(ref.repo_id, revision=commit, recursive=True)
+             if isinstance(e, RepoFile)]
     return commit, [check_path(p, str(ref)) for p in paths]
 
 

@@ -350,6 +350,6 @@ def describe(e: BaseException, ref: HubRef, api: HfApi) -> str | None:
         return f"cannot reach {api.endpoint} ({_one_line(e)}): check the endpoint and the network, then run the same command again"
     if isinstance(e, HFValidationError):  # the client refused a name before asking (e.g. `..` in it)
         return f"{ref.label()}: huggingface_hub refused it ({_one_line(e)})"
-    if isinstance(e, (KeyError, TypeError, ValueError, AttributeError)):  # an answer that is no answer
+    if isinstance(e, (KeyError, TypeError, ValueError, AttributeError, RecursionError)):  # no answer at all
         return f"{ref.label()}: the Hub's answer cannot be read ({type(e).__name__}: {_one_line(e)}); refusing it"
     return None
