@@ -416,3 +416,16 @@ def test_check_hf_listing_is_confined_and_timed_out(hub, models, tmp_path, monke
         repo_listing(HfRef(DONOR, "Q8_0"), endpoint=hub.url)
     assert time.monotonic() - t0 < 10
     assert want in str(e.value) and "\n" not in str(e.value) and c
+
+
+def test_an_api_answer_past_the_cap_is_refused(hub, models, tmp_path):
+    """A tree listing of 2,000 entries against a 10,000-byte answer cap (the default is 64 MiB)."""
+    put(hub, models["donor"].read_bytes())
+    hub.hostile.answer = lambda path, body: body + [{"type": "file", "path": f"f{i}", "size": 1, "oid": "0" * 40}
+                                                    for i in range(2000)] if "/tree/" in path else body
+    r = attach(tmp_path, hub, models, env={"MTPGRAFT_HUB_ANSWER_CAP": "10000"})
+    msg = one_line(r, 6)
+    assert msg.startswith(f"the Hub's answer to '/api/models/{DONOR}/tree/") and msg.endswith(
+        "' is larger than 10,000 bytes; refusing it")
+    assert hub.bytes_sent == 0
+    no_ranges(tmp_path)

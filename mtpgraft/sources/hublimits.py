@@ -7,9 +7,10 @@ mtpgraft's own range GETs, all through the client's one HTTP session) runs under
     read timeout      READ_TIMEOUT s of silence ends the request
     minimum rate      once a request has run READ_TIMEOUT s, it must average MIN_RATE bytes/s
     deadline          no request runs longer than DEADLINE s (a range that needs longer resumes)
+    answer cap        an /api/ answer (model_info, the tree listing) past ANSWER_CAP bytes is refused
 
 Each is overridable by an environment variable (MTPGRAFT_HUB_CONNECT_TIMEOUT, _READ_TIMEOUT,
-_MIN_RATE, _DEADLINE), read when a Hub source is opened. A request cut by them fails like a dropped
+_MIN_RATE, _DEADLINE, _ANSWER_CAP), read when a Hub source is opened. A request cut by them fails like a dropped
 connection: the range reader's retry rule applies, then one line says what to re-run.
 
 Names the Hub gives are checked before they touch the disk: a commit is 40 hex digits, a file name
@@ -33,6 +34,7 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 MIN_RATE = 16 * 1024  # bytes/s, averaged over a request once it has run READ_TIMEOUT s
 DEADLINE = 1800.0  # s per request
+ANSWER_CAP = 64 * 1024 * 1024  # bytes of one /api/ answer (a tree of 100k files takes ~20 MB)
 
 HEADER_CAP = 256 * 1024 * 1024  # a GGUF header (tokenizer included) larger than this is refused unread
 NAME_MAX = 255  # bytes per path component (ext4, XFS, btrfs)
@@ -48,6 +50,7 @@ class HubLimits:
     read: float = READ_TIMEOUT
     min_rate: float = MIN_RATE
     deadline: float | None = DEADLINE
+    answer_cap: float = ANSWER_CAP
 
     @classmethod
     def from_env(cls) -> HubLimits:
@@ -60,7 +63,7 @@ class HubLimits:
             return value if value > 0 else default
 
         return cls(get("CONNECT_TIMEOUT", CONNECT_TIMEOUT), get("READ_TIMEOUT", READ_TIMEOUT),
-                   get("MIN_RATE", MIN_RATE), get("DEADLINE", DEADLINE))
+                   get("MIN_RATE", MIN_RATE), get("DEADLINE", DEADLINE), get("ANSWER_CAP", ANSWER_CAP))
 
 
 # --------------------------------------------------------------------------- names
@@ -171,10 +174,19 @@ def _on_response(response: Any) -> None:
     if lim is None:
         return
     started = response.request.extensions.get("mtpgraft_started", time.monotonic())
-    response.stream = _paced(response.stream, lim, started)
+    path = response.request.url.path
+    cap = lim.answer_cap if path.startswith("/api/") else None
+    said = response.headers.get("Content-Length", "")
+    if cap is not None and said.isdigit() and int(said) > cap:
+        raise _too_large(path, cap)
+    response.stream = _paced(response.stream, lim, started, path, cap)
 
 
-def _paced(inner: Any, lim: HubLimits, started: float) -> Any:
+def _too_large(path: str, cap: float) -> HubError:
+    return HubError(f"the Hub's answer to {_shown(path)} is larger than {cap:,.0f} bytes; refusing it")
+
+
+def _paced(inner: Any, lim: HubLimits, started: float, path: str, cap: float | None) -> Any:
     import httpx2
 
     class Paced(httpx2.SyncByteStream):
@@ -184,6 +196,8 @@ def _paced(inner: Any, lim: HubLimits, started: float) -> Any:
             got = 0
             for chunk in inner:
                 got += len(chunk)
+                if cap is not None and got > cap:
+                    raise _too_large(path, cap)
                 _pace(lim, started, got)
                 yield chunk
 
