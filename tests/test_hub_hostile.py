@@ -429,3 +429,20 @@ def test_an_api_answer_past_the_cap_is_refused(hub, models, tmp_path):
         "' is larger than 10,000 bytes; refusing it")
     assert hub.bytes_sent == 0
     no_ranges(tmp_path)
+
+
+def test_a_base_download_of_100_byte_answers_gets_a_bounded_number_of_requests(hub, models, tmp_path,
+                                                                               monkeypatch):
+    """huggingface_hub's own download forgives any progress; the bound holds all the same."""
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # its waits between tries
+    hub.put_files(DONOR, {"Tiny-base-F16.gguf": models["base"].read_bytes()})
+    hub.drop("/_cdn/", after=100, times=10**6)
+    out = tmp_path / "out" / "o.gguf"
+    out.parent.mkdir()
+    r = CliRunner().invoke(cli, ["attach", f"hf://{DONOR}/Tiny-base-F16.gguf", "--mtp-from", str(models["donor"]),
+                                 "-o", str(out), "--endpoint", hub.url], env=FAST)
+    msg = one_line(r, 6)
+    assert msg.startswith("downloading '/_cdn/repos/") and "failed 5 times, each answer cut before 65,536 bytes" in msg
+    assert msg.endswith("; run the same command again: what was fetched is kept")
+    assert len(hub.downloads("/_cdn/")) == 5 and hub.bytes_sent == 500
+    assert not out.exists()

@@ -31,14 +31,12 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from ..errors import HubError, Setting, Text
-from .hublimits import HubLimits, bounded, check_commit, check_path
+from .hublimits import PROGRESS_MIN, RETRIES, HubLimits, bounded, check_commit, check_path
 from .spec import HubRef
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
-RETRIES = 5
-PROGRESS_MIN = 64 * 1024  # bytes an answer must bring (or the rest of its range) to count as progress
 Progress = Callable[[int], None]
 
 

@@ -36,6 +36,8 @@ MIN_RATE = 16 * 1024  # bytes/s, averaged over a request once it has run READ_TI
 DEADLINE = 1800.0  # s per request
 ANSWER_CAP = 64 * 1024 * 1024  # bytes of one /api/ answer (a tree of 100k files takes ~20 MB)
 
+RETRIES = 5  # failed tries of one range (or one download) before one line says what to re-run
+PROGRESS_MIN = 64 * 1024  # bytes an answer must bring (or the rest of its range) to count as progress
 HEADER_CAP = 256 * 1024 * 1024  # a GGUF header (tokenizer included) larger than this is refused unread
 NAME_MAX = 255  # bytes per path component (ext4, XFS, btrfs)
 PATH_MAX = 4096  # bytes per path (Linux)
@@ -111,24 +113,28 @@ def _shown(value: object) -> str:
 
 # --------------------------------------------------------------------------- the session's bounds
 
-_ACTIVE: contextvars.ContextVar[HubLimits | None] = contextvars.ContextVar("mtpgraft_hub_limits", default=None)
+@dataclass
+class _Scope:
+    limits: HubLimits
+    short: dict[str, int] | None  # per URL path: answers cut before PROGRESS_MIN bytes (None: not counted)
+
+
+_ACTIVE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("mtpgraft_hub_limits", default=None)
 _installed = False
 
 
 @contextmanager
-def bounded(limits: HubLimits | None = None) -> Iterator[HubLimits]:
-    """Run the block's Hub requests under `limits` (default: the constants and their variables)."""
+def bounded(limits: HubLimits | None = None, *, count_short: bool = False) -> Iterator[HubLimits]:
+    """Run the block's Hub requests under `limits` (default: the constants and their variables).
+    count_short: for a client that retries on its own and forgives any progress (huggingface_hub's
+    whole-file download): the RETRIES-th answer of one URL cut before PROGRESS_MIN bytes ends it."""
     lim = limits or HubLimits.from_env()
     _install()
-    token = _ACTIVE.set(lim)
+    token = _ACTIVE.set(_Scope(lim, {} if count_short else None))
     try:
         yield lim
     finally:
         _ACTIVE.reset(token)
-
-
-def active() -> HubLimits | None:
-    return _ACTIVE.get()
 
 
 def _install() -> None:
@@ -159,9 +165,10 @@ def _install() -> None:
 
 
 def _on_request(request: Any) -> None:
-    lim = _ACTIVE.get()
-    if lim is None:
+    scope = _ACTIVE.get()
+    if scope is None:
         return
+    lim = scope.limits
     given = dict(request.extensions.get("timeout") or {})
     want = {"connect": lim.connect, "read": lim.read, "write": lim.read, "pool": lim.connect}
     # the tighter of the caller's timeout and ours (huggingface_hub often passes none at all)
@@ -170,23 +177,24 @@ def _on_request(request: Any) -> None:
 
 
 def _on_response(response: Any) -> None:
-    lim = _ACTIVE.get()
-    if lim is None:
+    scope = _ACTIVE.get()
+    if scope is None:
         return
+    lim = scope.limits
     started = response.request.extensions.get("mtpgraft_started", time.monotonic())
     path = response.request.url.path
     cap = lim.answer_cap if path.startswith("/api/") else None
     said = response.headers.get("Content-Length", "")
     if cap is not None and said.isdigit() and int(said) > cap:
         raise _too_large(path, cap)
-    response.stream = _paced(response.stream, lim, started, path, cap)
+    response.stream = _paced(response.stream, scope, started, path, cap)
 
 
 def _too_large(path: str, cap: float) -> HubError:
     return HubError(f"the Hub's answer to {_shown(path)} is larger than {cap:,.0f} bytes; refusing it")
 
 
-def _paced(inner: Any, lim: HubLimits, started: float, path: str, cap: float | None) -> Any:
+def _paced(inner: Any, scope: _Scope, started: float, path: str, cap: float | None) -> Any:
     import httpx2
 
     class Paced(httpx2.SyncByteStream):
@@ -194,17 +202,31 @@ def _paced(inner: Any, lim: HubLimits, started: float, path: str, cap: float | N
 
         def __iter__(self) -> Iterator[bytes]:
             got = 0
-            for chunk in inner:
-                got += len(chunk)
-                if cap is not None and got > cap:
-                    raise _too_large(path, cap)
-                _pace(lim, started, got)
-                yield chunk
+            try:
+                for chunk in inner:
+                    got += len(chunk)
+                    if cap is not None and got > cap:
+                        raise _too_large(path, cap)
+                    _pace(scope.limits, started, got)
+                    yield chunk
+            except httpx2.TransportError as e:
+                _count_short(scope, path, got, e)
+                raise
 
         def close(self) -> None:
             inner.close()
 
     return Paced()
+
+
+def _count_short(scope: _Scope, path: str, got: int, e: BaseException) -> None:
+    if scope.short is None or got >= PROGRESS_MIN:
+        return
+    n = scope.short[path] = scope.short.get(path, 0) + 1
+    if n >= RETRIES:
+        raise HubError(f"downloading {_shown(path)} failed {n} times, each answer cut before {PROGRESS_MIN:,} bytes "
+                       f"({' '.join(str(e).split())[:120] or type(e).__name__}); run the same command again: "
+                       "what was fetched is kept") from None
 
 
 def _pace(lim: HubLimits, started: float, got: int) -> None:

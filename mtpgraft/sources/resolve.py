@@ -14,7 +14,8 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -424,12 +425,28 @@ def resolve_base(spec: str | os.PathLike[str], *, token: str | None = None,
     from .hublimits import HubLimits, bounded
 
     local = []
-    # the client's own download (resumable, into its cache): timeouts and the minimum rate, no deadline
-    with source_errors(ref, api), bounded(replace(HubLimits.from_env(), deadline=None)):
+    # the client's own download (resumable, into its cache): timeouts and the minimum rate, no
+    # deadline; its retries forgive any progress, so answers cut short are counted here
+    limits = replace(HubLimits.from_env(), deadline=None)
+    with source_errors(ref, api), bounded(limits, count_short=True), _client_quiet():
         for n in names:
             local.append(hf_hub_download(ref.repo_id, n, revision=repo.commit, token=api.token,
                                          endpoint=api.endpoint))
     return Path(local[0])
+
+
+@contextmanager
+def _client_quiet() -> Iterator[None]:
+    """huggingface_hub's warnings off (each retry logs one): mtpgraft's one line says what failed."""
+    import logging
+
+    log = logging.getLogger("huggingface_hub")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def plan_attach_from(base: str | os.PathLike[str], source: str | os.PathLike[str], out: str | os.PathLike[str], *,
