@@ -52,14 +52,14 @@ def cache_files(tmp_path: Path) -> list[Path]:
 
 
 def attach(tmp_path: Path, hub, models, spec: str = SPEC, env: dict[str, str] | None = None, *,
-           resumable: bool = False):
+           resumable: bool = False, extra: tuple[str, ...] = ()):
     """Run attach against the loopback Hub; return the result after the common promises (a fetch
     that failed, `resumable`, keeps what it received as a .part for the next run)."""
     before = files_outside(tmp_path)
     out = tmp_path / "out" / "o.gguf"
     out.parent.mkdir(exist_ok=True)
     r = CliRunner().invoke(cli, ["attach", str(models["base"]), "--mtp-from", spec, "-o", str(out),
-                                 "--endpoint", hub.url], env={**FAST, **(env or {})})
+                                 "--endpoint", hub.url, *extra], env={**FAST, **(env or {})})
     assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
     assert "Traceback" not in r.output
     made = files_outside(tmp_path) - before
@@ -239,15 +239,17 @@ def test_a_2tb_mtp_tensor_the_listing_agrees_with_is_refused_by_the_base_before_
     no_ranges(tmp_path)
 
 
-def test_a_shape_the_base_refuses_is_refused_before_a_tensor_byte_travels(hub, models, tmp_path):
-    """The same refusal --dry-run gives, given by the real run on the header alone."""
+@pytest.mark.parametrize("dry_run", [(), ("--dry-run",)])
+def test_a_shape_the_base_refuses_is_refused_before_a_tensor_byte_travels(hub, models, tmp_path, dry_run):
+    """The same refusal --dry-run gives, given by the real run on the header alone; neither keeps
+    the header's ranges."""
     def transpose(ts):
         return [type(t)(t.name, tuple(reversed(t.ne)), t.ggml_type, t.nbytes, t.src_path, t.src_offset, t.produce)
                 if t.name == "blk.4.ffn_down.weight" else t for t in ts]
 
     data = donor_variant(models, tmp_path, "transposed.gguf", tensors=transpose)
     put(hub, data)
-    r = attach(tmp_path, hub, models)
+    r = attach(tmp_path, hub, models, extra=dry_run)
     assert one_line(r, 3) == ("MTP tensor blk.4.ffn_down.weight has shape [256, 512] but the base's "
                               "blk.3.ffn_down.weight is [512, 256]: the source was made for another model size")
     header = GGUFModel(models["donor"]).shards[0].data_offset

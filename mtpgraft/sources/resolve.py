@@ -112,9 +112,8 @@ def resolve_mtp_source(spec: str | os.PathLike[str], *, base: str | os.PathLike[
             return _hub_gguf(text, ref, repo, path, base_model, prog, plan_only, precheck)
         except FetchFailed:
             raise  # the Hub or the network failed: what was fetched stays for the rerun
-        except BaseException as e:
-            if isinstance(e, MtpgraftError):
-                repo.discard()
+        except MtpgraftError:
+            repo.discard()  # a refused source: none of its ranges stay
             raise
     return _local_safetensors(text, p, base_model, outtype, plan_only)
 
@@ -215,6 +214,17 @@ def _precheck(precheck: Precheck | None, write_header: Callable[[Path], None]) -
         tmp.unlink(missing_ok=True)
 
 
+def _planned(precheck: Precheck | None, header_only: Path) -> None:
+    """--dry-run's header-only file, checked like the real run's twin (removed when refused)."""
+    if precheck is None:
+        return
+    try:
+        precheck(header_only)
+    except BaseException:
+        header_only.unlink(missing_ok=True)
+        raise
+
+
 def _write_atomic(out: Path, write: Callable[[Path], None]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with PendingOutput(out) as tmp:
@@ -236,6 +246,7 @@ def _hub_gguf(spec: str, ref: HubRef, repo: HubRepo, path: str, base: GGUFModel 
     out, cached = _target(plan_only, "hub-gguf", repo.api.endpoint, repo.repo_id, repo.commit, path)
     if plan_only:
         donor.write_tensors_only(head, None, out, origin)
+        _planned(precheck, out)
     elif not cached:
         _precheck(precheck, lambda tmp: donor.write_tensors_only(head, None, tmp, origin))
         spans = [(t.shard, t.start, t.end) for t in head.tensors]
@@ -385,6 +396,7 @@ def _hub_safetensors(spec: str, ref: HubRef, repo: HubRepo, base: GGUFModel | No
                           outtype)
     if plan_only:
         convert.write_head(plan, None, out, extra_kvs=_head_extra(origin, plan))
+        _planned(precheck, out)
     elif not cached:
         _precheck(precheck, lambda tmp: convert.write_head(plan, None, tmp, extra_kvs=_head_extra(origin, plan)))
         spans = [(f, t.start, t.end) for f, t in plan.ranges()]
