@@ -120,7 +120,6 @@ class _Scope:
 
 
 _ACTIVE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("mtpgraft_hub_limits", default=None)
-_installed = False
 
 
 @contextmanager
@@ -138,12 +137,12 @@ def bounded(limits: HubLimits | None = None, *, count_short: bool = False) -> It
 
 
 def _install() -> None:
-    """Give the client's shared HTTP session two hooks (once per process). They do nothing outside
+    """Give the client's shared HTTP session two hooks (unless it has them). They do nothing outside
     `bounded`, so pushes and everything else keep the client's own behaviour."""
-    global _installed
-    if _installed:
+    from huggingface_hub import get_session, set_client_factory
+
+    if _on_request in get_session().event_hooks.get("request", []):
         return
-    from huggingface_hub import set_client_factory
 
     try:
         from huggingface_hub.utils._http import default_client_factory
@@ -161,7 +160,6 @@ def _install() -> None:
         return client
 
     set_client_factory(factory)
-    _installed = True
 
 
 def _on_request(request: Any) -> None:
