@@ -448,3 +448,17 @@ def test_a_base_download_of_100_byte_answers_gets_a_bounded_number_of_requests(h
     assert msg.endswith("; run the same command again: what was fetched is kept")
     assert len(hub.downloads("/_cdn/")) == 5 and hub.bytes_sent == 500
     assert not out.exists()
+
+
+@pytest.mark.parametrize("spec", [f"hf://{DONOR}/../../x.gguf", f"hf://{DONOR}/a/../x.gguf",
+                                  f"hf://{DONOR}/x\n.gguf", f"hf://{DONOR}/x.gguf@main\x1b"])
+def test_a_base_spec_naming_no_file_of_the_repo_is_a_usage_error(hub, models, tmp_path, spec):
+    """A base given as hf:// with `..`, a control character in the name or the revision: refused
+    before the client is asked (it used to reach huggingface_hub's own check as a traceback)."""
+    put(hub, models["donor"].read_bytes())
+    out = tmp_path / "out" / "o.gguf"
+    r = CliRunner().invoke(cli, ["attach", spec, "--mtp-from", str(models["donor"]), "-o", str(out),
+                                 "--endpoint", hub.url], env=FAST)
+    msg = one_line(r, 2)
+    assert msg.startswith(f"{ascii(spec)}: the ") and ("component" in msg or "control character" in msg)
+    assert hub.requests == [] and not out.exists()

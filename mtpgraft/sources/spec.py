@@ -49,6 +49,8 @@ def is_hub(spec: str | Path) -> bool:
 
 def parse_hub(spec: str) -> HubRef:
     """Parse an hf:// reference; a UsageError for anything that is not one of the documented forms."""
+    if not spec.isprintable():
+        raise UsageError(f"{ascii(spec)}: the reference has a control character")
     body = spec[len(HF_PREFIX):]
     m = _REPO_RE.match(body)
     if not m or not m["name"]:
@@ -59,8 +61,6 @@ def parse_hub(spec: str) -> HubRef:
         rest, _, rev = rest.rpartition("@")
     if rev is not None and not rev:
         raise UsageError(f"{spec}: empty revision after @")
-    if rev is not None and not rev.isprintable():
-        raise UsageError(f"{ascii(spec)}: the revision {ascii(rev)} has a control character")
     if rest.startswith(":"):
         quant = rest[1:]
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", quant):
