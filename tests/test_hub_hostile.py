@@ -127,6 +127,8 @@ def test_a_listed_size_that_is_no_size_refuses_the_listing(hub, models, tmp_path
     hub.hostile.tree = lambda entries: [{**e, "size": -5} if e["path"] == FILE else e for e in entries]
     r = attach(tmp_path, hub, models)
     assert one_line(r, 6) == (f"{SPEC}@{c}: the Hub lists '{FILE}' at '-5' bytes, not a size; refusing the listing")
+    assert hub.bytes_sent == 0
+    no_ranges(tmp_path)
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -288,6 +290,8 @@ def test_a_model_info_never_answered_times_out(hub, models, tmp_path):
     assert msg.startswith(f"cannot reach {hub.url} (") and msg.endswith(
         "): check the endpoint and the network, then run the same command again")
     assert "timed out" in msg
+    assert hub.bytes_sent == 0
+    no_ranges(tmp_path)
 
 
 def test_a_listing_dripped_a_byte_at_a_time_is_cut_by_the_deadline(hub, models, tmp_path):
@@ -298,6 +302,8 @@ def test_a_listing_dripped_a_byte_at_a_time_is_cut_by_the_deadline(hub, models, 
     r = attach(tmp_path, hub, models, env={"MTPGRAFT_HUB_READ_TIMEOUT": "30", "MTPGRAFT_HUB_DEADLINE": "1"})
     assert time.monotonic() - t0 < 10
     assert "no answer within the 1 s deadline" in one_line(r, 6)
+    assert hub.bytes_sent == 0
+    no_ranges(tmp_path)
 
 
 def test_100_byte_answers_get_a_bounded_number_of_requests(hub, models, tmp_path):
@@ -341,7 +347,7 @@ def test_a_206_for_another_range_is_refused(hub, models, tmp_path, lie, what):
     msg = one_line(r, 6)
     assert msg.startswith(f"fetching {SPEC}@{c[:12]}: asked for bytes 0-2047/{size}, the Hub answered {what}")
     assert msg.endswith("; refusing the answer")
-    assert len(hub.downloads("/_cdn/")) == 1
+    assert len(hub.downloads("/_cdn/")) == 1 and hub.bytes_sent <= 2048
     no_ranges(tmp_path)
 
 
@@ -353,6 +359,7 @@ def test_a_206_whose_length_is_not_the_range_is_refused(hub, models, tmp_path, b
     n = len(body(bytes(2048)))
     assert one_line(r, 6) == (f"fetching {SPEC}@{c[:12]}: asked for 2,048 bytes, the Hub announced '{n}'; "
                               "refusing the answer")
+    assert hub.bytes_sent <= n
     no_ranges(tmp_path)
 
 
