@@ -138,6 +138,7 @@ class Hostile:
     content_range: Callable[[int, int, int], str] | None = None  # (start, end, size) -> a 206's Content-Range
     body: Callable[[bytes], bytes] | None = None  # what a 206's body becomes (Content-Length follows it)
     answer: Callable[[str, Any], Any] | None = None  # (path, JSON answer) -> what /api/ answers instead
+    endless: bool = False  # every tree page links to a next page (itself)
 
 
 class HubError(Exception):
@@ -574,7 +575,8 @@ class _Handler(BaseHTTPRequestHandler):
         if base and not out:
             raise HubError(404, f"{base} not found", "EntryNotFound")
         edit = self.fake.hostile.tree
-        self._send(200, edit(out) if edit is not None else out)
+        more = {"Link": f'<{self.fake.url}{self.path}>; rel="next"'} if self.fake.hostile.endless else None
+        self._send(200, edit(out) if edit is not None else out, more)
 
     def _paths_info(self, repo_id: str, rev: str) -> None:
         commit = self._commit(self._repo(repo_id), rev)

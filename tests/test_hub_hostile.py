@@ -469,3 +469,16 @@ def test_a_base_spec_naming_no_file_of_the_repo_is_a_usage_error(hub, models, tm
     msg = one_line(r, 2)
     assert msg.startswith(f"{ascii(spec)}: the ") and ("component" in msg or "control character" in msg)
     assert hub.requests == [] and not out.exists()
+
+
+def test_a_listing_that_pages_forever_is_refused(hub, models, tmp_path):
+    """Every tree page links to a next one: the client would follow it forever."""
+    put(hub, models["donor"].read_bytes())
+    hub.hostile.endless = True
+    r = attach(tmp_path, hub, models, env={"MTPGRAFT_HUB_API_ANSWERS": "30"})
+    msg = one_line(r, 6)
+    assert msg.startswith("the Hub gave more than 30 answers to /api/ requests (the last to '/api/models/")
+    assert msg.endswith("); refusing to ask for more")
+    assert len([q for q in hub.requests if q.path.startswith("/api/")]) == 31
+    assert hub.bytes_sent == 0
+    no_ranges(tmp_path)

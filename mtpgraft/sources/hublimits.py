@@ -7,10 +7,11 @@ mtpgraft's own range GETs, all through the client's one HTTP session) runs under
     read timeout      READ_TIMEOUT s of silence ends the request
     minimum rate      once a request has run READ_TIMEOUT s, it must average MIN_RATE bytes/s
     deadline          no request runs longer than DEADLINE s (a range that needs longer resumes)
-    answer cap        an /api/ answer (model_info, the tree listing) past ANSWER_CAP bytes is refused
+    answer cap        an /api/ answer (model_info, the tree listing) past ANSWER_CAP bytes is refused,
+                      and so is a listing of more than API_ANSWERS pages (a `next` link forever)
 
 Each is overridable by an environment variable (MTPGRAFT_HUB_CONNECT_TIMEOUT, _READ_TIMEOUT,
-_MIN_RATE, _DEADLINE, _ANSWER_CAP), read when a Hub source is opened. A request cut by them fails like a dropped
+_MIN_RATE, _DEADLINE, _ANSWER_CAP, _API_ANSWERS), read when a Hub source is opened. A request cut by them fails like a dropped
 connection: the range reader's retry rule applies, then one line says what to re-run.
 
 Names the Hub gives are checked before they touch the disk: a commit is 40 hex digits, a file name
@@ -35,6 +36,7 @@ READ_TIMEOUT = 30.0
 MIN_RATE = 16 * 1024  # bytes/s, averaged over a request once it has run READ_TIMEOUT s
 DEADLINE = 1800.0  # s per request
 ANSWER_CAP = 64 * 1024 * 1024  # bytes of one /api/ answer (a tree of 100k files takes ~20 MB)
+API_ANSWERS = 1000  # /api/ answers in one bounded block (the Hub pages a tree by 1,000 entries)
 
 RETRIES = 5  # failed tries of one range (or one download) before one line says what to re-run
 PROGRESS_MIN = 64 * 1024  # bytes an answer must bring (or the rest of its range) to count as progress
@@ -53,6 +55,7 @@ class HubLimits:
     min_rate: float = MIN_RATE
     deadline: float | None = DEADLINE
     answer_cap: float = ANSWER_CAP
+    api_answers: float = API_ANSWERS
 
     @classmethod
     def from_env(cls) -> HubLimits:
@@ -65,7 +68,8 @@ class HubLimits:
             return value if value > 0 else default
 
         return cls(get("CONNECT_TIMEOUT", CONNECT_TIMEOUT), get("READ_TIMEOUT", READ_TIMEOUT),
-                   get("MIN_RATE", MIN_RATE), get("DEADLINE", DEADLINE), get("ANSWER_CAP", ANSWER_CAP))
+                   get("MIN_RATE", MIN_RATE), get("DEADLINE", DEADLINE), get("ANSWER_CAP", ANSWER_CAP),
+                   get("API_ANSWERS", API_ANSWERS))
 
 
 # --------------------------------------------------------------------------- names
@@ -117,6 +121,7 @@ def _shown(value: object) -> str:
 class _Scope:
     limits: HubLimits
     short: dict[str, int] | None  # per URL path: answers cut before PROGRESS_MIN bytes (None: not counted)
+    api_answers: int = 0
 
 
 _ACTIVE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("mtpgraft_hub_limits", default=None)
@@ -182,6 +187,11 @@ def _on_response(response: Any) -> None:
     started = response.request.extensions.get("mtpgraft_started", time.monotonic())
     path = response.request.url.path
     cap = lim.answer_cap if path.startswith("/api/") else None
+    if cap is not None:
+        scope.api_answers += 1
+        if scope.api_answers > lim.api_answers:
+            raise HubError(f"the Hub gave more than {lim.api_answers:,.0f} answers to /api/ requests (the last to "
+                           f"{_shown(path)}); refusing to ask for more")
     said = response.headers.get("Content-Length", "")
     if cap is not None and said.isdigit() and int(said) > cap:
         raise _too_large(path, cap)
