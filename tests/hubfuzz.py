@@ -27,7 +27,7 @@ FILE = "Tiny-MTP-F16.gguf"
 SPEC = f"hf://{DONOR}/{FILE}"
 # The limits, small: a stalled answer is cut within a second.
 LIMITS = {"MTPGRAFT_HUB_CONNECT_TIMEOUT": "2", "MTPGRAFT_HUB_READ_TIMEOUT": "0.4", "MTPGRAFT_HUB_MIN_RATE": "2000",
-          "MTPGRAFT_HUB_DEADLINE": "3"}
+          "MTPGRAFT_HUB_DEADLINE": "3", "MTPGRAFT_HUB_API_ANSWERS": "40", "MTPGRAFT_HUB_ANSWER_CAP": "200000"}
 EXIT_CODES = {c for kind, c in _errors.EXIT_CODES.items() if not kind.startswith("interrupted")}
 HANG_S = 20.0
 
@@ -78,7 +78,7 @@ def hub_variants(rng: random.Random, n: int) -> Iterator[tuple[str, str, Setup]]
     """n hostile Hubs, the classes taken in turn, each variant drawn from `rng`."""
     classes: list[tuple[str, Callable[[random.Random], tuple[str, Setup]]]] = [
         ("commit", _commit), ("name", _name), ("size", _size), ("content-range", _crange), ("body", _body),
-        ("answer", _answer), ("status", _status), ("drop", _drop), ("stall", _stall)]
+        ("answer", _answer), ("pages", _pages), ("status", _status), ("drop", _drop), ("stall", _stall)]
     for i in range(n):
         cls, make = classes[i % len(classes)]
         name, setup = make(rng)
@@ -125,6 +125,18 @@ def _body(rng: random.Random) -> tuple[str, Setup]:
     def setup(hub: Any, files: dict[str, int]) -> None:
         hub.hostile.body = body
     return "body", setup
+
+
+def _pages(rng: random.Random) -> tuple[str, Setup]:
+    big = rng.random() < 0.5
+
+    def setup(hub: Any, files: dict[str, int]) -> None:
+        if big:  # one answer past the cap
+            hub.hostile.answer = lambda path, body: body + [{"type": "file", "path": f"f{i}", "size": 1}
+                                                            for i in range(9000)] if "/tree/" in path else body
+        else:
+            hub.hostile.endless = True
+    return ("a tree past the answer cap" if big else "a tree paging forever"), setup
 
 
 def _answer(rng: random.Random) -> tuple[str, Setup]:

@@ -49,7 +49,7 @@ def test_hostile_hub_corpus(tmp_path: Path) -> None:
     reference = fingerprint(root / "out" / "o.gguf")["tensors"]
 
     records = []
-    for i, (cls, name, setup) in enumerate(hub_variants(random.Random(27), 45)):
+    for i, (cls, name, setup) in enumerate(hub_variants(random.Random(27), 50)):
         root, hub = fresh(f"case{i}")
         try:
             records.append(run_hub_case(cls, name, setup, hub=hub, root=root, base=base, donor=donor,
