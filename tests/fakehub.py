@@ -23,6 +23,8 @@ X-Linked-Etag (the sha256) and X-Linked-Size, as the Hub does. File bodies honou
 (206 + Content-Range, 416 when unsatisfiable) and carry ETag, Content-Length and
 Accept-Ranges. `hub.bytes_sent` counts file-body bytes sent (per request in `hub.requests`);
 `hub.drop(pattern, after, times)` cuts a matching file body after `after` bytes.
+`hub.hostile` (a Hostile) makes the Hub lie or stall: a forged commit id, an edited tree listing, no
+answer, bodies dripped a byte at a time, a 206 with another Content-Range or other bytes.
 `hub.put_files(repo, {path: bytes})` lays out a repo directly (.gguf and .safetensors files as LFS
 objects); `hub.repos[repo].gated = {users}` gates a repo (files need a user who accepted, as on the Hub).
 """
@@ -34,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -124,6 +127,20 @@ class Drop:
     times: int
 
 
+@dataclass
+class Hostile:
+    """What a hostile Hub does instead of the right answer (each None: answers as it should)."""
+
+    sha: Any = None  # model_info's "sha" and the branches' targetCommit
+    tree: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None  # edits the tree listing
+    silent: str | None = None  # path pattern: such requests are read and never answered
+    drip: tuple[str, float] | None = None  # (path pattern, seconds per byte): bodies sent a byte at a time
+    content_range: Callable[[int, int, int], str] | None = None  # (start, end, size) -> a 206's Content-Range
+    body: Callable[[bytes], bytes] | None = None  # what a 206's body becomes (Content-Length follows it)
+    answer: Callable[[str, Any], Any] | None = None  # (path, JSON answer) -> what /api/ answers instead
+    endless: bool = False  # every tree page links to a next page (itself)
+
+
 class HubError(Exception):
     def __init__(self, status: int, message: str, code: str | None = None,
                  body: dict[str, Any] | None = None) -> None:
@@ -152,6 +169,8 @@ class FakeHub:
         self.faults: list[Fault] = []
         self.drops: list[Drop] = []
         self.bytes_sent = 0
+        self.hostile = Hostile()
+        self.stopping = threading.Event()
         self.on_commit: Callable[[str, dict[str, Any]], HubError | None] | None = None
         self.lock = threading.RLock()
         self._seq = 0
@@ -161,10 +180,10 @@ class FakeHub:
         class Handler(_Handler):
             fake = hub
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         # The CDN is another origin (port), as on huggingface.co: clients stop following there and
         # read the file's metadata from the Hub's redirect answer.
-        self.cdn = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.cdn = _Server(("127.0.0.1", 0), Handler)
         for srv in (self.server, self.cdn):
             srv.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -178,6 +197,7 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()  # silent and dripping answers end
         for srv in (self.server, self.cdn):
             srv.shutdown()
             srv.server_close()
@@ -273,6 +293,13 @@ class FakeHub:
                 for p in self.cas_dir.rglob("*") if p.is_file()}
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (it refused an answer, or timed out) is no error of the fake's."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeHub
     protocol_version = "HTTP/1.1"
@@ -297,6 +324,10 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(n) if n else b""
 
     def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+        edit = self.fake.hostile.answer
+        if edit is not None and status < 300 and not isinstance(body, (bytes, bytearray)) \
+                and urlsplit(self.path).path.startswith("/api/"):
+            body = edit(urlsplit(self.path).path, body)
         if isinstance(body, (bytes, bytearray)):
             data, ctype = bytes(body), "application/octet-stream"
         elif body is None:
@@ -309,9 +340,25 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
         self._status = status
+        if self.command != "HEAD":
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """A body as it is, or a byte at a time when `hostile.drip` matches the path."""
+        drip = self.fake.hostile.drip
+        if drip is None or not re.search(drip[0], urlsplit(self.path).path):
+            self.wfile.write(data)
+            return
+        for i in range(len(data)):
+            if self.fake.stopping.wait(drip[1]):
+                return
+            try:
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+            except OSError:  # the client gave up on us
+                self.close_connection = True
+                return
 
     def _handle(self) -> None:
         fake = self.fake
@@ -322,6 +369,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._sent = 0
         self._logged = False
         parts = [unquote(p) for p in split.path.split("/")[1:]]
+        silent = fake.hostile.silent
+        if silent is not None and re.search(silent, split.path):
+            fake.stopping.wait(60)  # read, never answered
+            self.close_connection = True
+            return self._log()
         try:
             with fake.lock:
                 for f in fake.faults:
@@ -478,14 +530,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _info(self, repo_id: str, rev: str) -> None:
         repo = self._repo(repo_id)
         commit = self._commit(repo, rev)
-        self._send(200, {"id": repo_id, "modelId": repo_id, "sha": commit.oid, "private": repo.private,
+        sha = commit.oid if self.fake.hostile.sha is None else self.fake.hostile.sha
+        self._send(200, {"id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
                          "gated": "manual" if repo.gated is not None else False,
                          "siblings": [{"rfilename": p} for p in sorted(commit.files)],
                          "lastModified": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(commit.date))})
 
     def _refs(self, repo_id: str) -> None:
         repo = self._repo(repo_id)
-        branches = [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": o}
+        forged = self.fake.hostile.sha
+        branches = [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": o if forged is None else forged}
                     for n, o in repo.refs.items() if not n.startswith("refs/")]
         prs = [{"name": n, "ref": n, "targetCommit": o} for n, o in repo.refs.items() if n.startswith("refs/pr/")]
         self._send(200, {"branches": branches, "converts": [], "tags": [], "pullRequests": prs})
@@ -520,7 +574,9 @@ class _Handler(BaseHTTPRequestHandler):
                 for f in sorted(folders)]
         if base and not out:
             raise HubError(404, f"{base} not found", "EntryNotFound")
-        self._send(200, out)
+        edit = self.fake.hostile.tree
+        more = {"Link": f'<{self.fake.url}{self.path}>; rel="next"'} if self.fake.hostile.endless else None
+        self._send(200, edit(out) if edit is not None else out, more)
 
     def _paths_info(self, repo_id: str, rev: str) -> None:
         commit = self._commit(self._repo(repo_id), rev)
@@ -673,8 +729,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._status = 416
                 return
             status = 206
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            lie = self.fake.hostile.content_range
+            headers["Content-Range"] = lie(start, end, size) if lie else f"bytes {start}-{end - 1}/{size}"
         body = data[start:end]
+        if status == 206 and self.fake.hostile.body is not None:
+            body = self.fake.hostile.body(body)
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))
@@ -691,7 +750,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._log()  # before the body goes out: a client that has read it may look at the log at once
         with self.fake.lock:
             self.fake.bytes_sent += len(body)
-        self.wfile.write(body)
+        self._write(body)
         if cut is not None:
             self.close_connection = True
             self.wfile.flush()

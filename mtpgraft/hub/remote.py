@@ -3,7 +3,8 @@
     ref = parse_hf_ref("hf://me/Model-GGUF:Q4_K_M")
     res = resolve_remote(ref, endpoint=..., server=resolve_server())
 
-`resolve_remote` lists the repo (refs -> main's commit -> recursive tree, as llama.cpp does), predicts
+`resolve_remote` lists the repo (refs -> main's commit -> recursive tree, as llama.cpp does; the
+commit and every name checked, every request bounded as in sources.hublimits), predicts
 with naming.hf_resolve which files llama.cpp will take, then starts llama-server with `-hf` pointed
 at the endpoint (MODEL_ENDPOINT) and the standard Hugging Face cache (HF_HUB_CACHE), so the files
 land where huggingface_hub keeps them and are never downloaded twice. What llama.cpp loaded comes
@@ -22,10 +23,13 @@ from typing import TYPE_CHECKING
 
 from .. import naming
 from ..errors import HubError, Setting, Text, ToolFailedError, ToolNotFoundError, UsageError
+from ..sources.hublimits import bounded, check_commit, check_path
 from ..tools import run_tool
 from .client import hub_errors, make_api
 
 if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
     from ..check.server import ServerTool
 
 HF_SCHEME = "hf://"
@@ -111,18 +115,26 @@ class RemoteResolution:
 
 def repo_listing(ref: HfRef, *, endpoint: str, token: str | None = None) -> tuple[str, list[str]]:
     """main's commit and the repo's file paths in the order the Hub's recursive tree lists them."""
+    api = make_api(endpoint=endpoint, token=token)
+    try:
+        with bounded(), hub_errors(api=api, repo_id=ref.repo_id, action="list the repo"):
+            return _listing(ref, api, endpoint)
+    except (KeyError, TypeError, AttributeError, RecursionError) as e:  # an answer that is no listing
+        raise HubError(f"{ref}: the Hub's listing cannot be read ({type(e).__name__}); refusing it") from None
+
+
+def _listing(ref: HfRef, api: HfApi, endpoint: str) -> tuple[str, list[str]]:
     from huggingface_hub.hf_api import RepoFile
 
-    api = make_api(endpoint=endpoint, token=token)
-    with hub_errors(api=api, repo_id=ref.repo_id, action="list the repo"):
-        refs = api.list_repo_refs(ref.repo_id)
-        branches = {b.name: b.target_commit for b in refs.branches}
-        commit = branches.get("main") or next(iter(branches.values()), None)
-        if commit is None:
-            raise HubError(f"{ref.repo_id} has no branch on {endpoint}: nothing for llama.cpp to download")
-        paths = [e.path for e in api.list_repo_tree(ref.repo_id, revision=commit, recursive=True)
-                 if isinstance(e, RepoFile)]
-    return commit, paths
+    refs = api.list_repo_refs(ref.repo_id)
+    branches = {b.name: b.target_commit for b in refs.branches}
+    commit = branches.get("main") or next(iter(branches.values()), None)
+    if commit is None:
+        raise HubError(f"{ref.repo_id} has no branch on {endpoint}: nothing for llama.cpp to download")
+    check_commit(commit, str(ref))
+    paths = [e.path for e in api.list_repo_tree(ref.repo_id, revision=commit, recursive=True)
+             if isinstance(e, RepoFile)]
+    return commit, [check_path(p, str(ref)) for p in paths]
 
 
 def resolve_remote(ref: HfRef, *, endpoint: str | None = None, server: ServerTool, token: str | None = None,

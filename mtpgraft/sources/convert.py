@@ -42,6 +42,7 @@ from ..gguf_io import (
     tensor_nbytes,
     write_gguf,
 )
+from .donor import MAX_BLOCKS, MAX_MTP_LAYERS
 from .safetensors import DTYPE_SIZE, STensor
 
 Q = GGMLQuantizationType
@@ -337,6 +338,9 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
         raise SourceError(f"{label}: config.json has no num_hidden_layers")
     if n_mtp <= 0:
         raise SourceError(f"{label}: no MTP head: config.json gives {rule.n_mtp_key} = {n_mtp}")
+    if n_layers > MAX_BLOCKS or n_mtp > MAX_MTP_LAYERS:  # before any list is sized by them
+        raise SourceError(f"{label}: config.json gives num_hidden_layers = {n_layers} and {rule.n_mtp_key} = "
+                          f"{n_mtp}; no model has more than {MAX_BLOCKS} layers or {MAX_MTP_LAYERS} MTP layers")
     ordered = [(f, t) for f, ts in sorted(headers, key=lambda h: h[0]) for t in sorted(ts.values(), key=lambda t: t.name)]
     if outtype == "auto":
         ftype = _guess_ftype(ordered)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import GraftError
+from ..errors import GraftError, SourceError
 from ..gguf_io import (
     CONVERTER,
     KV,
@@ -29,11 +29,14 @@ from ..gguf_io import (
     write_gguf,
 )
 from ..naming import parse_shard, shard_names
+from .hublimits import HEADER_CAP
 
 ORIGIN_KEY = "mtpgraft.cache.origin"  # what the MTP source really is (provenance records it)
 AFTER_KEY = "mtpgraft.cache.after"  # the donor tensor the MTP block followed (graft keeps the order)
 FIRST_READ = 2048
 READAHEAD_MIN = 512
+MAX_BLOCKS = 1 << 16  # block_count / nextn_predict_layers past this are no model's
+MAX_MTP_LAYERS = 64  # a split donor's MTP layers are taken from the keys: at most this many
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
 
@@ -74,7 +77,8 @@ class DonorHead:
 
 
 def read_header(files: Files, path: str) -> tuple[GGUFFile, int]:
-    """Parse a GGUF header from the front of `path`; returns it and the bytes read."""
+    """Parse a GGUF header from the front of `path`; returns it and the bytes read. A header that
+    needs more than HEADER_CAP bytes is refused before those bytes are asked for."""
     size = files.size(path)
     buf = b""
     want = min(size, FIRST_READ)
@@ -86,25 +90,42 @@ def read_header(files: Files, path: str) -> tuple[GGUFFile, int]:
         except TruncatedHeaderError as e:
             if len(buf) >= size:
                 raise
+            if e.needed > HEADER_CAP:
+                raise SourceError(f"{files.label(path)}: its GGUF header needs more than {e.needed:,} bytes, "
+                                  f"past the {HEADER_CAP // 2**20} MiB mtpgraft reads of a header (a tokenizer "
+                                  "takes a few MB); refusing it unread") from None
             # What the next item needs plus a quarter of what we have: a 10 MB header takes ~40
             # requests, and what is read past the header's end stays under 1/4 of it (or 512 bytes).
-            want = min(size, max(e.needed, len(buf)) + max(READAHEAD_MIN, len(buf) // 4))
+            want = min(size, HEADER_CAP, max(e.needed, len(buf)) + max(READAHEAD_MIN, len(buf) // 4))
+
+
+def _layer_keys(first: GGUFFile, arch: object) -> tuple[int | None, int]:
+    """block_count and nextn_predict_layers, refused when no model could have them (before any list
+    is sized by them)."""
+    bc = first.get_int(f"{arch}.block_count", hi=MAX_BLOCKS)
+    nextn = first.get_int(f"{arch}.nextn_predict_layers", hi=MAX_BLOCKS) or 0
+    if bc is not None and nextn > bc:
+        raise GraftError(f"{first.path}: {arch}.nextn_predict_layers ({nextn}) is more than {arch}.block_count "
+                         f"({bc}); the keys contradict each other")
+    return bc, nextn
 
 
 def _mtp_layers(first: GGUFFile, label: str) -> list[int]:
     arch = first.get("general.architecture")
-    bc = first.get(f"{arch}.block_count")
-    nextn = int(first.get(f"{arch}.nextn_predict_layers", 0) or 0)
+    bc, nextn = _layer_keys(first, arch)
     if not first.split_count or first.split_count <= 1:
         eh = sorted({int(m.group(1)) for t in first.tensors if (m := _LAYER.match(t.name))
                      and t.name.endswith("nextn.eh_proj.weight")})
-        by_key = list(range(int(bc) - nextn, int(bc))) if nextn and bc is not None else []
+        by_key = list(range(bc - nextn, bc)) if nextn and bc is not None and nextn <= len(eh) else []
         if by_key and all(i in eh for i in by_key):
             return by_key
         if eh:
             return eh
     elif nextn and bc is not None:
-        return list(range(int(bc) - nextn, int(bc)))
+        if nextn > MAX_MTP_LAYERS:
+            raise GraftError(f"{label}: {arch}.nextn_predict_layers is {nextn}; no model has more than "
+                             f"{MAX_MTP_LAYERS} MTP layers")
+        return list(range(bc - nextn, bc))
     raise GraftError(f"{label} has no MTP tensors (no blk.N.nextn.eh_proj.weight"
                      + (f"; {arch}.nextn_predict_layers is {nextn})" if nextn else
                         f"; {arch}.nextn_predict_layers is not set)"))

@@ -14,17 +14,18 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..errors import GraftError, HubError, SourceError, UsageError
+from ..errors import GraftError, HubError, MtpgraftError, SourceError, UsageError
 from ..gguf_io import GGUFModel, GGUFValueType, encode_kv
 from ..outputs import PendingOutput
 from . import donor
-from .hubfiles import RETRIES, HubRepo, open_repo
+from .hubfiles import RETRIES, FetchFailed, HubRepo, open_repo
 from .safetensors import STHeader, header_length, parse_header, weight_map
 from .spec import HubRef, is_hub, parse_hub
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:  # numpy and gguf-py: loaded only when a safetensors head is c
     from . import convert
 
 INDEX = "model.safetensors.index.json"
+JSON_CAP = 64 * 1024 * 1024  # config.json and the safetensors index are read whole up to this size
+Precheck = Callable[[Path], None]
 
 
 class FetchProgress:
@@ -82,12 +85,15 @@ def sources_cache() -> Path:
 def resolve_mtp_source(spec: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None,
                        token: str | None = None, endpoint: str | None = None, outtype: str = "auto",
                        progress: FetchProgress | None = None, hub: HubOptions | None = None,
-                       plan_only: bool = False) -> ResolvedSource:
+                       plan_only: bool = False, precheck: Precheck | None = None) -> ResolvedSource:
     """Resolve SPEC (see mtpgraft.sources.spec) into a local GGUF holding at least the MTP block.
 
     With `base` (a local GGUF), the source is checked against it on headers and config only.
     plan_only: fetch headers only and return a temporary file whose tensor data is a hole (enough
-    for graft.plan_attach, which reads headers only; `--dry-run`)."""
+    for graft.plan_attach, which reads headers only; `--dry-run`).
+    precheck: called with such a header-only file before any tensor byte of a Hub source is fetched
+    (graft.plan_attach: every refusal the headers can give comes first). A source refused while it
+    is read leaves none of its cached ranges."""
     opts = hub or HubOptions(token=token, endpoint=endpoint)
     prog = progress or FetchProgress()
     text = os.fspath(spec)
@@ -99,10 +105,16 @@ def resolve_mtp_source(spec: str | os.PathLike[str], *, base: str | os.PathLike[
     if is_hub(text):
         ref = parse_hub(text)
         repo = _open(ref, opts, prog)
-        if ref.kind == "safetensors":
-            return _hub_safetensors(text, ref, repo, base_model, outtype, prog, plan_only)
-        path = ref.path if ref.kind == "gguf" else pick_quant(ref, repo)
-        return _hub_gguf(text, ref, repo, path, base_model, prog, plan_only)
+        try:
+            if ref.kind == "safetensors":
+                return _hub_safetensors(text, ref, repo, base_model, outtype, prog, plan_only, precheck)
+            path = ref.path if ref.kind == "gguf" else pick_quant(ref, repo)
+            return _hub_gguf(text, ref, repo, path, base_model, prog, plan_only, precheck)
+        except FetchFailed:
+            raise  # the Hub or the network failed: what was fetched stays for the rerun
+        except MtpgraftError:
+            repo.discard()  # a refused source: none of its ranges stay
+            raise
     return _local_safetensors(text, p, base_model, outtype, plan_only)
 
 
@@ -190,6 +202,29 @@ def _target(plan_only: bool, *parts: object) -> tuple[Path, bool]:
     return out, out.is_file()
 
 
+def _precheck(precheck: Precheck | None, write_header: Callable[[Path], None]) -> None:
+    """Hand a header-only twin of the file about to be fetched to `precheck` (then remove it)."""
+    if precheck is None:
+        return
+    tmp, _ = _target(True)
+    try:
+        write_header(tmp)
+        precheck(tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _planned(precheck: Precheck | None, header_only: Path) -> None:
+    """--dry-run's header-only file, checked like the real run's twin (removed when refused)."""
+    if precheck is None:
+        return
+    try:
+        precheck(header_only)
+    except BaseException:
+        header_only.unlink(missing_ok=True)
+        raise
+
+
 def _write_atomic(out: Path, write: Callable[[Path], None]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with PendingOutput(out) as tmp:
@@ -201,7 +236,7 @@ def _write_atomic(out: Path, write: Callable[[Path], None]) -> None:
 
 
 def _hub_gguf(spec: str, ref: HubRef, repo: HubRepo, path: str, base: GGUFModel | None,
-              prog: FetchProgress, plan_only: bool) -> ResolvedSource:
+              prog: FetchProgress, plan_only: bool, precheck: Precheck | None) -> ResolvedSource:
     files = RepoFiles(repo)
     files.size(path)
     head = donor.plan_donor(files, path)
@@ -211,7 +246,9 @@ def _hub_gguf(spec: str, ref: HubRef, repo: HubRepo, path: str, base: GGUFModel 
     out, cached = _target(plan_only, "hub-gguf", repo.api.endpoint, repo.repo_id, repo.commit, path)
     if plan_only:
         donor.write_tensors_only(head, None, out, origin)
+        _planned(precheck, out)
     elif not cached:
+        _precheck(precheck, lambda tmp: donor.write_tensors_only(head, None, tmp, origin))
         spans = [(t.shard, t.start, t.end) for t in head.tensors]
         locate, fetched = _fetch_spans(repo, spans, prog, max_gap=head.first.alignment)
         located = {(t.shard, t.start): locate(t.shard, t.start) for t in head.tensors}
@@ -250,6 +287,15 @@ def _st_headers(files: donor.Files, names: list[str]) -> tuple[list[STHeader], i
     return out, nread
 
 
+def _read_json_file(files: donor.Files, path: str) -> tuple[bytes, int]:
+    """config.json or the index, whole; one larger than JSON_CAP is refused before it is read."""
+    size = files.size(path)
+    if size > JSON_CAP:
+        raise SourceError(f"{files.label(path)}: {size:,} bytes, past the {JSON_CAP // 2**20} MiB mtpgraft reads "
+                          "of a config or index (they take kilobytes); refusing it unread")
+    return (files.read(path, 0, size) if size else b""), size
+
+
 def _mtp_shards(files: donor.Files, all_files: list[str], folder: str, label: str,
                 is_mtp: Callable[[str], bool]) -> tuple[list[str], int]:
     """The shards to read headers of: those holding mtp.* (by the index), the one before them (the
@@ -257,8 +303,8 @@ def _mtp_shards(files: donor.Files, all_files: list[str], folder: str, label: st
     first 2-D tensor of the whole checkpoint)."""
     index = f"{folder}{INDEX}"
     if index in all_files:
-        size = files.size(index)
-        wm = weight_map(files.read(index, 0, size), files.label(index))
+        raw, size = _read_json_file(files, index)
+        wm = weight_map(raw, files.label(index))
         shards = sorted(set(wm.values()))
         mtp = sorted({f for n, f in wm.items() if is_mtp(n)})
         if not mtp:
@@ -280,8 +326,7 @@ def _plan_safetensors(files: donor.Files, folder: str, listing: list[str], singl
     from . import convert
 
     config_path = f"{folder}config.json"
-    size = files.size(config_path)
-    raw = files.read(config_path, 0, size)
+    raw, size = _read_json_file(files, config_path)
     try:
         config = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -332,7 +377,7 @@ def _converted(plan: convert.HeadPlan) -> str:
 
 
 def _hub_safetensors(spec: str, ref: HubRef, repo: HubRepo, base: GGUFModel | None, outtype: str,
-                     prog: FetchProgress, plan_only: bool) -> ResolvedSource:
+                     prog: FetchProgress, plan_only: bool, precheck: Precheck | None) -> ResolvedSource:
     from . import convert
 
     files = RepoFiles(repo)
@@ -351,7 +396,9 @@ def _hub_safetensors(spec: str, ref: HubRef, repo: HubRepo, base: GGUFModel | No
                           outtype)
     if plan_only:
         convert.write_head(plan, None, out, extra_kvs=_head_extra(origin, plan))
+        _planned(precheck, out)
     elif not cached:
+        _precheck(precheck, lambda tmp: convert.write_head(plan, None, tmp, extra_kvs=_head_extra(origin, plan)))
         spans = [(f, t.start, t.end) for f, t in plan.ranges()]
         locate, fetched = _fetch_spans(repo, spans, prog, max_gap=0)
         _write_atomic(out, lambda tmp: convert.write_head(
@@ -387,13 +434,31 @@ def resolve_base(spec: str | os.PathLike[str], *, token: str | None = None,
     if Path(path).name != Path(names[0]).name:
         raise UsageError(f"{text}: name the first shard of a split set")
     from .hubfiles import source_errors
+    from .hublimits import HubLimits, bounded
 
     local = []
-    with source_errors(ref, api):
+    # the client's own download (resumable, into its cache): timeouts and the minimum rate, no
+    # deadline; its retries forgive any progress, so answers cut short are counted here
+    limits = replace(HubLimits.from_env(), deadline=None)
+    with source_errors(ref, api), bounded(limits, count_short=True), _client_quiet():
         for n in names:
             local.append(hf_hub_download(ref.repo_id, n, revision=repo.commit, token=api.token,
                                          endpoint=api.endpoint))
     return Path(local[0])
+
+
+@contextmanager
+def _client_quiet() -> Iterator[None]:
+    """huggingface_hub's warnings off (each retry logs one): mtpgraft's one line says what failed."""
+    import logging
+
+    log = logging.getLogger("huggingface_hub")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def plan_attach_from(base: str | os.PathLike[str], source: str | os.PathLike[str], out: str | os.PathLike[str], *,
@@ -404,7 +469,12 @@ def plan_attach_from(base: str | os.PathLike[str], source: str | os.PathLike[str
 
     opts = hub or HubOptions(token=token, endpoint=endpoint)
     base_path = resolve_base(base, token=opts.token, endpoint=opts.endpoint)
-    src = resolve_mtp_source(source, base=base_path, progress=progress, hub=opts, plan_only=plan_only)
+
+    def precheck(header_only: Path) -> None:
+        plan_attach(base_path, header_only, out, **attach)
+
+    src = resolve_mtp_source(source, base=base_path, progress=progress, hub=opts, plan_only=plan_only,
+                             precheck=precheck)
     try:
         return plan_attach(base_path, src.path, out, **attach), src
     except BaseException:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from .hublimits import path_problem
 
 HF_PREFIX = "hf://"
 _NAME = r"[A-Za-z0-9][\w.-]*"
@@ -48,6 +49,8 @@ def is_hub(spec: str | Path) -> bool:
 
 def parse_hub(spec: str) -> HubRef:
     """Parse an hf:// reference; a UsageError for anything that is not one of the documented forms."""
+    if not spec.isprintable():
+        raise UsageError(f"{ascii(spec)}: the reference has a control character")
     body = spec[len(HF_PREFIX):]
     m = _REPO_RE.match(body)
     if not m or not m["name"]:
@@ -66,6 +69,9 @@ def parse_hub(spec: str) -> HubRef:
     path = rest.strip("/")
     if not path:
         return HubRef(repo_id, "safetensors", revision=rev)
+    problem = path_problem(path)
+    if problem is not None:
+        raise UsageError(f"{ascii(spec)}: the file name {ascii(path)} has {problem}; name a file in the repo")
     if path.endswith(".gguf"):
         return HubRef(repo_id, "gguf", path=path, revision=rev)
     if path.endswith(".safetensors"):
