@@ -4,7 +4,6 @@ large, installed; a failed type does not stop the others."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from ..errors import (
     ToolFailedError,
 )
 from ..outputs import PendingOutput, disk_full, no_space_error
-from ..tools import run_tool
+from ..tools import error_line, run_tool
 from .plan import QuantizeJob, QuantizePlan
 from .verify import Verification, existing_output, verify_output
 
@@ -67,17 +66,6 @@ class QuantizeResult:
         return {"plan": self.plan.to_dict(), "outputs": [asdict(o) for o in self.outputs],
                 "wall_s": round(self.wall_s, 3), "tool_s": round(self.tool_s, 3), "ok": self.ok,
                 "mtpgraft_version": __version__}
-
-
-def _failure_reason(e: ToolFailedError) -> str:
-    for line in reversed(e.output_tail.splitlines()):
-        m = re.search(r"failed to quantize: (.*)", line)
-        if m:
-            return m.group(1).strip()
-    for line in reversed(e.output_tail.splitlines()):
-        if re.search(r"error|ERROR|failed", line):
-            return line.strip()[:300]
-    return str(e)
 
 
 def _rm(path: Path) -> None:
@@ -166,7 +154,7 @@ class _Runner:
     def _tool_failed(self, job: QuantizeJob, e: ToolFailedError, tmp: Path, t0: float,
                      log_path: str | None) -> OutputResult:
         """llama-quantize failed: its own reason, or that the disk is full."""
-        reason = f"llama-quantize: {_failure_reason(e)}"
+        reason = f"llama-quantize: {error_line(e.output_tail) or e}"
         if disk_full(self.plan.out_dir):
             reason = str(no_space_error(job.single_path, tmp.stat().st_size if tmp.is_file() else None))
         self.emit(job.quant_type, f"FAILED: {reason}")
