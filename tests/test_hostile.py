@@ -293,3 +293,62 @@ def test_a_tokenizer_walked_before_is_recognised_only_by_its_exact_bytes(tmp_pat
     with pytest.raises(TruncatedHeaderError) as e:  # inside the remembered span: walked, as always
         GGUFFile.from_prefix(data[:mid], size=full, name="cut.gguf")
     assert e.value.needed == mid + len("t3000")
+
+
+# --------------------------------------------------------------------------- secrets (issue 27)
+
+SECRET = "sekrit-Token-4242abcd"  # not shaped like an HF token: only knowing the value can remove it
+
+
+def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mtpgraft", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def _files_holding(root: Path, needle: bytes, skip: set[Path]) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and p not in skip and needle in p.read_bytes()]
+
+
+@pytest.mark.parametrize("source", ["flag", "env", "file"])
+def test_a_token_the_hub_echoes_is_never_printed_logged_or_written(hf_hermetic, hub, tmp_path, source):
+    """A 401 whose body echoes the Authorization header: the token is in no output, under -v and
+    --debug too, nor in any file written (push's plan, attach's range cache)."""
+    hub.echo_auth = True
+    full = make_model(tmp_path / "full.gguf")
+    hub.put_files("tester/Donor", {"Tiny.gguf": full.read_bytes()})
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    env, token_file = dict(os.environ), tmp_path / "hf_home" / "token"
+    flag = ["--token", SECRET] if source == "flag" else []
+    if source == "env":
+        env["HF_TOKEN"] = SECRET
+    if source == "file":
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        token_file.write_text(SECRET)
+    runs = [_run(*pre, "push", str(full), "--repo", "tester/Out", "--endpoint", hub.url, "--no-verify", *flag, env=env)
+            for pre in ([], ["-v"], ["--debug"])]
+    runs += [_run(*pre, "attach", str(base), "--mtp-from", "hf://tester/Donor/Tiny.gguf", "-o",
+                  str(tmp_path / "out.gguf"), "--endpoint", hub.url, *flag, env=env) for pre in ([], ["--debug"])]
+    for r in runs:
+        assert r.returncode == 6, r.stderr
+        assert SECRET not in r.stdout + r.stderr, r.stderr
+    assert "Bearer ***" in runs[0].stderr  # the server's text is still shown, less the token
+    assert "Traceback" in runs[2].stderr and "Traceback" in runs[4].stderr
+    assert _files_holding(tmp_path, SECRET.encode(), {token_file}) == []
+
+
+def test_debug_adds_the_traceback_and_keeps_the_exit_code(tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf at all" * 10)
+    plain = _run("inspect", str(junk), env=dict(os.environ))
+    debug = _run("--debug", "inspect", str(junk), env=dict(os.environ))
+    assert plain.returncode == debug.returncode == 3
+    assert "Traceback" in debug.stderr and "Traceback" not in plain.stderr
+    assert debug.stderr.splitlines()[-1] == plain.stderr.strip()
+
+
+def test_a_name_with_a_newline_cannot_fake_a_second_error_line(tmp_path):
+    sneaky = tmp_path / "x.gguf\nmtpgraft: error: all good, exit 0\x1b[2K"
+    sneaky.write_bytes(b"GGUF" + b"\0" * 20)
+    code, err = mtpgraft("inspect", sneaky)
+    line = one_line(err)
+    assert code == 3 and "x.gguf\\nmtpgraft: error: all good, exit 0\\x1b[2K" in line

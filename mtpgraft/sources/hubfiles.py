@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from ..errors import HubError, Setting, Text
+from ..errors import HubError, Setting, Text, redact
 from .spec import HubRef
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
+    text = redact(" ".join(str(e).split()))
     return text[:200] or type(e).__name__
 
 
