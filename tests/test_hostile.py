@@ -4,7 +4,9 @@ Files are the small generated models with one thing broken by tests/fuzz.py's ra
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -352,3 +354,92 @@ def test_a_name_with_a_newline_cannot_fake_a_second_error_line(tmp_path):
     code, err = mtpgraft("inspect", sneaky)
     line = one_line(err)
     assert code == 3 and "x.gguf\\nmtpgraft: error: all good, exit 0\\x1b[2K" in line
+
+
+# --------------------------------------------------------------------------- checkpoints: configs, indexes, headers
+
+DEEP = "[" * 10_000 + "]" * 10_000
+
+
+def _checkpoint(tmp_path: Path) -> Path:
+    from mtpgraft.sources.checkpoints import build_checkpoint
+
+    return build_checkpoint(tmp_path / "ck", "dense-bf16")
+
+
+def _attach_ckpt(tmp_path: Path, ckpt: Path) -> tuple[int, str]:
+    out = tmp_path / "o.gguf"
+    code, err = mtpgraft("attach", make_model(tmp_path / "b.gguf", layout="base"), "--mtp-from", ckpt, "-o", out)
+    assert not out.exists()
+    return code, one_line(err)
+
+
+@pytest.mark.parametrize(("where", "value", "message"), [
+    ("text_config.hidden_size", "abc", "config.json hidden_size = 'abc': not an integer"),
+    ("text_config.mtp_num_hidden_layers", 1e9, "config.json mtp_num_hidden_layers = 1000000000: out of range"),
+    ("text_config.mtp_num_hidden_layers", True, "config.json mtp_num_hidden_layers = true: not an integer"),
+    ("text_config.mtp_num_hidden_layers", 1.5, "config.json mtp_num_hidden_layers = 1.5: not an integer"),
+    ("text_config.num_hidden_layers", -3, "config.json num_hidden_layers = -3: out of range"),
+    ("architectures", [{}], "config.json architectures = [{}]: not a list of strings"),
+    ("text_config", [1, 2], "config.json text_config is not a JSON object"),
+    ("text_config.layer_types", "linear", "config.json layer_types = 'linear': not a list of strings"),
+    ("text_config.vocab_size", DEEP, "config.json: JSON nested more than 64 deep"),
+])
+def test_config_fields_are_typed_and_bounded(tmp_path, where, value, message):
+    ckpt = _checkpoint(tmp_path)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    *path, key = where.split(".")
+    (cfg[path[0]] if path else cfg)[key] = value
+    text = json.dumps(cfg)
+    (ckpt / "config.json").write_text(text.replace(json.dumps(DEEP), DEEP))
+    code, line = _attach_ckpt(tmp_path, ckpt)
+    assert code == 3 and message in line, line
+
+
+def _shard(ckpt: Path) -> Path:
+    return sorted(ckpt.glob("model*.safetensors"))[-1]
+
+
+def _edit_header(p: Path, edit) -> None:
+    data = p.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    head = json.loads(data[8:8 + n])
+    new = edit(head).encode() if callable(edit) else edit
+    new += b" " * (-len(new) % 8)
+    p.write_bytes(struct.pack("<Q", len(new)) + new + data[8 + n:])
+
+
+def _mtp_entry(head: dict, key: str, value) -> str:
+    name = next(k for k in head if k.startswith("mtp."))
+    head[name][key] = value
+    return json.dumps(head)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda h: _mtp_entry(h, "shape", [-1, 64]), "has a bad shape [-1, 64]"),
+    (lambda h: _mtp_entry(h, "shape", [2**63, 2]), "has a bad shape"),
+    (lambda h: _mtp_entry(h, "shape", [64.0]), "has a bad shape [64.0]"),
+    (lambda h: _mtp_entry(h, "data_offsets", [0, 2**64]), "has bad data_offsets"),
+    (lambda h: _mtp_entry(h, "data_offsets", [0, 10**12]), "lies outside the file"),
+    (lambda h: _mtp_entry(h, "data_offsets", [0, 2]), "but its data_offsets hold 2 bytes"),
+    (lambda h: _mtp_entry(h, "dtype", ["BF16"]), "needs dtype, shape and two data_offsets"),
+    (lambda h: _mtp_entry(h, "shape", DEEP).replace(json.dumps(DEEP), DEEP), "JSON nested more than 64 deep"),
+    (b'{"a": ' + b"\xff" * 8 + b"}", "not UTF-8 text"),
+])
+def test_safetensors_headers_are_typed_and_bounded(tmp_path, edit, message):
+    ckpt = _checkpoint(tmp_path)
+    _edit_header(_shard(ckpt), edit)
+    code, line = _attach_ckpt(tmp_path, ckpt)
+    assert code == 3 and message in line, line
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"weight_map": ' + DEEP + "}", "JSON nested more than 64 deep"),
+    ('{"weight_map": {"a": 1}}', "weight_map is not an object of tensor name -> file name"),
+    ("[1, 2]", "not a safetensors index (no weight_map)"),
+])
+def test_safetensors_index_is_typed_and_bounded(tmp_path, text, message):
+    ckpt = _checkpoint(tmp_path)
+    (ckpt / "model.safetensors.index.json").write_text(text)
+    code, line = _attach_ckpt(tmp_path, ckpt)
+    assert code == 3 and message in line, line

@@ -23,6 +23,7 @@ from .. import __version__
 from ..errors import GraftError, HubError, SourceError, UsageError
 from ..gguf_io import GGUFModel, GGUFValueType, encode_kv
 from ..outputs import PendingOutput
+from ..parsing import MAX_JSON_BYTES
 from . import donor
 from .hubfiles import RETRIES, HubRepo, open_repo
 from .safetensors import STHeader, header_length, parse_header, weight_map
@@ -258,7 +259,7 @@ def _mtp_shards(files: donor.Files, all_files: list[str], folder: str, label: st
     index = f"{folder}{INDEX}"
     if index in all_files:
         size = files.size(index)
-        wm = weight_map(files.read(index, 0, size), files.label(index))
+        wm = weight_map(files.read(index, 0, min(size, MAX_JSON_BYTES + 1)), files.label(index))
         shards = sorted(set(wm.values()))
         mtp = sorted({f for n, f in wm.items() if is_mtp(n)})
         if not mtp:
@@ -281,11 +282,7 @@ def _plan_safetensors(files: donor.Files, folder: str, listing: list[str], singl
 
     config_path = f"{folder}config.json"
     size = files.size(config_path)
-    raw = files.read(config_path, 0, size)
-    try:
-        config = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise SourceError(f"{files.label(config_path)}: not valid JSON") from None
+    config = convert.read_config(files.read(config_path, 0, min(size, MAX_JSON_BYTES + 1)), files.label(config_path))
     is_mtp = convert.mtp_predicate(config, label)
     shards, index_bytes = ([single], 0) if single else _mtp_shards(files, listing, folder, label, is_mtp)
     headers, nread = _st_headers(files, shards)
