@@ -48,10 +48,28 @@ def load_json(data: bytes | str, what: str, *, error: type[MtpgraftError] = Sour
     except RecursionError:  # the C parser's own guard, near 1,000 deep: a clean unwind
         raise error(too_deep) from None
     except ValueError as e:
-        raise error(f"{what}: not valid JSON ({str(e)[:120]})") from None
+        raise error(f"{what}: not valid JSON ({getattr(e, 'msg', str(e))[:120]})") from None
     if json_depth(obj) > max_depth:
         raise error(too_deep)
     return obj
+
+
+def read_text(path: str | os.PathLike[str], what: str, max_bytes: int, *,
+              error: type[MtpgraftError] = SourceError) -> str:
+    """A text file read whole: at most `max_bytes` (a larger file, /dev/zero, is refused after reading
+    max_bytes + 1), decoded as UTF-8 with an error that says where it is not."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if len(data) > max_bytes:
+        raise error(f"{what} {path} is larger than {max_bytes >> 20} MB, the most mtpgraft reads")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise error(f"{what} {path}: not UTF-8 text (line {line}, byte {e.start}); save it as UTF-8") from None
 
 
 def read_json_file(path: str | os.PathLike[str], what: str | None = None, *,

@@ -10,7 +10,6 @@ the raw text is sent as the message. Each line of a prompt file is a JSON object
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,8 +17,10 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import UsageError
+from ..parsing import load_json, read_text
 
 CATEGORIES = ("code", "factual", "analysis", "creative")
+MAX_PROMPT_FILE = 16 << 20  # bytes: a suite of thousands of long prompts is a few MB
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,7 @@ def _parse_lines(lines: Iterable[str], source: str) -> list[Prompt]:
     for no, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise UsageError(f"{source}:{no}: not valid JSON ({e.msg})") from e
+        obj = load_json(line, f"{source}:{no}", error=UsageError)
         if not isinstance(obj, dict):
             raise UsageError(f"{source}:{no}: expected a JSON object with category and prompt")
         text = obj.get("prompt", obj.get("text"))
@@ -83,13 +81,10 @@ def builtin_context(kind: str) -> str:
 
 
 def load_prompts(path: str | os.PathLike[str]) -> list[Prompt]:
-    """Read a JSONL prompt file; raise UsageError naming the line of the first bad entry."""
+    """Read a JSONL prompt file (UTF-8, at most MAX_PROMPT_FILE bytes); raise UsageError naming the
+    line of the first bad entry."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"cannot read prompt file {p}: {e.strerror}") from e
-    return _parse_lines(text.splitlines(), str(p))
+    return _parse_lines(read_text(p, "prompt file", MAX_PROMPT_FILE, error=UsageError).splitlines(), str(p))
 
 
 def select_prompts(prompts: Sequence[Prompt], categories: Sequence[str] | None = None,
