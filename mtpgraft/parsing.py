@@ -128,10 +128,15 @@ def _shown(v: Any) -> str:
 _UNPLAIN = re.compile(r"[\x00-\x1f\x7f-\x9f/\\\u2028\u2029]")
 
 
+def is_plain(name: str) -> bool:
+    """Whether `name` can be part of a file name as it is (see plain_name)."""
+    return bool(name) and name not in (".", "..") and not _UNPLAIN.search(name) and len(name) <= MAX_NAME
+
+
 def plain_name(name: str, what: str, *, error: type[MtpgraftError] = SourceError) -> str:
     """`name` if it can be part of a file name as it is: no control characters, no path separators,
     not `.` or `..`, at most MAX_NAME characters; else `error` naming `what`."""
-    if not name or name in (".", "..") or _UNPLAIN.search(name) or len(name) > MAX_NAME:
+    if not is_plain(name):
         shown = name.encode("unicode_escape").decode("ascii")
         raise error(f"{what} {shown[:60]!r} cannot be part of a file name: use letters, digits, '.', '-', "
                     f"'_' (no control characters or path separators, at most {MAX_NAME} characters)")

@@ -54,6 +54,7 @@ from .ggml_types import (
 from .gguf_io import GGUFModel, TensorRef, open_input, shown
 from .inspection import inspect_model
 from .outputs import PendingOutput, disk_full, no_space_error
+from .parsing import is_plain
 from .tools import find_tool, format_cmd
 
 log = logging.getLogger("mtpgraft")
@@ -108,7 +109,7 @@ def default_name(path: str | os.PathLike[str]) -> str:
 def name_problem(name: str, *, sidecar: bool = False) -> str | None:
     """What is wrong with an output name stem, or None (the validator recipes use too). A `sidecar`
     (an MTP-only file or a gemma4-assistant) may, and should, carry the `mtp-` prefix `-hf` looks for."""
-    if not name or "/" in name or "\\" in name or name.startswith("."):
+    if not is_plain(name) or name.startswith("."):  # no folders, control characters or 200+ characters
         return f"{name!r} must be a plain file name stem (no folders)"
     probe = naming.quant_file_name(name, "Q8_0")  # llama.cpp's test is case-sensitive, on the whole name
     for r in naming.HF_RESERVED:

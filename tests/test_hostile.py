@@ -443,3 +443,37 @@ def test_safetensors_index_is_typed_and_bounded(tmp_path, text, message):
     (ckpt / "model.safetensors.index.json").write_text(text)
     code, line = _attach_ckpt(tmp_path, ckpt)
     assert code == 3 and message in line, line
+
+
+# --------------------------------------------------------------------------- recipes
+
+RECIPE = '[model]\nname = "M"\nbase = "b.gguf"\n[quantize]\ntypes = ["Q8_0"]\n'
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("[check]\nreps = 100000000000000000\n", "[check] reps: must be <= 1,000, got 100,000,000,000,000,000"),
+    ("[check]\nn_predict = 1000000000\n", "[check] n_predict: must be <= 32,768, got 1,000,000,000"),
+    ("[check]\ncontext_depth = [0, 100000000000]\n", "[check] context_depth: must be <= 4,194,304"),
+    ("[check]\nmin_speedup = inf\n", "[check] min_speedup: must be a finite number of at most 1e+06 in size, got inf"),
+    ("[imatrix]\ncalibration = \"c.txt\"\nchunks = 99999999999\n", "[imatrix] chunks: must be <= 1,048,576"),
+    ("[quantize.x]\n", "[quantize] x: unknown key"),
+    ("[run.resources]\ncheck = {gpus = 1e300}\n", "[run.resources.check] gpus: must be a finite number"),
+])
+def test_recipe_numbers_are_bounded_at_parse_time(tmp_path, extra, message):
+    r = tmp_path / "r.toml"
+    r.write_text(RECIPE + extra)
+    code, err = mtpgraft("run", r, "--dry-run", "--work-dir", tmp_path / "w")
+    assert code == 3 and f"r.toml: {message}" in one_line(err)
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("name", ["M\\nmtpgraft: error: x", "M\\u0000", "a" * 201])
+def test_names_that_become_file_names_are_plain(tmp_path, name):
+    r = tmp_path / "r.toml"
+    r.write_text(RECIPE.replace('"M"', f'"{name}"'))
+    code, err = mtpgraft("run", r, "--dry-run", "--work-dir", tmp_path / "w")
+    assert code == 3 and "[model] name: " in one_line(err) and "must be a plain file name stem" in err
+    code, err = mtpgraft("quantize", make_model(tmp_path / "f.gguf"), "--types", "Q8_0", "--out-dir", tmp_path / "q",
+                         "--name", name.encode().decode("unicode_escape"))
+    assert code == 2 and "must be a plain file name stem" in one_line(err)
+    assert not (tmp_path / "q").exists() or not list((tmp_path / "q").iterdir())
