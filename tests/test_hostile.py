@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -477,3 +478,82 @@ def test_names_that_become_file_names_are_plain(tmp_path, name):
                          "--name", name.encode().decode("unicode_escape"))
     assert code == 2 and "must be a plain file name stem" in one_line(err)
     assert not (tmp_path / "q").exists() or not list((tmp_path / "q").iterdir())
+
+
+# --------------------------------------------------------------------------- calibration text
+
+CALIBRATION = Path(__file__).parents[1] / "mtpgraft" / "data" / "calibration-tiny.txt"
+
+
+def _huge_calibration(tmp_path: Path) -> Path:
+    """64 KB of real text, then a 300 MB hole (zeros on read, no disk used)."""
+    big = tmp_path / "cal.txt"
+    text = CALIBRATION.read_bytes()
+    big.write_bytes((text * (65536 // len(text) + 1))[:65536])
+    with open(big, "r+b") as f:
+        f.truncate(300 << 20)
+    return big
+
+
+@pytest.mark.tools
+def test_a_calibration_text_is_trimmed_to_what_the_chunks_need(tmp_path):
+    from mtpgraft.hashing import sha256_file
+    from mtpgraft.imatrix import plan_imatrix, read_imatrix
+    from mtpgraft.testmodels import build_tiny_model
+
+    big, model = _huge_calibration(tmp_path), build_tiny_model(tmp_path / "m.gguf", dtype="f16")
+    plan = plan_imatrix(model, big, tmp_path / "a.gguf", ctx=128, chunks=4)
+    assert plan.calibration_used == 4 * 128 * 16 and plan.calibration_bytes == 300 << 20
+    r = subprocess.run([sys.executable, "-m", "mtpgraft", "imatrix", model, "-f", big, "-o", tmp_path / "im.gguf",
+                        "-c", "128", "--chunks", "4", "-b", "128"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    info = read_imatrix(tmp_path / "im.gguf")  # the original file's name and sha256, as before
+    assert info.datasets == ("cal.txt",) and info.dataset_sha256 == sha256_file(big, use_cache=False)
+    assert info.chunk_count == 4
+    code, err = mtpgraft("imatrix", model, "-f", big, "-o", tmp_path / "b.gguf", "-c", "128")
+    assert code == 3 and "the calibration file is 315 MB; llama-imatrix would read all of it (at most 256 MB): " \
+        "set --chunks" in one_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cal.txt", "im.gguf", "m.gguf"]
+
+
+def test_a_calibration_text_that_is_not_utf8_is_refused(tmp_path):
+    bad = tmp_path / "cal.txt"
+    bad.write_bytes(b"some text\n" * 100 + b"\xff\xfe latin-1 \xe9t\xe9\n")
+    code, err = mtpgraft("imatrix", make_model(tmp_path / "m.gguf"), "-f", bad, "-o", tmp_path / "o.gguf",
+                         "--llama-cpp", tmp_path)
+    assert code == 3 and "cal.txt is not UTF-8 text (byte 1000); save it as UTF-8" in one_line(err)
+
+
+# --------------------------------------------------------------------------- text from files lands escaped
+
+EVIL_NAME = "Evil\n# Owned <script>alert(1)</script> [click](https://evil.example) | `x`"
+EVIL_FILE = "other|b\nc).gguf"
+
+
+def test_gguf_names_and_remote_file_names_are_escaped_in_the_card_and_commit(hf_hermetic, hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    src = make_model(tmp_path / "src.gguf")
+    model = tmp_path / "out" / "Model-F16.gguf"
+    model.parent.mkdir()
+    rebuild(src, model, kv=with_kv("general.name", scalar("general.name", V.STRING, EVIL_NAME)))
+    hub.put_files("tester/Evil", {EVIL_FILE: b"GGUF" + b"\0" * 60})
+    r = CliRunner().invoke(cli, ["push", str(model), "--repo", "tester/Evil", "--no-verify", "--endpoint", hub.url,
+                                 "--token", "hf_test_write"])
+    assert r.exit_code == 0, r.stderr
+    head = hub.head("tester/Evil")
+    card = head.files["README.md"].content.decode()
+    body = card.split("\n---\n", 1)[1]
+    # in prose every special character is escaped; the one code span shows the name as it is (inert there)
+    span = "`` Evil # Owned <script>alert(1)</script> [click](https://evil.example) | `x` ``"
+    assert f"GGUF quantizations of {span} that keep" in body and body.count("<script>") == 1
+    assert re.search(r"(?<!\\)\]\(https://evil", body.replace(span, "")) is None
+    assert [ln for ln in body.splitlines() if ln.startswith("# ")] == [
+        r"# Evil # Owned &lt;script&gt;alert(1)&lt;/script&gt; \[click\](https://evil.example) \| \`x\` MTP GGUF"]
+    assert r"| other\|b c).gguf |" in body  # one table row, its | escaped
+    table_rows = [ln for ln in body.splitlines() if ln.startswith("|")]
+    assert all(ln.count("|") - ln.count(r"\|") == table_rows[0].count("|") for ln in table_rows[:3])
+    assert "\n" not in head.title and head.title.endswith("MTP GGUF quant of Evil # Owned <script>alert(1)</script> "
+                                                          "[click](https://evil.example) | `x`")
+    assert "Model-F16.gguf" in head.description
