@@ -557,3 +557,16 @@ def test_gguf_names_and_remote_file_names_are_escaped_in_the_card_and_commit(hf_
     assert "\n" not in head.title and head.title.endswith("MTP GGUF quant of Evil # Owned <script>alert(1)</script> "
                                                           "[click](https://evil.example) | `x`")
     assert "Model-F16.gguf" in head.description
+
+
+def test_a_tensor_name_with_control_characters_stays_on_its_line_in_a_plan(m):
+    import dataclasses
+
+    sneaky = "blk.4.zz\x1b[2K\rmtpgraft: ok"
+    p = bad(m, "ctl.gguf", tensors=lambda ts: [dataclasses.replace(t, name=sneaky) if t.name == "blk.4.attn_q.weight"
+                                               else t for t in ts])
+    for cmd in ("detach", "extract"):
+        r = CliRunner().invoke(cli, [cmd, str(p), "-o", str(m["dir"] / "o.gguf"), "--dry-run"])
+        assert r.exit_code == 0, r.output
+        assert "\x1b" not in r.stdout and "\r" not in r.stdout
+        assert "blk.4.zz\\x1b[2K\\x0dmtpgraft: ok" in r.stdout
