@@ -180,7 +180,7 @@ def check_config(config: Any, label: str) -> None:
     hp = text_config(config)
     for key, hi in CONFIG_INTS.items():
         if hp.get(key) is not None:
-            int_field(hp[key], f"{label}: config.json {key}", 0, hi)
+            int_field(hp[key], f"{label}: config.json {key}", 1 if key == "full_attention_interval" else 0, hi)
     if hp.get("layer_types") is not None:
         str_list_field(hp["layer_types"], f"{label}: config.json layer_types", max_len=CONFIG_INTS["num_hidden_layers"])
     if hp.get("routed_scaling_factor") is not None:
@@ -548,7 +548,8 @@ def _hybrid_kvs(a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> list[t
             raise SourceError(f"config.json: layer_types has {len(layer_types)} entries, num_hidden_layers is {n_layers}")
         kvs.append((f"{a}.attention.recurrent_layers", "ARRAY",
                     [t == "linear_attention" for t in layer_types] + [False] * n_mtp))
-    kvs.append((f"{a}.full_attention_interval", "UINT32", int(hp.get("full_attention_interval", 4))))
+    interval = hp.get("full_attention_interval")  # null is absent, as for every other field
+    kvs.append((f"{a}.full_attention_interval", "UINT32", 4 if interval is None else int(interval)))
     return kvs
 
 
