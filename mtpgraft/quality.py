@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import MtpgraftError, Setting, UsageError
 from .outputs import PendingOutput, ensure_space, write_text
+from .parsing import read_json_file
 
 DEFAULT_CTX = 512
 BUILTIN_TEXT = "quality-small.txt"
@@ -308,8 +309,8 @@ def acceptance_retention(report_paths: Sequence[str | os.PathLike[str]], referen
     reports = []
     for p in report_paths:
         try:
-            reports.append(json.loads(Path(p).read_text()))
-        except (OSError, ValueError) as e:
+            reports.append(read_json_file(p, Path(p).name, error=UsageError))  # bounded: size and depth
+        except (OSError, UsageError) as e:
             raise UsageError(f"cannot read check report {p}: {e}") from e
     ref_rep, ref_m = _find_model(reports, reference)
     ref_acc = _acceptance_by_category(ref_m)

@@ -570,3 +570,12 @@ def test_a_tensor_name_with_control_characters_stays_on_its_line_in_a_plan(m):
         assert r.exit_code == 0, r.output
         assert "\x1b" not in r.stdout and "\r" not in r.stdout
         assert "blk.4.zz\\x1b[2K\\x0dmtpgraft: ok" in r.stdout
+
+
+def test_a_check_report_nested_too_deep_is_one_line(tmp_path):
+    rep = tmp_path / "check"
+    rep.mkdir()
+    (rep / "report.json").write_text('{"models": ' + DEEP + "}")
+    code, err = mtpgraft("push", make_model(tmp_path / "m.gguf"), "--repo", "tester/x", "--report", rep,
+                         "--endpoint", "http://127.0.0.1:9")
+    assert code == 2 and "cannot read" in one_line(err) and "report.json: JSON nested more than 64 deep" in err

@@ -8,7 +8,6 @@ tree, and decides per file: new, changed or unchanged. The gate refuses any GGUF
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import naming
 from ..errors import GGUFFormatError, HubError, Setting, Text, UsageError
+from ..parsing import read_json_file
 from .client import hub_errors, namespaces, whoami
 from .sidecars import check_placement
 
@@ -556,17 +556,17 @@ def _load_report(d: Path) -> _Report:
     p = d / "report.json" if d.is_dir() else d
     given = Text(Setting("report_dirs"), f" {d}: ")
     try:
-        data = json.loads(p.read_text())
+        data = read_json_file(p, p.name, error=UsageError)  # bounded: size and depth
     except FileNotFoundError:
         raise UsageError(given, "no report.json there (write one with `mtpgraft check --report DIR`)") from None
-    except (OSError, ValueError) as e:
+    except (OSError, UsageError) as e:
         raise UsageError(given, f"cannot read {p} ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         raise UsageError(given, f"{p} is not an mtpgraft check report (no models list)")
     q = p.with_name("quality.json")
     try:
-        quality = json.loads(q.read_text()) if q.is_file() else None
-    except (OSError, ValueError) as e:
+        quality = read_json_file(q, q.name, error=UsageError) if q.is_file() else None
+    except (OSError, UsageError) as e:
         raise UsageError(given, f"cannot read {q} ({e})") from None
     return _Report(p, data, quality if isinstance(quality, dict) else None)
 
