@@ -189,7 +189,7 @@ class FetchBar:
 
 
 def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(respelled(obj, flag), indent=2, sort_keys=False, default=str))
+    click.echo(redact(json.dumps(respelled(obj, flag), indent=2, sort_keys=False, default=str)))
 
 
 def emit_dry_run(plan: Any, text: str, as_json: bool) -> None:
@@ -197,7 +197,7 @@ def emit_dry_run(plan: Any, text: str, as_json: bool) -> None:
     if as_json:
         emit_json({"dry_run": True, "plan": plan.to_dict()})
     else:
-        click.echo(cli_text(text))
+        click.echo(redact(cli_text(text)))
 
 
 def show_progress() -> bool:
