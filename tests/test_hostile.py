@@ -579,3 +579,20 @@ def test_a_check_report_nested_too_deep_is_one_line(tmp_path):
     code, err = mtpgraft("push", make_model(tmp_path / "m.gguf"), "--repo", "tester/x", "--report", rep,
                          "--endpoint", "http://127.0.0.1:9")
     assert code == 2 and "cannot read" in one_line(err) and "report.json: JSON nested more than 64 deep" in err
+
+
+def test_a_token_in_gguf_metadata_never_reaches_the_card_or_commit(hf_hermetic, hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    leaked = "hf_" + "Leaked0Token1" * 3
+    model = tmp_path / "out" / "Model-F16.gguf"
+    model.parent.mkdir()
+    rebuild(make_model(tmp_path / "src.gguf"), model,
+            kv=with_kv("general.name", scalar("general.name", V.STRING, f"Model {leaked}")))
+    r = CliRunner().invoke(cli, ["push", str(model), "--repo", "tester/Leak", "--no-verify", "--endpoint", hub.url,
+                                 "--token", "hf_test_write", "--json"])
+    assert r.exit_code == 0, r.stderr
+    head = hub.head("tester/Leak")
+    assert leaked not in head.files["README.md"].content.decode() + head.title + head.description + r.stdout
+    assert "# Model *** MTP GGUF" in head.files["README.md"].content.decode()

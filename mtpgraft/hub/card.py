@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .. import __version__, naming
+from ..errors import redact
 
 if TYPE_CHECKING:
     from .plan import CheckMatch, ModelEntry, RemoteFile
@@ -163,7 +164,7 @@ def render_card(*, repo_id: str, models: Sequence[ModelEntry], verified: bool,
         pipeline_tag="text-generation", tags=tags)
     body = "\n".join(_body(repo_id=repo_id, models=models, verified=verified, base=base,
                            other_files=other_files, revision=revision))
-    return "---\n" + data.to_yaml() + "\n---\n\n" + body.rstrip() + "\n"
+    return redact("---\n" + data.to_yaml() + "\n---\n\n" + body.rstrip() + "\n")  # no token, whatever a file says
 
 
 def _title(models: Sequence[ModelEntry], repo_id: str) -> str:

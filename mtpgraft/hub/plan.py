@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from .. import naming
-from ..errors import GGUFFormatError, HubError, Setting, Text, UsageError
+from ..errors import GGUFFormatError, HubError, Setting, Text, UsageError, redact
 from ..parsing import read_json_file
 from .client import hub_errors, namespaces, whoami
 from .sidecars import check_placement
@@ -718,7 +718,7 @@ def _commit_text(models: list[ModelEntry], files: list[PlannedFile], *, verify: 
     rows += [f"| {md(f.path_in_repo)} | {human_size(f.size)} | {md_code(f.sha256)} |" for f in sending.values()]
     gate = ("Every GGUF passed `mtpgraft check` (matched by sha256)." if verify
             else "Pushed with --no-verify: the GGUFs were not checked with llama-server.")
-    return message, "\n".join(rows) + "\n\n" + gate + "\n"
+    return redact(message), redact("\n".join(rows) + "\n\n" + gate + "\n")
 
 
 # --------------------------------------------------------------------------- small helpers
