@@ -391,7 +391,7 @@ def _check_outputs(paths: list[Path]) -> str:
     from mtpgraft.inspection import inspect_model
 
     for p in paths:
-        if p.suffix != ".gguf" or p.name.endswith("-of-00002.gguf"):
+        if p.suffix != ".gguf" or p.name.endswith(("-of-00002.gguf", ".imatrix.gguf")):  # not a model
             continue
         try:
             rep = inspect_model(p)
@@ -670,7 +670,7 @@ def _recipe_case(d: Path, seeds: dict[str, Path], data: bytes) -> InputCase:
 
 
 def _calibration_case(d: Path, seeds: dict[str, Path], write: Callable[[Path], None]) -> InputCase:
-    f, out = d / "cal.txt", d / "out.gguf"
+    f, out = d / "cal.txt", d / "out.imatrix.gguf"
     write(f)
     chunks = ["--chunks", "2", "-c", "64"] if f.stat().st_size < (1 << 20) else []
     return "imatrix", ["imatrix", str(seeds["model"]), "-f", str(f), "-o", str(out), *chunks], [f], [out]
