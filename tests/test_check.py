@@ -83,6 +83,9 @@ def test_prompt_files_are_size_checked_and_decoded_with_a_clear_error(tmp_path):
         load_prompts(f)
     with pytest.raises(UsageError, match=r"^prompt file /dev/zero is larger than 16 MB"):
         load_prompts("/dev/zero")
+    f.write_text('{"category": "code\\nmtpgraft: error: x", "prompt": "x"}\n')
+    with pytest.raises(UsageError, match=r"p.jsonl:1: the category must be one line of at most 100 characters"):
+        load_prompts(f)
     f.write_text('{"category": "code", "prompt": ' + "[" * 5000 + "]" * 5000 + "}\n")
     with pytest.raises(UsageError, match=r"p.jsonl:1: JSON nested more than 64 deep"):
         load_prompts(f)

@@ -11,6 +11,7 @@ the raw text is sent as the message. Each line of a prompt file is a JSON object
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -21,6 +22,7 @@ from ..parsing import load_json, read_text
 
 CATEGORIES = ("code", "factual", "analysis", "creative")
 MAX_PROMPT_FILE = 16 << 20  # bytes: a suite of thousands of long prompts is a few MB
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ def _parse_lines(lines: Iterable[str], source: str) -> list[Prompt]:
         if not isinstance(category, str) or not category.strip():
             raise UsageError(f"{source}:{no}: missing a \"category\" string")
         pid = str(obj.get("id") or f"{category}-{no}")
+        for what, value in (("category", category), ("id", pid)):  # printed in every table: one plain line
+            if _CONTROL.search(value) or len(value) > 100:
+                raise UsageError(f"{source}:{no}: the {what} must be one line of at most 100 characters "
+                                 "without control characters")
         if pid in seen:
             raise UsageError(f"{source}:{no}: duplicate prompt id {pid!r}")
         seen.add(pid)
