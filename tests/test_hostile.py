@@ -438,6 +438,8 @@ def test_safetensors_headers_are_typed_and_bounded(tmp_path, edit, message):
     ('{"weight_map": ' + DEEP + "}", "JSON nested more than 64 deep"),
     ('{"weight_map": {"a": 1}}', "weight_map is not an object of tensor name -> file name"),
     ("[1, 2]", "not a safetensors index (no weight_map)"),
+    ('{"weight_map": {"mtp.fc.weight": "../../../etc/passwd"}}', "weight_map names shard '../../../etc/passwd' "
+     "cannot be part of a file name"),
 ])
 def test_safetensors_index_is_typed_and_bounded(tmp_path, text, message):
     ckpt = _checkpoint(tmp_path)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SourceError
-from ..parsing import load_json
+from ..parsing import load_json, plain_name
 
 # safetensors dtype -> bytes per element (the float types the converter handles without torch tricks)
 DTYPE_SIZE = {"BF16": 2, "F16": 2, "F32": 4}
@@ -112,6 +112,8 @@ def weight_map(index_json: bytes, file: str) -> dict[str, str]:
         raise SourceError(f"{file}: not a safetensors index (no weight_map)")
     if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
         raise SourceError(f"{file}: weight_map is not an object of tensor name -> file name")
+    for shard in set(wm.values()):  # a file beside the index: never a path out of its folder
+        plain_name(shard, f"{file}: weight_map names shard")
     return dict(wm)
 
 
