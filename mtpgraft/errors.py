@@ -123,15 +123,17 @@ def add_secret(value: str | None) -> None:
         _SECRETS.add(value)
 
 
-def redact(text: str) -> str:
-    """`text` with every known token (given, in HF_TOKEN, the stored login) and anything shaped like
-    one replaced by ***. Applied where text leaves mtpgraft: the error line, logs, files it writes."""
+def redact(text: str, *, shapes: bool = True) -> str:
+    """`text` with every known token (given, in HF_TOKEN, the stored login) and, with `shapes`, anything
+    shaped like one replaced by ***. Applied where text leaves mtpgraft: the terminal, logs, the card
+    (everything); the files it writes (known tokens only: a cache or state file may hold a path that
+    merely looks like a token, and must read back as written)."""
     if not text:
         return text
     secrets = _SECRETS | {v for k in _TOKEN_ENV if len(v := os.environ.get(k, "")) >= 4}
     for s in sorted(secrets, key=len, reverse=True):
         text = text.replace(s, REDACTED)
-    return _TOKEN_SHAPES.sub(lambda m: (m.group("keep") or "") + REDACTED, text)
+    return _TOKEN_SHAPES.sub(lambda m: (m.group("keep") or "") + REDACTED, text) if shapes else text
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
