@@ -99,9 +99,12 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
     size = _check_calibration(cal)
     out = Path(output).absolute()
     check_outputs([out], [m, cal], force=force)
-    for name, v in (("ctx", ctx), ("chunks", chunks), ("batch", batch), ("threads", threads)):
+    for name, v, hi in (("ctx", ctx, 1 << 22), ("chunks", chunks, 1 << 20), ("batch", batch, 1 << 22),
+                        ("threads", threads, 4096)):  # the bounds a recipe has (recipe.schema.INT_MAX)
         if v is not None and v < 1:
             raise QuantizeOptionError(Setting(name), f" must be >= 1, got {v}")
+        if v is not None and v > hi:
+            raise QuantizeOptionError(Setting(name), f" must be <= {hi:,}, got {v:,}")
     _check_calibration_length(cal, size, ctx)
     used = _calibration_needed(size, ctx, chunks, extra_args)
     tool = str(find_tool("llama-imatrix", llama_cpp))

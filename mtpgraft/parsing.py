@@ -19,6 +19,7 @@ MAX_JSON_BYTES = 16 << 20  # config.json, an index, a report: far above any real
 MAX_JSON_DEPTH = 64  # real configs nest 3 deep; Python's own parser fails near 1,000
 MAX_NAME = 200  # characters of a name that becomes part of a file name (filesystems take 255 bytes)
 
+
 def json_depth(obj: Any) -> int:
     """The deepest nesting of lists and dicts in a parsed value, walked without recursion."""
     deepest, todo = 0, [(obj, 1)]
@@ -74,7 +75,7 @@ def read_text(path: str | os.PathLike[str], what: str, max_bytes: int, *,
 
 def read_json_file(path: str | os.PathLike[str], what: str | None = None, *,
                    error: type[MtpgraftError] = SourceError, max_bytes: int = MAX_JSON_BYTES) -> Any:
-    """A JSON file, its size checked before it is read (a FIFO or /dev/zero is refused too)."""
+    """A JSON file read through load_json, never more than max_bytes + 1 of it (/dev/zero is refused)."""
     what = what or str(path)
     with open(path, "rb") as f:
         data = f.read(max_bytes + 1)

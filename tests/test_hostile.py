@@ -598,3 +598,11 @@ def test_a_token_in_gguf_metadata_never_reaches_the_card_or_commit(hf_hermetic, 
     head = hub.head("tester/Leak")
     assert leaked not in head.files["README.md"].content.decode() + head.title + head.description + r.stdout
     assert "# Model *** MTP GGUF" in head.files["README.md"].content.decode()
+
+
+def test_imatrix_sizes_are_bounded_before_the_tool_runs(tmp_path):
+    cal = tmp_path / "cal.txt"
+    cal.write_text("some text\n" * 100)
+    code, err = mtpgraft("imatrix", make_model(tmp_path / "m.gguf"), "-f", cal, "-o", tmp_path / "o.gguf",
+                         "-c", "1000000000")
+    assert code == 2 and one_line(err) == "mtpgraft: error: --ctx must be <= 4,194,304, got 1,000,000,000"
