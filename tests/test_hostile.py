@@ -606,3 +606,10 @@ def test_imatrix_sizes_are_bounded_before_the_tool_runs(tmp_path):
     code, err = mtpgraft("imatrix", make_model(tmp_path / "m.gguf"), "-f", cal, "-o", tmp_path / "o.gguf",
                          "-c", "1000000000")
     assert code == 2 and one_line(err) == "mtpgraft: error: --ctx must be <= 4,194,304, got 1,000,000,000"
+
+
+def test_an_info_line_keeps_a_log_tail_but_no_line_passes_for_mtpgraft_s_own():
+    from mtpgraft.commands.common import say_lines
+
+    got = say_lines("m.gguf: the end of its log:\n  | ok\x1b[2K\nmtpgraft: error: fake\r")
+    assert got.splitlines() == ["m.gguf: the end of its log:", "  | ok\\x1b[2K", "  mtpgraft: error: fake\\r"]

@@ -82,6 +82,13 @@ def say(message: str) -> str:
     return one_line(redact(message))
 
 
+def say_lines(message: str) -> str:
+    """An info or warning that may span lines (a log tail): each line as `say` prints it, and every
+    line after the first indented, so that none can pass for a line of mtpgraft's own."""
+    first, *rest = redact(message).split("\n")
+    return "\n".join([one_line(first), *(one_line(x if x[:1] in (" ", "\t") else "  " + x) for x in rest)])
+
+
 def _fail(message: str, code: int, error: BaseException | None = None) -> None:
     """The error line and the exit. --debug prints the traceback first; the exit code stays."""
     if STATE.debug and sys.exc_info()[0] is not None:
@@ -214,9 +221,9 @@ def progress_bar(total: int, *, unit: str = "B", desc: str = ""):
 
 
 def warn(msg: str) -> None:
-    click.echo(f"mtpgraft: warning: {say(cli_text(msg))}", err=True)
+    click.echo(f"mtpgraft: warning: {say_lines(cli_text(msg))}", err=True)
 
 
 def info(msg: str) -> None:
     if not STATE.quiet:
-        click.echo(f"mtpgraft: {say(cli_text(msg))}", err=True)
+        click.echo(f"mtpgraft: {say_lines(cli_text(msg))}", err=True)
