@@ -27,12 +27,12 @@ from .commands import (
     testmodels,
     toolchain,
 )
-from .commands.common import STATE
+from .commands.common import STATE, RedactingFormatter, say
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mtpgraft")
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("--debug", is_flag=True, help="Show the traceback before the one-line error (same exit code).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info messages.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Log the commands mtpgraft runs; show a failed tool's output tail.")
@@ -42,7 +42,9 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     STATE.quiet = quiet
     STATE.verbose = verbose
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="mtpgraft: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("mtpgraft: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 # The pipeline's order: inspect and graft, quantize, check, publish; then the helpers.
@@ -72,7 +74,7 @@ def main() -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo("mtpgraft: error: " + " ".join(message.split()), err=True)
+    click.echo("mtpgraft: error: " + say(" ".join(message.split())), err=True)
     sys.exit(code)
 
 

@@ -12,6 +12,8 @@ error boundary `pass --force`, the recipe runner its recipe key or `run`'s flag)
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -101,6 +103,46 @@ def respelled(obj: Any, spell: Spelling) -> Any:
     if isinstance(obj, (list, tuple)):
         return [respelled(v, spell) for v in obj]
     return obj
+
+
+# --------------------------------------------------------------------------- secrets and one-line text
+
+# What a token looks like wherever it is echoed: an HF token, a `Bearer` credential, an Authorization
+# header's value (`Authorization: ...`, `"authorization": "..."`), whatever the server or tool wrote.
+_TOKEN_SHAPES = re.compile(
+    r"(?P<keep>\bBearer\s+|\b(?i:authorization)[\"']?\s*[:=]\s*[\"']?(?:(?i:bearer)\s+)?)[^\s\"',;}]+"
+    r"|\bhf_[A-Za-z0-9]{10,}")
+_SECRETS: set[str] = set()
+_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+REDACTED = "***"
+
+
+def add_secret(value: str | None) -> None:
+    """Remember a token mtpgraft was given or found, so that `redact` removes it from any text."""
+    if value and len(value) >= 4:
+        _SECRETS.add(value)
+
+
+def redact(text: str, *, shapes: bool = True) -> str:
+    """`text` with every known token (given, in HF_TOKEN, the stored login) and, with `shapes`, anything
+    shaped like one replaced by ***. Applied where text leaves mtpgraft: the terminal, logs, the card
+    (everything); the files it writes (known tokens only: a cache or state file may hold a path that
+    merely looks like a token, and must read back as written)."""
+    if not text:
+        return text
+    secrets = _SECRETS | {v for k in _TOKEN_ENV if len(v := os.environ.get(k, "")) >= 4}
+    for s in sorted(secrets, key=len, reverse=True):
+        text = text.replace(s, REDACTED)
+    return _TOKEN_SHAPES.sub(lambda m: (m.group("keep") or "") + REDACTED, text) if shapes else text
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` as one terminal line: control characters (newlines included) written as escapes, so
+    text from a file or a server can never start a line of its own (a fake `mtpgraft: error:`)."""
+    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 
 
 class MtpgraftError(Exception):

@@ -903,15 +903,15 @@ def describe_plan(plan: GraftPlan) -> str:
         lines.append("  tensors:")
         for a in plan.tensors:
             if a.method == "drop":
-                lines.append(f"    drop     {a.source_name:<40} {a.from_type:<7} {a.bytes_in:>12,} B")
-            else:
-                name = a.source_name if a.name == a.source_name else f"{a.source_name} -> {a.name}"
+                lines.append(f"    drop     {shown(a.source_name):<40} {a.from_type:<7} {a.bytes_in:>12,} B")
+            else:  # names from files: shown() keeps each on its line
+                name = shown(a.source_name) if a.name == a.source_name else f"{shown(a.source_name)} -> {shown(a.name)}"
                 conv = a.from_type if a.from_type == a.to_type else f"{a.from_type} -> {a.to_type}"
                 lines.append(f"    {a.method:<8} {name:<44} {conv:<16} {a.bytes_out:>12,} B")
     if plan.key_changes:
         lines.append("  keys:")
         for c in plan.key_changes:
-            lines.append(f"    {c.key}: {c.old!r} -> {c.new!r}")
+            lines.append(f"    {shown(c.key)}: {c.old!r} -> {c.new!r}")
     for w in plan.warnings:
         lines.append(f"  warning: {w}")
     return "\n".join(lines)

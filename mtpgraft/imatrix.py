@@ -11,7 +11,10 @@ does not run the MTP graph (that is what the quantize step's MTP rules are for).
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,13 @@ KEY_SHA = "mtpgraft.imatrix.dataset_sha256"
 KEY_NAME = "mtpgraft.imatrix.dataset"
 KEY_MODEL = "mtpgraft.imatrix.model"
 KEY_VERSION = "mtpgraft.version"
+# llama-imatrix's default context (tools/imatrix/imatrix.cpp), and the bytes of text kept per token it
+# needs: natural text is ~4 bytes a token, so 16 leaves every chunk its text with room to spare.
+IMATRIX_DEFAULT_CTX = 512
+BYTES_PER_TOKEN = 16
+# Without `chunks` llama-imatrix tokenizes and runs the whole text; more than this is refused (256 MB
+# is ~60M tokens, days of compute), as a file it could not hold in memory would crash it.
+MAX_CALIBRATION = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class ImatrixPlan:
     command: tuple[str, ...]
     cwd: str
     force: bool
+    calibration_used: int | None = None  # llama-imatrix gets the first this many bytes (None: all)
 
     def shell(self) -> str:
         return f"cd {format_cmd([self.cwd])} && {format_cmd(list(self.command))}"
@@ -88,10 +99,14 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
     size = _check_calibration(cal)
     out = Path(output).absolute()
     check_outputs([out], [m, cal], force=force)
-    for name, v in (("ctx", ctx), ("chunks", chunks), ("batch", batch), ("threads", threads)):
+    for name, v, hi in (("ctx", ctx, 1 << 22), ("chunks", chunks, 1 << 20), ("batch", batch, 1 << 22),
+                        ("threads", threads, 4096)):  # the bounds a recipe has (recipe.schema.INT_MAX)
         if v is not None and v < 1:
             raise QuantizeOptionError(Setting(name), f" must be >= 1, got {v}")
+        if v is not None and v > hi:
+            raise QuantizeOptionError(Setting(name), f" must be <= {hi:,}, got {v:,}")
     _check_calibration_length(cal, size, ctx)
+    used = _calibration_needed(size, ctx, chunks, extra_args)
     tool = str(find_tool("llama-imatrix", llama_cpp))
     tmp = out.with_name(f".{out.name}.partial.gguf")
     cmd = [tool, "-m", str(m.resolve()), "-f", cal.name, "-o", str(tmp)]
@@ -104,7 +119,21 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
     return ImatrixPlan(model=str(m), calibration=str(cal), calibration_name=cal.name,
                        calibration_sha256=sha256_file(cal, use_cache=False), calibration_bytes=size,
                        output=str(out), tmp_output=str(tmp), command=tuple(cmd),
-                       cwd=str(cal.resolve().parent), force=force)
+                       cwd=str(cal.resolve().parent), force=force, calibration_used=used)
+
+
+def _calibration_needed(size: int, ctx: int | None, chunks: int | None, extra_args: Any) -> int | None:
+    """How many bytes of the calibration text llama-imatrix gets: ctx x chunks tokens at BYTES_PER_TOKEN
+    (it needs at least two contexts), or None for all of it; a whole text over MAX_CALIBRATION is refused."""
+    if chunks is None or any(a in ("-c", "--ctx-size", "--chunks") or a.startswith("--chunks=")
+                             for a in extra_args):
+        if size > MAX_CALIBRATION:
+            raise QuantizeError(f"the calibration file is {size / 1e6:,.0f} MB; llama-imatrix would read all "
+                                f"of it (at most {MAX_CALIBRATION >> 20} MB): set ", Setting("chunks"),
+                                " and mtpgraft gives it only the part those chunks need")
+        return None
+    need = max(chunks, 2) * (ctx or IMATRIX_DEFAULT_CTX) * BYTES_PER_TOKEN
+    return need if need < size else None
 
 
 def _check_model(m: Path) -> None:
@@ -132,6 +161,12 @@ def _check_calibration(cal: Path) -> int:
         head = f.read(65536)
     if b"\0" in head:
         raise QuantizeError(f"calibration file {cal} is not text (it holds NUL bytes)")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not a character cut in two at the end of the 64 KB
+            raise QuantizeError(f"calibration file {cal} is not UTF-8 text (byte {e.start}); save it as "
+                                "UTF-8") from None
     return size
 
 
@@ -175,9 +210,9 @@ def run_imatrix(plan: ImatrixPlan, *, log_path: str | os.PathLike[str] | None = 
     out = Path(plan.output)
     check_outputs([out], force=plan.force)  # it may have appeared since planning
     t0 = time.perf_counter()
-    with PendingOutput(out, tmp=plan.tmp_output) as tmp:
+    with PendingOutput(out, tmp=plan.tmp_output) as tmp, _calibration_folder(plan) as cwd:
         try:
-            proc = run_tool(list(plan.command), cwd=plan.cwd, timeout=timeout, tail_lines=40)
+            proc = run_tool(list(plan.command), cwd=cwd, timeout=timeout, tail_lines=40)
             text = proc.stdout
         except ToolFailedError as e:
             if log_path is not None:
@@ -196,6 +231,23 @@ def run_imatrix(plan: ImatrixPlan, *, log_path: str | os.PathLike[str] | None = 
         out.unlink(missing_ok=True)
         raise QuantizeError("llama-imatrix wrote an imatrix without entries; removed it")
     return ImatrixResult(plan, info, time.perf_counter() - t0, str(log_path) if log_path else None)
+
+
+@contextmanager
+def _calibration_folder(plan: ImatrixPlan) -> Iterator[str]:
+    """The folder llama-imatrix runs in, holding the calibration text under its own name (the name
+    is what it records): the file's folder, or a temporary one with the first `calibration_used`
+    bytes (cut at a line end), removed afterwards."""
+    if plan.calibration_used is None:
+        yield plan.cwd
+        return
+    with open(plan.calibration, "rb") as f:
+        data = f.read(plan.calibration_used)
+    end = data.rfind(b"\n")
+    data = data[:end + 1] if end > len(data) // 2 else data.decode("utf-8", "ignore").encode("utf-8")
+    with tempfile.TemporaryDirectory(prefix="mtpgraft-calibration-") as d:
+        Path(d, plan.calibration_name).write_bytes(data)
+        yield d
 
 
 def _check_calibration_length(cal: Path, size: int, ctx: int | None) -> None:

@@ -21,7 +21,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import OutputExistsError, OutputWriteError, Setting, Text, UsageError, signals_held
+from .errors import (
+    OutputExistsError,
+    OutputWriteError,
+    Setting,
+    Text,
+    UsageError,
+    redact,
+    signals_held,
+)
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -258,7 +266,7 @@ def atomic_write(target: str | os.PathLike[str], *, force: bool, size: int | Non
 
 
 def write_text(target: str | os.PathLike[str], text: str, *, force: bool = True) -> Path:
-    """A small text file (state, cache, report) written whole or not at all."""
+    """A small text file (state, cache, report) written whole or not at all, known tokens redacted."""
     with atomic_write(target, force=force) as fh:
-        fh.write(text.encode("utf-8"))
+        fh.write(redact(text, shapes=False).encode("utf-8"))
     return Path(target)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Text, UsageError
+from .parsing import read_json_file
 
 CHECK_REPORT = "report.json"  # in the folder `mtpgraft check --report DIR` writes
 QUALITY_REPORT = "quality.json"  # `mtpgraft quality`'s, beside the check report it read
@@ -126,10 +127,10 @@ class _Json:
 
 def _read(path: Path, prefix: str | Text, missing: str) -> Any:
     try:
-        return json.loads(path.read_text())
+        return read_json_file(path, path.name, error=UsageError)  # bounded: size and depth
     except FileNotFoundError:
         raise UsageError(prefix, missing) from None
-    except (OSError, ValueError) as e:
+    except (OSError, UsageError) as e:
         raise UsageError(prefix, f"cannot read {path} ({e})") from None
 
 

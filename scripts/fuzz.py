@@ -1,6 +1,7 @@
 """Run the hostile-input corpus (tests/fuzz.py) through every command and print the figures.
 
     python -m scripts.fuzz [--seed 0] [--limit N] [--subprocess-every 10] [--quantize-every 40] [--json F]
+    python -m scripts.fuzz --inputs   # configs, safetensors headers and indexes, prompts, recipes, calibration
 
 Run from the repository root (tests/fuzz.py is imported as `tests.fuzz`). Every variant is made
 from the tiny test models in a temporary folder, run through inspect, attach (as base and as
@@ -17,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.fuzz import corpus_runs, peak_rss_mb, summarize
+from tests.fuzz import corpus_runs, input_corpus_runs, peak_rss_mb, summarize
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subprocess-every", type=int, default=10, help="every Nth run as a real subprocess")
     ap.add_argument("--quantize-every", type=int, default=40, help="quantize every Nth variant (real tool)")
     ap.add_argument("--json", type=Path, default=None, help="write every run record here")
+    ap.add_argument("--inputs", action="store_true",
+                    help="the input corpus instead: configs, safetensors headers and indexes, prompts, recipes, "
+                         "calibration texts")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mtpgraft-fuzz-") as tmp:
-        records, n_variants = corpus_runs(Path(tmp), seed=a.seed, limit=a.limit, subprocess_every=a.subprocess_every,
-                                          quantize_every=a.quantize_every)
+        if a.inputs:
+            records, n_variants = input_corpus_runs(Path(tmp), seed=a.seed, subprocess_every=a.subprocess_every)
+        else:
+            records, n_variants = corpus_runs(Path(tmp), seed=a.seed, limit=a.limit,
+                                              subprocess_every=a.subprocess_every, quantize_every=a.quantize_every)
     s = summarize(records, n_variants)
     self_mb, child_mb = peak_rss_mb()
     s.update(peak_rss_mb_in_process=round(self_mb, 1), peak_rss_mb_subprocess=round(child_mb, 1),

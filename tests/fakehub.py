@@ -164,6 +164,7 @@ class FakeHub:
         self.lfs_objects: dict[str, bytes] = {}
         self.lfs_bytes_received = 0
         self.lfs_multipart_chunk: int | None = None  # set to use multipart uploads
+        self.echo_auth = False  # set to put a refused request's Authorization header in the 401 body
         self._parts: dict[str, dict[int, bytes]] = {}
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
@@ -411,8 +412,9 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         token = auth.removeprefix("Bearer ").strip()
         who = self.fake.users.get(token)
-        if who is None:
-            raise HubError(401, "Invalid credentials in Authorization header")
+        if who is None:  # `echo_auth`: a server that echoes the header back (it must never be printed)
+            raise HubError(401, f"invalid token {auth}" if self.fake.echo_auth else
+                           "Invalid credentials in Authorization header")
         if write and who[1] != "write":
             raise HubError(403, "You don't have the rights to write with this token")
         return who[0]

@@ -9,6 +9,7 @@ tests/test_fuzz.py runs a fixed seeded subset; scripts/fuzz.py runs the full cor
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import resource
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gguf import GGUFValueType as V
 
@@ -389,7 +391,7 @@ def _check_outputs(paths: list[Path]) -> str:
     from mtpgraft.inspection import inspect_model
 
     for p in paths:
-        if p.suffix != ".gguf" or p.name.endswith("-of-00002.gguf"):
+        if p.suffix != ".gguf" or p.name.endswith(("-of-00002.gguf", ".imatrix.gguf")):  # not a model
             continue
         try:
             rep = inspect_model(p)
@@ -498,3 +500,258 @@ def summarize(records: list[RunRecord], n_variants: int) -> dict[str, object]:
                      f"multi={r.multiline} hang={r.hang} partial={r.partial} modified={r.modified} "
                      f"out={r.bad_output!r} :: {r.stderr[-300:]!r}" for r in fails],
     }
+
+
+# --------------------------------------------------------------------------- the input corpus (issue 27)
+# Hostile inputs that are not GGUF files: a checkpoint's config.json, its safetensors headers and index,
+# and local text inputs (check's prompts, a recipe, an imatrix calibration text). Each case is made in
+# its own folder from pristine seeds and run through the command that reads it.
+
+DEEP = "[" * 10_000 + "]" * 10_000
+_RAW = {"<DEEP>": DEEP, "<NAN>": "NaN", "<INF>": "Infinity"}  # values json.dumps cannot write
+BAD_JSON: list[tuple[str, object]] = [
+    ("str", "abc"), ("neg", -1), ("1e9", 10**9), ("2^63", 2**63), ("2^64", 2**64), ("bool", True), ("float", 1.5),
+    ("null", None), ("list", []), ("dict", {}), ("list-dict", [{}]), ("deep", "<DEEP>"), ("nan", "<NAN>"),
+    ("inf", "<INF>"), ("empty", ""), ("zero", 0)]
+CONFIG_KEYS = ("architectures", "text_config", "num_hidden_layers", "mtp_num_hidden_layers", "hidden_size",
+               "vocab_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
+               "layer_types", "full_attention_interval", "max_position_embeddings")
+BAD_FILES: list[tuple[str, bytes]] = [
+    ("empty", b""), ("not-json", b"{not json"), ("binary", bytes(range(256)) * 4), ("latin1", b'{"a": "\xe9"}'),
+    ("array", b"[]"), ("null", b"null"), ("deep", DEEP.encode()), ("nul", b"\0" * 64), ("big", b" " * (17 << 20))]
+HEADER_FIELDS: list[tuple[str, list[object]]] = [
+    ("shape", [[-1, 64], [2**63, 2], [2**64], [1.5], ["a"], [], [0], "<DEEP>", None, [1] * 40]),
+    ("data_offsets", [[0], [5, 2], [-1, 2], [0, 2**64], [0, 10**15], "x", None, [0, 2.5]]),
+    ("dtype", ["F64", "", 5, None, ["BF16"]])]
+
+
+def _dumps(obj: object) -> str:
+    text = json.dumps(obj)
+    for mark, raw in _RAW.items():
+        text = text.replace(json.dumps(mark), raw)
+    return text
+
+
+def _edit_json(path: Path, edit: Callable[[Any], Any]) -> None:
+    path.write_text(_dumps(edit(json.loads(path.read_text()))))
+
+
+def _set(obj: dict, key: str, value: object) -> dict:
+    (obj if key in ("architectures", "text_config") else obj["text_config"])[key] = value
+    return obj
+
+
+def _config_variants() -> Iterator[tuple[str, str, Callable[[Path], None]]]:
+    for key in CONFIG_KEYS:
+        for vname, value in BAD_JSON:
+            yield "config", f"{key}={vname}", lambda ck, k=key, v=value: _edit_json(ck / "config.json", lambda o: _set(o, k, v))
+    for fname, data in BAD_FILES:
+        yield "config", f"file-{fname}", lambda ck, d=data: (ck / "config.json").write_bytes(d)
+    yield "config", "unchanged", lambda ck: None
+
+
+def _mtp_shard(ck: Path) -> Path:
+    return sorted(ck.glob("model*.safetensors"))[-1]
+
+
+def _edit_header(path: Path, edit: Callable[[dict], object] | None = None, *, raw: bytes | None = None,
+                 length: int | None = None) -> None:
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    head = raw if raw is not None else _dumps(edit(json.loads(data[8:8 + n]))).encode()
+    head += b" " * (-len(head) % 8)
+    path.write_bytes(struct.pack("<Q", len(head) if length is None else length) + head + data[8 + n:])
+
+
+def _entry_set(head: dict, field_: str, value: object) -> dict:
+    head[next(k for k in head if k.startswith("mtp."))][field_] = value
+    return head
+
+
+def _header_variants(rng: random.Random, n_flips: int) -> Iterator[tuple[str, str, Callable[[Path], None]]]:
+    for field_, values in HEADER_FIELDS:
+        for i, value in enumerate(values):
+            yield "st-header", f"{field_}#{i}", lambda ck, f=field_, v=value: _edit_header(_mtp_shard(ck), lambda h: _entry_set(h, f, v))
+    for name, entry in (("entry-list", []), ("entry-str", "x"), ("entry-empty", {}), ("metadata-deep", "<DEEP>")):
+        key = "__metadata__" if name.startswith("metadata") else None
+        yield "st-header", name, lambda ck, e=entry, k=key: _edit_header(
+            _mtp_shard(ck), lambda h: {**h, (k or next(x for x in h if x.startswith("mtp."))): e})
+    for name, length in (("len-0", 0), ("len-2^63", 2**63), ("len-past-file", 1 << 30), ("len-7", 7)):
+        yield "st-header", name, lambda ck, n=length: _edit_header(_mtp_shard(ck), lambda h: h, length=n)
+    for fname, data in BAD_FILES[:-1]:
+        yield "st-header", f"json-{fname}", lambda ck, d=data: _edit_header(_mtp_shard(ck), raw=d)
+    for i in range(n_flips):
+        seed = rng.randrange(1 << 30)
+        yield "st-header", f"flip#{i}", lambda ck, s=seed: _flip_header(_mtp_shard(ck), s)
+
+
+def _flip_header(path: Path, seed: int) -> None:
+    r = random.Random(seed)
+    data = bytearray(path.read_bytes())
+    n = struct.unpack("<Q", data[:8])[0]
+    for _ in range(r.randint(1, 4)):
+        data[r.randrange(8, 8 + n)] = r.randrange(256)
+    path.write_bytes(bytes(data))
+
+
+def _index_variants() -> Iterator[tuple[str, str, Callable[[Path], None]]]:
+    index = "model.safetensors.index.json"
+    for name, wm in (("list", []), ("int-values", {"a": 1}), ("deep", "<DEEP>"), ("missing-shard", None),
+                     ("traversal", "../../../etc/passwd"), ("absolute", "/etc/passwd"), ("newline", "a\nb.safetensors")):
+        def edit(o: dict, n: str = name, w: object = wm) -> dict:
+            if isinstance(w, str) and n in ("traversal", "absolute", "newline"):
+                return {**o, "weight_map": {k: w for k in o["weight_map"]}}
+            if n == "missing-shard":
+                return {**o, "weight_map": {k: "nope.safetensors" for k in o["weight_map"]}}
+            return {**o, "weight_map": w}
+        yield "st-index", name, lambda ck, e=edit: _edit_json(ck / index, e)
+    for fname, data in BAD_FILES:
+        yield "st-index", f"file-{fname}", lambda ck, d=data: (ck / index).write_bytes(d)
+
+
+PROMPT_OK = b'{"category": "code", "prompt": "def f():\\n"}\n'
+PROMPT_FILES: list[tuple[str, bytes]] = [
+    ("ok", PROMPT_OK), ("empty", b""), ("binary", bytes(range(256)) * 64), ("latin1", b'{"category": "code", "prompt": "\xe9"}\n'),
+    ("deep", b'{"category": "code", "prompt": ' + DEEP.encode() + b"}\n"), ("not-object", b"[1, 2]\n"),
+    ("no-category", b'{"prompt": "x"}\n'), ("prompt-int", b'{"category": "code", "prompt": 5}\n'),
+    ("nan", b'{"category": "code", "prompt": "x", "id": NaN}\n'), ("huge", PROMPT_OK + b" " * (17 << 20)),
+    ("control-category", b'{"category": "co\\nde\\u001b[2K", "prompt": "x"}\n'), ("nul", b"\0" * 100)]
+RECIPE_OK = '[model]\nname = "M"\nbase = "b.gguf"\n[quantize]\ntypes = ["Q8_0"]\n'
+RECIPE_NUMBERS = [("check", "reps"), ("check", "n_predict"), ("check", "ctx"), ("check", "context_depth"),
+                  ("check", "per_category"), ("check", "n_max"), ("check", "temperature"), ("check", "min_speedup"),
+                  ("check", "seed"), ("imatrix", "chunks"), ("imatrix", "ctx"), ("quantize", "jobs"),
+                  ("quality", "ctx"), ("quality", "chunks")]
+RECIPE_VALUES = ["0", "-1", "100000000000000000", "9223372036854775807", "1e20", "1e300", "inf", "nan", '"x"',
+                 "true", "[1e400]", "[]"]
+
+
+def _recipe_text(table: str, key: str, value: str) -> str:
+    extra = {"imatrix": 'calibration = "c.txt"\n'}.get(table, "")
+    return RECIPE_OK.replace("[quantize]\n", "[quantize]\n" + (f"{key} = {value}\n" if table == "quantize" else "")) \
+        + ("" if table == "quantize" else f"[{table}]\n{extra}{key} = {value}\n")
+
+
+def _recipe_files() -> Iterator[tuple[str, bytes]]:
+    yield "ok", RECIPE_OK.encode()
+    for table, key in RECIPE_NUMBERS:
+        for value in RECIPE_VALUES:
+            yield f"{table}.{key}={value}", _recipe_text(table, key, value).encode()
+    for name in ("M\\nmtpgraft: error: x", "M\\u0000", "../M", "M/..", "a" * 300):
+        yield f"name={name[:12]!r}", RECIPE_OK.replace('"M"', f'"{name}"').encode()
+    yield "binary", bytes(range(256)) * 16
+    yield "latin1", RECIPE_OK.encode().replace(b'"M"', b'"\xe9"')
+
+
+CALIBRATION_TEXT = b"The quick brown fox jumps over the lazy dog. " * 200
+
+
+def _calibration_files() -> Iterator[tuple[str, Callable[[Path], None]]]:
+    yield "ok", lambda p: p.write_bytes(CALIBRATION_TEXT)
+    yield "empty", lambda p: p.write_bytes(b"")
+    yield "nul", lambda p: p.write_bytes(b"\0" * 4096)
+    yield "latin1", lambda p: p.write_bytes(CALIBRATION_TEXT + b"caf\xe9 " * 10)
+    yield "huge-sparse", lambda p: (p.write_bytes(CALIBRATION_TEXT), os.truncate(p, 300 << 20))
+
+
+# (command, argv, inputs, outputs) of one local-input case made in its folder
+InputCase = tuple[str, list[str], list[Path], list[Path]]
+
+
+def _prompts_case(d: Path, seeds: dict[str, Path], data: bytes) -> InputCase:
+    f = d / "p.jsonl"
+    f.write_bytes(data)
+    return "check", ["check", str(seeds["model"]), "--prompts", str(f), "--dry-run"], [f], []
+
+
+def _recipe_case(d: Path, seeds: dict[str, Path], data: bytes) -> InputCase:
+    f = d / "r.toml"
+    f.write_bytes(data)
+    return "run", ["run", str(f), "--dry-run", "--work-dir", str(d / "w")], [f], [d / "w"]
+
+
+def _calibration_case(d: Path, seeds: dict[str, Path], write: Callable[[Path], None]) -> InputCase:
+    f, out = d / "cal.txt", d / "out.imatrix.gguf"
+    write(f)
+    chunks = ["--chunks", "2", "-c", "64"] if f.stat().st_size < (1 << 20) else []
+    return "imatrix", ["imatrix", str(seeds["model"]), "-f", str(f), "-o", str(out), *chunks], [f], [out]
+
+
+def _local_cases(server: bool) -> Iterator[tuple[str, str, Callable[[Path, dict[str, Path]], InputCase]]]:
+    """check's prompt files (only where llama-server is found: check looks it up first), recipes and
+    calibration texts."""
+    if server:
+        for name, data in PROMPT_FILES:
+            yield "prompts", name, lambda d, s, b=data: _prompts_case(d, s, b)
+    for name, data in _recipe_files():
+        yield "recipe", name, lambda d, s, b=data: _recipe_case(d, s, b)
+    for name, write in _calibration_files():
+        yield "calibration", name, lambda d, s, w=write: _calibration_case(d, s, w)
+
+
+def input_seeds(work: Path) -> dict[str, Path]:
+    """A tiny checkpoint, a trunk-only base it fits, and a tiny model llama-imatrix / llama-server run."""
+    from mtpgraft.sources.checkpoints import build_checkpoint
+    from mtpgraft.testmodels import build_tiny_model
+    from mtpgraft.testmodels.synthetic import make_model
+
+    return {"ckpt": build_checkpoint(work / "seed-ck", "dense-bf16"),
+            "base": make_model(work / "seed-base.gguf", arch=ARCH, trunk=2, layout="base", n_embd=64, vocab=320, n_ff=128),
+            "model": build_tiny_model(work / "seed-model.gguf", dtype="f16")}
+
+
+def _checkpoint_case(d: Path, seeds: dict[str, Path], edit: Callable[[Path], None]) -> InputCase:
+    import shutil
+
+    ck = Path(shutil.copytree(seeds["ckpt"], d / "ck"))
+    edit(ck)
+    out = d / "out.gguf"
+    return ("attach", ["attach", str(seeds["base"]), "--mtp-from", str(ck), "-o", str(out)],
+            sorted(ck.iterdir()), [out])
+
+
+def _has_server() -> bool:
+    from mtpgraft.errors import ToolNotFoundError
+    from mtpgraft.tools import find_tool
+
+    try:
+        return bool(find_tool("llama-server"))
+    except ToolNotFoundError:
+        return False
+
+
+def input_cases(work: Path, seeds: dict[str, Path], rng: random.Random, *, n_flips: int = 40,
+                server: bool = False) -> list[tuple[str, str, Callable[[Path], InputCase]]]:
+    """Every case of the input corpus: (class, variant, make(case folder) -> InputCase)."""
+    cases: list[tuple[str, str, Callable[[Path], InputCase]]] = [
+        (cls, name, lambda d, e=edit: _checkpoint_case(d, seeds, e))
+        for cls, name, edit in (*_config_variants(), *_header_variants(rng, n_flips), *_index_variants())]
+    cases += [(cls, name, lambda d, m=make: m(d, seeds)) for cls, name, make in _local_cases(server)]
+    return cases
+
+
+def input_corpus_runs(work: Path, *, seed: int = 0, every: int = 1, subprocess_every: int = 10,
+                      n_flips: int = 40) -> tuple[list[RunRecord], int]:
+    """Make every input case (`every`-th only, for a subset) and run the command that reads it."""
+    old_cache = os.environ.get("MTPGRAFT_CACHE_DIR")
+    os.environ["MTPGRAFT_CACHE_DIR"] = str(work / "cache")
+    try:
+        seeds = input_seeds(work)
+        cases = input_cases(work, seeds, random.Random(seed), n_flips=n_flips, server=_has_server())[::every]
+        records = [_run_input_case(work / f"in{k}", cls, name, make, subprocess_every and k % subprocess_every == 0)
+                   for k, (cls, name, make) in enumerate(cases)]
+    finally:
+        if old_cache is None:
+            os.environ.pop("MTPGRAFT_CACHE_DIR", None)
+        else:
+            os.environ["MTPGRAFT_CACHE_DIR"] = old_cache
+    return records, len(cases)
+
+
+def _run_input_case(d: Path, cls: str, name: str, make: Callable[[Path], InputCase], as_subprocess: bool) -> RunRecord:
+    d.mkdir()
+    try:
+        command, args, inputs, outputs = make(d)
+        return run_case(cls, name, command, args, inputs, d, mode="subprocess" if as_subprocess else "inproc",
+                        outputs=outputs)
+    finally:
+        _clean(d)

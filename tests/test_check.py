@@ -72,6 +72,25 @@ def test_load_prompts_reads_jsonl_and_names_the_bad_line(tmp_path):
         load_prompts(f)
 
 
+def test_prompt_files_are_size_checked_and_decoded_with_a_clear_error(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_bytes(b'{"category": "code", "prompt": "x"}\n\xff\xfe\x00binary')
+    with pytest.raises(UsageError, match=r"^prompt file .*p.jsonl: not UTF-8 text \(line 2, byte 36\); save it as UTF-8$"):
+        load_prompts(f)
+    with open(f, "wb") as fh:  # sparse: 16 MB + 1 byte of zeros, not written
+        fh.truncate((16 << 20) + 1)
+    with pytest.raises(UsageError, match=r"p.jsonl is larger than 16 MB, the most mtpgraft reads$"):
+        load_prompts(f)
+    with pytest.raises(UsageError, match=r"^prompt file /dev/zero is larger than 16 MB"):
+        load_prompts("/dev/zero")
+    f.write_text('{"category": "code\\nmtpgraft: error: x", "prompt": "x"}\n')
+    with pytest.raises(UsageError, match=r"p.jsonl:1: the category must be one line of at most 100 characters"):
+        load_prompts(f)
+    f.write_text('{"category": "code", "prompt": ' + "[" * 5000 + "]" * 5000 + "}\n")
+    with pytest.raises(UsageError, match=r"p.jsonl:1: JSON nested more than 64 deep"):
+        load_prompts(f)
+
+
 def test_select_prompts_keeps_order_limits_and_rejects_unknown():
     prompts = builtin_prompts()
     got = select_prompts(prompts, ["creative", "code"], per_category=2)
@@ -268,6 +287,12 @@ def test_plan_presets_cost_modes_and_ctx(tmp_path):
         10 + cost["prefill_tokens"] / 1000 + cost["generate_tokens"] / 10)
     with pytest.raises(UsageError, match="raw.gguf runs in raw mode"):
         plan_check([chat, raw], server=server, reasoning=["on", "off"])
+    # a context beyond the model's trained one and 32K is refused before any server starts
+    assert plan_check([raw], server=server, ctx_size=32768).server_ctx == 32768
+    with pytest.raises(UsageError, match=r"^the check needs a context of 1,048,576 tokens \(ctx_size, the deepest "
+                       r"context_depth, the longest prompt and n_predict\); raw.gguf was trained for 4,096 tokens and "
+                       r"mtpgraft asks for at most 32,768 \(llama-server allocates the KV cache"):
+        plan_check([raw], server=server, ctx_size=1 << 20)
     with pytest.raises(UsageError, match="chat mode needs a chat template"):
         plan_check([raw], server=server, mode="chat")
     with pytest.raises(UsageError, match="no --spec-draft-p-min"):
@@ -659,7 +684,13 @@ def test_cli_says_a_usage_mistake_before_looking_for_llama_server(tmp_path):
     for args, message in ((["--n-max", "0"], "--n-max values must be >= 1, got [0]"),
                           (["--p-min", "2"], "--p-min values must be between 0 and 1, got [2.0]"),
                           (["--reasoning", "maybe"], "--reasoning takes on and off, got maybe"),
-                          (["--context-depth", "-1"], "--context-depth values must be >= 0, got [-1]")):
+                          (["--context-depth", "-1"], "--context-depth values must be >= 0, got [-1]"),
+                          (["--n-predict", "1000000000"], "--n-predict must be <= 32,768, got 1,000,000,000 "
+                           "(mtpgraft's bound, checked before a server starts)"),
+                          (["--ctx", "1000000000"], "--ctx must be <= 4,194,304, got 1,000,000,000 "
+                           "(mtpgraft's bound, checked before a server starts)"),
+                          (["--reps", "100000000000000000000"], "--reps must be <= 1,000, got "
+                           "100,000,000,000,000,000,000 (mtpgraft's bound, checked before a server starts)")):
         res = CliRunner().invoke(cli, ["check", str(tmp_path / "m.gguf"), *args,
                                        "--llama-cpp", str(missing)])
         assert res.exit_code == UsageError.exit_code, res.output

@@ -4,7 +4,10 @@ Files are the small generated models with one thing broken by tests/fuzz.py's ra
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -293,3 +296,320 @@ def test_a_tokenizer_walked_before_is_recognised_only_by_its_exact_bytes(tmp_pat
     with pytest.raises(TruncatedHeaderError) as e:  # inside the remembered span: walked, as always
         GGUFFile.from_prefix(data[:mid], size=full, name="cut.gguf")
     assert e.value.needed == mid + len("t3000")
+
+
+# --------------------------------------------------------------------------- secrets (issue 27)
+
+SECRET = "sekrit-Token-4242abcd"  # not shaped like an HF token: only knowing the value can remove it
+
+
+def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mtpgraft", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def _files_holding(root: Path, needle: bytes, skip: set[Path]) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and p not in skip and needle in p.read_bytes()]
+
+
+@pytest.mark.parametrize("source", ["flag", "env", "file"])
+def test_a_token_the_hub_echoes_is_never_printed_logged_or_written(hf_hermetic, hub, tmp_path, source):
+    """A 401 whose body echoes the Authorization header: the token is in no output, under -v and
+    --debug too, nor in any file written (push's plan, attach's range cache)."""
+    hub.echo_auth = True
+    full = make_model(tmp_path / "full.gguf")
+    hub.put_files("tester/Donor", {"Tiny.gguf": full.read_bytes()})
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    env, token_file = dict(os.environ), tmp_path / "hf_home" / "token"
+    flag = ["--token", SECRET] if source == "flag" else []
+    if source == "env":
+        env["HF_TOKEN"] = SECRET
+    if source == "file":
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        token_file.write_text(SECRET)
+    runs = [_run(*pre, "push", str(full), "--repo", "tester/Out", "--endpoint", hub.url, "--no-verify", *flag, env=env)
+            for pre in ([], ["-v"], ["--debug"])]
+    runs += [_run(*pre, "attach", str(base), "--mtp-from", "hf://tester/Donor/Tiny.gguf", "-o",
+                  str(tmp_path / "out.gguf"), "--endpoint", hub.url, *flag, env=env) for pre in ([], ["--debug"])]
+    for r in runs:
+        assert r.returncode == 6, r.stderr
+        assert SECRET not in r.stdout + r.stderr, r.stderr
+    assert "Bearer ***" in runs[0].stderr  # the server's text is still shown, less the token
+    assert "Traceback" in runs[2].stderr and "Traceback" in runs[4].stderr
+    assert _files_holding(tmp_path, SECRET.encode(), {token_file}) == []
+
+
+def test_debug_adds_the_traceback_and_keeps_the_exit_code(tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf at all" * 10)
+    plain = _run("inspect", str(junk), env=dict(os.environ))
+    debug = _run("--debug", "inspect", str(junk), env=dict(os.environ))
+    assert plain.returncode == debug.returncode == 3
+    assert "Traceback" in debug.stderr and "Traceback" not in plain.stderr
+    assert debug.stderr.splitlines()[-1] == plain.stderr.strip()
+
+
+def test_a_name_with_a_newline_cannot_fake_a_second_error_line(tmp_path):
+    sneaky = tmp_path / "x.gguf\nmtpgraft: error: all good, exit 0\x1b[2K"
+    sneaky.write_bytes(b"GGUF" + b"\0" * 20)
+    code, err = mtpgraft("inspect", sneaky)
+    line = one_line(err)
+    assert code == 3 and "x.gguf\\nmtpgraft: error: all good, exit 0\\x1b[2K" in line
+
+
+# --------------------------------------------------------------------------- checkpoints: configs, indexes, headers
+
+DEEP = "[" * 10_000 + "]" * 10_000
+
+
+def _checkpoint(tmp_path: Path) -> Path:
+    from mtpgraft.sources.checkpoints import build_checkpoint
+
+    return build_checkpoint(tmp_path / "ck", "dense-bf16")
+
+
+def _attach_ckpt(tmp_path: Path, ckpt: Path) -> tuple[int, str]:
+    out = tmp_path / "o.gguf"
+    code, err = mtpgraft("attach", make_model(tmp_path / "b.gguf", layout="base"), "--mtp-from", ckpt, "-o", out)
+    assert not out.exists()
+    return code, one_line(err)
+
+
+@pytest.mark.parametrize(("where", "value", "message"), [
+    ("text_config.hidden_size", "abc", "config.json hidden_size = 'abc': not an integer"),
+    ("text_config.mtp_num_hidden_layers", 1e9, "config.json mtp_num_hidden_layers = 1000000000: out of range"),
+    ("text_config.mtp_num_hidden_layers", True, "config.json mtp_num_hidden_layers = true: not an integer"),
+    ("text_config.mtp_num_hidden_layers", 1.5, "config.json mtp_num_hidden_layers = 1.5: not an integer"),
+    ("text_config.num_hidden_layers", -3, "config.json num_hidden_layers = -3: out of range"),
+    ("architectures", [{}], "config.json architectures = [{}]: not a list of strings"),
+    ("text_config", [1, 2], "config.json text_config is not a JSON object"),
+    ("text_config.layer_types", "linear", "config.json layer_types = 'linear': not a list of strings"),
+    ("text_config.vocab_size", DEEP, "config.json: JSON nested more than 64 deep"),
+])
+def test_config_fields_are_typed_and_bounded(tmp_path, where, value, message):
+    ckpt = _checkpoint(tmp_path)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    *path, key = where.split(".")
+    (cfg[path[0]] if path else cfg)[key] = value
+    text = json.dumps(cfg)
+    (ckpt / "config.json").write_text(text.replace(json.dumps(DEEP), DEEP))
+    code, line = _attach_ckpt(tmp_path, ckpt)
+    assert code == 3 and message in line, line
+
+
+def _shard(ckpt: Path) -> Path:
+    return sorted(ckpt.glob("model*.safetensors"))[-1]
+
+
+def _edit_header(p: Path, edit) -> None:
+    data = p.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    head = json.loads(data[8:8 + n])
+    new = edit(head).encode() if callable(edit) else edit
+    new += b" " * (-len(new) % 8)
+    p.write_bytes(struct.pack("<Q", len(new)) + new + data[8 + n:])
+
+
+def _mtp_entry(head: dict, key: str, value) -> str:
+    name = next(k for k in head if k.startswith("mtp."))
+    head[name][key] = value
+    return json.dumps(head)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda h: _mtp_entry(h, "shape", [-1, 64]), "has a bad shape [-1, 64]"),
+    (lambda h: _mtp_entry(h, "shape", [2**63, 2]), "has a bad shape"),
+    (lambda h: _mtp_entry(h, "shape", [64.0]), "has a bad shape [64.0]"),
+    (lambda h: _mtp_entry(h, "data_offsets", [0, 2**64]), "has bad data_offsets"),
+    (lambda h: _mtp_entry(h, "data_offsets", [0, 10**12]), "lies outside the file"),
+    (lambda h: _mtp_entry(h, "data_offsets", [0, 2]), "but its data_offsets hold 2 bytes"),
+    (lambda h: _mtp_entry(h, "dtype", ["BF16"]), "needs dtype, shape and two data_offsets"),
+    (lambda h: _mtp_entry(h, "shape", DEEP).replace(json.dumps(DEEP), DEEP), "JSON nested more than 64 deep"),
+    (b'{"a": ' + b"\xff" * 8 + b"}", "not UTF-8 text"),
+])
+def test_safetensors_headers_are_typed_and_bounded(tmp_path, edit, message):
+    ckpt = _checkpoint(tmp_path)
+    _edit_header(_shard(ckpt), edit)
+    code, line = _attach_ckpt(tmp_path, ckpt)
+    assert code == 3 and message in line, line
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"weight_map": ' + DEEP + "}", "JSON nested more than 64 deep"),
+    ('{"weight_map": {"a": 1}}', "weight_map is not an object of tensor name -> file name"),
+    ("[1, 2]", "not a safetensors index (no weight_map)"),
+    ('{"weight_map": {"mtp.fc.weight": "../../../etc/passwd"}}', "weight_map names shard '../../../etc/passwd' "
+     "cannot be part of a file name"),
+])
+def test_safetensors_index_is_typed_and_bounded(tmp_path, text, message):
+    ckpt = _checkpoint(tmp_path)
+    (ckpt / "model.safetensors.index.json").write_text(text)
+    code, line = _attach_ckpt(tmp_path, ckpt)
+    assert code == 3 and message in line, line
+
+
+# --------------------------------------------------------------------------- recipes
+
+RECIPE = '[model]\nname = "M"\nbase = "b.gguf"\n[quantize]\ntypes = ["Q8_0"]\n'
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("[check]\nreps = 100000000000000000\n", "[check] reps: must be <= 1,000, got 100,000,000,000,000,000"),
+    ("[check]\nn_predict = 1000000000\n", "[check] n_predict: must be <= 32,768, got 1,000,000,000"),
+    ("[check]\ncontext_depth = [0, 100000000000]\n", "[check] context_depth: must be <= 4,194,304"),
+    ("[check]\nmin_speedup = inf\n", "[check] min_speedup: must be a finite number of at most 1e+06 in size, got inf"),
+    ("[imatrix]\ncalibration = \"c.txt\"\nchunks = 99999999999\n", "[imatrix] chunks: must be <= 1,048,576"),
+    ("[quantize.x]\n", "[quantize] x: unknown key"),
+    ("[run.resources]\ncheck = {gpus = 1e300}\n", "[run.resources.check] gpus: must be a finite number"),
+])
+def test_recipe_numbers_are_bounded_at_parse_time(tmp_path, extra, message):
+    r = tmp_path / "r.toml"
+    r.write_text(RECIPE + extra)
+    code, err = mtpgraft("run", r, "--dry-run", "--work-dir", tmp_path / "w")
+    assert code == 3 and f"r.toml: {message}" in one_line(err)
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("name", ["M\\nmtpgraft: error: x", "M\\u0000", "a" * 201])
+def test_names_that_become_file_names_are_plain(tmp_path, name):
+    r = tmp_path / "r.toml"
+    r.write_text(RECIPE.replace('"M"', f'"{name}"'))
+    code, err = mtpgraft("run", r, "--dry-run", "--work-dir", tmp_path / "w")
+    assert code == 3 and "[model] name: " in one_line(err) and "must be a plain file name stem" in err
+    code, err = mtpgraft("quantize", make_model(tmp_path / "f.gguf"), "--types", "Q8_0", "--out-dir", tmp_path / "q",
+                         "--name", name.encode().decode("unicode_escape"))
+    assert code == 2 and "must be a plain file name stem" in one_line(err)
+    assert not (tmp_path / "q").exists() or not list((tmp_path / "q").iterdir())
+
+
+# --------------------------------------------------------------------------- calibration text
+
+CALIBRATION = Path(__file__).parents[1] / "mtpgraft" / "data" / "calibration-tiny.txt"
+
+
+def _huge_calibration(tmp_path: Path) -> Path:
+    """64 KB of real text, then a 300 MB hole (zeros on read, no disk used)."""
+    big = tmp_path / "cal.txt"
+    text = CALIBRATION.read_bytes()
+    big.write_bytes((text * (65536 // len(text) + 1))[:65536])
+    with open(big, "r+b") as f:
+        f.truncate(300 << 20)
+    return big
+
+
+@pytest.mark.tools
+def test_a_calibration_text_is_trimmed_to_what_the_chunks_need(tmp_path):
+    from mtpgraft.hashing import sha256_file
+    from mtpgraft.imatrix import plan_imatrix, read_imatrix
+    from mtpgraft.testmodels import build_tiny_model
+
+    big, model = _huge_calibration(tmp_path), build_tiny_model(tmp_path / "m.gguf", dtype="f16")
+    plan = plan_imatrix(model, big, tmp_path / "a.gguf", ctx=128, chunks=4)
+    assert plan.calibration_used == 4 * 128 * 16 and plan.calibration_bytes == 300 << 20
+    r = subprocess.run([sys.executable, "-m", "mtpgraft", "imatrix", model, "-f", big, "-o", tmp_path / "im.gguf",
+                        "-c", "128", "--chunks", "4", "-b", "128"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    info = read_imatrix(tmp_path / "im.gguf")  # the original file's name and sha256, as before
+    assert info.datasets == ("cal.txt",) and info.dataset_sha256 == sha256_file(big, use_cache=False)
+    assert info.chunk_count == 4
+    code, err = mtpgraft("imatrix", model, "-f", big, "-o", tmp_path / "b.gguf", "-c", "128")
+    assert code == 3 and "the calibration file is 315 MB; llama-imatrix would read all of it (at most 256 MB): " \
+        "set --chunks" in one_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cal.txt", "im.gguf", "m.gguf"]
+
+
+def test_a_calibration_text_that_is_not_utf8_is_refused(tmp_path):
+    bad = tmp_path / "cal.txt"
+    bad.write_bytes(b"some text\n" * 100 + b"\xff\xfe latin-1 \xe9t\xe9\n")
+    code, err = mtpgraft("imatrix", make_model(tmp_path / "m.gguf"), "-f", bad, "-o", tmp_path / "o.gguf",
+                         "--llama-cpp", tmp_path)
+    assert code == 3 and "cal.txt is not UTF-8 text (byte 1000); save it as UTF-8" in one_line(err)
+
+
+# --------------------------------------------------------------------------- text from files lands escaped
+
+EVIL_NAME = "Evil\n# Owned <script>alert(1)</script> [click](https://evil.example) | `x`"
+EVIL_FILE = "other|b\nc).gguf"
+
+
+def test_gguf_names_and_remote_file_names_are_escaped_in_the_card_and_commit(hf_hermetic, hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    src = make_model(tmp_path / "src.gguf")
+    model = tmp_path / "out" / "Model-F16.gguf"
+    model.parent.mkdir()
+    rebuild(src, model, kv=with_kv("general.name", scalar("general.name", V.STRING, EVIL_NAME)))
+    hub.put_files("tester/Evil", {EVIL_FILE: b"GGUF" + b"\0" * 60})
+    r = CliRunner().invoke(cli, ["push", str(model), "--repo", "tester/Evil", "--no-verify", "--endpoint", hub.url,
+                                 "--token", "hf_test_write"])
+    assert r.exit_code == 0, r.stderr
+    head = hub.head("tester/Evil")
+    card = head.files["README.md"].content.decode()
+    body = card.split("\n---\n", 1)[1]
+    # in prose every special character is escaped; the one code span shows the name as it is (inert there)
+    span = "`` Evil # Owned <script>alert(1)</script> [click](https://evil.example) | `x` ``"
+    assert f"GGUF quantizations of {span} that keep" in body and body.count("<script>") == 1
+    assert re.search(r"(?<!\\)\]\(https://evil", body.replace(span, "")) is None
+    assert [ln for ln in body.splitlines() if ln.startswith("# ")] == [
+        r"# Evil # Owned &lt;script&gt;alert(1)&lt;/script&gt; \[click\](https://evil.example) \| \`x\` MTP GGUF"]
+    assert r"| other\|b c).gguf |" in body  # one table row, its | escaped
+    table_rows = [ln for ln in body.splitlines() if ln.startswith("|")]
+    assert all(ln.count("|") - ln.count(r"\|") == table_rows[0].count("|") for ln in table_rows[:3])
+    assert "\n" not in head.title and head.title.endswith("MTP GGUF quant of Evil # Owned <script>alert(1)</script> "
+                                                          "[click](https://evil.example) | `x`")
+    assert "Model-F16.gguf" in head.description
+
+
+def test_a_tensor_name_with_control_characters_stays_on_its_line_in_a_plan(m):
+    import dataclasses
+
+    sneaky = "blk.4.zz\x1b[2K\rmtpgraft: ok"
+    p = bad(m, "ctl.gguf", tensors=lambda ts: [dataclasses.replace(t, name=sneaky) if t.name == "blk.4.attn_q.weight"
+                                               else t for t in ts])
+    for cmd in ("detach", "extract"):
+        r = CliRunner().invoke(cli, [cmd, str(p), "-o", str(m["dir"] / "o.gguf"), "--dry-run"])
+        assert r.exit_code == 0, r.output
+        assert "\x1b" not in r.stdout and "\r" not in r.stdout
+        assert "blk.4.zz\\x1b[2K\\x0dmtpgraft: ok" in r.stdout
+
+
+def test_a_check_report_nested_too_deep_is_one_line(tmp_path):
+    rep = tmp_path / "check"
+    rep.mkdir()
+    (rep / "report.json").write_text('{"models": ' + DEEP + "}")
+    code, err = mtpgraft("push", make_model(tmp_path / "m.gguf"), "--repo", "tester/x", "--report", rep,
+                         "--endpoint", "http://127.0.0.1:9")
+    assert code == 2 and "cannot read" in one_line(err) and "report.json: JSON nested more than 64 deep" in err
+
+
+def test_a_token_in_gguf_metadata_never_reaches_the_card_or_commit(hf_hermetic, hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    leaked = "hf_" + "Leaked0Token1" * 3
+    model = tmp_path / "out" / "Model-F16.gguf"
+    model.parent.mkdir()
+    rebuild(make_model(tmp_path / "src.gguf"), model,
+            kv=with_kv("general.name", scalar("general.name", V.STRING, f"Model {leaked}")))
+    r = CliRunner().invoke(cli, ["push", str(model), "--repo", "tester/Leak", "--no-verify", "--endpoint", hub.url,
+                                 "--token", "hf_test_write", "--json"])
+    assert r.exit_code == 0, r.stderr
+    head = hub.head("tester/Leak")
+    assert leaked not in head.files["README.md"].content.decode() + head.title + head.description + r.stdout
+    assert "# Model *** MTP GGUF" in head.files["README.md"].content.decode()
+
+
+def test_imatrix_sizes_are_bounded_before_the_tool_runs(tmp_path):
+    cal = tmp_path / "cal.txt"
+    cal.write_text("some text\n" * 100)
+    code, err = mtpgraft("imatrix", make_model(tmp_path / "m.gguf"), "-f", cal, "-o", tmp_path / "o.gguf",
+                         "-c", "1000000000")
+    assert code == 2 and one_line(err) == "mtpgraft: error: --ctx must be <= 4,194,304, got 1,000,000,000"
+
+
+def test_an_info_line_keeps_a_log_tail_but_no_line_passes_for_mtpgraft_s_own():
+    from mtpgraft.commands.common import say_lines
+
+    got = say_lines("m.gguf: the end of its log:\n  | ok\x1b[2K\nmtpgraft: error: fake\r")
+    assert got.splitlines() == ["m.gguf: the end of its log:", "  | ok\\x1b[2K", "  mtpgraft: error: fake\\r"]

@@ -393,7 +393,7 @@ def test_a_config_past_the_cap_is_refused_unread(hub, models, tmp_path):
     c = hub.put_files("tester/Qwen-tiny", {p.name: p.read_bytes() for p in ckpt.iterdir()})
     claim_size(hub, 2**31, "config.json")
     r = attach(tmp_path, hub, models, spec="hf://tester/Qwen-tiny")
-    assert one_line(r, 3) == (f"hf://tester/Qwen-tiny/config.json@{c[:12]}: 2,147,483,648 bytes, past the 64 MiB mtpgraft reads "
+    assert one_line(r, 3) == (f"hf://tester/Qwen-tiny/config.json@{c[:12]}: 2,147,483,648 bytes, past the 16 MiB mtpgraft reads "
                               "of a config or index (they take kilobytes); refusing it unread")
     assert hub.bytes_sent == 0
     no_ranges(tmp_path)

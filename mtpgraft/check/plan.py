@@ -34,6 +34,13 @@ REASONING = {"on": True, "off": False}  # --reasoning value -> chat_template_kwa
 WARMUP_RULE = ("one warm-up request (4 tokens, the first prompt) on every server before measuring, "
                "not counted; every measured request pays its full prefill (prompt cache off)")
 _TEMPLATE_SLACK = 256  # tokens a chat template adds around a message (role markers, think block)
+# Bounds checked before any server starts (llama-server allocates the KV cache for the whole context
+# up front: a context of 1e9 tokens dies of bad_alloc). A context beyond both the model's trained
+# context_length and CTX_ANY_MODEL is refused; nothing beyond MAX_CTX is ever asked for.
+MAX_CTX = 1 << 22
+CTX_ANY_MODEL = 1 << 15
+MAX_N_PREDICT = 1 << 15  # tokens per request: acceptance is measured well within a few hundred
+MAX_REPS = 1000
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class ModelSpec:
     files: tuple[Path, ...]
     arch: str = ""
     nextn_predict_layers: int = 0
+    context_length: int = 0  # the model's trained context ({arch}.context_length; 0: not stated)
     chat_template: bool = False  # the GGUF carries tokenizer.chat_template
     file_type: str | None = None  # general.file_type by name (Q4_K_M, F16, ...)
 
@@ -237,8 +245,10 @@ def resolve_model(path: str | os.PathLike[str]) -> ModelSpec:
     model = GGUFModel(p)
     arch = str(model.get("general.architecture", ""))
     nextn = model.get(f"{arch}.nextn_predict_layers", 0) if arch else 0
+    ctx_train = model.get(f"{arch}.context_length", 0) if arch else 0
     return ModelSpec(path=model.path, files=tuple(model.paths), arch=arch,
                      nextn_predict_layers=int(nextn or 0),
+                     context_length=ctx_train if isinstance(ctx_train, int) and ctx_train > 0 else 0,
                      chat_template=bool(model.get("tokenizer.chat_template")),
                      file_type=file_type_name(model.get("general.file_type")))
 
@@ -261,12 +271,18 @@ def settings_problem(*, n_max: Sequence[int], temperatures: Sequence[float], rep
                                 ("n_predict", n_predict, 8), ("ctx_size", ctx_size, 256)):
         if value is not None and value < low:
             return setting, f"must be >= {low}, got {value}"
+    for setting, value, high in (("reps", reps, MAX_REPS), ("n_predict", n_predict, MAX_N_PREDICT),
+                                 ("ctx_size", ctx_size, MAX_CTX)):
+        if value is not None and value > high:
+            return setting, f"must be <= {high:,}, got {value:,} (mtpgraft's bound, checked before a server starts)"
     if not 0 <= min_acceptance <= 1:
         return "min_acceptance", f"must be between 0 and 1, got {min_acceptance}"
     if min_speedup is not None and min_speedup <= 0:
         return "min_speedup", f"must be > 0, got {min_speedup}"
     if not context_depth or any(int(d) < 0 for d in context_depth):
         return "context_depth", f"values must be >= 0, got {list(context_depth)}"
+    if any(int(d) > MAX_CTX for d in context_depth):
+        return "context_depth", f"values must be <= {MAX_CTX:,}, got {list(context_depth)}"
     if not p_min or any(p is not None and not 0 <= p <= 1 for p in p_min):
         return "p_min", f"values must be between 0 and 1, got {list(p_min)}"
     if mode not in MODES:
@@ -332,7 +348,21 @@ def plan_check(models: Sequence[str | os.PathLike[str]], *, server: ServerTool,
                      prompt_source=source, warmup=warmup, mode=mode, reasoning=reasoning_t,
                      context_depth=depths, p_min=p_min_t)
     _check_modes(plan)
+    _check_ctx(plan)
     return plan
+
+
+def _check_ctx(plan: CheckPlan) -> None:
+    """Refuse a context no server could hold, before one starts (see MAX_CTX)."""
+    need = plan.server_ctx
+    for m in plan.models:
+        bound = min(MAX_CTX, max(m.context_length, CTX_ANY_MODEL))
+        if need > bound:
+            trained = f"was trained for {m.context_length:,} tokens" if m.context_length else "states no context_length"
+            raise UsageError(f"the check needs a context of {need:,} tokens (", Setting("ctx_size"), ", the "
+                             "deepest ", Setting("context_depth"), ", the longest prompt and ", Setting("n_predict"),
+                             f"); {m.name} {trained} and mtpgraft asks for at most {bound:,} (llama-server "
+                             "allocates the KV cache for the whole context up front): lower them")
 
 
 def _check_modes(plan: CheckPlan) -> None:

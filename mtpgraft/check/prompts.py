@@ -10,16 +10,19 @@ the raw text is sent as the message. Each line of a prompt file is a JSON object
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from ..errors import UsageError
+from ..parsing import load_json, read_text
 
 CATEGORIES = ("code", "factual", "analysis", "creative")
+MAX_PROMPT_FILE = 16 << 20  # bytes: a suite of thousands of long prompts is a few MB
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,7 @@ def _parse_lines(lines: Iterable[str], source: str) -> list[Prompt]:
     for no, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise UsageError(f"{source}:{no}: not valid JSON ({e.msg})") from e
+        obj = load_json(line, f"{source}:{no}", error=UsageError)
         if not isinstance(obj, dict):
             raise UsageError(f"{source}:{no}: expected a JSON object with category and prompt")
         text = obj.get("prompt", obj.get("text"))
@@ -54,6 +54,10 @@ def _parse_lines(lines: Iterable[str], source: str) -> list[Prompt]:
         if not isinstance(category, str) or not category.strip():
             raise UsageError(f"{source}:{no}: missing a \"category\" string")
         pid = str(obj.get("id") or f"{category}-{no}")
+        for what, value in (("category", category), ("id", pid)):  # printed in every table: one plain line
+            if _CONTROL.search(value) or len(value) > 100:
+                raise UsageError(f"{source}:{no}: the {what} must be one line of at most 100 characters "
+                                 "without control characters")
         if pid in seen:
             raise UsageError(f"{source}:{no}: duplicate prompt id {pid!r}")
         seen.add(pid)
@@ -83,13 +87,10 @@ def builtin_context(kind: str) -> str:
 
 
 def load_prompts(path: str | os.PathLike[str]) -> list[Prompt]:
-    """Read a JSONL prompt file; raise UsageError naming the line of the first bad entry."""
+    """Read a JSONL prompt file (UTF-8, at most MAX_PROMPT_FILE bytes); raise UsageError naming the
+    line of the first bad entry."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"cannot read prompt file {p}: {e.strerror}") from e
-    return _parse_lines(text.splitlines(), str(p))
+    return _parse_lines(read_text(p, "prompt file", MAX_PROMPT_FILE, error=UsageError).splitlines(), str(p))
 
 
 def select_prompts(prompts: Sequence[Prompt], categories: Sequence[str] | None = None,

@@ -14,9 +14,11 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import logging
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +31,8 @@ from ..errors import (
     ServerError,
     Setting,
     ToolFailedError,
+    one_line,
+    redact,
     respelled,
     spelled,
 )
@@ -73,9 +77,33 @@ def cli_text(message: object) -> str:
     return spelled(message, flag)
 
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"mtpgraft: error: {message}", err=True)
+def say(message: str) -> str:
+    """What mtpgraft prints of a message: tokens redacted, one line (control characters escaped)."""
+    return one_line(redact(message))
+
+
+def say_lines(message: str) -> str:
+    """An info or warning that may span lines (a log tail): each line as `say` prints it, and every
+    line after the first indented, so that none can pass for a line of mtpgraft's own."""
+    first, *rest = redact(message).split("\n")
+    return "\n".join([one_line(first), *(one_line(x if x[:1] in (" ", "\t") else "  " + x) for x in rest)])
+
+
+def _fail(message: str, code: int, error: BaseException | None = None) -> None:
+    """The error line and the exit. --debug prints the traceback first; the exit code stays."""
+    if STATE.debug and sys.exc_info()[0] is not None:
+        click.echo(redact(traceback.format_exc()).rstrip(), err=True)
+    click.echo(f"mtpgraft: error: {say(message)}", err=True)
+    if isinstance(error, (ToolFailedError, ServerError)):
+        _show_tail(error)
     sys.exit(code)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Log lines as `mtpgraft: MESSAGE`, with tokens redacted (a logged command may carry one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def _on_signal(signum: int, frame: Any) -> None:
@@ -112,10 +140,10 @@ def _show_tail(e: MtpgraftError) -> None:
     if cmd:
         from ..tools import format_cmd
 
-        click.echo(f"mtpgraft: the failed command: {format_cmd(cmd)}", err=True)
+        click.echo(f"mtpgraft: the failed command: {say(format_cmd(cmd))}", err=True)
     click.echo("mtpgraft: the end of its output:", err=True)
     for line in tail.splitlines():
-        click.echo(f"  | {line}", err=True)
+        click.echo(f"  | {say(line)}", err=True)
 
 
 def error_boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -131,22 +159,13 @@ def error_boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
 
             clean_up_after_interrupt()
             _restore_handlers(old)
-            if STATE.debug:
-                raise
             intr = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
             _fail(str(intr), intr.exit_code)
         except MtpgraftError as e:
             _restore_handlers(old)
-            if STATE.debug:
-                raise
-            click.echo(f"mtpgraft: error: {cli_text(e)}", err=True)
-            if isinstance(e, (ToolFailedError, ServerError)):
-                _show_tail(e)
-            sys.exit(e.exit_code)
+            _fail(cli_text(e), e.exit_code, e)
         except OSError as e:
             _restore_handlers(old)
-            if STATE.debug:
-                raise
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
             what = "no space left on the device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or e)
             _fail(f"{what}{where}", EXIT_OUTPUT)
@@ -177,7 +196,7 @@ class FetchBar:
 
 
 def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(respelled(obj, flag), indent=2, sort_keys=False, default=str))
+    click.echo(redact(json.dumps(respelled(obj, flag), indent=2, sort_keys=False, default=str)))
 
 
 def emit_dry_run(plan: Any, text: str, as_json: bool) -> None:
@@ -185,7 +204,7 @@ def emit_dry_run(plan: Any, text: str, as_json: bool) -> None:
     if as_json:
         emit_json({"dry_run": True, "plan": plan.to_dict()})
     else:
-        click.echo(cli_text(text))
+        click.echo(redact(cli_text(text)))
 
 
 def show_progress() -> bool:
@@ -202,9 +221,9 @@ def progress_bar(total: int, *, unit: str = "B", desc: str = ""):
 
 
 def warn(msg: str) -> None:
-    click.echo(f"mtpgraft: warning: {cli_text(msg)}", err=True)
+    click.echo(f"mtpgraft: warning: {say_lines(cli_text(msg))}", err=True)
 
 
 def info(msg: str) -> None:
     if not STATE.quiet:
-        click.echo(f"mtpgraft: {cli_text(msg)}", err=True)
+        click.echo(f"mtpgraft: {say_lines(cli_text(msg))}", err=True)

@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from ..errors import add_secret
+
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 FORCE_HELP = "Overwrite the output if it exists."
@@ -49,10 +51,15 @@ def llama_cpp_option(fn: Callable[..., Any]) -> Callable[..., Any]:
                              "then the toolchain cache).")(fn)
 
 
+def _secret(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    add_secret(value)  # redacted from everything printed or written from now on, whatever fails
+    return value
+
+
 def hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--token and --endpoint, for commands that talk to the Hub."""
     return _stack([
-        click.option("--token", default=None, metavar="TOKEN",
+        click.option("--token", default=None, metavar="TOKEN", callback=_secret,
                      help="Hugging Face token (else $HF_TOKEN, else the stored `hf auth login`)."),
         click.option("--endpoint", default=None, metavar="URL", help="Hub endpoint (else $HF_ENDPOINT)."),
     ])(fn)

@@ -4,14 +4,17 @@ bytes, so re-pushing unchanged files leaves the card unchanged too."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from .. import __version__, naming
+from ..errors import redact
 
 if TYPE_CHECKING:
     from .plan import CheckMatch, ModelEntry, RemoteFile
@@ -32,6 +35,41 @@ lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple
 odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr
 deepfloyd-if-license llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma unknown other
 """.split())
+
+
+# --------------------------------------------------------------------------- text from files and servers
+
+# Everything a GGUF, a report or the Hub says is text to show, never markup: it lands in the body
+# escaped (one line, Markdown's and HTML's special characters neutralised, at most MAX_SHOWN chars).
+MAX_SHOWN = 200
+_BLANKS = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029]+")
+_MD_SPECIAL = re.compile(r"([\\`*\[\]|])")
+
+
+def plain_line(value: Any) -> str:
+    """`value` on one line (control characters and runs of blanks as one space), at most MAX_SHOWN chars."""
+    text = _BLANKS.sub(" ", str(value)).strip()
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 1] + "…"
+
+
+def md(value: Any) -> str:
+    """`value` as plain text in Markdown (a paragraph, a heading or a table cell): one line, HTML
+    escaped, and \\ ` * [ ] | backslash-escaped (no link, image, code span or new table cell; an
+    intraword `_` as in Q4_K_M stays as it is)."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(plain_line(value), quote=False))
+
+
+def md_code(value: Any) -> str:
+    """`value` as an inline code span (outside tables): one line, fenced by more backticks than it holds."""
+    text = plain_line(value)
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def url_path(path: str) -> str:
+    """A repo path or revision as part of a link's URL (percent-encoded: no `)`, space or newline)."""
+    return quote(path, safe="/")
 
 
 def human_size(n: int) -> str:
@@ -91,8 +129,8 @@ def _quant_tables(measured: Sequence[ModelEntry]) -> list[str]:
     """The quant x task speedup matrix and the quant x n acceptance table over every measured quant."""
     from ..check.tables import acceptance_table, speedup_matrix
 
-    rows = [{"quant": m.quant or PurePosixPath(m.name).name, "name": PurePosixPath(m.name).name,
-             "categories": m.check.categories, "by_config": list(m.check.by_config)}
+    rows = [{"quant": md(m.quant or PurePosixPath(m.name).name), "name": md(PurePosixPath(m.name).name),
+             "categories": {md(k): v for k, v in m.check.categories.items()}, "by_config": list(m.check.by_config)}
             for m in measured if m.check is not None]
     if not rows:
         return []
@@ -126,7 +164,7 @@ def render_card(*, repo_id: str, models: Sequence[ModelEntry], verified: bool,
         pipeline_tag="text-generation", tags=tags)
     body = "\n".join(_body(repo_id=repo_id, models=models, verified=verified, base=base,
                            other_files=other_files, revision=revision))
-    return "---\n" + data.to_yaml() + "\n---\n\n" + body.rstrip() + "\n"
+    return redact("---\n" + data.to_yaml() + "\n---\n\n" + body.rstrip() + "\n")  # no token, whatever a file says
 
 
 def _title(models: Sequence[ModelEntry], repo_id: str) -> str:
@@ -165,8 +203,8 @@ def _intro(models: Sequence[ModelEntry], base_link: str) -> str:
 def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: str | None,
           other_files: Sequence[RemoteFile], revision: str) -> list[str]:
     title = _title(models, repo_id)
-    base_link = f"[{base}]({HUB_URL}/{base})" if base else f"`{title}`"
-    out = [f"# {title} MTP GGUF", "", _intro(models, base_link), ""]
+    base_link = f"[{base}]({HUB_URL}/{base})" if base else md_code(title)
+    out = [f"# {md(title)} MTP GGUF", "", _intro(models, base_link), ""]
     if not verified:
         out += ["> **Not verified.** These files were pushed with `mtpgraft push --no-verify`: they "
                 "passed `mtpgraft inspect`, but no llama-server check of their MTP acceptance was "
@@ -187,8 +225,8 @@ def _files_section(repo_id: str, models: Sequence[ModelEntry], other_files: Sequ
     for m in models:
         for i, f in enumerate(m.files):
             shard = f" (part {i + 1}/{len(m.files)})" if len(m.files) > 1 else ""
-            out.append(f"| [{PurePosixPath(f.path).name}]({HUB_URL}/{repo_id}/blob/{revision}/{f.path}){shard} | "
-                       f"{m.quant or '–'} | {m.mtp_head} | {human_size(f.size)} | "
+            out.append(f"| [{md(PurePosixPath(f.path).name)}]({HUB_URL}/{repo_id}/blob/{url_path(revision)}/"
+                       f"{url_path(f.path)}){shard} | {md(m.quant or '–')} | {md(m.mtp_head)} | {human_size(f.size)} | "
                        + (_quality_cells(m) if quality else "") + f"`{f.sha256}` |")
     out.append("")
     if quality:
@@ -196,7 +234,7 @@ def _files_section(repo_id: str, models: Sequence[ModelEntry], other_files: Sequ
     if other_files:
         out += ["Also in this repository (not part of this push, not described above):", "",
                 "| File | Size | SHA256 |", "|---|---:|---|"]
-        out += [f"| {f.path} | {human_size(f.size)} | `{f.sha256 or f.git_oid}` |" for f in other_files]
+        out += [f"| {md(f.path)} | {human_size(f.size)} | {md_code(f.sha256 or f.git_oid)} |" for f in other_files]
         out.append("")
     return out
 
@@ -217,14 +255,14 @@ def _check_settings(s: dict) -> list[str]:
     """The check's settings in words: draft lengths, temperatures, repetitions, tokens."""
     how = []
     if s.get("n_max"):
-        how.append(f"draft lengths {', '.join(str(x) for x in s['n_max'])}")
+        how.append(f"draft lengths {md(', '.join(str(x) for x in s['n_max']))}")
     if s.get("temperature") is not None:
         temps = s["temperature"] if isinstance(s["temperature"], list) else [s["temperature"]]
-        how.append(f"temperature {', '.join(str(x) for x in temps)}")
+        how.append(f"temperature {md(', '.join(str(x) for x in temps))}")
     if s.get("reps"):
-        how.append(f"{s['reps']} repetitions")
+        how.append(f"{md(s['reps'])} repetitions")
     if s.get("n_predict"):
-        how.append(f"{s['n_predict']} tokens per request")
+        how.append(f"{md(s['n_predict'])} tokens per request")
     return how
 
 
@@ -232,9 +270,9 @@ def _check_table(m: ModelEntry) -> list[str]:
     c = m.check
     assert c is not None
     how = _check_settings(c.settings)
-    out = [f"### {PurePosixPath(m.name).name}", "",
-           f"`mtpgraft check` with llama-server (llama.cpp {c.llama_cpp_build or 'unknown build'}): "
-           f"verdict **{c.verdict}**, draft acceptance {_pct(c.acceptance)} overall"
+    out = [f"### {md(PurePosixPath(m.name).name)}", "",
+           f"`mtpgraft check` with llama-server (llama.cpp {md(c.llama_cpp_build or 'unknown build')}): "
+           f"verdict **{md(c.verdict)}**, draft acceptance {_pct(c.acceptance)} overall"
            + (", MTP active" if c.mtp_active else "") + "."
            + (f" Settings: {'; '.join(how)}." if how else ""), "",
            "| Task | Draft acceptance | Speedup | Decode tok/s (MTP) | Decode tok/s (no MTP) "
@@ -243,12 +281,12 @@ def _check_table(m: ModelEntry) -> list[str]:
     for task, v in c.categories.items():
         if not isinstance(v, dict):
             continue
-        out.append(f"| {task} | {_pct(v.get('acceptance'))} | {_num(v.get('speedup'), '{:.2f}×')} | "
+        out.append(f"| {md(task)} | {_pct(v.get('acceptance'))} | {_num(v.get('speedup'), '{:.2f}×')} | "
                    f"{_num(v.get('decode_tps'))} | {_num(v.get('baseline_decode_tps'))} | "
-                   f"{_num(v.get('prefill_tps'))} | {v.get('best_n', '–')} |")
+                   f"{_num(v.get('prefill_tps'))} | {md(v.get('best_n', '–'))} |")
     out.append("")
     if c.chart:
-        out += [f"![MTP speedup per task]({c.chart})", ""]
+        out += [f"![MTP speedup per task]({url_path(c.chart)})", ""]
     return out
 
 
@@ -292,10 +330,10 @@ def _provenance_section(models: Sequence[ModelEntry], verified: bool, base: str 
     if base:
         out.append(f"- Base model: {base_link}")
     out += _prov(models, "MTP head source", lambda m: _mtp_source(m.metadata))
-    out += _prov(models, "MTP tensor types", lambda m: m.metadata.get("mtpgraft.mtp.type_policy"))
+    out += _prov(models, "MTP tensor types", lambda m: _md_or_none(m.metadata.get("mtpgraft.mtp.type_policy")))
     out += _prov(models, "imatrix", lambda m: _imatrix(m.metadata))
-    out += _prov(models, "llama.cpp build (check)", lambda m: m.check.llama_cpp_build if m.check else None)
-    out += _prov(models, "Grafted with mtpgraft", lambda m: m.metadata.get("mtpgraft.version"))
+    out += _prov(models, "llama.cpp build (check)", lambda m: _md_or_none(m.check.llama_cpp_build if m.check else None))
+    out += _prov(models, "Grafted with mtpgraft", lambda m: _md_or_none(m.metadata.get("mtpgraft.version")))
     out.append(f"- Published with mtpgraft {__version__}")
     out.append("- Verification: " + ("every file passed `mtpgraft inspect` and `mtpgraft check` (the "
                                      "check report lists its sha256)." if verified else
@@ -310,7 +348,7 @@ def _quality_cells(m: ModelEntry) -> str:
     if q is None:
         return "– | – | – | "
     ret = f"{q.retention:.3f}" if q.retention is not None else "–"
-    return f"{q.figures.get('kld', '–')} | {q.figures.get('ppl_ratio', '–')} | {ret} | "
+    return f"{md(q.figures.get('kld', '–'))} | {md(q.figures.get('ppl_ratio', '–'))} | {ret} | "
 
 
 def _quality_note(models: Sequence[ModelEntry]) -> list[str]:
@@ -320,9 +358,10 @@ def _quality_note(models: Sequence[ModelEntry]) -> list[str]:
         h = how.how
         text = PurePosixPath(str(h.get("text") or "")).name
         out.append(f"KLD (mean KL divergence), PPL ratio (PPL(Q)/PPL(base)) and their inputs were measured with "
-                   f"llama.cpp's `llama-perplexity` (build {h.get('build') or 'unknown'}) against `{how.reference}`: "
-                   f"`--kl-divergence-base` on it once, `--kl-divergence` per file, over `{text}` with context "
-                   f"{h.get('ctx_size')}" + (f", {h.get('chunks')} chunks" if h.get("chunks") else "")
+                   f"llama.cpp's `llama-perplexity` (build {md(h.get('build') or 'unknown')}) against "
+                   f"{md_code(how.reference)}: `--kl-divergence-base` on it once, `--kl-divergence` per file, over "
+                   f"{md_code(text)} with context {md(h.get('ctx_size'))}"
+                   + (f", {md(h.get('chunks'))} chunks" if h.get("chunks") else "")
                    + "; figures exactly as the tool printed them. MTP retention is the file's draft acceptance "
                    "divided by the reference's, both from `mtpgraft check` with the same settings.")
     return out + [""]
@@ -335,7 +374,11 @@ def _prov(models: Sequence[ModelEntry], label: str, get: Any) -> list[str]:
         return []
     if len(distinct) == 1:
         return [f"- {label}: {distinct.pop()}"]
-    return [f"- {label}:"] + [f"  - {PurePosixPath(m.name).name}: {v}" for m, v in vals if v]
+    return [f"- {label}:"] + [f"  - {md(PurePosixPath(m.name).name)}: {v}" for m, v in vals if v]
+
+
+def _md_or_none(value: Any) -> str | None:
+    return md(value) if value else None
 
 
 def _mtp_source(meta: dict[str, Any]) -> str | None:
@@ -343,7 +386,7 @@ def _mtp_source(meta: dict[str, Any]) -> str | None:
     if not src:
         return None
     sha = meta.get("mtpgraft.mtp.source_sha256")
-    return f"`{src}`" + (f" (sha256 `{sha}`)" if sha else "")
+    return md_code(src) + (f" (sha256 {md_code(sha)})" if sha else "")
 
 
 def _imatrix(meta: dict[str, Any]) -> str | None:
@@ -351,12 +394,12 @@ def _imatrix(meta: dict[str, Any]) -> str | None:
     f = meta.get("quantize.imatrix.file")
     if not ds and not f:
         return None
-    parts = [f"dataset `{ds}`" if ds else f"file `{f}`"]
+    parts = [f"dataset {md_code(ds)}" if ds else f"file {md_code(f)}"]
     sha = meta.get("mtpgraft.imatrix.dataset_sha256")
     if sha:
-        parts.append(f"sha256 `{sha}`")
+        parts.append(f"sha256 {md_code(sha)}")
     if meta.get("quantize.imatrix.chunks_count"):
-        parts.append(f"{meta['quantize.imatrix.chunks_count']} chunks")
+        parts.append(f"{md(meta['quantize.imatrix.chunks_count'])} chunks")
     return ", ".join(parts)
 
 
@@ -374,11 +417,12 @@ def with_sidecar_section(readme: str, *, repo_id: str, sidecars: Sequence[ModelE
            "with mtpgraft). With `--spec-type draft-mtp`, `llama-server -hf` downloads the best one next "
            "to the quant and drafts with it: speculative decoding without a separate draft model.", "",
            "| Sidecar | MTP head | Size | SHA256 |", "|---|---|---:|---|"]
-    out += [f"| {f.path} | {m.mtp_head} | {human_size(f.size)} | `{f.sha256}` |" for m in sidecars for f in m.files]
+    out += [f"| {md(f.path)} | {md(m.mtp_head)} | {human_size(f.size)} | {md_code(f.sha256)} |"
+            for m in sidecars for f in m.files]
     served = [(q, s) for q, s in picks if s in names]
     if served:
         out += ["", "| Quant | MTP draft `llama-server -hf` loads |", "|---|---|"]
-        out += [f"| {q} | {s} |" for q, s in served]
+        out += [f"| {md(q)} | {md(s)} |" for q, s in served]
     out += ["", "```sh"]
     out += [f"llama-server -hf {repo_id}:{(naming.hf_split_info(q) or naming.HfSplit('', '', 1, 1)).tag} "
             f"--spec-type draft-mtp --spec-draft-n-max {recommended_n(_check_of(sidecars)) or DEFAULT_N_MAX}"
@@ -386,8 +430,8 @@ def with_sidecar_section(readme: str, *, repo_id: str, sidecars: Sequence[ModelE
     out += ["```", ""]
     c = _check_of(sidecars)
     if c is not None:
-        out += [f"Measured with `mtpgraft check` (llama.cpp {c.llama_cpp_build or 'unknown build'}): draft "
-                f"acceptance {_pct(c.acceptance)}, verdict {c.verdict}.", ""]
+        out += [f"Measured with `mtpgraft check` (llama.cpp {md(c.llama_cpp_build or 'unknown build')}): draft "
+                f"acceptance {_pct(c.acceptance)}, verdict {md(c.verdict)}.", ""]
     out.append(SECTION_END)
     section = "\n".join(out)
     text = readme.rstrip()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from ..errors import HubError, Setting, Text
+from ..errors import HubError, Setting, Text, add_secret, one_line, redact
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -25,7 +25,9 @@ def make_api(*, endpoint: str | None = None, token: str | None = None) -> HfApi:
     """The one HfApi used for a push. Token: the argument, else HF_TOKEN, else the stored login."""
     from huggingface_hub import HfApi, get_token
 
-    return HfApi(endpoint=endpoint or None, token=token or get_token() or None)
+    token = token or get_token() or None
+    add_secret(token)  # never printed, logged or written: errors.redact removes it from any text
+    return HfApi(endpoint=endpoint or None, token=token)
 
 
 
@@ -115,9 +117,10 @@ def _describe_transfer(e: BaseException, *, endpoint: str, repo_id: str, action:
 
 
 def _one_line(s: str) -> str:
-    lines = [x.strip() for x in s.strip().splitlines() if x.strip()]
+    """Text the server sent, as part of a message: tokens redacted, one line, at most 300 characters."""
+    lines = [x.strip() for x in redact(s).strip().splitlines() if x.strip()]
     text = " ".join(lines[:2]) if lines else ""
-    return text[:300]
+    return one_line(text[:300])
 
 
 

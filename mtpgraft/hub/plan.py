@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from .. import naming
-from ..errors import GGUFFormatError, HubError, Setting, Text, UsageError
+from ..errors import GGUFFormatError, HubError, Setting, Text, UsageError, redact
 from ..reports import QUALITY_REPORT, CheckReport, QualityReport, load_check_report, load_quality
 from .client import hub_errors, namespaces, whoami
 from .sidecars import check_placement
@@ -672,7 +672,7 @@ def _compare(f: PlannedFile, r: RemoteFile | None) -> PlannedFile:
 
 def _commit_text(models: list[ModelEntry], files: list[PlannedFile], *, verify: bool,
                  repo_id: str) -> tuple[str, str]:
-    from .card import base_model_of, human_size
+    from .card import base_model_of, human_size, md, md_code, plain_line
 
     sending = {f.path_in_repo: f for f in files if f.sends}
     sent_models = [m for m in models if any(f.path in sending for f in m.files)]
@@ -689,13 +689,14 @@ def _commit_text(models: list[ModelEntry], files: list[PlannedFile], *, verify: 
                             if f.path in sending) else "Update"
         noun = "quant" if len(quants) == 1 else "quants"
         message = f"{verb} {', '.join(quants)} MTP GGUF {noun} of {of}"
+        message = plain_line(message)  # the title: one line, whatever the names hold
     else:
         message = f"Update model card of {repo_id}"
     rows = ["| File | Size | SHA256 |", "|---|---:|---|"]
-    rows += [f"| {f.path_in_repo} | {human_size(f.size)} | `{f.sha256}` |" for f in sending.values()]
+    rows += [f"| {md(f.path_in_repo)} | {human_size(f.size)} | {md_code(f.sha256)} |" for f in sending.values()]
     gate = ("Every GGUF passed `mtpgraft check` (matched by sha256)." if verify
             else "Pushed with --no-verify: the GGUFs were not checked with llama-server.")
-    return message, "\n".join(rows) + "\n\n" + gate + "\n"
+    return redact(message), redact("\n".join(rows) + "\n\n" + gate + "\n")
 
 
 # --------------------------------------------------------------------------- small helpers

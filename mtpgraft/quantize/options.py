@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import ggml_types, naming
 from ..errors import QuantizeOptionError, Setting
 from ..ggml_types import MTP_TYPE, mtp_target
+from ..parsing import is_plain
 
 # The type knowledge is ggml_types'; these names stay for recipe.py, which imports them from here.
 NEEDS_IMATRIX = ggml_types.FILE_TYPES_NEED_IMATRIX
@@ -57,7 +58,7 @@ def default_name(path: str | os.PathLike[str]) -> str:
 def name_problem(name: str, *, sidecar: bool = False) -> str | None:
     """What is wrong with an output name stem, or None (the validator recipes use too). A `sidecar`
     (an MTP-only file or a gemma4-assistant) may, and should, carry the `mtp-` prefix `-hf` looks for."""
-    if not name or "/" in name or "\\" in name or name.startswith("."):
+    if not is_plain(name) or name.startswith("."):  # no folders, control characters or 200+ characters
         return f"{name!r} must be a plain file name stem (no folders)"
     probe = naming.quant_file_name(name, "Q8_0")  # llama.cpp's test is case-sensitive, on the whole name
     for r in naming.HF_RESERVED:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import tomllib
 from collections.abc import Sequence
@@ -15,6 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MtpgraftError, RecipeError
+from ..parsing import plain_name
+
+# The largest value of each integer key: far above any real use, far below what would size a loop or
+# an allocation without bound (reps = 1e17 once ran out of memory after work had started). Any other
+# integer key takes at most MAX_INT; every number is finite and at most MAX_NUMBER in size.
+INT_MAX = {"reps": 1000, "n_predict": 1 << 15, "ctx": 1 << 22, "context_depth": 1 << 22, "chunks": 1 << 20,
+           "batch": 1 << 22, "threads": 4096, "jobs": 256, "per_category": 1 << 20, "n_max": 64,
+           "seed": 2**32 - 1}
+MAX_INT = 1 << 31
+MAX_NUMBER = 1e6
 
 TABLES = ("model", "imatrix", "quantize", "check", "quality", "hub", "run")
 # Every kind of step, in the order the pipeline runs them: the one list (recipe.pipeline orders its
@@ -186,12 +197,14 @@ class _Section:
     def get(self, key: str, kind: type) -> Any:
         v = self.data[key]
         if kind is float and isinstance(v, int) and not isinstance(v, bool):
-            return float(v)
+            v = float(v)
         if isinstance(v, kind) and (kind is bool or not isinstance(v, bool)):
             if kind is str and not v.strip():
                 self.fail(key, "must not be empty")
             if kind is int and v < 1 and key != "seed":
                 self.fail(key, f"must be >= 1, got {v}")
+            if kind in (int, float):
+                self.bounded(key, v)
             return v
         words = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
         self.fail(key, f"must be {words[kind]}, got {v!r}")
@@ -213,7 +226,18 @@ class _Section:
             for x in v)
         if not ok:
             self.fail(key, f"must be a non-empty list of {'integers' if kind is int else 'numbers'}, got {v!r}")
+        for x in v:
+            self.bounded(key, x)
         return tuple(kind(x) for x in v)
+
+    def bounded(self, key: str, v: float) -> None:
+        """Refuse a number no run could use (INT_MAX, MAX_INT, MAX_NUMBER) before anything is planned."""
+        if isinstance(v, int):
+            hi = INT_MAX.get(key, MAX_INT)
+            if v > hi:
+                self.fail(key, f"must be <= {hi:,}, got {v:,}")
+        elif not math.isfinite(v) or abs(v) > MAX_NUMBER:
+            self.fail(key, f"must be a finite number of at most {MAX_NUMBER:g} in size, got {v}")
 
     def checked(self, key: str, validate: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a stage's validator; its error becomes this key's error."""
@@ -294,6 +318,7 @@ def _model(m: _Section, kw: dict[str, Any]) -> ModelSection:
     problem = name_problem(kw["name"])
     if problem:
         m.fail("name", problem)
+    m.checked("name", plain_name, kw["name"], "the model name", error=RecipeError)
     return ModelSection(**kw)
 
 

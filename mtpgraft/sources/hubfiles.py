@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from ..errors import HubError, Setting, Text
+from ..errors import HubError, Setting, Text, redact
 from .hublimits import PROGRESS_MIN, RETRIES, HubLimits, bounded, check_commit, check_path
 from .spec import HubRef
 
@@ -238,7 +238,7 @@ def _shown(text: str) -> str:
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
+    text = redact(" ".join(str(e).split()))
     return text[:200] or type(e).__name__
 
 

@@ -24,6 +24,7 @@ from .. import __version__
 from ..errors import GraftError, HubError, MtpgraftError, SourceError, UsageError
 from ..gguf_io import GGUFModel, GGUFValueType, encode_kv
 from ..outputs import PendingOutput
+from ..parsing import MAX_JSON_BYTES
 from . import donor
 from .hubfiles import RETRIES, FetchFailed, HubRepo, open_repo
 from .safetensors import STHeader, header_length, parse_header, weight_map
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # numpy and gguf-py: loaded only when a safetensors head is c
     from . import convert
 
 INDEX = "model.safetensors.index.json"
-JSON_CAP = 64 * 1024 * 1024  # config.json and the safetensors index are read whole up to this size
+JSON_CAP = MAX_JSON_BYTES  # config.json and the safetensors index are read whole up to this size
 Precheck = Callable[[Path], None]
 
 
@@ -327,10 +328,7 @@ def _plan_safetensors(files: donor.Files, folder: str, listing: list[str], singl
 
     config_path = f"{folder}config.json"
     raw, size = _read_json_file(files, config_path)
-    try:
-        config = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise SourceError(f"{files.label(config_path)}: not valid JSON") from None
+    config = convert.read_config(raw, files.label(config_path))
     is_mtp = convert.mtp_predicate(config, label)
     shards, index_bytes = ([single], 0) if single else _mtp_shards(files, listing, folder, label, is_mtp)
     headers, nread = _st_headers(files, shards)

@@ -7,15 +7,20 @@ Only the header is parsed here; tensor bytes are read by whoever holds the file 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import SourceError
+from ..parsing import load_json, plain_name
 
 # safetensors dtype -> bytes per element (the float types the converter handles without torch tricks)
 DTYPE_SIZE = {"BF16": 2, "F16": 2, "F32": 4}
 MAX_HEADER = 100 << 20  # the safetensors library's own limit
+MAX_DIMS = 8  # torch and ggml both stop well before this
+MAX_OFFSET = 1 << 62  # no file is this large; bounds every offset and size before it is used
 
 
 @dataclass(frozen=True)
@@ -52,26 +57,43 @@ def parse_header(data: bytes, file: str, *, file_size: int | None = None) -> STH
     n = header_length(data, file)
     if len(data) < 8 + n:
         raise SourceError(f"{file}: truncated safetensors header")
-    try:
-        meta = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise SourceError(f"{file}: bad safetensors header ({e})") from None
+    meta = load_json(data[8:8 + n], f"{file}: safetensors header", max_bytes=MAX_HEADER)
     if not isinstance(meta, dict):
         raise SourceError(f"{file}: bad safetensors header (not a JSON object)")
     base = 8 + n
     tensors: dict[str, STensor] = {}
     for name, m in meta.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = (int(x) for x in m["data_offsets"])
-            t = STensor(name, str(m["dtype"]), tuple(int(d) for d in m["shape"]), base + begin, base + end)
-        except (KeyError, TypeError, ValueError):
-            raise SourceError(f"{file}: bad header entry for {name}") from None
-        if t.end < t.start or (file_size is not None and t.end > file_size):
-            raise SourceError(f"{file}: tensor {name} lies outside the file")
-        tensors[name] = t
+        if name != "__metadata__":
+            tensors[name] = _entry(file, name, m, base, file_size)
     return STHeader(file, base, tensors)
+
+
+def _count(x: Any) -> bool:
+    """A dimension or an offset: a JSON integer (not a bool or a float) in [0, MAX_OFFSET]."""
+    return type(x) is int and 0 <= x <= MAX_OFFSET
+
+
+def _entry(file: str, name: str, m: Any, base: int, file_size: int | None) -> STensor:
+    """One header entry, every number range-checked before anything is sized by it."""
+    shown = name.encode("unicode_escape").decode("ascii")[:120]
+    if not isinstance(m, dict) or not isinstance(m.get("dtype"), str) or not isinstance(m.get("shape"), list) \
+            or not isinstance(m.get("data_offsets"), list) or len(m["data_offsets"]) != 2:
+        raise SourceError(f"{file}: bad header entry for {shown} (needs dtype, shape and two data_offsets)")
+    shape, offsets = m["shape"], m["data_offsets"]
+    if len(shape) > MAX_DIMS or not all(map(_count, shape)):
+        raise SourceError(f"{file}: tensor {shown} has a bad shape {str(shape)[:80]} (at most {MAX_DIMS} "
+                          "dimensions, each a non-negative integer)")
+    if not all(map(_count, offsets)):
+        raise SourceError(f"{file}: tensor {shown} has bad data_offsets {str(offsets)[:80]}")
+    begin, end = (int(x) for x in offsets)
+    t = STensor(name, m["dtype"], tuple(int(d) for d in shape), base + begin, base + end)
+    if t.end < t.start or (file_size is not None and t.end > file_size):
+        raise SourceError(f"{file}: tensor {shown} lies outside the file")
+    size = DTYPE_SIZE.get(t.dtype)
+    if size is not None and math.prod(t.shape) * size != t.nbytes:
+        raise SourceError(f"{file}: tensor {shown} is {t.dtype} {list(t.shape)} but its data_offsets hold "
+                          f"{t.nbytes:,} bytes")
+    return t
 
 
 def read_local_header(path: Path) -> STHeader:
@@ -84,13 +106,15 @@ def read_local_header(path: Path) -> STHeader:
 
 def weight_map(index_json: bytes, file: str) -> dict[str, str]:
     """tensor name -> shard file, from model.safetensors.index.json."""
-    try:
-        wm = json.loads(index_json.decode("utf-8"))["weight_map"]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
-        raise SourceError(f"{file}: not a safetensors index (no weight_map)") from None
-    if not isinstance(wm, dict):
-        raise SourceError(f"{file}: weight_map is not an object")
-    return {str(k): str(v) for k, v in wm.items()}
+    index = load_json(index_json, file)
+    wm = index.get("weight_map") if isinstance(index, dict) else None
+    if wm is None:
+        raise SourceError(f"{file}: not a safetensors index (no weight_map)")
+    if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+        raise SourceError(f"{file}: weight_map is not an object of tensor name -> file name")
+    for shard in set(wm.values()):  # a file beside the index: never a path out of its folder
+        plain_name(shard, f"{file}: weight_map names shard")
+    return dict(wm)
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) -> None:
