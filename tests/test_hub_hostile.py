@@ -368,7 +368,7 @@ def test_a_206_whose_length_is_not_the_range_is_refused(hub, models, tmp_path, b
 def test_config_counts_no_model_has_are_refused_before_any_list_is_sized(hub, models, tmp_path, key, value):
     import json
 
-    from mtpgraft.sources.checkpoints import build_checkpoint
+    from mtpgraft.testmodels.checkpoints import build_checkpoint
 
     ckpt = build_checkpoint(tmp_path / "made" / "Qwen-tiny", "dense-bf16")
     files = {p.name: p.read_bytes() for p in ckpt.iterdir()}
@@ -378,8 +378,8 @@ def test_config_counts_no_model_has_are_refused_before_any_list_is_sized(hub, mo
     c = hub.put_files("tester/Qwen-tiny", files)
     r = attach(tmp_path, hub, models, spec="hf://tester/Qwen-tiny")
     msg = one_line(r, 3)
-    assert msg.startswith(f"hf://tester/Qwen-tiny@{c}: config.json gives num_hidden_layers = ")
-    assert msg.endswith("; no model has more than 65536 layers or 64 MTP layers") and f"= {value}" in msg
+    # config.json's fields are typed and range-checked as it is read (parsing), before anything else
+    assert msg.startswith(f"hf://tester/Qwen-tiny/config.json@{c[:12]}: config.json {key} = {value}: out of range")
     index = json.loads(files["model.safetensors.index.json"])["weight_map"]
     headers = sum(8 + int.from_bytes(files[f][:8], "little") for f in set(index.values()))
     assert hub.bytes_sent <= len(files["config.json"]) + len(files["model.safetensors.index.json"]) + headers
@@ -387,7 +387,7 @@ def test_config_counts_no_model_has_are_refused_before_any_list_is_sized(hub, mo
 
 
 def test_a_config_past_the_cap_is_refused_unread(hub, models, tmp_path):
-    from mtpgraft.sources.checkpoints import build_checkpoint
+    from mtpgraft.testmodels.checkpoints import build_checkpoint
 
     ckpt = build_checkpoint(tmp_path / "made" / "Qwen-tiny", "dense-bf16")
     c = hub.put_files("tester/Qwen-tiny", {p.name: p.read_bytes() for p in ckpt.iterdir()})

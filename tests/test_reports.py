@@ -90,7 +90,7 @@ def test_what_is_not_a_check_report(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"no report\.json there \(write one with `mtpgraft check --report DIR`\)$"):
         load_check_report(tmp_path)
     (tmp_path / "report.json").write_text("{")
-    with pytest.raises(UsageError, match=r"cannot read .*report\.json \(Expecting"):
+    with pytest.raises(UsageError, match=r"cannot read .*report\.json \(report\.json: not valid JSON \(Expecting"):
         load_check_report(tmp_path)
     write(tmp_path, "report.json", {"verdict": "pass"})
     with pytest.raises(UsageError, match=r"is not an mtpgraft check report \(no models list\)$"):
