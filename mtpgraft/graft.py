@@ -46,11 +46,14 @@ from .gguf_io import (
 )
 from .inspection import (
     LAYER_ARRAY_ITEMS,
+    Blocks,
     Structure,
     analyse,
+    blk_names,
     dominant_type,
     file_type_of,
     layer_of,
+    reconcile,
     vocab_fingerprint,
 )
 from .outputs import PendingOutput, check_outputs, ensure_space, writing
@@ -367,20 +370,26 @@ def _check_same_model(base: GGUFModel, src: GGUFModel) -> list[str]:
 def _placement(base: GGUFModel, st_b: Structure, src: GGUFModel, st_s: Structure, rule: ArchRule,
                replace: bool, warnings: list[str]) -> _Placement:
     arch = base.arch
-    if st_b.mtp_only_layout:
-        raise GraftError(f"{base.path.name} is an MTP-only file, not a base model")
     src_layers = _source_mtp_layers(src, st_s)
     if rule.max_nextn is not None and len(src_layers) > rule.max_nextn:
         raise GraftError(f"{arch} runs at most {rule.max_nextn} MTP block(s); the source has {len(src_layers)}")
     if st_b.block_count is None:
         raise GraftError(f"{base.path.name} has no {arch}.block_count key")
-    if st_b.eh_layers and not replace:
-        where = ", ".join(f"blk.{i}" for i in st_b.eh_layers)
-        raise GraftError(f"{base.path.name} already has an MTP block ({where}); pass ", Setting("replace", True),
-                         " to swap it")
-    # Where the base's MTP block starts: its nextn.eh_proj tensors say so even when the keys are
-    # wrong (a broken graft whose block_count was not bumped), so --replace repairs such a file.
-    trunk = min(st_b.eh_layers) if st_b.eh_layers else (st_b.trunk if st_b.trunk is not None else st_b.block_count)
+    blocks = _blocks(base, st_b)
+    if blocks.stray_key:
+        raise GraftError(f"{base.path.name}: {blocks.key_mismatch}; `mtpgraft detach` writes the model without "
+                         "it, then graft onto that")
+    if st_b.mtp_only_layout or not any(i < blocks.trunk for i in st_b.layers):
+        raise GraftError(f"{base.path.name} is an MTP-only file, not a base model" if blocks.mtp
+                         else f"{base.path.name} has no trunk layers to graft onto")
+    if blocks.mtp and not replace:
+        wrong = f" and keys that do not describe it ({blocks.key_mismatch})" if blocks.key_mismatch else ""
+        raise GraftError(f"{base.path.name} already has an MTP block ({blk_names(blocks.mtp)}){wrong}; pass ",
+                         Setting("replace", True), " to swap it")
+    # Where the base's MTP block starts: its nextn tensors say so even when the keys are wrong (a
+    # broken graft whose block_count was not bumped), so --replace repairs such a file; a block
+    # without nextn tensors is a trunk layer and is never replaced.
+    trunk = blocks.trunk
     if trunk + len(src_layers) > MAX_LAYERS:
         raise GraftError(f"the output would have {trunk + len(src_layers)} blocks; llama.cpp loads at most {MAX_LAYERS}")
     if src_layers[0] != trunk:
@@ -539,22 +548,34 @@ def _mtp_position(src: GGUFModel, last: _ShardSpec, place: _Placement) -> int:
 # --------------------------------------------------------------------------- detach / extract
 
 
+def _blocks(model: GGUFModel, st: Structure) -> Blocks:
+    """The file's trunk and MTP blocks as its tensors say; a GraftError when tensors contradict each
+    other or the keys so that no reading keeps every layer (st.block_count is set)."""
+    b = reconcile(st)
+    if b.contradiction:
+        raise GraftError(f"{model.path.name}: {b.contradiction}; no graft repairs this without guessing which "
+                         "layers are real: convert or download the model again")
+    return b
+
+
 def _mtp_layers_of(model: GGUFModel, what: str) -> tuple[Structure, list[int], int]:
     st = _loadable(model)
     if model.arch in ("gemma4", ASSISTANT_ARCH):
         raise GraftError(GEMMA4_MESSAGE)
     if st.block_count is None:
         raise GraftError(f"{model.path.name} has no {st.arch}.block_count key; llama.cpp cannot load it")
-    if not st.eh_layers:
-        if what == "detach" and st.nextn and st.block_count and not st.layers.get(st.block_count - st.nextn):
-            # trunk only but the key kept (glm4moe & co. abort with draft-mtp): drop the key
-            return st, [], st.block_count - st.nextn
-        raise GraftError(f"{model.path.name} has no MTP block to {what}")
-    if st.mtp_only_layout and what == "detach":
+    blocks = _blocks(model, st)
+    if not blocks.mtp:
+        if what == "detach" and st.nextn:
+            # trunk only but the key kept (glm4moe & co. abort with draft-mtp), or a stray key over
+            # trunk layers: drop the key, keep every layer
+            return st, [], blocks.trunk
+        raise GraftError(f"{model.path.name} has no MTP block to {what}"
+                         + (f" ({blocks.key_mismatch})" if blocks.stray_key else ""))
+    if not any(i < blocks.mtp[0] for i in st.layers) and what == "detach":
         raise GraftError(f"{model.path.name} is an MTP-only file; there is no trunk to keep")
-    layers = list(st.eh_layers)  # the tensors, not the keys: a broken file's keys may be off by one
-    trunk = min(layers)
-    return st, layers, trunk
+    # the tensors, not the keys: a broken file's keys may be off by one
+    return st, list(blocks.mtp), blocks.trunk
 
 
 def plan_detach(model_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *,

@@ -96,10 +96,9 @@ class Structure:
 
     @property
     def mtp_layers(self) -> list[int]:
-        """The layers that form the MTP block(s): by the key when it is set, else by the tensors."""
-        if self.nextn and self.block_count is not None:
-            return list(range(max(0, self.block_count - self.nextn), self.block_count))
-        return list(self.eh_layers)
+        """The layers that form the MTP block(s), by the tensors, never by a key alone: those holding
+        nextn.eh_proj, else those holding any nextn tensor (an MTP block that lacks eh_proj)."""
+        return list(self.eh_layers) or nextn_layers(self)
 
     def mtp_refs(self) -> list[TensorRef]:
         out: list[TensorRef] = []
@@ -136,6 +135,78 @@ def analyse(model: GGUFModel) -> Structure:
     trunk = bc - min(nextn, bc) if bc is not None else None
     mtp_only = nextn > 0 and "blk.0.attn_norm.weight" not in model.by_name and bool(layers) and min(layers) > 0
     return Structure(arch, bc, nextn, trunk, layers, eh, mtp_only, tuple(dict.fromkeys(defects)))
+
+
+def nextn_layers(st: Structure) -> list[int]:
+    """The blocks holding any nextn.* tensor."""
+    return sorted(i for i, refs in st.layers.items() if any(layer_of(r.name)[1].startswith("nextn.")  # type: ignore[index]
+                                                             for r in refs))
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Trunk and MTP blocks as the tensors say, reconciled with the keys (see `reconcile`)."""
+
+    trunk: int  # trunk layers: blk.0 .. blk.{trunk-1}, none holding a nextn tensor
+    mtp: list[int]  # the MTP blocks: after the trunk, each holding nextn tensors
+    contradiction: str | None  # tensors that contradict each other or the keys: no graft from them
+    key_mismatch: str | None  # keys that do not describe the MTP block(s) the tensors hold
+    stray_key: bool  # nextn_predict_layers set, no MTP block, and the layers it names are trunk layers
+
+    @property
+    def keys_promise_absent_block(self) -> bool:
+        """A trunk-only file that kept the key (block_count = trunk + nextn): legitimate."""
+        return not self.mtp and not self.stray_key and self.key_mismatch is None
+
+
+def blk_names(layers: list[int], limit: int = 6) -> str:
+    more = f" and {len(layers) - limit} more" if len(layers) > limit else ""
+    return ", ".join(f"blk.{i}" for i in layers[:limit]) + more
+
+
+def reconcile(st: Structure) -> Blocks:
+    """Where the trunk ends and the MTP block is, from the tensors, and what the keys say against
+    it. A block holding no nextn tensor is a trunk layer; one holding nextn.eh_proj is an MTP
+    block; one holding other nextn tensors is an MTP block (lacking eh_proj) only where the keys
+    put one too and it follows every trunk layer. Needs st.block_count."""
+    bc, k, arch = st.block_count, st.nextn, st.arch
+    assert bc is not None
+    nextn_at = nextn_layers(st)
+    trunk_at = [i for i in sorted(st.layers) if i not in nextn_at]
+    last = trunk_at[-1] if trunk_at else -1
+    keyed = range(bc - min(k, bc), bc)
+    odd = [i for i in nextn_at if i not in st.eh_layers and not (i > last and i in keyed)]
+    mtp = [i for i in nextn_at if i not in odd]
+    trunk = last + 1 if trunk_at else (mtp[0] if mtp else 0)
+    bad = None
+    if odd:
+        bad = (f"{blk_names(odd)} hold(s) nextn tensors but no nextn.eh_proj.weight where the keys put no MTP "
+               "block: neither a trunk layer nor an MTP block")
+    elif mtp and mtp[0] < last:
+        bad = f"MTP block {blk_names(mtp)} lies before trunk layer blk.{last}: an MTP block follows the trunk"
+    elif mtp and mtp != list(range(mtp[0], mtp[0] + len(mtp))):
+        bad = f"the MTP blocks {blk_names(mtp)} are not consecutive"
+    elif trunk_at and (gaps := [i for i in range(trunk) if i not in st.layers]):
+        bad = f"trunk layer(s) {blk_names(gaps)} have no tensors although blk.{last} has"
+    elif trunk_at and bc < trunk:
+        bad = (f"the trunk has {trunk} layers (blk.0..blk.{last} hold no nextn tensor) but {arch}.block_count "
+               f"is {bc}: trunk layers beyond block_count")
+    if bad is not None:
+        return Blocks(trunk, mtp, bad, None, False)
+    if mtp:
+        ok = (bc, k) == (trunk + len(mtp), len(mtp))
+        why = None if ok else (f"{arch}.block_count {bc} and nextn_predict_layers {k} do not describe the tensors "
+                               f"({trunk} trunk layers, MTP block {blk_names(mtp)})")
+        return Blocks(trunk, mtp, None, why, False)
+    if bc == trunk + k:
+        return Blocks(trunk, [], None, None, False)  # trunk only; a kept key promises an absent block
+    if k and bc == trunk:
+        return Blocks(trunk, [], None, f"{arch}.nextn_predict_layers is {k} but {blk_names(list(keyed))} hold(s) no "
+                      f"nextn tensor: trunk layers ({trunk}, as block_count {bc} says); the key is stray", True)
+    return Blocks(trunk, [], (f"{arch}.block_count {bc} and nextn_predict_layers {k} say the trunk has "
+                              f"{bc - min(k, bc)} layers, the tensors {trunk} (blk.0..blk.{trunk - 1})"
+                              if trunk else f"{arch}.block_count is {bc} but the file holds no layer tensors"),
+                  None, False)
 
 
 def vocab_fingerprint(model: GGUFModel) -> tuple[int | None, str | None]:
@@ -200,6 +271,9 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
             problems.append(f"key {arch}.block_count is missing")
     else:
         problems += _mtp_problems(st, rule, notes)
+        if arch != ASSISTANT_ARCH:
+            b = reconcile(st)
+            problems += [b.contradiction] if b.contradiction else [b.key_mismatch] if b.stray_key else []
     arrays, array_problems = _layer_arrays(model, st, rule)
     split, split_problems = _split_info(model)
     problems += array_problems + split_problems
