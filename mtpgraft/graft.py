@@ -56,6 +56,7 @@ from .inspection import (
     reconcile,
     vocab_fingerprint,
 )
+from .invariant import check_written
 from .outputs import PendingOutput, check_outputs, ensure_space, writing
 
 F32 = ggml_types.BY_NAME["F32"].id
@@ -848,9 +849,10 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
         for p, s in zip(pending, shards, strict=True):
             with writing(s.path), open(p.path, "wb") as fh:
                 written.append(write_gguf(fh, s.kvs, s.tensors, alignment=align, progress=progress, layout=layout))
-        if digest is not None:
-            _patch_kv(pending[0].path, written[0].kv_offsets[key],
-                      encode_kv(key, GGUFValueType.STRING, digest.result()))
+        sha = digest.result() if digest is not None else None
+        if sha is not None:
+            _patch_kv(pending[0].path, written[0].kv_offsets[key], encode_kv(key, GGUFValueType.STRING, sha))
+        check_written(plan, shards, [p.path for p in pending], sha, key)  # a failure removes them
         for p in pending:
             p.install(force=plan.force)
     return outputs

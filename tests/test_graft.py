@@ -565,3 +565,80 @@ def test_copying_grafts_never_load_numpy_or_gguf_py(tmp_path):
         assert r.returncode == 0, (name, r.stderr)
         loaded[name] = r.stdout.strip().splitlines()[-1]
     assert loaded == {**{n: "[]" for n in runs}, "attach q8_0": "['gguf', 'numpy']"}
+
+
+# ----------------------------------------------------------------------------- the invariant
+
+
+@pytest.mark.parametrize("how", ["corrupt", "drop", "key", "trunk-layer-replaced"])
+def test_a_failed_invariant_removes_the_output_and_says_it_is_a_bug(tmp_path, monkeypatch, how):
+    """A writer (or a plan) that loses a base tensor, changes a byte or a key: the output is removed and
+    the error says it is a bug (exit 70), never the user's."""
+    from click.testing import CliRunner
+
+    import mtpgraft.commands  # noqa: F401 - registers the commands
+    import mtpgraft.graft as graft
+    from mtpgraft.cli import cli
+    from mtpgraft.gguf_io import GGUFFile
+
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    src = make_model(tmp_path / "src.gguf")
+    real_write, real_blocks = graft.write_gguf, graft._blocks
+
+    def write(fh, kvs, tensors, **kw):
+        if how == "drop":
+            tensors = [t for t in tensors if t.name != "blk.2.ffn_up.weight"]
+        if how == "key":
+            kvs = [kv for kv in kvs if kv.key != "general.name"]
+        written = real_write(fh, kvs, tensors, **kw)
+        if how == "corrupt":
+            fh.flush()
+            f = GGUFFile(fh.name)
+            t = next(t for t in f.tensors if t.name == "blk.1.attn_norm.weight")
+            pos = f.data_offset + t.offset + t.nbytes // 2
+            fh.seek(pos)
+            byte = open(fh.name, "rb").read()[pos]
+            fh.write(bytes([byte ^ 0x40]))
+            fh.flush()
+        return written
+
+    def blocks(model, st):  # the old bug: the last trunk layer taken for the MTP block
+        b = real_blocks(model, st)
+        return type(b)(b.trunk - 1, b.mtp, None, None, False) if model.path == base else b
+
+    monkeypatch.setattr(graft, "write_gguf", write)
+    if how == "trunk-layer-replaced":
+        monkeypatch.setattr(graft, "_blocks", blocks)
+    before = {p.name for p in tmp_path.iterdir()}
+    res = CliRunner().invoke(cli, ["attach", str(base), "--mtp-from", str(src), "-o", str(tmp_path / "out.gguf")])
+    assert res.exit_code == 70, res.output
+    lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("mtpgraft: warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("mtpgraft: error: internal error (a bug in mtpgraft"), lines
+    assert "it was removed" in lines[0]
+    want = {"corrupt": "blk.1.attn_norm.weight's bytes differ", "drop": "blk.2.ffn_up.weight",
+            "key": "general.name", "trunk-layer-replaced": "base's tensor blk.3."}[how]
+    assert want in lines[0], lines[0]
+    _no_outputs(tmp_path, before)
+
+
+def test_the_invariant_passes_every_graft_and_costs_no_second_body_read(tmp_path, monkeypatch):
+    """attach (copy and convert), detach, extract and sidecar all pass the check; the copied body is
+    read back only at the ends of each tensor (a window of invariant.WINDOW bytes at each end)."""
+    import os as _os
+
+    import mtpgraft.invariant as inv
+    from mtpgraft.sidecar import plan_sidecar
+
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    full = make_model(tmp_path / "full.gguf")
+    reads: list[int] = []
+    real = _os.pread
+    monkeypatch.setattr(inv.os, "pread", lambda fd, n, off: reads.append(n) or real(fd, n, off))
+    attach(base, full, tmp_path / "a.gguf", mtp_type="keep")
+    attach(base, full, tmp_path / "q.gguf", mtp_type="q8_0")
+    apply_plan(plan_detach(full, tmp_path / "d.gguf"))
+    apply_plan(plan_extract(full, tmp_path / "e.gguf"))
+    apply_plan(plan_sidecar(plan_attach(base, full, tmp_path / "x.gguf"), tmp_path / "s.gguf"))
+    assert reads and max(reads) <= inv.WINDOW
+    for name in ("a", "q", "d", "e", "s"):
+        assert inspect_model(tmp_path / f"{name}.gguf").consistent, name
