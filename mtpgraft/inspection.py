@@ -278,12 +278,11 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
     split, split_problems = _split_info(model)
     problems += array_problems + split_problems
     mtp_refs = st.mtp_refs()
-    if not mtp_refs and st.eh_layers:
-        mtp_refs = [r for i in st.eh_layers for r in st.layers[i]]
     mtp_present = bool(st.eh_layers)
     layout = "mtp-only" if st.mtp_only_layout else ("full" if mtp_present else "trunk-only")
     if arch == ASSISTANT_ARCH:  # every block an MTP layer, plus the global nextn.* projections
-        mtp_refs = [r for r in model.refs if r.name.startswith("nextn.")] + mtp_refs
+        keyed = range(max(0, st.block_count - st.nextn), st.block_count) if st.block_count is not None else ()
+        mtp_refs = [r for r in model.refs if r.name.startswith("nextn.")] + [r for i in keyed for r in st.layers.get(i, [])]
         # a sidecar for -md, like the converter's --mtp output
         mtp_present, layout = bool(st.layers) and st.nextn > 0, "mtp-only"
     dom = dominant_type(model.refs)

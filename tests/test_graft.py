@@ -433,15 +433,20 @@ def test_inspect_flags_each_broken_graft(tmp_path):
         assert not rep.consistent, name
         assert any(msg in p for p in rep.problems), (name, rep.problems)
         r = run_cli("inspect", path, "--json")
-        assert r.returncode == 0  # readable: exit 0 even when inconsistent
+        assert r.returncode == 1  # the exit status is the verdict; the report is printed all the same
         d = json.loads(r.stdout)
         assert d["consistent"] is False and d["problems"]
+        assert r.stderr == f"mtpgraft: error: {path}: llama.cpp would not load it: {d['problems'][0]}" + (
+            f" (and {len(d['problems']) - 1} more)" if len(d["problems"]) > 1 else "") + "\n"
+        r = run_cli("inspect", path)
+        assert r.returncode == 1 and "verdict:         INCONSISTENT" in r.stdout
 
 
 def test_inspect_json_fields(tmp_path):
     full = make_model(tmp_path / "full.gguf", arch="qwen35moe")
     r = run_cli("inspect", full, "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # consistent: exit 0
+    assert run_cli("inspect", full).returncode == 0
     d = json.loads(r.stdout)
     for k in ("architecture", "block_count", "nextn_predict_layers", "trunk_layers", "mtp_present",
               "mtp_tensors", "consistent", "problems"):
