@@ -640,6 +640,10 @@ def plan_extract(model_path: str | os.PathLike[str], out_path: str | os.PathLike
     check_outputs([out], model.paths, force=force)
     arch = model.arch
     st, layers, trunk = _mtp_layers_of(model, "extract")
+    rule = rule_for(arch)
+    if rule is not None and rule.max_nextn is not None and len(layers) > rule.max_nextn:
+        raise GraftError(f"{model.path.name} has {len(layers)} MTP blocks ({blk_names(layers)}); {arch} runs at "
+                         f"most {rule.max_nextn}: an MTP-only file made from it would not load")
     _require_sidecar_fits(model, st, layers, trunk + len(layers))
     kvs = [kv for kv in model.kv.values() if not kv.key.startswith("split.")]
     changes: list[KeyChange] = [KeyChange(k, model.get(k), None) for k in model.kv if k.startswith("split.")]

@@ -167,21 +167,22 @@ def blk_names(layers: list[int], limit: int = 6) -> str:
 def reconcile(st: Structure) -> Blocks:
     """Where the trunk ends and the MTP block is, from the tensors, and what the keys say against
     it. A block holding no nextn tensor is a trunk layer; one holding nextn.eh_proj is an MTP
-    block; one holding other nextn tensors is an MTP block (lacking eh_proj) only where the keys
-    put one too and it follows every trunk layer. Needs st.block_count."""
+    block; one holding other nextn tensors only is neither (a trunk layer with a stray tensor, or
+    an MTP block that lost eh_proj: the tensors cannot say which), whatever the keys say.
+    Needs st.block_count."""
     bc, k, arch = st.block_count, st.nextn, st.arch
     assert bc is not None
     nextn_at = nextn_layers(st)
     trunk_at = [i for i in sorted(st.layers) if i not in nextn_at]
     last = trunk_at[-1] if trunk_at else -1
     keyed = range(bc - min(k, bc), bc)
-    odd = [i for i in nextn_at if i not in st.eh_layers and not (i > last and i in keyed)]
-    mtp = [i for i in nextn_at if i not in odd]
+    odd = [i for i in nextn_at if i not in st.eh_layers]
+    mtp = list(st.eh_layers)
     trunk = last + 1 if trunk_at else (mtp[0] if mtp else 0)
     bad = None
     if odd:
-        bad = (f"{blk_names(odd)} hold(s) nextn tensors but no nextn.eh_proj.weight where the keys put no MTP "
-               "block: neither a trunk layer nor an MTP block")
+        bad = (f"{blk_names(odd)} hold(s) nextn tensors but no nextn.eh_proj.weight: neither a trunk layer "
+               "nor an MTP block")
     elif mtp and mtp[0] < last:
         bad = f"MTP block {blk_names(mtp)} lies before trunk layer blk.{last}: an MTP block follows the trunk"
     elif mtp and mtp != list(range(mtp[0], mtp[0] + len(mtp))):
