@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -164,6 +165,10 @@ def blk_names(layers: list[int], limit: int = 6) -> str:
     return ", ".join(f"blk.{i}" for i in layers[:limit]) + more
 
 
+def _holds(layers: Sequence[int]) -> str:
+    return "holds" if len(layers) == 1 else "hold"
+
+
 def reconcile(st: Structure) -> Blocks:
     """Where the trunk ends and the MTP block is, from the tensors, and what the keys say against
     it. A block holding no nextn tensor is a trunk layer; one holding nextn.eh_proj is an MTP
@@ -181,8 +186,8 @@ def reconcile(st: Structure) -> Blocks:
     trunk = last + 1 if trunk_at else (mtp[0] if mtp else 0)
     bad = None
     if odd:
-        bad = (f"{blk_names(odd)} hold(s) nextn tensors but no nextn.eh_proj.weight: neither a trunk layer "
-               "nor an MTP block")
+        bad = (f"{blk_names(odd)} {_holds(odd)} nextn tensors but no nextn.eh_proj.weight: neither a trunk "
+               "layer nor an MTP block")
     elif mtp and mtp[0] < last:
         bad = f"MTP block {blk_names(mtp)} lies before trunk layer blk.{last}: an MTP block follows the trunk"
     elif mtp and mtp != list(range(mtp[0], mtp[0] + len(mtp))):
@@ -202,9 +207,10 @@ def reconcile(st: Structure) -> Blocks:
     if bc == trunk + k:
         return Blocks(trunk, [], None, None, False)  # trunk only; a kept key promises an absent block
     if k and bc == trunk:
-        return Blocks(trunk, [], None, f"{arch}.nextn_predict_layers is {k} but {blk_names(list(keyed))} hold(s) no "
-                      f"nextn tensor: trunk layers ({trunk}, as block_count {bc} says); the key is stray", True)
-    return Blocks(trunk, [], (f"{arch}.block_count {bc} and nextn_predict_layers {k} say the trunk has "
+        return Blocks(trunk, [], None, f"{arch}.nextn_predict_layers is {k} but {blk_names(list(keyed))} "
+                      f"{_holds(keyed)} no nextn tensor: the {trunk} layers block_count {bc} counts are trunk "
+                      "layers and the key is stray", True)
+    return Blocks(trunk, [], (f"{arch}.block_count {bc} and nextn_predict_layers {k or 'absent'} say the trunk has "
                               f"{bc - min(k, bc)} layers, the tensors {trunk} (blk.0..blk.{trunk - 1})"
                               if trunk else f"{arch}.block_count is {bc} but the file holds no layer tensors"),
                   None, False)

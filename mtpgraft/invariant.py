@@ -2,18 +2,22 @@
 
 apply_plan calls `check_written` once every output file is complete. It re-reads the outputs'
 headers and holds them to the plan: every tensor the plan keeps is there with its type, shape and
-size and nothing else is; the bytes of each copied tensor begin and end as its input's do (a window
-at either end, which finds a tensor dropped, moved, cut short or copied from the wrong place
-without reading the body a second time); a copied MTP block hashes to the provenance digest the
-writer computed of its source; every key is the one the plan wrote; and the keys describe the
+size and nothing else is; the bytes of each copied tensor (the base's, and a kept MTP block's)
+begin and end as its input's do (a window at either end, which finds a tensor dropped, moved, cut
+short or copied from the wrong place without reading the body a second time); every key is the
+one the plan wrote, the provenance digest the one the writer computed; the keys describe the
 tensors: trunk layers + MTP blocks = block_count, nextn_predict_layers = the MTP blocks present,
-per-layer arrays cover block_count. A failure is a bug in mtpgraft, never the user's input:
-InternalError, and apply_plan removes the output.
+per-layer arrays cover block_count; and, read from the base again, every base tensor outside an
+MTP block is planned as a copy of its own bytes. A failure is a bug in mtpgraft, never the user's
+input: InternalError, and apply_plan removes the output.
+
+Re-hashing a kept MTP block against the digest would prove its every byte, at ~0.45 s per 340 MB
+(measured on a 2.7 GB attach whose whole check otherwise takes ~30 ms): more than a reflinked
+attach takes in all, so the windows stand in for it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +32,6 @@ if TYPE_CHECKING:
 
 SHARED = ("token_embd.weight", "output_norm.weight", "output.weight")  # what an MTP-only file takes
 WINDOW = 4096  # bytes compared at each end of every copied tensor
-CHUNK = 8 << 20
 
 
 def check_written(plan: GraftPlan, shards: list[_ShardSpec], paths: list[Path], digest: str | None,
@@ -44,8 +47,6 @@ def check_written(plan: GraftPlan, shards: list[_ShardSpec], paths: list[Path], 
             raise _bug(plan, f"{spec.path.name}: {f.defects[0]}")
         _same_keys(plan, spec, f, digest, digest_key)
         _same_tensors(plan, spec, f)
-    if digest is not None and all(a.method == "copy" for a in plan.tensors):
-        _same_mtp_digest(plan, shards, files, digest)
     _counts_add_up(plan, files)
     _base_kept(plan, shards)
 
@@ -100,25 +101,6 @@ def _ends_match(src: int, t: OutTensor, out: int, pos: int) -> bool:
         if len(a) != n or a != os.pread(out, n, pos + off):
             return False
     return True
-
-
-def _same_mtp_digest(plan: GraftPlan, shards: list[_ShardSpec], files: list[GGUFFile], digest: str) -> None:
-    """The MTP block copied as it is: the output's bytes hash to the digest of the source's."""
-    where = {t.name: (f.path, f.data_offset + t.offset, t.nbytes) for f in files for t in f.tensors}
-    out_name = {a.source_name: a.name for a in plan.tensors}
-    h = hashlib.sha256()
-    for r in plan._source_refs:
-        path, off, n = where[out_name[r.name]]
-        with open(path, "rb", buffering=0) as fh:
-            fh.seek(off)
-            while n:
-                chunk = fh.read(min(n, CHUNK))
-                if not chunk:
-                    break
-                h.update(chunk)
-                n -= len(chunk)
-    if h.hexdigest() != digest:
-        raise _bug(plan, "the MTP block's bytes differ from the source's (sha256)")
 
 
 def _counts_add_up(plan: GraftPlan, files: list[GGUFFile]) -> None:
