@@ -193,3 +193,27 @@ def test_no_contradiction_loses_a_base_tensor(tmp_path, family):
     assert results["head-in-middle-n1-bc5", "attach --replace"].startswith("refused")
     assert results["nextn-in-blk.2-n1-bc5", "detach"].startswith("refused")
     assert all(outcomes[c, "written"] for c in COMMANDS), outcomes  # every command wrote some outputs
+
+
+def test_every_contradiction_keeps_the_cli_promises(tmp_path):
+    """Every third variant of the grid (qwen35) through the command line in process, judged by the hostile-input
+    corpus's own checks (tests/fuzz.py run_case): an exit code from the README's table, one error
+    line, inputs unchanged, no partial file, and an exit-0 output that inspect calls consistent."""
+    from fuzz import run_case, summarize
+
+    seeds = _seeds(tmp_path, "qwen35")
+    out = tmp_path / "out" / "o.gguf"
+    out.parent.mkdir()
+    records, vs = [], variants(tmp_path, seeds)[::3]
+    for v in vs:
+        for command in COMMANDS:
+            argv = {"attach": ["attach", v.path, "--mtp-from", seeds["full"], "-o", out],
+                    "attach --replace": ["attach", v.path, "--mtp-from", seeds["full"], "-o", out, "--replace"],
+                    "detach": ["detach", v.path, "-o", out], "extract": ["extract", v.path, "-o", out],
+                    "sidecar": ["sidecar", v.path, "--mtp-from", seeds["full"], "-o", out]}[command]
+            records.append(run_case("contradictory base", v.name, command, [str(a) for a in argv],
+                                    [v.path, seeds["full"]], out.parent, outputs=[out]))
+            out.unlink(missing_ok=True)
+    s = summarize(records, len(vs))
+    assert s["failures"] == [], "\n".join(s["failures"][:20])
+    assert {r.code for r in records} == {0, 3}, Counter(r.code for r in records)
