@@ -74,24 +74,54 @@ def _same_tensors(plan: GraftPlan, spec: _ShardSpec, f: GGUFFile) -> None:
     if sorted(got) != sorted(t.name for t in spec.tensors):
         lost = sorted({t.name for t in spec.tensors} - set(got)) or sorted(set(got) - {t.name for t in spec.tensors})
         raise _bug(plan, f"{spec.path.name}: tensors {lost[:4]} are not as planned")
+    for t in spec.tensors:
+        info = got[t.name]
+        if (tuple(info.ne), info.ggml_type, info.nbytes) != (tuple(t.ne), t.ggml_type, t.nbytes):
+            raise _bug(plan, f"tensor {t.name} has type {info.type_name} shape {list(info.ne)}, "
+                             f"not the planned {list(t.ne)}")
+    copied = sorted(((f.data_offset + got[t.name].offset, t) for t in spec.tensors if t.src_path is not None),
+                    key=lambda x: x[0])
     fds: dict[Path, int] = {}
     out = os.open(f.path, os.O_RDONLY)
     try:
-        for t in spec.tensors:
-            info = got[t.name]
-            if (tuple(info.ne), info.ggml_type, info.nbytes) != (tuple(t.ne), t.ggml_type, t.nbytes):
-                raise _bug(plan, f"tensor {t.name} has type {info.type_name} shape {list(info.ne)}, "
-                                 f"not the planned {list(t.ne)}")
-            if t.src_path is not None:
-                src = fds.get(t.src_path)
-                if src is None:
-                    src = fds[t.src_path] = os.open(t.src_path, os.O_RDONLY)
-                if not _ends_match(src, t, out, f.data_offset + info.offset):
+        for run in _runs(copied):
+            src = fds.get(run[0][1].src_path)  # type: ignore[arg-type]
+            if src is None:
+                src = fds[run[0][1].src_path] = os.open(run[0][1].src_path, os.O_RDONLY)  # type: ignore[index]
+            for pos, t in _to_read(run, src, out):
+                if not _ends_match(src, t, out, pos):
                     raise _bug(plan, f"tensor {t.name}'s bytes differ from its input's")
     finally:
         os.close(out)
         for fd in fds.values():
             os.close(fd)
+
+
+def _runs(copied: list[tuple[int, OutTensor]]) -> list[list[tuple[int, OutTensor]]]:
+    """Copied tensors in output order, cut into runs: one input, at one distance (a range the
+    writer copied in one piece)."""
+    runs: list[list[tuple[int, OutTensor]]] = []
+    for pos, t in copied:
+        last = runs[-1][-1] if runs else None
+        if last is not None and last[1].src_path == t.src_path and last[0] - last[1].src_offset == pos - t.src_offset:
+            runs[-1].append((pos, t))
+        else:
+            runs.append([(pos, t)])
+    return runs
+
+
+def _to_read(run: list[tuple[int, OutTensor]], src: int, out: int) -> list[tuple[int, OutTensor]]:
+    """The tensors of a run whose ends are compared: every one, unless the filesystem shows the run
+    stored in the very blocks of its input (a reflink: the same bytes by construction; reading them
+    would cost a disk read per window); then the two at its ends, whose partial blocks were copied."""
+    from .blocks import block_size, common_bytes
+
+    start, end = run[0][0], run[-1][0] + run[-1][1].nbytes
+    if len(run) > 2:
+        shared = common_bytes(out, start, src, run[0][1].src_offset, end - start)
+        if shared is not None and shared >= end - start - 2 * block_size(out):
+            return [run[0], run[-1]]
+    return run
 
 
 def _ends_match(src: int, t: OutTensor, out: int, pos: int) -> bool:
