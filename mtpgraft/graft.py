@@ -26,7 +26,7 @@ from .arch import (
     require_mtp_arch,
     rule_for,
 )
-from .errors import GraftError, MtpgraftError, Setting
+from .errors import GraftError, InternalError, MtpgraftError, Setting
 from .ggml_types import mtp_target
 from .gguf_io import (
     KV,
@@ -725,7 +725,8 @@ def _patch_kv(path: Path, offset: int, kv: KV) -> None:
         f.seek(offset)
         old = f.read(len(kv.raw))
         if old[:len(kv.raw) - 64] != kv.raw[:-64]:  # a bug, never an input
-            raise MtpgraftError(f"internal error: {path}: {kv.key} is not where it was written")
+            raise InternalError(f"internal error (a bug in mtpgraft, please report it): {path}: {kv.key} is not "
+                                "where it was written")
         f.seek(offset)
         f.write(kv.raw)
 

@@ -192,6 +192,8 @@ def reconcile(st: Structure) -> Blocks:
         bad = f"MTP block {blk_names(mtp)} lies before trunk layer blk.{last}: an MTP block follows the trunk"
     elif mtp and mtp != list(range(mtp[0], mtp[0] + len(mtp))):
         bad = f"the MTP blocks {blk_names(mtp)} are not consecutive"
+    elif mtp and trunk_at and mtp[0] != trunk:
+        bad = f"MTP block blk.{mtp[0]} does not follow the last trunk layer blk.{last} (blk.{trunk} has no tensors)"
     elif trunk_at and (gaps := [i for i in range(trunk) if i not in st.layers]):
         bad = f"trunk layer(s) {blk_names(gaps)} have no tensors although blk.{last} has"
     elif trunk_at and bc < trunk:

@@ -78,6 +78,11 @@ def _swap_2_and_4(ts):  # the MTP block in the middle: blk.2 <-> blk.4
     return [replace(t, name=new(t.name)) for t in ts]
 
 
+def _head_at_5(ts):  # the MTP block one past the trunk's end, blk.4 empty
+    return [replace(t, name=f"blk.{TRUNK + 1}.{lo[1]}") if (lo := layer_of(t.name)) and lo[0] == TRUNK else t
+            for t in ts]
+
+
 def _nextn_in(layer: int):  # a stray nextn tensor in a trunk layer (n_embd floats: output_norm's)
     def edit(ts):
         norm = next(t for t in ts if t.name == "output_norm.weight")
@@ -96,6 +101,7 @@ def _two_heads(ts):
 
 TENSOR_EDITS = {  # name: (seed, edit, trunk layers as made, complete MTP block at blk.4)
     "head-in-middle": ("full", _swap_2_and_4, [0, 1, 3, 4], False),
+    "head-after-a-gap": ("full", _head_at_5, [0, 1, 2, 3], False),
     "nextn-in-blk.2": ("full", _nextn_in(2), [0, 1, 2, 3], True),
     "nextn-in-blk.3-base": ("base", _nextn_in(3), [0, 1, 2, 3], False),
     "nextn-in-blk.1-base": ("base", _nextn_in(1), [0, 1, 2, 3], False),
@@ -191,6 +197,7 @@ def test_no_contradiction_loses_a_base_tensor(tmp_path, family):
         assert results[repairable, "attach --replace"] == "written", (repairable, results[repairable, "attach --replace"])
         assert results[repairable, "attach"].startswith("refused") and "replace=True" in results[repairable, "attach"]
     assert results["head-in-middle-n1-bc5", "attach --replace"].startswith("refused")
+    assert results["head-after-a-gap-n1-bc5", "extract"].startswith("refused")
     assert results["nextn-in-blk.2-n1-bc5", "detach"].startswith("refused")
     assert all(outcomes[c, "written"] for c in COMMANDS), outcomes  # every command wrote some outputs
 
