@@ -224,3 +224,35 @@ def test_every_contradiction_keeps_the_cli_promises(tmp_path):
     s = summarize(records, len(vs))
     assert s["failures"] == [], "\n".join(s["failures"][:20])
     assert {r.code for r in records} == {0, 3}, Counter(r.code for r in records)
+
+
+@pytest.mark.tools
+def test_a_stray_key_is_what_llama_server_refuses_and_detach_repairs_it(tmp_path):
+    """The issue's first case on the real llama-server: a tiny trunk-only base given a stray
+    nextn_predict_layers = 1 does not load (llama.cpp takes its last trunk layer for the MTP block);
+    inspect exits 1, attach refuses and names detach; detach's output loads, and the MTP block
+    attached to it drafts with every token accepted, every trunk layer kept byte for byte."""
+    from click.testing import CliRunner
+
+    import mtpgraft.commands  # noqa: F401 - registers the commands
+    from mtpgraft.check.server import LlamaServer
+    from mtpgraft.cli import cli
+    from mtpgraft.errors import ServerError
+    from mtpgraft.testmodels import CODE_PROMPT, build_tiny_model
+
+    base = build_tiny_model(tmp_path / "base.gguf", layout="base", dtype="f16")
+    full = build_tiny_model(tmp_path / "full.gguf", layout="full", head="aligned", dtype="f16")
+    arch = GGUFModel(base).arch
+    stray = rewrite(base, tmp_path / "stray.gguf", kv=_keys(arch, TRUNK, 1))
+    with pytest.raises(ServerError, match=r"tensor 'blk\.3\.nextn\.eh_proj\.weight' not found"):
+        LlamaServer(stray, startup_timeout=60).start()  # its last trunk layer taken for the MTP block
+    assert CliRunner().invoke(cli, ["inspect", str(stray)]).exit_code == 1
+    res = CliRunner().invoke(cli, ["attach", str(stray), "--mtp-from", str(full), "-o", str(tmp_path / "x.gguf")])
+    assert res.exit_code == 3 and "the key is stray; `mtpgraft detach`" in res.stderr, res.stderr
+    apply_plan(plan_detach(stray, tmp_path / "fixed.gguf"))
+    apply_plan(plan_attach(tmp_path / "fixed.gguf", full, tmp_path / "grafted.gguf", mtp_type="keep"))
+    b, g = GGUFModel(base), GGUFModel(tmp_path / "grafted.gguf")
+    assert all(tensor_bytes(b, r.name) == tensor_bytes(g, r.name) for r in b.refs)
+    with LlamaServer(tmp_path / "grafted.gguf", spec_type="mtp", draft_n_max=3) as s:
+        t = s.completion(CODE_PROMPT, n_predict=48, temperature=0.0)["timings"]
+    assert t["draft_n"] > 0 and t["draft_n_accepted"] == t["draft_n"], t
