@@ -149,18 +149,14 @@ class Blocks:
     """Trunk and MTP blocks as the tensors say, reconciled with the keys (see `reconcile`)."""
 
     trunk: int  # trunk layers: blk.0 .. blk.{trunk-1}, none holding a nextn tensor
-    mtp: list[int]  # the MTP blocks: after the trunk, each holding nextn tensors
+    mtp: list[int]  # the MTP blocks: right after the trunk, each holding nextn.eh_proj
     contradiction: str | None  # tensors that contradict each other or the keys: no graft from them
     key_mismatch: str | None  # keys that do not describe the MTP block(s) the tensors hold
     stray_key: bool  # nextn_predict_layers set, no MTP block, and the layers it names are trunk layers
 
-    @property
-    def keys_promise_absent_block(self) -> bool:
-        """A trunk-only file that kept the key (block_count = trunk + nextn): legitimate."""
-        return not self.mtp and not self.stray_key and self.key_mismatch is None
 
-
-def blk_names(layers: list[int], limit: int = 6) -> str:
+def blk_names(layers: Sequence[int], limit: int = 6) -> str:
+    layers = list(layers)
     more = f" and {len(layers) - limit} more" if len(layers) > limit else ""
     return ", ".join(f"blk.{i}" for i in layers[:limit]) + more
 
@@ -179,26 +175,9 @@ def reconcile(st: Structure) -> Blocks:
     assert bc is not None
     nextn_at = nextn_layers(st)
     trunk_at = [i for i in sorted(st.layers) if i not in nextn_at]
-    last = trunk_at[-1] if trunk_at else -1
-    keyed = range(bc - min(k, bc), bc)
-    odd = [i for i in nextn_at if i not in st.eh_layers]
     mtp = list(st.eh_layers)
-    trunk = last + 1 if trunk_at else (mtp[0] if mtp else 0)
-    bad = None
-    if odd:
-        bad = (f"{blk_names(odd)} {_holds(odd)} nextn tensors but no nextn.eh_proj.weight: neither a trunk "
-               "layer nor an MTP block")
-    elif mtp and mtp[0] < last:
-        bad = f"MTP block {blk_names(mtp)} lies before trunk layer blk.{last}: an MTP block follows the trunk"
-    elif mtp and mtp != list(range(mtp[0], mtp[0] + len(mtp))):
-        bad = f"the MTP blocks {blk_names(mtp)} are not consecutive"
-    elif mtp and trunk_at and mtp[0] != trunk:
-        bad = f"MTP block blk.{mtp[0]} does not follow the last trunk layer blk.{last} (blk.{trunk} has no tensors)"
-    elif trunk_at and (gaps := [i for i in range(trunk) if i not in st.layers]):
-        bad = f"trunk layer(s) {blk_names(gaps)} have no tensors although blk.{last} has"
-    elif trunk_at and bc < trunk:
-        bad = (f"the trunk has {trunk} layers (blk.0..blk.{last} hold no nextn tensor) but {arch}.block_count "
-               f"is {bc}: trunk layers beyond block_count")
+    trunk = trunk_at[-1] + 1 if trunk_at else (mtp[0] if mtp else 0)
+    bad = _tensor_contradiction(st, nextn_at, trunk_at, trunk)
     if bad is not None:
         return Blocks(trunk, mtp, bad, None, False)
     if mtp:
@@ -208,14 +187,37 @@ def reconcile(st: Structure) -> Blocks:
         return Blocks(trunk, mtp, None, why, False)
     if bc == trunk + k:
         return Blocks(trunk, [], None, None, False)  # trunk only; a kept key promises an absent block
+    keyed = range(bc - min(k, bc), bc)
     if k and bc == trunk:
-        return Blocks(trunk, [], None, f"{arch}.nextn_predict_layers is {k} but {blk_names(list(keyed))} "
+        return Blocks(trunk, [], None, f"{arch}.nextn_predict_layers is {k} but {blk_names(keyed)} "
                       f"{_holds(keyed)} no nextn tensor: the {trunk} layers block_count {bc} counts are trunk "
                       "layers and the key is stray", True)
     return Blocks(trunk, [], (f"{arch}.block_count {bc} and nextn_predict_layers {k or 'absent'} say the trunk has "
                               f"{bc - min(k, bc)} layers, the tensors {trunk} (blk.0..blk.{trunk - 1})"
                               if trunk else f"{arch}.block_count is {bc} but the file holds no layer tensors"),
                   None, False)
+
+
+def _tensor_contradiction(st: Structure, nextn_at: list[int], trunk_at: list[int], trunk: int) -> str | None:
+    """What makes the tensors' own layout impossible to read without guessing, or trunk layers that
+    block_count leaves out; None when the tensors are a trunk followed by MTP blocks."""
+    mtp, last, bc = st.eh_layers, (trunk_at[-1] if trunk_at else -1), st.block_count
+    assert bc is not None
+    if odd := [i for i in nextn_at if i not in mtp]:
+        return (f"{blk_names(odd)} {_holds(odd)} nextn tensors but no nextn.eh_proj.weight: neither a trunk "
+                "layer nor an MTP block")
+    if mtp and mtp[0] < last:
+        return f"MTP block {blk_names(mtp)} lies before trunk layer blk.{last}: an MTP block follows the trunk"
+    if mtp and mtp != list(range(mtp[0], mtp[0] + len(mtp))):
+        return f"the MTP blocks {blk_names(mtp)} are not consecutive"
+    if mtp and trunk_at and mtp[0] != trunk:
+        return f"MTP block blk.{mtp[0]} does not follow the last trunk layer blk.{last} (blk.{trunk} has no tensors)"
+    if trunk_at and (gaps := [i for i in range(trunk) if i not in st.layers]):
+        return f"trunk layer(s) {blk_names(gaps)} have no tensors although blk.{last} has"
+    if trunk_at and bc < trunk:
+        return (f"the trunk has {trunk} layers (blk.0..blk.{last} hold no nextn tensor) but {st.arch}.block_count "
+                f"is {bc}: trunk layers beyond block_count")
+    return None
 
 
 def vocab_fingerprint(model: GGUFModel) -> tuple[int | None, str | None]:
