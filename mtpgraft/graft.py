@@ -374,23 +374,7 @@ def _placement(base: GGUFModel, st_b: Structure, src: GGUFModel, st_s: Structure
     src_layers = _source_mtp_layers(src, st_s)
     if rule.max_nextn is not None and len(src_layers) > rule.max_nextn:
         raise GraftError(f"{arch} runs at most {rule.max_nextn} MTP block(s); the source has {len(src_layers)}")
-    if st_b.block_count is None:
-        raise GraftError(f"{base.path.name} has no {arch}.block_count key")
-    blocks = _blocks(base, st_b)
-    if blocks.stray_key:
-        raise GraftError(f"{base.path.name}: {blocks.key_mismatch}; `mtpgraft detach` writes the model without "
-                         "it, then graft onto that")
-    if st_b.mtp_only_layout or not any(i < blocks.trunk for i in st_b.layers):
-        raise GraftError(f"{base.path.name} is an MTP-only file, not a base model" if blocks.mtp
-                         else f"{base.path.name} has no trunk layers to graft onto")
-    if blocks.mtp and not replace:
-        wrong = f" and keys that do not describe it ({blocks.key_mismatch})" if blocks.key_mismatch else ""
-        raise GraftError(f"{base.path.name} already has an MTP block ({blk_names(blocks.mtp)}){wrong}; pass ",
-                         Setting("replace", True), " to swap it")
-    # Where the base's MTP block starts: its nextn tensors say so even when the keys are wrong (a
-    # broken graft whose block_count was not bumped), so --replace repairs such a file; a block
-    # without nextn tensors is a trunk layer and is never replaced.
-    trunk = blocks.trunk
+    trunk = _base_trunk(base, st_b, replace)
     if trunk + len(src_layers) > MAX_LAYERS:
         raise GraftError(f"the output would have {trunk + len(src_layers)} blocks; llama.cpp loads at most {MAX_LAYERS}")
     if src_layers[0] != trunk:
@@ -403,6 +387,36 @@ def _placement(base: GGUFModel, st_b: Structure, src: GGUFModel, st_s: Structure
             raise GraftError(f"the source's MTP block blk.{i} lacks {', '.join(missing)}")
     renum = {s: trunk + k for k, s in enumerate(src_layers)}
     return _Placement(trunk, src_layers, renum, [r for i in src_layers for r in st_s.layers[i]])
+
+
+def _base_trunk(base: GGUFModel, st_b: Structure, replace: bool) -> int:
+    """Where the MTP block goes: right after the base's trunk as its tensors say, even when the keys
+    are wrong (a broken graft whose block_count was not bumped: --replace repairs it). A block
+    without nextn tensors is a trunk layer and is never replaced; keys that contradict the tensors
+    are refused (GraftError)."""
+    name = base.path.name
+    if st_b.block_count is None:
+        raise GraftError(f"{name} has no {base.arch}.block_count key")
+    blocks = _blocks(base, st_b)
+    if blocks.stray_key:
+        raise GraftError(f"{name}: {blocks.key_mismatch}; `mtpgraft detach` writes the model without it, then "
+                         "graft onto that")
+    if st_b.mtp_only_layout or not any(i < blocks.trunk for i in st_b.layers):
+        raise GraftError(f"{name} is an MTP-only file, not a base model" if blocks.mtp
+                         else f"{name} has no trunk layers to graft onto")
+    if blocks.mtp and not replace:
+        wrong = f" and keys that do not describe it ({blocks.key_mismatch})" if blocks.key_mismatch else ""
+        raise GraftError(f"{name} already has an MTP block ({blk_names(blocks.mtp)}){wrong}; pass ",
+                         Setting("replace", True), " to swap it")
+    return blocks.trunk
+
+
+def check_base(base_path: str | os.PathLike[str], *, replace: bool = False) -> None:
+    """Every refusal attach gives from the base alone (a file llama.cpp refuses, keys that contradict
+    the tensors, an MTP block without `replace`), before any MTP source is fetched."""
+    base = GGUFModel(base_path)
+    require_mtp_arch(base.arch)
+    _base_trunk(base, _loadable(base), replace)
 
 
 def _type_policy(base: GGUFModel, trunk: int, word: str | None) -> _Policy:

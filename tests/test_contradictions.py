@@ -193,6 +193,17 @@ def test_no_contradiction_loses_a_base_tensor(tmp_path, family):
     assert results["base-n1-bc5", "attach"] == "written"  # a key promising an absent block: plain attach
     assert results["base-nNone-bc3", "attach"].startswith("refused")  # block_count one too few
     assert results["base-nNone-bc5", "attach"].startswith("refused")  # one too many
+    # graft.check_base gives the base's refusals alone (before a Hub source is fetched): the same ones
+    from mtpgraft.graft import check_base
+
+    for (name, command), outcome in results.items():
+        if command == "attach" and name.startswith("base-"):
+            try:
+                check_base(tmp_path / f"{name}.gguf")
+            except MtpgraftError as e:
+                assert outcome == f"refused: {e}", (name, outcome, e)
+            else:
+                assert outcome == "written", (name, outcome)
     for repairable in ("full-nNone-bc5", "full-n1-bc4", "full-nNone-bc4", "full-n5-bc5", "full-n2-bc6"):
         assert results[repairable, "attach --replace"] == "written", (repairable, results[repairable, "attach --replace"])
         assert results[repairable, "attach"].startswith("refused") and "replace=True" in results[repairable, "attach"]
