@@ -27,11 +27,12 @@ EXIT_INPUT = 3  # an input that cannot be used: not a GGUF, inputs that do not f
 EXIT_OUTPUT = 4  # an output that cannot be written: it exists (no --force), no space, an OS error
 EXIT_TOOL = 5  # a llama.cpp tool is missing, failed, or llama-server died / stopped responding
 EXIT_HUB = 6  # the Hugging Face Hub refused or failed a request
+EXIT_INTERNAL = 70  # a bug in mtpgraft (sysexits' EX_SOFTWARE): a written output failed its own check
 EXIT_SIGNAL_BASE = 128  # interrupted: 128 + signal number (130 SIGINT, 143 SIGTERM, 129 SIGHUP)
 
 EXIT_CODES: dict[str, int] = {
     "ok": EXIT_OK, "failed": EXIT_FAILED, "usage": EXIT_USAGE, "input": EXIT_INPUT,
-    "output": EXIT_OUTPUT, "tool": EXIT_TOOL, "hub": EXIT_HUB,
+    "output": EXIT_OUTPUT, "tool": EXIT_TOOL, "hub": EXIT_HUB, "internal": EXIT_INTERNAL,
     "interrupted (SIGINT)": EXIT_SIGNAL_BASE + signal.SIGINT,
     "interrupted (SIGTERM)": EXIT_SIGNAL_BASE + signal.SIGTERM,
     "interrupted (SIGHUP)": EXIT_SIGNAL_BASE + signal.SIGHUP,
@@ -243,6 +244,13 @@ class HubError(MtpgraftError):
     """A Hugging Face Hub operation failed or was refused by the verification gate."""
 
     exit_code = EXIT_HUB
+
+
+class InternalError(MtpgraftError):
+    """A bug in mtpgraft, never the user's input: a written output failed the graft's invariant
+    (mtpgraft.invariant) and was removed."""
+
+    exit_code = EXIT_INTERNAL
 
 
 class SourceError(MtpgraftError):

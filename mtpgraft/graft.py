@@ -26,7 +26,7 @@ from .arch import (
     require_mtp_arch,
     rule_for,
 )
-from .errors import GraftError, MtpgraftError, Setting
+from .errors import GraftError, InternalError, MtpgraftError, Setting
 from .ggml_types import mtp_target
 from .gguf_io import (
     KV,
@@ -46,13 +46,17 @@ from .gguf_io import (
 )
 from .inspection import (
     LAYER_ARRAY_ITEMS,
+    Blocks,
     Structure,
     analyse,
+    blk_names,
     dominant_type,
     file_type_of,
     layer_of,
+    reconcile,
     vocab_fingerprint,
 )
+from .invariant import check_written
 from .outputs import PendingOutput, check_outputs, ensure_space, writing
 
 F32 = ggml_types.BY_NAME["F32"].id
@@ -367,20 +371,10 @@ def _check_same_model(base: GGUFModel, src: GGUFModel) -> list[str]:
 def _placement(base: GGUFModel, st_b: Structure, src: GGUFModel, st_s: Structure, rule: ArchRule,
                replace: bool, warnings: list[str]) -> _Placement:
     arch = base.arch
-    if st_b.mtp_only_layout:
-        raise GraftError(f"{base.path.name} is an MTP-only file, not a base model")
     src_layers = _source_mtp_layers(src, st_s)
     if rule.max_nextn is not None and len(src_layers) > rule.max_nextn:
         raise GraftError(f"{arch} runs at most {rule.max_nextn} MTP block(s); the source has {len(src_layers)}")
-    if st_b.block_count is None:
-        raise GraftError(f"{base.path.name} has no {arch}.block_count key")
-    if st_b.eh_layers and not replace:
-        where = ", ".join(f"blk.{i}" for i in st_b.eh_layers)
-        raise GraftError(f"{base.path.name} already has an MTP block ({where}); pass ", Setting("replace", True),
-                         " to swap it")
-    # Where the base's MTP block starts: its nextn.eh_proj tensors say so even when the keys are
-    # wrong (a broken graft whose block_count was not bumped), so --replace repairs such a file.
-    trunk = min(st_b.eh_layers) if st_b.eh_layers else (st_b.trunk if st_b.trunk is not None else st_b.block_count)
+    trunk = _base_trunk(base, st_b, replace)
     if trunk + len(src_layers) > MAX_LAYERS:
         raise GraftError(f"the output would have {trunk + len(src_layers)} blocks; llama.cpp loads at most {MAX_LAYERS}")
     if src_layers[0] != trunk:
@@ -393,6 +387,36 @@ def _placement(base: GGUFModel, st_b: Structure, src: GGUFModel, st_s: Structure
             raise GraftError(f"the source's MTP block blk.{i} lacks {', '.join(missing)}")
     renum = {s: trunk + k for k, s in enumerate(src_layers)}
     return _Placement(trunk, src_layers, renum, [r for i in src_layers for r in st_s.layers[i]])
+
+
+def _base_trunk(base: GGUFModel, st_b: Structure, replace: bool) -> int:
+    """Where the MTP block goes: right after the base's trunk as its tensors say, even when the keys
+    are wrong (a broken graft whose block_count was not bumped: --replace repairs it). A block
+    without nextn tensors is a trunk layer and is never replaced; keys that contradict the tensors
+    are refused (GraftError)."""
+    name = base.path.name
+    if st_b.block_count is None:
+        raise GraftError(f"{name} has no {base.arch}.block_count key")
+    blocks = _blocks(base, st_b)
+    if blocks.stray_key:
+        raise GraftError(f"{name}: {blocks.key_mismatch}; `mtpgraft detach` writes the model without it, then "
+                         "graft onto that")
+    if st_b.mtp_only_layout or not any(i < blocks.trunk for i in st_b.layers):
+        raise GraftError(f"{name} is an MTP-only file, not a base model" if blocks.mtp
+                         else f"{name} has no trunk layers to graft onto")
+    if blocks.mtp and not replace:
+        wrong = f" and keys that do not describe it ({blocks.key_mismatch})" if blocks.key_mismatch else ""
+        raise GraftError(f"{name} already has an MTP block ({blk_names(blocks.mtp)}){wrong}; pass ",
+                         Setting("replace", True), " to swap it")
+    return blocks.trunk
+
+
+def check_base(base_path: str | os.PathLike[str], *, replace: bool = False) -> None:
+    """Every refusal attach gives from the base alone (a file llama.cpp refuses, keys that contradict
+    the tensors, an MTP block without `replace`), before any MTP source is fetched."""
+    base = GGUFModel(base_path)
+    require_mtp_arch(base.arch)
+    _base_trunk(base, _loadable(base), replace)
 
 
 def _type_policy(base: GGUFModel, trunk: int, word: str | None) -> _Policy:
@@ -539,22 +563,34 @@ def _mtp_position(src: GGUFModel, last: _ShardSpec, place: _Placement) -> int:
 # --------------------------------------------------------------------------- detach / extract
 
 
+def _blocks(model: GGUFModel, st: Structure) -> Blocks:
+    """The file's trunk and MTP blocks as its tensors say; a GraftError when tensors contradict each
+    other or the keys so that no reading keeps every layer (st.block_count is set)."""
+    b = reconcile(st)
+    if b.contradiction:
+        raise GraftError(f"{model.path.name}: {b.contradiction}; no graft repairs this without guessing which "
+                         "layers are real: convert or download the model again")
+    return b
+
+
 def _mtp_layers_of(model: GGUFModel, what: str) -> tuple[Structure, list[int], int]:
     st = _loadable(model)
     if model.arch in ("gemma4", ASSISTANT_ARCH):
         raise GraftError(GEMMA4_MESSAGE)
     if st.block_count is None:
         raise GraftError(f"{model.path.name} has no {st.arch}.block_count key; llama.cpp cannot load it")
-    if not st.eh_layers:
-        if what == "detach" and st.nextn and st.block_count and not st.layers.get(st.block_count - st.nextn):
-            # trunk only but the key kept (glm4moe & co. abort with draft-mtp): drop the key
-            return st, [], st.block_count - st.nextn
-        raise GraftError(f"{model.path.name} has no MTP block to {what}")
-    if st.mtp_only_layout and what == "detach":
+    blocks = _blocks(model, st)
+    if not blocks.mtp:
+        if what == "detach" and st.nextn:
+            # trunk only but the key kept (glm4moe & co. abort with draft-mtp), or a stray key over
+            # trunk layers: drop the key, keep every layer
+            return st, [], blocks.trunk
+        raise GraftError(f"{model.path.name} has no MTP block to {what}"
+                         + (f" ({blocks.key_mismatch})" if blocks.stray_key else ""))
+    if not any(i < blocks.mtp[0] for i in st.layers) and what == "detach":
         raise GraftError(f"{model.path.name} is an MTP-only file; there is no trunk to keep")
-    layers = list(st.eh_layers)  # the tensors, not the keys: a broken file's keys may be off by one
-    trunk = min(layers)
-    return st, layers, trunk
+    # the tensors, not the keys: a broken file's keys may be off by one
+    return st, list(blocks.mtp), blocks.trunk
 
 
 def plan_detach(model_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
@@ -618,6 +654,10 @@ def plan_extract(model_path: str | os.PathLike[str], out_path: str | os.PathLike
     check_outputs([out], model.paths, force=force)
     arch = model.arch
     st, layers, trunk = _mtp_layers_of(model, "extract")
+    rule = rule_for(arch)
+    if rule is not None and rule.max_nextn is not None and len(layers) > rule.max_nextn:
+        raise GraftError(f"{model.path.name} has {len(layers)} MTP blocks ({blk_names(layers)}); {arch} runs at "
+                         f"most {rule.max_nextn}: an MTP-only file made from it would not load")
     _require_sidecar_fits(model, st, layers, trunk + len(layers))
     kvs = [kv for kv in model.kv.values() if not kv.key.startswith("split.")]
     changes: list[KeyChange] = [KeyChange(k, model.get(k), None) for k in model.kv if k.startswith("split.")]
@@ -699,7 +739,8 @@ def _patch_kv(path: Path, offset: int, kv: KV) -> None:
         f.seek(offset)
         old = f.read(len(kv.raw))
         if old[:len(kv.raw) - 64] != kv.raw[:-64]:  # a bug, never an input
-            raise MtpgraftError(f"internal error: {path}: {kv.key} is not where it was written")
+            raise InternalError(f"internal error (a bug in mtpgraft, please report it): {path}: {kv.key} is not "
+                                "where it was written")
         f.seek(offset)
         f.write(kv.raw)
 
@@ -827,9 +868,10 @@ def apply_plan(plan: GraftPlan, *, progress: Callable[[int], None] | None = None
         for p, s in zip(pending, shards, strict=True):
             with writing(s.path), open(p.path, "wb") as fh:
                 written.append(write_gguf(fh, s.kvs, s.tensors, alignment=align, progress=progress, layout=layout))
-        if digest is not None:
-            _patch_kv(pending[0].path, written[0].kv_offsets[key],
-                      encode_kv(key, GGUFValueType.STRING, digest.result()))
+        sha = digest.result() if digest is not None else None
+        if sha is not None:
+            _patch_kv(pending[0].path, written[0].kv_offsets[key], encode_kv(key, GGUFValueType.STRING, sha))
+        check_written(plan, shards, [p.path for p in pending], sha, key)  # a failure removes them
         for p in pending:
             p.install(force=plan.force)
     return outputs

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -96,10 +97,9 @@ class Structure:
 
     @property
     def mtp_layers(self) -> list[int]:
-        """The layers that form the MTP block(s): by the key when it is set, else by the tensors."""
-        if self.nextn and self.block_count is not None:
-            return list(range(max(0, self.block_count - self.nextn), self.block_count))
-        return list(self.eh_layers)
+        """The layers that form the MTP block(s), by the tensors, never by a key alone: those holding
+        nextn.eh_proj, else those holding any nextn tensor (an MTP block that lacks eh_proj)."""
+        return list(self.eh_layers) or nextn_layers(self)
 
     def mtp_refs(self) -> list[TensorRef]:
         out: list[TensorRef] = []
@@ -136,6 +136,88 @@ def analyse(model: GGUFModel) -> Structure:
     trunk = bc - min(nextn, bc) if bc is not None else None
     mtp_only = nextn > 0 and "blk.0.attn_norm.weight" not in model.by_name and bool(layers) and min(layers) > 0
     return Structure(arch, bc, nextn, trunk, layers, eh, mtp_only, tuple(dict.fromkeys(defects)))
+
+
+def nextn_layers(st: Structure) -> list[int]:
+    """The blocks holding any nextn.* tensor."""
+    return sorted(i for i, refs in st.layers.items() if any(layer_of(r.name)[1].startswith("nextn.")  # type: ignore[index]
+                                                             for r in refs))
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Trunk and MTP blocks as the tensors say, reconciled with the keys (see `reconcile`)."""
+
+    trunk: int  # trunk layers: blk.0 .. blk.{trunk-1}, none holding a nextn tensor
+    mtp: list[int]  # the MTP blocks: right after the trunk, each holding nextn.eh_proj
+    contradiction: str | None  # tensors that contradict each other or the keys: no graft from them
+    key_mismatch: str | None  # keys that do not describe the MTP block(s) the tensors hold
+    stray_key: bool  # nextn_predict_layers set, no MTP block, and the layers it names are trunk layers
+
+
+def blk_names(layers: Sequence[int], limit: int = 6) -> str:
+    layers = list(layers)
+    more = f" and {len(layers) - limit} more" if len(layers) > limit else ""
+    return ", ".join(f"blk.{i}" for i in layers[:limit]) + more
+
+
+def _holds(layers: Sequence[int]) -> str:
+    return "holds" if len(layers) == 1 else "hold"
+
+
+def reconcile(st: Structure) -> Blocks:
+    """Where the trunk ends and the MTP block is, from the tensors, and what the keys say against
+    it. A block holding no nextn tensor is a trunk layer; one holding nextn.eh_proj is an MTP
+    block; one holding other nextn tensors only is neither (a trunk layer with a stray tensor, or
+    an MTP block that lost eh_proj: the tensors cannot say which), whatever the keys say.
+    Needs st.block_count."""
+    bc, k, arch = st.block_count, st.nextn, st.arch
+    assert bc is not None
+    nextn_at = nextn_layers(st)
+    trunk_at = [i for i in sorted(st.layers) if i not in nextn_at]
+    mtp = list(st.eh_layers)
+    trunk = trunk_at[-1] + 1 if trunk_at else (mtp[0] if mtp else 0)
+    bad = _tensor_contradiction(st, nextn_at, trunk_at, trunk)
+    if bad is not None:
+        return Blocks(trunk, mtp, bad, None, False)
+    if mtp:
+        ok = (bc, k) == (trunk + len(mtp), len(mtp))
+        why = None if ok else (f"{arch}.block_count {bc} and nextn_predict_layers {k} do not describe the tensors "
+                               f"({trunk} trunk layers, MTP block {blk_names(mtp)})")
+        return Blocks(trunk, mtp, None, why, False)
+    if bc == trunk + k:
+        return Blocks(trunk, [], None, None, False)  # trunk only; a kept key promises an absent block
+    keyed = range(bc - min(k, bc), bc)
+    if k and bc == trunk:
+        return Blocks(trunk, [], None, f"{arch}.nextn_predict_layers is {k} but {blk_names(keyed)} "
+                      f"{_holds(keyed)} no nextn tensor: the {trunk} layers block_count {bc} counts are trunk "
+                      "layers and the key is stray", True)
+    return Blocks(trunk, [], (f"{arch}.block_count {bc} and nextn_predict_layers {k or 'absent'} say the trunk has "
+                              f"{bc - min(k, bc)} layers, the tensors {trunk} (blk.0..blk.{trunk - 1})"
+                              if trunk else f"{arch}.block_count is {bc} but the file holds no layer tensors"),
+                  None, False)
+
+
+def _tensor_contradiction(st: Structure, nextn_at: list[int], trunk_at: list[int], trunk: int) -> str | None:
+    """What makes the tensors' own layout impossible to read without guessing, or trunk layers that
+    block_count leaves out; None when the tensors are a trunk followed by MTP blocks."""
+    mtp, last, bc = st.eh_layers, (trunk_at[-1] if trunk_at else -1), st.block_count
+    assert bc is not None
+    if odd := [i for i in nextn_at if i not in mtp]:
+        return (f"{blk_names(odd)} {_holds(odd)} nextn tensors but no nextn.eh_proj.weight: neither a trunk "
+                "layer nor an MTP block")
+    if mtp and mtp[0] < last:
+        return f"MTP block {blk_names(mtp)} lies before trunk layer blk.{last}: an MTP block follows the trunk"
+    if mtp and mtp != list(range(mtp[0], mtp[0] + len(mtp))):
+        return f"the MTP blocks {blk_names(mtp)} are not consecutive"
+    if mtp and trunk_at and mtp[0] != trunk:
+        return f"MTP block blk.{mtp[0]} does not follow the last trunk layer blk.{last} (blk.{trunk} has no tensors)"
+    if trunk_at and (gaps := [i for i in range(trunk) if i not in st.layers]):
+        return f"trunk layer(s) {blk_names(gaps)} have no tensors although blk.{last} has"
+    if trunk_at and bc < trunk:
+        return (f"the trunk has {trunk} layers (blk.0..blk.{last} hold no nextn tensor) but {st.arch}.block_count "
+                f"is {bc}: trunk layers beyond block_count")
+    return None
 
 
 def vocab_fingerprint(model: GGUFModel) -> tuple[int | None, str | None]:
@@ -200,16 +282,18 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
             problems.append(f"key {arch}.block_count is missing")
     else:
         problems += _mtp_problems(st, rule, notes)
+        if arch != ASSISTANT_ARCH:
+            b = reconcile(st)
+            problems += [b.contradiction] if b.contradiction else [b.key_mismatch] if b.stray_key else []
     arrays, array_problems = _layer_arrays(model, st, rule)
     split, split_problems = _split_info(model)
     problems += array_problems + split_problems
     mtp_refs = st.mtp_refs()
-    if not mtp_refs and st.eh_layers:
-        mtp_refs = [r for i in st.eh_layers for r in st.layers[i]]
     mtp_present = bool(st.eh_layers)
     layout = "mtp-only" if st.mtp_only_layout else ("full" if mtp_present else "trunk-only")
     if arch == ASSISTANT_ARCH:  # every block an MTP layer, plus the global nextn.* projections
-        mtp_refs = [r for r in model.refs if r.name.startswith("nextn.")] + mtp_refs
+        keyed = range(max(0, st.block_count - st.nextn), st.block_count) if st.block_count is not None else ()
+        mtp_refs = [r for r in model.refs if r.name.startswith("nextn.")] + [r for i in keyed for r in st.layers.get(i, [])]
         # a sidecar for -md, like the converter's --mtp output
         mtp_present, layout = bool(st.layers) and st.nextn > 0, "mtp-only"
     dom = dominant_type(model.refs)

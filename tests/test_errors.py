@@ -39,8 +39,9 @@ def test_readme_table_is_the_code_table():
     text = (ROOT / "README.md").read_text()
     rows = dict(re.findall(r"^\| ([\d, ]+) \| ([A-Za-z ]+) \|", text, re.M))
     assert rows == {"0": "success", "1": "the result is a fail", "2": "usage", "3": "bad input",
-                    "4": "output", "5": "tool", "6": "Hub"} | {"130, 143, 129": "interrupted"}
+                    "4": "output", "5": "tool", "6": "Hub", "70": "internal error"} | {"130, 143, 129": "interrupted"}
     assert EXIT_CODES == {"ok": 0, "failed": 1, "usage": 2, "input": 3, "output": 4, "tool": 5, "hub": 6,
+                          "internal": 70,
                           "interrupted (SIGINT)": 130, "interrupted (SIGTERM)": 143,
                           "interrupted (SIGHUP)": 129}
 

@@ -140,8 +140,12 @@ def test_inspect_knows_the_assistant(tiny_gemma_models, tmp_path):
             "no-pre": "tensor nextn.pre_projection.weight is missing",
             "short-nextn": "nextn_predict_layers is 2 but every one of the 4 blocks",
             "no-q": "assistant layer blk.3 lacks attn_q.weight"}
+    from mtpgraft.cli import cli
+
     for name, path in broken.items():
-        rep = json.loads(_mtpgraft("inspect", "--json", path)[1])
+        res = CliRunner().invoke(cli, ["inspect", "--json", str(path)])
+        rep = json.loads(res.stdout)
+        assert res.exit_code == 1, name  # inspect's exit status is the verdict
         assert not rep["consistent"] and any(want[name] in p for p in rep["problems"]), (name, rep["problems"])
 
 

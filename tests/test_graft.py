@@ -433,15 +433,20 @@ def test_inspect_flags_each_broken_graft(tmp_path):
         assert not rep.consistent, name
         assert any(msg in p for p in rep.problems), (name, rep.problems)
         r = run_cli("inspect", path, "--json")
-        assert r.returncode == 0  # readable: exit 0 even when inconsistent
+        assert r.returncode == 1  # the exit status is the verdict; the report is printed all the same
         d = json.loads(r.stdout)
         assert d["consistent"] is False and d["problems"]
+        assert r.stderr == f"mtpgraft: error: {path}: llama.cpp would not load it: {d['problems'][0]}" + (
+            f" (and {len(d['problems']) - 1} more)" if len(d["problems"]) > 1 else "") + "\n"
+        r = run_cli("inspect", path)
+        assert r.returncode == 1 and "verdict:         INCONSISTENT" in r.stdout
 
 
 def test_inspect_json_fields(tmp_path):
     full = make_model(tmp_path / "full.gguf", arch="qwen35moe")
     r = run_cli("inspect", full, "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # consistent: exit 0
+    assert run_cli("inspect", full).returncode == 0
     d = json.loads(r.stdout)
     for k in ("architecture", "block_count", "nextn_predict_layers", "trunk_layers", "mtp_present",
               "mtp_tensors", "consistent", "problems"):
@@ -565,3 +570,80 @@ def test_copying_grafts_never_load_numpy_or_gguf_py(tmp_path):
         assert r.returncode == 0, (name, r.stderr)
         loaded[name] = r.stdout.strip().splitlines()[-1]
     assert loaded == {**{n: "[]" for n in runs}, "attach q8_0": "['gguf', 'numpy']"}
+
+
+# ----------------------------------------------------------------------------- the invariant
+
+
+@pytest.mark.parametrize("how", ["corrupt", "drop", "key", "trunk-layer-replaced"])
+def test_a_failed_invariant_removes_the_output_and_says_it_is_a_bug(tmp_path, monkeypatch, how):
+    """A writer (or a plan) that loses a base tensor, changes a byte or a key: the output is removed and
+    the error says it is a bug (exit 70), never the user's."""
+    from click.testing import CliRunner
+
+    import mtpgraft.commands  # noqa: F401 - registers the commands
+    import mtpgraft.graft as graft
+    from mtpgraft.cli import cli
+    from mtpgraft.gguf_io import GGUFFile
+
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    src = make_model(tmp_path / "src.gguf")
+    real_write, real_blocks = graft.write_gguf, graft._blocks
+
+    def write(fh, kvs, tensors, **kw):
+        if how == "drop":
+            tensors = [t for t in tensors if t.name != "blk.2.ffn_up.weight"]
+        if how == "key":
+            kvs = [kv for kv in kvs if kv.key != "general.name"]
+        written = real_write(fh, kvs, tensors, **kw)
+        if how == "corrupt":
+            fh.flush()
+            f = GGUFFile(fh.name)
+            t = next(t for t in f.tensors if t.name == "blk.1.attn_norm.weight")
+            pos = f.data_offset + t.offset + t.nbytes // 2
+            fh.seek(pos)
+            byte = open(fh.name, "rb").read()[pos]
+            fh.write(bytes([byte ^ 0x40]))
+            fh.flush()
+        return written
+
+    def blocks(model, st):  # the old bug: the last trunk layer taken for the MTP block
+        b = real_blocks(model, st)
+        return type(b)(b.trunk - 1, b.mtp, None, None, False) if model.path == base else b
+
+    monkeypatch.setattr(graft, "write_gguf", write)
+    if how == "trunk-layer-replaced":
+        monkeypatch.setattr(graft, "_blocks", blocks)
+    before = {p.name for p in tmp_path.iterdir()}
+    res = CliRunner().invoke(cli, ["attach", str(base), "--mtp-from", str(src), "-o", str(tmp_path / "out.gguf")])
+    assert res.exit_code == 70, res.output
+    lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("mtpgraft: warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("mtpgraft: error: internal error (a bug in mtpgraft"), lines
+    assert "it was removed" in lines[0]
+    want = {"corrupt": "blk.1.attn_norm.weight's bytes differ", "drop": "blk.2.ffn_up.weight",
+            "key": "general.name", "trunk-layer-replaced": "base's tensor blk.3."}[how]
+    assert want in lines[0], lines[0]
+    _no_outputs(tmp_path, before)
+
+
+def test_the_invariant_passes_every_graft_and_costs_no_second_body_read(tmp_path, monkeypatch):
+    """attach (copy and convert), detach, extract and sidecar all pass the check; the copied body is
+    read back only at the ends of each tensor (a window of invariant.WINDOW bytes at each end)."""
+    import os as _os
+
+    import mtpgraft.invariant as inv
+    from mtpgraft.sidecar import plan_sidecar
+
+    base = make_model(tmp_path / "base.gguf", layout="base")
+    full = make_model(tmp_path / "full.gguf")
+    reads: list[int] = []
+    real = _os.pread
+    monkeypatch.setattr(inv.os, "pread", lambda fd, n, off: reads.append(n) or real(fd, n, off))
+    attach(base, full, tmp_path / "a.gguf", mtp_type="keep")
+    attach(base, full, tmp_path / "q.gguf", mtp_type="q8_0")
+    apply_plan(plan_detach(full, tmp_path / "d.gguf"))
+    apply_plan(plan_extract(full, tmp_path / "e.gguf"))
+    apply_plan(plan_sidecar(plan_attach(base, full, tmp_path / "x.gguf"), tmp_path / "s.gguf"))
+    assert reads and max(reads) <= inv.WINDOW
+    for name in ("a", "q", "d", "e", "s"):
+        assert inspect_model(tmp_path / f"{name}.gguf").consistent, name

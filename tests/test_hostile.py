@@ -194,7 +194,7 @@ def test_loader_refusals(m):
         rep = inspect_model(p)
         assert not rep.consistent and msg in rep.problems, (p.name, rep.problems)
         code, _ = mtpgraft("inspect", p)
-        assert code == 0  # readable: inspect reports
+        assert code == 1  # readable: inspect reports, and its exit status is the verdict
         refused_everywhere(m, p, msg)
 
 

@@ -20,16 +20,23 @@ MB = 1e6
 def inspect_cmd(file: Path, as_json: bool) -> None:
     """Show a GGUF's MTP structure and whether llama.cpp will load it.
 
-    Exits 0 for any readable file (even an inconsistent one), non-zero only if it cannot be read."""
+    The exit status is the verdict: 0 when llama.cpp would load the file, 1 when it would not (the
+    report, or --json, is printed all the same), 3 when the file cannot be read at all."""
+    from ..errors import VerdictFailedError
+    from ..gguf_io import shown
     from ..inspection import inspect_model
 
     rep = inspect_model(file)
     shared = _shared_extents(rep)
     if as_json:
         emit_json({**rep.to_dict(), "shared_bytes": shared[0] if shared else None})
-        return
-    for line in (*_structure_lines(rep), *_metadata_lines(rep), *_verdict_lines(rep, shared)):
-        click.echo(line)
+    else:
+        for line in (*_structure_lines(rep), *_metadata_lines(rep), *_verdict_lines(rep, shared)):
+            click.echo(line)
+    if not rep.consistent:
+        more = f" (and {len(rep.problems) - 1} more)" if len(rep.problems) > 1 else ""
+        raise VerdictFailedError(f"{shown(str(file), 200)}: llama.cpp would not load it: "
+                                 f"{shown(rep.problems[0], 300)}{more}")
 
 
 def _structure_lines(rep) -> list[str]:  # noqa: ANN001 - inspection.ModelReport
