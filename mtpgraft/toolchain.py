@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -254,3 +255,54 @@ def build_toolchain(*, cmake_args: Sequence[str] = (), jobs: int | None = None, 
     (build / STAMP).write_text(json.dumps({"commit": pin.commit, "sdist": pin.spec,
                                            "cmake_args": list(cmake_args)}, indent=2))
     return ToolchainResult(build / "bin", True, tools, runtime)
+
+
+# --------------------------------------------------------------------------- what a build runs MTP for
+
+
+def mtp_architectures(runtime: str = MAINLINE) -> list[str] | None:
+    """The architectures (GGUF general.architecture names) the cached build of `runtime` runs MTP for,
+    read from the source it was built from; None when the cache holds no source. A binary does not
+    say this (no flag or --help line lists them), so a tool found elsewhere has no answer here."""
+    src = toolchain_root(runtime) / "src"
+    try:
+        names = _arch_names(src / "src" / "llama-arch.cpp")
+        enums = _ik_mtp_arch_enums(src) if runtime == IK else _mainline_mtp_arch_enums(src)
+    except OSError:
+        return None
+    return sorted(names.get(e, e) for e in enums)
+
+
+def _arch_names(path: Path) -> dict[str, str]:
+    """LLM_ARCH_X -> its GGUF name, from llama-arch.cpp's LLM_ARCH_NAMES."""
+    return dict(re.findall(r'\{\s*(LLM_ARCH_\w+)\s*,\s*"([^"]+)"\s*\}', path.read_text()))
+
+
+def _mainline_mtp_arch_enums(src: Path) -> set[str]:
+    """Mainline: the model classes whose build_arch_graph builds graph_mtp (src/models/*.cpp), and the
+    architectures llama-model.cpp makes with those classes."""
+    classes = set()
+    for f in sorted((src / "src" / "models").glob("*.cpp")):
+        text = f.read_text()
+        if "graph_mtp>" in text:
+            classes.update(re.findall(r"(llama_model_\w+)::build_arch_graph", text))
+    arches: set[str] = set()
+    pending: list[str] = []
+    for line in (src / "src" / "llama-model.cpp").read_text().splitlines():
+        pending += re.findall(r"case (LLM_ARCH_\w+):", line)
+        made = re.search(r"return new (llama_model_\w+)\(", line)
+        if made:
+            if made.group(1) in classes:
+                arches.update(pending)
+            pending = []
+    return arches
+
+
+def _ik_mtp_arch_enums(src: Path) -> set[str]:
+    """ik: src/llama.cpp turns MTP off for every architecture but those its context setup names
+    (`if (model->arch != LLM_ARCH_GLM4_MOE && cparams.mtp != 0) cparams.mtp = 0;` at 0.1.5)."""
+    text = (src / "src" / "llama.cpp").read_text()
+    m = re.search(r"if\s*\(((?:\s*model->arch\s*!=\s*LLM_ARCH_\w+\s*&&)+)\s*cparams\.mtp\s*!=\s*0\s*\)", text)
+    if m is None:
+        raise OSError("no MTP architecture gate in src/llama.cpp")
+    return set(re.findall(r"LLM_ARCH_\w+", m.group(1)))

@@ -322,3 +322,15 @@ def probe_mtp_spec_type(server: str | os.PathLike[str]) -> str | None:
     if re.search(r"(?<![\w-])mtp(?![\w-])", block):
         return "mtp"
     return None
+
+
+def probe_mtp_flag(server: str | os.PathLike[str]) -> str | None:
+    """How this llama-server turns MTP on, read from its --help: `--spec-type draft-mtp` (mainline),
+    `--spec-type mtp` (older mainline, newer ik_llama.cpp) or `-mtp` (ik_llama.cpp as pinned, which
+    spells it `-mtp` / `--multi-token-prediction`). None if it has none of them."""
+    spec = probe_mtp_spec_type(server)
+    if spec is not None:
+        return f"--spec-type {spec}"
+    if re.search(r"(?<![\w-])-mtp, --multi-token-prediction\b", server_help(str(server))):
+        return "-mtp"
+    return None

@@ -1,0 +1,167 @@
+"""ik_llama.cpp as a second runtime: its tools found apart from mainline's, its pinned build, and
+`mtpgraft doctor` reporting both. Tests that need ik's real build skip when it is absent (it is
+optional until CI builds it; MTPGRAFT_REQUIRE_IK=1 makes them fail instead, like the mainline tools)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from mtpgraft.errors import ToolNotFoundError, UsageError
+from mtpgraft.tools import locate_tool, server_help
+
+MAINLINE_HELP = "--spec-type [none|draft-simple|draft-mtp|ngram-mod]\n   speculative type\n"
+# as ik_llama.cpp 0.1.5's common.cpp prints them
+IK_HELP = ("-mtp, --multi-token-prediction          whether to use multi-token-prediction (if supported)\n"
+           "-no-mtp, --no-multi-token-prediction    whether to use multi-token-prediction (if supported)\n"
+           "--spec-type Name [none | ngram - cache | ngram - simple | ngram - map - k | ngram - mod]\n")
+TOOLS = ("llama-server", "llama-quantize", "llama-imatrix", "llama-gguf-split", "llama-perplexity")
+
+
+def fake_tools(d: Path, help_text: str) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    for name in TOOLS:
+        p = d / name
+        p.write_text(f"#!/bin/sh\ncat <<'X'\n{help_text if name == 'llama-server' else 'usage'}\nX\n")
+        p.chmod(0o755)
+    return d
+
+
+def test_ik_tools_come_from_their_own_env_and_never_from_path(tmp_path, monkeypatch):
+    path_dir = fake_tools(tmp_path / "path", MAINLINE_HELP)
+    monkeypatch.setenv("PATH", f"{path_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MTPGRAFT_IK_LLAMA_CPP", raising=False)
+    assert locate_tool("llama-server").source == "PATH"  # mainline's lookup is as before
+    with pytest.raises(ToolNotFoundError) as e:
+        locate_tool("llama-server", runtime="ik")  # mainline's llama-server on PATH is not taken for ik's
+    msg = str(e.value)
+    assert "PATH" not in msg.split("(looked in ")[1].split(")")[0]
+    assert "the ik_llama.cpp toolchain cache" in msg and "mtpgraft toolchain --runtime ik" in msg
+    assert "$MTPGRAFT_IK_LLAMA_CPP" in msg
+    ik = fake_tools(tmp_path / "ik", IK_HELP)
+    monkeypatch.setenv("MTPGRAFT_IK_LLAMA_CPP", str(ik))
+    loc = locate_tool("llama-server", runtime="ik")
+    assert (loc.source, loc.path) == ("env", ik / "llama-server")
+    assert locate_tool("llama-server").path == path_dir / "llama-server"  # and mainline's is not ik's
+
+
+def test_unknown_runtime_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown runtime 'ikk': one of mainline, ik"):
+        locate_tool("llama-server", runtime="ikk")
+
+
+def test_doctor_reports_both_runtimes_with_probed_flags(tmp_path):
+    main, ik = fake_tools(tmp_path / "main", MAINLINE_HELP), fake_tools(tmp_path / "ik", IK_HELP)
+    env = dict(os.environ, MTPGRAFT_LLAMA_CPP=str(main), MTPGRAFT_IK_LLAMA_CPP=str(ik),
+               MTPGRAFT_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-m", "mtpgraft", "doctor", "--json"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    rts = d["runtimes"]
+    assert (rts["mainline"]["mtp_flag"], rts["ik"]["mtp_flag"]) == ("--spec-type draft-mtp", "-mtp")
+    assert d["mtp_spec_type"] == "draft-mtp" and rts["ik"]["mtp_spec_type"] is None
+    assert {t["path"] for t in rts["ik"]["tools"]} == {str(ik / t) for t in TOOLS}
+    # not a cached build: no source to read the architectures from, and doctor says so
+    assert rts["ik"]["mtp_architectures"] is None
+    text = subprocess.run([sys.executable, "-m", "mtpgraft", "doctor"], capture_output=True, text=True, env=env,
+                          timeout=120).stdout
+    assert "MTP flag: -mtp / --multi-token-prediction" in text
+    assert "MTP architectures: unknown (no binary lists them" in text
+
+
+def test_doctor_without_ik_still_passes_on_mainline(tmp_path):
+    main = fake_tools(tmp_path / "main", MAINLINE_HELP)
+    env = dict(os.environ, MTPGRAFT_LLAMA_CPP=str(main), MTPGRAFT_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("MTPGRAFT_IK_LLAMA_CPP", None)
+    r = subprocess.run([sys.executable, "-m", "mtpgraft", "doctor"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "ik_llama.cpp (ik-llama-cpp-python==0.1.5):\nnot found (optional" in r.stdout
+
+
+def test_probe_reads_the_ik_spelling(tmp_path):
+    server_help.cache_clear()
+    from mtpgraft.tools import probe_mtp_flag
+
+    ik, main = fake_tools(tmp_path / "ik", IK_HELP), fake_tools(tmp_path / "m", MAINLINE_HELP)
+    newer = fake_tools(tmp_path / "n", "--spec-type [none|mtp|ngram-mod]\n")
+    plain = fake_tools(tmp_path / "p", "--draft-max N\n--spec-type [none|ngram-cache]\n")
+    got = [probe_mtp_flag(d / "llama-server") for d in (ik, main, newer, plain)]
+    assert got == ["-mtp", "--spec-type draft-mtp", "--spec-type mtp", None]
+
+
+# ----------------------------------------------------------------------------- the pinned build
+
+
+def _tar(path: Path, files: dict[str, str]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_ik_cache_is_its_own(tmp_path, monkeypatch):
+    from mtpgraft.toolchain import build_dir_for, cached_bin_dir
+
+    monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path))
+    assert build_dir_for((), "ik") == tmp_path / "toolchain" / "ik_llama.cpp-0.1.5" / "build"
+    assert build_dir_for((), "ik") != build_dir_for(())
+    assert cached_bin_dir("ik") is None
+
+
+def test_a_wrong_sdist_is_refused(tmp_path, monkeypatch):
+    from mtpgraft.toolchain import ensure_source
+
+    monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    fake = _tar(tmp_path / "ik_llama_cpp_python-0.1.5.tar.gz",
+                {"ik_llama_cpp_python-0.1.5/vendor/ik_llama.cpp/CMakeLists.txt": "project(x)\n"})
+    with pytest.raises(UsageError, match=r"is not the pinned ik-llama-cpp-python==0.1.5 sdist \(sha256 "):
+        ensure_source(lambda s: None, fake, "ik")
+    assert not (tmp_path / "cache" / "toolchain" / "ik_llama.cpp-0.1.5" / "src").exists()
+
+
+def test_unpack_writes_the_missing_build_info_script(tmp_path):
+    from mtpgraft.toolchain import PINS, _unpack
+
+    fake = _tar(tmp_path / "s.tar.gz", {"ik_llama_cpp_python-0.1.5/vendor/ik_llama.cpp/CMakeLists.txt": "x\n",
+                                        "ik_llama_cpp_python-0.1.5/README.md": "not vendored\n"})
+    _unpack(PINS["ik"], fake, tmp_path / "src")
+    assert sorted(p.relative_to(tmp_path / "src").as_posix() for p in (tmp_path / "src").rglob("*") if p.is_file()) \
+        == ["CMakeLists.txt", "common/cmake/build-info-gen-cpp.cmake"]
+    script = (tmp_path / "src" / "common" / "cmake" / "build-info-gen-cpp.cmake").read_text()
+    assert 'set(BUILD_COMMIT "ik-llama-cpp-python-0.1.5")' in script and "build-info.cpp.in" in script
+
+
+def test_mtp_architectures_read_from_the_source(tmp_path, monkeypatch):
+    from mtpgraft.toolchain import mtp_architectures, toolchain_root
+
+    monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path))
+    assert mtp_architectures("ik") is None  # no source, no answer
+    src = toolchain_root("ik") / "src" / "src"
+    src.mkdir(parents=True)
+    (src / "llama-arch.cpp").write_text('{ LLM_ARCH_GLM4_MOE,  "glm4moe" },\n{ LLM_ARCH_QWEN3, "qwen3" },\n'
+                                        '{ LLM_ARCH_DEEPSEEK2, "deepseek2" },\n')
+    (src / "llama.cpp").write_text("    if (model->arch != LLM_ARCH_GLM4_MOE && model->arch != LLM_ARCH_DEEPSEEK2 "
+                                   "&& cparams.mtp != 0) {\n        cparams.mtp = 0;\n    }\n")
+    assert mtp_architectures("ik") == ["deepseek2", "glm4moe"]
+    models = toolchain_root("mainline") / "src" / "src" / "models"
+    models.mkdir(parents=True)
+    (models.parent / "llama-arch.cpp").write_text((src / "llama-arch.cpp").read_text())
+    (models / "glm4-moe.cpp").write_text("llama_model_glm4_moe::build_arch_graph() { make_unique<graph_mtp>(); }")
+    (models / "qwen3.cpp").write_text("llama_model_qwen3::build_arch_graph() { make_unique<graph>(); }")
+    (models.parent / "llama-model.cpp").write_text(
+        "case LLM_ARCH_QWEN3:\n return new llama_model_qwen3(params);\ncase LLM_ARCH_GLM4_MOE:\n"
+        "case LLM_ARCH_DEEPSEEK2:\n return new llama_model_glm4_moe(params);\n")
+    assert mtp_architectures("mainline") == ["deepseek2", "glm4moe"]
