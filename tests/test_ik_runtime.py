@@ -165,3 +165,71 @@ def test_mtp_architectures_read_from_the_source(tmp_path, monkeypatch):
         "case LLM_ARCH_QWEN3:\n return new llama_model_qwen3(params);\ncase LLM_ARCH_GLM4_MOE:\n"
         "case LLM_ARCH_DEEPSEEK2:\n return new llama_model_glm4_moe(params);\n")
     assert mtp_architectures("mainline") == ["deepseek2", "glm4moe"]
+
+
+# ----------------------------------------------------------------------------- ik's real build
+
+
+@pytest.fixture(scope="module")
+def ik_bin_dir() -> Path:
+    from mtpgraft.toolchain import cached_bin_dir
+
+    d = cached_bin_dir("ik")
+    if d is None:
+        if os.environ.get("MTPGRAFT_REQUIRE_IK"):
+            pytest.fail("ik_llama.cpp is not built: run `mtpgraft toolchain --runtime ik`", pytrace=False)
+        pytest.skip("ik_llama.cpp is not built (`mtpgraft toolchain --runtime ik`)")
+    return d
+
+
+@pytest.mark.tools
+def test_real_doctor_lists_both_runtimes(ik_bin_dir):
+    env = {k: v for k, v in os.environ.items() if k != "MTPGRAFT_IK_LLAMA_CPP"}
+    r = subprocess.run([sys.executable, "-m", "mtpgraft", "doctor", "--json"], capture_output=True, text=True,
+                       env=env, timeout=180)
+    assert r.returncode == 0, r.stderr
+    rts = json.loads(r.stdout)["runtimes"]
+    assert rts["mainline"]["mtp_flag"] == "--spec-type draft-mtp"
+    ik = rts["ik"]
+    assert ik["ok"] and ik["mtp_flag"] == "-mtp" and ik["toolchain_cache"] == str(ik_bin_dir)
+    assert {t["source"] for t in ik["tools"]} == {"cache"}
+    assert "ik-llama-cpp-python-0.1.5" in (ik["build"] or ""), ik["build"]
+    assert ik["mtp_architectures"] == ["glm4moe"]  # src/llama.cpp at 0.1.5: MTP for GLM4_MOE only
+    assert "glm4moe" in rts["mainline"]["mtp_architectures"]
+
+
+@pytest.mark.tools
+def test_ik_toolchain_second_run_is_instant(ik_bin_dir):
+    r = subprocess.run([sys.executable, "-m", "mtpgraft", "toolchain", "--runtime", "ik", "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert (d["runtime"], d["built"], d["bin_dir"]) == ("ik", False, str(ik_bin_dir))
+
+
+@pytest.mark.tools
+def test_ik_quantize_iq4_ks_parses_and_only_ik_loads_it(ik_bin_dir, tmp_path):
+    """ik's own llama-quantize writes an IQ4_KS quant of the tiny glm4moe; mtpgraft reads every tensor
+    where ik's writer put it (its sizes are ik's), calls it ik-only, and mainline's llama-server
+    refuses it with the line ggml_types predicts."""
+    from mtpgraft import ggml_types as gt
+    from mtpgraft.gguf_io import GGUFFile
+    from mtpgraft.testmodels import build_tiny_model
+    from mtpgraft.tools import find_tool, run_tool
+
+    full = build_tiny_model(tmp_path / "glm.gguf", arch="glm4moe", layout="full")
+    out = tmp_path / "iq4_ks.gguf"
+    run_tool([ik_bin_dir / "llama-quantize", full, out, "IQ4_KS"], timeout=300)
+    f = GGUFFile(out)
+    assert f.defects == []  # each tensor starts where the previous one's size (ik's row_meta too) ends
+    last = f.tensors[-1]
+    assert 0 <= out.stat().st_size - (f.data_offset + last.offset + last.nbytes) < f.alignment
+    iq4 = [t for t in f.tensors if t.type_name == "IQ4_KS"]
+    assert len(iq4) > 10  # with 4 bytes of row_meta a row: a wrong size would misplace every next tensor
+    assert f.get("general.file_type") == gt.IK_FILE_TYPES["IQ4_KS"] == 145
+    assert gt.file_type_name(f.get("general.file_type")) == "IQ4_KS"
+    assert gt.runtimes_for_types(t.ggml_type for t in f.tensors) == {"ik"}
+    predicted = gt.loadable_by((t.name, t.ggml_type, t.ne[0]) for t in f.tensors)["mainline"]
+    assert predicted is not None
+    r = run_tool([find_tool("llama-server"), "-m", out, "--port", "0", "-c", "256"], timeout=120, check=False)
+    assert r.returncode != 0 and predicted in r.stdout, r.stdout[-2000:]
