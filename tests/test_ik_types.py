@@ -27,7 +27,7 @@ ROWS_256x32 = {
     "IQ3_KT": 32 * (4 + 100), "IQ4_KT": 32 * (4 + 128), "Q8_KV": 32 * (8 + 8 * 32), "IQ1_BN": 32 * (2 + 4 * 13),
     "IQ2_BN": 32 * (4 + 4 * 16), "Q6_0": 32 * 8 * 26, "IQ2_K": 32 * 76, "IQ3_K": 32 * 110, "IQ4_K": 32 * 144,
     "IQ5_K": 32 * 176, "IQ6_K": 32 * 212, "IQ4_KS_R4": 32 * (4 + 136), "Q8_K_R8": 32 * 258,
-    "IQ1_S_R4": 32 * (2 + 8 * 6), "Q6_0_R4": 32 * 8 * 26,
+    "IQ1_S_R4": 32 * (2 + 8 * 6), "Q6_0_R4": 32 * 8 * 26, "Q4_0_4_4": 32 * 8 * 18,
 }
 
 
@@ -62,7 +62,7 @@ def ik_full(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_ik_typed_file_parses_with_ik_sizes(tmp_path):
-    src = make_model(tmp_path / "m.gguf", n_embd=256, n_ff=256, layout="base")
+    src = make_model(tmp_path / "m.gguf", n_embd=256, n_ff=256, layout="base", trunk=8)
     wide = [t.name for t in GGUFFile(src).tensors if len(t.ne) == 2 and t.ne[0] == 256 and t.ne[1] % 32 == 0]
     names = sorted(ROWS_256x32)
     assert len(wide) >= len(names)
@@ -116,6 +116,21 @@ def test_runtimes_of_a_file_and_mainlines_refusal(ik_full):
     assert gt.loader_refusal("mainline", "w", 31, 64) == (
         "tensor 'w' of type 31 (TYPE_Q4_0_4_4 REMOVED, use Q4_0 with runtime repacking) has 64 elements "
         "per row, not a multiple of block size (0)")
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("ik_type", ["IQ5_KS", "IQ2_KT", "Q4_0_4_4"])
+def test_mainline_refuses_an_ik_type_as_predicted(ik_type, tmp_path):
+    """mainline's llama-server says exactly what loadable_by predicts (an id >= 43, or one it removed)."""
+    from mtpgraft.tools import find_tool, run_tool
+
+    src = make_model(tmp_path / "m.gguf", n_embd=256, n_ff=256, layout="base")
+    out = _retype(src, tmp_path / "ik.gguf", {"blk.1.ffn_up": ik_type})
+    f = GGUFFile(out)
+    predicted = gt.loadable_by((t.name, t.ggml_type, t.ne[0]) for t in f.tensors)
+    assert predicted["ik"] is None and predicted["mainline"] is not None
+    r = run_tool([find_tool("llama-server"), "-m", out, "--port", "0"], timeout=120, check=False)
+    assert r.returncode != 0 and predicted["mainline"] in r.stdout, r.stdout[-2000:]
 
 
 def test_ids_that_differ_between_runtimes():
