@@ -240,7 +240,8 @@ def loader_refusal(runtime: str, tensor: str, type_id: int, ne0: int) -> str | N
                 "not a multiple of block size (0)")
     if type_id >= IK_GGML_TYPE_COUNT:
         return "GGML_ASSERT(0 <= info->type && info->type < GGML_TYPE_COUNT) failed"
-    return f"tensor '{tensor}': ggml type {type_id} has block size 0 in ik_llama.cpp (integer division by zero)"
+    return (f"tensor '{tensor}': ggml type {type_id} has no size in ik_llama.cpp (block size 0); its GGUF "
+            "reader divides by it and the process dies (SIGFPE)")
 
 
 def loadable_by(tensors: Iterable[tuple[str, int, int]]) -> dict[str, str | None]:

@@ -233,3 +233,29 @@ def test_ik_quantize_iq4_ks_parses_and_only_ik_loads_it(ik_bin_dir, tmp_path):
     assert predicted is not None
     r = run_tool([find_tool("llama-server"), "-m", out, "--port", "0", "-c", "256"], timeout=120, check=False)
     assert r.returncode != 0 and predicted in r.stdout, r.stdout[-2000:]
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("type_id,signal_no", [(34, 8), (500, 6)])  # TQ1_0: SIGFPE; past ik's ids: SIGABRT
+def test_ik_loader_dies_on_types_it_lacks_as_predicted(ik_bin_dir, tmp_path, type_id, signal_no):
+    """ik's GGUF reader has no type check mainline has: a mainline-only type (block size 0 there) ends
+    it with SIGFPE, an id past its table with its GGML_ASSERT; loader_refusal says which."""
+    from mtpgraft import ggml_types as gt
+    from mtpgraft.gguf_io import OutTensor
+    from mtpgraft.testmodels.synthetic import make_model, rewrite
+    from mtpgraft.tools import run_tool
+
+    src = make_model(tmp_path / "m.gguf", n_embd=256, n_ff=256, layout="base")
+    n = 256 * 256 // 256 * 54  # as TQ1_0 (256 elements in 54 bytes); ik reads no further than the header
+
+    def retype(ts: list[OutTensor]) -> list[OutTensor]:
+        return [OutTensor(t.name, t.ne, type_id, n, produce=lambda: [bytes(n)]) if t.name == "blk.1.ffn_up.weight"
+                else t for t in ts]
+
+    out = rewrite(src, tmp_path / "t.gguf", tensors=retype)
+    predicted = gt.loader_refusal("ik", "blk.1.ffn_up.weight", type_id, 256)
+    r = run_tool([ik_bin_dir / "llama-server", "-m", out, "--port", "0"], timeout=120, check=False)
+    assert r.returncode == -signal_no, r.stdout[-2000:]
+    assert ("SIGFPE" in predicted) == (signal_no == 8)
+    if signal_no == 6:
+        assert predicted in r.stdout
