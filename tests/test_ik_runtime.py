@@ -208,26 +208,28 @@ def test_ik_toolchain_second_run_is_instant(ik_bin_dir):
 
 
 @pytest.mark.tools
-def test_ik_quantize_iq4_ks_parses_and_only_ik_loads_it(ik_bin_dir, tmp_path):
-    """ik's own llama-quantize writes an IQ4_KS quant of the tiny glm4moe; mtpgraft reads every tensor
-    where ik's writer put it (its sizes are ik's), calls it ik-only, and mainline's llama-server
-    refuses it with the line ggml_types predicts."""
+@pytest.mark.parametrize("qtype,ftype", [("IQ4_KS", 145), ("IQ4_KT", 153), ("IQ4_KS_R4", 345), ("IQ2_KS", 147),
+                                         ("Q8_KV", 149)])
+def test_ik_quantize_parses_and_only_ik_loads_it(ik_bin_dir, tmp_path, qtype, ftype):
+    """ik's own llama-quantize writes an IQ4_KS (and a KT, a repacked, a 2-byte-meta, an 8-byte-meta)
+    quant of the tiny glm4moe; mtpgraft reads every tensor where ik's writer put it (its sizes are
+    ik's), calls it ik-only, and mainline's llama-server refuses it with the line ggml_types predicts."""
     from mtpgraft import ggml_types as gt
     from mtpgraft.gguf_io import GGUFFile
     from mtpgraft.testmodels import build_tiny_model
     from mtpgraft.tools import find_tool, run_tool
 
     full = build_tiny_model(tmp_path / "glm.gguf", arch="glm4moe", layout="full")
-    out = tmp_path / "iq4_ks.gguf"
-    run_tool([ik_bin_dir / "llama-quantize", full, out, "IQ4_KS"], timeout=300)
+    out = tmp_path / f"{qtype}.gguf"
+    run_tool([ik_bin_dir / "llama-quantize", full, out, qtype], timeout=300)
     f = GGUFFile(out)
     assert f.defects == []  # each tensor starts where the previous one's size (ik's row_meta too) ends
     last = f.tensors[-1]
     assert 0 <= out.stat().st_size - (f.data_offset + last.offset + last.nbytes) < f.alignment
-    iq4 = [t for t in f.tensors if t.type_name == "IQ4_KS"]
-    assert len(iq4) > 10  # with 4 bytes of row_meta a row: a wrong size would misplace every next tensor
-    assert f.get("general.file_type") == gt.IK_FILE_TYPES["IQ4_KS"] == 145
-    assert gt.file_type_name(f.get("general.file_type")) == "IQ4_KS"
+    made = [t for t in f.tensors if t.type_name == qtype]
+    assert len(made) > 10  # row_meta bytes in every row: a wrong size would misplace every next tensor
+    assert f.get("general.file_type") == gt.IK_FILE_TYPES[qtype] == ftype
+    assert gt.file_type_name(f.get("general.file_type")) == qtype
     assert gt.runtimes_for_types(t.ggml_type for t in f.tensors) == {"ik"}
     predicted = gt.loadable_by((t.name, t.ggml_type, t.ne[0]) for t in f.tensors)["mainline"]
     assert predicted is not None
