@@ -261,3 +261,49 @@ def test_ik_loader_dies_on_types_it_lacks_as_predicted(ik_bin_dir, tmp_path, typ
     assert ("SIGFPE" in predicted) == (signal_no == 8)
     if signal_no == 6:
         assert predicted in r.stdout
+
+
+@pytest.mark.tools
+def test_head_grafted_on_ik_quant_drafts_on_ik_server(ik_bin_dir, tmp_path):
+    """The issue's first proof, on ik 0.1.5: ik's llama-quantize makes an IQ4_KS trunk of the tiny
+    glm4moe, mtpgraft grafts the aligned head onto it (q8_0, the default for a quantized base), and ik's
+    llama-server with -mtp drafts with every draft token accepted (its log line, read from its source)."""
+    import re
+    import socket
+    import time
+    import urllib.request
+
+    from mtpgraft.graft import apply_plan, plan_attach
+    from mtpgraft.testmodels import build_tiny_model
+    from mtpgraft.tools import run_tool, spawn, stop_process
+
+    base = build_tiny_model(tmp_path / "base.gguf", arch="glm4moe", layout="base")
+    full = build_tiny_model(tmp_path / "full.gguf", arch="glm4moe", layout="full")
+    trunk = tmp_path / "base-iq4_ks.gguf"
+    run_tool([ik_bin_dir / "llama-quantize", base, trunk, "IQ4_KS"], timeout=300)
+    out = tmp_path / "grafted.gguf"
+    apply_plan(plan_attach(trunk, full, out))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "server.log"
+    with open(log, "w") as fh:
+        proc = spawn([ik_bin_dir / "llama-server", "-m", out, "--host", "127.0.0.1", "--port", str(port),
+                      "-c", "1024", "-np", "1", "-mtp", "--draft-max", "3"], stdout=fh)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                assert proc.poll() is None, log.read_text()[-2000:]
+                time.sleep(0.5)
+        req = urllib.request.Request(f"{url}/completion", data=json.dumps(
+            {"prompt": "The quick brown fox", "n_predict": 48, "temperature": 0}).encode())
+        urllib.request.urlopen(req, timeout=120).read()
+    finally:
+        stop_process(proc)
+    m = re.search(r"draft acceptance rate = ([\d.]+) \(\s*(\d+) accepted /\s*(\d+) generated\)", log.read_text())
+    assert m, log.read_text()[-2000:]
+    assert float(m.group(1)) == 1.0 and int(m.group(2)) > 20, m.group(0)
