@@ -289,7 +289,8 @@ def test_head_grafted_on_ik_quant_drafts_on_ik_server(ik_bin_dir, tmp_path):
     log = tmp_path / "server.log"
     with open(log, "w") as fh:
         proc = spawn([ik_bin_dir / "llama-server", "-m", out, "--host", "127.0.0.1", "--port", str(port),
-                      "-c", "1024", "-np", "1", "-mtp", "--draft-max", "3"], stdout=fh)
+                      "-c", "1024", "-np", "1", "-mtp", "--draft-max", "3"], stdout=fh,
+                     cwd=tmp_path)  # ik's llama-server also writes llama.log into its working directory
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(120):
