@@ -1,8 +1,10 @@
 """Finding and running external tools: where the llama.cpp binaries live, and the one runner that
 starts every child process (none outlives mtpgraft, whatever ends it).
 
-Lookup order for every tool: the --llama-cpp DIR flag, then $MTPGRAFT_LLAMA_CPP, then PATH, then
-the toolchain cache built by `mtpgraft toolchain`.
+Lookup order for every tool of a runtime: the --llama-cpp DIR flag, then the runtime's environment
+variable ($MTPGRAFT_LLAMA_CPP for mainline llama.cpp, $MTPGRAFT_IK_LLAMA_CPP for ik_llama.cpp), then
+PATH (mainline only: ik's tools have the same names, and a llama-server on PATH is not taken for ik's),
+then the runtime's toolchain cache built by `mtpgraft toolchain [--runtime ik]`.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from .errors import (
     signals_held,
 )
 from .outputs import remove_pending
+from .runtimes import ENV_DIRS, LABELS, MAINLINE, check_runtime
 
 log = logging.getLogger("mtpgraft")
 
 TOOLS = ("llama-server", "llama-quantize", "llama-imatrix", "llama-gguf-split", "llama-perplexity")
-ENV_DIR = "MTPGRAFT_LLAMA_CPP"
+ENV_DIR = ENV_DIRS[MAINLINE]
 
 
 def _candidates(directory: Path, name: str) -> list[Path]:
@@ -53,39 +56,43 @@ class ToolLocation:
     source: str  # "flag", "env", "PATH", "cache"
 
 
-def locate_tool(name: str, llama_cpp_dir: str | os.PathLike[str] | None = None) -> ToolLocation:
-    """Return where `name` is, looking in the flag's dir, $MTPGRAFT_LLAMA_CPP, PATH, then the cache."""
+def locate_tool(name: str, llama_cpp_dir: str | os.PathLike[str] | None = None,
+                runtime: str = MAINLINE) -> ToolLocation:
+    """Return where `runtime`'s `name` is: the flag's dir, the runtime's env dir, PATH (mainline), the cache."""
+    env_var = ENV_DIRS[check_runtime(runtime)]
     tried: list[str | Text] = []
     if llama_cpp_dir:
         for c in _candidates(Path(llama_cpp_dir), name):
             if c.is_file() and os.access(c, os.X_OK):
                 return ToolLocation(name, c, "flag")
         tried.append(Text(Setting("llama_cpp"), f" {llama_cpp_dir}"))
-    env = os.environ.get(ENV_DIR)
+    env = os.environ.get(env_var)
     if env:
         for c in _candidates(Path(env), name):
             if c.is_file() and os.access(c, os.X_OK):
                 return ToolLocation(name, c, "env")
-        tried.append(f"${ENV_DIR}={env}")
-    found = shutil.which(name)
-    if found:
-        return ToolLocation(name, Path(found), "PATH")
-    tried.append("PATH")
+        tried.append(f"${env_var}={env}")
+    if runtime == MAINLINE:
+        found = shutil.which(name)
+        if found:
+            return ToolLocation(name, Path(found), "PATH")
+        tried.append("PATH")
     from .toolchain import cached_bin_dir
 
-    bindir = cached_bin_dir()
+    bindir = cached_bin_dir(runtime)
     if bindir is not None:
         c = bindir / name
         if c.is_file() and os.access(c, os.X_OK):
             return ToolLocation(name, c, "cache")
-    tried.append("the toolchain cache")
-    raise ToolNotFoundError(f"{name} not found (looked in ", Text(", ").join(tried), "); build it with "
-                            "`mtpgraft toolchain` or point ", Setting("llama_cpp"), f" / ${ENV_DIR} at a "
-                            "llama.cpp build")
+    tried.append("the toolchain cache" if runtime == MAINLINE else f"the {LABELS[runtime]} toolchain cache")
+    build = "`mtpgraft toolchain`" if runtime == MAINLINE else f"`mtpgraft toolchain --runtime {runtime}`"
+    what = "a llama.cpp build" if runtime == MAINLINE else f"an {LABELS[runtime]} build"
+    raise ToolNotFoundError(f"{name} not found (looked in ", Text(", ").join(tried), f"); build it with "
+                            f"{build} or point ", Setting("llama_cpp"), f" / ${env_var} at {what}")
 
 
-def find_tool(name: str, llama_cpp_dir: str | os.PathLike[str] | None = None) -> Path:
-    return locate_tool(name, llama_cpp_dir).path
+def find_tool(name: str, llama_cpp_dir: str | os.PathLike[str] | None = None, runtime: str = MAINLINE) -> Path:
+    return locate_tool(name, llama_cpp_dir, runtime).path
 
 
 def format_cmd(cmd: list[str]) -> str:
@@ -348,4 +355,16 @@ def probe_mtp_spec_type(server: str | os.PathLike[str]) -> str | None:
         return "draft-mtp"
     if re.search(r"(?<![\w-])mtp(?![\w-])", block):
         return "mtp"
+    return None
+
+
+def probe_mtp_flag(server: str | os.PathLike[str]) -> str | None:
+    """How this llama-server turns MTP on, read from its --help: `--spec-type draft-mtp` (mainline),
+    `--spec-type mtp` (older mainline, newer ik_llama.cpp) or `-mtp` (ik_llama.cpp as pinned, which
+    spells it `-mtp` / `--multi-token-prediction`). None if it has none of them."""
+    spec = probe_mtp_spec_type(server)
+    if spec is not None:
+        return f"--spec-type {spec}"
+    if re.search(r"(?<![\w-])-mtp, --multi-token-prediction\b", server_help(str(server))):
+        return "-mtp"
     return None

@@ -32,7 +32,7 @@ type_name = ggml_types.type_name
 def tensor_nbytes(ggml_type: int, ne: tuple[int, ...]) -> int:
     t = ggml_types.tensor_type(ggml_type)
     if t is None:
-        raise GGUFFormatError(f"unknown ggml type {ggml_type}")
+        raise GGUFFormatError(ggml_types.unknown_type_reason(ggml_type))
     if ne and not t.row_fits(ne[0]):
         raise GGUFFormatError(f"row length {ne[0]} is not a multiple of {t.name}'s block size {t.block}")
     return t.nbytes(ne)

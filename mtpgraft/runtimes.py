@@ -1,0 +1,28 @@
+"""The llama.cpp runtimes mtpgraft knows: mainline llama.cpp and the ik_llama.cpp fork.
+
+A runtime is a family of binaries (its own llama-server, llama-quantize, ...) with its own ggml type
+ids, file types and server flags. Everything per runtime (the type table in ggml_types, the pinned
+build in toolchain, where tools are found in tools) is keyed by these names.
+"""
+
+from __future__ import annotations
+
+from .errors import UsageError
+
+MAINLINE = "mainline"
+IK = "ik"
+RUNTIMES = (MAINLINE, IK)
+
+# How each runtime is named to people (reports, errors, the model card).
+LABELS = {MAINLINE: "llama.cpp", IK: "ik_llama.cpp"}
+
+# Where each runtime's tools are looked for before PATH: $MTPGRAFT_LLAMA_CPP is mainline's (as
+# before), $MTPGRAFT_IK_LLAMA_CPP ik's.
+ENV_DIRS = {MAINLINE: "MTPGRAFT_LLAMA_CPP", IK: "MTPGRAFT_IK_LLAMA_CPP"}
+
+
+def check_runtime(name: str) -> str:
+    """`name` if it is a runtime mtpgraft knows, else a UsageError naming the known ones."""
+    if name not in RUNTIMES:
+        raise UsageError(f"unknown runtime {name!r}: one of {', '.join(RUNTIMES)}")
+    return name
