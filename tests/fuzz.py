@@ -152,7 +152,7 @@ def _count_variants() -> Iterator[tuple[str, str, Writer]]:
 def _tensor_type_variants() -> Iterator[tuple[str, str, Writer]]:
     kinds = [("I8", 24, 1, 1), ("I16", 25, 1, 2), ("I32", 26, 1, 4), ("I64", 27, 1, 8), ("F64", 28, 1, 8),
              ("Q8_1", 9, 32, 36), ("Q8_K", 15, 256, 292), ("Q1_0", 41, 128, 18), ("Q2_0", 42, 64, 18),
-             ("type99", 99, 1, 1)]
+             ("type500", 500, 1, 1)]
     for part in ("nextn.eh_proj", "blk.4.attn_q.weight", "blk.4.attn_norm", "blk.4.ffn_down"):
         for name, tid, block, size in kinds:
             def nbytes(ne: tuple[int, ...], b: int = block, sz: int = size) -> int:
