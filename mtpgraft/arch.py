@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import GraftError
+from .runtimes import IK, MAINLINE
 
 # Per-layer array keys the loader reads with get_key_or_arr(..., n_layer_all): when present as an
 # array they must have exactly block_count entries, so a graft extends them (detach truncates).
@@ -53,7 +54,6 @@ DRAFTER = "drafter"  # the drafter file itself: every block is a head, no trunk
 # The tensors a draft borrows from its target: an `mtp-` sidecar carries them beside the head.
 SHARED_TENSORS = ("token_embd.weight", "output_norm.weight", "output.weight")
 
-MAINLINE, IK = "mainline", "ik"
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,8 @@ class ArchRule:
     proven: bool = False
     note: str = ""
     family: str = ""  # the name people know the models by (cards, messages)
+    # Tensor-name parts llama-quantize leaves unquantized for this architecture only (quantize.cpp).
+    quantize_keeps: tuple[str, ...] = ()
     # A drafter's own loader rules: `file_problems(get, names)` lists what its loader refuses.
     file_problems: Callable[[Callable[[str], Any], set[str]], list[str]] | None = None
 
@@ -160,6 +162,12 @@ def assistant_problems(get: Callable[[str], Any], names: set[str]) -> list[str]:
     return problems
 
 
+# llama-quantize (tools/quantize/quantize.cpp) keeps these glm5-next tensors unquantized.
+_GLM5_NEXT_KEEPS = (
+    "hc_", "indexer.attn_q_b", "indexer.attn_k", "indexer.proj", "indexer_compressor_gate",
+    "indexer_compressor_ape", "ssm_f_a.weight", "ssm_f_b.weight", "ssm_g_a.weight", "ssm_g_b.weight",
+    "ssm_beta.weight", "attn_kv_a_mqa.weight", "attn_k_b.weight", "attn_v_b.weight",
+)
 _QWEN = {"trunk_only_ok": False, "trunk_only_mtp_aborts": False,
          "mtp_array_defaults": {"attention.recurrent_layers": False}}
 _CHAIN = {"max_nextn": None, "heads": "chain"}
@@ -204,7 +212,8 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
              hf_conversion="not converted here: convert it with convert_hf_to_gguf.py",
              note=ASSISTANT_NOTE),
     # Loaded by llama.cpp but with no runnable MTP graph in 0c1e570.
-    ArchRule("glm5-next", runs_mtp=False, max_nextn=None, note="graph_mtp is not implemented"),
+    ArchRule("glm5-next", runs_mtp=False, max_nextn=None, quantize_keeps=_GLM5_NEXT_KEEPS,
+             note="graph_mtp is not implemented"),
     ArchRule("glm4", runs_mtp=False, max_nextn=None, note="MTP tensors load but no MTP graph runs"),
     ArchRule("exaone4", runs_mtp=False, max_nextn=None, note="MTP tensors load but no MTP graph runs"),
     ArchRule("exaone-moe", runs_mtp=False, max_nextn=None, note="MTP tensors load but no MTP graph runs"),
@@ -213,6 +222,12 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
 
 def rule_for(arch: str) -> ArchRule | None:
     return ARCH_RULES.get(arch)
+
+
+def is_drafter(arch: str) -> bool:
+    """A separate drafter model (every block a head, no trunk), such as a gemma4-assistant."""
+    rule = ARCH_RULES.get(arch)
+    return rule is not None and rule.is_drafter
 
 
 def require_mtp_arch(arch: str) -> ArchRule:

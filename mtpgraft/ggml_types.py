@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .arch import rule_for
 from .errors import QuantizeOptionError, Setting, UsageError
 from .runtimes import IK, LABELS, MAINLINE, RUNTIMES
 
@@ -381,11 +382,6 @@ _KEEP_SUBSTRINGS = (
     "sam.net_", ".rel_pos", ".patch_embd", ".patch_merger", "a.rvq.codebook", "mm.a.code_embd",
 )
 _KEEP_NAMES = ("position_embd.weight", "token_types.weight")
-_KEEP_GLM5_NEXT = (
-    "hc_", "indexer.attn_q_b", "indexer.attn_k", "indexer.proj", "indexer_compressor_gate",
-    "indexer_compressor_ape", "ssm_f_a.weight", "ssm_f_b.weight", "ssm_g_a.weight", "ssm_g_b.weight",
-    "ssm_beta.weight", "attn_kv_a_mqa.weight", "attn_k_b.weight", "attn_v_b.weight",
-)
 
 
 def n_dims(ne: Sequence[int]) -> int:
@@ -401,5 +397,6 @@ def llama_quantizes(name: str, ne: Sequence[int], arch: str | None = None) -> bo
     mtpgraft never passes --leave-output-tensor, so output.weight is quantized."""
     if n_dims(ne) < 2 or not name.endswith("weight") or name in _KEEP_NAMES:
         return False
-    keep = _KEEP_SUBSTRINGS + (_KEEP_GLM5_NEXT if arch == "glm5-next" else ())
+    rule = rule_for(arch) if arch else None
+    keep = _KEEP_SUBSTRINGS + (rule.quantize_keeps if rule else ())
     return not any(s in name for s in keep)

@@ -19,8 +19,6 @@ from typing import Any
 
 from . import __version__, ggml_types, naming
 from .arch import (
-    ASSISTANT_ARCH,
-    GEMMA4_MESSAGE,
     NEXTN_REQUIRED,
     ArchRule,
     require_mtp_arch,
@@ -575,8 +573,9 @@ def _blocks(model: GGUFModel, st: Structure) -> Blocks:
 
 def _mtp_layers_of(model: GGUFModel, what: str) -> tuple[Structure, list[int], int]:
     st = _loadable(model)
-    if model.arch in ("gemma4", ASSISTANT_ARCH):
-        raise GraftError(GEMMA4_MESSAGE)
+    rule = rule_for(model.arch)
+    if rule is not None and not rule.in_file:
+        require_mtp_arch(model.arch)  # a drafter pair: raises why nothing is grafted into either file
     if st.block_count is None:
         raise GraftError(f"{model.path.name} has no {st.arch}.block_count key; llama.cpp cannot load it")
     blocks = _blocks(model, st)

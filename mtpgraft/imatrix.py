@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .arch import ASSISTANT_ARCH
+from .arch import rule_for
 from .errors import GGUFFormatError, QuantizeError, QuantizeOptionError, Setting, ToolFailedError
 from .outputs import PendingOutput, atomic_write, check_outputs, disk_full, no_space_error
 from .tools import find_tool, format_cmd
@@ -144,9 +144,10 @@ def _check_model(m: Path) -> None:
         arch = GGUFModel(m).arch
     except GGUFFormatError as e:
         raise QuantizeError(f"cannot compute an imatrix: {e}") from e
-    if arch == ASSISTANT_ARCH:
-        raise QuantizeError(f"llama-imatrix cannot run {m.name}: a gemma4-assistant only runs next to "
-                            "its gemma4 target (-md), so it has no imatrix of its own; quantize it "
+    rule = rule_for(arch)
+    if rule is not None and not rule.imatrix_runs:
+        raise QuantizeError(f"llama-imatrix cannot run {m.name}: a {arch} only runs next to "
+                            f"its {rule.target_arch} target (-md), so it has no imatrix of its own; quantize it "
                             "without one (Q8_0, Q6_K, Q4_K_M, IQ4_XS)")
 
 

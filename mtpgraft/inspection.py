@@ -17,13 +17,9 @@ from typing import Any
 
 from . import ggml_types
 from .arch import (
-    ASSISTANT_ARCH,
-    ASSISTANT_NOTE,
     COMMON_LAYER_ARRAYS,
-    GEMMA4_MESSAGE,
     NEXTN_REQUIRED,
     ArchRule,
-    assistant_problems,
     rule_for,
 )
 from .gguf_io import INT_RANGES, MAX_LAYERS, GGUFModel, GGUFValueType, TensorRef, shown, vtype_name
@@ -275,14 +271,15 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
     rule = rule_for(arch)
     problems: list[str] = list(st.defects)
     notes = _arch_notes(arch, rule)
-    if arch == ASSISTANT_ARCH:
-        problems += assistant_problems(model.get, set(model.by_name))
+    drafter = rule is not None and rule.is_drafter
+    if rule is not None and rule.file_problems is not None:
+        problems += rule.file_problems(model.get, set(model.by_name))
     if st.block_count is None:
         if f"{arch}.block_count" not in model.kv:
             problems.append(f"key {arch}.block_count is missing")
     else:
         problems += _mtp_problems(st, rule, notes)
-        if arch != ASSISTANT_ARCH:
+        if not drafter:
             b = reconcile(st)
             problems += [b.contradiction] if b.contradiction else [b.key_mismatch] if b.stray_key else []
     arrays, array_problems = _layer_arrays(model, st, rule)
@@ -291,7 +288,7 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
     mtp_refs = st.mtp_refs()
     mtp_present = bool(st.eh_layers)
     layout = "mtp-only" if st.mtp_only_layout else ("full" if mtp_present else "trunk-only")
-    if arch == ASSISTANT_ARCH:  # every block an MTP layer, plus the global nextn.* projections
+    if drafter:  # every block an MTP layer, plus the global nextn.* projections
         keyed = range(max(0, st.block_count - st.nextn), st.block_count) if st.block_count is not None else ()
         mtp_refs = [r for r in model.refs if r.name.startswith("nextn.")] + [r for i in keyed for r in st.layers.get(i, [])]
         # a sidecar for -md, like the converter's --mtp output
@@ -315,10 +312,8 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
 
 
 def _arch_notes(arch: str, rule: ArchRule | None) -> list[str]:
-    if arch == ASSISTANT_ARCH:
-        return [ASSISTANT_NOTE]
-    if arch == "gemma4":
-        return [GEMMA4_MESSAGE]
+    if rule is not None and not rule.in_file:  # a drafter pair: how it is used instead
+        return [rule.note]
     if rule is None:
         return [f"architecture {arch!r} has no in-file MTP support in llama.cpp"]
     if not rule.runs_mtp:
@@ -343,7 +338,7 @@ def _mtp_problems(st: Structure, rule: ArchRule | None, notes: list[str]) -> lis
         else:
             problems.append(f"MTP tensors ({where}) present but {arch}.nextn_predict_layers is missing, "
                             f"so llama.cpp takes {where} for trunk layers and fails to load it")
-    elif nextn and arch != ASSISTANT_ARCH:
+    elif nextn and not (rule is not None and rule.is_drafter):
         problems += _mtp_block_problems(st, rule, beyond, notes)
     if beyond and not mtp_beyond:
         problems.append(f"tensors for {', '.join(f'blk.{i}' for i in beyond[:8])} lie beyond block_count "

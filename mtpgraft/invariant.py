@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .arch import ASSISTANT_ARCH, rule_for
+from .arch import SHARED_TENSORS, is_drafter, rule_for
 from .errors import InternalError, MtpgraftError
 from .gguf_io import PAD_KEY, GGUFFile, GGUFModel, OutTensor, TensorRef
 from .inspection import Structure, layer_of, reconcile
@@ -30,7 +30,7 @@ from .inspection import Structure, layer_of, reconcile
 if TYPE_CHECKING:
     from .graft import GraftPlan, _ShardSpec
 
-SHARED = ("token_embd.weight", "output_norm.weight", "output.weight")  # what an MTP-only file takes
+SHARED = SHARED_TENSORS  # what an MTP-only file takes
 WINDOW = 4096  # bytes compared at each end of every copied tensor
 
 
@@ -137,7 +137,7 @@ def _counts_add_up(plan: GraftPlan, files: list[GGUFFile]) -> None:
     """block_count = trunk + MTP blocks, nextn_predict_layers = the MTP blocks, arrays cover block_count."""
     first = files[0]
     arch = plan.arch
-    if arch == ASSISTANT_ARCH:
+    if is_drafter(arch):
         return  # every block an MTP layer, no nextn.eh_proj: the assistant's own rules (inspect)
     layers: dict[int, list[TensorRef]] = {}
     for si, f in enumerate(files):
@@ -172,7 +172,7 @@ def _base_kept(plan: GraftPlan, shards: list[_ShardSpec]) -> None:
     """Read from the base again, not from the plan: every base tensor outside a block holding nextn
     tensors (attach, detach), or every shared tensor (extract, sidecar), is planned as a copy of
     the base's own bytes, unchanged (whose output _same_tensors has held to the plan)."""
-    if plan.arch == ASSISTANT_ARCH:
+    if is_drafter(plan.arch):
         return  # its sidecar is the assistant itself: nothing of the target goes into it
     base = GGUFModel(plan.base)
     mtp_blocks = {lo[0] for r in base.refs if (lo := layer_of(r.name)) and lo[1].startswith("nextn.")}

@@ -129,14 +129,14 @@ def extract_cmd(model: Path, out: Path | None, force: bool, dry_run: bool, layou
 
 
 def _is_assistant(source: str) -> bool:
-    from ..arch import ASSISTANT_ARCH
+    from ..arch import is_drafter
     from ..errors import GGUFFormatError
     from ..gguf_io import GGUFModel
 
     if not (source.endswith(".gguf") and Path(source).is_file()):
         return False
     try:
-        return GGUFModel(source).arch == ASSISTANT_ARCH
+        return is_drafter(GGUFModel(source).arch)
     except GGUFFormatError:
         return False
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .. import __version__, naming
+from ..arch import ARCH_RULES, rule_for
 from ..errors import redact
 
 if TYPE_CHECKING:
@@ -188,9 +189,11 @@ def _num(x: Any, fmt: str = "{:.1f}") -> str:
 
 
 def _intro(models: Sequence[ModelEntry], base_link: str) -> str:
-    if any(m.architecture == "gemma4-assistant" for m in models):
-        return (f"GGUF quantizations of {base_link} with its Gemma 4 assistant (`mtp-*.gguf`, arch "
-                "gemma4-assistant): the multi-token-prediction drafter Gemma 4 ships as a separate "
+    drafter = next((r for m in models if (r := rule_for(m.architecture)) and r.is_drafter), None)
+    if drafter is not None:
+        family = ARCH_RULES[str(drafter.target_arch)].family
+        return (f"GGUF quantizations of {base_link} with its {family} assistant (`mtp-*.gguf`, arch "
+                f"{drafter.name}): the multi-token-prediction drafter {family} ships as a separate "
                 "model, which reads the target's KV cache. With `--spec-type draft-mtp`, `llama-server "
                 "-hf` downloads the assistant next to the quant and drafts with it (locally: `-m "
                 "QUANT.gguf -md mtp-....gguf --spec-type draft-mtp`).")
