@@ -690,8 +690,8 @@ def _local_cases(server: bool) -> Iterator[tuple[str, str, Callable[[Path, dict[
 
 def input_seeds(work: Path) -> dict[str, Path]:
     """A tiny checkpoint, a trunk-only base it fits, and a tiny model llama-imatrix / llama-server run."""
-    from mtpgraft.sources.checkpoints import build_checkpoint
     from mtpgraft.testmodels import build_tiny_model
+    from mtpgraft.testmodels.checkpoints import build_checkpoint
     from mtpgraft.testmodels.synthetic import make_model
 
     return {"ckpt": build_checkpoint(work / "seed-ck", "dense-bf16"),

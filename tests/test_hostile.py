@@ -363,7 +363,7 @@ DEEP = "[" * 10_000 + "]" * 10_000
 
 
 def _checkpoint(tmp_path: Path) -> Path:
-    from mtpgraft.sources.checkpoints import build_checkpoint
+    from mtpgraft.testmodels.checkpoints import build_checkpoint
 
     return build_checkpoint(tmp_path / "ck", "dense-bf16")
 

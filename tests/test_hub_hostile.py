@@ -368,7 +368,7 @@ def test_a_206_whose_length_is_not_the_range_is_refused(hub, models, tmp_path, b
 def test_config_counts_no_model_has_are_refused_before_any_list_is_sized(hub, models, tmp_path, key, value):
     import json
 
-    from mtpgraft.sources.checkpoints import build_checkpoint
+    from mtpgraft.testmodels.checkpoints import build_checkpoint
 
     ckpt = build_checkpoint(tmp_path / "made" / "Qwen-tiny", "dense-bf16")
     files = {p.name: p.read_bytes() for p in ckpt.iterdir()}
@@ -387,7 +387,7 @@ def test_config_counts_no_model_has_are_refused_before_any_list_is_sized(hub, mo
 
 
 def test_a_config_past_the_cap_is_refused_unread(hub, models, tmp_path):
-    from mtpgraft.sources.checkpoints import build_checkpoint
+    from mtpgraft.testmodels.checkpoints import build_checkpoint
 
     ckpt = build_checkpoint(tmp_path / "made" / "Qwen-tiny", "dense-bf16")
     c = hub.put_files("tester/Qwen-tiny", {p.name: p.read_bytes() for p in ckpt.iterdir()})
