@@ -1,9 +1,6 @@
-"""The push's gate on local files: group them into models, inspect and hash each, and find the
-passing check report (and quality.json) that lists their sha256; what it refuses, and why.
-
-Local and read-only: no Hub call. hub/plan.py builds the push plan on it; `check_gate` is the gate
-alone (the recipe's offline dry run).
-"""
+"""The push's gate on local files, read-only and without the Hub: group them into models, inspect and
+hash each, find the passing check report (and quality.json) listing their sha256, and say what it
+refuses and why."""
 
 from __future__ import annotations
 

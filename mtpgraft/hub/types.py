@@ -1,8 +1,5 @@
-"""The data a push is planned as and read back in: models, files, refusals, the plan and its result.
-
-Frozen types only (no planning, no Hub call), low in the import graph: hub/card.py renders them,
-hub/plan.py fills them, hub/execute.py sends them.
-"""
+"""The frozen data a push is planned as and read back in (models, files, refusals, the plan, its
+result), low in the import graph: hub/card.py renders it, hub/gate.py and hub/plan.py fill it."""
 
 from __future__ import annotations
 
