@@ -34,8 +34,7 @@ def check_gate(paths: Sequence[str | os.PathLike[str]], *, report_dirs: Sequence
     files: list[PlannedFile] = []
     refusals: list[Refusal] = []
     for group in local:
-        _, planned, refused, _ = plan_model(group, reports=reports, verify=True,
-                                             max_file_bytes=max_file_bytes)
+        _, planned, refused, _ = plan_model(group, reports=reports, verify=True, max_file_bytes=max_file_bytes)
         files += planned or [PlannedFile(x.path_in_repo, "model", 0, "", "refused") for x in group]
         refusals += refused
     return GateResult(tuple(f.path_in_repo for f in files), sum(f.size for f in files), tuple(refusals))
@@ -94,9 +93,11 @@ def collect_local(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[list[Lo
     return list(groups.values()), skipped
 
 
-def plan_model(group: list[LocalFile], *, reports: list[GateReport], verify: bool,
-                max_file_bytes: int, allow_trunk_only: bool = False) -> tuple[ModelEntry | None, list[PlannedFile], list[Refusal],
-                                              dict[str, str]]:
+def plan_model(group: list[LocalFile], *, reports: list[GateReport], verify: bool, max_file_bytes: int,
+               allow_trunk_only: bool = False) -> tuple[ModelEntry | None, list[PlannedFile], list[Refusal],
+                                                        dict[str, str]]:
+    """One model (a file or a split set): its entry (None when it cannot be read), its files, what
+    the gate refuses, and the chart its check report brings (path in repo -> local path)."""
     first = group[0]
     refusals = _missing_refusals(group)
     if refusals:

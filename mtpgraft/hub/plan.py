@@ -53,8 +53,9 @@ if TYPE_CHECKING:
 
 # The types (hub/types.py) and the gate (hub/gate.py) are importable from here, as before the split.
 __all__ = [
-    "CARD_METADATA_KEYS", "CHART_DIR", "MAX_FILE_BYTES", "CheckMatch", "FileRef", "GateResult", "ModelEntry", "PlannedFile", "PushPlan", "PushResult",
-    "QualityMatch", "Refusal", "RemoteFile", "check_gate", "plan_push", "render_local_card",
+    "CARD_METADATA_KEYS", "CHART_DIR", "MAX_FILE_BYTES", "CheckMatch", "FileRef", "GateResult", "ModelEntry",
+    "PlannedFile", "PushPlan", "PushResult", "QualityMatch", "Refusal", "RemoteFile", "check_gate", "plan_push",
+    "render_local_card",
 ]
 
 # --------------------------------------------------------------------------- planning
@@ -194,10 +195,9 @@ def _card_text(api: HfApi, *, repo_id: str, parent: str | None, models: list[Mod
     """The repo's README.md: its own with a sidecar section for a foreign pull request, else ours."""
     if foreign:
         return with_sidecar_section(_remote_readme(api, repo_id, parent), repo_id=repo_id,
-                                            sidecars=[m for m in models if m.layout == "mtp-only"],
-                                            picks=picks)
-    return render_card(repo_id=repo_id, models=models, verified=verify,
-                               other_files=others, revision=branch, base_model=base_model)
+                                    sidecars=[m for m in models if m.layout == "mtp-only"], picks=picks)
+    return render_card(repo_id=repo_id, models=models, verified=verify, other_files=others, revision=branch,
+                       base_model=base_model)
 
 
 def render_local_card(paths: Sequence[str | os.PathLike[str]], *, repo_id: str = "OWNER/REPO",
@@ -212,13 +212,13 @@ def render_local_card(paths: Sequence[str | os.PathLike[str]], *, repo_id: str =
     refusals: list[Refusal] = []
     for group in local:
         entry, _, refused, _ = plan_model(group, reports=reports, verify=True, max_file_bytes=MAX_FILE_BYTES,
-                                           allow_trunk_only=True)
+                                          allow_trunk_only=True)
         refusals += refused
         if entry is None:
             raise UsageError(Text("; ").join(str(r) for r in refused))
         models.append(entry)
     text = render_card(repo_id=repo_id, models=models, verified=all(m.check for m in models),
-                               base_model=base_model)
+                       base_model=base_model)
     return text, tuple(refusals)
 
 
