@@ -146,6 +146,15 @@ def _guess_ftype(ordered: Sequence[tuple[str, STensor]]) -> str:
     return "F16"
 
 
+def _file_type(outtype: str, ordered: Sequence[tuple[str, STensor]]) -> str:
+    """--outtype as the tensor type name of its 2-D weights (auto: from the checkpoint's dtypes)."""
+    if outtype == "auto":
+        return _guess_ftype(ordered)
+    if outtype in OUTTYPES:
+        return OUTTYPES[outtype]
+    raise SourceError(f"unknown output type {outtype!r} (auto, {', '.join(OUTTYPES)})")
+
+
 def _target_type(gguf_name: str, n_dims: int, ftype: str, ne0: int) -> str:
     if n_dims <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
         return "F32"
@@ -179,12 +188,7 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
         raise SourceError(f"{label}: config.json gives num_hidden_layers = {n_layers} and {rule.n_mtp_key} = "
                           f"{n_mtp}; no model has more than {MAX_BLOCKS} layers or {MAX_MTP_LAYERS} MTP layers")
     ordered = [(f, t) for f, ts in sorted(headers, key=lambda h: h[0]) for t in sorted(ts.values(), key=lambda t: t.name)]
-    if outtype == "auto":
-        ftype = _guess_ftype(ordered)
-    elif outtype in OUTTYPES:
-        ftype = OUTTYPES[outtype]
-    else:
-        raise SourceError(f"unknown output type {outtype!r} (auto, {', '.join(OUTTYPES)})")
+    ftype = _file_type(outtype, ordered)
     n_experts = int(hp.get("num_local_experts") or hp.get("num_experts") or hp.get("n_routed_experts") or 0)
     tensors: list[HeadTensor] = []
     pending: dict[int, dict[str, tuple[str, STensor]]] = {}
