@@ -370,9 +370,9 @@ endpoint = "{hub.url}"
 
 def test_one_list_of_step_kinds() -> None:
     """schema.STEP_KINDS is the pipeline's order, and every kind has exactly one rule there."""
-    from mtpgraft.recipe.pipeline import _RULES, PIPELINE
+    from mtpgraft.recipe.pipeline import PIPELINE, RULES
     from mtpgraft.recipe.schema import STEP_KINDS
 
     assert [k.name for k in PIPELINE] == list(STEP_KINDS) == ["graft", "imatrix", "quantize", "check", "quality",
                                                                "push"]
-    assert set(_RULES) == set(STEP_KINDS)
+    assert set(RULES) == set(STEP_KINDS)

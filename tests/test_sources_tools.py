@@ -20,7 +20,7 @@ import mtpgraft.commands  # noqa: F401 - registers the commands
 from mtpgraft.check.server import LlamaServer
 from mtpgraft.cli import cli
 from mtpgraft.gguf_io import GGUFModel
-from mtpgraft.sources.convert import _QWEN_MTP_TOP, _QWEN_NAMES
+from mtpgraft.sources.convert.rules import QWEN_MTP_TOP, QWEN_NAMES
 from mtpgraft.sources.safetensors import write_safetensors
 from mtpgraft.testmodels import CODE_PROMPT, build_tiny_model
 
@@ -46,8 +46,8 @@ def as_checkpoint(model: Path, out: Path) -> dict[str, bytes]:
     m = GGUFModel(model)
     a = m.arch
     trunk = m.get(f"{a}.block_count") - m.get(f"{a}.nextn_predict_layers")
-    back = {v: k for k, v in _QWEN_NAMES.items()}
-    top = {f"{v}.weight": k for k, v in _QWEN_MTP_TOP.items()}
+    back = {v: k for k, v in QWEN_NAMES.items()}
+    top = {f"{v}.weight": k for k, v in QWEN_MTP_TOP.items()}
     tensors: dict[str, tuple[str, tuple[int, ...], bytes]] = {}
     with open(model, "rb") as f:
         for r in m.refs:

@@ -10,15 +10,13 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from .. import __version__, naming
 from ..arch import ARCH_RULES, rule_for
 from ..errors import redact
-
-if TYPE_CHECKING:
-    from .plan import CheckMatch, ModelEntry, RemoteFile
+from .types import CheckMatch, ModelEntry, RemoteFile
 
 BASE_TAGS = ("gguf", "llama.cpp", "mtp", "speculative-decoding")
 DEFAULT_N_MAX = 3  # suggested when nothing was measured

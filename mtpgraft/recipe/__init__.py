@@ -4,9 +4,10 @@
     print(plan_recipe(recipe).describe())          # what would run (--dry-run)
     result = run_recipe(recipe, resume=True, on_event=print_step)
 
-The package reads as the pipeline: `schema` parses the file, `state` records what finished (keyed by
-the sha256 of settings and inputs), `steps` holds one object per stage, `pipeline` the table of
-what needs what and the loop that runs it; `ray_executor` runs the same steps on a Ray cluster.
+The package reads as the pipeline: `schema` parses the file (and says which steps it has), `state`
+records what finished (keyed by the sha256 of settings and inputs), `step` is what a step is and how
+one runs (lock, key, skip, run, record), `steps` holds one Step class per stage, `graph` the table of
+what needs what, `pipeline` the plan and the run; `ray_executor` runs the same steps on a Ray cluster.
 
 The file format, every key with an example: recipes/README.md.
 """

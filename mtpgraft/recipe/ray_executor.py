@@ -1,6 +1,6 @@
 """Run a recipe's steps as Ray tasks: the cluster schedules them by the CPUs and GPUs they declare.
 
-Each step is one task that runs `pipeline.execute_step` on a worker, exactly as the local executor
+Each step is one task that runs `step.execute_step` on a worker, exactly as the local executor
 does, over a work dir every node sees (a shared filesystem): the same lock files, content keys and
 state records, so a finished step is never redone and `--resume` works across executors. Tasks get
 and return small values (the recipe, a step id, a StepResult); model files stay on the shared disk.
@@ -27,10 +27,10 @@ from typing import Any
 
 from ..errors import RecipeError, Setting
 from ..tools import clean_up_after_interrupt, interrupt_children
-from .pipeline import Schedule, StepResult, build_steps, execute_step
+from .graph import Schedule, build_steps
 from .schema import Recipe
 from .state import State, now_iso
-from .steps import Context, Step
+from .step import Context, Step, StepResult, execute_step
 
 PROGRESS_EVERY_S = 5.0
 CANCEL_WAIT_S = 60.0

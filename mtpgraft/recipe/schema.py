@@ -31,6 +31,7 @@ TABLES = ("model", "imatrix", "quantize", "check", "quality", "hub", "run")
 # Every kind of step, in the order the pipeline runs them: the one list (recipe.pipeline orders its
 # rules by it; each Step class names its own kind; [resources] takes these keys).
 STEP_KINDS = ("graft", "imatrix", "quantize", "check", "quality", "push")
+PER_TYPE = "quantize"  # the kind with one step per [quantize] type (quantize:Q4_K_M); the others have one
 
 
 @dataclass(frozen=True)
@@ -172,10 +173,12 @@ class Recipe:
         return dict(self.resources).get(kind, Resources())
 
     def steps(self) -> tuple[str, ...]:
-        """Every step id, in the order the pipeline runs them."""
-        from .pipeline import step_ids
-
-        return step_ids(self)
+        """Every step id, in the order the pipeline runs them: each kind whose table the recipe has, and
+        a quantize step per type."""
+        has = {"graft": True, "imatrix": self.imatrix is not None, "quantize": True, "check": bool(self.check_types()),
+               "quality": bool(self.quality_types()), "push": self.hub is not None}
+        return tuple(sid for kind in STEP_KINDS if has[kind]
+                     for sid in ([f"{kind}:{t}" for t in self.quantize.types] if kind == PER_TYPE else [kind]))
 
 
 class _Section:

@@ -1,130 +1,49 @@
-"""One object per pipeline stage: what it would do (`describe`, pure: for the plan), what its key
-hashes (`params` and `inputs`), what it asks a scheduler for (`resources`) and how it runs (`run`,
-calling the stage's own plan and run functions).
+"""One Step class per pipeline stage (graft, imatrix, quantize, check, quality, push): what it would
+do, what its key hashes, what it asks a scheduler for, and its run, calling the stage's own plan and
+run functions.
 
 Steps read what earlier steps made from those steps' state records, never from memory, so a step
 runs the same in this process, in another process on the same work dir, or as a cluster task."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import MtpgraftError, RecipeError
-from ..hashing import sha256_file
+from ..check import plan_check, resolve_server, run_check
+from ..check.report import write_report as write_check_report
+from ..errors import HubError, RecipeError
+from ..gguf_io import GGUFModel
+from ..graft import apply_plan, plan_attach
+from ..hub import check_gate, execute_push, make_api, plan_push
+from ..hub.remote import verify_remote
+from ..imatrix import plan_imatrix, read_imatrix, run_imatrix
+from ..inspection import inspect_model
+from ..quality import acceptance_retention, plan_quality, run_quality
+from ..quality import write_report as write_quality_report
+from ..quantize import mtp_policy_for, output_names, plan_quantize, run_quantize
 from ..reports import CHECK_REPORT, QUALITY_REPORT
-from .schema import HubSection, Recipe, Resources
-from .state import State, content_key
+from .schema import Resources
+from .state import State
+from .step import (
+    BUILTIN,
+    BUILTIN_CALIBRATION,
+    Context,
+    Event,
+    Outcome,
+    Step,
+    StepFailed,
+    resolve_builtin_model,
+    resolve_calibration,
+)
 
-BUILTIN = "builtin:"
-BUILTIN_CALIBRATION = {"calibration-tiny": "calibration-tiny.txt"}
-_TINY_RE = re.compile(r"^tiny-(?P<arch>qwen35moe|qwen35)-(?P<variant>.+)$")
 _GPU_FLAGS = ("-ngl", "--gpu-layers", "--n-gpu-layers")
-Event = Callable[[str, str], None]  # (step id, message)
-
-
-class StepFailed(MtpgraftError):
-    """A step ran and did not produce a verified output (`log_tail`: the tool's last lines)."""
-
-    def __init__(self, message: str, *, log_tail: str = "") -> None:
-        super().__init__(message)
-        self.log_tail = log_tail
-
-
-@dataclass
-class Context:
-    """What a step runs with: the recipe, its work dir's state, the tools, where events go."""
-
-    recipe: Recipe
-    llama_cpp: str | None = None
-    emit: Event = field(default=lambda s, m: None)
-    hub_api: Callable[[HubSection], Any] | None = None
-    pin_threads: bool = False  # on a cluster: a quantize uses exactly the CPUs it reserved
-
-    @property
-    def state(self) -> State:
-        return State(Path(self.recipe.work_dir))
-
-    @property
-    def work(self) -> Path:
-        return Path(self.recipe.work_dir)
-
-    def upstream(self, step: str, key: str) -> Path:
-        """A path an earlier step recorded (the grafted model, the imatrix, a quant's first file)."""
-        rec = self.state.get(step)
-        if rec is None or rec.status != "done":
-            raise RecipeError(f"{step} has not finished in {self.work}")
-        return self.state.abs(rec.detail[key])
-
-    def model(self) -> Path:
-        return self.upstream("graft", "model")
-
-    def imatrix(self) -> Path | None:
-        return self.upstream("imatrix", "imatrix") if self.recipe.imatrix is not None else None
-
-    def quants(self, types: tuple[str, ...]) -> list[Path]:
-        return [self.upstream(f"quantize:{t}", "path") for t in types]
-
-    def input(self, table: str, key: str) -> Path:
-        """A recipe input file: `builtin:` models and texts, else a path relative to the recipe."""
-        spec = getattr(getattr(self.recipe, table), key)
-        if spec.startswith(BUILTIN) and key != "file":  # an imatrix file is never built in
-            return (resolve_calibration(spec) if key == "calibration"
-                    else resolve_builtin_model(spec, self.work / "sources"))
-        p = self.recipe.input_path(spec)
-        if not p.is_file():
-            raise RecipeError(f"[{table}] {key}: {p} not found")
-        return p
-
-
-@dataclass(frozen=True)
-class Outcome:
-    message: str
-    outputs: tuple[Path, ...] = ()  # hashed into the record
-    detail: dict[str, Any] = field(default_factory=dict)
-    record: bool = True  # a push dry run leaves no record: it has not published anything
-
-
-class Step:
-    kind = ""
-
-    def __init__(self, recipe: Recipe, quant_type: str | None = None) -> None:
-        self.r, self.type = recipe, quant_type
-        self.id = f"{self.kind}:{quant_type}" if quant_type else self.kind
-
-    @property
-    def s(self) -> Any:
-        """The recipe table this step runs with ([model] for the graft, [hub] for the push)."""
-        return getattr(self.r, {"graft": "model", "push": "hub"}.get(self.kind, self.kind))
-
-    def key(self, ctx: Context) -> str:
-        """sha256 over the step's id, its settings and the sha256 of each input file."""
-        return content_key(self.id, self.params(),
-                           {name: sha256_file(p) for name, p in self.inputs(ctx).items()})
-
-    def params(self) -> dict[str, Any]:
-        return asdict(self.s)
-
-    def inputs(self, ctx: Context) -> dict[str, Path]:  # a stable name -> the file
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-    def run(self, ctx: Context) -> Outcome:
-        raise NotImplementedError
-
-    def default_resources(self) -> Resources:
-        return Resources(cpus=1.0, gpus=0.0)
-
-    def resources(self) -> Resources:
-        """What a cluster task for this step asks for: the recipe's [run] resources, else the default."""
-        own, default = self.r.resources_for(self.kind), self.default_resources()
-        return Resources(cpus=default.cpus if own.cpus is None else own.cpus,
-                         gpus=default.gpus if own.gpus is None else own.gpus)
+# What the Step base module defines is importable from here, as before the split.
+__all__ = [
+    "BUILTIN", "BUILTIN_CALIBRATION", "CheckStep", "Context", "Event", "GraftStep", "ImatrixStep", "Outcome",
+    "PushStep", "QualityStep", "QuantizeStep", "Step", "StepFailed", "resolve_builtin_model", "resolve_calibration",
+]
 
 
 def _server_resources(args: tuple[str, ...], threads: int | None) -> Resources:
@@ -144,44 +63,7 @@ def _by_name(files: list[Path]) -> dict[str, Path]:
 
 
 def _model_files(p: Path) -> list[Path]:
-    from ..gguf_io import GGUFModel
-
     return GGUFModel(p).paths
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def resolve_builtin_model(spec: str, dest_dir: Path) -> Path:
-    """`builtin:tiny-qwen35-base` (or -full, -full-mixed, ...): generate the tiny test model."""
-    from ..testmodels import TEST_SET, build_tiny_model
-
-    name = spec[len(BUILTIN):]
-    m = _TINY_RE.match(name)
-    variant = m["variant"] if m else ""
-    variant = {"full": "full-aligned", "mtp-only": "mtp-only-aligned"}.get(variant, variant)
-    if not m or variant not in TEST_SET:
-        known = ", ".join(f"builtin:tiny-qwen35-{v}" for v in ("base", "full", *TEST_SET))
-        raise RecipeError(f"unknown built-in model {spec!r} (known: {known}; qwen35moe likewise)")
-    path = dest_dir / f"{name}.gguf"
-    if not path.is_file():
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        build_tiny_model(path, arch=m["arch"], dtype="f16", **TEST_SET[variant])  # type: ignore[arg-type]
-    return path
-
-
-def resolve_calibration(spec: str) -> Path:
-    """`builtin:calibration-tiny`: the small calibration text shipped with mtpgraft."""
-    from importlib import resources
-
-    key = spec[len(BUILTIN):]
-    if key not in BUILTIN_CALIBRATION:
-        raise RecipeError(f"unknown built-in calibration {spec!r} (known: "
-                          f"{', '.join(BUILTIN + k for k in BUILTIN_CALIBRATION)})")
-    p = Path(str(resources.files("mtpgraft") / "data" / BUILTIN_CALIBRATION[key]))
-    if not p.is_file():
-        raise RecipeError(f"{spec}: {p} is missing from the mtpgraft installation")
-    return p
 
 
 # --------------------------------------------------------------------------- the stages
@@ -208,9 +90,6 @@ class GraftStep(Step):
         return _by_name(_model_files(base) + (_model_files(src) if src else []))
 
     def run(self, ctx: Context) -> Outcome:
-        from ..graft import apply_plan, plan_attach
-        from ..inspection import inspect_model
-
         base, src = self._inputs(ctx)
         if src is None:
             rep = inspect_model(base)
@@ -258,8 +137,6 @@ class ImatrixStep(Step):
         return {"model": ctx.model(), "calibration": ctx.input("imatrix", "calibration")}
 
     def run(self, ctx: Context) -> Outcome:
-        from ..imatrix import plan_imatrix, read_imatrix, run_imatrix
-
         s = self.s
         if s.file:
             given = ctx.input("imatrix", "file")
@@ -280,16 +157,12 @@ class QuantizeStep(Step):
     kind = "quantize"
 
     def _policy(self) -> str:
-        from ..quantize import mtp_policy_for
-
         return mtp_policy_for(self.s.mtp_policy(), self.type or "")
 
     def out_dir(self) -> Path:
         return State(Path(self.r.work_dir)).abs(self.s.out_dir)
 
     def describe(self) -> str:
-        from ..quantize import output_names
-
         single, _ = output_names(self.s.out_dir, self.r.name, self.type or "")
         return (f"llama-quantize {self.type}, MTP type {self._policy()} -> {single}"
                 + (f" (split above {self.s.split_max_size})" if self.s.split_max_size else ""))
@@ -307,8 +180,6 @@ class QuantizeStep(Step):
         return {"model": ctx.model()} | ({"imatrix": imatrix} if imatrix else {})
 
     def run(self, ctx: Context) -> Outcome:
-        from ..quantize import plan_quantize, run_quantize
-
         q = self.s
         threads = q.threads or (max(1, int(self.resources().cpus or 1)) if ctx.pin_threads else None)
         plan = plan_quantize(ctx.model(), [self.type or ""], out_dir=self.out_dir(), name=self.r.name,
@@ -354,16 +225,13 @@ class CheckStep(Step):
     def check(self, ctx: Context, models: list[Path], report_dir: Path, step_id: str) -> tuple[Any, Path]:
         """These models checked with the recipe's [check] settings, and the report.json written
         (the quality step checks its reference alike)."""
-        from ..check import plan_check, resolve_server, run_check
-        from ..check.report import write_report
-
         s = self.s
         plan = plan_check(models, **s.settings(), seed=s.seed, prompts=self._prompts(), categories=s.categories,
                           server_args=s.server_args, server=resolve_server(ctx.llama_cpp))
         ctx.emit(step_id, f"{plan.n_servers} llama-server runs, {plan.n_requests} requests" if step_id == self.id
                  else f"checking the reference {models[0].name} with the check step's settings")
         result = run_check(plan, log_dir=report_dir / "logs", events=lambda m: ctx.emit(step_id, m))
-        return result, Path(write_report(result, report_dir).json)
+        return result, Path(write_check_report(result, report_dir).json)
 
     def run(self, ctx: Context) -> Outcome:
         result, report = self.check(ctx, ctx.quants(self.r.check_types()), self.report_dir(), self.id)
@@ -406,8 +274,6 @@ class QualityStep(Step):
                         + ([text] if text else []))
 
     def run(self, ctx: Context) -> Outcome:
-        from ..quality import acceptance_retention, plan_quality, run_quality, write_report
-
         ref, quants, out = ctx.model(), ctx.quants(self.r.quality_types()), self.out_dir()
         plan = plan_quality(ref, [str(p) for p in quants], text=self._text(), ctx_size=self.s.ctx,
                             chunks=self.s.chunks, extra_args=self.s.perplexity_args, llama_cpp=ctx.llama_cpp)
@@ -416,7 +282,7 @@ class QualityStep(Step):
             _, ref_report = CheckStep(self.r).check(ctx, [ref], out / "reference", self.id)
             result = replace(result, retention=acceptance_retention(
                 [out / CHECK_REPORT, ref_report], str(ref), [str(p) for p in quants]))
-        js, _ = write_report(result, out, md_name="quality.md")
+        js, _ = write_quality_report(result, out, md_name="quality.md")
         worst = max(m.figures["kld"].value for m in result.models)
         return Outcome(f"max mean KLD {worst:g} over {len(result.models)} quant(s)", (js,),
                        {"report": ctx.state.rel(js), "logits": plan.logits,
@@ -442,9 +308,6 @@ class PushStep(Step):
         return {ctx.state.rel(p): p for p in files}
 
     def run(self, ctx: Context) -> Outcome:
-        from ..errors import HubError
-        from ..hub import execute_push, make_api, plan_push
-
         hub = self.s
         try:
             api = ctx.hub_api(hub) if ctx.hub_api is not None else make_api(endpoint=hub.endpoint)
@@ -472,9 +335,6 @@ class PushStep(Step):
 
     def _verify_remote(self, ctx: Context, plan: Any) -> list[str]:
         """Load every changed :TAG from the Hub with the real llama-server -hf and check it."""
-        from ..check import resolve_server
-        from ..hub.remote import verify_remote
-
         checks = verify_remote(plan.repo_id, plan.verify_tags(), server=resolve_server(ctx.llama_cpp),
                                endpoint=plan.endpoint)
         bad = [f"{c.tag}: {'; '.join(c.result.reasons) or c.result.verdict}" for c in checks if not c.passed]
@@ -485,8 +345,6 @@ class PushStep(Step):
 
     def _offline(self, ctx: Context, why: Exception) -> Outcome:
         """A dry run where the Hub cannot be reached: apply the gate locally and say so."""
-        from ..hub import check_gate
-
         gate = check_gate([QuantizeStep(self.r).out_dir()], report_dirs=self._reports())
         if gate.refusals:
             raise StepFailed("refusing to push: " + "; ".join(map(str, gate.refusals)))

@@ -1,0 +1,270 @@
+"""The converted head planned from headers only: which safetensors tensors (or slabs of them) become
+which GGUF tensors, with what shape and type, after which trunk tensor, and with which keys."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...errors import SourceError
+from ...ggml_types import BY_NAME
+from ...gguf_io import tensor_nbytes
+from ..donor import MAX_BLOCKS, MAX_MTP_LAYERS
+from ..safetensors import DTYPE_SIZE, STensor
+from .config import head_rule, text_config
+from .kvs import head_kvs
+from .rules import FORCED_F32, QWEN_ENDS, QWEN_MTP_TOP, QWEN_TRUNK, SKIPPED, HeadRule
+
+# --outtype: the output file type, named as the tensor type its 2-D weights take (the converter's
+# LlamaFileType ALL_F32, MOSTLY_F16, MOSTLY_BF16, MOSTLY_Q8_0).
+OUTTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A slab of one safetensors tensor: for each of `outer` blocks, rows [r0, r1) of `rows` rows of
+    `cols` elements (a plain tensor is outer=1, all rows)."""
+
+    src: STensor
+    file: str
+    outer: int
+    rows: int
+    cols: int
+    r0: int
+    r1: int
+
+
+@dataclass(frozen=True)
+class HeadTensor:
+    name: str
+    ne: tuple[int, ...]
+    ggml_type: str
+    source_dtype: str
+    plus_one: bool
+    pieces: tuple[Piece, ...] = field(repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_nbytes(BY_NAME[self.ggml_type].id, self.ne)
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    """What the converted MTP head will hold: metadata (key, type, value) and tensors, in order."""
+
+    arch: str
+    hf_arch: str
+    trunk_layers: int
+    mtp_layers: list[int]
+    outtype: str
+    kvs: list[tuple[str, str, Any]]
+    tensors: list[HeadTensor]
+    files: list[str]  # the shards that hold MTP tensors
+    after: str | None = None  # the GGUF tensor the converter writes just before the MTP block
+    inputs: list[str] = field(default_factory=list)  # the shards whose headers the plan read
+
+    @property
+    def source_bytes(self) -> int:
+        """Bytes of the safetensors tensors the head is made from (each counted once)."""
+        return sum(t.nbytes for _, t in self.ranges())
+
+    def ranges(self) -> list[tuple[str, STensor]]:
+        """Each source tensor once, in the order the plan reads them."""
+        seen: dict[tuple[str, str], tuple[str, STensor]] = {}
+        for t in self.tensors:
+            for p in t.pieces:
+                seen.setdefault((p.file, p.src.name), (p.file, p.src))
+        return list(seen.values())
+
+
+def _hf_layer_name(rule: HeadRule, name: str, n_layers: int) -> str | None:
+    """The converter's rename of an MTP tensor to `model.layers.L.X`; None for non-MTP tensors."""
+    name = _filtered_name(name)
+    if rule.layer_indexed:
+        m = re.match(r"model\.layers\.(\d+)\.", name)
+        return name if m and int(m.group(1)) >= n_layers else None
+    if name.startswith("model.mtp."):
+        name = name[len("model."):]
+    if not name.startswith("mtp."):
+        return None
+    parts = name.split(".", 3)
+    if len(parts) == 4 and parts[1] == "layers" and parts[2].isdecimal():
+        return f"model.layers.{n_layers + int(parts[2])}.{parts[3]}"
+    if len(parts) == 3 and parts[1] in QWEN_MTP_TOP:
+        return f"model.layers.{n_layers}.{QWEN_MTP_TOP[parts[1]]}.{parts[2]}"
+    return name  # an mtp.* tensor the converter cannot map: refused below
+
+
+def _filtered_name(name: str) -> str:
+    """ModelBase.filter_tensors' renames."""
+    if name.endswith("e_score_correction_bias"):
+        name = name.replace("e_score_correction_bias", "e_score_correction.bias")
+    return name.replace("language_model.", "")
+
+
+def _preceding(rule: HeadRule, ordered: Sequence[tuple[str, STensor]], n_layers: int, n_experts: int) -> str | None:
+    """The GGUF name of the last tensor the converter writes before the MTP block (graft puts the
+    block after it), following its write order: per-expert tensors are written, stacked, when a
+    layer's last one arrives. An unmappable name is returned as it is: graft then appends the block."""
+    last: str | None = None
+    pending: dict[str, int] = {}
+    for _, t in ordered:
+        if any(s in t.name for s in SKIPPED):
+            continue
+        if _hf_layer_name(rule, t.name, n_layers) is not None:
+            return last
+        name = _filtered_name(t.name)
+        m = re.match(r"model\.layers\.(\d+)\.(.+)$", name)
+        if not m:
+            last = QWEN_ENDS.get(name, name)
+            continue
+        bid, suffix = m.group(1), m.group(2)
+        if re.match(r"mlp\.experts\.\d+\.", suffix):
+            pending[bid] = pending.get(bid, 0) + 1
+            if pending[bid] >= 3 * n_experts:
+                last = f"blk.{bid}.ffn_up_exps.weight"  # written down, gate, up
+            continue
+        if suffix.startswith("mlp.experts.gate_up_proj"):
+            suffix = "mlp.experts.up_proj.weight"
+        elif suffix.startswith("mlp.experts.down_proj"):
+            suffix = "mlp.experts.down_proj.weight"
+        g = rule.names.get(suffix) or QWEN_TRUNK.get(suffix)
+        last = f"blk.{bid}.{g}" if g else name
+    return last
+
+
+def _guess_ftype(ordered: Sequence[tuple[str, STensor]]) -> str:
+    """--outtype auto: the dtype of the first 2-D+ tensor that is BF16 or F16, else F16."""
+    for _, t in ordered:
+        if len(t.shape) < 2 or any(s in t.name for s in ("visual.", "vision", "audio")):
+            continue
+        if t.dtype in ("BF16", "F16"):
+            return t.dtype
+    return "F16"
+
+
+def _file_type(outtype: str, ordered: Sequence[tuple[str, STensor]]) -> str:
+    """--outtype as the tensor type name of its 2-D weights (auto: from the checkpoint's dtypes)."""
+    if outtype == "auto":
+        return _guess_ftype(ordered)
+    if outtype in OUTTYPES:
+        return OUTTYPES[outtype]
+    raise SourceError(f"unknown output type {outtype!r} (auto, {', '.join(OUTTYPES)})")
+
+
+def _target_type(gguf_name: str, n_dims: int, ftype: str, ne0: int) -> str:
+    if n_dims <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
+        return "F32"
+    if gguf_name.endswith(FORCED_F32):
+        return "F32"
+    if not BY_NAME[ftype].row_fits(ne0):
+        return "F16"  # the converter's QuantError fallback (Q8_0 rows of a whole number of blocks only)
+    return ftype
+
+
+def _piece(file: str, t: STensor, r0: int | None = None, r1: int | None = None) -> Piece:
+    shape = t.shape or (1,)
+    cols = shape[-1]
+    rows = shape[-2] if len(shape) >= 2 else 1
+    outer = math.prod(shape[:-2]) if len(shape) > 2 else 1
+    return Piece(t, file, outer, rows, cols, 0 if r0 is None else r0, rows if r1 is None else r1)
+
+
+def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STensor]]], *,
+              outtype: str = "auto", label: str = "the checkpoint") -> HeadPlan:
+    """Plan the MTP head of a checkpoint: `headers` are (shard file, its tensors) for every shard."""
+    rule = head_rule(config, label)
+    hp = text_config(config)
+    n_layers = int(hp.get("num_hidden_layers") or 0)
+    n_mtp = int(hp.get(rule.n_mtp_key) or 0)
+    if n_layers <= 0:
+        raise SourceError(f"{label}: config.json has no num_hidden_layers")
+    if n_mtp <= 0:
+        raise SourceError(f"{label}: no MTP head: config.json gives {rule.n_mtp_key} = {n_mtp}")
+    if n_layers > MAX_BLOCKS or n_mtp > MAX_MTP_LAYERS:  # before any list is sized by them
+        raise SourceError(f"{label}: config.json gives num_hidden_layers = {n_layers} and {rule.n_mtp_key} = "
+                          f"{n_mtp}; no model has more than {MAX_BLOCKS} layers or {MAX_MTP_LAYERS} MTP layers")
+    ordered = [(f, t) for f, ts in sorted(headers, key=lambda h: h[0]) for t in sorted(ts.values(), key=lambda t: t.name)]
+    ftype = _file_type(outtype, ordered)
+    n_experts = int(hp.get("num_local_experts") or hp.get("num_experts") or hp.get("n_routed_experts") or 0)
+    tensors: list[HeadTensor] = []
+    pending: dict[int, dict[str, tuple[str, STensor]]] = {}
+    files: list[str] = []
+    for file, t in ordered:
+        hf = _hf_layer_name(rule, t.name, n_layers)
+        if hf is None:
+            continue
+        if file not in files:
+            files.append(file)
+        if t.dtype not in DTYPE_SIZE:
+            raise SourceError(f"{label}: {t.name} has dtype {t.dtype}; mtpgraft converts BF16, F16 and F32 heads")
+        m = re.match(r"model\.layers\.(\d+)\.(.+)$", hf)
+        if not m:
+            raise SourceError(f"{label}: cannot map MTP tensor {t.name}")
+        bid, suffix = int(m.group(1)), m.group(2)
+        tensors.extend(_map_tensor(rule, file, t, bid, suffix, n_experts, pending, ftype, label))
+    leftover = [n for d in pending.values() for n in d]
+    if leftover:
+        raise SourceError(f"{label}: incomplete experts in the MTP head ({leftover[0]} ...)")
+    if not tensors:
+        raise SourceError(f"{label}: no MTP tensors (no mtp.* tensor in the safetensors files)")
+    mtp_layers = list(range(n_layers, n_layers + n_mtp))
+    kvs = head_kvs(rule, hp, n_layers, n_mtp, ftype)
+    return HeadPlan(rule.arch, str((config.get("architectures") or [""])[0]), n_layers, mtp_layers, ftype,
+                    kvs, tensors, files, _preceding(rule, ordered, n_layers, n_experts), sorted(h[0] for h in headers))
+
+
+def _map_tensor(rule: HeadRule, file: str, t: STensor, bid: int, suffix: str, n_experts: int,
+                pending: dict[int, dict[str, tuple[str, STensor]]], ftype: str,
+                label: str) -> list[HeadTensor]:
+    plus_one = rule.plus_one_norms and suffix.endswith("norm.weight")
+    if rule.moe and suffix in ("mlp.experts.gate_up_proj", "mlp.experts.gate_up_proj.weight"):
+        if len(t.shape) < 3 or t.shape[-2] % 2:
+            raise SourceError(f"{label}: unexpected gate_up_proj shape {list(t.shape)} for {t.name}")
+        f = t.shape[-2] // 2
+        out = []
+        for which, (r0, r1) in (("gate", (0, f)), ("up", (f, 2 * f))):
+            shape = (*t.shape[:-2], f, t.shape[-1])
+            out.append(_tensor(rule, f"mlp.experts.{which}_proj.weight", bid, shape, t.dtype, plus_one,
+                               (_piece(file, t, r0, r1),), ftype, label))
+        return out
+    if rule.moe and suffix in ("mlp.experts.down_proj", "mlp.experts.down_proj.weight"):
+        return [_tensor(rule, "mlp.experts.down_proj.weight", bid, t.shape, t.dtype, plus_one,
+                        (_piece(file, t),), ftype, label)]
+    if rule.moe and suffix.startswith("mlp.experts."):
+        got = pending.setdefault(bid, {})
+        got[f"model.layers.{bid}.{suffix}"] = (file, t)
+        if len(got) < n_experts * 3:
+            return []
+        out = []
+        for w in ("down_proj", "gate_proj", "up_proj"):
+            parts = [got.pop(f"model.layers.{bid}.mlp.experts.{x}.{w}.weight", None) for x in range(n_experts)]
+            if any(p is None for p in parts):
+                raise SourceError(f"{label}: layer {bid} lacks some mlp.experts.N.{w} tensors")
+            first = parts[0][1]  # type: ignore[index]
+            shape = (n_experts, *first.shape)
+            out.append(_tensor(rule, f"mlp.experts.{w}.weight", bid, shape, first.dtype, plus_one,
+                               tuple(_piece(f_, s) for f_, s in parts), ftype, label))  # type: ignore[misc]
+        return out
+    return [_tensor(rule, suffix, bid, t.shape, t.dtype, plus_one, (_piece(file, t),), ftype, label)]
+
+
+def _tensor(rule: HeadRule, suffix: str, bid: int, shape: tuple[int, ...], dtype: str, plus_one: bool,
+            pieces: tuple[Piece, ...], ftype: str, label: str) -> HeadTensor:
+    gsuffix = rule.names.get(suffix)
+    if gsuffix is None:
+        raise SourceError(f"{label}: cannot map MTP tensor model.layers.{bid}.{suffix} to a {rule.arch} name")
+    name = f"blk.{bid}.{gsuffix}"
+    ne = tuple(reversed(shape)) if shape else (1,)
+    target = _target_type(name, len(shape), ftype, ne[0])
+    return HeadTensor(name, ne, target, dtype, plus_one, pieces)
+
+
+def mtp_predicate(config: dict[str, Any], label: str) -> Callable[[str], bool]:
+    """Which safetensors tensor names belong to the MTP head (refuses unknown architectures)."""
+    rule = head_rule(config, label)
+    n_layers = int(text_config(config).get("num_hidden_layers") or 0)
+    return lambda name: _hf_layer_name(rule, name, n_layers) is not None

@@ -1,0 +1,92 @@
+"""The metadata the converter writes for the head, from the config: (key, type, value) in its order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ...errors import SourceError
+from ...ggml_types import FILE_TYPES
+from .config import SCORE_FUNC_KEYS
+from .rules import HeadRule
+
+_GATING = {"softmax": 1, "sigmoid": 2, "sqrtsoftplus": 3}  # gguf.ExpertGatingFuncType
+
+
+def _first(hp: dict[str, Any], keys: Sequence[str]) -> Any:
+    """The value of the first of `keys` that config.json has (configs name the same field differently)."""
+    return next((hp[k] for k in keys if k in hp), None)
+
+
+def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
+              ftype: str) -> list[tuple[str, str, Any]]:
+    """The structural keys of the converter's output that describe the head, in its order."""
+    a = rule.arch
+    kvs: list[tuple[str, str, Any]] = [("general.architecture", "STRING", a),
+                                       (f"{a}.block_count", "UINT32", n_layers + n_mtp)]
+    for key, names in ((f"{a}.context_length", ("max_position_embeddings", "n_ctx", "n_positions")),
+                       (f"{a}.embedding_length", ("hidden_size", "n_embd", "dim")),
+                       (f"{a}.feed_forward_length", ("prefix_dense_intermediate_size", "dense_intermediate_size",
+                                                     "intermediate_size", "n_inner", "hidden_dim")),
+                       (f"{a}.attention.head_count", ("num_attention_heads", "n_head", "n_heads")),
+                       (f"{a}.attention.head_count_kv", ("num_key_value_heads", "n_kv_heads"))):
+        if (v := _first(hp, names)) is not None:
+            kvs.append((key, "UINT32", int(v)))
+    if rule.moe:
+        kvs += _moe_kvs(a, hp)
+    if (hd := hp.get("head_dim")) is not None:
+        kvs += [(f"{a}.attention.key_length", "UINT32", int(hd)), (f"{a}.attention.value_length", "UINT32", int(hd))]
+    kvs.append(("general.file_type", "UINT32", FILE_TYPES[ftype]))
+    for suffix, field_ in rule.moe_keys:
+        if (v := hp.get(field_)) is not None:
+            kvs.append((f"{a}.{suffix}", "UINT32", int(v)))
+    if rule.sigmoid_routing:
+        _sigmoid_routing_kvs(kvs, a, hp)
+    kvs.append((f"{a}.nextn_predict_layers", "UINT32", n_mtp))
+    if rule.hybrid:
+        kvs += _hybrid_kvs(a, hp, n_layers, n_mtp)
+    return kvs
+
+
+def _moe_kvs(a: str, hp: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """Expert counts, expert groups and the gating function of a MoE config."""
+    kvs: list[tuple[str, str, Any]] = []
+    if (v := _first(hp, ("num_local_experts", "num_experts", "n_routed_experts"))) is not None:
+        kvs.append((f"{a}.expert_count", "UINT32", int(v)))
+    if (v := _first(hp, ("num_experts_per_tok", "num_experts_per_token"))) is not None:
+        kvs.append((f"{a}.expert_used_count", "UINT32", int(v)))
+    for suffix, field_ in (("expert_group_count", "n_group"), ("expert_group_used_count", "topk_group")):
+        if (v := hp.get(field_)) is not None:
+            kvs.append((f"{a}.{suffix}", "UINT32", int(v)))
+    if (v := _first(hp, SCORE_FUNC_KEYS)) is not None:
+        if v not in _GATING:
+            raise SourceError(f"config.json: unsupported expert score function {v!r}")
+        kvs.append((f"{a}.expert_gating_func", "UINT32", _GATING[v]))
+    return kvs
+
+
+def _sigmoid_routing_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any]) -> None:
+    """Glm4MoeModel.set_gguf_parameters' own keys, in its order (added to `kvs` in place)."""
+    gating = (f"{a}.expert_gating_func", "UINT32", _GATING["sigmoid"])
+    at = next((i for i, kv in enumerate(kvs) if kv[0] == gating[0]), None)
+    if at is None:
+        kvs.append(gating)
+    else:
+        kvs[at] = gating  # the writer overwrites a key in place
+    if (v := hp.get("routed_scaling_factor")) is not None:
+        kvs.append((f"{a}.expert_weights_scale", "FLOAT32", float(v)))
+    if (v := hp.get("norm_topk_prob")) is not None:
+        kvs.append((f"{a}.expert_weights_norm", "BOOL", bool(v)))
+
+
+def _hybrid_kvs(a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> list[tuple[str, str, Any]]:
+    """Which layers are recurrent (linear attention), and the full-attention interval."""
+    kvs: list[tuple[str, str, Any]] = []
+    if (layer_types := hp.get("layer_types")) is not None:
+        if len(layer_types) != n_layers:
+            raise SourceError(f"config.json: layer_types has {len(layer_types)} entries, num_hidden_layers is {n_layers}")
+        kvs.append((f"{a}.attention.recurrent_layers", "ARRAY",
+                    [t == "linear_attention" for t in layer_types] + [False] * n_mtp))
+    interval = hp.get("full_attention_interval")  # null is absent, as for every other field
+    kvs.append((f"{a}.full_attention_interval", "UINT32", 4 if interval is None else int(interval)))
+    return kvs

@@ -1,0 +1,108 @@
+"""The table of Hugging Face MTP heads mtpgraft converts: per architecture, how the checkpoint stores
+its head and how llama.cpp's converter names, types and describes it (and the architectures refused)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# HF name (after `model.layers.L.`) -> GGUF name (after `blk.L.`), the qwen35/qwen35moe tensor map.
+QWEN_NAMES = {
+    "eh_proj.weight": "nextn.eh_proj.weight",
+    "enorm.weight": "nextn.enorm.weight",
+    "hnorm.weight": "nextn.hnorm.weight",
+    "shared_head.norm.weight": "nextn.shared_head_norm.weight",
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+    "mlp.gate.weight": "ffn_gate_inp.weight",
+    "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight",
+    "mlp.shared_expert.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_expert.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_expert.down_proj.weight": "ffn_down_shexp.weight",
+    "mlp.experts.gate_proj.weight": "ffn_gate_exps.weight",
+    "mlp.experts.up_proj.weight": "ffn_up_exps.weight",
+    "mlp.experts.down_proj.weight": "ffn_down_exps.weight",
+}
+QWEN_MTP_TOP = {"fc": "eh_proj", "pre_fc_norm_embedding": "enorm", "pre_fc_norm_hidden": "hnorm",
+                "norm": "shared_head.norm"}
+# Kept F32 whatever the output type (prepare_tensors' list, the entries an MTP head can hold).
+FORCED_F32 = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
+
+
+GLM_NAMES = {k: v for k, v in QWEN_NAMES.items() if not k.startswith("mlp.shared_expert")} | {
+    "shared_head.head.weight": "nextn.shared_head_head.weight",
+    "embed_tokens.weight": "nextn.embed_tokens.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "mlp.gate.e_score_correction.bias": "exp_probs_b.bias",
+    "mlp.shared_experts.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
+}
+QWEN_MOE_KEYS = (("expert_feed_forward_length", "moe_intermediate_size"),
+                  ("expert_shared_feed_forward_length", "shared_expert_intermediate_size"))
+GLM_MOE_KEYS = (("expert_feed_forward_length", "moe_intermediate_size"), ("expert_shared_count", "n_shared_experts"),
+                 ("leading_dense_block_count", "first_k_dense_replace"))
+
+
+@dataclass(frozen=True)
+class HeadRule:
+    """How one family of HF checkpoints stores its MTP head and how the converter maps it."""
+
+    arch: str
+    n_mtp_key: str  # the config key giving the number of MTP layers
+    moe: bool
+    names: dict[str, str]
+    plus_one_norms: bool  # Qwen3.5 stores RMSNorm weights as offsets from 1
+    layer_indexed: bool = False  # the head is model.layers.N.* (GLM-4.5), not mtp.* (Qwen3.5)
+    moe_keys: tuple[tuple[str, str], ...] = ()  # (GGUF key suffix, config key) the converter adds for MoE
+    hybrid: bool = False  # qwen35's recurrent_layers / full_attention_interval keys
+    # Glm4MoeModel.set_gguf_parameters' own keys: sigmoid expert gating (replacing the config's),
+    # expert_weights_scale (routed_scaling_factor) and expert_weights_norm (norm_topk_prob).
+    sigmoid_routing: bool = False
+
+
+_QWEN = {"n_mtp_key": "mtp_num_hidden_layers", "names": QWEN_NAMES, "plus_one_norms": True, "hybrid": True}
+HEAD_RULES: dict[str, HeadRule] = {
+    "Qwen3_5ForConditionalGeneration": HeadRule("qwen35", moe=False, **_QWEN),
+    "Qwen3_5ForCausalLM": HeadRule("qwen35", moe=False, **_QWEN),
+    "Qwen3_5MoeForConditionalGeneration": HeadRule("qwen35moe", moe=True, moe_keys=QWEN_MOE_KEYS, **_QWEN),
+    "Qwen3_5MoeForCausalLM": HeadRule("qwen35moe", moe=True, moe_keys=QWEN_MOE_KEYS, **_QWEN),
+    "Glm4MoeForCausalLM": HeadRule("glm4moe", "num_nextn_predict_layers", True, GLM_NAMES, False,
+                                   layer_indexed=True, moe_keys=GLM_MOE_KEYS, sigmoid_routing=True),
+}
+
+# Architectures whose checkpoints carry an MTP head that mtpgraft does not convert, and why.
+REFUSED = {
+    "Qwen3NextForCausalLM": "Qwen3-Next checkpoints do not state mtp_num_hidden_layers and mtpgraft has "
+                            "no reference conversion for them; convert with llama.cpp's convert_hf_to_gguf.py",
+    "DeepseekV3ForCausalLM": "llama.cpp's converter drops DeepSeek-V3's MTP layers (deepseek2 keeps MTP only "
+                             "for GLM-4.7-Flash), so there is no GGUF head to build",
+    "DeepseekV32ForCausalLM": "llama.cpp's converter drops DeepSeek-V3.2's MTP layers",
+    "Glm4MoeLiteForCausalLM": "GLM-4.7-Flash converts through the deepseek2 MLA path (kv_b_proj split into "
+                              "k_b/v_b, per-layer transposes), which mtpgraft does not reproduce; use a GGUF donor",
+    "DeepseekV4ForCausalLM": "DeepSeek-V4's head (mtp.N.*, compressed attention) is converted only with "
+                             "convert_hf_to_gguf.py --mtp; use a GGUF donor",
+}
+
+
+# TextModel.filter_tensors: multimodal tensors the converter skips (the subset Qwen checkpoints hold).
+SKIPPED = ("visual.", "vision.", "audio.", "vision_", "audio_", "talker.", "projector.", "patch_embed",
+           "merger.", "mtp_only_")
+# Qwen3.5 trunk names not in the MTP table: linear attention and the model's ends.
+QWEN_TRUNK = {"linear_attn.in_proj_qkv.weight": "attn_qkv.weight", "linear_attn.in_proj_z.weight": "attn_gate.weight",
+              "linear_attn.in_proj_a.weight": "ssm_alpha.weight", "linear_attn.in_proj_b.weight": "ssm_beta.weight",
+              "linear_attn.conv1d.weight": "ssm_conv1d.weight", "linear_attn.dt_bias": "ssm_dt.bias",
+              "linear_attn.A_log": "ssm_a", "linear_attn.norm.weight": "ssm_norm.weight",
+              "linear_attn.out_proj.weight": "ssm_out.weight"}
+QWEN_ENDS = {"lm_head.weight": "output.weight", "model.embed_tokens.weight": "token_embd.weight",
+             "model.norm.weight": "output_norm.weight"}
