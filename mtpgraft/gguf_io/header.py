@@ -59,11 +59,14 @@ class TensorInfo:
 
 
 class TruncatedHeaderError(GGUFFormatError):
-    """The bytes given end inside the header; `needed` is how many the next item needs."""
+    """The bytes given end inside the header; `needed` is how many the next item needs. Inside a
+    string array (a tokenizer), `estimate` is where the array ends if its other items are as long as
+    those read so far (a reader by ranges jumps there instead of growing a little at a time)."""
 
-    def __init__(self, message: str, *, needed: int) -> None:
+    def __init__(self, message: str, *, needed: int, estimate: int | None = None) -> None:
         super().__init__(message)
         self.needed = needed
+        self.estimate = estimate
 
 
 class _Cursor:
@@ -110,9 +113,9 @@ def _skip_strings(cur: _Cursor, count: int) -> None:
     if seen is not None and start + len(seen) <= end and bytes(buf[start:start + len(seen)]) == seen:
         cur.off = start + len(seen)  # the same bytes walk to the same end
         return
-    off = start
+    off, i = start, 0
     try:
-        for _ in range(count):
+        for i in range(count):  # noqa: B007 - i says how many were read when it breaks
             off += 8 + unpack(buf, off)[0]
             if off > end:
                 break
@@ -120,7 +123,7 @@ def _skip_strings(cur: _Cursor, count: int) -> None:
         off += 8
     if off > end:
         raise TruncatedHeaderError(f"{cur.path}: truncated GGUF header (needs {off} bytes, file has "
-                                   f"{end})", needed=off)
+                                   f"{end})", needed=off, estimate=start + (off - start) * count // (i + 1))
     if count >= _WALK_MEMO_MIN and off - start <= _WALK_MEMO_MAX:
         if len(_WALKED) >= 8:
             _WALKED.pop(next(iter(_WALKED)))
