@@ -30,7 +30,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     """Small qwen35 models with a real-sized vocabulary (so a header is KBs, as a real one is MBs)."""
     d = tmp_path_factory.mktemp("audit-models")
     kw = {"vocab": 1024}
-    out = {"full": make_model(d / "full.gguf", layout="full", **kw),
+    made = {"mtpgraft.version": "0.9", "quantize.imatrix.dataset": "calibration.txt"}
+    out = {"full": make_model(d / "full.gguf", layout="full", extra_kv=made, **kw),
            "base": make_model(d / "base.gguf", layout="base", **kw),
            "side": make_model(d / "side.gguf", layout="mtp-only", **kw),
            "alien": make_model(d / "alien.gguf", layout="mtp-only", vocab_salt="x", **kw)}
@@ -175,6 +176,10 @@ def test_a_tag_or_a_path_reads_only_its_files(hub, published, files):
     code, d, _ = audit_json(hub, "hf://q/InFile-GGUF/InFile-Q8_0.gguf")
     assert code == 0 and [m["path"] for m in d["repos"][0]["models"]] == ["InFile-Q8_0.gguf"]
     assert 0 < hub.bytes_sent - sent <= header_bytes([files["full"]]) * 1.05
+    text = audit(hub, "hf://q/InFile-GGUF/InFile-Q8_0.gguf").stdout
+    assert "      provenance: mtpgraft.version=0.9, quantize.imatrix.dataset=calibration.txt\n" in text
+    r = audit(hub, "hf://q/InFile-GGUF/Nope-Q8_0.gguf")
+    assert r.exit_code == 6 and "/Nope-Q8_0.gguf@" in r.stderr and "no such file in q/InFile-GGUF at main" in r.stderr
 
 
 def test_refused_repos_get_one_line_each_and_stop_nothing(hub, published):

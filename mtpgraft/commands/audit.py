@@ -13,6 +13,7 @@ from ..hub.audit import AuditReport, ModelAudit, RepoAudit, TagAudit
 from .common import emit_json
 
 MB = 1e6
+_SHOWN_KEYS = ("mtpgraft.version", "mtpgraft.mtp.source", "mtpgraft.imatrix.dataset", "quantize.imatrix.dataset")
 
 
 def run_audit(targets: Sequence[str], *, token: str | None, endpoint: str | None, jobs: int, only_mtp: bool,
@@ -86,15 +87,14 @@ def _model_cells(m: ModelAudit) -> tuple[str, ...]:
 
 
 def _provenance_lines(m: ModelAudit) -> list[str]:
+    """Who made the file: the keys people ask about first, and how many more --json holds."""
     if m.report is None:
         return []
     keys = {**m.report.provenance, **m.report.imatrix}
-    picked = {k: v for k, v in keys.items() if k in ("quantize.imatrix.dataset", "mtpgraft.version")
-              or k.startswith("mtpgraft.mtp") or k == "mtpgraft.source"}
-    if not keys:
-        return []
-    shown_keys = ", ".join(f"{k}={shown(str(v), 80)}" for k, v in (picked or keys).items())
-    return [f"      provenance: {shown_keys}"]
+    parts = [f"{k}={shown(str(keys[k]), 80)}" for k in _SHOWN_KEYS if k in keys]
+    if len(keys) > len(parts):
+        parts.append(f"{len(keys) - len(parts)} more key(s) in --json")
+    return [f"      provenance: {', '.join(parts)}"] if parts else []
 
 
 def _tag_line(t: TagAudit) -> str:

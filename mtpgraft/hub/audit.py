@@ -180,8 +180,12 @@ def _audit_repo(o: _Open, api: HfApi, cache_root: Path, pool: ThreadPoolExecutor
             o.error = str(e)
     if o.repo is None:
         return _assemble(o, [])
-    repo = o.repo
-    models = [m for m in pool.map(lambda p: _read_or_fail(o, p), _wanted(repo, o.ref)) if m is not None]
+    try:
+        wanted = _wanted(o.repo, o.ref)
+    except HubError as e:
+        o.error = str(e)
+        return _assemble(o, [])
+    models = [m for m in pool.map(lambda p: _read_or_fail(o, p), wanted) if m is not None]
     return _assemble(o, models)
 
 
@@ -226,7 +230,9 @@ def _wanted(repo: HubRepo, ref: HubRef) -> list[str]:
         res = naming.hf_resolve(paths, ref.quant or "", mtp=True)
         return [p for p in (res.model, res.mtp) if p]
     if ref.kind == "gguf":
-        return [ref.path] if ref.path in repo.files else []
+        assert ref.path is not None
+        repo.require(ref.path)  # a HubError naming the file when the repo lacks it
+        return [ref.path]
     return [p for p in paths if p.endswith(".gguf") and naming.is_first_shard(p)
             and (naming.is_hf_model_file(p) or naming.SIDECAR_PREFIX in p)]
 
@@ -256,9 +262,7 @@ def read_model(repo: HubRepo, path: str) -> ModelAudit:
             nread += n
         model = GGUFModel.from_shards(headers)
         report = inspect_model(path, model)
-    except (GGUFFormatError, SourceError) as e:
-        if isinstance(e, HubError):
-            raise
+    except (GGUFFormatError, SourceError) as e:  # what llama.cpp's reader refuses as well
         size = sum(repo.files.get(p, 0) for p in names)
         return ModelAudit(path, tuple(names), size, sum(h.header_size for h in headers), None, (), str(e))
     size = sum(repo.files[p] for p in names)
