@@ -267,3 +267,20 @@ def test_tags_equal_what_the_real_llama_server_hf_loads(hub, hf_env, tmp_path, m
     with pytest.raises(ServerError, match="failed to create MTP context"):  # the audit's failing tag
         resolve_remote(HfRef("q/Real-GGUF", "Q6_K"), endpoint=hub.url, server=server, cache_dir=hf_env)
     assert tags["Q6_K"]["problem"] and tags["Q6_K"]["unseen"] == ["MTP/mtp-Real-Q6_K.gguf", "Q8_0/mtp-Real-Q8_0.gguf"]
+
+
+@pytest.mark.parametrize("first,last", [(0, 0), (300, 0), (3000, 0), (0, 300)])
+def test_a_vocabulary_with_long_tokens_first_is_read_within_the_bound(hub, hf_hermetic, tmp_path, first, last):
+    """Long special tokens first (gemma's, mistral's vocabularies) or last (qwen's): the first items are
+    no guide to the array's end, and the reader must not jump past it on their word. (The guard is a
+    reach: a piece goes at most ~2.5 times as far into a string array as read so far, and guesses from
+    the later half of the items read; 3000 long tokens in 20000 is past any real vocabulary's share.)"""
+    n = 20000
+    long = [f"<special_token_{i:05d}_with_a_long_name>" for i in range(first + last)]
+    tokens = long[:first] + [f"t{i}" for i in range(first, n - last)] + long[first:]
+    src = make_model(tmp_path / "v.gguf", layout="full", vocab=n, n_embd=32)
+    model = rewrite(src, tmp_path / "skew.gguf", set_kv={"tokenizer.ggml.tokens": (V.ARRAY, tokens, V.STRING)})
+    hub.put_files("q/Vocab-GGUF", {"Vocab-Q8_0.gguf": _b(model)})
+    assert audit(hub, "hf://q/Vocab-GGUF").exit_code == 0
+    assert header_bytes([model]) < hub.bytes_sent <= header_bytes([model]) * 1.05
+    assert len(hub.downloads("/_cdn/")) <= 16  # pieces, not thousands
