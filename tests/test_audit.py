@@ -284,3 +284,78 @@ def test_a_vocabulary_with_long_tokens_first_is_read_within_the_bound(hub, hf_he
     assert audit(hub, "hf://q/Vocab-GGUF").exit_code == 0
     assert header_bytes([model]) < hub.bytes_sent <= header_bytes([model]) * 1.05
     assert len(hub.downloads("/_cdn/")) <= 16  # pieces, not thousands
+
+
+# --------------------------------------------------------------------------- a published imatrix
+
+
+def write_imatrix(path: Path, entries: dict[str, int]) -> Path:
+    """An imatrix GGUF as llama-imatrix lays one out: NAME.in_sum2 (row length floats), NAME.counts."""
+    from mtpgraft.gguf_io import CONVERTER, encode_kv, write_gguf
+
+    ts = []
+    for name, width in entries.items():
+        for suffix, n in ((".in_sum2", width), (".counts", 1)):
+            ts.append(OutTensor(name + suffix, (n,), 0, 4 * n, produce=lambda n=n: [bytes(4 * n)]))
+    kvs = [encode_kv("general.type", V.STRING, "imatrix"), encode_kv("imatrix.datasets", V.ARRAY, ["calib.txt"],
+                                                                      V.STRING)]
+    with open(path, "wb") as fh:
+        write_gguf(fh, kvs, ts, alignment=32, layout=CONVERTER)
+    return path
+
+
+def test_a_published_imatrix_is_fetched_once_and_checked_against_the_model(hub, hf_hermetic, files, tmp_path):
+    from mtpgraft.gguf_io import GGUFModel
+    from mtpgraft.quantize.plan import check_imatrix_fits, read_imatrix_coverage
+    from mtpgraft.sources.hubimatrix import fetch_imatrix
+
+    model = GGUFModel(files["full"])
+    weights = {r.name: r.info.ne[0] for r in model.refs if len(r.info.ne) == 2 and r.name.startswith("blk.0.")}
+    good = write_imatrix(tmp_path / "good.imatrix.gguf", weights)
+    other = write_imatrix(tmp_path / "other.gguf", {**weights, "blk.9.ffn_up.weight": 64})
+    wide = write_imatrix(tmp_path / "wide.gguf", {k: v * 2 for k, v in weights.items()})
+    hub.put_files("q/Imx-GGUF", {"imatrix/Full.imatrix.gguf": _b(good), "other.imatrix.gguf": _b(other),
+                                 "wide.imatrix.gguf": _b(wide)})
+    ref = "hf://q/Imx-GGUF/imatrix/Full.imatrix.gguf"
+    local = fetch_imatrix(ref, endpoint=hub.url)
+    assert local.name == "Full.imatrix.gguf" and local.read_bytes() == _b(good)  # its name: quantize.imatrix.file
+    assert hub.bytes_sent == len(_b(good))
+    assert fetch_imatrix(ref, endpoint=hub.url) == local and hub.bytes_sent == len(_b(good))  # cached
+    check_imatrix_fits(read_imatrix_coverage(local), model)
+    for name, why in (("other", f"1 of its {len(weights) + 1} entries name tensors the model lacks (e.g. "
+                                "blk.9.ffn_up.weight)"),
+                      ("wide", "entry has 128 columns, the tensor's rows 64")):
+        r = CliRunner().invoke(cli, ["quantize", str(files["full"]), "--types", "Q8_0", "--dry-run", "--imatrix",
+                                     f"hf://q/Imx-GGUF/{name}.imatrix.gguf", "--endpoint", hub.url,
+                                     "--out-dir", str(tmp_path / "out")])
+        assert r.exit_code == 3 and r.stderr.startswith(f"mtpgraft: error: imatrix {name}.imatrix.gguf is not "
+                                                        "for full.gguf: ") and why in r.stderr, r.stderr
+    r = CliRunner().invoke(cli, ["quantize", str(files["full"]), "--types", "Q8_0", "--imatrix",
+                                 "hf://q/Imx-GGUF/imatrix.dat", "--endpoint", hub.url])
+    assert r.exit_code == 6 and "imatrix.dat" in r.stderr and "no such file" in r.stderr
+
+
+@pytest.mark.tools
+def test_quantize_with_a_published_imatrix_records_its_dataset(hub, hf_env, tmp_path, monkeypatch, llama_cpp_dir):
+    """The real llama-imatrix's file, published and fetched back, quantizes like the local one: the
+    outputs record its name and dataset (read by llama-quantize from the file) and its sha256."""
+    from mtpgraft.gguf_io import GGUFModel
+    from mtpgraft.imatrix import plan_imatrix, run_imatrix
+    from mtpgraft.testmodels import build_tiny_model
+
+    monkeypatch.setenv("MTPGRAFT_LLAMA_CPP", str(llama_cpp_dir))
+    monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "mtpgraft_cache"))
+    calibration = Path(__file__).resolve().parents[1] / "mtpgraft" / "data" / "calibration-tiny.txt"
+    full = build_tiny_model(tmp_path / "tiny-full-F16.gguf", dtype="f16", layout="full", head="aligned")
+    imx = Path(run_imatrix(plan_imatrix(full, calibration, tmp_path / "tiny.imatrix.gguf", ctx=128,
+                                        chunks=4, batch=128)).info.path)
+    hub.put_files("q/Tiny-GGUF", {"tiny.imatrix.gguf": imx.read_bytes()})
+    r = CliRunner().invoke(cli, ["quantize", str(full), "--types", "Q4_K_M", "--out-dir", str(tmp_path / "out"),
+                                 "--imatrix", "hf://q/Tiny-GGUF/tiny.imatrix.gguf", "--endpoint", hub.url])
+    assert r.exit_code == 0, r.stderr
+    assert hub.bytes_sent == imx.stat().st_size  # fetched whole, once
+    out = GGUFModel(tmp_path / "out" / "tiny-full-Q4_K_M.gguf")
+    local = GGUFModel(imx)
+    assert out.get("quantize.imatrix.file") == "tiny.imatrix.gguf"
+    assert out.get("quantize.imatrix.dataset") == "calibration-tiny.txt" == local.get("imatrix.datasets")[0]
+    assert out.get("mtpgraft.imatrix.dataset_sha256") == local.get("mtpgraft.imatrix.dataset_sha256")
