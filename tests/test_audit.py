@@ -359,3 +359,18 @@ def test_quantize_with_a_published_imatrix_records_its_dataset(hub, hf_env, tmp_
     assert out.get("quantize.imatrix.file") == "tiny.imatrix.gguf"
     assert out.get("quantize.imatrix.dataset") == "calibration-tiny.txt" == local.get("imatrix.datasets")[0]
     assert out.get("mtpgraft.imatrix.dataset_sha256") == local.get("mtpgraft.imatrix.dataset_sha256")
+
+
+def test_a_recipe_takes_a_published_imatrix(hub, hf_hermetic, files, tmp_path):
+    from mtpgraft.gguf_io import GGUFModel
+    from mtpgraft.recipe import parse_recipe
+    from mtpgraft.recipe.steps import Context
+
+    weights = {r.name: r.info.ne[0] for r in GGUFModel(files["full"]).refs if r.name.startswith("blk.0.ffn")}
+    imx = write_imatrix(tmp_path / "m.imatrix.gguf", weights)
+    hub.put_files("q/Imx-GGUF", {"M.imatrix.gguf": _b(imx)})
+    text = (f'[model]\nname = "M"\nbase = "base.gguf"\n\n[imatrix]\nfile = "hf://q/Imx-GGUF/M.imatrix.gguf"\n\n'
+            f'[quantize]\ntypes = ["Q4_K_M"]\n\n[check]\nn_max = [2]\n\n[hub]\nrepo = "me/M-GGUF"\ndry_run = true\nendpoint = "{hub.url}"\n')
+    recipe = parse_recipe(text, path=tmp_path / "r.toml", work_dir=tmp_path / "work")
+    got = Context(recipe).input("imatrix", "file")
+    assert got.name == "M.imatrix.gguf" and got.read_bytes() == _b(imx) and hub.bytes_sent == len(_b(imx))
