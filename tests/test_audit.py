@@ -168,6 +168,9 @@ def test_tags_resolve_as_llama_server_hf_and_the_sidecar_is_checked(hub, publish
 
 
 def test_a_tag_or_a_path_reads_only_its_files(hub, published, files):
+    code, d, _ = audit_json(hub, "hf://q/Sidecar-GGUF:Q5_K_M")  # no such quant: nothing read, the tag fails
+    assert code == 1 and hub.bytes_sent == 0 and d["repos"][0]["models"] == []
+    assert d["repos"][0]["tags"][0]["problem"].startswith("no model file matches :Q5_K_M")
     code, d, _ = audit_json(hub, "hf://q/Sidecar-GGUF:Q8_0")
     (repo,) = d["repos"]
     assert code == 0 and [m["path"] for m in repo["models"]] == ["Q8_0/Sidecar-Q8_0.gguf", "mtp-Sidecar-F16.gguf"]
@@ -176,6 +179,9 @@ def test_a_tag_or_a_path_reads_only_its_files(hub, published, files):
     code, d, _ = audit_json(hub, "hf://q/InFile-GGUF/InFile-Q8_0.gguf")
     assert code == 0 and [m["path"] for m in d["repos"][0]["models"]] == ["InFile-Q8_0.gguf"]
     assert 0 < hub.bytes_sent - sent <= header_bytes([files["full"]]) * 1.05
+    code, d, _ = audit_json(hub, "hf://q/Alien-GGUF/Alien-Q8_0.gguf")  # the file and the sidecar its tag pairs
+    ((tag,),) = [r["tags"] for r in d["repos"]]
+    assert code == 1 and tag["sidecar"] == "mtp-Alien-Q8_0.gguf" and "another vocabulary" in tag["problem"]
     text = audit(hub, "hf://q/InFile-GGUF/InFile-Q8_0.gguf").stdout
     assert "      provenance: mtpgraft.version=0.9, quantize.imatrix.dataset=calibration.txt\n" in text
     r = audit(hub, "hf://q/InFile-GGUF/Nope-Q8_0.gguf")

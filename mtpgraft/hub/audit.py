@@ -226,13 +226,15 @@ def _expand(parsed: tuple[str, HubRef | None], api: HfApi) -> list[_Open]:
 def _wanted(repo: HubRepo, ref: HubRef) -> list[str]:
     """The files to read: what the tag resolves to, the named file, or every model and sidecar."""
     paths = list(repo.files)
-    if ref.kind == "quant":
-        res = naming.hf_resolve(paths, ref.quant or "", mtp=True)
-        return [p for p in (res.model, res.mtp) if p]
     if ref.kind == "gguf":
         assert ref.path is not None
         repo.require(ref.path)  # a HubError naming the file when the repo lacks it
-        return [ref.path]
+        tag = (naming.hf_split_info(ref.path) or naming.HfSplit("", "", 1, 1)).tag
+        res = naming.hf_resolve(paths, tag, mtp=True) if tag else None
+        return [ref.path] + ([res.mtp] if res and res.model == ref.path and res.mtp else [])
+    if ref.kind == "quant":
+        res = naming.hf_resolve(paths, ref.quant or "", mtp=True)
+        return [p for p in (res.model, res.mtp) if p] if res.model else []
     return [p for p in paths if p.endswith(".gguf") and naming.is_first_shard(p)
             and (naming.is_hf_model_file(p) or naming.SIDECAR_PREFIX in p)]
 
