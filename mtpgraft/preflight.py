@@ -21,7 +21,11 @@ def mtp_blocker(model_path: str | os.PathLike[str], draft_path: str | os.PathLik
     model = GGUFModel(model_path)
     if draft_path is None:
         return _in_file_blocker(model)
-    draft = GGUFModel(draft_path)
+    return draft_blocker(model, GGUFModel(draft_path))
+
+
+def draft_blocker(model: GGUFModel, draft: GGUFModel) -> str | None:
+    """Why `draft` (an MTP-only sidecar or an assistant) cannot draft for `model`, or None: headers only."""
     if _rule(draft.arch).is_drafter:
         return assistant_blocker(model, draft)
     drafter = _rule(model.arch).drafter_arch

@@ -25,6 +25,7 @@ Accept-Ranges. `hub.bytes_sent` counts file-body bytes sent (per request in `hub
 `hub.drop(pattern, after, times)` cuts a matching file body after `after` bytes.
 `hub.hostile` (a Hostile) makes the Hub lie or stall: a forged commit id, an edited tree listing, no
 answer, bodies dripped a byte at a time, a 206 with another Content-Range or other bytes.
+`GET api/models?author=OWNER&filter=gguf` lists an account's repos, `hub.models_page` per page.
 `hub.put_files(repo, {path: bytes})` lays out a repo directly (.gguf and .safetensors files as LFS
 objects); `hub.repos[repo].gated = {users}` gates a repo (files need a user who accepted, as on the Hub).
 """
@@ -170,6 +171,7 @@ class FakeHub:
         self.faults: list[Fault] = []
         self.drops: list[Drop] = []
         self.bytes_sent = 0
+        self.models_page = 2  # list_models answers this many repos per page
         self.hostile = Hostile()
         self.stopping = threading.Event()
         self.on_commit: Callable[[str, dict[str, Any]], HubError | None] | None = None
@@ -447,6 +449,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._create_repo()
         if p[:2] == ["api", "validate-yaml"] and m == "POST":
             return self._validate_yaml()
+        if p == ["api", "models"] and m == "GET":
+            return self._list_models()
         if len(p) >= 4 and p[0] == "api" and p[1] == "models":
             repo_id, rest = f"{p[2]}/{p[3]}", p[4:]
             return self._api_repo(m, repo_id, rest)
@@ -537,6 +541,32 @@ class _Handler(BaseHTTPRequestHandler):
                          "gated": "manual" if repo.gated is not None else False,
                          "siblings": [{"rfilename": p} for p in sorted(commit.files)],
                          "lastModified": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(commit.date))})
+
+    def _list_models(self) -> None:
+        """list_models(author=..., filter=...): the repos visible to the caller, `models_page` per page
+        (a Link header to the next page, as the Hub pages); a repo's tags are `gguf` when its main
+        holds a .gguf file, as the Hub tags them."""
+        user = self._user()
+        q = self._query
+        author, tags_wanted = q.get("author", [None])[0], set(q.get("filter", []))
+        start = int(q.get("cursor", ["0"])[0])
+        rows = []
+        for repo_id, repo in sorted(self.fake.repos.items()):
+            owner = repo_id.split("/")[0]
+            mine = user is not None and (owner == user or owner in self.fake.orgs.get(user, []))
+            tags = ["gguf"] if any(f.endswith(".gguf") for f in repo.commits[repo.refs["main"]].files) else []
+            if (author and owner != author) or (repo.private and not mine) or not tags_wanted <= set(tags):
+                continue
+            rows.append({"id": repo_id, "modelId": repo_id, "private": repo.private, "tags": tags,
+                         "gated": "manual" if repo.gated is not None else False})
+        page = rows[start:start + self.fake.models_page]
+        more = None
+        if start + self.fake.models_page < len(rows):
+            nxt = self.path.split("?")[0] + "?" + "&".join(
+                [f"{k}={v}" for k, vs in q.items() if k != "cursor" for v in vs]
+                + [f"cursor={start + self.fake.models_page}"])
+            more = {"Link": f'<{self.fake.url}{nxt}>; rel="next"'}
+        self._send(200, page, more)
 
     def _refs(self, repo_id: str) -> None:
         repo = self._repo(repo_id)

@@ -6,25 +6,46 @@ from pathlib import Path
 
 import click
 
+from ..errors import Setting, Text, UsageError
 from .common import emit_json, error_boundary
-from .options import standard_options
+from .options import hub_options, standard_options
 
 VALUE_CHARS = 240  # a metadata value shown by inspect: escaped, at most this long
 MB = 1e6
 
 
 @click.command("inspect")
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("targets", nargs=-1, required=True, metavar="FILE | hf://REF...")
+@hub_options
+@click.option("--only-mtp", is_flag=True, help="hf:// only: show only files and tags with an MTP head.")
+@click.option("--jobs", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="hf:// only: repos (and headers) read at once.")
 @standard_options()
 @error_boundary
-def inspect_cmd(file: Path, as_json: bool) -> None:
+def inspect_cmd(targets: tuple[str, ...], token: str | None, endpoint: str | None, only_mtp: bool, jobs: int,
+                as_json: bool) -> None:
     """Show a GGUF's MTP structure and whether llama.cpp will load it.
 
     The exit status is the verdict: 0 when llama.cpp would load the file, 1 when it would not (the
-    report, or --json, is printed all the same), 3 when the file cannot be read at all."""
+    report, or --json, is printed all the same), 3 when the file cannot be read at all.
+
+    With hf:// references (hf://OWNER/REPO[@REV], hf://OWNER/REPO:TAG, hf://OWNER/REPO/PATH.gguf, or
+    hf://OWNER for every GGUF repo of an account) it audits published repos from the GGUF headers alone
+    (fetched by ranges and cached): per file the verdict, per :TAG what `llama-server -hf` loads and
+    whether that head fits. Exits 1 when a file would not load or a tag would load a wrong sidecar
+    (or none it could see), 6 when no repo could be read, else 0; a refused repo gets one line."""
     from ..errors import VerdictFailedError
     from ..gguf_io import shown
     from ..inspection import inspect_model
+
+    if any(t.startswith("hf://") for t in targets):
+        from .audit import run_audit
+
+        return run_audit(targets, token=token, endpoint=endpoint, jobs=jobs, only_mtp=only_mtp, as_json=as_json)
+    if len(targets) > 1 or only_mtp:
+        raise UsageError(Text("several targets, and ", Setting("only_mtp"), ", are for hf:// references; "
+                              "inspect local files one at a time"))
+    file = Path(targets[0])
 
     rep = inspect_model(file)
     shared = _shared_extents(rep)

@@ -8,7 +8,7 @@ import click
 
 from ..errors import VerdictFailedError
 from .common import cli_text, emit_dry_run, emit_json, error_boundary, info, warn
-from .options import standard_options
+from .options import hub_options, standard_options
 
 
 def _types_option(fn):  # noqa: ANN001, ANN202
@@ -19,8 +19,10 @@ def _types_option(fn):  # noqa: ANN001, ANN202
 @click.command("quantize")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @_types_option
-@click.option("--imatrix", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Importance matrix (from `mtpgraft imatrix` or llama-imatrix).")
+@click.option("--imatrix", default=None, metavar="FILE|hf://OWNER/REPO/PATH",
+              help="Importance matrix (from `mtpgraft imatrix` or llama-imatrix), or one published on the "
+                   "Hub (fetched whole into the cache, checked against MODEL's tensors).")
+@hub_options
 @click.option("--mtp-type", default=None, metavar="q8_0|match|TYPE",
               help="Type of the MTP block's weights: q8_0 (default), match (llama.cpp's mixture for each "
                    "type; refused for types that need an imatrix), or a ggml type such as q6_k.")
@@ -39,7 +41,8 @@ def _types_option(fn):  # noqa: ANN001, ANN202
 @standard_options(force="Redo and replace outputs that exist (default: skip those that verify, refuse "
                         "those that do not).", dry_run="Print the exact commands and stop.", llama_cpp=True)
 @error_boundary
-def quantize_cmd(model: Path, types: str, imatrix: Path | None, mtp_type: str | None, out_dir: Path | None,
+def quantize_cmd(model: Path, types: str, imatrix: str | None, token: str | None, endpoint: str | None,
+                 mtp_type: str | None, out_dir: Path | None,
                  name: str | None, split_max_size: str | None, allow_requantize: bool, jobs: int,
                  threads: int | None, force: bool, dry_run: bool, llama_cpp: str | None, as_json: bool) -> None:
     """Quantize MODEL to every type in --types with the real llama-quantize, keeping its MTP block.
@@ -50,8 +53,10 @@ def quantize_cmd(model: Path, types: str, imatrix: Path | None, mtp_type: str | 
     into place; a bad one is removed and reported. Outputs that exist and verify are skipped.
     Exit code 1 when any type failed."""
     from ..quantize import plan_quantize, run_quantize
+    from ..sources.hubimatrix import fetch_imatrix
 
-    plan = plan_quantize(model, types, out_dir=out_dir, name=name, imatrix=imatrix, mtp_type=mtp_type,
+    imx = fetch_imatrix(imatrix, token=token, endpoint=endpoint) if imatrix and imatrix.startswith("hf://") else imatrix
+    plan = plan_quantize(model, types, out_dir=out_dir, name=name, imatrix=imx, mtp_type=mtp_type,
                          split_max_size=split_max_size, allow_requantize=allow_requantize, jobs=jobs,
                          threads=threads, force=force, llama_cpp=llama_cpp)
     for w in plan.warnings:

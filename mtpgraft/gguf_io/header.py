@@ -58,12 +58,20 @@ class TensorInfo:
 # --------------------------------------------------------------------------- one file
 
 
-class TruncatedHeaderError(GGUFFormatError):
-    """The bytes given end inside the header; `needed` is how many the next item needs."""
+ESTIMATE_REACH = 4
 
-    def __init__(self, message: str, *, needed: int) -> None:
+
+class TruncatedHeaderError(GGUFFormatError):
+    """The bytes given end inside the header; `needed` is how many the next item needs. Inside a
+    string array (a tokenizer), `estimate` is where the array ends if its other items are as long as
+    those read so far, but at most ESTIMATE_REACH times as far into it as read so far: a reader by
+    ranges moves towards it instead of growing a little at a time, and a guess from a few long items
+    (special tokens first) cannot send it far past the end."""
+
+    def __init__(self, message: str, *, needed: int, estimate: int | None = None) -> None:
         super().__init__(message)
         self.needed = needed
+        self.estimate = estimate
 
 
 class _Cursor:
@@ -110,9 +118,9 @@ def _skip_strings(cur: _Cursor, count: int) -> None:
     if seen is not None and start + len(seen) <= end and bytes(buf[start:start + len(seen)]) == seen:
         cur.off = start + len(seen)  # the same bytes walk to the same end
         return
-    off = start
+    off, i = start, 0
     try:
-        for _ in range(count):
+        for i in range(count):  # noqa: B007 - i says how many were read when it breaks
             off += 8 + unpack(buf, off)[0]
             if off > end:
                 break
@@ -120,12 +128,23 @@ def _skip_strings(cur: _Cursor, count: int) -> None:
         off += 8
     if off > end:
         raise TruncatedHeaderError(f"{cur.path}: truncated GGUF header (needs {off} bytes, file has "
-                                   f"{end})", needed=off)
+                                   f"{end})", needed=off, estimate=_array_end(buf, start, off, i, count))
     if count >= _WALK_MEMO_MIN and off - start <= _WALK_MEMO_MAX:
         if len(_WALKED) >= 8:
             _WALKED.pop(next(iter(_WALKED)))
         _WALKED[count] = bytes(buf[start:off])
     cur.off = off
+
+
+def _array_end(buf: memoryview, start: int, off: int, i: int, count: int) -> int:
+    """Where a string array that starts at `start` ends, if its items after the i-th (which ends at
+    `off`) are as long as the later half of those read (a vocabulary's length drifts: special tokens
+    first or last), but at most ESTIMATE_REACH times as far into it as read so far."""
+    mid = start
+    for _ in range(i // 2):
+        mid += 8 + _U64.unpack_from(buf, mid)[0]
+    per = (off - mid) / (i - i // 2 + 1)
+    return start + min(off - start + int(per * (count - i - 1)), ESTIMATE_REACH * (off - start))
 
 
 def _skip_value(cur: _Cursor, vtype: int) -> tuple[GGUFValueType | None, int]:

@@ -39,8 +39,23 @@ class GGUFModel(Metadata):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         first = GGUFFile(path)
         self.path = first.path
+        self._assemble([first] + self._other_shards(first))
+
+    @classmethod
+    def from_shards(cls, shards: list[GGUFFile]) -> GGUFModel:
+        """A model from headers parsed elsewhere (e.g. read by ranges from the Hub), in shard order."""
+        self = cls.__new__(cls)
+        self.path = shards[0].path
+        for i, s in enumerate(shards[1:], 2):
+            if s.split_no != i - 1:
+                raise GGUFFormatError(f"{s.path}: split.no is {s.split_no}, expected {i - 1}")
+        self._assemble(shards)
+        return self
+
+    def _assemble(self, shards: list[GGUFFile]) -> None:
+        first = shards[0]
         self.kv = first.kv
-        self.shards = [first] + self._other_shards(first)
+        self.shards = shards
         self.refs: list[TensorRef] = []
         for i, s in enumerate(self.shards):
             for t in s.tensors:

@@ -36,6 +36,7 @@ class ImatrixCoverage:
     format: str  # "gguf" or "dat"
     entries: frozenset[str]  # tensor names with importance data (gguf format only)
     dataset_sha256: str | None  # recorded by `mtpgraft imatrix`
+    widths: tuple[tuple[str, int], ...] = ()  # entry -> its row length (ne[0] of in_sum2)
 
     def covers(self, tensor: str) -> bool:
         return tensor in self.entries
@@ -57,7 +58,24 @@ def read_imatrix_coverage(path: str | os.PathLike[str]) -> ImatrixCoverage:
     if not entries:
         raise QuantizeError(f"{p} holds no importance matrix entries (is it an imatrix file?)")
     sha = g.get("mtpgraft.imatrix.dataset_sha256")
-    return ImatrixCoverage(str(p), "gguf", entries, str(sha) if sha else None)
+    widths = tuple((t.name[: -len(".in_sum2")], t.ne[0]) for t in g.tensors if t.name.endswith(".in_sum2") and t.ne)
+    return ImatrixCoverage(str(p), "gguf", entries, str(sha) if sha else None, widths)
+
+
+def check_imatrix_fits(cov: ImatrixCoverage, model: GGUFModel) -> None:
+    """Every entry names a tensor of the model with the same row length (llama-quantize aborts on a
+    size mismatch and silently ignores names it lacks: an imatrix of another model)."""
+    if cov.format != "gguf":
+        return
+    lacking = sorted(e for e in cov.entries if e not in model.by_name)
+    if lacking:
+        raise QuantizeError(f"imatrix {Path(cov.path).name} is not for {model.path.name}: {len(lacking)} of its "
+                            f"{len(cov.entries)} entries name tensors the model lacks (e.g. {lacking[0]})")
+    for name, width in cov.widths:
+        ne = model.by_name[name].info.ne
+        if ne and width != ne[0]:
+            raise QuantizeError(f"imatrix {Path(cov.path).name} is not for {model.path.name}: its {name} entry "
+                                f"has {width} columns, the tensor's rows {ne[0]}")
 
 
 @dataclass(frozen=True)
@@ -306,6 +324,8 @@ def _read_input(model: str | os.PathLike[str], imatrix: str | os.PathLike[str] |
     if rule is not None and not rule.imatrix_runs:
         _check_drafter(src.path.name, src.arch, imatrix, quant_types)
     cov = read_imatrix_coverage(imatrix) if imatrix is not None else None
+    if cov is not None:
+        check_imatrix_fits(cov, src)
     mtp_weights = tuple(r for r in src.refs if r.name.startswith(prefixes) and llama_quantizes(r.name, r.info.ne, src.arch))
     quantized_in = tuple(r for r in src.refs if llama_quantizes(r.name, r.info.ne, src.arch)
                          and type_name(r.info.ggml_type) not in ggml_types.FLOAT_TYPES)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import MtpgraftError, RecipeError, Setting, spelled
 from ..hashing import sha256_file
+from ..sources.hubimatrix import fetch_imatrix
 from ..testmodels import TEST_SET, build_tiny_model
 from .schema import HubSection, Recipe, Resources
 from .state import State, content_key, now_iso
@@ -72,6 +73,8 @@ class Context:
         if spec.startswith(BUILTIN) and key != "file":  # an imatrix file is never built in
             return (resolve_calibration(spec) if key == "calibration"
                     else resolve_builtin_model(spec, self.work / "sources"))
+        if key == "file" and spec.startswith("hf://"):  # a published imatrix, fetched once into the cache
+            return fetch_imatrix(spec, endpoint=self.recipe.hub.endpoint if self.recipe.hub else None)
         p = self.recipe.input_path(spec)
         if not p.is_file():
             raise RecipeError(f"[{table}] {key}: {p} not found")

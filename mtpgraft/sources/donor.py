@@ -76,9 +76,11 @@ class DonorHead:
         return sum(t.info.nbytes for t in self.tensors)
 
 
-def read_header(files: Files, path: str) -> tuple[GGUFFile, int]:
+def read_header(files: Files, path: str, *, slack: int = 4) -> tuple[GGUFFile, int]:
     """Parse a GGUF header from the front of `path`; returns it and the bytes read. A header that
-    needs more than HEADER_CAP bytes is refused before those bytes are asked for."""
+    needs more than HEADER_CAP bytes is refused before those bytes are asked for. Each piece reaches
+    1/`slack` of what is read past what the parser needs next (or half way to where a string array
+    ends, by its items read so far): what is read past the header's end stays near 1/`slack` of it."""
     size = files.size(path)
     buf = b""
     want = min(size, FIRST_READ)
@@ -94,9 +96,12 @@ def read_header(files: Files, path: str) -> tuple[GGUFFile, int]:
                 raise SourceError(f"{files.label(path)}: its GGUF header needs more than {e.needed:,} bytes, "
                                   f"past the {HEADER_CAP // 2**20} MiB mtpgraft reads of a header (a tokenizer "
                                   "takes a few MB); refusing it unread") from None
-            # What the next item needs plus a quarter of what we have: a 10 MB header takes ~40
-            # requests, and what is read past the header's end stays under 1/4 of it (or 512 bytes).
-            want = min(size, HEADER_CAP, max(e.needed, len(buf)) + max(READAHEAD_MIN, len(buf) // 4))
+            # What the next item needs plus a quarter of what we have (slack 4): a 10 MB header takes
+            # ~40 requests, and what is read past the header's end stays under 1/4 of it (or 512 bytes).
+            # Inside a string array, half way to where its items read so far say it ends: the first
+            # items of a vocabulary (special tokens) can be twice the average, never more than once.
+            target = max(e.needed, len(buf), (e.needed + e.estimate) // 2 if e.estimate else 0)
+            want = min(size, HEADER_CAP, target + max(READAHEAD_MIN * 4 // slack, len(buf) // slack))
 
 
 def _layer_keys(first: GGUFFile, arch: object) -> tuple[int | None, int]:
