@@ -17,6 +17,8 @@ from typing import Any
 
 from .. import __version__
 from ..errors import MtpgraftError, RecipeError, Setting, spelled
+from ..ggml_types import FILE_TYPE_ALIASES
+from ..quantize import output_names
 from .schema import STEP_KINDS, HubSection, Recipe
 from .state import State, now_iso
 from .steps import (
@@ -112,10 +114,8 @@ def select_steps(recipe: Recipe, only: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _match(word: str, ids: Sequence[str]) -> list[str]:
-    from ..ggml_types import FILE_TYPE_ALIASES as ALIASES
-
     def canon(t: str) -> str:
-        return ALIASES.get(t.upper(), t.upper())
+        return FILE_TYPE_ALIASES.get(t.upper(), t.upper())
 
     if word.lower() in KINDS:
         return [s for s in ids if s.partition(":")[0] == word.lower()]
@@ -326,8 +326,6 @@ def prepare_work_dir(recipe: Recipe, *, resume: bool, force: bool) -> None:
         st.clear()
     Path(recipe.work_dir).mkdir(parents=True, exist_ok=True)
     if not previous and not force:
-        from ..quantize import output_names
-
         out_dir = QuantizeStep(recipe).out_dir()
         for t in recipe.quantize.types:
             clash = [p for p in output_names(out_dir, recipe.name, t) if p.exists()]
