@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from .outputs import write_text
-from .toolchain import cache_dir
+from .pins import cache_dir
 
 CHUNK = 8 << 20
 _lock = threading.Lock()

@@ -22,8 +22,10 @@ from typing import Any
 from . import __version__
 from .arch import rule_for
 from .errors import GGUFFormatError, QuantizeError, QuantizeOptionError, Setting, ToolFailedError
+from .gguf_io import GGUFFile, GGUFModel, GGUFValueType, OutTensor, encode_kv, write_gguf
+from .hashing import sha256_file
 from .outputs import PendingOutput, atomic_write, check_outputs, disk_full, no_space_error
-from .tools import find_tool, format_cmd
+from .tools import find_tool, format_cmd, run_tool
 
 KEY_SHA = "mtpgraft.imatrix.dataset_sha256"
 KEY_NAME = "mtpgraft.imatrix.dataset"
@@ -91,8 +93,6 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
                  extra_args: tuple[str, ...] | list[str] = (), force: bool = False,
                  llama_cpp: str | os.PathLike[str] | None = None) -> ImatrixPlan:
     """Check the inputs and return the llama-imatrix command. Reads the calibration file once (sha256)."""
-    from .hashing import sha256_file
-
     m = Path(model)
     _check_model(m)
     cal = Path(calibration)
@@ -138,8 +138,6 @@ def _calibration_needed(size: int, ctx: int | None, chunks: int | None, extra_ar
 
 def _check_model(m: Path) -> None:
     """A readable GGUF that llama-imatrix can run on its own."""
-    from .gguf_io import GGUFModel
-
     try:
         arch = GGUFModel(m).arch
     except GGUFFormatError as e:
@@ -172,8 +170,6 @@ def _check_calibration(cal: Path) -> int:
 
 
 def read_imatrix(path: str | os.PathLike[str]) -> ImatrixInfo:
-    from .gguf_io import GGUFFile
-
     try:
         g = GGUFFile(path)
     except GGUFFormatError as e:
@@ -191,8 +187,6 @@ def read_imatrix(path: str | os.PathLike[str]) -> ImatrixInfo:
 
 def _add_provenance(src: Path, dst: Path, plan: ImatrixPlan) -> None:
     """Rewrite llama-imatrix's file with the calibration hash added (tensors copied verbatim)."""
-    from .gguf_io import GGUFFile, GGUFValueType, OutTensor, encode_kv, write_gguf
-
     g = GGUFFile(src)
     extra = {KEY_NAME: plan.calibration_name, KEY_SHA: plan.calibration_sha256,
              KEY_MODEL: Path(plan.model).name, KEY_VERSION: __version__}
@@ -206,8 +200,6 @@ def _add_provenance(src: Path, dst: Path, plan: ImatrixPlan) -> None:
 def run_imatrix(plan: ImatrixPlan, *, log_path: str | os.PathLike[str] | None = None,
                 timeout: float | None = None) -> ImatrixResult:
     """Run llama-imatrix into a temporary file, add the provenance keys, rename into place."""
-    from .tools import run_tool
-
     out = Path(plan.output)
     check_outputs([out], force=plan.force)  # it may have appeared since planning
     t0 = time.perf_counter()

@@ -20,8 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MtpgraftError, Setting, UsageError
+from .gguf_io import GGUFModel
+from .hashing import sha256_file
 from .outputs import PendingOutput, ensure_space, write_text
+from .pins import cache_dir
 from .reports import QUALITY_REPORT, CheckedModel, CheckReport, load_check_report
+from .tools import find_tool, run_tool, tool_version
 
 DEFAULT_CTX = 512
 BUILTIN_TEXT = "quality-small.txt"
@@ -120,8 +124,6 @@ def builtin_text() -> Path:
 
 
 def logits_dir() -> Path:
-    from .toolchain import cache_dir
-
     return cache_dir() / "kld-logits"
 
 
@@ -137,10 +139,6 @@ def plan_quality(reference: str | os.PathLike[str], models: Sequence[str | os.Pa
                  chunks: int | None = None, extra_args: Sequence[str] = (),
                  llama_cpp: str | None = None) -> QualityPlan:
     """Check the inputs, hash them, and say where the reference's logits go and how large."""
-    from .gguf_io import GGUFModel
-    from .hashing import sha256_file
-    from .tools import find_tool, tool_version
-
     if ctx_size < 16:
         raise UsageError(f"context size {ctx_size} is too small for perplexity (use 128 or more)")
     if chunks is not None and chunks < 1:
@@ -205,8 +203,6 @@ def _parse_final(out: str) -> Figure | None:
 
 
 def _run_logged(cmd: list[str], log: Path) -> str:
-    from .tools import run_tool
-
     try:
         proc = run_tool(cmd)
     except MtpgraftError as e:

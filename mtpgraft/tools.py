@@ -36,6 +36,7 @@ from .errors import (
     signals_held,
 )
 from .outputs import remove_pending
+from .pins import cached_bin_dir
 from .runtimes import ENV_DIRS, LABELS, MAINLINE, check_runtime
 
 log = logging.getLogger("mtpgraft")
@@ -77,8 +78,6 @@ def locate_tool(name: str, llama_cpp_dir: str | os.PathLike[str] | None = None,
         if found:
             return ToolLocation(name, Path(found), "PATH")
         tried.append("PATH")
-    from .toolchain import cached_bin_dir
-
     bindir = cached_bin_dir(runtime)
     if bindir is not None:
         c = bindir / name

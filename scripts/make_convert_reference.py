@@ -52,10 +52,10 @@ from pathlib import Path
 from gguf import GGUFValueType as V
 
 from mtpgraft.gguf_io import CONVERTER, GGUFModel, OutTensor, encode_kv, write_gguf
+from mtpgraft.pins import toolchain_root
 from mtpgraft.testmodels.checkpoints import VARIANTS, build_checkpoint
 from mtpgraft.testmodels.fingerprint import fingerprint
 from mtpgraft.testmodels.trunks import derive
-from mtpgraft.toolchain import toolchain_root
 
 SEED = 0
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),

@@ -113,7 +113,7 @@ def _tar(path: Path, files: dict[str, str]) -> Path:
 
 
 def test_ik_cache_is_its_own(tmp_path, monkeypatch):
-    from mtpgraft.toolchain import build_dir_for, cached_bin_dir
+    from mtpgraft.pins import build_dir_for, cached_bin_dir
 
     monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path))
     assert build_dir_for((), "ik") == tmp_path / "toolchain" / "ik_llama.cpp-0.1.5" / "build"
@@ -133,7 +133,8 @@ def test_a_wrong_sdist_is_refused(tmp_path, monkeypatch):
 
 
 def test_unpack_writes_the_missing_build_info_script(tmp_path):
-    from mtpgraft.toolchain import PINS, _unpack
+    from mtpgraft.pins import PINS
+    from mtpgraft.toolchain import _unpack
 
     fake = _tar(tmp_path / "s.tar.gz", {"ik_llama_cpp_python-0.1.5/vendor/ik_llama.cpp/CMakeLists.txt": "x\n",
                                         "ik_llama_cpp_python-0.1.5/README.md": "not vendored\n"})
@@ -145,7 +146,8 @@ def test_unpack_writes_the_missing_build_info_script(tmp_path):
 
 
 def test_mtp_architectures_read_from_the_source(tmp_path, monkeypatch):
-    from mtpgraft.toolchain import mtp_architectures, toolchain_root
+    from mtpgraft.pins import toolchain_root
+    from mtpgraft.toolchain import mtp_architectures
 
     monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path))
     assert mtp_architectures("ik") is None  # no source, no answer
@@ -172,7 +174,7 @@ def test_mtp_architectures_read_from_the_source(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def ik_bin_dir() -> Path:
-    from mtpgraft.toolchain import cached_bin_dir
+    from mtpgraft.pins import cached_bin_dir
 
     d = cached_bin_dir("ik")
     if d is None:

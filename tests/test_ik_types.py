@@ -188,7 +188,7 @@ def _traits_from_source(src: Path, tmp_path: Path) -> dict[int, tuple[str, int, 
 
 @pytest.mark.parametrize("runtime", ["mainline", "ik"])
 def test_table_matches_the_runtimes_ggml_source(runtime, tmp_path):
-    from mtpgraft.toolchain import toolchain_root
+    from mtpgraft.pins import toolchain_root
 
     src = toolchain_root(runtime) / "src"
     if not (src / "ggml" / "src" / "ggml.c").is_file() or shutil.which("cc") is None:

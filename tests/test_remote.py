@@ -106,8 +106,8 @@ def test_https_endpoint_without_tls_is_refused_with_the_fix(hf_env, quants):
 
 
 def test_doctor_says_whether_llama_server_downloads_over_https(llama_cpp_dir):
-    """The toolchain builds llama.cpp with -DLLAMA_OPENSSL=OFF (toolchain.BASE_CMAKE_ARGS)."""
-    from mtpgraft.toolchain import BASE_CMAKE_ARGS
+    """The toolchain builds llama.cpp with -DLLAMA_OPENSSL=OFF (pins.BASE_CMAKE_ARGS)."""
+    from mtpgraft.pins import BASE_CMAKE_ARGS
 
     assert "-DLLAMA_OPENSSL=OFF" in BASE_CMAKE_ARGS
     r = CliRunner().invoke(cli, ["doctor", "--llama-cpp", str(llama_cpp_dir), "--json"])

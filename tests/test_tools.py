@@ -12,7 +12,7 @@ import pytest
 
 from mtpgraft.commands.common import flag
 from mtpgraft.errors import ToolFailedError, ToolNotFoundError, spelled
-from mtpgraft.toolchain import STAMP, cached_bin_dir
+from mtpgraft.pins import STAMP, cached_bin_dir
 from mtpgraft.tools import error_line, locate_tool, probe_mtp_spec_type, run_tool, server_help
 
 
@@ -120,7 +120,7 @@ def test_toolchain_second_run_is_instant():
 
 
 def test_toolchain_extra_cmake_flags_get_their_own_build_dir(tmp_path, monkeypatch):
-    from mtpgraft.toolchain import build_dir_for
+    from mtpgraft.pins import build_dir_for
 
     monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path))
     assert build_dir_for(()) == tmp_path / "toolchain" / "llama.cpp-0c1e570" / "build"

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MtpgraftError, ServerError
+from ..preflight import mtp_blocker
 from .plan import REASONING, CheckPlan, Condition, Keyed, ModelSpec, ServerConfig
 from .prompts import Prompt, builtin_context, context_kind
+from .server import LlamaServer
 
 # Always passed to llama-server (LlamaServer already gives -np 1): no host-memory prompt cache, so
 # with cache_prompt=false every request pays its full prefill and no run reuses another's KV state.
@@ -201,8 +203,6 @@ ServerFactory = Callable[..., Any]
 
 
 def _default_server_factory(**kwargs: Any) -> Any:
-    from .server import LlamaServer
-
     return LlamaServer(**kwargs)
 
 
@@ -408,8 +408,6 @@ class _ModelRunner:
 
 def _mtp_blocker(model: Path, draft: Path | None) -> str | None:
     """preflight.mtp_blocker, or None when the headers cannot be read (the server will say why)."""
-    from ..preflight import mtp_blocker
-
     try:
         return mtp_blocker(model, draft)
     except MtpgraftError:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Setting, UsageError
+from ..gguf_io import GGUFModel
+from ..inspection import file_type_name
 from .prompts import Prompt, builtin_prompts, load_prompts, select_prompts
 from .server import ServerTool
 
@@ -236,9 +238,6 @@ class CheckPlan:
 
 def resolve_model(path: str | os.PathLike[str]) -> ModelSpec:
     """Read a model's header; a split set is given by its first shard and lists every shard."""
-    from ..gguf_io import GGUFModel
-    from ..inspection import file_type_name
-
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"model file not found: {p}")

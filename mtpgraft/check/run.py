@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from ..hashing import sha256_file
 from .judge import CheckResult, ModelResult, judge_model
 from .measure import (
     Events,
@@ -67,8 +68,6 @@ def _measure_models(plan: CheckPlan, factory: ServerFactory, logs: Path | None, 
 def _with_hashes(plan: CheckPlan, results: list[ModelResult]) -> list[ModelResult]:
     """Each model's files with their sha256. The draft (an MTP sidecar) is listed with each model: a push
     gate can then find its check."""
-    from ..hashing import sha256_file
-
     drafts = (plan.draft,) if plan.draft is not None else ()
     return [replace(m, hashes={str(f): sha256_file(f) for f in (*m.spec.files, *drafts)}) for m in results]
 

@@ -42,7 +42,8 @@ def doctor_cmd(llama_cpp: str | None, as_json: bool) -> None:
 def _runtime_report(runtime: str, llama_cpp: str | None) -> dict[str, Any]:
     """One runtime's tools, its llama-server's MTP flag and TLS, its cache and MTP architectures."""
     from ..hub.remote import server_has_tls
-    from ..toolchain import cached_bin_dir, mtp_architectures, pin_for
+    from ..pins import cached_bin_dir, pin_for
+    from ..toolchain import mtp_architectures
     from ..tools import TOOLS, probe_mtp_flag, probe_mtp_spec_type
 
     rows = [_tool_row(name, llama_cpp, runtime) for name in TOOLS]

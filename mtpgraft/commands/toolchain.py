@@ -28,8 +28,9 @@ def toolchain_cmd(runtime: str, cmake_args: tuple[str, ...], jobs: int | None, s
     a pinned sdist on PyPI vendors: llama.cpp from llama-cpp-python (mainline), ik_llama.cpp from
     ik-llama-cpp-python (ik). Needs pip, cmake and a C++ compiler. A second run with the same flags returns
     at once."""
+    from ..pins import pin_for
     from ..runtimes import LABELS
-    from ..toolchain import build_toolchain, pin_for
+    from ..toolchain import build_toolchain
 
     pin = pin_for(runtime)
 

@@ -22,6 +22,9 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from .. import naming
+from ..check import plan_check, run_check
+from ..check.plan import PRESETS
+from ..check.server import LlamaServer, ServerTool
 from ..errors import HubError, Setting, Text, ToolFailedError, ToolNotFoundError, UsageError
 from ..sources.hublimits import bounded, check_commit, check_path
 from ..tools import run_tool
@@ -29,8 +32,6 @@ from .client import hub_errors, make_api
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
-
-    from ..check.server import ServerTool
 
 HF_SCHEME = "hf://"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -142,8 +143,6 @@ def resolve_remote(ref: HfRef, *, endpoint: str | None = None, server: ServerToo
                    startup_timeout: float = 6 * 3600.0) -> RemoteResolution:
     """Download and load `ref` with the real llama-server -hf; say what it resolved. ServerError when
     llama-server cannot load it (e.g. no MTP head anywhere: "failed to create MTP context")."""
-    from ..check.server import LlamaServer
-
     endpoint = endpoint_from_env(endpoint)
     if endpoint.startswith("https://") and not server_has_tls(server.path):
         raise HubError(f"{server.path} was built without TLS and cannot download from {endpoint}: "
@@ -258,9 +257,6 @@ def verify_remote(repo_id: str, tags: list[str] | tuple[str, ...], *, server: Se
                   settings: dict[str, object] | None = None) -> list[RemoteCheck]:
     """After a push: load each `repo_id:TAG` with llama-server -hf as users will, and check it (the
     `quick` check preset unless `settings` says otherwise)."""
-    from ..check import plan_check, run_check
-    from ..check.plan import PRESETS
-
     out = []
     for tag in tags:
         ref = HfRef(repo_id, tag)

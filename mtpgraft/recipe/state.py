@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..hashing import sha256_file
 from ..outputs import write_text
 
 
@@ -42,8 +43,6 @@ def content_key(step: str, params: Mapping[str, Any], inputs: Mapping[str, str])
 
 
 def hash_files(files: Sequence[str | Path]) -> dict[str, str]:
-    from ..hashing import sha256_file
-
     return {str(f): sha256_file(f) for f in files}
 
 

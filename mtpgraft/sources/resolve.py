@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -23,10 +24,15 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..errors import GraftError, HubError, MtpgraftError, SourceError, UsageError
 from ..gguf_io import GGUFModel, GGUFValueType, encode_kv
+from ..graft import plan_attach
+from ..hub.client import make_api
+from ..naming import hf_find_model, hf_split_files
 from ..outputs import PendingOutput
 from ..parsing import MAX_JSON_BYTES
+from ..pins import cache_dir
 from . import donor
-from .hubfiles import RETRIES, FetchFailed, HubRepo, open_repo
+from .hubfiles import RETRIES, FetchFailed, HubRepo, open_repo, source_errors
+from .hublimits import HubLimits, bounded
 from .safetensors import STHeader, header_length, parse_header, weight_map
 from .spec import HubRef, is_hub, parse_hub
 
@@ -78,8 +84,6 @@ class HubOptions:
 
 
 def sources_cache() -> Path:
-    from ..toolchain import cache_dir
-
     return cache_dir() / "mtp-sources"
 
 
@@ -156,8 +160,6 @@ class RepoFiles:
 
 
 def _open(ref: HubRef, opts: HubOptions, prog: FetchProgress) -> HubRepo:
-    from ..hub import make_api
-
     api = make_api(endpoint=opts.endpoint, token=opts.token)
     return open_repo(ref, api=api, cache_root=sources_cache() / "ranges", sleep=opts.sleep,
                      retries=opts.retries, progress=prog.update)
@@ -261,8 +263,6 @@ def _hub_gguf(spec: str, ref: HubRef, repo: HubRepo, path: str, base: GGUFModel 
 
 def pick_quant(ref: HubRef, repo: HubRepo) -> str:
     """The GGUF `llama-server -hf OWNER/REPO:QUANT` would take (naming.hf_find_model, tree order)."""
-    from ..naming import hf_find_model
-
     assert ref.quant is not None
     path = hf_find_model(list(repo.files), ref.quant)
     if path is None:
@@ -421,9 +421,6 @@ def resolve_base(spec: str | os.PathLike[str], *, token: str | None = None,
         raise UsageError(f"{text}: a base must be a GGUF (hf://OWNER/REPO/FILE.gguf or hf://OWNER/REPO:QUANT)")
     from huggingface_hub import hf_hub_download
 
-    from ..hub import make_api
-    from ..naming import hf_split_files
-
     api = make_api(endpoint=endpoint, token=token)
     repo = open_repo(ref, api=api, cache_root=sources_cache() / "ranges")
     path = ref.path if ref.kind == "gguf" else pick_quant(ref, repo)
@@ -431,9 +428,6 @@ def resolve_base(spec: str | os.PathLike[str], *, token: str | None = None,
     names = sorted(hf_split_files(list(repo.files), path))
     if Path(path).name != Path(names[0]).name:
         raise UsageError(f"{text}: name the first shard of a split set")
-    from .hubfiles import source_errors
-    from .hublimits import HubLimits, bounded
-
     local = []
     # the client's own download (resumable, into its cache): timeouts and the minimum rate, no
     # deadline; its retries forgive any progress, so answers cut short are counted here
@@ -448,8 +442,6 @@ def resolve_base(spec: str | os.PathLike[str], *, token: str | None = None,
 @contextmanager
 def _client_quiet() -> Iterator[None]:
     """huggingface_hub's warnings off (each retry logs one): mtpgraft's one line says what failed."""
-    import logging
-
     log = logging.getLogger("huggingface_hub")
     level = log.level
     log.setLevel(logging.ERROR)
@@ -463,8 +455,6 @@ def plan_attach_from(base: str | os.PathLike[str], source: str | os.PathLike[str
                      token: str | None = None, endpoint: str | None = None, progress: FetchProgress | None = None,
                      plan_only: bool = False, hub: HubOptions | None = None, **attach: Any) -> tuple[Any, ResolvedSource]:
     """`mtpgraft attach` with any base and source spec: resolve both, then graft.plan_attach."""
-    from ..graft import plan_attach
-
     opts = hub or HubOptions(token=token, endpoint=endpoint)
     base_path = resolve_base(base, token=opts.token, endpoint=opts.endpoint)
 
