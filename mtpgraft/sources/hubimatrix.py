@@ -14,7 +14,9 @@ import re
 from pathlib import Path
 
 from ..errors import SourceError, UsageError
+from ..hub.client import make_api
 from .hubfiles import open_repo
+from .resolve import sources_cache
 from .spec import HubRef, parse_hub
 
 IMATRIX_CAP = 4 << 30  # bytes: an imatrix holds two small rows per weight; past this it is something else
@@ -32,9 +34,6 @@ def parse_imatrix_ref(spec: str) -> HubRef:
 
 def fetch_imatrix(spec: str, *, token: str | None = None, endpoint: str | None = None) -> Path:
     """The local copy of a published imatrix (fetched unless the cache holds it)."""
-    from ..hub import make_api
-    from .resolve import sources_cache
-
     ref = parse_imatrix_ref(spec)
     assert ref.path is not None
     root = sources_cache()

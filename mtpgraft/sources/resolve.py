@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import __version__
 from ..errors import GraftError, HubError, MtpgraftError, SourceError, UsageError
@@ -30,14 +30,11 @@ from ..naming import hf_find_model, hf_split_files
 from ..outputs import PendingOutput
 from ..parsing import MAX_JSON_BYTES
 from ..pins import cache_dir
-from . import donor
+from . import convert, donor
 from .hubfiles import RETRIES, FetchFailed, HubRepo, open_repo, source_errors
 from .hublimits import HubLimits, bounded
 from .safetensors import STHeader, header_length, parse_header, weight_map
 from .spec import HubRef, is_hub, parse_hub
-
-if TYPE_CHECKING:  # numpy and gguf-py: loaded only when a safetensors head is converted
-    from . import convert
 
 INDEX = "model.safetensors.index.json"
 JSON_CAP = MAX_JSON_BYTES  # config.json and the safetensors index are read whole up to this size
@@ -324,8 +321,6 @@ def _plan_safetensors(files: donor.Files, folder: str, listing: list[str], singl
                       base: GGUFModel | None, outtype: str, label: str) -> tuple[convert.HeadPlan, int]:
     """config.json first (unknown architectures are refused before anything else is read), then the
     index, then the headers of the shards that matter."""
-    from . import convert
-
     config_path = f"{folder}config.json"
     raw, size = _read_json_file(files, config_path)
     config = convert.read_config(raw, files.label(config_path))
@@ -348,8 +343,6 @@ def _head_extra(origin: str, plan: convert.HeadPlan) -> list[Any]:
 
 def _local_safetensors(spec: str, p: Path, base: GGUFModel | None, outtype: str,
                        plan_only: bool) -> ResolvedSource:
-    from . import convert
-
     if not p.exists():
         raise SourceError(f"{p}: no such file or folder")
     root = p if p.is_dir() else p.parent
@@ -376,8 +369,6 @@ def _converted(plan: convert.HeadPlan) -> str:
 
 def _hub_safetensors(spec: str, ref: HubRef, repo: HubRepo, base: GGUFModel | None, outtype: str,
                      prog: FetchProgress, plan_only: bool, precheck: Precheck | None) -> ResolvedSource:
-    from . import convert
-
     files = RepoFiles(repo)
     folder = str(Path(ref.path).parent) + "/" if ref.path and "/" in ref.path else ""
     config_path = f"{folder}config.json"
