@@ -420,23 +420,8 @@ class _ModelRunner:
         return measured if error is None else []
 
     def _probe(self, server: Any, cfg: ServerConfig) -> tuple[bool, str]:
-        """Whether this server takes per-request speculative fields: the same short request plain
-        and with `speculative.n_max` 0; accepted when the first drafts and the second does not."""
-        drafted = []
-        for extra in ({}, {"speculative.n_max": 0}):
-            before = SpecCounters.from_metrics(server.metrics())
-            try:
-                self._request(server, self.plan.prompts[0], Condition(), 0, PROBE_TOKENS, extra)
-            except ServerError as e:
-                return False, f"a request with speculative.n_max was refused: {e}"
-            drafted.append((SpecCounters.from_metrics(server.metrics()) - before).draft_tokens)
-        plain, probed = drafted
-        if plain == 0:
-            return False, f"undecided: the plain probe request drafted nothing ({cfg.label})"
-        ok = probed == 0
-        return ok, (f"{PROBE_TOKENS} tokens drafted {plain} plain and {probed} with speculative.n_max=0: "
-                    + ("the server applies per-request speculative fields" if ok else
-                       "the server ignores per-request speculative fields"))
+        return probe_per_request(server, lambda fields: self._request(
+            server, self.plan.prompts[0], Condition(), 0, PROBE_TOKENS, fields)[0], cfg.label)
 
     def _drafters(self, server: Any) -> dict[str, DrafterCounters]:
         """llama.cpp's per-drafter counters after every request so far (the log is written by a
@@ -551,6 +536,51 @@ class _ModelRunner:
 
 
 PROBE_TOKENS = 16  # tokens of each per-request probe request (uncounted, like the warm-up)
+
+
+# The per-request line both llama-server (slot print_timing) and ik_llama.cpp's print when a request
+# drafted: "draft acceptance = 0.8 (52 accepted / 63 generated)" / "draft acceptance rate = ...".
+_LOG_DRAFTED = re.compile(r"draft acceptance(?: rate)? = [\d.]+ \(\s*\d+ accepted /\s*(\d+) generated\)")
+
+
+def _drafted(server: Any, send: Callable[[dict[str, Any]], dict[str, Any]],
+             fields: dict[str, Any]) -> int:
+    """Tokens drafted by one request: llama-server's /metrics delta, else the response's
+    timings.draft_n, else (ik_llama.cpp's MTP path counts neither) its log line for the request."""
+    read = getattr(server, "log_text", lambda: "")
+    before, logged = server.metrics(), len(_LOG_DRAFTED.findall(read()))
+    res = send(fields)
+    after = server.metrics()
+    if M_DRAFT in after:
+        return int(after[M_DRAFT] - before.get(M_DRAFT, 0))
+    if "draft_n" in (res.get("timings") or {}):
+        return _int(res["timings"], "draft_n")
+    deadline = time.monotonic() + 1.0  # the log is written by a thread of its own
+    while time.monotonic() < deadline:
+        lines = _LOG_DRAFTED.findall(read())
+        if len(lines) > logged:
+            return sum(int(x) for x in lines[logged:])
+        time.sleep(0.05)
+    return 0  # no line: nothing drafted
+
+
+def probe_per_request(server: Any, send: Callable[[dict[str, Any]], dict[str, Any]],
+                      what: str = "") -> tuple[bool, str]:
+    """Whether a running speculative server takes per-request speculative fields: the same short
+    request (`send(fields)` sends it) plain and with `speculative.n_max` 0; taken when the first
+    drafts and the second does not. (taken, the evidence in words)."""
+    drafted = []
+    for fields in ({}, {"speculative.n_max": 0}):
+        try:
+            drafted.append(_drafted(server, send, fields))
+        except ServerError as e:
+            return False, f"a request with speculative.n_max was refused: {e}"
+    plain, probed = drafted
+    if plain == 0:
+        return False, "undecided: the plain probe request drafted nothing" + (f" ({what})" if what else "")
+    ok = probed == 0
+    return ok, (f"one request drafted {plain} tokens plain and {probed} with speculative.n_max=0: the "
+                f"server {'applies' if ok else 'ignores'} per-request speculative fields")
 
 
 def _first_to_start(pending: list[ServerConfig]) -> ServerConfig:
