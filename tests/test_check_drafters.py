@@ -303,3 +303,46 @@ def test_ik_llama_cpps_server_takes_per_request_fields(tmp_path):
     assert ok, evidence
     assert re.fullmatch(r"one request drafted \d+ tokens plain and 0 with speculative.n_max=0: the server "
                         r"applies per-request speculative fields", evidence)
+
+
+def _ik_factory(ik_dir: Path):
+    """LlamaServer for ik_llama.cpp's llama-server: its MTP switch (-mtp, --draft-max) instead of
+    mainline's --spec-type draft-mtp / --spec-draft-n-max, and without mainline-only options."""
+    from mtpgraft.check.server import LlamaServer
+
+    def factory(*, spec_type=None, draft_n_max=None, extra_args=(), **kw):
+        extra = [a for a in extra_args if a not in ("--cache-ram", "0")]
+        if spec_type is not None:
+            extra += ["-mtp", "--draft-max", str(draft_n_max), "--draft-p-min", "0"]
+        srv = LlamaServer(llama_cpp=ik_dir, extra_args=extra, **{k: v for k, v in kw.items() if k != "llama_cpp"})
+        srv.cmd.remove("--no-webui")
+        return srv
+    return factory
+
+
+@pytest.mark.tools
+def test_a_server_that_takes_per_request_fields_runs_every_n_on_one_start(tmp_path):
+    """On ik_llama.cpp 0.1.5 (where the toolchain built it) the check starts one MTP server for n=1 and
+    n=3 and sends speculative.n_max per request; ik's own log says what each request drafted."""
+    from mtpgraft.check import plan_check, run_check
+    from mtpgraft.testmodels import build_tiny_model
+    from mtpgraft.toolchain import cache_dir
+
+    found = sorted((cache_dir() / "toolchain").glob("ik_llama.cpp-*/build/bin/llama-server"))
+    if not found:
+        pytest.skip("ik_llama.cpp's llama-server is not built here (the ik runtime's toolchain)")
+    model = build_tiny_model(tmp_path / "glm.gguf", arch="glm4moe", head="aligned", dtype="f16")
+    server = ServerTool(found[-1], "mtp")
+    plan = plan_check([model], server=server, n_max=(1, 3), reps=1, n_predict=32, mode="raw",
+                      categories=["code"], per_category=1, ctx_size=1024, server_args=ONE_THREAD)
+    result = run_check(plan, log_dir=tmp_path / "logs", hash_files=False,
+                       server_factory=_ik_factory(found[-1].parent))
+    assert result.per_request is not None and result.per_request[0], result.per_request
+    (m,) = result.models
+    assert [(s.config.label, s.measured) for s in m.servers] == [
+        ("baseline", ("baseline",)), ("MTP n=3", ("MTP n=3", "MTP n=1"))]
+    log = (tmp_path / "logs" / f"{model.stem}.mtp-n3.log").read_text()
+    generated = [int(g) for g in re.findall(r"draft acceptance rate = [\d.]+ \(\s*\d+ accepted /\s*(\d+) generated", log)]
+    # warm-up, the plain probe (the n_max=0 probe drafts nothing, so no line), then n=3, then n=1
+    n3, n1 = generated[-2:]
+    assert len(generated) == 4 and n3 > n1 > 0, generated
