@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from mtpgraft.check import Cell, CheckPlan, ModelSpec, RequestRecord, ServerRun, ServerTool, SpecCounters, judge_model
+from mtpgraft.check import (
+    Cell,
+    CheckPlan,
+    ModelSpec,
+    RequestRecord,
+    ServerRun,
+    ServerTool,
+    SpecCounters,
+    judge_model,
+)
 from mtpgraft.check.measure import DrafterCounters, drafter_delta, drafter_stats
 from mtpgraft.check.plan import ServerConfig
 from mtpgraft.check.prompts import builtin_prompts, select_prompts

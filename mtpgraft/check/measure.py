@@ -197,8 +197,9 @@ class RequestRecord(Keyed):
     def row(self) -> dict[str, Any]:
         """The per-prompt row of report.json (what people post: pred= draft= acc= rate= tok/s=)."""
         return {"id": self.prompt_id, "category": self.category, "config": self.config.label,
-                "n_max": self.n_max, "p_min": self.p_min, "spec_types": self.spec_types, "temperature": self.temperature,
-                "reasoning": self.reasoning, "depth": self.depth, "rep": self.rep, "seed": self.seed,
+                "n_max": self.n_max, "p_min": self.p_min, "spec_types": self.spec_types,
+                "temperature": self.temperature, "reasoning": self.reasoning, "depth": self.depth,
+                "rep": self.rep, "seed": self.seed,
                 "prompt_n": self.prompt_n, "predicted": self.predicted_n, "drafted": self.draft_n,
                 "accepted": self.draft_n_accepted, "rate": _r(self.rate),
                 "tok_s": _r(self.decode_tps, 2), "wall_s": _r(self.wall_ms / 1000.0)}
@@ -379,18 +380,9 @@ class _ModelRunner:
                                           spec_types=cfg.spec_types))
             return []
         server = self.factory(**self._server_kwargs(cfg))
-        t0 = time.perf_counter()
-        try:
-            server.start()
-        except ServerError as e:
-            self.servers.append(ServerRun(cfg.n_max, tuple(getattr(server, "cmd", ()) or ()),
-                                          time.perf_counter() - t0, 0.0, str(e), e.log_tail,
-                                          p_min=cfg.p_min, spec_types=cfg.spec_types))
-            with contextlib.suppress(Exception):
-                server.stop()
+        start_s = self._start(server, cfg)
+        if start_s is None:
             return []
-        self._start_s = start_s = time.perf_counter() - t0
-        self._requests = 0
         cmd = tuple(str(c) for c in (getattr(server, "cmd", ()) or ()))
         error, log_tail, spec_types, measured = None, "", "", [cfg]
         final, drafters = SpecCounters(), ()
@@ -419,6 +411,22 @@ class _ModelRunner:
                                       tuple(c.label for c in measured)))
         return measured if error is None else []
 
+    def _start(self, server: Any, cfg: ServerConfig) -> float | None:
+        """Start `server`: the seconds it took, or None when it failed (recorded as a ServerRun)."""
+        t0 = time.perf_counter()
+        try:
+            server.start()
+        except ServerError as e:
+            self.servers.append(ServerRun(cfg.n_max, tuple(getattr(server, "cmd", ()) or ()),
+                                          time.perf_counter() - t0, 0.0, str(e), e.log_tail,
+                                          p_min=cfg.p_min, spec_types=cfg.spec_types))
+            with contextlib.suppress(Exception):
+                server.stop()
+            return None
+        self._start_s = time.perf_counter() - t0
+        self._requests = 0
+        return self._start_s
+
     def _probe(self, server: Any, cfg: ServerConfig) -> tuple[bool, str]:
         return probe_per_request(server, lambda fields: self._request(
             server, self.plan.prompts[0], Condition(), 0, PROBE_TOKENS, fields)[0], cfg.label)
@@ -427,7 +435,7 @@ class _ModelRunner:
         """llama.cpp's per-drafter counters after every request so far (the log is written by a
         thread of its own: wait up to 2 s for the last request's lines)."""
         read = getattr(server, "log_text", None)
-        if read is None or not self._requests:
+        if read is None or not self._requests or not self.plan.server.has("--verbosity"):
             return {}
         deadline = time.monotonic() + 2.0
         while True:

@@ -430,17 +430,20 @@ def write_chart(result: CheckResult, path: Path) -> str:
 
 
 def write_chart_by_n(result: CheckResult, path: Path) -> str:
-    """Acceptance and speedup against n, one line per quant (p-min and condition: the first)."""
+    """Acceptance and speedup against n, one line per quant (p-min, --spec-type list and condition:
+    the first)."""
     try:
         plt = _pyplot()
     except ImportError:
         return "chart skipped: matplotlib is not installed (pip install 'mtpgraft[chart]')"
-    first, p0 = result.plan.conditions[0], result.plan.p_min[0]
+    plan = result.plan
+    first, types = plan.conditions[0], plan.spec_lists[0]
     fig, (ax_a, ax_s) = plt.subplots(1, 2, figsize=(9.0, 3.6))
     drawn = False
     for m in result.models:
-        runs = sorted((c for c in m.pooled if c.condition == first and c.p_min == p0),
-                      key=lambda c: c.n_max)
+        p0 = plan.p_min_for(m.spec)[0]
+        runs = sorted((c for c in m.pooled if c.condition == first and c.p_min == p0
+                       and c.spec_types == types), key=lambda c: c.n_max)
         if not runs:
             continue
         drawn = True

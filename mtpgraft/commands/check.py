@@ -98,10 +98,10 @@ def _settings(preset: str, given: dict[str, Any]) -> dict[str, Any]:
 @standard_options(force=True, dry_run="Print the plan (servers, requests, tokens) and stop.", llama_cpp=True)
 @error_boundary
 def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_max: str | None,
-              p_min: str | None, spec_types: tuple[str, ...], mode: str, reasoning: str | None, context_depth: str | None,
-              temperature: str, reps: int | None, seed: int, prompts_file: str | None,
-              categories: tuple[str, ...], per_category: int | None, n_predict: int | None,
-              ctx_size: int, server_args: tuple[str, ...], min_acceptance: float,
+              p_min: str | None, spec_types: tuple[str, ...], mode: str, reasoning: str | None,
+              context_depth: str | None, temperature: str, reps: int | None, seed: int,
+              prompts_file: str | None, categories: tuple[str, ...], per_category: int | None,
+              n_predict: int | None, ctx_size: int, server_args: tuple[str, ...], min_acceptance: float,
               min_speedup: float | None, endpoint: str | None, report_dir: str | None, per_prompt: bool,
               bench_json: str | None, force: bool, dry_run: bool, llama_cpp: str | None,
               as_json: bool) -> None:
@@ -114,17 +114,15 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
     Each model runs on one baseline llama-server and one MTP server per --spec-type list x --n-max
     x --p-min value (all of a list on one server where the server takes per-request speculative
     fields); exit code 1 when the verdict is fail. Several models (quants) give one report with the
-    quant x category matrix and the quant x n acceptance table.
-    """
+    quant x category matrix, the quant x n acceptance table and the winning flags per task."""
     from ..check import plan_check, resolve_server
     from ..hub.remote import is_hf_ref
     from ..outputs import check_outputs
 
     settings = _validated_settings(preset, n_max=n_max, p_min=p_min, context_depth=context_depth,
-                                   temperature=temperature, reasoning=reasoning, reps=reps,
+                                   temperature=temperature, reasoning=reasoning, reps=reps, mode=mode,
                                    per_category=per_category, n_predict=n_predict, ctx_size=ctx_size,
-                                   min_acceptance=min_acceptance, min_speedup=min_speedup, mode=mode,
-                                   spec_types=list(spec_types))
+                                   min_acceptance=min_acceptance, min_speedup=min_speedup, spec_types=spec_types)
     if bench_json:
         check_outputs([bench_json], [m for m in models if not is_hf_ref(m)], force=force)
     server = resolve_server(llama_cpp)
@@ -139,7 +137,7 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
         emit_dry_run(plan, "\n".join([_plan_size(plan) + ":"] + [f"  {s}" for s in plan.to_dict()["servers"]]),
                      as_json)
         return
-    info(_plan_size(plan) + "; MTP via --spec-type " + " / ".join(plan.settings_dict()["spec_types"]))
+    info(f"{_plan_size(plan)}; MTP via --spec-type {' / '.join(plan.settings_dict()['spec_types'])}")
     result = _run(plan, report_dir, hash_files=bool(report_dir or as_json))
     _show(result, report_dir=report_dir, bench_json=bench_json, per_prompt=per_prompt,
           as_json=as_json, resolutions=resolutions)
