@@ -355,3 +355,16 @@ def test_a_server_that_takes_per_request_fields_runs_every_n_on_one_start(tmp_pa
     # warm-up, the plain probe (the n_max=0 probe drafts nothing, so no line), then n=3, then n=1
     n3, n1 = generated[-2:]
     assert len(generated) == 4 and n3 > n1 > 0, generated
+
+
+def test_cli_refuses_a_spec_type_list_without_mtp_before_looking_for_llama_server(tmp_path):
+    from click.testing import CliRunner
+
+    import mtpgraft.commands.check  # noqa: F401  (registers `check` on the group)
+    from mtpgraft.cli import cli
+
+    res = CliRunner().invoke(cli, ["check", str(tmp_path / "m.gguf"), "--spec-type", "ngram-mod",
+                                   "--llama-cpp", str(tmp_path / "no-tools")])
+    assert res.exit_code == UsageError.exit_code, res.output
+    assert res.stderr == ("mtpgraft: error: --spec-type each list must include MTP (draft-mtp), got "
+                          "'ngram-mod': the check compares MTP alone and MTP with other drafters against no MTP\n")
