@@ -654,7 +654,7 @@ def test_cli_three_quants_one_report_per_prompt_and_bench_json(tiny_models, llam
                for x in lines)
     md = (report / "report.md").read_text()
     rows = [x for x in md.splitlines() if x.startswith(tuple(f"| {q} |" for q in quants))]
-    assert len(rows) == 12  # three in the matrix, three in the acceptance table, six task flags
+    assert len(rows) == 6  # three in the matrix, three in the acceptance table
     assert "| quant | n=3 p-min 0 | n=3 p-min 0.75 |" in md and "warm-up: one warm-up request" in md
     d = json.loads((report / "report.json").read_text())
     assert [m["quant"] for m in d["models"]] == list(quants)

@@ -147,11 +147,11 @@ def test_the_card_prints_the_flags_of_each_tasks_winner():
                        nextn_predict_layers=1, mtp_head="1 layer", layout="full", metadata={}, check=check)
     card = render_card(repo_id="me/M-GGUF", models=[entry], verified=True)
     section = card.split("## llama-server flags per task", 1)[1].split("\n## ", 1)[0]
-    assert ("| Q4_K_M | code | `llama-server -hf me/M-GGUF:Q4_K_M --spec-type draft-mtp --spec-draft-n-max 2 "
+    assert ("| code | Q4_K_M | `llama-server -hf me/M-GGUF:Q4_K_M --spec-type draft-mtp --spec-draft-n-max 2 "
             "--spec-draft-p-min 0.75` | +0.10x over MTP n=3 p-min=0.75, outside the noise (sd 0.02) |") in section
-    assert ("| Q4_K_M | edit | `llama-server -hf me/M-GGUF:Q4_K_M --spec-type draft-mtp,ngram-mod "
+    assert ("| edit | Q4_K_M | `llama-server -hf me/M-GGUF:Q4_K_M --spec-type draft-mtp,ngram-mod "
             "--spec-draft-n-max 3` | +0.20x over MTP n=3, noise not measured (1 rep) |") in section
-    assert "| Q4_K_M | creative | leave MTP off | +0.10x over MTP n=1" in section
+    assert "| creative | Q4_K_M | leave MTP off | +0.10x over MTP n=1" in section
 
 
 # --------------------------------------------------------------------------- the real llama-server
@@ -284,15 +284,15 @@ def test_the_report_and_card_flags_are_the_winners_of_the_measured_table(swept):
                      f"--spec-draft-p-min {top['p_min']:g}")
             off = top["speedup"]["mean"] < 1.0
             want = "leave MTP off" if off else f"`llama-server -hf me/M-GGUF:Q8_0 {flags}`"
-            assert f"| Q8_0 | {cat} | {want} |" in card, (cat, card)
-            assert f"| {m['name']} | {cat} | {'leave MTP off' if off else f'`{flags}`'} |" in md, (cat, md)
+            assert f"| {cat} | Q8_0 | {want} |" in card, (cat, card)
+            assert f"| {cat} | {m['name']} | {'leave MTP off' if off else f'`{flags}`'} |" in md, (cat, md)
     # the repeating edit prompt on the aligned head is where MTP with ngram-mod wins
     edit = d["models"][0]["categories"]["edit"]
     assert (edit["mtp_off"], edit["best_spec_type"]) == (False, "draft-mtp,ngram-mod"), edit
 
 
 @pytest.mark.tools
-def test_ik_llama_cpps_server_takes_per_request_fields(tmp_path):
+def test_ik_llama_cpps_server_takes_per_request_fields(tmp_path, monkeypatch):
     """The same probe on ik_llama.cpp 0.1.5's llama-server (MTP with -mtp; its request schema reads
     speculative.n_max), where the toolchain built it."""
     from mtpgraft.check.measure import probe_per_request
@@ -303,6 +303,7 @@ def test_ik_llama_cpps_server_takes_per_request_fields(tmp_path):
     found = sorted((cache_dir() / "toolchain").glob("ik_llama.cpp-*/build/bin/llama-server"))
     if not found:
         pytest.skip("ik_llama.cpp's llama-server is not built here (the ik runtime's toolchain)")
+    monkeypatch.chdir(tmp_path)  # ik's server also writes llama.log into its working directory
     model = build_tiny_model(tmp_path / "glm.gguf", arch="glm4moe", head="aligned", dtype="f16")
     srv = LlamaServer(model, llama_cpp=found[-1].parent, threads=1, ctx_size=1024, startup_timeout=60,
                       extra_args=["-mtp", "--draft-max", "3", "--draft-p-min", "0"])
@@ -330,7 +331,7 @@ def _ik_factory(ik_dir: Path):
 
 
 @pytest.mark.tools
-def test_a_server_that_takes_per_request_fields_runs_every_n_on_one_start(tmp_path):
+def test_a_server_that_takes_per_request_fields_runs_every_n_on_one_start(tmp_path, monkeypatch):
     """On ik_llama.cpp 0.1.5 (where the toolchain built it) the check starts one MTP server for n=1 and
     n=3 and sends speculative.n_max per request; ik's own log says what each request drafted."""
     from mtpgraft.check import plan_check, run_check
@@ -340,6 +341,7 @@ def test_a_server_that_takes_per_request_fields_runs_every_n_on_one_start(tmp_pa
     found = sorted((cache_dir() / "toolchain").glob("ik_llama.cpp-*/build/bin/llama-server"))
     if not found:
         pytest.skip("ik_llama.cpp's llama-server is not built here (the ik runtime's toolchain)")
+    monkeypatch.chdir(tmp_path)  # ik's server also writes llama.log into its working directory
     model = build_tiny_model(tmp_path / "glm.gguf", arch="glm4moe", head="aligned", dtype="f16")
     server = ServerTool(found[-1], "mtp")
     plan = plan_check([model], server=server, n_max=(1, 3), reps=1, n_predict=32, mode="raw",

@@ -116,16 +116,18 @@ def margin_text(c: dict[str, Any]) -> str:
 
 
 def flags_table(models: Sequence[dict[str, Any]], code: Any = None) -> str:
-    """Markdown: per quant x task, the exact llama-server flags that won (or 'leave MTP off') and the
+    """Markdown: per task x quant, the exact llama-server flags that won (or 'leave MTP off') and the
     margin over the runner-up. `code` renders a flag string (default: a backtick code span)."""
     def show(flags: str) -> str:
         return code(flags) if code is not None else f"`{flags}`"
 
+    labels = row_labels(models)
+    tasks = list(dict.fromkeys(t for m in models for t in m.get("categories") or {}))
     rows = []
-    for label, m in zip(row_labels(models), models, strict=True):
-        for task, c in (m.get("categories") or {}).items():
+    for task in tasks:
+        for label, m in zip(labels, models, strict=True):
+            c = (m.get("categories") or {}).get(task)
             flags = task_flags(c)
-            if flags is None:
-                continue
-            rows.append([label, str(task), show(flags) if flags else OFF_TEXT, margin_text(c)])
-    return md_table(["quant", "task", "llama-server flags", "margin over the runner-up"], rows) if rows else ""
+            if c is not None and flags is not None:
+                rows.append([str(task), label, show(flags) if flags else OFF_TEXT, margin_text(c)])
+    return md_table(["task", "quant", "llama-server flags", "margin over the runner-up"], rows) if rows else ""
