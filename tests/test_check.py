@@ -645,16 +645,17 @@ def test_cli_three_quants_one_report_per_prompt_and_bench_json(tiny_models, llam
             "--per-prompt", "--bench-json", str(bench)]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
-    assert "6 llama-server runs, 12 requests, 288 tokens to generate" in res.stderr
+    # --quick on a dense model: the baseline and MTP n=3 at p-min 0 and 0.75, per quant
+    assert "9 llama-server runs, 18 requests, 432 tokens to generate" in res.stderr
     assert "estimated time: ~" in res.stderr
     lines = [x for x in res.stdout.splitlines() if " pred=" in x]
-    assert len(lines) == 12
+    assert len(lines) == 18
     assert all(re.search(r"pred=24 draft=\d+ acc=\d+ rate=(\d\.\d{3}|-) tok/s=\d+\.\d$", x)
                for x in lines)
     md = (report / "report.md").read_text()
     rows = [x for x in md.splitlines() if x.startswith(tuple(f"| {q} |" for q in quants))]
     assert len(rows) == 6  # three in the matrix, three in the acceptance table
-    assert "| quant | n=3 |" in md and "warm-up: one warm-up request" in md
+    assert "| quant | n=3 p-min 0 | n=3 p-min 0.75 |" in md and "warm-up: one warm-up request" in md
     d = json.loads((report / "report.json").read_text())
     assert [m["quant"] for m in d["models"]] == list(quants)
     assert d["charts"] == ["speedup.png", "by-n.png"]
@@ -663,7 +664,7 @@ def test_cli_three_quants_one_report_per_prompt_and_bench_json(tiny_models, llam
         assert m["categories"]["code"]["acceptance"] == 1.0
         assert m["categories"]["creative"]["acceptance"] < 0.6
     b = json.loads(bench.read_text())
-    assert b["n_requests"] == 6 and b["total_predicted"] == 6 * 24
+    assert b["n_requests"] == 12 and b["total_predicted"] == 12 * 24
     assert b["total_draft"] == sum(m["counters"]["draft_tokens"] for m in d["models"])
     assert b["total_draft_accepted"] == sum(m["counters"]["accepted"] for m in d["models"])
     # The bench file is never overwritten without --force.

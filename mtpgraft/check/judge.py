@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .measure import Cell, ServerRun, SpecCounters, TemplateCheck, _r
+from .measure import (
+    Cell,
+    DrafterCounters,
+    ServerRun,
+    SpecCounters,
+    TemplateCheck,
+    _r,
+    pool_drafters,
+)
 from .plan import CheckPlan, Condition, Keyed, ModelSpec, ServerConfig
 
 # The recommendation matrix: a category "speeds up" at >= 1.10x, "slows down" below 1.00x.
@@ -63,6 +71,8 @@ class ConfigStats(Keyed):
     p_min: float | None = None
     reasoning: str | None = None
     depth: int = 0
+    spec_types: str | None = None
+    drafters: tuple[DrafterCounters, ...] = ()  # llama.cpp's per-drafter counters, pooled
 
     @property
     def acceptance(self) -> float | None:
@@ -81,12 +91,13 @@ class ConfigStats(Keyed):
     def to_dict(self) -> dict[str, Any]:
         c = self.counters
         return {
-            "n_max": self.n_max, "p_min": self.p_min, "temperature": self.temperature,
+            "n_max": self.n_max, "p_min": self.p_min, "spec_types": self.spec_types,
+            "drafters": [d.to_dict() for d in self.drafters], "temperature": self.temperature,
             "reasoning": self.reasoning, "depth": self.depth, "category": self.category,
             "prefill_ratio": _r(self.prefill_ratio), "status": self.status,
             "acceptance": _r(c.acceptance), "acceptance_reps": self.acceptance_reps.to_dict(),
             "mean_accept_len": _r(c.mean_accept_len),
-            "per_pos_acceptance": [_r(x) for x in c.per_pos_rate], "counters": c.to_dict(),
+            "per_pos_acceptance": [_r(x) for x in c.per_pos_upto(self.n_max)], "counters": c.to_dict(),
             "decode_tps": self.decode_tps.to_dict(), "prefill_tps": self.prefill_tps.to_dict(),
             "baseline_decode_tps": self.baseline_decode_tps.to_dict(),
             "baseline_prefill_tps": self.baseline_prefill_tps.to_dict(),
@@ -117,6 +128,18 @@ class CategorySummary:
     reasoning: str | None = None
     depth: int = 0
     speedup_reps: int = 0  # how many reps the speedup's mean and sd come from
+    best_spec_type: str | None = None  # the exact --spec-type value of the best config
+    runner_up: str | None = None  # the next best ("MTP off" counts as a candidate at 1.00x)
+    margin: float | None = None  # winner's mean speedup - runner-up's
+    margin_sd: float | None = None  # sd of that difference (None: one rep, not measured)
+    mtp_off: bool = False  # no MTP configuration beat the server without MTP
+
+    @property
+    def margin_in_noise(self) -> bool | None:
+        """Whether the margin over the runner-up is within one sd (None: one rep, not known)."""
+        if self.margin is None or self.margin_sd is None:
+            return None
+        return abs(self.margin) <= self.margin_sd
 
     @property
     def status(self) -> str | None:
@@ -143,6 +166,9 @@ class CategorySummary:
             "decode_tps_std": _r(self.decode_tps_std), "mean_accept_len": _r(self.mean_accept_len),
             "per_pos_acceptance": [_r(x) for x in self.per_pos_acceptance],
             "temperature": self.temperature, "status": self.status,
+            "best_spec_type": self.best_spec_type, "runner_up": self.runner_up,
+            "margin": _r(self.margin), "margin_sd": _r(self.margin_sd),
+            "margin_in_noise": self.margin_in_noise, "mtp_off": self.mtp_off,
         }
 
 
@@ -203,7 +229,8 @@ class ModelResult:
             "arch": self.spec.arch, "nextn_predict_layers": self.spec.nextn_predict_layers,
             "verdict": self.verdict, "reasons": list(self.reasons), "warnings": list(self.warnings),
             "acceptance": _r(self.acceptance), "mean_accept_len": _r(self.counters.mean_accept_len),
-            "per_pos_acceptance": [_r(x) for x in self.counters.per_pos_rate],
+            "per_pos_acceptance": [_r(x) for x in self.counters.per_pos_upto(
+                max((c.n_max for c in self.configs), default=0))],
             "counters": self.counters.to_dict(), "mtp_active": self.mtp_active,
             "categories": {k: v.to_dict() for k, v in self.categories.items()},
             "runs": [c.to_dict() for c in self.configs],
@@ -231,6 +258,7 @@ class CheckResult:
     server_stop_s: float
     generation_s: float  # llama-server's own prompt_ms + predicted_ms over measured requests
     warmup_s: float = 0.0
+    per_request: tuple[bool, str] | None = None  # per-request speculative fields: (taken, evidence)
 
     @property
     def acceptance(self) -> float | None:
@@ -261,6 +289,8 @@ class CheckResult:
                        "server_stop_s": _r(self.server_stop_s), "warmup_s": _r(self.warmup_s),
                        "generation_s": _r(self.generation_s), "overhead_s": _r(self.overhead_s)},
             "chart": None,
+            "per_request": (None if self.per_request is None else
+                            {"accepted": self.per_request[0], "evidence": self.per_request[1]}),
         }
 
 
@@ -318,12 +348,39 @@ def _config_stats(cells: Sequence[Cell], cfg: ServerConfig, cond: Condition,
         timings_draft_n_accepted=sum(r.draft_n_accepted for c in every for r in c.requests),
         output_mismatches=tuple(dict.fromkeys(_mismatches(mtp, base) if cond.temperature == 0
                                               else [])),
-        p_min=cfg.p_min, reasoning=cond.reasoning, depth=cond.depth)
+        p_min=cfg.p_min, reasoning=cond.reasoning, depth=cond.depth, spec_types=cfg.spec_types,
+        drafters=pool_drafters(c.drafters for c in every))
 
 
-def _summarize(configs: Sequence[ConfigStats], cells: Sequence[Cell], cond: Condition,
-               cat: str) -> CategorySummary:
-    """A category under one condition at its best config (highest mean speedup)."""
+OFF = "MTP off"  # the recommendation where no MTP configuration beats the server without MTP
+
+
+def _margin(best: ConfigStats | None, runner: ConfigStats | None) -> tuple[float | None, float | None]:
+    """The winner's mean speedup over the runner-up's (a missing one: MTP off, 1.00x exactly), and
+    the sd of that difference from the two spreads over reps (None with one rep)."""
+    a = best.speedup if best is not None else MeanStd(1.0, 0.0, 2)
+    b = runner.speedup if runner is not None else MeanStd(1.0, 0.0, 2)
+    if a.mean is None or b.mean is None:
+        return None, None
+    sd = (a.std ** 2 + b.std ** 2) ** 0.5 if min(a.n, b.n) >= 2 and a.std is not None \
+        and b.std is not None else None
+    return a.mean - b.mean, sd
+
+
+def _ranked(cands: Sequence[ConfigStats]) -> list[ConfigStats | None]:
+    """The candidates best first by mean speedup (then acceptance); None is MTP off (1.00x)."""
+    def key(c: ConfigStats | None) -> tuple[float, float]:
+        if c is None:
+            return (1.0, -1.0)
+        return (c.speedup.mean if c.speedup.mean is not None else -1.0, c.acceptance or 0.0)
+
+    return sorted([*cands, None], key=key, reverse=True)
+
+
+def _summarize(configs: Sequence[ConfigStats], cells: Sequence[Cell], cond: Condition, cat: str,
+               spec_type: str = "") -> CategorySummary:
+    """A category under one condition at its best config (highest mean speedup), with the winner
+    among the configs and MTP off, its runner-up and the margin between them."""
     base = [c for c in cells if c.n_max is None and c.condition == cond and c.category == cat]
     base_dec = MeanStd.of([c.decode_tps for c in base]).mean
     base_pre = MeanStd.of([c.prefill_tps for c in base]).mean
@@ -332,18 +389,20 @@ def _summarize(configs: Sequence[ConfigStats], cells: Sequence[Cell], cond: Cond
     cands = [c for c in configs if c.category == cat and c.condition == cond]
     if not cands:
         return CategorySummary(cat, **common)
-
-    def key(c: ConfigStats) -> tuple[float, float]:
-        return (c.speedup.mean if c.speedup.mean is not None else -1.0, c.acceptance or 0.0)
-
-    best = max(cands, key=key)
+    ranked = _ranked(cands)
+    best = next(c for c in ranked if c is not None)
+    winner, runner = ranked[0], ranked[1]
+    margin, margin_sd = _margin(winner, runner)
     return CategorySummary(
         cat, best_n=best.n_max, acceptance=best.acceptance,
         acceptance_std=best.acceptance_reps.std, mean_accept_len=best.counters.mean_accept_len,
-        per_pos_acceptance=best.counters.per_pos_rate, speedup=best.speedup.mean,
+        per_pos_acceptance=best.counters.per_pos_upto(best.n_max), speedup=best.speedup.mean,
         speedup_std=best.speedup.std, decode_tps=best.decode_tps.mean,
         decode_tps_std=best.decode_tps.std, prefill_tps=best.prefill_tps.mean,
-        best_p_min=best.p_min, speedup_reps=best.speedup.n, **common)
+        best_p_min=best.p_min, speedup_reps=best.speedup.n,
+        best_spec_type=best.spec_types or spec_type or None,
+        runner_up=OFF if runner is None else runner.config.label, margin=margin,
+        margin_sd=margin_sd, mtp_off=winner is None, **common)
 
 
 def _overall_speedup(summaries: Sequence[CategorySummary]) -> float | None:
@@ -413,13 +472,13 @@ def _warnings(configs: Sequence[ConfigStats], cells: Sequence[Cell]) -> list[str
 def judge_model(plan: CheckPlan, spec: ModelSpec, cells: Sequence[Cell],
                 servers: Sequence[ServerRun]) -> ModelResult:
     """Aggregate one model's cells into stats and decide its verdict."""
-    mtp_configs = plan.configs[1:]
+    mtp_configs = plan.configs_for(spec)[1:]
     configs = [s for cat in plan.categories for cond in plan.conditions for cfg in mtp_configs
                if (s := _config_stats(cells, cfg, cond, cat)) is not None]
     by_config = [s for cond in plan.conditions for cfg in mtp_configs
                  if (s := _config_stats(cells, cfg, cond, "*")) is not None]
     pooled = _counters([c for c in cells if c.n_max is not None])
-    summaries = [_summarize(configs, cells, cond, cat) for cond in plan.conditions
+    summaries = [_summarize(configs, cells, cond, cat, plan.spec_type) for cond in plan.conditions
                  for cat in plan.categories]
     categories = {s.category: s for s in summaries if s.condition_is(plan.conditions[0])}
     mtp_active = any(s.n_max is not None for s in servers) and pooled.draft_tokens > 0

@@ -83,9 +83,85 @@ class SpecCounters:
             return ()
         return tuple(a / self.drafts for a in self.accepted_per_pos)
 
+    def per_pos_upto(self, n: int | None) -> tuple[float, ...]:
+        """per_pos_rate over the first n positions and any later one with an accepted token (an
+        n-gram drafter beside MTP sizes llama-server's per-position counters at its own maximum)."""
+        rates = self.per_pos_rate
+        last = max((i + 1 for i, a in enumerate(self.accepted_per_pos) if a), default=0)
+        return rates[:max(n or 0, last)]
+
     def to_dict(self) -> dict[str, Any]:
         return {"draft_tokens": self.draft_tokens, "accepted": self.accepted, "drafts": self.drafts,
                 "accepted_per_pos": list(self.accepted_per_pos)}
+
+
+# llama.cpp's own per-drafter counters (common/speculative.cpp, common_speculative_print_stats): one
+# line per drafter of the --spec-type list after every request, cumulative over the server's life,
+# at log verbosity 4 (trace).
+_STATS_RE = re.compile(r"statistics\s+([\w-]+): #calls\(b,g,a\) =\s*(\d+)\s+(\d+)\s+(\d+), "
+                       r"#gen drafts =\s*(\d+), #acc drafts =\s*(\d+), #gen tokens =\s*(\d+), "
+                       r"#acc tokens =\s*(\d+)")
+DRAFTER_LOG_LEVEL = "4"  # --verbosity that prints those lines (LOG_LEVEL_TRACE, common/log.h)
+
+
+@dataclass(frozen=True)
+class DrafterCounters:
+    """What one drafter of a --spec-type list proposed and had accepted, as llama.cpp counts it
+    (its `statistics` log line), or a difference of two readings."""
+
+    type: str
+    drafts: int = 0  # drafts it generated (#gen drafts)
+    draft_tokens: int = 0  # tokens it drafted (#gen tokens)
+    accepted: int = 0  # of those, accepted by the target (#acc tokens)
+    accepted_drafts: int = 0  # drafts with at least one token accepted (#acc drafts)
+
+    def _op(self, other: DrafterCounters, sign: int) -> DrafterCounters:
+        return DrafterCounters(self.type, self.drafts + sign * other.drafts,
+                               self.draft_tokens + sign * other.draft_tokens,
+                               self.accepted + sign * other.accepted,
+                               self.accepted_drafts + sign * other.accepted_drafts)
+
+    def __add__(self, other: DrafterCounters) -> DrafterCounters:
+        return self._op(other, 1)
+
+    def __sub__(self, other: DrafterCounters) -> DrafterCounters:
+        return self._op(other, -1)
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.accepted / self.draft_tokens if self.draft_tokens else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "drafts": self.drafts, "draft_tokens": self.draft_tokens,
+                "accepted": self.accepted, "accepted_drafts": self.accepted_drafts,
+                "acceptance": _r(self.acceptance)}
+
+
+def drafter_stats(log_text: str) -> tuple[int, dict[str, DrafterCounters]]:
+    """(requests the log has stats for, each drafter's latest cumulative counters) from a
+    llama-server log at verbosity 4."""
+    latest: dict[str, DrafterCounters] = {}
+    seen: dict[str, int] = {}
+    for m in _STATS_RE.finditer(log_text):
+        t = m.group(1)
+        latest[t] = DrafterCounters(t, int(m.group(5)), int(m.group(7)), int(m.group(8)),
+                                    int(m.group(6)))
+        seen[t] = seen.get(t, 0) + 1
+    return (min(seen.values()) if seen else 0), latest
+
+
+def drafter_delta(after: dict[str, DrafterCounters],
+                  before: dict[str, DrafterCounters]) -> tuple[DrafterCounters, ...]:
+    return tuple(c - before.get(t, DrafterCounters(t)) for t, c in after.items())
+
+
+def pool_drafters(groups: Any) -> tuple[DrafterCounters, ...]:
+    """Per-drafter counters summed over cells (each a tuple of DrafterCounters), by type."""
+    out: dict[str, DrafterCounters] = {}
+    for group in groups:
+        for c in group:
+            out[c.type] = out.get(c.type, DrafterCounters(c.type)) + c
+    return tuple(out.values())
 
 
 @dataclass(frozen=True)
@@ -110,6 +186,7 @@ class RequestRecord(Keyed):
     reasoning: str | None = None
     depth: int = 0
     wall_ms: float = 0.0  # the HTTP request as the harness saw it
+    spec_types: str | None = None
 
     @property
     def rate(self) -> float | None:
@@ -122,8 +199,9 @@ class RequestRecord(Keyed):
     def row(self) -> dict[str, Any]:
         """The per-prompt row of report.json (what people post: pred= draft= acc= rate= tok/s=)."""
         return {"id": self.prompt_id, "category": self.category, "config": self.config.label,
-                "n_max": self.n_max, "p_min": self.p_min, "temperature": self.temperature,
-                "reasoning": self.reasoning, "depth": self.depth, "rep": self.rep, "seed": self.seed,
+                "n_max": self.n_max, "p_min": self.p_min, "spec_types": self.spec_types,
+                "temperature": self.temperature, "reasoning": self.reasoning, "depth": self.depth,
+                "rep": self.rep, "seed": self.seed,
                 "prompt_n": self.prompt_n, "predicted": self.predicted_n, "drafted": self.draft_n,
                 "accepted": self.draft_n_accepted, "rate": _r(self.rate),
                 "tok_s": _r(self.decode_tps, 2), "wall_s": _r(self.wall_ms / 1000.0)}
@@ -142,6 +220,8 @@ class Cell(Keyed):
     p_min: float | None = None
     reasoning: str | None = None
     depth: int = 0
+    spec_types: str | None = None
+    drafters: tuple[DrafterCounters, ...] = ()  # llama.cpp's per-drafter deltas over these requests
 
     @property
     def decode_tps(self) -> float | None:
@@ -171,13 +251,18 @@ class ServerRun:
     speculative_types: str = ""
     counters_final: SpecCounters = SpecCounters()  # absolute /metrics values before stopping
     p_min: float | None = None
+    spec_types: str | None = None
+    drafters_final: tuple[DrafterCounters, ...] = ()  # llama.cpp's per-drafter totals before stopping
+    measured: tuple[str, ...] = ()  # labels of the configurations measured on it (per-request fields)
 
     @property
     def config(self) -> ServerConfig:
-        return ServerConfig(self.n_max, self.p_min)
+        return ServerConfig(self.n_max, self.p_min, self.spec_types)
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.label, "n_max": self.n_max, "p_min": self.p_min,
+                "spec_types": self.spec_types, "measured": list(self.measured or (self.config.label,)),
+                "drafters_final": [d.to_dict() for d in self.drafters_final],
                 "cmd": list(self.cmd), "start_s": _r(self.start_s), "stop_s": _r(self.stop_s),
                 "error": self.error, "speculative_types": self.speculative_types,
                 "counters_final": self.counters_final.to_dict()}
@@ -247,7 +332,11 @@ class _ModelRunner:
         self.context_tokens: dict[str, int] = {}  # "code@4096" -> tokens counted by /tokenize
         self.template: tuple[TemplateCheck, ...] = ()
         self._start_s = 0.0
+        self._requests = 0  # requests sent to the running server (warm-up and probes included)
         self.estimate = False  # set by run_check on the plan's first model
+        # (accepted, evidence) once a server was probed for per-request speculative fields; None: not
+        # probed (run_check hands it from model to model: it is the server build's, not the model's)
+        self.per_request: tuple[bool, str] | None = None
 
     def _server_kwargs(self, cfg: ServerConfig) -> dict[str, Any]:
         plan = self.plan
@@ -256,63 +345,103 @@ class _ModelRunner:
             extra.append("--jinja")
         if cfg.p_min is not None:
             extra += ["--spec-draft-p-min", f"{cfg.p_min:g}"]
+        if cfg.mtp and plan.server.has("--verbosity"):
+            extra += ["--verbosity", DRAFTER_LOG_LEVEL]  # the per-drafter `statistics` lines
         kw: dict[str, Any] = {
             "model": self.spec.path, "llama_cpp": plan.server.llama_cpp_dir,
             "ctx_size": plan.server_ctx, "extra_args": tuple(extra) + plan.server_args,
             "metrics": True,
         }
         if cfg.mtp:
-            kw.update(spec_type=plan.spec_type, draft_model=plan.draft, draft_n_max=cfg.n_max)
+            kw.update(spec_type=plan.spec_type_of(cfg), draft_model=plan.draft, draft_n_max=cfg.n_max)
         if self.log_dir is not None:
             kw["log_path"] = self.log_dir / f"{self.spec.path.stem}.{cfg.tag}.log"
         return kw
 
     def run(self) -> None:
-        for cfg in self.plan.configs:
+        pending = list(self.plan.configs_for(self.spec))
+        while pending:
+            probing = self.plan.warmup and (self.per_request is None or self.per_request[0])
+            cfg = _first_to_start(pending) if probing else pending[0]
+            group = [c for c in pending if c.mtp and c.spec_types == cfg.spec_types] if cfg.mtp else [cfg]
+            done = self._run_server(cfg, group)
             # Stop at the first failure: without a baseline there is nothing to compare against,
             # and a file whose MTP server fails at one n fails the same way at every n.
-            if not self._run_server(cfg):
+            if not done:
                 break
+            pending = [c for c in pending if c not in done]
 
-    def _run_server(self, cfg: ServerConfig) -> bool:
+    def _run_server(self, cfg: ServerConfig, group: list[ServerConfig]) -> list[ServerConfig]:
+        """Start one server for `cfg` and measure it, and with per-request speculative fields every
+        configuration of `group` on it too; the configurations measured ([] when it failed)."""
         blocker = _mtp_blocker(self.spec.path, self.plan.draft) if cfg.mtp else None
         if blocker:  # known before a server starts (and one that aborts prints a backtrace)
-            self.servers.append(ServerRun(cfg.n_max, (), 0.0, 0.0, blocker, "", p_min=cfg.p_min))
-            return False
+            self.servers.append(ServerRun(cfg.n_max, (), 0.0, 0.0, blocker, "", p_min=cfg.p_min,
+                                          spec_types=cfg.spec_types))
+            return []
         server = self.factory(**self._server_kwargs(cfg))
-        t0 = time.perf_counter()
-        try:
-            server.start()
-        except ServerError as e:
-            self.servers.append(ServerRun(cfg.n_max, tuple(getattr(server, "cmd", ()) or ()),
-                                          time.perf_counter() - t0, 0.0, str(e), e.log_tail,
-                                          p_min=cfg.p_min))
-            with contextlib.suppress(Exception):
-                server.stop()
-            return False
-        self._start_s = start_s = time.perf_counter() - t0
+        start_s = self._start(server, cfg)
+        if start_s is None:
+            return []
         cmd = tuple(str(c) for c in (getattr(server, "cmd", ()) or ()))
-        error: str | None = None
-        log_tail = ""
-        spec_types = ""
-        final = SpecCounters()
+        error, log_tail, spec_types, measured = None, "", "", [cfg]
+        final, drafters = SpecCounters(), ()
         try:
             self._prepare(server)
             if self.plan.warmup:
                 tw = time.perf_counter()
                 self._request(server, self.plan.prompts[0], Condition(), 0, 4)
+                if len(group) > 1 and self.per_request is None:
+                    self.per_request = self._probe(server, cfg)
                 self.warmup_s += time.perf_counter() - tw
-            spec_types = self._measure(server, cfg)
+            if self.per_request is not None and self.per_request[0]:
+                measured = [cfg] + [c for c in group if c != cfg]
+            for c in measured:
+                spec_types = self._measure(server, c, per_request=len(measured) > 1)
             final = SpecCounters.from_metrics(server.metrics())
+            drafters = tuple(self._drafters(server).values())
         except ServerError as e:
             error, log_tail = str(e), e.log_tail
         finally:
             t1 = time.perf_counter()
             server.stop()
             stop_s = time.perf_counter() - t1
-        self.servers.append(ServerRun(cfg.n_max, cmd, start_s, stop_s, error, log_tail,
-                                      spec_types, final, cfg.p_min))
-        return error is None
+        self.servers.append(ServerRun(cfg.n_max, cmd, start_s, stop_s, error, log_tail, spec_types,
+                                      final, cfg.p_min, cfg.spec_types, drafters,
+                                      tuple(c.label for c in measured)))
+        return measured if error is None else []
+
+    def _start(self, server: Any, cfg: ServerConfig) -> float | None:
+        """Start `server`: the seconds it took, or None when it failed (recorded as a ServerRun)."""
+        t0 = time.perf_counter()
+        try:
+            server.start()
+        except ServerError as e:
+            self.servers.append(ServerRun(cfg.n_max, tuple(getattr(server, "cmd", ()) or ()),
+                                          time.perf_counter() - t0, 0.0, str(e), e.log_tail,
+                                          p_min=cfg.p_min, spec_types=cfg.spec_types))
+            with contextlib.suppress(Exception):
+                server.stop()
+            return None
+        self._start_s = time.perf_counter() - t0
+        self._requests = 0
+        return self._start_s
+
+    def _probe(self, server: Any, cfg: ServerConfig) -> tuple[bool, str]:
+        return probe_per_request(server, lambda fields: self._request(
+            server, self.plan.prompts[0], Condition(), 0, PROBE_TOKENS, fields)[0], cfg.label)
+
+    def _drafters(self, server: Any) -> dict[str, DrafterCounters]:
+        """llama.cpp's per-drafter counters after every request so far (the log is written by a
+        thread of its own: wait up to 2 s for the last request's lines)."""
+        read = getattr(server, "log_text", None)
+        if read is None or not self._requests or not self.plan.server.has("--verbosity"):
+            return {}
+        deadline = time.monotonic() + 2.0
+        while True:
+            n, latest = drafter_stats(read())
+            if n >= self._requests or time.monotonic() > deadline:
+                return latest
 
     def _prepare(self, server: Any) -> None:
         """On the model's first server: its build, the contexts at each depth, the template check."""
@@ -338,19 +467,22 @@ class _ModelRunner:
         return tuple(TemplateCheck(r, {"enable_thinking": REASONING[r]}, rendered[r][-60:], honoured)
                      for r in (self.plan.reasoning or tuple(REASONING)))
 
-    def _request(self, server: Any, p: Prompt, cond: Condition, seed: int,
-                 n_predict: int) -> tuple[dict[str, Any], str, float]:
-        """One request as this model's mode sends it: (timings-bearing answer, its text, wall ms)."""
+    def _request(self, server: Any, p: Prompt, cond: Condition, seed: int, n_predict: int,
+                 fields: dict[str, Any] | None = None) -> tuple[dict[str, Any], str, float]:
+        """One request as this model's mode sends it (with `fields` added to the body): (timings-
+        bearing answer, its text, wall ms)."""
         context = self.contexts.get((context_kind(p.category), cond.depth), "")
         t0 = time.perf_counter()
+        self._requests += 1
         if self.mode == "raw":
             res = server.completion(context + "\n\n" + p.text if context else p.text,
                                     n_predict=n_predict, temperature=cond.temperature, seed=seed,
-                                    cache_prompt=False)
+                                    cache_prompt=False, **(fields or {}))
             text = str(res.get("content", ""))
         else:
             extra = ({"chat_template_kwargs": {"enable_thinking": REASONING[cond.reasoning]}}
                      if cond.reasoning else {})
+            extra.update(fields or {})
             content = context + "\n\n" + p.message if context else p.message
             res = server.chat([{"role": "user", "content": content}], n_predict=n_predict,
                               temperature=cond.temperature, seed=seed, cache_prompt=False, **extra)
@@ -365,12 +497,14 @@ class _ModelRunner:
             p.id, p.category, cfg.n_max, cond.temperature, rep, seed, _int(t, "prompt_n"),
             _float(t, "prompt_ms"), _int(t, "predicted_n"), _float(t, "predicted_ms"),
             _int(t, "cache_n"), _int(t, "draft_n"), _int(t, "draft_n_accepted"), text,
-            cfg.p_min, cond.reasoning, cond.depth, wall_ms)
+            cfg.p_min, cond.reasoning, cond.depth, wall_ms, cfg.spec_types)
 
-    def _measure(self, server: Any, cfg: ServerConfig) -> str:
+    def _measure(self, server: Any, cfg: ServerConfig, *, per_request: bool = False) -> str:
         plan = self.plan
         spec_types = ""
+        fields = _per_request_fields(cfg) if per_request else None
         before = SpecCounters.from_metrics(server.metrics())
+        drafted = self._drafters(server) if cfg.mtp else {}
         for cond in plan.conditions:
             for rep, seed in enumerate(plan.seeds()):
                 for cat in plan.categories:
@@ -379,7 +513,8 @@ class _ModelRunner:
                                       f"{plan.reps} {cat}", 0)
                     records = []
                     for p in (q for q in plan.prompts if q.category == cat):
-                        res, text, wall_ms = self._request(server, p, cond, seed, plan.n_predict)
+                        res, text, wall_ms = self._request(server, p, cond, seed, plan.n_predict,
+                                                           fields)
                         gs = res.get("generation_settings") or {}
                         spec_types = str(gs.get("speculative.types", spec_types))
                         records.append(self._record(p, cfg, cond, rep, seed, res, text, wall_ms))
@@ -387,9 +522,11 @@ class _ModelRunner:
                         if self.progress:
                             self.progress("", 1)
                     after = SpecCounters.from_metrics(server.metrics())
+                    now = self._drafters(server) if cfg.mtp else {}
                     self.cells.append(Cell(cfg.n_max, cond.temperature, cat, rep, after - before,
-                                           tuple(records), cfg.p_min, cond.reasoning, cond.depth))
-                    before = after
+                                           tuple(records), cfg.p_min, cond.reasoning, cond.depth,
+                                           cfg.spec_types, drafter_delta(now, drafted)))
+                    before, drafted = after, now
         return spec_types
 
     def _estimate(self, first: RequestRecord) -> None:
@@ -404,6 +541,71 @@ class _ModelRunner:
         total = self.plan.estimate_s(self._start_s, prefill, decode)
         self.events(f"estimated time: ~{_duration(total)} (first server: start {self._start_s:.1f} s, "
                     f"prefill {prefill:.0f} tok/s, decode {decode:.1f} tok/s)")
+
+
+PROBE_TOKENS = 16  # tokens of each per-request probe request (uncounted, like the warm-up)
+
+
+# The per-request line both llama-server (slot print_timing) and ik_llama.cpp's print when a request
+# drafted: "draft acceptance = 0.8 (52 accepted / 63 generated)" / "draft acceptance rate = ...".
+_LOG_DRAFTED = re.compile(r"draft acceptance(?: rate)? = [\d.]+ \(\s*\d+ accepted /\s*(\d+) generated\)")
+
+
+def _drafted(server: Any, send: Callable[[dict[str, Any]], dict[str, Any]],
+             fields: dict[str, Any]) -> int:
+    """Tokens drafted by one request: llama-server's /metrics delta, else the response's
+    timings.draft_n, else (ik_llama.cpp's MTP path counts neither) its log line for the request."""
+    read = getattr(server, "log_text", lambda: "")
+    before, logged = server.metrics(), len(_LOG_DRAFTED.findall(read()))
+    res = send(fields)
+    after = server.metrics()
+    if M_DRAFT in after:
+        return int(after[M_DRAFT] - before.get(M_DRAFT, 0))
+    if "draft_n" in (res.get("timings") or {}):
+        return _int(res["timings"], "draft_n")
+    deadline = time.monotonic() + 1.0  # the log is written by a thread of its own
+    while time.monotonic() < deadline:
+        lines = _LOG_DRAFTED.findall(read())
+        if len(lines) > logged:
+            return sum(int(x) for x in lines[logged:])
+        time.sleep(0.05)
+    return 0  # no line: nothing drafted
+
+
+def probe_per_request(server: Any, send: Callable[[dict[str, Any]], dict[str, Any]],
+                      what: str = "") -> tuple[bool, str]:
+    """Whether a running speculative server takes per-request speculative fields: the same short
+    request (`send(fields)` sends it) plain and with `speculative.n_max` 0; taken when the first
+    drafts and the second does not. (taken, the evidence in words)."""
+    drafted = []
+    for fields in ({}, {"speculative.n_max": 0}):
+        try:
+            drafted.append(_drafted(server, send, fields))
+        except ServerError as e:
+            return False, f"a request with speculative.n_max was refused: {e}"
+    plain, probed = drafted
+    if plain == 0:
+        return False, "undecided: the plain probe request drafted nothing" + (f" ({what})" if what else "")
+    ok = probed == 0
+    return ok, (f"one request drafted {plain} tokens plain and {probed} with speculative.n_max=0: the "
+                f"server {'applies' if ok else 'ignores'} per-request speculative fields")
+
+
+def _first_to_start(pending: list[ServerConfig]) -> ServerConfig:
+    """The next server to start: the baseline first, then per --spec-type list the deepest n (a server
+    that takes per-request fields can then run every shallower n of the list)."""
+    head = pending[0]
+    if not head.mtp:
+        return head
+    same = [c for c in pending if c.spec_types == head.spec_types]
+    return max(same, key=lambda c: c.n_max or 0)
+
+
+def _per_request_fields(cfg: ServerConfig) -> dict[str, Any]:
+    fields: dict[str, Any] = {"speculative.n_max": cfg.n_max}
+    if cfg.p_min is not None:
+        fields["speculative.p_min"] = cfg.p_min
+    return fields
 
 
 def _mtp_blocker(model: Path, draft: Path | None) -> str | None:

@@ -20,13 +20,18 @@ from ..inspection import file_type_name
 from .prompts import Prompt, builtin_prompts, load_prompts, select_prompts
 from .server import ServerTool
 
-# The presets. The default sits between quick and thorough: 4 servers x 16 requests x 128 tokens,
-# a few minutes for a 27B model on one GPU (~40 tok/s without MTP); thorough is what people publish.
+# The presets. The default sits between quick and thorough: 4 servers x 20 requests x 128 tokens
+# (dense models: p-min 0 and 0.75 double the MTP servers), a few minutes for a 27B model on one GPU
+# (~40 tok/s without MTP); thorough is what people publish. `dense_p_min`: the p-min values a dense
+# model (no experts) is swept over unless p-min is given (dense models were reported to need 0.75 where
+# MoE models prefer 0; an MoE model keeps llama-server's default).
+DENSE_P_MIN = (0.0, 0.75)
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"n_max": (3,), "reps": 1, "per_category": 1, "n_predict": 64},
-    "default": {"n_max": (1, 2, 3), "reps": 2, "per_category": 2, "n_predict": 128},
+    "quick": {"n_max": (3,), "reps": 1, "per_category": 1, "n_predict": 64, "dense_p_min": DENSE_P_MIN},
+    "default": {"n_max": (1, 2, 3), "reps": 2, "per_category": 2, "n_predict": 128,
+                "dense_p_min": DENSE_P_MIN},
     "thorough": {"n_max": (1, 2, 3, 4), "reps": 3, "per_category": None, "n_predict": 256,
-                 "p_min": (0.0, 0.75), "context_depth": (0, 4096)},
+                 "dense_p_min": DENSE_P_MIN, "context_depth": (0, 4096)},
 }
 DEFAULT_N_MAX = PRESETS["default"]["n_max"]
 DEFAULT_TEMPERATURES = (0.0,)
@@ -56,6 +61,11 @@ class ModelSpec:
     context_length: int = 0  # the model's trained context ({arch}.context_length; 0: not stated)
     chat_template: bool = False  # the GGUF carries tokenizer.chat_template
     file_type: str | None = None  # general.file_type by name (Q4_K_M, F16, ...)
+    expert_count: int = 0  # {arch}.expert_count: > 0 is an MoE model
+
+    @property
+    def dense(self) -> bool:
+        return self.expert_count <= 0
 
     @property
     def name(self) -> str:
@@ -69,28 +79,40 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """One llama-server process per model: the baseline (n_max None) or MTP with draft depth n_max
-    and, when given, --spec-draft-p-min p_min."""
+    """One llama-server configuration: the baseline (n_max None) or MTP with draft depth n_max, when
+    given --spec-draft-p-min p_min, and `spec_types`: the whole --spec-type list when it is more than
+    the MTP type alone (e.g. "draft-mtp,ngram-mod"; None: the MTP type alone)."""
 
     n_max: int | None = None
     p_min: float | None = None
+    spec_types: str | None = None
 
     @property
     def mtp(self) -> bool:
         return self.n_max is not None
 
     @property
+    def others(self) -> tuple[str, ...]:
+        """The types of the list beside MTP ('' where MTP runs alone)."""
+        return tuple(t for t in (self.spec_types or "").split(",") if t and t not in MTP_TYPES)
+
+    @property
     def label(self) -> str:
         if not self.mtp:
             return "baseline"
-        return f"MTP n={self.n_max}" + (f" p-min={self.p_min:g}" if self.p_min is not None else "")
+        return ("MTP" + "".join(f"+{t}" for t in self.others) + f" n={self.n_max}"
+                + (f" p-min={self.p_min:g}" if self.p_min is not None else ""))
 
     @property
     def tag(self) -> str:
         """File-name form of the label (server logs)."""
         if not self.mtp:
             return "baseline"
-        return f"mtp-n{self.n_max}" + (f"-p{self.p_min:g}" if self.p_min is not None else "")
+        return ("mtp" + "".join(f"-{t}" for t in self.others) + f"-n{self.n_max}"
+                + (f"-p{self.p_min:g}" if self.p_min is not None else ""))
+
+
+MTP_TYPES = ("draft-mtp", "mtp")  # the MTP spellings (mainline, ik_llama.cpp / older builds)
 
 
 @dataclass(frozen=True)
@@ -119,10 +141,11 @@ class Keyed:
     temperature: float
     reasoning: str | None
     depth: int
+    spec_types: str | None
 
     @property
     def config(self) -> ServerConfig:
-        return ServerConfig(self.n_max, self.p_min)
+        return ServerConfig(self.n_max, self.p_min, self.spec_types)
 
     @property
     def condition(self) -> Condition:
@@ -150,10 +173,24 @@ class CheckPlan:
     reasoning: tuple[str, ...] = ()  # empty: the template's default, nothing sent
     context_depth: tuple[int, ...] = (0,)
     p_min: tuple[float | None, ...] = (None,)  # None: llama-server's default
+    dense_p_min: tuple[float, ...] = ()  # a dense model's p-min values (instead of p_min), when given
+    spec_lists: tuple[str | None, ...] = (None,)  # --spec-type lists; None: the MTP type alone
 
     @property
     def spec_type(self) -> str:
         return self.server.spec_type
+
+    def spec_type_of(self, cfg: ServerConfig) -> str:
+        """The exact --spec-type value a configuration runs with."""
+        return cfg.spec_types or self.spec_type
+
+    def p_min_for(self, spec: ModelSpec) -> tuple[float | None, ...]:
+        return self.dense_p_min if self.dense_p_min and spec.dense else self.p_min
+
+    def configs_for(self, spec: ModelSpec) -> tuple[ServerConfig, ...]:
+        """The baseline, then every --spec-type list x n x p-min this model runs."""
+        return (ServerConfig(None),) + tuple(ServerConfig(n, p, t) for t in self.spec_lists
+                                             for n in self.n_max for p in self.p_min_for(spec))
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -161,8 +198,9 @@ class CheckPlan:
 
     @property
     def configs(self) -> tuple[ServerConfig, ...]:
-        return (ServerConfig(None),) + tuple(ServerConfig(n, p) for n in self.n_max
-                                             for p in self.p_min)
+        """Every configuration some model runs (each model's own: configs_for)."""
+        return tuple(dict.fromkeys(c for m in self.models for c in self.configs_for(m))) \
+            or (ServerConfig(None),)
 
     @property
     def conditions(self) -> tuple[Condition, ...]:
@@ -183,7 +221,7 @@ class CheckPlan:
 
     @property
     def n_servers(self) -> int:
-        return len(self.models) * len(self.configs)
+        return sum(len(self.configs_for(m)) for m in self.models)
 
     @property
     def n_requests(self) -> int:
@@ -220,6 +258,8 @@ class CheckPlan:
             "reasoning": list(self.reasoning),
             "reasoning_kwargs": {r: {"enable_thinking": REASONING[r]} for r in self.reasoning},
             "context_depth": list(self.context_depth), "p_min": list(self.p_min),
+            "dense_p_min": list(self.dense_p_min),
+            "spec_types": [self.spec_type_of(ServerConfig(1, None, t)) for t in self.spec_lists],
             "warmup": WARMUP_RULE if self.warmup else "none",
         }
 
@@ -227,8 +267,8 @@ class CheckPlan:
         return {
             "models": [{"path": str(m.path), "files": [str(f) for f in m.files], "arch": m.arch,
                         "nextn_predict_layers": m.nextn_predict_layers, "quant": m.quant,
-                        "mode": self.mode_for(m)} for m in self.models],
-            "servers": [f"{m.name}: {c.label}" for m in self.models for c in self.configs],
+                        "mode": self.mode_for(m), "dense": m.dense} for m in self.models],
+            "servers": [f"{m.name}: {c.label}" for m in self.models for c in self.configs_for(m)],
             "n_requests": self.n_requests,
             "cost": self.cost(),
             "settings": self.settings_dict(),
@@ -245,8 +285,10 @@ def resolve_model(path: str | os.PathLike[str]) -> ModelSpec:
     arch = str(model.get("general.architecture", ""))
     nextn = model.get(f"{arch}.nextn_predict_layers", 0) if arch else 0
     ctx_train = model.get(f"{arch}.context_length", 0) if arch else 0
+    experts = model.get(f"{arch}.expert_count", 0) if arch else 0
     return ModelSpec(path=model.path, files=tuple(model.paths), arch=arch,
                      nextn_predict_layers=int(nextn or 0),
+                     expert_count=experts if isinstance(experts, int) and experts > 0 else 0,
                      context_length=ctx_train if isinstance(ctx_train, int) and ctx_train > 0 else 0,
                      chat_template=bool(model.get("tokenizer.chat_template")),
                      file_type=file_type_name(model.get("general.file_type")))
@@ -260,7 +302,8 @@ def settings_problem(*, n_max: Sequence[int], temperatures: Sequence[float], rep
                      per_category: int | None, n_predict: int, ctx_size: int, min_acceptance: float,
                      min_speedup: float | None, context_depth: Sequence[int] = (0,),
                      p_min: Sequence[float | None] = (None,), mode: str = "auto",
-                     reasoning: Sequence[str] = ()) -> tuple[str, str] | None:
+                     reasoning: Sequence[str] = (), dense_p_min: Sequence[float] = (),
+                     spec_types: Sequence[str] = ()) -> tuple[str, str] | None:
     """(setting, what is wrong) for the first bad check setting, or None (recipes validate with it too)."""
     if not n_max or any(int(n) < 1 for n in n_max):
         return "n_max", f"values must be >= 1, got {list(n_max)}"
@@ -284,12 +327,41 @@ def settings_problem(*, n_max: Sequence[int], temperatures: Sequence[float], rep
         return "context_depth", f"values must be <= {MAX_CTX:,}, got {list(context_depth)}"
     if not p_min or any(p is not None and not 0 <= p <= 1 for p in p_min):
         return "p_min", f"values must be between 0 and 1, got {list(p_min)}"
+    if any(not 0 <= p <= 1 for p in dense_p_min):
+        return "dense_p_min", f"values must be between 0 and 1, got {list(dense_p_min)}"
+    bad = next((t for t in spec_types if not set(split_types(t)) & set(MTP_TYPES)), None)
+    if bad is not None:
+        return "spec_types", (f"each list must include MTP ({MTP_TYPES[0]}), got {bad!r}: the "
+                              "check compares MTP alone and MTP with other drafters against no MTP")
     if mode not in MODES:
         return "mode", f"must be one of {', '.join(MODES)}, got {mode!r}"
     unknown = [r for r in reasoning if r not in REASONING]
     if unknown:
         return "reasoning", f"takes on and off, got {', '.join(unknown)}"
     return None
+
+
+def split_types(value: str) -> tuple[str, ...]:
+    """A --spec-type list ("draft-mtp,ngram-mod") as its types, blanks and repeats dropped."""
+    return tuple(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
+
+
+def _spec_lists(server: ServerTool, lists: Sequence[str]) -> tuple[str | None, ...]:
+    """The --spec-type lists to sweep, each checked against the types this llama-server's --help
+    offers; None stands for the MTP type alone."""
+    out: list[str | None] = []
+    for value in lists or (server.spec_type,):
+        types = split_types(value)
+        unknown = [t for t in types if t not in server.spec_types and t != server.spec_type]
+        if unknown:
+            offered = ", ".join(server.spec_types) or "no list in its --help"
+            raise UsageError(f"{server.path} does not offer --spec-type {', '.join(unknown)} "
+                             f"(it offers: {offered})")
+        if server.spec_type not in types:
+            raise UsageError(f"{server.path} spells MTP {server.spec_type!r}; the list {value!r} "
+                             "does not include it")
+        out.append(None if types == (server.spec_type,) else ",".join(types))
+    return tuple(dict.fromkeys(out))
 
 
 def validate_settings(**settings: Any) -> None:
@@ -319,7 +391,8 @@ def plan_check(models: Sequence[str | os.PathLike[str]], *, server: ServerTool,
                min_acceptance: float = DEFAULT_MIN_ACCEPTANCE, min_speedup: float | None = None,
                warmup: bool = True, mode: str = "auto", reasoning: Sequence[str] = (),
                context_depth: Sequence[int] = (0,),
-               p_min: Sequence[float | None] = (None,)) -> CheckPlan:
+               p_min: Sequence[float | None] = (None,), dense_p_min: Sequence[float] = (),
+               spec_types: Sequence[str] = ()) -> CheckPlan:
     """Validate the inputs and return the plan (pure: `server` is llama-server as resolve_server
     found it; nothing is started or probed here)."""
     if not models:
@@ -327,10 +400,14 @@ def plan_check(models: Sequence[str | os.PathLike[str]], *, server: ServerTool,
     validate_settings(n_max=n_max, temperatures=temperatures, reps=reps, per_category=per_category,
                       n_predict=n_predict, ctx_size=ctx_size, min_acceptance=min_acceptance,
                       min_speedup=min_speedup, context_depth=context_depth, p_min=p_min, mode=mode,
-                      reasoning=reasoning)
+                      reasoning=reasoning, dense_p_min=dense_p_min, spec_types=spec_types)
     n_max_t, temps, depths = _unique(n_max, int), _unique(temperatures, float), _unique(context_depth, int)
     p_min_t = tuple(dict.fromkeys(None if p is None else float(p) for p in p_min))
     reasoning_t = tuple(dict.fromkeys(reasoning))
+    dense_t = tuple(dict.fromkeys(float(p) for p in dense_p_min))
+    if dense_t and not server.has("--spec-draft-p-min"):
+        dense_t = ()  # a preset's sweep, dropped where this llama-server has no p-min option
+    lists = _spec_lists(server, spec_types)
     if any(p is not None for p in p_min_t) and not server.has("--spec-draft-p-min"):
         raise UsageError(f"{server.path} has no --spec-draft-p-min option")
     specs = tuple(resolve_model(m) for m in models)
@@ -345,7 +422,7 @@ def plan_check(models: Sequence[str | os.PathLike[str]], *, server: ServerTool,
                      ctx_size=ctx_size, server_args=tuple(server_args),
                      min_acceptance=min_acceptance, min_speedup=min_speedup,
                      prompt_source=source, warmup=warmup, mode=mode, reasoning=reasoning_t,
-                     context_depth=depths, p_min=p_min_t)
+                     context_depth=depths, p_min=p_min_t, dense_p_min=dense_t, spec_lists=lists)
     _check_modes(plan)
     _check_ctx(plan)
     return plan

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..parsing import load_json, read_text
 
-CATEGORIES = ("code", "factual", "analysis", "creative")
+CATEGORIES = ("code", "factual", "analysis", "creative", "edit")
 MAX_PROMPT_FILE = 16 << 20  # bytes: a suite of thousands of long prompts is a few MB
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -71,7 +71,8 @@ def _parse_lines(lines: Iterable[str], source: str) -> list[Prompt]:
 
 
 def builtin_prompts() -> list[Prompt]:
-    """The suite shipped with mtpgraft: code, factual, analysis and creative prompts."""
+    """The suite shipped with mtpgraft: code, factual, analysis, creative and edit prompts (an edit
+    prompt carries the text to change, so most of its answer repeats the prompt)."""
     text = resources.files("mtpgraft").joinpath("data/prompts.jsonl").read_text(encoding="utf-8")
     return _parse_lines(text.splitlines(), "built-in prompts")
 

@@ -18,7 +18,17 @@ from ..reports import CHECK_REPORT
 from .judge import SPEEDUP_GREEN, SPEEDUP_RED, CheckResult, ConfigStats, ModelResult
 from .measure import RequestRecord
 from .plan import WARMUP_RULE, Condition
-from .tables import DOT, acceptance_table, md_table, row_labels, speedup_matrix
+from .tables import (
+    DOT,
+    OFF_TEXT,
+    acceptance_table,
+    flags_table,
+    margin_text,
+    md_table,
+    row_labels,
+    speedup_matrix,
+    task_flags,
+)
 
 CHART_NAME = "speedup.png"  # the quant x category heatmap
 CHART_BY_N = "by-n.png"  # acceptance and speedup against n, one line per quant
@@ -59,7 +69,7 @@ def format_verdict(result: CheckResult) -> str:
 def _config_row(c: ConfigStats) -> list[str]:
     return [c.category, c.config.label.removeprefix("MTP "), c.condition.label,
             _pm(c.acceptance, c.acceptance_reps.std), _f(c.counters.mean_accept_len),
-            " ".join(_f(x) for x in c.counters.per_pos_rate) or "-",
+            " ".join(_f(x) for x in c.counters.per_pos_upto(c.n_max)) or "-",
             _pm(c.decode_tps.mean, c.decode_tps.std, ".1f"), _f(c.baseline_decode_tps.mean, ".1f"),
             _pm(c.speedup.mean, c.speedup.std),
             f"{_f(c.prefill_tps.mean, '.0f')} / {_f(c.baseline_prefill_tps.mean, '.0f')}"]
@@ -92,15 +102,15 @@ def _summary_grid(m: ModelResult) -> str:
     for s in m.summaries or tuple(m.categories.values()):
         cond = f"T={s.temperature:g}" + (f" thinking {s.reasoning}" if s.reasoning else "") + \
             (f" depth {s.depth}" if s.depth else "")
-        best = (f"n={s.best_n}" + (f" p={s.best_p_min:g}" if s.best_p_min is not None else "")
-                if s.best_n else "-")
-        rows.append([s.category, cond, best, _f(s.acceptance),
-                     _f(s.speedup) + ("x" if s.speedup is not None else ""),
+        d = s.to_dict()
+        flags = task_flags(d)
+        rows.append([s.category, cond, (flags or OFF_TEXT) if flags is not None else "-",
+                     _f(s.acceptance), _f(s.speedup) + ("x" if s.speedup is not None else ""),
                      _f(s.decode_tps, ".1f"), _f(s.baseline_decode_tps, ".1f"),
                      _f(s.prefill_tps, ".0f"), _f(s.baseline_prefill_tps, ".0f"),
-                     (s.status or "-") + (f" ({s.why})" if s.why else "")])
-    return _grid(["best", "condition", "config", "accept", "speedup", "tok/s", "base tok/s",
-                  "prefill", "base prefill", "status"], rows)
+                     (s.status or "-") + (f" ({s.why})" if s.why else ""), margin_text(d)])
+    return _grid(["best", "condition", "recommended", "accept", "speedup", "tok/s", "base tok/s",
+                  "prefill", "base prefill", "status", "margin"], rows)
 
 
 def per_prompt_line(model: str, r: RequestRecord) -> str:
@@ -196,6 +206,36 @@ def _reasoning_table(result: CheckResult) -> list[str]:
     return ["## Thinking on and off", "", md_table(header, rows), ""]
 
 
+def _drafter_table(result: CheckResult) -> list[str]:
+    """Per --spec-type list with more than MTP: which drafter proposed and had accepted what (llama.cpp's
+    own per-drafter counters), beside llama-server's totals for the same requests (/metrics)."""
+    rows = []
+    for label, m in zip(_labels(result), result.models, strict=True):
+        for c in m.configs:
+            if c.spec_types is None or not c.drafters:
+                continue
+            for d in c.drafters:
+                rows.append([label, c.category, c.config.label, c.condition.label,
+                             d.type, str(d.drafts), str(d.draft_tokens), str(d.accepted),
+                             _f(d.acceptance)])
+            drafted = sum(d.draft_tokens for d in c.drafters)
+            accepted = sum(d.accepted for d in c.drafters)
+            rows.append([label, c.category, c.config.label, c.condition.label,
+                         "all (llama-server /metrics)", str(c.counters.drafts),
+                         str(c.counters.draft_tokens), str(c.counters.accepted), _f(c.acceptance)
+                         + ("" if (drafted, accepted) == (c.counters.draft_tokens, c.counters.accepted)
+                            else f" (drafters sum to {accepted}/{drafted})")])
+    if not rows:
+        return []
+    return ["## Drafters", "",
+            "Which drafter of a --spec-type list proposed and had accepted what: llama.cpp's own "
+            "per-drafter counters (its `statistics` log lines at --verbosity 4), then llama-server's "
+            "totals over the same requests. The drafts column of the total row counts verification "
+            "steps.", "",
+            md_table(["quant", "category", "config", "condition", "drafter", "drafts", "drafted",
+                      "accepted", "acceptance"], rows), ""]
+
+
 def _depth_table(result: CheckResult) -> list[str]:
     """Per depth: prefill with and without MTP (the ratio), decode speedup and acceptance."""
     if result.plan.context_depth == (0,):
@@ -236,7 +276,7 @@ def _model_section(m: ModelResult) -> list[str]:
     if m.configs:
         rows = [[c.category, c.config.label.removeprefix("MTP "), c.condition.label,
                  _pm(c.acceptance, c.acceptance_reps.std), _f(c.counters.mean_accept_len),
-                 " / ".join(_f(x) for x in c.counters.per_pos_rate) or "-",
+                 " / ".join(_f(x) for x in c.counters.per_pos_upto(c.n_max)) or "-",
                  _pm(c.decode_tps.mean, c.decode_tps.std, ".1f"),
                  _pm(c.baseline_decode_tps.mean, c.baseline_decode_tps.std, ".1f"),
                  f"{DOT[c.status]} {_pm(c.speedup.mean, c.speedup.std)}",
@@ -275,6 +315,15 @@ def render_markdown(result: CheckResult, chart: str | None = None, chart_note: s
            for s in m.categories.values() if s.why]
     if why:
         out += ["Inconclusive:", ""] + why + [""]
+    flags = flags_table(models)
+    if flags:
+        out += ["## Recommended llama-server flags per task", "",
+                f"The winner per quant and category, {first.label}, among every configuration measured "
+                "and MTP off (1.00x): its exact speculative flags, or \"leave MTP off\" where no "
+                "configuration beat the server without MTP; the margin is the winner's mean speedup "
+                "minus the runner-up's, inside the noise when within one sd of that difference (the "
+                "two spreads over reps combined).", "", flags, ""]
+    out += _drafter_table(result)
     acc = acceptance_table(models)
     if acc:
         out += ["## Acceptance per quant and draft depth", "",
@@ -291,18 +340,32 @@ def render_markdown(result: CheckResult, chart: str | None = None, chart_note: s
     return "\n".join(out)
 
 
+def _per_request_line(result: CheckResult) -> str:
+    """What the build did with per-request speculative fields (and so how many servers ran)."""
+    if result.per_request is None:
+        return "not probed (no --spec-type list had more than one n / p-min on a server, or no warm-up)"
+    ok, evidence = result.per_request
+    return (f"{'accepted' if ok else 'ignored'} by llama.cpp {result.llama_cpp_build} ({evidence}); "
+            + ("every n and p-min of a --spec-type list measured on one server start" if ok else
+               "one server start per configuration"))
+
+
 def _settings(result: CheckResult) -> list[str]:
     p = result.plan
     modes = ", ".join(sorted({p.mode_for(m) for m in p.models}))
     return ["## Settings", "",
             f"- llama.cpp build: {result.llama_cpp_build}",
-            f"- MTP: `--spec-type {p.spec_type}`" + (f", draft `-md {p.draft.name}`" if p.draft else ""),
+            "- MTP: " + ", ".join(f"`--spec-type {t}`" for t in p.settings_dict()["spec_types"])
+            + (f", draft `-md {p.draft.name}`" if p.draft else ""),
+            f"- per-request speculative fields: {_per_request_line(result)}",
             f"- mode: {modes} (chat: /v1/chat/completions through the model's template with "
             "--jinja; raw: /completion)"
             + (f"; thinking {', '.join(p.reasoning)} via chat_template_kwargs.enable_thinking"
                if p.reasoning else ""),
             f"- draft depths n: {', '.join(map(str, p.n_max))}; p-min: "
-            f"{', '.join('default' if x is None else f'{x:g}' for x in p.p_min)}; temperatures: "
+            f"{', '.join('default' if x is None else f'{x:g}' for x in p.p_min)}"
+            + (f" (dense models: {', '.join(f'{x:g}' for x in p.dense_p_min)})" if p.dense_p_min else "")
+            + "; temperatures: "
             f"{', '.join(f'{t:g}' for t in p.temperatures)}; context depths: "
             f"{', '.join(map(str, p.context_depth))}; reps: {p.reps} (seeds "
             f"{', '.join(map(str, p.seeds()))}); n_predict {p.n_predict}; ctx {p.server_ctx}",
@@ -367,17 +430,20 @@ def write_chart(result: CheckResult, path: Path) -> str:
 
 
 def write_chart_by_n(result: CheckResult, path: Path) -> str:
-    """Acceptance and speedup against n, one line per quant (p-min and condition: the first)."""
+    """Acceptance and speedup against n, one line per quant (p-min, --spec-type list and condition:
+    the first)."""
     try:
         plt = _pyplot()
     except ImportError:
         return "chart skipped: matplotlib is not installed (pip install 'mtpgraft[chart]')"
-    first, p0 = result.plan.conditions[0], result.plan.p_min[0]
+    plan = result.plan
+    first, types = plan.conditions[0], plan.spec_lists[0]
     fig, (ax_a, ax_s) = plt.subplots(1, 2, figsize=(9.0, 3.6))
     drawn = False
     for m in result.models:
-        runs = sorted((c for c in m.pooled if c.condition == first and c.p_min == p0),
-                      key=lambda c: c.n_max)
+        p0 = plan.p_min_for(m.spec)[0]
+        runs = sorted((c for c in m.pooled if c.condition == first and c.p_min == p0
+                       and c.spec_types == types), key=lambda c: c.n_max)
         if not runs:
             continue
         drawn = True

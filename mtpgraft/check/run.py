@@ -39,30 +39,35 @@ def run_check(plan: CheckPlan, *, log_dir: str | os.PathLike[str] | None = None,
     if logs is not None:
         logs.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    results, build_info, warmup_s = _measure_models(plan, server_factory or _default_server_factory, logs,
-                                                    progress, events)
+    results, build_info, warmup_s, per_request = _measure_models(
+        plan, server_factory or _default_server_factory, logs, progress, events)
     wall_s = time.perf_counter() - t0
     if hash_files:
         results = _with_hashes(plan, results)
-    return _pooled(plan, results, build_info=build_info, wall_s=wall_s, warmup_s=warmup_s)
+    return replace(_pooled(plan, results, build_info=build_info, wall_s=wall_s, warmup_s=warmup_s),
+                   per_request=per_request)
 
 
 def _measure_models(plan: CheckPlan, factory: ServerFactory, logs: Path | None, progress: Progress | None,
-                    events: Events | None) -> tuple[list[ModelResult], str, float]:
-    """Each model measured on its servers and judged; the first llama-server build seen; the warm-up time."""
+                    events: Events | None) -> tuple[list[ModelResult], str, float, tuple[bool, str] | None]:
+    """Each model measured on its servers and judged; the first llama-server build seen; the warm-up
+    time; whether the server takes per-request speculative fields (None: not probed)."""
     results: list[ModelResult] = []
     build_info = ""
     warmup_s = 0.0
+    per_request: tuple[bool, str] | None = None
     for spec in plan.models:
         runner = _ModelRunner(plan, spec, factory, logs, progress, events)
         runner.estimate = not results
+        runner.per_request = per_request  # the build's, probed once
         runner.run()
+        per_request = runner.per_request
         build_info = build_info or runner.build_info
         warmup_s += runner.warmup_s
         judged = judge_model(plan, spec, runner.cells, runner.servers)
         results.append(replace(judged, template=runner.template,
                                context_tokens=runner.context_tokens))
-    return results, build_info, warmup_s
+    return results, build_info, warmup_s, per_request
 
 
 def _with_hashes(plan: CheckPlan, results: list[ModelResult]) -> list[ModelResult]:

@@ -52,6 +52,7 @@ class ServerTool:
     version: str = ""
     llama_cpp_dir: str | None = None  # what --llama-cpp said, handed to every LlamaServer
     flags: frozenset[str] = frozenset()  # the options its --help lists that a check may pass
+    spec_types: tuple[str, ...] = ()  # the --spec-type values its --help offers (a comma list)
 
     def has(self, flag: str) -> bool:
         return flag in self.flags
@@ -67,11 +68,27 @@ def resolve_server(llama_cpp: str | os.PathLike[str] | None = None) -> ServerToo
     text = server_help(str(path))
     flags = frozenset(f for f in _CHECK_FLAGS if re.search(rf"(?<![\w-]){re.escape(f)}\b", text))
     return ServerTool(path=path, spec_type=spec_type, version=tool_version(str(path)),
-                      llama_cpp_dir=str(llama_cpp) if llama_cpp else None, flags=flags)
+                      llama_cpp_dir=str(llama_cpp) if llama_cpp else None, flags=flags,
+                      spec_types=offered_spec_types(text))
 
 
 # Options a check passes only when this llama-server knows them.
-_CHECK_FLAGS = ("--jinja", "--spec-draft-p-min", "--no-repack", "--cache-ram")
+_CHECK_FLAGS = ("--jinja", "--spec-draft-p-min", "--no-repack", "--cache-ram", "--verbosity")
+_SPEC_TYPE_LINE = re.compile(r"^\s*--spec-type\b[ \t]*(.*)$", re.M)
+
+
+def offered_spec_types(help_text: str) -> tuple[str, ...]:
+    """The --spec-type values a llama-server's --help offers, in its order: mainline prints them as
+    the option's argument (`--spec-type none,draft-simple,...,ngram-mod`), ik_llama.cpp in brackets
+    (`--spec-type Name [none | ngram - cache | ...]`). `none` is left out; () when there is no list."""
+    m = _SPEC_TYPE_LINE.search(help_text)
+    if m is None:
+        return ()
+    arg = m.group(1).split("  ")[0].strip()  # the argument, before the description's column
+    inner = re.search(r"\[(.*?)\]", m.group(1))
+    items = inner.group(1).split("|") if inner else arg.split(",")
+    names = [re.sub(r"\s*-\s*", "-", x).strip() for x in items]
+    return tuple(n for n in dict.fromkeys(names) if re.fullmatch(r"[a-z0-9][a-z0-9-]*", n) and n != "none")
 
 
 def cpu_has_amx() -> bool:

@@ -39,7 +39,9 @@ def _config(c: dict[str, Any]) -> str:
     n, p = c.get("best_n"), c.get("best_p_min")
     if n is None:
         return ""
-    return f"n={n}" + (f", p-min {p:g}" if p is not None else "")
+    types = str(c.get("best_spec_type") or "")
+    others = [t for t in types.split(",") if t and t not in ("draft-mtp", "mtp")]
+    return "".join(f"+{t} " for t in others) + f"n={n}" + (f", p-min {p:g}" if p is not None else "")
 
 
 def matrix_cell(c: dict[str, Any] | None) -> str:
@@ -85,3 +87,47 @@ def acceptance_table(models: Sequence[dict[str, Any]]) -> str:
             cells.append(_pm(a.get("mean"), a.get("std")))
         rows.append([label] + cells)
     return md_table(header, rows)
+
+
+OFF_TEXT = "leave MTP off"
+
+
+def task_flags(c: dict[str, Any] | None) -> str | None:
+    """The llama-server flags of a category's winner (report.json's category entry), '' where MTP off
+    won (no MTP configuration beat the server without MTP), None where nothing was measured."""
+    if not c or c.get("best_n") is None:
+        return None
+    if c.get("mtp_off"):
+        return ""
+    flags = f"--spec-type {c.get('best_spec_type') or 'draft-mtp'} --spec-draft-n-max {c['best_n']}"
+    p = c.get("best_p_min")
+    return flags + (f" --spec-draft-p-min {p:g}" if isinstance(p, (int, float)) else "")
+
+
+def margin_text(c: dict[str, Any]) -> str:
+    """The winner's margin over the runner-up and whether it is inside the noise."""
+    margin, runner = c.get("margin"), c.get("runner_up")
+    if margin is None or not runner:
+        return "-"
+    sd, inside = c.get("margin_sd"), c.get("margin_in_noise")
+    noise = ("noise not measured (1 rep)" if inside is None else
+             f"inside the noise (sd {sd:.2f})" if inside else f"outside the noise (sd {sd:.2f})")
+    return f"{margin:+.2f}x over {runner}, {noise}"
+
+
+def flags_table(models: Sequence[dict[str, Any]], code: Any = None) -> str:
+    """Markdown: per task x quant, the exact llama-server flags that won (or 'leave MTP off') and the
+    margin over the runner-up. `code` renders a flag string (default: a backtick code span)."""
+    def show(flags: str) -> str:
+        return code(flags) if code is not None else f"`{flags}`"
+
+    labels = row_labels(models)
+    tasks = list(dict.fromkeys(t for m in models for t in m.get("categories") or {}))
+    rows = []
+    for task in tasks:
+        for label, m in zip(labels, models, strict=True):
+            c = (m.get("categories") or {}).get(task)
+            flags = task_flags(c)
+            if c is not None and flags is not None:
+                rows.append([str(task), label, show(flags) if flags else OFF_TEXT, margin_text(c)])
+    return md_table(["task", "quant", "llama-server flags", "margin over the runner-up"], rows) if rows else ""

@@ -51,7 +51,11 @@ def _settings(preset: str, given: dict[str, Any]) -> dict[str, Any]:
               help="Draft depths to try; one llama-server per value (default 1,2,3).")
 @click.option("--p-min", "p_min", default=None, metavar="P,...",
               help="--spec-draft-p-min values to sweep like --n-max; one llama-server per "
-                   "combination (default: llama-server's own).")
+                   "combination (default: 0 and 0.75 for a dense model, llama-server's own for MoE).")
+@click.option("--spec-type", "spec_types", multiple=True, metavar="LIST",
+              help="A --spec-type list to sweep like --n-max, e.g. draft-mtp,ngram-mod (repeatable; "
+                   "each must include MTP and use types the server's --help offers; default: MTP "
+                   "alone). Give draft-mtp too to compare against MTP alone.")
 @click.option("--mode", type=click.Choice(["auto", "chat", "raw"]), default="auto", show_default=True,
               help="chat: messages through /v1/chat/completions and the model's own template "
                    "(--jinja); raw: text to /completion; auto: chat when the GGUF has a chat template.")
@@ -69,7 +73,7 @@ def _settings(preset: str, given: dict[str, Any]) -> dict[str, Any]:
               help="JSONL prompt file: one {\"category\": ..., \"prompt\": ...} per line "
                    "(default: the built-in suite).")
 @click.option("--categories", multiple=True, metavar="CAT,...",
-              help="Only these categories (code, factual, analysis, creative, or the file's).")
+              help="Only these categories (code, factual, analysis, creative, edit, or the file's).")
 @click.option("--per-category", type=int, default=None, metavar="N",
               help="At most N prompts per category (default 2).")
 @click.option("--n-predict", default=None, type=int, help="Tokens per request (default 128).")
@@ -94,10 +98,10 @@ def _settings(preset: str, given: dict[str, Any]) -> dict[str, Any]:
 @standard_options(force=True, dry_run="Print the plan (servers, requests, tokens) and stop.", llama_cpp=True)
 @error_boundary
 def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_max: str | None,
-              p_min: str | None, mode: str, reasoning: str | None, context_depth: str | None,
-              temperature: str, reps: int | None, seed: int, prompts_file: str | None,
-              categories: tuple[str, ...], per_category: int | None, n_predict: int | None,
-              ctx_size: int, server_args: tuple[str, ...], min_acceptance: float,
+              p_min: str | None, spec_types: tuple[str, ...], mode: str, reasoning: str | None,
+              context_depth: str | None, temperature: str, reps: int | None, seed: int,
+              prompts_file: str | None, categories: tuple[str, ...], per_category: int | None,
+              n_predict: int | None, ctx_size: int, server_args: tuple[str, ...], min_acceptance: float,
               min_speedup: float | None, endpoint: str | None, report_dir: str | None, per_prompt: bool,
               bench_json: str | None, force: bool, dry_run: bool, llama_cpp: str | None,
               as_json: bool) -> None:
@@ -107,18 +111,18 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
     hf://OWNER/REPO:TAG: then the real `llama-server -hf OWNER/REPO:TAG --spec-type draft-mtp` downloads
     it (into the standard Hugging Face cache) as users load it, mtpgraft says which files llama.cpp
     resolved (model, shards, MTP sidecar), and those files are measured.
-    Each model runs on one baseline llama-server and one MTP server per --n-max (x --p-min)
-    value; exit code 1 when the verdict is fail. Several models (quants) give one report with the
-    quant x category matrix and the quant x n acceptance table.
-    """
+    Each model runs on one baseline llama-server and one MTP server per --spec-type list x --n-max
+    x --p-min value (all of a list on one server where the server takes per-request speculative
+    fields); exit code 1 when the verdict is fail. Several models (quants) give one report with the
+    quant x category matrix, the quant x n acceptance table and the winning flags per task."""
     from ..check import plan_check, resolve_server
     from ..hub.remote import is_hf_ref
     from ..outputs import check_outputs
 
     settings = _validated_settings(preset, n_max=n_max, p_min=p_min, context_depth=context_depth,
-                                   temperature=temperature, reasoning=reasoning, reps=reps,
+                                   temperature=temperature, reasoning=reasoning, reps=reps, mode=mode,
                                    per_category=per_category, n_predict=n_predict, ctx_size=ctx_size,
-                                   min_acceptance=min_acceptance, min_speedup=min_speedup, mode=mode)
+                                   min_acceptance=min_acceptance, min_speedup=min_speedup, spec_types=spec_types)
     if bench_json:
         check_outputs([bench_json], [m for m in models if not is_hf_ref(m)], force=force)
     server = resolve_server(llama_cpp)
@@ -133,7 +137,7 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
         emit_dry_run(plan, "\n".join([_plan_size(plan) + ":"] + [f"  {s}" for s in plan.to_dict()["servers"]]),
                      as_json)
         return
-    info(_plan_size(plan) + f"; MTP via --spec-type {plan.spec_type}")
+    info(f"{_plan_size(plan)}; MTP via --spec-type {' / '.join(plan.settings_dict()['spec_types'])}")
     result = _run(plan, report_dir, hash_files=bool(report_dir or as_json))
     _show(result, report_dir=report_dir, bench_json=bench_json, per_prompt=per_prompt,
           as_json=as_json, resolutions=resolutions)
@@ -153,6 +157,8 @@ def _validated_settings(preset: str | None, *, n_max: str | None, p_min: str | N
         "context_depth": _csv("--context-depth", context_depth, int)})
     settings.update(temperatures=_numbers("--temperature", temperature, float), **fixed,
                     reasoning=_split(reasoning))
+    if p_min is not None:
+        settings["dense_p_min"] = ()  # the p-min given is every model's
     validate_settings(**settings)
     return settings
 

@@ -53,7 +53,7 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FLAG_NAMES: dict[str, dict[str, str]] = {
     "push": {"repo_id": "--repo", "report_dirs": "--report"},
     "card": {"repo_id": "--repo", "report_dirs": "--report"},
-    "check": {"ctx_size": "--ctx", "temperatures": "--temperature"},
+    "check": {"ctx_size": "--ctx", "temperatures": "--temperature", "spec_types": "--spec-type"},
     "quality": {"reports": "--check-report"},
 }
 

@@ -212,6 +212,7 @@ def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: s
                 "required before publishing.", ""]
     out += _files_section(repo_id, models, other_files, revision)
     out += _measurements_section(models, verified)
+    out += _task_flags_section(repo_id, models)
     out += _usage_section(repo_id, models, revision)
     out += _provenance_section(models, verified, base, base_link)
     return out
@@ -289,6 +290,41 @@ def _check_table(m: ModelEntry) -> list[str]:
     if c.chart:
         out += [f"![MTP speedup per task]({url_path(c.chart)})", ""]
     return out
+
+
+_SAFE_COMMAND = re.compile(r"[\w ,.:/=+-]+")
+
+
+def _task_flags_section(repo_id: str, models: Sequence[ModelEntry]) -> list[str]:
+    """Per task and quant: the exact llama-server command of the configuration that won the check's
+    measured table (check.tables.task_flags), or "leave MTP off" where none beat the server without
+    MTP, with the winner's margin over the runner-up and whether it is inside the noise."""
+    from ..check.tables import OFF_TEXT, margin_text, task_flags
+
+    rows = []
+    for m in models:
+        if m.check is None or m.layout == "mtp-only":
+            continue
+        tag = getattr(naming.hf_split_info(m.name), "tag", "") or m.quant or PurePosixPath(m.name).stem
+        for task, c in m.check.categories.items():
+            flags = task_flags(c) if isinstance(c, dict) else None
+            if flags is None:
+                continue
+            cmd = f"llama-server -hf {repo_id}:{tag} {flags}"
+            shown = (md_code(cmd) if _SAFE_COMMAND.fullmatch(cmd) else md(cmd)) if flags else OFF_TEXT
+            rows.append((str(task), f"| {md(task)} | {md(m.quant or PurePosixPath(m.name).name)} | {shown} | "
+                                    f"{md(margin_text(c))} |"))
+    if not rows:
+        return []
+    order = list(dict.fromkeys(t for t, _ in rows))  # by task, the quants in the card's order
+    rows.sort(key=lambda r: order.index(r[0]))
+    return ["## llama-server flags per task", "",
+            "The configuration that measured fastest per quant and task (draft types, "
+            "`--spec-draft-n-max`, `--spec-draft-p-min`), or \"leave MTP off\" where no MTP "
+            "configuration beat llama-server without it; the margin is the winner's mean speedup "
+            "over the runner-up's, inside the noise when within one sd over the repetitions.", "",
+            "| Task | Quant | Command | Margin over the runner-up |", "|---|---|---|---|",
+            *(r for _, r in rows), ""]
 
 
 def _usage_section(repo_id: str, models: Sequence[ModelEntry], revision: str) -> list[str]:

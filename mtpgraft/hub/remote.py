@@ -262,6 +262,8 @@ def verify_remote(repo_id: str, tags: list[str] | tuple[str, ...], *, server: Se
         ref = HfRef(repo_id, tag)
         models, draft, (res,) = localize_models([str(ref)], draft=None, server=server, endpoint=endpoint,
                                                 token=token)
-        plan = plan_check(models, draft=draft, server=server, **{**PRESETS["quick"], **(settings or {})})
+        # whether it drafts as users load it: one MTP server (the p-min sweep is `mtpgraft check`'s)
+        quick = {**PRESETS["quick"], "dense_p_min": ()}
+        plan = plan_check(models, draft=draft, server=server, **{**quick, **(settings or {})})
         out.append(RemoteCheck(tag, res, run_check(plan)))
     return out
