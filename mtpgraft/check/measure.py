@@ -247,7 +247,7 @@ class _ModelRunner:
         self.context_tokens: dict[str, int] = {}  # "code@4096" -> tokens counted by /tokenize
         self.template: tuple[TemplateCheck, ...] = ()
         self._start_s = 0.0
-        self.estimate = False  # set by run_check on the plan's first model
+        self.estimate = False  # set by execute_check on the plan's first model
 
     def _server_kwargs(self, cfg: ServerConfig) -> dict[str, Any]:
         plan = self.plan

@@ -49,7 +49,7 @@ def quantize_cmd(model: Path, types: str, imatrix: Path | None, mtp_type: str | 
     (header, tensor count, MTP block present and consistent, types as planned) before it is renamed
     into place; a bad one is removed and reported. Outputs that exist and verify are skipped.
     Exit code 1 when any type failed."""
-    from ..quantize import plan_quantize, run_quantize
+    from ..quantize import execute_quantize, plan_quantize
 
     plan = plan_quantize(model, types, out_dir=out_dir, name=name, imatrix=imatrix, mtp_type=mtp_type,
                          split_max_size=split_max_size, allow_requantize=allow_requantize, jobs=jobs,
@@ -61,7 +61,7 @@ def quantize_cmd(model: Path, types: str, imatrix: Path | None, mtp_type: str | 
         return
     n = len(plan.jobs)
     order = {t: i + 1 for i, t in enumerate(plan.types)}
-    res = run_quantize(plan, on_event=lambda t, m: info(f"[{order[t]}/{n}] {t}: {cli_text(m)}"))
+    res = execute_quantize(plan, on_event=lambda t, m: info(f"[{order[t]}/{n}] {t}: {cli_text(m)}"))
     if as_json:
         emit_json({"dry_run": False, **res.to_dict()})
     else:

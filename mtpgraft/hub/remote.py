@@ -258,7 +258,7 @@ def verify_remote(repo_id: str, tags: list[str] | tuple[str, ...], *, server: Se
                   settings: dict[str, object] | None = None) -> list[RemoteCheck]:
     """After a push: load each `repo_id:TAG` with llama-server -hf as users will, and check it (the
     `quick` check preset unless `settings` says otherwise)."""
-    from ..check import plan_check, run_check
+    from ..check import execute_check, plan_check
     from ..check.plan import PRESETS
 
     out = []
@@ -267,5 +267,5 @@ def verify_remote(repo_id: str, tags: list[str] | tuple[str, ...], *, server: Se
         models, draft, (res,) = localize_models([str(ref)], draft=None, server=server, endpoint=endpoint,
                                                 token=token)
         plan = plan_check(models, draft=draft, server=server, **{**PRESETS["quick"], **(settings or {})})
-        out.append(RemoteCheck(tag, res, run_check(plan)))
+        out.append(RemoteCheck(tag, res, execute_check(plan)))
     return out

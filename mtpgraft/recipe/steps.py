@@ -208,7 +208,7 @@ class GraftStep(Step):
         return _by_name(_model_files(base) + (_model_files(src) if src else []))
 
     def run(self, ctx: Context) -> Outcome:
-        from ..graft import apply_plan, plan_attach
+        from ..graft import execute_graft, plan_attach
         from ..inspection import inspect_model
 
         base, src = self._inputs(ctx)
@@ -225,7 +225,7 @@ class GraftStep(Step):
                            replace=self.s.replace_mtp, force=True, llama_cpp=ctx.llama_cpp)
         _warn(ctx, self, plan.warnings)
         ctx.emit(self.id, f"attaching the MTP block of {src.name} to {base.name}")
-        written = apply_plan(plan)
+        written = execute_graft(plan)
         rep = inspect_model(written[0])
         if not rep.consistent or not rep.mtp_present:
             raise StepFailed(f"the grafted model fails inspection: {'; '.join(rep.problems)}")
@@ -258,7 +258,7 @@ class ImatrixStep(Step):
         return {"model": ctx.model(), "calibration": ctx.input("imatrix", "calibration")}
 
     def run(self, ctx: Context) -> Outcome:
-        from ..imatrix import plan_imatrix, read_imatrix, run_imatrix
+        from ..imatrix import execute_imatrix, plan_imatrix, read_imatrix
 
         s = self.s
         if s.file:
@@ -270,7 +270,7 @@ class ImatrixStep(Step):
                             extra_args=s.extra_args, force=True, llama_cpp=ctx.llama_cpp)
         ctx.emit(self.id, f"llama-imatrix on {model.name} with {cal.name}")
         (ctx.work / "logs").mkdir(parents=True, exist_ok=True)
-        info = run_imatrix(plan, log_path=ctx.work / "logs" / "imatrix.log").info
+        info = execute_imatrix(plan, log_path=ctx.work / "logs" / "imatrix.log").info
         return Outcome(f"{info.entries} entries, {info.chunk_count} chunks", (out,),
                        {"imatrix": ctx.state.rel(out), "entries": info.entries, "chunks": info.chunk_count,
                         "calibration": cal.name, "calibration_sha256": plan.calibration_sha256})
@@ -307,7 +307,7 @@ class QuantizeStep(Step):
         return {"model": ctx.model()} | ({"imatrix": imatrix} if imatrix else {})
 
     def run(self, ctx: Context) -> Outcome:
-        from ..quantize import plan_quantize, run_quantize
+        from ..quantize import execute_quantize, plan_quantize
 
         q = self.s
         threads = q.threads or (max(1, int(self.resources().cpus or 1)) if ctx.pin_threads else None)
@@ -316,7 +316,7 @@ class QuantizeStep(Step):
                              allow_requantize=q.allow_requantize, jobs=q.jobs, threads=threads, force=True,
                              llama_cpp=ctx.llama_cpp)
         _warn(ctx, self, plan.warnings)
-        o = run_quantize(plan, on_event=lambda t, m: ctx.emit(self.id, m), log_dir=ctx.work / "logs").outputs[0]
+        o = execute_quantize(plan, on_event=lambda t, m: ctx.emit(self.id, m), log_dir=ctx.work / "logs").outputs[0]
         if not o.ok or o.path is None:
             raise StepFailed(o.reason, log_tail=_tail(o.log))
         return Outcome(f"{o.bytes / 1e6:.1f} MB", tuple(Path(f) for f in o.files),
@@ -354,7 +354,7 @@ class CheckStep(Step):
     def check(self, ctx: Context, models: list[Path], report_dir: Path, step_id: str) -> tuple[Any, Path]:
         """These models checked with the recipe's [check] settings, and the report.json written
         (the quality step checks its reference alike)."""
-        from ..check import plan_check, resolve_server, run_check
+        from ..check import execute_check, plan_check, resolve_server
         from ..check.report import write_report
 
         s = self.s
@@ -362,7 +362,7 @@ class CheckStep(Step):
                           server_args=s.server_args, server=resolve_server(ctx.llama_cpp))
         ctx.emit(step_id, f"{plan.n_servers} llama-server runs, {plan.n_requests} requests" if step_id == self.id
                  else f"checking the reference {models[0].name} with the check step's settings")
-        result = run_check(plan, log_dir=report_dir / "logs", events=lambda m: ctx.emit(step_id, m))
+        result = execute_check(plan, log_dir=report_dir / "logs", events=lambda m: ctx.emit(step_id, m))
         return result, Path(write_report(result, report_dir).json)
 
     def run(self, ctx: Context) -> Outcome:
@@ -406,12 +406,12 @@ class QualityStep(Step):
                         + ([text] if text else []))
 
     def run(self, ctx: Context) -> Outcome:
-        from ..quality import acceptance_retention, plan_quality, run_quality, write_report
+        from ..quality import acceptance_retention, execute_quality, plan_quality, write_report
 
         ref, quants, out = ctx.model(), ctx.quants(self.r.quality_types()), self.out_dir()
         plan = plan_quality(ref, [str(p) for p in quants], text=self._text(), ctx_size=self.s.ctx,
                             chunks=self.s.chunks, extra_args=self.s.perplexity_args, llama_cpp=ctx.llama_cpp)
-        result = run_quality(plan, log_dir=out / "quality-logs", emit=lambda m: ctx.emit(self.id, m))
+        result = execute_quality(plan, log_dir=out / "quality-logs", emit=lambda m: ctx.emit(self.id, m))
         if self.r.check_types():
             _, ref_report = CheckStep(self.r).check(ctx, [ref], out / "reference", self.id)
             result = replace(result, retention=acceptance_retention(
