@@ -221,6 +221,40 @@ def test_k_quant_target_needs_llama_quantize(tmp_path, monkeypatch):
     assert "does not fit Q6_K" in r.stderr
 
 
+def test_k_quant_head_runs_the_resolved_llama_quantize_with_its_argv(tmp_path, monkeypatch):
+    """The tool is a value of the plan (`tools=`: nothing is looked up, PATH holds none), and the
+    head's llama-quantize command is the one llama-quantize command line: --pure, a rule per tensor,
+    F32 in, the first type, one thread. A failed run leaves nothing."""
+    import mtpgraft.graft.write as write
+    from mtpgraft.errors import ToolFailedError
+    from mtpgraft.quantize import QuantizeTools
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("MTPGRAFT_LLAMA_CPP", str(tmp_path / "nothing"))
+    wide_base = make_model(tmp_path / "wbase.gguf", layout="base", n_embd=256)
+    wide_full = make_model(tmp_path / "wfull.gguf", n_embd=256)
+    plan = plan_attach(wide_base, wide_full, tmp_path / "w.gguf", mtp_type="q6_k", tools=QuantizeTools("/x/quant"))
+    assert plan.llama_quantize == "/x/quant" and "llama_quantize" not in plan.to_dict()
+    quantized = [a.name for a in plan.tensors if a.method == "llama-quantize"]
+    assert quantized and "blk.4.attn_q.weight" in quantized
+    seen: list[list[str]] = []
+
+    def run_tool(cmd, **kw):
+        seen.append(cmd)
+        raise ToolFailedError("llama-quantize failed", cmd=cmd, returncode=1)
+
+    monkeypatch.setattr(write, "run_tool", run_tool)
+    before = {p.name for p in tmp_path.iterdir()}
+    with pytest.raises(ToolFailedError):
+        execute_graft(plan)
+    (cmd,) = seen
+    rules = [x for name in quantized for x in ("--tensor-type", "^" + name.replace(".", "\\.") + "$=q6_k")]
+    assert cmd[:3] == ["/x/quant", "--allow-requantize", "--pure"] and cmd[3:-4] == rules
+    assert Path(cmd[-4]).name == "mtp-f32.gguf" and Path(cmd[-3]).name == "mtp-quant.gguf"
+    assert cmd[-2:] == ["Q6_K", "1"]
+    _no_outputs(tmp_path, before)
+
+
 def test_iq_types_needing_imatrix_are_refused(models, tmp_path):
     with pytest.raises(GraftError, match="importance matrix"):
         plan_attach(models["base"], models["full"], tmp_path / "o.gguf", mtp_type="iq2_xxs")
