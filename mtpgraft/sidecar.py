@@ -29,10 +29,11 @@ from .graft import (
     TensorAction,
     attach_word,
     graft_block,
+    graft_provenance,
+    provenance,
     quantize_tool,
     source_label,
 )
-from .graft.keys import graft_provenance, provenance
 from .outputs import check_outputs
 from .preflight import assistant_blocker
 from .quantize import QuantizeTools

@@ -15,7 +15,7 @@ from __future__ import annotations
 from .digest import Digest
 from .extract import default_extract_name, plan_detach, plan_extract
 from .invariant import check_written
-from .keys import CACHE_AFTER, CACHE_ORIGIN, PROV, source_label
+from .keys import CACHE_AFTER, CACHE_ORIGIN, PROV, graft_provenance, provenance, source_label
 from .plan import (
     ATTACH_POLICIES,
     GraftedBlock,
@@ -34,5 +34,6 @@ __all__ = [
     "ATTACH_POLICIES", "BlockSharing", "CACHE_AFTER", "CACHE_ORIGIN", "CONVERT_CHUNK_BYTES", "DIGEST_KEY", "Digest",
     "GraftPlan", "GraftedBlock", "KeyChange", "PRINTED", "PROV", "ShardSpec", "TensorAction", "attach_word",
     "block_sharing", "check_base", "check_written", "convert_chunks", "default_extract_name", "describe_plan",
-    "execute_graft", "graft_block", "plan_attach", "plan_detach", "plan_extract", "quantize_tool", "source_label",
+    "execute_graft", "graft_block", "graft_provenance", "plan_attach", "plan_detach", "plan_extract", "provenance",
+    "quantize_tool", "source_label",
 ]
