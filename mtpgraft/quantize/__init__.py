@@ -58,7 +58,7 @@ __all__ = [
     "ALIASES", "DEFAULT_MTP_TYPE", "MTP_POLICIES", "NEEDS_IMATRIX", "REQUANTIZE_WARNING", "Event",
     "ImatrixCoverage", "MtpRule", "OutputResult", "OutputSpec", "QuantizeJob", "QuantizePlan", "QuantizeResult",
     "QuantizeTools", "Verification", "_zero_data", "canonical_type", "check_mtp_policy", "check_name",
-    "default_name", "existing_output", "ggml_type", "glob_escape", "mtp_policy_for", "name_problem",
+    "default_name", "execute_quantize", "existing_output", "ggml_type", "glob_escape", "mtp_policy_for", "name_problem",
     "output_names", "parse_size", "parse_types", "plan_quantize", "read_imatrix_coverage",
-    "resolve_quantize_tools", "execute_quantize", "types_needing_imatrix", "verify_output",
+    "resolve_quantize_tools", "types_needing_imatrix", "verify_output",
 ]
