@@ -224,6 +224,12 @@ def rule_for(arch: str) -> ArchRule | None:
     return ARCH_RULES.get(arch)
 
 
+def shared_tensors(arch: str) -> tuple[str, ...]:
+    """The tensors a draft of this architecture borrows from its target (an unknown one: the usual three)."""
+    rule = ARCH_RULES.get(arch)
+    return rule.shared_tensors if rule is not None else SHARED_TENSORS
+
+
 def is_drafter(arch: str) -> bool:
     """A separate drafter model (every block a head, no trunk), such as a gemma4-assistant."""
     rule = ARCH_RULES.get(arch)

@@ -248,7 +248,7 @@ class HubError(MtpgraftError):
 
 class InternalError(MtpgraftError):
     """A bug in mtpgraft, never the user's input: a written output failed the graft's invariant
-    (mtpgraft.invariant) and was removed."""
+    (mtpgraft.graft.invariant) and was removed."""
 
     exit_code = EXIT_INTERNAL
 

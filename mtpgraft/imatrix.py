@@ -197,7 +197,7 @@ def _add_provenance(src: Path, dst: Path, plan: ImatrixPlan) -> None:
         write_gguf(fh, kvs, tensors, alignment=g.alignment)
 
 
-def run_imatrix(plan: ImatrixPlan, *, log_path: str | os.PathLike[str] | None = None,
+def execute_imatrix(plan: ImatrixPlan, *, log_path: str | os.PathLike[str] | None = None,
                 timeout: float | None = None) -> ImatrixResult:
     """Run llama-imatrix into a temporary file, add the provenance keys, rename into place."""
     out = Path(plan.output)

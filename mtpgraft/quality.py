@@ -3,7 +3,7 @@ llama.cpp's own llama-perplexity, and MTP acceptance retention from check report
 
 `plan_quality` reads headers and hashes only and returns a frozen QualityPlan (what `--dry-run`
 prints): where the reference's logits go (cached by the content hash of model, text and arguments)
-and how large they may grow. `run_quality` runs llama-perplexity on the reference once with
+and how large they may grow. `execute_quality` runs llama-perplexity on the reference once with
 `--kl-divergence-base` (skipped when the cache has the file) and with `--kl-divergence` per model,
 and keeps every figure as the tool printed it next to the parsed float.
 """
@@ -233,7 +233,7 @@ def _reference_logits(plan: QualityPlan, log_dir: Path, emit: Callable[[str], No
     return ppl, False
 
 
-def run_quality(plan: QualityPlan, *, log_dir: str | os.PathLike[str],
+def execute_quality(plan: QualityPlan, *, log_dir: str | os.PathLike[str],
                 emit: Callable[[str], None] = lambda m: None) -> QualityResult:
     """llama-perplexity on the reference once (--kl-divergence-base), then per model (--kl-divergence)."""
     logs = Path(log_dir)

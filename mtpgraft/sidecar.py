@@ -1,65 +1,91 @@
 """The MTP-only sidecar for a base: what `llama-server -md` (and `-hf` next to trunk-only quants) takes.
 
-    plan = plan_sidecar(attach_plan, out=None)    # from graft.plan_attach(base, source, ...)
-    apply_plan(plan)                               # graft.apply_plan writes it like any graft
+    plan = plan_sidecar(base, source, out=None)    # checked like graft.plan_attach
+    execute_graft(plan)                            # written like any graft
 
 The layout is convert_hf_to_gguf.py's `--mtp` file: the base's metadata as an attach would leave it
 (block_count, nextn_predict_layers, per-layer arrays extended), the tensors the draft shares with
-the trunk (token_embd, output_norm, output) taken from the base, and the MTP block taken from the
-source and renumbered / converted exactly as attach does it. Nothing of the trunk's layers is
-written, so the file is the head's size plus the shared tensors. Named `mtp-NAME-TYPE.gguf`.
+the trunk (the architecture's shared tensors: token_embd, output_norm, output) taken from the base,
+and the MTP block taken from the source and renumbered / converted exactly as attach does it.
+Nothing of the trunk's layers is written, so the file is the head's size plus the shared tensors.
+Named `mtp-NAME-TYPE.gguf`.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, naming
-from .graft import PROV, GraftPlan, KeyChange, _provenance, _ShardSpec, source_label
+from . import naming
+from .arch import shared_tensors
+from .errors import GraftError, Setting, UsageError
+from .gguf_io import GGUFModel, OutTensor
+from .graft import (
+    GraftPlan,
+    KeyChange,
+    ShardSpec,
+    TensorAction,
+    attach_word,
+    graft_block,
+    graft_provenance,
+    provenance,
+    quantize_tool,
+    source_label,
+)
 from .outputs import check_outputs
-
-# What a draft shares with its target and llama.cpp reads from the sidecar itself (qwen35/qwen35moe,
-# glm4moe: nextn.embed_tokens / shared_head_head fall back to these).
-SHARED_TENSORS = ("token_embd.weight", "output_norm.weight", "output.weight")
+from .preflight import assistant_blocker
+from .quantize import QuantizeTools
 
 
-def sidecar_type(plan: GraftPlan) -> str:
+def sidecar_type(actions: Sequence[TensorAction]) -> str:
     """The MTP block's dominant type (most bytes among its 2-D weights), e.g. Q8_0 or F16."""
     c: Counter[str] = Counter()
-    for a in plan.tensors:
+    for a in actions:
         if len(a.shape) >= 2:
             c[a.to_type] += a.bytes_out
     return (c.most_common(1)[0][0] if c else "F32").upper()
 
 
-def default_sidecar_path(base: str | os.PathLike[str], plan: GraftPlan) -> Path:
+def default_sidecar_path(base: str | os.PathLike[str], actions: Sequence[TensorAction]) -> Path:
     """`Model-Q4_K_M.gguf` -> `mtp-Model-Q8_0.gguf` beside it (NAME without the base's quant tag)."""
-    from .hub.sidecars import model_stem
-
     p = Path(base)
-    return p.with_name(naming.sidecar_name(model_stem(p.name), sidecar_type(plan)))
+    return p.with_name(naming.sidecar_name(naming.untagged_stem(p.name), sidecar_type(actions)))
 
 
-def plan_sidecar(attach: GraftPlan, out: str | os.PathLike[str] | None = None, *,
-                 force: bool = False) -> GraftPlan:
-    """Turn an attach plan (base + MTP source, checked against each other) into the sidecar's plan."""
-    target = Path(out) if out is not None else default_sidecar_path(attach.base, attach)
-    check_outputs([target], [attach.base, *([attach.source] if attach.source else [])], force=force)
-    head = attach._shards[0]
-    kvs = [kv for kv in head.kvs if not kv.key.startswith("split.")]
-    dropped = [KeyChange(kv.key, None, None) for kv in head.kvs if kv.key.startswith("split.")]
-    mtp = {a.name for a in attach.tensors}
-    tensors = [t for s in attach._shards for t in s.tensors if t.name in SHARED_TENSORS or t.name in mtp]
-    shared = [t.name for t in tensors if t.name in SHARED_TENSORS]
-    warnings = list(attach.warnings)
-    if "token_embd.weight" not in shared:
+def plan_sidecar(base_path: str | os.PathLike[str], source_path: str | os.PathLike[str],
+                 out: str | os.PathLike[str] | None = None, *, mtp_type: str | None = None,
+                 out_dir: str | os.PathLike[str] | None = None, force: bool = False,
+                 llama_cpp: str | os.PathLike[str] | None = None, tools: QuantizeTools | None = None) -> GraftPlan:
+    """SOURCE's MTP block checked against BASE as attach checks it (a block of the base's own is
+    replaced), planned as BASE's sidecar: `out`, else `mtp-NAME-TYPE.gguf` in `out_dir` or beside
+    BASE. llama-quantize is looked up after every check, only when a type needs it."""
+    word = attach_word(mtp_type)
+    base, src = GGUFModel(base_path), GGUFModel(source_path)
+    g = graft_block(base, src, word, replace=True)
+    target = Path(out) if out is not None else _default_target(base.path, g.actions, out_dir)
+    check_outputs([target], [*base.paths, *src.paths], force=force)
+    head = g.shard_kvs[0]
+    kvs = tuple(kv for kv in head if not kv.key.startswith("split."))
+    dropped = [KeyChange(kv.key, None, None) for kv in head if kv.key.startswith("split.")]
+    mtp, shared = {a.name for a in g.actions}, shared_tensors(base.arch)
+    tensors = tuple(t for ts in g.shard_tensors for t in ts if t.name in shared or t.name in mtp)
+    warnings = list(g.warnings)
+    if "token_embd.weight" not in {t.name for t in tensors}:
         warnings.append("the base has no token_embd.weight: the sidecar cannot embed draft tokens")
-    return replace(attach, operation="sidecar", outputs=[str(target)], key_changes=attach.key_changes + dropped,
-                   warnings=warnings, output_bytes=sum(t.nbytes for t in tensors), force=force,
-                   _shards=[_ShardSpec(target, kvs, tensors)])
+    return GraftPlan(
+        operation="sidecar", base=str(base.path), source=str(src.path), outputs=[str(target)],
+        mtp_type=g.type_policy, arch=base.arch, trunk_layers=g.trunk, mtp_layers=g.mtp_layers, tensors=g.actions,
+        key_changes=g.key_changes + dropped, warnings=warnings, output_bytes=sum(t.nbytes for t in tensors),
+        force=force, shards=(ShardSpec(target, kvs, tensors),), source_refs=g.source_refs,
+        llama_quantize=quantize_tool(g.actions, tools, llama_cpp),
+    )
+
+
+def _default_target(base: Path, actions: Sequence[TensorAction], out_dir: str | os.PathLike[str] | None) -> Path:
+    p = default_sidecar_path(base, actions)
+    return Path(out_dir) / p.name if out_dir is not None else p
 
 
 def plan_assistant_sidecar(target: str | os.PathLike[str], assistant: str | os.PathLike[str],
@@ -67,11 +93,6 @@ def plan_assistant_sidecar(target: str | os.PathLike[str], assistant: str | os.P
                            force: bool = False) -> GraftPlan:
     """Gemma 4's sidecar is its gemma4-assistant itself (nothing of the target goes into it): checked
     against the target (preflight.assistant_blocker) and copied byte for byte as `mtp-NAME-TYPE.gguf`."""
-    from .errors import GraftError, Setting, UsageError
-    from .gguf_io import GGUFModel, OutTensor
-    from .graft import TensorAction
-    from .preflight import assistant_blocker
-
     if mtp_type not in (None, "keep"):
         raise UsageError("a gemma4-assistant is copied as it is (", Setting("mtp_type", "keep"), "); to change "
                          "its type, quantize it: `mtpgraft quantize ASSISTANT --types Q8_0 --name mtp-NAME`")
@@ -81,23 +102,15 @@ def plan_assistant_sidecar(target: str | os.PathLike[str], assistant: str | os.P
         raise GraftError(why)
     actions = [TensorAction(r.name, r.name, r.info.shape, r.info.type_name, r.info.type_name, "copy",
                             r.info.nbytes, r.info.nbytes) for r in a.refs]
-    tensors = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset) for r in a.refs]
-    c: Counter[str] = Counter()
-    for x in actions:
-        if len(x.shape) >= 2:
-            c[x.to_type] += x.bytes_out
-    from .hub.sidecars import model_stem
-
-    dest = Path(out) if out is not None else t.path.with_name(
-        naming.sidecar_name(model_stem(t.path.name), (c.most_common(1)[0][0] if c else "F32").upper()))
+    tensors = tuple(OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset) for r in a.refs)
+    dest = Path(out) if out is not None else default_sidecar_path(t.path, actions)
     check_outputs([dest], [*t.paths, *a.paths], force=force)
     n = int(a.get(f"{a.arch}.block_count") or 0)
     kvs = [kv for kv in a.kv.values() if not kv.key.startswith("split.")]
     changes: list[KeyChange] = []
-    # the same provenance as any graft; apply_plan fills in the sha256 of the bytes it copies
-    _provenance(kvs, changes, {f"{PROV}version": __version__, f"{PROV}mtp.source": source_label(a),
-                               f"{PROV}mtp.source_sha256": "", f"{PROV}mtp.type_policy": "keep"})
+    # the same provenance as any graft; execute_graft fills in the sha256 of the bytes it copies
+    provenance(kvs, changes, graft_provenance(source_label(a), "keep"))
     return GraftPlan(operation="sidecar", base=str(t.path), source=str(a.path), outputs=[str(dest)],
                      mtp_type="keep", arch=a.arch, trunk_layers=0, mtp_layers=list(range(n)), tensors=actions,
                      key_changes=changes, warnings=[], output_bytes=sum(x.nbytes for x in tensors), force=force,
-                     _shards=[_ShardSpec(dest, kvs, tensors)], _source_refs=list(a.refs))
+                     shards=(ShardSpec(dest, tuple(kvs), tensors),), source_refs=tuple(a.refs))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How much time `mtpgraft check` adds on top of llama-server's own work, from one run.
 
-Runs run_check once and splits its wall time into: server start (process launch to /health ok),
+Runs execute_check once and splits its wall time into: server start (process launch to /health ok),
 llama-server's own reported time (sum of prompt_ms + predicted_ms of every measured request), and
 the rest (warm-up requests, HTTP and JSON, /metrics reads, stopping servers, Python). Prints the
 ratios. Without MODEL it builds the tiny aligned qwen35 test model, the worst case for the ratio
@@ -19,7 +19,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from mtpgraft.check import plan_check, resolve_server, run_check
+from mtpgraft.check import execute_check, plan_check, resolve_server
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
         plan = plan_check([model], n_max=[int(x) for x in args.n_max.split(",")], reps=args.reps,
                           n_predict=args.n_predict, server=resolve_server(args.llama_cpp), mode=args.mode,
                           server_args=[x for a in args.server_arg for x in shlex.split(a)])
-        r = run_check(plan, hash_files=False)
+        r = execute_check(plan, hash_files=False)
 
     n_req = plan.n_requests
     n_srv = len(r.models[0].servers)
@@ -53,7 +53,7 @@ def main() -> None:
     print(f"model: {Path(model).name} ({r.models[0].mode} mode); {n_srv} servers, {n_req} measured requests "
           f"({len(plan.prompts)} prompts x {plan.reps} reps x {len(plan.configs)} configs), "
           f"n_predict {plan.n_predict}; acceptance {r.acceptance}")
-    print(f"run_check wall time          {r.wall_s:8.2f} s")
+    print(f"execute_check wall time          {r.wall_s:8.2f} s")
     print(f"  server start (to /health)  {r.server_start_s:8.2f} s  ({r.server_start_s / n_srv * 1000:.0f} ms per server)")
     print(f"  llama-server prompt+predict{r.generation_s:8.2f} s")
     print(f"  the rest                   {rest:8.2f} s  (warm-up {r.warmup_s:.2f} s, stop "

@@ -127,7 +127,7 @@ def rules_table(work: Path) -> int:
     from mtpgraft.errors import ToolFailedError
     from mtpgraft.ggml_types import FILE_TYPES as FTYPES
     from mtpgraft.ggml_types import FLOAT_FILE_TYPES as FLOAT_FTYPES
-    from mtpgraft.imatrix import plan_imatrix, run_imatrix
+    from mtpgraft.imatrix import execute_imatrix, plan_imatrix
     from mtpgraft.quantize import plan_quantize
     from mtpgraft.testmodels import build_tiny_model
     from mtpgraft.tools import run_tool
@@ -136,7 +136,7 @@ def rules_table(work: Path) -> int:
     model = build_tiny_model(work / "tiny-F16.gguf", dtype="f16", layout="full", head="aligned")
     imx = work / "tiny.imatrix.gguf"
     imx.unlink(missing_ok=True)
-    run_imatrix(plan_imatrix(model, cal, imx, ctx=128, chunks=8, batch=128))
+    execute_imatrix(plan_imatrix(model, cal, imx, ctx=128, chunks=8, batch=128))
     print("| type | without the MTP rules | with them |")
     print("|---|---|---|")
     for t in (t for t in FTYPES if t not in FLOAT_FTYPES):

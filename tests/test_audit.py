@@ -346,14 +346,14 @@ def test_quantize_with_a_published_imatrix_records_its_dataset(hub, hf_env, tmp_
     """The real llama-imatrix's file, published and fetched back, quantizes like the local one: the
     outputs record its name and dataset (read by llama-quantize from the file) and its sha256."""
     from mtpgraft.gguf_io import GGUFModel
-    from mtpgraft.imatrix import plan_imatrix, run_imatrix
+    from mtpgraft.imatrix import execute_imatrix, plan_imatrix
     from mtpgraft.testmodels import build_tiny_model
 
     monkeypatch.setenv("MTPGRAFT_LLAMA_CPP", str(llama_cpp_dir))
     monkeypatch.setenv("MTPGRAFT_CACHE_DIR", str(tmp_path / "mtpgraft_cache"))
     calibration = Path(__file__).resolve().parents[1] / "mtpgraft" / "data" / "calibration-tiny.txt"
     full = build_tiny_model(tmp_path / "tiny-full-F16.gguf", dtype="f16", layout="full", head="aligned")
-    imx = Path(run_imatrix(plan_imatrix(full, calibration, tmp_path / "tiny.imatrix.gguf", ctx=128,
+    imx = Path(execute_imatrix(plan_imatrix(full, calibration, tmp_path / "tiny.imatrix.gguf", ctx=128,
                                         chunks=4, batch=128)).info.path)
     hub.put_files("q/Tiny-GGUF", {"tiny.imatrix.gguf": imx.read_bytes()})
     r = CliRunner().invoke(cli, ["quantize", str(full), "--types", "Q4_K_M", "--out-dir", str(tmp_path / "out"),

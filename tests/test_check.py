@@ -376,14 +376,14 @@ _LOG_ACCEPT = re.compile(r"draft acceptance = [\d.]+ \(\s*(\d+) accepted /\s*(\d
 @pytest.fixture(scope="module")
 def checked(tiny_models, llama_cpp_dir, tmp_path_factory):
     """One check of four tiny models at n=3: aligned, mixed, random head, and no MTP at all."""
-    from mtpgraft.check import plan_check, resolve_server, run_check
+    from mtpgraft.check import execute_check, plan_check, resolve_server
 
     names = ("full-aligned", "full-mixed", "full-random", "base")
     plan = plan_check([tiny_models[n] for n in names], n_max=(3,), reps=1, n_predict=32,
                       per_category=2, ctx_size=1024, server_args=ONE_THREAD,
                       server=resolve_server(llama_cpp_dir), warmup=False)
     logs = tmp_path_factory.mktemp("check-logs")
-    result = run_check(plan, log_dir=logs, hash_files=False)
+    result = execute_check(plan, log_dir=logs, hash_files=False)
     return dict(zip(names, result.models, strict=True)), result, logs
 
 
@@ -513,7 +513,7 @@ def test_cli_exits_1_and_says_why(tiny_models, llama_cpp_dir):
 def chatted(tiny_models, llama_cpp_dir, tmp_path_factory):
     """One check as people run MTP: chat template, thinking on and off, a 512-token context, and a
     p-min sweep; aligned and mixed heads; no warm-up, so /metrics holds only measured requests."""
-    from mtpgraft.check import plan_check, resolve_server, run_check
+    from mtpgraft.check import execute_check, plan_check, resolve_server
 
     names = ("full-aligned", "full-mixed")
     plan = plan_check([tiny_models[n] for n in names], n_max=(3,), p_min=(0, 0.75), reps=1,
@@ -522,7 +522,7 @@ def chatted(tiny_models, llama_cpp_dir, tmp_path_factory):
                       server_args=ONE_THREAD, server=resolve_server(llama_cpp_dir), warmup=False)
     logs = tmp_path_factory.mktemp("chat-logs")
     events: list[str] = []
-    result = run_check(plan, log_dir=logs, hash_files=False, events=events.append)
+    result = execute_check(plan, log_dir=logs, hash_files=False, events=events.append)
     return dict(zip(names, result.models, strict=True)), result, events
 
 

@@ -181,7 +181,7 @@ def _repeating_edit_prompt(model: Path, llama_cpp_dir: Path) -> str:
 def swept(tiny_models, llama_cpp_dir, tmp_path_factory):
     """One check of the aligned and random heads over MTP alone and MTP with ngram-mod, at p-min 0 and
     0.75, on an edit prompt that repeats and the code prompt; warm-up on (so the server is probed)."""
-    from mtpgraft.check import plan_check, resolve_server, run_check
+    from mtpgraft.check import execute_check, plan_check, resolve_server
     from mtpgraft.testmodels import CODE_PROMPT
 
     work = tmp_path_factory.mktemp("drafters")
@@ -195,7 +195,7 @@ def swept(tiny_models, llama_cpp_dir, tmp_path_factory):
                       n_predict=N_PREDICT, prompts=prompts, mode="raw", ctx_size=1024,
                       spec_types=["draft-mtp", "draft-mtp,ngram-mod"], server_args=ONE_THREAD,
                       server=resolve_server(llama_cpp_dir))
-    result = run_check(plan, log_dir=work / "logs", hash_files=False)
+    result = execute_check(plan, log_dir=work / "logs", hash_files=False)
     return dict(zip(names, result.models, strict=True)), result, work
 
 
@@ -334,7 +334,7 @@ def _ik_factory(ik_dir: Path):
 def test_a_server_that_takes_per_request_fields_runs_every_n_on_one_start(tmp_path, monkeypatch):
     """On ik_llama.cpp 0.1.5 (where the toolchain built it) the check starts one MTP server for n=1 and
     n=3 and sends speculative.n_max per request; ik's own log says what each request drafted."""
-    from mtpgraft.check import plan_check, run_check
+    from mtpgraft.check import execute_check, plan_check
     from mtpgraft.testmodels import build_tiny_model
     from mtpgraft.toolchain import cache_dir
 
@@ -346,7 +346,7 @@ def test_a_server_that_takes_per_request_fields_runs_every_n_on_one_start(tmp_pa
     server = ServerTool(found[-1], "mtp")
     plan = plan_check([model], server=server, n_max=(1, 3), reps=1, n_predict=32, mode="raw",
                       categories=["code"], per_category=1, ctx_size=1024, server_args=ONE_THREAD)
-    result = run_check(plan, log_dir=tmp_path / "logs", hash_files=False,
+    result = execute_check(plan, log_dir=tmp_path / "logs", hash_files=False,
                        server_factory=_ik_factory(found[-1].parent))
     assert result.per_request is not None and result.per_request[0], result.per_request
     (m,) = result.models

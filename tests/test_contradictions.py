@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 from helpers import tensor_bytes
 
+from mtpgraft.arch import SHARED_TENSORS
 from mtpgraft.errors import EXIT_INPUT, MtpgraftError
 from mtpgraft.gguf_io import GGUFModel, GGUFValueType, OutTensor, encode_kv
-from mtpgraft.graft import apply_plan, plan_attach, plan_detach, plan_extract
+from mtpgraft.graft import execute_graft, plan_attach, plan_detach, plan_extract
 from mtpgraft.inspection import inspect_model, layer_of
-from mtpgraft.sidecar import SHARED_TENSORS, plan_sidecar
+from mtpgraft.sidecar import plan_sidecar
 from mtpgraft.testmodels import glm4moe
 from mtpgraft.testmodels.synthetic import make_model, rewrite
 
@@ -132,14 +133,13 @@ def variants(d: Path, seeds: dict[str, Path]) -> list[Variant]:
 
 def run(command: str, v: Variant, donor: Path, out: Path) -> None:
     if command.startswith("attach"):
-        apply_plan(plan_attach(v.path, donor, out, replace=command.endswith("--replace"), mtp_type="keep"))
+        execute_graft(plan_attach(v.path, donor, out, replace=command.endswith("--replace"), mtp_type="keep"))
     elif command == "detach":
-        apply_plan(plan_detach(v.path, out))
+        execute_graft(plan_detach(v.path, out))
     elif command == "extract":
-        apply_plan(plan_extract(v.path, out))
+        execute_graft(plan_extract(v.path, out))
     else:
-        attach = plan_attach(v.path, donor, out.with_suffix(".plan.gguf"), replace=True, mtp_type="keep")
-        apply_plan(plan_sidecar(attach, out))
+        execute_graft(plan_sidecar(v.path, donor, out, mtp_type="keep"))
 
 
 def check_output(command: str, v: Variant, out: Path) -> None:
@@ -260,8 +260,8 @@ def test_a_stray_key_is_what_llama_server_refuses_and_detach_repairs_it(tmp_path
     assert CliRunner().invoke(cli, ["inspect", str(stray)]).exit_code == 1
     res = CliRunner().invoke(cli, ["attach", str(stray), "--mtp-from", str(full), "-o", str(tmp_path / "x.gguf")])
     assert res.exit_code == 3 and "the key is stray; `mtpgraft detach`" in res.stderr, res.stderr
-    apply_plan(plan_detach(stray, tmp_path / "fixed.gguf"))
-    apply_plan(plan_attach(tmp_path / "fixed.gguf", full, tmp_path / "grafted.gguf", mtp_type="keep"))
+    execute_graft(plan_detach(stray, tmp_path / "fixed.gguf"))
+    execute_graft(plan_attach(tmp_path / "fixed.gguf", full, tmp_path / "grafted.gguf", mtp_type="keep"))
     b, g = GGUFModel(base), GGUFModel(tmp_path / "grafted.gguf")
     assert all(tensor_bytes(b, r.name) == tensor_bytes(g, r.name) for r in b.refs)
     with LlamaServer(tmp_path / "grafted.gguf", spec_type="mtp", draft_n_max=3) as s:

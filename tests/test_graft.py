@@ -16,7 +16,7 @@ from helpers import tensor_bytes
 from mtpgraft.errors import GGUFFormatError, GraftError, OutputExistsError, OutputWriteError
 from mtpgraft.ggml_types import llama_quantizes as quantizable
 from mtpgraft.gguf_io import CONVERTER, GGUFModel
-from mtpgraft.graft import apply_plan, plan_attach, plan_detach, plan_extract
+from mtpgraft.graft import execute_graft, plan_attach, plan_detach, plan_extract
 from mtpgraft.inspection import inspect_model
 from mtpgraft.testmodels.synthetic import make_model, rewrite, split_model
 
@@ -27,7 +27,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 
 
 def attach(base: Path, src: Path, out: Path, **kw) -> list[Path]:
-    return apply_plan(plan_attach(base, src, out, **kw))
+    return execute_graft(plan_attach(base, src, out, **kw))
 
 
 def assert_same_model(a: Path, b: Path, *, ignore_prefix: str = "mtpgraft.", ignore_keys=(),
@@ -65,16 +65,16 @@ def models(request, tmp_path: Path) -> dict[str, Path]:
 
 def test_detach_then_attach_reproduces_full_model_byte_for_byte(models, tmp_path):
     det = tmp_path / "det.gguf"
-    apply_plan(plan_detach(models["full"], det), layout=CONVERTER)
+    execute_graft(plan_detach(models["full"], det), layout=CONVERTER)
     # detach in the converter's layout gives exactly what the converter's --no-mtp gives (our generated base)
     assert det.read_bytes() == models["base"].read_bytes()
     # the default (reflink) layout holds the same model, only its header is padded
     det2 = tmp_path / "det2.gguf"
-    apply_plan(plan_detach(models["full"], det2))
+    execute_graft(plan_detach(models["full"], det2))
     assert_same_model(models["base"], det2)
     assert det2.stat().st_size > det.stat().st_size
     out = tmp_path / "re.gguf"
-    apply_plan(plan_attach(det, models["full"], tmp_path / "re-conv.gguf"), layout=CONVERTER)
+    execute_graft(plan_attach(det, models["full"], tmp_path / "re-conv.gguf"), layout=CONVERTER)
     assert_same_model(models["full"], tmp_path / "re-conv.gguf")
     attach(det, models["full"], out)
     assert_same_model(models["full"], out, ordered=False)
@@ -97,7 +97,7 @@ def test_attach_from_mtp_only_sidecar_matches_full(models, tmp_path):
 
 def test_extract_gives_converter_mtp_layout_and_attaches_back(models, tmp_path):
     side = tmp_path / "mtp-side.gguf"
-    apply_plan(plan_extract(models["full"], side))
+    execute_graft(plan_extract(models["full"], side))
     m = GGUFModel(side)
     names = [r.name for r in m.refs]
     assert {"token_embd.weight", "output_norm.weight", "output.weight"} <= set(names)
@@ -134,7 +134,7 @@ def test_sha256_provenance_is_of_copied_bytes(models, tmp_path, mtp_type):
 def test_default_type_is_q8_0_on_quantized_base(models, tmp_path):
     out = tmp_path / "out.gguf"
     plan = plan_attach(models["base-q8"], models["full"], out)
-    apply_plan(plan)
+    execute_graft(plan)
     m = GGUFModel(out)
     for a in plan.tensors:
         r = m.by_name[a.name]
@@ -154,7 +154,7 @@ def test_default_keeps_float_type_on_unquantized_base(models, tmp_path):
     out = tmp_path / "out.gguf"
     plan = plan_attach(models["base"], f32_src, out)  # base is F16
     assert "F16" in plan.mtp_type
-    apply_plan(plan)
+    execute_graft(plan)
     m = GGUFModel(out)
     assert m.by_name["blk.4.nextn.eh_proj.weight"].info.type_name == "F16"
     assert m.by_name["blk.4.nextn.enorm.weight"].info.type_name == "F32"
@@ -187,7 +187,7 @@ def test_match_takes_types_of_the_last_trunk_layer(tmp_path):
     full = make_model(tmp_path / "full.gguf")
     out = tmp_path / "out.gguf"
     plan = plan_attach(base, full, out, mtp_type="match")
-    apply_plan(plan)
+    execute_graft(plan)
     m = GGUFModel(out)
     assert m.by_name["blk.4.ffn_down.weight"].info.type_name == "Q4_0"
     assert m.by_name["blk.4.attn_q.weight"].info.type_name == "Q4_0"  # twin in blk.3 (full attention)
@@ -221,6 +221,40 @@ def test_k_quant_target_needs_llama_quantize(tmp_path, monkeypatch):
     assert "does not fit Q6_K" in r.stderr
 
 
+def test_k_quant_head_runs_the_resolved_llama_quantize_with_its_argv(tmp_path, monkeypatch):
+    """The tool is a value of the plan (`tools=`: nothing is looked up, PATH holds none), and the
+    head's llama-quantize command is the one llama-quantize command line: --pure, a rule per tensor,
+    F32 in, the first type, one thread. A failed run leaves nothing."""
+    import mtpgraft.graft.write as write
+    from mtpgraft.errors import ToolFailedError
+    from mtpgraft.quantize import QuantizeTools
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("MTPGRAFT_LLAMA_CPP", str(tmp_path / "nothing"))
+    wide_base = make_model(tmp_path / "wbase.gguf", layout="base", n_embd=256)
+    wide_full = make_model(tmp_path / "wfull.gguf", n_embd=256)
+    plan = plan_attach(wide_base, wide_full, tmp_path / "w.gguf", mtp_type="q6_k", tools=QuantizeTools("/x/quant"))
+    assert plan.llama_quantize == "/x/quant" and "llama_quantize" not in plan.to_dict()
+    quantized = [a.name for a in plan.tensors if a.method == "llama-quantize"]
+    assert quantized and "blk.4.attn_q.weight" in quantized
+    seen: list[list[str]] = []
+
+    def run_tool(cmd, **kw):
+        seen.append(cmd)
+        raise ToolFailedError("llama-quantize failed", cmd=cmd, returncode=1)
+
+    monkeypatch.setattr(write, "run_tool", run_tool)
+    before = {p.name for p in tmp_path.iterdir()}
+    with pytest.raises(ToolFailedError):
+        execute_graft(plan)
+    (cmd,) = seen
+    rules = [x for name in quantized for x in ("--tensor-type", "^" + name.replace(".", "\\.") + "$=q6_k")]
+    assert cmd[:3] == ["/x/quant", "--allow-requantize", "--pure"] and cmd[3:-4] == rules
+    assert Path(cmd[-4]).name == "mtp-f32.gguf" and Path(cmd[-3]).name == "mtp-quant.gguf"
+    assert cmd[-2:] == ["Q6_K", "1"]
+    _no_outputs(tmp_path, before)
+
+
 def test_iq_types_needing_imatrix_are_refused(models, tmp_path):
     with pytest.raises(GraftError, match="importance matrix"):
         plan_attach(models["base"], models["full"], tmp_path / "o.gguf", mtp_type="iq2_xxs")
@@ -235,7 +269,7 @@ def test_renumbers_when_trunks_differ(tmp_path):
     out = tmp_path / "out.gguf"
     plan = plan_attach(base, donor, out)
     assert any("renumbered" in w for w in plan.warnings)
-    apply_plan(plan)
+    execute_graft(plan)
     rep = inspect_model(out)
     assert rep.consistent, rep.problems
     assert rep.block_count == 9 and rep.mtp_layers == [8]
@@ -473,7 +507,7 @@ def test_dry_run_writes_nothing_and_lists_the_plan(tmp_path):
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    import mtpgraft.graft as g
+    import mtpgraft.graft.write as g
 
     base = make_model(tmp_path / "base.gguf", layout="base")
     src = make_model(tmp_path / "src.gguf")
@@ -485,7 +519,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(g, "write_gguf", boom)
     before = {p.name for p in tmp_path.iterdir()}
     with pytest.raises(OutputWriteError, match=r"^no space left on the device writing .*out\.gguf \(\d"):
-        apply_plan(plan)
+        execute_graft(plan)
     _no_outputs(tmp_path, before)
 
 
@@ -522,7 +556,7 @@ def test_graft_of_converter_layout_models_equals_the_converted_full_model(tmp_pa
     attach(base, side, out2)
     assert_same_model(full, out2, ignore_keys=named)
     det = tmp_path / "det.gguf"
-    apply_plan(plan_detach(full, det))
+    execute_graft(plan_detach(full, det))
     assert_same_model(base, det, ignore_keys=named)
 
 
@@ -546,7 +580,7 @@ def test_replace_repairs_broken_grafts(tmp_path):
         assert rep.consistent, (name, rep.problems)
         assert_same_model(full, out, ordered=False)  # every trunk layer kept, the MTP block back in place
         det = tmp_path / f"det-{name}.gguf"
-        apply_plan(plan_detach(path, det))
+        execute_graft(plan_detach(path, det))
         assert inspect_model(det).consistent and inspect_model(det).block_count == 4
 
 
@@ -582,13 +616,14 @@ def test_a_failed_invariant_removes_the_output_and_says_it_is_a_bug(tmp_path, mo
     from click.testing import CliRunner
 
     import mtpgraft.commands  # noqa: F401 - registers the commands
-    import mtpgraft.graft as graft
+    import mtpgraft.graft.plan as graft_plan
+    import mtpgraft.graft.write as graft_write
     from mtpgraft.cli import cli
     from mtpgraft.gguf_io import GGUFFile
 
     base = make_model(tmp_path / "base.gguf", layout="base")
     src = make_model(tmp_path / "src.gguf")
-    real_write, real_blocks = graft.write_gguf, graft._blocks
+    real_write, real_blocks = graft_write.write_gguf, graft_plan.blocks_of
 
     def write(fh, kvs, tensors, **kw):
         if how == "drop":
@@ -611,9 +646,9 @@ def test_a_failed_invariant_removes_the_output_and_says_it_is_a_bug(tmp_path, mo
         b = real_blocks(model, st)
         return type(b)(b.trunk - 1, b.mtp, None, None, False) if model.path == base else b
 
-    monkeypatch.setattr(graft, "write_gguf", write)
+    monkeypatch.setattr(graft_write, "write_gguf", write)
     if how == "trunk-layer-replaced":
-        monkeypatch.setattr(graft, "_blocks", blocks)
+        monkeypatch.setattr(graft_plan, "blocks_of", blocks)
     before = {p.name for p in tmp_path.iterdir()}
     res = CliRunner().invoke(cli, ["attach", str(base), "--mtp-from", str(src), "-o", str(tmp_path / "out.gguf")])
     assert res.exit_code == 70, res.output
@@ -631,7 +666,7 @@ def test_the_invariant_passes_every_graft_and_costs_no_second_body_read(tmp_path
     read back only at the ends of each tensor (a window of invariant.WINDOW bytes at each end)."""
     import os as _os
 
-    import mtpgraft.invariant as inv
+    import mtpgraft.graft.invariant as inv
     from mtpgraft.sidecar import plan_sidecar
 
     base = make_model(tmp_path / "base.gguf", layout="base")
@@ -641,9 +676,9 @@ def test_the_invariant_passes_every_graft_and_costs_no_second_body_read(tmp_path
     monkeypatch.setattr(inv.os, "pread", lambda fd, n, off: reads.append(n) or real(fd, n, off))
     attach(base, full, tmp_path / "a.gguf", mtp_type="keep")
     attach(base, full, tmp_path / "q.gguf", mtp_type="q8_0")
-    apply_plan(plan_detach(full, tmp_path / "d.gguf"))
-    apply_plan(plan_extract(full, tmp_path / "e.gguf"))
-    apply_plan(plan_sidecar(plan_attach(base, full, tmp_path / "x.gguf"), tmp_path / "s.gguf"))
+    execute_graft(plan_detach(full, tmp_path / "d.gguf"))
+    execute_graft(plan_extract(full, tmp_path / "e.gguf"))
+    execute_graft(plan_sidecar(base, full, tmp_path / "s.gguf"))
     assert reads and max(reads) <= inv.WINDOW
     for name in ("a", "q", "d", "e", "s"):
         assert inspect_model(tmp_path / f"{name}.gguf").consistent, name

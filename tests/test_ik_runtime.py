@@ -275,7 +275,7 @@ def test_head_grafted_on_ik_quant_drafts_on_ik_server(ik_bin_dir, tmp_path):
     import time
     import urllib.request
 
-    from mtpgraft.graft import apply_plan, plan_attach
+    from mtpgraft.graft import execute_graft, plan_attach
     from mtpgraft.testmodels import build_tiny_model
     from mtpgraft.tools import run_tool, spawn, stop_process
 
@@ -284,7 +284,7 @@ def test_head_grafted_on_ik_quant_drafts_on_ik_server(ik_bin_dir, tmp_path):
     trunk = tmp_path / "base-iq4_ks.gguf"
     run_tool([ik_bin_dir / "llama-quantize", base, trunk, "IQ4_KS"], timeout=300)
     out = tmp_path / "grafted.gguf"
-    apply_plan(plan_attach(trunk, full, out))
+    execute_graft(plan_attach(trunk, full, out))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

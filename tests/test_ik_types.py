@@ -16,7 +16,7 @@ from helpers import tensor_bytes
 from mtpgraft import ggml_types as gt
 from mtpgraft.errors import GGUFFormatError
 from mtpgraft.gguf_io import CONVERTER, GGUFFile, GGUFModel, OutTensor
-from mtpgraft.graft import apply_plan, plan_attach, plan_detach
+from mtpgraft.graft import execute_graft, plan_attach, plan_detach
 from mtpgraft.testmodels.synthetic import make_model, rewrite
 
 # Bytes of a (256, 32) tensor (32 rows of 256), worked out by hand from ik's ggml.c type_traits:
@@ -83,7 +83,7 @@ def test_ik_typed_file_parses_with_ik_sizes(tmp_path):
 
 def test_attach_keep_copies_ik_types_exactly_and_detach_gives_the_base(ik_full, tmp_path):
     out = tmp_path / "out.gguf"
-    apply_plan(plan_attach(ik_full["base"], ik_full["full"], out, mtp_type="keep"), layout=CONVERTER)
+    execute_graft(plan_attach(ik_full["base"], ik_full["full"], out, mtp_type="keep"), layout=CONVERTER)
     full, got = GGUFModel(ik_full["full"]), GGUFModel(out)
     ik_mtp = [r for r in full.refs if r.name.startswith("blk.4.") and gt.BY_ID[r.info.ggml_type].runtimes == {"ik"}]
     assert len(ik_mtp) == 6
@@ -93,12 +93,12 @@ def test_attach_keep_copies_ik_types_exactly_and_detach_gives_the_base(ik_full, 
             assert tensor_bytes(got, r.name) == tensor_bytes(full, r.name), r.name
     assert tensor_bytes(got, "token_embd.weight") == tensor_bytes(GGUFModel(ik_full["base"]), "token_embd.weight")
     det = tmp_path / "det.gguf"
-    apply_plan(plan_detach(out, det), layout=CONVERTER)
+    execute_graft(plan_detach(out, det), layout=CONVERTER)
     base, back = GGUFModel(ik_full["base"]), GGUFModel(det)
     assert [r.name for r in back.refs] == [r.name for r in base.refs]
     assert all(tensor_bytes(back, r.name) == tensor_bytes(base, r.name) for r in base.refs)
     det_full = tmp_path / "det-full.gguf"  # the ik-typed full model's trunk is the ik-typed base, byte for byte
-    apply_plan(plan_detach(ik_full["full"], det_full), layout=CONVERTER)
+    execute_graft(plan_detach(ik_full["full"], det_full), layout=CONVERTER)
     assert det_full.read_bytes() == ik_full["base"].read_bytes()
 
 

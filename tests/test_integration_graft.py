@@ -12,7 +12,7 @@ from gguf import GGUFValueType as V
 from mtpgraft.check.server import LlamaServer
 from mtpgraft.errors import ServerError
 from mtpgraft.gguf_io import GGUFModel
-from mtpgraft.graft import apply_plan, plan_attach, plan_extract
+from mtpgraft.graft import execute_graft, plan_attach, plan_extract
 from mtpgraft.inspection import inspect_model
 from mtpgraft.testmodels import CODE_PROMPT, PROSE_PROMPT, build_tiny_model
 from mtpgraft.testmodels.synthetic import rewrite
@@ -48,7 +48,7 @@ def draft_stats(model: Path, prompt: str = CODE_PROMPT, *, draft_model: Path | N
 
 
 def graft(base: Path, donor: Path, out: Path, **kw) -> Path:
-    return apply_plan(plan_attach(base, donor, out, **kw))[0]
+    return execute_graft(plan_attach(base, donor, out, **kw))[0]
 
 
 def quantize(src: Path, out: Path, qtype: str) -> Path:
@@ -111,7 +111,7 @@ def quant_bases(tiny, tmp_path_factory) -> dict[str, Path]:
 def test_attach_onto_quantized_base(tiny, quant_bases, tmp_path, qtype, mtp_type):
     base = quant_bases[qtype]
     plan = plan_attach(base, tiny["full-aligned"], tmp_path / "g.gguf", mtp_type=mtp_type)
-    out = apply_plan(plan)[0]
+    out = execute_graft(plan)[0]
     m = GGUFModel(out)
     b = GGUFModel(base)
     for a in plan.tensors:
@@ -154,7 +154,7 @@ def test_split_base_made_by_gguf_split(tiny, tmp_path):
                    check=True, capture_output=True, timeout=120)
     shards = sorted(tmp_path.glob("base-0000*-of-*.gguf"))
     assert len(shards) >= 3
-    outs = apply_plan(plan_attach(shards[0], tiny["full-aligned"], tmp_path / "g.gguf"))
+    outs = execute_graft(plan_attach(shards[0], tiny["full-aligned"], tmp_path / "g.gguf"))
     assert len(outs) == len(shards)
     rep = inspect_model(outs[0])
     assert rep.consistent and rep.mtp_present
@@ -167,13 +167,13 @@ def test_split_base_made_by_gguf_split(tiny, tmp_path):
 
 
 def test_extracted_sidecar_works_with_md(tiny, tmp_path):
-    side = apply_plan(plan_extract(tiny["full-aligned"], tmp_path / "mtp-tiny.gguf"))[0]
+    side = execute_graft(plan_extract(tiny["full-aligned"], tmp_path / "mtp-tiny.gguf"))[0]
     acc, drafted, _ = draft_stats(tiny["base"], draft_model=side)
     assert drafted > 0 and acc == drafted
 
 
 def test_attach_from_sidecar(tiny, tmp_path):
-    side = apply_plan(plan_extract(tiny["full-aligned"], tmp_path / "mtp-tiny.gguf"))[0]
+    side = execute_graft(plan_extract(tiny["full-aligned"], tmp_path / "mtp-tiny.gguf"))[0]
     out = graft(tiny["base"], side, tmp_path / "g.gguf", mtp_type="keep")
     acc, drafted, _ = draft_stats(out)
     assert drafted > 0 and acc == drafted

@@ -18,10 +18,10 @@ from mtpgraft.quality import (
     QualityError,
     acceptance_retention,
     builtin_text,
+    execute_quality,
     logits_size,
     parse_kld_output,
     plan_quality,
-    run_quality,
 )
 
 ARGS = ("-t", "1")
@@ -61,7 +61,7 @@ def test_figures_are_the_tools_and_reference_logits_are_made_once(tiny_models, l
     ref, quant = tiny_models["full-aligned"], tiny_models["full-mixed"]
     plan = plan_quality(ref, [ref, quant], ctx_size=CTX, extra_args=ARGS, llama_cpp=str(llama_cpp_dir))
     assert not plan.logits_cached and Path(plan.logits).parent == cache / "kld-logits"
-    res = run_quality(plan, log_dir=tmp_path / "logs1")
+    res = execute_quality(plan, log_dir=tmp_path / "logs1")
     assert not res.logits_reused
     # the logits file: the size promised before (an upper bound) and the format's exact size
     base_log = (tmp_path / "logs1" / "reference-base.log").read_text()
@@ -90,7 +90,7 @@ def test_figures_are_the_tools_and_reference_logits_are_made_once(tiny_models, l
     mtime = Path(plan.logits).stat().st_mtime_ns
     again = plan_quality(ref, [quant], ctx_size=CTX, extra_args=ARGS, llama_cpp=str(llama_cpp_dir))
     assert again.logits_cached and again.logits == plan.logits
-    res2 = run_quality(again, log_dir=tmp_path / "logs2")
+    res2 = execute_quality(again, log_dir=tmp_path / "logs2")
     assert res2.logits_reused and not (tmp_path / "logs2" / "reference-base.log").exists()
     assert Path(plan.logits).stat().st_mtime_ns == mtime
     assert res2.models[0].figures == res.models[1].figures
@@ -104,14 +104,14 @@ def test_figures_are_the_tools_and_reference_logits_are_made_once(tiny_models, l
 
 @pytest.fixture(scope="module")
 def check_report(tiny_models, llama_cpp_dir, tmp_path_factory) -> Path:
-    from mtpgraft.check import plan_check, resolve_server, run_check
+    from mtpgraft.check import execute_check, plan_check, resolve_server
     from mtpgraft.check.report import write_report
 
     plan = plan_check([tiny_models["full-aligned"], tiny_models["full-mixed"]], n_max=(3,), reps=1,
                       n_predict=32, per_category=1, ctx_size=1024, server_args=ARGS,
                       server=resolve_server(llama_cpp_dir), warmup=False)
     d = tmp_path_factory.mktemp("check")
-    files = write_report(run_check(plan, log_dir=d / "logs", hash_files=False), d)
+    files = write_report(execute_check(plan, log_dir=d / "logs", hash_files=False), d)
     return Path(files.json)
 
 

@@ -18,9 +18,9 @@ import pytest
 
 from mtpgraft.errors import QuantizeError, ToolFailedError, UsageError
 from mtpgraft.gguf_io import GGUFModel
-from mtpgraft.graft import apply_plan, plan_attach
+from mtpgraft.graft import execute_graft, plan_attach
 from mtpgraft.hashing import sha256_file
-from mtpgraft.imatrix import plan_imatrix, read_imatrix, run_imatrix
+from mtpgraft.imatrix import execute_imatrix, plan_imatrix, read_imatrix
 from mtpgraft.inspection import inspect_model
 from mtpgraft.quantize import (
     NEEDS_IMATRIX,
@@ -28,10 +28,10 @@ from mtpgraft.quantize import (
     canonical_type,
     check_name,
     default_name,
+    execute_quantize,
     parse_size,
     parse_types,
     plan_quantize,
-    run_quantize,
     verify_output,
 )
 from mtpgraft.testmodels import CODE_PROMPT, build_tiny_model
@@ -96,7 +96,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("tinyq")
     full = build_tiny_model(d / "tiny-full-F16.gguf", dtype="f16", layout="full", head="aligned")
     base = build_tiny_model(d / "tiny-base-F16.gguf", dtype="f16", layout="base")
-    imx = run_imatrix(plan_imatrix(full, CALIBRATION, d / "tiny.imatrix.gguf", ctx=128, chunks=8, batch=128))
+    imx = execute_imatrix(plan_imatrix(full, CALIBRATION, d / "tiny.imatrix.gguf", ctx=128, chunks=8, batch=128))
     return {"dir": d, "full": full, "base": base, "imatrix": Path(imx.info.path)}
 
 
@@ -106,7 +106,7 @@ def batch(tiny, tmp_path_factory):
     events: list[tuple[str, str]] = []
     plan = plan_quantize(tiny["full"], ",".join(BATCH), imatrix=tiny["imatrix"], out_dir=out,
                          name="tiny", split_max_size="3M")
-    res = run_quantize(plan, on_event=lambda t, m: events.append((t, m)))
+    res = execute_quantize(plan, on_event=lambda t, m: events.append((t, m)))
     return {"out": out, "plan": plan, "result": res, "events": events}
 
 
@@ -215,7 +215,7 @@ dd if=/dev/zero of="$out" bs=4096 count=1 conv=notrunc 2>/dev/null
 def test_a_corrupted_output_is_caught_removed_and_reported(tiny, corrupting_quantize, tmp_path: Path) -> None:
     out = tmp_path / "out"
     plan = plan_quantize(tiny["full"], "Q4_K_M", out_dir=out, name="tiny", llama_cpp=corrupting_quantize)
-    res = run_quantize(plan)
+    res = execute_quantize(plan)
     (o,) = res.outputs
     assert o.status == "failed" and not res.ok
     assert "bad output removed" in o.reason and "zeroed" in o.reason
@@ -234,25 +234,25 @@ def test_rerun_skips_verified_outputs_and_refuses_bad_ones(tiny, batch, tmp_path
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.gguf")}
     plan = plan_quantize(tiny["full"], ",".join(BATCH), imatrix=tiny["imatrix"], out_dir=out, name="tiny",
                          split_max_size="3M")
-    res = run_quantize(plan)
+    res = execute_quantize(plan)
     assert [o.status for o in res.outputs] == ["skipped"] * 4
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.gguf")} == before
     # a zeroed header in place: reported, left alone without --force
     bad = out / "tiny-Q4_K_M.gguf"
     with open(bad, "r+b") as f:
         f.write(b"\0" * 64)
-    res = run_quantize(plan_quantize(tiny["full"], "Q4_K_M", imatrix=tiny["imatrix"], out_dir=out, name="tiny"))
+    res = execute_quantize(plan_quantize(tiny["full"], "Q4_K_M", imatrix=tiny["imatrix"], out_dir=out, name="tiny"))
     assert res.outputs[0].status == "failed" and "pass force=True to redo it" in res.outputs[0].reason
     cli = run_cli("quantize", tiny["full"], "--types", "Q4_K_M", "--imatrix", tiny["imatrix"], "--out-dir", out,
                   "--name", "tiny")  # the same refusal as the command says it
     assert cli.returncode == 1 and "; pass --force to redo it" in cli.stdout + cli.stderr
     assert "force=True" not in cli.stdout + cli.stderr
     assert bad.read_bytes()[:4] == b"\0\0\0\0"
-    res = run_quantize(plan_quantize(tiny["full"], "Q4_K_M", imatrix=tiny["imatrix"], out_dir=out, name="tiny",
+    res = execute_quantize(plan_quantize(tiny["full"], "Q4_K_M", imatrix=tiny["imatrix"], out_dir=out, name="tiny",
                                      force=True))
     assert res.outputs[0].status == "done" and verify_output(bad, plan.jobs[1].expect).ok
     # a different MTP type than the existing file has: it does not verify "as planned"
-    res = run_quantize(plan_quantize(tiny["full"], "Q4_K_M", imatrix=tiny["imatrix"], out_dir=out, name="tiny",
+    res = execute_quantize(plan_quantize(tiny["full"], "Q4_K_M", imatrix=tiny["imatrix"], out_dir=out, name="tiny",
                                      mtp_type="q6_k"))
     assert res.outputs[0].status == "failed" and "planned Q6_K" in res.outputs[0].reason
 
@@ -264,12 +264,12 @@ def test_mtp_type_policies(tiny, tmp_path: Path) -> None:
                          mtp_type={"default": "q8_0", "Q4_K_M": "q6_k"})
     assert plan.jobs[0].mtp_rules[0].arg == r"^blk\.4\.=q6_k"
     assert any("without importance data" in w for w in plan.warnings)  # q6_k uses one; none exists for MTP
-    res = run_quantize(plan)
+    res = execute_quantize(plan)
     assert res.ok and set(mtp_types(res.outputs[0].path).values()) == {"Q6_K"}
     # match: llama.cpp's own Q4_K_M mixture for the MTP block (no rule), quantized types verified
     plan = plan_quantize(tiny["full"], "Q4_K_M", imatrix=tiny["imatrix"], out_dir=out, name="m", mtp_type="match")
     assert plan.jobs[0].mtp_rules == () and "--tensor-type" not in plan.jobs[0].command
-    res = run_quantize(plan)
+    res = execute_quantize(plan)
     types = mtp_types(res.outputs[0].path)
     assert res.ok and set(types.values()) <= {"Q4_K", "Q6_K"} and types["attn_v"] == "Q6_K"
     with pytest.raises(QuantizeError, match="^mtp_type='match' cannot make IQ2_XXS"):
@@ -291,7 +291,7 @@ def test_requantizing_needs_the_flag_and_warns(batch, tmp_path: Path) -> None:
     plan = plan_quantize(src, "Q4_K_M", out_dir=tmp_path, allow_requantize=True)
     assert plan.warnings[0] == REQUANTIZE_WARNING
     assert "--allow-requantize" in plan.jobs[0].command
-    res = run_quantize(plan)
+    res = execute_quantize(plan)
     assert res.ok and set(mtp_types(res.outputs[0].path).values()) == {"Q8_0"}
     p = run_cli("quantize", src, "--types", "Q4_K_M", "--out-dir", tmp_path / "x")
     assert p.returncode == 3 and "--allow-requantize" in p.stderr and len(p.stderr.strip().splitlines()) == 1
@@ -302,10 +302,10 @@ def test_trunk_first_then_attach_keeps_the_head_in_another_type(tiny, tmp_path: 
     """The other order: quantize a trunk-only file to IQ2_XXS, then graft the head in as Q6_K."""
     plan = plan_quantize(tiny["base"], "IQ2_XXS", imatrix=tiny["imatrix"], out_dir=tmp_path, name="trunk")
     assert plan.mtp_layers == () and any("no MTP block" in w for w in plan.warnings)
-    res = run_quantize(plan)
+    res = execute_quantize(plan)
     assert res.ok and not inspect_model(res.outputs[0].path).mtp_present
     out = tmp_path / "grafted-IQ2_XXS.gguf"
-    apply_plan(plan_attach(res.outputs[0].path, tiny["full"], out, mtp_type="q6_k"))
+    execute_graft(plan_attach(res.outputs[0].path, tiny["full"], out, mtp_type="q6_k"))
     rep = inspect_model(out)
     assert rep.consistent and set(mtp_types(out).values()) == {"Q6_K"}
     accepted, drafted = acceptance(out)
@@ -433,7 +433,7 @@ def test_zero_first_rows_are_not_a_zeroed_output(tiny, tmp_path: Path) -> None:
             f.seek(r.abs_offset)
             f.write(b"\0" * (r.info.nbytes // r.info.ne[1] * 100))  # the first 100 of 512 rows
     types = ("Q4_K_M", "IQ4_XS", "IQ2_XXS")
-    res = run_quantize(plan_quantize(src, ",".join(types), imatrix=tiny["imatrix"], out_dir=tmp_path / "q",
+    res = execute_quantize(plan_quantize(src, ",".join(types), imatrix=tiny["imatrix"], out_dir=tmp_path / "q",
                                      name="zrows"))
     assert [(o.quant_type, o.status) for o in res.outputs] == [(t, "done") for t in types], \
         [o.reason for o in res.outputs]

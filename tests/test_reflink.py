@@ -19,7 +19,7 @@ from helpers import tensor_bytes
 
 from mtpgraft.errors import OutputWriteError
 from mtpgraft.gguf_io import CONVERTER, PAD_KEY, GGUFFile, GGUFModel, Layout
-from mtpgraft.graft import apply_plan, block_sharing, plan_attach, plan_detach, plan_extract
+from mtpgraft.graft import block_sharing, execute_graft, plan_attach, plan_detach, plan_extract
 from mtpgraft.sidecar import plan_sidecar
 from mtpgraft.testmodels import CODE_PROMPT, build_tiny_model
 from mtpgraft.testmodels.synthetic import make_model, split_model
@@ -30,7 +30,7 @@ BLOCK = 4096
 def assert_body_congruent(plan, base: GGUFModel) -> None:
     """In every output shard: the tensors copied from `base` come first, in base order, as one
     contiguous run whose every offset is congruent to its base offset modulo 4096; the rest follow."""
-    for spec in plan._shards:
+    for spec in plan.shards:
         shard = GGUFFile(spec.path)
         copied = {t.name for t in spec.tensors if t.src_path in base.paths}
         names = [t.name for t in shard.tensors]
@@ -50,7 +50,7 @@ def small(tmp_path: Path) -> dict[str, Path]:
 @pytest.mark.parametrize("mtp_type", ["keep", "q8_0"])
 def test_attach_body_lands_congruent_and_new_tensors_follow(small, tmp_path, mtp_type):
     plan = plan_attach(small["base"], small["full"], tmp_path / "out.gguf", mtp_type=mtp_type)
-    apply_plan(plan)
+    execute_graft(plan)
     assert_body_congruent(plan, GGUFModel(small["base"]))
     out = GGUFModel(tmp_path / "out.gguf")
     assert [r.name for r in out.refs][-len(plan.tensors):] == [a.name for a in plan.tensors]
@@ -61,8 +61,8 @@ def test_split_base_every_shard_laid_out_the_same_way(tmp_path):
     base = make_model(tmp_path / "base.gguf", layout="base")
     shards = split_model(base, 3)
     plan = plan_attach(shards[0], make_model(tmp_path / "full.gguf"), tmp_path / "out.gguf")
-    apply_plan(plan)
-    assert len(plan._shards) == 3
+    execute_graft(plan)
+    assert len(plan.shards) == 3
     assert_body_congruent(plan, GGUFModel(shards[0]))
 
 
@@ -77,7 +77,7 @@ def test_detach_lands_congruent(tmp_path):
     """The converter puts the MTP block last (mtpgraft.testmodels): the detached trunk is one run."""
     full = build_tiny_model(tmp_path / "full.gguf", layout="full", dtype="f16")
     plan = plan_detach(full, tmp_path / "det.gguf")
-    apply_plan(plan)
+    execute_graft(plan)
     assert_body_congruent(plan, GGUFModel(full))
 
 
@@ -87,7 +87,7 @@ def test_two_runs_the_bigger_one_lands_congruent(small, tmp_path):
     freedom: the header padding aligns the run with the most bytes, the other is copied."""
     full = GGUFModel(small["full"])
     for plan in (plan_detach(small["full"], tmp_path / "det.gguf"), plan_extract(small["full"], tmp_path / "side.gguf")):
-        apply_plan(plan)
+        execute_graft(plan)
         assert 0.5 < _congruent_fraction(Path(plan.outputs[0]), full) < 1.0
 
 
@@ -95,7 +95,7 @@ def test_layouts_hold_the_same_tensors_and_gguf_py_reads_them(small, tmp_path):
     outs = {}
     for name, layout in {"reflink": Layout(), "no-reflink": Layout(clone=False), "converter": CONVERTER}.items():
         outs[name] = tmp_path / f"{name}.gguf"
-        apply_plan(plan_attach(small["base"], small["full"], outs[name]), layout=layout)
+        execute_graft(plan_attach(small["base"], small["full"], outs[name]), layout=layout)
     # cloning or not changes where the bytes are stored, never the bytes
     assert outs["reflink"].read_bytes() == outs["no-reflink"].read_bytes()
     conv = gguf.GGUFReader(outs["converter"])
@@ -113,11 +113,11 @@ def test_layouts_hold_the_same_tensors_and_gguf_py_reads_them(small, tmp_path):
 def test_the_padding_key_is_resized_not_stacked(small, tmp_path):
     """A graft of a graft: the base's padding key is dropped and a new one sized for this output."""
     one = tmp_path / "one.gguf"
-    apply_plan(plan_detach(small["full"], one))
+    execute_graft(plan_detach(small["full"], one))
     two = tmp_path / "two.gguf"
     plan = plan_attach(one, small["full"], two)
     assert all(c.key != PAD_KEY for c in plan.key_changes)
-    apply_plan(plan)
+    execute_graft(plan)
     assert list(gguf.GGUFReader(two).fields).count(PAD_KEY) == 1
     assert_body_congruent(plan, GGUFModel(one))
 
@@ -243,7 +243,7 @@ def _cow_plan(op: str, models: dict[str, Path], out: Path):
         return plan_detach(models["full"], out)
     if op == "extract":
         return plan_extract(models["full"], out)
-    return plan_sidecar(plan_attach(models["base"], models["full"], out.with_suffix(".planned.gguf")), out)
+    return plan_sidecar(models["base"], models["full"], out)
 
 
 def _block(cow: Path) -> int:
@@ -273,10 +273,10 @@ def test_cow_each_command_shares_its_copied_run_and_writes_only_the_rest(cow, on
     plan = _cow_plan(op, on_cow, cow / f"{op}.gguf")
     block = _block(cow)
     before = _used(cow)
-    outs = [Path(p) for p in apply_plan(plan)]
+    outs = [Path(p) for p in execute_graft(plan)]
     try:
         new = _used(cow) - before
-        runs = [r for s in plan._shards for r in _congruent_runs(s, block).values()]
+        runs = [r for s in plan.shards for r in _congruent_runs(s, block).values()]
         assert sum(runs) > sum(p.stat().st_size for p in outs) / 2  # the layout aligned the bulk
         slack = 2 * block * len(runs)  # each run's unaligned head and tail blocks
         shared = 0
@@ -303,7 +303,7 @@ def test_cow_attach_shares_the_base_extents_and_costs_only_the_mtp_bytes(cow, on
     plan = plan_attach(on_cow["base"], on_cow["full"], out)
     mtp = sum(a.bytes_out for a in plan.tensors)
     before = _used(cow)
-    apply_plan(plan)
+    execute_graft(plan)
     new = _used(cow) - before
     s = block_sharing(plan)
     assert s.body_bytes == body
@@ -319,7 +319,7 @@ def test_cow_attach_shares_the_base_extents_and_costs_only_the_mtp_bytes(cow, on
     for name, layout in (("copied.gguf", Layout(clone=False)), ("converter.gguf", CONVERTER)):
         p = plan_attach(on_cow["base"], on_cow["full"], cow / name)
         before = _used(cow)
-        apply_plan(p, layout=layout)
+        execute_graft(p, layout=layout)
         assert _used(cow) - before > body
         assert block_sharing(p).shared_bytes < body / 10, name
 
@@ -398,11 +398,11 @@ def test_cow_graft_needs_room_for_the_mtp_block_not_a_second_body(cow, on_cow):
                 os.sync()
         assert mtp + (1 << 20) < free_bytes(cow) < plan.output_bytes
         with pytest.raises(OutputWriteError, match="not enough space"):
-            apply_plan(plan_attach(on_cow["base"], on_cow["full"], cow / "tight-copied.gguf"),
+            execute_graft(plan_attach(on_cow["base"], on_cow["full"], cow / "tight-copied.gguf"),
                        layout=Layout(clone=False))
         assert not (cow / "tight-copied.gguf").exists()
         assert not [p for p in cow.iterdir() if p.name.endswith(".mtpgraft-tmp")]
-        apply_plan(plan)
+        execute_graft(plan)
         assert block_sharing(plan).shared_fraction > 0.99
         assert GGUFModel(cow / "tight.gguf").tensor_bytes_total() == plan.output_bytes
     finally:
@@ -418,7 +418,7 @@ def test_cow_reflinked_graft_loads_drafts_and_quantizes(cow, on_cow):
 
     out = cow / "served.gguf"
     plan = plan_attach(on_cow["base"], on_cow["full"], out)
-    apply_plan(plan)
+    execute_graft(plan)
     assert block_sharing(plan).shared_fraction > 0.99
     with LlamaServer(out, spec_type="mtp", draft_n_max=3) as s:
         r = s.completion(CODE_PROMPT, n_predict=48, temperature=0.0)

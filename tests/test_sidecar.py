@@ -100,3 +100,27 @@ def test_sidecar_for_a_trunk_only_quant_drafts_at_1_with_md(tiny, tmp_path, llam
     d = json.loads(r.stdout)
     assert d["verdict"] == "pass" and d["acceptance"] == 1.0
     assert d["models"][0]["draft"]["name"] == side.name  # the report lists the sidecar it ran with
+
+
+def test_plan_sidecar_plans_from_base_and_source_as_frozen_data(tiny, tmp_path):
+    """plan_sidecar(base, source) plans on its own (no attach plan, no temporary path): one shard
+    holding the base's shared tensors and the source's MTP block, public and immutable, and left
+    out of what the plan prints."""
+    import dataclasses
+
+    from mtpgraft.arch import SHARED_TENSORS
+    from mtpgraft.sidecar import plan_sidecar
+
+    out = tmp_path / "s.gguf"
+    plan = plan_sidecar(tiny["base"], tiny["full"], out, mtp_type="keep")
+    (shard,) = plan.shards
+    assert shard.path == out and isinstance(shard.kvs, tuple) and isinstance(shard.tensors, tuple)
+    assert sorted(t.name for t in shard.tensors) == sorted(r.name for r in GGUFModel(tiny["ref"]).refs)
+    assert {t.src_path for t in shard.tensors if t.name in SHARED_TENSORS} == {tiny["base"]}
+    assert {r.path for r in plan.source_refs} == {tiny["full"]}
+    assert {"shards", "source_refs", "llama_quantize"}.isdisjoint(plan.to_dict())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.shards = ()  # type: ignore[misc]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    default = plan_sidecar(tiny["base"], tiny["full"], out_dir=tmp_path)
+    assert default.outputs == [str(tmp_path / "mtp-Tiny-F32.gguf")]

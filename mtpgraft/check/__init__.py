@@ -40,7 +40,7 @@ from .plan import (
     settings_problem,
     validate_settings,
 )
-from .run import run_check
+from .run import execute_check
 from .server import ServerTool, resolve_server
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
     "M_DRAFT", "M_DRAFTS", "M_PER_POS", "SERVER_BASE_ARGS", "SPEEDUP_GREEN", "SPEEDUP_RED",
     "CategorySummary", "Cell", "CheckPlan", "CheckResult", "ConfigStats", "MeanStd", "ModelResult",
     "ModelSpec", "RequestRecord", "ServerConfig", "ServerRun", "ServerTool", "SpecCounters",
-    "judge_model", "plan_check", "resolve_model", "resolve_server", "run_check", "settings_problem",
+    "execute_check", "judge_model", "plan_check", "resolve_model", "resolve_server", "settings_problem",
     "validate_settings",
     "speed_status",
 ]

@@ -333,9 +333,9 @@ class _ModelRunner:
         self.template: tuple[TemplateCheck, ...] = ()
         self._start_s = 0.0
         self._requests = 0  # requests sent to the running server (warm-up and probes included)
-        self.estimate = False  # set by run_check on the plan's first model
+        self.estimate = False  # set by execute_check on the plan's first model
         # (accepted, evidence) once a server was probed for per-request speculative fields; None: not
-        # probed (run_check hands it from model to model: it is the server build's, not the model's)
+        # probed (execute_check hands it from model to model: it is the server build's, not the model's)
         self.per_request: tuple[bool, str] | None = None
 
     def _server_kwargs(self, cfg: ServerConfig) -> dict[str, Any]:

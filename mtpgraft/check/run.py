@@ -1,4 +1,4 @@
-"""`run_check`: measure every model of a plan on llama-server, judge each, and pool the verdict."""
+"""`execute_check`: measure every model of a plan on llama-server, judge each, and pool the verdict."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _build_string(plan: CheckPlan, build_info: str) -> str:
     return f"b{m.group(1)}-{m.group(2)}" if m else v
 
 
-def run_check(plan: CheckPlan, *, log_dir: str | os.PathLike[str] | None = None,
+def execute_check(plan: CheckPlan, *, log_dir: str | os.PathLike[str] | None = None,
               progress: Progress | None = None, server_factory: ServerFactory | None = None,
               hash_files: bool = True, events: Events | None = None) -> CheckResult:
     """Run the plan against llama-server and judge it. Server failures become verdict reasons.

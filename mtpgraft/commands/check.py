@@ -195,8 +195,8 @@ def _plan_size(plan: Any) -> str:
 
 
 def _run(plan: Any, report_dir: str | None, *, hash_files: bool) -> Any:
-    """run_check with a progress bar (requests) and the time estimate as an info line."""
-    from ..check import run_check
+    """execute_check with a progress bar (requests) and the time estimate as an info line."""
+    from ..check import execute_check
 
     bar = progress_bar(plan.n_requests, unit="req") if show_progress() else None
 
@@ -207,7 +207,7 @@ def _run(plan: Any, report_dir: str | None, *, hash_files: bool) -> Any:
             bar.update(done)
 
     try:
-        return run_check(plan, log_dir=f"{report_dir}/logs" if report_dir else None,
+        return execute_check(plan, log_dir=f"{report_dir}/logs" if report_dir else None,
                          progress=progress, events=info, hash_files=hash_files)
     finally:
         if bar is not None:

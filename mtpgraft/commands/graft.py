@@ -16,7 +16,7 @@ FETCHING_DRY_RUN = "Print the plan and write nothing (fetches headers only)."
 
 
 def _run_plan(plan, dry_run: bool, as_json: bool, layout: str = "reflink", no_reflink: bool = False) -> None:
-    from ..graft import apply_plan, block_sharing, describe_plan
+    from ..graft import block_sharing, describe_plan, execute_graft
 
     for w in plan.warnings:
         warn(w)
@@ -24,7 +24,7 @@ def _run_plan(plan, dry_run: bool, as_json: bool, layout: str = "reflink", no_re
         emit_dry_run(plan, describe_plan(plan), as_json)
         return
     with progress_bar(plan.output_bytes, desc=plan.operation) as bar:
-        outputs = apply_plan(plan, progress=bar.update, layout=layout_from(layout, no_reflink))
+        outputs = execute_graft(plan, progress=bar.update, layout=layout_from(layout, no_reflink))
     sharing = block_sharing(plan)
     if as_json:
         emit_json({"dry_run": False, "plan": plan.to_dict(), "written": [str(p) for p in outputs],
@@ -81,7 +81,7 @@ def attach_cmd(base: str, source: str, out: Path, mtp_type: str | None, replace:
 
 
 @contextmanager
-def _planned_attach(base: str, source: str, out: Path, *, dry_run: bool, **kw: Any) -> Iterator[Any]:
+def _planned_attach(base: str, source: str, out: Path | None, *, dry_run: bool, **kw: Any) -> Iterator[Any]:
     """plan_attach_from with a fetch bar, a line on what came from the Hub, and the fetched source
     file (a temporary one) removed when the caller is done with the plan."""
     from ..sources import plan_attach_from
@@ -154,17 +154,14 @@ def sidecar_cmd(base: str, source: str, out: Path | None, mtp_type: str | None, 
     """Write the MTP-only sidecar for BASE (what `llama-server -md`, and `-hf` next to trunk-only quants,
     take): BASE's metadata and shared tensors (token_embd, output_norm, output) plus SOURCE's MTP block,
     renumbered and converted as attach does, in convert_hf_to_gguf.py's --mtp layout."""
-    import tempfile
-
-    from ..sidecar import default_sidecar_path, plan_assistant_sidecar, plan_sidecar
+    from ..sidecar import plan_assistant_sidecar, plan_sidecar
 
     if _is_assistant(source):  # gemma4: the assistant itself is the sidecar
         _run_plan(plan_assistant_sidecar(base, source, out, mtp_type=mtp_type, force=force), dry_run,
                   as_json, layout, no_reflink)
         return
-    scratch = Path(tempfile.gettempdir()) / ".mtpgraft-sidecar-plan.gguf"  # planned, never written
-    with _planned_attach(base, source, scratch, mtp_type=mtp_type, replace=True, force=True, llama_cpp=llama_cpp,
-                         token=token, endpoint=endpoint, dry_run=dry_run) as attach:
-        if out is None and str(base).startswith("hf://"):  # not beside a file in the Hugging Face cache
-            out = Path(default_sidecar_path(attach.base, attach).name)
-        _run_plan(plan_sidecar(attach, out, force=force), dry_run, as_json, layout, no_reflink)
+    # a base from the Hub: the sidecar goes to the current folder, not beside a file in the HF cache
+    out_dir = Path(".") if out is None and str(base).startswith("hf://") else None
+    with _planned_attach(base, source, out, planner=plan_sidecar, mtp_type=mtp_type, out_dir=out_dir, force=force,
+                         llama_cpp=llama_cpp, token=token, endpoint=endpoint, dry_run=dry_run) as plan:
+        _run_plan(plan, dry_run, as_json, layout, no_reflink)

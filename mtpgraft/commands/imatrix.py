@@ -33,7 +33,7 @@ def imatrix_cmd(model: Path, calibration: Path, output: Path, ctx: int | None, c
     Records the calibration file's name and sha256 in the imatrix (mtpgraft.imatrix.*); `mtpgraft
     quantize` carries them into every quant. The imatrix never covers the MTP block (llama-imatrix does
     not run it): `mtpgraft quantize` gives that block explicit types."""
-    from ..imatrix import plan_imatrix, run_imatrix
+    from ..imatrix import execute_imatrix, plan_imatrix
 
     plan = plan_imatrix(model, calibration, output, ctx=ctx, chunks=chunks, batch=batch, threads=threads,
                         ppl=ppl, extra_args=list(extra), force=force, llama_cpp=llama_cpp)
@@ -41,7 +41,7 @@ def imatrix_cmd(model: Path, calibration: Path, output: Path, ctx: int | None, c
         emit_dry_run(plan, plan.shell(), as_json)
         return
     info(f"llama-imatrix on {model.name} with {calibration.name} (sha256 {plan.calibration_sha256[:12]})")
-    res = run_imatrix(plan)
+    res = execute_imatrix(plan)
     if as_json:
         emit_json({"dry_run": False, **res.to_dict()})
         return

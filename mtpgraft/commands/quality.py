@@ -36,9 +36,9 @@ def quality_cmd(reference: Path, quants: tuple[Path, ...], text: Path | None, ch
 
     from ..quality import (
         acceptance_retention,
+        execute_quality,
         format_table,
         plan_quality,
-        run_quality,
         write_report,
     )
 
@@ -50,7 +50,7 @@ def quality_cmd(reference: Path, quants: tuple[Path, ...], text: Path | None, ch
                      as_json)
         return
     logs = (report_dir / "logs") if report_dir else Path(tempfile.mkdtemp(prefix="mtpgraft-quality-"))
-    result = run_quality(plan, log_dir=logs, emit=info)
+    result = execute_quality(plan, log_dir=logs, emit=info)
     if reports:
         result = replace(result, retention=acceptance_retention(reports, str(reference), [str(q) for q in quants]))
     if report_dir:

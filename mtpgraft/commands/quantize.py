@@ -52,7 +52,7 @@ def quantize_cmd(model: Path, types: str, imatrix: str | None, token: str | None
     (header, tensor count, MTP block present and consistent, types as planned) before it is renamed
     into place; a bad one is removed and reported. Outputs that exist and verify are skipped.
     Exit code 1 when any type failed."""
-    from ..quantize import plan_quantize, run_quantize
+    from ..quantize import execute_quantize, plan_quantize
     from ..sources.hubimatrix import fetch_imatrix
 
     imx = fetch_imatrix(imatrix, token=token, endpoint=endpoint) if imatrix and imatrix.startswith("hf://") else imatrix
@@ -66,7 +66,7 @@ def quantize_cmd(model: Path, types: str, imatrix: str | None, token: str | None
         return
     n = len(plan.jobs)
     order = {t: i + 1 for i, t in enumerate(plan.types)}
-    res = run_quantize(plan, on_event=lambda t, m: info(f"[{order[t]}/{n}] {t}: {cli_text(m)}"))
+    res = execute_quantize(plan, on_event=lambda t, m: info(f"[{order[t]}/{n}] {t}: {cli_text(m)}"))
     if as_json:
         emit_json({"dry_run": False, **res.to_dict()})
     else:

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from .. import naming
-from ..check import plan_check, run_check
+from ..check import execute_check, plan_check
 from ..check.plan import PRESETS
 from ..check.server import LlamaServer, ServerTool
 from ..errors import HubError, Setting, Text, ToolFailedError, ToolNotFoundError, UsageError
@@ -265,5 +265,5 @@ def verify_remote(repo_id: str, tags: list[str] | tuple[str, ...], *, server: Se
         # whether it drafts as users load it: one MTP server (the p-min sweep is `mtpgraft check`'s)
         quick = {**PRESETS["quick"], "dense_p_min": ()}
         plan = plan_check(models, draft=draft, server=server, **{**quick, **(settings or {})})
-        out.append(RemoteCheck(tag, res, run_check(plan)))
+        out.append(RemoteCheck(tag, res, execute_check(plan)))
     return out

@@ -23,10 +23,6 @@ class Placement:
     picks: tuple[tuple[str, str | None], ...]  # (model path, the sidecar -hf :TAG loads for it)
 
 
-# sidecar.py's two calls switch to naming.untagged_stem, then this name goes
-model_stem = naming.untagged_stem
-
-
 def is_sidecar(path: str) -> bool:
     """What -hf takes as an MTP draft: a .gguf whose path contains `mtp-` (find_best_mtp)."""
     return path.endswith(".gguf") and naming.SIDECAR_PREFIX in path

@@ -2,7 +2,7 @@
 
 Two steps, like the graft: `plan_quantize` reads headers only, runs every check and returns a frozen
 QuantizePlan holding the exact llama-quantize (and llama-gguf-split) commands, which `--dry-run`
-prints; `run_quantize` executes them. Why each part exists:
+prints; `execute_quantize` executes them. Why each part exists:
 
 - llama-imatrix never runs the MTP graph, so an imatrix has no entries for the MTP block: the
   very-low-bit types (IQ1_*, IQ2_*, IQ3_XXS, IQ3_XS, Q2_K_S) abort on it ("Missing importance matrix
@@ -51,14 +51,14 @@ from .plan import (
     read_imatrix_coverage,
     resolve_quantize_tools,
 )
-from .run import Event, OutputResult, QuantizeResult, run_quantize
+from .run import Event, OutputResult, QuantizeResult, execute_quantize
 from .verify import Verification, _zero_data, existing_output, glob_escape, verify_output
 
 __all__ = [
     "ALIASES", "DEFAULT_MTP_TYPE", "MTP_POLICIES", "NEEDS_IMATRIX", "REQUANTIZE_WARNING", "Event",
     "ImatrixCoverage", "MtpRule", "OutputResult", "OutputSpec", "QuantizeJob", "QuantizePlan", "QuantizeResult",
     "QuantizeTools", "Verification", "_zero_data", "canonical_type", "check_mtp_policy", "check_name",
-    "default_name", "existing_output", "ggml_type", "glob_escape", "mtp_policy_for", "name_problem",
+    "default_name", "execute_quantize", "existing_output", "ggml_type", "glob_escape", "mtp_policy_for", "name_problem",
     "output_names", "parse_size", "parse_types", "plan_quantize", "read_imatrix_coverage",
-    "resolve_quantize_tools", "run_quantize", "types_needing_imatrix", "verify_output",
+    "resolve_quantize_tools", "types_needing_imatrix", "verify_output",
 ]

@@ -17,6 +17,7 @@ from ..ggml_types import FILE_TYPES, FLOAT_FILE_TYPES, llama_quantizes, type_nam
 from ..gguf_io import GGUFFile, GGUFModel, TensorRef
 from ..inspection import inspect_model
 from ..tools import find_tool, format_cmd
+from .command import quantize_argv
 from .options import (
     NEEDS_IMATRIX,
     REQUANTIZE_WARNING,
@@ -412,20 +413,17 @@ def _job(jt: _JobTypes, inp: _Input, tools: QuantizeTools, out: Path, name: str,
     qt, cov = jt.quant_type, inp.cov
     single, split_dir = output_names(out, name, qt)
     tmp = out / f".{name}-{qt}.gguf.partial"
-    cmd: list[str] = [tools.llama_quantize] + (["--allow-requantize"] if allow_requantize else [])
     cwd = None
     if cov is not None:
         # Run beside the imatrix and name it by its file name: llama-quantize records the path
         # as given in quantize.imatrix.file, and a published file should not carry a local path.
         cwd = str(Path(cov.path).resolve().parent)
-        cmd += ["--imatrix", Path(cov.path).name]
-    for rule in jt.rules:
-        cmd += ["--tensor-type", rule.arg]
-    if inp.mtp_layers:
-        cmd += ["--override-kv", f"mtpgraft.quantize.mtp_type=str:{jt.policy}"]
+    overrides = [f"mtpgraft.quantize.mtp_type=str:{jt.policy}"] if inp.mtp_layers else []
     if cov is not None and cov.dataset_sha256:
-        cmd += ["--override-kv", f"mtpgraft.imatrix.dataset_sha256=str:{cov.dataset_sha256}"]
-    cmd += [str(inp.src.path.resolve()), str(tmp), qt] + ([str(threads)] if threads is not None else [])
+        overrides.append(f"mtpgraft.imatrix.dataset_sha256=str:{cov.dataset_sha256}")
+    cmd = quantize_argv(tools.llama_quantize, str(inp.src.path.resolve()), str(tmp), qt,
+                        allow_requantize=allow_requantize, imatrix=Path(cov.path).name if cov is not None else None,
+                        tensor_types=[r.arg for r in jt.rules], override_kv=overrides, threads=threads)
     spec = OutputSpec(quant_type=qt, file_type=FILE_TYPES[qt], tensor_names=frozenset(r.name for r in inp.src.refs),
                       mtp_present=bool(inp.mtp_layers), mtp_layers=inp.mtp_layers, mtp_types=jt.exact,
                       mtp_quantized=jt.must_quantize, imatrix=cov is not None, layout=inp.layout)

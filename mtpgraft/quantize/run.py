@@ -206,7 +206,7 @@ def _rel(p: Path) -> str:
         return str(p)
 
 
-def run_quantize(plan: QuantizePlan, *, on_event: Event | None = None,
+def execute_quantize(plan: QuantizePlan, *, on_event: Event | None = None,
                  on_result: Callable[[OutputResult], None] | None = None,
                  log_dir: str | os.PathLike[str] | None = None) -> QuantizeResult:
     """Run every job of the plan (plan.jobs_n at a time); a failed type does not stop the others.

@@ -11,18 +11,18 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ..check import plan_check, resolve_server, run_check
+from ..check import execute_check, plan_check, resolve_server
 from ..check.report import write_report as write_check_report
 from ..errors import HubError, RecipeError
 from ..gguf_io import GGUFModel
-from ..graft import apply_plan, plan_attach
+from ..graft import execute_graft, plan_attach
 from ..hub import check_gate, execute_push, make_api, plan_push
 from ..hub.remote import verify_remote
-from ..imatrix import plan_imatrix, read_imatrix, run_imatrix
+from ..imatrix import execute_imatrix, plan_imatrix, read_imatrix
 from ..inspection import inspect_model
-from ..quality import acceptance_retention, plan_quality, run_quality
+from ..quality import acceptance_retention, execute_quality, plan_quality
 from ..quality import write_report as write_quality_report
-from ..quantize import mtp_policy_for, output_names, plan_quantize, run_quantize
+from ..quantize import execute_quantize, mtp_policy_for, output_names, plan_quantize
 from ..reports import CHECK_REPORT, QUALITY_REPORT
 from .schema import Resources
 from .state import State
@@ -104,7 +104,7 @@ class GraftStep(Step):
                            replace=self.s.replace_mtp, force=True, llama_cpp=ctx.llama_cpp)
         _warn(ctx, self, plan.warnings)
         ctx.emit(self.id, f"attaching the MTP block of {src.name} to {base.name}")
-        written = apply_plan(plan)
+        written = execute_graft(plan)
         rep = inspect_model(written[0])
         if not rep.consistent or not rep.mtp_present:
             raise StepFailed(f"the grafted model fails inspection: {'; '.join(rep.problems)}")
@@ -147,7 +147,7 @@ class ImatrixStep(Step):
                             extra_args=s.extra_args, force=True, llama_cpp=ctx.llama_cpp)
         ctx.emit(self.id, f"llama-imatrix on {model.name} with {cal.name}")
         (ctx.work / "logs").mkdir(parents=True, exist_ok=True)
-        info = run_imatrix(plan, log_path=ctx.work / "logs" / "imatrix.log").info
+        info = execute_imatrix(plan, log_path=ctx.work / "logs" / "imatrix.log").info
         return Outcome(f"{info.entries} entries, {info.chunk_count} chunks", (out,),
                        {"imatrix": ctx.state.rel(out), "entries": info.entries, "chunks": info.chunk_count,
                         "calibration": cal.name, "calibration_sha256": plan.calibration_sha256})
@@ -187,7 +187,7 @@ class QuantizeStep(Step):
                              allow_requantize=q.allow_requantize, jobs=q.jobs, threads=threads, force=True,
                              llama_cpp=ctx.llama_cpp)
         _warn(ctx, self, plan.warnings)
-        o = run_quantize(plan, on_event=lambda t, m: ctx.emit(self.id, m), log_dir=ctx.work / "logs").outputs[0]
+        o = execute_quantize(plan, on_event=lambda t, m: ctx.emit(self.id, m), log_dir=ctx.work / "logs").outputs[0]
         if not o.ok or o.path is None:
             raise StepFailed(o.reason, log_tail=_tail(o.log))
         return Outcome(f"{o.bytes / 1e6:.1f} MB", tuple(Path(f) for f in o.files),
@@ -230,7 +230,7 @@ class CheckStep(Step):
                           server_args=s.server_args, server=resolve_server(ctx.llama_cpp))
         ctx.emit(step_id, f"{plan.n_servers} llama-server runs, {plan.n_requests} requests" if step_id == self.id
                  else f"checking the reference {models[0].name} with the check step's settings")
-        result = run_check(plan, log_dir=report_dir / "logs", events=lambda m: ctx.emit(step_id, m))
+        result = execute_check(plan, log_dir=report_dir / "logs", events=lambda m: ctx.emit(step_id, m))
         return result, Path(write_check_report(result, report_dir).json)
 
     def run(self, ctx: Context) -> Outcome:
@@ -277,7 +277,7 @@ class QualityStep(Step):
         ref, quants, out = ctx.model(), ctx.quants(self.r.quality_types()), self.out_dir()
         plan = plan_quality(ref, [str(p) for p in quants], text=self._text(), ctx_size=self.s.ctx,
                             chunks=self.s.chunks, extra_args=self.s.perplexity_args, llama_cpp=ctx.llama_cpp)
-        result = run_quality(plan, log_dir=out / "quality-logs", emit=lambda m: ctx.emit(self.id, m))
+        result = execute_quality(plan, log_dir=out / "quality-logs", emit=lambda m: ctx.emit(self.id, m))
         if self.r.check_types():
             _, ref_report = CheckStep(self.r).check(ctx, [ref], out / "reference", self.id)
             result = replace(result, retention=acceptance_retention(

@@ -442,20 +442,23 @@ def _client_quiet() -> Iterator[None]:
         log.setLevel(level)
 
 
-def plan_attach_from(base: str | os.PathLike[str], source: str | os.PathLike[str], out: str | os.PathLike[str], *,
+def plan_attach_from(base: str | os.PathLike[str], source: str | os.PathLike[str], out: str | os.PathLike[str] | None, *,
                      token: str | None = None, endpoint: str | None = None, progress: FetchProgress | None = None,
-                     plan_only: bool = False, hub: HubOptions | None = None, **attach: Any) -> tuple[Any, ResolvedSource]:
-    """`mtpgraft attach` with any base and source spec: resolve both, then graft.plan_attach."""
+                     plan_only: bool = False, hub: HubOptions | None = None, planner: Callable[..., Any] | None = None,
+                     **attach: Any) -> tuple[Any, ResolvedSource]:
+    """`mtpgraft attach` with any base and source spec: resolve both, then graft.plan_attach (or
+    `planner`, such as sidecar.plan_sidecar, which takes the same base, source and output)."""
+    plan = planner or plan_attach
     opts = hub or HubOptions(token=token, endpoint=endpoint)
     base_path = resolve_base(base, token=opts.token, endpoint=opts.endpoint)
 
     def precheck(header_only: Path) -> None:
-        plan_attach(base_path, header_only, out, **attach)
+        plan(base_path, header_only, out, **attach)
 
     src = resolve_mtp_source(source, base=base_path, progress=progress, hub=opts, plan_only=plan_only,
                              precheck=precheck)
     try:
-        return plan_attach(base_path, src.path, out, **attach), src
+        return plan(base_path, src.path, out, **attach), src
     except BaseException:
         if src.temporary:
             src.path.unlink(missing_ok=True)

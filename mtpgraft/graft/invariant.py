@@ -1,6 +1,6 @@
 """The graft's invariant, checked on the written files before they are installed.
 
-apply_plan calls `check_written` once every output file is complete. It re-reads the outputs'
+execute_graft calls `check_written` once every output file is complete. It re-reads the outputs'
 headers and holds them to the plan: every tensor the plan keeps is there with its type, shape and
 size and nothing else is; the bytes of each copied tensor (the base's, and a kept MTP block's)
 begin and end as its input's do (a window at either end, which finds a tensor dropped, moved, cut
@@ -9,7 +9,7 @@ one the plan wrote, the provenance digest the one the writer computed; the keys 
 tensors: trunk layers + MTP blocks = block_count, nextn_predict_layers = the MTP blocks present,
 per-layer arrays cover block_count; and, read from the base again, every base tensor outside an
 MTP block is planned as a copy of its own bytes. A failure is a bug in mtpgraft, never the user's
-input: InternalError, and apply_plan removes the output.
+input: InternalError, and execute_graft removes the output.
 
 Re-hashing a kept MTP block against the digest would prove its every byte, at ~0.45 s per 340 MB
 (measured on a 2.7 GB attach whose whole check otherwise takes ~30 ms): more than a reflinked
@@ -19,22 +19,20 @@ attach takes in all, so the windows stand in for it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .arch import SHARED_TENSORS, is_drafter, rule_for
-from .errors import InternalError, MtpgraftError
-from .gguf_io import PAD_KEY, GGUFFile, GGUFModel, OutTensor, TensorRef
-from .inspection import Structure, layer_of, reconcile
+from ..arch import is_drafter, rule_for, shared_tensors
+from ..blocks import block_size, common_bytes
+from ..errors import InternalError, MtpgraftError
+from ..gguf_io import PAD_KEY, GGUFFile, GGUFModel, OutTensor, TensorRef
+from ..inspection import Structure, layer_of, reconcile
+from .types import GraftPlan, ShardSpec
 
-if TYPE_CHECKING:
-    from .graft import GraftPlan, _ShardSpec
-
-SHARED = SHARED_TENSORS  # what an MTP-only file takes
 WINDOW = 4096  # bytes compared at each end of every copied tensor
 
 
-def check_written(plan: GraftPlan, shards: list[_ShardSpec], paths: list[Path], digest: str | None,
+def check_written(plan: GraftPlan, shards: Sequence[ShardSpec], paths: list[Path], digest: str | None,
                   digest_key: str) -> None:
     """Raise InternalError unless the files at `paths` (the shards' temporary outputs) are what the
     plan says. `digest`: the sha256 written into `digest_key` (grafts that carry an MTP block)."""
@@ -56,7 +54,7 @@ def _bug(plan: GraftPlan, what: str) -> InternalError:
                          f"{plan.outputs[0]} failed its check: {what}; it was removed")
 
 
-def _same_keys(plan: GraftPlan, spec: _ShardSpec, f: GGUFFile, digest: str | None, digest_key: str) -> None:
+def _same_keys(plan: GraftPlan, spec: ShardSpec, f: GGUFFile, digest: str | None, digest_key: str) -> None:
     want = {kv.key: kv for kv in spec.kvs if kv.key != PAD_KEY}
     extra = [k for k in f.kv if k not in want and k != PAD_KEY]
     if extra or len(f.kv) - (PAD_KEY in f.kv) != len(want):
@@ -68,7 +66,7 @@ def _same_keys(plan: GraftPlan, spec: _ShardSpec, f: GGUFFile, digest: str | Non
             raise _bug(plan, f"{spec.path.name}: key {key} is not the value planned")
 
 
-def _same_tensors(plan: GraftPlan, spec: _ShardSpec, f: GGUFFile) -> None:
+def _same_tensors(plan: GraftPlan, spec: ShardSpec, f: GGUFFile) -> None:
     """Names, types, shapes and sizes as planned; the copied tensors' ends as their input's."""
     got = {t.name: t for t in f.tensors}
     if sorted(got) != sorted(t.name for t in spec.tensors):
@@ -114,8 +112,6 @@ def _to_read(run: list[tuple[int, OutTensor]], src: int, out: int) -> list[tuple
     """The tensors of a run whose ends are compared: every one, unless the filesystem shows the run
     stored in the very blocks of its input (a reflink: the same bytes by construction; reading them
     would cost a disk read per window); then the two at its ends, whose partial blocks were copied."""
-    from .blocks import block_size, common_bytes
-
     start, end = run[0][0], run[-1][0] + run[-1][1].nbytes
     if len(run) > 2:
         shared = common_bytes(out, start, src, run[0][1].src_offset, end - start)
@@ -168,13 +164,14 @@ def _counts_add_up(plan: GraftPlan, files: list[GGUFFile]) -> None:
             raise _bug(plan, f"key {arch}.{k} has {kv.count} entries, block_count is {bc}")
 
 
-def _base_kept(plan: GraftPlan, shards: list[_ShardSpec]) -> None:
+def _base_kept(plan: GraftPlan, shards: Sequence[ShardSpec]) -> None:
     """Read from the base again, not from the plan: every base tensor outside a block holding nextn
     tensors (attach, detach), or every shared tensor (extract, sidecar), is planned as a copy of
     the base's own bytes, unchanged (whose output _same_tensors has held to the plan)."""
     if is_drafter(plan.arch):
         return  # its sidecar is the assistant itself: nothing of the target goes into it
     base = GGUFModel(plan.base)
+    shared = shared_tensors(plan.arch)
     mtp_blocks = {lo[0] for r in base.refs if (lo := layer_of(r.name)) and lo[1].startswith("nextn.")}
     planned = {t.name: t for s in shards for t in s.tensors}
     for r in base.refs:
@@ -182,7 +179,7 @@ def _base_kept(plan: GraftPlan, shards: list[_ShardSpec]) -> None:
         if plan.operation in ("attach", "detach"):
             if lo is not None and lo[0] in mtp_blocks:
                 continue
-        elif r.name not in SHARED:
+        elif r.name not in shared:
             continue
         t = planned.get(r.name)
         if t is None or (t.src_path, t.src_offset, tuple(t.ne), t.ggml_type) != (
