@@ -34,9 +34,9 @@ from .graft import (
     quantize_tool,
     source_label,
 )
+from .llama_quantize import QuantizeTools
 from .outputs import check_outputs
 from .preflight import assistant_blocker
-from .quantize import QuantizeTools
 
 
 def sidecar_type(actions: Sequence[TensorAction]) -> str:

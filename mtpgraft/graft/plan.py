@@ -22,8 +22,8 @@ from ..inspection import (
     reconcile,
     vocab_fingerprint,
 )
+from ..llama_quantize import QuantizeTools, resolve_quantize_tools
 from ..outputs import check_outputs
-from ..quantize import QuantizeTools, resolve_quantize_tools
 from .keys import (
     extend_layer_arrays,
     graft_provenance,

@@ -23,8 +23,8 @@ from ..gguf_io import (
     tensor_nbytes,
     write_gguf,
 )
+from ..llama_quantize import quantize_argv
 from ..outputs import PendingOutput, check_outputs, ensure_space, writing
-from ..quantize.command import quantize_argv
 from ..tools import run_tool
 from .digest import Digest
 from .invariant import check_written

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from .. import __version__, naming
 from ..arch import ARCH_RULES, rule_for
+from ..check.tables import OFF_TEXT, acceptance_table, margin_text, speedup_matrix, task_flags
 from ..errors import redact
 from .types import CheckMatch, ModelEntry, RemoteFile
 
@@ -126,7 +127,6 @@ def recommended_n(check: CheckMatch | None) -> int | None:
 
 def _quant_tables(measured: Sequence[ModelEntry]) -> list[str]:
     """The quant x task speedup matrix and the quant x n acceptance table over every measured quant."""
-    from ..check.tables import acceptance_table, speedup_matrix
 
     rows = [{"quant": md(m.quant or PurePosixPath(m.name).name), "name": md(PurePosixPath(m.name).name),
              "categories": {md(k): v for k, v in m.check.categories.items()}, "by_config": list(m.check.by_config)}
@@ -299,7 +299,6 @@ def _task_flags_section(repo_id: str, models: Sequence[ModelEntry]) -> list[str]
     """Per task and quant: the exact llama-server command of the configuration that won the check's
     measured table (check.tables.task_flags), or "leave MTP off" where none beat the server without
     MTP, with the winner's margin over the runner-up and whether it is inside the noise."""
-    from ..check.tables import OFF_TEXT, margin_text, task_flags
 
     rows = []
     for m in models:

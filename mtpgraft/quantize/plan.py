@@ -16,8 +16,8 @@ from ..errors import GGUFFormatError, QuantizeError, QuantizeOptionError, Settin
 from ..ggml_types import FILE_TYPES, FLOAT_FILE_TYPES, llama_quantizes, type_name
 from ..gguf_io import GGUFFile, GGUFModel, TensorRef
 from ..inspection import inspect_model
-from ..tools import find_tool, format_cmd
-from .command import quantize_argv
+from ..llama_quantize import QuantizeTools, quantize_argv, resolve_quantize_tools
+from ..tools import format_cmd
 from .options import (
     NEEDS_IMATRIX,
     REQUANTIZE_WARNING,
@@ -207,19 +207,6 @@ def _check_mtp_types(mtp_type: str | Mapping[str, str] | None) -> None:
         return
     for v in [mtp_type] if isinstance(mtp_type, str) else list(mtp_type.values()):
         ggml_type(str(v))
-
-
-@dataclass(frozen=True)
-class QuantizeTools:
-    """The tools a quantize plan runs, resolved once (ToolNotFoundError names every place looked)."""
-
-    llama_quantize: str
-    llama_gguf_split: str | None = None
-
-
-def resolve_quantize_tools(llama_cpp: str | os.PathLike[str] | None = None, *, split: bool = False) -> QuantizeTools:
-    return QuantizeTools(str(find_tool("llama-quantize", llama_cpp)),
-                         str(find_tool("llama-gguf-split", llama_cpp)) if split else None)
 
 
 @dataclass(frozen=True)

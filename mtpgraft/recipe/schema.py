@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..check import settings_problem
 from ..errors import MtpgraftError, RecipeError
+from ..ggml_types import canonical_file_type as canonical_type
+from ..naming import REPO_ID_RE
 from ..parsing import plain_name
+from ..quantize import check_mtp_policy, name_problem, parse_size, types_needing_imatrix
 
 # The largest value of each integer key: far above any real use, far below what would size a loop or
 # an allocation without bound (reps = 1e17 once ran out of memory after work had started). Any other
@@ -316,7 +320,6 @@ class _Run:  # the [run] keys
 
 
 def _model(m: _Section, kw: dict[str, Any]) -> ModelSection:
-    from ..quantize import name_problem
 
     problem = name_problem(kw["name"])
     if problem:
@@ -333,8 +336,6 @@ def _imatrix(s: _Section, kw: dict[str, Any]) -> ImatrixSection:
 
 
 def _quantize(q: _Section, kw: dict[str, Any], imatrix: ImatrixSection | None) -> QuantizeSection:
-    from ..ggml_types import canonical_file_type as canonical_type
-    from ..quantize import check_mtp_policy, parse_size, types_needing_imatrix
 
     raw_types = q.str_list("types") if "types" in q.data else ()
     if not raw_types:
@@ -370,7 +371,6 @@ _CHECK_KEYS = {"ctx_size": "ctx", "temperatures": "temperature"}
 
 def _types_subset(s: _Section, kw: dict[str, Any], quant: QuantizeSection) -> None:
     """A step's `types`: canonical names, each one of [quantize] types."""
-    from ..ggml_types import canonical_file_type as canonical_type
 
     if "types" in s.data:
         kw["types"] = tuple(s.checked("types", canonical_type, t) for t in s.str_list("types"))
@@ -380,7 +380,6 @@ def _types_subset(s: _Section, kw: dict[str, Any], quant: QuantizeSection) -> No
 
 
 def _check(c: _Section, kw: dict[str, Any], quant: QuantizeSection) -> CheckSection:
-    from ..check import settings_problem
 
     _types_subset(c, kw, quant)
     check = CheckSection(**kw)
@@ -398,7 +397,6 @@ def _quality(s: _Section, kw: dict[str, Any], quant: QuantizeSection) -> Quality
 
 
 def _hub(h: _Section, kw: dict[str, Any], quant: QuantizeSection, check: CheckSection | None) -> HubSection:
-    from ..naming import REPO_ID_RE
 
     if not REPO_ID_RE.match(kw["repo"]):
         h.fail("repo", f"must be OWNER/NAME, got {kw['repo']!r}")

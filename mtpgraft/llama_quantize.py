@@ -1,8 +1,27 @@
-"""The one llama-quantize command line: every flag mtpgraft passes, in the order llama-quantize reads them."""
+"""llama-quantize as every stage runs it: the tools a plan resolves once, and the one command line
+(every flag mtpgraft passes, in the order llama-quantize reads them)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .tools import find_tool
+
+
+@dataclass(frozen=True)
+class QuantizeTools:
+    """The tools a quantize plan runs, resolved once (ToolNotFoundError names every place looked)."""
+
+    llama_quantize: str
+    llama_gguf_split: str | None = None
+
+
+def resolve_quantize_tools(llama_cpp: str | os.PathLike[str] | None = None, *, split: bool = False) -> QuantizeTools:
+    return QuantizeTools(str(find_tool("llama-quantize", llama_cpp)),
+                         str(find_tool("llama-gguf-split", llama_cpp)) if split else None)
+
 
 
 def quantize_argv(tool: str, src: str, dst: str, ftype: str, *, allow_requantize: bool = False,
