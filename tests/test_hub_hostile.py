@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fakehub import FakeHub
 
 import mtpgraft.commands  # noqa: F401 - registers the commands
 from mtpgraft.cli import cli
@@ -483,3 +484,17 @@ def test_a_listing_that_pages_forever_is_refused(hub, models, tmp_path):
     assert len([q for q in hub.requests if q.path.startswith("/api/")]) == 31
     assert hub.bytes_sent == 0
     no_ranges(tmp_path)
+
+
+def test_a_push_whose_hub_never_answers_times_out(hub, models, tmp_path):
+    """push reads the repo's state under the same limits: a model_info never answered ends in seconds,
+    one line, exit 6, nothing uploaded."""
+    hub.hostile.silent = r"^/api/models/"
+    t0 = time.monotonic()
+    r = CliRunner().invoke(cli, ["push", str(models["donor"]), "--repo", "tester/Pushed", "--no-verify",
+                                 "--endpoint", hub.url, "--token", FakeHub.TOKEN], env=FAST)
+    assert time.monotonic() - t0 < 10
+    assert "Traceback" not in r.output
+    msg = one_line(r, 6)
+    assert "timed out" in msg and msg.startswith(f"cannot reach {hub.url}"), msg
+    assert hub.lfs_bytes_received == 0  # nothing uploaded

@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..errors import HubError
+from ..sources.hublimits import bounded
 from .client import NO_TOKEN, hub_errors
 from .plan import PushPlan, PushResult
 
@@ -58,7 +59,8 @@ def _head(api: HfApi, repo_id: str) -> str | None:
     from huggingface_hub.errors import RevisionNotFoundError
 
     try:
-        return api.model_info(repo_id).sha
+        with bounded():
+            return api.model_info(repo_id).sha
     except RevisionNotFoundError:  # a repo created without any commit
         return None
 
@@ -72,7 +74,7 @@ def _read_back(api: HfApi, plan: PushPlan, revision: str | None) -> tuple[str, .
     if revision is None:
         return ()
     paths = [f.path_in_repo for f in plan.files]
-    with hub_errors(api=api, repo_id=plan.repo_id, action="read the pushed files back"):
+    with hub_errors(api=api, repo_id=plan.repo_id, action="read the pushed files back"), bounded():
         try:
             entries = api.get_paths_info(plan.repo_id, paths, revision=revision)
         except RevisionNotFoundError:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import naming
 from ..errors import HubError, Setting, Text, UsageError, redact
+from ..sources.hublimits import bounded
 from .card import (
     base_model_of,
     human_size,
@@ -77,6 +78,16 @@ def plan_push(paths: Sequence[str | os.PathLike[str]], *, repo_id: str, api: HfA
     models, files, refusals, warnings, chart_sources = _plan_local(
         local, reports=reports, verify=verify, max_file_bytes=max_file_bytes, repo_id=repo_id)
     warnings = [f"{p}: skipped (an imatrix file, not a model)" for p in skipped] + warnings
+    with bounded():  # every Hub answer read here under the time and size limits of sources/hublimits
+        return _plan_remote(api, repo_id=repo_id, branch=branch, create_pr=create_pr, private=private,
+                            verify=verify, base_model=base_model, models=models, files=files,
+                            refusals=refusals, warnings=warnings, chart_sources=chart_sources)
+
+
+def _plan_remote(api: HfApi, *, repo_id: str, branch: str, create_pr: bool, private: bool, verify: bool,
+                 base_model: str | None, models: list[ModelEntry], files: list[PlannedFile],
+                 refusals: list[Refusal], warnings: list[Any], chart_sources: dict[str, str]) -> PushPlan:
+    """The read-only Hub half of plan_push: who pushes, what the repo holds, the card and the commit."""
     # where the gate refused, the Hub is not asked
     user, (repo_exists, branch_exists, parent, remote) = (None, (False, False, None, {})) if refusals else (
         whoami(api, repo_id), _remote_state(api, repo_id=repo_id, branch=branch, create_pr=create_pr))
