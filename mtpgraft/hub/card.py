@@ -127,16 +127,18 @@ def recommended_n(check: CheckMatch | None) -> int | None:
 
 def _quant_tables(measured: Sequence[ModelEntry]) -> list[str]:
     """The quant x task speedup matrix and the quant x n acceptance table over every measured quant."""
-    from ..check.tables import acceptance_table, speedup_matrix
+    from ..check.tables import acceptance_table, colour_basis, speedup_matrix
 
     rows = [{"quant": md(m.quant or PurePosixPath(m.name).name), "name": md(PurePosixPath(m.name).name),
              "categories": {md(k): v for k, v in m.check.categories.items()}, "by_config": list(m.check.by_config)}
             for m in measured if m.check is not None]
     if not rows:
         return []
+    basis = colour_basis(rows)
     out = ["Decode speedup with MTP per quant and task, at the best draft length: 🟢 faster "
            "(>= 1.10×), 🟡 marginal, 🔴 slower (< 1.00×), ❔ inconclusive (the spread over repetitions "
-           "covers 1.00×).", "", speedup_matrix(rows), ""]
+           "covers 1.00×), ⬜ a single run (one repetition, no spread that tells it from 1.00×)."
+           + (f" {basis}" if basis else ""), "", speedup_matrix(rows), ""]
     acc = acceptance_table(rows)
     if acc:
         out += ["Draft acceptance per quant and `--spec-draft-n-max` (all tasks, mean ± sd over "
