@@ -119,9 +119,11 @@ def calibrated_vocab(seed: int = 0, cal: Calibration = Calibration()) -> Calibra
         members = [t for t in range(N_VOCAB) if region[t] == r]
         _fill_cycle(succ, members, rng)
     factual = [t for t in range(N_VOCAB) if region[t] == "factual"]
-    for t in range(N_VOCAB):  # tokens outside the regions lead into the factual one
-        if succ[t] < 0:
-            succ[t] = factual[t % len(factual)]
+    for t in range(N_VOCAB):  # tokens outside the regions lead into the factual one (not where
+        if succ[t] < 0:       # their antipode's top two are: those logits would cancel)
+            anti = {succ[t ^ 256], succ[succ[t ^ 256]]} if succ[t ^ 256] >= 0 else set()
+            succ[t] = next(c for i in range(len(factual))
+                           if not {c := factual[(t + i) % len(factual)], succ[c]} & anti)
     runner_up = [succ[succ[t]] for t in range(N_VOCAB)]
     margin = rng.uniform(cal.margin_min, cal.margin_max, N_VOCAB)
     errors = dict(cal.head_error)
@@ -153,7 +155,8 @@ def calibrated_embeddings(seed: int, cv: CalibratedVocab, cal: Calibration) -> t
     """(token_embd, output): token t's embedding is 16 x its direction; output row j gives, at the
     normed state of token t, the logit cal.top when j = succ(t) and cal.top - m_t when j is t's
     runner-up. A token and its antipode share a direction with opposite signs, so each direction
-    carries the difference of their two tables."""
+    carries the difference of their two tables. The rows are divided by output_norm's weights
+    (output_norm_weight(seed)), so the margins are exactly these, not 2% off."""
     import numpy as np
 
     R = rotation(seed)
@@ -164,7 +167,11 @@ def calibrated_embeddings(seed: int, cv: CalibratedVocab, cal: Calibration) -> t
         coef[cv.vocab.succ[t], t % N_EMBD] += sign * cal.top / 16.0
         coef[cv.runner_up[t], t % N_EMBD] += sign * (cal.top - cv.margin[t]) / 16.0
     _add_background(coef, cv, cal)
-    return embd, (coef @ R.T).astype(np.float32)
+    return embd, ((coef @ R.T) / output_norm_weight(seed)).astype(np.float32)
+
+
+def output_norm_weight(seed: int) -> np.ndarray:
+    return Gen(seed, 4).norm(N_EMBD)
 
 
 def _add_background(coef: np.ndarray, cv: CalibratedVocab, cal: Calibration) -> None:
@@ -236,7 +243,7 @@ def calibrated_tensors(arch: str, layout: str, seed: int, cal: Calibration) -> l
         for il in range(TRUNK_LAYERS):
             block = trunk_block(arch, seed, il)
             tensors += [(f"blk.{il}.{k}", block[k]) for k in ordered(block, arch, mtp=False)]
-    tensors.append(("output_norm.weight", Gen(seed, 4).norm(N_EMBD)))
+    tensors.append(("output_norm.weight", output_norm_weight(seed)))
     if layout != "base":
         block = _calibrated_head(arch, seed, cv, cal, output)
         tensors += [(f"blk.{MTP_BLOCK}.{k}", block[k]) for k in ordered(block, arch, mtp=True)]
