@@ -198,6 +198,22 @@ def test_recommended_n_and_inconclusive_rule_on_measured_acceptance(demo: Path, 
     assert cats["code"].best_n == 3 and cats["creative"].best_n == 1
     assert cats["code"].status == "green" and cats["code"].speedup_reps == 2
     assert cats["creative"].status == "inconclusive" and "over 2 reps" in cats["creative"].why
+    # code and factual gain most from n = 3, analysis peaks at 2, creative at 1: the card recommends 3
+    assert [cats[c].best_n for c in CATEGORIES] == [3, 3, 2, 1]
     votes = {c: s.to_dict() for c, s in cats.items()}
-    assert recommended_n(SimpleNamespace(categories=votes)) == max(  # type: ignore[arg-type]
-        {s.best_n for s in cats.values()}, key=lambda n: [s.best_n for s in cats.values()].count(n))
+    assert recommended_n(SimpleNamespace(categories=votes)) == 3  # type: ignore[arg-type]
+
+
+@pytest.mark.tools
+def test_demo_card_says_synthetic_and_shows_single_runs(demo: Path, tmp_path: Path) -> None:
+    files = sorted(str(p) for p in (demo / "quants").rglob("*.gguf"))
+    out = tmp_path / "README.md"
+    res = subprocess.run([sys.executable, "-m", "mtpgraft", "card", *files, "--report", str(demo / "checks"),
+                          "-o", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    card = out.read_text()
+    assert card.count("_Measured on a synthetic model: mtpgraft's tiny test model") == 1
+    rows = {t: line for line in card.splitlines() for t in TYPES if line.startswith(f"| [tiny-qwen35-{t}")}
+    kld = [float(rows[t].split(" | ")[4]) for t in TYPES]  # the KLD column, as the tool printed it
+    assert 0 < kld[0] < kld[1] < kld[2]
+    assert "| Q4_K_M | ⬜ single run: " in card and "× (single run) |" in card

@@ -247,6 +247,8 @@ def _measurements_section(models: Sequence[ModelEntry], verified: bool) -> list[
     if not measured:
         out += ["Nothing was measured for these files"
                 + (" (pushed with `--no-verify`)." if not verified else "."), ""]
+    if not any(m.quality is not None for m in models):  # else the Files section's quality note says it
+        out += _synthetic_note(measured)
     out += _quant_tables(measured)
     for m in measured:
         out += _check_table(m)
@@ -283,7 +285,8 @@ def _check_table(m: ModelEntry) -> list[str]:
     for task, v in c.categories.items():
         if not isinstance(v, dict):
             continue
-        out.append(f"| {md(task)} | {_pct(v.get('acceptance'))} | {_num(v.get('speedup'), '{:.2f}×')} | "
+        single = " (single run)" if v.get("status") == "single" and v.get("speedup") is not None else ""
+        out.append(f"| {md(task)} | {_pct(v.get('acceptance'))} | {_num(v.get('speedup'), '{:.2f}×')}{single} | "
                    f"{_num(v.get('decode_tps'))} | {_num(v.get('baseline_decode_tps'))} | "
                    f"{_num(v.get('prefill_tps'))} | {md(v.get('best_n', '–'))} |")
     out.append("")
@@ -366,7 +369,18 @@ def _quality_note(models: Sequence[ModelEntry]) -> list[str]:
                    + (f", {md(h.get('chunks'))} chunks" if h.get("chunks") else "")
                    + "; figures exactly as the tool printed them. MTP retention is the file's draft acceptance "
                    "divided by the reference's, both from `mtpgraft check` with the same settings.")
-    return out + [""]
+    return out + [""] + _synthetic_note(models)
+
+
+def _synthetic_note(models: Sequence[ModelEntry]) -> list[str]:
+    """A card of mtpgraft's own tiny test models says its figures come from a synthetic model."""
+    names = [m.metadata.get("general.name") for m in models]
+    if not any(isinstance(n, str) and n.startswith("mtpgraft tiny") for n in names):
+        return []
+    return ["_Measured on a synthetic model: mtpgraft's tiny test model, built in code "
+            "(`mtpgraft.testmodels`; the calibrated one has soft logits and a head whose acceptance "
+            "differs by task), not a trained model. The figures show how the tools measure, not how "
+            "well any real model quantizes._", ""]
 
 
 def _prov(models: Sequence[ModelEntry], label: str, get: Any) -> list[str]:
