@@ -156,21 +156,21 @@ def resolve_builtin_model(spec: str, dest_dir: Path) -> Path:
     """`builtin:tiny-qwen35-base` (or -full, -full-mixed, -calibrated-full, ...): generate the tiny
     test model (-calibrated-*: testmodels.calibrated, qwen35 only)."""
     from ..testmodels import TEST_SET, build_tiny_model
-    from ..testmodels.calibrated import CALIBRATED_SET, Calibration
+    from ..testmodels.calibrated import CALIBRATED_SET, builtin_kwargs
 
     name = spec[len(BUILTIN):]
     m = _TINY_RE.match(name)
     variant = m["variant"] if m else ""
     variant = {"full": "full-aligned", "mtp-only": "mtp-only-aligned"}.get(variant, variant)
-    calibrated = variant in CALIBRATED_SET and m is not None and m["arch"] == "qwen35"
-    if not m or (variant not in TEST_SET and not calibrated):
+    calibrated = builtin_kwargs(m["arch"], variant) if m else None
+    if not m or (variant not in TEST_SET and calibrated is None):
         known = ", ".join(f"builtin:tiny-qwen35-{v}" for v in ("base", "full", *TEST_SET, *CALIBRATED_SET))
         raise RecipeError(f"unknown built-in model {spec!r} (known: {known}; qwen35moe likewise, "
                           "except calibrated)")
     path = dest_dir / f"{name}.gguf"
     if not path.is_file():
         dest_dir.mkdir(parents=True, exist_ok=True)
-        kwargs = {**CALIBRATED_SET[variant], "calibration": Calibration()} if calibrated else TEST_SET[variant]
+        kwargs = calibrated if calibrated is not None else TEST_SET[variant]
         build_tiny_model(path, arch=m["arch"], dtype="f16", **kwargs)  # type: ignore[arg-type]
     return path
 

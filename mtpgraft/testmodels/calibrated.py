@@ -80,6 +80,17 @@ CALIBRATED_SET: dict[str, dict[str, object]] = {
 }
 
 
+ARCHES = ("qwen35",)  # the architectures a calibrated model is built for
+
+
+def builtin_kwargs(arch: str, variant: str) -> dict[str, object] | None:
+    """build_tiny_model keyword arguments of `builtin:tiny-ARCH-VARIANT` when it names a calibrated
+    model (None: it does not, or not for this architecture)."""
+    if variant not in CALIBRATED_SET or arch not in ARCHES:
+        return None
+    return {**CALIBRATED_SET[variant], "calibration": Calibration()}
+
+
 def region_of(bs: bytes) -> str | None:
     """The region of a token that decodes to `bs` (None: not printable ASCII, never generated)."""
     if not bs or not all(32 <= b < 127 or b in (9, 10) for b in bs):
@@ -272,7 +283,7 @@ def build(path: Path, *, arch: str, layout: str, dtype: str, seed: int, recurren
     from .qwen35 import _qwen35_keys
     from .writer import write_tiny_gguf
 
-    if arch != "qwen35":
+    if arch not in ARCHES:
         raise UsageError(f"a calibrated test model is built for qwen35 only, not {arch}")
     keys = functools.partial(_qwen35_keys, arch=arch, dtype=dtype, has_mtp=layout != "base",
                       recurrent_layers_array=recurrent_layers_array)
