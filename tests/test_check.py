@@ -115,7 +115,7 @@ def test_spec_counters_parse_prometheus_samples_and_subtract():
 
 
 def test_speed_status_thresholds():
-    assert [speed_status(x) for x in (None, 0.9, 1.0, 1.09, 1.10, 2.0)] == [
+    assert [speed_status(x, 0.0, 2) for x in (None, 0.9, 1.0, 1.09, 1.10, 2.0)] == [
         None, "red", "yellow", "yellow", "green", "green"]
 
 
@@ -255,7 +255,11 @@ def test_speed_status_says_inconclusive_when_one_sd_covers_no_speedup():
     assert speed_status(0.95, 0.10, 3) == "inconclusive"
     assert speed_status(1.30, 0.10, 3) == "green" and speed_status(0.80, 0.10, 3) == "red"
     assert speed_status(1.05, 0.01, 3) == "yellow"
-    assert speed_status(1.05, 0.10, 1) == "yellow"  # one rep: no spread to judge by
+    # one rep: no spread over reps; a colour only where its requests' spread separates it from 1.00x
+    assert speed_status(1.05, 0.10, 1) == "single" and speed_status(2.10) == "single"
+    assert speed_status(1.30, None, 1, 0.10, 4) == "green" and speed_status(0.80, None, 1, 0.10, 4) == "red"
+    assert speed_status(1.05, None, 1, 0.10, 4) == "single"
+    assert speed_status(1.30, None, 1, 0.0, 1) == "single"  # one request: no noise estimate
     assert inconclusive_reason(1.05, 0.10, 3) == "sd/mean 10% over 3 reps: 1.05x ± 0.10 includes 1.00x"
     assert inconclusive_reason(1.30, 0.10, 3) == ""
 

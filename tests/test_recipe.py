@@ -250,9 +250,9 @@ def test_tiny_recipe_interrupted_resumes_then_runs_end_to_end(tmp_path: Path) ->
         "Q8_0/tiny-qwen35-Q8_0-00001-of-00002.gguf", "Q8_0/tiny-qwen35-Q8_0-00002-of-00002.gguf",
         "tiny-qwen35-IQ2_XXS.gguf", "tiny-qwen35-IQ4_XS.gguf", "tiny-qwen35-Q4_K_M.gguf"]
     rep = json.loads((work / "checks" / "report.json").read_text())  # one report, every quant
-    assert rep["verdict"] == "pass" and rep["acceptance"] == 1.0
+    assert rep["verdict"] == "pass" and 0.5 < rep["acceptance"] < 0.9  # the calibrated model: no certainty
     assert [m["quant"] for m in rep["models"]] == ["Q8_0", "Q4_K_M", "IQ4_XS", "IQ2_XXS"]
-    assert all(m["verdict"] == "pass" and m["acceptance"] == 1.0 for m in rep["models"])
+    assert all(m["verdict"] == "pass" for m in rep["models"])  # numbers: tests/test_calibrated.py
     md = (work / "checks" / "report.md").read_text()
     assert len([x for x in md.splitlines() if x.startswith(("| Q8_0 |", "| IQ2_XXS |"))]) == 4
     for t in ("Q8_0", "Q4_K_M", "IQ4_XS", "IQ2_XXS"):

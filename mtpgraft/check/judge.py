@@ -5,7 +5,9 @@ only when min_speedup is set, when the code category's speedup is below it.
 
 Speed status: green when MTP speeds up (>= 1.10x), yellow when marginal, red when it slows down
 (< 1.00x), and "inconclusive" when the spread over reps is too large to tell a speedup from a
-slowdown (1.00x lies within one sd of the mean speedup).
+slowdown (1.00x lies within one sd of the mean speedup). A speedup measured in one rep has no spread
+over reps: it is "single" (a single run, no colour) unless its own noise estimate, the spread of its
+requests' speedups (each prompt's MTP tok/s over its baseline tok/s), leaves 1.00x outside one sd.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class ConfigStats(Keyed):
     depth: int = 0
     spec_types: str | None = None
     drafters: tuple[DrafterCounters, ...] = ()  # llama.cpp's per-drafter counters, pooled
+    request_speedup: MeanStd = MeanStd(None, None, 0)  # per request (prompt x rep): the noise estimate
 
     @property
     def acceptance(self) -> float | None:
@@ -86,7 +89,8 @@ class ConfigStats(Keyed):
 
     @property
     def status(self) -> str | None:
-        return speed_status(self.speedup.mean, self.speedup.std, self.speedup.n)
+        return speed_status(self.speedup.mean, self.speedup.std, self.speedup.n,
+                            self.request_speedup.std, self.request_speedup.n)
 
     def to_dict(self) -> dict[str, Any]:
         c = self.counters
@@ -101,7 +105,7 @@ class ConfigStats(Keyed):
             "decode_tps": self.decode_tps.to_dict(), "prefill_tps": self.prefill_tps.to_dict(),
             "baseline_decode_tps": self.baseline_decode_tps.to_dict(),
             "baseline_prefill_tps": self.baseline_prefill_tps.to_dict(),
-            "speedup": self.speedup.to_dict(),
+            "speedup": self.speedup.to_dict(), "request_speedup": self.request_speedup.to_dict(),
             "output_mismatches": list(self.output_mismatches),
         }
 
@@ -128,6 +132,8 @@ class CategorySummary:
     reasoning: str | None = None
     depth: int = 0
     speedup_reps: int = 0  # how many reps the speedup's mean and sd come from
+    request_speedup_std: float | None = None  # sd of its requests' speedups (one rep's noise estimate)
+    speedup_requests: int = 0
     best_spec_type: str | None = None  # the exact --spec-type value of the best config
     runner_up: str | None = None  # the next best ("MTP off" counts as a candidate at 1.00x)
     margin: float | None = None  # winner's mean speedup - runner-up's
@@ -143,7 +149,8 @@ class CategorySummary:
 
     @property
     def status(self) -> str | None:
-        return speed_status(self.speedup, self.speedup_std, self.speedup_reps)
+        return speed_status(self.speedup, self.speedup_std, self.speedup_reps, self.request_speedup_std,
+                            self.speedup_requests)
 
     def condition_is(self, cond: Condition) -> bool:
         return (self.temperature, self.reasoning, self.depth) == (
@@ -158,6 +165,7 @@ class CategorySummary:
         return {
             "best_p_min": self.best_p_min, "reasoning": self.reasoning, "depth": self.depth,
             "speedup_reps": self.speedup_reps, "why": self.why,
+            "speedup_requests": self.speedup_requests, "request_speedup_std": _r(self.request_speedup_std),
             "acceptance": _r(self.acceptance), "speedup": _r(self.speedup),
             "decode_tps": _r(self.decode_tps), "baseline_decode_tps": _r(self.baseline_decode_tps),
             "prefill_tps": _r(self.prefill_tps), "best_n": self.best_n,
@@ -172,13 +180,18 @@ class CategorySummary:
         }
 
 
-def speed_status(speedup: float | None, std: float | None = None, n: int = 1) -> str | None:
+def speed_status(speedup: float | None, std: float | None = None, n: int = 1,
+                 request_std: float | None = None, requests: int = 0) -> str | None:
     """green: speeds up (>= 1.10x); yellow: marginal; red: slows down (< 1.00x); inconclusive when
-    over n >= 2 reps 1.00x lies within one sd of the mean (speedup and slowdown both plausible)."""
+    over n >= 2 reps 1.00x lies within one sd of the mean (speedup and slowdown both plausible);
+    single: one rep whose `requests` (>= 2) speedups, sd `request_std`, do not leave 1.00x outside
+    one sd (or fewer than 2 requests: no noise estimate at all)."""
     if speedup is None:
         return None
     if inconclusive_reason(speedup, std, n):
         return "inconclusive"
+    if n < 2 and not (requests >= 2 and request_std is not None and abs(speedup - 1.0) >= request_std):
+        return "single"
     if speedup >= SPEEDUP_GREEN:
         return "green"
     return "red" if speedup < SPEEDUP_RED else "yellow"
@@ -334,6 +347,7 @@ def _config_stats(cells: Sequence[Cell], cfg: ServerConfig, cond: Condition,
     dec = {r: _tps(cs, "predicted_n", "predicted_ms") for r, cs in mtp.items()}
     base_dec = {r: _tps(cs, "predicted_n", "predicted_ms") for r, cs in base.items()}
     speedups = [dec[r] / base_dec[r] for r in mtp if dec[r] and base_dec.get(r)]
+    per_request = {(rep, r.prompt_id): r.decode_tps for rep, cs in base.items() for c in cs for r in c.requests}
     every = [c for cs in mtp.values() for c in cs]
     return ConfigStats(
         n_max=cfg.n_max or 0, temperature=cond.temperature, category=cat,
@@ -349,7 +363,10 @@ def _config_stats(cells: Sequence[Cell], cfg: ServerConfig, cond: Condition,
         output_mismatches=tuple(dict.fromkeys(_mismatches(mtp, base) if cond.temperature == 0
                                               else [])),
         p_min=cfg.p_min, reasoning=cond.reasoning, depth=cond.depth, spec_types=cfg.spec_types,
-        drafters=pool_drafters(c.drafters for c in every))
+        drafters=pool_drafters(c.drafters for c in every),
+        request_speedup=MeanStd.of([r.decode_tps / b for rep, cs in mtp.items() for c in cs
+                                    for r in c.requests
+                                    if r.decode_tps and (b := per_request.get((rep, r.prompt_id)))]))
 
 
 OFF = "MTP off"  # the recommendation where no MTP configuration beats the server without MTP
@@ -402,7 +419,8 @@ def _summarize(configs: Sequence[ConfigStats], cells: Sequence[Cell], cond: Cond
         best_p_min=best.p_min, speedup_reps=best.speedup.n,
         best_spec_type=best.spec_types or spec_type or None,
         runner_up=OFF if runner is None else runner.config.label, margin=margin,
-        margin_sd=margin_sd, mtp_off=winner is None, **common)
+        margin_sd=margin_sd, mtp_off=winner is None,
+        request_speedup_std=best.request_speedup.std, speedup_requests=best.request_speedup.n, **common)
 
 
 def _overall_speedup(summaries: Sequence[CategorySummary]) -> float | None:

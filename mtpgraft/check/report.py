@@ -22,6 +22,7 @@ from .tables import (
     DOT,
     OFF_TEXT,
     acceptance_table,
+    colour_basis,
     flags_table,
     margin_text,
     md_table,
@@ -309,7 +310,8 @@ def render_markdown(result: CheckResult, chart: str | None = None, chart_note: s
             f"(the best n and p-min), {first.label}: 🟢 speeds up (>= {SPEEDUP_GREEN:.2f}x), "
             f"🟡 marginal ({SPEEDUP_RED:.2f}x to {SPEEDUP_GREEN:.2f}x), 🔴 slows down "
             f"(< {SPEEDUP_RED:.2f}x), ❔ inconclusive: over the reps 1.00x lies within one sd of "
-            "the mean speedup, so a speedup and a slowdown are both plausible.", "",
+            "the mean speedup, so a speedup and a slowdown are both plausible, ⬜ single run: one rep "
+            "whose requests' spread does not tell it from 1.00x. " + colour_basis(models), "",
             speedup_matrix(models), ""]
     why = [f"- {m.spec.quant} {s.category}: {s.why}" for m in result.models
            for s in m.categories.values() if s.why]
@@ -418,12 +420,12 @@ def write_chart(result: CheckResult, path: Path) -> str:
         for j, c in enumerate(cats):
             s = m.categories.get(c)
             if s is not None and s.speedup is not None:
-                mark = "?" if s.status == "inconclusive" else ""
+                mark = "?" if s.status in ("inconclusive", "single") else ""
                 ax.text(j, i, f"{s.speedup:.2f}x{mark}\nn={s.best_n}", ha="center", va="center",
                         fontsize=8)
     ax.set_xticks(range(len(cats)), cats)
     ax.set_yticks(range(len(models)), [m.spec.quant for m in models])
-    ax.set_title("MTP decode speedup (best config; ? = inconclusive)")
+    ax.set_title("MTP decode speedup (best config; ? = inconclusive or a single run)")
     fig.colorbar(im, ax=ax, label="speedup (x)")
     _save(fig, plt, path)
     return ""

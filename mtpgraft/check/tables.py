@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-DOT = {"green": "🟢", "yellow": "🟡", "red": "🔴", "inconclusive": "❔", None: "⚪"}
+DOT = {"green": "🟢", "yellow": "🟡", "red": "🔴", "inconclusive": "❔", "single": "⬜", None: "⚪"}
 
 
 def _pm(mean: float | None, std: float | None, fmt: str = ".2f") -> str:
@@ -52,7 +52,24 @@ def matrix_cell(c: dict[str, Any] | None) -> str:
     what = f"{pct(c['speedup'])} ({_config(c)}" + (f", acc {acc:.2f}" if acc is not None else "") + ")"
     if status == "inconclusive":
         return f"{DOT[status]} inconclusive: {what}"
+    if status == "single":
+        return f"{DOT[status]} single run: {what}"
     return f"{DOT[status]} {what}"
+
+
+def colour_basis(models: Sequence[dict[str, Any]]) -> str:
+    """What stands behind the matrix's colours: how many repetitions, and for one, the rule."""
+    cells = [c for m in models for c in (m.get("categories") or {}).values()
+             if isinstance(c, dict) and c.get("speedup") is not None]
+    reps = sorted({int(c.get("speedup_reps") or 0) for c in cells} - {0})
+    if not reps:
+        return ""
+    many = f"{reps[0]}" if len(reps) == 1 else f"{reps[0]} to {reps[-1]}"
+    text = f"Each colour stands on {many} repetition{'s' if reps[-1] > 1 else ''}"
+    if reps[0] == 1:
+        text += (f"; a speedup from one repetition is coloured only where the spread of its requests' "
+                 f"speedups leaves 1.00x outside one sd, else {DOT['single']} single run")
+    return text + "."
 
 
 def speedup_matrix(models: Sequence[dict[str, Any]]) -> str:

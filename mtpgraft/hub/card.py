@@ -15,7 +15,14 @@ from urllib.parse import quote
 
 from .. import __version__, naming
 from ..arch import ARCH_RULES, rule_for
-from ..check.tables import OFF_TEXT, acceptance_table, margin_text, speedup_matrix, task_flags
+from ..check.tables import (
+    OFF_TEXT,
+    acceptance_table,
+    colour_basis,
+    margin_text,
+    speedup_matrix,
+    task_flags,
+)
 from ..errors import redact
 from .types import CheckMatch, ModelEntry, RemoteFile
 
@@ -133,9 +140,11 @@ def _quant_tables(measured: Sequence[ModelEntry]) -> list[str]:
             for m in measured if m.check is not None]
     if not rows:
         return []
+    basis = colour_basis(rows)
     out = ["Decode speedup with MTP per quant and task, at the best draft length: 🟢 faster "
            "(>= 1.10×), 🟡 marginal, 🔴 slower (< 1.00×), ❔ inconclusive (the spread over repetitions "
-           "covers 1.00×).", "", speedup_matrix(rows), ""]
+           "covers 1.00×), ⬜ a single run (one repetition, no spread that tells it from 1.00×)."
+           + (f" {basis}" if basis else ""), "", speedup_matrix(rows), ""]
     acc = acceptance_table(rows)
     if acc:
         out += ["Draft acceptance per quant and `--spec-draft-n-max` (all tasks, mean ± sd over "
@@ -247,6 +256,8 @@ def _measurements_section(models: Sequence[ModelEntry], verified: bool) -> list[
     if not measured:
         out += ["Nothing was measured for these files"
                 + (" (pushed with `--no-verify`)." if not verified else "."), ""]
+    if not any(m.quality is not None for m in models):  # else the Files section's quality note says it
+        out += _synthetic_note(measured)
     out += _quant_tables(measured)
     for m in measured:
         out += _check_table(m)
@@ -283,7 +294,8 @@ def _check_table(m: ModelEntry) -> list[str]:
     for task, v in c.categories.items():
         if not isinstance(v, dict):
             continue
-        out.append(f"| {md(task)} | {_pct(v.get('acceptance'))} | {_num(v.get('speedup'), '{:.2f}×')} | "
+        single = " (single run)" if v.get("status") == "single" and v.get("speedup") is not None else ""
+        out.append(f"| {md(task)} | {_pct(v.get('acceptance'))} | {_num(v.get('speedup'), '{:.2f}×')}{single} | "
                    f"{_num(v.get('decode_tps'))} | {_num(v.get('baseline_decode_tps'))} | "
                    f"{_num(v.get('prefill_tps'))} | {md(v.get('best_n', '–'))} |")
     out.append("")
@@ -400,7 +412,18 @@ def _quality_note(models: Sequence[ModelEntry]) -> list[str]:
                    + (f", {md(h.get('chunks'))} chunks" if h.get("chunks") else "")
                    + "; figures exactly as the tool printed them. MTP retention is the file's draft acceptance "
                    "divided by the reference's, both from `mtpgraft check` with the same settings.")
-    return out + [""]
+    return out + [""] + _synthetic_note(models)
+
+
+def _synthetic_note(models: Sequence[ModelEntry]) -> list[str]:
+    """A card of mtpgraft's own tiny test models says its figures come from a synthetic model."""
+    names = [m.metadata.get("general.name") for m in models]
+    if not any(isinstance(n, str) and n.startswith("mtpgraft tiny") for n in names):
+        return []
+    return ["_Measured on a synthetic model: mtpgraft's tiny test model, built in code "
+            "(`mtpgraft.testmodels`; the calibrated one has soft logits and a head whose acceptance "
+            "differs by task), not a trained model. The figures show how the tools measure, not how "
+            "well any real model quantizes._", ""]
 
 
 def _prov(models: Sequence[ModelEntry], label: str, get: Any) -> list[str]:

@@ -16,6 +16,7 @@ from ..errors import MtpgraftError, RecipeError, Setting, spelled
 from ..hashing import sha256_file
 from ..sources.hubimatrix import fetch_imatrix
 from ..testmodels import TEST_SET, build_tiny_model
+from ..testmodels.calibrated import CALIBRATED_SET, builtin_kwargs
 from .schema import HubSection, Recipe, Resources
 from .state import State, content_key, now_iso
 
@@ -132,18 +133,22 @@ class Step:
 
 
 def resolve_builtin_model(spec: str, dest_dir: Path) -> Path:
-    """`builtin:tiny-qwen35-base` (or -full, -full-mixed, ...): generate the tiny test model."""
+    """`builtin:tiny-qwen35-base` (or -full, -full-mixed, -calibrated-full, ...): generate the tiny
+    test model (-calibrated-*: testmodels.calibrated, qwen35 only)."""
     name = spec[len(BUILTIN):]
     m = _TINY_RE.match(name)
     variant = m["variant"] if m else ""
     variant = {"full": "full-aligned", "mtp-only": "mtp-only-aligned"}.get(variant, variant)
-    if not m or variant not in TEST_SET:
-        known = ", ".join(f"builtin:tiny-qwen35-{v}" for v in ("base", "full", *TEST_SET))
-        raise RecipeError(f"unknown built-in model {spec!r} (known: {known}; qwen35moe likewise)")
+    calibrated = builtin_kwargs(m["arch"], variant) if m else None
+    if not m or (variant not in TEST_SET and calibrated is None):
+        known = ", ".join(f"builtin:tiny-qwen35-{v}" for v in ("base", "full", *TEST_SET, *CALIBRATED_SET))
+        raise RecipeError(f"unknown built-in model {spec!r} (known: {known}; qwen35moe likewise, "
+                          "except calibrated)")
     path = dest_dir / f"{name}.gguf"
     if not path.is_file():
         dest_dir.mkdir(parents=True, exist_ok=True)
-        build_tiny_model(path, arch=m["arch"], dtype="f16", **TEST_SET[variant])  # type: ignore[arg-type]
+        kwargs = calibrated if calibrated is not None else TEST_SET[variant]
+        build_tiny_model(path, arch=m["arch"], dtype="f16", **kwargs)  # type: ignore[arg-type]
     return path
 
 

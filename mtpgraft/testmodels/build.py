@@ -7,7 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import OutputExistsError, Setting, UsageError
-from . import gemma4, glm4moe, qwen35
+from . import calibrated, gemma4, glm4moe, qwen35
 from .dims import ARCHES, DTYPES, FAMILY_ARCHES, HEADS
 
 # The module that builds each architecture's models.
@@ -16,14 +16,18 @@ _FAMILIES: dict[str, ModuleType] = {**dict.fromkeys(ARCHES, qwen35), glm4moe.ARC
 
 def build_tiny_model(path: str | os.PathLike[str], *, arch: str = "qwen35", layout: str = "full",
                      head: str = "aligned", recurrent_layers_array: bool = True, dtype: str = "f32",
-                     seed: int = 0) -> Path:
+                     seed: int = 0, calibration: calibrated.Calibration | None = None) -> Path:
     """Write one tiny model to `path` (atomically) and return the path. See the docstrings of
-    mtpgraft.testmodels (qwen35, qwen35moe) and of .glm4moe and .gemma4 (their layouts)."""
+    mtpgraft.testmodels (qwen35, qwen35moe) and of .glm4moe and .gemma4 (their layouts); with a
+    `calibration`, the calibrated model of .calibrated (soft logits, its own head; `head` unused)."""
     family = _family(arch)
     for what, value, allowed in (("arch", arch, FAMILY_ARCHES), ("layout", layout, family.LAYOUTS),
                                  ("head", head, HEADS), ("dtype", dtype, DTYPES)):
         if value not in allowed:
             raise UsageError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+    if calibration is not None:
+        return calibrated.build(Path(path), arch=arch, layout=layout, dtype=dtype, seed=seed,
+                                recurrent_layers_array=recurrent_layers_array, calibration=calibration)
     if family is qwen35:
         return qwen35.build(Path(path), arch=arch, layout=layout, head=head, dtype=dtype, seed=seed,
                             recurrent_layers_array=recurrent_layers_array)

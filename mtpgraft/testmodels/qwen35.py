@@ -72,7 +72,7 @@ def build(path: Path, *, arch: str, layout: str, head: str, dtype: str, seed: in
                   recurrent_layers_array: bool) -> Path:
     vocab = tiny_vocab(seed)
     has_mtp = layout != "base"
-    keys = functools.partial(_qwen35_keys, arch=arch, dtype=dtype, has_mtp=has_mtp,
+    keys = functools.partial(qwen35_keys, arch=arch, dtype=dtype, has_mtp=has_mtp,
                              recurrent_layers_array=recurrent_layers_array)
     name = f"mtpgraft tiny {arch} {layout}" + (f" {head}" if has_mtp else "")
     return write_tiny_gguf(Path(path), arch, name, keys, _qwen35_tensors(arch, layout, head, seed, vocab),
@@ -94,7 +94,7 @@ def _qwen35_tensors(arch: str, layout: str, head: str, seed: int, vocab: TinyVoc
     return tensors
 
 
-def _qwen35_keys(w: gguf.GGUFWriter, *, arch: str, dtype: str, has_mtp: bool,
+def qwen35_keys(w: gguf.GGUFWriter, *, arch: str, dtype: str, has_mtp: bool,
                  recurrent_layers_array: bool) -> None:
     """The qwen35 / qwen35moe keys, in the converter's order."""
     import gguf

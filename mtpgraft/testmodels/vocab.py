@@ -73,7 +73,7 @@ if (x != NULL && y->next == NULL) { return -1; } else { x->next = y; }
 """
 
 # The qwen35 pre-tokenizer regex, restricted to what Python's re can say (ASCII letters and digits).
-_PRETOKENIZE = re.compile(
+PRETOKENIZE = re.compile(
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
     r"|(?:[^\r\n\w]|_)?[^\W\d_]+"
     r"|\d"
@@ -127,7 +127,7 @@ class TinyVocab:
 
 def _train_merges(n_tokens: int) -> list[tuple[str, str]]:
     enc = bytes_to_unicode()
-    words = Counter(tuple(enc[b] for b in m.group(0).encode()) for m in _PRETOKENIZE.finditer(_CORPUS))
+    words = Counter(tuple(enc[b] for b in m.group(0).encode()) for m in PRETOKENIZE.finditer(_CORPUS))
     merges: list[tuple[str, str]] = []
     made: set[str] = set()
     while len(made) < n_tokens:
