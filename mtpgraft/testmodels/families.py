@@ -1,0 +1,144 @@
+"""The families `family.build` writes, each one `FamilySpec`: read off llama.cpp 0c1e570
+(src/models/<arch>.cpp load_arch_hparams / load_arch_tensors / graph_mtp) and the converter
+(conversion/*.py) for the keys and the --no-mtp / --mtp layouts.
+
+- glm4moe: GLM-4.5/4.6/4.7 (see .glm4moe's docstring); byte for byte what .glm4moe writes.
+- deepseek32: DeepSeek-V3.2. MLA attention (q_lora, kv_lora; attn_k_b / attn_v_b split as the
+  converter splits kv_b_proj; head_count_kv 1, key_length = kv_lora + rope, value_length = kv_lora,
+  key_length_mla / value_length_mla required in practice: without them "requires MLA"), the DSA
+  indexer in EVERY layer the loader reads, the NextN layer included (the MTP graph never runs it),
+  sigmoid-gated MoE with exp_probs_b and one shared expert after a dense lead; the NextN layer is an
+  MoE layer (graph_mtp asserts ffn_gate_inp). indexer.key_length a power of two >= 64 (Hadamard).
+  --no-mtp drops block 4 and the key; trunk-only with the key loads (TENSOR_NOT_REQUIRED) and aborts
+  with draft-mtp.
+- glm-dsa: GLM-5.x. deepseek32's layout, but the NextN layer's indexer tensors are optional (not
+  written here: the MTP layer skips the indexer) and `attention.indexer.types` has one entry per TRUNK
+  layer (the loader reads it with n_layer(): a block_count-long one is refused); layer 0 must be a
+  full indexer layer. expert_gating_func optional (sigmoid).
+"""
+
+from __future__ import annotations
+
+from .family import (
+    NEXTN_NORMS,
+    FamilySpec,
+    Row,
+    block_count,
+    file_type,
+    nextn_key,
+    per_layer,
+    quantization_version,
+)
+
+U32, F32, BOOL = "UINT32", "FLOAT32", "BOOL"
+GATING_SIGMOID = 2  # llama_expert_gating_func_type
+
+_MOE: tuple[Row, ...] = (
+    ("ffn_gate_inp.weight", ("expert", "embd"), "in"),
+    ("exp_probs_b.bias", ("expert",), 0.01),
+    ("ffn_gate_exps.weight", ("expert", "ff_exp", "embd"), "in"),
+    ("ffn_up_exps.weight", ("expert", "ff_exp", "embd"), "in"),
+    ("ffn_down_exps.weight", ("expert", "embd", "ff_exp"), "out"),
+    ("ffn_gate_shexp.weight", ("shexp", "embd"), "in"),
+    ("ffn_up_shexp.weight", ("shexp", "embd"), "in"),
+    ("ffn_down_shexp.weight", ("embd", "shexp"), "out"),
+)
+_DENSE: tuple[Row, ...] = (
+    ("ffn_gate.weight", ("ff", "embd"), "in"),
+    ("ffn_up.weight", ("ff", "embd"), "in"),
+    ("ffn_down.weight", ("embd", "ff"), "out"),
+)
+
+# ------------------------------------------------------------------------------------------ glm4moe
+
+GLM4MOE = FamilySpec(
+    arch="glm4moe", tokenizer_pre="glm4",
+    sizes={"embd": 256, "q": 256, "kv": 128, "ff": 512, "expert": 4, "ff_exp": 256, "shexp": 256},
+    keys=(("block_count", U32, block_count), ("context_length", U32, 4096), ("embedding_length", U32, 256),
+          ("feed_forward_length", U32, 512), ("attention.head_count", U32, 4),
+          ("attention.head_count_kv", U32, 2), ("rope.freq_base", F32, 1_000_000.0),
+          ("attention.layer_norm_rms_epsilon", F32, 1e-6), ("expert_count", U32, 4),
+          ("expert_used_count", U32, 2), ("attention.key_length", U32, 64),
+          ("attention.value_length", U32, 64), ("general.file_type", U32, file_type),
+          ("rope.dimension_count", U32, 32), ("expert_feed_forward_length", U32, 256),
+          ("expert_shared_count", U32, 1), ("leading_dense_block_count", U32, 1),
+          ("expert_gating_func", U32, GATING_SIGMOID), ("expert_weights_scale", F32, 1.0),
+          ("expert_weights_norm", BOOL, True), ("nextn_predict_layers", U32, nextn_key),
+          ("general.quantization_version", U32, quantization_version)),
+    parts={
+        "attn": (("attn_norm.weight", ("embd",), "norm"), ("attn_q.weight", ("q", "embd"), "in"),
+                 ("attn_q.bias", ("q",), 0.02), ("attn_k.weight", ("kv", "embd"), "in"),
+                 ("attn_k.bias", ("kv",), 0.02), ("attn_v.weight", ("kv", "embd"), "in"),
+                 ("attn_v.bias", ("kv",), 0.02), ("attn_output.weight", ("embd", "q"), "out"),
+                 ("post_attention_norm.weight", ("embd",), "norm")),
+        "dense": _DENSE, "moe": _MOE, "nextn": NEXTN_NORMS},
+    trunk=(("attn", "dense"), ("attn", "moe"), ("attn", "moe"), ("attn", "moe")),
+    mtp=("attn", "moe", "nextn"), flip="ffn_{}_shexp.weight",
+)
+
+# ---------------------------------------------------------------------- deepseek32 / glm-dsa (MLA + DSA)
+
+# n_head 4; q_lora 256, kv_lora 256; qk_nope 64 + qk_rope 32 = key_length_mla 96; v_head 64;
+# indexer: 4 heads x 64 (a power of two >= 64: the Hadamard rotation), top_k 2048.
+_MLA_SIZES = {"embd": 256, "q_lora": 256, "kv_lora": 256, "q_b": 4 * 96, "kv_a": 256 + 32, "head": 4,
+              "nope": 64, "v_head": 64, "o": 4 * 64, "idx_head": 4, "idx_dim": 64, "idx_q": 4 * 64,
+              "ff": 512, "expert": 4, "ff_exp": 256, "shexp": 256}
+_MLA: tuple[Row, ...] = (
+    ("attn_norm.weight", ("embd",), "norm"),
+    ("attn_q_a_norm.weight", ("q_lora",), "norm"),
+    ("attn_kv_a_norm.weight", ("kv_lora",), "norm"),
+    ("attn_q_a.weight", ("q_lora", "embd"), "in"),
+    ("attn_q_b.weight", ("q_b", "q_lora"), "in"),
+    ("attn_kv_a_mqa.weight", ("kv_a", "embd"), "in"),
+    ("attn_k_b.weight", ("head", "kv_lora", "nope"), "in"),
+    ("attn_v_b.weight", ("head", "v_head", "kv_lora"), "in"),
+    ("attn_output.weight", ("embd", "o"), "out"),
+    ("ffn_norm.weight", ("embd",), "norm"),
+)
+_INDEXER: tuple[Row, ...] = (
+    ("indexer.k_norm.weight", ("idx_dim",), "norm"),
+    ("indexer.k_norm.bias", ("idx_dim",), 0.02),
+    ("indexer.proj.weight", ("idx_head", "embd"), "in"),
+    ("indexer.attn_k.weight", ("idx_dim", "embd"), "in"),
+    ("indexer.attn_q_b.weight", ("idx_q", "q_lora"), "in"),
+)
+
+
+def _mla_keys(gating: int | None, extra: tuple = ()) -> tuple:
+    """DeepseekV2Model.set_gguf_parameters' keys (+ V3.2's / GLM-5's nextn and indexer keys)."""
+    return (("block_count", U32, block_count), ("context_length", U32, 4096), ("embedding_length", U32, 256),
+            ("feed_forward_length", U32, 512), ("attention.head_count", U32, 4),
+            ("attention.head_count_kv", U32, 1), ("rope.freq_base", F32, 10_000.0),
+            ("attention.layer_norm_rms_epsilon", F32, 1e-6), ("expert_count", U32, 4),
+            ("expert_used_count", U32, 2), ("general.file_type", U32, file_type),
+            ("leading_dense_block_count", U32, 1), ("vocab_size", U32, 512), ("attention.q_lora_rank", U32, 256),
+            ("attention.kv_lora_rank", U32, 256), ("attention.key_length", U32, 256 + 32),
+            ("attention.value_length", U32, 256), ("attention.key_length_mla", U32, 96),
+            ("attention.value_length_mla", U32, 64), ("expert_feed_forward_length", U32, 256),
+            ("expert_shared_count", U32, 1), ("expert_weights_scale", F32, 1.0),
+            ("expert_weights_norm", BOOL, True), ("rope.dimension_count", U32, 32),
+            ("expert_gating_func", U32, gating), ("nextn_predict_layers", U32, nextn_key),
+            ("attention.indexer.head_count", U32, 4), ("attention.indexer.key_length", U32, 64),
+            ("attention.indexer.top_k", U32, 2048), *extra,
+            ("general.quantization_version", U32, quantization_version))
+
+
+DEEPSEEK32 = FamilySpec(
+    arch="deepseek32", tokenizer_pre="deepseek-v3", sizes=_MLA_SIZES, keys=_mla_keys(GATING_SIGMOID),
+    parts={"mla": _MLA, "indexer": _INDEXER, "dense": _DENSE, "moe": _MOE, "nextn": NEXTN_NORMS},
+    trunk=(("mla", "indexer", "dense"), *(("mla", "indexer", "moe"),) * 3),
+    mtp=("mla", "indexer", "moe", "nextn"), flip="ffn_{}_shexp.weight", streams=(400, 500, 4),
+)
+
+GLM_DSA_INDEXER_TYPES = (True, True, False, False)  # layer 0 full (the shared layers reuse its top-k)
+
+GLM_DSA = FamilySpec(
+    arch="glm-dsa", tokenizer_pre="glm4", sizes=_MLA_SIZES,
+    keys=_mla_keys(GATING_SIGMOID, (("attention.indexer.types", "ARRAY",
+                                     per_layer(lambda il: GLM_DSA_INDEXER_TYPES[il])),)),
+    parts={"mla": _MLA, "indexer": _INDEXER, "dense": _DENSE, "moe": _MOE, "nextn": NEXTN_NORMS},
+    trunk=(("mla", "indexer", "dense"), *(("mla", "indexer", "moe"),) * 3),
+    mtp=("mla", "moe", "nextn"), flip="ffn_{}_shexp.weight", streams=(600, 700, 4),
+)
+
+SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK32, GLM_DSA)}
