@@ -1,0 +1,176 @@
+"""The families written from data (mtpgraft.testmodels.families.SPECS, built by testmodels.family) on
+the real llama-server: each drafts at its known acceptance, inspect judges every layout, and attach /
+detach / extract / quantize give the converter's files (keys array by array, tensors byte for byte)
+that draft. One module-scoped test set per family; every server start is one case."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from gguf import GGUFReader
+from tinyserve import rate, run, serve
+
+from mtpgraft import testmodels as tm
+from mtpgraft.arch import ARCH_RULES
+from mtpgraft.errors import ServerError
+from mtpgraft.testmodels import family, glm4moe
+from mtpgraft.testmodels.dims import SPEC_ARCHES
+from mtpgraft.testmodels.families import SPECS
+
+FAMILIES = ("deepseek32", "glm-dsa")
+VARIANTS = ("full-aligned", "full-random", "base", "base-key", "mtp-only-aligned")
+
+
+def mtpgraft(*args) -> str:
+    import mtpgraft.commands  # noqa: F401 - registers the commands
+    from mtpgraft.cli import cli
+
+    res = CliRunner().invoke(cli, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    return res.stdout
+
+
+def _tensors(path) -> dict[str, bytes]:
+    return {t.name: bytes(t.data) for t in GGUFReader(path).tensors}
+
+
+def _keys(path) -> dict:
+    return {k: f.contents() for k, f in GGUFReader(path).fields.items()
+            if not k.startswith(("GGUF.", "tokenizer.", "mtpgraft.", "general.name"))}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def fam(request, tmp_path_factory) -> tuple[str, dict[str, Path]]:
+    arch = request.param
+    d = tmp_path_factory.mktemp(f"fam-{arch}")
+    variants = tm.variants_for(arch)
+    return arch, {n: tm.build_tiny_model(d / tm.variant_filename(arch, n), arch=arch, dtype="f16", **variants[n])
+                  for n in VARIANTS}
+
+
+# ------------------------------------------------------------------------------------- offline
+
+
+def test_the_glm4moe_spec_is_the_glm4moe_generator(tiny_glm_models, tmp_path):
+    # tiny_glm_models is built through build_tiny_model; the spec written directly must equal it
+    for name, kw in glm4moe.TEST_SET.items():
+        out = family.build(SPECS["glm4moe"], tmp_path / f"{name}.gguf", dtype="f16", **kw)  # type: ignore[arg-type]
+        assert out.read_bytes() == tiny_glm_models[name].read_bytes(), name
+    assert set(SPEC_ARCHES) == set(SPECS)
+
+
+def test_layouts_follow_the_converter(fam):
+    arch, m = fam
+    spec = SPECS[arch]
+    trunk, nextn = spec.trunk_layers, spec.nextn
+    full = _keys(m["full-aligned"])
+    assert (full[f"{arch}.block_count"], full[f"{arch}.nextn_predict_layers"]) == (trunk + nextn, nextn)
+    base, key = _keys(m["base"]), _keys(m["base-key"])
+    assert f"{arch}.nextn_predict_layers" not in base and base[f"{arch}.block_count"] == trunk
+    assert key == full  # trunk only, the key kept: every key as in the full file
+    assert _keys(m["mtp-only-aligned"]) == full
+    full_t = _tensors(m["full-aligned"])
+    mtp = {n for n in full_t if n.startswith(f"blk.{trunk}.")}
+    assert len(mtp) == spec.mtp_tensor_count()
+    for r in (m["base"], m["base-key"]):
+        assert list(_tensors(r)) == [n for n in full_t if n not in mtp]
+        assert all(full_t[n] == b for n, b in _tensors(r).items())
+    assert set(_tensors(m["mtp-only-aligned"])) == mtp | {"token_embd.weight", "output_norm.weight", "output.weight"}
+    if arch == "glm-dsa":  # per TRUNK layer in every layout (the loader refuses block_count entries)
+        assert all(len(k["glm-dsa.attention.indexer.types"]) == trunk for k in (full, base, key))
+        assert not any(n.startswith(f"blk.{trunk}.indexer.") for n in mtp)
+    if arch == "deepseek32":  # the NextN layer carries the indexer although graph_mtp never runs it
+        assert {f"blk.{trunk}.indexer.proj.weight", f"blk.{trunk}.indexer.attn_q_b.weight"} <= mtp
+
+
+def test_inspect_judges_every_layout(fam):
+    arch, m = fam
+    got = {n: json.loads(mtpgraft("inspect", "--json", p)) for n, p in m.items()}
+    assert {n: r["layout"] for n, r in got.items()} == {
+        "full-aligned": "full", "full-random": "full", "base": "trunk-only", "base-key": "trunk-only",
+        "mtp-only-aligned": "mtp-only"}
+    assert all(r["consistent"] for r in got.values()), got
+    assert got["full-aligned"]["mtp_layers"] == [SPECS[arch].trunk_layers]
+    assert any("ABORTS" in n and "draft-mtp" in n for n in got["base-key"]["notes"])
+    assert not any("ABORTS" in n for k, r in got.items() if k != "base-key" for n in r["notes"])
+
+
+@pytest.fixture(scope="module")
+def grafted(fam, tmp_path_factory) -> dict[str, Path]:
+    arch, m = fam
+    d = tmp_path_factory.mktemp(f"fam-graft-{arch}")
+    out = {k: d / f"{k}.gguf" for k in ("attach", "attach-key", "attach-q8", "detach", "extract")}
+    mtpgraft("attach", m["base"], "--mtp-from", m["full-aligned"], "--mtp-type", "keep", "-o", out["attach"])
+    mtpgraft("attach", m["base-key"], "--mtp-from", m["mtp-only-aligned"], "--mtp-type", "keep", "--layout",
+             "converter", "-o", out["attach-key"])
+    mtpgraft("attach", m["base"], "--mtp-from", m["mtp-only-aligned"], "--mtp-type", "q8_0", "-o", out["attach-q8"])
+    mtpgraft("detach", m["full-aligned"], "-o", out["detach"])
+    mtpgraft("extract", m["full-aligned"], "-o", out["extract"])
+    return out
+
+
+def test_graft_round_trips_give_the_converter_files(fam, grafted):
+    arch, m = fam
+    full_t, full_k = _tensors(m["full-aligned"]), _keys(m["full-aligned"])
+    for made in ("attach", "attach-key"):
+        assert _keys(grafted[made]) == full_k, made  # every key, array by array
+        assert _tensors(grafted[made]) == full_t, made  # byte for byte
+    assert list(_tensors(grafted["attach-key"])) == list(full_t)  # the converter's order too
+    q8 = _keys(grafted["attach-q8"])
+    assert {k: v for k, v in q8.items() if k != "general.file_type"} == {
+        k: v for k, v in full_k.items() if k != "general.file_type"}
+    assert _tensors(grafted["detach"]) == _tensors(m["base"]) and _keys(grafted["detach"]) == _keys(m["base"])
+    assert _tensors(grafted["extract"]) == _tensors(m["mtp-only-aligned"])
+
+
+# ---------------------------------------------------------------------------------- llama-server
+
+
+@pytest.mark.tools
+def test_heads_draft_at_the_known_rates(fam, llama_cpp_dir):
+    _, m = fam
+    got = {}
+    for head in ("aligned", "random"):
+        with serve(m[f"full-{head}"], llama_cpp_dir, spec_type="mtp", draft_n_max=3) as srv:
+            got[head] = [rate(run(srv, p, n_predict=48)) for p in (tm.PROSE_PROMPT, tm.CODE_PROMPT)]
+    assert got["aligned"] == [1.0, 1.0], got
+    assert max(got["random"]) < 0.1, got
+
+
+@pytest.mark.tools
+def test_trunk_only_with_the_key_aborts_with_mtp(fam, llama_cpp_dir, tmp_path):
+    arch, m = fam
+    assert ARCH_RULES[arch].trunk_only_ok and ARCH_RULES[arch].trunk_only_mtp_aborts
+    srv = serve(m["base-key"], llama_cpp_dir, spec_type="mtp", log_path=tmp_path / "s.log")
+    with pytest.raises(ServerError, match="SIGABRT") as exc:
+        srv.start()
+    assert "MTP block missing nextn.eh_proj" in str(exc.value)
+
+
+@pytest.mark.tools
+def test_grafted_and_sidecar_files_draft(fam, grafted, llama_cpp_dir):
+    _, m = fam
+    types = {t.name: t.tensor_type.name for t in GGUFReader(grafted["attach-q8"]).tensors}
+    assert types["blk.4.nextn.eh_proj.weight"] == types["blk.4.ffn_down_exps.weight"] == "Q8_0"
+    with serve(grafted["attach-q8"], llama_cpp_dir, spec_type="mtp", draft_n_max=3) as srv:
+        assert rate(run(srv, tm.PROSE_PROMPT, n_predict=48)) == 1.0
+    with serve(m["base"], llama_cpp_dir, spec_type="mtp", draft_n_max=3, draft_model=grafted["extract"]) as srv:
+        assert rate(run(srv, tm.CODE_PROMPT, n_predict=48)) == 1.0
+
+
+@pytest.mark.tools
+def test_q4_k_m_keeps_the_head_at_its_rule_and_drafts(fam, llama_cpp_dir, tmp_path):
+    arch, m = fam
+    mtpgraft("quantize", m["full-aligned"], "--types", "Q4_K_M", "--out-dir", tmp_path, "--name", "q")
+    q = tmp_path / "q-Q4_K_M.gguf"
+    types = {t.name: t.tensor_type.name for t in GGUFReader(q).tensors}
+    mtp = {n: t for n, t in types.items() if n.startswith("blk.4.")}
+    assert len(mtp) == SPECS[arch].mtp_tensor_count()
+    head_type = ARCH_RULES[arch].head_type.upper()
+    assert mtp["blk.4.nextn.eh_proj.weight"] == mtp["blk.4.attn_q_b.weight"] == head_type, mtp
+    assert types["blk.1.attn_q_b.weight"] not in (head_type, "F16")  # the trunk did get Q4_K_M's types
+    with serve(q, llama_cpp_dir, spec_type="mtp", draft_n_max=3) as srv:
+        assert [rate(run(srv, p, n_predict=48)) for p in (tm.PROSE_PROMPT, tm.CODE_PROMPT)] == [1.0, 1.0]
