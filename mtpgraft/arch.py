@@ -187,12 +187,20 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "trunk-only files load, but abort with --spec-type draft-mtp if they keep the key"),
     ArchRule("deepseek2", family="GLM-4.7-Flash",
              note="DeepSeek-V2/V3 layout; of these only GLM-4.7-Flash conversions keep MTP"),
-    ArchRule("deepseek32", family="DeepSeek-V3.2", note="DeepSeek-V3.2"),
+    ArchRule("deepseek32", proven=True, family="DeepSeek-V3.2",
+             note="DeepSeek-V3.2: MLA (key_length_mla/value_length_mla needed: \"requires MLA\"), the DSA "
+                  "indexer in every layer, the NextN layer's five indexer tensors included (graph_mtp never "
+                  "runs them); the NextN layer is MoE with a shared expert (ffn_gate_inp asserted); "
+                  "indexer.key_length a power of two >= 64; trunk-only files load, but abort with "
+                  "--spec-type draft-mtp if they keep the key"),
     ArchRule("deepseek4", trunk_only_mtp_aborts=False, family="DeepSeek-V4",
              note="DeepSeek-V4: attention.compress_ratios must cover block_count; "
                   "a missing MTP block silently disables MTP"),
-    ArchRule("glm-dsa", trunk_arrays=("attention.indexer.types",), family="GLM-5",
-             note="GLM-5 (DSA): attention.indexer.types is per trunk layer"),
+    ArchRule("glm-dsa", trunk_arrays=("attention.indexer.types",), proven=True, family="GLM-5",
+             note="GLM-5 (DSA): deepseek32's layout; attention.indexer.types is per trunk layer (refused "
+                  "with block_count entries) and layer 0 must be a full indexer layer; the NextN layer "
+                  "skips the indexer (its indexer tensors optional), MoE with a shared expert; one head; "
+                  "trunk-only files load, but abort with --spec-type draft-mtp if they keep the key"),
     ArchRule("mimo2", **_CHAIN, family="MiMo-V2",
              note="MiMo-V2: sliding_window_pattern covers the MTP blocks too"),
     ArchRule("step35", **_CHAIN, family="Step-3.5",
