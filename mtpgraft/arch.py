@@ -100,6 +100,12 @@ class ArchRule:
     quantize_keeps: tuple[str, ...] = ()
     # A drafter's own loader rules: `file_problems(get, names)` lists what its loader refuses.
     file_problems: Callable[[Callable[[str], Any], set[str]], list[str]] | None = None
+    # The per-index rule of families whose layers differ by kind (step35: full-attention and SWA layers
+    # have different head counts): the per-layer arrays whose entries make a layer's kind, and the
+    # family's pattern giving those entries for layer il (used for a head when the source gives none).
+    # A head's shapes and per-layer entries follow the last trunk layer of ITS kind, not the last one.
+    kind_arrays: tuple[str, ...] = ()
+    kind_of: Callable[[int], tuple[Any, ...]] | None = None
 
     @property
     def layer_arrays(self) -> tuple[str, ...]:
@@ -172,6 +178,11 @@ _QWEN = {"trunk_only_ok": False, "trunk_only_mtp_aborts": False,
          "mtp_array_defaults": {"attention.recurrent_layers": False}}
 _CHAIN = {"max_nextn": None, "heads": "chain"}
 
+def _step35_kind(il: int) -> tuple[Any, ...]:
+    # Step-3.5's layer_types: every fourth layer full attention (the MTP layers continue the pattern)
+    return (il % 4 != 0,)
+
+
 ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
     ArchRule("qwen35", proven=True, **_QWEN, family="Qwen3.5/3.6",
              hf_conversion="Qwen3_5ForConditionalGeneration, Qwen3_5ForCausalLM",
@@ -203,8 +214,13 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "trunk-only files load, but abort with --spec-type draft-mtp if they keep the key"),
     ArchRule("mimo2", **_CHAIN, family="MiMo-V2",
              note="MiMo-V2: sliding_window_pattern covers the MTP blocks too"),
-    ArchRule("step35", **_CHAIN, family="Step-3.5",
-             note="Step-3.5: several chained MTP heads (nextn_predict_layers > 1)"),
+    ArchRule("step35", **_CHAIN, family="Step-3.5", proven=True,
+             kind_arrays=("attention.sliding_window_pattern",), kind_of=_step35_kind,
+             note="Step-3.5: several chained MTP heads (nextn_predict_layers > 1; all required: head k "
+                  "drafts position k, n_max clamped to the heads); full-attention and SWA layers have "
+                  "different head counts, so each head follows its own index; head_count, head_count_kv, "
+                  "expert arrays and swiglu_clamp_* have block_count entries, sliding_window_pattern too "
+                  "(not length-checked: a short one silently turns the heads into full attention)"),
     ArchRule("hy_v3", **_CHAIN, family="Hy3", note="Hunyuan v3"),
     ArchRule("cohere2moe", family="Cohere 2 MoE", note="Cohere 2 MoE"),
     ArchRule("bailingmoe3", family="Ling/Ring 3", note="Ling/Ring 3: MTP final norm is blk.N.layer_output_norm"),
@@ -226,6 +242,29 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
     ArchRule("exaone4", runs_mtp=False, max_nextn=None, note="MTP tensors load but no MTP graph runs"),
     ArchRule("exaone-moe", runs_mtp=False, max_nextn=None, note="MTP tensors load but no MTP graph runs"),
 )}
+
+
+def layer_kind(rule: ArchRule, arch: str, get: Callable[[str], Any], il: int,
+               pattern_il: int | None = None) -> tuple[Any, ...] | None:
+    """Layer il's kind: its entries of the rule's kind arrays as `get` (a key reader) gives them, else
+    the family's pattern at `pattern_il` (default il); None where the rule has no kinds or nothing says."""
+    if not rule.kind_arrays:
+        return None
+    vals = [get(f"{arch}.{k}") for k in rule.kind_arrays]
+    if all(isinstance(v, list) and il < len(v) for v in vals):
+        return tuple(v[il] for v in vals)  # type: ignore[index]
+    if rule.kind_of is not None:
+        return rule.kind_of(il if pattern_il is None else pattern_il)
+    return None
+
+
+def same_kind_layers(rule: ArchRule, arch: str, get: Callable[[str], Any], trunk: int,
+                     kind: tuple[Any, ...] | None) -> list[int]:
+    """The trunk layers (last first) of `kind`; every trunk layer where kinds do not apply."""
+    layers = list(range(trunk - 1, -1, -1))
+    if kind is None:
+        return layers
+    return [j for j in layers if layer_kind(rule, arch, get, j) == kind]
 
 
 def rule_for(arch: str) -> ArchRule | None:

@@ -21,8 +21,10 @@ from . import __version__, ggml_types, naming
 from .arch import (
     NEXTN_REQUIRED,
     ArchRule,
+    layer_kind,
     require_mtp_arch,
     rule_for,
+    same_kind_layers,
 )
 from .errors import GraftError, InternalError, MtpgraftError, Setting
 from .ggml_types import mtp_target
@@ -171,9 +173,10 @@ def _short(v: Any) -> Any:
     return v
 
 
-def _twin(st: Structure, trunk: int, suffix: str) -> TensorRef | None:
-    """The same-named tensor in the base's trunk, searching from the last trunk layer down."""
-    for i in range(trunk - 1, -1, -1):
+def _twin(st: Structure, trunk: int, suffix: str, layers: list[int] | None = None) -> TensorRef | None:
+    """The same-named tensor in the base's trunk, searching from the last trunk layer down (only
+    `layers`, the trunk layers of the head's own kind, where given: arch.same_kind_layers)."""
+    for i in range(trunk - 1, -1, -1) if layers is None else layers:
         for r in st.layers.get(i, []):
             if r.name == f"blk.{i}.{suffix}":
                 return r
@@ -207,14 +210,33 @@ def _extend_layer_arrays(kvs: list[KV], rule: ArchRule, arch: str, trunk: int, n
                              "the file is broken beyond what a graft repairs")
         base_vals = list(old.value)[:trunk]
         mtp_vals = _mtp_array_values(key, suffix, rule, base_vals, n_mtp, src, src_layers, warnings)
+        if mtp_vals is None:  # the family's per-index rule: each head's entry from its own index
+            mtp_vals = _per_index_values(kvs, rule, arch, suffix, trunk, n_mtp)
         new_vals = base_vals + mtp_vals
         if new_vals != list(old.value):
             kvs[idx] = _kv_like(old, new_vals)
             changes.append(KeyChange(key, _short(list(old.value)), _short(new_vals)))
 
 
+def _per_index_values(kvs: list[KV], rule: ArchRule, arch: str, suffix: str, trunk: int, n_mtp: int) -> list[Any]:
+    """Head k's entry (layer trunk+k) by the family's pattern: a kind array's entry is the pattern's,
+    another array's is the one of the last trunk layer of the head's kind."""
+    vals = {kv.key: list(kv.value)[:trunk] if kv.is_array else kv.value for kv in kvs}
+    out = []
+    for il in range(trunk, trunk + n_mtp):
+        kind = rule.kind_of(il)  # type: ignore[misc]
+        if suffix in rule.kind_arrays:
+            out.append(kind[rule.kind_arrays.index(suffix)])
+            continue
+        twins = same_kind_layers(rule, arch, vals.get, trunk, kind)
+        if not twins:
+            raise GraftError(f"key {arch}.{suffix}: no trunk layer is of the kind of MTP layer {il}")
+        out.append(vals[f"{arch}.{suffix}"][twins[0]])
+    return out
+
+
 def _mtp_array_values(key: str, suffix: str, rule: ArchRule, base_vals: list[Any], n_mtp: int,
-                      src: GGUFModel | None, src_layers: list[int], warnings: list[str]) -> list[Any]:
+                      src: GGUFModel | None, src_layers: list[int], warnings: list[str]) -> list[Any] | None:
     if not n_mtp:
         return []
     skv = src.kv.get(key) if src is not None else None
@@ -225,6 +247,8 @@ def _mtp_array_values(key: str, suffix: str, rule: ArchRule, base_vals: list[Any
         return [skv.value] * n_mtp
     if suffix in rule.mtp_array_defaults:
         return [rule.mtp_array_defaults[suffix]] * n_mtp
+    if rule.kind_of is not None:
+        return None
     if not base_vals:
         raise GraftError(f"key {key} is empty and the source gives no value for the MTP block")
     warnings.append(f"{key}: the source gives no value for the MTP block; repeating the "
@@ -318,7 +342,7 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
     warnings = _check_same_model(base, src)
     place = _placement(base, st_b, src, st_s, rule, replace, warnings)
     policy = _type_policy(base, place.trunk, word)
-    actions, mtp_out = _mtp_tensors(base, st_b, place, policy, warnings)
+    actions, mtp_out = _mtp_tensors(base, st_b, place, policy, warnings, src, rule)
     shards, changes = _attach_shards(base, src, outputs, rule, place, mtp_out, warnings)
     _provenance(shards[0].kvs, changes, {
         f"{PROV}version": __version__,
@@ -432,7 +456,7 @@ def _type_policy(base: GGUFModel, trunk: int, word: str | None) -> _Policy:
 
 
 def _mtp_tensors(base: GGUFModel, st_b: Structure, place: _Placement, policy: _Policy,
-                 warnings: list[str]) -> tuple[list[TensorAction], list[OutTensor]]:
+                 warnings: list[str], src: GGUFModel, rule: ArchRule) -> tuple[list[TensorAction], list[OutTensor]]:
     """Each MTP tensor's output name, type and method. Copied tensors point at the source's bytes;
     converted and quantized ones are filled in by apply_plan from the actions."""
     n_embd = base.get_int(f"{base.arch}.embedding_length")
@@ -442,7 +466,9 @@ def _mtp_tensors(base: GGUFModel, st_b: Structure, place: _Placement, policy: _P
     for r in place.src_refs:
         i, suffix = layer_of(r.name)  # type: ignore[misc]
         new_name = f"blk.{place.renum[i]}.{suffix}"
-        twin = _check_shape(r, suffix, st_b, place.trunk, n_embd, vocab)
+        kind = layer_kind(rule, base.arch, src.get, i, place.renum[i])  # the head's own index decides
+        twin = _check_shape(r, suffix, st_b, place.trunk, n_embd, vocab,
+                            same_kind_layers(rule, base.arch, base.get, place.trunk, kind) if kind else None)
         src_t = ggml_types.BY_ID[r.info.ggml_type]
         target = _target_type(r, new_name, src_t, twin, st_b, place.trunk, policy, warnings)
         method = ("copy" if target is src_t else "convert" if target.name in ggml_types.NUMPY_MAKES
@@ -458,11 +484,11 @@ def _mtp_tensors(base: GGUFModel, st_b: Structure, place: _Placement, policy: _P
 
 
 def _check_shape(r: TensorRef, suffix: str, st_b: Structure, trunk: int, n_embd: int | None,
-                 vocab: int | None) -> TensorRef | None:
+                 vocab: int | None, layers: list[int] | None = None) -> TensorRef | None:
     """Shapes must fit the base's hyperparameters. Returns the base twin of a transformer tensor."""
     ne = tuple(r.info.ne)
     if not suffix.startswith("nextn."):
-        twin = _twin(st_b, trunk, suffix)
+        twin = _twin(st_b, trunk, suffix, layers)
         if twin is not None and tuple(twin.info.ne) != ne:
             raise GraftError(f"MTP tensor {shown(r.name)} has shape {list(ne)} but the base's {shown(twin.name)} "
                              f"is {list(twin.info.ne)}: the source was made for another model size")

@@ -20,7 +20,7 @@ from mtpgraft.testmodels import family, glm4moe
 from mtpgraft.testmodels.dims import SPEC_ARCHES
 from mtpgraft.testmodels.families import SPECS
 
-FAMILIES = ("deepseek32", "glm-dsa")
+FAMILIES = ("deepseek32", "glm-dsa", "step35")
 VARIANTS = ("full-aligned", "full-random", "base", "base-key", "mtp-only-aligned")
 
 
@@ -40,6 +40,11 @@ def _tensors(path) -> dict[str, bytes]:
 def _keys(path) -> dict:
     return {k: f.contents() for k, f in GGUFReader(path).fields.items()
             if not k.startswith(("GGUF.", "tokenizer.", "mtpgraft.", "general.name"))}
+
+
+def _heads(arch: str) -> range:
+    spec = SPECS[arch]
+    return range(spec.trunk_layers, spec.trunk_layers + spec.nextn)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -73,8 +78,9 @@ def test_layouts_follow_the_converter(fam):
     assert key == full  # trunk only, the key kept: every key as in the full file
     assert _keys(m["mtp-only-aligned"]) == full
     full_t = _tensors(m["full-aligned"])
-    mtp = {n for n in full_t if n.startswith(f"blk.{trunk}.")}
-    assert len(mtp) == spec.mtp_tensor_count()
+    heads = [f"blk.{trunk + k}." for k in range(nextn)]
+    mtp = {n for n in full_t if n.startswith(tuple(heads))}
+    assert [sum(n.startswith(h) for n in mtp) for h in heads] == [spec.mtp_tensor_count(k) for k in range(nextn)]
     for r in (m["base"], m["base-key"]):
         assert list(_tensors(r)) == [n for n in full_t if n not in mtp]
         assert all(full_t[n] == b for n, b in _tensors(r).items())
@@ -84,6 +90,13 @@ def test_layouts_follow_the_converter(fam):
         assert not any(n.startswith(f"blk.{trunk}.indexer.") for n in mtp)
     if arch == "deepseek32":  # the NextN layer carries the indexer although graph_mtp never runs it
         assert {f"blk.{trunk}.indexer.proj.weight", f"blk.{trunk}.indexer.attn_q_b.weight"} <= mtp
+    if arch == "step35":  # head k's shapes and entries follow its own index: blk.4 full, blk.5/6 sliding
+        assert full["step35.attention.sliding_window_pattern"] == [False, True, True, True, False, True, True]
+        assert full["step35.attention.head_count"] == [4, 8, 8, 8, 4, 8, 8]
+        assert base["step35.attention.head_count"] == [4, 8, 8, 8]
+        shapes = {t.name: list(t.shape) for t in GGUFReader(m["full-aligned"]).tensors}
+        assert [shapes[f"blk.{i}.attn_q.weight"] for i in (0, 3, 4, 5)] == [[256, 256], [256, 512], [256, 256],
+                                                                            [256, 512]]
 
 
 def test_inspect_judges_every_layout(fam):
@@ -93,7 +106,8 @@ def test_inspect_judges_every_layout(fam):
         "full-aligned": "full", "full-random": "full", "base": "trunk-only", "base-key": "trunk-only",
         "mtp-only-aligned": "mtp-only"}
     assert all(r["consistent"] for r in got.values()), got
-    assert got["full-aligned"]["mtp_layers"] == [SPECS[arch].trunk_layers]
+    spec = SPECS[arch]
+    assert got["full-aligned"]["mtp_layers"] == list(range(spec.trunk_layers, spec.trunk_layers + spec.nextn))
     assert any("ABORTS" in n and "draft-mtp" in n for n in got["base-key"]["notes"])
     assert not any("ABORTS" in n for k, r in got.items() if k != "base-key" for n in r["notes"])
 
@@ -152,9 +166,10 @@ def test_trunk_only_with_the_key_aborts_with_mtp(fam, llama_cpp_dir, tmp_path):
 
 @pytest.mark.tools
 def test_grafted_and_sidecar_files_draft(fam, grafted, llama_cpp_dir):
-    _, m = fam
+    arch, m = fam
     types = {t.name: t.tensor_type.name for t in GGUFReader(grafted["attach-q8"]).tensors}
-    assert types["blk.4.nextn.eh_proj.weight"] == types["blk.4.ffn_down_exps.weight"] == "Q8_0"
+    for i in _heads(arch):
+        assert types[f"blk.{i}.nextn.eh_proj.weight"] == types[f"blk.{i}.ffn_down_exps.weight"] == "Q8_0"
     with serve(grafted["attach-q8"], llama_cpp_dir, spec_type="mtp", draft_n_max=3) as srv:
         assert rate(run(srv, tm.PROSE_PROMPT, n_predict=48)) == 1.0
     with serve(m["base"], llama_cpp_dir, spec_type="mtp", draft_n_max=3, draft_model=grafted["extract"]) as srv:
@@ -167,10 +182,28 @@ def test_q4_k_m_keeps_the_head_at_its_rule_and_drafts(fam, llama_cpp_dir, tmp_pa
     mtpgraft("quantize", m["full-aligned"], "--types", "Q4_K_M", "--out-dir", tmp_path, "--name", "q")
     q = tmp_path / "q-Q4_K_M.gguf"
     types = {t.name: t.tensor_type.name for t in GGUFReader(q).tensors}
-    mtp = {n: t for n, t in types.items() if n.startswith("blk.4.")}
-    assert len(mtp) == SPECS[arch].mtp_tensor_count()
     head_type = ARCH_RULES[arch].head_type.upper()
-    assert mtp["blk.4.nextn.eh_proj.weight"] == mtp["blk.4.attn_q_b.weight"] == head_type, mtp
-    assert types["blk.1.attn_q_b.weight"] not in (head_type, "F16")  # the trunk did get Q4_K_M's types
+    for i in _heads(arch):  # every quantizable MTP weight at the head's type
+        assert types[f"blk.{i}.nextn.eh_proj.weight"] == types[f"blk.{i}.ffn_down_exps.weight"] == head_type
+        assert types[f"blk.{i}.attn_output.weight"] == head_type
+    assert types["blk.1.ffn_gate_exps.weight"] not in (head_type, "F16")  # the trunk got Q4_K_M's types
     with serve(q, llama_cpp_dir, spec_type="mtp", draft_n_max=3) as srv:
         assert [rate(run(srv, p, n_predict=48)) for p in (tm.PROSE_PROMPT, tm.CODE_PROMPT)] == [1.0, 1.0]
+
+
+def test_a_head_short_of_its_pattern_entries_gets_them_from_its_own_index(tmp_path):
+    """A step35 source whose sliding_window_pattern stops at the trunk (the loader does not check its
+    length, so such a graft would load and draft with full-attention heads): attach writes each head's
+    entry from its own index (blk.4 full, blk.5/6 sliding), so the keys equal the converter's."""
+    import dataclasses
+
+    spec, key = SPECS["step35"], "attention.sliding_window_pattern"
+    short = dataclasses.replace(spec, keys=tuple(
+        (k, t, family.per_layer(lambda il: il % 4 != 0)) if k == key else (k, t, v) for k, t, v in spec.keys))
+    src = family.build(short, tmp_path / "short.gguf", layout="mtp-only", dtype="f16")
+    assert len(_keys(src)[f"step35.{key}"]) == spec.trunk_layers
+    base = family.build(spec, tmp_path / "base.gguf", layout="base", dtype="f16")
+    full = family.build(spec, tmp_path / "full.gguf", layout="full", dtype="f16")
+    mtpgraft("attach", base, "--mtp-from", src, "--mtp-type", "keep", "-o", tmp_path / "out.gguf")
+    assert _keys(tmp_path / "out.gguf") == _keys(full)
+    assert _tensors(tmp_path / "out.gguf") == _tensors(full)

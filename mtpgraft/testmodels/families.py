@@ -141,4 +141,57 @@ GLM_DSA = FamilySpec(
     mtp=("mla", "moe", "nextn"), flip="ffn_{}_shexp.weight", streams=(600, 700, 4),
 )
 
-SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK32, GLM_DSA)}
+# ------------------------------------------------------------------------------------------- step35
+
+STEP35_TRUNK = 4
+STEP35_HEADS = 3
+
+
+def step35_full(il: int) -> bool:
+    """Step-3.5's layer_types: every fourth layer full attention, the others sliding window; the MTP
+    layers continue the pattern (blk.4 full, blk.5 and blk.6 sliding)."""
+    return il % 4 == 0
+
+
+def _step35_attn(kind: str) -> tuple[Row, ...]:
+    q = f"q_{kind}"
+    return (("attn_norm.weight", ("embd",), "norm"), ("attn_q_norm.weight", ("head_dim",), "norm"),
+            ("attn_k_norm.weight", ("head_dim",), "norm"), ("attn_q.weight", (q, "embd"), "in"),
+            ("attn_k.weight", ("kv", "embd"), "in"), ("attn_v.weight", ("kv", "embd"), "in"),
+            ("attn_output.weight", ("embd", q), "out"), ("attn_gate.weight", (f"head_{kind}", "embd"), "in"),
+            ("ffn_norm.weight", ("embd",), "norm"))
+
+
+def _step35_kind(il: int) -> str:
+    return "full" if step35_full(il) else "swa"
+
+
+STEP35 = FamilySpec(
+    arch="step35", tokenizer_pre="qwen2",
+    sizes={"embd": 256, "head_dim": 64, "q_full": 4 * 64, "q_swa": 8 * 64, "head_full": 4, "head_swa": 8,
+           "kv": 2 * 64, "ff": 512, "expert": 4, "ff_exp": 256, "shexp": 256},
+    keys=(("block_count", U32, block_count), ("context_length", U32, 4096), ("embedding_length", U32, 256),
+          ("feed_forward_length", U32, 512),
+          ("attention.head_count", "ARRAY", per_layer(lambda il: 4 if step35_full(il) else 8,
+                                                      lambda il: 4 if step35_full(il) else 8)),
+          ("attention.head_count_kv", "ARRAY", per_layer(lambda il: 2, lambda il: 2)),
+          ("rope.freq_base", F32, 5_000_000.0), ("rope.freq_base_swa", F32, 10_000.0),
+          ("general.file_type", U32, file_type), ("attention.key_length", U32, 64),
+          ("rope.dimension_count", U32, 64), ("attention.sliding_window", U32, 128),
+          ("attention.sliding_window_pattern", "ARRAY", per_layer(lambda il: not step35_full(il),
+                                                                  lambda il: not step35_full(il))),
+          ("attention.value_length", U32, 64), ("expert_count", U32, 4), ("expert_used_count", U32, 2),
+          ("expert_feed_forward_length", U32, 256), ("expert_shared_feed_forward_length", U32, 256),
+          ("expert_weights_scale", F32, 1.0), ("expert_weights_norm", BOOL, True),
+          ("leading_dense_block_count", U32, 1), ("moe_every_n_layers", U32, 1),
+          ("attention.layer_norm_rms_epsilon", F32, 1e-5), ("nextn_predict_layers", U32, nextn_key),
+          ("general.quantization_version", U32, quantization_version)),
+    parts={"attn_full": _step35_attn("full"), "attn_swa": _step35_attn("swa"), "dense": _DENSE, "moe": _MOE,
+           "nextn": NEXTN_NORMS},
+    trunk=tuple((f"attn_{_step35_kind(il)}", "dense" if il == 0 else "moe") for il in range(STEP35_TRUNK)),
+    mtp=("attn_full", "moe", "nextn"), nextn=STEP35_HEADS,
+    mtp_by_head=tuple((f"attn_{_step35_kind(STEP35_TRUNK + k)}", "moe", "nextn") for k in range(STEP35_HEADS)),
+    flip="ffn_{}_shexp.weight", streams=(800, 900, 4),
+)
+
+SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK32, GLM_DSA, STEP35)}

@@ -84,14 +84,19 @@ class FamilySpec:
     flip_gain: float = 1.0
     streams: tuple[int, int, int] = (200, 300, 4)  # trunk layer il: [0]+il; head k: [1]+10k+head; output_norm
     test_set: dict[str, dict[str, object]] = field(default_factory=lambda: dict(TEST_SET))
+    # heads whose parts follow their own index (step35: full-attention and SWA heads): head k's parts
+    mtp_by_head: tuple[tuple[str, ...], ...] = ()
     note: str = ""
 
     @property
     def trunk_layers(self) -> int:
         return len(self.trunk)
 
-    def mtp_tensor_count(self) -> int:
-        return 1 + sum(len(self.parts[p]) for p in self.mtp)
+    def mtp_parts(self, k: int) -> tuple[str, ...]:
+        return self.mtp_by_head[k] if self.mtp_by_head else self.mtp
+
+    def mtp_tensor_count(self, k: int = 0) -> int:
+        return 1 + sum(len(self.parts[p]) for p in self.mtp_parts(k))
 
 
 TEST_SET: dict[str, dict[str, object]] = {
@@ -134,7 +139,7 @@ def mtp_block(spec: FamilySpec, seed: int, head: str, k: int = 0) -> dict[str, n
     eh = eh_proj(g, R, head)
     branch_std, in_std = head_stds(head)
     t = {"nextn.eh_proj.weight": eh}
-    for part in spec.mtp:
+    for part in spec.mtp_parts(k):
         t |= _draw(g, spec, spec.parts[part], in_std=in_std, out_std=branch_std)
     if head == "mixed":
         add_flip_units(t, spec.flip, eh, R, tiny_vocab(seed), gain=spec.flip_gain)
