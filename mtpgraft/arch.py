@@ -212,8 +212,13 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "with block_count entries) and layer 0 must be a full indexer layer; the NextN layer "
                   "skips the indexer (its indexer tensors optional), MoE with a shared expert; one head; "
                   "trunk-only files load, but abort with --spec-type draft-mtp if they keep the key"),
-    ArchRule("mimo2", **_CHAIN, family="MiMo-V2",
-             note="MiMo-V2: sliding_window_pattern covers the MTP blocks too"),
+    ArchRule("mimo2", **_CHAIN, family="MiMo-V2", proven=True,
+             kind_arrays=("attention.sliding_window_pattern",), kind_of=lambda il: (1,),
+             note="MiMo-V2/V2.5: three MTP heads (one KV cache each, head k drafts position k); each head "
+                  "is a sliding-window layer (the converter extends the pattern with 1s and head_count_kv "
+                  "with the SWA value) with a fused attn_qkv and a dense FFN (graph_mtp asserts both); "
+                  "its final norm is blk.N.layer_output_norm; trunk-only files load, but abort with "
+                  "--spec-type draft-mtp if they keep the key"),
     ArchRule("step35", **_CHAIN, family="Step-3.5", proven=True,
              kind_arrays=("attention.sliding_window_pattern",), kind_of=_step35_kind,
              note="Step-3.5: several chained MTP heads (nextn_predict_layers > 1; all required: head k "

@@ -20,7 +20,7 @@ from mtpgraft.testmodels import family, glm4moe
 from mtpgraft.testmodels.dims import SPEC_ARCHES
 from mtpgraft.testmodels.families import SPECS
 
-FAMILIES = ("deepseek32", "glm-dsa", "step35")
+FAMILIES = ("deepseek32", "glm-dsa", "step35", "mimo2")
 VARIANTS = ("full-aligned", "full-random", "base", "base-key", "mtp-only-aligned")
 
 
@@ -45,6 +45,11 @@ def _keys(path) -> dict:
 def _heads(arch: str) -> range:
     spec = SPECS[arch]
     return range(spec.trunk_layers, spec.trunk_layers + spec.nextn)
+
+
+def _down(arch: str) -> str:
+    """The heads' FFN down projection (shared expert or dense FFN)."""
+    return SPECS[arch].flip.format("down")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -97,6 +102,11 @@ def test_layouts_follow_the_converter(fam):
         shapes = {t.name: list(t.shape) for t in GGUFReader(m["full-aligned"]).tensors}
         assert [shapes[f"blk.{i}.attn_q.weight"] for i in (0, 3, 4, 5)] == [[256, 256], [256, 512], [256, 256],
                                                                             [256, 512]]
+    if arch == "mimo2":  # every head a sliding-window layer (4 KV heads), unlike the last trunk layer (2)
+        assert full["mimo2.attention.sliding_window_pattern"] == [0, 1, 1, 0, 1, 1, 1]
+        assert full["mimo2.attention.head_count_kv"] == [2, 4, 4, 2, 4, 4, 4]
+        shapes = {t.name: list(t.shape) for t in GGUFReader(m["full-aligned"]).tensors}
+        assert [shapes[f"blk.{i}.attn_qkv.weight"][1] for i in (2, 3, 4, 6)] == [768, 512, 768, 768]
 
 
 def test_inspect_judges_every_layout(fam):
@@ -169,7 +179,7 @@ def test_grafted_and_sidecar_files_draft(fam, grafted, llama_cpp_dir):
     arch, m = fam
     types = {t.name: t.tensor_type.name for t in GGUFReader(grafted["attach-q8"]).tensors}
     for i in _heads(arch):
-        assert types[f"blk.{i}.nextn.eh_proj.weight"] == types[f"blk.{i}.ffn_down_exps.weight"] == "Q8_0"
+        assert types[f"blk.{i}.nextn.eh_proj.weight"] == types[f"blk.{i}.{_down(arch)}"] == "Q8_0"
     with serve(grafted["attach-q8"], llama_cpp_dir, spec_type="mtp", draft_n_max=3) as srv:
         assert rate(run(srv, tm.PROSE_PROMPT, n_predict=48)) == 1.0
     with serve(m["base"], llama_cpp_dir, spec_type="mtp", draft_n_max=3, draft_model=grafted["extract"]) as srv:
@@ -184,7 +194,7 @@ def test_q4_k_m_keeps_the_head_at_its_rule_and_drafts(fam, llama_cpp_dir, tmp_pa
     types = {t.name: t.tensor_type.name for t in GGUFReader(q).tensors}
     head_type = ARCH_RULES[arch].head_type.upper()
     for i in _heads(arch):  # every quantizable MTP weight at the head's type
-        assert types[f"blk.{i}.nextn.eh_proj.weight"] == types[f"blk.{i}.ffn_down_exps.weight"] == head_type
+        assert types[f"blk.{i}.nextn.eh_proj.weight"] == types[f"blk.{i}.{_down(arch)}"] == head_type
         assert types[f"blk.{i}.attn_output.weight"] == head_type
     assert types["blk.1.ffn_gate_exps.weight"] not in (head_type, "F16")  # the trunk got Q4_K_M's types
     with serve(q, llama_cpp_dir, spec_type="mtp", draft_n_max=3) as srv:

@@ -194,4 +194,52 @@ STEP35 = FamilySpec(
     flip="ffn_{}_shexp.weight", streams=(800, 900, 4),
 )
 
-SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK32, GLM_DSA, STEP35)}
+# -------------------------------------------------------------------------------------------- mimo2
+
+MIMO2_PATTERN = (0, 1, 1, 0)  # HF hybrid_layer_pattern (1: sliding window); the MTP layers are all 1
+MIMO2_HEADS = 3  # the converter's _n_nextn: every MiMo-V2 checkpoint ships three MTP layers
+
+
+def _mimo2_swa(il: int) -> int:
+    return MIMO2_PATTERN[il] if il < len(MIMO2_PATTERN) else 1
+
+
+def _mimo2_attn(kind: str) -> tuple[Row, ...]:
+    # fused attn_qkv (graph_mtp asserts it): 4 query heads, 2 KV heads in full layers, 4 in SWA ones
+    return (("attn_norm.weight", ("embd",), "norm"), ("attn_qkv.weight", (f"qkv_{kind}", "embd"), "in"),
+            ("attn_output.weight", ("embd", "q"), "out"), ("ffn_norm.weight", ("embd",), "norm"))
+
+
+_MIMO2_MOE: tuple[Row, ...] = (
+    ("ffn_gate_inp.weight", ("expert", "embd"), "in"), ("exp_probs_b.bias", ("expert",), 0.01),
+    ("ffn_gate_exps.weight", ("expert", "ff_exp", "embd"), "in"), ("ffn_up_exps.weight", ("expert", "ff_exp", "embd"), "in"),
+    ("ffn_down_exps.weight", ("expert", "embd", "ff_exp"), "out"),
+)
+
+MIMO2 = FamilySpec(
+    arch="mimo2", tokenizer_pre="qwen2",
+    sizes={"embd": 256, "q": 256, "qkv_full": 256 + 2 * 2 * 64, "qkv_swa": 256 + 2 * 4 * 64, "ff": 512,
+           "expert": 4, "ff_exp": 256},
+    keys=(("block_count", U32, block_count), ("context_length", U32, 4096), ("embedding_length", U32, 256),
+          ("feed_forward_length", U32, 512), ("attention.head_count", U32, 4),
+          ("rope.freq_base", F32, 5_000_000.0), ("rope.freq_base_swa", F32, 10_000.0),
+          ("expert_count", U32, 4), ("expert_used_count", U32, 2), ("attention.key_length", U32, 64),
+          ("general.file_type", U32, file_type),
+          ("attention.head_count_kv", "ARRAY", per_layer(lambda il: 4 if _mimo2_swa(il) else 2,
+                                                         lambda il: 4 if _mimo2_swa(il) else 2)),
+          ("attention.sliding_window", U32, 128),
+          ("attention.sliding_window_pattern", "ARRAY", per_layer(_mimo2_swa, _mimo2_swa)),
+          ("attention.value_length", U32, 64), ("expert_feed_forward_length", U32, 256),
+          ("rope.dimension_count", U32, 32), ("attention.layer_norm_rms_epsilon", F32, 1e-5),
+          ("nextn_predict_layers", U32, nextn_key),
+          ("general.quantization_version", U32, quantization_version)),
+    parts={"attn_full": _mimo2_attn("full"), "attn_swa": _mimo2_attn("swa"), "dense": _DENSE,
+           "moe": _MIMO2_MOE,
+           "nextn": (("nextn.enorm.weight", ("embd",), "norm"), ("nextn.hnorm.weight", ("embd",), "norm"),
+                     ("layer_output_norm.weight", ("embd",), "norm"))},
+    trunk=tuple((f"attn_{'swa' if _mimo2_swa(il) else 'full'}", "dense" if il == 0 else "moe")
+                for il in range(len(MIMO2_PATTERN))),
+    mtp=("attn_swa", "dense", "nextn"), nextn=MIMO2_HEADS, flip="ffn_{}.weight", streams=(1000, 1100, 4),
+)
+
+SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK32, GLM_DSA, STEP35, MIMO2)}
