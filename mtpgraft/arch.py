@@ -196,8 +196,11 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
              runtimes=frozenset({MAINLINE, IK}),
              note="GLM-4.5/4.6/4.7: one MTP block, an MoE layer (the dense lead is trunk only); "
                   "trunk-only files load, but abort with --spec-type draft-mtp if they keep the key"),
-    ArchRule("deepseek2", family="GLM-4.7-Flash",
-             note="DeepSeek-V2/V3 layout; of these only GLM-4.7-Flash conversions keep MTP"),
+    ArchRule("deepseek2", family="GLM-4.7-Flash", proven=True,
+             note="DeepSeek-V2/V3 layout; of these only GLM-4.7-Flash conversions keep MTP (the pinned "
+                  "converter skips deepseek2 MTP layers); graph_mtp needs MLA with a q_lora and an MoE "
+                  "NextN layer with a shared expert; trunk-only files load, but abort with "
+                  "--spec-type draft-mtp if they keep the key"),
     ArchRule("deepseek32", proven=True, family="DeepSeek-V3.2",
              note="DeepSeek-V3.2: MLA (key_length_mla/value_length_mla needed: \"requires MLA\"), the DSA "
                   "indexer in every layer, the NextN layer's five indexer tensors included (graph_mtp never "

@@ -104,8 +104,10 @@ _INDEXER: tuple[Row, ...] = (
 )
 
 
-def _mla_keys(gating: int | None, extra: tuple = ()) -> tuple:
+def _mla_keys(gating: int | None, extra: tuple = (), indexer: bool = True) -> tuple:
     """DeepseekV2Model.set_gguf_parameters' keys (+ V3.2's / GLM-5's nextn and indexer keys)."""
+    idx = (("attention.indexer.head_count", U32, 4), ("attention.indexer.key_length", U32, 64),
+           ("attention.indexer.top_k", U32, 2048)) if indexer else ()
     return (("block_count", U32, block_count), ("context_length", U32, 4096), ("embedding_length", U32, 256),
             ("feed_forward_length", U32, 512), ("attention.head_count", U32, 4),
             ("attention.head_count_kv", U32, 1), ("rope.freq_base", F32, 10_000.0),
@@ -117,9 +119,7 @@ def _mla_keys(gating: int | None, extra: tuple = ()) -> tuple:
             ("attention.value_length_mla", U32, 64), ("expert_feed_forward_length", U32, 256),
             ("expert_shared_count", U32, 1), ("expert_weights_scale", F32, 1.0),
             ("expert_weights_norm", BOOL, True), ("rope.dimension_count", U32, 32),
-            ("expert_gating_func", U32, gating), ("nextn_predict_layers", U32, nextn_key),
-            ("attention.indexer.head_count", U32, 4), ("attention.indexer.key_length", U32, 64),
-            ("attention.indexer.top_k", U32, 2048), *extra,
+            ("expert_gating_func", U32, gating), ("nextn_predict_layers", U32, nextn_key), *idx, *extra,
             ("general.quantization_version", U32, quantization_version))
 
 
@@ -128,6 +128,15 @@ DEEPSEEK32 = FamilySpec(
     parts={"mla": _MLA, "indexer": _INDEXER, "dense": _DENSE, "moe": _MOE, "nextn": NEXTN_NORMS},
     trunk=(("mla", "indexer", "dense"), *(("mla", "indexer", "moe"),) * 3),
     mtp=("mla", "indexer", "moe", "nextn"), flip="ffn_{}_shexp.weight", streams=(400, 500, 4),
+)
+
+# GLM-4.7-Flash (deepseek2): the V3 MLA layout without the indexer; its MTP layer is MoE with a shared
+# expert (graph_mtp asserts them and a q_lora). The pinned converter skips deepseek2 MTP layers.
+DEEPSEEK2 = FamilySpec(
+    arch="deepseek2", tokenizer_pre="glm4", sizes=_MLA_SIZES, keys=_mla_keys(GATING_SIGMOID, indexer=False),
+    parts={"mla": _MLA, "dense": _DENSE, "moe": _MOE, "nextn": NEXTN_NORMS},
+    trunk=(("mla", "dense"), *(("mla", "moe"),) * 3),
+    mtp=("mla", "moe", "nextn"), flip="ffn_{}_shexp.weight", streams=(1200, 1300, 4),
 )
 
 GLM_DSA_INDEXER_TYPES = (True, True, False, False)  # layer 0 full (the shared layers reuse its top-k)
@@ -242,4 +251,4 @@ MIMO2 = FamilySpec(
     mtp=("attn_swa", "dense", "nextn"), nextn=MIMO2_HEADS, flip="ffn_{}.weight", streams=(1000, 1100, 4),
 )
 
-SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK32, GLM_DSA, STEP35, MIMO2)}
+SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK2, DEEPSEEK32, GLM_DSA, STEP35, MIMO2)}
