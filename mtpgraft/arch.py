@@ -229,7 +229,11 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "different head counts, so each head follows its own index; head_count, head_count_kv, "
                   "expert arrays and swiglu_clamp_* have block_count entries, sliding_window_pattern too "
                   "(not length-checked: a short one silently turns the heads into full attention)"),
-    ArchRule("hy_v3", **_CHAIN, family="Hy3", note="Hunyuan v3"),
+    ArchRule("hy_v3", **_CHAIN, family="Hy3", proven=True,
+             note="Hunyuan v3 (Hy3): q/k norms, rotary over the whole head; the router bias is the bare "
+                  "blk.N.exp_probs_b (no .bias); any number of MTP blocks run as a chain; "
+                  "nextn.shared_head_norm is HF's final_layernorm; trunk-only files load, but abort with "
+                  "--spec-type draft-mtp if they keep the key"),
     ArchRule("cohere2moe", family="Cohere 2 MoE", note="Cohere 2 MoE"),
     ArchRule("bailingmoe3", family="Ling/Ring 3", note="Ling/Ring 3: MTP final norm is blk.N.layer_output_norm"),
     ArchRule("nemotron_h_moe", trunk_only_ok=False, trunk_only_mtp_aborts=False, family="Nemotron-3",

@@ -251,4 +251,31 @@ MIMO2 = FamilySpec(
     mtp=("attn_swa", "dense", "nextn"), nextn=MIMO2_HEADS, flip="ffn_{}.weight", streams=(1000, 1100, 4),
 )
 
-SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK2, DEEPSEEK32, GLM_DSA, STEP35, MIMO2)}
+# -------------------------------------------------------------------------------------------- hy_v3
+
+# Hy3: GQA with q/k norms and rotary over the whole head (n_rot == head_dim, asserted); the router
+# bias is the bare `blk.N.exp_probs_b` (no .bias: the converter's name); MoE with a shared expert.
+_HY_MOE: tuple[Row, ...] = tuple((("exp_probs_b", r[1], r[2]) if r[0] == "exp_probs_b.bias" else r) for r in _MOE)
+HY_V3 = FamilySpec(
+    arch="hy_v3", tokenizer_pre="qwen2",
+    sizes={"embd": 256, "q": 256, "kv": 128, "head_dim": 64, "ff": 512, "expert": 4, "ff_exp": 256, "shexp": 256},
+    keys=(("block_count", U32, block_count), ("context_length", U32, 4096), ("embedding_length", U32, 256),
+          ("feed_forward_length", U32, 512), ("attention.head_count", U32, 4),
+          ("attention.head_count_kv", U32, 2), ("rope.freq_base", F32, 10_000.0),
+          ("attention.layer_norm_rms_epsilon", F32, 1e-5), ("expert_count", U32, 4),
+          ("expert_used_count", U32, 2), ("attention.key_length", U32, 64), ("attention.value_length", U32, 64),
+          ("general.file_type", U32, file_type), ("rope.dimension_count", U32, 64),
+          ("expert_feed_forward_length", U32, 256), ("expert_shared_feed_forward_length", U32, 256),
+          ("expert_weights_norm", BOOL, True), ("expert_weights_scale", F32, 1.0),
+          ("expert_gating_func", U32, GATING_SIGMOID), ("nextn_predict_layers", U32, nextn_key),
+          ("general.quantization_version", U32, quantization_version)),
+    parts={"attn": (("attn_norm.weight", ("embd",), "norm"), ("attn_q.weight", ("q", "embd"), "in"),
+                    ("attn_k.weight", ("kv", "embd"), "in"), ("attn_v.weight", ("kv", "embd"), "in"),
+                    ("attn_output.weight", ("embd", "q"), "out"), ("attn_q_norm.weight", ("head_dim",), "norm"),
+                    ("attn_k_norm.weight", ("head_dim",), "norm"), ("ffn_norm.weight", ("embd",), "norm")),
+           "dense": _DENSE, "moe": _HY_MOE, "nextn": NEXTN_NORMS},
+    trunk=(("attn", "dense"), *(("attn", "moe"),) * 3),
+    mtp=("attn", "moe", "nextn"), flip="ffn_{}_shexp.weight", streams=(1400, 1500, 4),
+)
+
+SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK2, DEEPSEEK32, GLM_DSA, STEP35, MIMO2, HY_V3)}
