@@ -234,7 +234,10 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "blk.N.exp_probs_b (no .bias); any number of MTP blocks run as a chain; "
                   "nextn.shared_head_norm is HF's final_layernorm; trunk-only files load, but abort with "
                   "--spec-type draft-mtp if they keep the key"),
-    ArchRule("cohere2moe", family="Cohere 2 MoE", note="Cohere 2 MoE"),
+    ArchRule("cohere2moe", family="Cohere 2 MoE", proven=True,
+             note="Cohere 2 MoE: parallel attention and FFN, routed + shared experts halved, logit_scale "
+                  "required; one MTP block, a full-attention MoE layer (ffn_gate_inp asserted); trunk-only "
+                  "files load, but abort with --spec-type draft-mtp if they keep the key"),
     ArchRule("bailingmoe3", family="Ling/Ring 3", note="Ling/Ring 3: MTP final norm is blk.N.layer_output_norm"),
     ArchRule("nemotron_h_moe", trunk_only_ok=False, trunk_only_mtp_aborts=False, family="Nemotron-3",
              note="Nemotron-H MoE: one MTP block"),

@@ -20,7 +20,7 @@ from mtpgraft.testmodels import family, glm4moe
 from mtpgraft.testmodels.dims import SPEC_ARCHES
 from mtpgraft.testmodels.families import SPECS
 
-FAMILIES = ("deepseek2", "deepseek32", "glm-dsa", "step35", "mimo2", "hy_v3")
+FAMILIES = ("deepseek2", "deepseek32", "glm-dsa", "step35", "mimo2", "hy_v3", "cohere2moe")
 VARIANTS = ("full-aligned", "full-random", "base", "base-key", "mtp-only-aligned")
 
 

@@ -278,4 +278,32 @@ HY_V3 = FamilySpec(
     mtp=("attn", "moe", "nextn"), flip="ffn_{}_shexp.weight", streams=(1400, 1500, 4),
 )
 
-SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK2, DEEPSEEK32, GLM_DSA, STEP35, MIMO2, HY_V3)}
+# ---------------------------------------------------------------------------------------- cohere2moe
+
+# Cohere 2 MoE: parallel attention and FFN on the one normed input; routed + shared experts, their sum
+# halved (so the mixed head's units have gain 2); logit_scale required; n_rot == head_dim; one head,
+# a full-attention MoE block with a shared expert (graph_mtp asserts ffn_gate_inp).
+_COHERE_MOE: tuple[Row, ...] = tuple(r for r in _MOE if r[0] != "exp_probs_b.bias")
+COHERE2MOE = FamilySpec(
+    arch="cohere2moe", tokenizer_pre="command-r",
+    sizes={"embd": 256, "q": 256, "kv": 128, "ff": 512, "expert": 4, "ff_exp": 256, "shexp": 256},
+    keys=(("block_count", U32, block_count), ("context_length", U32, 4096), ("embedding_length", U32, 256),
+          ("feed_forward_length", U32, 512), ("attention.head_count", U32, 4),
+          ("attention.head_count_kv", U32, 2), ("rope.freq_base", F32, 10_000.0),
+          ("attention.layer_norm_rms_epsilon", F32, 1e-5), ("expert_count", U32, 4),
+          ("expert_used_count", U32, 2), ("general.file_type", U32, file_type), ("logit_scale", F32, 1.0),
+          ("attention.sliding_window", U32, 128), ("rope.dimension_count", U32, 64),
+          ("leading_dense_block_count", U32, 1), ("expert_feed_forward_length", U32, 256),
+          ("expert_shared_count", U32, 1), ("expert_shared_feed_forward_length", U32, 256),
+          ("expert_weights_norm", BOOL, True), ("nextn_predict_layers", U32, nextn_key),
+          ("general.quantization_version", U32, quantization_version)),
+    parts={"attn": (("attn_norm.weight", ("embd",), "norm"), ("attn_q.weight", ("q", "embd"), "in"),
+                    ("attn_k.weight", ("kv", "embd"), "in"), ("attn_v.weight", ("kv", "embd"), "in"),
+                    ("attn_output.weight", ("embd", "q"), "out")),
+           "dense": _DENSE, "moe": _COHERE_MOE, "nextn": NEXTN_NORMS},
+    trunk=(("attn", "dense"), *(("attn", "moe"),) * 3),
+    mtp=("attn", "moe", "nextn"), flip="ffn_{}_shexp.weight", flip_gain=2.0, streams=(1600, 1700, 4),
+)
+
+SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK2, DEEPSEEK32, GLM_DSA, STEP35, MIMO2, HY_V3,
+                                                    COHERE2MOE)}
