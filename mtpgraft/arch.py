@@ -191,7 +191,10 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
     ArchRule("qwen35moe", proven=True, **_QWEN, family="Qwen3.5/3.6 MoE",
              hf_conversion="Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeForCausalLM",
              note="Qwen3.5/3.6 MoE (e.g. 35B-A3B): MTP block with MoE FFN, recurrent_layers gets false"),
-    ArchRule("qwen3next", **_QWEN, family="Qwen3-Next", note="Qwen3-Next: like qwen35moe"),
+    ArchRule("qwen3next", **_QWEN, family="Qwen3-Next", proven=True,
+             note="Qwen3-Next: like qwen35moe (gated delta net trunk, MoE with a gated shared expert, a "
+                  "full-attention MTP block: recurrent_layers gets false), beta/alpha fused in ssm_ba, no "
+                  "rope sections; no trunk-only path: a file that keeps the key without the block is refused"),
     ArchRule("glm4moe", proven=True, family="GLM-4.5/4.6/4.7", hf_conversion="Glm4MoeForCausalLM",
              runtimes=frozenset({MAINLINE, IK}),
              note="GLM-4.5/4.6/4.7: one MTP block, an MoE layer (the dense lead is trunk only); "

@@ -20,16 +20,16 @@ from mtpgraft.testmodels import family
 from mtpgraft.testmodels.dims import SPEC_ARCHES
 from mtpgraft.testmodels.families import SPECS
 
-FAMILIES = ("deepseek2", "deepseek32", "glm-dsa", "step35", "mimo2", "hy_v3", "cohere2moe")
+FAMILIES = ("deepseek2", "deepseek32", "glm-dsa", "step35", "mimo2", "hy_v3", "cohere2moe", "qwen3next")
 VARIANTS = ("full-aligned", "full-random", "base", "base-key", "mtp-only-aligned")
 
 
-def mtpgraft(*args) -> str:
+def mtpgraft(*args, code: int = 0) -> str:
     import mtpgraft.commands  # noqa: F401 - registers the commands
     from mtpgraft.cli import cli
 
     res = CliRunner().invoke(cli, [str(a) for a in args])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == code, res.output
     return res.stdout
 
 
@@ -124,14 +124,20 @@ def test_layouts_follow_the_converter(fam):
 
 def test_inspect_judges_every_layout(fam):
     arch, m = fam
-    got = {n: json.loads(mtpgraft("inspect", "--json", p)) for n, p in m.items()}
+    refused = not ARCH_RULES[arch].trunk_only_ok  # inspect exits 1 on a file llama.cpp would not load
+    got = {n: json.loads(mtpgraft("inspect", "--json", p, code=int(refused and n == "base-key")))
+           for n, p in m.items()}
     assert {n: r["layout"] for n, r in got.items()} == {
         "full-aligned": "full", "full-random": "full", "base": "trunk-only", "base-key": "trunk-only",
         "mtp-only-aligned": "mtp-only"}
-    assert all(r["consistent"] for r in got.values()), got
     spec = SPECS[arch]
     assert got["full-aligned"]["mtp_layers"] == list(range(spec.trunk_layers, spec.trunk_layers + spec.nextn))
-    assert any("ABORTS" in n and "draft-mtp" in n for n in got["base-key"]["notes"])
+    if ARCH_RULES[arch].trunk_only_ok:
+        assert all(r["consistent"] for r in got.values()), got
+        assert any("ABORTS" in n and "draft-mtp" in n for n in got["base-key"]["notes"])
+    else:  # the loader refuses a file that keeps the key without the block (the server says the same)
+        assert not got["base-key"]["consistent"] and all(r["consistent"] for k, r in got.items() if k != "base-key")
+        assert any(f"'blk.{spec.trunk_layers}.attn_norm.weight' not found" in p for p in got["base-key"]["problems"])
     assert not any("ABORTS" in n for k, r in got.items() if k != "base-key" for n in r["notes"])
 
 
@@ -141,7 +147,9 @@ def grafted(fam, tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp(f"fam-graft-{arch}")
     out = {k: d / f"{k}.gguf" for k in ("attach", "attach-key", "attach-q8", "detach", "extract")}
     mtpgraft("attach", m["base"], "--mtp-from", m["full-aligned"], "--mtp-type", "keep", "-o", out["attach"])
-    mtpgraft("attach", m["base-key"], "--mtp-from", m["mtp-only-aligned"], "--mtp-type", "keep", "--layout",
+    # onto the trunk-only file that keeps the key, where the loader takes one (else onto the keyless one)
+    key_base = m["base-key"] if ARCH_RULES[arch].trunk_only_ok else m["base"]
+    mtpgraft("attach", key_base, "--mtp-from", m["mtp-only-aligned"], "--mtp-type", "keep", "--layout",
              "converter", "-o", out["attach-key"])
     mtpgraft("attach", m["base"], "--mtp-from", m["mtp-only-aligned"], "--mtp-type", "q8_0", "-o", out["attach-q8"])
     mtpgraft("detach", m["full-aligned"], "-o", out["detach"])
@@ -178,10 +186,15 @@ def test_heads_draft_at_the_known_rates(fam, llama_cpp_dir):
 
 
 @pytest.mark.tools
-def test_trunk_only_with_the_key_aborts_with_mtp(fam, llama_cpp_dir, tmp_path):
+def test_trunk_only_with_the_key_behaves_as_the_row_says(fam, llama_cpp_dir, tmp_path):
     arch, m = fam
-    assert ARCH_RULES[arch].trunk_only_ok and ARCH_RULES[arch].trunk_only_mtp_aborts
+    rule = ARCH_RULES[arch]
     srv = serve(m["base-key"], llama_cpp_dir, spec_type="mtp", log_path=tmp_path / "s.log")
+    if not rule.trunk_only_ok:  # refused at load, whatever the flags
+        with pytest.raises(ServerError, match=f"'blk.{SPECS[arch].trunk_layers}.attn_norm.weight' not found"):
+            serve(m["base-key"], llama_cpp_dir).start()
+        return
+    assert rule.trunk_only_mtp_aborts
     with pytest.raises(ServerError, match="SIGABRT") as exc:
         srv.start()
     assert "MTP block missing nextn.eh_proj" in str(exc.value)

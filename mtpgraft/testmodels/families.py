@@ -305,5 +305,51 @@ COHERE2MOE = FamilySpec(
     mtp=("attn", "moe", "nextn"), flip="ffn_{}_shexp.weight", flip_gain=2.0, streams=(1600, 1700, 4),
 )
 
+# ----------------------------------------------------------------------------------------- qwen3next
+
+# Qwen3-Next: qwen35moe's layout before it (gated delta net layers 0-2, full attention at 3, every
+# layer MoE with a sigmoid-gated shared expert), but beta/alpha fused in ssm_ba and no rope sections;
+# the MTP layer is full attention (recurrent_layers gets false). The loader has no trunk-only path:
+# a file that keeps the key without the block is refused.
+_QWEN_ATTN: tuple[Row, ...] = (
+    ("attn_norm.weight", ("embd",), "norm"), ("post_attention_norm.weight", ("embd",), "norm"),
+    ("attn_q_norm.weight", ("head_dim",), "norm"), ("attn_k_norm.weight", ("head_dim",), "norm"),
+    ("attn_q.weight", ("q_gate", "embd"), "in"), ("attn_k.weight", ("kv", "embd"), "in"),
+    ("attn_v.weight", ("kv", "embd"), "in"), ("attn_output.weight", ("embd", "q"), "out"),
+)
+_QWEN_LINEAR: tuple[Row, ...] = (
+    ("attn_norm.weight", ("embd",), "norm"), ("post_attention_norm.weight", ("embd",), "norm"),
+    ("attn_qkv.weight", ("conv", "embd"), "in"), ("attn_gate.weight", ("value", "embd"), "in"),
+    ("ssm_conv1d.weight", ("conv", 4), 0.5), ("ssm_dt.bias", ("v_heads",), 0.5), ("ssm_a", ("v_heads",), "a_log"),
+    ("ssm_ba.weight", ("ba", "embd"), "in"), ("ssm_norm.weight", ("head_dim",), "norm"),
+    ("ssm_out.weight", ("embd", "value"), "out"),
+)
+_QWEN_MOE: tuple[Row, ...] = (
+    ("ffn_gate_inp.weight", ("expert", "embd"), "in"), ("ffn_gate_exps.weight", ("expert", "ff_exp", "embd"), "in"),
+    ("ffn_up_exps.weight", ("expert", "ff_exp", "embd"), "in"),
+    ("ffn_down_exps.weight", ("expert", "embd", "ff_exp"), "out"),
+    ("ffn_gate_inp_shexp.weight", ("embd",), 0.001), ("ffn_gate_shexp.weight", ("shexp", "embd"), "in"),
+    ("ffn_up_shexp.weight", ("shexp", "embd"), "in"), ("ffn_down_shexp.weight", ("embd", "shexp"), "out"),
+)
+QWEN3NEXT = FamilySpec(
+    arch="qwen3next", tokenizer_pre="qwen2",
+    sizes={"embd": 256, "head_dim": 64, "q": 256, "q_gate": 512, "kv": 128, "conv": 2 * 128 + 256, "value": 256,
+           "v_heads": 4, "ba": 8, "expert": 4, "ff_exp": 256, "shexp": 256},
+    keys=(("block_count", U32, block_count), ("context_length", U32, 4096), ("embedding_length", U32, 256),
+          ("attention.head_count", U32, 4), ("attention.head_count_kv", U32, 2),
+          ("rope.freq_base", F32, 10_000_000.0), ("attention.layer_norm_rms_epsilon", F32, 1e-6),
+          ("expert_count", U32, 4), ("expert_used_count", U32, 2), ("attention.key_length", U32, 64),
+          ("attention.value_length", U32, 64), ("general.file_type", U32, file_type),
+          ("expert_feed_forward_length", U32, 256), ("expert_shared_feed_forward_length", U32, 256),
+          ("nextn_predict_layers", U32, nextn_key), ("ssm.conv_kernel", U32, 4), ("ssm.state_size", U32, 64),
+          ("ssm.group_count", U32, 2), ("ssm.time_step_rank", U32, 4), ("ssm.inner_size", U32, 256),
+          ("attention.recurrent_layers", "ARRAY", per_layer(lambda il: il % 4 != 3, lambda il: False)),
+          ("full_attention_interval", U32, 4), ("rope.dimension_count", U32, 16),
+          ("general.quantization_version", U32, quantization_version)),
+    parts={"attn": _QWEN_ATTN, "linear": _QWEN_LINEAR, "moe": _QWEN_MOE, "nextn": NEXTN_NORMS},
+    trunk=(("linear", "moe"),) * 3 + (("attn", "moe"),),
+    mtp=("attn", "moe", "nextn"), flip="ffn_{}_shexp.weight", flip_gain=2.0, streams=(1800, 1900, 4),
+)
+
 SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK2, DEEPSEEK32, GLM_DSA, STEP35, MIMO2, HY_V3,
-                                                    COHERE2MOE)}
+                                                    COHERE2MOE, QWEN3NEXT)}

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 LAYOUTS = ("full", "base", "base-key", "mtp-only")
 
 # A tensor row: (suffix after blk.N., numpy shape (sizes by name or number), init). init is "norm" (a
-# norm weight ~1), "in" (an input projection), "out" (a residual branch's output projection: tiny in
+# norm weight ~1), "a_log" (a gated delta net's negative decay), "in" (an input projection), "out" (a residual branch's output projection: tiny in
 # the trunk and in aligned/mixed heads, ordinary in a random head) or a float (a fixed std).
 Row = tuple[str, tuple[str | int, ...], "str | float"]
 
@@ -114,11 +114,15 @@ NEXTN_NORMS: tuple[Row, ...] = (("nextn.shared_head_norm.weight", ("embd",), "no
 
 
 def _draw(g: Gen, spec: FamilySpec, rows: tuple[Row, ...], *, in_std: float, out_std: float) -> dict[str, np.ndarray]:
+    import numpy as np
+
     out = {}
     for name, shape, init in rows:
         dims = tuple(spec.sizes[d] if isinstance(d, str) else d for d in shape)
         if init == "norm":
             out[name] = g.norm(dims[0])
+        elif init == "a_log":  # a gated delta net's decay (-exp(A_log)): negative, as trained ones are
+            out[name] = -np.exp(g.rng.uniform(0.0, 2.5, dims[0])).astype(np.float32)
         else:
             out[name] = g.normal(dims, in_std if init == "in" else out_std if init == "out" else float(init))
     return out
