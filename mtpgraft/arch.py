@@ -243,7 +243,11 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "files load, but abort with --spec-type draft-mtp if they keep the key"),
     ArchRule("bailingmoe3", family="Ling/Ring 3", note="Ling/Ring 3: MTP final norm is blk.N.layer_output_norm"),
     ArchRule("nemotron_h_moe", trunk_only_ok=False, trunk_only_mtp_aborts=False, family="Nemotron-3",
-             note="Nemotron-H MoE: one MTP block"),
+             proven=True,
+             note="Nemotron-H MoE: one MTP block (attention + relu^2 MoE with a shared expert; its entries "
+                  "head_count_kv = n_head_kv, feed_forward_length = n_ff_exp); a layer's kind comes from "
+                  "the per-layer arrays only; layer_norm_epsilon required (the head's final LayerNorm); a "
+                  "trunk-only file that keeps the key does not load at all"),
     # Gemma 4: the draft is a separate model (src/models/gemma4-assistant.cpp) used with `-md`.
     ArchRule("gemma4", packaging=DRAFTER_TARGET, drafter_arch="gemma4-assistant", proven=True,
              family="Gemma 4", hf_conversion="not converted: the head is a separate assistant model",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from .family import (
     NEXTN_NORMS,
+    TEST_SET,
     FamilySpec,
     Row,
     block_count,
@@ -351,5 +352,67 @@ QWEN3NEXT = FamilySpec(
     mtp=("attn", "moe", "nextn"), flip="ffn_{}_shexp.weight", flip_gain=2.0, streams=(1800, 1900, 4),
 )
 
+# ------------------------------------------------------------------------------------ nemotron_h_moe
+
+# Nemotron-3 (Nemotron-H MoE): each layer is ONE mixer, its kind read off the per-layer arrays only
+# (Mamba-2 SSM where head_count_kv and feed_forward_length are 0, attention where only head_count_kv
+# is > 0, MoE where feed_forward_length is > 0); experts and the shared expert are up/down with
+# relu^2 (no gate). The MTP block is attention + MoE (its entries: head_count_kv = n_head_kv,
+# feed_forward_length = n_ff_exp); its final norm is a LayerNorm (layer_norm_epsilon required). A
+# trunk-only file that keeps the key does not load at all. (No mixed head: its units need a SiLU gate.)
+NEMOTRON_KINDS = ("ssm", "moe", "attn", "moe")
+_NEMO_MOE: tuple[Row, ...] = (
+    ("attn_norm.weight", ("embd",), "norm"), ("ffn_gate_inp.weight", ("expert", "embd"), "in"),
+    ("exp_probs_b.bias", ("expert",), 0.01), ("ffn_down_exps.weight", ("expert", "embd", "ff_exp"), "out"),
+    ("ffn_up_exps.weight", ("expert", "ff_exp", "embd"), "in"), ("ffn_down_shexp.weight", ("embd", "shexp"), "out"),
+    ("ffn_up_shexp.weight", ("shexp", "embd"), "in"),
+)
+_NEMO_ATTN: tuple[Row, ...] = (
+    ("attn_norm.weight", ("embd",), "norm"), ("attn_q.weight", ("q", "embd"), "in"),
+    ("attn_k.weight", ("kv", "embd"), "in"), ("attn_v.weight", ("kv", "embd"), "in"),
+    ("attn_output.weight", ("embd", "q"), "out"),
+)
+_NEMO_SSM: tuple[Row, ...] = (
+    ("attn_norm.weight", ("embd",), "norm"), ("ssm_in.weight", ("in_proj", "embd"), "in"),
+    ("ssm_conv1d.weight", ("conv", 4), 0.5), ("ssm_conv1d.bias", ("conv",), 0.02),
+    ("ssm_dt.bias", ("ssm_heads",), 0.5), ("ssm_a", ("ssm_heads", 1), "a_log"), ("ssm_d", ("ssm_heads", 1), 0.5),
+    ("ssm_norm.weight", (2, 128), "in"), ("ssm_out.weight", ("embd", "inner"), "out"),
+)
+
+
+def _nemo_kv(il: int) -> int:
+    return 2 if NEMOTRON_KINDS[il] == "attn" else 0
+
+
+def _nemo_ff(il: int) -> int:
+    return 256 if NEMOTRON_KINDS[il] == "moe" else 0
+
+
+NEMOTRON_H_MOE = FamilySpec(
+    arch="nemotron_h_moe", tokenizer_pre="qwen2",
+    sizes={"embd": 256, "q": 256, "kv": 128, "expert": 4, "ff_exp": 256, "shexp": 256, "inner": 256,
+           "in_proj": 2 * 256 + 2 * 2 * 64 + 4, "conv": 256 + 2 * 2 * 64, "ssm_heads": 4},
+    keys=(("block_count", U32, block_count), ("context_length", U32, 4096), ("embedding_length", U32, 256),
+          ("feed_forward_length", "ARRAY", per_layer(_nemo_ff, lambda il: 256)),
+          ("attention.head_count", U32, 4),
+          ("attention.head_count_kv", "ARRAY", per_layer(_nemo_kv, lambda il: 2)),
+          ("rope.freq_base", F32, 10_000.0), ("attention.layer_norm_rms_epsilon", F32, 1e-5),
+          ("expert_count", U32, 4), ("expert_used_count", U32, 2), ("attention.key_length", U32, 64),
+          ("attention.value_length", U32, 64), ("general.file_type", U32, file_type),
+          ("ssm.conv_kernel", U32, 4), ("ssm.state_size", U32, 64), ("ssm.group_count", U32, 2),
+          ("ssm.time_step_rank", U32, 4), ("ssm.inner_size", U32, 256),
+          ("attention.layer_norm_epsilon", F32, 1e-5), ("expert_feed_forward_length", U32, 256),
+          ("expert_shared_feed_forward_length", U32, 256), ("expert_weights_norm", BOOL, True),
+          ("expert_weights_scale", F32, 1.0), ("nextn_predict_layers", U32, nextn_key),
+          ("general.quantization_version", U32, quantization_version)),
+    parts={"ssm": _NEMO_SSM, "attn": _NEMO_ATTN, "moe": _NEMO_MOE,
+           "mtp": (("nextn.enorm.weight", ("embd",), "norm"), ("nextn.hnorm.weight", ("embd",), "norm"),
+                   ("nextn.shared_head_norm.weight", ("embd",), "norm"), *_NEMO_ATTN,
+                   ("post_attention_norm.weight", ("embd",), "norm"), *_NEMO_MOE[1:])},
+    trunk=tuple((k,) for k in NEMOTRON_KINDS),
+    mtp=("mtp",), flip="ffn_{}_shexp.weight", streams=(2000, 2100, 4),
+    test_set={k: v for k, v in TEST_SET.items() if "mixed" not in k},
+)
+
 SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK2, DEEPSEEK32, GLM_DSA, STEP35, MIMO2, HY_V3,
-                                                    COHERE2MOE, QWEN3NEXT)}
+                                                    COHERE2MOE, QWEN3NEXT, NEMOTRON_H_MOE)}

@@ -122,7 +122,7 @@ def _draw(g: Gen, spec: FamilySpec, rows: tuple[Row, ...], *, in_std: float, out
         if init == "norm":
             out[name] = g.norm(dims[0])
         elif init == "a_log":  # a gated delta net's decay (-exp(A_log)): negative, as trained ones are
-            out[name] = -np.exp(g.rng.uniform(0.0, 2.5, dims[0])).astype(np.float32)
+            out[name] = -np.exp(g.rng.uniform(0.0, 2.5, dims)).astype(np.float32)
         else:
             out[name] = g.normal(dims, in_std if init == "in" else out_std if init == "out" else float(init))
     return out
