@@ -241,7 +241,11 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
              note="Cohere 2 MoE: parallel attention and FFN, routed + shared experts halved, logit_scale "
                   "required; one MTP block, a full-attention MoE layer (ffn_gate_inp asserted); trunk-only "
                   "files load, but abort with --spec-type draft-mtp if they keep the key"),
-    ArchRule("bailingmoe3", family="Ling/Ring 3", note="Ling/Ring 3: MTP final norm is blk.N.layer_output_norm"),
+    ArchRule("bailingmoe3", family="Ling/Ring 3", proven=True,
+             note="Ling/Ring 3: KDA and MLA (gated) layers told apart by head_count_kv (0: KDA), MoE with a "
+                  "shared expert; one MTP block, an MLA + MoE layer whose final norm is "
+                  "blk.N.layer_output_norm; trunk-only files load, but abort with --spec-type draft-mtp if "
+                  "they keep the key"),
     ArchRule("nemotron_h_moe", trunk_only_ok=False, trunk_only_mtp_aborts=False, family="Nemotron-3",
              proven=True,
              note="Nemotron-H MoE: one MTP block (attention + relu^2 MoE with a shared expert; its entries "

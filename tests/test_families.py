@@ -21,7 +21,8 @@ from mtpgraft.testmodels import family
 from mtpgraft.testmodels.dims import SPEC_ARCHES
 from mtpgraft.testmodels.families import SPECS
 
-FAMILIES = ("deepseek2", "deepseek32", "glm-dsa", "step35", "mimo2", "hy_v3", "cohere2moe", "qwen3next", "nemotron_h_moe")
+FAMILIES = ("deepseek2", "deepseek32", "glm-dsa", "step35", "mimo2", "hy_v3", "cohere2moe", "qwen3next", "nemotron_h_moe",
+            "bailingmoe3")
 VARIANTS = ("full-aligned", "full-random", "base", "base-key", "mtp-only-aligned")
 
 

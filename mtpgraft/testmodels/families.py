@@ -414,5 +414,44 @@ NEMOTRON_H_MOE = FamilySpec(
     test_set={k: v for k, v in TEST_SET.items() if "mixed" not in k},
 )
 
+# --------------------------------------------------------------------------------------- bailingmoe3
+
+# Ling/Ring 3: MLA attention with a head-wise gate (attn_gate) and sigmoid-gated MoE with a shared
+# expert; the MTP final norm is blk.N.layer_output_norm (no nextn.shared_head_norm). A layer whose
+# head_count_kv entry is 0 is a KDA (linear attention) layer: here layer 1 (the hybrid memory needs
+# one); the MTP layer is MLA (entry 1).
+_KDA: tuple[Row, ...] = (
+    ("attn_norm.weight", ("embd",), "norm"), ("ssm_conv1d_q.weight", (1, 256, 1, 4), 0.5),
+    ("ssm_conv1d_k.weight", (1, 256, 1, 4), 0.5), ("ssm_conv1d_v.weight", (1, 256, 1, 4), 0.5),
+    ("attn_q.weight", (256, "embd"), "in"), ("attn_k.weight", (256, "embd"), "in"),
+    ("attn_v.weight", (256, "embd"), "in"), ("ssm_f_a.weight", (256, "embd"), "in"),
+    ("ssm_beta.weight", ("head", "embd"), "in"), ("ssm_a", ("head", 1), "a_log"), ("ssm_dt.bias", (256,), 0.5),
+    ("ssm_g_a.weight", (256, "embd"), "in"), ("ssm_norm.weight", (64,), "norm"),
+    ("attn_output.weight", ("embd", 256), "out"), ("ffn_norm.weight", ("embd",), "norm"),
+)
+BAILING_KDA_LAYERS = (1,)
+BAILINGMOE3 = FamilySpec(
+    arch="bailingmoe3", tokenizer_pre="bailingmoe2", sizes=_MLA_SIZES,
+    keys=(("block_count", U32, block_count), ("context_length", U32, 4096), ("embedding_length", U32, 256),
+          ("feed_forward_length", U32, 512), ("attention.head_count", U32, 4),
+          ("attention.head_count_kv", "ARRAY", per_layer(lambda il: 0 if il in BAILING_KDA_LAYERS else 1,
+                                                         lambda il: 1)),
+          ("rope.freq_base", F32, 10_000.0), ("attention.layer_norm_rms_epsilon", F32, 1e-6),
+          ("expert_count", U32, 4), ("expert_used_count", U32, 2), ("general.file_type", U32, file_type),
+          ("attention.q_lora_rank", U32, 256), ("attention.kv_lora_rank", U32, 256),
+          ("attention.key_length", U32, 256 + 32), ("attention.value_length", U32, 256),
+          ("attention.key_length_mla", U32, 96), ("attention.value_length_mla", U32, 64),
+          ("rope.dimension_count", U32, 32), ("ssm.conv_kernel", U32, 4), ("kda.head_dim", U32, 64),
+          ("kda.gate_lower_bound", F32, -5.0), ("expert_feed_forward_length", U32, 256),
+          ("expert_shared_count", U32, 1), ("leading_dense_block_count", U32, 1),
+          ("expert_weights_scale", F32, 1.0), ("expert_weights_norm", BOOL, True),
+          ("expert_gating_func", U32, GATING_SIGMOID), ("nextn_predict_layers", U32, nextn_key),
+          ("general.quantization_version", U32, quantization_version)),
+    parts={"mla": (*_MLA, ("attn_gate.weight", ("head", "embd"), "in")), "kda": _KDA, "dense": _DENSE,
+           "moe": _MOE, "nextn": (("layer_output_norm.weight", ("embd",), "norm"), *NEXTN_NORMS[1:])},
+    trunk=(("mla", "dense"), ("kda", "moe"), ("mla", "moe"), ("mla", "moe")),
+    mtp=("mla", "moe", "nextn"), flip="ffn_{}_shexp.weight", streams=(2200, 2300, 4),
+)
+
 SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK2, DEEPSEEK32, GLM_DSA, STEP35, MIMO2, HY_V3,
-                                                    COHERE2MOE, QWEN3NEXT, NEMOTRON_H_MOE)}
+                                                    COHERE2MOE, QWEN3NEXT, NEMOTRON_H_MOE, BAILINGMOE3)}
