@@ -253,3 +253,18 @@ def test_a_head_short_of_its_pattern_entries_gets_them_from_its_own_index(tmp_pa
     mtpgraft("attach", base, "--mtp-from", src, "--mtp-type", "keep", "-o", tmp_path / "out.gguf")
     assert _keys(tmp_path / "out.gguf") == _keys(full)
     assert _tensors(tmp_path / "out.gguf") == _tensors(full)
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("arch", ["step35", "mimo2"])
+def test_chained_heads_clamp_the_draft_depth_to_their_count(arch, llama_cpp_dir, tmp_path):
+    """Three chained heads, each wrong on half the letter tokens: at n-max 2 the prose rate is a single
+    head's 1/2, and at n-max 4 it stays at n-max 3's 1/3 (a single head gives 1/4): the draft loop
+    runs head k at step k and clamps n_max to the three heads."""
+    mixed = tm.build_tiny_model(tmp_path / "mixed.gguf", arch=arch, head="mixed", dtype="f16")
+    got = {}
+    for n in (2, 4):
+        with serve(mixed, llama_cpp_dir, spec_type="mtp", draft_n_max=n) as srv:
+            got[n] = [rate(run(srv, p, n_predict=64)) for p in (tm.PROSE_PROMPT, tm.CODE_PROMPT)]
+    assert abs(got[2][0] - 1 / 2) < 0.06 and abs(got[4][0] - 1 / 3) < 0.06, got
+    assert got[2][1] == got[4][1] == 1.0, got
