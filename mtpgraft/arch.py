@@ -100,6 +100,12 @@ class ArchRule:
     quantize_keeps: tuple[str, ...] = ()
     # A drafter's own loader rules: `file_problems(get, names)` lists what its loader refuses.
     file_problems: Callable[[Callable[[str], Any], set[str]], list[str]] | None = None
+    # The per-index rule of families whose layers differ by kind (step35: full-attention and SWA layers
+    # have different head counts): the per-layer arrays whose entries make a layer's kind, and the
+    # family's pattern giving those entries for layer il (used for a head when the source gives none).
+    # A head's shapes and per-layer entries follow the last trunk layer of ITS kind, not the last one.
+    kind_arrays: tuple[str, ...] = ()
+    kind_of: Callable[[int], tuple[Any, ...]] | None = None
 
     @property
     def layer_arrays(self) -> tuple[str, ...]:
@@ -172,6 +178,11 @@ _QWEN = {"trunk_only_ok": False, "trunk_only_mtp_aborts": False,
          "mtp_array_defaults": {"attention.recurrent_layers": False}}
 _CHAIN = {"max_nextn": None, "heads": "chain"}
 
+def _step35_kind(il: int) -> tuple[Any, ...]:
+    # Step-3.5's layer_types: every fourth layer full attention (the MTP layers continue the pattern)
+    return (il % 4 != 0,)
+
+
 ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
     ArchRule("qwen35", proven=True, **_QWEN, family="Qwen3.5/3.6",
              hf_conversion="Qwen3_5ForConditionalGeneration, Qwen3_5ForCausalLM",
@@ -180,28 +191,67 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
     ArchRule("qwen35moe", proven=True, **_QWEN, family="Qwen3.5/3.6 MoE",
              hf_conversion="Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeForCausalLM",
              note="Qwen3.5/3.6 MoE (e.g. 35B-A3B): MTP block with MoE FFN, recurrent_layers gets false"),
-    ArchRule("qwen3next", **_QWEN, family="Qwen3-Next", note="Qwen3-Next: like qwen35moe"),
+    ArchRule("qwen3next", **_QWEN, family="Qwen3-Next", proven=True,
+             note="Qwen3-Next: like qwen35moe (gated delta net trunk, MoE with a gated shared expert, a "
+                  "full-attention MTP block: recurrent_layers gets false), beta/alpha fused in ssm_ba, no "
+                  "rope sections; no trunk-only path: a file that keeps the key without the block is refused"),
     ArchRule("glm4moe", proven=True, family="GLM-4.5/4.6/4.7", hf_conversion="Glm4MoeForCausalLM",
              runtimes=frozenset({MAINLINE, IK}),
              note="GLM-4.5/4.6/4.7: one MTP block, an MoE layer (the dense lead is trunk only); "
                   "trunk-only files load, but abort with --spec-type draft-mtp if they keep the key"),
-    ArchRule("deepseek2", family="GLM-4.7-Flash",
-             note="DeepSeek-V2/V3 layout; of these only GLM-4.7-Flash conversions keep MTP"),
-    ArchRule("deepseek32", family="DeepSeek-V3.2", note="DeepSeek-V3.2"),
+    ArchRule("deepseek2", family="GLM-4.7-Flash", proven=True,
+             note="DeepSeek-V2/V3 layout; of these only GLM-4.7-Flash conversions keep MTP (the pinned "
+                  "converter skips deepseek2 MTP layers); graph_mtp needs MLA with a q_lora and an MoE "
+                  "NextN layer with a shared expert; trunk-only files load, but abort with "
+                  "--spec-type draft-mtp if they keep the key"),
+    ArchRule("deepseek32", proven=True, family="DeepSeek-V3.2",
+             note="DeepSeek-V3.2: MLA (key_length_mla/value_length_mla needed: \"requires MLA\"), the DSA "
+                  "indexer in every layer, the NextN layer's five indexer tensors included (graph_mtp never "
+                  "runs them); the NextN layer is MoE with a shared expert (ffn_gate_inp asserted); "
+                  "indexer.key_length a power of two >= 64; trunk-only files load, but abort with "
+                  "--spec-type draft-mtp if they keep the key"),
     ArchRule("deepseek4", trunk_only_mtp_aborts=False, family="DeepSeek-V4",
              note="DeepSeek-V4: attention.compress_ratios must cover block_count; "
                   "a missing MTP block silently disables MTP"),
-    ArchRule("glm-dsa", trunk_arrays=("attention.indexer.types",), family="GLM-5",
-             note="GLM-5 (DSA): attention.indexer.types is per trunk layer"),
-    ArchRule("mimo2", **_CHAIN, family="MiMo-V2",
-             note="MiMo-V2: sliding_window_pattern covers the MTP blocks too"),
-    ArchRule("step35", **_CHAIN, family="Step-3.5",
-             note="Step-3.5: several chained MTP heads (nextn_predict_layers > 1)"),
-    ArchRule("hy_v3", **_CHAIN, family="Hy3", note="Hunyuan v3"),
-    ArchRule("cohere2moe", family="Cohere 2 MoE", note="Cohere 2 MoE"),
-    ArchRule("bailingmoe3", family="Ling/Ring 3", note="Ling/Ring 3: MTP final norm is blk.N.layer_output_norm"),
+    ArchRule("glm-dsa", trunk_arrays=("attention.indexer.types",), proven=True, family="GLM-5",
+             note="GLM-5 (DSA): deepseek32's layout; attention.indexer.types is per trunk layer (refused "
+                  "with block_count entries) and layer 0 must be a full indexer layer; the NextN layer "
+                  "skips the indexer (its indexer tensors optional), MoE with a shared expert; one head; "
+                  "trunk-only files load, but abort with --spec-type draft-mtp if they keep the key"),
+    ArchRule("mimo2", **_CHAIN, family="MiMo-V2", proven=True,
+             kind_arrays=("attention.sliding_window_pattern",), kind_of=lambda il: (1,),
+             note="MiMo-V2/V2.5: three MTP heads (one KV cache each, head k drafts position k); each head "
+                  "is a sliding-window layer (the converter extends the pattern with 1s and head_count_kv "
+                  "with the SWA value) with a fused attn_qkv and a dense FFN (graph_mtp asserts both); "
+                  "its final norm is blk.N.layer_output_norm; trunk-only files load, but abort with "
+                  "--spec-type draft-mtp if they keep the key"),
+    ArchRule("step35", **_CHAIN, family="Step-3.5", proven=True,
+             kind_arrays=("attention.sliding_window_pattern",), kind_of=_step35_kind,
+             note="Step-3.5: several chained MTP heads (nextn_predict_layers > 1; all required: head k "
+                  "drafts position k, n_max clamped to the heads); full-attention and SWA layers have "
+                  "different head counts, so each head follows its own index; head_count, head_count_kv, "
+                  "expert arrays and swiglu_clamp_* have block_count entries, sliding_window_pattern too "
+                  "(not length-checked: a short one silently turns the heads into full attention)"),
+    ArchRule("hy_v3", **_CHAIN, family="Hy3", proven=True,
+             note="Hunyuan v3 (Hy3): q/k norms, rotary over the whole head; the router bias is the bare "
+                  "blk.N.exp_probs_b (no .bias); any number of MTP blocks run as a chain; "
+                  "nextn.shared_head_norm is HF's final_layernorm; trunk-only files load, but abort with "
+                  "--spec-type draft-mtp if they keep the key"),
+    ArchRule("cohere2moe", family="Cohere 2 MoE", proven=True,
+             note="Cohere 2 MoE: parallel attention and FFN, routed + shared experts halved, logit_scale "
+                  "required; one MTP block, a full-attention MoE layer (ffn_gate_inp asserted); trunk-only "
+                  "files load, but abort with --spec-type draft-mtp if they keep the key"),
+    ArchRule("bailingmoe3", family="Ling/Ring 3", proven=True,
+             note="Ling/Ring 3: KDA and MLA (gated) layers told apart by head_count_kv (0: KDA), MoE with a "
+                  "shared expert; one MTP block, an MLA + MoE layer whose final norm is "
+                  "blk.N.layer_output_norm; trunk-only files load, but abort with --spec-type draft-mtp if "
+                  "they keep the key"),
     ArchRule("nemotron_h_moe", trunk_only_ok=False, trunk_only_mtp_aborts=False, family="Nemotron-3",
-             note="Nemotron-H MoE: one MTP block"),
+             proven=True,
+             note="Nemotron-H MoE: one MTP block (attention + relu^2 MoE with a shared expert; its entries "
+                  "head_count_kv = n_head_kv, feed_forward_length = n_ff_exp); a layer's kind comes from "
+                  "the per-layer arrays only; layer_norm_epsilon required (the head's final LayerNorm); a "
+                  "trunk-only file that keeps the key does not load at all"),
     # Gemma 4: the draft is a separate model (src/models/gemma4-assistant.cpp) used with `-md`.
     ArchRule("gemma4", packaging=DRAFTER_TARGET, drafter_arch="gemma4-assistant", proven=True,
              family="Gemma 4", hf_conversion="not converted: the head is a separate assistant model",
@@ -218,6 +268,29 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
     ArchRule("exaone4", runs_mtp=False, max_nextn=None, note="MTP tensors load but no MTP graph runs"),
     ArchRule("exaone-moe", runs_mtp=False, max_nextn=None, note="MTP tensors load but no MTP graph runs"),
 )}
+
+
+def layer_kind(rule: ArchRule, arch: str, get: Callable[[str], Any], il: int,
+               pattern_il: int | None = None) -> tuple[Any, ...] | None:
+    """Layer il's kind: its entries of the rule's kind arrays as `get` (a key reader) gives them, else
+    the family's pattern at `pattern_il` (default il); None where the rule has no kinds or nothing says."""
+    if not rule.kind_arrays:
+        return None
+    vals = [get(f"{arch}.{k}") for k in rule.kind_arrays]
+    if all(isinstance(v, list) and il < len(v) for v in vals):
+        return tuple(v[il] for v in vals)  # type: ignore[index]
+    if rule.kind_of is not None:
+        return rule.kind_of(il if pattern_il is None else pattern_il)
+    return None
+
+
+def same_kind_layers(rule: ArchRule, arch: str, get: Callable[[str], Any], trunk: int,
+                     kind: tuple[Any, ...] | None) -> list[int]:
+    """The trunk layers (last first) of `kind`; every trunk layer where kinds do not apply."""
+    layers = list(range(trunk - 1, -1, -1))
+    if kind is None:
+        return layers
+    return [j for j in layers if layer_kind(rule, arch, get, j) == kind]
 
 
 def rule_for(arch: str) -> ArchRule | None:

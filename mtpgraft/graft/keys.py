@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..arch import ArchRule
+from ..arch import ArchRule, same_kind_layers
 from ..errors import GraftError
 from ..gguf_io import KV, GGUFModel, GGUFValueType, encode_kv
 from ..inspection import LAYER_ARRAY_ITEMS
@@ -76,14 +76,33 @@ def extend_layer_arrays(kvs: list[KV], rule: ArchRule, arch: str, trunk: int, n_
                              "the file is broken beyond what a graft repairs")
         base_vals = list(old.value)[:trunk]
         mtp_vals = _mtp_array_values(key, suffix, rule, base_vals, n_mtp, src, src_layers, warnings)
+        if mtp_vals is None:  # the family's per-index rule: each head's entry from its own index
+            mtp_vals = _per_index_values(kvs, rule, arch, suffix, trunk, n_mtp)
         new_vals = base_vals + mtp_vals
         if new_vals != list(old.value):
             kvs[idx] = _kv_like(old, new_vals)
             changes.append(KeyChange(key, short(list(old.value)), short(new_vals)))
 
 
+def _per_index_values(kvs: list[KV], rule: ArchRule, arch: str, suffix: str, trunk: int, n_mtp: int) -> list[Any]:
+    """Head k's entry (layer trunk+k) by the family's pattern: a kind array's entry is the pattern's,
+    another array's is the one of the last trunk layer of the head's kind."""
+    vals = {kv.key: list(kv.value)[:trunk] if kv.is_array else kv.value for kv in kvs}
+    out = []
+    for il in range(trunk, trunk + n_mtp):
+        kind = rule.kind_of(il)  # type: ignore[misc]
+        if suffix in rule.kind_arrays:
+            out.append(kind[rule.kind_arrays.index(suffix)])
+            continue
+        twins = same_kind_layers(rule, arch, vals.get, trunk, kind)
+        if not twins:
+            raise GraftError(f"key {arch}.{suffix}: no trunk layer is of the kind of MTP layer {il}")
+        out.append(vals[f"{arch}.{suffix}"][twins[0]])
+    return out
+
+
 def _mtp_array_values(key: str, suffix: str, rule: ArchRule, base_vals: list[Any], n_mtp: int,
-                      src: GGUFModel | None, src_layers: list[int], warnings: list[str]) -> list[Any]:
+                      src: GGUFModel | None, src_layers: list[int], warnings: list[str]) -> list[Any] | None:
     if not n_mtp:
         return []
     skv = src.kv.get(key) if src is not None else None
@@ -94,6 +113,8 @@ def _mtp_array_values(key: str, suffix: str, rule: ArchRule, base_vals: list[Any
         return [skv.value] * n_mtp
     if suffix in rule.mtp_array_defaults:
         return [rule.mtp_array_defaults[suffix]] * n_mtp
+    if rule.kind_of is not None:
+        return None
     if not base_vals:
         raise GraftError(f"key {key} is empty and the source gives no value for the MTP block")
     warnings.append(f"{key}: the source gives no value for the MTP block; repeating the "

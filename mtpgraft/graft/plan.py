@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import ggml_types, naming
-from ..arch import NEXTN_REQUIRED, ArchRule, require_mtp_arch
+from ..arch import NEXTN_REQUIRED, ArchRule, layer_kind, require_mtp_arch, same_kind_layers
 from ..errors import GraftError, Setting
 from ..ggml_types import mtp_target
 from ..gguf_io import KV, MAX_LAYERS, GGUFModel, GGUFValueType, OutTensor, TensorRef, shown
@@ -120,7 +120,7 @@ def graft_block(base: GGUFModel, src: GGUFModel, word: str | None, *, replace: b
     warnings = _check_same_model(base, src)
     place = _placement(base, st_b, src, st_s, rule, replace, warnings)
     policy = _type_policy(base, place.trunk, word)
-    actions, mtp_out = _mtp_tensors(base, st_b, place, policy, warnings)
+    actions, mtp_out = _mtp_tensors(base, st_b, place, policy, warnings, src, rule)
     kvs, tensors, changes = _attach_shards(base, src, rule, place, mtp_out, warnings)
     provenance(kvs[0], changes, graft_provenance(source_label(src), policy.name))
     return GraftedBlock(base, src, place.trunk, [place.renum[i] for i in place.src_layers], policy.name, actions,
@@ -134,9 +134,10 @@ def _resolve_outputs(out: Path, count: int) -> list[Path]:
     return [out.with_name(n) for n in naming.shard_names(naming.strip_gguf(out.name), count)]
 
 
-def _twin(st: Structure, trunk: int, suffix: str) -> TensorRef | None:
-    """The same-named tensor in the base's trunk, searching from the last trunk layer down."""
-    for i in range(trunk - 1, -1, -1):
+def _twin(st: Structure, trunk: int, suffix: str, layers: list[int] | None = None) -> TensorRef | None:
+    """The same-named tensor in the base's trunk, searching from the last trunk layer down (only
+    `layers`, the trunk layers of the head's own kind, where given: arch.same_kind_layers)."""
+    for i in range(trunk - 1, -1, -1) if layers is None else layers:
         for r in st.layers.get(i, []):
             if r.name == f"blk.{i}.{suffix}":
                 return r
@@ -254,7 +255,7 @@ def _type_policy(base: GGUFModel, trunk: int, word: str | None) -> _Policy:
 
 
 def _mtp_tensors(base: GGUFModel, st_b: Structure, place: _Placement, policy: _Policy,
-                 warnings: list[str]) -> tuple[list[TensorAction], list[OutTensor]]:
+                 warnings: list[str], src: GGUFModel, rule: ArchRule) -> tuple[list[TensorAction], list[OutTensor]]:
     """Each MTP tensor's output name, type and method. Copied tensors point at the source's bytes;
     converted and quantized ones are filled in by execute_graft from the actions."""
     n_embd = base.get_int(f"{base.arch}.embedding_length")
@@ -264,7 +265,9 @@ def _mtp_tensors(base: GGUFModel, st_b: Structure, place: _Placement, policy: _P
     for r in place.src_refs:
         i, suffix = layer_of(r.name)  # type: ignore[misc]
         new_name = f"blk.{place.renum[i]}.{suffix}"
-        twin = _check_shape(r, suffix, st_b, place.trunk, n_embd, vocab)
+        kind = layer_kind(rule, base.arch, src.get, i, place.renum[i])  # the head's own index decides
+        twin = _check_shape(r, suffix, st_b, place.trunk, n_embd, vocab,
+                            same_kind_layers(rule, base.arch, base.get, place.trunk, kind) if kind else None)
         src_t = ggml_types.BY_ID[r.info.ggml_type]
         target = _target_type(r, new_name, src_t, twin, st_b, place.trunk, policy, warnings)
         method = ("copy" if target is src_t else "convert" if target.name in ggml_types.NUMPY_MAKES
@@ -280,11 +283,11 @@ def _mtp_tensors(base: GGUFModel, st_b: Structure, place: _Placement, policy: _P
 
 
 def _check_shape(r: TensorRef, suffix: str, st_b: Structure, trunk: int, n_embd: int | None,
-                 vocab: int | None) -> TensorRef | None:
+                 vocab: int | None, layers: list[int] | None = None) -> TensorRef | None:
     """Shapes must fit the base's hyperparameters. Returns the base twin of a transformer tensor."""
     ne = tuple(r.info.ne)
     if not suffix.startswith("nextn."):
-        twin = _twin(st_b, trunk, suffix)
+        twin = _twin(st_b, trunk, suffix, layers)
         if twin is not None and tuple(twin.info.ne) != ne:
             raise GraftError(f"MTP tensor {shown(r.name)} has shape {list(ne)} but the base's {shown(twin.name)} "
                              f"is {list(twin.info.ne)}: the source was made for another model size")

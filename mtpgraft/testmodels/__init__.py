@@ -1,9 +1,11 @@
 """Tiny GGUF models that the real llama-server runs with MTP, with known acceptance.
 
-`qwen35` builds qwen35 / qwen35moe, `glm4moe` glm4moe (in-file nextn layer) and `gemma4` a gemma4
-target with gemma4-assistant drafters (`-md`), from what every family shares: `dims` (names and
-sizes), `vocab` (tokenizer, successor map, prompts), `weights` (token directions, blocks, heads) and
-`writer`. All of them keep the contract below; build_tiny_model(arch=...) and build_test_set(arch=...)
+`qwen35` builds qwen35 / qwen35moe and `gemma4` a gemma4 target with gemma4-assistant drafters
+(`-md`); every other in-file MTP family is data: a `families.FamilySpec` (keys, sizes, the tensors of
+each trunk layer and head) that the one builder `family.build` writes (glm4moe, deepseek2, deepseek32,
+glm-dsa, step35, mimo2, hy_v3, cohere2moe; `.glm4moe` keeps its constants). All of them are made
+from what every family shares: `dims` (names and sizes), `vocab` (tokenizer, successor map,
+prompts), `weights` (token directions, blocks, heads) and `writer`. All of them keep the contract below; build_tiny_model(arch=...) and build_test_set(arch=...)
 (`build`) dispatch on the arch. Beside them: `synthetic` (random-weight files of any size),
 `checkpoints` (seeded Hugging Face checkpoints), `trunks` and `fingerprint` (the converter references).
 

@@ -8,9 +8,11 @@ from types import ModuleType
 
 from ..errors import OutputExistsError, Setting, UsageError
 from . import calibrated, gemma4, glm4moe, qwen35
+from . import family as spec_family
 from .dims import ARCHES, DTYPES, FAMILY_ARCHES, HEADS
+from .families import SPECS
 
-# The module that builds each architecture's models.
+# The module that builds each architecture's models; the other families are data (families.SPECS).
 _FAMILIES: dict[str, ModuleType] = {**dict.fromkeys(ARCHES, qwen35), glm4moe.ARCH: glm4moe, gemma4.ARCH: gemma4}
 
 
@@ -21,18 +23,21 @@ def build_tiny_model(path: str | os.PathLike[str], *, arch: str = "qwen35", layo
     mtpgraft.testmodels (qwen35, qwen35moe) and of .glm4moe and .gemma4 (their layouts); with a
     `calibration`, the calibrated model of .calibrated (soft logits, its own head; `head` unused)."""
     family = _family(arch)
-    for what, value, allowed in (("arch", arch, FAMILY_ARCHES), ("layout", layout, family.LAYOUTS),
+    layouts = spec_family.LAYOUTS if arch in SPECS else family.LAYOUTS
+    for what, value, allowed in (("arch", arch, FAMILY_ARCHES), ("layout", layout, layouts),
                                  ("head", head, HEADS), ("dtype", dtype, DTYPES)):
         if value not in allowed:
             raise UsageError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
     if calibration is not None:
         return calibrated.build(Path(path), arch=arch, layout=layout, dtype=dtype, seed=seed,
                                 recurrent_layers_array=recurrent_layers_array, calibration=calibration)
-    if family is qwen35:
+    if family is qwen35 and arch not in SPECS:
         return qwen35.build(Path(path), arch=arch, layout=layout, head=head, dtype=dtype, seed=seed,
                             recurrent_layers_array=recurrent_layers_array)
     if not recurrent_layers_array:
         raise UsageError(f"recurrent_layers_array applies to qwen35/qwen35moe, not {arch}")
+    if arch in SPECS:
+        return spec_family.build(SPECS[arch], path, layout=layout, head=head, dtype=dtype, seed=seed)
     return family.build(path, layout=layout, head=head, dtype=dtype, seed=seed)
 
 
@@ -43,7 +48,7 @@ def _family(arch: str) -> ModuleType:
 
 def variants_for(arch: str) -> dict[str, dict[str, object]]:
     """{variant name: build_tiny_model keyword arguments} of `arch`'s test set."""
-    return _family(arch).TEST_SET
+    return SPECS[arch].test_set if arch in SPECS else _family(arch).TEST_SET
 
 
 def variant_filename(arch: str, name: str, dtype: str = "f16") -> str:
