@@ -10,15 +10,23 @@ model. None means "no known blocker": the server decides.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 from .arch import ArchRule, rule_for
 from .gguf_io import GGUFModel
 from .inspection import analyse, vocab_fingerprint
+from .runtimes import LABELS, MAINLINE
 
 
-def mtp_blocker(model_path: str | os.PathLike[str], draft_path: str | os.PathLike[str] | None = None) -> str | None:
-    """Why `llama-server -m MODEL [-md DRAFT] --spec-type draft-mtp` cannot draft, or None."""
+def mtp_blocker(model_path: str | os.PathLike[str], draft_path: str | os.PathLike[str] | None = None,
+                runtime: str = MAINLINE, mtp_archs: Collection[str] | None = None) -> str | None:
+    """Why `llama-server -m MODEL [-md DRAFT] --spec-type draft-mtp` cannot draft, or None. For a
+    runtime other than mainline, `mtp_archs` (the architectures its build runs MTP for, None: unknown)
+    also blocks a model of another architecture: ik_llama.cpp switches MTP off for it without a word."""
     model = GGUFModel(model_path)
+    if runtime != MAINLINE and mtp_archs is not None and model.arch not in mtp_archs:
+        return (f"{model.path.name} is a {model.arch}: this {LABELS[runtime]} build runs MTP for "
+                f"{', '.join(mtp_archs) or 'no architecture'} only (read from the source it was built from)")
     if draft_path is None:
         return _in_file_blocker(model)
     draft = GGUFModel(draft_path)

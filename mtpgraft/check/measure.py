@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MtpgraftError, ServerError
+from ..runtimes import IK
 from .plan import REASONING, CheckPlan, Condition, Keyed, ModelSpec, ServerConfig
 from .prompts import Prompt, builtin_context, context_kind
 
@@ -201,9 +202,10 @@ ServerFactory = Callable[..., Any]
 
 
 def _default_server_factory(**kwargs: Any) -> Any:
+    from .ik import IkLlamaServer
     from .server import LlamaServer
 
-    return LlamaServer(**kwargs)
+    return (IkLlamaServer if kwargs.get("runtime") == IK else LlamaServer)(**kwargs)
 
 
 def _int(t: dict[str, Any], key: str) -> int:
@@ -259,7 +261,7 @@ class _ModelRunner:
         kw: dict[str, Any] = {
             "model": self.spec.path, "llama_cpp": plan.server.llama_cpp_dir,
             "ctx_size": plan.server_ctx, "extra_args": tuple(extra) + plan.server_args,
-            "metrics": True,
+            "metrics": True, "runtime": plan.server.runtime,
         }
         if cfg.mtp:
             kw.update(spec_type=plan.spec_type, draft_model=plan.draft, draft_n_max=cfg.n_max)
@@ -275,7 +277,7 @@ class _ModelRunner:
                 break
 
     def _run_server(self, cfg: ServerConfig) -> bool:
-        blocker = _mtp_blocker(self.spec.path, self.plan.draft) if cfg.mtp else None
+        blocker = _mtp_blocker(self.spec.path, self.plan.draft, self.plan.server) if cfg.mtp else None
         if blocker:  # known before a server starts (and one that aborts prints a backtrace)
             self.servers.append(ServerRun(cfg.n_max, (), 0.0, 0.0, blocker, "", p_min=cfg.p_min))
             return False
@@ -406,11 +408,11 @@ class _ModelRunner:
                     f"prefill {prefill:.0f} tok/s, decode {decode:.1f} tok/s)")
 
 
-def _mtp_blocker(model: Path, draft: Path | None) -> str | None:
+def _mtp_blocker(model: Path, draft: Path | None, server: Any) -> str | None:
     """preflight.mtp_blocker, or None when the headers cannot be read (the server will say why)."""
     from ..preflight import mtp_blocker
 
     try:
-        return mtp_blocker(model, draft)
+        return mtp_blocker(model, draft, server.runtime, server.mtp_archs)
     except MtpgraftError:
         return None

@@ -91,7 +91,8 @@ def _settings(preset: str, given: dict[str, Any]) -> dict[str, Any]:
 @click.option("--bench-json", "bench_json", type=click.Path(dir_okay=False), default=None,
               metavar="FILE", help="Write {n_requests, total_predicted, total_draft, "
                                    "total_draft_accepted, aggregate_accept_rate, wall_s_total}.")
-@standard_options(force=True, dry_run="Print the plan (servers, requests, tokens) and stop.", llama_cpp=True)
+@standard_options(force=True, dry_run="Print the plan (servers, requests, tokens) and stop.", runtime=True,
+                  llama_cpp=True)
 @error_boundary
 def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_max: str | None,
               p_min: str | None, mode: str, reasoning: str | None, context_depth: str | None,
@@ -99,8 +100,8 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
               categories: tuple[str, ...], per_category: int | None, n_predict: int | None,
               ctx_size: int, server_args: tuple[str, ...], min_acceptance: float,
               min_speedup: float | None, endpoint: str | None, report_dir: str | None, per_prompt: bool,
-              bench_json: str | None, force: bool, dry_run: bool, llama_cpp: str | None,
-              as_json: bool) -> None:
+              bench_json: str | None, force: bool, dry_run: bool, runtime: str,
+              llama_cpp: str | None, as_json: bool) -> None:
     """Measure MTP acceptance and speed of MODEL(s) on llama-server and give a verdict.
 
     MODEL is a GGUF with an MTP head (grafted or converted), or the first shard of a split set, or
@@ -121,7 +122,7 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
                                    min_acceptance=min_acceptance, min_speedup=min_speedup, mode=mode)
     if bench_json:
         check_outputs([bench_json], [m for m in models if not is_hf_ref(m)], force=force)
-    server = resolve_server(llama_cpp)
+    server = resolve_server(llama_cpp, runtime)
     resolutions: list[Any] = []
     if any(is_hf_ref(m) for m in models) and not dry_run:
         models, draft, resolutions = _localize(models, draft=draft, server=server, endpoint=endpoint,
@@ -133,7 +134,7 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
         emit_dry_run(plan, "\n".join([_plan_size(plan) + ":"] + [f"  {s}" for s in plan.to_dict()["servers"]]),
                      as_json)
         return
-    info(_plan_size(plan) + f"; MTP via --spec-type {plan.spec_type}")
+    info(_plan_size(plan) + f"; MTP via {plan.server.mtp_flag}")
     result = _run(plan, report_dir, hash_files=bool(report_dir or as_json))
     _show(result, report_dir=report_dir, bench_json=bench_json, per_prompt=per_prompt,
           as_json=as_json, resolutions=resolutions)
