@@ -12,6 +12,7 @@ from .. import ggml_types, naming
 from ..errors import QuantizeOptionError, Setting
 from ..ggml_types import MTP_TYPE, mtp_target
 from ..parsing import is_plain
+from ..runtimes import MAINLINE
 
 # The type knowledge is ggml_types'; these names stay for recipe.py, which imports them from here.
 NEEDS_IMATRIX = ggml_types.FILE_TYPES_NEED_IMATRIX
@@ -27,10 +28,11 @@ REQUANTIZE_WARNING = ("requantizing tensors that have already been quantized: th
 _SIZE_RE = re.compile(r"^([1-9]\d*)([MG])$")
 
 
-def parse_types(types: str | Sequence[str]) -> tuple[str, ...]:
-    """'Q4_K_M,Q8_0' or a list -> canonical names, in order, without duplicates."""
+def parse_types(types: str | Sequence[str], runtime: str = MAINLINE) -> tuple[str, ...]:
+    """'Q4_K_M,Q8_0' or a list -> canonical names (of `runtime`'s llama-quantize), in order, without
+    duplicates."""
     items = types.split(",") if isinstance(types, str) else [x for t in types for x in str(t).split(",")]
-    out = [canonical_type(t) for t in items if t.strip()]
+    out = [canonical_type(t, runtime) for t in items if t.strip()]
     if not out:
         raise QuantizeOptionError("no quant types given (e.g. ", Setting("types", "Q4_K_M,Q8_0"), ")")
     return tuple(dict.fromkeys(out))

@@ -6,19 +6,25 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .. import ggml_types
 from ..arch import rule_for
 from ..errors import GGUFFormatError, QuantizeError, QuantizeOptionError, Setting, Text
-from ..ggml_types import FILE_TYPES, FLOAT_FILE_TYPES, llama_quantizes, type_name
+from ..ggml_types import (
+    FLOAT_FILE_TYPES,
+    file_types,
+    file_types_need_imatrix,
+    llama_quantizes,
+    type_name,
+)
 from ..gguf_io import GGUFFile, GGUFModel, TensorRef
 from ..inspection import inspect_model
+from ..runtimes import IK, LABELS, MAINLINE
 from ..tools import find_tool, format_cmd
 from .options import (
-    NEEDS_IMATRIX,
     REQUANTIZE_WARNING,
     check_name,
     default_name,
@@ -62,7 +68,8 @@ def read_imatrix_coverage(path: str | os.PathLike[str]) -> ImatrixCoverage:
 
 @dataclass(frozen=True)
 class MtpRule:
-    """One `--tensor-type REGEX=TYPE` rule (llama-quantize lower-cases the regex; first match wins)."""
+    """One `--tensor-type REGEX=TYPE` rule (llama-quantize lower-cases the regex; first match wins);
+    ik_llama.cpp's llama-quantize takes them as one `--custom-q REGEX=TYPE,...` list."""
 
     pattern: str
     type: str
@@ -133,6 +140,7 @@ class QuantizePlan:
     llama_gguf_split: str | None
     jobs: tuple[QuantizeJob, ...]
     warnings: tuple[str, ...]
+    runtime: str = MAINLINE  # whose llama-quantize runs (its file types, its spelling)
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -176,7 +184,7 @@ def _check_drafter(name: str, arch: str, imatrix: object, quant_types: Sequence[
         raise QuantizeError(f"{name} is a {arch}: no imatrix applies to it (llama-imatrix "
                             "cannot run an assistant, and its target's imatrix describes the target's "
                             "tensors of the same names); quantize it without ", Setting("imatrix"))
-    needing = [t for t in quant_types if t in NEEDS_IMATRIX]
+    needing = [t for t in quant_types if t in file_types_need_imatrix(MAINLINE) | file_types_need_imatrix(IK)]
     if needing:
         raise QuantizeError(f"{', '.join(needing)} need(s) an importance matrix, which a {arch} "
                             "cannot have (llama-imatrix cannot run it): use Q8_0, Q6_K, Q4_K_M or IQ4_XS")
@@ -198,9 +206,10 @@ class QuantizeTools:
     llama_gguf_split: str | None = None
 
 
-def resolve_quantize_tools(llama_cpp: str | os.PathLike[str] | None = None, *, split: bool = False) -> QuantizeTools:
-    return QuantizeTools(str(find_tool("llama-quantize", llama_cpp)),
-                         str(find_tool("llama-gguf-split", llama_cpp)) if split else None)
+def resolve_quantize_tools(llama_cpp: str | os.PathLike[str] | None = None, *, split: bool = False,
+                           runtime: str = MAINLINE) -> QuantizeTools:
+    return QuantizeTools(str(find_tool("llama-quantize", llama_cpp, runtime)),
+                         str(find_tool("llama-gguf-split", llama_cpp, runtime)) if split else None)
 
 
 @dataclass(frozen=True)
@@ -215,6 +224,7 @@ class _Input:
     quantized_in: tuple[TensorRef, ...]  # quantizable tensors already in a quantized type
     cov: ImatrixCoverage | None
     covers_mtp: bool
+    runtime: str = MAINLINE
 
     @property
     def mtp_prefixes(self) -> tuple[str, ...]:
@@ -241,15 +251,17 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
                   split_max_size: str | None = None, allow_requantize: bool = False,
                   jobs: int = 1, threads: int | None = None, force: bool = False,
                   llama_cpp: str | os.PathLike[str] | None = None,
-                  tools: QuantizeTools | None = None) -> QuantizePlan:
+                  tools: QuantizeTools | None = None, runtime: str = MAINLINE) -> QuantizePlan:
     """Check MODEL and the options, and return the plan with the exact commands. Headers only.
 
-    Every check runs before a tool is looked up: `tools` if given, else resolved once from
-    `llama_cpp` at the end, so a usage mistake is never hidden by "tool not found"."""
-    quant_types = parse_types(types)
+    `runtime` is whose llama-quantize runs: its file types (ik_llama.cpp's IQ4_KS, IQ4_KT, ...), its
+    imatrix rules, its spelling of the MTP rules. Every check runs before a tool is looked up: `tools`
+    if given, else resolved once from `llama_cpp` at the end, so a usage mistake is never hidden by
+    "tool not found"."""
+    quant_types = parse_types(types, runtime)
     _check_counts(jobs, threads)
     _check_mtp_types(mtp_type)
-    inp = _read_input(model, imatrix, quant_types)
+    inp = replace(_read_input(model, imatrix, quant_types), runtime=runtime)
     rule = rule_for(inp.src.arch)
     if rule is not None and rule.is_drafter:
         mtp_type = mtp_type or rule.head_type  # a drafter is all head: the file type applies to all of it
@@ -262,7 +274,7 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
     decided = [_job_types(qt, inp, mtp_type) for qt in quant_types]
     warnings = _plan_warnings(inp, decided, allow_requantize)
     _check_not_input(out, name, quant_types, inp)
-    tools = tools or resolve_quantize_tools(llama_cpp, split=split_bytes is not None)
+    tools = tools or resolve_quantize_tools(llama_cpp, split=split_bytes is not None, runtime=runtime)
     if threads is None and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
     plan_jobs = tuple(_job(jt, inp, tools, out, name, allow_requantize, threads) for jt in decided)
@@ -274,7 +286,7 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
         split_max_size=split_max_size.strip() if split_max_size else None, split_max_bytes=split_bytes,
         allow_requantize=allow_requantize, requantize=_requantize_list(inp, decided), threads=threads,
         jobs_n=jobs, force=force, llama_quantize=tools.llama_quantize, llama_gguf_split=tools.llama_gguf_split,
-        jobs=plan_jobs, warnings=tuple(dict.fromkeys(warnings)))
+        jobs=plan_jobs, warnings=tuple(dict.fromkeys(warnings)), runtime=runtime)
 
 
 def _check_counts(jobs: int, threads: int | None) -> None:
@@ -316,13 +328,15 @@ def _read_input(model: str | os.PathLike[str], imatrix: str | os.PathLike[str] |
 def _job_types(qt: str, inp: _Input, mtp_type: str | Mapping[str, str] | None) -> _JobTypes:
     """The MTP policy for one quant type and what it means for the command and the output check."""
     cov, covers, blocks = inp.cov, inp.covers_mtp, ", ".join(f"blk.{i}" for i in inp.mtp_layers)
-    if qt in NEEDS_IMATRIX and cov is None:
-        raise QuantizeError(f"{qt} needs an importance matrix (llama-quantize refuses it without one): "
+    needs_imatrix = qt in file_types_need_imatrix(inp.runtime)
+    tool = "llama-quantize" if inp.runtime == MAINLINE else f"{LABELS[inp.runtime]}'s llama-quantize"
+    if needs_imatrix and cov is None:
+        raise QuantizeError(f"{qt} needs an importance matrix ({tool} refuses it without one): "
                             "pass ", Setting("imatrix"), " FILE (make one with `mtpgraft imatrix`)")
     policy = mtp_policy_for(mtp_type, qt) if inp.mtp_layers else "none"
     jw: list[str] = []
     if policy == "match":
-        if qt in NEEDS_IMATRIX and not covers:
+        if needs_imatrix and not covers:
             raise QuantizeError(
                 Setting("mtp_type", "match"), f" cannot make {qt}: its mixture needs importance data for "
                 f"the MTP block ({blocks}), which the imatrix lacks (llama-imatrix never runs it); use ",
@@ -335,7 +349,7 @@ def _job_types(qt: str, inp: _Input, mtp_type: str | Mapping[str, str] | None) -
     if policy == "none":
         return _JobTypes(qt, policy, (), (), (), None, ())
     target = ggml_type(policy).upper()  # q8_0 is a policy word and a type
-    if ggml_types.tensor_needs_imatrix(target, qt) and not covers:
+    if ggml_types.tensor_needs_imatrix(target, qt, inp.runtime) and not covers:
         raise QuantizeError(Setting("mtp_type", policy), " needs importance data for the MTP block, which "
                             "the imatrix lacks (llama-imatrix never runs it); use q8_0, q6_k, q4_k or iq4_xs")
     if cov is not None and not covers and target not in ggml_types.IGNORES_IMATRIX:
@@ -399,14 +413,17 @@ def _job(jt: _JobTypes, inp: _Input, tools: QuantizeTools, out: Path, name: str,
         # as given in quantize.imatrix.file, and a published file should not carry a local path.
         cwd = str(Path(cov.path).resolve().parent)
         cmd += ["--imatrix", Path(cov.path).name]
-    for rule in jt.rules:
-        cmd += ["--tensor-type", rule.arg]
+    if jt.rules and inp.runtime == IK:  # ik_llama.cpp: one comma list (examples/quantize/quantize.cpp)
+        cmd += ["--custom-q", ",".join(rule.arg for rule in jt.rules)]
+    else:
+        for rule in jt.rules:
+            cmd += ["--tensor-type", rule.arg]
     if inp.mtp_layers:
         cmd += ["--override-kv", f"mtpgraft.quantize.mtp_type=str:{jt.policy}"]
     if cov is not None and cov.dataset_sha256:
         cmd += ["--override-kv", f"mtpgraft.imatrix.dataset_sha256=str:{cov.dataset_sha256}"]
     cmd += [str(inp.src.path.resolve()), str(tmp), qt] + ([str(threads)] if threads is not None else [])
-    spec = OutputSpec(quant_type=qt, file_type=FILE_TYPES[qt], tensor_names=frozenset(r.name for r in inp.src.refs),
+    spec = OutputSpec(quant_type=qt, file_type=file_types(inp.runtime)[qt], tensor_names=frozenset(r.name for r in inp.src.refs),
                       mtp_present=bool(inp.mtp_layers), mtp_layers=inp.mtp_layers, mtp_types=jt.exact,
                       mtp_quantized=jt.must_quantize, imatrix=cov is not None, layout=inp.layout)
     return QuantizeJob(quant_type=qt, mtp_type=jt.policy, single_path=str(single), split_dir=str(split_dir),
