@@ -328,6 +328,33 @@ _FILE_TYPE_NAMES_BY_RUNTIME = {
 }
 
 
+def quantize_makes(runtime: str) -> frozenset[str]:
+    """The tensor types `runtime`'s llama-quantize makes: mainline's LLAMA_QUANTIZE_MAKES; for ik
+    those its loader knows, and every ik-only tensor type that is also one of its file types (IQ4_KS,
+    IQ4_KT, IQ2_KS, Q6_0, ..., the _R4/_R8 ones: a file type of one tensor type)."""
+    if runtime == MAINLINE:
+        return LLAMA_QUANTIZE_MAKES
+    return frozenset({n for n in LLAMA_QUANTIZE_MAKES if IK in BY_NAME[n].runtimes}
+                     | {n for n in IK_FILE_TYPES if n in BY_NAME and BY_NAME[n].runtimes == _I})
+
+
+# ik_llama.cpp's ggml type_name where it is not the lower-cased name (ggml/src/ggml.c type_traits):
+# its --custom-q compares names exactly, where mainline's --tensor-type ignores case.
+_IK_GGML_SPELLING = {n: n.lower().replace("_k", "_K") for n in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K")} | {
+    "Q8_K64": "q8_K64", "Q8_K128": "q8_K128", "Q8_KV": "q8_KV", "Q8_KV_R8": "q8_KV_r8", "Q8_K32": "q8_K32",
+    "Q8_KR8": "q8_KR8", "Q4_0_4_4": "q4_0_4x4", "Q4_0_4_8": "q4_0_4x8", "Q4_0_8_8": "q4_0_8x8"}
+
+
+def quantize_rules_argv(runtime: str, rules: Iterable[tuple[str, str]]) -> list[str]:
+    """llama-quantize's per-tensor type rules, (regex, tensor type name) each, as `runtime` spells
+    them: mainline takes one --tensor-type REGEX=type each; ik_llama.cpp one --custom-q comma list with
+    ggml's exact type names (examples/quantize/quantize.cpp parse_custom_quants)."""
+    if runtime == IK:
+        spelled = [f"{rx}={_IK_GGML_SPELLING.get(t.upper(), t.lower())}" for rx, t in rules]
+        return ["--custom-q", ",".join(spelled)] if spelled else []
+    return [x for rx, t in rules for x in ("--tensor-type", f"{rx}={t.lower()}")]
+
+
 def file_types(runtime: str) -> dict[str, int]:
     """`runtime`'s llama-quantize file types, name -> the general.file_type it writes."""
     return FILE_TYPES if runtime == MAINLINE else IK_FILE_TYPES

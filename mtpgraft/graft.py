@@ -56,6 +56,7 @@ from .inspection import (
 )
 from .invariant import check_written
 from .outputs import PendingOutput, check_outputs, ensure_space, writing
+from .runtimes import IK, MAINLINE
 
 F32 = ggml_types.BY_NAME["F32"].id
 ATTACH_POLICIES = ("keep", "q8_0", "match")
@@ -114,10 +115,11 @@ class GraftPlan:
     _shards: list[_ShardSpec] = field(default_factory=list, repr=False, compare=False)
     _source_refs: list[TensorRef] = field(default_factory=list, repr=False, compare=False)
     _quantize_with: str | None = field(default=None, repr=False, compare=False)
+    _quantize_runtime: str = field(default=MAINLINE, repr=False, compare=False)  # whose llama-quantize that is
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("_shards", "_source_refs", "_quantize_with"):
+        for k in ("_shards", "_source_refs", "_quantize_with", "_quantize_runtime"):
             d.pop(k, None)
         return d
 
@@ -303,9 +305,10 @@ class _Policy:
 
 def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLike[str],
                 out_path: str | os.PathLike[str], *, mtp_type: str | None = None, replace: bool = False,
-                force: bool = False, llama_cpp: str | None = None) -> GraftPlan:
+                force: bool = False, llama_cpp: str | None = None, runtime: str = MAINLINE) -> GraftPlan:
     """Check that SOURCE's MTP block fits BASE and plan the output. Reads headers only; every check
-    runs before llama-quantize is looked up (and only when a type needs it)."""
+    runs before llama-quantize is looked up (and only when a type needs it): `runtime`'s, or
+    ik_llama.cpp's when a type only ik makes (`match` on an IQ4_KS base)."""
     word = mtp_target(mtp_type, policies=ATTACH_POLICIES) if mtp_type else None
     base, src = GGUFModel(base_path), GGUFModel(source_path)
     outputs = _resolve_outputs(Path(out_path), len(base.shards))
@@ -326,17 +329,19 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
         f"{PROV}mtp.source_sha256": "",  # apply_plan fills in the sha256 of the bytes it copies
         f"{PROV}mtp.type_policy": policy.name,
     })
-    quantize_tool = None
-    if any(a.method == "llama-quantize" for a in actions):
+    quantize_tool, made = None, {a.to_type for a in actions if a.method == "llama-quantize"}
+    if made:
         from .tools import find_tool
 
-        quantize_tool = str(find_tool("llama-quantize", llama_cpp))
+        q_runtime = runtime if made <= ggml_types.quantize_makes(runtime) else IK
+        quantize_tool = str(find_tool("llama-quantize", llama_cpp if q_runtime == runtime else None, q_runtime))
     return GraftPlan(
         operation="attach", base=str(base.path), source=str(src.path), outputs=[str(o) for o in outputs],
         mtp_type=policy.name, arch=arch, trunk_layers=place.trunk,
         mtp_layers=[place.renum[i] for i in place.src_layers], tensors=actions, key_changes=changes,
         warnings=warnings, output_bytes=sum(t.nbytes for s in shards for t in s.tensors), force=force,
         _shards=shards, _source_refs=place.src_refs, _quantize_with=quantize_tool,
+        _quantize_runtime=q_runtime if made else MAINLINE,
     )
 
 
@@ -495,10 +500,10 @@ def _target_type(r: TensorRef, new_name: str, src_t: ggml_types.TensorType, twin
         target = ggml_types.BY_NAME[policy.explicit]
     if target is src_t:
         return target
-    if target.name in ggml_types.TENSOR_NEEDS_IMATRIX:
+    if target.name in ggml_types.TENSOR_NEEDS_IMATRIX | ggml_types.IK_TENSOR_NEEDS_IMATRIX:
         raise GraftError(f"{target.name} needs an importance matrix and llama-imatrix never covers the "
                          f"MTP block; give the MTP block a type such as q8_0, Q6_K or Q4_K")
-    if target.name not in ggml_types.NUMPY_MAKES | ggml_types.LLAMA_QUANTIZE_MAKES:
+    if target.name not in ggml_types.NUMPY_MAKES | ggml_types.quantize_makes(MAINLINE) | ggml_types.quantize_makes(IK):
         raise GraftError(f"{new_name} would get type {target.name}, which neither numpy nor llama-quantize "
                          "can make; pass ", Setting("mtp_type", "q8_0"), " or keep")
     if not target.row_fits(ne[0]):
@@ -753,32 +758,35 @@ def _quantize_mtp(plan: GraftPlan, workdir: Path) -> dict[str, tuple[Path, int]]
     targets = {a.name: a.to_type for a in plan.tensors if a.method == "llama-quantize"}
     src_by_out = {a.name: a.source_name for a in plan.tensors}
     refs = {r.name: r for r in plan._source_refs}
-    head = plan._shards[0]
-    kvs = [kv for kv in head.kvs if not kv.key.startswith("split.")]
+    # ik_llama.cpp's llama-quantize asserts an attn_v.weight per layer (src/llama-quantize.cpp), which
+    # a file of the MTP block alone lacks: for it the tensors go under names that say nothing, and
+    # without --pure, which there skips the --custom-q rules.
+    ik = plan._quantize_runtime == IK
+    alias = {a.name: f"mtpgraft.{j}.weight" if ik else a.name for j, a in enumerate(plan.tensors)}
+    kvs = [kv for kv in plan._shards[0].kvs if not kv.key.startswith("split.")]
     tensors: list[OutTensor] = []
     for t in (t for s in plan._shards for t in s.tensors):
         if t.name not in src_by_out:
             continue
-        r = refs[src_by_out[t.name]]
-        n = tensor_nbytes(F32, t.ne)
+        r, n = refs[src_by_out[t.name]], tensor_nbytes(F32, t.ne)
         if r.info.ggml_type == F32:
-            tensors.append(OutTensor(t.name, t.ne, F32, n, r.path, r.abs_offset))
+            tensors.append(OutTensor(alias[t.name], t.ne, F32, n, r.path, r.abs_offset))
         else:
-            tensors.append(OutTensor(t.name, t.ne, F32, n, produce=_convert_chunks(r, "F32")))
+            tensors.append(OutTensor(alias[t.name], t.ne, F32, n, produce=_convert_chunks(r, "F32")))
     f32_path = workdir / "mtp-f32.gguf"
     with writing(f32_path), open(f32_path, "wb") as fh:
         write_gguf(fh, kvs, tensors, alignment=plan_alignment(plan))
     q_path = workdir / "mtp-quant.gguf"
-    cmd: list[str] = [plan._quantize_with or "llama-quantize", "--allow-requantize", "--pure"]
-    for name, tname in targets.items():
-        cmd += ["--tensor-type", f"^{re.escape(name)}$={tname.lower()}"]
+    cmd: list[str] = [plan._quantize_with or "llama-quantize", "--allow-requantize"] + ([] if ik else ["--pure"])
+    cmd += ggml_types.quantize_rules_argv(plan._quantize_runtime,
+                                          [(f"^{re.escape(alias[name])}$", tname) for name, tname in targets.items()])
     first = next(iter(targets.values()))
     cmd += [str(f32_path), str(q_path), first, "1"]
     run_tool(cmd, timeout=3600)
     qm = _M(q_path)
     out: dict[str, tuple[Path, int]] = {}
     for name, tname in targets.items():
-        r = qm.by_name.get(name)
+        r = qm.by_name.get(alias[name])
         if r is None or r.info.type_name != tname:
             got = r.info.type_name if r else "missing"
             raise MtpgraftError(f"llama-quantize did not give {name} type {tname} (got {got})")

@@ -24,6 +24,7 @@ import tempfile
 import time
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import ServerError
@@ -64,7 +65,10 @@ class IkLlamaServer(LlamaServer):
     """LlamaServer for ik_llama.cpp: run in a temporary directory, counters read from its log."""
 
     def __init__(self, model: Any, **kwargs: Any) -> None:
-        super().__init__(model, **kwargs)
+        # It runs elsewhere: the files it is given are named from here.
+        if kwargs.get("draft_model") is not None:
+            kwargs["draft_model"] = Path(kwargs["draft_model"]).absolute()
+        super().__init__(Path(model).absolute(), **kwargs)
         self.cwd = tempfile.mkdtemp(prefix="mtpgraft-ik-server-")
         weakref.finalize(self, shutil.rmtree, self.cwd, True)
         self._seen = IkLogCounters()

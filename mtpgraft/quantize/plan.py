@@ -413,11 +413,7 @@ def _job(jt: _JobTypes, inp: _Input, tools: QuantizeTools, out: Path, name: str,
         # as given in quantize.imatrix.file, and a published file should not carry a local path.
         cwd = str(Path(cov.path).resolve().parent)
         cmd += ["--imatrix", Path(cov.path).name]
-    if jt.rules and inp.runtime == IK:  # ik_llama.cpp: one comma list (examples/quantize/quantize.cpp)
-        cmd += ["--custom-q", ",".join(rule.arg for rule in jt.rules)]
-    else:
-        for rule in jt.rules:
-            cmd += ["--tensor-type", rule.arg]
+    cmd += ggml_types.quantize_rules_argv(inp.runtime, [(rule.pattern, rule.type) for rule in jt.rules])
     if inp.mtp_layers:
         cmd += ["--override-kv", f"mtpgraft.quantize.mtp_type=str:{jt.policy}"]
     if cov is not None and cov.dataset_sha256:
