@@ -21,8 +21,16 @@ from typing import Any
 
 from . import __version__
 from .arch import rule_for
-from .errors import GGUFFormatError, QuantizeError, QuantizeOptionError, Setting, ToolFailedError
+from .errors import (
+    GGUFFormatError,
+    QuantizeError,
+    QuantizeOptionError,
+    Setting,
+    ToolFailedError,
+    UsageError,
+)
 from .outputs import PendingOutput, atomic_write, check_outputs, disk_full, no_space_error
+from .runtimes import LABELS, MAINLINE
 from .tools import find_tool, format_cmd
 
 KEY_SHA = "mtpgraft.imatrix.dataset_sha256"
@@ -89,10 +97,15 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
                  output: str | os.PathLike[str], *, ctx: int | None = None, chunks: int | None = None,
                  batch: int | None = None, threads: int | None = None, ppl: bool = False,
                  extra_args: tuple[str, ...] | list[str] = (), force: bool = False,
-                 llama_cpp: str | os.PathLike[str] | None = None) -> ImatrixPlan:
-    """Check the inputs and return the llama-imatrix command. Reads the calibration file once (sha256)."""
+                 llama_cpp: str | os.PathLike[str] | None = None, runtime: str = MAINLINE) -> ImatrixPlan:
+    """Check the inputs and return `runtime`'s llama-imatrix command. Reads the calibration file once
+    (sha256)."""
     from .hashing import sha256_file
 
+    if runtime != MAINLINE:  # ik 0.1.5's writes the legacy .dat format (examples/imatrix), without keys
+        raise UsageError(f"{LABELS[runtime]}'s llama-imatrix writes the legacy .dat format, which `mtpgraft "
+                         "imatrix` cannot record the calibration's hash in; run it directly (mtpgraft quantize "
+                         "reads .dat imatrices)")
     m = Path(model)
     _check_model(m)
     cal = Path(calibration)
@@ -107,7 +120,7 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
             raise QuantizeOptionError(Setting(name), f" must be <= {hi:,}, got {v:,}")
     _check_calibration_length(cal, size, ctx)
     used = _calibration_needed(size, ctx, chunks, extra_args)
-    tool = str(find_tool("llama-imatrix", llama_cpp))
+    tool = str(find_tool("llama-imatrix", llama_cpp, runtime))
     tmp = out.with_name(f".{out.name}.partial.gguf")
     cmd = [tool, "-m", str(m.resolve()), "-f", cal.name, "-o", str(tmp)]
     for flag, v in (("-c", ctx), ("-b", batch), ("--chunks", chunks), ("-t", threads)):

@@ -22,6 +22,7 @@ from typing import Any
 from .errors import MtpgraftError, Setting, UsageError
 from .outputs import PendingOutput, ensure_space, write_text
 from .reports import QUALITY_REPORT, CheckedModel, CheckReport, load_check_report
+from .runtimes import MAINLINE
 
 DEFAULT_CTX = 512
 BUILTIN_TEXT = "quality-small.txt"
@@ -135,8 +136,9 @@ def logits_size(n_vocab: int, ctx: int, n_chunk: int) -> int:
 def plan_quality(reference: str | os.PathLike[str], models: Sequence[str | os.PathLike[str]], *,
                  text: str | os.PathLike[str] | None = None, ctx_size: int = DEFAULT_CTX,
                  chunks: int | None = None, extra_args: Sequence[str] = (),
-                 llama_cpp: str | None = None) -> QualityPlan:
-    """Check the inputs, hash them, and say where the reference's logits go and how large."""
+                 llama_cpp: str | None = None, runtime: str = MAINLINE) -> QualityPlan:
+    """Check the inputs, hash them, and say where the reference's logits go and how large (`runtime`'s
+    llama-perplexity makes them)."""
     from .gguf_io import GGUFModel
     from .hashing import sha256_file
     from .tools import find_tool, tool_version
@@ -154,7 +156,7 @@ def plan_quality(reference: str | os.PathLike[str], models: Sequence[str | os.Pa
     if tokens is None:
         raise UsageError(f"{ref.path.name} has no tokenizer; llama-perplexity needs one")
     n_vocab = tokens.count
-    tool = find_tool("llama-perplexity", llama_cpp)
+    tool = find_tool("llama-perplexity", llama_cpp, runtime)
     build = tool_version(tool)
     text_sha = sha256_file(txt)
     max_chunks = (txt.stat().st_size + 2) // ctx_size  # a token is at least one byte of text

@@ -84,9 +84,9 @@ def check_mtp_policy(value: str, *, what: str | Setting = MTP_TYPE) -> str:
     return v
 
 
-def types_needing_imatrix(types: Sequence[str]) -> tuple[str, ...]:
-    """The file types among `types` that llama-quantize makes only with an importance matrix."""
-    return tuple(t for t in types if t in NEEDS_IMATRIX)
+def types_needing_imatrix(types: Sequence[str], runtime: str = MAINLINE) -> tuple[str, ...]:
+    """The file types among `types` that `runtime`'s llama-quantize makes only with an importance matrix."""
+    return tuple(t for t in types if t in ggml_types.file_types_need_imatrix(runtime))
 
 
 def output_names(out_dir: str | os.PathLike[str], name: str, quant_type: str) -> tuple[Path, Path]:
