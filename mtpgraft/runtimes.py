@@ -21,6 +21,11 @@ LABELS = {MAINLINE: "llama.cpp", IK: "ik_llama.cpp"}
 ENV_DIRS = {MAINLINE: "MTPGRAFT_LLAMA_CPP", IK: "MTPGRAFT_IK_LLAMA_CPP"}
 
 
+# How a model card tells people to run a file only ik_llama.cpp loads: its llama-server as pinned
+# spells MTP -mtp and the draft length --draft-max (newer ik: --spec-type mtp:n_max=N).
+IK_CARD_SERVER = "llama-server -m {model} -mtp --draft-max {n}"
+
+
 def check_runtime(name: str) -> str:
     """`name` if it is a runtime mtpgraft knows, else a UsageError naming the known ones."""
     if name not in RUNTIMES:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import naming
 from ..errors import GGUFFormatError, HubError, Setting, Text, UsageError, redact
 from ..reports import QUALITY_REPORT, CheckReport, QualityReport, load_check_report, load_quality
+from ..runtimes import RUNTIMES
 from .client import hub_errors, namespaces, whoami
 from .sidecars import check_placement
 
@@ -69,6 +70,7 @@ class ModelEntry:
     metadata: dict[str, Any]  # general.* / quantize.imatrix.* / mtpgraft.* keys the card reads
     check: CheckMatch | None
     quality: QualityMatch | None = None
+    runtimes: tuple[str, ...] = RUNTIMES  # the runtimes whose loader takes its tensor types (inspect)
 
 
 @dataclass(frozen=True)
@@ -463,7 +465,8 @@ def _plan_model(group: list[_Local], *, reports: list[_Report], verify: bool,
         files=tuple(FileRef(f.path_in_repo, f.size, f.sha256) for f in planned),
         quant=report.file_type or naming.quant_tag(first.path.name), architecture=report.architecture,
         nextn_predict_layers=report.nextn_predict_layers, mtp_head=_mtp_head(report), layout=report.layout,
-        metadata=metadata, check=match, quality=None if refusals else _match_quality(shas, reports))
+        metadata=metadata, check=match, quality=None if refusals else _match_quality(shas, reports),
+        runtimes=tuple(report.runtimes))
     return entry, planned, refusals, charts
 
 
