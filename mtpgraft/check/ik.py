@@ -1,7 +1,8 @@
 """ik_llama.cpp's llama-server in a check: where its draft counters come from, and where it runs.
 
 ik_llama.cpp 0.1.5 has no speculative counters in /metrics (examples/server/server.cpp lists prompt and
-generation totals only) and its /completion `timings` carry no draft_n. What it does report, per
+generation totals only), its /completion `timings` carry no draft_n and its /props no build_info
+(its --version names the build). What it does report, per
 request, is in its log (examples/server/server-context.cpp print_timing, common/speculative.cpp):
 
     draft acceptance rate = 1.00000 (   35 accepted /    35 generated)     (this request; absent at 0)
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ServerError
+from ..tools import tool_version
 from .measure import M_ACCEPTED, M_DRAFT, M_DRAFTS
 from .server import LlamaServer
 
@@ -85,6 +87,11 @@ class IkLlamaServer(LlamaServer):
 
     def metrics(self, *, timeout: float = 60.0) -> dict[str, float]:
         return {**super().metrics(timeout=timeout), **self._seen.as_metrics()}
+
+    def props(self, *, timeout: float = 60.0) -> dict:
+        """/props, with the build its --version names where /props has no build_info (ik 0.1.5)."""
+        props = super().props(timeout=timeout)
+        return props if props.get("build_info") else {**props, "build_info": tool_version(str(self.binary))}
 
     def _counted(self, res: dict) -> dict:
         """`res` with this request's draft counts in its timings, read from the log once it has them."""
