@@ -50,7 +50,8 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 def llama_cpp_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--llama-cpp", "llama_cpp", metavar="DIR", default=None,
                         help="Directory holding the llama.cpp tools (else $MTPGRAFT_LLAMA_CPP, PATH, "
-                             "then the toolchain cache).")(fn)
+                             "then the toolchain cache; with --runtime ik, $MTPGRAFT_IK_LLAMA_CPP, then "
+                             "its cache).")(fn)
 
 
 def runtime_option(fn: Callable[..., Any]) -> Callable[..., Any]:
