@@ -141,6 +141,14 @@ def test_card_says_which_runtime_each_file_needs():
     assert "Runs on" not in plain and "ik_llama.cpp" not in plain  # a mainline repo's card is as before
 
 
+def test_check_refuses_hub_refs_on_ik():
+    r = subprocess.run([sys.executable, "-m", "mtpgraft", "check", "hf://o/m:Q4_K_M", "--runtime", "ik"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr == ("mtpgraft: error: hf:// models are loaded the way users load them, with mainline "
+                        "llama-server -hf; ik_llama.cpp's has no -hf: download the files and check them by path\n")
+
+
 # ----------------------------------------------------------------------------- the real tools
 
 

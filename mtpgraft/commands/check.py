@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError, VerdictFailedError
+from ..runtimes import LABELS, MAINLINE
 from .common import emit_dry_run, emit_json, error_boundary, info, progress_bar, show_progress, warn
 from .options import standard_options
 
@@ -122,6 +123,9 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
                                    min_acceptance=min_acceptance, min_speedup=min_speedup, mode=mode)
     if bench_json:
         check_outputs([bench_json], [m for m in models if not is_hf_ref(m)], force=force)
+    if runtime != MAINLINE and any(is_hf_ref(m) for m in models):
+        raise UsageError("hf:// models are loaded the way users load them, with mainline llama-server -hf; "
+                         f"{LABELS[runtime]}'s has no -hf: download the files and check them by path")
     server = resolve_server(llama_cpp, runtime)
     resolutions: list[Any] = []
     if any(is_hf_ref(m) for m in models) and not dry_run:

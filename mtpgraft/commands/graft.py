@@ -146,11 +146,11 @@ def _is_assistant(source: str) -> bool:
 @mtp_from_option("Where the MTP block comes from (any source attach takes: a GGUF, safetensors, hf://...).")
 @output_option(help="Output file (default: mtp-NAME-TYPE.gguf beside BASE, NAME without its quant tag).")
 @mtp_type_option("MTP tensor type, as for attach (default: q8_0 for a quantized base, else its float type).")
-@standard_options(force=True, dry_run=FETCHING_DRY_RUN, layout=True, hub=True, llama_cpp=True)
+@standard_options(force=True, dry_run=FETCHING_DRY_RUN, layout=True, hub=True, runtime=True, llama_cpp=True)
 @error_boundary
 def sidecar_cmd(base: str, source: str, out: Path | None, mtp_type: str | None, force: bool, dry_run: bool,
-                layout: str, no_reflink: bool, token: str | None, endpoint: str | None, llama_cpp: str | None,
-                as_json: bool) -> None:
+                layout: str, no_reflink: bool, token: str | None, endpoint: str | None, runtime: str,
+                llama_cpp: str | None, as_json: bool) -> None:
     """Write the MTP-only sidecar for BASE (what `llama-server -md`, and `-hf` next to trunk-only quants,
     take): BASE's metadata and shared tensors (token_embd, output_norm, output) plus SOURCE's MTP block,
     renumbered and converted as attach does, in convert_hf_to_gguf.py's --mtp layout."""
@@ -164,7 +164,7 @@ def sidecar_cmd(base: str, source: str, out: Path | None, mtp_type: str | None, 
         return
     scratch = Path(tempfile.gettempdir()) / ".mtpgraft-sidecar-plan.gguf"  # planned, never written
     with _planned_attach(base, source, scratch, mtp_type=mtp_type, replace=True, force=True, llama_cpp=llama_cpp,
-                         token=token, endpoint=endpoint, dry_run=dry_run) as attach:
+                         runtime=runtime, token=token, endpoint=endpoint, dry_run=dry_run) as attach:
         if out is None and str(base).startswith("hf://"):  # not beside a file in the Hugging Face cache
             out = Path(default_sidecar_path(attach.base, attach).name)
         _run_plan(plan_sidecar(attach, out, force=force), dry_run, as_json, layout, no_reflink)
