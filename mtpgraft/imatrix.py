@@ -11,6 +11,7 @@ does not run the MTP graph (that is what the quantize step's MTP rules are for).
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,10 +28,9 @@ from .errors import (
     QuantizeOptionError,
     Setting,
     ToolFailedError,
-    UsageError,
 )
 from .outputs import PendingOutput, atomic_write, check_outputs, disk_full, no_space_error
-from .runtimes import LABELS, MAINLINE
+from .runtimes import MAINLINE
 from .tools import find_tool, format_cmd
 
 KEY_SHA = "mtpgraft.imatrix.dataset_sha256"
@@ -59,6 +59,7 @@ class ImatrixPlan:
     cwd: str
     force: bool
     calibration_used: int | None = None  # llama-imatrix gets the first this many bytes (None: all)
+    runtime: str = MAINLINE  # ik_llama.cpp's writes the legacy .dat format: no provenance keys
 
     def shell(self) -> str:
         return f"cd {format_cmd([self.cwd])} && {format_cmd(list(self.command))}"
@@ -102,10 +103,6 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
     (sha256)."""
     from .hashing import sha256_file
 
-    if runtime != MAINLINE:  # ik 0.1.5's writes the legacy .dat format (examples/imatrix), without keys
-        raise UsageError(f"{LABELS[runtime]}'s llama-imatrix writes the legacy .dat format, which `mtpgraft "
-                         "imatrix` cannot record the calibration's hash in; run it directly (mtpgraft quantize "
-                         "reads .dat imatrices)")
     m = Path(model)
     _check_model(m)
     cal = Path(calibration)
@@ -132,7 +129,7 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
     return ImatrixPlan(model=str(m), calibration=str(cal), calibration_name=cal.name,
                        calibration_sha256=sha256_file(cal, use_cache=False), calibration_bytes=size,
                        output=str(out), tmp_output=str(tmp), command=tuple(cmd),
-                       cwd=str(cal.resolve().parent), force=force, calibration_used=used)
+                       cwd=str(cal.resolve().parent), force=force, calibration_used=used, runtime=runtime)
 
 
 def _calibration_needed(size: int, ctx: int | None, chunks: int | None, extra_args: Any) -> int | None:
@@ -202,6 +199,29 @@ def read_imatrix(path: str | os.PathLike[str]) -> ImatrixInfo:
                        dataset_sha256=g.get(KEY_SHA), model=g.get(KEY_MODEL))
 
 
+def read_dat_imatrix(path: str | os.PathLike[str]) -> ImatrixInfo:
+    """An imatrix in the legacy .dat format ik_llama.cpp's llama-imatrix writes (examples/imatrix
+    save_imatrix): n_entries, then per entry its name, ncall and values, then the last chunk count and
+    the dataset's name. QuantizeError when it is not one."""
+    data = Path(path).read_bytes()
+    pos, names = 4, []
+    try:
+        (n,) = struct.unpack_from("<i", data, 0)
+        for _ in range(n):
+            (k,) = struct.unpack_from("<i", data, pos)
+            names.append(data[pos + 4:pos + 4 + k].decode("utf-8", "replace"))
+            _, nval = struct.unpack_from("<ii", data, pos + 4 + k)
+            pos += 12 + k + 4 * nval
+        chunks, k = struct.unpack_from("<ii", data, pos) if len(data) >= pos + 8 else (None, 0)
+        dataset = data[pos + 8:pos + 8 + k].decode("utf-8", "replace")
+    except (struct.error, ValueError) as e:
+        raise QuantizeError(f"{path} is not an imatrix in the .dat format ({e})") from e
+    if not 0 < n == len(names) or pos > len(data):
+        raise QuantizeError(f"{path} is not an imatrix in the .dat format")
+    return ImatrixInfo(path=str(path), datasets=(dataset,) if dataset else (), chunk_count=chunks,
+                       chunk_size=None, entries=n, dataset_sha256=None, model=None)
+
+
 def _add_provenance(src: Path, dst: Path, plan: ImatrixPlan) -> None:
     """Rewrite llama-imatrix's file with the calibration hash added (tensors copied verbatim)."""
     from .gguf_io import GGUFFile, GGUFValueType, OutTensor, encode_kv, write_gguf
@@ -218,7 +238,8 @@ def _add_provenance(src: Path, dst: Path, plan: ImatrixPlan) -> None:
 
 def run_imatrix(plan: ImatrixPlan, *, log_path: str | os.PathLike[str] | None = None,
                 timeout: float | None = None) -> ImatrixResult:
-    """Run llama-imatrix into a temporary file, add the provenance keys, rename into place."""
+    """Run llama-imatrix into a temporary file, add the provenance keys (mainline: ik writes the .dat
+    format, installed as written), rename into place."""
     from .tools import run_tool
 
     out = Path(plan.output)
@@ -239,8 +260,12 @@ def run_imatrix(plan: ImatrixPlan, *, log_path: str | os.PathLike[str] | None = 
             Path(log_path).write_text(text, encoding="utf-8")
         if not tmp.path.is_file() or tmp.path.stat().st_size == 0:
             raise QuantizeError("llama-imatrix exited 0 but wrote no imatrix file")
-        _add_provenance(tmp.path, out, plan)
-    info = read_imatrix(out)
+        if plan.runtime == MAINLINE:
+            _add_provenance(tmp.path, out, plan)
+        else:  # the legacy .dat format (ik_llama.cpp) has no place for keys: installed as written
+            read_dat_imatrix(tmp.path)
+            tmp.install(force=plan.force)
+    info = read_imatrix(out) if plan.runtime == MAINLINE else read_dat_imatrix(out)
     if info.entries == 0:
         out.unlink(missing_ok=True)
         raise QuantizeError("llama-imatrix wrote an imatrix without entries; removed it")

@@ -149,6 +149,24 @@ def test_check_refuses_hub_refs_on_ik():
                         "llama-server -hf; ik_llama.cpp's has no -hf: download the files and check them by path\n")
 
 
+def test_dat_imatrix_reader(tmp_path):
+    import struct
+
+    from mtpgraft.imatrix import read_dat_imatrix
+
+    entry = lambda name, vals: (struct.pack("<i", len(name)) + name + struct.pack("<ii", 1, len(vals))  # noqa: E731
+                                + struct.pack(f"<{len(vals)}f", *vals))
+    good = tmp_path / "im.dat"
+    good.write_bytes(struct.pack("<i", 2) + entry(b"blk.0.ffn_up.weight", [1.0] * 4) + entry(b"output.weight", [2.0])
+                     + struct.pack("<ii", 7, 8) + b"cal.txt!")
+    info = read_dat_imatrix(good)
+    assert (info.entries, info.chunk_count, info.datasets) == (2, 7, ("cal.txt!",))
+    bad = tmp_path / "bad.dat"
+    bad.write_bytes(good.read_bytes()[:30])
+    with pytest.raises(QuantizeError, match="is not an imatrix in the .dat format"):
+        read_dat_imatrix(bad)
+
+
 # ----------------------------------------------------------------------------- the real tools
 
 
@@ -261,3 +279,22 @@ def test_attach_match_on_ik_base_makes_ik_types_with_iks_quantize(ik_quants, glm
     assert head.by_name["blk.4.attn_q.weight"].info.type_name == "IQ4_KS"
     d = checked(out, "ik", tmp_path)
     assert (d["verdict"], d["acceptance"]) == ("pass", 1.0), d["reasons"]
+
+
+@pytest.mark.tools
+def test_ik_imatrix_then_an_ik_type_that_needs_it(ik_bin_dir, glm, tmp_path):
+    """ik's llama-imatrix (the .dat format) through `mtpgraft imatrix --runtime ik`, then IQ2_KT (which
+    ik refuses without one) by `mtpgraft quantize --runtime ik`: the head stays q8_0, the output verifies."""
+    from mtpgraft.gguf_io import GGUFModel
+
+    cal = Path(__file__).parent.parent / "mtpgraft" / "data" / "calibration-tiny.txt"
+    im = tmp_path / "im.dat"
+    r = mtpgraft("imatrix", glm["base"], "--runtime", "ik", "-f", cal, "-o", im, "-c", "64", "--chunks", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["imatrix"]["entries"] > 20 and im.read_bytes()[:4] != b"GGUF"
+    r = mtpgraft("quantize", glm["full"], "--runtime", "ik", "--types", "IQ2_KT", "--imatrix", im, "--out-dir", tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = GGUFModel(tmp_path / "full-IQ2_KT.gguf")
+    assert m.get("general.file_type") == 151 and "quantize.imatrix.file" in m.kv
+    assert m.by_name["blk.1.ffn_up_exps.weight"].info.type_name == "IQ2_KT"
+    assert {r.info.type_name for r in m.refs if r.name.startswith("blk.4.")} <= {"Q8_0", "F32"}

@@ -28,7 +28,8 @@ from .options import standard_options
 def imatrix_cmd(model: Path, calibration: Path, output: Path, ctx: int | None, chunks: int | None,
                 batch: int | None, threads: int | None, ppl: bool, extra: tuple[str, ...], force: bool,
                 dry_run: bool, runtime: str, llama_cpp: str | None, as_json: bool) -> None:
-    """Compute an importance matrix for MODEL with the real llama-imatrix.
+    """Compute an importance matrix for MODEL with the real llama-imatrix (with --runtime ik, ik_llama.cpp's,
+    which writes the legacy .dat format: no mtpgraft keys in it).
 
     Records the calibration file's name and sha256 in the imatrix (mtpgraft.imatrix.*); `mtpgraft
     quantize` carries them into every quant. The imatrix never covers the MTP block (llama-imatrix does
@@ -47,5 +48,5 @@ def imatrix_cmd(model: Path, calibration: Path, output: Path, ctx: int | None, c
         emit_json({"dry_run": False, **res.to_dict()})
         return
     click.echo(res.info.path)
-    info(f"{res.info.entries} entries over {res.info.chunk_count} chunks of {res.info.chunk_size} tokens "
-         f"in {res.seconds:.1f}s")
+    size = f" of {res.info.chunk_size} tokens" if res.info.chunk_size is not None else ""  # .dat: not recorded
+    info(f"{res.info.entries} entries over {res.info.chunk_count} chunks{size} in {res.seconds:.1f}s")
