@@ -277,11 +277,9 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None,
     st = analyse(model)
     arch = st.arch
     rule = rule_for(arch)
-    refusals = {r: why for r, why in ggml_types.loadable_by(
-        (t.name, t.info.ggml_type, t.info.ne[0]) for t in model.refs).items() if why is not None}
-    problems: list[str] = list(st.defects)
-    if runtime is not None and runtime in refusals:
-        problems.append(f"{LABELS[runtime]}'s loader refuses it: {refusals[runtime]}")
+    refusals = loader_refusals(model)
+    problems: list[str] = list(st.defects) + [f"{LABELS[r]}'s loader refuses it: {refusals[r]}"
+                                              for r in (runtime,) if r in refusals]
     notes = _arch_notes(arch, rule)
     drafter = rule is not None and rule.is_drafter
     if rule is not None and rule.file_problems is not None:
@@ -305,8 +303,7 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None,
         mtp_refs = [r for r in model.refs if r.name.startswith("nextn.")] + [r for i in keyed for r in st.layers.get(i, [])]
         # a sidecar for -md, like the converter's --mtp output
         mtp_present, layout = bool(st.layers) and st.nextn > 0, "mtp-only"
-    dom = dominant_type(model.refs)
-    loads = [r for r in RUNTIMES if r not in refusals]
+    dom, loads = dominant_type(model.refs), [r for r in RUNTIMES if r not in refusals]
     return InspectReport(
         path=str(model.path), architecture=arch, block_count=st.block_count,
         nextn_predict_layers=st.nextn, trunk_layers=st.trunk, mtp_present=mtp_present,
@@ -323,6 +320,12 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None,
         consistent=not problems, problems=list(dict.fromkeys(problems)), notes=notes,
         runtimes=loads, loads_with=ggml_types.runtimes_label(loads), loader_refusals=refusals,
     )
+
+
+def loader_refusals(model: GGUFModel) -> dict[str, str]:
+    """Per runtime whose loader lacks one of the model's tensor types, the refusal it would print."""
+    found = ggml_types.loadable_by((t.name, t.info.ggml_type, t.info.ne[0]) for t in model.refs)
+    return {r: why for r, why in found.items() if why is not None}
 
 
 def _numbering(runtimes: Sequence[str]) -> str | None:

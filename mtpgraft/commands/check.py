@@ -123,10 +123,7 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
                                    min_acceptance=min_acceptance, min_speedup=min_speedup, mode=mode)
     if bench_json:
         check_outputs([bench_json], [m for m in models if not is_hf_ref(m)], force=force)
-    if runtime != MAINLINE and any(is_hf_ref(m) for m in models):
-        raise UsageError("hf:// models are loaded the way users load them, with mainline llama-server -hf; "
-                         f"{LABELS[runtime]}'s has no -hf: download the files and check them by path")
-    server = resolve_server(llama_cpp, runtime)
+    server = resolve_server(llama_cpp, _runtime_for(models, runtime))
     resolutions: list[Any] = []
     if any(is_hf_ref(m) for m in models) and not dry_run:
         models, draft, resolutions = _localize(models, draft=draft, server=server, endpoint=endpoint,
@@ -169,6 +166,16 @@ def _fail_on_verdict(result: Any) -> None:
 
         head = " ".join(format_verdict(result).splitlines()[0].split())
         raise VerdictFailedError(f"{head}: {'; '.join(result.reasons) or 'see the report'}")
+
+
+def _runtime_for(models: Sequence[str], runtime: str) -> str:
+    """`runtime`, which must be mainline for hf:// models (checked with `llama-server -hf`)."""
+    from ..hub.remote import is_hf_ref
+
+    if runtime != MAINLINE and any(is_hf_ref(m) for m in models):
+        raise UsageError("hf:// models are loaded the way users load them, with mainline llama-server -hf; "
+                         f"{LABELS[runtime]}'s has no -hf: download the files and check them by path")
+    return runtime
 
 
 def _localize(models: Sequence[str], *, draft: str | None, server: Any, endpoint: str | None,
