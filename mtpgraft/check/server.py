@@ -88,8 +88,8 @@ def resolve_server(llama_cpp: str | os.PathLike[str] | None = None, runtime: str
 
 def _mtp_archs(path: Path, runtime: str) -> tuple[str, ...] | None:
     """The architectures this llama-server runs MTP for: known only for the toolchain cache's build,
-    read from the source it was built from (no binary lists them)."""
-    cache = cached_bin_dir(runtime)
+    read from the source it was built from (no binary lists them); asked of a fork only (preflight)."""
+    cache = cached_bin_dir(runtime) if runtime != MAINLINE else None
     if cache is None or path != cache / "llama-server":
         return None
     archs = mtp_architectures(runtime)
