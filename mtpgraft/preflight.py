@@ -24,9 +24,9 @@ def mtp_blocker(model_path: str | os.PathLike[str], draft_path: str | os.PathLik
     runtime other than mainline, `mtp_archs` (the architectures its build runs MTP for, None: unknown)
     also blocks a model of another architecture: ik_llama.cpp switches MTP off for it without a word."""
     model = GGUFModel(model_path)
-    if runtime != MAINLINE and mtp_archs is not None and model.arch not in mtp_archs:
-        return (f"{model.path.name} is a {model.arch}: this {LABELS[runtime]} build runs MTP for "
-                f"{', '.join(mtp_archs) or 'no architecture'} only (read from the source it was built from)")
+    unrun = runtime_blocker(model, runtime, mtp_archs)
+    if unrun is not None:
+        return unrun
     if draft_path is None:
         return _in_file_blocker(model)
     draft = GGUFModel(draft_path)
@@ -37,6 +37,15 @@ def mtp_blocker(model_path: str | os.PathLike[str], draft_path: str | os.PathLik
         return (f"{draft.path.name} (arch {draft.arch}) is not a {drafter}: a {model.arch} target "
                 "drafts only with its assistant")
     return _same_model(model, draft)
+
+
+def runtime_blocker(model: GGUFModel, runtime: str, mtp_archs: Collection[str] | None) -> str | None:
+    """Why a fork's build (`mtp_archs`: the architectures it runs MTP for, None: unknown) cannot draft
+    for `model`'s architecture, or None. ik_llama.cpp switches MTP off for the others without a word."""
+    if runtime == MAINLINE or mtp_archs is None or model.arch in mtp_archs:
+        return None
+    return (f"{model.path.name} is a {model.arch}: this {LABELS[runtime]} build runs MTP for "
+            f"{', '.join(mtp_archs) or 'no architecture'} only (read from the source it was built from)")
 
 
 def _rule(arch: str) -> ArchRule:

@@ -298,3 +298,16 @@ def test_ik_imatrix_then_an_ik_type_that_needs_it(ik_bin_dir, glm, tmp_path):
     assert m.get("general.file_type") == 151 and "quantize.imatrix.file" in m.kv
     assert m.by_name["blk.1.ffn_up_exps.weight"].info.type_name == "IQ2_KT"
     assert {r.info.type_name for r in m.refs if r.name.startswith("blk.4.")} <= {"Q8_0", "F32"}
+
+
+@pytest.mark.tools
+def test_check_refuses_an_architecture_ik_runs_no_mtp_for_before_any_server(ik_bin_dir, tmp_path):
+    """ik 0.1.5 switches -mtp off for all but glm4moe (src/llama.cpp): check says so, from the source the
+    cached build was made from, before a server starts."""
+    from mtpgraft.testmodels import build_tiny_model
+
+    qwen = build_tiny_model(tmp_path / "qwen.gguf", arch="qwen35", layout="full")
+    r = mtpgraft("check", qwen, "--runtime", "ik", *QUICK, cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == ("mtpgraft: error: qwen.gguf is a qwen35: this ik_llama.cpp build runs MTP for glm4moe "
+                        "only (read from the source it was built from)\n")

@@ -131,6 +131,7 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
     plan = plan_check(models, draft=draft, seed=seed, prompts=prompts_file,
                       categories=_split(categories) or None,
                       server_args=[x for a in server_args for x in shlex.split(a)], server=server, **settings)
+    _preflight_runtime(plan)
     if dry_run:
         emit_dry_run(plan, "\n".join([_plan_size(plan) + ":"] + [f"  {s}" for s in plan.to_dict()["servers"]]),
                      as_json)
@@ -166,6 +167,17 @@ def _fail_on_verdict(result: Any) -> None:
 
         head = " ".join(format_verdict(result).splitlines()[0].split())
         raise VerdictFailedError(f"{head}: {'; '.join(result.reasons) or 'see the report'}")
+
+
+def _preflight_runtime(plan: Any) -> None:
+    """Before any server starts: a model whose architecture this fork's build runs no MTP for."""
+    from ..gguf_io import GGUFModel
+    from ..preflight import runtime_blocker
+
+    for spec in plan.models:
+        why = runtime_blocker(GGUFModel(spec.path), plan.server.runtime, plan.server.mtp_archs)
+        if why is not None:
+            raise UsageError(why)
 
 
 def _runtime_for(models: Sequence[str], runtime: str) -> str:
