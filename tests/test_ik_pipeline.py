@@ -89,6 +89,9 @@ def test_quantize_plan_takes_ik_types_with_their_rules(glm):
     assert ks.command[1:3] == ("--custom-q", r"^blk\.4\.=q8_0") and "--tensor-type" not in ks.command
     assert ks.expect.file_type == 145 and plan.jobs[1].expect.file_type == 153  # ik's llama_ftype numbers
     assert ks.mtp_type == "q8_0"  # the head at q8_0 by default, as on mainline
+    per_type = _plan(glm["full"], "IQ4_KS,Q4_K_M", "ik", mtp_type={"iq4_ks": "q6_k", "default": "q8_0"})
+    assert [j.mtp_type for j in per_type.jobs] == ["q6_k", "q8_0"]
+    assert per_type.jobs[0].command[1:3] == ("--custom-q", r"^blk\.4\.=q6_K")
 
 
 def test_quantize_ik_types_and_imatrix_rules_per_runtime(glm):
@@ -311,3 +314,17 @@ def test_check_refuses_an_architecture_ik_runs_no_mtp_for_before_any_server(ik_b
     assert (r.returncode, r.stdout) == (2, "")
     assert r.stderr == ("mtpgraft: error: qwen.gguf is a qwen35: this ik_llama.cpp build runs MTP for glm4moe "
                         "only (read from the source it was built from)\n")
+
+
+def test_recipe_run_runtime_checks_types_with_that_runtime():
+    from mtpgraft.errors import RecipeError
+    from mtpgraft.recipe.schema import parse_recipe
+
+    text = ('[model]\nname = "M"\nbase = "base.gguf"\n\n[quantize]\ntypes = ["IQ4_KS", "q4_k"]\n'
+            'mtp_type = { default = "q8_0", IQ4_KS = "q6_k" }\n')
+    r = parse_recipe(text + '\n[run]\nruntime = "ik"\n', work_dir="/tmp/w")
+    assert (r.runtime, r.quantize.types) == ("ik", ("IQ4_KS", "Q4_K_M"))
+    with pytest.raises(RecipeError, match=r"\[quantize\] types: unknown quant type 'IQ4_KS'.*IQ4_KS is ik_llama.cpp's"):
+        parse_recipe(text, work_dir="/tmp/w")
+    with pytest.raises(RecipeError, match=r"\[run\] runtime: unknown runtime 'ikk': one of mainline, ik"):
+        parse_recipe(text + '\n[run]\nruntime = "ikk"\n', work_dir="/tmp/w")

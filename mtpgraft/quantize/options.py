@@ -95,10 +95,10 @@ def output_names(out_dir: str | os.PathLike[str], name: str, quant_type: str) ->
     return out / naming.quant_file_name(name, quant_type), out / quant_type
 
 
-def mtp_policy_for(mtp_type: str | Mapping[str, str] | None, quant_type: str) -> str:
+def mtp_policy_for(mtp_type: str | Mapping[str, str] | None, quant_type: str, runtime: str = MAINLINE) -> str:
     if mtp_type is None:
         return DEFAULT_MTP_TYPE
     if isinstance(mtp_type, str):
         return mtp_type.strip().lower()
-    by_type = {canonical_type(k) if k.lower() != "default" else "default": v for k, v in mtp_type.items()}
+    by_type = {canonical_type(k, runtime) if k.lower() != "default" else "default": v for k, v in mtp_type.items()}
     return str(by_type.get(quant_type, by_type.get("default", DEFAULT_MTP_TYPE))).strip().lower()

@@ -333,7 +333,7 @@ def _job_types(qt: str, inp: _Input, mtp_type: str | Mapping[str, str] | None) -
     if needs_imatrix and cov is None:
         raise QuantizeError(f"{qt} needs an importance matrix ({tool} refuses it without one): "
                             "pass ", Setting("imatrix"), " FILE (make one with `mtpgraft imatrix`)")
-    policy = mtp_policy_for(mtp_type, qt) if inp.mtp_layers else "none"
+    policy = mtp_policy_for(mtp_type, qt, inp.runtime) if inp.mtp_layers else "none"
     jw: list[str] = []
     if policy == "match":
         if needs_imatrix and not covers:

@@ -350,7 +350,7 @@ def _quantize(q: _Section, kw: dict[str, Any], imatrix: ImatrixSection | None,
         for k, v in raw.items():
             if not isinstance(v, str):
                 q.fail(f"mtp_type.{k}", f"must be a string, got {v!r}")
-            key = "default" if k.lower() == "default" else q.checked(f"mtp_type.{k}", canonical_type, k)
+            key = "default" if k.lower() == "default" else q.checked(f"mtp_type.{k}", canonical_type, k, runtime)
             if key != "default" and key not in types:
                 q.fail(f"mtp_type.{k}", f"{key} is not one of the recipe's types")
             pairs.append((key, q.checked(f"mtp_type.{k}", check_mtp_policy, v, what="mtp_type")))
