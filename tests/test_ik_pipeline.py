@@ -328,3 +328,11 @@ def test_recipe_run_runtime_checks_types_with_that_runtime():
         parse_recipe(text, work_dir="/tmp/w")
     with pytest.raises(RecipeError, match=r"\[run\] runtime: unknown runtime 'ikk': one of mainline, ik"):
         parse_recipe(text + '\n[run]\nruntime = "ikk"\n', work_dir="/tmp/w")
+
+
+def test_quality_refuses_ik_before_running_anything(glm):
+    from mtpgraft.errors import UsageError
+    from mtpgraft.quality import plan_quality
+
+    with pytest.raises(UsageError, match="ik_llama.cpp's llama-perplexity is not supported yet"):
+        plan_quality(glm["full"], [glm["base"]], runtime="ik")

@@ -31,7 +31,8 @@ def quality_cmd(reference: Path, quants: tuple[Path, ...], text: Path | None, ch
                 extra: tuple[str, ...], reports: tuple[Path, ...], report_dir: Path | None, dry_run: bool,
                 runtime: str, llama_cpp: str | None, as_json: bool) -> None:
     """KL divergence, perplexity and same-top-token rate of each QUANT against REFERENCE, made by
-    llama-perplexity: the reference's logits once (cached by content hash), then one run per quant."""
+    llama-perplexity: the reference's logits once (cached by content hash), then one run per quant.
+    Mainline's llama-perplexity only: --runtime ik is refused (its output is not read yet)."""
     import tempfile
     from dataclasses import replace
 
