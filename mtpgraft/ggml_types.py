@@ -256,8 +256,9 @@ def loadable_by(tensors: Iterable[tuple[str, int, int]]) -> dict[str, str | None
     return out
 
 
-def tensor_needs_imatrix(name: str, file_type: str | None = None) -> bool:
-    return name in TENSOR_NEEDS_IMATRIX or (name == "Q2_K" and file_type == "Q2_K_S")
+def tensor_needs_imatrix(name: str, file_type: str | None = None, runtime: str = MAINLINE) -> bool:
+    need = TENSOR_NEEDS_IMATRIX if runtime == MAINLINE else IK_TENSOR_NEEDS_IMATRIX
+    return name in need or (name == "Q2_K" and file_type == "Q2_K_S")
 
 
 # --------------------------------------------------------------------------- --mtp-type
@@ -327,6 +328,33 @@ _FILE_TYPE_NAMES_BY_RUNTIME = {
 }
 
 
+def quantize_makes(runtime: str) -> frozenset[str]:
+    """The tensor types `runtime`'s llama-quantize makes: mainline's LLAMA_QUANTIZE_MAKES; for ik
+    those its loader knows, and every ik-only tensor type that is also one of its file types (IQ4_KS,
+    IQ4_KT, IQ2_KS, Q6_0, ..., the _R4/_R8 ones: a file type of one tensor type)."""
+    if runtime == MAINLINE:
+        return LLAMA_QUANTIZE_MAKES
+    return frozenset({n for n in LLAMA_QUANTIZE_MAKES if IK in BY_NAME[n].runtimes}
+                     | {n for n in IK_FILE_TYPES if n in BY_NAME and BY_NAME[n].runtimes == _I})
+
+
+# ik_llama.cpp's ggml type_name where it is not the lower-cased name (ggml/src/ggml.c type_traits):
+# its --custom-q compares names exactly, where mainline's --tensor-type ignores case.
+_IK_GGML_SPELLING = {n: n.lower().replace("_k", "_K") for n in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K")} | {
+    "Q8_K64": "q8_K64", "Q8_K128": "q8_K128", "Q8_KV": "q8_KV", "Q8_KV_R8": "q8_KV_r8", "Q8_K32": "q8_K32",
+    "Q8_KR8": "q8_KR8", "Q4_0_4_4": "q4_0_4x4", "Q4_0_4_8": "q4_0_4x8", "Q4_0_8_8": "q4_0_8x8"}
+
+
+def quantize_rules_argv(runtime: str, rules: Iterable[tuple[str, str]]) -> list[str]:
+    """llama-quantize's per-tensor type rules, (regex, tensor type name) each, as `runtime` spells
+    them: mainline takes one --tensor-type REGEX=type each; ik_llama.cpp one --custom-q comma list with
+    ggml's exact type names (examples/quantize/quantize.cpp parse_custom_quants)."""
+    if runtime == IK:
+        spelled = [f"{rx}={_IK_GGML_SPELLING.get(t.upper(), t.lower())}" for rx, t in rules]
+        return ["--custom-q", ",".join(spelled)] if spelled else []
+    return [x for rx, t in rules for x in ("--tensor-type", f"{rx}={t.lower()}")]
+
+
 def file_types(runtime: str) -> dict[str, int]:
     """`runtime`'s llama-quantize file types, name -> the general.file_type it writes."""
     return FILE_TYPES if runtime == MAINLINE else IK_FILE_TYPES
@@ -344,12 +372,33 @@ FILE_TYPES_NEED_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2
                                      "IQ3_XXS", "IQ3_XS", "Q2_K_S"})
 
 
-def canonical_file_type(name: str) -> str:
-    """A llama-quantize file type name in its canonical spelling (q4_k -> Q4_K_M)."""
+# ik_llama.cpp 0.1.5's llama-quantize refuses these without an imatrix: the file types its main()
+# names (examples/quantize/quantize.cpp, "Please do not use IQ1_S, ...") and those whose tensors are of
+# a type llama_tensor_quantize calls "very low-bit" (src/llama-quantize.cpp: IQ1_S/M, IQ2_XXS/XS/S and
+# their _R4, IQ1_KT, IQ2_KT; Q2_K inside Q2_K_S). ik's IQ3_XXS is not among them (mainline's is).
+IK_TENSOR_NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S_R4", "IQ1_M_R4",
+                                     "IQ2_XXS_R4", "IQ2_XS_R4", "IQ2_S_R4", "IQ1_KT", "IQ2_KT"})
+IK_FILE_TYPES_NEED_IMATRIX = frozenset({"IQ1_S", "IQ1_S_R4", "IQ1_M", "IQ1_M_R4", "IQ2_XXS", "IQ2_XXS_R4",
+                                        "IQ2_XS", "IQ2_XS_R4", "IQ2_S", "IQ2_M", "IQ2_M_R4", "Q2_K_S",
+                                        "IQ1_KT", "IQ2_KT"})
+
+
+def file_types_need_imatrix(runtime: str = MAINLINE) -> frozenset[str]:
+    """The file types `runtime`'s llama-quantize refuses to make without an importance matrix."""
+    return FILE_TYPES_NEED_IMATRIX if runtime == MAINLINE else IK_FILE_TYPES_NEED_IMATRIX
+
+
+def canonical_file_type(name: str, runtime: str = MAINLINE) -> str:
+    """A `runtime`'s llama-quantize file type name in its canonical spelling (q4_k -> Q4_K_M)."""
     up = name.strip().upper()
     up = FILE_TYPE_ALIASES.get(up, up)
-    if up not in FILE_TYPES:
-        raise QuantizeOptionError(f"unknown quant type {name!r}; llama-quantize knows {', '.join(FILE_TYPES)}")
+    known = file_types(runtime)
+    if up not in known:
+        tool = "llama-quantize" if runtime == MAINLINE else f"{LABELS[runtime]}'s llama-quantize"
+        msg = f"unknown quant type {name!r}; {tool} knows {', '.join(known)}"
+        if runtime == MAINLINE and up in IK_FILE_TYPES:
+            raise QuantizeOptionError(msg, f"; {up} is ik_llama.cpp's: pass ", Setting("runtime", IK))
+        raise QuantizeOptionError(msg)
     return up
 
 

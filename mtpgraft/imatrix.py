@@ -11,6 +11,7 @@ does not run the MTP graph (that is what the quantize step's MTP rules are for).
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from .errors import GGUFFormatError, QuantizeError, QuantizeOptionError, Setting
 from .gguf_io import GGUFFile, GGUFModel, GGUFValueType, OutTensor, encode_kv, write_gguf
 from .hashing import sha256_file
 from .outputs import PendingOutput, atomic_write, check_outputs, disk_full, no_space_error
+from .runtimes import MAINLINE
 from .tools import find_tool, format_cmd, run_tool
 
 KEY_SHA = "mtpgraft.imatrix.dataset_sha256"
@@ -53,6 +55,7 @@ class ImatrixPlan:
     cwd: str
     force: bool
     calibration_used: int | None = None  # llama-imatrix gets the first this many bytes (None: all)
+    runtime: str = MAINLINE  # ik_llama.cpp's writes the legacy .dat format: no provenance keys
 
     def shell(self) -> str:
         return f"cd {format_cmd([self.cwd])} && {format_cmd(list(self.command))}"
@@ -91,8 +94,10 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
                  output: str | os.PathLike[str], *, ctx: int | None = None, chunks: int | None = None,
                  batch: int | None = None, threads: int | None = None, ppl: bool = False,
                  extra_args: tuple[str, ...] | list[str] = (), force: bool = False,
-                 llama_cpp: str | os.PathLike[str] | None = None) -> ImatrixPlan:
-    """Check the inputs and return the llama-imatrix command. Reads the calibration file once (sha256)."""
+                 llama_cpp: str | os.PathLike[str] | None = None, runtime: str = MAINLINE) -> ImatrixPlan:
+    """Check the inputs and return `runtime`'s llama-imatrix command. Reads the calibration file once
+    (sha256)."""
+
     m = Path(model)
     _check_model(m)
     cal = Path(calibration)
@@ -107,7 +112,7 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
             raise QuantizeOptionError(Setting(name), f" must be <= {hi:,}, got {v:,}")
     _check_calibration_length(cal, size, ctx)
     used = _calibration_needed(size, ctx, chunks, extra_args)
-    tool = str(find_tool("llama-imatrix", llama_cpp))
+    tool = str(find_tool("llama-imatrix", llama_cpp, runtime))
     tmp = out.with_name(f".{out.name}.partial.gguf")
     cmd = [tool, "-m", str(m.resolve()), "-f", cal.name, "-o", str(tmp)]
     for flag, v in (("-c", ctx), ("-b", batch), ("--chunks", chunks), ("-t", threads)):
@@ -119,7 +124,7 @@ def plan_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[s
     return ImatrixPlan(model=str(m), calibration=str(cal), calibration_name=cal.name,
                        calibration_sha256=sha256_file(cal, use_cache=False), calibration_bytes=size,
                        output=str(out), tmp_output=str(tmp), command=tuple(cmd),
-                       cwd=str(cal.resolve().parent), force=force, calibration_used=used)
+                       cwd=str(cal.resolve().parent), force=force, calibration_used=used, runtime=runtime)
 
 
 def _calibration_needed(size: int, ctx: int | None, chunks: int | None, extra_args: Any) -> int | None:
@@ -185,6 +190,29 @@ def read_imatrix(path: str | os.PathLike[str]) -> ImatrixInfo:
                        dataset_sha256=g.get(KEY_SHA), model=g.get(KEY_MODEL))
 
 
+def read_dat_imatrix(path: str | os.PathLike[str]) -> ImatrixInfo:
+    """An imatrix in the legacy .dat format ik_llama.cpp's llama-imatrix writes (examples/imatrix
+    save_imatrix): n_entries, then per entry its name, ncall and values, then the last chunk count and
+    the dataset's name. QuantizeError when it is not one."""
+    data = Path(path).read_bytes()
+    pos, names = 4, []
+    try:
+        (n,) = struct.unpack_from("<i", data, 0)
+        for _ in range(n):
+            (k,) = struct.unpack_from("<i", data, pos)
+            names.append(data[pos + 4:pos + 4 + k].decode("utf-8", "replace"))
+            _, nval = struct.unpack_from("<ii", data, pos + 4 + k)
+            pos += 12 + k + 4 * nval
+        chunks, k = struct.unpack_from("<ii", data, pos) if len(data) >= pos + 8 else (None, 0)
+        dataset = data[pos + 8:pos + 8 + k].decode("utf-8", "replace")
+    except (struct.error, ValueError) as e:
+        raise QuantizeError(f"{path} is not an imatrix in the .dat format ({e})") from e
+    if not 0 < n == len(names) or pos > len(data):
+        raise QuantizeError(f"{path} is not an imatrix in the .dat format")
+    return ImatrixInfo(path=str(path), datasets=(dataset,) if dataset else (), chunk_count=chunks,
+                       chunk_size=None, entries=n, dataset_sha256=None, model=None)
+
+
 def _add_provenance(src: Path, dst: Path, plan: ImatrixPlan) -> None:
     """Rewrite llama-imatrix's file with the calibration hash added (tensors copied verbatim)."""
     g = GGUFFile(src)
@@ -199,7 +227,8 @@ def _add_provenance(src: Path, dst: Path, plan: ImatrixPlan) -> None:
 
 def execute_imatrix(plan: ImatrixPlan, *, log_path: str | os.PathLike[str] | None = None,
                 timeout: float | None = None) -> ImatrixResult:
-    """Run llama-imatrix into a temporary file, add the provenance keys, rename into place."""
+    """Run llama-imatrix into a temporary file, add the provenance keys (mainline: ik writes the .dat
+    format, installed as written), rename into place."""
     out = Path(plan.output)
     check_outputs([out], force=plan.force)  # it may have appeared since planning
     t0 = time.perf_counter()
@@ -218,8 +247,12 @@ def execute_imatrix(plan: ImatrixPlan, *, log_path: str | os.PathLike[str] | Non
             Path(log_path).write_text(text, encoding="utf-8")
         if not tmp.path.is_file() or tmp.path.stat().st_size == 0:
             raise QuantizeError("llama-imatrix exited 0 but wrote no imatrix file")
-        _add_provenance(tmp.path, out, plan)
-    info = read_imatrix(out)
+        if plan.runtime == MAINLINE:
+            _add_provenance(tmp.path, out, plan)
+        else:  # the legacy .dat format (ik_llama.cpp) has no place for keys: installed as written
+            read_dat_imatrix(tmp.path)
+            tmp.install(force=plan.force)
+    info = read_imatrix(out) if plan.runtime == MAINLINE else read_dat_imatrix(out)
     if info.entries == 0:
         out.unlink(missing_ok=True)
         raise QuantizeError("llama-imatrix wrote an imatrix without entries; removed it")

@@ -23,6 +23,7 @@ from .arch import (
     rule_for,
 )
 from .gguf_io import INT_RANGES, MAX_LAYERS, GGUFModel, GGUFValueType, TensorRef, shown, vtype_name
+from .runtimes import LABELS, RUNTIMES
 
 LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 # Element types llama.cpp reads per-layer arrays from (src/llama-model-loader.cpp get_arr):
@@ -64,9 +65,11 @@ def file_type_name(value: Any) -> str | None:
     return ggml_types.file_type_name(value)
 
 
-def file_type_of(model: GGUFModel, problems: list[str] | None = None) -> str | None:
-    """general.file_type's name (Q4_K_M, BF16, ...), None when absent or unreadable."""
-    return ggml_types.file_type_name(_u32(model, "general.file_type", [] if problems is None else problems))
+def file_type_of(model: GGUFModel, problems: list[str] | None = None, runtime: str | None = None) -> str | None:
+    """general.file_type's name (Q4_K_M, BF16, ...) in `runtime`'s numbering (ggml_types.file_type_name),
+    None when absent or unreadable."""
+    return ggml_types.file_type_name(_u32(model, "general.file_type", [] if problems is None else problems),
+                                     runtime)
 
 
 @dataclass(frozen=True)
@@ -258,18 +261,25 @@ class InspectReport:
     consistent: bool
     problems: list[str]
     notes: list[str] = field(default_factory=list)
+    runtimes: list[str] = field(default_factory=list)  # the runtimes whose loader takes every tensor type
+    loads_with: str = ""  # how a report says so: "llama.cpp and ik_llama.cpp", "ik_llama.cpp only"
+    loader_refusals: dict[str, str] = field(default_factory=dict)  # runtime -> its predicted refusal
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) -> InspectReport:
-    """Inspect a GGUF (single file or first shard). Raises GGUFFormatError only if it can't be read."""
+def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None,
+                  runtime: str | None = None) -> InspectReport:
+    """Inspect a GGUF (single file or first shard). Raises GGUFFormatError only if it can't be read.
+    With a `runtime`, a tensor type its loader lacks is a problem: the refusal its loader would give."""
     model = model or GGUFModel(path)
     st = analyse(model)
     arch = st.arch
     rule = rule_for(arch)
-    problems: list[str] = list(st.defects)
+    refusals = loader_refusals(model)
+    problems: list[str] = list(st.defects) + [f"{LABELS[r]}'s loader refuses it: {refusals[r]}"
+                                              for r in (runtime,) if r in refusals]
     notes = _arch_notes(arch, rule)
     drafter = rule is not None and rule.is_drafter
     if rule is not None and rule.file_problems is not None:
@@ -293,7 +303,7 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
         mtp_refs = [r for r in model.refs if r.name.startswith("nextn.")] + [r for i in keyed for r in st.layers.get(i, [])]
         # a sidecar for -md, like the converter's --mtp output
         mtp_present, layout = bool(st.layers) and st.nextn > 0, "mtp-only"
-    dom = dominant_type(model.refs)
+    dom, loads = dominant_type(model.refs), [r for r in RUNTIMES if r not in refusals]
     return InspectReport(
         path=str(model.path), architecture=arch, block_count=st.block_count,
         nextn_predict_layers=st.nextn, trunk_layers=st.trunk, mtp_present=mtp_present,
@@ -302,13 +312,25 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None) 
         mtp_bytes=sum(r.info.nbytes for r in mtp_refs),
         layout=layout,
         tensor_count=len(model.refs), n_embd=_u32(model, f"{arch}.embedding_length", []),
-        vocab_size=vocab_fingerprint(model)[0], file_type=file_type_of(model),
+        vocab_size=vocab_fingerprint(model)[0], file_type=file_type_of(model, runtime=_numbering(loads)),
         dominant_type=ggml_types.type_name(dom) if dom is not None else None,
         layer_arrays=arrays, split=split,
         imatrix={k: model.get(k) for k in model.kv if k.startswith("quantize.imatrix.")},
         provenance={k: model.get(k) for k in model.kv if k.startswith("mtpgraft.")},
         consistent=not problems, problems=list(dict.fromkeys(problems)), notes=notes,
+        runtimes=loads, loads_with=ggml_types.runtimes_label(loads), loader_refusals=refusals,
     )
+
+
+def loader_refusals(model: GGUFModel) -> dict[str, str]:
+    """Per runtime whose loader lacks one of the model's tensor types, the refusal it would print."""
+    found = ggml_types.loadable_by((t.name, t.info.ggml_type, t.info.ne[0]) for t in model.refs)
+    return {r: why for r, why in found.items() if why is not None}
+
+
+def _numbering(runtimes: Sequence[str]) -> str | None:
+    """Whose general.file_type numbers a file loadable by `runtimes` uses, where only one loads it."""
+    return runtimes[0] if len(runtimes) == 1 else None
 
 
 def _arch_notes(arch: str, rule: ArchRule | None) -> list[str]:

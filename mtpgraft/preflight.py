@@ -10,15 +10,23 @@ model. None means "no known blocker": the server decides.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 from .arch import ArchRule, rule_for
 from .gguf_io import GGUFModel
 from .inspection import analyse, vocab_fingerprint
+from .runtimes import LABELS, MAINLINE
 
 
-def mtp_blocker(model_path: str | os.PathLike[str], draft_path: str | os.PathLike[str] | None = None) -> str | None:
-    """Why `llama-server -m MODEL [-md DRAFT] --spec-type draft-mtp` cannot draft, or None."""
+def mtp_blocker(model_path: str | os.PathLike[str], draft_path: str | os.PathLike[str] | None = None,
+                runtime: str = MAINLINE, mtp_archs: Collection[str] | None = None) -> str | None:
+    """Why `llama-server -m MODEL [-md DRAFT] --spec-type draft-mtp` cannot draft, or None. For a
+    runtime other than mainline, `mtp_archs` (the architectures its build runs MTP for, None: unknown)
+    also blocks a model of another architecture: ik_llama.cpp switches MTP off for it without a word."""
     model = GGUFModel(model_path)
+    unrun = runtime_blocker(model, runtime, mtp_archs)
+    if unrun is not None:
+        return unrun
     if draft_path is None:
         return _in_file_blocker(model)
     return draft_blocker(model, GGUFModel(draft_path))
@@ -33,6 +41,15 @@ def draft_blocker(model: GGUFModel, draft: GGUFModel) -> str | None:
         return (f"{draft.path.name} (arch {draft.arch}) is not a {drafter}: a {model.arch} target "
                 "drafts only with its assistant")
     return _same_model(model, draft)
+
+
+def runtime_blocker(model: GGUFModel, runtime: str, mtp_archs: Collection[str] | None) -> str | None:
+    """Why a fork's build (`mtp_archs`: the architectures it runs MTP for, None: unknown) cannot draft
+    for `model`'s architecture, or None. ik_llama.cpp switches MTP off for the others without a word."""
+    if runtime == MAINLINE or mtp_archs is None or model.arch in mtp_archs:
+        return None
+    return (f"{model.path.name} is a {model.arch}: this {LABELS[runtime]} build runs MTP for "
+            f"{', '.join(mtp_archs) or 'no architecture'} only (read from the source it was built from)")
 
 
 def _rule(arch: str) -> ArchRule:

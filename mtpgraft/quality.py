@@ -25,6 +25,7 @@ from .hashing import sha256_file
 from .outputs import PendingOutput, ensure_space, write_text
 from .pins import cache_dir
 from .reports import QUALITY_REPORT, CheckedModel, CheckReport, load_check_report
+from .runtimes import LABELS, MAINLINE
 from .tools import find_tool, run_tool, tool_version
 
 DEFAULT_CTX = 512
@@ -137,8 +138,12 @@ def logits_size(n_vocab: int, ctx: int, n_chunk: int) -> int:
 def plan_quality(reference: str | os.PathLike[str], models: Sequence[str | os.PathLike[str]], *,
                  text: str | os.PathLike[str] | None = None, ctx_size: int = DEFAULT_CTX,
                  chunks: int | None = None, extra_args: Sequence[str] = (),
-                 llama_cpp: str | None = None) -> QualityPlan:
-    """Check the inputs, hash them, and say where the reference's logits go and how large."""
+                 llama_cpp: str | None = None, runtime: str = MAINLINE) -> QualityPlan:
+    """Check the inputs, hash them, and say where the reference's logits go and how large (`runtime`'s
+    llama-perplexity makes them)."""
+    if runtime != MAINLINE:  # read as mainline's, ik 0.1.5's output gave a mean KLD of 0 and a PPL ratio of 2367
+        raise UsageError(f"{LABELS[runtime]}'s llama-perplexity is not supported yet (mtpgraft does not read "
+                         "its KL-divergence output); measure quality with mainline llama.cpp")
     if ctx_size < 16:
         raise UsageError(f"context size {ctx_size} is too small for perplexity (use 128 or more)")
     if chunks is not None and chunks < 1:
@@ -152,7 +157,7 @@ def plan_quality(reference: str | os.PathLike[str], models: Sequence[str | os.Pa
     if tokens is None:
         raise UsageError(f"{ref.path.name} has no tokenizer; llama-perplexity needs one")
     n_vocab = tokens.count
-    tool = find_tool("llama-perplexity", llama_cpp)
+    tool = find_tool("llama-perplexity", llama_cpp, runtime)
     build = tool_version(tool)
     text_sha = sha256_file(txt)
     max_chunks = (txt.stat().st_size + 2) // ctx_size  # a token is at least one byte of text

@@ -37,6 +37,7 @@ from .graft import (
 from .llama_quantize import QuantizeTools
 from .outputs import check_outputs
 from .preflight import assistant_blocker
+from .runtimes import MAINLINE
 
 
 def sidecar_type(actions: Sequence[TensorAction]) -> str:
@@ -57,7 +58,8 @@ def default_sidecar_path(base: str | os.PathLike[str], actions: Sequence[TensorA
 def plan_sidecar(base_path: str | os.PathLike[str], source_path: str | os.PathLike[str],
                  out: str | os.PathLike[str] | None = None, *, mtp_type: str | None = None,
                  out_dir: str | os.PathLike[str] | None = None, force: bool = False,
-                 llama_cpp: str | os.PathLike[str] | None = None, tools: QuantizeTools | None = None) -> GraftPlan:
+                 llama_cpp: str | os.PathLike[str] | None = None, tools: QuantizeTools | None = None,
+                 runtime: str = MAINLINE) -> GraftPlan:
     """SOURCE's MTP block checked against BASE as attach checks it (a block of the base's own is
     replaced), planned as BASE's sidecar: `out`, else `mtp-NAME-TYPE.gguf` in `out_dir` or beside
     BASE. llama-quantize is looked up after every check, only when a type needs it."""
@@ -79,7 +81,7 @@ def plan_sidecar(base_path: str | os.PathLike[str], source_path: str | os.PathLi
         mtp_type=g.type_policy, arch=base.arch, trunk_layers=g.trunk, mtp_layers=g.mtp_layers, tensors=g.actions,
         key_changes=g.key_changes + dropped, warnings=warnings, output_bytes=sum(t.nbytes for t in tensors),
         force=force, shards=(ShardSpec(target, kvs, tensors),), source_refs=g.source_refs,
-        llama_quantize=quantize_tool(g.actions, tools, llama_cpp),
+        **quantize_tool(g.actions, tools, llama_cpp, runtime),
     )
 
 

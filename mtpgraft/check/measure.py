@@ -19,18 +19,16 @@ from typing import Any
 
 from ..errors import MtpgraftError, ServerError
 from ..preflight import mtp_blocker
+from ..runtimes import IK
+from .ik import IkLlamaServer
 from .plan import REASONING, CheckPlan, Condition, Keyed, ModelSpec, ServerConfig
 from .prompts import Prompt, builtin_context, context_kind
-from .server import LlamaServer
+from .server import M_ACCEPTED, M_DRAFT, M_DRAFTS, M_PER_POS, LlamaServer
 
 # Always passed to llama-server (LlamaServer already gives -np 1): no host-memory prompt cache, so
 # with cache_prompt=false every request pays its full prefill and no run reuses another's KV state.
 SERVER_BASE_ARGS = ("--cache-ram", "0")
 
-M_DRAFT = "llamacpp:spec_decode_num_draft_tokens_total"
-M_ACCEPTED = "llamacpp:spec_decode_num_accepted_tokens_total"
-M_DRAFTS = "llamacpp:spec_decode_num_drafts_total"
-M_PER_POS = "llamacpp:spec_decode_num_accepted_tokens_per_pos_total"
 _PER_POS_RE = re.compile(re.escape(M_PER_POS) + r'\{position="(\d+)"\}$')
 
 
@@ -288,7 +286,7 @@ ServerFactory = Callable[..., Any]
 
 
 def _default_server_factory(**kwargs: Any) -> Any:
-    return LlamaServer(**kwargs)
+    return (IkLlamaServer if kwargs.get("runtime") == IK else LlamaServer)(**kwargs)
 
 
 def _int(t: dict[str, Any], key: str) -> int:
@@ -350,7 +348,7 @@ class _ModelRunner:
         kw: dict[str, Any] = {
             "model": self.spec.path, "llama_cpp": plan.server.llama_cpp_dir,
             "ctx_size": plan.server_ctx, "extra_args": tuple(extra) + plan.server_args,
-            "metrics": True,
+            "metrics": True, "runtime": plan.server.runtime,
         }
         if cfg.mtp:
             kw.update(spec_type=plan.spec_type_of(cfg), draft_model=plan.draft, draft_n_max=cfg.n_max)
@@ -374,7 +372,7 @@ class _ModelRunner:
     def _run_server(self, cfg: ServerConfig, group: list[ServerConfig]) -> list[ServerConfig]:
         """Start one server for `cfg` and measure it, and with per-request speculative fields every
         configuration of `group` on it too; the configurations measured ([] when it failed)."""
-        blocker = _mtp_blocker(self.spec.path, self.plan.draft) if cfg.mtp else None
+        blocker = _mtp_blocker(self.spec.path, self.plan.draft, self.plan.server) if cfg.mtp else None
         if blocker:  # known before a server starts (and one that aborts prints a backtrace)
             self.servers.append(ServerRun(cfg.n_max, (), 0.0, 0.0, blocker, "", p_min=cfg.p_min,
                                           spec_types=cfg.spec_types))
@@ -608,9 +606,9 @@ def _per_request_fields(cfg: ServerConfig) -> dict[str, Any]:
     return fields
 
 
-def _mtp_blocker(model: Path, draft: Path | None) -> str | None:
+def _mtp_blocker(model: Path, draft: Path | None, server: Any) -> str | None:
     """preflight.mtp_blocker, or None when the headers cannot be read (the server will say why)."""
     try:
-        return mtp_blocker(model, draft)
+        return mtp_blocker(model, draft, server.runtime, server.mtp_archs)
     except MtpgraftError:
         return None

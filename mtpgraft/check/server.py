@@ -27,15 +27,25 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ServerError, ToolNotFoundError, UsageError
+from ..pins import cached_bin_dir
+from ..runtimes import IK, LABELS, MAINLINE, server_argv, server_option
+from ..toolchain import mtp_architectures
 from ..tools import (
     error_line,
     find_tool,
+    probe_mtp_flag,
     probe_mtp_spec_type,
     server_help,
     spawn,
     stop_process,
     tool_version,
 )
+
+# llama-server's /metrics counters of speculative decoding (ik_llama.cpp's wrapper serves the same names).
+M_DRAFT = "llamacpp:spec_decode_num_draft_tokens_total"
+M_ACCEPTED = "llamacpp:spec_decode_num_accepted_tokens_total"
+M_DRAFTS = "llamacpp:spec_decode_num_drafts_total"
+M_PER_POS = "llamacpp:spec_decode_num_accepted_tokens_per_pos_total"
 
 log = logging.getLogger("mtpgraft")
 
@@ -48,28 +58,51 @@ class ServerTool:
     """The llama-server a check runs, resolved once: its path, MTP spelling and version."""
 
     path: Path
-    spec_type: str  # the MTP spelling this llama-server accepts (draft-mtp, or mtp on forks)
+    spec_type: str  # the MTP spelling this llama-server accepts (draft-mtp, or mtp on forks; -mtp: ik 0.1.5)
     version: str = ""
     llama_cpp_dir: str | None = None  # what --llama-cpp said, handed to every LlamaServer
     flags: frozenset[str] = frozenset()  # the options its --help lists that a check may pass
     spec_types: tuple[str, ...] = ()  # the --spec-type values its --help offers (a comma list)
+    runtime: str = MAINLINE  # whose llama-server it is (runtimes.py)
+    mtp_archs: tuple[str, ...] | None = None  # what it runs MTP for, where known (toolchain.mtp_architectures)
 
     def has(self, flag: str) -> bool:
         return flag in self.flags
 
+    @property
+    def mtp_flag(self) -> str:
+        """The argv that turns MTP on: `--spec-type draft-mtp`, or ik_llama.cpp 0.1.5's `-mtp`."""
+        return self.spec_type if self.spec_type.startswith("-") else f"--spec-type {self.spec_type}"
 
-def resolve_server(llama_cpp: str | os.PathLike[str] | None = None) -> ServerTool:
-    """Find llama-server and ask it (--help, --version) how it spells MTP; the one probe a check makes."""
-    path = find_tool("llama-server", llama_cpp)
+
+def resolve_server(llama_cpp: str | os.PathLike[str] | None = None, runtime: str = MAINLINE) -> ServerTool:
+    """Find `runtime`'s llama-server and ask it (--help, --version) how it spells MTP; the one probe a
+    check makes. `flags` holds mainline's names of the options it has, however it spells them."""
+    path = find_tool("llama-server", llama_cpp, runtime)
     spec_type = probe_mtp_spec_type(path)
+    if spec_type is None and runtime == IK and probe_mtp_flag(path) == "-mtp":
+        spec_type = "-mtp"
     if spec_type is None:
+        expected = "--spec-type draft-mtp" if runtime == MAINLINE else "-mtp or --spec-type mtp"
         raise UsageError(f"{path} has no MTP speculative type in its --help (expected "
-                         "--spec-type draft-mtp); use a llama.cpp build with MTP support")
+                         f"{expected}); use a {LABELS[runtime]} build with MTP support")
     text = server_help(str(path))
-    flags = frozenset(f for f in _CHECK_FLAGS if re.search(rf"(?<![\w-]){re.escape(f)}\b", text))
+    flags = frozenset(f for f in _CHECK_FLAGS
+                      if re.search(rf"(?<![\w-]){re.escape(server_option(runtime, f))}\b", text))
     return ServerTool(path=path, spec_type=spec_type, version=tool_version(str(path)),
-                      llama_cpp_dir=str(llama_cpp) if llama_cpp else None, flags=flags,
-                      spec_types=offered_spec_types(text))
+                      llama_cpp_dir=str(llama_cpp) if llama_cpp else None, flags=flags, runtime=runtime,
+                      spec_types=offered_spec_types(text),
+                      mtp_archs=_mtp_archs(path, runtime))
+
+
+def _mtp_archs(path: Path, runtime: str) -> tuple[str, ...] | None:
+    """The architectures this llama-server runs MTP for: known only for the toolchain cache's build,
+    read from the source it was built from (no binary lists them); asked of a fork only (preflight)."""
+    cache = cached_bin_dir(runtime) if runtime != MAINLINE else None
+    if cache is None or path != cache / "llama-server":
+        return None
+    archs = mtp_architectures(runtime)
+    return tuple(archs) if archs is not None else None
 
 
 # Options a check passes only when this llama-server knows them.
@@ -149,11 +182,13 @@ class LlamaServer:
                  threads: int | None = None, extra_args: Sequence[str] = (), startup_timeout: float = 120.0,
                  log_path: str | os.PathLike[str] | None = None, metrics: bool = True,
                  parallel: int | None = 1, port: int | None = None, repack: bool | None = None,
-                 hf_repo: str | None = None, env: dict[str, str] | None = None) -> None:
+                 hf_repo: str | None = None, env: dict[str, str] | None = None, runtime: str = MAINLINE) -> None:
         self.model = Path(model)
         self.hf_repo = hf_repo
         self.env = dict(env or {})
-        self.binary = find_tool("llama-server", llama_cpp)
+        self.runtime = runtime
+        self.binary = find_tool("llama-server", llama_cpp, runtime)
+        self.cwd: str | None = None  # the process's working directory (None: mtpgraft's)
         self.spec_type = spec_type
         self.draft_model = Path(draft_model) if draft_model is not None else None
         self.draft_n_max = draft_n_max
@@ -204,7 +239,7 @@ class LlamaServer:
         if self.spec_type != "mtp":
             return self.spec_type
         if self._spec_flag is None:
-            flag = probe_mtp_spec_type(self.binary)
+            flag = probe_mtp_spec_type(self.binary) or ("-mtp" if probe_mtp_flag(self.binary) == "-mtp" else None)
             if flag is None:
                 raise ServerError(f"{self.binary} has no MTP speculative type in its --spec-type list; "
                                   "it predates MTP support: use a newer llama.cpp build")
@@ -226,14 +261,14 @@ class LlamaServer:
             cmd.append("--no-repack")
         spec = self._resolve_spec_type()
         if spec is not None:
-            cmd += ["--spec-type", spec]
+            cmd += [spec] if spec.startswith("-") else ["--spec-type", spec]
         if self.draft_model is not None:
             cmd += ["-md", str(self.draft_model)]
         if self.draft_n_max is not None:
             cmd += ["--spec-draft-n-max", str(self.draft_n_max)]
         if self.draft_n_min is not None:
             cmd += ["--spec-draft-n-min", str(self.draft_n_min)]
-        return cmd + self.extra_args
+        return server_argv(self.runtime, cmd + self.extra_args)
 
     def start(self) -> None:
         """Start the server and wait until GET /health says ok; ServerError if it dies or times out."""
@@ -260,7 +295,7 @@ class LlamaServer:
         try:
             # The one runner: its own session (a Ctrl-C reaches us, and we stop it), and it dies with
             # mtpgraft even when mtpgraft is killed with SIGKILL.
-            self._proc = spawn(self.cmd, stdout=self._log_file, text=False,
+            self._proc = spawn(self.cmd, stdout=self._log_file, text=False, cwd=self.cwd,
                                env={**os.environ, **self.env} if self.env else None)
         except ToolNotFoundError as e:
             self._close_log()

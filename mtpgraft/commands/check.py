@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError, VerdictFailedError
+from ..runtimes import LABELS, MAINLINE
 from .common import emit_dry_run, emit_json, error_boundary, info, progress_bar, show_progress, warn
 from .options import standard_options
 
@@ -95,7 +96,8 @@ def _settings(preset: str, given: dict[str, Any]) -> dict[str, Any]:
 @click.option("--bench-json", "bench_json", type=click.Path(dir_okay=False), default=None,
               metavar="FILE", help="Write {n_requests, total_predicted, total_draft, "
                                    "total_draft_accepted, aggregate_accept_rate, wall_s_total}.")
-@standard_options(force=True, dry_run="Print the plan (servers, requests, tokens) and stop.", llama_cpp=True)
+@standard_options(force=True, dry_run="Print the plan (servers, requests, tokens) and stop.", runtime=True,
+                  llama_cpp=True)
 @error_boundary
 def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_max: str | None,
               p_min: str | None, spec_types: tuple[str, ...], mode: str, reasoning: str | None,
@@ -103,8 +105,8 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
               prompts_file: str | None, categories: tuple[str, ...], per_category: int | None,
               n_predict: int | None, ctx_size: int, server_args: tuple[str, ...], min_acceptance: float,
               min_speedup: float | None, endpoint: str | None, report_dir: str | None, per_prompt: bool,
-              bench_json: str | None, force: bool, dry_run: bool, llama_cpp: str | None,
-              as_json: bool) -> None:
+              bench_json: str | None, force: bool, dry_run: bool, runtime: str,
+              llama_cpp: str | None, as_json: bool) -> None:
     """Measure MTP acceptance and speed of MODEL(s) on llama-server and give a verdict.
 
     MODEL is a GGUF with an MTP head (grafted or converted), or the first shard of a split set, or
@@ -125,7 +127,7 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
                                    min_acceptance=min_acceptance, min_speedup=min_speedup, spec_types=spec_types)
     if bench_json:
         check_outputs([bench_json], [m for m in models if not is_hf_ref(m)], force=force)
-    server = resolve_server(llama_cpp)
+    server = resolve_server(llama_cpp, _runtime_for(models, runtime))
     resolutions: list[Any] = []
     if any(is_hf_ref(m) for m in models) and not dry_run:
         models, draft, resolutions = _localize(models, draft=draft, server=server, endpoint=endpoint,
@@ -133,11 +135,14 @@ def check_cmd(models: tuple[str, ...], preset: str | None, draft: str | None, n_
     plan = plan_check(models, draft=draft, seed=seed, prompts=prompts_file,
                       categories=_split(categories) or None,
                       server_args=[x for a in server_args for x in shlex.split(a)], server=server, **settings)
+    _preflight_runtime(plan)
     if dry_run:
         emit_dry_run(plan, "\n".join([_plan_size(plan) + ":"] + [f"  {s}" for s in plan.to_dict()["servers"]]),
                      as_json)
         return
-    info(f"{_plan_size(plan)}; MTP via --spec-type {' / '.join(plan.settings_dict()['spec_types'])}")
+    how = (f"--spec-type {' / '.join(plan.settings_dict()['spec_types'])}" if plan.server.runtime == MAINLINE
+           else plan.server.mtp_flag)
+    info(f"{_plan_size(plan)}; MTP via {how}")
     result = _run(plan, report_dir, hash_files=bool(report_dir or as_json))
     _show(result, report_dir=report_dir, bench_json=bench_json, per_prompt=per_prompt,
           as_json=as_json, resolutions=resolutions)
@@ -170,6 +175,27 @@ def _fail_on_verdict(result: Any) -> None:
 
         head = " ".join(format_verdict(result).splitlines()[0].split())
         raise VerdictFailedError(f"{head}: {'; '.join(result.reasons) or 'see the report'}")
+
+
+def _preflight_runtime(plan: Any) -> None:
+    """Before any server starts: a model whose architecture this fork's build runs no MTP for."""
+    from ..gguf_io import GGUFModel
+    from ..preflight import runtime_blocker
+
+    for spec in plan.models:
+        why = runtime_blocker(GGUFModel(spec.path), plan.server.runtime, plan.server.mtp_archs)
+        if why is not None:
+            raise UsageError(why)
+
+
+def _runtime_for(models: Sequence[str], runtime: str) -> str:
+    """`runtime`, which must be mainline for hf:// models (checked with `llama-server -hf`)."""
+    from ..hub.remote import is_hf_ref
+
+    if runtime != MAINLINE and any(is_hf_ref(m) for m in models):
+        raise UsageError("hf:// models are loaded the way users load them, with mainline llama-server -hf; "
+                         f"{LABELS[runtime]}'s has no -hf: download the files and check them by path")
+    return runtime
 
 
 def _localize(models: Sequence[str], *, draft: str | None, server: Any, endpoint: str | None,

@@ -65,18 +65,18 @@ def _sharing_line(s) -> str:
                  "ggml type (f16, bf16, q4_0, q6_k, ...). Default: q8_0 for a quantized base, the base's "
                  "float type for an unquantized one.")
 @click.option("--replace", is_flag=True, help="Replace the base's own MTP block.")
-@standard_options(force=True, dry_run=FETCHING_DRY_RUN, layout=True, hub=True, llama_cpp=True)
+@standard_options(force=True, dry_run=FETCHING_DRY_RUN, layout=True, hub=True, runtime=True, llama_cpp=True)
 @error_boundary
 def attach_cmd(base: str, source: str, out: Path, mtp_type: str | None, replace: bool, force: bool,
                dry_run: bool, layout: str, no_reflink: bool, token: str | None, endpoint: str | None,
-               llama_cpp: str | None,
+               runtime: str, llama_cpp: str | None,
                as_json: bool) -> None:
     """Transplant the MTP block from SOURCE into BASE and fix the metadata so llama.cpp loads it.
 
     BASE is a GGUF, or hf://OWNER/REPO/FILE.gguf or hf://OWNER/REPO:QUANT (downloaded whole into the
     Hugging Face cache, where llama-server -hf finds it too)."""
     with _planned_attach(base, source, out, mtp_type=mtp_type, replace=replace, force=force, llama_cpp=llama_cpp,
-                         token=token, endpoint=endpoint, dry_run=dry_run) as plan:
+                         runtime=runtime, token=token, endpoint=endpoint, dry_run=dry_run) as plan:
         _run_plan(plan, dry_run, as_json, layout, no_reflink)
 
 
@@ -146,11 +146,11 @@ def _is_assistant(source: str) -> bool:
 @mtp_from_option("Where the MTP block comes from (any source attach takes: a GGUF, safetensors, hf://...).")
 @output_option(help="Output file (default: mtp-NAME-TYPE.gguf beside BASE, NAME without its quant tag).")
 @mtp_type_option("MTP tensor type, as for attach (default: q8_0 for a quantized base, else its float type).")
-@standard_options(force=True, dry_run=FETCHING_DRY_RUN, layout=True, hub=True, llama_cpp=True)
+@standard_options(force=True, dry_run=FETCHING_DRY_RUN, layout=True, hub=True, runtime=True, llama_cpp=True)
 @error_boundary
 def sidecar_cmd(base: str, source: str, out: Path | None, mtp_type: str | None, force: bool, dry_run: bool,
-                layout: str, no_reflink: bool, token: str | None, endpoint: str | None, llama_cpp: str | None,
-                as_json: bool) -> None:
+                layout: str, no_reflink: bool, token: str | None, endpoint: str | None, runtime: str,
+                llama_cpp: str | None, as_json: bool) -> None:
     """Write the MTP-only sidecar for BASE (what `llama-server -md`, and `-hf` next to trunk-only quants,
     take): BASE's metadata and shared tensors (token_embd, output_norm, output) plus SOURCE's MTP block,
     renumbered and converted as attach does, in convert_hf_to_gguf.py's --mtp layout."""
@@ -163,5 +163,5 @@ def sidecar_cmd(base: str, source: str, out: Path | None, mtp_type: str | None, 
     # a base from the Hub: the sidecar goes to the current folder, not beside a file in the HF cache
     out_dir = Path(".") if out is None and str(base).startswith("hf://") else None
     with _planned_attach(base, source, out, planner=plan_sidecar, mtp_type=mtp_type, out_dir=out_dir, force=force,
-                         llama_cpp=llama_cpp, token=token, endpoint=endpoint, dry_run=dry_run) as plan:
+                         llama_cpp=llama_cpp, runtime=runtime, token=token, endpoint=endpoint, dry_run=dry_run) as plan:
         _run_plan(plan, dry_run, as_json, layout, no_reflink)

@@ -23,12 +23,13 @@ from .options import standard_options
 @click.option("--ppl", is_flag=True, help="Also compute perplexity (llama-imatrix's default; off here: it only costs time).")
 @click.option("--imatrix-arg", "extra", multiple=True, metavar="ARG",
               help="Extra llama-imatrix argument, e.g. --imatrix-arg=-ngl --imatrix-arg=99 (repeatable).")
-@standard_options(force=True, dry_run="Print the command and stop.", llama_cpp=True)
+@standard_options(force=True, dry_run="Print the command and stop.", runtime=True, llama_cpp=True)
 @error_boundary
 def imatrix_cmd(model: Path, calibration: Path, output: Path, ctx: int | None, chunks: int | None,
                 batch: int | None, threads: int | None, ppl: bool, extra: tuple[str, ...], force: bool,
-                dry_run: bool, llama_cpp: str | None, as_json: bool) -> None:
-    """Compute an importance matrix for MODEL with the real llama-imatrix.
+                dry_run: bool, runtime: str, llama_cpp: str | None, as_json: bool) -> None:
+    """Compute an importance matrix for MODEL with the real llama-imatrix (with --runtime ik, ik_llama.cpp's,
+    which writes the legacy .dat format: no mtpgraft keys in it).
 
     Records the calibration file's name and sha256 in the imatrix (mtpgraft.imatrix.*); `mtpgraft
     quantize` carries them into every quant. The imatrix never covers the MTP block (llama-imatrix does
@@ -36,7 +37,8 @@ def imatrix_cmd(model: Path, calibration: Path, output: Path, ctx: int | None, c
     from ..imatrix import execute_imatrix, plan_imatrix
 
     plan = plan_imatrix(model, calibration, output, ctx=ctx, chunks=chunks, batch=batch, threads=threads,
-                        ppl=ppl, extra_args=list(extra), force=force, llama_cpp=llama_cpp)
+                        ppl=ppl, extra_args=list(extra), force=force, llama_cpp=llama_cpp,
+                        runtime=runtime)
     if dry_run:
         emit_dry_run(plan, plan.shell(), as_json)
         return
@@ -46,5 +48,5 @@ def imatrix_cmd(model: Path, calibration: Path, output: Path, ctx: int | None, c
         emit_json({"dry_run": False, **res.to_dict()})
         return
     click.echo(res.info.path)
-    info(f"{res.info.entries} entries over {res.info.chunk_count} chunks of {res.info.chunk_size} tokens "
-         f"in {res.seconds:.1f}s")
+    size = f" of {res.info.chunk_size} tokens" if res.info.chunk_size is not None else ""  # .dat: not recorded
+    info(f"{res.info.entries} entries over {res.info.chunk_count} chunks{size} in {res.seconds:.1f}s")

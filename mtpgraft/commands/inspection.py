@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import Setting, Text, UsageError
+from ..runtimes import LABELS
 from .common import emit_json, error_boundary
 from .options import hub_options, standard_options
 
@@ -20,14 +21,16 @@ MB = 1e6
 @click.option("--only-mtp", is_flag=True, help="hf:// only: show only files and tags with an MTP head.")
 @click.option("--jobs", type=click.IntRange(1, 32), default=4, show_default=True,
               help="hf:// only: repos (and headers) read at once.")
-@standard_options()
+@standard_options(runtime=True)
 @error_boundary
 def inspect_cmd(targets: tuple[str, ...], token: str | None, endpoint: str | None, only_mtp: bool, jobs: int,
-                as_json: bool) -> None:
+                runtime: str, as_json: bool) -> None:
     """Show a GGUF's MTP structure and whether llama.cpp will load it.
 
     The exit status is the verdict: 0 when llama.cpp would load the file, 1 when it would not (the
-    report, or --json, is printed all the same), 3 when the file cannot be read at all.
+    report, or --json, is printed all the same), 3 when the file cannot be read at all. It says which
+    runtimes load the file (a file with an ik_llama.cpp type is "ik_llama.cpp only"); --runtime's loader
+    refusing one of its tensor types is a problem, with the line that loader would print.
 
     With hf:// references (hf://OWNER/REPO[@REV], hf://OWNER/REPO:TAG, hf://OWNER/REPO/PATH.gguf, or
     hf://OWNER for every GGUF repo of an account) it audits published repos from the GGUF headers alone
@@ -47,7 +50,7 @@ def inspect_cmd(targets: tuple[str, ...], token: str | None, endpoint: str | Non
                               "inspect local files one at a time"))
     file = Path(targets[0])
 
-    rep = inspect_model(file)
+    rep = inspect_model(file, runtime=runtime)
     shared = _shared_extents(rep)
     if as_json:
         emit_json({**rep.to_dict(), "shared_bytes": shared[0] if shared else None})
@@ -56,7 +59,7 @@ def inspect_cmd(targets: tuple[str, ...], token: str | None, endpoint: str | Non
             click.echo(line)
     if not rep.consistent:
         more = f" (and {len(rep.problems) - 1} more)" if len(rep.problems) > 1 else ""
-        raise VerdictFailedError(f"{shown(str(file), 200)}: llama.cpp would not load it: "
+        raise VerdictFailedError(f"{shown(str(file), 200)}: {LABELS[runtime]} would not load it: "
                                  f"{shown(rep.problems[0], 300)}{more}")
 
 
@@ -69,7 +72,8 @@ def _structure_lines(rep) -> list[str]:  # noqa: ANN001 - inspection.ModelReport
              f"block_count:     {rep.block_count}  (trunk {rep.trunk_layers}, nextn_predict_layers "
              f"{rep.nextn_predict_layers})",
              f"layout:          {rep.layout}; {rep.tensor_count} tensors; n_embd {rep.n_embd}; vocab {rep.vocab_size}",
-             f"file type:       {rep.file_type or '?'} (dominant tensor type {rep.dominant_type or '?'})"]
+             f"file type:       {rep.file_type or '?'} (dominant tensor type {rep.dominant_type or '?'})",
+             f"loads with:      {rep.loads_with}"]
     if rep.split:
         lines.append(f"split:           {rep.split['count']} shards, split.tensors.count {rep.split['tensors_count']}")
     lines.append(f"MTP present:     {'yes' if rep.mtp_present else 'no'}"

@@ -1,7 +1,8 @@
 """The options several commands take, each defined once as a decorator (factory) composing click.option.
 
 `--help` lists options in the order their decorators stand, so `standard_options` gives every command
-the same tail: --force, --dry-run, --layout/--no-reflink, --token/--endpoint, --llama-cpp, --json.
+the same tail: --force, --dry-run, --layout/--no-reflink, --token/--endpoint, --runtime, --llama-cpp,
+--json.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import click
 
 from ..errors import add_secret
+from ..runtimes import MAINLINE, RUNTIMES
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -48,7 +50,16 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 def llama_cpp_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--llama-cpp", "llama_cpp", metavar="DIR", default=None,
                         help="Directory holding the llama.cpp tools (else $MTPGRAFT_LLAMA_CPP, PATH, "
-                             "then the toolchain cache).")(fn)
+                             "then the toolchain cache; with --runtime ik, $MTPGRAFT_IK_LLAMA_CPP, then "
+                             "its cache).")(fn)
+
+
+def runtime_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--runtime mainline|ik: whose tools run (llama.cpp's or ik_llama.cpp's); $MTPGRAFT_RUNTIME too."""
+    return click.option("--runtime", type=click.Choice(RUNTIMES), default=MAINLINE, show_default=True,
+                        envvar="MTPGRAFT_RUNTIME", show_envvar=True,
+                        help="Which llama.cpp runs the tools: mainline llama.cpp, or ik_llama.cpp (its tools "
+                             "from $MTPGRAFT_IK_LLAMA_CPP or `mtpgraft toolchain --runtime ik`).")(fn)
 
 
 def _secret(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -86,7 +97,8 @@ def layout_from(layout: str, no_reflink: bool):  # noqa: ANN201 - gguf_io.Layout
 
 
 def standard_options(*, force: bool | str = False, dry_run: bool | str = False, layout: bool = False,
-                     hub: bool = False, llama_cpp: bool = False, json: bool = True) -> Decorator:
+                     hub: bool = False, llama_cpp: bool = False, runtime: bool = False,
+                     json: bool = True) -> Decorator:
     """The tail every command's options end with, in one order. A string for `force` or `dry_run` is
     that option's help text (True: the default one)."""
     chosen: list[Decorator] = []
@@ -94,8 +106,8 @@ def standard_options(*, force: bool | str = False, dry_run: bool | str = False, 
         chosen.append(force_option(force) if isinstance(force, str) else force_option())
     if dry_run:
         chosen.append(dry_run_option(dry_run) if isinstance(dry_run, str) else dry_run_option())
-    chosen += [d for on, d in ((layout, layout_options), (hub, hub_options), (llama_cpp, llama_cpp_option),
-                               (json, json_option)) if on]
+    chosen += [d for on, d in ((layout, layout_options), (hub, hub_options), (runtime, runtime_option),
+                               (llama_cpp, llama_cpp_option), (json, json_option)) if on]
     return _stack(chosen)
 
 

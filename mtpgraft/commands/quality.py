@@ -24,13 +24,15 @@ from .options import standard_options
               help="check report.json holding REFERENCE and the QUANTS (repeatable): adds acceptance retention.")
 @click.option("-o", "--report-dir", type=click.Path(path_type=Path), default=None,
               help="Write quality.json and report.md here.")
-@standard_options(dry_run="Print the plan (where the logits go, how large) and run nothing.", llama_cpp=True)
+@standard_options(dry_run="Print the plan (where the logits go, how large) and run nothing.", runtime=True,
+                  llama_cpp=True)
 @error_boundary
 def quality_cmd(reference: Path, quants: tuple[Path, ...], text: Path | None, chunks: int | None, ctx_size: int,
                 extra: tuple[str, ...], reports: tuple[Path, ...], report_dir: Path | None, dry_run: bool,
-                llama_cpp: str | None, as_json: bool) -> None:
+                runtime: str, llama_cpp: str | None, as_json: bool) -> None:
     """KL divergence, perplexity and same-top-token rate of each QUANT against REFERENCE, made by
-    llama-perplexity: the reference's logits once (cached by content hash), then one run per quant."""
+    llama-perplexity: the reference's logits once (cached by content hash), then one run per quant.
+    Mainline's llama-perplexity only: --runtime ik is refused (its output is not read yet)."""
     import tempfile
     from dataclasses import replace
 
@@ -43,7 +45,7 @@ def quality_cmd(reference: Path, quants: tuple[Path, ...], text: Path | None, ch
     )
 
     plan = plan_quality(reference, [str(q) for q in quants], text=text, ctx_size=ctx_size, chunks=chunks,
-                        extra_args=extra, llama_cpp=llama_cpp)
+                        extra_args=extra, llama_cpp=llama_cpp, runtime=runtime)
     if dry_run:
         emit_dry_run(plan, f"quality: {plan.reference} vs {', '.join(plan.models)}\n  logits: {plan.logits} "
                      f"({'cached' if plan.logits_cached else f'at most {plan.logits_bytes_max / 1e6:.1f} MB, to be written'})",

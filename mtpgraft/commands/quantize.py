@@ -13,7 +13,8 @@ from .options import hub_options, standard_options
 
 def _types_option(fn):  # noqa: ANN001, ANN202
     return click.option("--types", required=True, metavar="T1,T2,...",
-                        help="llama-quantize types, e.g. Q4_K_M,Q5_K_M,Q6_K,Q8_0,IQ4_XS,IQ2_XXS.")(fn)
+                        help="llama-quantize types, e.g. Q4_K_M,Q5_K_M,Q6_K,Q8_0,IQ4_XS,IQ2_XXS; with --runtime ik "
+                          "also ik_llama.cpp's, e.g. IQ4_KS,IQ4_KT,IQ2_KS,IQ5_K.")(fn)
 
 
 @click.command("quantize")
@@ -39,16 +40,18 @@ def _types_option(fn):  # noqa: ANN001, ANN202
 @click.option("-t", "--threads", default=None, type=int,
               help="Threads per llama-quantize (default: llama-quantize's own; CPUs / jobs with --jobs).")
 @standard_options(force="Redo and replace outputs that exist (default: skip those that verify, refuse "
-                        "those that do not).", dry_run="Print the exact commands and stop.", llama_cpp=True)
+                        "those that do not).", dry_run="Print the exact commands and stop.", runtime=True,
+                  llama_cpp=True)
 @error_boundary
 def quantize_cmd(model: Path, types: str, imatrix: str | None, token: str | None, endpoint: str | None,
                  mtp_type: str | None, out_dir: Path | None,
                  name: str | None, split_max_size: str | None, allow_requantize: bool, jobs: int,
-                 threads: int | None, force: bool, dry_run: bool, llama_cpp: str | None, as_json: bool) -> None:
+                 threads: int | None, force: bool, dry_run: bool, runtime: str, llama_cpp: str | None,
+                 as_json: bool) -> None:
     """Quantize MODEL to every type in --types with the real llama-quantize, keeping its MTP block.
 
-    Each command gives the MTP block an explicit type (--tensor-type), so the very-low-bit types do
-    not abort on the imatrix entries llama-imatrix never makes for it. Every output is verified
+    Each command gives the MTP block an explicit type (--tensor-type; ik_llama.cpp's --custom-q), so the
+    very-low-bit types do not abort on the imatrix entries llama-imatrix never makes for it. Every output is verified
     (header, tensor count, MTP block present and consistent, types as planned) before it is renamed
     into place; a bad one is removed and reported. Outputs that exist and verify are skipped.
     Exit code 1 when any type failed."""
@@ -58,7 +61,7 @@ def quantize_cmd(model: Path, types: str, imatrix: str | None, token: str | None
     imx = fetch_imatrix(imatrix, token=token, endpoint=endpoint) if imatrix and imatrix.startswith("hf://") else imatrix
     plan = plan_quantize(model, types, out_dir=out_dir, name=name, imatrix=imx, mtp_type=mtp_type,
                          split_max_size=split_max_size, allow_requantize=allow_requantize, jobs=jobs,
-                         threads=threads, force=force, llama_cpp=llama_cpp)
+                         threads=threads, force=force, llama_cpp=llama_cpp, runtime=runtime)
     for w in plan.warnings:
         warn(w)
     if dry_run:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import ggml_types, naming
 from ..arch import NEXTN_REQUIRED, ArchRule, layer_kind, require_mtp_arch, same_kind_layers
@@ -24,6 +25,7 @@ from ..inspection import (
 )
 from ..llama_quantize import QuantizeTools, resolve_quantize_tools
 from ..outputs import check_outputs
+from ..runtimes import IK, MAINLINE
 from .keys import (
     extend_layer_arrays,
     graft_provenance,
@@ -81,21 +83,27 @@ def attach_word(mtp_type: str | None) -> str | None:
     return mtp_target(mtp_type, policies=ATTACH_POLICIES) if mtp_type else None
 
 
-def quantize_tool(actions: list[TensorAction], tools: QuantizeTools | None,
-                  llama_cpp: str | os.PathLike[str] | None) -> str | None:
-    """llama-quantize, resolved once after every check and only when an MTP tensor needs it."""
-    if not any(a.method == "llama-quantize" for a in actions):
-        return None
-    return (tools or resolve_quantize_tools(llama_cpp)).llama_quantize
+def quantize_tool(actions: list[TensorAction], tools: QuantizeTools | None, llama_cpp: str | os.PathLike[str] | None,
+                  runtime: str = MAINLINE) -> dict[str, Any]:
+    """llama-quantize, resolved once after every check and only when an MTP tensor needs it:
+    `runtime`'s, or ik_llama.cpp's when a type only ik makes (`match` on an IQ4_KS base). The
+    GraftPlan fields llama_quantize and quantize_runtime."""
+    made = {a.to_type for a in actions if a.method == "llama-quantize"}
+    if not made:
+        return {}
+    q_runtime = runtime if made <= ggml_types.quantize_makes(runtime) else IK
+    if tools is None or tools.runtime != q_runtime:
+        tools = resolve_quantize_tools(llama_cpp if q_runtime == runtime else None, runtime=q_runtime)
+    return {"llama_quantize": tools.llama_quantize, "quantize_runtime": q_runtime}
 
 
 def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLike[str],
                 out_path: str | os.PathLike[str], *, mtp_type: str | None = None, replace: bool = False,
                 force: bool = False, llama_cpp: str | os.PathLike[str] | None = None,
-                tools: QuantizeTools | None = None) -> GraftPlan:
+                tools: QuantizeTools | None = None, runtime: str = MAINLINE) -> GraftPlan:
     """Check that SOURCE's MTP block fits BASE and plan the output. Reads headers only; every check
     runs before llama-quantize is looked up (`tools` if given, else from `llama_cpp`, and only when
-    a type needs it)."""
+    a type needs it: `runtime`'s, or ik_llama.cpp's for a type only it makes)."""
     word = attach_word(mtp_type)
     base, src = GGUFModel(base_path), GGUFModel(source_path)
     outputs = _resolve_outputs(Path(out_path), len(base.shards))
@@ -106,7 +114,7 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
         operation="attach", base=str(base.path), source=str(src.path), outputs=[str(o) for o in outputs],
         mtp_type=g.type_policy, arch=base.arch, trunk_layers=g.trunk, mtp_layers=g.mtp_layers, tensors=g.actions,
         key_changes=g.key_changes, warnings=g.warnings, output_bytes=sum(t.nbytes for s in shards for t in s.tensors),
-        force=force, shards=shards, source_refs=g.source_refs, llama_quantize=quantize_tool(g.actions, tools, llama_cpp),
+        force=force, shards=shards, source_refs=g.source_refs, **quantize_tool(g.actions, tools, llama_cpp, runtime),
     )
 
 
@@ -320,10 +328,10 @@ def _target_type(r: TensorRef, new_name: str, src_t: ggml_types.TensorType, twin
         target = ggml_types.BY_NAME[policy.explicit]
     if target is src_t:
         return target
-    if target.name in ggml_types.TENSOR_NEEDS_IMATRIX:
+    if target.name in ggml_types.TENSOR_NEEDS_IMATRIX | ggml_types.IK_TENSOR_NEEDS_IMATRIX:
         raise GraftError(f"{target.name} needs an importance matrix and llama-imatrix never covers the "
                          f"MTP block; give the MTP block a type such as q8_0, Q6_K or Q4_K")
-    if target.name not in ggml_types.NUMPY_MAKES | ggml_types.LLAMA_QUANTIZE_MAKES:
+    if target.name not in ggml_types.NUMPY_MAKES | ggml_types.quantize_makes(MAINLINE) | ggml_types.quantize_makes(IK):
         raise GraftError(f"{new_name} would get type {target.name}, which neither numpy nor llama-quantize "
                          "can make; pass ", Setting("mtp_type", "q8_0"), " or keep")
     if not target.row_fits(ne[0]):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..gguf_io import KV, OutTensor, TensorRef
+from ..runtimes import MAINLINE
 
 # What `--dry-run --json` and `--json` print of a plan, in this order; the shards, the source's
 # tensors and the resolved tool are the plan's working content, not part of what it says.
@@ -63,6 +64,7 @@ class GraftPlan:
     shards: tuple[ShardSpec, ...] = field(default=(), repr=False, compare=False)
     source_refs: tuple[TensorRef, ...] = field(default=(), repr=False, compare=False)  # the MTP block's inputs
     llama_quantize: str | None = field(default=None, repr=False, compare=False)  # resolved when a tensor needs it
+    quantize_runtime: str = field(default=MAINLINE, repr=False, compare=False)  # whose llama-quantize that is
 
     @property
     def alignment(self) -> int:

@@ -25,6 +25,7 @@ from ..gguf_io import (
 )
 from ..llama_quantize import quantize_argv
 from ..outputs import PendingOutput, check_outputs, ensure_space, writing
+from ..runtimes import IK
 from ..tools import run_tool
 from .digest import Digest
 from .invariant import check_written
@@ -134,21 +135,25 @@ def _quantize_mtp(plan: GraftPlan, workdir: Path) -> dict[str, tuple[Path, int]]
     """Give MTP tensors K-quant / IQ types with the real llama-quantize, on a file holding the
     output's metadata and only the MTP tensors (in F32). Returns name -> (file, absolute offset)."""
     targets = {a.name: a.to_type for a in plan.tensors if a.method == "llama-quantize"}
+    # ik_llama.cpp's llama-quantize asserts an attn_v.weight per layer (src/llama-quantize.cpp), which
+    # a file of the MTP block alone lacks: for it the tensors go under names that say nothing.
+    ik = plan.quantize_runtime == IK
+    alias = {a.name: f"mtpgraft.{j}.weight" if ik else a.name for j, a in enumerate(plan.tensors)}
     f32_path = workdir / "mtp-f32.gguf"
     with writing(f32_path), open(f32_path, "wb") as fh:
-        write_gguf(fh, [kv for kv in plan.shards[0].kvs if not kv.key.startswith("split.")], _mtp_in_f32(plan),
+        write_gguf(fh, [kv for kv in plan.shards[0].kvs if not kv.key.startswith("split.")], _mtp_in_f32(plan, alias),
                    alignment=plan.alignment)
     q_path = workdir / "mtp-quant.gguf"
     if plan.llama_quantize is None:  # a bug, never an input: planning resolves it when a tensor needs it
         raise InternalError("internal error (a bug in mtpgraft, please report it): the plan has no llama-quantize")
     run_tool(quantize_argv(plan.llama_quantize, str(f32_path), str(q_path), next(iter(targets.values())),
-                           allow_requantize=True, pure=True, threads=1,
-                           tensor_types=[f"^{re.escape(name)}$={t.lower()}" for name, t in targets.items()]),
+                           runtime=plan.quantize_runtime, allow_requantize=True, pure=True, threads=1,
+                           rules=[(f"^{re.escape(alias[name])}$", t) for name, t in targets.items()]),
              timeout=3600)
     qm = GGUFModel(q_path)
     out: dict[str, tuple[Path, int]] = {}
     for name, tname in targets.items():
-        r = qm.by_name.get(name)
+        r = qm.by_name.get(alias[name])
         if r is None or r.info.type_name != tname:
             got = r.info.type_name if r else "missing"
             raise MtpgraftError(f"llama-quantize did not give {name} type {tname} (got {got})")
@@ -156,8 +161,8 @@ def _quantize_mtp(plan: GraftPlan, workdir: Path) -> dict[str, tuple[Path, int]]
     return out
 
 
-def _mtp_in_f32(plan: GraftPlan) -> list[OutTensor]:
-    """The plan's MTP tensors in F32, copied from the source or converted to it."""
+def _mtp_in_f32(plan: GraftPlan, alias: dict[str, str]) -> list[OutTensor]:
+    """The plan's MTP tensors in F32 under their `alias` names, copied from the source or converted to it."""
     src_by_out = {a.name: a.source_name for a in plan.tensors}
     refs = {r.name: r for r in plan.source_refs}
     tensors: list[OutTensor] = []
@@ -165,7 +170,7 @@ def _mtp_in_f32(plan: GraftPlan) -> list[OutTensor]:
         r = refs[src_by_out[t.name]]
         n = tensor_nbytes(F32, t.ne)
         if r.info.ggml_type == F32:
-            tensors.append(OutTensor(t.name, t.ne, F32, n, r.path, r.abs_offset))
+            tensors.append(OutTensor(alias[t.name], t.ne, F32, n, r.path, r.abs_offset))
         else:
-            tensors.append(OutTensor(t.name, t.ne, F32, n, produce=convert_chunks(r, "F32")))
+            tensors.append(OutTensor(alias[t.name], t.ne, F32, n, produce=convert_chunks(r, "F32")))
     return tensors

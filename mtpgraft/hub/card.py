@@ -24,6 +24,8 @@ from ..check.tables import (
     task_flags,
 )
 from ..errors import redact
+from ..ggml_types import runtimes_label
+from ..runtimes import IK, IK_CARD_SERVER, LABELS, MAINLINE, RUNTIMES
 from .types import CheckMatch, ModelEntry, RemoteFile
 
 BASE_TAGS = ("gguf", "llama.cpp", "mtp", "speculative-decoding")
@@ -230,16 +232,19 @@ def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: s
 def _files_section(repo_id: str, models: Sequence[ModelEntry], other_files: Sequence[RemoteFile],
                    revision: str) -> list[str]:
     quality = any(m.quality is not None for m in models)
-    out = ["## Files", "", "| File | Quant type | MTP head | Size | "
+    runs = any(set(m.runtimes) != set(RUNTIMES) for m in models)  # a column only where a file needs one
+    out = ["## Files", "", "| File | Quant type | MTP head | " + ("Runs on | " if runs else "") + "Size | "
            + ("KLD | PPL ratio | MTP retention | " if quality else "") + "SHA256 |",
-           "|---|---|---|---:|" + ("---:|---:|---:|" if quality else "") + "---|"]
+           "|---|---|---|" + ("---|" if runs else "") + "---:|" + ("---:|---:|---:|" if quality else "") + "---|"]
     for m in models:
         for i, f in enumerate(m.files):
             shard = f" (part {i + 1}/{len(m.files)})" if len(m.files) > 1 else ""
             out.append(f"| [{md(PurePosixPath(f.path).name)}]({HUB_URL}/{repo_id}/blob/{url_path(revision)}/"
-                       f"{url_path(f.path)}){shard} | {md(m.quant or '–')} | {md(m.mtp_head)} | {human_size(f.size)} | "
+                       f"{url_path(f.path)}){shard} | {md(m.quant or '–')} | {md(m.mtp_head)} | "
+                       + (f"{runtimes_label(m.runtimes)} | " if runs else "") + f"{human_size(f.size)} | "
                        + (_quality_cells(m) if quality else "") + f"`{f.sha256}` |")
     out.append("")
+    out += _runtime_note(models)
     if quality:
         out += _quality_note(models)
     if other_files:
@@ -248,6 +253,19 @@ def _files_section(repo_id: str, models: Sequence[ModelEntry], other_files: Sequ
         out += [f"| {md(f.path)} | {human_size(f.size)} | {md_code(f.sha256 or f.git_oid)} |" for f in other_files]
         out.append("")
     return out
+
+
+def _runtime_note(models: Sequence[ModelEntry]) -> list[str]:
+    """Which runtime the files need, where not every file loads in both (inspect's loads_with)."""
+    ik_only = [m for m in models if MAINLINE not in m.runtimes and IK in m.runtimes]
+    if not ik_only:
+        return []
+    mixed = len(ik_only) < len(models)
+    what = (f"This repository mixes runtimes: the files marked \"{runtimes_label([IK])}\"" if mixed
+            else "These files")
+    return [f"{what} hold tensor types that only [ik_llama.cpp](https://github.com/ikawrakow/ik_llama.cpp) "
+            f"loads ({', '.join(sorted({m.quant or '?' for m in ik_only}))}); mainline {LABELS[MAINLINE]} "
+            "refuses them. Run them with ik_llama.cpp's llama-server (Usage below).", ""]
 
 
 def _measurements_section(models: Sequence[ModelEntry], verified: bool) -> list[str]:
@@ -344,6 +362,10 @@ def _usage_section(repo_id: str, models: Sequence[ModelEntry], revision: str) ->
         if m.layout == "mtp-only":
             continue
         n = recommended_n(m.check)
+        if MAINLINE not in m.runtimes:  # downloaded below; ik's llama-server as pinned has no -hf
+            out.append(IK_CARD_SERVER.format(model=m.files[0].path, n=n or DEFAULT_N_MAX)
+                       + f"  # {LABELS[IK]}")
+            continue
         # -hf matches the tag in the file name, whatever the GGUF's own file type says
         tag = getattr(naming.hf_split_info(m.name), "tag", "") or m.quant or PurePosixPath(m.name).stem
         out.append(f"llama-server -hf {repo_id}:{tag} --spec-type draft-mtp "

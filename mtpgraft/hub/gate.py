@@ -126,7 +126,8 @@ def plan_model(group: list[LocalFile], *, reports: list[GateReport], verify: boo
         files=tuple(FileRef(f.path_in_repo, f.size, f.sha256) for f in planned),
         quant=report.file_type or naming.quant_tag(first.path.name), architecture=report.architecture,
         nextn_predict_layers=report.nextn_predict_layers, mtp_head=_mtp_head(report), layout=report.layout,
-        metadata=metadata, check=match, quality=None if refusals else _match_quality(shas, reports))
+        metadata=metadata, check=match, quality=None if refusals else _match_quality(shas, reports),
+        runtimes=tuple(report.runtimes))
     return entry, planned, refusals, charts
 
 

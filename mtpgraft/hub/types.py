@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import naming
 from ..errors import Text
+from ..runtimes import RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class ModelEntry:
     metadata: dict[str, Any]  # general.* / quantize.imatrix.* / mtpgraft.* keys the card reads
     check: CheckMatch | None
     quality: QualityMatch | None = None
+    runtimes: tuple[str, ...] = RUNTIMES  # the runtimes whose loader takes its tensor types (inspect)
 
 
 @dataclass(frozen=True)

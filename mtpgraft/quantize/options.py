@@ -12,6 +12,7 @@ from .. import ggml_types, naming
 from ..errors import QuantizeOptionError, Setting
 from ..ggml_types import MTP_TYPE, mtp_target
 from ..parsing import is_plain
+from ..runtimes import MAINLINE
 
 # The type knowledge is ggml_types'; these names stay for recipe.py, which imports them from here.
 NEEDS_IMATRIX = ggml_types.FILE_TYPES_NEED_IMATRIX
@@ -27,10 +28,11 @@ REQUANTIZE_WARNING = ("requantizing tensors that have already been quantized: th
 _SIZE_RE = re.compile(r"^([1-9]\d*)([MG])$")
 
 
-def parse_types(types: str | Sequence[str]) -> tuple[str, ...]:
-    """'Q4_K_M,Q8_0' or a list -> canonical names, in order, without duplicates."""
+def parse_types(types: str | Sequence[str], runtime: str = MAINLINE) -> tuple[str, ...]:
+    """'Q4_K_M,Q8_0' or a list -> canonical names (of `runtime`'s llama-quantize), in order, without
+    duplicates."""
     items = types.split(",") if isinstance(types, str) else [x for t in types for x in str(t).split(",")]
-    out = [canonical_type(t) for t in items if t.strip()]
+    out = [canonical_type(t, runtime) for t in items if t.strip()]
     if not out:
         raise QuantizeOptionError("no quant types given (e.g. ", Setting("types", "Q4_K_M,Q8_0"), ")")
     return tuple(dict.fromkeys(out))
@@ -82,9 +84,9 @@ def check_mtp_policy(value: str, *, what: str | Setting = MTP_TYPE) -> str:
     return v
 
 
-def types_needing_imatrix(types: Sequence[str]) -> tuple[str, ...]:
-    """The file types among `types` that llama-quantize makes only with an importance matrix."""
-    return tuple(t for t in types if t in NEEDS_IMATRIX)
+def types_needing_imatrix(types: Sequence[str], runtime: str = MAINLINE) -> tuple[str, ...]:
+    """The file types among `types` that `runtime`'s llama-quantize makes only with an importance matrix."""
+    return tuple(t for t in types if t in ggml_types.file_types_need_imatrix(runtime))
 
 
 def output_names(out_dir: str | os.PathLike[str], name: str, quant_type: str) -> tuple[Path, Path]:
@@ -93,10 +95,10 @@ def output_names(out_dir: str | os.PathLike[str], name: str, quant_type: str) ->
     return out / naming.quant_file_name(name, quant_type), out / quant_type
 
 
-def mtp_policy_for(mtp_type: str | Mapping[str, str] | None, quant_type: str) -> str:
+def mtp_policy_for(mtp_type: str | Mapping[str, str] | None, quant_type: str, runtime: str = MAINLINE) -> str:
     if mtp_type is None:
         return DEFAULT_MTP_TYPE
     if isinstance(mtp_type, str):
         return mtp_type.strip().lower()
-    by_type = {canonical_type(k) if k.lower() != "default" else "default": v for k, v in mtp_type.items()}
+    by_type = {canonical_type(k, runtime) if k.lower() != "default" else "default": v for k, v in mtp_type.items()}
     return str(by_type.get(quant_type, by_type.get("default", DEFAULT_MTP_TYPE))).strip().lower()

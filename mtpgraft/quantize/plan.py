@@ -6,20 +6,26 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .. import ggml_types
 from ..arch import rule_for
 from ..errors import GGUFFormatError, QuantizeError, QuantizeOptionError, Setting, Text
-from ..ggml_types import FILE_TYPES, FLOAT_FILE_TYPES, llama_quantizes, type_name
+from ..ggml_types import (
+    FLOAT_FILE_TYPES,
+    file_types,
+    file_types_need_imatrix,
+    llama_quantizes,
+    type_name,
+)
 from ..gguf_io import GGUFFile, GGUFModel, TensorRef
 from ..inspection import inspect_model
 from ..llama_quantize import QuantizeTools, quantize_argv, resolve_quantize_tools
+from ..runtimes import IK, LABELS, MAINLINE
 from ..tools import format_cmd
 from .options import (
-    NEEDS_IMATRIX,
     REQUANTIZE_WARNING,
     check_name,
     default_name,
@@ -81,7 +87,8 @@ def check_imatrix_fits(cov: ImatrixCoverage, model: GGUFModel) -> None:
 
 @dataclass(frozen=True)
 class MtpRule:
-    """One `--tensor-type REGEX=TYPE` rule (llama-quantize lower-cases the regex; first match wins)."""
+    """One `--tensor-type REGEX=TYPE` rule (llama-quantize lower-cases the regex; first match wins);
+    ik_llama.cpp's llama-quantize takes them as one `--custom-q REGEX=TYPE,...` list."""
 
     pattern: str
     type: str
@@ -152,6 +159,7 @@ class QuantizePlan:
     llama_gguf_split: str | None
     jobs: tuple[QuantizeJob, ...]
     warnings: tuple[str, ...]
+    runtime: str = MAINLINE  # whose llama-quantize runs (its file types, its spelling)
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -195,7 +203,7 @@ def _check_drafter(name: str, arch: str, imatrix: object, quant_types: Sequence[
         raise QuantizeError(f"{name} is a {arch}: no imatrix applies to it (llama-imatrix "
                             "cannot run an assistant, and its target's imatrix describes the target's "
                             "tensors of the same names); quantize it without ", Setting("imatrix"))
-    needing = [t for t in quant_types if t in NEEDS_IMATRIX]
+    needing = [t for t in quant_types if t in file_types_need_imatrix(MAINLINE) | file_types_need_imatrix(IK)]
     if needing:
         raise QuantizeError(f"{', '.join(needing)} need(s) an importance matrix, which a {arch} "
                             "cannot have (llama-imatrix cannot run it): use Q8_0, Q6_K, Q4_K_M or IQ4_XS")
@@ -221,6 +229,7 @@ class _Input:
     quantized_in: tuple[TensorRef, ...]  # quantizable tensors already in a quantized type
     cov: ImatrixCoverage | None
     covers_mtp: bool
+    runtime: str = MAINLINE
 
     @property
     def mtp_prefixes(self) -> tuple[str, ...]:
@@ -247,15 +256,17 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
                   split_max_size: str | None = None, allow_requantize: bool = False,
                   jobs: int = 1, threads: int | None = None, force: bool = False,
                   llama_cpp: str | os.PathLike[str] | None = None,
-                  tools: QuantizeTools | None = None) -> QuantizePlan:
+                  tools: QuantizeTools | None = None, runtime: str = MAINLINE) -> QuantizePlan:
     """Check MODEL and the options, and return the plan with the exact commands. Headers only.
 
-    Every check runs before a tool is looked up: `tools` if given, else resolved once from
-    `llama_cpp` at the end, so a usage mistake is never hidden by "tool not found"."""
-    quant_types = parse_types(types)
+    `runtime` is whose llama-quantize runs: its file types (ik_llama.cpp's IQ4_KS, IQ4_KT, ...), its
+    imatrix rules, its spelling of the MTP rules. Every check runs before a tool is looked up: `tools`
+    if given, else resolved once from `llama_cpp` at the end, so a usage mistake is never hidden by
+    "tool not found"."""
+    quant_types = parse_types(types, runtime)
     _check_counts(jobs, threads)
     _check_mtp_types(mtp_type)
-    inp = _read_input(model, imatrix, quant_types)
+    inp = replace(_read_input(model, imatrix, quant_types), runtime=runtime)
     rule = rule_for(inp.src.arch)
     if rule is not None and rule.is_drafter:
         mtp_type = mtp_type or rule.head_type  # a drafter is all head: the file type applies to all of it
@@ -268,7 +279,7 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
     decided = [_job_types(qt, inp, mtp_type) for qt in quant_types]
     warnings = _plan_warnings(inp, decided, allow_requantize)
     _check_not_input(out, name, quant_types, inp)
-    tools = tools or resolve_quantize_tools(llama_cpp, split=split_bytes is not None)
+    tools = tools or resolve_quantize_tools(llama_cpp, split=split_bytes is not None, runtime=runtime)
     if threads is None and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
     plan_jobs = tuple(_job(jt, inp, tools, out, name, allow_requantize, threads) for jt in decided)
@@ -280,7 +291,7 @@ def plan_quantize(model: str | os.PathLike[str], types: str | Sequence[str], *,
         split_max_size=split_max_size.strip() if split_max_size else None, split_max_bytes=split_bytes,
         allow_requantize=allow_requantize, requantize=_requantize_list(inp, decided), threads=threads,
         jobs_n=jobs, force=force, llama_quantize=tools.llama_quantize, llama_gguf_split=tools.llama_gguf_split,
-        jobs=plan_jobs, warnings=tuple(dict.fromkeys(warnings)))
+        jobs=plan_jobs, warnings=tuple(dict.fromkeys(warnings)), runtime=runtime)
 
 
 def _check_counts(jobs: int, threads: int | None) -> None:
@@ -324,13 +335,15 @@ def _read_input(model: str | os.PathLike[str], imatrix: str | os.PathLike[str] |
 def _job_types(qt: str, inp: _Input, mtp_type: str | Mapping[str, str] | None) -> _JobTypes:
     """The MTP policy for one quant type and what it means for the command and the output check."""
     cov, covers, blocks = inp.cov, inp.covers_mtp, ", ".join(f"blk.{i}" for i in inp.mtp_layers)
-    if qt in NEEDS_IMATRIX and cov is None:
-        raise QuantizeError(f"{qt} needs an importance matrix (llama-quantize refuses it without one): "
+    needs_imatrix = qt in file_types_need_imatrix(inp.runtime)
+    tool = "llama-quantize" if inp.runtime == MAINLINE else f"{LABELS[inp.runtime]}'s llama-quantize"
+    if needs_imatrix and cov is None:
+        raise QuantizeError(f"{qt} needs an importance matrix ({tool} refuses it without one): "
                             "pass ", Setting("imatrix"), " FILE (make one with `mtpgraft imatrix`)")
-    policy = mtp_policy_for(mtp_type, qt) if inp.mtp_layers else "none"
+    policy = mtp_policy_for(mtp_type, qt, inp.runtime) if inp.mtp_layers else "none"
     jw: list[str] = []
     if policy == "match":
-        if qt in NEEDS_IMATRIX and not covers:
+        if needs_imatrix and not covers:
             raise QuantizeError(
                 Setting("mtp_type", "match"), f" cannot make {qt}: its mixture needs importance data for "
                 f"the MTP block ({blocks}), which the imatrix lacks (llama-imatrix never runs it); use ",
@@ -343,7 +356,7 @@ def _job_types(qt: str, inp: _Input, mtp_type: str | Mapping[str, str] | None) -
     if policy == "none":
         return _JobTypes(qt, policy, (), (), (), None, ())
     target = ggml_type(policy).upper()  # q8_0 is a policy word and a type
-    if ggml_types.tensor_needs_imatrix(target, qt) and not covers:
+    if ggml_types.tensor_needs_imatrix(target, qt, inp.runtime) and not covers:
         raise QuantizeError(Setting("mtp_type", policy), " needs importance data for the MTP block, which "
                             "the imatrix lacks (llama-imatrix never runs it); use q8_0, q6_k, q4_k or iq4_xs")
     if cov is not None and not covers and target not in ggml_types.IGNORES_IMATRIX:
@@ -410,8 +423,9 @@ def _job(jt: _JobTypes, inp: _Input, tools: QuantizeTools, out: Path, name: str,
         overrides.append(f"mtpgraft.imatrix.dataset_sha256=str:{cov.dataset_sha256}")
     cmd = quantize_argv(tools.llama_quantize, str(inp.src.path.resolve()), str(tmp), qt,
                         allow_requantize=allow_requantize, imatrix=Path(cov.path).name if cov is not None else None,
-                        tensor_types=[r.arg for r in jt.rules], override_kv=overrides, threads=threads)
-    spec = OutputSpec(quant_type=qt, file_type=FILE_TYPES[qt], tensor_names=frozenset(r.name for r in inp.src.refs),
+                        runtime=inp.runtime,
+                        rules=[(r.pattern, r.type) for r in jt.rules], override_kv=overrides, threads=threads)
+    spec = OutputSpec(quant_type=qt, file_type=file_types(inp.runtime)[qt], tensor_names=frozenset(r.name for r in inp.src.refs),
                       mtp_present=bool(inp.mtp_layers), mtp_layers=inp.mtp_layers, mtp_types=jt.exact,
                       mtp_quantized=jt.must_quantize, imatrix=cov is not None, layout=inp.layout)
     return QuantizeJob(quant_type=qt, mtp_type=jt.policy, single_path=str(single), split_dir=str(split_dir),

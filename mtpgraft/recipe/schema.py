@@ -21,6 +21,7 @@ from ..ggml_types import canonical_file_type as canonical_type
 from ..naming import REPO_ID_RE
 from ..parsing import plain_name
 from ..quantize import check_mtp_policy, name_problem, parse_size, types_needing_imatrix
+from ..runtimes import check_runtime
 
 # The largest value of each integer key: far above any real use, far below what would size a loop or
 # an allocation without bound (reps = 1e17 once ran out of memory after work had started). Any other
@@ -147,6 +148,7 @@ class Recipe:
     quality: QualitySection | None = None
     llama_cpp: str | None = None
     resources: tuple[tuple[str, Resources], ...] = ()
+    runtime: str = "mainline"  # [run] runtime: whose llama.cpp tools every step runs (runtimes.py)
 
     @property
     def name(self) -> str:
@@ -296,20 +298,21 @@ def parse_recipe(text: str, *, path: str | os.PathLike[str] = "<recipe>",
         raise RecipeError(f"{where}: [quantize] is required (types)")
     model = _model(*_read(where, "model", data["model"], ModelSection, required=("name", "base")))
     imatrix = _imatrix(*_read(where, "imatrix", data["imatrix"], ImatrixSection)) if "imatrix" in data else None
+    r, run = _read(where, "run", data.get("run", {}), _Run, special=("resources",))
+    runtime = r.checked("runtime", check_runtime, run.get("runtime") or "mainline")
     quant = _quantize(*_read(where, "quantize", data["quantize"], QuantizeSection,
-                             special=("types", "mtp_type")), imatrix)
+                             special=("types", "mtp_type")), imatrix, runtime)
     check = _check(*_read(where, "check", data["check"], CheckSection, keys={"temperatures": "temperature"},
                           special=("types",)), quant) if "check" in data else None
     hub = _hub(*_read(where, "hub", data["hub"], HubSection, required=("repo",)), quant, check) \
         if "hub" in data else None
     quality = _quality(*_read(where, "quality", data["quality"], QualitySection, special=("types",)), quant) \
         if "quality" in data else None
-    r, run = _read(where, "run", data.get("run", {}), _Run, special=("resources",))
     wd = str(work_dir) if work_dir is not None else (run.get("work_dir") or f"mtpgraft-work/{model.name}")
     return Recipe(path=str(path), sha256=hashlib.sha256(text.encode()).hexdigest(), model=model,
                   quantize=quant, imatrix=imatrix, check=check, hub=hub, quality=quality,
                   work_dir=str(Path(wd).expanduser().absolute()), llama_cpp=run.get("llama_cpp"),
-                  resources=_resources(r))
+                  resources=_resources(r), runtime=runtime)
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,7 @@ class _Run:  # the [run] keys
     work_dir: str | None = None
     llama_cpp: str | None = None
     resources: Any = None
+    runtime: str | None = None
 
 
 def _model(m: _Section, kw: dict[str, Any]) -> ModelSection:
@@ -335,12 +339,13 @@ def _imatrix(s: _Section, kw: dict[str, Any]) -> ImatrixSection:
     return ImatrixSection(**kw)
 
 
-def _quantize(q: _Section, kw: dict[str, Any], imatrix: ImatrixSection | None) -> QuantizeSection:
+def _quantize(q: _Section, kw: dict[str, Any], imatrix: ImatrixSection | None,
+              runtime: str = "mainline") -> QuantizeSection:
 
     raw_types = q.str_list("types") if "types" in q.data else ()
     if not raw_types:
         q.fail("types", "is required: a list of llama-quantize types, e.g. [\"Q4_K_M\", \"Q8_0\"]")
-    types = tuple(dict.fromkeys(q.checked("types", canonical_type, t) for t in raw_types))
+    types = tuple(dict.fromkeys(q.checked("types", canonical_type, t, runtime) for t in raw_types))
     raw = q.data.get("mtp_type", QuantizeSection.mtp_type)
     if isinstance(raw, str):
         kw["mtp_type"] = q.checked("mtp_type", check_mtp_policy, raw, what="mtp_type")
@@ -349,7 +354,7 @@ def _quantize(q: _Section, kw: dict[str, Any], imatrix: ImatrixSection | None) -
         for k, v in raw.items():
             if not isinstance(v, str):
                 q.fail(f"mtp_type.{k}", f"must be a string, got {v!r}")
-            key = "default" if k.lower() == "default" else q.checked(f"mtp_type.{k}", canonical_type, k)
+            key = "default" if k.lower() == "default" else q.checked(f"mtp_type.{k}", canonical_type, k, runtime)
             if key != "default" and key not in types:
                 q.fail(f"mtp_type.{k}", f"{key} is not one of the recipe's types")
             pairs.append((key, q.checked(f"mtp_type.{k}", check_mtp_policy, v, what="mtp_type")))
@@ -358,7 +363,7 @@ def _quantize(q: _Section, kw: dict[str, Any], imatrix: ImatrixSection | None) -
         q.fail("mtp_type", f"must be a string or a table, got {raw!r}")
     if kw.get("split_max_size") is not None:
         q.checked("split_max_size", parse_size, kw["split_max_size"])
-    needy = types_needing_imatrix(types)
+    needy = types_needing_imatrix(types, runtime)
     if needy and imatrix is None:
         q.fail("types", f"{', '.join(needy)} need an importance matrix: add an [imatrix] section "
                         "(calibration = \"file.txt\")")

@@ -101,7 +101,8 @@ class GraftStep(Step):
             ctx.emit(self.id, f"{base.name} already has its MTP block (nothing to graft)")
             return Outcome("base has MTP", (), {"model": ctx.state.rel(base), "grafted": False})
         plan = plan_attach(base, src, ctx.work / f"{self.r.name}.gguf", mtp_type=self.s.graft_mtp_type,
-                           replace=self.s.replace_mtp, force=True, llama_cpp=ctx.llama_cpp)
+                           replace=self.s.replace_mtp, force=True, llama_cpp=ctx.llama_cpp,
+                           runtime=ctx.recipe.runtime)
         _warn(ctx, self, plan.warnings)
         ctx.emit(self.id, f"attaching the MTP block of {src.name} to {base.name}")
         written = execute_graft(plan)
@@ -144,7 +145,8 @@ class ImatrixStep(Step):
                            {"imatrix": ctx.state.rel(given), "given": True})
         model, cal, out = ctx.model(), ctx.input("imatrix", "calibration"), ctx.work / f"{self.r.name}.imatrix.gguf"
         plan = plan_imatrix(model, cal, out, ctx=s.ctx, chunks=s.chunks, batch=s.batch, threads=s.threads,
-                            extra_args=s.extra_args, force=True, llama_cpp=ctx.llama_cpp)
+                            extra_args=s.extra_args, force=True, llama_cpp=ctx.llama_cpp,
+                            runtime=ctx.recipe.runtime)
         ctx.emit(self.id, f"llama-imatrix on {model.name} with {cal.name}")
         (ctx.work / "logs").mkdir(parents=True, exist_ok=True)
         info = execute_imatrix(plan, log_path=ctx.work / "logs" / "imatrix.log").info
@@ -185,7 +187,7 @@ class QuantizeStep(Step):
         plan = plan_quantize(ctx.model(), [self.type or ""], out_dir=self.out_dir(), name=self.r.name,
                              imatrix=ctx.imatrix(), mtp_type=q.mtp_policy(), split_max_size=q.split_max_size,
                              allow_requantize=q.allow_requantize, jobs=q.jobs, threads=threads, force=True,
-                             llama_cpp=ctx.llama_cpp)
+                             llama_cpp=ctx.llama_cpp, runtime=ctx.recipe.runtime)
         _warn(ctx, self, plan.warnings)
         o = execute_quantize(plan, on_event=lambda t, m: ctx.emit(self.id, m), log_dir=ctx.work / "logs").outputs[0]
         if not o.ok or o.path is None:
@@ -227,7 +229,8 @@ class CheckStep(Step):
         (the quality step checks its reference alike)."""
         s = self.s
         plan = plan_check(models, **s.settings(), seed=s.seed, prompts=self._prompts(), categories=s.categories,
-                          server_args=s.server_args, server=resolve_server(ctx.llama_cpp))
+                          server_args=s.server_args,
+                          server=resolve_server(ctx.llama_cpp, ctx.recipe.runtime))
         ctx.emit(step_id, f"{plan.n_servers} llama-server runs, {plan.n_requests} requests" if step_id == self.id
                  else f"checking the reference {models[0].name} with the check step's settings")
         result = execute_check(plan, log_dir=report_dir / "logs", events=lambda m: ctx.emit(step_id, m))
@@ -276,7 +279,8 @@ class QualityStep(Step):
     def run(self, ctx: Context) -> Outcome:
         ref, quants, out = ctx.model(), ctx.quants(self.r.quality_types()), self.out_dir()
         plan = plan_quality(ref, [str(p) for p in quants], text=self._text(), ctx_size=self.s.ctx,
-                            chunks=self.s.chunks, extra_args=self.s.perplexity_args, llama_cpp=ctx.llama_cpp)
+                            chunks=self.s.chunks, extra_args=self.s.perplexity_args, llama_cpp=ctx.llama_cpp,
+                            runtime=ctx.recipe.runtime)
         result = execute_quality(plan, log_dir=out / "quality-logs", emit=lambda m: ctx.emit(self.id, m))
         if self.r.check_types():
             _, ref_report = CheckStep(self.r).check(ctx, [ref], out / "reference", self.id)
