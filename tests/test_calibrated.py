@@ -18,10 +18,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from mtpgraft.check.counters import SpecCounters
 from mtpgraft.check.judge import judge_model
-from mtpgraft.check.measure import Cell, RequestRecord, ServerRun, SpecCounters
 from mtpgraft.check.plan import CheckPlan, ModelSpec
 from mtpgraft.check.prompts import CATEGORIES, builtin_prompts, select_prompts
+from mtpgraft.check.records import Cell, RequestRecord, ServerRun
 from mtpgraft.check.server import ServerTool
 from mtpgraft.errors import RecipeError
 from mtpgraft.hub.card import recommended_n

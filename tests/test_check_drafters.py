@@ -21,7 +21,7 @@ from mtpgraft.check import (
     SpecCounters,
     judge_model,
 )
-from mtpgraft.check.measure import DrafterCounters, drafter_delta, drafter_stats
+from mtpgraft.check.counters import DrafterCounters, drafter_delta, drafter_stats
 from mtpgraft.check.plan import ServerConfig
 from mtpgraft.check.prompts import builtin_prompts, select_prompts
 from mtpgraft.check.server import offered_spec_types
@@ -295,7 +295,7 @@ def test_the_report_and_card_flags_are_the_winners_of_the_measured_table(swept):
 def test_ik_llama_cpps_server_takes_per_request_fields(tmp_path, monkeypatch):
     """The same probe on ik_llama.cpp 0.1.5's llama-server (MTP with -mtp; its request schema reads
     speculative.n_max), where the toolchain built it."""
-    from mtpgraft.check.measure import probe_per_request
+    from mtpgraft.check.probe import probe_per_request
     from mtpgraft.check.server import LlamaServer
     from mtpgraft.testmodels import CODE_PROMPT, build_tiny_model
     from mtpgraft.toolchain import cache_dir

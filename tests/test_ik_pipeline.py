@@ -32,8 +32,8 @@ draft acceptance rate = 1.00000 (    9 accepted /    9 generated)
 
 
 def test_ik_log_counters_add_up_finished_requests_only():
+    from mtpgraft.check.counters import SpecCounters
     from mtpgraft.check.ik import read_log_counters
-    from mtpgraft.check.measure import SpecCounters
 
     c = read_log_counters(IK_LOG)
     # three requests finished (a "statistics mtp" line each; the second drafted nothing, so it has no

@@ -5,6 +5,7 @@ plan (what to run, validated, pure) -> measure (servers, requests, /metrics delt
 llama-server process wrapper, `prompts` the prompt suite; `run` ties measure and judge together.
 """
 
+from .counters import SpecCounters
 from .judge import (
     GATE_CATEGORY,
     SPEEDUP_GREEN,
@@ -17,17 +18,7 @@ from .judge import (
     judge_model,
     speed_status,
 )
-from .measure import (
-    M_ACCEPTED,
-    M_DRAFT,
-    M_DRAFTS,
-    M_PER_POS,
-    SERVER_BASE_ARGS,
-    Cell,
-    RequestRecord,
-    ServerRun,
-    SpecCounters,
-)
+from .measure import SERVER_BASE_ARGS
 from .plan import (
     DEFAULT_MIN_ACCEPTANCE,
     DEFAULT_N_MAX,
@@ -40,8 +31,9 @@ from .plan import (
     settings_problem,
     validate_settings,
 )
+from .records import Cell, RequestRecord, ServerRun
 from .run import execute_check
-from .server import ServerTool, resolve_server
+from .server import M_ACCEPTED, M_DRAFT, M_DRAFTS, M_PER_POS, ServerTool, resolve_server
 
 __all__ = [
     "DEFAULT_MIN_ACCEPTANCE", "DEFAULT_N_MAX", "DEFAULT_TEMPERATURES", "GATE_CATEGORY", "M_ACCEPTED",

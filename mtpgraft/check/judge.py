@@ -19,16 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .measure import (
-    Cell,
-    DrafterCounters,
-    ServerRun,
-    SpecCounters,
-    TemplateCheck,
-    _r,
-    pool_drafters,
-)
+from .counters import DrafterCounters, SpecCounters, pool_drafters, rounded
 from .plan import CheckPlan, Condition, Keyed, ModelSpec, ServerConfig
+from .records import Cell, ServerRun, TemplateCheck
 
 # The recommendation matrix: a category "speeds up" at >= 1.10x, "slows down" below 1.00x.
 SPEEDUP_GREEN = 1.10
@@ -50,7 +43,7 @@ class MeanStd:
         return cls(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": _r(self.mean), "std": _r(self.std), "n": self.n}
+        return {"mean": rounded(self.mean), "std": rounded(self.std), "n": self.n}
 
 
 @dataclass(frozen=True)
@@ -98,10 +91,10 @@ class ConfigStats(Keyed):
             "n_max": self.n_max, "p_min": self.p_min, "spec_types": self.spec_types,
             "drafters": [d.to_dict() for d in self.drafters], "temperature": self.temperature,
             "reasoning": self.reasoning, "depth": self.depth, "category": self.category,
-            "prefill_ratio": _r(self.prefill_ratio), "status": self.status,
-            "acceptance": _r(c.acceptance), "acceptance_reps": self.acceptance_reps.to_dict(),
-            "mean_accept_len": _r(c.mean_accept_len),
-            "per_pos_acceptance": [_r(x) for x in c.per_pos_upto(self.n_max)], "counters": c.to_dict(),
+            "prefill_ratio": rounded(self.prefill_ratio), "status": self.status,
+            "acceptance": rounded(c.acceptance), "acceptance_reps": self.acceptance_reps.to_dict(),
+            "mean_accept_len": rounded(c.mean_accept_len),
+            "per_pos_acceptance": [rounded(x) for x in c.per_pos_upto(self.n_max)], "counters": c.to_dict(),
             "decode_tps": self.decode_tps.to_dict(), "prefill_tps": self.prefill_tps.to_dict(),
             "baseline_decode_tps": self.baseline_decode_tps.to_dict(),
             "baseline_prefill_tps": self.baseline_prefill_tps.to_dict(),
@@ -165,17 +158,17 @@ class CategorySummary:
         return {
             "best_p_min": self.best_p_min, "reasoning": self.reasoning, "depth": self.depth,
             "speedup_reps": self.speedup_reps, "why": self.why,
-            "speedup_requests": self.speedup_requests, "request_speedup_std": _r(self.request_speedup_std),
-            "acceptance": _r(self.acceptance), "speedup": _r(self.speedup),
-            "decode_tps": _r(self.decode_tps), "baseline_decode_tps": _r(self.baseline_decode_tps),
-            "prefill_tps": _r(self.prefill_tps), "best_n": self.best_n,
-            "baseline_prefill_tps": _r(self.baseline_prefill_tps),
-            "acceptance_std": _r(self.acceptance_std), "speedup_std": _r(self.speedup_std),
-            "decode_tps_std": _r(self.decode_tps_std), "mean_accept_len": _r(self.mean_accept_len),
-            "per_pos_acceptance": [_r(x) for x in self.per_pos_acceptance],
+            "speedup_requests": self.speedup_requests, "request_speedup_std": rounded(self.request_speedup_std),
+            "acceptance": rounded(self.acceptance), "speedup": rounded(self.speedup),
+            "decode_tps": rounded(self.decode_tps), "baseline_decode_tps": rounded(self.baseline_decode_tps),
+            "prefill_tps": rounded(self.prefill_tps), "best_n": self.best_n,
+            "baseline_prefill_tps": rounded(self.baseline_prefill_tps),
+            "acceptance_std": rounded(self.acceptance_std), "speedup_std": rounded(self.speedup_std),
+            "decode_tps_std": rounded(self.decode_tps_std), "mean_accept_len": rounded(self.mean_accept_len),
+            "per_pos_acceptance": [rounded(x) for x in self.per_pos_acceptance],
             "temperature": self.temperature, "status": self.status,
             "best_spec_type": self.best_spec_type, "runner_up": self.runner_up,
-            "margin": _r(self.margin), "margin_sd": _r(self.margin_sd),
+            "margin": rounded(self.margin), "margin_sd": rounded(self.margin_sd),
             "margin_in_noise": self.margin_in_noise, "mtp_off": self.mtp_off,
         }
 
@@ -241,8 +234,8 @@ class ModelResult:
             **({"draft": drafts[0]} if drafts else {}),
             "arch": self.spec.arch, "nextn_predict_layers": self.spec.nextn_predict_layers,
             "verdict": self.verdict, "reasons": list(self.reasons), "warnings": list(self.warnings),
-            "acceptance": _r(self.acceptance), "mean_accept_len": _r(self.counters.mean_accept_len),
-            "per_pos_acceptance": [_r(x) for x in self.counters.per_pos_upto(
+            "acceptance": rounded(self.acceptance), "mean_accept_len": rounded(self.counters.mean_accept_len),
+            "per_pos_acceptance": [rounded(x) for x in self.counters.per_pos_upto(
                 max((c.n_max for c in self.configs), default=0))],
             "counters": self.counters.to_dict(), "mtp_active": self.mtp_active,
             "categories": {k: v.to_dict() for k, v in self.categories.items()},
@@ -290,17 +283,17 @@ class CheckResult:
         first = self.models[0].to_dict()["categories"] if self.models else {}
         return {
             "mtpgraft_version": __version__, "verdict": self.verdict, "reasons": list(self.reasons),
-            "warnings": list(self.warnings), "acceptance": _r(self.acceptance),
-            "mean_accept_len": _r(self.counters.mean_accept_len),
+            "warnings": list(self.warnings), "acceptance": rounded(self.acceptance),
+            "mean_accept_len": rounded(self.counters.mean_accept_len),
             "llama_cpp_build": self.llama_cpp_build, "settings": self.plan.settings_dict(),
             "thresholds": {"min_acceptance": self.plan.min_acceptance,
                            "min_speedup": self.plan.min_speedup,
                            "speedup_green": SPEEDUP_GREEN, "speedup_red": SPEEDUP_RED},
             "models": [m.to_dict() for m in self.models],
             "categories": first,
-            "timing": {"wall_s": _r(self.wall_s), "server_start_s": _r(self.server_start_s),
-                       "server_stop_s": _r(self.server_stop_s), "warmup_s": _r(self.warmup_s),
-                       "generation_s": _r(self.generation_s), "overhead_s": _r(self.overhead_s)},
+            "timing": {"wall_s": rounded(self.wall_s), "server_start_s": rounded(self.server_start_s),
+                       "server_stop_s": rounded(self.server_stop_s), "warmup_s": rounded(self.warmup_s),
+                       "generation_s": rounded(self.generation_s), "overhead_s": rounded(self.overhead_s)},
             "chart": None,
             "per_request": (None if self.per_request is None else
                             {"accepted": self.per_request[0], "evidence": self.per_request[1]}),

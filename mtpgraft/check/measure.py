@@ -1,4 +1,4 @@
-"""Measuring on llama-server: the counters, the request records, and the runner.
+"""Measuring on llama-server: the runner that starts each server of a model and records its requests.
 
 Per model one baseline server (no MTP) and one MTP server per draft depth n, since draft
 parameters cannot change per request. Every prompt runs on every server with the prompt cache off
@@ -10,274 +10,25 @@ the per-response `timings`.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import MtpgraftError, ServerError
 from ..preflight import mtp_blocker
 from ..runtimes import IK
+from .counters import DRAFTER_LOG_LEVEL, DrafterCounters, SpecCounters, drafter_delta, drafter_stats
 from .ik import IkLlamaServer
-from .plan import REASONING, CheckPlan, Condition, Keyed, ModelSpec, ServerConfig
+from .plan import REASONING, CheckPlan, Condition, ModelSpec, ServerConfig
+from .probe import PROBE_TOKENS, first_to_start, per_request_fields, probe_per_request
 from .prompts import Prompt, builtin_context, context_kind
-from .server import M_ACCEPTED, M_DRAFT, M_DRAFTS, M_PER_POS, LlamaServer
+from .records import Cell, RequestRecord, ServerRun, TemplateCheck, timing_float, timing_int
+from .server import LlamaServer
 
 # Always passed to llama-server (LlamaServer already gives -np 1): no host-memory prompt cache, so
 # with cache_prompt=false every request pays its full prefill and no run reuses another's KV state.
 SERVER_BASE_ARGS = ("--cache-ram", "0")
-
-_PER_POS_RE = re.compile(re.escape(M_PER_POS) + r'\{position="(\d+)"\}$')
-
-
-@dataclass(frozen=True)
-class SpecCounters:
-    """llama-server's speculative-decoding counters (/metrics), or a difference of two readings."""
-
-    draft_tokens: int = 0
-    accepted: int = 0
-    drafts: int = 0  # verification steps
-    accepted_per_pos: tuple[int, ...] = ()
-
-    @classmethod
-    def from_metrics(cls, m: dict[str, float]) -> SpecCounters:
-        per_pos: dict[int, int] = {}
-        for key, value in m.items():
-            hit = _PER_POS_RE.match(key)
-            if hit:
-                per_pos[int(hit.group(1))] = int(value)
-        pos = tuple(per_pos.get(i, 0) for i in range(max(per_pos) + 1)) if per_pos else ()
-        return cls(int(m.get(M_DRAFT, 0)), int(m.get(M_ACCEPTED, 0)), int(m.get(M_DRAFTS, 0)), pos)
-
-    def __add__(self, other: SpecCounters) -> SpecCounters:
-        n = max(len(self.accepted_per_pos), len(other.accepted_per_pos))
-        a = self.accepted_per_pos + (0,) * (n - len(self.accepted_per_pos))
-        b = other.accepted_per_pos + (0,) * (n - len(other.accepted_per_pos))
-        return SpecCounters(self.draft_tokens + other.draft_tokens, self.accepted + other.accepted,
-                            self.drafts + other.drafts, tuple(x + y for x, y in zip(a, b, strict=True)))
-
-    def __sub__(self, other: SpecCounters) -> SpecCounters:
-        n = max(len(self.accepted_per_pos), len(other.accepted_per_pos))
-        a = self.accepted_per_pos + (0,) * (n - len(self.accepted_per_pos))
-        b = other.accepted_per_pos + (0,) * (n - len(other.accepted_per_pos))
-        return SpecCounters(self.draft_tokens - other.draft_tokens, self.accepted - other.accepted,
-                            self.drafts - other.drafts, tuple(x - y for x, y in zip(a, b, strict=True)))
-
-    @property
-    def acceptance(self) -> float | None:
-        return self.accepted / self.draft_tokens if self.draft_tokens else None
-
-    @property
-    def mean_accept_len(self) -> float | None:
-        """Tokens per verification step, counting the target's own token (vLLM's definition)."""
-        return 1.0 + self.accepted / self.drafts if self.drafts else None
-
-    @property
-    def per_pos_rate(self) -> tuple[float, ...]:
-        """Share of verification steps whose draft was accepted up to position i (i = 0, 1, ...)."""
-        if not self.drafts:
-            return ()
-        return tuple(a / self.drafts for a in self.accepted_per_pos)
-
-    def per_pos_upto(self, n: int | None) -> tuple[float, ...]:
-        """per_pos_rate over the first n positions and any later one with an accepted token (an
-        n-gram drafter beside MTP sizes llama-server's per-position counters at its own maximum)."""
-        rates = self.per_pos_rate
-        last = max((i + 1 for i, a in enumerate(self.accepted_per_pos) if a), default=0)
-        return rates[:max(n or 0, last)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"draft_tokens": self.draft_tokens, "accepted": self.accepted, "drafts": self.drafts,
-                "accepted_per_pos": list(self.accepted_per_pos)}
-
-
-# llama.cpp's own per-drafter counters (common/speculative.cpp, common_speculative_print_stats): one
-# line per drafter of the --spec-type list after every request, cumulative over the server's life,
-# at log verbosity 4 (trace).
-_STATS_RE = re.compile(r"statistics\s+([\w-]+): #calls\(b,g,a\) =\s*(\d+)\s+(\d+)\s+(\d+), "
-                       r"#gen drafts =\s*(\d+), #acc drafts =\s*(\d+), #gen tokens =\s*(\d+), "
-                       r"#acc tokens =\s*(\d+)")
-DRAFTER_LOG_LEVEL = "4"  # --verbosity that prints those lines (LOG_LEVEL_TRACE, common/log.h)
-
-
-@dataclass(frozen=True)
-class DrafterCounters:
-    """What one drafter of a --spec-type list proposed and had accepted, as llama.cpp counts it
-    (its `statistics` log line), or a difference of two readings."""
-
-    type: str
-    drafts: int = 0  # drafts it generated (#gen drafts)
-    draft_tokens: int = 0  # tokens it drafted (#gen tokens)
-    accepted: int = 0  # of those, accepted by the target (#acc tokens)
-    accepted_drafts: int = 0  # drafts with at least one token accepted (#acc drafts)
-
-    def _op(self, other: DrafterCounters, sign: int) -> DrafterCounters:
-        return DrafterCounters(self.type, self.drafts + sign * other.drafts,
-                               self.draft_tokens + sign * other.draft_tokens,
-                               self.accepted + sign * other.accepted,
-                               self.accepted_drafts + sign * other.accepted_drafts)
-
-    def __add__(self, other: DrafterCounters) -> DrafterCounters:
-        return self._op(other, 1)
-
-    def __sub__(self, other: DrafterCounters) -> DrafterCounters:
-        return self._op(other, -1)
-
-    @property
-    def acceptance(self) -> float | None:
-        return self.accepted / self.draft_tokens if self.draft_tokens else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "drafts": self.drafts, "draft_tokens": self.draft_tokens,
-                "accepted": self.accepted, "accepted_drafts": self.accepted_drafts,
-                "acceptance": _r(self.acceptance)}
-
-
-def drafter_stats(log_text: str) -> tuple[int, dict[str, DrafterCounters]]:
-    """(requests the log has stats for, each drafter's latest cumulative counters) from a
-    llama-server log at verbosity 4."""
-    latest: dict[str, DrafterCounters] = {}
-    seen: dict[str, int] = {}
-    for m in _STATS_RE.finditer(log_text):
-        t = m.group(1)
-        latest[t] = DrafterCounters(t, int(m.group(5)), int(m.group(7)), int(m.group(8)),
-                                    int(m.group(6)))
-        seen[t] = seen.get(t, 0) + 1
-    return (min(seen.values()) if seen else 0), latest
-
-
-def drafter_delta(after: dict[str, DrafterCounters],
-                  before: dict[str, DrafterCounters]) -> tuple[DrafterCounters, ...]:
-    return tuple(c - before.get(t, DrafterCounters(t)) for t, c in after.items())
-
-
-def pool_drafters(groups: Any) -> tuple[DrafterCounters, ...]:
-    """Per-drafter counters summed over cells (each a tuple of DrafterCounters), by type."""
-    out: dict[str, DrafterCounters] = {}
-    for group in groups:
-        for c in group:
-            out[c.type] = out.get(c.type, DrafterCounters(c.type)) + c
-    return tuple(out.values())
-
-
-@dataclass(frozen=True)
-class RequestRecord(Keyed):
-    """One measured request and what its `timings` said."""
-
-    prompt_id: str
-    category: str
-    n_max: int | None
-    temperature: float
-    rep: int
-    seed: int
-    prompt_n: int
-    prompt_ms: float
-    predicted_n: int
-    predicted_ms: float
-    cache_n: int
-    draft_n: int
-    draft_n_accepted: int
-    content: str
-    p_min: float | None = None
-    reasoning: str | None = None
-    depth: int = 0
-    wall_ms: float = 0.0  # the HTTP request as the harness saw it
-    spec_types: str | None = None
-
-    @property
-    def rate(self) -> float | None:
-        return self.draft_n_accepted / self.draft_n if self.draft_n else None
-
-    @property
-    def decode_tps(self) -> float | None:
-        return 1000.0 * self.predicted_n / self.predicted_ms if self.predicted_ms > 0 else None
-
-    def row(self) -> dict[str, Any]:
-        """The per-prompt row of report.json (what people post: pred= draft= acc= rate= tok/s=)."""
-        return {"id": self.prompt_id, "category": self.category, "config": self.config.label,
-                "n_max": self.n_max, "p_min": self.p_min, "spec_types": self.spec_types,
-                "temperature": self.temperature, "reasoning": self.reasoning, "depth": self.depth,
-                "rep": self.rep, "seed": self.seed,
-                "prompt_n": self.prompt_n, "predicted": self.predicted_n, "drafted": self.draft_n,
-                "accepted": self.draft_n_accepted, "rate": _r(self.rate),
-                "tok_s": _r(self.decode_tps, 2), "wall_s": _r(self.wall_ms / 1000.0)}
-
-
-@dataclass(frozen=True)
-class Cell(Keyed):
-    """The requests of one category, one repetition, on one server under one condition."""
-
-    n_max: int | None
-    temperature: float
-    category: str
-    rep: int
-    counters: SpecCounters  # /metrics delta over exactly these requests
-    requests: tuple[RequestRecord, ...]
-    p_min: float | None = None
-    reasoning: str | None = None
-    depth: int = 0
-    spec_types: str | None = None
-    drafters: tuple[DrafterCounters, ...] = ()  # llama.cpp's per-drafter deltas over these requests
-
-    @property
-    def decode_tps(self) -> float | None:
-        ms = sum(r.predicted_ms for r in self.requests)
-        return 1000.0 * sum(r.predicted_n for r in self.requests) / ms if ms > 0 else None
-
-    @property
-    def prefill_tps(self) -> float | None:
-        ms = sum(r.prompt_ms for r in self.requests)
-        return 1000.0 * sum(r.prompt_n for r in self.requests) / ms if ms > 0 else None
-
-
-def _r(x: float | None, nd: int = 4) -> float | None:
-    return None if x is None else round(float(x), nd)
-
-
-@dataclass(frozen=True)
-class ServerRun:
-    """What one llama-server process did: how long it took to start, its final counters."""
-
-    n_max: int | None
-    cmd: tuple[str, ...] = ()
-    start_s: float = 0.0
-    stop_s: float = 0.0
-    error: str | None = None
-    log_tail: str = ""
-    speculative_types: str = ""
-    counters_final: SpecCounters = SpecCounters()  # absolute /metrics values before stopping
-    p_min: float | None = None
-    spec_types: str | None = None
-    drafters_final: tuple[DrafterCounters, ...] = ()  # llama.cpp's per-drafter totals before stopping
-    measured: tuple[str, ...] = ()  # labels of the configurations measured on it (per-request fields)
-
-    @property
-    def config(self) -> ServerConfig:
-        return ServerConfig(self.n_max, self.p_min, self.spec_types)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config.label, "n_max": self.n_max, "p_min": self.p_min,
-                "spec_types": self.spec_types, "measured": list(self.measured or (self.config.label,)),
-                "drafters_final": [d.to_dict() for d in self.drafters_final],
-                "cmd": list(self.cmd), "start_s": _r(self.start_s), "stop_s": _r(self.stop_s),
-                "error": self.error, "speculative_types": self.speculative_types,
-                "counters_final": self.counters_final.to_dict()}
-
-
-@dataclass(frozen=True)
-class TemplateCheck:
-    """What a thinking setting sent and what the model's template made of it (/apply-template)."""
-
-    reasoning: str
-    kwargs: dict[str, Any]
-    prompt_tail: str  # the end of the rendered prompt
-    honoured: bool  # the prompt differs between thinking on and off
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"reasoning": self.reasoning, "chat_template_kwargs": self.kwargs,
-                "prompt_tail": self.prompt_tail, "honoured": self.honoured}
 
 
 Progress = Callable[[str, int], None]  # (what is running now, measured requests just finished)
@@ -288,15 +39,6 @@ ServerFactory = Callable[..., Any]
 def _default_server_factory(**kwargs: Any) -> Any:
     return (IkLlamaServer if kwargs.get("runtime") == IK else LlamaServer)(**kwargs)
 
-
-def _int(t: dict[str, Any], key: str) -> int:
-    v = t.get(key)
-    return int(v) if isinstance(v, (int, float)) else 0
-
-
-def _float(t: dict[str, Any], key: str) -> float:
-    v = t.get(key)
-    return float(v) if isinstance(v, (int, float)) else 0.0
 
 
 def context_text(server: Any, kind: str, depth: int) -> tuple[str, int]:
@@ -360,7 +102,7 @@ class _ModelRunner:
         pending = list(self.plan.configs_for(self.spec))
         while pending:
             probing = self.plan.warmup and (self.per_request is None or self.per_request[0])
-            cfg = _first_to_start(pending) if probing else pending[0]
+            cfg = first_to_start(pending) if probing else pending[0]
             group = [c for c in pending if c.mtp and c.spec_types == cfg.spec_types] if cfg.mtp else [cfg]
             done = self._run_server(cfg, group)
             # Stop at the first failure: without a baseline there is nothing to compare against,
@@ -492,15 +234,15 @@ class _ModelRunner:
                 res: dict[str, Any], text: str, wall_ms: float) -> RequestRecord:
         t = res.get("timings") or {}
         return RequestRecord(
-            p.id, p.category, cfg.n_max, cond.temperature, rep, seed, _int(t, "prompt_n"),
-            _float(t, "prompt_ms"), _int(t, "predicted_n"), _float(t, "predicted_ms"),
-            _int(t, "cache_n"), _int(t, "draft_n"), _int(t, "draft_n_accepted"), text,
+            p.id, p.category, cfg.n_max, cond.temperature, rep, seed, timing_int(t, "prompt_n"),
+            timing_float(t, "prompt_ms"), timing_int(t, "predicted_n"), timing_float(t, "predicted_ms"),
+            timing_int(t, "cache_n"), timing_int(t, "draft_n"), timing_int(t, "draft_n_accepted"), text,
             cfg.p_min, cond.reasoning, cond.depth, wall_ms, cfg.spec_types)
 
     def _measure(self, server: Any, cfg: ServerConfig, *, per_request: bool = False) -> str:
         plan = self.plan
         spec_types = ""
-        fields = _per_request_fields(cfg) if per_request else None
+        fields = per_request_fields(cfg) if per_request else None
         before = SpecCounters.from_metrics(server.metrics())
         drafted = self._drafters(server) if cfg.mtp else {}
         for cond in plan.conditions:
@@ -540,70 +282,6 @@ class _ModelRunner:
         self.events(f"estimated time: ~{_duration(total)} (first server: start {self._start_s:.1f} s, "
                     f"prefill {prefill:.0f} tok/s, decode {decode:.1f} tok/s)")
 
-
-PROBE_TOKENS = 16  # tokens of each per-request probe request (uncounted, like the warm-up)
-
-
-# The per-request line both llama-server (slot print_timing) and ik_llama.cpp's print when a request
-# drafted: "draft acceptance = 0.8 (52 accepted / 63 generated)" / "draft acceptance rate = ...".
-_LOG_DRAFTED = re.compile(r"draft acceptance(?: rate)? = [\d.]+ \(\s*\d+ accepted /\s*(\d+) generated\)")
-
-
-def _drafted(server: Any, send: Callable[[dict[str, Any]], dict[str, Any]],
-             fields: dict[str, Any]) -> int:
-    """Tokens drafted by one request: llama-server's /metrics delta, else the response's
-    timings.draft_n, else (ik_llama.cpp's MTP path counts neither) its log line for the request."""
-    read = getattr(server, "log_text", lambda: "")
-    before, logged = server.metrics(), len(_LOG_DRAFTED.findall(read()))
-    res = send(fields)
-    after = server.metrics()
-    if M_DRAFT in after:
-        return int(after[M_DRAFT] - before.get(M_DRAFT, 0))
-    if "draft_n" in (res.get("timings") or {}):
-        return _int(res["timings"], "draft_n")
-    deadline = time.monotonic() + 1.0  # the log is written by a thread of its own
-    while time.monotonic() < deadline:
-        lines = _LOG_DRAFTED.findall(read())
-        if len(lines) > logged:
-            return sum(int(x) for x in lines[logged:])
-        time.sleep(0.05)
-    return 0  # no line: nothing drafted
-
-
-def probe_per_request(server: Any, send: Callable[[dict[str, Any]], dict[str, Any]],
-                      what: str = "") -> tuple[bool, str]:
-    """Whether a running speculative server takes per-request speculative fields: the same short
-    request (`send(fields)` sends it) plain and with `speculative.n_max` 0; taken when the first
-    drafts and the second does not. (taken, the evidence in words)."""
-    drafted = []
-    for fields in ({}, {"speculative.n_max": 0}):
-        try:
-            drafted.append(_drafted(server, send, fields))
-        except ServerError as e:
-            return False, f"a request with speculative.n_max was refused: {e}"
-    plain, probed = drafted
-    if plain == 0:
-        return False, "undecided: the plain probe request drafted nothing" + (f" ({what})" if what else "")
-    ok = probed == 0
-    return ok, (f"one request drafted {plain} tokens plain and {probed} with speculative.n_max=0: the "
-                f"server {'applies' if ok else 'ignores'} per-request speculative fields")
-
-
-def _first_to_start(pending: list[ServerConfig]) -> ServerConfig:
-    """The next server to start: the baseline first, then per --spec-type list the deepest n (a server
-    that takes per-request fields can then run every shallower n of the list)."""
-    head = pending[0]
-    if not head.mtp:
-        return head
-    same = [c for c in pending if c.spec_types == head.spec_types]
-    return max(same, key=lambda c: c.n_max or 0)
-
-
-def _per_request_fields(cfg: ServerConfig) -> dict[str, Any]:
-    fields: dict[str, Any] = {"speculative.n_max": cfg.n_max}
-    if cfg.p_min is not None:
-        fields["speculative.p_min"] = cfg.p_min
-    return fields
 
 
 def _mtp_blocker(model: Path, draft: Path | None, server: Any) -> str | None:

@@ -16,8 +16,8 @@ from typing import Any
 from ..outputs import PendingOutput, write_text
 from ..reports import CHECK_REPORT
 from .judge import SPEEDUP_GREEN, SPEEDUP_RED, CheckResult, ConfigStats, ModelResult
-from .measure import RequestRecord
 from .plan import WARMUP_RULE, Condition
+from .records import RequestRecord
 from .tables import (
     DOT,
     OFF_TEXT,

@@ -9,12 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..hashing import sha256_file
+from .counters import SpecCounters
 from .judge import CheckResult, ModelResult, judge_model
 from .measure import (
     Events,
     Progress,
     ServerFactory,
-    SpecCounters,
     _default_server_factory,
     _ModelRunner,
 )
