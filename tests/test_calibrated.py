@@ -23,7 +23,7 @@ from mtpgraft.check.judge import judge_model
 from mtpgraft.check.plan import CheckPlan, ModelSpec
 from mtpgraft.check.prompts import CATEGORIES, builtin_prompts, select_prompts
 from mtpgraft.check.records import Cell, RequestRecord, ServerRun
-from mtpgraft.check.server import ServerTool
+from mtpgraft.check.servertool import ServerTool
 from mtpgraft.errors import RecipeError
 from mtpgraft.hub.card import recommended_n
 from mtpgraft.recipe import load_recipe, run_recipe

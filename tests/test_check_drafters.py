@@ -24,7 +24,7 @@ from mtpgraft.check import (
 from mtpgraft.check.counters import DrafterCounters, drafter_delta, drafter_stats
 from mtpgraft.check.plan import ServerConfig
 from mtpgraft.check.prompts import builtin_prompts, select_prompts
-from mtpgraft.check.server import offered_spec_types
+from mtpgraft.check.servertool import offered_spec_types
 from mtpgraft.check.tables import task_flags
 from mtpgraft.errors import UsageError
 

@@ -33,7 +33,8 @@ from .plan import (
 )
 from .records import Cell, RequestRecord, ServerRun
 from .run import execute_check
-from .server import M_ACCEPTED, M_DRAFT, M_DRAFTS, M_PER_POS, ServerTool, resolve_server
+from .server import M_ACCEPTED, M_DRAFT, M_DRAFTS, M_PER_POS
+from .servertool import ServerTool, resolve_server
 
 __all__ = [
     "DEFAULT_MIN_ACCEPTANCE", "DEFAULT_N_MAX", "DEFAULT_TEMPERATURES", "GATE_CATEGORY", "M_ACCEPTED",

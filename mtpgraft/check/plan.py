@@ -18,7 +18,7 @@ from ..errors import Setting, UsageError
 from ..gguf_io import GGUFModel
 from ..inspection import file_type_name
 from .prompts import Prompt, builtin_prompts, load_prompts, select_prompts
-from .server import ServerTool
+from .servertool import ServerTool
 
 # The presets. The default sits between quick and thorough: 4 servers x 20 requests x 128 tokens
 # (dense models: p-min 0 and 0.75 double the MTP servers), a few minutes for a 27B model on one GPU

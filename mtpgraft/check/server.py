@@ -7,29 +7,22 @@ Flags and fields are those of llama.cpp 0c1e570 (common/arg.cpp, tools/server).
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import logging
 import os
-import re
-import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ServerError, ToolNotFoundError, UsageError
-from ..pins import cached_bin_dir
-from ..runtimes import IK, LABELS, MAINLINE, server_argv, server_option
-from ..toolchain import mtp_architectures
+from ..errors import ServerError, ToolNotFoundError
+from ..runtimes import MAINLINE, server_argv
 from ..tools import (
     error_line,
     find_tool,
@@ -38,8 +31,8 @@ from ..tools import (
     server_help,
     spawn,
     stop_process,
-    tool_version,
 )
+from .watch import WATCH_SLICE, Exchange, Speed, Watchdog, exit_str
 
 # llama-server's /metrics counters of speculative decoding (ik_llama.cpp's wrapper serves the same names).
 M_DRAFT = "llamacpp:spec_decode_num_draft_tokens_total"
@@ -51,77 +44,6 @@ log = logging.getLogger("mtpgraft")
 
 HOST = "127.0.0.1"
 _BIND_ATTEMPTS = 3  # a free port can be taken between probing and binding; retry on a fresh one
-
-
-@dataclass(frozen=True)
-class ServerTool:
-    """The llama-server a check runs, resolved once: its path, MTP spelling and version."""
-
-    path: Path
-    spec_type: str  # the MTP spelling this llama-server accepts (draft-mtp, or mtp on forks; -mtp: ik 0.1.5)
-    version: str = ""
-    llama_cpp_dir: str | None = None  # what --llama-cpp said, handed to every LlamaServer
-    flags: frozenset[str] = frozenset()  # the options its --help lists that a check may pass
-    spec_types: tuple[str, ...] = ()  # the --spec-type values its --help offers (a comma list)
-    runtime: str = MAINLINE  # whose llama-server it is (runtimes.py)
-    mtp_archs: tuple[str, ...] | None = None  # what it runs MTP for, where known (toolchain.mtp_architectures)
-
-    def has(self, flag: str) -> bool:
-        return flag in self.flags
-
-    @property
-    def mtp_flag(self) -> str:
-        """The argv that turns MTP on: `--spec-type draft-mtp`, or ik_llama.cpp 0.1.5's `-mtp`."""
-        return self.spec_type if self.spec_type.startswith("-") else f"--spec-type {self.spec_type}"
-
-
-def resolve_server(llama_cpp: str | os.PathLike[str] | None = None, runtime: str = MAINLINE) -> ServerTool:
-    """Find `runtime`'s llama-server and ask it (--help, --version) how it spells MTP; the one probe a
-    check makes. `flags` holds mainline's names of the options it has, however it spells them."""
-    path = find_tool("llama-server", llama_cpp, runtime)
-    spec_type = probe_mtp_spec_type(path)
-    if spec_type is None and runtime == IK and probe_mtp_flag(path) == "-mtp":
-        spec_type = "-mtp"
-    if spec_type is None:
-        expected = "--spec-type draft-mtp" if runtime == MAINLINE else "-mtp or --spec-type mtp"
-        raise UsageError(f"{path} has no MTP speculative type in its --help (expected "
-                         f"{expected}); use a {LABELS[runtime]} build with MTP support")
-    text = server_help(str(path))
-    flags = frozenset(f for f in _CHECK_FLAGS
-                      if re.search(rf"(?<![\w-]){re.escape(server_option(runtime, f))}\b", text))
-    return ServerTool(path=path, spec_type=spec_type, version=tool_version(str(path)),
-                      llama_cpp_dir=str(llama_cpp) if llama_cpp else None, flags=flags, runtime=runtime,
-                      spec_types=offered_spec_types(text),
-                      mtp_archs=_mtp_archs(path, runtime))
-
-
-def _mtp_archs(path: Path, runtime: str) -> tuple[str, ...] | None:
-    """The architectures this llama-server runs MTP for: known only for the toolchain cache's build,
-    read from the source it was built from (no binary lists them); asked of a fork only (preflight)."""
-    cache = cached_bin_dir(runtime) if runtime != MAINLINE else None
-    if cache is None or path != cache / "llama-server":
-        return None
-    archs = mtp_architectures(runtime)
-    return tuple(archs) if archs is not None else None
-
-
-# Options a check passes only when this llama-server knows them.
-_CHECK_FLAGS = ("--jinja", "--spec-draft-p-min", "--no-repack", "--cache-ram", "--verbosity")
-_SPEC_TYPE_LINE = re.compile(r"^\s*--spec-type\b[ \t]*(.*)$", re.M)
-
-
-def offered_spec_types(help_text: str) -> tuple[str, ...]:
-    """The --spec-type values a llama-server's --help offers, in its order: mainline prints them as
-    the option's argument (`--spec-type none,draft-simple,...,ngram-mod`), ik_llama.cpp in brackets
-    (`--spec-type Name [none | ngram - cache | ...]`). `none` is left out; () when there is no list."""
-    m = _SPEC_TYPE_LINE.search(help_text)
-    if m is None:
-        return ()
-    arg = m.group(1).split("  ")[0].strip()  # the argument, before the description's column
-    inner = re.search(r"\[(.*?)\]", m.group(1))
-    items = inner.group(1).split("|") if inner else arg.split(",")
-    names = [re.sub(r"\s*-\s*", "-", x).strip() for x in items]
-    return tuple(n for n in dict.fromkeys(names) if re.fullmatch(r"[a-z0-9][a-z0-9-]*", n) and n != "none")
 
 
 def cpu_has_amx() -> bool:
@@ -212,7 +134,7 @@ class LlamaServer:
             self.log_path = Path(name)
             weakref.finalize(self, self.log_path.unlink, missing_ok=True)
         self._spec_flag: str | None = None
-        self._speed = _Speed()
+        self._speed = Speed()
         self.cmd = self._build_cmd()
 
     # ---- process ---------------------------------------------------------------------------
@@ -313,7 +235,7 @@ class LlamaServer:
                 text = self.log_text()
                 why = error_line(text)
                 self._proc = None
-                raise ServerError(f"llama-server exited with {_exit_str(rc)} before it was ready"
+                raise ServerError(f"llama-server exited with {exit_str(rc)} before it was ready"
                                   + (f": {why}" if why else "") + f" (log: {self.log_path})",
                                   log_tail=_tail(text))
             status = self._health_status(timeout=2.0)
@@ -385,10 +307,10 @@ class LlamaServer:
     def request(self, method: str, path: str, body: Any = None, *, timeout: float = 60.0) -> tuple[int, bytes]:
         """One HTTP exchange, watched: ServerError if the server cannot be reached, exits, or stops
         responding (its process stopped, /health unanswered, or no answer within `timeout`)."""
-        ex = _Exchange(HOST, self.port, method, path, body, timeout)
+        ex = Exchange(HOST, self.port, method, path, body, timeout)
         ex.start()
-        watch = _Watchdog(self, f"{method} {path}", timeout)
-        while not ex.done.wait(_WATCH_SLICE):
+        watch = Watchdog(lambda: self._proc, self._health_status, f"{method} {path}", timeout)
+        while not ex.done.wait(WATCH_SLICE):
             why = watch.problem()
             if why is not None:
                 ex.abort()
@@ -467,111 +389,3 @@ class LlamaServer:
 
 class _PortClash(ServerError):
     """Something else answered on our port: start() retries on another one."""
-
-
-_WATCH_SLICE = 0.5  # how often a waiting request looks at the server
-_HEALTH_EVERY = 2.0  # seconds between /health probes while a request waits
-_HEALTH_MISSES = 5  # unanswered probes in a row that mean the server stopped responding
-_BUDGET_FLOOR = 30.0  # no completion is given less than this many seconds
-_BUDGET_FACTOR = 4.0  # headroom over the slowest speed measured
-
-
-class _Speed:
-    """The slowest prompt and decode speeds (tokens/s) a server has shown: what a request needs."""
-
-    def __init__(self) -> None:
-        self.prefill: float | None = None
-        self.decode: float | None = None
-
-    def update(self, timings: dict[str, Any]) -> None:
-        for attr, key in (("prefill", "prompt_per_second"), ("decode", "predicted_per_second")):
-            v = timings.get(key)
-            if isinstance(v, (int, float)) and v > 0:
-                cur = getattr(self, attr)
-                setattr(self, attr, v if cur is None else min(cur, v))
-
-    def budget(self, prompt_tokens: int, n_predict: int, *, first: float) -> float:
-        if self.prefill is None or self.decode is None:
-            return max(first, _BUDGET_FLOOR)
-        need = prompt_tokens / self.prefill + max(n_predict, 1) / self.decode
-        return _BUDGET_FLOOR + _BUDGET_FACTOR * need
-
-
-class _Exchange(threading.Thread):
-    """One HTTP request on a thread of its own, so the caller can watch the server meanwhile."""
-
-    def __init__(self, host: str, port: int, method: str, path: str, body: Any, timeout: float) -> None:
-        super().__init__(daemon=True, name=f"http {method} {path}")
-        self.conn = http.client.HTTPConnection(host, port, timeout=timeout + 5.0)
-        self.method, self.path = method, path
-        self.data = json.dumps(body).encode() if body is not None else None
-        self.status: int | None = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        headers = {"Content-Type": "application/json"} if self.data is not None else {}
-        try:
-            self.conn.request(self.method, self.path, body=self.data, headers=headers)
-            resp = self.conn.getresponse()
-            self.data = resp.read()
-            self.status = resp.status
-        except (OSError, http.client.HTTPException) as e:
-            self.error = e
-        finally:
-            self.conn.close()
-            self.done.set()
-
-    def abort(self) -> None:
-        sock = self.conn.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
-class _Watchdog:
-    """Says why a server stopped responding to a request: it exited, its process is stopped, it
-    stopped answering /health, or the request outlived its budget. None while all is well."""
-
-    def __init__(self, server: LlamaServer, what: str, budget: float) -> None:
-        self.server, self.what, self.budget = server, what, budget
-        self.t0 = time.monotonic()
-        self.next_probe = self.t0 + _HEALTH_EVERY
-        self.misses = 0
-
-    def problem(self) -> str | None:
-        proc = self.server._proc
-        now = time.monotonic()
-        if proc is None or proc.poll() is not None:
-            rc = proc.poll() if proc is not None else None
-            return f"it exited with {_exit_str(rc)} during {self.what}" if rc is not None else "it was stopped"
-        if _process_state(proc.pid) in ("T", "t"):
-            return f"its process (pid {proc.pid}) is stopped (SIGSTOP?) during {self.what}"
-        if now - self.t0 > self.budget:
-            return f"no answer to {self.what} within {self.budget:.0f}s"
-        if now >= self.next_probe:
-            self.next_probe = now + _HEALTH_EVERY
-            self.misses = 0 if self.server._health_status(timeout=_HEALTH_EVERY) is not None else self.misses + 1
-            if self.misses >= _HEALTH_MISSES:
-                return f"no answer to /health for {self.misses} probes during {self.what}"
-        return None
-
-
-def _process_state(pid: int) -> str:
-    """The state letter of /proc/PID/stat (R, S, D, T, Z, ...), or '' where there is no /proc."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, IndexError):
-        return ""
-
-
-def _signal_name(num: int) -> str:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return f"signal {num}"
-
-
-def _exit_str(rc: int) -> str:
-    return f"{_signal_name(-rc)} (signal {-rc})" if rc < 0 else f"exit code {rc}"

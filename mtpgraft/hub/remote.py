@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from .. import naming
 from ..check import execute_check, plan_check
 from ..check.plan import PRESETS
-from ..check.server import LlamaServer, ServerTool
+from ..check.server import LlamaServer
+from ..check.servertool import ServerTool
 from ..errors import HubError, Setting, Text, ToolFailedError, ToolNotFoundError, UsageError
 from ..sources.hublimits import bounded, check_commit, check_path
 from ..tools import run_tool
