@@ -25,7 +25,7 @@ from mtpgraft.check.prompts import CATEGORIES, builtin_prompts, select_prompts
 from mtpgraft.check.records import Cell, RequestRecord, ServerRun
 from mtpgraft.check.servertool import ServerTool
 from mtpgraft.errors import RecipeError
-from mtpgraft.hub.card import recommended_n
+from mtpgraft.hub.sections import recommended_n
 from mtpgraft.recipe import load_recipe, run_recipe
 from mtpgraft.recipe.steps import resolve_builtin_model
 from mtpgraft.testmodels import build_tiny_model

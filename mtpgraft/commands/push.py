@@ -125,7 +125,7 @@ def _exit_on_failed(checks: list[Any]) -> None:
 
 
 def _plan_lines(plan: Any, *, dry_run: bool) -> list[str]:
-    from ..hub.card import human_size
+    from ..hub.markdown import human_size
 
     where = "repo will be created" if not plan.repo_exists and not plan.refused else (
         "branch will be created" if plan.repo_exists and not plan.branch_exists else "")

@@ -17,7 +17,7 @@ from ..gguf_io import GGUFModel
 from ..hashing import sha256_file
 from ..inspection import inspect_model
 from ..reports import QUALITY_REPORT, CheckReport, QualityReport, load_check_report, load_quality
-from .card import human_size
+from .markdown import human_size
 from .types import CheckMatch, FileRef, GateResult, ModelEntry, PlannedFile, QualityMatch, Refusal
 
 # The Hub's old per-file limit, which GGUF publishers still split at (llama-gguf-split "50G").

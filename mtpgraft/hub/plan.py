@@ -14,15 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .. import naming
 from ..errors import HubError, Setting, Text, UsageError, redact
 from ..sources.hublimits import bounded
-from .card import (
-    base_model_of,
-    human_size,
-    md,
-    md_code,
-    plain_line,
-    render_card,
-    with_sidecar_section,
-)
+from .card import base_model_of, render_card, with_sidecar_section
 from .client import hub_errors, namespaces, whoami
 from .gate import (
     CARD_METADATA_KEYS,
@@ -35,6 +27,7 @@ from .gate import (
     load_gate_report,
     plan_model,
 )
+from .markdown import human_size, md, md_code, plain_line
 from .sidecars import check_placement
 from .types import (
     CheckMatch,
