@@ -297,8 +297,8 @@ def test_ik_llama_cpps_server_takes_per_request_fields(tmp_path, monkeypatch):
     speculative.n_max), where the toolchain built it."""
     from mtpgraft.check.probe import probe_per_request
     from mtpgraft.check.server import LlamaServer
+    from mtpgraft.pins import cache_dir
     from mtpgraft.testmodels import CODE_PROMPT, build_tiny_model
-    from mtpgraft.toolchain import cache_dir
 
     found = sorted((cache_dir() / "toolchain").glob("ik_llama.cpp-*/build/bin/llama-server"))
     if not found:
@@ -335,8 +335,8 @@ def test_a_server_that_takes_per_request_fields_runs_every_n_on_one_start(tmp_pa
     """On ik_llama.cpp 0.1.5 (where the toolchain built it) the check starts one MTP server for n=1 and
     n=3 and sends speculative.n_max per request; ik's own log says what each request drafted."""
     from mtpgraft.check import execute_check, plan_check
+    from mtpgraft.pins import cache_dir
     from mtpgraft.testmodels import build_tiny_model
-    from mtpgraft.toolchain import cache_dir
 
     found = sorted((cache_dir() / "toolchain").glob("ik_llama.cpp-*/build/bin/llama-server"))
     if not found:
