@@ -1,8 +1,10 @@
 """The llama-server acceptance and speed check, as a package that shows its pipeline.
 
 plan (what to run, validated, pure) -> measure (servers, requests, /metrics deltas) -> judge
-(stats, best n, verdict) -> report (terminal, report.json/md, chart). `server` is the
-llama-server process wrapper, `prompts` the prompt suite; `run` ties measure and judge together.
+(stats, best n, verdict) -> report (terminal, report.json/md, chart). `records` and `counters` hold
+what was measured, `probe` the per-request speculative-field probe; `servertool` resolves the
+llama-server, `server` is its process wrapper (`watch` the watched HTTP exchange), `prompts` the
+prompt suite; `run` ties measure and judge together.
 """
 
 from .counters import SpecCounters

@@ -48,7 +48,7 @@ class IkLogCounters:
     drafts: int = 0  # the last "#gen drafts": verification steps
 
     def as_metrics(self) -> dict[str, float]:
-        """The counters under mainline's /metrics names (check.measure reads those)."""
+        """The counters under mainline's /metrics names (check.counters reads those)."""
         return {M_DRAFT: float(self.draft_tokens), M_ACCEPTED: float(self.accepted), M_DRAFTS: float(self.drafts)}
 
 

@@ -4,8 +4,8 @@
     plan = plan_push(paths, repo_id=..., api=api, report_dirs=[...])   # plan.py: read-only, gated
     result = execute_push(plan, api=api)          # execute.py: one commit, then read back
 
-card.py renders the model card (README.md) from the plan; client.py also maps the client's errors
-to one-line HubErrors.
+card.py renders the model card (README.md) from the plan, sections.py each of its sections; client.py
+also maps the client's errors to one-line HubErrors.
 """
 
 from __future__ import annotations
