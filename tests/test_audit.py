@@ -95,8 +95,8 @@ def header_bytes(paths) -> int:
     return sum(GGUFFile(p).header_size for p in paths)
 
 
-def local_inspect(path: Path) -> dict:
-    r = CliRunner().invoke(cli, ["inspect", str(path), "--json"])
+def local_inspect(path: Path, *extra: str) -> dict:
+    r = CliRunner().invoke(cli, ["inspect", str(path), "--json", *extra])
     d = json.loads(r.stdout)
     d.pop("shared_bytes")
     d.pop("path")
@@ -229,7 +229,13 @@ def test_a_head_in_an_ik_only_type(hub, hf_hermetic, files):
         local = CliRunner().invoke(cli, ["inspect", str(files["ik"])])
         assert local.exit_code == 3 and local.stderr.rstrip().endswith(m["problems"][0].split(": ", 1)[1])
     else:
-        assert m["runtimes"] == ["ik_llama.cpp"] and m["report"] == {**local_inspect(files["ik"]), "path": m["path"]}
+        # the audit judges a file by the runtimes that load it: local inspect with that runtime agrees, and
+        # with mainline's (the default) it names mainline's refusal
+        assert m["runtimes"] == ["ik_llama.cpp"] and m["loads"] and code == 0
+        assert m["report"] == {**local_inspect(files["ik"], "--runtime", "ik"), "path": m["path"]}
+        assert local_inspect(files["ik"])["problems"] == [
+            "llama.cpp's loader refuses it: tensor 'blk.4.nextn.eh_proj.weight' has invalid ggml type 139. "
+            "should be in [0, 43)"]
 
 
 def test_bad_references_are_usage_errors(hub, hf_hermetic):

@@ -21,7 +21,7 @@ import pytest
 from mtpgraft.check.counters import SpecCounters
 from mtpgraft.check.judge import judge_model
 from mtpgraft.check.plan import CheckPlan, ModelSpec
-from mtpgraft.check.prompts import CATEGORIES, builtin_prompts, select_prompts
+from mtpgraft.check.prompts import builtin_prompts, select_prompts
 from mtpgraft.check.records import Cell, RequestRecord, ServerRun
 from mtpgraft.check.servertool import ServerTool
 from mtpgraft.errors import RecipeError
@@ -190,7 +190,7 @@ def test_recommended_n_and_inconclusive_rule_on_measured_acceptance(demo: Path, 
     gguf_path = tmp_path / "m.gguf"
     gguf_path.write_bytes(b"GGUF")
     plan = CheckPlan(models=(ModelSpec(gguf_path, (gguf_path,), "qwen35", 1),),
-                     prompts=tuple(select_prompts(builtin_prompts(), list(CATEGORIES), per_category=1)),
+                     prompts=tuple(select_prompts(builtin_prompts(), list(REGIONS), per_category=1)),
                      server=ServerTool(Path("/bin/llama-server"), "draft-mtp"), n_max=(1, 2, 3), reps=2,
                      n_predict=64)
     servers = [ServerRun(None)] + [ServerRun(n, speculative_types="none,draft-mtp") for n in plan.n_max]
@@ -201,7 +201,7 @@ def test_recommended_n_and_inconclusive_rule_on_measured_acceptance(demo: Path, 
     assert cats["code"].status == "green" and cats["code"].speedup_reps == 2
     assert cats["creative"].status == "inconclusive" and "over 2 reps" in cats["creative"].why
     # code and factual gain most from n = 3, analysis peaks at 2, creative at 1: the card recommends 3
-    assert [cats[c].best_n for c in CATEGORIES] == [3, 3, 2, 1]
+    assert [cats[c].best_n for c in REGIONS] == [3, 3, 2, 1]
     votes = {c: s.to_dict() for c, s in cats.items()}
     assert recommended_n(SimpleNamespace(categories=votes)) == 3  # type: ignore[arg-type]
 
