@@ -3,6 +3,7 @@ a missing tool FAILS such a test (with the places that were searched), it is nev
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,16 @@ def hub(tmp_path: Path):
     h = FakeHub(tmp_path / "cas").start()
     yield h
     h.stop()
+
+
+@pytest.fixture(scope="session")
+def ik_bin_dir() -> Path:
+    """ik_llama.cpp's cached build; skipped without it, failed when MTPGRAFT_REQUIRE_IK is set (CI)."""
+    from mtpgraft.pins import cached_bin_dir
+
+    d = cached_bin_dir("ik")
+    if d is None:
+        if os.environ.get("MTPGRAFT_REQUIRE_IK"):
+            pytest.fail("ik_llama.cpp is not built: run `mtpgraft toolchain --runtime ik`", pytrace=False)
+        pytest.skip("ik_llama.cpp is not built (`mtpgraft toolchain --runtime ik`)")
+    return d

@@ -173,17 +173,6 @@ def test_dat_imatrix_reader(tmp_path):
 # ----------------------------------------------------------------------------- the real tools
 
 
-@pytest.fixture(scope="module")
-def ik_bin_dir() -> Path:
-    from mtpgraft.toolchain import cached_bin_dir
-
-    d = cached_bin_dir("ik")
-    if d is None:
-        if os.environ.get("MTPGRAFT_REQUIRE_IK"):
-            pytest.fail("ik_llama.cpp is not built: run `mtpgraft toolchain --runtime ik`", pytrace=False)
-        pytest.skip("ik_llama.cpp is not built (`mtpgraft toolchain --runtime ik`)")
-    return d
-
 
 def mtpgraft(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MTPGRAFT_IK_LLAMA_CPP", "MTPGRAFT_RUNTIME")}

@@ -172,17 +172,6 @@ def test_mtp_architectures_read_from_the_source(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- ik's real build
 
 
-@pytest.fixture(scope="module")
-def ik_bin_dir() -> Path:
-    from mtpgraft.pins import cached_bin_dir
-
-    d = cached_bin_dir("ik")
-    if d is None:
-        if os.environ.get("MTPGRAFT_REQUIRE_IK"):
-            pytest.fail("ik_llama.cpp is not built: run `mtpgraft toolchain --runtime ik`", pytrace=False)
-        pytest.skip("ik_llama.cpp is not built (`mtpgraft toolchain --runtime ik`)")
-    return d
-
 
 @pytest.mark.tools
 def test_real_doctor_lists_both_runtimes(ik_bin_dir):

@@ -29,7 +29,7 @@ from ..gguf_io import GGUFFile, GGUFModel
 from ..inspection import InspectReport, inspect_model
 from ..preflight import draft_blocker
 from ..sources.donor import read_header
-from ..sources.hubfiles import HubRepo, describe, open_repo
+from ..sources.hubfiles import HubRepo, RepoFiles, describe, open_repo
 from ..sources.hublimits import bounded
 from ..sources.spec import HF_PREFIX, HubRef, parse_hub
 
@@ -251,7 +251,7 @@ def _read_or_fail(o: _Open, path: str) -> ModelAudit | None:
 
 def read_model(repo: HubRepo, path: str) -> ModelAudit:
     """A model's header(s) by ranges, judged as `inspect` judges the local file."""
-    files = RepoFilesView(repo)
+    files = RepoFiles(repo)
     names, headers, nread = [path], [], 0
     try:
         first, n = read_header(files, path, slack=SLACK)
@@ -290,22 +290,6 @@ def _other_shards(repo: HubRepo, path: str, first: GGUFFile) -> list[str]:
     if missing:
         raise GGUFFormatError(f"{label}: shard {names.index(missing[0]) + 2} of {count} is missing ({missing[0]})")
     return names
-
-
-class RepoFilesView:
-    """A HubRepo as donor.read_header's Files."""
-
-    def __init__(self, repo: HubRepo) -> None:
-        self.repo = repo
-
-    def size(self, path: str) -> int:
-        return self.repo.require(path)
-
-    def read(self, path: str, start: int, end: int) -> bytes:
-        return self.repo.read(path, start, end)
-
-    def label(self, path: str) -> str:
-        return self.repo.label(path)
 
 
 def runtimes_of(model: GGUFModel) -> tuple[str, ...]:

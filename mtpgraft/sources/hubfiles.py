@@ -351,3 +351,19 @@ def describe(e: BaseException, ref: HubRef, api: HfApi) -> str | None:
     if isinstance(e, (KeyError, TypeError, ValueError, AttributeError, RecursionError)):  # no answer at all
         return f"{ref.label()}: the Hub's answer cannot be read ({type(e).__name__}: {_one_line(e)}); refusing it"
     return None
+
+
+class RepoFiles:
+    """A HubRepo as donor.read_header's Files (sizes from the listing, bytes by range)."""
+
+    def __init__(self, repo: HubRepo) -> None:
+        self.repo = repo
+
+    def size(self, path: str) -> int:
+        return self.repo.require(path)
+
+    def read(self, path: str, start: int, end: int) -> bytes:
+        return self.repo.read(path, start, end)
+
+    def label(self, path: str) -> str:
+        return self.repo.label(path)

@@ -31,7 +31,7 @@ from ..outputs import PendingOutput
 from ..parsing import MAX_JSON_BYTES
 from ..pins import cache_dir
 from . import convert, donor
-from .hubfiles import RETRIES, FetchFailed, HubRepo, open_repo, source_errors
+from .hubfiles import RETRIES, FetchFailed, HubRepo, RepoFiles, open_repo, source_errors
 from .hublimits import HubLimits, bounded
 from .safetensors import STHeader, header_length, parse_header, weight_map
 from .spec import HubRef, is_hub, parse_hub
@@ -140,20 +140,6 @@ class LocalFiles:
 
     def label(self, path: str) -> str:
         return str(self.root / path)
-
-
-class RepoFiles:
-    def __init__(self, repo: HubRepo) -> None:
-        self.repo = repo
-
-    def size(self, path: str) -> int:
-        return self.repo.require(path)
-
-    def read(self, path: str, start: int, end: int) -> bytes:
-        return self.repo.read(path, start, end)
-
-    def label(self, path: str) -> str:
-        return self.repo.label(path)
 
 
 def _open(ref: HubRef, opts: HubOptions, prog: FetchProgress) -> HubRepo:
