@@ -286,9 +286,14 @@ def test_the_report_and_card_flags_are_the_winners_of_the_measured_table(swept):
             want = "leave MTP off" if off else f"`llama-server -hf me/M-GGUF:Q8_0 {flags}`"
             assert f"| {cat} | Q8_0 | {want} |" in card, (cat, card)
             assert f"| {cat} | {m['name']} | {'leave MTP off' if off else f'`{flags}`'} |" in md, (cat, md)
-    # the repeating edit prompt on the aligned head is where MTP with ngram-mod wins
-    edit = d["models"][0]["categories"]["edit"]
-    assert (edit["mtp_off"], edit["best_spec_type"]) == (False, "draft-mtp,ngram-mod"), edit
+    # the category's recorded winner is the measured table's: its fastest MTP run, and MTP off when that
+    # run is below 1.00x (which configuration wins is not asserted: a tiny model's speed on 2 shared
+    # cores is noise; the drafters' counters are asserted in the tests above)
+    m0 = d["models"][0]
+    edit = m0["categories"]["edit"]
+    top = max((r for r in m0["runs"] if r["category"] == "edit"), key=lambda r: r["speedup"]["mean"])
+    assert edit["mtp_off"] == (top["speedup"]["mean"] < 1.0), edit
+    assert edit["best_spec_type"] == (top["spec_types"] or "draft-mtp"), edit
 
 
 @pytest.mark.tools
