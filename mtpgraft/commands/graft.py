@@ -122,7 +122,8 @@ def _planned_attach(base: str, source: str, out: Path | None, *, dry_run: bool, 
 @error_boundary
 def detach_cmd(model: Path, out: Path, heads: int | None, force: bool, dry_run: bool, layout: str,
                no_reflink: bool, as_json: bool) -> None:
-    """Write MODEL without its MTP block (trunk only, consistent metadata), or with only its first K heads."""
+    """Write MODEL without its MTP block (trunk only, consistent metadata). With --heads K, keep its
+    first K heads (a pruned chain: keys and per-layer arrays say K heads)."""
     from ..graft import plan_detach
 
     _run_plan(plan_detach(model, out, force=force, heads=heads), dry_run, as_json, layout, no_reflink)

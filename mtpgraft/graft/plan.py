@@ -160,6 +160,10 @@ def _source_mtp_layers(src: GGUFModel, st: Structure) -> list[int]:
         layers = list(range(st.block_count - st.nextn, st.block_count))
         if all(st.layers.get(i) for i in layers) and all(i in st.eh_layers for i in layers):
             return layers
+    if st.eh_layers and st.eh_layers != list(range(st.eh_layers[0], st.eh_layers[0] + len(st.eh_layers))):
+        # head k drafts position k: renumbering the rest together would make a head draft another's
+        raise GraftError(f"{src.path.name}: the MTP blocks {blk_names(st.eh_layers)} are not consecutive "
+                         "(a chain of heads with a gap); take the heads from a complete source")
     if st.eh_layers:
         return list(st.eh_layers)
     raise GraftError(f"{src.path.name} has no MTP block (no blk.N.nextn.eh_proj.weight tensor"
