@@ -59,13 +59,14 @@ def plan_sidecar(base_path: str | os.PathLike[str], source_path: str | os.PathLi
                  out: str | os.PathLike[str] | None = None, *, mtp_type: str | None = None,
                  out_dir: str | os.PathLike[str] | None = None, force: bool = False,
                  llama_cpp: str | os.PathLike[str] | None = None, tools: QuantizeTools | None = None,
-                 runtime: str = MAINLINE) -> GraftPlan:
+                 runtime: str = MAINLINE, heads: int | None = None) -> GraftPlan:
     """SOURCE's MTP block checked against BASE as attach checks it (a block of the base's own is
     replaced), planned as BASE's sidecar: `out`, else `mtp-NAME-TYPE.gguf` in `out_dir` or beside
-    BASE. llama-quantize is looked up after every check, only when a type needs it."""
+    BASE. llama-quantize is looked up after every check, only when a type needs it. `heads`: only
+    the source's first that many MTP blocks (None: all of them)."""
     word = attach_word(mtp_type)
     base, src = GGUFModel(base_path), GGUFModel(source_path)
-    g = graft_block(base, src, word, replace=True)
+    g = graft_block(base, src, word, replace=True, heads=heads)
     target = Path(out) if out is not None else _default_target(base.path, g.actions, out_dir)
     check_outputs([target], [*base.paths, *src.paths], force=force)
     head = g.shard_kvs[0]
@@ -92,12 +93,15 @@ def _default_target(base: Path, actions: Sequence[TensorAction], out_dir: str | 
 
 def plan_assistant_sidecar(target: str | os.PathLike[str], assistant: str | os.PathLike[str],
                            out: str | os.PathLike[str] | None = None, *, mtp_type: str | None = None,
-                           force: bool = False) -> GraftPlan:
+                           force: bool = False, heads: int | None = None) -> GraftPlan:
     """Gemma 4's sidecar is its gemma4-assistant itself (nothing of the target goes into it): checked
     against the target (preflight.assistant_blocker) and copied byte for byte as `mtp-NAME-TYPE.gguf`."""
     if mtp_type not in (None, "keep"):
         raise UsageError("a gemma4-assistant is copied as it is (", Setting("mtp_type", "keep"), "); to change "
                          "its type, quantize it: `mtpgraft quantize ASSISTANT --types Q8_0 --name mtp-NAME`")
+    if heads is not None:  # its blocks are one drafter's layers, not a chain of heads to cut
+        raise UsageError("a gemma4-assistant is copied as it is: its blocks are the layers of one drafter, "
+                         "not heads to keep some of; leave ", Setting("heads"), " out")
     t, a = GGUFModel(target), GGUFModel(assistant)
     why = assistant_blocker(t, a)
     if why:

@@ -15,6 +15,15 @@ from .options import layout_from, mtp_from_option, mtp_type_option, output_optio
 FETCHING_DRY_RUN = "Print the plan and write nothing (fetches headers only)."
 
 
+def heads_option(help: str):  # noqa: A002, ANN201 - a click decorator
+    """--heads K: keep the first K MTP heads (a chain's front: head k drafts position k)."""
+    return click.option("--heads", type=click.IntRange(min=1), default=None, metavar="K", help=help)
+
+
+SOURCE_HEADS_HELP = ("Take only the source's first K MTP heads (all by default); the keys and per-layer "
+                     "arrays say K heads, as the converter writes a K-head model.")
+
+
 def _run_plan(plan, dry_run: bool, as_json: bool, layout: str = "reflink", no_reflink: bool = False) -> None:
     from ..graft import block_sharing, describe_plan, execute_graft
 
@@ -65,18 +74,20 @@ def _sharing_line(s) -> str:
                  "ggml type (f16, bf16, q4_0, q6_k, ...). Default: q8_0 for a quantized base, the base's "
                  "float type for an unquantized one.")
 @click.option("--replace", is_flag=True, help="Replace the base's own MTP block.")
+@heads_option(SOURCE_HEADS_HELP)
 @standard_options(force=True, dry_run=FETCHING_DRY_RUN, layout=True, hub=True, runtime=True, llama_cpp=True)
 @error_boundary
-def attach_cmd(base: str, source: str, out: Path, mtp_type: str | None, replace: bool, force: bool,
-               dry_run: bool, layout: str, no_reflink: bool, token: str | None, endpoint: str | None,
+def attach_cmd(base: str, source: str, out: Path, mtp_type: str | None, replace: bool, heads: int | None,
+               force: bool, dry_run: bool, layout: str, no_reflink: bool, token: str | None, endpoint: str | None,
                runtime: str, llama_cpp: str | None,
                as_json: bool) -> None:
     """Transplant the MTP block from SOURCE into BASE and fix the metadata so llama.cpp loads it.
 
     BASE is a GGUF, or hf://OWNER/REPO/FILE.gguf or hf://OWNER/REPO:QUANT (downloaded whole into the
     Hugging Face cache, where llama-server -hf finds it too)."""
-    with _planned_attach(base, source, out, mtp_type=mtp_type, replace=replace, force=force, llama_cpp=llama_cpp,
-                         runtime=runtime, token=token, endpoint=endpoint, dry_run=dry_run) as plan:
+    with _planned_attach(base, source, out, mtp_type=mtp_type, replace=replace, heads=heads, force=force,
+                         llama_cpp=llama_cpp, runtime=runtime, token=token, endpoint=endpoint,
+                         dry_run=dry_run) as plan:
         _run_plan(plan, dry_run, as_json, layout, no_reflink)
 
 
@@ -105,27 +116,31 @@ def _planned_attach(base: str, source: str, out: Path | None, *, dry_run: bool, 
 @click.command("detach")
 @click.argument("model", type=click.Path(path_type=Path))
 @output_option(required=True)
+@heads_option("Keep MODEL's first K MTP heads and drop the rest (what a pruned publication ships: less "
+              "memory); the keys and per-layer arrays say K heads. Default: drop every head.")
 @standard_options(force=True, dry_run=True, layout=True)
 @error_boundary
-def detach_cmd(model: Path, out: Path, force: bool, dry_run: bool, layout: str, no_reflink: bool,
-               as_json: bool) -> None:
-    """Write MODEL without its MTP block (trunk only, consistent metadata)."""
+def detach_cmd(model: Path, out: Path, heads: int | None, force: bool, dry_run: bool, layout: str,
+               no_reflink: bool, as_json: bool) -> None:
+    """Write MODEL without its MTP block (trunk only, consistent metadata). With --heads K, keep its
+    first K heads (a pruned chain: keys and per-layer arrays say K heads)."""
     from ..graft import plan_detach
 
-    _run_plan(plan_detach(model, out, force=force), dry_run, as_json, layout, no_reflink)
+    _run_plan(plan_detach(model, out, force=force, heads=heads), dry_run, as_json, layout, no_reflink)
 
 
 @click.command("extract")
 @click.argument("model", type=click.Path(path_type=Path))
 @output_option(help="Output file (default: mtp-<name>.gguf beside MODEL).")
+@heads_option("Take only MODEL's first K MTP heads (all by default); the keys and per-layer arrays say K heads.")
 @standard_options(force=True, dry_run=True, layout=True)
 @error_boundary
-def extract_cmd(model: Path, out: Path | None, force: bool, dry_run: bool, layout: str, no_reflink: bool,
-                as_json: bool) -> None:
+def extract_cmd(model: Path, out: Path | None, heads: int | None, force: bool, dry_run: bool, layout: str,
+                no_reflink: bool, as_json: bool) -> None:
     """Write MODEL's MTP block as an MTP-only sidecar (llama-server -md), like convert_hf_to_gguf.py --mtp."""
     from ..graft import plan_extract
 
-    _run_plan(plan_extract(model, out, force=force), dry_run, as_json, layout, no_reflink)
+    _run_plan(plan_extract(model, out, force=force, heads=heads), dry_run, as_json, layout, no_reflink)
 
 
 def _is_assistant(source: str) -> bool:
@@ -146,22 +161,24 @@ def _is_assistant(source: str) -> bool:
 @mtp_from_option("Where the MTP block comes from (any source attach takes: a GGUF, safetensors, hf://...).")
 @output_option(help="Output file (default: mtp-NAME-TYPE.gguf beside BASE, NAME without its quant tag).")
 @mtp_type_option("MTP tensor type, as for attach (default: q8_0 for a quantized base, else its float type).")
+@heads_option(SOURCE_HEADS_HELP)
 @standard_options(force=True, dry_run=FETCHING_DRY_RUN, layout=True, hub=True, runtime=True, llama_cpp=True)
 @error_boundary
-def sidecar_cmd(base: str, source: str, out: Path | None, mtp_type: str | None, force: bool, dry_run: bool,
-                layout: str, no_reflink: bool, token: str | None, endpoint: str | None, runtime: str,
-                llama_cpp: str | None, as_json: bool) -> None:
+def sidecar_cmd(base: str, source: str, out: Path | None, mtp_type: str | None, heads: int | None, force: bool,
+                dry_run: bool, layout: str, no_reflink: bool, token: str | None, endpoint: str | None,
+                runtime: str, llama_cpp: str | None, as_json: bool) -> None:
     """Write the MTP-only sidecar for BASE (what `llama-server -md`, and `-hf` next to trunk-only quants,
     take): BASE's metadata and shared tensors (token_embd, output_norm, output) plus SOURCE's MTP block,
     renumbered and converted as attach does, in convert_hf_to_gguf.py's --mtp layout."""
     from ..sidecar import plan_assistant_sidecar, plan_sidecar
 
     if _is_assistant(source):  # gemma4: the assistant itself is the sidecar
-        _run_plan(plan_assistant_sidecar(base, source, out, mtp_type=mtp_type, force=force), dry_run,
+        _run_plan(plan_assistant_sidecar(base, source, out, mtp_type=mtp_type, force=force, heads=heads), dry_run,
                   as_json, layout, no_reflink)
         return
     # a base from the Hub: the sidecar goes to the current folder, not beside a file in the HF cache
     out_dir = Path(".") if out is None and str(base).startswith("hf://") else None
-    with _planned_attach(base, source, out, planner=plan_sidecar, mtp_type=mtp_type, out_dir=out_dir, force=force,
-                         llama_cpp=llama_cpp, runtime=runtime, token=token, endpoint=endpoint, dry_run=dry_run) as plan:
+    with _planned_attach(base, source, out, planner=plan_sidecar, mtp_type=mtp_type, heads=heads, out_dir=out_dir,
+                         force=force, llama_cpp=llama_cpp, runtime=runtime, token=token, endpoint=endpoint,
+                         dry_run=dry_run) as plan:
         _run_plan(plan, dry_run, as_json, layout, no_reflink)

@@ -12,7 +12,7 @@ from ..gguf_io import GGUFModel, GGUFValueType, OutTensor
 from ..inspection import Structure, blk_names, layer_of
 from ..outputs import check_outputs
 from .keys import PROV, del_kv, extend_layer_arrays, set_kv
-from .plan import blocks_of, loadable
+from .plan import blocks_of, first_heads, loadable
 from .types import GraftPlan, KeyChange, ShardSpec, TensorAction
 
 
@@ -31,37 +31,43 @@ def _mtp_layers_of(model: GGUFModel, what: str) -> tuple[Structure, list[int], i
             return st, [], blocks.trunk
         raise GraftError(f"{model.path.name} has no MTP block to {what}"
                          + (f" ({blocks.key_mismatch})" if blocks.stray_key else ""))
-    if not any(i < blocks.mtp[0] for i in st.layers) and what == "detach":
+    if not any(i < blocks.mtp[0] for i in st.layers) and what in ("detach", "prune"):
         raise GraftError(f"{model.path.name} is an MTP-only file; there is no trunk to keep")
     # the tensors, not the keys: a broken file's keys may be off by one
     return st, list(blocks.mtp), blocks.trunk
 
 
 def plan_detach(model_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
-                force: bool = False) -> GraftPlan:
-    """A trunk-only copy: MTP tensors dropped, block_count = trunk, no nextn key, arrays truncated."""
+                force: bool = False, heads: int | None = None) -> GraftPlan:
+    """A trunk-only copy: MTP tensors dropped, block_count = trunk, no nextn key, arrays truncated.
+    With `heads`, the model's first that many MTP blocks stay (what a pruned publication keeps):
+    block_count = trunk + heads, nextn_predict_layers = heads, arrays cut to match."""
     model = GGUFModel(model_path)
     out = Path(out_path)
     check_outputs([out], model.paths, force=force)
     arch = model.arch
     rule = rule_for(arch)
-    st, layers, trunk = _mtp_layers_of(model, "detach")
+    st, layers, trunk = _mtp_layers_of(model, "detach" if heads is None else "prune")
+    kept = first_heads(layers, heads, model.path.name) if heads is not None else []
     kvs = [kv for kv in model.kv.values() if not kv.key.startswith("split.")]
     changes: list[KeyChange] = [KeyChange(k, model.get(k), None) for k in model.kv if k.startswith("split.")]
-    set_kv(kvs, f"{arch}.block_count", GGUFValueType.UINT32, trunk, changes)
-    del_kv(kvs, f"{arch}.nextn_predict_layers", changes)
+    set_kv(kvs, f"{arch}.block_count", GGUFValueType.UINT32, trunk + len(kept), changes)
+    if kept:
+        set_kv(kvs, f"{arch}.nextn_predict_layers", GGUFValueType.UINT32, len(kept), changes)
+    else:
+        del_kv(kvs, f"{arch}.nextn_predict_layers", changes)
     if rule is not None:
-        extend_layer_arrays(kvs, rule, arch, trunk, 0, None, [], changes, [])
-    for k in [kv.key for kv in kvs if kv.key.startswith(PROV + "mtp.")]:
-        del_kv(kvs, k, changes)
-    dropped = [r for r in model.refs if (lo := layer_of(r.name)) and lo[0] >= trunk]
+        extend_layer_arrays(kvs, rule, arch, trunk, len(kept), model, kept, changes, [])
+    for k in [kv.key for kv in kvs if kv.key.startswith(PROV + "mtp.") and not kept]:
+        del_kv(kvs, k, changes)  # kept heads keep their provenance: the source they came from
+    dropped = [r for r in model.refs if (lo := layer_of(r.name)) and lo[0] >= trunk + len(kept)]
     keep = [r for r in model.refs if r not in dropped]
     tensors = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset) for r in keep]
     actions = [TensorAction(r.name, "", r.info.shape, r.info.type_name, "", "drop", r.info.nbytes, 0)
                for r in dropped]
     return GraftPlan(
         operation="detach", base=str(model.path), source=None, outputs=[str(out)], mtp_type="",
-        arch=arch, trunk_layers=trunk, mtp_layers=layers, tensors=actions, key_changes=changes,
+        arch=arch, trunk_layers=trunk, mtp_layers=kept or layers, tensors=actions, key_changes=changes,
         warnings=[], output_bytes=sum(t.nbytes for t in tensors), force=force,
         shards=(ShardSpec(out, tuple(kvs), tuple(tensors)),),
     )
@@ -90,24 +96,29 @@ def _require_sidecar_fits(model: GGUFModel, st: Structure, layers: list[int], bl
 
 
 def plan_extract(model_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None, *,
-                 force: bool = False) -> GraftPlan:
+                 force: bool = False, heads: int | None = None) -> GraftPlan:
     """An MTP-only sidecar in convert_hf_to_gguf.py's `--mtp` layout (token_embd, output_norm,
-    output + blk.N.*, full metadata), which llama-server takes with `-md`."""
+    output + blk.N.*, full metadata), which llama-server takes with `-md`. `heads`: only the model's
+    first that many MTP blocks, the keys and arrays cut to match (None: all of them)."""
     model = GGUFModel(model_path)
     out = Path(out_path) if out_path else default_extract_name(model.path)
     check_outputs([out], model.paths, force=force)
     arch = model.arch
     st, layers, trunk = _mtp_layers_of(model, "extract")
     rule = rule_for(arch)
-    if rule is not None and rule.max_nextn is not None and len(layers) > rule.max_nextn:
-        raise GraftError(f"{model.path.name} has {len(layers)} MTP blocks ({blk_names(layers)}); {arch} runs at "
+    kept = first_heads(layers, heads, model.path.name)
+    if rule is not None and rule.max_nextn is not None and len(kept) > rule.max_nextn:
+        raise GraftError(f"{model.path.name} has {len(kept)} MTP blocks ({blk_names(kept)}); {arch} runs at "
                          f"most {rule.max_nextn}: an MTP-only file made from it would not load")
     _require_sidecar_fits(model, st, layers, trunk + len(layers))
+    layers = kept
     kvs = [kv for kv in model.kv.values() if not kv.key.startswith("split.")]
     changes: list[KeyChange] = [KeyChange(k, model.get(k), None) for k in model.kv if k.startswith("split.")]
     bc_key, nextn_key = f"{arch}.block_count", f"{arch}.nextn_predict_layers"
     set_kv(kvs, bc_key, GGUFValueType.UINT32, trunk + len(layers), changes)
     set_kv(kvs, nextn_key, GGUFValueType.UINT32, len(layers), changes, after=bc_key)
+    if rule is not None and heads is not None:  # the arrays cover every block the model has: cut them
+        extend_layer_arrays(kvs, rule, arch, trunk, len(layers), model, layers, changes, [])
     shared = shared_tensors(arch)
     keep = [r for r in model.refs if r.name in shared or ((lo := layer_of(r.name)) and lo[0] in layers)]
     tensors = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset) for r in keep]

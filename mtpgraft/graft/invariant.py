@@ -151,7 +151,8 @@ def _counts_add_up(plan: GraftPlan, files: list[GGUFFile]) -> None:
         raise _bug(plan, b.contradiction or b.key_mismatch or "")
     want_trunk = plan.trunk_layers if plan.operation in ("attach", "detach") else 0
     got_trunk = sum(1 for i in layers if i < b.trunk)
-    want_mtp = plan.mtp_layers if plan.operation != "detach" else []
+    dropped = {lo[0] for a in plan.tensors if a.method == "drop" and (lo := layer_of(a.source_name))}
+    want_mtp = [i for i in plan.mtp_layers if i not in dropped]  # detach drops all, or keeps the first heads
     if (got_trunk, b.mtp) != (want_trunk, want_mtp) or (b.mtp and b.trunk != plan.trunk_layers):
         raise _bug(plan, f"it holds {got_trunk} trunk layers and MTP blocks {b.mtp}, the plan "
                          f"{want_trunk} and {plan.mtp_layers}")

@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import ggml_types, naming
 from ..arch import NEXTN_REQUIRED, ArchRule, layer_kind, require_mtp_arch, same_kind_layers
-from ..errors import GraftError, Setting
+from ..errors import GraftError, Setting, UsageError
 from ..ggml_types import mtp_target
 from ..gguf_io import KV, MAX_LAYERS, GGUFModel, GGUFValueType, OutTensor, TensorRef, shown
 from ..inspection import (
@@ -100,15 +100,16 @@ def quantize_tool(actions: list[TensorAction], tools: QuantizeTools | None, llam
 def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLike[str],
                 out_path: str | os.PathLike[str], *, mtp_type: str | None = None, replace: bool = False,
                 force: bool = False, llama_cpp: str | os.PathLike[str] | None = None,
-                tools: QuantizeTools | None = None, runtime: str = MAINLINE) -> GraftPlan:
+                tools: QuantizeTools | None = None, runtime: str = MAINLINE, heads: int | None = None) -> GraftPlan:
     """Check that SOURCE's MTP block fits BASE and plan the output. Reads headers only; every check
     runs before llama-quantize is looked up (`tools` if given, else from `llama_cpp`, and only when
-    a type needs it: `runtime`'s, or ik_llama.cpp's for a type only it makes)."""
+    a type needs it: `runtime`'s, or ik_llama.cpp's for a type only it makes). `heads`: only the
+    source's first that many MTP blocks (None: all of them)."""
     word = attach_word(mtp_type)
     base, src = GGUFModel(base_path), GGUFModel(source_path)
     outputs = _resolve_outputs(Path(out_path), len(base.shards))
     check_outputs(outputs, base.paths + src.paths, force=force)
-    g = graft_block(base, src, word, replace=replace)
+    g = graft_block(base, src, word, replace=replace, heads=heads)
     shards = g.shards(outputs)
     return GraftPlan(
         operation="attach", base=str(base.path), source=str(src.path), outputs=[str(o) for o in outputs],
@@ -118,15 +119,17 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
     )
 
 
-def graft_block(base: GGUFModel, src: GGUFModel, word: str | None, *, replace: bool) -> GraftedBlock:
-    """Every check of SOURCE against BASE, and the keys and tensors of each output shard."""
+def graft_block(base: GGUFModel, src: GGUFModel, word: str | None, *, replace: bool,
+                heads: int | None = None) -> GraftedBlock:
+    """Every check of SOURCE against BASE, and the keys and tensors of each output shard (of the
+    source's first `heads` MTP blocks, or all)."""
     arch = base.arch
     rule = require_mtp_arch(arch)  # first: a gemma4 base gets the reason, not "architecture mismatch"
     if src.arch != arch:
         raise GraftError(f"architecture mismatch: base is {arch}, MTP source is {src.arch}")
     st_b, st_s = loadable(base), loadable(src)
     warnings = _check_same_model(base, src)
-    place = _placement(base, st_b, src, st_s, rule, replace, warnings)
+    place = _placement(base, st_b, src, st_s, rule, replace, warnings, heads)
     policy = _type_policy(base, place.trunk, word)
     actions, mtp_out = _mtp_tensors(base, st_b, place, policy, warnings, src, rule)
     kvs, tensors, changes = _attach_shards(base, src, rule, place, mtp_out, warnings)
@@ -157,10 +160,30 @@ def _source_mtp_layers(src: GGUFModel, st: Structure) -> list[int]:
         layers = list(range(st.block_count - st.nextn, st.block_count))
         if all(st.layers.get(i) for i in layers) and all(i in st.eh_layers for i in layers):
             return layers
+    if st.eh_layers and st.eh_layers != list(range(st.eh_layers[0], st.eh_layers[0] + len(st.eh_layers))):
+        # head k drafts position k: renumbering the rest together would make a head draft another's
+        raise GraftError(f"{src.path.name}: the MTP blocks {blk_names(st.eh_layers)} are not consecutive "
+                         "(a chain of heads with a gap); take the heads from a complete source")
     if st.eh_layers:
         return list(st.eh_layers)
     raise GraftError(f"{src.path.name} has no MTP block (no blk.N.nextn.eh_proj.weight tensor"
                      + (f"; {st.arch}.nextn_predict_layers is {st.nextn} but its tensors are absent)" if st.nextn else ")"))
+
+
+def first_heads(layers: list[int], heads: int | None, name: str) -> list[int]:
+    """The first `heads` of a file's MTP blocks (all of them when None), as a pruned publication
+    keeps them: head k drafts position k, so a chain keeps its front. A UsageError below 1, a
+    GraftError beyond the blocks the file has."""
+    if heads is None:
+        return layers
+    if heads < 1:
+        raise UsageError("the number of MTP heads to keep (", Setting("heads"), f") must be at least 1, not {heads}")
+    if not layers:
+        raise GraftError(f"{name} has no MTP block to keep {heads} head(s) of")
+    if heads > len(layers):
+        raise GraftError(f"{name} has {len(layers)} MTP block(s) ({blk_names(layers)}), fewer than the {heads} "
+                         "to keep; pass ", Setting("heads", len(layers)), " or fewer")
+    return layers[:heads]
 
 
 def loadable(model: GGUFModel) -> Structure:
@@ -198,9 +221,9 @@ def _check_same_model(base: GGUFModel, src: GGUFModel) -> list[str]:
 
 
 def _placement(base: GGUFModel, st_b: Structure, src: GGUFModel, st_s: Structure, rule: ArchRule,
-               replace: bool, warnings: list[str]) -> _Placement:
+               replace: bool, warnings: list[str], heads: int | None) -> _Placement:
     arch = base.arch
-    src_layers = _source_mtp_layers(src, st_s)
+    src_layers = first_heads(_source_mtp_layers(src, st_s), heads, src.path.name)
     if rule.max_nextn is not None and len(src_layers) > rule.max_nextn:
         raise GraftError(f"{arch} runs at most {rule.max_nextn} MTP block(s); the source has {len(src_layers)}")
     trunk = _base_trunk(base, st_b, replace)
