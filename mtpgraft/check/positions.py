@@ -75,7 +75,7 @@ class DraftHeads:
         """One line: which block drafts which position."""
         where = f" of {self.source}" if self.source else ""
         if self.mode == CHAIN:
-            return ("chained heads" + where + ": "
+            return (f"chained{where}, one head per position: "
                     + ", ".join(f"position {p} blk.{b}" for p, b in enumerate(self.blocks)))
         if self.mode == SHARED:
             return (f"blk.{self.blocks[0]}-{self.blocks[-1]}{where} draft every position together "

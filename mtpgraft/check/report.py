@@ -102,10 +102,10 @@ def format_table(result: CheckResult) -> str:
 
 def _heads_lines(m: ModelResult, *, terminal: bool = False) -> list[str]:
     """Which head drafts which position (the per-position acceptance's column order), and where the
-    graph drafts fewer positions than asked; the terminal leaves out a single in-file head, whose
-    every position is its one block."""
+    graph drafts fewer positions than asked, for a model with MTP runs; the terminal leaves out a
+    single in-file head (its every position is its one block: the table reads as before)."""
     h = m.heads
-    if h is None or (terminal and h.mode == SINGLE and not h.source):
+    if h is None or not m.configs or (terminal and h.mode == SINGLE and not h.source):
         return []
     return [f"draft heads: {h.describe()}"] + [f"note: {n}" for n in m.notes]
 
