@@ -159,6 +159,22 @@ def _rates(run: dict) -> list[float]:
     return [p["acceptance"] for p in run["positions"]]
 
 
+def _card(report: dict) -> str:
+    """The model card of report.json's models, each published as quant Q<i>."""
+    from mtpgraft.hub.card import render_card
+    from mtpgraft.hub.types import CheckMatch, FileRef, ModelEntry
+
+    entries = [ModelEntry(name=f"M-Q{i}.gguf", files=(FileRef(f"M-Q{i}.gguf", 1, "0" * 64),), size=1, quant=f"Q{i}",
+                          architecture=m["arch"], nextn_predict_layers=m["nextn_predict_layers"], mtp_head="-",
+                          layout="full", metadata={},
+                          check=CheckMatch(report="report.json", verdict="pass", acceptance=m["acceptance"],
+                                           mtp_active=True, categories=m["categories"], llama_cpp_build="b0",
+                                           settings={}, mtpgraft_version=None, chart=None,
+                                           by_config=tuple(m["by_config"])))
+               for i, m in enumerate(report["models"])]
+    return render_card(repo_id="me/M-GGUF", models=entries, verified=True)
+
+
 @pytest.mark.tools
 def test_each_chained_head_drafts_its_own_position(llama_cpp_dir, tmp_path):
     """step35's three heads (blk.4, 5, 6) of known rates: aligned, aligned, random accepts positions 0
@@ -183,6 +199,14 @@ def test_each_chained_head_drafts_its_own_position(llama_cpp_dir, tmp_path):
     heads = "  draft heads: chained, one head per position: position 0 blk.4, position 1 blk.5, position 2 blk.6"
     assert out.count(heads) == 2 and out.count(f"  note: {note}") == 2
     assert "(blk.4) / " in (tmp_path / "report" / "report.md").read_text()
+    # The card: per quant and n, each position's rate (the report's) beside the block that drafts it.
+    card = _card(d)
+    assert "Draft acceptance per position" in card
+    for i, m in enumerate((aar, ara)):
+        for r in m["by_config"]:
+            a = [f"{x:.2f}" for x in _rates(r)]
+            n = "n=3" if r["n_max"] == 3 else "n=4 (drafts 3)"
+            assert f"| Q{i} | {n} | {a[0]} (blk.4) | {a[1]} (blk.5) | {a[2]} (blk.6) |" in card, card
 
 
 @pytest.mark.tools
@@ -212,6 +236,7 @@ def test_one_head_drafts_every_position(tiny_glm_models, llama_cpp_dir, tmp_path
     assert r["n_max_effective"] == 3 and [p["head_blocks"] for p in r["positions"]] == [[4], [4], [4]]
     assert min(_rates(r)) >= 0.9, r
     assert "draft heads" not in out
+    assert "Draft acceptance per position" not in _card(d)  # one head: the acceptance table says all
 
 
 @pytest.mark.tools
