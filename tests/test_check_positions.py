@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from mtpgraft.arch import ARCH_RULES
-from mtpgraft.check import judge_model
+from mtpgraft.check import CheckResult, judge_model
 from mtpgraft.check.counters import SpecCounters
 from mtpgraft.check.plan import CheckPlan, ModelSpec
 from mtpgraft.check.positions import CHAIN, SHARED, SINGLE, DraftHeads, draft_heads
@@ -99,6 +99,11 @@ def _judged(tmp_path: Path, spec: ModelSpec, per_pos: tuple[int, ...], n: int):
     return m, plan
 
 
+def _result(plan: CheckPlan, m) -> CheckResult:
+    return CheckResult(plan=plan, models=(m,), verdict="pass", reasons=(), warnings=(), counters=m.counters,
+                       llama_cpp_build="b0", wall_s=1.0, server_start_s=0.1, server_stop_s=0.1, generation_s=0.5)
+
+
 def test_chained_heads_in_the_json_the_terminal_and_the_report(tmp_path):
     spec = ModelSpec(tmp_path / "s.gguf", (tmp_path / "s.gguf",), "step35", 3, block_count=7)
     m, plan = _judged(tmp_path, spec, (10, 9, 1), 4)
@@ -110,11 +115,7 @@ def test_chained_heads_in_the_json_the_terminal_and_the_report(tmp_path):
     assert m.to_dict()["draft_heads"] == {"mode": "chain", "head_blocks": [4, 5, 6], "source": ""}
     note = "n=4 drafts 3 positions: llama-server clamps the draft depth to the 3 chained heads"
     assert m.to_dict()["notes"] == [note]
-    from mtpgraft.check.judge import CheckResult
-
-    result = CheckResult(plan=plan, models=(m,), verdict="pass", reasons=(), warnings=(), counters=m.counters,
-                         llama_cpp_build="b0", wall_s=1.0, server_start_s=0.1, server_stop_s=0.1,
-                         generation_s=0.5)
+    result = _result(plan, m)
     lines = format_table(result).splitlines()
     assert lines[1:3] == ["  draft heads: chained, one head per position: position 0 blk.4, position 1 "
                           "blk.5, position 2 blk.6", f"  note: {note}"]
@@ -128,15 +129,12 @@ def test_one_in_file_head_leaves_the_terminal_table_as_it_was(tmp_path):
     assert [p["head_blocks"] for p in m.to_dict()["runs"][0]["positions"]] == [[4], [4], [4]]
     from dataclasses import replace
 
-    from mtpgraft.check.judge import CheckResult
-
     def table(model):
-        return format_table(CheckResult(plan=plan, models=(model,), verdict="pass", reasons=(), warnings=(),
-                                        counters=model.counters, llama_cpp_build="b0", wall_s=1.0,
-                                        server_start_s=0.1, server_stop_s=0.1, generation_s=0.5))
+        return format_table(_result(plan, model))
 
     unknown = replace(m, heads=None, configs=tuple(replace(c, heads=None) for c in m.configs))
     assert table(m) == table(unknown) and "0.90 0.70 0.50" in table(m)
+    assert render_markdown(_result(plan, m)) == render_markdown(_result(plan, unknown))
 
 
 # --------------------------------------------------------------------------- the real llama-server

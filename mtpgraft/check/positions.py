@@ -78,8 +78,9 @@ class DraftHeads:
             return (f"chained{where}, one head per position: "
                     + ", ".join(f"position {p} blk.{b}" for p, b in enumerate(self.blocks)))
         if self.mode == SHARED:
-            return (f"blk.{self.blocks[0]}-{self.blocks[-1]}{where} draft every position together "
-                    "(a drafter that reads the target's KV cache)")
+            span = f"{self.blocks[0]}-{self.blocks[-1]}" if len(self.blocks) > 1 else f"{self.blocks[0]}"
+            return (f"blk.{span}{where} draft every position together (a drafter that reads the "
+                    "target's KV cache)")
         return f"blk.{self.blocks[0]}{where} drafts every position (one head, run again for each)"
 
     def to_dict(self) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def format_table(result: CheckResult) -> str:
         out += [f"  template: thinking {t.reasoning} sends {json.dumps(t.kwargs)}; "
                 f"{'honoured' if t.honoured else 'NOT honoured'} (prompt ends {t.prompt_tail[-24:]!r})"
                 for t in m.template]
-        out += [f"  {line}" for line in _heads_lines(m, terminal=True)]
+        out += [f"  {line}" for line in _heads_lines(m)]
         if m.configs:
             out.append(_grid(["category", "config", "condition", "accept", "len", "per-pos",
                               "tok/s", "base tok/s", "speedup", "prefill mtp/base"],
@@ -100,12 +100,12 @@ def format_table(result: CheckResult) -> str:
     return "\n".join(out)
 
 
-def _heads_lines(m: ModelResult, *, terminal: bool = False) -> list[str]:
+def _heads_lines(m: ModelResult) -> list[str]:
     """Which head drafts which position (the per-position acceptance's column order), and where the
-    graph drafts fewer positions than asked, for a model with MTP runs; the terminal leaves out a
-    single in-file head (its every position is its one block: the table reads as before)."""
+    graph drafts fewer positions than asked, for a model with MTP runs; nothing for a single in-file
+    head (its every position is its one block, as the JSON says: the output reads as before)."""
     h = m.heads
-    if h is None or not m.configs or (terminal and h.mode == SINGLE and not h.source):
+    if h is None or not m.configs or (h.mode == SINGLE and not h.source):
         return []
     return [f"draft heads: {h.describe()}"] + [f"note: {n}" for n in m.notes]
 
