@@ -69,6 +69,8 @@ def test_several_heads_where_the_graph_takes_one_have_no_mapping():
     # glm4-moe.cpp: GGML_ASSERT(hparams.n_layer_nextn == 1): llama-server would abort, nothing drafts.
     assert draft_heads("glm4moe", 7, 3) is None
     assert draft_heads("step35", 7, 0) is None and draft_heads("step35", 2, 3) is None
+    # A chain family with one head runs it for every position (chain_heads needs n_mtp_layers > 1).
+    assert draft_heads("hy_v3", 5, 1) == DraftHeads(SINGLE, (4,), "")
     # An architecture the table does not know follows the driver: several heads chain.
     assert draft_heads("future", 6, 2) == DraftHeads(CHAIN, (4, 5), "")
 
@@ -141,7 +143,8 @@ def test_one_in_file_head_leaves_the_terminal_table_as_it_was(tmp_path):
 
 
 def _check(*args) -> tuple[str, dict]:
-    """`mtpgraft check` (one prompt, one rep, one thread); its terminal output and report.json."""
+    """`mtpgraft check` (one prompt, one rep, one thread); its stdout (the terminal table, or --json's
+    output) and report.json."""
     import mtpgraft.commands  # noqa: F401 - registers the commands
     from mtpgraft.cli import cli
 
@@ -174,13 +177,16 @@ def _card(report: dict) -> str:
 
 
 @pytest.mark.tools
-def test_each_chained_head_drafts_its_own_position(llama_cpp_dir, tmp_path):
-    """step35's three heads (blk.4, 5, 6) of known rates: aligned, aligned, random accepts positions 0
+@pytest.mark.parametrize("arch", ["step35", "mimo2"])
+def test_each_chained_head_drafts_its_own_position(arch, llama_cpp_dir, tmp_path):
+    """Three chained heads (blk.4, 5, 6) of known rates: aligned, aligned, random accepts positions 0
     and 1 and never 2; aligned, random, aligned never gets past position 1. At n-max 4 llama-server
-    drafts (and counts) three positions: the clamp is the server's, and check says so as a note."""
-    files = {kinds: family.build(SPECS["step35"], tmp_path / f"{'-'.join(kinds)}.gguf", head=kinds, dtype="f16")
+    drafts (and counts) three positions: the clamp is the server's, and check says so as a note.
+    (mimo2 selects its head through the same nextn layer offset as step35.)"""
+    files = {kinds: family.build(SPECS[arch], tmp_path / f"{'-'.join(kinds)}.gguf", head=kinds, dtype="f16")
              for kinds in (("aligned", "aligned", "random"), ("aligned", "random", "aligned"))}
-    out, d = _check(*files.values(), "--n-max", "3,4", "--llama-cpp", llama_cpp_dir, tmp_path / "report")
+    out, d = _check(*files.values(), "--n-max", "3,4", "--p-min", "0", "--llama-cpp", llama_cpp_dir,
+                    tmp_path / "report")
     aar, ara = d["models"]
     note = "n=4 drafts 3 positions: llama-server clamps the draft depth to the 3 chained heads"
     for m in (aar, ara):
@@ -203,7 +209,7 @@ def test_each_chained_head_drafts_its_own_position(llama_cpp_dir, tmp_path):
     for i, m in enumerate((aar, ara)):
         for r in m["by_config"]:
             a = [f"{x:.2f}" for x in _rates(r)]
-            n = "n=3" if r["n_max"] == 3 else "n=4 (drafts 3)"
+            n = "n=3 p-min 0" if r["n_max"] == 3 else "n=4 p-min 0 (drafts 3)"
             assert f"| Q{i} | {n} | {a[0]} (blk.4) | {a[1]} (blk.5) | {a[2]} (blk.6) |" in card, card
 
 
@@ -225,15 +231,15 @@ def test_a_sidecars_chained_heads_draft_as_the_in_file_ones(llama_cpp_dir, tmp_p
 @pytest.mark.tools
 def test_one_head_drafts_every_position(tiny_glm_models, llama_cpp_dir, tmp_path):
     """glm4moe's one head (blk.4) drafts all three positions, run again for each; no note, and the
-    terminal says nothing about heads (its table is as before)."""
-    out, d = _check(tiny_glm_models["full-aligned"], "--n-max", "3", "--llama-cpp", llama_cpp_dir,
+    card has no per-position table (the terminal's and report.md's sameness: offline above)."""
+    out, d = _check(tiny_glm_models["full-aligned"], "--n-max", "3", "--json", "--llama-cpp", llama_cpp_dir,
                     tmp_path / "report")
+    assert json.loads(out)["models"] == d["models"]  # --json prints what report.json holds
     (m,) = d["models"]
     assert m["draft_heads"] == {"mode": "single", "head_blocks": [4], "source": ""} and m["notes"] == []
     (r,) = m["runs"]
     assert r["n_max_effective"] == 3 and [p["head_blocks"] for p in r["positions"]] == [[4], [4], [4]]
     assert min(_rates(r)) >= 0.9, r
-    assert "draft heads" not in out
     assert "Draft acceptance per position" not in _card(d)  # one head: the acceptance table says all
 
 
