@@ -2,9 +2,10 @@
 
 plan (what to run, validated, pure) -> measure (servers, requests, /metrics deltas) -> judge
 (stats, best n, verdict) -> report (terminal, report.json/md, chart). `records` and `counters` hold
-what was measured, `probe` the per-request speculative-field probe; `servertool` resolves the
-llama-server, `server` is its process wrapper (`watch` the watched HTTP exchange), `prompts` the
-prompt suite; `run` ties measure and judge together.
+what was measured, `positions` which head drafts each position, `probe` the per-request
+speculative-field probe; `servertool` resolves the llama-server, `server` is its process wrapper
+(`watch` the watched HTTP exchange), `prompts` the prompt suite; `run` ties measure and judge
+together.
 """
 
 from .counters import SpecCounters

@@ -21,6 +21,7 @@ from typing import Any
 from .. import __version__
 from .counters import DrafterCounters, SpecCounters, pool_drafters, rounded
 from .plan import CheckPlan, Condition, Keyed, ModelSpec, ServerConfig
+from .positions import DraftHeads, heads_for
 from .records import Cell, ServerRun, TemplateCheck
 
 # The recommendation matrix: a category "speeds up" at >= 1.10x, "slows down" below 1.00x.
@@ -69,10 +70,24 @@ class ConfigStats(Keyed):
     spec_types: str | None = None
     drafters: tuple[DrafterCounters, ...] = ()  # llama.cpp's per-drafter counters, pooled
     request_speedup: MeanStd = MeanStd(None, None, 0)  # per request (prompt x rep): the noise estimate
+    heads: DraftHeads | None = None  # which head drafts which position (None: not known)
 
     @property
     def acceptance(self) -> float | None:
         return self.counters.acceptance
+
+    @property
+    def n_effective(self) -> int | None:
+        """The draft depth llama-server runs at this n_max (chained heads clamp it); None: not known."""
+        return self.heads.n_effective(self.n_max) if self.heads is not None else None
+
+    def positions(self) -> list[dict[str, Any]]:
+        """Per drafted position: the blocks that draft it (None: not known; []: MTP drafts no token
+        there, another drafter of the list may) and its acceptance (verification steps whose draft
+        was accepted up to it)."""
+        return [{"position": p, "head_blocks": None if self.heads is None
+                 else list(self.heads.blocks_at(p, self.n_max)), "acceptance": rounded(x)}
+                for p, x in enumerate(self.counters.per_pos_upto(self.n_max))]
 
     @property
     def prefill_ratio(self) -> float | None:
@@ -95,6 +110,7 @@ class ConfigStats(Keyed):
             "acceptance": rounded(c.acceptance), "acceptance_reps": self.acceptance_reps.to_dict(),
             "mean_accept_len": rounded(c.mean_accept_len),
             "per_pos_acceptance": [rounded(x) for x in c.per_pos_upto(self.n_max)], "counters": c.to_dict(),
+            "n_max_effective": self.n_effective, "positions": self.positions(),
             "decode_tps": self.decode_tps.to_dict(), "prefill_tps": self.prefill_tps.to_dict(),
             "baseline_decode_tps": self.baseline_decode_tps.to_dict(),
             "baseline_prefill_tps": self.baseline_prefill_tps.to_dict(),
@@ -215,10 +231,19 @@ class ModelResult:
     mode: str = "raw"
     template: tuple[TemplateCheck, ...] = ()
     context_tokens: dict[str, int] = field(default_factory=dict)
+    heads: DraftHeads | None = None  # which head drafts which position (None: not known)
 
     @property
     def acceptance(self) -> float | None:
         return self.counters.acceptance
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Where the graph drafts fewer positions than an n asked for (not an error)."""
+        if self.heads is None:
+            return ()
+        ns = dict.fromkeys(c.n_max for c in self.configs)
+        return tuple(note for n in ns if (note := self.heads.clamp_note(n)))
 
     def per_prompt(self) -> list[dict[str, Any]]:
         return [r.row() for c in self.cells for r in c.requests]
@@ -238,6 +263,7 @@ class ModelResult:
             "per_pos_acceptance": [rounded(x) for x in self.counters.per_pos_upto(
                 max((c.n_max for c in self.configs), default=0))],
             "counters": self.counters.to_dict(), "mtp_active": self.mtp_active,
+            "draft_heads": None if self.heads is None else self.heads.to_dict(), "notes": list(self.notes),
             "categories": {k: v.to_dict() for k, v in self.categories.items()},
             "runs": [c.to_dict() for c in self.configs],
             "servers": [s.to_dict() for s in self.servers],
@@ -328,7 +354,7 @@ def _mismatches(mtp: dict[int, list[Cell]], base: dict[int, list[Cell]]) -> list
 
 
 def _config_stats(cells: Sequence[Cell], cfg: ServerConfig, cond: Condition,
-                  cat: str) -> ConfigStats | None:
+                  cat: str, heads: DraftHeads | None = None) -> ConfigStats | None:
     """One config under one condition, for a category or (cat "*") all of them, over the reps."""
     def pick(c: Cell, config: ServerConfig) -> bool:
         return c.config == config and c.condition == cond and cat in ("*", c.category)
@@ -356,7 +382,7 @@ def _config_stats(cells: Sequence[Cell], cfg: ServerConfig, cond: Condition,
         output_mismatches=tuple(dict.fromkeys(_mismatches(mtp, base) if cond.temperature == 0
                                               else [])),
         p_min=cfg.p_min, reasoning=cond.reasoning, depth=cond.depth, spec_types=cfg.spec_types,
-        drafters=pool_drafters(c.drafters for c in every),
+        drafters=pool_drafters(c.drafters for c in every), heads=heads,
         request_speedup=MeanStd.of([r.decode_tps / b for rep, cs in mtp.items() for c in cs
                                     for r in c.requests
                                     if r.decode_tps and (b := per_request.get((rep, r.prompt_id)))]))
@@ -484,10 +510,11 @@ def judge_model(plan: CheckPlan, spec: ModelSpec, cells: Sequence[Cell],
                 servers: Sequence[ServerRun]) -> ModelResult:
     """Aggregate one model's cells into stats and decide its verdict."""
     mtp_configs = plan.configs_for(spec)[1:]
+    heads = heads_for(plan, spec)
     configs = [s for cat in plan.categories for cond in plan.conditions for cfg in mtp_configs
-               if (s := _config_stats(cells, cfg, cond, cat)) is not None]
+               if (s := _config_stats(cells, cfg, cond, cat, heads)) is not None]
     by_config = [s for cond in plan.conditions for cfg in mtp_configs
-                 if (s := _config_stats(cells, cfg, cond, "*")) is not None]
+                 if (s := _config_stats(cells, cfg, cond, "*", heads)) is not None]
     pooled = _counters([c for c in cells if c.n_max is not None])
     summaries = [_summarize(configs, cells, cond, cat, plan.spec_type) for cond in plan.conditions
                  for cat in plan.categories]
@@ -500,4 +527,4 @@ def judge_model(plan: CheckPlan, spec: ModelSpec, cells: Sequence[Cell],
                        warnings=tuple(_warnings(configs, cells)), mtp_active=mtp_active,
                        counters=pooled, categories=categories, configs=tuple(configs),
                        servers=tuple(servers), cells=tuple(cells), summaries=tuple(summaries),
-                       pooled=tuple(by_config), mode=plan.mode_for(spec))
+                       pooled=tuple(by_config), mode=plan.mode_for(spec), heads=heads)

@@ -62,6 +62,7 @@ class ModelSpec:
     chat_template: bool = False  # the GGUF carries tokenizer.chat_template
     file_type: str | None = None  # general.file_type by name (Q4_K_M, F16, ...)
     expert_count: int = 0  # {arch}.expert_count: > 0 is an MoE model
+    block_count: int = 0  # {arch}.block_count: trunk and heads (the heads are the last blocks)
 
     @property
     def dense(self) -> bool:
@@ -175,6 +176,7 @@ class CheckPlan:
     p_min: tuple[float | None, ...] = (None,)  # None: llama-server's default
     dense_p_min: tuple[float, ...] = ()  # a dense model's p-min values (instead of p_min), when given
     spec_lists: tuple[str | None, ...] = (None,)  # --spec-type lists; None: the MTP type alone
+    draft_model: ModelSpec | None = None  # the header of `draft`: the model the heads are in
 
     @property
     def spec_type(self) -> str:
@@ -286,8 +288,10 @@ def resolve_model(path: str | os.PathLike[str]) -> ModelSpec:
     nextn = model.get(f"{arch}.nextn_predict_layers", 0) if arch else 0
     ctx_train = model.get(f"{arch}.context_length", 0) if arch else 0
     experts = model.get(f"{arch}.expert_count", 0) if arch else 0
+    blocks = model.get(f"{arch}.block_count", 0) if arch else 0
     return ModelSpec(path=model.path, files=tuple(model.paths), arch=arch,
                      nextn_predict_layers=int(nextn or 0),
+                     block_count=blocks if isinstance(blocks, int) and blocks > 0 else 0,
                      expert_count=experts if isinstance(experts, int) and experts > 0 else 0,
                      context_length=ctx_train if isinstance(ctx_train, int) and ctx_train > 0 else 0,
                      chat_template=bool(model.get("tokenizer.chat_template")),
@@ -418,6 +422,7 @@ def plan_check(models: Sequence[str | os.PathLike[str]], *, server: ServerTool,
             raise UsageError(f"draft file not found: {draft_path}")
     chosen, source = _choose_prompts(prompts, categories, per_category)
     plan = CheckPlan(models=specs, prompts=tuple(chosen), server=server, draft=draft_path,
+                     draft_model=resolve_model(draft_path) if draft_path is not None else None,
                      n_max=n_max_t, temperatures=temps, reps=reps, seed=seed, n_predict=n_predict,
                      ctx_size=ctx_size, server_args=tuple(server_args),
                      min_acceptance=min_acceptance, min_speedup=min_speedup,

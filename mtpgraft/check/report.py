@@ -17,6 +17,7 @@ from ..outputs import PendingOutput, write_text
 from ..reports import CHECK_REPORT
 from .judge import SPEEDUP_GREEN, SPEEDUP_RED, CheckResult, ConfigStats, ModelResult
 from .plan import WARMUP_RULE, Condition
+from .positions import CHAIN, SINGLE
 from .records import RequestRecord
 from .tables import (
     DOT,
@@ -87,6 +88,7 @@ def format_table(result: CheckResult) -> str:
         out += [f"  template: thinking {t.reasoning} sends {json.dumps(t.kwargs)}; "
                 f"{'honoured' if t.honoured else 'NOT honoured'} (prompt ends {t.prompt_tail[-24:]!r})"
                 for t in m.template]
+        out += [f"  {line}" for line in _heads_lines(m)]
         if m.configs:
             out.append(_grid(["category", "config", "condition", "accept", "len", "per-pos",
                               "tok/s", "base tok/s", "speedup", "prefill mtp/base"],
@@ -96,6 +98,16 @@ def format_table(result: CheckResult) -> str:
         out.append("")
     out.append(format_verdict(result))
     return "\n".join(out)
+
+
+def _heads_lines(m: ModelResult) -> list[str]:
+    """Which head drafts which position (the per-position acceptance's column order), and where the
+    graph drafts fewer positions than asked, for a model with MTP runs; nothing for a single in-file
+    head (its every position is its one block, as the JSON says: the output reads as before)."""
+    h = m.heads
+    if h is None or not m.configs or (h.mode == SINGLE and not h.source):
+        return []
+    return [f"draft heads: {h.describe()}"] + [f"note: {n}" for n in m.notes]
 
 
 def _summary_grid(m: ModelResult) -> str:
@@ -261,6 +273,13 @@ def _depth_table(result: CheckResult) -> list[str]:
                       "prefill ratio", "decode speedup", "acceptance"], rows), ""]
 
 
+def _per_pos_md(c: ConfigStats) -> str:
+    """Each position's acceptance, with the block that drafts it where heads are chained."""
+    heads = c.heads if c.heads is not None and c.heads.mode == CHAIN else None
+    return " / ".join(_f(x) + "".join(f" (blk.{b})" for b in (heads.blocks_at(p, c.n_max) if heads else ()))
+                      for p, x in enumerate(c.counters.per_pos_upto(c.n_max))) or "-"
+
+
 def _model_section(m: ModelResult) -> list[str]:
     out = [f"### {m.spec.name}", "",
            f"Verdict **{m.verdict}**; MTP {'active' if m.mtp_active else '**not active**'}; "
@@ -271,14 +290,15 @@ def _model_section(m: ModelResult) -> list[str]:
     out += [f"- {r}" for r in m.reasons]
     out += [f"- warning: {w}" for w in m.warnings]
     out += _template_lines(m)
-    if m.reasons or m.warnings or m.template:
+    heads = [f"- {line[0].upper()}{line[1:]}" for line in _heads_lines(m)]
+    out += heads
+    if m.reasons or m.warnings or m.template or heads:
         out.append("")
     out += [f"Files: {', '.join(f'`{f.name}`' for f in m.spec.files)}", ""]
     if m.configs:
         rows = [[c.category, c.config.label.removeprefix("MTP "), c.condition.label,
                  _pm(c.acceptance, c.acceptance_reps.std), _f(c.counters.mean_accept_len),
-                 " / ".join(_f(x) for x in c.counters.per_pos_upto(c.n_max)) or "-",
-                 _pm(c.decode_tps.mean, c.decode_tps.std, ".1f"),
+                 _per_pos_md(c), _pm(c.decode_tps.mean, c.decode_tps.std, ".1f"),
                  _pm(c.baseline_decode_tps.mean, c.baseline_decode_tps.std, ".1f"),
                  f"{DOT[c.status]} {_pm(c.speedup.mean, c.speedup.std)}",
                  _f(c.prefill_tps.mean, ".0f"), _f(c.baseline_prefill_tps.mean, ".0f")]

@@ -80,30 +80,68 @@ def speedup_matrix(models: Sequence[dict[str, Any]]) -> str:
     return md_table(["quant"] + cats, rows)
 
 
+def _first_condition(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """A model entry's by_config runs at the report's first condition (temperature, thinking, depth)."""
+    runs = [r for r in m.get("by_config") or [] if isinstance(r, dict)]
+    if not runs:
+        return []
+    key = (runs[0].get("temperature"), runs[0].get("reasoning"), runs[0].get("depth"))
+    return [r for r in runs if (r.get("temperature"), r.get("reasoning"), r.get("depth")) == key]
+
+
 def acceptance_table(models: Sequence[dict[str, Any]]) -> str:
     """Markdown: quant x draft depth n (x p-min), acceptance mean +- sd over reps, all categories,
     at the report's first condition (temperature, thinking, depth)."""
-    def first_condition(m: dict[str, Any]) -> list[dict[str, Any]]:
-        runs = m.get("by_config") or []
-        if not runs:
-            return []
-        key = (runs[0].get("temperature"), runs[0].get("reasoning"), runs[0].get("depth"))
-        return [r for r in runs if (r.get("temperature"), r.get("reasoning"), r.get("depth")) == key]
-
     cols: list[tuple[Any, Any]] = list(dict.fromkeys((r.get("n_max"), r.get("p_min"))
-                                                     for m in models for r in first_condition(m)))
+                                                     for m in models for r in _first_condition(m)))
     if not cols:
         return ""
     header = ["quant"] + [f"n={n}" + (f" p-min {p:g}" if p is not None else "") for n, p in cols]
     rows = []
     for label, m in zip(row_labels(models), models, strict=True):
-        got = {(r.get("n_max"), r.get("p_min")): r for r in first_condition(m)}
+        got = {(r.get("n_max"), r.get("p_min")): r for r in _first_condition(m)}
         cells = []
         for key in cols:
             a = (got.get(key) or {}).get("acceptance_reps") or {}
             cells.append(_pm(a.get("mean"), a.get("std")))
         rows.append([label] + cells)
     return md_table(header, rows)
+
+
+def _positions(r: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in r.get("positions") or [] if isinstance(p, dict)]
+
+
+def _chained(r: dict[str, Any]) -> bool:
+    """Whether a run's positions are drafted by different blocks (chained heads)."""
+    return len({str(p.get("head_blocks")) for p in _positions(r) if p.get("head_blocks")}) > 1
+
+
+def positions_table(models: Sequence[dict[str, Any]]) -> str:
+    """Markdown: per quant and draft depth n (x p-min), each position's acceptance and the block that
+    drafts it, all categories, at the report's first condition; '' unless some model's heads are
+    chained (one head drafts every position: the acceptance table says all). A depth the heads clamp
+    says how many positions it drafts."""
+    chosen = [(label, [r for r in _first_condition(m) if _chained(r)])
+              for label, m in zip(row_labels(models), models, strict=True)]
+    width = max((len(_positions(r)) for _, runs in chosen for r in runs), default=0)
+    if not width:
+        return ""
+    rows = []
+    for label, runs in chosen:
+        for r in runs:
+            n, p, eff = r.get("n_max"), r.get("p_min"), r.get("n_max_effective")
+            config = f"n={n}" + (f" p-min {p:g}" if isinstance(p, (int, float)) else "") \
+                + (f" (drafts {eff})" if isinstance(eff, int) and eff != n else "")
+            cells = [_position_cell(x) for x in _positions(r)]
+            rows.append([label, config] + cells + ["-"] * (width - len(cells)))
+    return md_table(["quant", "config"] + [f"position {i}" for i in range(width)], rows)
+
+
+def _position_cell(p: dict[str, Any]) -> str:
+    acc, blocks = p.get("acceptance"), p.get("head_blocks") or []
+    rate = f"{acc:.2f}" if isinstance(acc, (int, float)) else "-"
+    return rate + (f" (blk.{blocks[0]})" if len(blocks) == 1 and isinstance(blocks[0], int) else "")
 
 
 OFF_TEXT = "leave MTP off"

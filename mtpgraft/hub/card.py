@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import PurePosixPath
 from typing import Any
 
 from .. import naming
 from ..arch import ARCH_RULES, rule_for
+from ..check.tables import positions_table
 from ..errors import redact
 from .markdown import human_size, md, md_code
 from .sections import (
@@ -126,10 +128,25 @@ def _body(*, repo_id: str, models: Sequence[ModelEntry], verified: bool, base: s
                 "required before publishing.", ""]
     out += files_section(repo_id, models, other_files, revision)
     out += measurements_section(models, verified)
+    out += _positions_section(models)
     out += task_flags_section(repo_id, models)
     out += usage_section(repo_id, models, revision)
     out += provenance_section(models, verified, base, base_link)
     return out
+
+
+def _positions_section(models: Sequence[ModelEntry]) -> list[str]:
+    """Each draft position's acceptance and the head block that drafts it, where the heads are
+    chained (check.tables.positions_table; nothing for one head, which drafts every position)."""
+    rows = [{"quant": md(m.quant or PurePosixPath(m.name).name), "name": md(PurePosixPath(m.name).name),
+             "by_config": list(m.check.by_config)} for m in models if m.check is not None]
+    table = positions_table(rows)
+    if not table:
+        return []
+    return ["Draft acceptance per position (all tasks): the model's MTP heads are chained, head k "
+            "drafting position k (`blk.N` beside each rate), and llama-server drafts at most one "
+            "position per head whatever `--spec-draft-n-max` asks. A position's rate is the share of "
+            "drafts accepted up to it.", "", table, ""]
 
 
 SECTION_BEGIN = "<!-- mtpgraft:mtp-sidecar -->"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UsageError
 from .dims import HEADS
 from .vocab import tiny_vocab
 from .weights import (
@@ -150,8 +151,10 @@ def mtp_block(spec: FamilySpec, seed: int, head: str, k: int = 0) -> dict[str, n
     return t
 
 
-def tensors(spec: FamilySpec, layout: str, head: str, seed: int) -> list[tuple[str, np.ndarray]]:
-    """output, token_embd, the trunk blocks, output_norm, the heads (for layouts that have them)."""
+def tensors(spec: FamilySpec, layout: str, head: str | tuple[str, ...], seed: int) -> list[tuple[str, np.ndarray]]:
+    """output, token_embd, the trunk blocks, output_norm, the heads (for layouts that have them);
+    `head` is every head's kind, or one kind per head (chained heads of different known rates)."""
+    kinds = (head,) * spec.nextn if isinstance(head, str) else head
     embd, output = embeddings(seed, tiny_vocab(seed))
     out: list[tuple[str, np.ndarray]] = [("output.weight", output), ("token_embd.weight", embd)]
     if layout != "mtp-only":
@@ -160,7 +163,7 @@ def tensors(spec: FamilySpec, layout: str, head: str, seed: int) -> list[tuple[s
     out.append(("output_norm.weight", Gen(seed, spec.streams[2]).norm(spec.sizes["embd"])))
     if layout in ("full", "mtp-only"):
         for k in range(spec.nextn):
-            out += [(f"blk.{spec.trunk_layers + k}.{n}", v) for n, v in mtp_block(spec, seed, head, k).items()]
+            out += [(f"blk.{spec.trunk_layers + k}.{n}", v) for n, v in mtp_block(spec, seed, kinds[k], k).items()]
     return out
 
 
@@ -178,12 +181,16 @@ def _add_keys(w: gguf.GGUFWriter, spec: FamilySpec, ctx: Ctx) -> None:
             w.add_key_value(key, v, gguf.GGUFValueType[vtype])
 
 
-def build(spec: FamilySpec, path: str | os.PathLike[str], *, layout: str = "full", head: str = "aligned",
-          dtype: str = "f32", seed: int = 0) -> Path:
-    """Write one tiny model of `spec`'s family atomically; return its path."""
+def build(spec: FamilySpec, path: str | os.PathLike[str], *, layout: str = "full",
+          head: str | tuple[str, ...] = "aligned", dtype: str = "f32", seed: int = 0) -> Path:
+    """Write one tiny model of `spec`'s family atomically; return its path. `head`: one kind for
+    every head, or a tuple with one kind per head (len spec.nextn)."""
+    if not isinstance(head, str) and (len(head) != spec.nextn or not set(head) <= set(HEADS)):
+        raise UsageError(f"{spec.arch} has {spec.nextn} heads, each one of {', '.join(HEADS)}; got {head}")
     ctx = Ctx(layout, spec.trunk_layers, spec.nextn, dtype)
     has_mtp = layout in ("full", "mtp-only")
-    name = f"mtpgraft tiny {spec.arch} {layout}" + (f" {head}" if has_mtp else "")
+    kind = head if isinstance(head, str) else ",".join(head)
+    name = f"mtpgraft tiny {spec.arch} {layout}" + (f" {kind}" if has_mtp else "")
 
     def keys(w: gguf.GGUFWriter) -> None:
         _add_keys(w, spec, ctx)
