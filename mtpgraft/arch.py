@@ -53,6 +53,8 @@ DRAFTER = "drafter"  # the drafter file itself: every block is a head, no trunk
 
 # The tensors a draft borrows from its target: an `mtp-` sidecar carries them beside the head.
 SHARED_TENSORS = ("token_embd.weight", "output_norm.weight", "output.weight")
+# deepseek4's collapse of its hyper-connection streams (hc_head), which the MTP graph runs as well
+DSV4_HC_HEAD = ("output_hc_fn.weight", "output_hc_base.weight", "output_hc_scale.weight")
 
 
 
@@ -210,9 +212,13 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "runs them); the NextN layer is MoE with a shared expert (ffn_gate_inp asserted); "
                   "indexer.key_length a power of two >= 64; trunk-only files load, but abort with "
                   "--spec-type draft-mtp if they keep the key"),
-    ArchRule("deepseek4", trunk_only_mtp_aborts=False, family="DeepSeek-V4",
-             note="DeepSeek-V4: attention.compress_ratios must cover block_count; "
-                  "a missing MTP block silently disables MTP"),
+    ArchRule("deepseek4", trunk_only_ok=False, trunk_only_mtp_aborts=False, family="DeepSeek-V4",
+             shared_tensors=(*SHARED_TENSORS, *DSV4_HC_HEAD),
+             note="DeepSeek-V4: hyper-connections (hc_mult residual streams: the MTP input is hc_mult * "
+                  "n_embd wide; a sidecar carries the output_hc_* collapse too); attention.compress_ratios "
+                  "must cover block_count and the MTP layer's entry is 0; sqrt-softplus MoE with a shared "
+                  "expert; one MTP block. A file that keeps the key without the block is refused (its "
+                  "blocks are read as trunk layers); a block without nextn.eh_proj silently turns MTP off"),
     ArchRule("glm-dsa", trunk_arrays=("attention.indexer.types",), proven=True, family="GLM-5",
              note="GLM-5 (DSA): deepseek32's layout; attention.indexer.types is per trunk layer (refused "
                   "with block_count entries) and layer 0 must be a full indexer layer; the NextN layer "

@@ -22,7 +22,7 @@ from mtpgraft.testmodels.dims import SPEC_ARCHES
 from mtpgraft.testmodels.families import SPECS
 
 FAMILIES = ("deepseek2", "deepseek32", "glm-dsa", "step35", "mimo2", "hy_v3", "cohere2moe", "qwen3next", "nemotron_h_moe",
-            "bailingmoe3")
+            "bailingmoe3", "deepseek4")
 VARIANTS = ("full-aligned", "full-random", "base", "base-key", "mtp-only-aligned")
 
 
@@ -112,7 +112,7 @@ def test_layouts_follow_the_converter(fam):
     for r in (m["base"], m["base-key"]):
         assert list(_tensors(r)) == [n for n in full_t if n not in mtp]
         assert all(full_t[n] == b for n, b in _tensors(r).items())
-    assert set(_tensors(m["mtp-only-aligned"])) == mtp | {"token_embd.weight", "output_norm.weight", "output.weight"}
+    assert set(_tensors(m["mtp-only-aligned"])) == mtp | set(ARCH_RULES[arch].shared_tensors)
     if arch == "glm-dsa":  # per TRUNK layer in every layout (the loader refuses block_count entries)
         assert all(len(k["glm-dsa.attention.indexer.types"]) == trunk for k in (full, base, key))
         assert not any(n.startswith(f"blk.{trunk}.indexer.") for n in mtp)
