@@ -291,7 +291,8 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None,
         problems += _mtp_problems(st, rule, notes)
         if not drafter:
             b = reconcile(st)
-            problems += [b.contradiction] if b.contradiction else [b.key_mismatch] if b.stray_key else []
+            stray_loads = b.stray_key and rule is not None and rule.stray_key_loads  # noted by _mtp_block_problems
+            problems += [b.contradiction] if b.contradiction else [b.key_mismatch] if b.stray_key and not stray_loads else []
     arrays, array_problems = _layer_arrays(model, st, rule)
     split, split_problems = _split_info(model)
     problems += array_problems + split_problems
@@ -394,6 +395,10 @@ def _mtp_block_problems(st: Structure, rule: ArchRule | None, beyond: list[int],
             problems.append(f"{arch}.nextn_predict_layers={nextn} but the MTP block "
                             f"blk.{expected[0]} has no tensors (llama.cpp: tensor "
                             f"'blk.{expected[0]}.attn_norm.weight' not found)")
+    elif rule is not None and rule.stray_key_loads and not nextn_layers(st):
+        notes.append(f"{arch}.nextn_predict_layers={nextn} but {blk_names(expected)} {_holds(expected)} no nextn "
+                     "tensor: llama.cpp drops the key and runs the block as a trunk layer (MTP off; "
+                     "--spec-type draft-mtp refuses: failed to create MTP context)")
     else:
         for i in expected:
             names = {r.name for r in st.layers.get(i, [])}
