@@ -87,6 +87,9 @@ class ArchRule:
     mtp_array_defaults: dict[str, Any] = field(default_factory=dict)
     # Per-layer arrays sized to the trunk only (read with n_layer(), not n_layer_all): not extended.
     trunk_arrays: tuple[str, ...] = ()
+    # Per-layer arrays the converter copies from the HF config, trunk + MTP layers long in every layout
+    # (the loader wants at least block_count entries): a graft extends a short one, never cuts one.
+    config_arrays: tuple[str, ...] = ()
     shared_tensors: tuple[str, ...] = SHARED_TENSORS  # what a sidecar borrows from its target
     # llama-imatrix runs the trunk graph only: it never sees the head. A drafter cannot run alone.
     imatrix_sees_head: bool = False
@@ -116,6 +119,11 @@ class ArchRule:
     @property
     def layer_arrays(self) -> tuple[str, ...]:
         return tuple(k for k in COMMON_LAYER_ARRAYS if k not in self.trunk_arrays)
+
+    def array_length_ok(self, suffix: str, count: int, block_count: int) -> bool:
+        """Whether the loader takes per-layer array `suffix` with `count` entries (config arrays: at
+        least block_count; the others: exactly)."""
+        return count >= block_count if suffix in self.config_arrays else count == block_count
 
     @property
     def in_file(self) -> bool:
@@ -217,11 +225,12 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "indexer.key_length a power of two >= 64; trunk-only files load, but abort with "
                   "--spec-type draft-mtp if they keep the key"),
     ArchRule("deepseek4", trunk_only_ok=False, trunk_only_mtp_aborts=False, stray_key_loads=True,
-             family="DeepSeek-V4",
+             config_arrays=("attention.compress_ratios",), family="DeepSeek-V4",
              shared_tensors=(*SHARED_TENSORS, *DSV4_HC_HEAD),
              note="DeepSeek-V4: hyper-connections (hc_mult residual streams: the MTP input is hc_mult * "
                   "n_embd wide; a sidecar carries the output_hc_* collapse too); attention.compress_ratios "
-                  "must cover block_count and the MTP layer's entry is 0; sqrt-softplus MoE with a shared "
+                  "is the HF config's (trunk + MTP entries even without the block: at least block_count) "
+                  "and the MTP layer's entry is 0; sqrt-softplus MoE with a shared "
                   "expert; one MTP block. A file that keeps the key without the block is refused (blk.N not "
                   "found); a key over a block without nextn tensors silently turns MTP off (the block runs "
                   "as a trunk layer)"),

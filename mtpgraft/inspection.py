@@ -422,8 +422,10 @@ def _layer_arrays(model: GGUFModel, st: Structure, rule: ArchRule | None) -> tup
         if kv is None or not kv.is_array:
             continue
         arrays[key] = kv.count
-        if kv.item_type in LAYER_ARRAY_ITEMS and st.block_count is not None and kv.count != st.block_count:
-            problems.append(f"key {key} has wrong array length; expected {st.block_count}, got {kv.count}")
+        bc, r = st.block_count, rule or ArchRule(st.arch)
+        if kv.item_type in LAYER_ARRAY_ITEMS and bc is not None and not r.array_length_ok(k, kv.count, bc):
+            at_least = "at least " if k in r.config_arrays else ""
+            problems.append(f"key {key} has wrong array length; expected {at_least}{bc}, got {kv.count}")
     return arrays, problems
 
 

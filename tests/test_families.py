@@ -114,6 +114,8 @@ def test_layouts_follow_the_converter(fam):
         assert list(_tensors(r)) == [n for n in full_t if n not in mtp]
         assert all(full_t[n] == b for n, b in _tensors(r).items())
     assert set(_tensors(m["mtp-only-aligned"])) == mtp | set(ARCH_RULES[arch].shared_tensors)
+    for k in ARCH_RULES[arch].config_arrays:  # deepseek4's compress_ratios: the HF config's, in every layout
+        assert len(base[f"{arch}.{k}"]) == len(full[f"{arch}.{k}"]) == trunk + nextn
     if arch == "glm-dsa":  # per TRUNK layer in every layout (the loader refuses block_count entries)
         assert all(len(k["glm-dsa.attention.indexer.types"]) == trunk for k in (full, base, key))
         assert not any(n.startswith(f"blk.{trunk}.indexer.") for n in mtp)
@@ -180,6 +182,28 @@ def test_graft_round_trips_give_the_converter_files(fam, grafted):
         k: v for k, v in full_k.items() if k != "general.file_type"}
     assert _tensors(grafted["detach"]) == _tensors(m["base"]) and _keys(grafted["detach"]) == _keys(m["base"])
     assert _tensors(grafted["extract"]) == _tensors(m["mtp-only-aligned"])
+
+
+@pytest.mark.parametrize("arch", [a for a in FAMILIES if ARCH_RULES[a].config_arrays])
+def test_a_config_array_needs_block_count_entries_at_least(arch, tmp_path):
+    """deepseek4's compress_ratios is the HF config's list, trunk + MTP entries in every layout: the
+    loader wants at least block_count of them. inspect refuses a full file whose list stops at the
+    trunk, takes such a trunk-only file, and attach gives that one the full file's list."""
+    from gguf import GGUFValueType as V
+
+    trunk = SPECS[arch].trunk_layers
+    full = tm.build_tiny_model(tmp_path / "full.gguf", arch=arch, dtype="f16")
+    base = tm.build_tiny_model(tmp_path / "base.gguf", arch=arch, layout="base", dtype="f16")
+    for k in ARCH_RULES[arch].config_arrays:
+        key = f"{arch}.{k}"
+        cut = {key: (V.ARRAY, _keys(full)[key][:trunk], V.INT32)}
+        short_full = rewrite(full, tmp_path / "short-full.gguf", set_kv=cut)
+        got = json.loads(mtpgraft("inspect", "--json", short_full, code=1))
+        assert got["problems"] == [f"key {key} has wrong array length; expected at least {trunk + 1}, got {trunk}"]
+        short_base = rewrite(base, tmp_path / "short-base.gguf", set_kv=cut)
+        assert json.loads(mtpgraft("inspect", "--json", short_base))["consistent"]
+        mtpgraft("attach", short_base, "--mtp-from", full, "--mtp-type", "keep", "-o", tmp_path / "out.gguf")
+        assert _keys(tmp_path / "out.gguf") == _keys(full)
 
 
 # ---------------------------------------------------------------------------------- llama-server

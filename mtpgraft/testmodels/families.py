@@ -22,6 +22,7 @@ from __future__ import annotations
 from .family import (
     NEXTN_NORMS,
     TEST_SET,
+    Ctx,
     FamilySpec,
     Row,
     block_count,
@@ -470,15 +471,21 @@ BAILINGMOE3 = FamilySpec(
 # eh_proj per stream: the aligned eh_proj (`weights.eh_proj`) gives every stream the next token's
 # direction, so the head's own hc_head + shared_head_norm + output say succ(next). The mixed head's
 # units sit in the shared expert: its output reaches each stream times post ~1 (gain 1).
-# Layers: one raw sliding-window attention kind (compress_ratios 0: no compressor, no indexer; the
-# MTP layer must be 0, graph_mtp asserts it), MoE with sqrt-softplus routing (the loader refuses any
-# other), one shared expert, no hash-routed layers (hash_layer_count 0: layer il < count would need
-# an I32 ffn_gate_tid2eid, and graph_mtp refuses a hash-routed head). The per-layer arrays
-# (compress_ratios, swiglu_clamp_*) have block_count entries. The root output_hc_* are the trunk's
-# hc_head and, in an mtp-only file, the head's own (the converter renames mtp.0.hc_head_*): one set
-# here, so the files of every layout agree. With the key kept and the block absent the loader reads
-# block_count layers as trunk and refuses the file (blk.4 not found): only a block without
-# nextn.eh_proj loads with MTP off (load_arch_hparams resets nextn_predict_layers).
+# Layers (trunk: SWA-only, CSA, HCA, CSA; the MTP layer SWA-only, compress_ratios 0, as graph_mtp
+# asserts): attention q_lora -> q_b, one shared K=V head (head_count_kv 1, attn_kv), sinks, grouped
+# output (attn_output_a per group, attn_output_b); MoE with sqrt-softplus routing (the loader refuses
+# any other) and one shared expert; no hash-routed layers (hash_layer_count 0: a layer below it needs
+# an I32 ffn_gate_tid2eid, and graph_mtp refuses a hash-routed head). The compressors' attention
+# output is a tiny branch like any other, so they leave the streams' direction alone.
+# Keys: the converter's order (TextModel's, then DeepseekV4Model.set_gguf_parameters'); the nextn key
+# is written by --mtp only. swiglu_clamp_* have block_count entries ([limit] * block_count);
+# compress_ratios is the HF config's list, trunk + MTP layers long in every layout (V4-Flash: 43
+# layers, 44 entries, the last 0 for the MTP layer): arch.py's config_arrays.
+# The root output_hc_* are the trunk's hc_head and, in an mtp-only file, the head's own (the converter
+# renames mtp.0.hc_head_*): one set here, so the files of every layout agree.
+# With the key kept and the block absent the loader reads block_count layers as trunk and refuses the
+# file (blk.4 not found); a key over a block without nextn tensors loads with MTP off
+# (load_arch_hparams drops the key when nextn.eh_proj is absent; the block runs as a trunk layer).
 DSV4_HC = 4
 _DSV4_HC_ROWS: tuple[Row, ...] = tuple(
     row for kind in ("attn", "ffn") for row in (
@@ -509,11 +516,13 @@ _DSV4_CSA: tuple[Row, ...] = (
     ("indexer.attn_q_b.weight", ("idx_q", "q_lora"), "in"), ("indexer_compressor_kv.weight", (128, "embd"), "in"),
     ("indexer_compressor_gate.weight", (128, "embd"), "in"), ("indexer_compressor_ape.weight", (4, 128), 0.02),
     ("indexer_compressor_norm.weight", ("idx_dim",), "norm"))
-DSV4_RATIOS = (0, 4, 128, 4)  # compress_ratios of the trunk; the MTP layer's is 0 (graph_mtp asserts it)
+DSV4_RATIOS = (0, 4, 128, 4)  # the trunk's compress_ratios
 
 
-def _dsv4_ratio(il: int) -> int:
-    return DSV4_RATIOS[il]
+def dsv4_compress_ratios(ctx: Ctx) -> list[int]:
+    """The HF config's compress_ratios, which the converter copies in every layout: one entry per
+    trunk layer and per MTP layer (0), also in a file without the heads."""
+    return [*DSV4_RATIOS, *[0] * ctx.nextn]
 
 
 DEEPSEEK4 = FamilySpec(
@@ -535,7 +544,7 @@ DEEPSEEK4 = FamilySpec(
           ("attention.indexer.head_count", U32, 4), ("attention.indexer.key_length", U32, 64),
           ("attention.indexer.top_k", U32, 512), ("attention.output_group_count", U32, 2),
           ("attention.output_lora_rank", U32, 128),
-          ("attention.compress_ratios", "ARRAY", per_layer(_dsv4_ratio, lambda il: 0)),
+          ("attention.compress_ratios", "ARRAY", dsv4_compress_ratios),
           ("attention.compress_rope_freq_base", F32, 160_000.0), ("hyper_connection.count", U32, DSV4_HC),
           ("hyper_connection.sinkhorn_iterations", U32, 20), ("hyper_connection.epsilon", F32, 1e-6),
           ("hash_layer_count", U32, 0), ("embedding_length_out", U32, DSV4_HC * 256),
