@@ -225,7 +225,7 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "indexer.key_length a power of two >= 64; trunk-only files load, but abort with "
                   "--spec-type draft-mtp if they keep the key"),
     ArchRule("deepseek4", trunk_only_ok=False, trunk_only_mtp_aborts=False, stray_key_loads=True,
-             config_arrays=("attention.compress_ratios",), family="DeepSeek-V4",
+             proven=True, config_arrays=("attention.compress_ratios",), family="DeepSeek-V4",
              shared_tensors=(*SHARED_TENSORS, *DSV4_HC_HEAD),
              note="DeepSeek-V4: hyper-connections (hc_mult residual streams: the MTP input is hc_mult * "
                   "n_embd wide; a sidecar carries the output_hc_* collapse too); attention.compress_ratios "

@@ -496,7 +496,8 @@ _DSV4_ATTN: tuple[Row, ...] = (
     ("attn_q_a.weight", ("q_lora", "embd"), "in"), ("attn_q_a_norm.weight", ("q_lora",), "norm"),
     ("attn_q_b.weight", ("q_b", "q_lora"), "in"), ("attn_kv.weight", ("head_dim", "embd"), "in"),
     ("attn_kv_a_norm.weight", ("head_dim",), "norm"),
-    ("attn_output_a.weight", ("o_lora_all", "o_group_in"), "in"), ("attn_output_b.weight", ("embd", "o_lora_all"), "out"),
+    ("attn_output_a.weight", ("o_lora_all", "o_group_in"), "in"),
+    ("attn_output_b.weight", ("embd", "o_lora_all"), "out"),
     *_DSV4_HC_ROWS, ("ffn_norm.weight", ("embd",), "norm"),
 )
 
@@ -553,7 +554,8 @@ DEEPSEEK4 = FamilySpec(
     parts={"attn": _DSV4_ATTN, "csa": _DSV4_CSA, "hca": _dsv4_compressor(1, 128), "none": (), "moe": _MOE,
            "nextn": (("nextn.enorm.weight", ("embd",), "norm"), ("nextn.hnorm.weight", ("embd",), "norm"),
                      ("nextn.shared_head_norm.weight", ("embd",), "norm"))},
-    trunk=tuple(("attn", {0: "none", 4: "csa", 128: "hca"}[r], "moe") for r in DSV4_RATIOS), mtp=("attn", "moe", "nextn"), flip="ffn_{}_shexp.weight",
+    trunk=tuple(("attn", {0: "none", 4: "csa", 128: "hca"}[r], "moe") for r in DSV4_RATIOS),
+    mtp=("attn", "moe", "nextn"), flip="ffn_{}_shexp.weight",
     globals=(("output_hc_fn.weight", ("hc", "hc_dim"), 0.001), ("output_hc_base.weight", ("hc",), 0.02),
              ("output_hc_scale.weight", (1,), "norm")),
     streams=(2400, 2500, 4),
