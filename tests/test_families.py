@@ -260,6 +260,17 @@ def test_a_key_over_a_block_without_nextn_tensors_turns_mtp_off(arch, llama_cpp_
 
 
 @pytest.mark.tools
+def test_the_mixed_head_passes_through_the_hyper_connections(llama_cpp_dir, tmp_path):
+    """deepseek4's mixed head: its flip units sit in the shared expert, whose output reaches each of
+    the four residual streams times hc_post's ~1, so the head is wrong on half the letter tokens:
+    1/3 at n-max 3 on prose (1/3, 1/2, 1/3, 1/4 for n-max 1..4 measured), 1.0 on code."""
+    mixed = tm.build_tiny_model(tmp_path / "mixed.gguf", arch="deepseek4", head="mixed", dtype="f16")
+    with serve(mixed, llama_cpp_dir, spec_type="mtp", draft_n_max=3) as srv:
+        got = [rate(run(srv, p, n_predict=64)) for p in (tm.PROSE_PROMPT, tm.CODE_PROMPT)]
+    assert abs(got[0] - 1 / 3) < 0.06 and got[1] == 1.0, got
+
+
+@pytest.mark.tools
 def test_grafted_and_sidecar_files_draft(fam, grafted, llama_cpp_dir):
     arch, m = fam
     types = {t.name: t.tensor_type.name for t in GGUFReader(grafted["attach-q8"]).tensors}
