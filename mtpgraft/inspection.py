@@ -291,8 +291,9 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None,
         problems += _mtp_problems(st, rule, notes)
         if not drafter:
             b = reconcile(st)
-            stray_loads = b.stray_key and rule is not None and rule.stray_key_loads  # noted by _mtp_block_problems
-            problems += [b.contradiction] if b.contradiction else [b.key_mismatch] if b.stray_key and not stray_loads else []
+            stray_loads = b.stray_key and rule is not None and rule.stray_key_loads  # a note: _mtp_block_problems
+            stray = [b.key_mismatch] if b.stray_key and not stray_loads else []
+            problems += [b.contradiction] if b.contradiction else stray
     arrays, array_problems = _layer_arrays(model, st, rule)
     split, split_problems = _split_info(model)
     problems += array_problems + split_problems
@@ -416,13 +417,13 @@ def _layer_arrays(model: GGUFModel, st: Structure, rule: ArchRule | None) -> tup
     """Per-layer array keys, their lengths, and the loader's complaints about them."""
     arrays: dict[str, int] = {}
     problems: list[str] = []
-    for k in rule.layer_arrays if rule else COMMON_LAYER_ARRAYS:
+    r, bc = rule or ArchRule(st.arch), st.block_count  # an unknown arch: the common arrays, exact lengths
+    for k in r.layer_arrays:
         key = f"{st.arch}.{k}"
         kv = model.kv.get(key)
         if kv is None or not kv.is_array:
             continue
         arrays[key] = kv.count
-        bc, r = st.block_count, rule or ArchRule(st.arch)
         if kv.item_type in LAYER_ARRAY_ITEMS and bc is not None and not r.array_length_ok(k, kv.count, bc):
             at_least = "at least " if k in r.config_arrays else ""
             problems.append(f"key {key} has wrong array length; expected {at_least}{bc}, got {kv.count}")
