@@ -53,6 +53,8 @@ DRAFTER = "drafter"  # the drafter file itself: every block is a head, no trunk
 
 # The tensors a draft borrows from its target: an `mtp-` sidecar carries them beside the head.
 SHARED_TENSORS = ("token_embd.weight", "output_norm.weight", "output.weight")
+# deepseek4's collapse of its hyper-connection streams (hc_head), which the MTP graph runs as well
+DSV4_HC_HEAD = ("output_hc_fn.weight", "output_hc_base.weight", "output_hc_scale.weight")
 
 
 
@@ -71,8 +73,12 @@ class ArchRule:
     trunk_only_ok: bool = True
     # ... and such a file makes llama-server ABORT when started with --spec-type draft-mtp
     # (graph_mtp's GGML_ASSERT(layer.nextn.eh_proj && "MTP block missing nextn.eh_proj")) instead of
-    # refusing with "failed to create MTP context". deepseek4 resets the key instead (MTP just off).
+    # refusing with "failed to create MTP context".
     trunk_only_mtp_aborts: bool = True
+    # The loader drops nextn_predict_layers when blk.{block_count - nextn}.nextn.eh_proj is absent
+    # (deepseek4's load_arch_hparams): a file whose key names a block without nextn tensors loads with
+    # that block run as one more trunk layer and MTP off (draft-mtp: "failed to create MTP context").
+    stray_key_loads: bool = False
     max_nextn: int | None = 1  # graph_mtp asserts n_layer_nextn == 1 for most archs
     # How several heads draft: "single" (one head), "chain" (head k drafts position k; n_max is
     # clamped to the number of heads: step35, hy_v3, mimo2 through its nextn layer offset).
@@ -81,6 +87,9 @@ class ArchRule:
     mtp_array_defaults: dict[str, Any] = field(default_factory=dict)
     # Per-layer arrays sized to the trunk only (read with n_layer(), not n_layer_all): not extended.
     trunk_arrays: tuple[str, ...] = ()
+    # Per-layer arrays the converter copies from the HF config, trunk + MTP layers long in every layout
+    # (the loader wants at least block_count entries): a graft extends a short one, never cuts one.
+    config_arrays: tuple[str, ...] = ()
     shared_tensors: tuple[str, ...] = SHARED_TENSORS  # what a sidecar borrows from its target
     # llama-imatrix runs the trunk graph only: it never sees the head. A drafter cannot run alone.
     imatrix_sees_head: bool = False
@@ -110,6 +119,11 @@ class ArchRule:
     @property
     def layer_arrays(self) -> tuple[str, ...]:
         return tuple(k for k in COMMON_LAYER_ARRAYS if k not in self.trunk_arrays)
+
+    def array_length_ok(self, suffix: str, count: int, block_count: int) -> bool:
+        """Whether the loader takes per-layer array `suffix` with `count` entries (config arrays: at
+        least block_count; the others: exactly)."""
+        return count >= block_count if suffix in self.config_arrays else count == block_count
 
     @property
     def in_file(self) -> bool:
@@ -210,9 +224,16 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "runs them); the NextN layer is MoE with a shared expert (ffn_gate_inp asserted); "
                   "indexer.key_length a power of two >= 64; trunk-only files load, but abort with "
                   "--spec-type draft-mtp if they keep the key"),
-    ArchRule("deepseek4", trunk_only_mtp_aborts=False, family="DeepSeek-V4",
-             note="DeepSeek-V4: attention.compress_ratios must cover block_count; "
-                  "a missing MTP block silently disables MTP"),
+    ArchRule("deepseek4", trunk_only_ok=False, trunk_only_mtp_aborts=False, stray_key_loads=True,
+             proven=True, config_arrays=("attention.compress_ratios",), family="DeepSeek-V4",
+             shared_tensors=(*SHARED_TENSORS, *DSV4_HC_HEAD),
+             note="DeepSeek-V4: hyper-connections (hc_mult residual streams: the MTP input is hc_mult * "
+                  "n_embd wide; a sidecar carries the output_hc_* collapse too); attention.compress_ratios "
+                  "is the HF config's (trunk + MTP entries even without the block: at least block_count) "
+                  "and the MTP layer's entry is 0; sqrt-softplus MoE with a shared "
+                  "expert; one MTP block. A file that keeps the key without the block is refused (blk.N not "
+                  "found); a key over a block without nextn tensors silently turns MTP off (the block runs "
+                  "as a trunk layer)"),
     ArchRule("glm-dsa", trunk_arrays=("attention.indexer.types",), proven=True, family="GLM-5",
              note="GLM-5 (DSA): deepseek32's layout; attention.indexer.types is per trunk layer (refused "
                   "with block_count entries) and layer 0 must be a full indexer layer; the NextN layer "

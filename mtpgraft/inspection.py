@@ -291,7 +291,9 @@ def inspect_model(path: str | os.PathLike[str], model: GGUFModel | None = None,
         problems += _mtp_problems(st, rule, notes)
         if not drafter:
             b = reconcile(st)
-            problems += [b.contradiction] if b.contradiction else [b.key_mismatch] if b.stray_key else []
+            stray_loads = b.stray_key and rule is not None and rule.stray_key_loads  # a note: _mtp_block_problems
+            stray = [b.key_mismatch] if b.stray_key and not stray_loads else []
+            problems += [b.contradiction] if b.contradiction else stray
     arrays, array_problems = _layer_arrays(model, st, rule)
     split, split_problems = _split_info(model)
     problems += array_problems + split_problems
@@ -394,6 +396,10 @@ def _mtp_block_problems(st: Structure, rule: ArchRule | None, beyond: list[int],
             problems.append(f"{arch}.nextn_predict_layers={nextn} but the MTP block "
                             f"blk.{expected[0]} has no tensors (llama.cpp: tensor "
                             f"'blk.{expected[0]}.attn_norm.weight' not found)")
+    elif rule is not None and rule.stray_key_loads and not nextn_layers(st):
+        notes.append(f"{arch}.nextn_predict_layers={nextn} but {blk_names(expected)} {_holds(expected)} no nextn "
+                     "tensor: llama.cpp drops the key and runs the block as a trunk layer (MTP off; "
+                     "--spec-type draft-mtp refuses: failed to create MTP context)")
     else:
         for i in expected:
             names = {r.name for r in st.layers.get(i, [])}
@@ -411,14 +417,16 @@ def _layer_arrays(model: GGUFModel, st: Structure, rule: ArchRule | None) -> tup
     """Per-layer array keys, their lengths, and the loader's complaints about them."""
     arrays: dict[str, int] = {}
     problems: list[str] = []
-    for k in rule.layer_arrays if rule else COMMON_LAYER_ARRAYS:
+    r, bc = rule or ArchRule(st.arch), st.block_count  # an unknown arch: the common arrays, exact lengths
+    for k in r.layer_arrays:
         key = f"{st.arch}.{k}"
         kv = model.kv.get(key)
         if kv is None or not kv.is_array:
             continue
         arrays[key] = kv.count
-        if kv.item_type in LAYER_ARRAY_ITEMS and st.block_count is not None and kv.count != st.block_count:
-            problems.append(f"key {key} has wrong array length; expected {st.block_count}, got {kv.count}")
+        if kv.item_type in LAYER_ARRAY_ITEMS and bc is not None and not r.array_length_ok(k, kv.count, bc):
+            at_least = "at least " if k in r.config_arrays else ""
+            problems.append(f"key {key} has wrong array length; expected {at_least}{bc}, got {kv.count}")
     return arrays, problems
 
 

@@ -20,9 +20,10 @@ from mtpgraft.errors import ServerError
 from mtpgraft.testmodels import family
 from mtpgraft.testmodels.dims import SPEC_ARCHES
 from mtpgraft.testmodels.families import SPECS
+from mtpgraft.testmodels.synthetic import rewrite
 
 FAMILIES = ("deepseek2", "deepseek32", "glm-dsa", "step35", "mimo2", "hy_v3", "cohere2moe", "qwen3next", "nemotron_h_moe",
-            "bailingmoe3")
+            "bailingmoe3", "deepseek4")
 VARIANTS = ("full-aligned", "full-random", "base", "base-key", "mtp-only-aligned")
 
 
@@ -112,7 +113,9 @@ def test_layouts_follow_the_converter(fam):
     for r in (m["base"], m["base-key"]):
         assert list(_tensors(r)) == [n for n in full_t if n not in mtp]
         assert all(full_t[n] == b for n, b in _tensors(r).items())
-    assert set(_tensors(m["mtp-only-aligned"])) == mtp | {"token_embd.weight", "output_norm.weight", "output.weight"}
+    assert set(_tensors(m["mtp-only-aligned"])) == mtp | set(ARCH_RULES[arch].shared_tensors)
+    for k in ARCH_RULES[arch].config_arrays:  # deepseek4's compress_ratios: the HF config's, in every layout
+        assert len(base[f"{arch}.{k}"]) == len(full[f"{arch}.{k}"]) == trunk + nextn
     if arch == "glm-dsa":  # per TRUNK layer in every layout (the loader refuses block_count entries)
         assert all(len(k["glm-dsa.attention.indexer.types"]) == trunk for k in (full, base, key))
         assert not any(n.startswith(f"blk.{trunk}.indexer.") for n in mtp)
@@ -181,6 +184,28 @@ def test_graft_round_trips_give_the_converter_files(fam, grafted):
     assert _tensors(grafted["extract"]) == _tensors(m["mtp-only-aligned"])
 
 
+@pytest.mark.parametrize("arch", [a for a in FAMILIES if ARCH_RULES[a].config_arrays])
+def test_a_config_array_needs_block_count_entries_at_least(arch, tmp_path):
+    """deepseek4's compress_ratios is the HF config's list, trunk + MTP entries in every layout: the
+    loader wants at least block_count of them. inspect refuses a full file whose list stops at the
+    trunk, takes such a trunk-only file, and attach gives that one the full file's list."""
+    from gguf import GGUFValueType as V
+
+    trunk = SPECS[arch].trunk_layers
+    full = tm.build_tiny_model(tmp_path / "full.gguf", arch=arch, dtype="f16")
+    base = tm.build_tiny_model(tmp_path / "base.gguf", arch=arch, layout="base", dtype="f16")
+    for k in ARCH_RULES[arch].config_arrays:
+        key = f"{arch}.{k}"
+        cut = {key: (V.ARRAY, _keys(full)[key][:trunk], V.INT32)}
+        short_full = rewrite(full, tmp_path / "short-full.gguf", set_kv=cut)
+        got = json.loads(mtpgraft("inspect", "--json", short_full, code=1))
+        assert got["problems"] == [f"key {key} has wrong array length; expected at least {trunk + 1}, got {trunk}"]
+        short_base = rewrite(base, tmp_path / "short-base.gguf", set_kv=cut)
+        assert json.loads(mtpgraft("inspect", "--json", short_base))["consistent"]
+        mtpgraft("attach", short_base, "--mtp-from", full, "--mtp-type", "keep", "-o", tmp_path / "out.gguf")
+        assert _keys(tmp_path / "out.gguf") == _keys(full)
+
+
 # ---------------------------------------------------------------------------------- llama-server
 
 
@@ -200,14 +225,51 @@ def test_trunk_only_with_the_key_behaves_as_the_row_says(fam, llama_cpp_dir, tmp
     arch, m = fam
     rule = ARCH_RULES[arch]
     srv = serve(m["base-key"], llama_cpp_dir, spec_type="mtp", log_path=tmp_path / "s.log")
-    if not rule.trunk_only_ok:  # refused at load, whatever the flags
-        with pytest.raises(ServerError, match=rf"'blk\.{SPECS[arch].trunk_layers}\.[\w.]+' not found"):
-            serve(m["base-key"], llama_cpp_dir).start()
+    # refused at load, whatever the flags (deepseek4: the loader drops the key, so blk.{trunk} is a trunk layer)
+    if not rule.trunk_only_ok:
+        for s in (srv, serve(m["base-key"], llama_cpp_dir)):
+            with pytest.raises(ServerError, match=rf"'blk\.{SPECS[arch].trunk_layers}\.[\w.]+' not found"):
+                s.start()
         return
     assert rule.trunk_only_mtp_aborts
     with pytest.raises(ServerError, match="SIGABRT") as exc:
         srv.start()
     assert "MTP block missing nextn.eh_proj" in str(exc.value)
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("arch", [a for a in FAMILIES if ARCH_RULES[a].stray_key_loads])
+def test_a_key_over_a_block_without_nextn_tensors_turns_mtp_off(arch, llama_cpp_dir, tmp_path):
+    """The loader drops nextn_predict_layers when the block it names lacks nextn.eh_proj: the full file
+    without its nextn tensors loads (the head's layer runs as one more trunk layer, whose branches are
+    tiny: the trunk's text), inspect says so, and draft-mtp refuses it as it refuses a keyless file."""
+    trunk = SPECS[arch].trunk_layers
+    full = tm.build_tiny_model(tmp_path / "full.gguf", arch=arch, dtype="f16")
+    base = tm.build_tiny_model(tmp_path / "base.gguf", arch=arch, layout="base", dtype="f16")
+    stray = rewrite(full, tmp_path / "stray.gguf", drop_tensors={
+        n for n in _tensors(full) if n.startswith(f"blk.{trunk}.nextn.")})
+    got = json.loads(mtpgraft("inspect", "--json", stray))
+    assert (got["consistent"], got["layout"], got["mtp_layers"]) == (True, "trunk-only", []), got
+    assert any("drops the key" in n and "MTP off" in n for n in got["notes"]), got["notes"]
+    with pytest.raises(ServerError, match="failed to create MTP context"):
+        serve(stray, llama_cpp_dir, spec_type="mtp").start()
+    vocab, texts = tm.tiny_vocab(0), []
+    for m in (stray, base):
+        with serve(m, llama_cpp_dir) as srv:
+            want = vocab.detokenize(vocab.continuation(srv.tokenize(tm.PROSE_PROMPT)[-1], 24))
+            texts.append(srv.completion(tm.PROSE_PROMPT, n_predict=24, temperature=0.0)["content"])
+    assert texts == [want, want], texts
+
+
+@pytest.mark.tools
+def test_the_mixed_head_passes_through_the_hyper_connections(llama_cpp_dir, tmp_path):
+    """deepseek4's mixed head: its flip units sit in the shared expert, whose output reaches each of
+    the four residual streams times hc_post's ~1, so the head is wrong on half the letter tokens:
+    1/3 at n-max 3 on prose (1/3, 1/2, 1/3, 1/4 for n-max 1..4 measured), 1.0 on code."""
+    mixed = tm.build_tiny_model(tmp_path / "mixed.gguf", arch="deepseek4", head="mixed", dtype="f16")
+    with serve(mixed, llama_cpp_dir, spec_type="mtp", draft_n_max=3) as srv:
+        got = [rate(run(srv, p, n_predict=64)) for p in (tm.PROSE_PROMPT, tm.CODE_PROMPT)]
+    assert abs(got[0] - 1 / 3) < 0.06 and got[1] == 1.0, got
 
 
 @pytest.mark.tools
@@ -231,7 +293,8 @@ def test_q4_k_m_keeps_the_head_at_its_rule_and_drafts(fam, llama_cpp_dir, tmp_pa
     head_type = ARCH_RULES[arch].head_type.upper()
     for i in _heads(arch):  # every quantizable MTP weight at the head's type
         assert types[f"blk.{i}.nextn.eh_proj.weight"] == types[f"blk.{i}.{_down(arch)}"] == head_type
-        assert types[f"blk.{i}.attn_output.weight"] == head_type
+        outs = [n for n in types if n.startswith(f"blk.{i}.attn_output")]  # deepseek4: attn_output_a / _b
+        assert outs and all(types[n] == head_type for n in outs), outs
     assert types["blk.1.ffn_up_exps.weight"] not in (head_type, "F16")  # the trunk got Q4_K_M's types
     with serve(q, llama_cpp_dir, spec_type="mtp", draft_n_max=3) as srv:
         assert [rate(run(srv, p, n_predict=48)) for p in (tm.PROSE_PROMPT, tm.CODE_PROMPT)] == [1.0, 1.0]

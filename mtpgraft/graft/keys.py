@@ -74,6 +74,8 @@ def extend_layer_arrays(kvs: list[KV], rule: ArchRule, arch: str, trunk: int, n_
         if old.count < trunk:
             raise GraftError(f"key {key} has {old.count} entries but the trunk has {trunk} layers; "
                              "the file is broken beyond what a graft repairs")
+        if suffix in rule.config_arrays and old.count >= trunk + n_mtp:
+            continue  # the HF config's array: long enough for the trunk and the heads, kept whole
         base_vals = list(old.value)[:trunk]
         mtp_vals = _mtp_array_values(key, suffix, rule, base_vals, n_mtp, src, src_layers, warnings)
         if mtp_vals is None:  # the family's per-index rule: each head's entry from its own index

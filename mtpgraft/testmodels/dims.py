@@ -4,7 +4,7 @@ dimensions the other families share."""
 from __future__ import annotations
 
 ARCHES = ("qwen35", "qwen35moe")  # built by testmodels.qwen35
-SPEC_ARCHES = ("glm4moe", "deepseek2", "deepseek32", "glm-dsa", "step35", "mimo2", "hy_v3", "cohere2moe", "qwen3next", "nemotron_h_moe", "bailingmoe3")  # built by testmodels.family from testmodels.families.SPECS
+SPEC_ARCHES = ("glm4moe", "deepseek2", "deepseek32", "glm-dsa", "step35", "mimo2", "hy_v3", "cohere2moe", "qwen3next", "nemotron_h_moe", "bailingmoe3", "deepseek4")  # built by testmodels.family from testmodels.families.SPECS
 FAMILY_ARCHES = (*ARCHES, *SPEC_ARCHES, "gemma4")  # every architecture build_tiny_model writes
 HEADS = ("aligned", "mixed", "random")
 DTYPES = ("f32", "f16", "bf16")

@@ -22,6 +22,7 @@ from __future__ import annotations
 from .family import (
     NEXTN_NORMS,
     TEST_SET,
+    Ctx,
     FamilySpec,
     Row,
     block_count,
@@ -33,6 +34,7 @@ from .family import (
 
 U32, F32, BOOL = "UINT32", "FLOAT32", "BOOL"
 GATING_SIGMOID = 2  # llama_expert_gating_func_type
+GATING_SQRT_SOFTPLUS = 4
 
 _MOE: tuple[Row, ...] = (
     ("ffn_gate_inp.weight", ("expert", "embd"), "in"),
@@ -453,5 +455,112 @@ BAILINGMOE3 = FamilySpec(
     mtp=("mla", "moe", "nextn"), flip="ffn_{}_shexp.weight", streams=(2200, 2300, 4),
 )
 
+# ----------------------------------------------------------------------------------------- deepseek4
+
+# DeepSeek-V4 (src/models/deepseek4.cpp): hyper-connections keep hc_mult = 4 residual streams, each
+# n_embd wide. A block reads them through hc_pre (weights pre = sigmoid(mixes*scale + base) + eps, a
+# positive sum of the streams, then the norm), writes back through hc_post (stream d = post_d * branch
+# + sum_s comb[d,s] * stream_s, comb a Sinkhorn-normalised, doubly stochastic 4x4) and the output
+# collapses them with hc_head (a positive sum, then output_norm). The mixes are hc_fn @ rms_norm(the
+# four streams), so with hc_fn tiny (std 1e-3: mixes ~0.03) and base small, pre ~0.5, post ~1 and comb
+# ~1/4 everywhere: the embedding enters all four streams (hc_init repeats it), comb's rows sum to 1, so
+# the streams stay copies of the token direction, the tiny branches add the same few percent to each,
+# and hc_head returns ~2x that one direction, which the norm undoes: the trunk says succ(token) as
+# every family does. The MTP graph reads the trunk's four streams (its input is hc_mult * n_embd
+# wide), hnorm-s each stream, concatenates each with the repeated enorm-ed embedding and applies
+# eh_proj per stream: the aligned eh_proj (`weights.eh_proj`) gives every stream the next token's
+# direction, so the head's own hc_head + shared_head_norm + output say succ(next). The mixed head's
+# units sit in the shared expert: its output reaches each stream times post ~1 (gain 1).
+# Layers (trunk: SWA-only, CSA, HCA, CSA; the MTP layer SWA-only, compress_ratios 0, as graph_mtp
+# asserts): attention q_lora -> q_b, one shared K=V head (head_count_kv 1, attn_kv), sinks, grouped
+# output (attn_output_a per group, attn_output_b); MoE with sqrt-softplus routing (the loader refuses
+# any other) and one shared expert; no hash-routed layers (hash_layer_count 0: a layer below it needs
+# an I32 ffn_gate_tid2eid, and graph_mtp refuses a hash-routed head). The compressors' attention
+# output is a tiny branch like any other, so they leave the streams' direction alone.
+# Keys: the converter's order (TextModel's, then DeepseekV4Model.set_gguf_parameters'); the nextn key
+# is written by --mtp only. swiglu_clamp_* have block_count entries ([limit] * block_count);
+# compress_ratios is the HF config's list, trunk + MTP layers long in every layout (V4-Flash: 43
+# layers, 44 entries, the last 0 for the MTP layer): arch.py's config_arrays.
+# The root output_hc_* are the trunk's hc_head and, in an mtp-only file, the head's own (the converter
+# renames mtp.0.hc_head_*): one set here, so the files of every layout agree.
+# With the key kept and the block absent the loader reads block_count layers as trunk and refuses the
+# file (blk.4 not found); a key over a block without nextn tensors loads with MTP off
+# (load_arch_hparams drops the key when nextn.eh_proj is absent; the block runs as a trunk layer).
+DSV4_HC = 4
+_DSV4_HC_ROWS: tuple[Row, ...] = tuple(
+    row for kind in ("attn", "ffn") for row in (
+        (f"hc_{kind}_fn.weight", ("hc_mix", "hc_dim"), 0.001), (f"hc_{kind}_base.weight", ("hc_mix",), 0.02),
+        (f"hc_{kind}_scale.weight", (3,), "norm")))
+_DSV4_ATTN: tuple[Row, ...] = (
+    ("attn_norm.weight", ("embd",), "norm"), ("attn_sinks.weight", ("head",), 0.02),
+    ("attn_q_a.weight", ("q_lora", "embd"), "in"), ("attn_q_a_norm.weight", ("q_lora",), "norm"),
+    ("attn_q_b.weight", ("q_b", "q_lora"), "in"), ("attn_kv.weight", ("head_dim", "embd"), "in"),
+    ("attn_kv_a_norm.weight", ("head_dim",), "norm"),
+    ("attn_output_a.weight", ("o_lora_all", "o_group_in"), "in"),
+    ("attn_output_b.weight", ("embd", "o_lora_all"), "out"),
+    *_DSV4_HC_ROWS, ("ffn_norm.weight", ("embd",), "norm"),
+)
+
+
+# The compressors: a CSA layer (ratio 4: two overlapping windows, and the lightning indexer) and an HCA
+# layer (ratio 128). llama.cpp needs a CSA layer (with none, the indexer cache has no layers and
+# build_input_k_rot divides by zero: SIGFPE while reserving the graph).
+def _dsv4_compressor(coff: int, ratio: int) -> tuple[Row, ...]:
+    return (("attn_compressor_kv.weight", (coff * 128, "embd"), "in"),
+            ("attn_compressor_gate.weight", (coff * 128, "embd"), "in"),
+            ("attn_compressor_ape.weight", (ratio, coff * 128), 0.02),
+            ("attn_compressor_norm.weight", ("head_dim",), "norm"))
+
+
+_DSV4_CSA: tuple[Row, ...] = (
+    *_dsv4_compressor(2, 4), ("indexer.proj.weight", ("idx_head", "embd"), "in"),
+    ("indexer.attn_q_b.weight", ("idx_q", "q_lora"), "in"), ("indexer_compressor_kv.weight", (128, "embd"), "in"),
+    ("indexer_compressor_gate.weight", (128, "embd"), "in"), ("indexer_compressor_ape.weight", (4, 128), 0.02),
+    ("indexer_compressor_norm.weight", ("idx_dim",), "norm"))
+DSV4_RATIOS = (0, 4, 128, 4)  # the trunk's compress_ratios
+
+
+def dsv4_compress_ratios(ctx: Ctx) -> list[int]:
+    """The HF config's compress_ratios, which the converter copies in every layout: one entry per
+    trunk layer and per MTP layer (0), also in a file without the heads."""
+    return [*DSV4_RATIOS, *[0] * ctx.nextn]
+
+
+DEEPSEEK4 = FamilySpec(
+    arch="deepseek4", tokenizer_pre="deepseek-v3",
+    sizes={"embd": 256, "head": 4, "head_dim": 128, "q_lora": 256, "q_b": 4 * 128, "o_lora_all": 2 * 128,
+           "o_group_in": 4 * 128 // 2, "hc_mix": (2 + DSV4_HC) * DSV4_HC, "hc_dim": DSV4_HC * 256, "hc": DSV4_HC,
+           "idx_head": 4, "idx_dim": 64, "idx_q": 4 * 64, "expert": 4, "ff_exp": 256, "shexp": 256},
+    keys=(("block_count", U32, block_count), ("context_length", U32, 4096), ("embedding_length", U32, 256),
+          ("attention.head_count", U32, 4), ("attention.head_count_kv", U32, 1),
+          ("rope.freq_base", F32, 10_000.0), ("attention.layer_norm_rms_epsilon", F32, 1e-6),
+          ("expert_count", U32, 4), ("expert_used_count", U32, 2), ("expert_gating_func", U32, GATING_SQRT_SOFTPLUS),
+          ("attention.key_length", U32, 128), ("attention.value_length", U32, 128),
+          ("general.file_type", U32, file_type), ("rope.dimension_count", U32, 32),
+          ("attention.q_lora_rank", U32, 256), ("attention.sliding_window", U32, 128),
+          ("expert_feed_forward_length", U32, 256), ("expert_shared_count", U32, 1),
+          ("expert_weights_scale", F32, 1.0), ("expert_weights_norm", BOOL, True),
+          ("swiglu_clamp_exp", "ARRAY", per_layer(lambda il: 10.0, lambda il: 10.0)),
+          ("swiglu_clamp_shexp", "ARRAY", per_layer(lambda il: 10.0, lambda il: 10.0)),
+          ("attention.indexer.head_count", U32, 4), ("attention.indexer.key_length", U32, 64),
+          ("attention.indexer.top_k", U32, 512), ("attention.output_group_count", U32, 2),
+          ("attention.output_lora_rank", U32, 128),
+          ("attention.compress_ratios", "ARRAY", dsv4_compress_ratios),
+          ("attention.compress_rope_freq_base", F32, 160_000.0), ("hyper_connection.count", U32, DSV4_HC),
+          ("hyper_connection.sinkhorn_iterations", U32, 20), ("hyper_connection.epsilon", F32, 1e-6),
+          ("hash_layer_count", U32, 0), ("embedding_length_out", U32, DSV4_HC * 256),
+          ("nextn_predict_layers", U32, nextn_key),
+          ("general.quantization_version", U32, quantization_version)),
+    parts={"attn": _DSV4_ATTN, "csa": _DSV4_CSA, "hca": _dsv4_compressor(1, 128), "none": (), "moe": _MOE,
+           "nextn": (("nextn.enorm.weight", ("embd",), "norm"), ("nextn.hnorm.weight", ("embd",), "norm"),
+                     ("nextn.shared_head_norm.weight", ("embd",), "norm"))},
+    trunk=tuple(("attn", {0: "none", 4: "csa", 128: "hca"}[r], "moe") for r in DSV4_RATIOS),
+    mtp=("attn", "moe", "nextn"), flip="ffn_{}_shexp.weight",
+    globals=(("output_hc_fn.weight", ("hc", "hc_dim"), 0.001), ("output_hc_base.weight", ("hc",), 0.02),
+             ("output_hc_scale.weight", (1,), "norm")),
+    streams=(2400, 2500, 4),
+)
+
 SPECS: dict[str, FamilySpec] = {s.arch: s for s in (GLM4MOE, DEEPSEEK2, DEEPSEEK32, GLM_DSA, STEP35, MIMO2, HY_V3,
-                                                    COHERE2MOE, QWEN3NEXT, NEMOTRON_H_MOE, BAILINGMOE3)}
+                                                    COHERE2MOE, QWEN3NEXT, NEMOTRON_H_MOE, BAILINGMOE3,
+                                                    DEEPSEEK4)}

@@ -87,6 +87,9 @@ class FamilySpec:
     test_set: dict[str, dict[str, object]] = field(default_factory=lambda: dict(TEST_SET))
     # heads whose parts follow their own index (step35: full-attention and SWA heads): head k's parts
     mtp_by_head: tuple[tuple[str, ...], ...] = ()
+    # tensors outside the blocks beside output_norm (deepseek4's output_hc_*), drawn after it from its
+    # stream; a sidecar carries them too (arch.py's shared_tensors)
+    globals: tuple[Row, ...] = ()
     note: str = ""
 
     @property
@@ -160,7 +163,9 @@ def tensors(spec: FamilySpec, layout: str, head: str | tuple[str, ...], seed: in
     if layout != "mtp-only":
         for il in range(spec.trunk_layers):
             out += [(f"blk.{il}.{n}", v) for n, v in trunk_block(spec, seed, il).items()]
-    out.append(("output_norm.weight", Gen(seed, spec.streams[2]).norm(spec.sizes["embd"])))
+    g = Gen(seed, spec.streams[2])
+    out.append(("output_norm.weight", g.norm(spec.sizes["embd"])))
+    out += list(_draw(g, spec, spec.globals, in_std=IN_STD, out_std=BRANCH_STD).items())
     if layout in ("full", "mtp-only"):
         for k in range(spec.nextn):
             out += [(f"blk.{spec.trunk_layers + k}.{n}", v) for n, v in mtp_block(spec, seed, kinds[k], k).items()]
