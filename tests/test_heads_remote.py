@@ -1,6 +1,6 @@
 """`--heads K` with a remote source: only the kept heads' bytes travel (or are converted).
 
-A 3-head donor (mimo2: a chain, head k drafts position k) on the loopback Hub, read by the real
+A 3-head donor (step35, mimo2: a chain, head k drafts position k) on the loopback Hub, read by the real
 huggingface_hub client (tests/fakehub.py counts every byte and range it serves): attach and sidecar
 with --heads K fetch the headers and heads 0..K-1 only, and write what the same command writes from
 the local file. Too many heads is refused before any tensor byte is fetched. The converted families
@@ -9,7 +9,9 @@ the local file. Too many heads is refused before any tensor byte is fetched. The
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,15 +22,14 @@ from test_sources_hub import header_bytes, same_except_label
 import mtpgraft.commands  # noqa: F401 - registers the commands
 from mtpgraft.cli import cli
 from mtpgraft.errors import EXIT_INPUT
-from mtpgraft.gguf_io import GGUFModel
+from mtpgraft.gguf_io import GGUFFile, GGUFModel
 from mtpgraft.inspection import layer_of
 from mtpgraft.sources import HubOptions, resolve_mtp_source
 from mtpgraft.testmodels import family
 from mtpgraft.testmodels.checkpoints import build_checkpoint
 from mtpgraft.testmodels.families import SPECS
-from mtpgraft.testmodels.synthetic import make_model
+from mtpgraft.testmodels.synthetic import make_model, split_model
 
-ARCH = "mimo2"
 REPO = "tester/Chain-MTP-GGUF"
 FILE = "Chain-F16.gguf"
 SPEC_ = f"hf://{REPO}/{FILE}"
@@ -39,13 +40,13 @@ def _hermetic(hf_hermetic):
     """No real token or cache (conftest.hf_hermetic)."""
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory) -> dict[str, Path]:
-    """The family's 3-head file (the donor) and its trunk-only base."""
-    d = tmp_path_factory.mktemp("chain")
-    spec = SPECS[ARCH]
+@pytest.fixture(scope="module", params=["step35", "mimo2"])
+def chain(request, tmp_path_factory) -> dict:
+    """The family's 3-head file (the donor), its trunk-only base, and where its heads start."""
+    spec = SPECS[request.param]
+    d = tmp_path_factory.mktemp(f"chain-{request.param}")
     assert spec.nextn == 3
-    return {"donor": family.build(spec, d / FILE, dtype="f16"),
+    return {"donor": family.build(spec, d / FILE, dtype="f16"), "trunk": spec.trunk_layers,
             "base": family.build(spec, d / "base.gguf", layout="base", dtype="f16")}
 
 
@@ -58,7 +59,7 @@ def run(*args, code: int = 0):
 def head_spans(donor: Path) -> dict[int, tuple[int, int, int]]:
     """Per MTP head of the donor: (first byte, end, tensor bytes) in the file."""
     m = GGUFModel(donor)
-    trunk = m.get(f"{ARCH}.block_count") - m.get(f"{ARCH}.nextn_predict_layers")
+    trunk = m.get(f"{m.arch}.block_count") - m.get(f"{m.arch}.nextn_predict_layers")
     out: dict[int, tuple[int, int, int]] = {}
     for r in m.refs:
         lo = layer_of(r.name)
@@ -98,9 +99,9 @@ def test_attach_heads_k_from_the_hub_fetches_only_the_first_k_heads(hub, chain, 
     src = resolve_mtp_source(SPEC_, heads=k, hub=HubOptions(endpoint=hub.url))
     assert src.cached and src.mtp_bytes == kept
     m = GGUFModel(src.path)
-    trunk = SPECS[ARCH].trunk_layers
+    trunk = chain["trunk"]
     assert {layer_of(r.name)[0] for r in m.refs} == set(range(trunk, trunk + k))
-    assert (m.get(f"{ARCH}.block_count"), m.get(f"{ARCH}.nextn_predict_layers")) == (trunk + 3, 3)
+    assert (m.get(f"{m.arch}.block_count"), m.get(f"{m.arch}.nextn_predict_layers")) == (trunk + 3, 3)
 
 
 def test_each_k_is_its_own_cache_entry_and_a_rerun_fetches_nothing(hub, chain, tmp_path):
@@ -128,12 +129,40 @@ def test_sidecar_heads_1_from_the_hub_equals_the_local_one(hub, chain, tmp_path)
     assert max(e for _, e in ranges_read(hub, GGUFModel(chain["donor"]).shards[0].data_offset)) <= heads[1][0]
 
 
+def test_split_donor_heads_1_reads_no_byte_of_the_dropped_heads(hub, chain, tmp_path):
+    """A donor split in 3 shards (the heads at the end of the last ones): the shards' headers are
+    read from the last back, and of tensor data only head 0's ranges."""
+    shards = split_model(shutil.copy(chain["donor"], tmp_path / FILE), 3)
+    hub.put_files(REPO, {p.name: p.read_bytes() for p in shards})
+    local, remote = tmp_path / "local.gguf", tmp_path / "remote.gguf"
+    run("attach", chain["base"], "--mtp-from", shards[0], "--heads", 1, "-o", local)
+    run("attach", chain["base"], "--mtp-from", f"hf://{REPO}/{shards[0].name}", "--heads", 1, "-o", remote,
+        "--endpoint", hub.url)
+    same_except_label(local, remote)
+    trunk, served, tensor_ranges = chain["trunk"], 0, 0
+    for p in shards:
+        f = GGUFFile(p)
+        sha = hashlib.sha256(p.read_bytes()).hexdigest()
+        dropped = [(f.data_offset + t.offset, f.data_offset + t.offset + t.nbytes) for t in f.tensors
+                   if (lo := layer_of(t.name)) and lo[0] > trunk]
+        for d in hub.downloads("/_cdn/"):
+            if sha in d.path:
+                s = int(d.range[6:].split("-")[0]) if d.range else 0
+                served += d.sent
+                if s >= f.data_offset:  # a tensor range (a header's read-ahead starts before the data)
+                    tensor_ranges += 1
+                    assert not any(s < e and a < s + d.sent for a, e in dropped), (p.name, d.range, dropped)
+    assert served == hub.bytes_sent and tensor_ranges  # every byte served is accounted for above
+    head0 = head_spans(chain["donor"])[0][2]
+    assert head0 <= hub.bytes_sent <= head0 + sum(GGUFFile(p).data_offset for p in shards) * 1.25 + 3 * 512
+
+
 def test_dry_run_plans_the_kept_heads_from_headers(hub, chain, tmp_path):
     hub.put_files(REPO, {FILE: chain["donor"].read_bytes()})
     r = run("attach", chain["base"], "--mtp-from", SPEC_, "--heads", 2, "-o", tmp_path / "o.gguf", "--endpoint",
             hub.url, "--dry-run", "--json")
     plan = json.loads(r.stdout)["plan"]
-    trunk = SPECS[ARCH].trunk_layers
+    trunk = chain["trunk"]
     assert plan["mtp_layers"] == [trunk, trunk + 1]
     h = header_bytes(chain["donor"])
     assert h <= hub.bytes_sent <= h + max(512, h // 4)
@@ -143,7 +172,7 @@ def test_dry_run_plans_the_kept_heads_from_headers(hub, chain, tmp_path):
 @pytest.mark.parametrize("cmd", ["attach", "sidecar"])
 def test_more_heads_than_the_donor_has_is_refused_before_any_tensor_byte(hub, chain, tmp_path, cmd):
     c = hub.put_files(REPO, {FILE: chain["donor"].read_bytes()})
-    trunk = SPECS[ARCH].trunk_layers
+    trunk = chain["trunk"]
     r = run(cmd, chain["base"], "--mtp-from", SPEC_, "--heads", 4, "-o", tmp_path / "o.gguf", "--endpoint", hub.url,
             code=EXIT_INPUT)
     assert r.output.strip().splitlines() == [
@@ -161,7 +190,7 @@ def test_a_chain_with_a_gap_is_refused_before_any_tensor_byte(hub, chain, tmp_pa
     does a Hub one with --heads 1 (its front is not the chain's first head), from the header."""
     from mtpgraft.testmodels.synthetic import rewrite
 
-    trunk = SPECS[ARCH].trunk_layers
+    trunk = chain["trunk"]
     gap = rewrite(chain["donor"], tmp_path / FILE, drop_tensors={
         r.name for r in GGUFModel(chain["donor"]).refs if r.name.startswith(f"blk.{trunk + 1}.")})
     c = hub.put_files(REPO, {FILE: gap.read_bytes()})
