@@ -21,7 +21,8 @@ def heads_option(help: str):  # noqa: A002, ANN201 - a click decorator
 
 
 SOURCE_HEADS_HELP = ("Take only the source's first K MTP heads (all by default); the keys and per-layer "
-                     "arrays say K heads, as the converter writes a K-head model.")
+                     "arrays say K heads, as the converter writes a K-head model. From the Hub only those "
+                     "K heads are fetched.")
 
 
 def _run_plan(plan, dry_run: bool, as_json: bool, layout: str = "reflink", no_reflink: bool = False) -> None:

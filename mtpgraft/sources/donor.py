@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -174,6 +174,14 @@ def plan_donor(files: Files, path: str) -> DonorHead:
     if not tensors:
         raise GraftError(f"{label} has no MTP tensors (blk.{layers[0]}.* is absent)")
     return DonorHead(path, first, tensors, layers, after, nread, [p for p, _ in ordered])
+
+
+def keep_layers(head: DonorHead, layers: list[int]) -> DonorHead:
+    """The donor with only the MTP tensors of `layers` (a chain's first heads: only their bytes are
+    fetched). Its keys stay the donor's: graft takes the blocks its tensors hold."""
+    keep = set(layers)
+    tensors = [t for t in head.tensors if (m := _LAYER.match(t.info.name)) and int(m.group(1)) in keep]
+    return replace(head, tensors=tensors, mtp_layers=list(layers))
 
 
 def _scan_back(files: Files, rest: list[str], is_mtp: Callable[[str], bool]) -> list[tuple[str, GGUFFile, int]]:

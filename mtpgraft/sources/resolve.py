@@ -5,6 +5,8 @@ A local GGUF is used as it is. Everything else becomes a tensors-only GGUF in th
 and MTP tensors. Such a file records what it was made from (`mtpgraft.cache.origin`, e.g.
 `hf://Qwen/Qwen3.6-27B@<commit>`), which the graft's provenance records instead of the cache name.
 Every check against the base runs on headers and config.json, before any tensor byte is fetched.
+With `heads` (a chain's first K MTP heads, graft.first_heads), only those heads' bytes are fetched or
+converted: the file holds them under the source's own keys, and graft reads the blocks its tensors hold.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from .. import __version__
 from ..errors import GraftError, HubError, MtpgraftError, SourceError, UsageError
 from ..gguf_io import GGUFModel, GGUFValueType, encode_kv
 from ..graft import plan_attach
+from ..graft.plan import first_heads
 from ..hub.client import make_api
+from ..inspection import blk_names, layer_of
 from ..naming import hf_find_model, hf_split_files
 from ..outputs import PendingOutput
 from ..parsing import MAX_JSON_BYTES
@@ -87,7 +91,8 @@ def sources_cache() -> Path:
 def resolve_mtp_source(spec: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None,
                        token: str | None = None, endpoint: str | None = None, outtype: str = "auto",
                        progress: FetchProgress | None = None, hub: HubOptions | None = None,
-                       plan_only: bool = False, precheck: Precheck | None = None) -> ResolvedSource:
+                       plan_only: bool = False, precheck: Precheck | None = None,
+                       heads: int | None = None) -> ResolvedSource:
     """Resolve SPEC (see mtpgraft.sources.spec) into a local GGUF holding at least the MTP block.
 
     With `base` (a local GGUF), the source is checked against it on headers and config only.
@@ -95,7 +100,9 @@ def resolve_mtp_source(spec: str | os.PathLike[str], *, base: str | os.PathLike[
     for graft.plan_attach, which reads headers only; `--dry-run`).
     precheck: called with such a header-only file before any tensor byte of a Hub source is fetched
     (graft.plan_attach: every refusal the headers can give comes first). A source refused while it
-    is read leaves none of its cached ranges."""
+    is read leaves none of its cached ranges.
+    heads: only the source's first that many MTP blocks are fetched or converted (a local GGUF is
+    returned whole: graft takes its first heads); more than the source has is refused first."""
     opts = hub or HubOptions(token=token, endpoint=endpoint)
     prog = progress or FetchProgress()
     text = os.fspath(spec)
@@ -109,15 +116,15 @@ def resolve_mtp_source(spec: str | os.PathLike[str], *, base: str | os.PathLike[
         repo = _open(ref, opts, prog)
         try:
             if ref.kind == "safetensors":
-                return _hub_safetensors(text, ref, repo, base_model, outtype, prog, plan_only, precheck)
+                return _hub_safetensors(text, ref, repo, base_model, outtype, prog, plan_only, precheck, heads)
             path = ref.path if ref.kind == "gguf" else pick_quant(ref, repo)
-            return _hub_gguf(text, ref, repo, path, base_model, prog, plan_only, precheck)
+            return _hub_gguf(text, ref, repo, path, base_model, prog, plan_only, precheck, heads)
         except FetchFailed:
             raise  # the Hub or the network failed: what was fetched stays for the rerun
         except MtpgraftError:
             repo.discard()  # a refused source: none of its ranges stay
             raise
-    return _local_safetensors(text, p, base_model, outtype, plan_only)
+    return _local_safetensors(text, p, base_model, outtype, plan_only, heads)
 
 
 # --------------------------------------------------------------------------- files
@@ -218,18 +225,40 @@ def _write_atomic(out: Path, write: Callable[[Path], None]) -> None:
         tmp.install(force=True)  # a cache entry: whoever finishes it last leaves the same bytes
 
 
+def _front(layers: list[int], heads: int | None, label: str) -> list[int] | None:
+    """The source's first `heads` MTP blocks when that is fewer than all of them (only theirs are
+    fetched or converted), else None. Refused as graft refuses a local source, before any tensor
+    byte travels: more heads than the source has, or a chain with a gap (its front is not the
+    chain's first heads)."""
+    if heads is None:
+        return None
+    if layers and layers != list(range(layers[0], layers[0] + len(layers))):
+        raise GraftError(f"{label}: the MTP blocks {blk_names(layers)} are not consecutive (a chain of heads "
+                         "with a gap); take the heads from a complete source")
+    kept = first_heads(layers, heads, label)
+    return kept if len(kept) < len(layers) else None
+
+
+def _heads_key(kept: list[int] | None) -> list[object]:
+    """What a cut source adds to its cache key (an uncut one keeps the key it always had)."""
+    return [] if kept is None else [("heads", kept)]
+
+
 # --------------------------------------------------------------------------- GGUF donors on the Hub
 
 
 def _hub_gguf(spec: str, ref: HubRef, repo: HubRepo, path: str, base: GGUFModel | None,
-              prog: FetchProgress, plan_only: bool, precheck: Precheck | None) -> ResolvedSource:
+              prog: FetchProgress, plan_only: bool, precheck: Precheck | None, heads: int | None) -> ResolvedSource:
     files = RepoFiles(repo)
     files.size(path)
     head = donor.plan_donor(files, path)
     origin = HubRef(ref.repo_id, "gguf", path=path).label(repo.commit)
     if base is not None:
         donor.check_donor(head, base, origin)
-    out, cached = _target(plan_only, "hub-gguf", repo.api.endpoint, repo.repo_id, repo.commit, path)
+    kept = _front(head.mtp_layers, heads, origin)
+    if kept is not None:
+        head = donor.keep_layers(head, kept)
+    out, cached = _target(plan_only, "hub-gguf", repo.api.endpoint, repo.repo_id, repo.commit, path, *_heads_key(kept))
     if plan_only:
         donor.write_tensors_only(head, None, out, origin)
         _planned(precheck, out)
@@ -319,6 +348,15 @@ def _plan_safetensors(files: donor.Files, folder: str, listing: list[str], singl
     return plan, nread + size + index_bytes
 
 
+def _st_front(plan: convert.HeadPlan, heads: int | None, label: str) -> tuple[convert.HeadPlan, list[int] | None]:
+    """The converted head cut to its first `heads` MTP layers (see _front), and those layers."""
+    kept = _front(plan.mtp_layers, heads, label)
+    if kept is None:
+        return plan, None
+    tensors = [t for t in plan.tensors if (lo := layer_of(t.name)) is None or lo[0] in kept]
+    return replace(plan, tensors=tensors, mtp_layers=kept), kept
+
+
 def _head_extra(origin: str, plan: convert.HeadPlan) -> list[Any]:
     """Provenance of a converted head, and the tensor the converter writes just before it."""
     kvs = [encode_kv(donor.ORIGIN_KEY, GGUFValueType.STRING, origin)]
@@ -328,7 +366,7 @@ def _head_extra(origin: str, plan: convert.HeadPlan) -> list[Any]:
 
 
 def _local_safetensors(spec: str, p: Path, base: GGUFModel | None, outtype: str,
-                       plan_only: bool) -> ResolvedSource:
+                       plan_only: bool, heads: int | None) -> ResolvedSource:
     if not p.exists():
         raise SourceError(f"{p}: no such file or folder")
     root = p if p.is_dir() else p.parent
@@ -338,8 +376,9 @@ def _local_safetensors(spec: str, p: Path, base: GGUFModel | None, outtype: str,
         raise SourceError(f"{root / 'config.json'}: not found; a safetensors source needs the model's config.json")
     listing = sorted(str(q.relative_to(root)) for q in root.iterdir() if q.is_file())
     plan, nread = _plan_safetensors(files, "", listing, None if p.is_dir() else p.name, base, outtype, label)
+    plan, kept = _st_front(plan, heads, label)
     stamp = [(s, (root / s).stat().st_size, (root / s).stat().st_mtime_ns) for s in plan.inputs + ["config.json"]]
-    out, cached = _target(plan_only, "local-safetensors", str(root.resolve()), stamp, outtype)
+    out, cached = _target(plan_only, "local-safetensors", str(root.resolve()), stamp, outtype, *_heads_key(kept))
     if plan_only:
         convert.write_head(plan, None, out, extra_kvs=_head_extra(label, plan))
     elif not cached:
@@ -354,7 +393,8 @@ def _converted(plan: convert.HeadPlan) -> str:
 
 
 def _hub_safetensors(spec: str, ref: HubRef, repo: HubRepo, base: GGUFModel | None, outtype: str,
-                     prog: FetchProgress, plan_only: bool, precheck: Precheck | None) -> ResolvedSource:
+                     prog: FetchProgress, plan_only: bool, precheck: Precheck | None,
+                     heads: int | None) -> ResolvedSource:
     files = RepoFiles(repo)
     folder = str(Path(ref.path).parent) + "/" if ref.path and "/" in ref.path else ""
     config_path = f"{folder}config.json"
@@ -367,8 +407,9 @@ def _hub_safetensors(spec: str, ref: HubRef, repo: HubRepo, base: GGUFModel | No
     if ref.path:
         files.size(ref.path)
     plan, nread = _plan_safetensors(files, folder, list(repo.files), ref.path, base, outtype, origin)
+    plan, kept = _st_front(plan, heads, origin)
     out, cached = _target(plan_only, "hub-safetensors", repo.api.endpoint, repo.repo_id, repo.commit, plan.inputs,
-                          outtype)
+                          outtype, *_heads_key(kept))
     if plan_only:
         convert.write_head(plan, None, out, extra_kvs=_head_extra(origin, plan))
         _planned(precheck, out)
@@ -433,7 +474,8 @@ def plan_attach_from(base: str | os.PathLike[str], source: str | os.PathLike[str
                      plan_only: bool = False, hub: HubOptions | None = None, planner: Callable[..., Any] | None = None,
                      **attach: Any) -> tuple[Any, ResolvedSource]:
     """`mtpgraft attach` with any base and source spec: resolve both, then graft.plan_attach (or
-    `planner`, such as sidecar.plan_sidecar, which takes the same base, source and output)."""
+    `planner`, such as sidecar.plan_sidecar, which takes the same base, source and output). The
+    planner's `heads` also goes to the resolver: a remote source's dropped heads are never fetched."""
     plan = planner or plan_attach
     opts = hub or HubOptions(token=token, endpoint=endpoint)
     base_path = resolve_base(base, token=opts.token, endpoint=opts.endpoint)
@@ -442,7 +484,7 @@ def plan_attach_from(base: str | os.PathLike[str], source: str | os.PathLike[str
         plan(base_path, header_only, out, **attach)
 
     src = resolve_mtp_source(source, base=base_path, progress=progress, hub=opts, plan_only=plan_only,
-                             precheck=precheck)
+                             precheck=precheck, heads=attach.get("heads"))
     try:
         return plan(base_path, src.path, out, **attach), src
     except BaseException:
