@@ -202,6 +202,13 @@ def test_a_chain_with_a_gap_is_refused_before_any_tensor_byte(hub, chain, tmp_pa
     assert hub.bytes_sent <= header_bytes(gap) * 1.25 + 512
     local = run("attach", chain["base"], "--mtp-from", gap, "--heads", 1, "-o", tmp_path / "o.gguf", code=EXIT_INPUT)
     assert "not consecutive" in local.output
+    for extra in ((), ("--dry-run",)):  # without --heads, graft's own header check refuses it: naming the
+        # source, not the header-only twin it checked (.plan-*.gguf in the cache)
+        r = run("attach", chain["base"], "--mtp-from", SPEC_, "-o", tmp_path / "o.gguf", "--endpoint", hub.url,
+                *extra, code=EXIT_INPUT)
+        assert r.output.startswith(f"mtpgraft: error: {SPEC_}@{c}: the MTP blocks blk.{trunk}, blk.{trunk + 2} "
+                                   "are not consecutive"), r.output
+        assert ".plan-" not in r.output
 
 
 # --------------------------------------------------------------------------- safetensors (one MTP layer)

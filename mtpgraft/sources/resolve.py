@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import GraftError, HubError, MtpgraftError, SourceError, UsageError
+from ..errors import GraftError, HubError, MtpgraftError, Setting, SourceError, Text, UsageError
 from ..gguf_io import GGUFModel, GGUFValueType, encode_kv
 from ..graft import plan_attach
 from ..graft.plan import first_heads
@@ -195,27 +195,41 @@ def _target(plan_only: bool, *parts: object) -> tuple[Path, bool]:
     return out, out.is_file()
 
 
-def _precheck(precheck: Precheck | None, write_header: Callable[[Path], None]) -> None:
-    """Hand a header-only twin of the file about to be fetched to `precheck` (then remove it)."""
+def _precheck(precheck: Precheck | None, write_header: Callable[[Path], None], label: str) -> None:
+    """Hand a header-only twin of the file about to be fetched to `precheck` (then remove it); a
+    refusal names the source (`label`), not the twin."""
     if precheck is None:
         return
     tmp, _ = _target(True)
     try:
         write_header(tmp)
-        precheck(tmp)
+        _named(precheck, tmp, label)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _planned(precheck: Precheck | None, header_only: Path) -> None:
+def _planned(precheck: Precheck | None, header_only: Path, label: str) -> None:
     """--dry-run's header-only file, checked like the real run's twin (removed when refused)."""
     if precheck is None:
         return
     try:
-        precheck(header_only)
+        _named(precheck, header_only, label)
     except BaseException:
         header_only.unlink(missing_ok=True)
         raise
+
+
+def _named(precheck: Precheck, tmp: Path, label: str) -> None:
+    """precheck(tmp), its refusal naming the source it stands for instead of the temporary file."""
+    try:
+        precheck(tmp)
+    except MtpgraftError as e:
+        parts = e.text.parts if isinstance(e.text, Text) else (e.text,)
+        renamed = [p if isinstance(p, Setting) else p.replace(str(tmp), label).replace(tmp.name, label)
+                   for p in parts]
+        if renamed == list(parts) or type(e).__init__ is not MtpgraftError.__init__:
+            raise
+        raise type(e)(*renamed) from None
 
 
 def _write_atomic(out: Path, write: Callable[[Path], None]) -> None:
@@ -261,9 +275,9 @@ def _hub_gguf(spec: str, ref: HubRef, repo: HubRepo, path: str, base: GGUFModel 
     out, cached = _target(plan_only, "hub-gguf", repo.api.endpoint, repo.repo_id, repo.commit, path, *_heads_key(kept))
     if plan_only:
         donor.write_tensors_only(head, None, out, origin)
-        _planned(precheck, out)
+        _planned(precheck, out, origin)
     elif not cached:
-        _precheck(precheck, lambda tmp: donor.write_tensors_only(head, None, tmp, origin))
+        _precheck(precheck, lambda tmp: donor.write_tensors_only(head, None, tmp, origin), origin)
         spans = [(t.shard, t.start, t.end) for t in head.tensors]
         locate, fetched = _fetch_spans(repo, spans, prog, max_gap=head.first.alignment)
         located = {(t.shard, t.start): locate(t.shard, t.start) for t in head.tensors}
@@ -412,9 +426,9 @@ def _hub_safetensors(spec: str, ref: HubRef, repo: HubRepo, base: GGUFModel | No
                           outtype, *_heads_key(kept))
     if plan_only:
         convert.write_head(plan, None, out, extra_kvs=_head_extra(origin, plan))
-        _planned(precheck, out)
+        _planned(precheck, out, origin)
     elif not cached:
-        _precheck(precheck, lambda tmp: convert.write_head(plan, None, tmp, extra_kvs=_head_extra(origin, plan)))
+        _precheck(precheck, lambda tmp: convert.write_head(plan, None, tmp, extra_kvs=_head_extra(origin, plan)), origin)
         spans = [(f, t.start, t.end) for f, t in plan.ranges()]
         locate, fetched = _fetch_spans(repo, spans, prog, max_gap=0)
         _write_atomic(out, lambda tmp: convert.write_head(
