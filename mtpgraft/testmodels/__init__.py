@@ -3,7 +3,8 @@
 `qwen35` builds qwen35 / qwen35moe and `gemma4` a gemma4 target with gemma4-assistant drafters
 (`-md`); every other in-file MTP family is data: a `families.FamilySpec` (keys, sizes, the tensors of
 each trunk layer and head) that the one builder `family.build` writes (glm4moe, deepseek2, deepseek32,
-glm-dsa, step35, mimo2, hy_v3, cohere2moe; `.glm4moe` keeps its constants). All of them are made
+deepseek4, glm-dsa, step35, mimo2, hy_v3, cohere2moe, qwen3next, nemotron_h_moe, bailingmoe3;
+`.glm4moe` keeps its constants; a chain family's heads may each take their own kind). All of them are made
 from what every family shares: `dims` (names and sizes), `vocab` (tokenizer, successor map,
 prompts), `weights` (token directions, blocks, heads) and `writer`. All of them keep the contract below; build_tiny_model(arch=...) and build_test_set(arch=...)
 (`build`) dispatch on the arch. Beside them: `synthetic` (random-weight files of any size),
