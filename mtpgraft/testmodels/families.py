@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from .family import (
     NEXTN_NORMS,
-    TEST_SET,
     FamilySpec,
     Row,
     block_count,
@@ -359,7 +358,8 @@ QWEN3NEXT = FamilySpec(
 # is > 0, MoE where feed_forward_length is > 0); experts and the shared expert are up/down with
 # relu^2 (no gate). The MTP block is attention + MoE (its entries: head_count_kv = n_head_kv,
 # feed_forward_length = n_ff_exp); its final norm is a LayerNorm (layer_norm_epsilon required). A
-# trunk-only file that keeps the key does not load at all. (No mixed head: its units need a SiLU gate.)
+# trunk-only file that keeps the key does not load at all. The mixed head's units are relu^2 units in
+# the shared expert (no gate: weights.add_flip_units).
 NEMOTRON_KINDS = ("ssm", "moe", "attn", "moe")
 _NEMO_MOE: tuple[Row, ...] = (
     ("attn_norm.weight", ("embd",), "norm"), ("ffn_gate_inp.weight", ("expert", "embd"), "in"),
@@ -411,7 +411,6 @@ NEMOTRON_H_MOE = FamilySpec(
                    ("post_attention_norm.weight", ("embd",), "norm"), *_NEMO_MOE[1:])},
     trunk=tuple((k,) for k in NEMOTRON_KINDS),
     mtp=("mtp",), flip="ffn_{}_shexp.weight", streams=(2000, 2100, 4),
-    test_set={k: v for k, v in TEST_SET.items() if "mixed" not in k},
 )
 
 # --------------------------------------------------------------------------------------- bailingmoe3
