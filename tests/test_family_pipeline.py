@@ -148,10 +148,12 @@ def test_recipe_grafts_imatrix_quantizes_checks_and_pushes(fam, hub, tmp_path, m
 
 def _head_at_its_rule(arch: str, src: dict[str, str], q: dict[str, str]) -> None:
     """Each head tensor llama-quantize touched (those whose namesake in the trunk it quantized too, and
-    nextn.eh_proj) is Q8_0; the others keep the converter's type; the trunk got very-low-bit types."""
+    nextn.eh_proj: every F16 weight) is Q8_0; the others (F32 norms, biases, routers) are as converted;
+    the trunk got very-low-bit types."""
     heads = [n for n in q if n.startswith(_head_prefixes(arch))]
     touched = {n for n in heads if q[n] != src[n]}
     assert touched and {q[n] for n in touched} == {"Q8_0"}, {n: q[n] for n in heads}
+    assert {src[n] for n in heads if n not in touched} == {"F32"}  # every F16 weight of the head touched
     for n in heads:
         if kin := _kin(q, arch, n):
             assert (n in touched) == bool(kin - {"F16", "F32"}), (n, kin)
