@@ -26,7 +26,7 @@ from mtpgraft.cli import cli
 from mtpgraft.recipe import load_recipe, run_recipe
 from mtpgraft.testmodels.families import SPECS
 
-pytestmark = [pytest.mark.tools, pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")]
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 LOW_BIT = "IQ2_XXS"  # llama-quantize refuses it without an imatrix, as recipes/tiny.toml's
 # llama-imatrix never runs these (see the module docstring): the one family whose LOW_BIT quant aborts
@@ -40,6 +40,40 @@ def fam(request, tmp_path_factory) -> tuple[str, dict[str, Path]]:
     arch = request.param
     d = tmp_path_factory.mktemp(f"pipe-{arch}")
     return arch, {n: tm.build_tiny_model(d / f"{n}.gguf", arch=arch, dtype="f16", **kw) for n, kw in BUILT.items()}
+
+
+def _imatrix(path: Path, entries: dict[str, int]) -> Path:
+    """An imatrix GGUF with one flat NAME.in_sum2 of that many values (and NAME.counts) per entry."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(path, arch="imatrix")
+    for name, n in entries.items():
+        w.add_tensor(f"{name}.in_sum2", np.ones(n, dtype=np.float32))
+        w.add_tensor(f"{name}.counts", np.ones(1, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_an_imatrix_entry_fits_a_3d_tensor_as_llama_quantize_reads_it(tmp_path):
+    """MLA's attn_k_b is [64, 256, 4]: llama-imatrix writes 256 values for it, and llama-quantize takes
+    an entry of ne[0] x ne[2] values; one of ne[0] values it would reject, and quantize refuses it."""
+    from mtpgraft.errors import QuantizeError
+    from mtpgraft.gguf_io import GGUFModel
+    from mtpgraft.quantize.plan import check_imatrix_fits, read_imatrix_coverage
+
+    model = GGUFModel(tm.build_tiny_model(tmp_path / "b.gguf", arch="deepseek2", dtype="f16", layout="base"))
+    assert list(model.by_name["blk.0.attn_k_b.weight"].info.ne) == [64, 256, 4]
+    good = {"blk.0.attn_k_b.weight": 256, "blk.0.attn_v_b.weight": 1024, "blk.0.attn_q_a.weight": 256}
+    check_imatrix_fits(read_imatrix_coverage(_imatrix(tmp_path / "good.gguf", good)), model)
+    for entry, n, why in (("blk.0.attn_k_b.weight", 64, "has 64 values, the tensor's 64 x 4"),
+                          ("blk.0.attn_q_a.weight", 512, "has 512 columns, the tensor's rows 256")):
+        bad = _imatrix(tmp_path / f"bad-{n}.gguf", {**good, entry: n})
+        with pytest.raises(QuantizeError, match=f"its {entry} entry {why}"):
+            check_imatrix_fits(read_imatrix_coverage(bad), model)
 
 
 def _types(path: Path) -> dict[str, str]:
@@ -57,6 +91,7 @@ def _kin(types: dict[str, str], arch: str, head_tensor: str) -> set[str]:
     return {types[n] for i in range(SPECS[arch].trunk_layers) if (n := f"blk.{i}.{suffix}") in types}
 
 
+@pytest.mark.tools
 def test_match_onto_a_quantized_body_takes_its_types_and_drafts(fam, llama_cpp_dir, tmp_path):
     """The base quantized to Q4_K_M by `mtpgraft quantize`, then the head attached with match: each head
     weight takes the type of a namesake in the body (exactly it where the body's namesakes agree;
@@ -104,6 +139,7 @@ endpoint = "{hub_url}"
 """
 
 
+@pytest.mark.tools
 def test_recipe_grafts_imatrix_quantizes_checks_and_pushes(fam, hub, tmp_path, monkeypatch):
     """One recipe per family. The graft is the full file (keys; tensors byte for byte); the imatrix covers the trunk
     only (llama-imatrix never runs the head); LOW_BIT gives the trunk very-low-bit types and the head
@@ -168,6 +204,7 @@ def _low_bit_aborts(arch: str, res, status: dict[str, str], im: set[str]) -> Non
     assert "Missing importance matrix for tensor blk.2.indexer." in msg, msg
 
 
+@pytest.mark.tools
 def test_low_bit_warns_before_llama_quantize_aborts(tmp_path):
     """glm-dsa: `mtpgraft quantize` names the trunk tensors the imatrix lacks before llama-quantize
     aborts on the first one (exit 1, one line)."""
@@ -183,6 +220,7 @@ def test_low_bit_warns_before_llama_quantize_aborts(tmp_path):
     assert not list(tmp_path.glob("q-*"))
 
 
+@pytest.mark.tools
 def test_check_passes_the_aligned_head_and_fails_the_random(fam, llama_cpp_dir):
     """The real `mtpgraft check` on both full files: one report, exit 1 (the random fails)."""
     arch, m = fam
@@ -205,6 +243,7 @@ def test_check_passes_the_aligned_head_and_fails_the_random(fam, llama_cpp_dir):
 MIXED_PROSE_RATE = {"qwen3next": 0.68}
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_the_mixed_head_drafts_at_its_known_rate(arch, llama_cpp_dir, tmp_path):
     """A mixed head (wrong on half the letter tokens) at n-max 3: 1/3 on prose, 1.0 on code."""
