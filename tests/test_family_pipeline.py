@@ -163,6 +163,7 @@ def test_recipe_grafts_imatrix_quantizes_checks_and_pushes(fam, hub, tmp_path, m
     assert {n.split(".")[1] for n in im if n.startswith("blk.")} == {str(i) for i in range(SPECS[arch].trunk_layers)}
     if arch in NO_LOW_BIT:
         _low_bit_aborts(arch, res, status, im)
+        assert hub.writes() == []  # nothing published
         return
     assert res.ok, [(s.step, s.message) for s in res.failed]
     assert status == {"graft": "done", "imatrix": "done", f"quantize:{LOW_BIT}": "done", "check": "done",
@@ -199,7 +200,8 @@ def _head_at_its_rule(arch: str, src: dict[str, str], q: dict[str, str]) -> None
 
 def _low_bit_aborts(arch: str, res, status: dict[str, str], im: set[str]) -> None:
     assert not set(NO_LOW_BIT[arch]) & im
-    assert status[f"quantize:{LOW_BIT}"] == "failed" and not res.ok
+    assert status == {"graft": "done", "imatrix": "done", f"quantize:{LOW_BIT}": "failed", "check": "blocked",
+                      "push": "blocked"} and not res.ok
     msg = next(s.message for s in res.steps if s.step == f"quantize:{LOW_BIT}")
     assert "Missing importance matrix for tensor blk.2.indexer." in msg, msg
 
