@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from .. import __version__, naming
+from ..arch import rule_for
 from ..check.tables import (
     OFF_TEXT,
     acceptance_table,
@@ -247,6 +248,7 @@ def provenance_section(models: Sequence[ModelEntry], verified: bool, base: str |
     out = ["## Provenance", ""]
     if base:
         out.append(f"- Base model: {base_link}")
+    out += _prov(models, "Architecture", lambda m: _architecture(m.architecture))
     out += _prov(models, "MTP head source", lambda m: _mtp_source(m.metadata))
     out += _prov(models, "MTP tensor types", lambda m: _md_or_none(m.metadata.get("mtpgraft.mtp.type_policy")))
     out += _prov(models, "imatrix", lambda m: _imatrix(m.metadata))
@@ -304,6 +306,12 @@ def _prov(models: Sequence[ModelEntry], label: str, get: Any) -> list[str]:
     if len(distinct) == 1:
         return [f"- {label}: {distinct.pop()}"]
     return [f"- {label}:"] + [f"  - {md(PurePosixPath(m.name).name)}: {v}" for m, v in vals if v]
+
+
+def _architecture(arch: str | None) -> str | None:
+    """llama.cpp's name for the architecture, and the family people know it by."""
+    rule = rule_for(arch) if arch else None
+    return f"{md_code(arch)} ({md(rule.family)})" if arch and rule and rule.family else md_code(arch) if arch else None
 
 
 def _md_or_none(value: Any) -> str | None:

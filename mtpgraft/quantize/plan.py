@@ -3,6 +3,7 @@ frozen QuantizePlan with the exact llama-quantize and llama-gguf-split commands.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -43,7 +44,8 @@ class ImatrixCoverage:
     format: str  # "gguf" or "dat"
     entries: frozenset[str]  # tensor names with importance data (gguf format only)
     dataset_sha256: str | None  # recorded by `mtpgraft imatrix`
-    widths: tuple[tuple[str, int], ...] = ()  # entry -> its row length (ne[0] of in_sum2)
+    # entry -> its number of values (in_sum2's elements: a row length per matrix, as llama-quantize reads it)
+    sizes: tuple[tuple[str, int], ...] = ()
 
     def covers(self, tensor: str) -> bool:
         return tensor in self.entries
@@ -65,24 +67,27 @@ def read_imatrix_coverage(path: str | os.PathLike[str]) -> ImatrixCoverage:
     if not entries:
         raise QuantizeError(f"{p} holds no importance matrix entries (is it an imatrix file?)")
     sha = g.get("mtpgraft.imatrix.dataset_sha256")
-    widths = tuple((t.name[: -len(".in_sum2")], t.ne[0]) for t in g.tensors if t.name.endswith(".in_sum2") and t.ne)
-    return ImatrixCoverage(str(p), "gguf", entries, str(sha) if sha else None, widths)
+    sizes = tuple((t.name[: -len(".in_sum2")], math.prod(t.ne)) for t in g.tensors if t.name.endswith(".in_sum2") and t.ne)
+    return ImatrixCoverage(str(p), "gguf", entries, str(sha) if sha else None, sizes)
 
 
 def check_imatrix_fits(cov: ImatrixCoverage, model: GGUFModel) -> None:
-    """Every entry names a tensor of the model with the same row length (llama-quantize aborts on a
-    size mismatch and silently ignores names it lacks: an imatrix of another model)."""
+    """Every entry names a tensor of the model and has its size, llama-quantize's rule: ne[0] x ne[2]
+    values (a row length per expert, or per head of MLA's 3-D attn_k_b / attn_v_b), else it aborts;
+    names it lacks it silently ignores (an imatrix of another model)."""
     if cov.format != "gguf":
         return
     lacking = sorted(e for e in cov.entries if e not in model.by_name)
     if lacking:
         raise QuantizeError(f"imatrix {Path(cov.path).name} is not for {model.path.name}: {len(lacking)} of its "
                             f"{len(cov.entries)} entries name tensors the model lacks (e.g. {lacking[0]})")
-    for name, width in cov.widths:
+    for name, size in cov.sizes:
         ne = model.by_name[name].info.ne
-        if ne and width != ne[0]:
+        mats = ne[2] if len(ne) > 2 else 1
+        if ne and size != ne[0] * mats:
+            want = f"columns, the tensor's rows {ne[0]}" if mats == 1 else f"values, the tensor's {ne[0]} x {mats}"
             raise QuantizeError(f"imatrix {Path(cov.path).name} is not for {model.path.name}: its {name} entry "
-                                f"has {width} columns, the tensor's rows {ne[0]}")
+                                f"has {size} {want}")
 
 
 @dataclass(frozen=True)
@@ -404,7 +409,29 @@ def _plan_warnings(inp: _Input, decided: Sequence[_JobTypes], allow_requantize: 
     if not inp.mtp_layers:
         warnings.append(f"{inp.src.path.name} has no MTP block: quantizing the trunk only (attach a head "
                         "afterwards with `mtpgraft attach`)")
-    return warnings
+    return warnings + _uncovered_trunk(inp, decided)
+
+
+# llama.cpp's mixtures give these a type that needs no importance data; llama-imatrix records neither
+_NEVER_IN_IMATRIX = ("token_embd.weight", "output.weight")
+
+
+def _uncovered_trunk(inp: _Input, decided: Sequence[_JobTypes]) -> list[str]:
+    """Trunk weights the imatrix has no entry for: llama-imatrix records only what the graph runs
+    (glm-dsa's shared indexer layers carry indexer weights that never run), and llama-quantize aborts
+    on the first one a very-low-bit mixture needs importance data for."""
+    needing = [jt.quant_type for jt in decided if jt.quant_type in file_types_need_imatrix(inp.runtime)]
+    if inp.cov is None or inp.cov.format != "gguf" or not needing:
+        return []
+    lacking = [r.name for r in inp.src.refs if not r.name.startswith(inp.mtp_prefixes)
+               and r.name not in _NEVER_IN_IMATRIX and llama_quantizes(r.name, r.info.ne, inp.src.arch)
+               and not inp.cov.covers(r.name)]
+    if not lacking:
+        return []
+    return [f"the imatrix has no entries for {len(lacking)} trunk tensor(s) ({', '.join(lacking[:3])}"
+            f"{', ...' if len(lacking) > 3 else ''}): llama-imatrix records only the tensors the model's graph "
+            f"runs; {', '.join(needing)} abort(s) in llama-quantize if its mixture gives one of them a type "
+            "that needs importance data"]
 
 
 def _job(jt: _JobTypes, inp: _Input, tools: QuantizeTools, out: Path, name: str, allow_requantize: bool,

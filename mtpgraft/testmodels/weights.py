@@ -165,17 +165,21 @@ def add_flip_units(ffn: dict[str, np.ndarray], prefix: str, eh: np.ndarray, R: n
     """The "mixed" head: one SiLU FFN unit per wrong token w. Gate and up fire only on w's direction
     (zero on every other token, which is orthogonal), and down adds -FLIP x the state, turning it into
     w's antipode, whose successor differs from succ(w). `prefix` names the FFN ("ffn_{}.weight");
-    `gain` undoes a gate on the FFN's output (qwen35moe's shared expert: sigmoid(~0) = 0.5)."""
+    `gain` undoes a gate on the FFN's output (qwen35moe's shared expert: sigmoid(~0) = 0.5). An FFN
+    without a gate (nemotron_h_moe: relu^2(up x)) gets relu^2 units: up gives 1 on w, 0 on any other
+    token (orthogonal, or the antipode: relu cuts it), so down alone sizes the flip."""
     import numpy as np
 
-    gate, up, down = (ffn[prefix.format(k)] for k in ("gate", "up", "down"))
-    silu = _GATE_Z / (1.0 + np.exp(-_GATE_Z))
+    gate, up, down = (ffn.get(prefix.format(k)) for k in ("gate", "up", "down"))
+    assert up is not None and down is not None
+    act = _GATE_Z / (1.0 + np.exp(-_GATE_Z)) if gate is not None else 1.0  # silu(8) x 1, or relu(1)^2
     for u, w in enumerate(sorted(vocab.wrong)):
         v = direction(R, w)
-        gate[u] = v * (_GATE_Z / 16.0)  # the normed state of token w is 16 v
+        if gate is not None:
+            gate[u] = v * (_GATE_Z / 16.0)  # the normed state of token w is 16 v
         up[u] = v / 16.0
         size = np.linalg.norm(eh[:, :N_EMBD] @ (16.0 * v))  # |state| before the FFN
-        down[:, u] = -v * (_FLIP * gain * size / silu)
+        down[:, u] = -v * (_FLIP * gain * size / act)
 
 
 def mtp_block(arch: str, seed: int, head: str, vocab: TinyVocab) -> dict[str, np.ndarray]:
