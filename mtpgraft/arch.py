@@ -94,6 +94,9 @@ class ArchRule:
     # llama-imatrix runs the trunk graph only: it never sees the head. A drafter cannot run alone.
     imatrix_sees_head: bool = False
     imatrix_runs: bool = True
+    # Why llama-quantize at the pin refuses llama-imatrix's own data for this architecture (a tensor
+    # the loader reshapes gets an entry sized for its runtime shape), or "" where it takes it.
+    imatrix_refused: str = ""
     # The head's type when a quantized body is grafted or quantized ("match": the file type applies to
     # the whole file, as for a drafter that is all head).
     head_type: str = "q8_0"
@@ -226,6 +229,11 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "--spec-type draft-mtp if they keep the key"),
     ArchRule("deepseek4", trunk_only_ok=False, trunk_only_mtp_aborts=False, stray_key_loads=True,
              proven=True, config_arrays=("attention.compress_ratios",), family="DeepSeek-V4",
+             imatrix_refused="llama.cpp 0c1e570 cannot quantize DeepSeek-V4 with an imatrix: its loader "
+                             "reshapes attn_output_a to 3-D (o_groups matrices), llama-imatrix records "
+                             "ne[0] x o_groups values for it, and llama-quantize compares them with the "
+                             "file's 2-D tensor and aborts ('imatrix size ... is different from tensor "
+                             "size'); quantize without --imatrix (the types that need one cannot be made)",
              shared_tensors=(*SHARED_TENSORS, *DSV4_HC_HEAD),
              note="DeepSeek-V4: hyper-connections (hc_mult residual streams: the MTP input is hc_mult * "
                   "n_embd wide; a sidecar carries the output_hc_* collapse too); attention.compress_ratios "

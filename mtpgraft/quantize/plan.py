@@ -85,6 +85,8 @@ def check_imatrix_fits(cov: ImatrixCoverage, model: GGUFModel) -> None:
         ne = model.by_name[name].info.ne
         mats = ne[2] if len(ne) > 2 else 1
         if ne and size != ne[0] * mats:
+            if (rule := rule_for(model.arch)) is not None and rule.imatrix_refused:
+                raise QuantizeError(f"{model.path.name}: {rule.imatrix_refused}")
             want = f"columns, the tensor's rows {ne[0]}" if mats == 1 else f"values, the tensor's {ne[0]} x {mats}"
             raise QuantizeError(f"imatrix {Path(cov.path).name} is not for {model.path.name}: its {name} entry "
                                 f"has {size} {want}")

@@ -14,7 +14,8 @@
 - glm-dsa: GLM-5.x. deepseek32's layout, but the NextN layer's indexer tensors are optional (not
   written here: the MTP layer skips the indexer) and `attention.indexer.types` has one entry per TRUNK
   layer (the loader reads it with n_layer(): a block_count-long one is refused); layer 0 must be a
-  full indexer layer. expert_gating_func optional (sigmoid).
+  full indexer layer, and a shared layer (types false) has no indexer tensors (GLM-5.2: its graph
+  reuses the last full layer's top-k). expert_gating_func optional (sigmoid).
 """
 
 from __future__ import annotations
@@ -148,7 +149,11 @@ GLM_DSA = FamilySpec(
     keys=_mla_keys(GATING_SIGMOID, (("attention.indexer.types", "ARRAY",
                                      per_layer(lambda il: GLM_DSA_INDEXER_TYPES[il])),)),
     parts={"mla": _MLA, "indexer": _INDEXER, "dense": _DENSE, "moe": _MOE, "nextn": NEXTN_NORMS},
-    trunk=(("mla", "indexer", "dense"), *(("mla", "indexer", "moe"),) * 3),
+    # a shared layer (types false) carries no indexer of its own, as in GLM-5.2's files (the loader
+    # takes the indexer tensors as TENSOR_NOT_REQUIRED and the graph reuses the last full layer's
+    # top-k): no weight the graph never runs, so llama-imatrix covers every trunk tensor
+    trunk=tuple(("mla", "indexer", "dense" if il == 0 else "moe") if full else ("mla", "moe")
+                for il, full in enumerate(GLM_DSA_INDEXER_TYPES)),
     mtp=("mla", "moe", "nextn"), flip="ffn_{}_shexp.weight", streams=(600, 700, 4),
 )
 
