@@ -90,6 +90,20 @@ def _kin(types: dict[str, str], arch: str, head_tensor: str) -> set[str]:
     return {types[n] for i in range(SPECS[arch].trunk_layers) if (n := f"blk.{i}.{suffix}") in types}
 
 
+def test_an_imatrix_the_pinned_quantizer_cannot_take_is_refused_with_the_reason(tmp_path):
+    """deepseek4's attn_output_a is 2-D in the file and 3-D (o_groups matrices) at run time: llama-imatrix
+    writes ne[0] x o_groups values, which llama-quantize at the pin compares with the file's ne[0] and
+    aborts on; `mtpgraft quantize` says so before llama-quantize runs, and writes nothing."""
+    full = tm.build_tiny_model(tmp_path / "f.gguf", arch="deepseek4", dtype="f16", layout="full")
+    ne0 = next(t.shape[0] for t in GGUFReader(full).tensors if t.name == "blk.0.attn_output_a.weight")
+    im = _imatrix(tmp_path / "im.gguf", {"blk.0.attn_output_a.weight": 2 * int(ne0)})
+    r = CliRunner().invoke(cli, ["quantize", str(full), "--imatrix", str(im), "--types", "Q4_K_M",
+                                 "--out-dir", str(tmp_path / "q")])
+    assert r.exit_code == 3 and r.stderr.strip().splitlines() == [
+        f"mtpgraft: error: f.gguf: {ARCH_RULES['deepseek4'].imatrix_refused}"]
+    assert not (tmp_path / "q").exists() or not list((tmp_path / "q").iterdir())
+
+
 @pytest.mark.tools
 def test_match_onto_a_quantized_body_takes_its_types_and_drafts(fam, llama_cpp_dir, tmp_path):
     """The base quantized to Q4_K_M by `mtpgraft quantize`, then the head attached with match: each head
