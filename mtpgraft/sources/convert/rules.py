@@ -81,18 +81,42 @@ HEAD_RULES: dict[str, HeadRule] = {
                                    layer_indexed=True, moe_keys=GLM_MOE_KEYS, sigmoid_routing=True),
 }
 
-# Architectures whose checkpoints carry an MTP head that mtpgraft does not convert, and why.
+# Architectures whose checkpoints carry an MTP head that mtpgraft does not convert, and why: what the
+# pinned convert_hf_to_gguf.py (llama.cpp 0c1e570, conversion/*.py) does with the head. Refused from
+# config.json alone, before any tensor byte is read.
+_DONOR = "; use a GGUF donor converted with convert_hf_to_gguf.py"
+_MLA = ("through the MLA path (kv_b_proj split into attn_k_b and attn_v_b, attn_k_b transposed), which "
+        "mtpgraft does not reproduce" + _DONOR)
 REFUSED = {
-    "Qwen3NextForCausalLM": "Qwen3-Next checkpoints do not state mtp_num_hidden_layers and mtpgraft has "
-                            "no reference conversion for them; convert with llama.cpp's convert_hf_to_gguf.py",
     "DeepseekV3ForCausalLM": "llama.cpp's converter drops DeepSeek-V3's MTP layers (deepseek2 keeps MTP only "
                              "for GLM-4.7-Flash), so there is no GGUF head to build",
-    "DeepseekV32ForCausalLM": "llama.cpp's converter drops DeepSeek-V3.2's MTP layers",
-    "Glm4MoeLiteForCausalLM": "GLM-4.7-Flash converts through the deepseek2 MLA path (kv_b_proj split into "
-                              "k_b/v_b, per-layer transposes), which mtpgraft does not reproduce; use a GGUF donor",
-    "DeepseekV4ForCausalLM": "DeepSeek-V4's head (mtp.N.*, compressed attention) is converted only with "
-                             "convert_hf_to_gguf.py --mtp; use a GGUF donor",
+    "DeepseekV32ForCausalLM": "llama.cpp's converter keeps DeepSeek-V3.2's MTP layer but converts it " + _MLA,
+    "GlmMoeDsaForCausalLM": "llama.cpp's converter keeps GLM-5's MTP layer but converts it " + _MLA,
+    "Glm4MoeLiteForCausalLM": "llama.cpp's converter keeps GLM-4.7-Flash's MTP layer but converts it " + _MLA,
+    "BailingMoeV3ForCausalLM": "llama.cpp's converter keeps Ling/Ring 3's MTP layer but converts it " + _MLA,
+    "DeepseekV4ForCausalLM": "llama.cpp's converter drops DeepSeek-V4's mtp.* head from a full conversion "
+                             "and writes it only with --mtp, as a head-only file (e_proj and h_proj "
+                             "concatenated into eh_proj)" + _DONOR,
+    "MiMoV2FlashForCausalLM": "llama.cpp's converter appends MiMo-V2's model.mtp.layers.* heads (three, a count "
+                              "config.json does not state) and extends the per-layer head_count_kv and "
+                              "sliding_window_pattern arrays for them, which mtpgraft does not reproduce" + _DONOR,
+    "Step3p5ForCausalLM": "llama.cpp's converter keeps Step-3.5's MTP layers (+1 on every norm, shared_head.output "
+                          "renamed) with per-layer head_count, head_count_kv, sliding_window_pattern and "
+                          "swiglu_clamp_* arrays padded for them, which mtpgraft does not reproduce" + _DONOR,
+    "HYV3ForCausalLM": "llama.cpp's converter keeps Hy3's MTP layers (final_layernorm renamed "
+                       "nextn.shared_head_norm, experts stacked); mtpgraft has no reference conversion for "
+                       "them yet" + _DONOR,
+    "Cohere2MoeForCausalLM": "llama.cpp's converter keeps Cohere 2 MoE's MTP layer only in a full conversion "
+                             "(it refuses --mtp and --no-mtp for this architecture) and drops its zero biases; "
+                             "mtpgraft has no reference conversion for it" + _DONOR,
+    "Qwen3NextForCausalLM": "llama.cpp's converter keeps Qwen3-Next's mtp.* head as for Qwen3.5 MoE (counting "
+                            "its layers from the tensors when config.json omits mtp_num_hidden_layers); "
+                            "mtpgraft has no reference conversion for it yet" + _DONOR,
+    "NemotronHForCausalLM": "llama.cpp's converter folds Nemotron-3's two mtp.layers.* (fusion and attention, "
+                            "then MoE) into one block with renames, which mtpgraft does not reproduce" + _DONOR,
 }
+REFUSED |= {"MiMoV2ForCausalLM": REFUSED["MiMoV2FlashForCausalLM"],
+            "Step3p7ForConditionalGeneration": REFUSED["Step3p5ForCausalLM"]}
 
 
 # TextModel.filter_tensors: multimodal tensors the converter skips (the subset Qwen checkpoints hold).
