@@ -191,9 +191,7 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
     ArchRule("qwen35moe", proven=True, **_QWEN, family="Qwen3.5/3.6 MoE",
              hf_conversion="Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeForCausalLM",
              note="Qwen3.5/3.6 MoE (e.g. 35B-A3B): MTP block with MoE FFN, recurrent_layers gets false"),
-    ArchRule("qwen3next", **_QWEN, family="Qwen3-Next", proven=True,
-             hf_conversion="not converted: Qwen3NextForCausalLM's mtp.* head is kept as for Qwen3.5 MoE; no "
-                           "reference conversion yet",
+    ArchRule("qwen3next", **_QWEN, family="Qwen3-Next", proven=True, hf_conversion="Qwen3NextForCausalLM",
              note="Qwen3-Next: like qwen35moe (gated delta net trunk, MoE with a gated shared expert, a "
                   "full-attention MTP block: recurrent_layers gets false), beta/alpha fused in ssm_ba, no "
                   "rope sections; no trunk-only path: a file that keeps the key without the block is refused"),

@@ -15,6 +15,12 @@ How the committed references were made (2026-12-01):
           safetensors==0.8.0 sentencepiece==0.2.3 'protobuf<5' numpy==2.2.6
   (transformers 4.57.6 does not know model_type qwen3_5, so the converter falls back to reading
   config.json as is, exactly as mtpgraft does);
+  the Qwen3-Next references were added on 2026-12-07 with a venv made by
+      /tmp/convenv/bin/pip install torch transformers safetensors sentencepiece 'protobuf<5' numpy
+  (from PyPI: torch 2.14.1, transformers 5.25.0, safetensors 0.8.0, sentencepiece 0.2.3, protobuf
+  4.25.9, numpy 2.4.6), which rewrote every earlier reference byte for byte (the converter reads
+  config.json through transformers' AutoConfig where it knows the model type, qwen3_next and glm4_moe
+  here: the tiny configs state every field it reads, so its defaults never differ from the file);
 - the command, per case: `python runconv.py SRC CHECKPOINT_DIR --outtype OUTTYPE --outfile OUT.gguf`,
   where runconv.py (written by this script) runs convert_hf_to_gguf.py's main unchanged except for one
   patch: `TextModel.get_vocab_base_pre` returns "qwen35". The converter identifies a BPE tokenizer by
@@ -23,7 +29,9 @@ How the committed references were made (2026-12-01):
   _set_vocab_glm goes through the same function; the tiny tokenizer has GLM's special tokens);
 - checkpoints: Qwen3.5/3.6 dense and MoE (mtp.* head, text_config nested) and GLM-4.5 MoE
   (Glm4MoeForCausalLM: the MTP layer is model.layers.N with eh_proj, enorm, hnorm, shared_head.*,
-  embed_tokens; per-expert tensors; attention biases; e_score_correction_bias);
+  embed_tokens; per-expert tensors; attention biases; e_score_correction_bias) and Qwen3-Next MoE
+  (Qwen3NextForCausalLM: flat config.json without mtp_num_hidden_layers, so the converter counts the
+  mtp.layers.K it finds; fused in_proj_qkvz, whose trunk rows the recipe takes as a byte range);
 - kept: the MTP block's tensors (blk.L.* for L >= the trunk) exactly as written, and the converter's
   values of the structural keys listed in KEPT_KEYS (vocabulary, names and size labels dropped), plus
   `reference.*` keys saying how the file was made;
@@ -59,8 +67,9 @@ from mtpgraft.testmodels.trunks import derive
 
 SEED = 0
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
-         ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto")]
-E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16")
+         ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
+         ("qwen3next-bf16", "auto")]
+E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16")
 KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
              "attention.head_count", "attention.head_count_kv", "attention.key_length",
              "attention.value_length", "expert_count", "expert_used_count", "expert_feed_forward_length",

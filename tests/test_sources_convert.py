@@ -31,7 +31,8 @@ REF = Path(__file__).parent / "data" / "convert-ref"
 REFS = json.loads((REF / "references.json").read_text())
 TRUNKS = json.loads((REF / "trunks.json").read_text())
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
-         ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto")]
+         ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
+         ("qwen3next-bf16", "auto")]
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +59,7 @@ def ref_kvs(name: str) -> dict[str, str]:
     return {k: h for k, h in REFS[name]["keys"] if not k.startswith(("mtpgraft.", "reference."))}
 
 
-E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16")
+E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16")
 
 
 def test_references_exist_and_are_small():
@@ -172,8 +173,8 @@ def _edit_config(ckpt: Path, **text) -> None:
 @pytest.mark.parametrize(("edit", "message"), [
     ({"mtp_num_hidden_layers": 0}, "ck: no MTP head: config.json gives mtp_num_hidden_layers = 0"),
     ({"architectures": ["LlamaForCausalLM"]}, "ck: no MTP head conversion for architecture LlamaForCausalLM "
-     "(mtpgraft converts Glm4MoeForCausalLM, Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM, "
-     "Qwen3_5MoeForConditionalGeneration; use a GGUF donor for the others)"),
+     "(mtpgraft converts Glm4MoeForCausalLM, Qwen3NextForCausalLM, Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration, "
+     "Qwen3_5MoeForCausalLM, Qwen3_5MoeForConditionalGeneration; use a GGUF donor for the others)"),
     ({"architectures": ["DeepseekV3ForCausalLM"]}, "ck: DeepseekV3ForCausalLM: llama.cpp's converter drops "
      "DeepSeek-V3's MTP layers (deepseek2 keeps MTP only for GLM-4.7-Flash), so there is no GGUF head to build"),
 ])

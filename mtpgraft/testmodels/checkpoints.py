@@ -1,10 +1,14 @@
-"""Tiny random Hugging Face checkpoints of Qwen3.5/3.6 (dense and MoE) with an MTP head, in numpy.
+"""Tiny random Hugging Face checkpoints with an MTP head, in numpy: Qwen3.5/3.6 (dense and MoE),
+Qwen3-Next and GLM-4.5.
 
-They have the layout of the real Qwen/Qwen3.6-27B and Qwen3.6-35B-A3B repos: `config.json` with the
-text model nested under `text_config`, the trunk under `model.language_model.*`, the head under
-top-level `mtp.*`, sharded safetensors with `model.safetensors.index.json`, and a byte-level BPE
-tokenizer that transformers loads. The same (variant, seed) always gives the same bytes, so tests
-rebuild exactly the checkpoint that scripts/make_convert_reference.py fed to llama.cpp's converter.
+The Qwen3.5/3.6 ones have the layout of the real Qwen/Qwen3.6-27B and Qwen3.6-35B-A3B repos:
+`config.json` with the text model nested under `text_config`, the trunk under `model.language_model.*`,
+the head under top-level `mtp.*`, sharded safetensors with `model.safetensors.index.json`, and a
+byte-level BPE tokenizer that transformers loads. Qwen3-Next (Qwen/Qwen3-Next-80B-A3B) is flat: no
+text_config, the trunk under `model.*`, fused in_proj_qkvz / in_proj_ba linear attention, per-expert
+MoE tensors, the same `mtp.*` head, and no `mtp_num_hidden_layers` in config.json. The same (variant,
+seed) always gives the same bytes, so tests rebuild exactly the checkpoint that
+scripts/make_convert_reference.py fed to llama.cpp's converter.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ class Variant:
     experts: str = "fused"  # MoE expert layout: "fused" (gate_up_proj) or "per-expert"
     shards: int = 2
     mtp_layers: int = 1
-    family: str = "qwen35"  # "qwen35" (Qwen3.5/3.6: mtp.*) or "glm4moe" (GLM-4.5: layer-indexed MTP)
+    # "qwen35" (Qwen3.5/3.6: mtp.*), "qwen3next" (Qwen3-Next: mtp.*) or "glm4moe" (layer-indexed MTP)
+    family: str = "qwen35"
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -37,6 +42,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("moe-bf16", moe=True, dtype="BF16"),
     Variant("moe-f16-per-expert", moe=True, dtype="F16", experts="per-expert", shards=1),
     Variant("glm4moe-bf16", moe=True, dtype="BF16", experts="per-expert", family="glm4moe"),
+    Variant("qwen3next-bf16", moe=True, dtype="BF16", experts="per-expert", family="qwen3next"),
 )}
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FF, VOCAB = 64, 2, 1, 32, 128, 320
@@ -56,9 +62,25 @@ def _glm_config() -> dict[str, Any]:
             "n_group": 1, "topk_group": 1, "tie_word_embeddings": False, "hidden_act": "silu"}
 
 
+def _qwen3next_config() -> dict[str, Any]:
+    """Qwen3-Next's config.json: flat, and (as on the Hub) without mtp_num_hidden_layers."""
+    return {"architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next", "hidden_size": HIDDEN,
+            "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+            "head_dim": HEAD_DIM, "intermediate_size": FF, "vocab_size": VOCAB, "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-6, "layer_types": LAYER_TYPES, "full_attention_interval": 2,
+            "linear_conv_kernel_dim": CONV_K, "linear_key_head_dim": LIN_K_DIM, "linear_value_head_dim": LIN_V_DIM,
+            "linear_num_key_heads": LIN_K_HEADS, "linear_num_value_heads": LIN_V_HEADS,
+            "num_experts": EXPERTS, "num_experts_per_tok": EXPERTS_USED, "moe_intermediate_size": EXPERT_FF,
+            "shared_expert_intermediate_size": SHARED_FF, "decoder_sparse_step": 1, "mlp_only_layers": [],
+            "norm_topk_prob": True, "partial_rotary_factor": 0.25, "rope_theta": 10000000.0,
+            "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
 def config(v: Variant) -> dict[str, Any]:
     if v.family == "glm4moe":
         return _glm_config()
+    if v.family == "qwen3next":
+        return _qwen3next_config()
     text: dict[str, Any] = {
         "model_type": "qwen3_5_moe_text" if v.moe else "qwen3_5_text",
         "hidden_size": HIDDEN, "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS,
@@ -92,13 +114,18 @@ def _attention(p: str) -> dict[str, tuple[int, ...]]:
     }
 
 
-def _linear_attention(p: str) -> dict[str, tuple[int, ...]]:
+def _linear_attention(p: str, v: Variant) -> dict[str, tuple[int, ...]]:
     qkv = 2 * LIN_K_HEADS * LIN_K_DIM + LIN_V_HEADS * LIN_V_DIM
+    if v.family == "qwen3next":  # fused projections: [q, k, v, z] and [b, a] per key head
+        proj = {f"{p}.linear_attn.in_proj_qkvz.weight": (qkv + LIN_V_HEADS * LIN_V_DIM, HIDDEN),
+                f"{p}.linear_attn.in_proj_ba.weight": (2 * LIN_V_HEADS, HIDDEN)}
+    else:
+        proj = {f"{p}.linear_attn.in_proj_qkv.weight": (qkv, HIDDEN),
+                f"{p}.linear_attn.in_proj_z.weight": (LIN_V_HEADS * LIN_V_DIM, HIDDEN),
+                f"{p}.linear_attn.in_proj_a.weight": (LIN_V_HEADS, HIDDEN),
+                f"{p}.linear_attn.in_proj_b.weight": (LIN_V_HEADS, HIDDEN)}
     return {
-        f"{p}.linear_attn.in_proj_qkv.weight": (qkv, HIDDEN),
-        f"{p}.linear_attn.in_proj_z.weight": (LIN_V_HEADS * LIN_V_DIM, HIDDEN),
-        f"{p}.linear_attn.in_proj_a.weight": (LIN_V_HEADS, HIDDEN),
-        f"{p}.linear_attn.in_proj_b.weight": (LIN_V_HEADS, HIDDEN),
+        **proj,
         f"{p}.linear_attn.conv1d.weight": (qkv, 1, CONV_K),
         f"{p}.linear_attn.dt_bias": (LIN_V_HEADS,),
         f"{p}.linear_attn.A_log": (LIN_V_HEADS,),
@@ -129,7 +156,7 @@ def _mlp(p: str, v: Variant) -> dict[str, tuple[int, ...]]:
 
 def _block(p: str, v: Variant, kind: str) -> dict[str, tuple[int, ...]]:
     out = {f"{p}.input_layernorm.weight": (HIDDEN,), f"{p}.post_attention_layernorm.weight": (HIDDEN,)}
-    out.update(_attention(p) if kind == "full_attention" else _linear_attention(p))
+    out.update(_attention(p) if kind == "full_attention" else _linear_attention(p, v))
     out.update(_mlp(p, v))
     return out
 
@@ -176,7 +203,7 @@ def tensor_shapes(v: Variant) -> dict[str, tuple[int, ...]]:
     """Every tensor of the checkpoint: trunk, lm_head and the MTP head."""
     if v.family == "glm4moe":
         return _glm_shapes()
-    lm = "model.language_model"
+    lm = "model" if v.family == "qwen3next" else "model.language_model"
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN),
                                           f"{lm}.embed_tokens.weight": (VOCAB, HIDDEN),
                                           f"{lm}.norm.weight": (HIDDEN,)}

@@ -179,7 +179,7 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     rule = head_rule(config, label)
     hp = text_config(config)
     n_layers = int(hp.get("num_hidden_layers") or 0)
-    n_mtp = int(hp.get(rule.n_mtp_key) or 0)
+    n_mtp = int(hp.get(rule.n_mtp_key) or 0) or (_counted_mtp_layers(headers) if rule.counted_mtp else 0)
     if n_layers <= 0:
         raise SourceError(f"{label}: config.json has no num_hidden_layers")
     if n_mtp <= 0:
@@ -215,6 +215,12 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     kvs = head_kvs(rule, hp, n_layers, n_mtp, ftype)
     return HeadPlan(rule.arch, str((config.get("architectures") or [""])[0]), n_layers, mtp_layers, ftype,
                     kvs, tensors, files, _preceding(rule, ordered, n_layers, n_experts), sorted(h[0] for h in headers))
+
+
+def _counted_mtp_layers(headers: Sequence[tuple[str, dict[str, STensor]]]) -> int:
+    """The converter's count of MTP layers when config.json gives none: the highest mtp.layers.K, plus 1."""
+    found = [re.match(r"(?:model\.)?mtp\.layers\.(\d+)\.", _filtered_name(n)) for _, ts in headers for n in ts]
+    return max((int(m.group(1)) + 1 for m in found if m), default=0)
 
 
 def _map_tensor(rule: HeadRule, file: str, t: STensor, bid: int, suffix: str, n_experts: int,

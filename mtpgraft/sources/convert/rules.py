@@ -69,6 +69,9 @@ class HeadRule:
     # Glm4MoeModel.set_gguf_parameters' own keys: sigmoid expert gating (replacing the config's),
     # expert_weights_scale (routed_scaling_factor) and expert_weights_norm (norm_topk_prob).
     sigmoid_routing: bool = False
+    # config.json may leave n_mtp_key out (or 0): the converter then counts the mtp.layers.K it finds
+    # (_QwenMtpMixin.opt_num_mtp_layers; Qwen3-Next states no count).
+    counted_mtp: bool = False
 
 
 _QWEN = {"n_mtp_key": "mtp_num_hidden_layers", "names": QWEN_NAMES, "plus_one_norms": True, "hybrid": True}
@@ -77,6 +80,7 @@ HEAD_RULES: dict[str, HeadRule] = {
     "Qwen3_5ForCausalLM": HeadRule("qwen35", moe=False, **_QWEN),
     "Qwen3_5MoeForConditionalGeneration": HeadRule("qwen35moe", moe=True, moe_keys=QWEN_MOE_KEYS, **_QWEN),
     "Qwen3_5MoeForCausalLM": HeadRule("qwen35moe", moe=True, moe_keys=QWEN_MOE_KEYS, **_QWEN),
+    "Qwen3NextForCausalLM": HeadRule("qwen3next", moe=True, moe_keys=QWEN_MOE_KEYS, counted_mtp=True, **_QWEN),
     "Glm4MoeForCausalLM": HeadRule("glm4moe", "num_nextn_predict_layers", True, GLM_NAMES, False,
                                    layer_indexed=True, moe_keys=GLM_MOE_KEYS, sigmoid_routing=True),
 }
@@ -109,9 +113,6 @@ REFUSED = {
     "Cohere2MoeForCausalLM": "llama.cpp's converter keeps Cohere 2 MoE's MTP layer only in a full conversion "
                              "(it refuses --mtp and --no-mtp for this architecture) and drops its zero biases; "
                              "mtpgraft has no reference conversion for it" + _DONOR,
-    "Qwen3NextForCausalLM": "llama.cpp's converter keeps Qwen3-Next's mtp.* head as for Qwen3.5 MoE (counting "
-                            "its layers from the tensors when config.json omits mtp_num_hidden_layers); "
-                            "mtpgraft has no reference conversion for it yet" + _DONOR,
     "NemotronHForCausalLM": "llama.cpp's converter folds Nemotron-3's two mtp.layers.* (fusion and attention, "
                             "then MoE) into one block with renames, which mtpgraft does not reproduce" + _DONOR,
 }
@@ -122,8 +123,10 @@ REFUSED |= {"MiMoV2ForCausalLM": REFUSED["MiMoV2FlashForCausalLM"],
 # TextModel.filter_tensors: multimodal tensors the converter skips (the subset Qwen checkpoints hold).
 SKIPPED = ("visual.", "vision.", "audio.", "vision_", "audio_", "talker.", "projector.", "patch_embed",
            "merger.", "mtp_only_")
-# Qwen3.5 trunk names not in the MTP table: linear attention and the model's ends.
-QWEN_TRUNK = {"linear_attn.in_proj_qkv.weight": "attn_qkv.weight", "linear_attn.in_proj_z.weight": "attn_gate.weight",
+# Qwen3.5 trunk names not in the MTP table: linear attention and the model's ends (Qwen3-Next's fused
+# in_proj_qkvz is written as attn_qkv, then attn_gate: the name here is the last one written).
+QWEN_TRUNK = {"linear_attn.in_proj_qkvz.weight": "attn_gate.weight", "linear_attn.in_proj_ba.weight": "ssm_ba.weight",
+              "linear_attn.in_proj_qkv.weight": "attn_qkv.weight", "linear_attn.in_proj_z.weight": "attn_gate.weight",
               "linear_attn.in_proj_a.weight": "ssm_alpha.weight", "linear_attn.in_proj_b.weight": "ssm_beta.weight",
               "linear_attn.conv1d.weight": "ssm_conv1d.weight", "linear_attn.dt_bias": "ssm_dt.bias",
               "linear_attn.A_log": "ssm_a", "linear_attn.norm.weight": "ssm_norm.weight",
