@@ -220,8 +220,7 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
              note="DeepSeek-V4: attention.compress_ratios must cover block_count; "
                   "a missing MTP block silently disables MTP"),
     ArchRule("glm-dsa", trunk_arrays=("attention.indexer.types",), proven=True, family="GLM-5",
-             hf_conversion="not converted: GlmMoeDsaForCausalLM keeps its MTP layer through the MLA path "
-                           "(kv_b_proj split, attn_k_b transposed)",
+             hf_conversion="GlmMoeDsaForCausalLM",
              note="GLM-5 (DSA): deepseek32's layout; attention.indexer.types is per trunk layer (refused "
                   "with block_count entries) and layer 0 must be a full indexer layer; the NextN layer "
                   "skips the indexer (its indexer tensors optional), MoE with a shared expert; one head; "

@@ -31,9 +31,13 @@ How the committed references were made (2026-12-01):
   (Glm4MoeForCausalLM: the MTP layer is model.layers.N with eh_proj, enorm, hnorm, shared_head.*,
   embed_tokens; per-expert tensors; attention biases; e_score_correction_bias) and Qwen3-Next MoE
   (Qwen3NextForCausalLM: flat config.json without mtp_num_hidden_layers, so the converter counts the
-  mtp.layers.K it finds; fused in_proj_qkvz, whose trunk rows the recipe takes as a byte range);
+  mtp.layers.K it finds; fused in_proj_qkvz, whose trunk rows the recipe takes as a byte range) and
+  GLM-5 (GlmMoeDsaForCausalLM: DeepSeek-V3.2's layout, MLA with q/kv LoRA and the DSA indexer; the
+  MTP layer is model.layers.N as for GLM-4.5; kv_b_proj becomes attn_k_b, each head's slab transposed,
+  and attn_v_b, which the trunk recipe rebuilds with its kb/vb steps);
 - kept: the MTP block's tensors (blk.L.* for L >= the trunk) exactly as written, and the converter's
-  values of the structural keys listed in KEPT_KEYS (vocabulary, names and size labels dropped), plus
+  values of the structural keys listed in KEPT_KEYS and KEPT_BEFORE_NEXTN (vocabulary, names and size
+  labels dropped), plus
   `reference.*` keys saying how the file was made;
 - and for the whole-model proof (E2E): the converter's full file and its `--no-mtp` file of the same
   checkpoint, every tensor and key kept except the `tokenizer.*` keys (`<variant>-full.gguf`,
@@ -68,8 +72,8 @@ from mtpgraft.testmodels.trunks import derive
 SEED = 0
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
-         ("qwen3next-bf16", "auto")]
-E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16")
+         ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0")]
+E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16")
 KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
              "attention.head_count", "attention.head_count_kv", "attention.key_length",
              "attention.value_length", "expert_count", "expert_used_count", "expert_feed_forward_length",
@@ -77,6 +81,9 @@ KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_
              "expert_shared_feed_forward_length", "expert_shared_count", "leading_dense_block_count",
              "expert_weights_scale", "expert_weights_norm", "nextn_predict_layers", "attention.recurrent_layers",
              "full_attention_interval")
+# Kept too for the families whose converter writes them just before nextn_predict_layers: the head
+# carries them so that a graft places the count there (graft inserts it after the head's previous key).
+KEPT_BEFORE_NEXTN = {"glm-dsa": ("rope.dimension_count",)}
 RUNCONV = '''import runpy, sys
 src = sys.argv[1]
 sys.path.insert(0, src)
@@ -95,7 +102,8 @@ def reference_name(variant: str, outtype: str) -> str:
 def keep(converted: Path, out: Path, variant: str, outtype: str) -> None:
     m = GGUFModel(converted)
     arch = m.arch
-    keys = ["general.architecture"] + [f"{arch}.{k}" for k in KEPT_KEYS] + ["general.file_type"]
+    kept = KEPT_KEYS + KEPT_BEFORE_NEXTN.get(arch, ())
+    keys = ["general.architecture"] + [f"{arch}.{k}" for k in kept] + ["general.file_type"]
     kvs = [m.kv[k] for k in m.kv if k in keys]
     # reference.checkpoint names the generator as it was called when references.json was made
     # (now mtpgraft.testmodels.checkpoints): the label is part of the fingerprints, so it stays.

@@ -32,7 +32,7 @@ REFS = json.loads((REF / "references.json").read_text())
 TRUNKS = json.loads((REF / "trunks.json").read_text())
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
-         ("qwen3next-bf16", "auto")]
+         ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0")]
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +59,7 @@ def ref_kvs(name: str) -> dict[str, str]:
     return {k: h for k, h in REFS[name]["keys"] if not k.startswith(("mtpgraft.", "reference."))}
 
 
-E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16")
+E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16")
 
 
 def test_references_exist_and_are_small():
@@ -173,8 +173,9 @@ def _edit_config(ckpt: Path, **text) -> None:
 @pytest.mark.parametrize(("edit", "message"), [
     ({"mtp_num_hidden_layers": 0}, "ck: no MTP head: config.json gives mtp_num_hidden_layers = 0"),
     ({"architectures": ["LlamaForCausalLM"]}, "ck: no MTP head conversion for architecture LlamaForCausalLM "
-     "(mtpgraft converts Glm4MoeForCausalLM, Qwen3NextForCausalLM, Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration, "
-     "Qwen3_5MoeForCausalLM, Qwen3_5MoeForConditionalGeneration; use a GGUF donor for the others)"),
+     "(mtpgraft converts Glm4MoeForCausalLM, GlmMoeDsaForCausalLM, Qwen3NextForCausalLM, Qwen3_5ForCausalLM, "
+     "Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM, Qwen3_5MoeForConditionalGeneration; use a GGUF donor "
+     "for the others)"),
     ({"architectures": ["DeepseekV3ForCausalLM"]}, "ck: DeepseekV3ForCausalLM: llama.cpp's converter drops "
      "DeepSeek-V3's MTP layers (deepseek2 keeps MTP only for GLM-4.7-Flash), so there is no GGUF head to build"),
 ])
@@ -235,3 +236,17 @@ def test_graft_onto_the_converters_trunk_gives_the_converters_full_file(tmp_path
     assert keys == list(full)
     assert [k for k in keys if graft[k] != full[k]] == ["general.size_label"]
     assert tensors(out) == ref_tensors(f"{variant}-full.gguf")
+
+
+def test_mla_head_from_the_hub_equals_the_converter(hub, hf_hermetic, tmp_path):
+    """GLM-5's head read by ranges from the Hub (kv_b_proj's transposed attn_k_b slabs included) is the
+    converter's, byte for byte, and only the head's tensors travel."""
+    from mtpgraft.sources import HubOptions
+
+    ckpt = build_checkpoint(tmp_path / "GLM-tiny", "glm-dsa-bf16")
+    files = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    hub.put_files("tester/GLM-tiny", files)
+    src = resolve_mtp_source("hf://tester/GLM-tiny", hub=HubOptions(endpoint=hub.url))
+    assert tensors(src.path) == ref_tensors("glm-dsa-bf16-auto.gguf")
+    assert head_kvs(src.path) == ref_kvs("glm-dsa-bf16-auto.gguf")
+    assert hub.bytes_sent == src.fetched_bytes < sum(len(v) for v in files.values()) * 0.7

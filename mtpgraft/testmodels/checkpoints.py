@@ -43,6 +43,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("moe-f16-per-expert", moe=True, dtype="F16", experts="per-expert", shards=1),
     Variant("glm4moe-bf16", moe=True, dtype="BF16", experts="per-expert", family="glm4moe"),
     Variant("qwen3next-bf16", moe=True, dtype="BF16", experts="per-expert", family="qwen3next"),
+    Variant("glm-dsa-bf16", moe=True, dtype="BF16", experts="per-expert", family="glm-dsa"),
 )}
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FF, VOCAB = 64, 2, 1, 32, 128, 320
@@ -60,6 +61,24 @@ def _glm_config() -> dict[str, Any]:
             "rope_theta": 1000000.0, "rms_norm_eps": 1e-5, "vocab_size": VOCAB, "max_position_embeddings": 4096,
             "attention_bias": True, "use_qk_norm": False, "routed_scaling_factor": 2.5, "norm_topk_prob": True,
             "n_group": 1, "topk_group": 1, "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+Q_LORA, KV_LORA, QK_NOPE, QK_ROPE, V_DIM, INDEX_HEADS, INDEX_DIM = 32, 32, 16, 16, 16, 2, 64
+
+
+def _dsa_config() -> dict[str, Any]:
+    """GLM-5's config.json (GlmMoeDsaForCausalLM): DeepSeek-V3.2's MLA + DSA indexer layout."""
+    return {"architectures": ["GlmMoeDsaForCausalLM"], "model_type": "glm_moe_dsa", "hidden_size": HIDDEN,
+            "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS, "num_key_value_heads": HEADS,
+            "q_lora_rank": Q_LORA, "kv_lora_rank": KV_LORA, "qk_nope_head_dim": QK_NOPE, "qk_rope_head_dim": QK_ROPE,
+            "qk_head_dim": QK_NOPE + QK_ROPE, "v_head_dim": V_DIM, "head_dim": QK_ROPE, "intermediate_size": FF,
+            "moe_intermediate_size": EXPERT_FF, "n_routed_experts": EXPERTS, "n_shared_experts": 1,
+            "num_experts_per_tok": EXPERTS_USED, "first_k_dense_replace": 1, "num_nextn_predict_layers": 1,
+            "routed_scaling_factor": 2.5, "norm_topk_prob": True, "n_group": 1, "topk_group": 1,
+            "scoring_func": "sigmoid", "topk_method": "noaux_tc", "index_n_heads": INDEX_HEADS,
+            "index_head_dim": INDEX_DIM, "index_topk": 16, "rope_theta": 1000000.0, "rms_norm_eps": 1e-5,
+            "vocab_size": VOCAB, "max_position_embeddings": 4096, "attention_bias": False,
+            "tie_word_embeddings": False, "hidden_act": "silu"}
 
 
 def _qwen3next_config() -> dict[str, Any]:
@@ -81,6 +100,8 @@ def config(v: Variant) -> dict[str, Any]:
         return _glm_config()
     if v.family == "qwen3next":
         return _qwen3next_config()
+    if v.family == "glm-dsa":
+        return _dsa_config()
     text: dict[str, Any] = {
         "model_type": "qwen3_5_moe_text" if v.moe else "qwen3_5_text",
         "hidden_size": HIDDEN, "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS,
@@ -161,13 +182,16 @@ def _block(p: str, v: Variant, kind: str) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _glm_block(p: str, dense: bool) -> dict[str, tuple[int, ...]]:
+def _glm_block(p: str, dense: bool, dsa: bool = False) -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {f"{p}.input_layernorm.weight": (HIDDEN,),
                                        f"{p}.post_attention_layernorm.weight": (HIDDEN,)}
-    for w, rows in (("q", HEADS * HEAD_DIM), ("k", KV_HEADS * HEAD_DIM), ("v", KV_HEADS * HEAD_DIM)):
-        out[f"{p}.self_attn.{w}_proj.weight"] = (rows, HIDDEN)
-        out[f"{p}.self_attn.{w}_proj.bias"] = (rows,)
-    out[f"{p}.self_attn.o_proj.weight"] = (HIDDEN, HEADS * HEAD_DIM)
+    if dsa:
+        out.update(_dsa_attention(p))
+    else:
+        for w, rows in (("q", HEADS * HEAD_DIM), ("k", KV_HEADS * HEAD_DIM), ("v", KV_HEADS * HEAD_DIM)):
+            out[f"{p}.self_attn.{w}_proj.weight"] = (rows, HIDDEN)
+            out[f"{p}.self_attn.{w}_proj.bias"] = (rows,)
+        out[f"{p}.self_attn.o_proj.weight"] = (HIDDEN, HEADS * HEAD_DIM)
     if dense:
         out.update({f"{p}.mlp.gate_proj.weight": (FF, HIDDEN), f"{p}.mlp.up_proj.weight": (FF, HIDDEN),
                     f"{p}.mlp.down_proj.weight": (HIDDEN, FF)})
@@ -184,14 +208,27 @@ def _glm_block(p: str, dense: bool) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _glm_shapes() -> dict[str, tuple[int, ...]]:
-    """GLM-4.5 layout: the MTP layer is model.layers.N (N = num_hidden_layers), an MoE layer plus
-    eh_proj, enorm, hnorm, shared_head.{norm,head} and its own embed_tokens."""
+def _dsa_attention(p: str) -> dict[str, tuple[int, ...]]:
+    """MLA (low-rank q and kv, kv_b_proj decompressing both k_nope and v) and the DSA indexer."""
+    a, ix = f"{p}.self_attn", f"{p}.self_attn.indexer"
+    return {f"{a}.q_a_proj.weight": (Q_LORA, HIDDEN), f"{a}.q_a_layernorm.weight": (Q_LORA,),
+            f"{a}.q_b_proj.weight": (HEADS * (QK_NOPE + QK_ROPE), Q_LORA),
+            f"{a}.kv_a_proj_with_mqa.weight": (KV_LORA + QK_ROPE, HIDDEN), f"{a}.kv_a_layernorm.weight": (KV_LORA,),
+            f"{a}.kv_b_proj.weight": (HEADS * (QK_NOPE + V_DIM), KV_LORA), f"{a}.o_proj.weight": (HIDDEN, HEADS * V_DIM),
+            f"{ix}.wq_b.weight": (INDEX_HEADS * INDEX_DIM, Q_LORA), f"{ix}.wk.weight": (INDEX_DIM, HIDDEN),
+            f"{ix}.k_norm.weight": (INDEX_DIM,), f"{ix}.k_norm.bias": (INDEX_DIM,),
+            f"{ix}.weights_proj.weight": (INDEX_HEADS, HIDDEN)}
+
+
+def _glm_shapes(dsa: bool = False) -> dict[str, tuple[int, ...]]:
+    """GLM-4.5 layout (GLM-5's with `dsa`: MLA and the indexer): the MTP layer is model.layers.N
+    (N = num_hidden_layers), an MoE layer plus eh_proj, enorm, hnorm, shared_head.{norm,head} and its
+    own embed_tokens."""
     n = len(LAYER_TYPES)
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN), "model.embed_tokens.weight": (VOCAB, HIDDEN),
                                           "model.norm.weight": (HIDDEN,)}
     for i in range(n + 1):
-        shapes.update(_glm_block(f"model.layers.{i}", dense=i < 1))
+        shapes.update(_glm_block(f"model.layers.{i}", dense=i < 1, dsa=dsa))
     m = f"model.layers.{n}"
     shapes.update({f"{m}.eh_proj.weight": (HIDDEN, 2 * HIDDEN), f"{m}.enorm.weight": (HIDDEN,),
                    f"{m}.hnorm.weight": (HIDDEN,), f"{m}.shared_head.norm.weight": (HIDDEN,),
@@ -201,8 +238,8 @@ def _glm_shapes() -> dict[str, tuple[int, ...]]:
 
 def tensor_shapes(v: Variant) -> dict[str, tuple[int, ...]]:
     """Every tensor of the checkpoint: trunk, lm_head and the MTP head."""
-    if v.family == "glm4moe":
-        return _glm_shapes()
+    if v.family in ("glm4moe", "glm-dsa"):
+        return _glm_shapes(dsa=v.family == "glm-dsa")
     lm = "model" if v.family == "qwen3next" else "model.language_model"
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN),
                                           f"{lm}.embed_tokens.weight": (VOCAB, HIDDEN),

@@ -16,7 +16,7 @@ from ..donor import MAX_BLOCKS, MAX_MTP_LAYERS
 from ..safetensors import DTYPE_SIZE, STensor
 from .config import head_rule, text_config
 from .kvs import head_kvs
-from .rules import FORCED_F32, QWEN_ENDS, QWEN_MTP_TOP, QWEN_TRUNK, SKIPPED, HeadRule
+from .rules import FORCED_F32, MLA_SPLIT, QWEN_ENDS, QWEN_MTP_TOP, QWEN_TRUNK, SKIPPED, HeadRule
 
 # --outtype: the output file type, named as the tensor type its 2-D weights take (the converter's
 # LlamaFileType ALL_F32, MOSTLY_F16, MOSTLY_BF16, MOSTLY_Q8_0).
@@ -35,6 +35,7 @@ class Piece:
     cols: int
     r0: int
     r1: int
+    transposed: bool = False  # each block's slab is written transposed (MLA's attn_k_b)
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     ordered = [(f, t) for f, ts in sorted(headers, key=lambda h: h[0]) for t in sorted(ts.values(), key=lambda t: t.name)]
     ftype = _file_type(outtype, ordered)
     n_experts = int(hp.get("num_local_experts") or hp.get("num_experts") or hp.get("n_routed_experts") or 0)
+    split = _mla_dims(hp, label) if rule.mla else None
     tensors: list[HeadTensor] = []
     pending: dict[int, dict[str, tuple[str, STensor]]] = {}
     files: list[str] = []
@@ -205,6 +207,9 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
         if not m:
             raise SourceError(f"{label}: cannot map MTP tensor {t.name}")
         bid, suffix = int(m.group(1)), m.group(2)
+        if split is not None and suffix == MLA_SPLIT:
+            tensors.extend(_mla_split(rule, file, t, bid, split, ftype, label))
+            continue
         tensors.extend(_map_tensor(rule, file, t, bid, suffix, n_experts, pending, ftype, label))
     leftover = [n for d in pending.values() for n in d]
     if leftover:
@@ -215,6 +220,31 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     kvs = head_kvs(rule, hp, n_layers, n_mtp, ftype)
     return HeadPlan(rule.arch, str((config.get("architectures") or [""])[0]), n_layers, mtp_layers, ftype,
                     kvs, tensors, files, _preceding(rule, ordered, n_layers, n_experts), sorted(h[0] for h in headers))
+
+
+def _mla_dims(hp: dict[str, Any], label: str) -> tuple[int, int, int]:
+    """(KV heads, qk_nope_head_dim, v_head_dim): how DeepseekV2Model cuts kv_b_proj (before it sets
+    head_count_kv to 1 for the metadata)."""
+    keys = ("num_key_value_heads", "qk_nope_head_dim", "v_head_dim")
+    missing = [k for k in keys if not hp.get(k)]
+    if missing:
+        raise SourceError(f"{label}: config.json has no {missing[0]}, which the MLA head's kv_b_proj split needs")
+    return int(hp[keys[0]]), int(hp[keys[1]]), int(hp[keys[2]])
+
+
+def _mla_split(rule: HeadRule, file: str, t: STensor, bid: int, dims: tuple[int, int, int], ftype: str,
+               label: str) -> list[HeadTensor]:
+    """kv_b_proj [kv heads x (nope + v), kv_lora_rank] as the converter writes it: per head, its nope
+    rows transposed (attn_k_b, [kv heads, rank, nope]), then its v rows (attn_v_b, [kv heads, v, rank])."""
+    n_kv, nope, v = dims
+    if len(t.shape) != 2 or t.shape[0] != n_kv * (nope + v):
+        raise SourceError(f"{label}: {t.name} has shape {list(t.shape)}, not [{n_kv * (nope + v)}, kv_lora_rank] "
+                          f"(num_key_value_heads x (qk_nope_head_dim + v_head_dim) rows)")
+    rank = t.shape[1]
+    k_b = Piece(t, file, n_kv, nope + v, rank, 0, nope, transposed=True)
+    v_b = Piece(t, file, n_kv, nope + v, rank, nope, nope + v)
+    return [_tensor(rule, "self_attn.k_b_proj.weight", bid, (n_kv, rank, nope), t.dtype, False, (k_b,), ftype, label),
+            _tensor(rule, "self_attn.v_b_proj.weight", bid, (n_kv, v, rank), t.dtype, False, (v_b,), ftype, label)]
 
 
 def _counted_mtp_layers(headers: Sequence[tuple[str, dict[str, STensor]]]) -> int:

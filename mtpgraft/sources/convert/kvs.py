@@ -22,6 +22,8 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
               ftype: str) -> list[tuple[str, str, Any]]:
     """The structural keys of the converter's output that describe the head, in its order."""
     a = rule.arch
+    if rule.mla:
+        hp = {**hp, "num_key_value_heads": 1}  # DeepseekV2Model: MLA is written as MQA
     kvs: list[tuple[str, str, Any]] = [("general.architecture", "STRING", a),
                                        (f"{a}.block_count", "UINT32", n_layers + n_mtp)]
     for key, names in ((f"{a}.context_length", ("max_position_embeddings", "n_ctx", "n_positions")),
@@ -34,7 +36,9 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
             kvs.append((key, "UINT32", int(v)))
     if rule.moe:
         kvs += _moe_kvs(a, hp)
-    if (hd := hp.get("head_dim")) is not None:
+    if rule.mla:  # where transformers' head_dim (qk_rope_head_dim) put them, with DeepseekV2Model's values
+        kvs += _mla_lengths(a, hp)
+    elif (hd := hp.get("head_dim")) is not None:
         kvs += [(f"{a}.attention.key_length", "UINT32", int(hd)), (f"{a}.attention.value_length", "UINT32", int(hd))]
     kvs.append(("general.file_type", "UINT32", FILE_TYPES[ftype]))
     for suffix, field_ in rule.moe_keys:
@@ -42,10 +46,43 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
             kvs.append((f"{a}.{suffix}", "UINT32", int(v)))
     if rule.sigmoid_routing:
         _sigmoid_routing_kvs(kvs, a, hp)
+    if rule.mla:
+        if (v := hp.get("routed_scaling_factor")) is not None:
+            kvs.append((f"{a}.expert_weights_scale", "FLOAT32", float(v)))
+        if hp.get("norm_topk_prob"):
+            kvs.append((f"{a}.expert_weights_norm", "BOOL", True))
+    if rule.mla_rope_dims:
+        kvs.append((f"{a}.rope.dimension_count", "UINT32", int(int(hp["qk_rope_head_dim"]) * _rotary_factor(hp))))
     kvs.append((f"{a}.nextn_predict_layers", "UINT32", n_mtp))
     if rule.hybrid:
         kvs += _hybrid_kvs(a, hp, n_layers, n_mtp)
     return kvs
+
+
+def _mla_lengths(a: str, hp: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """MLA's attention lengths as llama.cpp reads them: the compressed KV (kv_lora_rank) plus the rope part."""
+    missing = [k for k in ("kv_lora_rank", "qk_rope_head_dim") if hp.get(k) is None]
+    if missing:
+        raise SourceError(f"config.json: no {missing[0]}, which an MLA head needs")
+    rank = int(hp["kv_lora_rank"])
+    return [(f"{a}.attention.key_length", "UINT32", rank + int(hp["qk_rope_head_dim"])),
+            (f"{a}.attention.value_length", "UINT32", rank)]
+
+
+def _rotary_factor(hp: dict[str, Any]) -> float:
+    """The converter's partial_rotary_factor: rope_parameters' (or rope_scaling's), else the top-level
+    one (mirrored only into a single-pattern rope_parameters), else 1."""
+    params = hp.get("rope_parameters", hp.get("rope_scaling")) or {}
+    if not isinstance(params, dict):
+        raise SourceError("config.json: rope_parameters is not a JSON object")
+    if "full_attention" not in params and "sliding_attention" not in params and "partial_rotary_factor" not in params:
+        params = {"partial_rotary_factor": _first(hp, ("partial_rotary_factor", "rope_pct", "rope_percent"))}
+    v = params.get("partial_rotary_factor")
+    if v is None:
+        return 1.0
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1:
+        raise SourceError(f"config.json: partial_rotary_factor {v!r} is not a number in (0, 1]")
+    return float(v)
 
 
 def _moe_kvs(a: str, hp: dict[str, Any]) -> list[tuple[str, str, Any]]:

@@ -34,7 +34,7 @@ QWEN_NAMES = {
 QWEN_MTP_TOP = {"fc": "eh_proj", "pre_fc_norm_embedding": "enorm", "pre_fc_norm_hidden": "hnorm",
                 "norm": "shared_head.norm"}
 # Kept F32 whatever the output type (prepare_tensors' list, the entries an MTP head can hold).
-FORCED_F32 = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
+FORCED_F32 = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "indexer.proj.weight")
 
 
 GLM_NAMES = {k: v for k, v in QWEN_NAMES.items() if not k.startswith("mlp.shared_expert")} | {
@@ -48,8 +48,30 @@ GLM_NAMES = {k: v for k, v in QWEN_NAMES.items() if not k.startswith("mlp.shared
     "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
     "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
 }
+# GLM-5 / DeepSeek-V3.2 (DeepseekV2Model's MLA): kv_b_proj is split into attn_k_b and attn_v_b
+# (MLA_SPLIT); the DSA indexer's tensors; the post-attention norm is ffn_norm.
+DSA_NAMES = {k: v for k, v in GLM_NAMES.items() if not k.startswith("self_attn.")} | {
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_a_proj.weight": "attn_q_a.weight",
+    "self_attn.q_a_layernorm.weight": "attn_q_a_norm.weight",
+    "self_attn.q_b_proj.weight": "attn_q_b.weight",
+    "self_attn.kv_a_proj_with_mqa.weight": "attn_kv_a_mqa.weight",
+    "self_attn.kv_a_layernorm.weight": "attn_kv_a_norm.weight",
+    "self_attn.kv_b_proj.weight": "attn_v_b.weight",  # written as attn_k_b, then attn_v_b (the last one)
+    "self_attn.k_b_proj.weight": "attn_k_b.weight",
+    "self_attn.v_b_proj.weight": "attn_v_b.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.indexer.wq_b.weight": "indexer.attn_q_b.weight",
+    "self_attn.indexer.wk.weight": "indexer.attn_k.weight",
+    "self_attn.indexer.k_norm.weight": "indexer.k_norm.weight",
+    "self_attn.indexer.k_norm.bias": "indexer.k_norm.bias",
+    "self_attn.indexer.weights_proj.weight": "indexer.proj.weight",
+}
+MLA_SPLIT = "self_attn.kv_b_proj.weight"
 QWEN_MOE_KEYS = (("expert_feed_forward_length", "moe_intermediate_size"),
                   ("expert_shared_feed_forward_length", "shared_expert_intermediate_size"))
+DSA_MOE_KEYS = (("leading_dense_block_count", "first_k_dense_replace"),
+                ("expert_feed_forward_length", "moe_intermediate_size"), ("expert_shared_count", "n_shared_experts"))
 GLM_MOE_KEYS = (("expert_feed_forward_length", "moe_intermediate_size"), ("expert_shared_count", "n_shared_experts"),
                  ("leading_dense_block_count", "first_k_dense_replace"))
 
@@ -72,6 +94,13 @@ class HeadRule:
     # config.json may leave n_mtp_key out (or 0): the converter then counts the mtp.layers.K it finds
     # (_QwenMtpMixin.opt_num_mtp_layers; Qwen3-Next states no count).
     counted_mtp: bool = False
+    # DeepseekV2Model's MLA (GLM-5): kv_b_proj split per KV head into attn_k_b (transposed) and attn_v_b;
+    # head_count_kv 1, key_length kv_lora_rank + qk_rope_head_dim, value_length kv_lora_rank, and its
+    # expert_weights_scale / expert_weights_norm (the latter only when true) after the MoE keys.
+    mla: bool = False
+    # GlmMoeDsaModel's rope.dimension_count (qk_rope_head_dim x partial_rotary_factor), written just before
+    # nextn_predict_layers: the head carries it so that a graft puts the count where the converter does.
+    mla_rope_dims: bool = False
 
 
 _QWEN = {"n_mtp_key": "mtp_num_hidden_layers", "names": QWEN_NAMES, "plus_one_norms": True, "hybrid": True}
@@ -81,6 +110,8 @@ HEAD_RULES: dict[str, HeadRule] = {
     "Qwen3_5MoeForConditionalGeneration": HeadRule("qwen35moe", moe=True, moe_keys=QWEN_MOE_KEYS, **_QWEN),
     "Qwen3_5MoeForCausalLM": HeadRule("qwen35moe", moe=True, moe_keys=QWEN_MOE_KEYS, **_QWEN),
     "Qwen3NextForCausalLM": HeadRule("qwen3next", moe=True, moe_keys=QWEN_MOE_KEYS, counted_mtp=True, **_QWEN),
+    "GlmMoeDsaForCausalLM": HeadRule("glm-dsa", "num_nextn_predict_layers", True, DSA_NAMES, False,
+                                     layer_indexed=True, moe_keys=DSA_MOE_KEYS, mla=True, mla_rope_dims=True),
     "Glm4MoeForCausalLM": HeadRule("glm4moe", "num_nextn_predict_layers", True, GLM_NAMES, False,
                                    layer_indexed=True, moe_keys=GLM_MOE_KEYS, sigmoid_routing=True),
 }
@@ -95,7 +126,6 @@ REFUSED = {
     "DeepseekV3ForCausalLM": "llama.cpp's converter drops DeepSeek-V3's MTP layers (deepseek2 keeps MTP only "
                              "for GLM-4.7-Flash), so there is no GGUF head to build",
     "DeepseekV32ForCausalLM": "llama.cpp's converter keeps DeepSeek-V3.2's MTP layer but converts it " + _MLA,
-    "GlmMoeDsaForCausalLM": "llama.cpp's converter keeps GLM-5's MTP layer but converts it " + _MLA,
     "Glm4MoeLiteForCausalLM": "llama.cpp's converter keeps GLM-4.7-Flash's MTP layer but converts it " + _MLA,
     "BailingMoeV3ForCausalLM": "llama.cpp's converter keeps Ling/Ring 3's MTP layer but converts it " + _MLA,
     "DeepseekV4ForCausalLM": "llama.cpp's converter drops DeepSeek-V4's mtp.* head from a full conversion "
