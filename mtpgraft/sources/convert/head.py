@@ -179,15 +179,7 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     """Plan the MTP head of a checkpoint: `headers` are (shard file, its tensors) for every shard."""
     rule = head_rule(config, label)
     hp = text_config(config)
-    n_layers = int(hp.get("num_hidden_layers") or 0)
-    n_mtp = int(hp.get(rule.n_mtp_key) or 0) or (_counted_mtp_layers(headers) if rule.counted_mtp else 0)
-    if n_layers <= 0:
-        raise SourceError(f"{label}: config.json has no num_hidden_layers")
-    if n_mtp <= 0:
-        raise SourceError(f"{label}: no MTP head: config.json gives {rule.n_mtp_key} = {n_mtp}")
-    if n_layers > MAX_BLOCKS or n_mtp > MAX_MTP_LAYERS:  # before any list is sized by them
-        raise SourceError(f"{label}: config.json gives num_hidden_layers = {n_layers} and {rule.n_mtp_key} = "
-                          f"{n_mtp}; no model has more than {MAX_BLOCKS} layers or {MAX_MTP_LAYERS} MTP layers")
+    n_layers, n_mtp = _layer_counts(rule, hp, headers, label)
     ordered = [(f, t) for f, ts in sorted(headers, key=lambda h: h[0]) for t in sorted(ts.values(), key=lambda t: t.name)]
     ftype = _file_type(outtype, ordered)
     n_experts = int(hp.get("num_local_experts") or hp.get("num_experts") or hp.get("n_routed_experts") or 0)
@@ -220,6 +212,21 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     kvs = head_kvs(rule, hp, n_layers, n_mtp, ftype)
     return HeadPlan(rule.arch, str((config.get("architectures") or [""])[0]), n_layers, mtp_layers, ftype,
                     kvs, tensors, files, _preceding(rule, ordered, n_layers, n_experts), sorted(h[0] for h in headers))
+
+
+def _layer_counts(rule: HeadRule, hp: dict[str, Any], headers: Sequence[tuple[str, dict[str, STensor]]],
+                  label: str) -> tuple[int, int]:
+    """(trunk layers, MTP layers), checked before any list is sized by them."""
+    n_layers = int(hp.get("num_hidden_layers") or 0)
+    n_mtp = int(hp.get(rule.n_mtp_key) or 0) or (_counted_mtp_layers(headers) if rule.counted_mtp else 0)
+    if n_layers <= 0:
+        raise SourceError(f"{label}: config.json has no num_hidden_layers")
+    if n_mtp <= 0:
+        raise SourceError(f"{label}: no MTP head: config.json gives {rule.n_mtp_key} = {n_mtp}")
+    if n_layers > MAX_BLOCKS or n_mtp > MAX_MTP_LAYERS:
+        raise SourceError(f"{label}: config.json gives num_hidden_layers = {n_layers} and {rule.n_mtp_key} = "
+                          f"{n_mtp}; no model has more than {MAX_BLOCKS} layers or {MAX_MTP_LAYERS} MTP layers")
+    return n_layers, n_mtp
 
 
 def _mla_dims(hp: dict[str, Any], label: str) -> tuple[int, int, int]:
