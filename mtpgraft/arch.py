@@ -200,8 +200,7 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
              note="GLM-4.5/4.6/4.7: one MTP block, an MoE layer (the dense lead is trunk only); "
                   "trunk-only files load, but abort with --spec-type draft-mtp if they keep the key"),
     ArchRule("deepseek2", family="GLM-4.7-Flash", proven=True,
-             hf_conversion="not converted: Glm4MoeLiteForCausalLM keeps its MTP layer through the MLA path "
-                           "(kv_b_proj split, attn_k_b transposed); DeepSeek-V2/V3 conversions drop theirs",
+             hf_conversion="Glm4MoeLiteForCausalLM",
              note="DeepSeek-V2/V3 layout; of these only GLM-4.7-Flash conversions keep MTP (the pinned "
                   "converter skips deepseek2 MTP layers); graph_mtp needs MLA with a q_lora and an MoE "
                   "NextN layer with a shared expert; trunk-only files load, but abort with "

@@ -72,8 +72,8 @@ from mtpgraft.testmodels.trunks import derive
 SEED = 0
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
-         ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0")]
-E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16")
+         ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto")]
+E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16")
 KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
              "attention.head_count", "attention.head_count_kv", "attention.key_length",
              "attention.value_length", "expert_count", "expert_used_count", "expert_feed_forward_length",
@@ -83,7 +83,7 @@ KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_
              "full_attention_interval")
 # Kept too for the families whose converter writes them just before nextn_predict_layers: the head
 # carries them so that a graft places the count there (graft inserts it after the head's previous key).
-KEPT_BEFORE_NEXTN = {"glm-dsa": ("rope.dimension_count",)}
+KEPT_BEFORE_NEXTN = {"glm-dsa": ("rope.dimension_count",), "deepseek2": ("rope.dimension_count",)}
 RUNCONV = '''import runpy, sys
 src = sys.argv[1]
 sys.path.insert(0, src)

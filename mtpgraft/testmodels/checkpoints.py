@@ -44,6 +44,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("glm4moe-bf16", moe=True, dtype="BF16", experts="per-expert", family="glm4moe"),
     Variant("qwen3next-bf16", moe=True, dtype="BF16", experts="per-expert", family="qwen3next"),
     Variant("glm-dsa-bf16", moe=True, dtype="BF16", experts="per-expert", family="glm-dsa"),
+    Variant("glm47flash-bf16", moe=True, dtype="BF16", experts="per-expert", family="deepseek2"),
 )}
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FF, VOCAB = 64, 2, 1, 32, 128, 320
@@ -66,8 +67,14 @@ def _glm_config() -> dict[str, Any]:
 Q_LORA, KV_LORA, QK_NOPE, QK_ROPE, V_DIM, INDEX_HEADS, INDEX_DIM = 32, 32, 16, 16, 16, 2, 64
 
 
-def _dsa_config() -> dict[str, Any]:
-    """GLM-5's config.json (GlmMoeDsaForCausalLM): DeepSeek-V3.2's MLA + DSA indexer layout."""
+def _mla_config(v: Variant) -> dict[str, Any]:
+    """GLM-5's config.json (GlmMoeDsaForCausalLM): DeepSeek-V3.2's MLA + DSA indexer layout; or
+    GLM-4.7-Flash's (Glm4MoeLiteForCausalLM, deepseek2): the same MLA without the indexer."""
+    if v.family == "deepseek2":
+        cfg = _mla_config(Variant(v.name, v.moe, v.dtype, family="glm-dsa"))
+        for k in ("index_n_heads", "index_head_dim", "index_topk"):
+            del cfg[k]
+        return cfg | {"architectures": ["Glm4MoeLiteForCausalLM"], "model_type": "glm4_moe_lite"}
     return {"architectures": ["GlmMoeDsaForCausalLM"], "model_type": "glm_moe_dsa", "hidden_size": HIDDEN,
             "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS, "num_key_value_heads": HEADS,
             "q_lora_rank": Q_LORA, "kv_lora_rank": KV_LORA, "qk_nope_head_dim": QK_NOPE, "qk_rope_head_dim": QK_ROPE,
@@ -100,8 +107,8 @@ def config(v: Variant) -> dict[str, Any]:
         return _glm_config()
     if v.family == "qwen3next":
         return _qwen3next_config()
-    if v.family == "glm-dsa":
-        return _dsa_config()
+    if v.family in ("glm-dsa", "deepseek2"):
+        return _mla_config(v)
     text: dict[str, Any] = {
         "model_type": "qwen3_5_moe_text" if v.moe else "qwen3_5_text",
         "hidden_size": HIDDEN, "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS,
@@ -182,11 +189,11 @@ def _block(p: str, v: Variant, kind: str) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _glm_block(p: str, dense: bool, dsa: bool = False) -> dict[str, tuple[int, ...]]:
+def _glm_block(p: str, dense: bool, family: str = "glm4moe") -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {f"{p}.input_layernorm.weight": (HIDDEN,),
                                        f"{p}.post_attention_layernorm.weight": (HIDDEN,)}
-    if dsa:
-        out.update(_dsa_attention(p))
+    if family != "glm4moe":
+        out.update(_mla_attention(p, indexer=family == "glm-dsa"))
     else:
         for w, rows in (("q", HEADS * HEAD_DIM), ("k", KV_HEADS * HEAD_DIM), ("v", KV_HEADS * HEAD_DIM)):
             out[f"{p}.self_attn.{w}_proj.weight"] = (rows, HIDDEN)
@@ -208,27 +215,29 @@ def _glm_block(p: str, dense: bool, dsa: bool = False) -> dict[str, tuple[int, .
     return out
 
 
-def _dsa_attention(p: str) -> dict[str, tuple[int, ...]]:
+def _mla_attention(p: str, indexer: bool) -> dict[str, tuple[int, ...]]:
     """MLA (low-rank q and kv, kv_b_proj decompressing both k_nope and v) and the DSA indexer."""
     a, ix = f"{p}.self_attn", f"{p}.self_attn.indexer"
-    return {f"{a}.q_a_proj.weight": (Q_LORA, HIDDEN), f"{a}.q_a_layernorm.weight": (Q_LORA,),
+    out = {f"{a}.q_a_proj.weight": (Q_LORA, HIDDEN), f"{a}.q_a_layernorm.weight": (Q_LORA,),
             f"{a}.q_b_proj.weight": (HEADS * (QK_NOPE + QK_ROPE), Q_LORA),
             f"{a}.kv_a_proj_with_mqa.weight": (KV_LORA + QK_ROPE, HIDDEN), f"{a}.kv_a_layernorm.weight": (KV_LORA,),
-            f"{a}.kv_b_proj.weight": (HEADS * (QK_NOPE + V_DIM), KV_LORA), f"{a}.o_proj.weight": (HIDDEN, HEADS * V_DIM),
-            f"{ix}.wq_b.weight": (INDEX_HEADS * INDEX_DIM, Q_LORA), f"{ix}.wk.weight": (INDEX_DIM, HIDDEN),
+            f"{a}.kv_b_proj.weight": (HEADS * (QK_NOPE + V_DIM), KV_LORA), f"{a}.o_proj.weight": (HIDDEN, HEADS * V_DIM)}
+    if not indexer:
+        return out
+    return out | {f"{ix}.wq_b.weight": (INDEX_HEADS * INDEX_DIM, Q_LORA), f"{ix}.wk.weight": (INDEX_DIM, HIDDEN),
             f"{ix}.k_norm.weight": (INDEX_DIM,), f"{ix}.k_norm.bias": (INDEX_DIM,),
             f"{ix}.weights_proj.weight": (INDEX_HEADS, HIDDEN)}
 
 
-def _glm_shapes(dsa: bool = False) -> dict[str, tuple[int, ...]]:
-    """GLM-4.5 layout (GLM-5's with `dsa`: MLA and the indexer): the MTP layer is model.layers.N
-    (N = num_hidden_layers), an MoE layer plus eh_proj, enorm, hnorm, shared_head.{norm,head} and its
-    own embed_tokens."""
+def _glm_shapes(family: str = "glm4moe") -> dict[str, tuple[int, ...]]:
+    """GLM-4.5 layout (GLM-4.7-Flash's with MLA, GLM-5's with MLA and the indexer): the MTP layer is
+    model.layers.N (N = num_hidden_layers), an MoE layer plus eh_proj, enorm, hnorm,
+    shared_head.{norm,head} and its own embed_tokens."""
     n = len(LAYER_TYPES)
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN), "model.embed_tokens.weight": (VOCAB, HIDDEN),
                                           "model.norm.weight": (HIDDEN,)}
     for i in range(n + 1):
-        shapes.update(_glm_block(f"model.layers.{i}", dense=i < 1, dsa=dsa))
+        shapes.update(_glm_block(f"model.layers.{i}", dense=i < 1, family=family))
     m = f"model.layers.{n}"
     shapes.update({f"{m}.eh_proj.weight": (HIDDEN, 2 * HIDDEN), f"{m}.enorm.weight": (HIDDEN,),
                    f"{m}.hnorm.weight": (HIDDEN,), f"{m}.shared_head.norm.weight": (HIDDEN,),
@@ -238,8 +247,8 @@ def _glm_shapes(dsa: bool = False) -> dict[str, tuple[int, ...]]:
 
 def tensor_shapes(v: Variant) -> dict[str, tuple[int, ...]]:
     """Every tensor of the checkpoint: trunk, lm_head and the MTP head."""
-    if v.family in ("glm4moe", "glm-dsa"):
-        return _glm_shapes(dsa=v.family == "glm-dsa")
+    if v.family in ("glm4moe", "glm-dsa", "deepseek2"):
+        return _glm_shapes(v.family)
     lm = "model" if v.family == "qwen3next" else "model.language_model"
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN),
                                           f"{lm}.embed_tokens.weight": (VOCAB, HIDDEN),

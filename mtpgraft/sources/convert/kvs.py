@@ -36,14 +36,16 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
             kvs.append((key, "UINT32", int(v)))
     if rule.moe:
         kvs += _moe_kvs(a, hp)
-    if rule.mla:  # where transformers' head_dim (qk_rope_head_dim) put them, with DeepseekV2Model's values
+    if rule.mla_lengths_first:  # where transformers' head_dim put them, with DeepseekV2Model's values
         kvs += _mla_lengths(a, hp)
-    elif (hd := hp.get("head_dim")) is not None:
+    elif not rule.mla and (hd := hp.get("head_dim")) is not None:
         kvs += [(f"{a}.attention.key_length", "UINT32", int(hd)), (f"{a}.attention.value_length", "UINT32", int(hd))]
     kvs.append(("general.file_type", "UINT32", FILE_TYPES[ftype]))
     for suffix, field_ in rule.moe_keys:
         if (v := hp.get(field_)) is not None:
             kvs.append((f"{a}.{suffix}", "UINT32", int(v)))
+        if rule.mla and not rule.mla_lengths_first and suffix == "leading_dense_block_count":
+            kvs += _mla_lengths(a, hp)
     if rule.sigmoid_routing:
         _sigmoid_routing_kvs(kvs, a, hp)
     if rule.mla:
@@ -52,7 +54,8 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
         if hp.get("norm_topk_prob"):
             kvs.append((f"{a}.expert_weights_norm", "BOOL", True))
     if rule.mla_rope_dims:
-        kvs.append((f"{a}.rope.dimension_count", "UINT32", int(int(hp["qk_rope_head_dim"]) * _rotary_factor(hp))))
+        factor = _rotary_factor(hp) if rule.partial_rope else 1.0
+        kvs.append((f"{a}.rope.dimension_count", "UINT32", int(int(hp["qk_rope_head_dim"]) * factor)))
     kvs.append((f"{a}.nextn_predict_layers", "UINT32", n_mtp))
     if rule.hybrid:
         kvs += _hybrid_kvs(a, hp, n_layers, n_mtp)

@@ -48,8 +48,8 @@ GLM_NAMES = {k: v for k, v in QWEN_NAMES.items() if not k.startswith("mlp.shared
     "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
     "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
 }
-# GLM-5 / DeepSeek-V3.2 (DeepseekV2Model's MLA): kv_b_proj is split into attn_k_b and attn_v_b
-# (MLA_SPLIT); the DSA indexer's tensors; the post-attention norm is ffn_norm.
+# DeepseekV2Model's MLA layout (GLM-4.7-Flash, GLM-5): kv_b_proj is split into attn_k_b and attn_v_b
+# (MLA_SPLIT); the DSA indexer's tensors (GLM-5); the post-attention norm is ffn_norm.
 DSA_NAMES = {k: v for k, v in GLM_NAMES.items() if not k.startswith("self_attn.")} | {
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "self_attn.q_a_proj.weight": "attn_q_a.weight",
@@ -98,9 +98,16 @@ class HeadRule:
     # head_count_kv 1, key_length kv_lora_rank + qk_rope_head_dim, value_length kv_lora_rank, and its
     # expert_weights_scale / expert_weights_norm (the latter only when true) after the MoE keys.
     mla: bool = False
-    # GlmMoeDsaModel's rope.dimension_count (qk_rope_head_dim x partial_rotary_factor), written just before
-    # nextn_predict_layers: the head carries it so that a graft puts the count where the converter does.
+    # DeepseekV2Model's rope.dimension_count, written just before nextn_predict_layers: the head carries it
+    # so that a graft puts the count where the converter does.
     mla_rope_dims: bool = False
+    # Where the MLA key/value lengths sit: transformers' config class for the model type gives head_dim
+    # (glm_moe_dsa does), so TextModel writes them early (DeepseekV2Model overwrites them in place), or
+    # it gives none (glm4_moe_lite) and they follow leading_dense_block_count.
+    mla_lengths_first: bool = False
+    # GlmMoeDsaModel's rope.dimension_count is qk_rope_head_dim x partial_rotary_factor (DeepseekV2Model's
+    # is qk_rope_head_dim).
+    partial_rope: bool = False
 
 
 _QWEN = {"n_mtp_key": "mtp_num_hidden_layers", "names": QWEN_NAMES, "plus_one_norms": True, "hybrid": True}
@@ -111,7 +118,10 @@ HEAD_RULES: dict[str, HeadRule] = {
     "Qwen3_5MoeForCausalLM": HeadRule("qwen35moe", moe=True, moe_keys=QWEN_MOE_KEYS, **_QWEN),
     "Qwen3NextForCausalLM": HeadRule("qwen3next", moe=True, moe_keys=QWEN_MOE_KEYS, counted_mtp=True, **_QWEN),
     "GlmMoeDsaForCausalLM": HeadRule("glm-dsa", "num_nextn_predict_layers", True, DSA_NAMES, False,
-                                     layer_indexed=True, moe_keys=DSA_MOE_KEYS, mla=True, mla_rope_dims=True),
+                                     layer_indexed=True, moe_keys=DSA_MOE_KEYS, mla=True, mla_rope_dims=True,
+                                     mla_lengths_first=True, partial_rope=True),
+    "Glm4MoeLiteForCausalLM": HeadRule("deepseek2", "num_nextn_predict_layers", True, DSA_NAMES, False,
+                                       layer_indexed=True, moe_keys=DSA_MOE_KEYS, mla=True, mla_rope_dims=True),
     "Glm4MoeForCausalLM": HeadRule("glm4moe", "num_nextn_predict_layers", True, GLM_NAMES, False,
                                    layer_indexed=True, moe_keys=GLM_MOE_KEYS, sigmoid_routing=True),
 }
@@ -120,13 +130,12 @@ HEAD_RULES: dict[str, HeadRule] = {
 # pinned convert_hf_to_gguf.py (llama.cpp 0c1e570, conversion/*.py) does with the head. Refused from
 # config.json alone, before any tensor byte is read.
 _DONOR = "; use a GGUF donor converted with convert_hf_to_gguf.py"
-_MLA = ("through the MLA path (kv_b_proj split into attn_k_b and attn_v_b, attn_k_b transposed), which "
-        "mtpgraft does not reproduce" + _DONOR)
+_MLA = ("through the MLA path (kv_b_proj split into attn_k_b and attn_v_b, attn_k_b transposed); mtpgraft "
+        "has no reference conversion for it yet" + _DONOR)
 REFUSED = {
     "DeepseekV3ForCausalLM": "llama.cpp's converter drops DeepSeek-V3's MTP layers (deepseek2 keeps MTP only "
                              "for GLM-4.7-Flash), so there is no GGUF head to build",
     "DeepseekV32ForCausalLM": "llama.cpp's converter keeps DeepSeek-V3.2's MTP layer but converts it " + _MLA,
-    "Glm4MoeLiteForCausalLM": "llama.cpp's converter keeps GLM-4.7-Flash's MTP layer but converts it " + _MLA,
     "BailingMoeV3ForCausalLM": "llama.cpp's converter keeps Ling/Ring 3's MTP layer but converts it " + _MLA,
     "DeepseekV4ForCausalLM": "llama.cpp's converter drops DeepSeek-V4's mtp.* head from a full conversion "
                              "and writes it only with --mtp, as a head-only file (e_proj and h_proj "
