@@ -206,8 +206,7 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "NextN layer with a shared expert; trunk-only files load, but abort with "
                   "--spec-type draft-mtp if they keep the key"),
     ArchRule("deepseek32", proven=True, family="DeepSeek-V3.2",
-             hf_conversion="not converted: DeepseekV32ForCausalLM keeps its MTP layer through the MLA path "
-                           "(kv_b_proj split, attn_k_b transposed)",
+             hf_conversion="DeepseekV32ForCausalLM",
              note="DeepSeek-V3.2: MLA (key_length_mla/value_length_mla needed: \"requires MLA\"), the DSA "
                   "indexer in every layer, the NextN layer's five indexer tensors included (graph_mtp never "
                   "runs them); the NextN layer is MoE with a shared expert (ffn_gate_inp asserted); "

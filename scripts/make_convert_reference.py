@@ -26,7 +26,10 @@ How the committed references were made (2026-12-01):
   patch: `TextModel.get_vocab_base_pre` returns "qwen35". The converter identifies a BPE tokenizer by
   hashing how it tokenizes a test string and only accepts hashes of published models; a tiny test
   vocabulary can have none of those, and the vocabulary is stripped from the reference anyway (GLM's
-  _set_vocab_glm goes through the same function; the tiny tokenizer has GLM's special tokens);
+  _set_vocab_glm goes through the same function; the tiny tokenizer has GLM's special tokens); and a
+  second: DeepseekV32Model.set_vocab skips its check that the tokenizer adds a BOS token (which
+  transformers 5's tokenizer backend does not report for a tiny byte-level vocabulary) and goes
+  straight to the _set_vocab_gpt2 it calls next;
 - checkpoints: Qwen3.5/3.6 dense and MoE (mtp.* head, text_config nested) and GLM-4.5 MoE
   (Glm4MoeForCausalLM: the MTP layer is model.layers.N with eh_proj, enorm, hnorm, shared_head.*,
   embed_tokens; per-expert tensors; attention biases; e_score_correction_bias) and Qwen3-Next MoE
@@ -34,7 +37,8 @@ How the committed references were made (2026-12-01):
   mtp.layers.K it finds; fused in_proj_qkvz, whose trunk rows the recipe takes as a byte range) and
   GLM-5 (GlmMoeDsaForCausalLM: DeepSeek-V3.2's layout, MLA with q/kv LoRA and the DSA indexer; the
   MTP layer is model.layers.N as for GLM-4.5; kv_b_proj becomes attn_k_b, each head's slab transposed,
-  and attn_v_b, which the trunk recipe rebuilds with its kb/vb steps);
+  and attn_v_b, which the trunk recipe rebuilds with its kb/vb steps), GLM-4.7-Flash
+  (Glm4MoeLiteForCausalLM: the same without the indexer) and DeepSeek-V3.2 (DeepseekV32ForCausalLM);
 - kept: the MTP block's tensors (blk.L.* for L >= the trunk) exactly as written, and the converter's
   values of the structural keys listed in KEPT_KEYS and KEPT_BEFORE_NEXTN (vocabulary, names and size
   labels dropped), plus
@@ -72,8 +76,9 @@ from mtpgraft.testmodels.trunks import derive
 SEED = 0
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
-         ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto")]
-E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16")
+         ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
+         ("deepseek32-bf16", "auto")]
+E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16")
 KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
              "attention.head_count", "attention.head_count_kv", "attention.key_length",
              "attention.value_length", "expert_count", "expert_used_count", "expert_feed_forward_length",
@@ -83,13 +88,15 @@ KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_
              "full_attention_interval")
 # Kept too for the families whose converter writes them just before nextn_predict_layers: the head
 # carries them so that a graft places the count there (graft inserts it after the head's previous key).
-KEPT_BEFORE_NEXTN = {"glm-dsa": ("rope.dimension_count",), "deepseek2": ("rope.dimension_count",)}
+KEPT_BEFORE_NEXTN = dict.fromkeys(("glm-dsa", "deepseek2", "deepseek32"), ("rope.dimension_count",))
 RUNCONV = '''import runpy, sys
 src = sys.argv[1]
 sys.path.insert(0, src)
 sys.argv = [src + "/convert_hf_to_gguf.py"] + sys.argv[2:]
 import conversion.base as base
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen35"  # see the docstring
+import conversion.deepseek as deepseek
+deepseek.DeepseekV32Model.set_vocab = lambda self: self._set_vocab_gpt2()  # without its add_bos_token check
 runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
 '''
 OUT_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "convert-ref"

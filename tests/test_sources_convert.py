@@ -32,7 +32,8 @@ REFS = json.loads((REF / "references.json").read_text())
 TRUNKS = json.loads((REF / "trunks.json").read_text())
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
-         ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto")]
+         ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
+         ("deepseek32-bf16", "auto")]
 
 
 @pytest.fixture(autouse=True)
@@ -59,14 +60,14 @@ def ref_kvs(name: str) -> dict[str, str]:
     return {k: h for k, h in REFS[name]["keys"] if not k.startswith(("mtpgraft.", "reference."))}
 
 
-E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16")
+E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16")
 
 
 def test_references_exist_and_are_small():
     assert sorted(REFS) == sorted([f"{v}-{o}.gguf" for v, o in CASES] + [f"{v}-full.gguf" for v in E2E])
     assert sorted(TRUNKS) == sorted(E2E)
     assert sorted(p.name for p in REF.iterdir()) == ["references.json", "trunks.json"]  # no GGUF file
-    assert sum(p.stat().st_size for p in REF.iterdir()) < 256 << 10
+    assert sum(p.stat().st_size for p in REF.iterdir()) < 512 << 10
 
 
 @pytest.mark.parametrize("variant", E2E)
@@ -173,7 +174,7 @@ def _edit_config(ckpt: Path, **text) -> None:
 @pytest.mark.parametrize(("edit", "message"), [
     ({"mtp_num_hidden_layers": 0}, "ck: no MTP head: config.json gives mtp_num_hidden_layers = 0"),
     ({"architectures": ["LlamaForCausalLM"]}, "ck: no MTP head conversion for architecture LlamaForCausalLM "
-     "(mtpgraft converts Glm4MoeForCausalLM, Glm4MoeLiteForCausalLM, GlmMoeDsaForCausalLM, Qwen3NextForCausalLM, "
+     "(mtpgraft converts DeepseekV32ForCausalLM, Glm4MoeForCausalLM, Glm4MoeLiteForCausalLM, GlmMoeDsaForCausalLM, Qwen3NextForCausalLM, "
      "Qwen3_5ForCausalLM, "
      "Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM, Qwen3_5MoeForConditionalGeneration; use a GGUF donor "
      "for the others)"),

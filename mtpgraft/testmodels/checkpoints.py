@@ -45,6 +45,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("qwen3next-bf16", moe=True, dtype="BF16", experts="per-expert", family="qwen3next"),
     Variant("glm-dsa-bf16", moe=True, dtype="BF16", experts="per-expert", family="glm-dsa"),
     Variant("glm47flash-bf16", moe=True, dtype="BF16", experts="per-expert", family="deepseek2"),
+    Variant("deepseek32-bf16", moe=True, dtype="BF16", experts="per-expert", family="deepseek32"),
 )}
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FF, VOCAB = 64, 2, 1, 32, 128, 320
@@ -75,6 +76,9 @@ def _mla_config(v: Variant) -> dict[str, Any]:
         for k in ("index_n_heads", "index_head_dim", "index_topk"):
             del cfg[k]
         return cfg | {"architectures": ["Glm4MoeLiteForCausalLM"], "model_type": "glm4_moe_lite"}
+    if v.family == "deepseek32":
+        cfg = _mla_config(Variant(v.name, v.moe, v.dtype, family="glm-dsa"))
+        return cfg | {"architectures": ["DeepseekV32ForCausalLM"], "model_type": "deepseek_v32"}
     return {"architectures": ["GlmMoeDsaForCausalLM"], "model_type": "glm_moe_dsa", "hidden_size": HIDDEN,
             "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS, "num_key_value_heads": HEADS,
             "q_lora_rank": Q_LORA, "kv_lora_rank": KV_LORA, "qk_nope_head_dim": QK_NOPE, "qk_rope_head_dim": QK_ROPE,
@@ -107,7 +111,7 @@ def config(v: Variant) -> dict[str, Any]:
         return _glm_config()
     if v.family == "qwen3next":
         return _qwen3next_config()
-    if v.family in ("glm-dsa", "deepseek2"):
+    if v.family in ("glm-dsa", "deepseek2", "deepseek32"):
         return _mla_config(v)
     text: dict[str, Any] = {
         "model_type": "qwen3_5_moe_text" if v.moe else "qwen3_5_text",
@@ -193,7 +197,7 @@ def _glm_block(p: str, dense: bool, family: str = "glm4moe") -> dict[str, tuple[
     out: dict[str, tuple[int, ...]] = {f"{p}.input_layernorm.weight": (HIDDEN,),
                                        f"{p}.post_attention_layernorm.weight": (HIDDEN,)}
     if family != "glm4moe":
-        out.update(_mla_attention(p, indexer=family == "glm-dsa"))
+        out.update(_mla_attention(p, indexer=family != "deepseek2"))
     else:
         for w, rows in (("q", HEADS * HEAD_DIM), ("k", KV_HEADS * HEAD_DIM), ("v", KV_HEADS * HEAD_DIM)):
             out[f"{p}.self_attn.{w}_proj.weight"] = (rows, HIDDEN)
@@ -247,7 +251,7 @@ def _glm_shapes(family: str = "glm4moe") -> dict[str, tuple[int, ...]]:
 
 def tensor_shapes(v: Variant) -> dict[str, tuple[int, ...]]:
     """Every tensor of the checkpoint: trunk, lm_head and the MTP head."""
-    if v.family in ("glm4moe", "glm-dsa", "deepseek2"):
+    if v.family in ("glm4moe", "glm-dsa", "deepseek2", "deepseek32"):
         return _glm_shapes(v.family)
     lm = "model" if v.family == "qwen3next" else "model.language_model"
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN),

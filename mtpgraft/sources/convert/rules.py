@@ -48,7 +48,7 @@ GLM_NAMES = {k: v for k, v in QWEN_NAMES.items() if not k.startswith("mlp.shared
     "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
     "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
 }
-# DeepseekV2Model's MLA layout (GLM-4.7-Flash, GLM-5): kv_b_proj is split into attn_k_b and attn_v_b
+# DeepseekV2Model's MLA layout (GLM-4.7-Flash, GLM-5, DeepSeek-V3.2): kv_b_proj is split into attn_k_b and attn_v_b
 # (MLA_SPLIT); the DSA indexer's tensors (GLM-5); the post-attention norm is ffn_norm.
 DSA_NAMES = {k: v for k, v in GLM_NAMES.items() if not k.startswith("self_attn.")} | {
     "post_attention_layernorm.weight": "ffn_norm.weight",
@@ -102,7 +102,7 @@ class HeadRule:
     # so that a graft puts the count where the converter does.
     mla_rope_dims: bool = False
     # Where the MLA key/value lengths sit: transformers' config class for the model type gives head_dim
-    # (glm_moe_dsa does), so TextModel writes them early (DeepseekV2Model overwrites them in place), or
+    # (glm_moe_dsa and deepseek_v32 do), so TextModel writes them early (DeepseekV2Model overwrites them in place), or
     # it gives none (glm4_moe_lite) and they follow leading_dense_block_count.
     mla_lengths_first: bool = False
     # GlmMoeDsaModel's rope.dimension_count is qk_rope_head_dim x partial_rotary_factor (DeepseekV2Model's
@@ -120,6 +120,9 @@ HEAD_RULES: dict[str, HeadRule] = {
     "GlmMoeDsaForCausalLM": HeadRule("glm-dsa", "num_nextn_predict_layers", True, DSA_NAMES, False,
                                      layer_indexed=True, moe_keys=DSA_MOE_KEYS, mla=True, mla_rope_dims=True,
                                      mla_lengths_first=True, partial_rope=True),
+    "DeepseekV32ForCausalLM": HeadRule("deepseek32", "num_nextn_predict_layers", True, DSA_NAMES, False,
+                                       layer_indexed=True, moe_keys=DSA_MOE_KEYS, mla=True, mla_rope_dims=True,
+                                       mla_lengths_first=True),
     "Glm4MoeLiteForCausalLM": HeadRule("deepseek2", "num_nextn_predict_layers", True, DSA_NAMES, False,
                                        layer_indexed=True, moe_keys=DSA_MOE_KEYS, mla=True, mla_rope_dims=True),
     "Glm4MoeForCausalLM": HeadRule("glm4moe", "num_nextn_predict_layers", True, GLM_NAMES, False,
@@ -135,7 +138,6 @@ _MLA = ("through the MLA path (kv_b_proj split into attn_k_b and attn_v_b, attn_
 REFUSED = {
     "DeepseekV3ForCausalLM": "llama.cpp's converter drops DeepSeek-V3's MTP layers (deepseek2 keeps MTP only "
                              "for GLM-4.7-Flash), so there is no GGUF head to build",
-    "DeepseekV32ForCausalLM": "llama.cpp's converter keeps DeepSeek-V3.2's MTP layer but converts it " + _MLA,
     "BailingMoeV3ForCausalLM": "llama.cpp's converter keeps Ling/Ring 3's MTP layer but converts it " + _MLA,
     "DeepseekV4ForCausalLM": "llama.cpp's converter drops DeepSeek-V4's mtp.* head from a full conversion "
                              "and writes it only with --mtp, as a head-only file (e_proj and h_proj "
