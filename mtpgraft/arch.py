@@ -242,8 +242,7 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "expert arrays and swiglu_clamp_* have block_count entries, sliding_window_pattern too "
                   "(not length-checked: a short one silently turns the heads into full attention)"),
     ArchRule("hy_v3", **_CHAIN, family="Hy3", proven=True,
-             hf_conversion="not converted: HYV3ForCausalLM's heads are kept (final_layernorm renamed); no "
-                           "reference conversion yet",
+             hf_conversion="HYV3ForCausalLM",
              note="Hunyuan v3 (Hy3): q/k norms, rotary over the whole head; the router bias is the bare "
                   "blk.N.exp_probs_b (no .bias); any number of MTP blocks run as a chain; "
                   "nextn.shared_head_norm is HF's final_layernorm; trunk-only files load, but abort with "

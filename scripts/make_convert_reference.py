@@ -38,7 +38,9 @@ How the committed references were made (2026-12-01):
   GLM-5 (GlmMoeDsaForCausalLM: DeepSeek-V3.2's layout, MLA with q/kv LoRA and the DSA indexer; the
   MTP layer is model.layers.N as for GLM-4.5; kv_b_proj becomes attn_k_b, each head's slab transposed,
   and attn_v_b, which the trunk recipe rebuilds with its kb/vb steps), GLM-4.7-Flash
-  (Glm4MoeLiteForCausalLM: the same without the indexer) and DeepSeek-V3.2 (DeepseekV32ForCausalLM);
+  (Glm4MoeLiteForCausalLM: the same without the indexer), DeepSeek-V3.2 (DeepseekV32ForCausalLM) and
+  Hy3 (HYV3ForCausalLM: tensors named as transformers saves them, mlp.router.gate, mlp.expert_bias,
+  mlp.shared_mlp, per-expert; the MTP layer's final_layernorm);
 - kept: the MTP block's tensors (blk.L.* for L >= the trunk) exactly as written, and the converter's
   values of the structural keys listed in KEPT_KEYS and KEPT_BEFORE_NEXTN (vocabulary, names and size
   labels dropped), plus
@@ -77,8 +79,9 @@ SEED = 0
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
          ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
-         ("deepseek32-bf16", "auto")]
-E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16")
+         ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto")]
+E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16",
+       "hy3-bf16")
 KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
              "attention.head_count", "attention.head_count_kv", "attention.key_length",
              "attention.value_length", "expert_count", "expert_used_count", "expert_feed_forward_length",

@@ -46,6 +46,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("glm-dsa-bf16", moe=True, dtype="BF16", experts="per-expert", family="glm-dsa"),
     Variant("glm47flash-bf16", moe=True, dtype="BF16", experts="per-expert", family="deepseek2"),
     Variant("deepseek32-bf16", moe=True, dtype="BF16", experts="per-expert", family="deepseek32"),
+    Variant("hy3-bf16", moe=True, dtype="BF16", experts="per-expert", family="hy_v3"),
 )}
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FF, VOCAB = 64, 2, 1, 32, 128, 320
@@ -92,6 +93,18 @@ def _mla_config(v: Variant) -> dict[str, Any]:
             "tie_word_embeddings": False, "hidden_act": "silu"}
 
 
+def _hy_config() -> dict[str, Any]:
+    """Hy3's config.json (HYV3ForCausalLM, tencent/Hy3): one MTP layer appended at model.layers.N."""
+    return {"architectures": ["HYV3ForCausalLM"], "model_type": "hy_v3", "hidden_size": HIDDEN,
+            "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+            "head_dim": HEAD_DIM, "intermediate_size": FF, "moe_intermediate_size": EXPERT_FF, "num_experts": EXPERTS,
+            "num_experts_per_tok": EXPERTS_USED, "num_shared_experts": 1, "router_scaling_factor": 2.5,
+            "route_norm": True, "first_k_dense_replace": 1, "mlp_layer_types": ["dense", "sparse"],
+            "num_nextn_predict_layers": 1, "qk_norm": True, "rms_norm_eps": 1e-5, "vocab_size": VOCAB,
+            "max_position_embeddings": 4096, "rope_parameters": {"rope_type": "default", "rope_theta": 11158840.0},
+            "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
 def _qwen3next_config() -> dict[str, Any]:
     """Qwen3-Next's config.json: flat, and (as on the Hub) without mtp_num_hidden_layers."""
     return {"architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next", "hidden_size": HIDDEN,
@@ -113,6 +126,8 @@ def config(v: Variant) -> dict[str, Any]:
         return _qwen3next_config()
     if v.family in ("glm-dsa", "deepseek2", "deepseek32"):
         return _mla_config(v)
+    if v.family == "hy_v3":
+        return _hy_config()
     text: dict[str, Any] = {
         "model_type": "qwen3_5_moe_text" if v.moe else "qwen3_5_text",
         "hidden_size": HIDDEN, "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS,
@@ -249,10 +264,39 @@ def _glm_shapes(family: str = "glm4moe") -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _hy_shapes() -> dict[str, tuple[int, ...]]:
+    """Hy3's layout as saved (transformers renames on load): q/k norms, mlp.router.gate, mlp.expert_bias,
+    mlp.shared_mlp and per-expert tensors; the MTP layer adds eh_proj, enorm, hnorm, final_layernorm."""
+    n = len(LAYER_TYPES)
+    shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN), "model.embed_tokens.weight": (VOCAB, HIDDEN),
+                                          "model.norm.weight": (HIDDEN,)}
+    for i in range(n + 1):
+        p = f"model.layers.{i}"
+        shapes.update({f"{p}.input_layernorm.weight": (HIDDEN,), f"{p}.post_attention_layernorm.weight": (HIDDEN,)})
+        shapes.update({k: s for k, s in _attention(p).items() if "q_proj" not in k})
+        shapes[f"{p}.self_attn.q_proj.weight"] = (HEADS * HEAD_DIM, HIDDEN)
+        if i < 1:
+            shapes.update({f"{p}.mlp.{w}_proj.weight": (FF, HIDDEN) for w in ("gate", "up")})
+            shapes[f"{p}.mlp.down_proj.weight"] = (HIDDEN, FF)
+            continue
+        shapes.update({f"{p}.mlp.router.gate.weight": (EXPERTS, HIDDEN), f"{p}.mlp.expert_bias": (EXPERTS,)})
+        for e in range(EXPERTS):
+            shapes.update({f"{p}.mlp.experts.{e}.{w}_proj.weight": (EXPERT_FF, HIDDEN) for w in ("gate", "up")})
+            shapes[f"{p}.mlp.experts.{e}.down_proj.weight"] = (HIDDEN, EXPERT_FF)
+        shapes.update({f"{p}.mlp.shared_mlp.{w}_proj.weight": (EXPERT_FF, HIDDEN) for w in ("gate", "up")})
+        shapes[f"{p}.mlp.shared_mlp.down_proj.weight"] = (HIDDEN, EXPERT_FF)
+    m = f"model.layers.{n}"
+    shapes.update({f"{m}.eh_proj.weight": (HIDDEN, 2 * HIDDEN), f"{m}.enorm.weight": (HIDDEN,),
+                   f"{m}.hnorm.weight": (HIDDEN,), f"{m}.final_layernorm.weight": (HIDDEN,)})
+    return shapes
+
+
 def tensor_shapes(v: Variant) -> dict[str, tuple[int, ...]]:
     """Every tensor of the checkpoint: trunk, lm_head and the MTP head."""
     if v.family in ("glm4moe", "glm-dsa", "deepseek2", "deepseek32"):
         return _glm_shapes(v.family)
+    if v.family == "hy_v3":
+        return _hy_shapes()
     lm = "model" if v.family == "qwen3next" else "model.language_model"
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN),
                                           f"{lm}.embed_tokens.weight": (VOCAB, HIDDEN),

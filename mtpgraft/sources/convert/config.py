@@ -54,8 +54,9 @@ def check_config(config: Any, label: str) -> None:
             int_field(hp[key], f"{label}: config.json {key}", 1 if key == "full_attention_interval" else 0, hi)
     if hp.get("layer_types") is not None:
         str_list_field(hp["layer_types"], f"{label}: config.json layer_types", max_len=CONFIG_INTS["num_hidden_layers"])
-    if hp.get("routed_scaling_factor") is not None:
-        number_field(hp["routed_scaling_factor"], f"{label}: config.json routed_scaling_factor", 0.0, 1e6)
+    for key in ("routed_scaling_factor", "router_scaling_factor"):
+        if hp.get(key) is not None:
+            number_field(hp[key], f"{label}: config.json {key}", 0.0, 1e6)
     if hp.get("norm_topk_prob") is not None and not isinstance(hp["norm_topk_prob"], bool):
         raise SourceError(f"{label}: config.json norm_topk_prob is not true or false")
     for key in SCORE_FUNC_KEYS:

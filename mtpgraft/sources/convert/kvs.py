@@ -48,6 +48,8 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
             kvs += _mla_lengths(a, hp)
     if rule.sigmoid_routing:
         _sigmoid_routing_kvs(kvs, a, hp)
+    if rule.hy_routing:
+        _hy_routing_kvs(kvs, a, hp)
     if rule.mla:
         if (v := hp.get("routed_scaling_factor")) is not None:
             kvs.append((f"{a}.expert_weights_scale", "FLOAT32", float(v)))
@@ -105,18 +107,40 @@ def _moe_kvs(a: str, hp: dict[str, Any]) -> list[tuple[str, str, Any]]:
     return kvs
 
 
-def _sigmoid_routing_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any]) -> None:
-    """Glm4MoeModel.set_gguf_parameters' own keys, in its order (added to `kvs` in place)."""
+def _sigmoid_gating(kvs: list[tuple[str, str, Any]], a: str) -> None:
+    """expert_gating_func = sigmoid, where the key already is (the writer overwrites in place) or last."""
     gating = (f"{a}.expert_gating_func", "UINT32", _GATING["sigmoid"])
     at = next((i for i, kv in enumerate(kvs) if kv[0] == gating[0]), None)
     if at is None:
         kvs.append(gating)
     else:
-        kvs[at] = gating  # the writer overwrites a key in place
+        kvs[at] = gating
+
+
+def _sigmoid_routing_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any]) -> None:
+    """Glm4MoeModel.set_gguf_parameters' own keys, in its order (added to `kvs` in place)."""
+    _sigmoid_gating(kvs, a)
     if (v := hp.get("routed_scaling_factor")) is not None:
         kvs.append((f"{a}.expert_weights_scale", "FLOAT32", float(v)))
     if (v := hp.get("norm_topk_prob")) is not None:
         kvs.append((f"{a}.expert_weights_norm", "BOOL", bool(v)))
+
+
+def _hy_routing_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any]) -> None:
+    """HYV3Model.set_gguf_parameters' own keys, in its order (added to `kvs` in place)."""
+    missing = [k for k in ("moe_intermediate_size", "router_scaling_factor") if hp.get(k) is None]
+    if missing:
+        raise SourceError(f"config.json: no {missing[0]}, which the converter reads for a Hy3 head")
+    ff, shared, norm = int(hp["moe_intermediate_size"]), hp.get("num_shared_experts", 1), hp.get("route_norm", True)
+    if isinstance(shared, bool) or not isinstance(shared, int) or not 0 <= shared <= 1 << 16:
+        raise SourceError(f"config.json: num_shared_experts {shared!r} is not a count")
+    if not isinstance(norm, bool):
+        raise SourceError("config.json: route_norm is not true or false")
+    kvs += [(f"{a}.expert_feed_forward_length", "UINT32", ff),
+            (f"{a}.expert_shared_feed_forward_length", "UINT32", ff * shared),
+            (f"{a}.expert_weights_norm", "BOOL", norm),
+            (f"{a}.expert_weights_scale", "FLOAT32", float(hp["router_scaling_factor"]))]
+    _sigmoid_gating(kvs, a)
 
 
 def _hybrid_kvs(a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> list[tuple[str, str, Any]]:

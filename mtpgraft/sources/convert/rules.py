@@ -68,6 +68,17 @@ DSA_NAMES = {k: v for k, v in GLM_NAMES.items() if not k.startswith("self_attn."
     "self_attn.indexer.weights_proj.weight": "indexer.proj.weight",
 }
 MLA_SPLIT = "self_attn.kv_b_proj.weight"
+# Hy3 (HYV3Model), as saved: the router and its bias under their own names (the bias written bare, no
+# .bias), shared_mlp, and the MTP layer's final_layernorm as nextn.shared_head_norm.
+HY_NAMES = {k: v for k, v in GLM_NAMES.items() if not k.endswith(".bias") and k != "mlp.gate.weight"} | {
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.router.gate.weight": "ffn_gate_inp.weight",
+    "mlp.expert_bias": "exp_probs_b",
+    "mlp.shared_mlp.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_mlp.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_mlp.down_proj.weight": "ffn_down_shexp.weight",
+    "final_layernorm.weight": "nextn.shared_head_norm.weight",
+}
 QWEN_MOE_KEYS = (("expert_feed_forward_length", "moe_intermediate_size"),
                   ("expert_shared_feed_forward_length", "shared_expert_intermediate_size"))
 DSA_MOE_KEYS = (("leading_dense_block_count", "first_k_dense_replace"),
@@ -108,6 +119,10 @@ class HeadRule:
     # GlmMoeDsaModel's rope.dimension_count is qk_rope_head_dim x partial_rotary_factor (DeepseekV2Model's
     # is qk_rope_head_dim).
     partial_rope: bool = False
+    # HYV3Model.set_gguf_parameters' own keys after file_type: expert_feed_forward_length,
+    # expert_shared_feed_forward_length (x num_shared_experts), expert_weights_norm (route_norm, default
+    # true), expert_weights_scale (router_scaling_factor, default 1), sigmoid gating.
+    hy_routing: bool = False
 
 
 _QWEN = {"n_mtp_key": "mtp_num_hidden_layers", "names": QWEN_NAMES, "plus_one_norms": True, "hybrid": True}
@@ -125,6 +140,8 @@ HEAD_RULES: dict[str, HeadRule] = {
                                        mla_lengths_first=True),
     "Glm4MoeLiteForCausalLM": HeadRule("deepseek2", "num_nextn_predict_layers", True, DSA_NAMES, False,
                                        layer_indexed=True, moe_keys=DSA_MOE_KEYS, mla=True, mla_rope_dims=True),
+    "HYV3ForCausalLM": HeadRule("hy_v3", "num_nextn_predict_layers", True, HY_NAMES, False, layer_indexed=True,
+                                hy_routing=True),
     "Glm4MoeForCausalLM": HeadRule("glm4moe", "num_nextn_predict_layers", True, GLM_NAMES, False,
                                    layer_indexed=True, moe_keys=GLM_MOE_KEYS, sigmoid_routing=True),
 }
@@ -148,9 +165,6 @@ REFUSED = {
     "Step3p5ForCausalLM": "llama.cpp's converter keeps Step-3.5's MTP layers (+1 on every norm, shared_head.output "
                           "renamed) with per-layer head_count, head_count_kv, sliding_window_pattern and "
                           "swiglu_clamp_* arrays padded for them, which mtpgraft does not reproduce" + _DONOR,
-    "HYV3ForCausalLM": "llama.cpp's converter keeps Hy3's MTP layers (final_layernorm renamed "
-                       "nextn.shared_head_norm, experts stacked); mtpgraft has no reference conversion for "
-                       "them yet" + _DONOR,
     "Cohere2MoeForCausalLM": "llama.cpp's converter keeps Cohere 2 MoE's MTP layer only in a full conversion "
                              "(it refuses --mtp and --no-mtp for this architecture) and drops its zero biases; "
                              "mtpgraft has no reference conversion for it" + _DONOR,
