@@ -253,3 +253,26 @@ def test_mla_head_from_the_hub_equals_the_converter(hub, hf_hermetic, tmp_path):
     assert tensors(src.path) == ref_tensors("glm-dsa-bf16-auto.gguf")
     assert head_kvs(src.path) == ref_kvs("glm-dsa-bf16-auto.gguf")
     assert hub.bytes_sent == src.fetched_bytes < sum(len(v) for v in files.values()) * 0.7
+
+
+def test_qwen3next_counts_its_mtp_layers_as_the_converter_does():
+    """config.json states no MTP layer count: the highest mtp.layers.K + 1 (so mtp.layers.1 alone means
+    two layers, as _QwenMtpMixin counts), bounded before anything is sized by it."""
+    from mtpgraft.sources.convert import plan_head
+    from mtpgraft.sources.safetensors import STensor
+    from mtpgraft.testmodels.checkpoints import VARIANTS, config
+
+    cfg = config(VARIANTS["qwen3next-bf16"])
+
+    def plan(*names: str):
+        return plan_head(cfg, [("model.safetensors", {n: STensor(n, "BF16", (64,), 0, 128) for n in names})],
+                         label="ck")
+
+    assert plan("mtp.layers.1.input_layernorm.weight").kvs[-3] == ("qwen3next.nextn_predict_layers", "UINT32", 2)
+    assert plan("mtp.layers.1.input_layernorm.weight").mtp_layers == [2, 3]
+    with pytest.raises(SourceError, match=r"^ck: config.json gives num_hidden_layers = 2 and 100 mtp.layers "
+                                          r"\(config.json gives no mtp_num_hidden_layers\); no model has more"):
+        plan("mtp.layers.99.input_layernorm.weight")
+    with pytest.raises(SourceError, match=r"^ck: no MTP head: config.json gives no mtp_num_hidden_layers and the "
+                                          r"checkpoint has no mtp.layers$"):
+        plan("model.norm.weight")

@@ -218,14 +218,19 @@ def _layer_counts(rule: HeadRule, hp: dict[str, Any], headers: Sequence[tuple[st
                   label: str) -> tuple[int, int]:
     """(trunk layers, MTP layers), checked before any list is sized by them."""
     n_layers = int(hp.get("num_hidden_layers") or 0)
-    n_mtp = int(hp.get(rule.n_mtp_key) or 0) or (_counted_mtp_layers(headers) if rule.counted_mtp else 0)
+    n_mtp = int(hp.get(rule.n_mtp_key) or 0)
+    count, none = f"{rule.n_mtp_key} = {n_mtp}", f"config.json gives {rule.n_mtp_key} = {n_mtp}"
+    if not n_mtp and rule.counted_mtp:  # the converter's count: the highest mtp.layers.K, plus 1
+        n_mtp = _counted_mtp_layers(headers)
+        count = f"{n_mtp} mtp.layers (config.json gives no {rule.n_mtp_key})"
+        none = f"config.json gives no {rule.n_mtp_key} and the checkpoint has no mtp.layers"
     if n_layers <= 0:
         raise SourceError(f"{label}: config.json has no num_hidden_layers")
     if n_mtp <= 0:
-        raise SourceError(f"{label}: no MTP head: config.json gives {rule.n_mtp_key} = {n_mtp}")
+        raise SourceError(f"{label}: no MTP head: {none}")
     if n_layers > MAX_BLOCKS or n_mtp > MAX_MTP_LAYERS:
-        raise SourceError(f"{label}: config.json gives num_hidden_layers = {n_layers} and {rule.n_mtp_key} = "
-                          f"{n_mtp}; no model has more than {MAX_BLOCKS} layers or {MAX_MTP_LAYERS} MTP layers")
+        raise SourceError(f"{label}: config.json gives num_hidden_layers = {n_layers} and {count}; no model has "
+                          f"more than {MAX_BLOCKS} layers or {MAX_MTP_LAYERS} MTP layers")
     return n_layers, n_mtp
 
 
