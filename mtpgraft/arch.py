@@ -208,7 +208,7 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
     ArchRule("qwen35moe", proven=True, **_QWEN, family="Qwen3.5/3.6 MoE",
              hf_conversion="Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeForCausalLM",
              note="Qwen3.5/3.6 MoE (e.g. 35B-A3B): MTP block with MoE FFN, recurrent_layers gets false"),
-    ArchRule("qwen3next", **_QWEN, family="Qwen3-Next", proven=True,
+    ArchRule("qwen3next", **_QWEN, family="Qwen3-Next", proven=True, hf_conversion="Qwen3NextForCausalLM",
              note="Qwen3-Next: like qwen35moe (gated delta net trunk, MoE with a gated shared expert, a "
                   "full-attention MTP block: recurrent_layers gets false), beta/alpha fused in ssm_ba, no "
                   "rope sections; no trunk-only path: a file that keeps the key without the block is refused"),
@@ -217,11 +217,13 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
              note="GLM-4.5/4.6/4.7: one MTP block, an MoE layer (the dense lead is trunk only); "
                   "trunk-only files load, but abort with --spec-type draft-mtp if they keep the key"),
     ArchRule("deepseek2", family="GLM-4.7-Flash", proven=True,
+             hf_conversion="Glm4MoeLiteForCausalLM",
              note="DeepSeek-V2/V3 layout; of these only GLM-4.7-Flash conversions keep MTP (the pinned "
                   "converter skips deepseek2 MTP layers); graph_mtp needs MLA with a q_lora and an MoE "
                   "NextN layer with a shared expert; trunk-only files load, but abort with "
                   "--spec-type draft-mtp if they keep the key"),
     ArchRule("deepseek32", proven=True, family="DeepSeek-V3.2",
+             hf_conversion="DeepseekV32ForCausalLM",
              note="DeepSeek-V3.2: MLA (key_length_mla/value_length_mla needed: \"requires MLA\"), the DSA "
                   "indexer in every layer, the NextN layer's five indexer tensors included (graph_mtp never "
                   "runs them); the NextN layer is MoE with a shared expert (ffn_gate_inp asserted); "
@@ -234,6 +236,8 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                              "ne[0] x o_groups values for it, and llama-quantize compares them with the "
                              "file's 2-D tensor and aborts ('imatrix size ... is different from tensor "
                              "size'); quantize without --imatrix (the types that need one cannot be made)",
+             hf_conversion="not converted: a full conversion drops DeepseekV4ForCausalLM's mtp.* head (only "
+                           "--mtp writes it, head only)",
              shared_tensors=(*SHARED_TENSORS, *DSV4_HC_HEAD),
              note="DeepSeek-V4: hyper-connections (hc_mult residual streams: the MTP input is hc_mult * "
                   "n_embd wide; a sidecar carries the output_hc_* collapse too); attention.compress_ratios "
@@ -243,11 +247,14 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "found); a key over a block without nextn tensors silently turns MTP off (the block runs "
                   "as a trunk layer)"),
     ArchRule("glm-dsa", trunk_arrays=("attention.indexer.types",), proven=True, family="GLM-5",
+             hf_conversion="GlmMoeDsaForCausalLM",
              note="GLM-5 (DSA): deepseek32's layout; attention.indexer.types is per trunk layer (refused "
                   "with block_count entries) and layer 0 must be a full indexer layer; the NextN layer "
                   "skips the indexer (its indexer tensors optional), MoE with a shared expert; one head; "
                   "trunk-only files load, but abort with --spec-type draft-mtp if they keep the key"),
     ArchRule("mimo2", **_CHAIN, family="MiMo-V2", proven=True,
+             hf_conversion="not converted: MiMoV2ForCausalLM's three model.mtp.layers.* heads (a count "
+                           "config.json lacks) extend per-layer arrays",
              kind_arrays=("attention.sliding_window_pattern",), kind_of=lambda il: (1,),
              note="MiMo-V2/V2.5: three MTP heads (one KV cache each, head k drafts position k); each head "
                   "is a sliding-window layer (the converter extends the pattern with 1s and head_count_kv "
@@ -255,6 +262,8 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "its final norm is blk.N.layer_output_norm; trunk-only files load, but abort with "
                   "--spec-type draft-mtp if they keep the key"),
     ArchRule("step35", **_CHAIN, family="Step-3.5", proven=True,
+             hf_conversion="not converted: Step3p5ForCausalLM's heads (+1 norms, shared_head renames) pad "
+                           "per-layer arrays",
              kind_arrays=("attention.sliding_window_pattern",), kind_of=_step35_kind,
              note="Step-3.5: several chained MTP heads (nextn_predict_layers > 1; all required: head k "
                   "drafts position k, n_max clamped to the heads); full-attention and SWA layers have "
@@ -262,20 +271,26 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "expert arrays and swiglu_clamp_* have block_count entries, sliding_window_pattern too "
                   "(not length-checked: a short one silently turns the heads into full attention)"),
     ArchRule("hy_v3", **_CHAIN, family="Hy3", proven=True,
+             hf_conversion="HYV3ForCausalLM",
              note="Hunyuan v3 (Hy3): q/k norms, rotary over the whole head; the router bias is the bare "
                   "blk.N.exp_probs_b (no .bias); any number of MTP blocks run as a chain; "
                   "nextn.shared_head_norm is HF's final_layernorm; trunk-only files load, but abort with "
                   "--spec-type draft-mtp if they keep the key"),
     ArchRule("cohere2moe", family="Cohere 2 MoE", proven=True,
+             hf_conversion="not converted: Cohere2MoeForCausalLM's head is kept in a full conversion only "
+                           "(--mtp, --no-mtp refused)",
              note="Cohere 2 MoE: parallel attention and FFN, routed + shared experts halved, logit_scale "
                   "required; one MTP block, a full-attention MoE layer (ffn_gate_inp asserted); trunk-only "
                   "files load, but abort with --spec-type draft-mtp if they keep the key"),
     ArchRule("bailingmoe3", family="Ling/Ring 3", proven=True,
+             hf_conversion="not converted: BailingMoeV3ForCausalLM keeps its MTP layer through the MLA path "
+                           "(kv_b_proj split, attn_k_b transposed)",
              note="Ling/Ring 3: KDA and MLA (gated) layers told apart by head_count_kv (0: KDA), MoE with a "
                   "shared expert; one MTP block, an MLA + MoE layer whose final norm is "
                   "blk.N.layer_output_norm; trunk-only files load, but abort with --spec-type draft-mtp if "
                   "they keep the key"),
     ArchRule("nemotron_h_moe", trunk_only_ok=False, trunk_only_mtp_aborts=False, family="Nemotron-3",
+             hf_conversion="not converted: NemotronHForCausalLM's two mtp.layers.* are folded into one block",
              proven=True,
              note="Nemotron-H MoE: one MTP block (attention + relu^2 MoE with a shared expert; its entries "
                   "head_count_kv = n_head_kv, feed_forward_length = n_ff_exp); a layer's kind comes from "

@@ -15,17 +15,35 @@ How the committed references were made (2026-12-01):
           safetensors==0.8.0 sentencepiece==0.2.3 'protobuf<5' numpy==2.2.6
   (transformers 4.57.6 does not know model_type qwen3_5, so the converter falls back to reading
   config.json as is, exactly as mtpgraft does);
+  the Qwen3-Next references were added on 2026-12-07 with a venv made by
+      /tmp/convenv/bin/pip install torch transformers safetensors sentencepiece 'protobuf<5' numpy
+  (from PyPI: torch 2.14.1, transformers 5.25.0, safetensors 0.8.0, sentencepiece 0.2.3, protobuf
+  4.25.9, numpy 2.4.6), which rewrote every earlier reference byte for byte (the converter reads
+  config.json through transformers' AutoConfig where it knows the model type, qwen3_next and glm4_moe
+  here: the tiny configs state every field it reads, so its defaults never differ from the file);
 - the command, per case: `python runconv.py SRC CHECKPOINT_DIR --outtype OUTTYPE --outfile OUT.gguf`,
   where runconv.py (written by this script) runs convert_hf_to_gguf.py's main unchanged except for one
   patch: `TextModel.get_vocab_base_pre` returns "qwen35". The converter identifies a BPE tokenizer by
   hashing how it tokenizes a test string and only accepts hashes of published models; a tiny test
   vocabulary can have none of those, and the vocabulary is stripped from the reference anyway (GLM's
-  _set_vocab_glm goes through the same function; the tiny tokenizer has GLM's special tokens);
+  _set_vocab_glm goes through the same function; the tiny tokenizer has GLM's special tokens); and a
+  second: DeepseekV32Model.set_vocab skips its check that the tokenizer adds a BOS token (which
+  transformers 5's tokenizer backend does not report for a tiny byte-level vocabulary) and goes
+  straight to the _set_vocab_gpt2 it calls next;
 - checkpoints: Qwen3.5/3.6 dense and MoE (mtp.* head, text_config nested) and GLM-4.5 MoE
   (Glm4MoeForCausalLM: the MTP layer is model.layers.N with eh_proj, enorm, hnorm, shared_head.*,
-  embed_tokens; per-expert tensors; attention biases; e_score_correction_bias);
+  embed_tokens; per-expert tensors; attention biases; e_score_correction_bias) and Qwen3-Next MoE
+  (Qwen3NextForCausalLM: flat config.json without mtp_num_hidden_layers, so the converter counts the
+  mtp.layers.K it finds; fused in_proj_qkvz, whose trunk rows the recipe takes as a byte range) and
+  GLM-5 (GlmMoeDsaForCausalLM: DeepSeek-V3.2's layout, MLA with q/kv LoRA and the DSA indexer; the
+  MTP layer is model.layers.N as for GLM-4.5; kv_b_proj becomes attn_k_b, each head's slab transposed,
+  and attn_v_b, which the trunk recipe rebuilds with its kb/vb steps), GLM-4.7-Flash
+  (Glm4MoeLiteForCausalLM: the same without the indexer), DeepSeek-V3.2 (DeepseekV32ForCausalLM) and
+  Hy3 (HYV3ForCausalLM: tensors named as transformers saves them, mlp.router.gate, mlp.expert_bias,
+  mlp.shared_mlp, per-expert; the MTP layer's final_layernorm);
 - kept: the MTP block's tensors (blk.L.* for L >= the trunk) exactly as written, and the converter's
-  values of the structural keys listed in KEPT_KEYS (vocabulary, names and size labels dropped), plus
+  values of the structural keys listed in KEPT_KEYS and KEPT_BEFORE_NEXTN (vocabulary, names and size
+  labels dropped), plus
   `reference.*` keys saying how the file was made;
 - and for the whole-model proof (E2E): the converter's full file and its `--no-mtp` file of the same
   checkpoint, every tensor and key kept except the `tokenizer.*` keys (`<variant>-full.gguf`,
@@ -59,8 +77,11 @@ from mtpgraft.testmodels.trunks import derive
 
 SEED = 0
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
-         ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto")]
-E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16")
+         ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
+         ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
+         ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto")]
+E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16",
+       "hy3-bf16")
 KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
              "attention.head_count", "attention.head_count_kv", "attention.key_length",
              "attention.value_length", "expert_count", "expert_used_count", "expert_feed_forward_length",
@@ -68,12 +89,17 @@ KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_
              "expert_shared_feed_forward_length", "expert_shared_count", "leading_dense_block_count",
              "expert_weights_scale", "expert_weights_norm", "nextn_predict_layers", "attention.recurrent_layers",
              "full_attention_interval")
+# Kept too for the families whose converter writes them just before nextn_predict_layers: the head
+# carries them so that a graft places the count there (graft inserts it after the head's previous key).
+KEPT_BEFORE_NEXTN = dict.fromkeys(("glm-dsa", "deepseek2", "deepseek32"), ("rope.dimension_count",))
 RUNCONV = '''import runpy, sys
 src = sys.argv[1]
 sys.path.insert(0, src)
 sys.argv = [src + "/convert_hf_to_gguf.py"] + sys.argv[2:]
 import conversion.base as base
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen35"  # see the docstring
+import conversion.deepseek as deepseek
+deepseek.DeepseekV32Model.set_vocab = lambda self: self._set_vocab_gpt2()  # without its add_bos_token check
 runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
 '''
 OUT_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "convert-ref"
@@ -86,7 +112,8 @@ def reference_name(variant: str, outtype: str) -> str:
 def keep(converted: Path, out: Path, variant: str, outtype: str) -> None:
     m = GGUFModel(converted)
     arch = m.arch
-    keys = ["general.architecture"] + [f"{arch}.{k}" for k in KEPT_KEYS] + ["general.file_type"]
+    kept = KEPT_KEYS + KEPT_BEFORE_NEXTN.get(arch, ())
+    keys = ["general.architecture"] + [f"{arch}.{k}" for k in kept] + ["general.file_type"]
     kvs = [m.kv[k] for k in m.kv if k in keys]
     # reference.checkpoint names the generator as it was called when references.json was made
     # (now mtpgraft.testmodels.checkpoints): the label is part of the fingerprints, so it stays.

@@ -31,7 +31,9 @@ REF = Path(__file__).parent / "data" / "convert-ref"
 REFS = json.loads((REF / "references.json").read_text())
 TRUNKS = json.loads((REF / "trunks.json").read_text())
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
-         ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto")]
+         ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
+         ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
+         ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto")]
 
 
 @pytest.fixture(autouse=True)
@@ -58,14 +60,15 @@ def ref_kvs(name: str) -> dict[str, str]:
     return {k: h for k, h in REFS[name]["keys"] if not k.startswith(("mtpgraft.", "reference."))}
 
 
-E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16")
+E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16",
+       "hy3-bf16")
 
 
 def test_references_exist_and_are_small():
     assert sorted(REFS) == sorted([f"{v}-{o}.gguf" for v, o in CASES] + [f"{v}-full.gguf" for v in E2E])
     assert sorted(TRUNKS) == sorted(E2E)
     assert sorted(p.name for p in REF.iterdir()) == ["references.json", "trunks.json"]  # no GGUF file
-    assert sum(p.stat().st_size for p in REF.iterdir()) < 256 << 10
+    assert sum(p.stat().st_size for p in REF.iterdir()) < 512 << 10
 
 
 @pytest.mark.parametrize("variant", E2E)
@@ -172,8 +175,10 @@ def _edit_config(ckpt: Path, **text) -> None:
 @pytest.mark.parametrize(("edit", "message"), [
     ({"mtp_num_hidden_layers": 0}, "ck: no MTP head: config.json gives mtp_num_hidden_layers = 0"),
     ({"architectures": ["LlamaForCausalLM"]}, "ck: no MTP head conversion for architecture LlamaForCausalLM "
-     "(mtpgraft converts Glm4MoeForCausalLM, Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM, "
-     "Qwen3_5MoeForConditionalGeneration; use a GGUF donor for the others)"),
+     "(mtpgraft converts DeepseekV32ForCausalLM, Glm4MoeForCausalLM, Glm4MoeLiteForCausalLM, GlmMoeDsaForCausalLM, "
+     "HYV3ForCausalLM, Qwen3NextForCausalLM, Qwen3_5ForCausalLM, "
+     "Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM, Qwen3_5MoeForConditionalGeneration; use a GGUF donor "
+     "for the others)"),
     ({"architectures": ["DeepseekV3ForCausalLM"]}, "ck: DeepseekV3ForCausalLM: llama.cpp's converter drops "
      "DeepSeek-V3's MTP layers (deepseek2 keeps MTP only for GLM-4.7-Flash), so there is no GGUF head to build"),
 ])
@@ -234,3 +239,40 @@ def test_graft_onto_the_converters_trunk_gives_the_converters_full_file(tmp_path
     assert keys == list(full)
     assert [k for k in keys if graft[k] != full[k]] == ["general.size_label"]
     assert tensors(out) == ref_tensors(f"{variant}-full.gguf")
+
+
+def test_mla_head_from_the_hub_equals_the_converter(hub, hf_hermetic, tmp_path):
+    """GLM-5's head read by ranges from the Hub (kv_b_proj's transposed attn_k_b slabs included) is the
+    converter's, byte for byte, and only the head's tensors travel."""
+    from mtpgraft.sources import HubOptions
+
+    ckpt = build_checkpoint(tmp_path / "GLM-tiny", "glm-dsa-bf16")
+    files = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    hub.put_files("tester/GLM-tiny", files)
+    src = resolve_mtp_source("hf://tester/GLM-tiny", hub=HubOptions(endpoint=hub.url))
+    assert tensors(src.path) == ref_tensors("glm-dsa-bf16-auto.gguf")
+    assert head_kvs(src.path) == ref_kvs("glm-dsa-bf16-auto.gguf")
+    assert hub.bytes_sent == src.fetched_bytes < sum(len(v) for v in files.values()) * 0.7
+
+
+def test_qwen3next_counts_its_mtp_layers_as_the_converter_does():
+    """config.json states no MTP layer count: the highest mtp.layers.K + 1 (so mtp.layers.1 alone means
+    two layers, as _QwenMtpMixin counts), bounded before anything is sized by it."""
+    from mtpgraft.sources.convert import plan_head
+    from mtpgraft.sources.safetensors import STensor
+    from mtpgraft.testmodels.checkpoints import VARIANTS, config
+
+    cfg = config(VARIANTS["qwen3next-bf16"])
+
+    def plan(*names: str):
+        return plan_head(cfg, [("model.safetensors", {n: STensor(n, "BF16", (64,), 0, 128) for n in names})],
+                         label="ck")
+
+    assert plan("mtp.layers.1.input_layernorm.weight").kvs[-3] == ("qwen3next.nextn_predict_layers", "UINT32", 2)
+    assert plan("mtp.layers.1.input_layernorm.weight").mtp_layers == [2, 3]
+    with pytest.raises(SourceError, match=r"^ck: config.json gives num_hidden_layers = 2 and 100 mtp.layers "
+                                          r"\(config.json gives no mtp_num_hidden_layers\); no model has more"):
+        plan("mtp.layers.99.input_layernorm.weight")
+    with pytest.raises(SourceError, match=r"^ck: no MTP head: config.json gives no mtp_num_hidden_layers and the "
+                                          r"checkpoint has no mtp.layers$"):
+        plan("model.norm.weight")

@@ -1,10 +1,15 @@
-"""Tiny random Hugging Face checkpoints of Qwen3.5/3.6 (dense and MoE) with an MTP head, in numpy.
+"""Tiny random Hugging Face checkpoints with an MTP head, in numpy: Qwen3.5/3.6 (dense and MoE),
+Qwen3-Next, GLM-4.5, GLM-4.7-Flash, GLM-5, DeepSeek-V3.2 and Hy3 (the last five layer-indexed: the MTP
+layer is model.layers.N).
 
-They have the layout of the real Qwen/Qwen3.6-27B and Qwen3.6-35B-A3B repos: `config.json` with the
-text model nested under `text_config`, the trunk under `model.language_model.*`, the head under
-top-level `mtp.*`, sharded safetensors with `model.safetensors.index.json`, and a byte-level BPE
-tokenizer that transformers loads. The same (variant, seed) always gives the same bytes, so tests
-rebuild exactly the checkpoint that scripts/make_convert_reference.py fed to llama.cpp's converter.
+The Qwen3.5/3.6 ones have the layout of the real Qwen/Qwen3.6-27B and Qwen3.6-35B-A3B repos:
+`config.json` with the text model nested under `text_config`, the trunk under `model.language_model.*`,
+the head under top-level `mtp.*`, sharded safetensors with `model.safetensors.index.json`, and a
+byte-level BPE tokenizer that transformers loads. Qwen3-Next (Qwen/Qwen3-Next-80B-A3B) is flat: no
+text_config, the trunk under `model.*`, fused in_proj_qkvz / in_proj_ba linear attention, per-expert
+MoE tensors, the same `mtp.*` head, and no `mtp_num_hidden_layers` in config.json. The same (variant,
+seed) always gives the same bytes, so tests rebuild exactly the checkpoint that
+scripts/make_convert_reference.py fed to llama.cpp's converter.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ class Variant:
     experts: str = "fused"  # MoE expert layout: "fused" (gate_up_proj) or "per-expert"
     shards: int = 2
     mtp_layers: int = 1
-    family: str = "qwen35"  # "qwen35" (Qwen3.5/3.6: mtp.*) or "glm4moe" (GLM-4.5: layer-indexed MTP)
+    # "qwen35" (Qwen3.5/3.6: mtp.*), "qwen3next" (Qwen3-Next: mtp.*) or "glm4moe" (layer-indexed MTP)
+    family: str = "qwen35"
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -37,6 +43,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("moe-bf16", moe=True, dtype="BF16"),
     Variant("moe-f16-per-expert", moe=True, dtype="F16", experts="per-expert", shards=1),
     Variant("glm4moe-bf16", moe=True, dtype="BF16", experts="per-expert", family="glm4moe"),
+    Variant("qwen3next-bf16", moe=True, dtype="BF16", experts="per-expert", family="qwen3next"),
+    Variant("glm-dsa-bf16", moe=True, dtype="BF16", experts="per-expert", family="glm-dsa"),
+    Variant("glm47flash-bf16", moe=True, dtype="BF16", experts="per-expert", family="deepseek2"),
+    Variant("deepseek32-bf16", moe=True, dtype="BF16", experts="per-expert", family="deepseek32"),
+    Variant("hy3-bf16", moe=True, dtype="BF16", experts="per-expert", family="hy_v3"),
 )}
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FF, VOCAB = 64, 2, 1, 32, 128, 320
@@ -56,9 +67,68 @@ def _glm_config() -> dict[str, Any]:
             "n_group": 1, "topk_group": 1, "tie_word_embeddings": False, "hidden_act": "silu"}
 
 
+Q_LORA, KV_LORA, QK_NOPE, QK_ROPE, V_DIM, INDEX_HEADS, INDEX_DIM = 32, 32, 16, 16, 16, 2, 64
+
+
+def _mla_config(v: Variant) -> dict[str, Any]:
+    """GLM-5's config.json (GlmMoeDsaForCausalLM): DeepSeek-V3.2's MLA + DSA indexer layout; or
+    GLM-4.7-Flash's (Glm4MoeLiteForCausalLM, deepseek2): the same MLA without the indexer."""
+    if v.family == "deepseek2":
+        cfg = _mla_config(Variant(v.name, v.moe, v.dtype, family="glm-dsa"))
+        for k in ("index_n_heads", "index_head_dim", "index_topk"):
+            del cfg[k]
+        return cfg | {"architectures": ["Glm4MoeLiteForCausalLM"], "model_type": "glm4_moe_lite"}
+    if v.family == "deepseek32":
+        cfg = _mla_config(Variant(v.name, v.moe, v.dtype, family="glm-dsa"))
+        return cfg | {"architectures": ["DeepseekV32ForCausalLM"], "model_type": "deepseek_v32"}
+    return {"architectures": ["GlmMoeDsaForCausalLM"], "model_type": "glm_moe_dsa", "hidden_size": HIDDEN,
+            "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS, "num_key_value_heads": HEADS,
+            "q_lora_rank": Q_LORA, "kv_lora_rank": KV_LORA, "qk_nope_head_dim": QK_NOPE, "qk_rope_head_dim": QK_ROPE,
+            "qk_head_dim": QK_NOPE + QK_ROPE, "v_head_dim": V_DIM, "head_dim": QK_ROPE, "intermediate_size": FF,
+            "moe_intermediate_size": EXPERT_FF, "n_routed_experts": EXPERTS, "n_shared_experts": 1,
+            "num_experts_per_tok": EXPERTS_USED, "first_k_dense_replace": 1, "num_nextn_predict_layers": 1,
+            "routed_scaling_factor": 2.5, "norm_topk_prob": True, "n_group": 1, "topk_group": 1,
+            "scoring_func": "sigmoid", "topk_method": "noaux_tc", "index_n_heads": INDEX_HEADS,
+            "index_head_dim": INDEX_DIM, "index_topk": 16, "rope_theta": 1000000.0, "rms_norm_eps": 1e-5,
+            "vocab_size": VOCAB, "max_position_embeddings": 4096, "attention_bias": False,
+            "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+def _hy_config() -> dict[str, Any]:
+    """Hy3's config.json (HYV3ForCausalLM, tencent/Hy3): one MTP layer appended at model.layers.N."""
+    return {"architectures": ["HYV3ForCausalLM"], "model_type": "hy_v3", "hidden_size": HIDDEN,
+            "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+            "head_dim": HEAD_DIM, "intermediate_size": FF, "moe_intermediate_size": EXPERT_FF, "num_experts": EXPERTS,
+            "num_experts_per_tok": EXPERTS_USED, "num_shared_experts": 1, "router_scaling_factor": 2.5,
+            "route_norm": True, "first_k_dense_replace": 1, "mlp_layer_types": ["dense", "sparse"],
+            "num_nextn_predict_layers": 1, "qk_norm": True, "rms_norm_eps": 1e-5, "vocab_size": VOCAB,
+            "max_position_embeddings": 4096, "rope_parameters": {"rope_type": "default", "rope_theta": 11158840.0},
+            "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+def _qwen3next_config() -> dict[str, Any]:
+    """Qwen3-Next's config.json: flat, and (as on the Hub) without mtp_num_hidden_layers."""
+    return {"architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next", "hidden_size": HIDDEN,
+            "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+            "head_dim": HEAD_DIM, "intermediate_size": FF, "vocab_size": VOCAB, "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-6, "layer_types": LAYER_TYPES, "full_attention_interval": 2,
+            "linear_conv_kernel_dim": CONV_K, "linear_key_head_dim": LIN_K_DIM, "linear_value_head_dim": LIN_V_DIM,
+            "linear_num_key_heads": LIN_K_HEADS, "linear_num_value_heads": LIN_V_HEADS,
+            "num_experts": EXPERTS, "num_experts_per_tok": EXPERTS_USED, "moe_intermediate_size": EXPERT_FF,
+            "shared_expert_intermediate_size": SHARED_FF, "decoder_sparse_step": 1, "mlp_only_layers": [],
+            "norm_topk_prob": True, "partial_rotary_factor": 0.25, "rope_theta": 10000000.0,
+            "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
 def config(v: Variant) -> dict[str, Any]:
     if v.family == "glm4moe":
         return _glm_config()
+    if v.family == "qwen3next":
+        return _qwen3next_config()
+    if v.family in ("glm-dsa", "deepseek2", "deepseek32"):
+        return _mla_config(v)
+    if v.family == "hy_v3":
+        return _hy_config()
     text: dict[str, Any] = {
         "model_type": "qwen3_5_moe_text" if v.moe else "qwen3_5_text",
         "hidden_size": HIDDEN, "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS,
@@ -92,13 +162,18 @@ def _attention(p: str) -> dict[str, tuple[int, ...]]:
     }
 
 
-def _linear_attention(p: str) -> dict[str, tuple[int, ...]]:
+def _linear_attention(p: str, v: Variant) -> dict[str, tuple[int, ...]]:
     qkv = 2 * LIN_K_HEADS * LIN_K_DIM + LIN_V_HEADS * LIN_V_DIM
+    if v.family == "qwen3next":  # fused projections: [q, k, v, z] and [b, a] per key head
+        proj = {f"{p}.linear_attn.in_proj_qkvz.weight": (qkv + LIN_V_HEADS * LIN_V_DIM, HIDDEN),
+                f"{p}.linear_attn.in_proj_ba.weight": (2 * LIN_V_HEADS, HIDDEN)}
+    else:
+        proj = {f"{p}.linear_attn.in_proj_qkv.weight": (qkv, HIDDEN),
+                f"{p}.linear_attn.in_proj_z.weight": (LIN_V_HEADS * LIN_V_DIM, HIDDEN),
+                f"{p}.linear_attn.in_proj_a.weight": (LIN_V_HEADS, HIDDEN),
+                f"{p}.linear_attn.in_proj_b.weight": (LIN_V_HEADS, HIDDEN)}
     return {
-        f"{p}.linear_attn.in_proj_qkv.weight": (qkv, HIDDEN),
-        f"{p}.linear_attn.in_proj_z.weight": (LIN_V_HEADS * LIN_V_DIM, HIDDEN),
-        f"{p}.linear_attn.in_proj_a.weight": (LIN_V_HEADS, HIDDEN),
-        f"{p}.linear_attn.in_proj_b.weight": (LIN_V_HEADS, HIDDEN),
+        **proj,
         f"{p}.linear_attn.conv1d.weight": (qkv, 1, CONV_K),
         f"{p}.linear_attn.dt_bias": (LIN_V_HEADS,),
         f"{p}.linear_attn.A_log": (LIN_V_HEADS,),
@@ -129,18 +204,21 @@ def _mlp(p: str, v: Variant) -> dict[str, tuple[int, ...]]:
 
 def _block(p: str, v: Variant, kind: str) -> dict[str, tuple[int, ...]]:
     out = {f"{p}.input_layernorm.weight": (HIDDEN,), f"{p}.post_attention_layernorm.weight": (HIDDEN,)}
-    out.update(_attention(p) if kind == "full_attention" else _linear_attention(p))
+    out.update(_attention(p) if kind == "full_attention" else _linear_attention(p, v))
     out.update(_mlp(p, v))
     return out
 
 
-def _glm_block(p: str, dense: bool) -> dict[str, tuple[int, ...]]:
+def _glm_block(p: str, dense: bool, family: str = "glm4moe") -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {f"{p}.input_layernorm.weight": (HIDDEN,),
                                        f"{p}.post_attention_layernorm.weight": (HIDDEN,)}
-    for w, rows in (("q", HEADS * HEAD_DIM), ("k", KV_HEADS * HEAD_DIM), ("v", KV_HEADS * HEAD_DIM)):
-        out[f"{p}.self_attn.{w}_proj.weight"] = (rows, HIDDEN)
-        out[f"{p}.self_attn.{w}_proj.bias"] = (rows,)
-    out[f"{p}.self_attn.o_proj.weight"] = (HIDDEN, HEADS * HEAD_DIM)
+    if family != "glm4moe":
+        out.update(_mla_attention(p, indexer=family != "deepseek2"))
+    else:
+        for w, rows in (("q", HEADS * HEAD_DIM), ("k", KV_HEADS * HEAD_DIM), ("v", KV_HEADS * HEAD_DIM)):
+            out[f"{p}.self_attn.{w}_proj.weight"] = (rows, HIDDEN)
+            out[f"{p}.self_attn.{w}_proj.bias"] = (rows,)
+        out[f"{p}.self_attn.o_proj.weight"] = (HIDDEN, HEADS * HEAD_DIM)
     if dense:
         out.update({f"{p}.mlp.gate_proj.weight": (FF, HIDDEN), f"{p}.mlp.up_proj.weight": (FF, HIDDEN),
                     f"{p}.mlp.down_proj.weight": (HIDDEN, FF)})
@@ -157,14 +235,29 @@ def _glm_block(p: str, dense: bool) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _glm_shapes() -> dict[str, tuple[int, ...]]:
-    """GLM-4.5 layout: the MTP layer is model.layers.N (N = num_hidden_layers), an MoE layer plus
-    eh_proj, enorm, hnorm, shared_head.{norm,head} and its own embed_tokens."""
+def _mla_attention(p: str, indexer: bool) -> dict[str, tuple[int, ...]]:
+    """MLA (low-rank q and kv, kv_b_proj decompressing both k_nope and v) and the DSA indexer."""
+    a, ix = f"{p}.self_attn", f"{p}.self_attn.indexer"
+    out = {f"{a}.q_a_proj.weight": (Q_LORA, HIDDEN), f"{a}.q_a_layernorm.weight": (Q_LORA,),
+            f"{a}.q_b_proj.weight": (HEADS * (QK_NOPE + QK_ROPE), Q_LORA),
+            f"{a}.kv_a_proj_with_mqa.weight": (KV_LORA + QK_ROPE, HIDDEN), f"{a}.kv_a_layernorm.weight": (KV_LORA,),
+            f"{a}.kv_b_proj.weight": (HEADS * (QK_NOPE + V_DIM), KV_LORA), f"{a}.o_proj.weight": (HIDDEN, HEADS * V_DIM)}
+    if not indexer:
+        return out
+    return out | {f"{ix}.wq_b.weight": (INDEX_HEADS * INDEX_DIM, Q_LORA), f"{ix}.wk.weight": (INDEX_DIM, HIDDEN),
+            f"{ix}.k_norm.weight": (INDEX_DIM,), f"{ix}.k_norm.bias": (INDEX_DIM,),
+            f"{ix}.weights_proj.weight": (INDEX_HEADS, HIDDEN)}
+
+
+def _glm_shapes(family: str = "glm4moe") -> dict[str, tuple[int, ...]]:
+    """GLM-4.5 layout (GLM-4.7-Flash's with MLA, GLM-5's with MLA and the indexer): the MTP layer is
+    model.layers.N (N = num_hidden_layers), an MoE layer plus eh_proj, enorm, hnorm,
+    shared_head.{norm,head} and its own embed_tokens."""
     n = len(LAYER_TYPES)
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN), "model.embed_tokens.weight": (VOCAB, HIDDEN),
                                           "model.norm.weight": (HIDDEN,)}
     for i in range(n + 1):
-        shapes.update(_glm_block(f"model.layers.{i}", dense=i < 1))
+        shapes.update(_glm_block(f"model.layers.{i}", dense=i < 1, family=family))
     m = f"model.layers.{n}"
     shapes.update({f"{m}.eh_proj.weight": (HIDDEN, 2 * HIDDEN), f"{m}.enorm.weight": (HIDDEN,),
                    f"{m}.hnorm.weight": (HIDDEN,), f"{m}.shared_head.norm.weight": (HIDDEN,),
@@ -172,11 +265,40 @@ def _glm_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _hy_shapes() -> dict[str, tuple[int, ...]]:
+    """Hy3's layout as saved (transformers renames on load): q/k norms, mlp.router.gate, mlp.expert_bias,
+    mlp.shared_mlp and per-expert tensors; the MTP layer adds eh_proj, enorm, hnorm, final_layernorm."""
+    n = len(LAYER_TYPES)
+    shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN), "model.embed_tokens.weight": (VOCAB, HIDDEN),
+                                          "model.norm.weight": (HIDDEN,)}
+    for i in range(n + 1):
+        p = f"model.layers.{i}"
+        shapes.update({f"{p}.input_layernorm.weight": (HIDDEN,), f"{p}.post_attention_layernorm.weight": (HIDDEN,)})
+        shapes.update({k: s for k, s in _attention(p).items() if "q_proj" not in k})
+        shapes[f"{p}.self_attn.q_proj.weight"] = (HEADS * HEAD_DIM, HIDDEN)
+        if i < 1:
+            shapes.update({f"{p}.mlp.{w}_proj.weight": (FF, HIDDEN) for w in ("gate", "up")})
+            shapes[f"{p}.mlp.down_proj.weight"] = (HIDDEN, FF)
+            continue
+        shapes.update({f"{p}.mlp.router.gate.weight": (EXPERTS, HIDDEN), f"{p}.mlp.expert_bias": (EXPERTS,)})
+        for e in range(EXPERTS):
+            shapes.update({f"{p}.mlp.experts.{e}.{w}_proj.weight": (EXPERT_FF, HIDDEN) for w in ("gate", "up")})
+            shapes[f"{p}.mlp.experts.{e}.down_proj.weight"] = (HIDDEN, EXPERT_FF)
+        shapes.update({f"{p}.mlp.shared_mlp.{w}_proj.weight": (EXPERT_FF, HIDDEN) for w in ("gate", "up")})
+        shapes[f"{p}.mlp.shared_mlp.down_proj.weight"] = (HIDDEN, EXPERT_FF)
+    m = f"model.layers.{n}"
+    shapes.update({f"{m}.eh_proj.weight": (HIDDEN, 2 * HIDDEN), f"{m}.enorm.weight": (HIDDEN,),
+                   f"{m}.hnorm.weight": (HIDDEN,), f"{m}.final_layernorm.weight": (HIDDEN,)})
+    return shapes
+
+
 def tensor_shapes(v: Variant) -> dict[str, tuple[int, ...]]:
     """Every tensor of the checkpoint: trunk, lm_head and the MTP head."""
-    if v.family == "glm4moe":
-        return _glm_shapes()
-    lm = "model.language_model"
+    if v.family in ("glm4moe", "glm-dsa", "deepseek2", "deepseek32"):
+        return _glm_shapes(v.family)
+    if v.family == "hy_v3":
+        return _hy_shapes()
+    lm = "model" if v.family == "qwen3next" else "model.language_model"
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN),
                                           f"{lm}.embed_tokens.weight": (VOCAB, HIDDEN),
                                           f"{lm}.norm.weight": (HIDDEN,)}

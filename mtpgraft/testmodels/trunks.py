@@ -49,6 +49,15 @@ def _apply(op: str, sources: list[tuple[str, tuple[int, ...], bytes]]) -> bytes:
     if m:
         arr = np.frombuffer(raw, np.uint8).reshape(*shape[:-1], -1)
         return np.ascontiguousarray(np.split(arr, 2, axis=int(m[1]))[int(m[2])]).tobytes()
+    m = re.fullmatch(r"(kb|vb)\.(\d+)\.(\d+)", op)  # MLA's kv_b_proj: per head, k rows transposed / v rows
+    if m:
+        es = 4 if dtype == "F32" else 2
+        arr = np.frombuffer(raw, f"u{es}").reshape(int(m[2]), -1, shape[-1])
+        part = arr[:, :int(m[3]), :].transpose(0, 2, 1) if m[1] == "kb" else arr[:, int(m[3]):, :]
+        return np.ascontiguousarray(part).tobytes()
+    m = re.fullmatch(r"bytes(\d+):(\d+)", op)  # a run of rows of a fused tensor (Qwen3-Next's in_proj_qkvz)
+    if m:
+        return raw[int(m[1]):int(m[2])]
     raise ValueError(f"unknown recipe step {op!r}")
 
 
@@ -71,7 +80,18 @@ def _candidates(tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) -> list[
         m = _EXPERT.search(n)
         if m:
             groups.setdefault(_EXPERT.sub(".experts.*.", n), []).append((int(m[1]), n))
-    return single + [([n for _, n in sorted(g)], "stack") for g in groups.values()]
+    mla = [([n], f"{w}.{h}.{k}") for n, (_, shape, _) in tensors.items() if n.endswith("kv_b_proj.weight")
+           for h in range(1, shape[0] + 1) if shape[0] % h == 0 for k in range(1, shape[0] // h) for w in ("kb", "vb")]
+    return single + [([n for _, n in sorted(g)], "stack") for g in groups.values()] + mla
+
+
+def _slice_of(tensors: dict[str, tuple[str, tuple[int, ...], bytes]], want: bytes, message: str) -> tuple[list[str], str]:
+    """The one checkpoint tensor whose raw bytes hold `want` whole, as a bytesA:B step."""
+    for n, (_, _, raw) in tensors.items():
+        at = raw.find(want)
+        if at >= 0 and len(want) >= 64:  # long enough that a chance match is impossible
+            return [n], f"bytes{at}:{at + len(want)}"
+    raise ValueError(message)
 
 
 def derive(trunk: Path, ckpt: Path) -> dict[str, Any]:
@@ -91,7 +111,7 @@ def derive(trunk: Path, ckpt: Path) -> dict[str, Any]:
                 except (ValueError, IndexError):  # the step does not fit that tensor's shape
                     continue
             else:
-                raise ValueError(f"{trunk.name}: no recipe step makes {r.name}")
+                names, op = _slice_of(tensors, want, f"{trunk.name}: no recipe step makes {r.name}")
             steps.append({"name": r.name, "ne": list(r.info.ne), "type": r.info.ggml_type, "from": names, "op": op})
     kvs = [[k, int(kv.vtype), None if kv.item_type is None else int(kv.item_type), m.get(k)] for k, kv in m.kv.items()]
     return {"alignment": m.alignment, "kvs": kvs, "tensors": steps, "fingerprint": fingerprint(trunk),

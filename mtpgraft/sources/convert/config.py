@@ -23,7 +23,8 @@ CONFIG_INTS: dict[str, int] = {
     "max_position_embeddings": 1 << 26, "n_ctx": 1 << 26, "n_positions": 1 << 26, "vocab_size": 1 << 26,
     **dict.fromkeys(("hidden_size", "n_embd", "dim", "prefix_dense_intermediate_size", "dense_intermediate_size",
                      "intermediate_size", "n_inner", "hidden_dim", "head_dim", "moe_intermediate_size",
-                     "shared_expert_intermediate_size"), _MAX_DIM),
+                     "shared_expert_intermediate_size", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                     "qk_rope_head_dim", "v_head_dim"), _MAX_DIM),
     **dict.fromkeys(("num_attention_heads", "n_head", "n_heads", "num_key_value_heads", "n_kv_heads",
                      "num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok",
                      "num_experts_per_token", "n_group", "topk_group", "n_shared_experts"), 1 << 16),
@@ -53,8 +54,9 @@ def check_config(config: Any, label: str) -> None:
             int_field(hp[key], f"{label}: config.json {key}", 1 if key == "full_attention_interval" else 0, hi)
     if hp.get("layer_types") is not None:
         str_list_field(hp["layer_types"], f"{label}: config.json layer_types", max_len=CONFIG_INTS["num_hidden_layers"])
-    if hp.get("routed_scaling_factor") is not None:
-        number_field(hp["routed_scaling_factor"], f"{label}: config.json routed_scaling_factor", 0.0, 1e6)
+    for key in ("routed_scaling_factor", "router_scaling_factor"):
+        if hp.get(key) is not None:
+            number_field(hp[key], f"{label}: config.json {key}", 0.0, 1e6)
     if hp.get("norm_topk_prob") is not None and not isinstance(hp["norm_topk_prob"], bool):
         raise SourceError(f"{label}: config.json norm_topk_prob is not true or false")
     for key in SCORE_FUNC_KEYS:

@@ -16,7 +16,7 @@ from ..donor import MAX_BLOCKS, MAX_MTP_LAYERS
 from ..safetensors import DTYPE_SIZE, STensor
 from .config import head_rule, text_config
 from .kvs import head_kvs
-from .rules import FORCED_F32, QWEN_ENDS, QWEN_MTP_TOP, QWEN_TRUNK, SKIPPED, HeadRule
+from .rules import FORCED_F32, MLA_SPLIT, QWEN_ENDS, QWEN_MTP_TOP, QWEN_TRUNK, SKIPPED, HeadRule
 
 # --outtype: the output file type, named as the tensor type its 2-D weights take (the converter's
 # LlamaFileType ALL_F32, MOSTLY_F16, MOSTLY_BF16, MOSTLY_Q8_0).
@@ -35,6 +35,7 @@ class Piece:
     cols: int
     r0: int
     r1: int
+    transposed: bool = False  # each block's slab is written transposed (MLA's attn_k_b)
 
 
 @dataclass(frozen=True)
@@ -178,18 +179,11 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     """Plan the MTP head of a checkpoint: `headers` are (shard file, its tensors) for every shard."""
     rule = head_rule(config, label)
     hp = text_config(config)
-    n_layers = int(hp.get("num_hidden_layers") or 0)
-    n_mtp = int(hp.get(rule.n_mtp_key) or 0)
-    if n_layers <= 0:
-        raise SourceError(f"{label}: config.json has no num_hidden_layers")
-    if n_mtp <= 0:
-        raise SourceError(f"{label}: no MTP head: config.json gives {rule.n_mtp_key} = {n_mtp}")
-    if n_layers > MAX_BLOCKS or n_mtp > MAX_MTP_LAYERS:  # before any list is sized by them
-        raise SourceError(f"{label}: config.json gives num_hidden_layers = {n_layers} and {rule.n_mtp_key} = "
-                          f"{n_mtp}; no model has more than {MAX_BLOCKS} layers or {MAX_MTP_LAYERS} MTP layers")
+    n_layers, n_mtp = _layer_counts(rule, hp, headers, label)
     ordered = [(f, t) for f, ts in sorted(headers, key=lambda h: h[0]) for t in sorted(ts.values(), key=lambda t: t.name)]
     ftype = _file_type(outtype, ordered)
     n_experts = int(hp.get("num_local_experts") or hp.get("num_experts") or hp.get("n_routed_experts") or 0)
+    split = _mla_dims(hp, label) if rule.mla else None
     tensors: list[HeadTensor] = []
     pending: dict[int, dict[str, tuple[str, STensor]]] = {}
     files: list[str] = []
@@ -205,6 +199,9 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
         if not m:
             raise SourceError(f"{label}: cannot map MTP tensor {t.name}")
         bid, suffix = int(m.group(1)), m.group(2)
+        if split is not None and suffix == MLA_SPLIT:
+            tensors.extend(_mla_split(rule, file, t, bid, split, ftype, label))
+            continue
         tensors.extend(_map_tensor(rule, file, t, bid, suffix, n_experts, pending, ftype, label))
     leftover = [n for d in pending.values() for n in d]
     if leftover:
@@ -215,6 +212,57 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     kvs = head_kvs(rule, hp, n_layers, n_mtp, ftype)
     return HeadPlan(rule.arch, str((config.get("architectures") or [""])[0]), n_layers, mtp_layers, ftype,
                     kvs, tensors, files, _preceding(rule, ordered, n_layers, n_experts), sorted(h[0] for h in headers))
+
+
+def _layer_counts(rule: HeadRule, hp: dict[str, Any], headers: Sequence[tuple[str, dict[str, STensor]]],
+                  label: str) -> tuple[int, int]:
+    """(trunk layers, MTP layers), checked before any list is sized by them."""
+    n_layers = int(hp.get("num_hidden_layers") or 0)
+    n_mtp = int(hp.get(rule.n_mtp_key) or 0)
+    count, none = f"{rule.n_mtp_key} = {n_mtp}", f"config.json gives {rule.n_mtp_key} = {n_mtp}"
+    if not n_mtp and rule.counted_mtp:  # the converter's count: the highest mtp.layers.K, plus 1
+        n_mtp = _counted_mtp_layers(headers)
+        count = f"{n_mtp} mtp.layers (config.json gives no {rule.n_mtp_key})"
+        none = f"config.json gives no {rule.n_mtp_key} and the checkpoint has no mtp.layers"
+    if n_layers <= 0:
+        raise SourceError(f"{label}: config.json has no num_hidden_layers")
+    if n_mtp <= 0:
+        raise SourceError(f"{label}: no MTP head: {none}")
+    if n_layers > MAX_BLOCKS or n_mtp > MAX_MTP_LAYERS:
+        raise SourceError(f"{label}: config.json gives num_hidden_layers = {n_layers} and {count}; no model has "
+                          f"more than {MAX_BLOCKS} layers or {MAX_MTP_LAYERS} MTP layers")
+    return n_layers, n_mtp
+
+
+def _mla_dims(hp: dict[str, Any], label: str) -> tuple[int, int, int]:
+    """(KV heads, qk_nope_head_dim, v_head_dim): how DeepseekV2Model cuts kv_b_proj (before it sets
+    head_count_kv to 1 for the metadata)."""
+    keys = ("num_key_value_heads", "qk_nope_head_dim", "v_head_dim")
+    missing = [k for k in keys if not hp.get(k)]
+    if missing:
+        raise SourceError(f"{label}: config.json has no {missing[0]}, which the MLA head's kv_b_proj split needs")
+    return int(hp[keys[0]]), int(hp[keys[1]]), int(hp[keys[2]])
+
+
+def _mla_split(rule: HeadRule, file: str, t: STensor, bid: int, dims: tuple[int, int, int], ftype: str,
+               label: str) -> list[HeadTensor]:
+    """kv_b_proj [kv heads x (nope + v), kv_lora_rank] as the converter writes it: per head, its nope
+    rows transposed (attn_k_b, [kv heads, rank, nope]), then its v rows (attn_v_b, [kv heads, v, rank])."""
+    n_kv, nope, v = dims
+    if len(t.shape) != 2 or t.shape[0] != n_kv * (nope + v):
+        raise SourceError(f"{label}: {t.name} has shape {list(t.shape)}, not [{n_kv * (nope + v)}, kv_lora_rank] "
+                          f"(num_key_value_heads x (qk_nope_head_dim + v_head_dim) rows)")
+    rank = t.shape[1]
+    k_b = Piece(t, file, n_kv, nope + v, rank, 0, nope, transposed=True)
+    v_b = Piece(t, file, n_kv, nope + v, rank, nope, nope + v)
+    return [_tensor(rule, "self_attn.k_b_proj.weight", bid, (n_kv, rank, nope), t.dtype, False, (k_b,), ftype, label),
+            _tensor(rule, "self_attn.v_b_proj.weight", bid, (n_kv, v, rank), t.dtype, False, (v_b,), ftype, label)]
+
+
+def _counted_mtp_layers(headers: Sequence[tuple[str, dict[str, STensor]]]) -> int:
+    """The converter's count of MTP layers when config.json gives none: the highest mtp.layers.K, plus 1."""
+    found = [re.match(r"(?:model\.)?mtp\.layers\.(\d+)\.", _filtered_name(n)) for _, ts in headers for n in ts]
+    return max((int(m.group(1)) + 1 for m in found if m), default=0)
 
 
 def _map_tensor(rule: HeadRule, file: str, t: STensor, bid: int, suffix: str, n_experts: int,

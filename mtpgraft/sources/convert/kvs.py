@@ -22,6 +22,8 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
               ftype: str) -> list[tuple[str, str, Any]]:
     """The structural keys of the converter's output that describe the head, in its order."""
     a = rule.arch
+    if rule.mla:
+        hp = {**hp, "num_key_value_heads": 1}  # DeepseekV2Model: MLA is written as MQA
     kvs: list[tuple[str, str, Any]] = [("general.architecture", "STRING", a),
                                        (f"{a}.block_count", "UINT32", n_layers + n_mtp)]
     for key, names in ((f"{a}.context_length", ("max_position_embeddings", "n_ctx", "n_positions")),
@@ -34,18 +36,58 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
             kvs.append((key, "UINT32", int(v)))
     if rule.moe:
         kvs += _moe_kvs(a, hp)
-    if (hd := hp.get("head_dim")) is not None:
+    if rule.mla_lengths_first:  # where transformers' head_dim put them, with DeepseekV2Model's values
+        kvs += _mla_lengths(a, hp)
+    elif not rule.mla and (hd := hp.get("head_dim")) is not None:
         kvs += [(f"{a}.attention.key_length", "UINT32", int(hd)), (f"{a}.attention.value_length", "UINT32", int(hd))]
     kvs.append(("general.file_type", "UINT32", FILE_TYPES[ftype]))
     for suffix, field_ in rule.moe_keys:
         if (v := hp.get(field_)) is not None:
             kvs.append((f"{a}.{suffix}", "UINT32", int(v)))
+        if rule.mla and not rule.mla_lengths_first and suffix == "leading_dense_block_count":
+            kvs += _mla_lengths(a, hp)
     if rule.sigmoid_routing:
         _sigmoid_routing_kvs(kvs, a, hp)
+    if rule.hy_routing:
+        _hy_routing_kvs(kvs, a, hp)
+    if rule.mla:
+        if (v := hp.get("routed_scaling_factor")) is not None:
+            kvs.append((f"{a}.expert_weights_scale", "FLOAT32", float(v)))
+        if hp.get("norm_topk_prob"):
+            kvs.append((f"{a}.expert_weights_norm", "BOOL", True))
+    if rule.mla_rope_dims:
+        factor = _rotary_factor(hp) if rule.partial_rope else 1.0
+        kvs.append((f"{a}.rope.dimension_count", "UINT32", int(int(hp["qk_rope_head_dim"]) * factor)))
     kvs.append((f"{a}.nextn_predict_layers", "UINT32", n_mtp))
     if rule.hybrid:
         kvs += _hybrid_kvs(a, hp, n_layers, n_mtp)
     return kvs
+
+
+def _mla_lengths(a: str, hp: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """MLA's attention lengths as llama.cpp reads them: the compressed KV (kv_lora_rank) plus the rope part."""
+    missing = [k for k in ("kv_lora_rank", "qk_rope_head_dim") if hp.get(k) is None]
+    if missing:
+        raise SourceError(f"config.json: no {missing[0]}, which an MLA head needs")
+    rank = int(hp["kv_lora_rank"])
+    return [(f"{a}.attention.key_length", "UINT32", rank + int(hp["qk_rope_head_dim"])),
+            (f"{a}.attention.value_length", "UINT32", rank)]
+
+
+def _rotary_factor(hp: dict[str, Any]) -> float:
+    """The converter's partial_rotary_factor: rope_parameters' (or rope_scaling's), else the top-level
+    one (mirrored only into a single-pattern rope_parameters), else 1."""
+    params = hp.get("rope_parameters", hp.get("rope_scaling")) or {}
+    if not isinstance(params, dict):
+        raise SourceError("config.json: rope_parameters is not a JSON object")
+    if "full_attention" not in params and "sliding_attention" not in params and "partial_rotary_factor" not in params:
+        params = {"partial_rotary_factor": _first(hp, ("partial_rotary_factor", "rope_pct", "rope_percent"))}
+    v = params.get("partial_rotary_factor")
+    if v is None:
+        return 1.0
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1:
+        raise SourceError(f"config.json: partial_rotary_factor {v!r} is not a number in (0, 1]")
+    return float(v)
 
 
 def _moe_kvs(a: str, hp: dict[str, Any]) -> list[tuple[str, str, Any]]:
@@ -65,18 +107,40 @@ def _moe_kvs(a: str, hp: dict[str, Any]) -> list[tuple[str, str, Any]]:
     return kvs
 
 
-def _sigmoid_routing_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any]) -> None:
-    """Glm4MoeModel.set_gguf_parameters' own keys, in its order (added to `kvs` in place)."""
+def _sigmoid_gating(kvs: list[tuple[str, str, Any]], a: str) -> None:
+    """expert_gating_func = sigmoid, where the key already is (the writer overwrites in place) or last."""
     gating = (f"{a}.expert_gating_func", "UINT32", _GATING["sigmoid"])
     at = next((i for i, kv in enumerate(kvs) if kv[0] == gating[0]), None)
     if at is None:
         kvs.append(gating)
     else:
-        kvs[at] = gating  # the writer overwrites a key in place
+        kvs[at] = gating
+
+
+def _sigmoid_routing_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any]) -> None:
+    """Glm4MoeModel.set_gguf_parameters' own keys, in its order (added to `kvs` in place)."""
+    _sigmoid_gating(kvs, a)
     if (v := hp.get("routed_scaling_factor")) is not None:
         kvs.append((f"{a}.expert_weights_scale", "FLOAT32", float(v)))
     if (v := hp.get("norm_topk_prob")) is not None:
         kvs.append((f"{a}.expert_weights_norm", "BOOL", bool(v)))
+
+
+def _hy_routing_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any]) -> None:
+    """HYV3Model.set_gguf_parameters' own keys, in its order (added to `kvs` in place)."""
+    missing = [k for k in ("moe_intermediate_size", "router_scaling_factor") if hp.get(k) is None]
+    if missing:
+        raise SourceError(f"config.json: no {missing[0]}, which the converter reads for a Hy3 head")
+    ff, shared, norm = int(hp["moe_intermediate_size"]), hp.get("num_shared_experts", 1), hp.get("route_norm", True)
+    if isinstance(shared, bool) or not isinstance(shared, int) or not 0 <= shared <= 1 << 16:
+        raise SourceError(f"config.json: num_shared_experts {shared!r} is not a count")
+    if not isinstance(norm, bool):
+        raise SourceError("config.json: route_norm is not true or false")
+    kvs += [(f"{a}.expert_feed_forward_length", "UINT32", ff),
+            (f"{a}.expert_shared_feed_forward_length", "UINT32", ff * shared),
+            (f"{a}.expert_weights_norm", "BOOL", norm),
+            (f"{a}.expert_weights_scale", "FLOAT32", float(hp["router_scaling_factor"]))]
+    _sigmoid_gating(kvs, a)
 
 
 def _hybrid_kvs(a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> list[tuple[str, str, Any]]:

@@ -34,7 +34,7 @@ QWEN_NAMES = {
 QWEN_MTP_TOP = {"fc": "eh_proj", "pre_fc_norm_embedding": "enorm", "pre_fc_norm_hidden": "hnorm",
                 "norm": "shared_head.norm"}
 # Kept F32 whatever the output type (prepare_tensors' list, the entries an MTP head can hold).
-FORCED_F32 = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
+FORCED_F32 = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "indexer.proj.weight")
 
 
 GLM_NAMES = {k: v for k, v in QWEN_NAMES.items() if not k.startswith("mlp.shared_expert")} | {
@@ -48,8 +48,41 @@ GLM_NAMES = {k: v for k, v in QWEN_NAMES.items() if not k.startswith("mlp.shared
     "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
     "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
 }
+# DeepseekV2Model's MLA layout (GLM-4.7-Flash, GLM-5, DeepSeek-V3.2): kv_b_proj is split into attn_k_b and attn_v_b
+# (MLA_SPLIT); the DSA indexer's tensors (GLM-5); the post-attention norm is ffn_norm.
+DSA_NAMES = {k: v for k, v in GLM_NAMES.items() if not k.startswith("self_attn.")} | {
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_a_proj.weight": "attn_q_a.weight",
+    "self_attn.q_a_layernorm.weight": "attn_q_a_norm.weight",
+    "self_attn.q_b_proj.weight": "attn_q_b.weight",
+    "self_attn.kv_a_proj_with_mqa.weight": "attn_kv_a_mqa.weight",
+    "self_attn.kv_a_layernorm.weight": "attn_kv_a_norm.weight",
+    "self_attn.kv_b_proj.weight": "attn_v_b.weight",  # written as attn_k_b, then attn_v_b (the last one)
+    "self_attn.k_b_proj.weight": "attn_k_b.weight",
+    "self_attn.v_b_proj.weight": "attn_v_b.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.indexer.wq_b.weight": "indexer.attn_q_b.weight",
+    "self_attn.indexer.wk.weight": "indexer.attn_k.weight",
+    "self_attn.indexer.k_norm.weight": "indexer.k_norm.weight",
+    "self_attn.indexer.k_norm.bias": "indexer.k_norm.bias",
+    "self_attn.indexer.weights_proj.weight": "indexer.proj.weight",
+}
+MLA_SPLIT = "self_attn.kv_b_proj.weight"
+# Hy3 (HYV3Model), as saved: the router and its bias under their own names (the bias written bare, no
+# .bias), shared_mlp, and the MTP layer's final_layernorm as nextn.shared_head_norm.
+HY_NAMES = {k: v for k, v in GLM_NAMES.items() if not k.endswith(".bias") and k != "mlp.gate.weight"} | {
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.router.gate.weight": "ffn_gate_inp.weight",
+    "mlp.expert_bias": "exp_probs_b",
+    "mlp.shared_mlp.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_mlp.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_mlp.down_proj.weight": "ffn_down_shexp.weight",
+    "final_layernorm.weight": "nextn.shared_head_norm.weight",
+}
 QWEN_MOE_KEYS = (("expert_feed_forward_length", "moe_intermediate_size"),
                   ("expert_shared_feed_forward_length", "shared_expert_intermediate_size"))
+DSA_MOE_KEYS = (("leading_dense_block_count", "first_k_dense_replace"),
+                ("expert_feed_forward_length", "moe_intermediate_size"), ("expert_shared_count", "n_shared_experts"))
 GLM_MOE_KEYS = (("expert_feed_forward_length", "moe_intermediate_size"), ("expert_shared_count", "n_shared_experts"),
                  ("leading_dense_block_count", "first_k_dense_replace"))
 
@@ -69,6 +102,27 @@ class HeadRule:
     # Glm4MoeModel.set_gguf_parameters' own keys: sigmoid expert gating (replacing the config's),
     # expert_weights_scale (routed_scaling_factor) and expert_weights_norm (norm_topk_prob).
     sigmoid_routing: bool = False
+    # config.json may leave n_mtp_key out (or 0): the converter then counts the mtp.layers.K it finds
+    # (_QwenMtpMixin.opt_num_mtp_layers; Qwen3-Next states no count).
+    counted_mtp: bool = False
+    # DeepseekV2Model's MLA (GLM-5): kv_b_proj split per KV head into attn_k_b (transposed) and attn_v_b;
+    # head_count_kv 1, key_length kv_lora_rank + qk_rope_head_dim, value_length kv_lora_rank, and its
+    # expert_weights_scale / expert_weights_norm (the latter only when true) after the MoE keys.
+    mla: bool = False
+    # DeepseekV2Model's rope.dimension_count, written just before nextn_predict_layers: the head carries it
+    # so that a graft puts the count where the converter does.
+    mla_rope_dims: bool = False
+    # Where the MLA key/value lengths sit: transformers' config class for the model type gives head_dim
+    # (glm_moe_dsa and deepseek_v32 do), so TextModel writes them early (DeepseekV2Model overwrites them in place), or
+    # it gives none (glm4_moe_lite) and they follow leading_dense_block_count.
+    mla_lengths_first: bool = False
+    # GlmMoeDsaModel's rope.dimension_count is qk_rope_head_dim x partial_rotary_factor (DeepseekV2Model's
+    # is qk_rope_head_dim).
+    partial_rope: bool = False
+    # HYV3Model.set_gguf_parameters' own keys after file_type: expert_feed_forward_length,
+    # expert_shared_feed_forward_length (x num_shared_experts), expert_weights_norm (route_norm, default
+    # true), expert_weights_scale (router_scaling_factor, default 1), sigmoid gating.
+    hy_routing: bool = False
 
 
 _QWEN = {"n_mtp_key": "mtp_num_hidden_layers", "names": QWEN_NAMES, "plus_one_norms": True, "hybrid": True}
@@ -77,29 +131,57 @@ HEAD_RULES: dict[str, HeadRule] = {
     "Qwen3_5ForCausalLM": HeadRule("qwen35", moe=False, **_QWEN),
     "Qwen3_5MoeForConditionalGeneration": HeadRule("qwen35moe", moe=True, moe_keys=QWEN_MOE_KEYS, **_QWEN),
     "Qwen3_5MoeForCausalLM": HeadRule("qwen35moe", moe=True, moe_keys=QWEN_MOE_KEYS, **_QWEN),
+    "Qwen3NextForCausalLM": HeadRule("qwen3next", moe=True, moe_keys=QWEN_MOE_KEYS, counted_mtp=True, **_QWEN),
+    "GlmMoeDsaForCausalLM": HeadRule("glm-dsa", "num_nextn_predict_layers", True, DSA_NAMES, False,
+                                     layer_indexed=True, moe_keys=DSA_MOE_KEYS, mla=True, mla_rope_dims=True,
+                                     mla_lengths_first=True, partial_rope=True),
+    "DeepseekV32ForCausalLM": HeadRule("deepseek32", "num_nextn_predict_layers", True, DSA_NAMES, False,
+                                       layer_indexed=True, moe_keys=DSA_MOE_KEYS, mla=True, mla_rope_dims=True,
+                                       mla_lengths_first=True),
+    "Glm4MoeLiteForCausalLM": HeadRule("deepseek2", "num_nextn_predict_layers", True, DSA_NAMES, False,
+                                       layer_indexed=True, moe_keys=DSA_MOE_KEYS, mla=True, mla_rope_dims=True),
+    "HYV3ForCausalLM": HeadRule("hy_v3", "num_nextn_predict_layers", True, HY_NAMES, False, layer_indexed=True,
+                                hy_routing=True),
     "Glm4MoeForCausalLM": HeadRule("glm4moe", "num_nextn_predict_layers", True, GLM_NAMES, False,
                                    layer_indexed=True, moe_keys=GLM_MOE_KEYS, sigmoid_routing=True),
 }
 
-# Architectures whose checkpoints carry an MTP head that mtpgraft does not convert, and why.
+# Architectures whose checkpoints carry an MTP head that mtpgraft does not convert, and why: what the
+# pinned convert_hf_to_gguf.py (llama.cpp 0c1e570, conversion/*.py) does with the head. Refused from
+# config.json alone, before any tensor byte is read.
+_DONOR = "; use a GGUF donor converted with convert_hf_to_gguf.py"
+_MLA = ("through the MLA path (kv_b_proj split into attn_k_b and attn_v_b, attn_k_b transposed); mtpgraft "
+        "has no reference conversion for it yet" + _DONOR)
 REFUSED = {
-    "Qwen3NextForCausalLM": "Qwen3-Next checkpoints do not state mtp_num_hidden_layers and mtpgraft has "
-                            "no reference conversion for them; convert with llama.cpp's convert_hf_to_gguf.py",
     "DeepseekV3ForCausalLM": "llama.cpp's converter drops DeepSeek-V3's MTP layers (deepseek2 keeps MTP only "
                              "for GLM-4.7-Flash), so there is no GGUF head to build",
-    "DeepseekV32ForCausalLM": "llama.cpp's converter drops DeepSeek-V3.2's MTP layers",
-    "Glm4MoeLiteForCausalLM": "GLM-4.7-Flash converts through the deepseek2 MLA path (kv_b_proj split into "
-                              "k_b/v_b, per-layer transposes), which mtpgraft does not reproduce; use a GGUF donor",
-    "DeepseekV4ForCausalLM": "DeepSeek-V4's head (mtp.N.*, compressed attention) is converted only with "
-                             "convert_hf_to_gguf.py --mtp; use a GGUF donor",
+    "BailingMoeV3ForCausalLM": "llama.cpp's converter keeps Ling/Ring 3's MTP layer but converts it " + _MLA,
+    "DeepseekV4ForCausalLM": "llama.cpp's converter drops DeepSeek-V4's mtp.* head from a full conversion "
+                             "and writes it only with --mtp, as a head-only file (e_proj and h_proj "
+                             "concatenated into eh_proj)" + _DONOR,
+    "MiMoV2FlashForCausalLM": "llama.cpp's converter appends MiMo-V2's model.mtp.layers.* heads (three, a count "
+                              "config.json does not state) and extends the per-layer head_count_kv and "
+                              "sliding_window_pattern arrays for them, which mtpgraft does not reproduce" + _DONOR,
+    "Step3p5ForCausalLM": "llama.cpp's converter keeps Step-3.5's MTP layers (+1 on every norm, shared_head.output "
+                          "renamed) with per-layer head_count, head_count_kv, sliding_window_pattern and "
+                          "swiglu_clamp_* arrays padded for them, which mtpgraft does not reproduce" + _DONOR,
+    "Cohere2MoeForCausalLM": "llama.cpp's converter keeps Cohere 2 MoE's MTP layer only in a full conversion "
+                             "(it refuses --mtp and --no-mtp for this architecture) and drops its zero biases; "
+                             "mtpgraft has no reference conversion for it" + _DONOR,
+    "NemotronHForCausalLM": "llama.cpp's converter folds Nemotron-3's two mtp.layers.* (fusion and attention, "
+                            "then MoE) into one block with renames, which mtpgraft does not reproduce" + _DONOR,
 }
+REFUSED |= {"MiMoV2ForCausalLM": REFUSED["MiMoV2FlashForCausalLM"],
+            "Step3p7ForConditionalGeneration": REFUSED["Step3p5ForCausalLM"]}
 
 
 # TextModel.filter_tensors: multimodal tensors the converter skips (the subset Qwen checkpoints hold).
 SKIPPED = ("visual.", "vision.", "audio.", "vision_", "audio_", "talker.", "projector.", "patch_embed",
            "merger.", "mtp_only_")
-# Qwen3.5 trunk names not in the MTP table: linear attention and the model's ends.
-QWEN_TRUNK = {"linear_attn.in_proj_qkv.weight": "attn_qkv.weight", "linear_attn.in_proj_z.weight": "attn_gate.weight",
+# Qwen3.5 trunk names not in the MTP table: linear attention and the model's ends (Qwen3-Next's fused
+# in_proj_qkvz is written as attn_qkv, then attn_gate: the name here is the last one written).
+QWEN_TRUNK = {"linear_attn.in_proj_qkvz.weight": "attn_gate.weight", "linear_attn.in_proj_ba.weight": "ssm_ba.weight",
+              "linear_attn.in_proj_qkv.weight": "attn_qkv.weight", "linear_attn.in_proj_z.weight": "attn_gate.weight",
               "linear_attn.in_proj_a.weight": "ssm_alpha.weight", "linear_attn.in_proj_b.weight": "ssm_beta.weight",
               "linear_attn.conv1d.weight": "ssm_conv1d.weight", "linear_attn.dt_bias": "ssm_dt.bias",
               "linear_attn.A_log": "ssm_a", "linear_attn.norm.weight": "ssm_norm.weight",

@@ -62,6 +62,9 @@ def _piece_chunks(p: Piece, fd: int, base: int) -> Iterator[tuple[bytes, int]]:
     """Raw bytes of a piece in bounded chunks, with the row length in elements."""
     es = DTYPE_SIZE[p.src.dtype]
     row = p.cols * es
+    if p.transposed:
+        yield from _transposed_blocks(p, fd, base, es)
+        return
     step = max(1, CHUNK_BYTES // max(1, row))
     for o in range(p.outer):
         for r in range(p.r0, p.r1, step):
@@ -71,6 +74,18 @@ def _piece_chunks(p: Piece, fd: int, base: int) -> Iterator[tuple[bytes, int]]:
             if len(data) != n * row:
                 raise SourceError(f"{p.file}: unexpected end of data reading {p.src.name}")
             yield data, p.cols
+
+
+def _transposed_blocks(p: Piece, fd: int, base: int, es: int) -> Iterator[tuple[bytes, int]]:
+    """Each block's rows [r0, r1) read whole and transposed (a head's slab: rank x head_dim elements)."""
+    import numpy as np
+
+    n, row = p.r1 - p.r0, p.cols * es
+    for o in range(p.outer):
+        data = os.pread(fd, n * row, base + (o * p.rows + p.r0) * row)
+        if len(data) != n * row:
+            raise SourceError(f"{p.file}: unexpected end of data reading {p.src.name}")
+        yield np.frombuffer(data, dtype=f"u{es}").reshape(n, p.cols).T.tobytes(), n
 
 
 def tensor_producer(t: HeadTensor, locate: Locate) -> Callable[[], Iterator[bytes]]:
