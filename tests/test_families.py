@@ -158,7 +158,7 @@ def test_inspect_judges_every_layout(fam):
 def grafted(fam, tmp_path_factory) -> dict[str, Path]:
     arch, m = fam
     d = tmp_path_factory.mktemp(f"fam-graft-{arch}")
-    out = {k: d / f"{k}.gguf" for k in ("attach", "attach-key", "attach-q8", "detach", "extract")}
+    out = {k: d / f"{k}.gguf" for k in ("attach", "attach-key", "attach-q8", "detach", "extract", "sidecar")}
     mtpgraft("attach", m["base"], "--mtp-from", m["full-aligned"], "--mtp-type", "keep", "-o", out["attach"])
     # onto the trunk-only file that keeps the key, where the loader takes one (else onto the keyless one)
     key_base = m["base-key"] if ARCH_RULES[arch].trunk_only_ok else m["base"]
@@ -167,6 +167,7 @@ def grafted(fam, tmp_path_factory) -> dict[str, Path]:
     mtpgraft("attach", m["base"], "--mtp-from", m["mtp-only-aligned"], "--mtp-type", "q8_0", "-o", out["attach-q8"])
     mtpgraft("detach", m["full-aligned"], "-o", out["detach"])
     mtpgraft("extract", m["full-aligned"], "-o", out["extract"])
+    mtpgraft("sidecar", m["base"], "--mtp-from", m["full-aligned"], "--mtp-type", "keep", "-o", out["sidecar"])
     return out
 
 
@@ -182,6 +183,9 @@ def test_graft_round_trips_give_the_converter_files(fam, grafted):
         k: v for k, v in full_k.items() if k != "general.file_type"}
     assert _tensors(grafted["detach"]) == _tensors(m["base"]) and _keys(grafted["detach"]) == _keys(m["base"])
     assert _tensors(grafted["extract"]) == _tensors(m["mtp-only-aligned"])
+    # the sidecar for the trunk-only file: the converter's --mtp file of the same model
+    assert _tensors(grafted["sidecar"]) == _tensors(m["mtp-only-aligned"])
+    assert _keys(grafted["sidecar"]) == _keys(m["mtp-only-aligned"])
 
 
 @pytest.mark.parametrize("arch", [a for a in FAMILIES if ARCH_RULES[a].config_arrays])
@@ -280,8 +284,9 @@ def test_grafted_and_sidecar_files_draft(fam, grafted, llama_cpp_dir):
         assert types[f"blk.{i}.nextn.eh_proj.weight"] == types[f"blk.{i}.{_down(arch)}"] == "Q8_0"
     with serve(grafted["attach-q8"], llama_cpp_dir, spec_type="mtp", draft_n_max=3) as srv:
         assert rate(run(srv, tm.PROSE_PROMPT, n_predict=48)) == 1.0
-    with serve(m["base"], llama_cpp_dir, spec_type="mtp", draft_n_max=3, draft_model=grafted["extract"]) as srv:
-        assert rate(run(srv, tm.CODE_PROMPT, n_predict=48)) == 1.0
+    for side in ("extract", "sidecar"):
+        with serve(m["base"], llama_cpp_dir, spec_type="mtp", draft_n_max=3, draft_model=grafted[side]) as srv:
+            assert rate(run(srv, tm.CODE_PROMPT, n_predict=48)) == 1.0, side
 
 
 @pytest.mark.tools
