@@ -110,13 +110,19 @@ def test_the_invariant_wants_the_sources_collapse(m, tmp_path):
     assert not (tmp_path / "s.gguf").exists()
 
 
-def test_a_source_without_its_collapse_is_refused(m, tmp_path):
-    cut = rewrite(m["own"], tmp_path / "cut.gguf", drop_tensors=("output_hc_scale.weight",))
-    res = cli_run("sidecar", m["base"], "--mtp-from", cut, "-o", tmp_path / "s.gguf", code=3)
-    assert res.stderr.strip().splitlines() == [
-        "mtpgraft: error: cut.gguf has no output_hc_scale.weight: the MTP head's own tensor, which its sidecar "
-        "carries; convert or download the MTP source again"]
-    assert not (tmp_path / "s.gguf").exists()
+def test_a_source_of_the_mtp_tensors_alone_leaves_the_bases_and_says_so(m, tmp_path):
+    """A Hub donor is fetched as its MTP tensors alone: no output_hc_* to take, so the base's, with a
+    warning (one set, never a mix), and the invariant holds them to the base's."""
+    cut = rewrite(m["own"], tmp_path / "cut.gguf", drop_tensors=OWN)
+    out = tmp_path / "s.gguf"
+    res = cli_run("sidecar", m["base"], "--mtp-from", cut, "--mtp-type", "keep", "-o", out)
+    assert [ln for ln in res.stderr.splitlines() if "output_hc" in ln] == [
+        "mtpgraft: warning: the MTP source has no output_hc_fn.weight, output_hc_base.weight, "
+        "output_hc_scale.weight (the head's own collapse of the hc streams: it holds the MTP tensors alone): "
+        "the sidecar carries the base's, the trunk's; to keep the head's own, make it from a local copy of "
+        "the whole source file"], res.stderr
+    assert tensors(out) == tensors(m["sidecar-mtp-only"])
+    assert "output_hc" not in cli_run("sidecar", m["base"], "--mtp-from", m["own"], "-o", out, "--force").stderr
 
 
 @pytest.mark.parametrize("src,warns", [("own", True), ("mtp-only", False), ("full", False)])

@@ -169,16 +169,16 @@ def _base_kept(plan: GraftPlan, shards: Sequence[ShardSpec]) -> None:
     """Read from the base again, not from the plan: every base tensor outside a block holding nextn
     tensors (attach, detach), or every shared tensor (extract, sidecar), is planned as a copy of
     the base's own bytes, unchanged (whose output _same_tensors has held to the plan); a sidecar's
-    head_globals, read from the source again, as copies of the source's."""
+    head_globals, read from the source again, as copies of the source's where it holds them all."""
     if is_drafter(plan.arch):
         return  # its sidecar is the assistant itself: nothing of the target goes into it
     base = GGUFModel(plan.base)
     own = [n for n in head_globals(plan.arch) if n in base.by_name] if plan.operation == "sidecar" else []
-    if own:  # the head's own collapse (deepseek4's output_hc_*): what the source's head ran with
-        src = GGUFModel(plan.source)
-        if missing := [n for n in own if n not in src.by_name]:
-            raise _bug(plan, f"it holds {missing[0]}, which the MTP source lacks")
+    src = GGUFModel(plan.source) if own else None
+    if src is not None and all(n in src.by_name for n in own):  # the head's own collapse: the source's
         _copies_of(plan, shards, [src.by_name[n] for n in own], "MTP source")
+    else:
+        own = []  # a source of the MTP tensors alone: the base's (plan_sidecar warns)
     shared = set(shared_tensors(plan.arch)) - set(own)
     mtp_blocks = {lo[0] for r in base.refs if (lo := layer_of(r.name)) and lo[1].startswith("nextn.")}
     if plan.operation in ("attach", "detach"):
