@@ -244,8 +244,8 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                            "--mtp writes it, head only)",
              shared_tensors=(*SHARED_TENSORS, *DSV4_HC_HEAD), head_globals=DSV4_HC_HEAD,
              note="DeepSeek-V4: hyper-connections (hc_mult residual streams: the MTP input is hc_mult * "
-                  "n_embd wide; a sidecar carries the head's own output_hc_* collapse, its source's); attention.compress_ratios "
-                  "is the HF config's (trunk + MTP entries even without the block: at least block_count) "
+                  "n_embd wide; a sidecar carries the head's own output_hc_* collapse, its source's); "
+                  "attention.compress_ratios is the HF config's (trunk + MTP entries even without the block: at least block_count) "
                   "and the MTP layer's entry is 0; sqrt-softplus MoE with a shared "
                   "expert; one MTP block. A file that keeps the key without the block is refused (blk.N not "
                   "found); a key over a block without nextn tensors silently turns MTP off (the block runs "
