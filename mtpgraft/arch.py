@@ -90,7 +90,11 @@ class ArchRule:
     # Per-layer arrays the converter copies from the HF config, trunk + MTP layers long in every layout
     # (the loader wants at least block_count entries): a graft extends a short one, never cuts one.
     config_arrays: tuple[str, ...] = ()
-    shared_tensors: tuple[str, ...] = SHARED_TENSORS  # what a sidecar borrows from its target
+    shared_tensors: tuple[str, ...] = SHARED_TENSORS  # what a sidecar holds besides the blocks
+    # Root tensors that are the head's own in an MTP-only file (the converter's --mtp file: deepseek4's
+    # mtp.0.hc_head_* become output_hc_*): a sidecar takes them from its source, not the base; one
+    # file holds one set, so attach keeps the base's (its trunk's, which the in-file head then runs).
+    head_globals: tuple[str, ...] = ()
     # llama-imatrix runs the trunk graph only: it never sees the head. A drafter cannot run alone.
     imatrix_sees_head: bool = False
     imatrix_runs: bool = True
@@ -238,10 +242,10 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                              "size'); quantize without --imatrix (the types that need one cannot be made)",
              hf_conversion="not converted: a full conversion drops DeepseekV4ForCausalLM's mtp.* head (only "
                            "--mtp writes it, head only)",
-             shared_tensors=(*SHARED_TENSORS, *DSV4_HC_HEAD),
+             shared_tensors=(*SHARED_TENSORS, *DSV4_HC_HEAD), head_globals=DSV4_HC_HEAD,
              note="DeepSeek-V4: hyper-connections (hc_mult residual streams: the MTP input is hc_mult * "
-                  "n_embd wide; a sidecar carries the output_hc_* collapse too); attention.compress_ratios "
-                  "is the HF config's (trunk + MTP entries even without the block: at least block_count) "
+                  "n_embd wide; a sidecar carries the head's own output_hc_* collapse, its source's); "
+                  "attention.compress_ratios is the HF config's (trunk + MTP entries even without the block: at least block_count) "
                   "and the MTP layer's entry is 0; sqrt-softplus MoE with a shared "
                   "expert; one MTP block. A file that keeps the key without the block is refused (blk.N not "
                   "found); a key over a block without nextn tensors silently turns MTP off (the block runs "
@@ -345,6 +349,12 @@ def shared_tensors(arch: str) -> tuple[str, ...]:
     """The tensors a draft of this architecture borrows from its target (an unknown one: the usual three)."""
     rule = ARCH_RULES.get(arch)
     return rule.shared_tensors if rule is not None else SHARED_TENSORS
+
+
+def head_globals(arch: str) -> tuple[str, ...]:
+    """The root tensors an MTP-only file of this architecture carries as its head's own (none for most)."""
+    rule = ARCH_RULES.get(arch)
+    return rule.head_globals if rule is not None else ()
 
 
 def is_drafter(arch: str) -> bool:

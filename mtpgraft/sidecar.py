@@ -6,7 +6,10 @@
 The layout is convert_hf_to_gguf.py's `--mtp` file: the base's metadata as an attach would leave it
 (block_count, nextn_predict_layers, per-layer arrays extended), the tensors the draft shares with
 the trunk (the architecture's shared tensors: token_embd, output_norm, output) taken from the base,
-and the MTP block taken from the source and renumbered / converted exactly as attach does it.
+and the MTP block taken from the source and renumbered / converted exactly as attach does it. Root
+tensors that are the head's own (arch.py's head_globals: deepseek4's output_hc_*, which the
+converter's --mtp file takes from the MTP layer) come from the source too, as they are, where it
+holds them.
 Nothing of the trunk's layers is written, so the file is the head's size plus the shared tensors.
 Named `mtp-NAME-TYPE.gguf`.
 """
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import naming
-from .arch import shared_tensors
+from .arch import head_globals, shared_tensors
 from .errors import GraftError, Setting, UsageError
 from .gguf_io import GGUFModel, OutTensor
 from .graft import (
@@ -73,17 +76,39 @@ def plan_sidecar(base_path: str | os.PathLike[str], source_path: str | os.PathLi
     kvs = tuple(kv for kv in head if not kv.key.startswith("split."))
     dropped = [KeyChange(kv.key, None, None) for kv in head if kv.key.startswith("split.")]
     mtp, shared = {a.name for a in g.actions}, shared_tensors(base.arch)
-    tensors = tuple(t for ts in g.shard_tensors for t in ts if t.name in shared or t.name in mtp)
     warnings = list(g.warnings)
+    own = _head_own(base, src, warnings)
+    tensors = tuple(own.get(t.name, t) for ts in g.shard_tensors for t in ts if t.name in shared or t.name in mtp)
     if "token_embd.weight" not in {t.name for t in tensors}:
         warnings.append("the base has no token_embd.weight: the sidecar cannot embed draft tokens")
     return GraftPlan(
         operation="sidecar", base=str(base.path), source=str(src.path), outputs=[str(target)],
         mtp_type=g.type_policy, arch=base.arch, trunk_layers=g.trunk, mtp_layers=g.mtp_layers, tensors=g.actions,
         key_changes=g.key_changes + dropped, warnings=warnings, output_bytes=sum(t.nbytes for t in tensors),
-        force=force, shards=(ShardSpec(target, kvs, tensors),), source_refs=g.source_refs,
+        force=force, shards=(ShardSpec(target, kvs, tensors),),
+        source_refs=g.source_refs + tuple(src.by_name[n] for n in own),  # the digest covers every byte taken
         **quantize_tool(g.actions, tools, llama_cpp, runtime),
     )
+
+
+def _head_own(base: GGUFModel, src: GGUFModel, warnings: list[str]) -> dict[str, OutTensor]:
+    """The source's head_globals as copies of its bytes: what its head ran with (a full source's own
+    set; an MTP-only file's, the head's). A source without them (the MTP tensors alone, as a Hub
+    donor is fetched) leaves the base's, with a warning: one set, never a mix."""
+    names = [n for n in head_globals(base.arch) if n in base.by_name]
+    if missing := [n for n in names if n not in src.by_name]:
+        warnings.append(f"the MTP source has no {', '.join(missing)} (the head's own collapse of the hc streams: "
+                        "it holds the MTP tensors alone): the sidecar carries the base's, the trunk's; to keep "
+                        "the head's own, make it from a local copy of the whole source file")
+        return {}
+    own: dict[str, OutTensor] = {}
+    for name in names:
+        r, b = src.by_name[name], base.by_name[name]
+        if tuple(r.info.ne) != tuple(b.info.ne):
+            raise GraftError(f"{name} has shape {list(r.info.ne)} in the MTP source, {list(b.info.ne)} in "
+                             "the base: the source is another model")
+        own[name] = OutTensor(name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset)
+    return own
 
 
 def _default_target(base: Path, actions: Sequence[TensorAction], out_dir: str | os.PathLike[str] | None) -> Path:

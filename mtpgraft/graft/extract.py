@@ -119,6 +119,7 @@ def plan_extract(model_path: str | os.PathLike[str], out_path: str | os.PathLike
     set_kv(kvs, nextn_key, GGUFValueType.UINT32, len(layers), changes, after=bc_key)
     if rule is not None and heads is not None:  # the arrays cover every block the model has: cut them
         extend_layer_arrays(kvs, rule, arch, trunk, len(layers), model, layers, changes, [])
+    # the head_globals too are the file's own (deepseek4's output_hc_*): what its in-file head ran with
     shared = shared_tensors(arch)
     keep = [r for r in model.refs if r.name in shared or ((lo := layer_of(r.name)) and lo[0] in layers)]
     tensors = [OutTensor(r.name, r.info.ne, r.info.ggml_type, r.info.nbytes, r.path, r.abs_offset) for r in keep]

@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..arch import is_drafter, rule_for, shared_tensors
+from ..arch import head_globals, is_drafter, rule_for, shared_tensors
 from ..blocks import block_size, common_bytes
 from ..errors import InternalError, MtpgraftError
 from ..gguf_io import PAD_KEY, GGUFFile, GGUFModel, OutTensor, TensorRef
@@ -168,21 +168,31 @@ def _counts_add_up(plan: GraftPlan, files: list[GGUFFile]) -> None:
 def _base_kept(plan: GraftPlan, shards: Sequence[ShardSpec]) -> None:
     """Read from the base again, not from the plan: every base tensor outside a block holding nextn
     tensors (attach, detach), or every shared tensor (extract, sidecar), is planned as a copy of
-    the base's own bytes, unchanged (whose output _same_tensors has held to the plan)."""
+    the base's own bytes, unchanged (whose output _same_tensors has held to the plan); a sidecar's
+    head_globals, read from the source again, as copies of the source's where it holds them all."""
     if is_drafter(plan.arch):
         return  # its sidecar is the assistant itself: nothing of the target goes into it
     base = GGUFModel(plan.base)
-    shared = shared_tensors(plan.arch)
+    own = [n for n in head_globals(plan.arch) if n in base.by_name] if plan.operation == "sidecar" else []
+    src = GGUFModel(plan.source) if own else None
+    if src is not None and all(n in src.by_name for n in own):  # the head's own collapse: the source's
+        _copies_of(plan, shards, [src.by_name[n] for n in own], "MTP source")
+    else:
+        own = []  # a source of the MTP tensors alone: the base's (plan_sidecar warns)
+    shared = set(shared_tensors(plan.arch)) - set(own)
     mtp_blocks = {lo[0] for r in base.refs if (lo := layer_of(r.name)) and lo[1].startswith("nextn.")}
+    if plan.operation in ("attach", "detach"):
+        kept = [r for r in base.refs if not ((lo := layer_of(r.name)) and lo[0] in mtp_blocks)]
+    else:
+        kept = [r for r in base.refs if r.name in shared]
+    _copies_of(plan, shards, kept, "base")
+
+
+def _copies_of(plan: GraftPlan, shards: Sequence[ShardSpec], refs: Sequence[TensorRef], whose: str) -> None:
+    """Each of `refs` is planned as a copy of its bytes."""
     planned = {t.name: t for s in shards for t in s.tensors}
-    for r in base.refs:
-        lo = layer_of(r.name)
-        if plan.operation in ("attach", "detach"):
-            if lo is not None and lo[0] in mtp_blocks:
-                continue
-        elif r.name not in shared:
-            continue
+    for r in refs:
         t = planned.get(r.name)
-        if t is None or (t.src_path, t.src_offset, tuple(t.ne), t.ggml_type) != (
-                r.path, r.abs_offset, tuple(r.info.ne), r.info.ggml_type):
-            raise _bug(plan, f"the base's tensor {r.name} is not in it as it is in the base")
+        if (t is None or (t.src_path, t.src_offset, tuple(t.ne), t.ggml_type) != (
+                r.path, r.abs_offset, tuple(r.info.ne), r.info.ggml_type)):
+            raise _bug(plan, f"the {whose}'s tensor {r.name} is not in it as it is in the {whose}")

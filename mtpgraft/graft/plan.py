@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import ggml_types, naming
-from ..arch import NEXTN_REQUIRED, ArchRule, layer_kind, require_mtp_arch, same_kind_layers
+from ..arch import (
+    NEXTN_REQUIRED,
+    ArchRule,
+    head_globals,
+    layer_kind,
+    require_mtp_arch,
+    same_kind_layers,
+)
 from ..errors import GraftError, Setting, UsageError
 from ..ggml_types import mtp_target
 from ..gguf_io import KV, MAX_LAYERS, GGUFModel, GGUFValueType, OutTensor, TensorRef, shown
@@ -114,9 +121,32 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
     return GraftPlan(
         operation="attach", base=str(base.path), source=str(src.path), outputs=[str(o) for o in outputs],
         mtp_type=g.type_policy, arch=base.arch, trunk_layers=g.trunk, mtp_layers=g.mtp_layers, tensors=g.actions,
-        key_changes=g.key_changes, warnings=g.warnings, output_bytes=sum(t.nbytes for s in shards for t in s.tensors),
-        force=force, shards=shards, source_refs=g.source_refs, **quantize_tool(g.actions, tools, llama_cpp, runtime),
+        key_changes=g.key_changes, warnings=g.warnings + _head_globals_dropped(base, src),
+        output_bytes=sum(t.nbytes for s in shards for t in s.tensors), force=force, shards=shards,
+        source_refs=g.source_refs, **quantize_tool(g.actions, tools, llama_cpp, runtime),
     )
+
+
+def _head_globals_dropped(base: GGUFModel, src: GGUFModel) -> list[str]:
+    """One file holds one set of the head_globals and its in-file head runs the base's: the
+    warning when the source's own differ (a sidecar keeps them), else nothing."""
+    differ = [n for n in head_globals(base.arch)
+              if n in base.by_name and n in src.by_name and not _same_bytes(base.by_name[n], src.by_name[n])]
+    if not differ:
+        return []
+    return [f"the MTP head's own hc collapse ({', '.join(differ)}) differs from the base's and is dropped: in "
+            f"one file llama.cpp's {base.arch} graph_mtp runs the trunk's; to keep the head's own, publish it "
+            "as a sidecar (`mtpgraft sidecar`)"]
+
+
+def _same_bytes(a: TensorRef, b: TensorRef) -> bool:
+    """Same type, shape and bytes (small root tensors: read whole)."""
+    if (a.info.ggml_type, tuple(a.info.ne)) != (b.info.ggml_type, tuple(b.info.ne)):
+        return False
+    with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
+        fa.seek(a.abs_offset)
+        fb.seek(b.abs_offset)
+        return fa.read(a.info.nbytes) == fb.read(b.info.nbytes)
 
 
 def graft_block(base: GGUFModel, src: GGUFModel, word: str | None, *, replace: bool,

@@ -488,7 +488,8 @@ BAILINGMOE3 = FamilySpec(
 # compress_ratios is the HF config's list, trunk + MTP layers long in every layout (V4-Flash: 43
 # layers, 44 entries, the last 0 for the MTP layer): arch.py's config_arrays.
 # The root output_hc_* are the trunk's hc_head and, in an mtp-only file, the head's own (the converter
-# renames mtp.0.hc_head_*): one set here, so the files of every layout agree.
+# renames mtp.0.hc_head_*): one set here, so the files of every layout agree (arch.py's head_globals;
+# tests/test_deepseek4_head.py makes an mtp-only file with a set of the head's own).
 # With the key kept and the block absent the loader reads block_count layers as trunk and refuses the
 # file (blk.4 not found); a key over a block without nextn tensors loads with MTP off
 # (load_arch_hparams drops the key when nextn.eh_proj is absent; the block runs as a trunk layer).
