@@ -111,8 +111,8 @@ def test_the_invariant_wants_the_sources_collapse(m, tmp_path):
 
 
 def test_a_source_of_the_mtp_tensors_alone_leaves_the_bases_and_says_so(m, tmp_path):
-    """A Hub donor is fetched as its MTP tensors alone: no output_hc_* to take, so the base's, with a
-    warning (one set, never a mix), and the invariant holds them to the base's."""
+    """A source holding the MTP tensors alone (cut by hand): no output_hc_* to take, so the base's, with
+    a warning (one set, never a mix), and the invariant holds them to the base's."""
     cut = rewrite(m["own"], tmp_path / "cut.gguf", drop_tensors=OWN)
     out = tmp_path / "s.gguf"
     res = cli_run("sidecar", m["base"], "--mtp-from", cut, "--mtp-type", "keep", "-o", out)
@@ -123,6 +123,25 @@ def test_a_source_of_the_mtp_tensors_alone_leaves_the_bases_and_says_so(m, tmp_p
         "the whole source file"], res.stderr
     assert tensors(out) == tensors(m["sidecar-mtp-only"])
     assert "output_hc" not in cli_run("sidecar", m["base"], "--mtp-from", m["own"], "-o", out, "--force").stderr
+
+
+def test_a_hub_donor_brings_the_heads_own_collapse(m, hub, hf_hermetic, tmp_path):
+    """From the Hub (range reads of the donor's header and its head's tensors), the head's root
+    output_hc_* travel with its blocks: the sidecar equals the local one (the source label apart), with
+    no warning, and attach warns as it does for the local file."""
+    from test_sources_hub import same_except_label
+
+    repo, name = "tester/DSV4-MTP-GGUF", "own.gguf"
+    commit = hub.put_files(repo, {name: m["own"].read_bytes()})
+    spec = f"hf://{repo}/{name}"
+    out = tmp_path / "remote.gguf"
+    res = cli_run("sidecar", m["base"], "--mtp-from", spec, "--mtp-type", "keep", "-o", out, "--endpoint", hub.url)
+    assert "output_hc" not in res.stderr, res.stderr
+    assert same_except_label(m["sidecar-own"], out) == ("own.gguf", f"{spec}@{commit}")
+    assert tensors(out) == tensors(m["own"])
+    res = cli_run("attach", m["base"], "--mtp-from", spec, "--mtp-type", "keep", "-o", tmp_path / "a.gguf",
+                  "--endpoint", hub.url)
+    assert sum("hc collapse" in ln for ln in res.stderr.splitlines()) == 1, res.stderr
 
 
 @pytest.mark.parametrize("src,warns", [("own", True), ("mtp-only", False), ("full", False)])

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from ..arch import head_globals
 from ..errors import GraftError, SourceError
 from ..gguf_io import (
     CONVERTER,
@@ -164,15 +165,20 @@ def plan_donor(files: Files, path: str) -> DonorHead:
     tensors: list[MtpTensorRef] = []
     after: str | None = None
     prev: str | None = None
+    # with the blocks, in the donor's order: the root tensors its head owns (deepseek4's output_hc_*)
+    own = set(head_globals(str(first.get("general.architecture"))))
+    seen = False  # a block tensor yet
     for p, f in ordered:
         for t in f.tensors:
-            if is_mtp(t.name):
-                if not tensors:
-                    after = prev
+            if is_mtp(t.name) and not seen:
+                after, seen = prev, True
+            if is_mtp(t.name) or t.name in own:
                 tensors.append(MtpTensorRef(p, t, f.data_offset + t.offset))
             prev = t.name
-    if not tensors:
+    if not seen:
         raise GraftError(f"{label} has no MTP tensors (blk.{layers[0]}.* is absent)")
+    if {t.info.name for t in tensors} & own != own:  # all of them or none (a shard not read may hold some)
+        tensors = [t for t in tensors if t.info.name not in own]
     return DonorHead(path, first, tensors, layers, after, nread, [p for p, _ in ordered])
 
 
@@ -180,7 +186,7 @@ def keep_layers(head: DonorHead, layers: list[int]) -> DonorHead:
     """The donor with only the MTP tensors of `layers` (a chain's first heads: only their bytes are
     fetched). Its keys stay the donor's: graft takes the blocks its tensors hold."""
     keep = set(layers)
-    tensors = [t for t in head.tensors if (m := _LAYER.match(t.info.name)) and int(m.group(1)) in keep]
+    tensors = [t for t in head.tensors if not (m := _LAYER.match(t.info.name)) or int(m.group(1)) in keep]
     return replace(head, tensors=tensors, mtp_layers=list(layers))
 
 

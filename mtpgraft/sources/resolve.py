@@ -272,7 +272,9 @@ def _hub_gguf(spec: str, ref: HubRef, repo: HubRepo, path: str, base: GGUFModel 
     kept = _front(head.mtp_layers, heads, origin)
     if kept is not None:
         head = donor.keep_layers(head, kept)
-    out, cached = _target(plan_only, "hub-gguf", repo.api.endpoint, repo.repo_id, repo.commit, path, *_heads_key(kept))
+    owned = tuple(t.info.name for t in head.tensors if layer_of(t.info.name) is None)  # the head's root tensors
+    out, cached = _target(plan_only, "hub-gguf", repo.api.endpoint, repo.repo_id, repo.commit, path, *_heads_key(kept),
+                          *owned)
     if plan_only:
         donor.write_tensors_only(head, None, out, origin)
         _planned(precheck, out, origin)
