@@ -40,7 +40,9 @@ How the committed references were made (2026-12-01):
   and attn_v_b, which the trunk recipe rebuilds with its kb/vb steps), GLM-4.7-Flash
   (Glm4MoeLiteForCausalLM: the same without the indexer), DeepSeek-V3.2 (DeepseekV32ForCausalLM) and
   Hy3 (HYV3ForCausalLM: tensors named as transformers saves them, mlp.router.gate, mlp.expert_bias,
-  mlp.shared_mlp, per-expert; the MTP layer's final_layernorm);
+  mlp.shared_mlp, per-expert; the MTP layer's final_layernorm); and (2026-12-07) MiMo-V2
+  (MiMoV2FlashForCausalLM: three model.mtp.layers.* heads, which config.json does not count, fused
+  qkv_proj, attention sinks, per-layer head_count_kv and sliding_window_pattern extended for the heads);
 - kept: the MTP block's tensors (blk.L.* for L >= the trunk) exactly as written, and the converter's
   values of the structural keys listed in KEPT_KEYS and KEPT_BEFORE_NEXTN (vocabulary, names and size
   labels dropped), plus
@@ -80,8 +82,10 @@ CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16")
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
          ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
          ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto")]
+CASES += [("mimo2-bf16", "auto")]  # hfconv2
 E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16",
        "hy3-bf16")
+E2E += ("mimo2-bf16",)  # hfconv2
 KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
              "attention.head_count", "attention.head_count_kv", "attention.key_length",
              "attention.value_length", "expert_count", "expert_used_count", "expert_feed_forward_length",
@@ -92,6 +96,9 @@ KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_
 # Kept too for the families whose converter writes them just before nextn_predict_layers: the head
 # carries them so that a graft places the count there (graft inserts it after the head's previous key).
 KEPT_BEFORE_NEXTN = dict.fromkeys(("glm-dsa", "deepseek2", "deepseek32"), ("rope.dimension_count",))
+# hfconv2: MiMo-V2's head also carries the per-layer sliding_window_pattern it extends, and the keys the
+# converter writes after it up to nextn_predict_layers.
+KEPT_BEFORE_NEXTN["mimo2"] = ("attention.sliding_window_pattern", "rope.dimension_count", "attention.value_scale")
 RUNCONV = '''import runpy, sys
 src = sys.argv[1]
 sys.path.insert(0, src)

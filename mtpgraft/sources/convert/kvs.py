@@ -50,6 +50,8 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
         _sigmoid_routing_kvs(kvs, a, hp)
     if rule.hy_routing:
         _hy_routing_kvs(kvs, a, hp)
+    if rule.mimo_swa:
+        _mimo_kvs(kvs, a, hp, n_layers, n_mtp)
     if rule.mla:
         if (v := hp.get("routed_scaling_factor")) is not None:
             kvs.append((f"{a}.expert_weights_scale", "FLOAT32", float(v)))
@@ -154,3 +156,57 @@ def _hybrid_kvs(a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> list[t
     interval = hp.get("full_attention_interval")  # null is absent, as for every other field
     kvs.append((f"{a}.full_attention_interval", "UINT32", 4 if interval is None else int(interval)))
     return kvs
+
+
+# ------------------------------------------------------------------------------------- hfconv2: MiMo-V2
+
+def _set_in_place(kvs: list[tuple[str, str, Any]], kv: tuple[str, str, Any]) -> None:
+    """The writer's overwrite: the key keeps its place (or comes last when new)."""
+    at = next((i for i, old in enumerate(kvs) if old[0] == kv[0]), None)
+    if at is None:
+        kvs.append(kv)
+    else:
+        kvs[at] = kv
+
+
+def _mimo_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> None:
+    """MimoV2Model.set_gguf_parameters' own keys, in its order (added to `kvs` in place): every MTP
+    layer is a sliding-window one, so hybrid_layer_pattern gets a 1 and head_count_kv the SWA count."""
+    need = ("hybrid_layer_pattern", "num_key_value_heads", "swa_num_key_value_heads", "head_dim", "v_head_dim",
+            "moe_intermediate_size")
+    missing = [k for k in need if hp.get(k) is None]
+    if missing:
+        raise SourceError(f"config.json: no {missing[0]}, which the converter reads for a MiMo-V2 head")
+    pattern = hp["hybrid_layer_pattern"]
+    if not isinstance(pattern, list) or len(pattern) != n_layers or any(x not in (0, 1) or isinstance(x, bool)
+                                                                        for x in pattern):
+        raise SourceError(f"config.json: hybrid_layer_pattern is not {n_layers} entries of 0 or 1 "
+                          "(one per num_hidden_layers)")
+    hybrid = [*pattern, *[1] * n_mtp]
+    full, swa = int(hp["num_key_value_heads"]), int(hp["swa_num_key_value_heads"])
+    _set_in_place(kvs, (f"{a}.attention.head_count_kv", "ARRAY_INT32", [swa if x == 1 else full for x in hybrid]))
+    _set_in_place(kvs, (f"{a}.attention.value_length", "UINT32", int(hp["v_head_dim"])))
+    kvs += [(f"{a}.attention.sliding_window_pattern", "ARRAY_INT32", hybrid),
+            (f"{a}.expert_feed_forward_length", "UINT32", int(hp["moe_intermediate_size"])),
+            (f"{a}.rope.dimension_count", "UINT32", int(int(hp["head_dim"]) * _mimo_rotary_factor(hp)))]
+    if (v := hp.get("attention_value_scale")) is not None:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise SourceError(f"config.json: attention_value_scale {v!r} is not a number")
+        kvs.append((f"{a}.attention.value_scale", "FLOAT32", float(v)))
+
+
+def _mimo_rotary_factor(hp: dict[str, Any]) -> float:
+    """MimoV2Model's rope_parameters["partial_rotary_factor"]: TextModel mirrors the top-level one into a
+    single-pattern rope_parameters only; the converter fails without one."""
+    params = hp.get("rope_parameters", hp.get("rope_scaling")) or {}
+    if not isinstance(params, dict):
+        raise SourceError("config.json: rope_parameters is not a JSON object")
+    v = params.get("partial_rotary_factor")
+    if v is None and "full_attention" not in params and "sliding_attention" not in params:
+        v = hp.get("partial_rotary_factor")
+    if v is None:
+        raise SourceError("config.json: no partial_rotary_factor in rope_parameters, which the converter reads "
+                          "for a MiMo-V2 head")
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1:
+        raise SourceError(f"config.json: partial_rotary_factor {v!r} is not a number in (0, 1]")
+    return float(v)
