@@ -261,8 +261,7 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "its final norm is blk.N.layer_output_norm; trunk-only files load, but abort with "
                   "--spec-type draft-mtp if they keep the key"),
     ArchRule("step35", **_CHAIN, family="Step-3.5", proven=True,
-             hf_conversion="not converted: Step3p5ForCausalLM's heads (+1 norms, shared_head renames) pad "
-                           "per-layer arrays",
+             hf_conversion="Step3p5ForCausalLM",
              kind_arrays=("attention.sliding_window_pattern",), kind_of=_step35_kind,
              note="Step-3.5: several chained MTP heads (nextn_predict_layers > 1; all required: head k "
                   "drafts position k, n_max clamped to the heads); full-attention and SWA layers have "

@@ -302,7 +302,8 @@ def _map_tensor(rule: HeadRule, file: str, t: STensor, bid: int, suffix: str, n_
             out.append(_tensor(rule, f"mlp.experts.{w}.weight", bid, shape, first.dtype, plus_one,
                                tuple(_piece(f_, s) for f_, s in parts), ftype, label))  # type: ignore[misc]
         return out
-    return [_tensor(rule, suffix, bid, t.shape, t.dtype, plus_one, (_piece(file, t),), ftype, label)]
+    shape = tuple(d for d in t.shape if d != 1) if suffix in rule.squeezed else t.shape  # torch's squeeze()
+    return [_tensor(rule, suffix, bid, shape, t.dtype, plus_one, (_piece(file, t),), ftype, label)]
 
 
 def _tensor(rule: HeadRule, suffix: str, bid: int, shape: tuple[int, ...], dtype: str, plus_one: bool,
