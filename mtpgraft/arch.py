@@ -257,8 +257,7 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "skips the indexer (its indexer tensors optional), MoE with a shared expert; one head; "
                   "trunk-only files load, but abort with --spec-type draft-mtp if they keep the key"),
     ArchRule("mimo2", **_CHAIN, family="MiMo-V2", proven=True,
-             hf_conversion="not converted: MiMoV2ForCausalLM's three model.mtp.layers.* heads (a count "
-                           "config.json lacks) extend per-layer arrays",
+             hf_conversion="MiMoV2FlashForCausalLM, MiMoV2ForCausalLM",
              kind_arrays=("attention.sliding_window_pattern",), kind_of=lambda il: (1,),
              note="MiMo-V2/V2.5: three MTP heads (one KV cache each, head k drafts position k); each head "
                   "is a sliding-window layer (the converter extends the pattern with 1s and head_count_kv "
@@ -266,8 +265,7 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "its final norm is blk.N.layer_output_norm; trunk-only files load, but abort with "
                   "--spec-type draft-mtp if they keep the key"),
     ArchRule("step35", **_CHAIN, family="Step-3.5", proven=True,
-             hf_conversion="not converted: Step3p5ForCausalLM's heads (+1 norms, shared_head renames) pad "
-                           "per-layer arrays",
+             hf_conversion="Step3p5ForCausalLM",
              kind_arrays=("attention.sliding_window_pattern",), kind_of=_step35_kind,
              note="Step-3.5: several chained MTP heads (nextn_predict_layers > 1; all required: head k "
                   "drafts position k, n_max clamped to the heads); full-attention and SWA layers have "

@@ -29,7 +29,9 @@ How the committed references were made (2026-12-01):
   _set_vocab_glm goes through the same function; the tiny tokenizer has GLM's special tokens); and a
   second: DeepseekV32Model.set_vocab skips its check that the tokenizer adds a BOS token (which
   transformers 5's tokenizer backend does not report for a tiny byte-level vocabulary) and goes
-  straight to the _set_vocab_gpt2 it calls next;
+  straight to the _set_vocab_gpt2 it calls next; and a third, for Step-3.5 only: AutoTokenizer is given an
+  empty model config (transformers 5 validates config.json's layer_types against num_hidden_layers when
+  it loads the tokenizer, and Step-3.5's layer_types has entries for the MTP layers too; vocabulary only);
 - checkpoints: Qwen3.5/3.6 dense and MoE (mtp.* head, text_config nested) and GLM-4.5 MoE
   (Glm4MoeForCausalLM: the MTP layer is model.layers.N with eh_proj, enorm, hnorm, shared_head.*,
   embed_tokens; per-expert tensors; attention biases; e_score_correction_bias) and Qwen3-Next MoE
@@ -40,7 +42,14 @@ How the committed references were made (2026-12-01):
   and attn_v_b, which the trunk recipe rebuilds with its kb/vb steps), GLM-4.7-Flash
   (Glm4MoeLiteForCausalLM: the same without the indexer), DeepSeek-V3.2 (DeepseekV32ForCausalLM) and
   Hy3 (HYV3ForCausalLM: tensors named as transformers saves them, mlp.router.gate, mlp.expert_bias,
-  mlp.shared_mlp, per-expert; the MTP layer's final_layernorm);
+  mlp.shared_mlp, per-expert; the MTP layer's final_layernorm); and (2026-12-07) MiMo-V2
+  (MiMoV2FlashForCausalLM: three model.mtp.layers.* heads, which config.json does not count, fused
+  qkv_proj, attention sinks, per-layer head_count_kv and sliding_window_pattern extended for the heads)
+  and Step-3.5 (Step3p5ForCausalLM: model.layers.N+i heads, +1 norms, transformer.shared_head.*,
+  per-layer arrays from layer_types with the MTP entries; its config.json has no model_type: transformers
+  5 knows step3p5 and renames the fields the pinned Step35Model reads, which then fails with a KeyError,
+  so the pinned converter only reads a Step-3.5 config.json as it is where transformers does not know the
+  type, as with the 4.57 of the first references);
 - kept: the MTP block's tensors (blk.L.* for L >= the trunk) exactly as written, and the converter's
   values of the structural keys listed in KEPT_KEYS and KEPT_BEFORE_NEXTN (vocabulary, names and size
   labels dropped), plus
@@ -80,8 +89,10 @@ CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16")
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
          ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
          ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto")]
+CASES += [("mimo2-bf16", "auto"), ("step35-bf16", "auto"), ("step35-bf16", "q8_0")]  # hfconv2
 E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16",
        "hy3-bf16")
+E2E += ("mimo2-bf16", "step35-bf16")  # hfconv2
 KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
              "attention.head_count", "attention.head_count_kv", "attention.key_length",
              "attention.value_length", "expert_count", "expert_used_count", "expert_feed_forward_length",
@@ -92,6 +103,11 @@ KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_
 # Kept too for the families whose converter writes them just before nextn_predict_layers: the head
 # carries them so that a graft places the count there (graft inserts it after the head's previous key).
 KEPT_BEFORE_NEXTN = dict.fromkeys(("glm-dsa", "deepseek2", "deepseek32"), ("rope.dimension_count",))
+# hfconv2: MiMo-V2's head also carries the per-layer sliding_window_pattern it extends, and the keys the
+# converter writes after it up to nextn_predict_layers.
+KEPT_BEFORE_NEXTN["mimo2"] = ("attention.sliding_window_pattern", "rope.dimension_count", "attention.value_scale")
+KEPT_BEFORE_NEXTN["step35"] = ("attention.sliding_window_pattern", "moe_every_n_layers", "swiglu_clamp_exp",
+                               "swiglu_clamp_shexp")
 RUNCONV = '''import runpy, sys
 src = sys.argv[1]
 sys.path.insert(0, src)
@@ -100,6 +116,10 @@ import conversion.base as base
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen35"  # see the docstring
 import conversion.deepseek as deepseek
 deepseek.DeepseekV32Model.set_vocab = lambda self: self._set_vocab_gpt2()  # without its add_bos_token check
+import json, transformers  # hfconv2: Step-3.5's tokenizer loads without the model config (see the docstring)
+if json.loads(open(sys.argv[1] + "/config.json").read())["architectures"] == ["Step3p5ForCausalLM"]:
+    _from_pretrained = transformers.AutoTokenizer.from_pretrained
+    transformers.AutoTokenizer.from_pretrained = lambda *a, **k: _from_pretrained(*a, config=transformers.PretrainedConfig(), **k)
 runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
 '''
 OUT_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "convert-ref"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 
@@ -34,6 +36,7 @@ CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16")
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
          ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
          ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto")]
+CASES += [("mimo2-bf16", "auto"), ("step35-bf16", "auto"), ("step35-bf16", "q8_0")]  # hfconv2
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +65,7 @@ def ref_kvs(name: str) -> dict[str, str]:
 
 E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16",
        "hy3-bf16")
+E2E += ("mimo2-bf16", "step35-bf16")  # hfconv2
 
 
 def test_references_exist_and_are_small():
@@ -176,9 +180,9 @@ def _edit_config(ckpt: Path, **text) -> None:
     ({"mtp_num_hidden_layers": 0}, "ck: no MTP head: config.json gives mtp_num_hidden_layers = 0"),
     ({"architectures": ["LlamaForCausalLM"]}, "ck: no MTP head conversion for architecture LlamaForCausalLM "
      "(mtpgraft converts DeepseekV32ForCausalLM, Glm4MoeForCausalLM, Glm4MoeLiteForCausalLM, GlmMoeDsaForCausalLM, "
-     "HYV3ForCausalLM, Qwen3NextForCausalLM, Qwen3_5ForCausalLM, "
-     "Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM, Qwen3_5MoeForConditionalGeneration; use a GGUF donor "
-     "for the others)"),
+     "HYV3ForCausalLM, MiMoV2FlashForCausalLM, MiMoV2ForCausalLM, Qwen3NextForCausalLM, Qwen3_5ForCausalLM, "
+     "Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM, Qwen3_5MoeForConditionalGeneration, "
+     "Step3p5ForCausalLM; use a GGUF donor for the others)"),
     ({"architectures": ["DeepseekV3ForCausalLM"]}, "ck: DeepseekV3ForCausalLM: llama.cpp's converter drops "
      "DeepSeek-V3's MTP layers (deepseek2 keeps MTP only for GLM-4.7-Flash), so there is no GGUF head to build"),
 ])
@@ -231,8 +235,10 @@ def test_graft_onto_the_converters_trunk_gives_the_converters_full_file(tmp_path
     trunk = rebuild(TRUNKS[variant], ckpt, tmp_path / f"{variant}-trunk.gguf")
     assert hashlib.sha256(trunk.read_bytes()).hexdigest() == TRUNKS[variant]["sha256"]  # the converter's trunk
     out = tmp_path / "graft.gguf"
+    # --layout converter: the converter's tensor order (reflink's would lead with the head where, as for
+    # MiMo-V2's three tiny heads, it holds more bytes than the tiny trunk)
     r = CliRunner().invoke(cli, ["attach", str(trunk), "--mtp-from", str(ckpt), "-o", str(out),
-                                 "--mtp-type", "keep"])
+                                 "--mtp-type", "keep", "--layout", "converter"])
     assert r.exit_code == 0, r.output
     full, graft = dict(REFS[f"{variant}-full.gguf"]["keys"]), dict(fingerprint(out)["keys"])
     keys = [k for k in graft if not k.startswith("mtpgraft.")]
@@ -276,3 +282,108 @@ def test_qwen3next_counts_its_mtp_layers_as_the_converter_does():
     with pytest.raises(SourceError, match=r"^ck: no MTP head: config.json gives no mtp_num_hidden_layers and the "
                                           r"checkpoint has no mtp.layers$"):
         plan("model.norm.weight")
+
+
+# ------------------------------------------------------------------------------------- hfconv2: MiMo-V2
+
+def _mimo2_plan(tmp_path: Path, **edit):
+    from mtpgraft.sources.convert import plan_head
+    from mtpgraft.sources.safetensors import read_local_header
+
+    ckpt = build_checkpoint(tmp_path / "mimo", "mimo2-bf16")
+    cfg = json.loads((ckpt / "config.json").read_text()) | edit
+    return plan_head(cfg, [("model.safetensors", read_local_header(ckpt / "model.safetensors").tensors)], label="ck")
+
+
+def test_mimo2_heads_are_three_sliding_window_layers_config_json_does_not_count(tmp_path):
+    """The converter's three MTP layers whatever config.json says, each a sliding-window entry of the
+    per-layer arrays the head carries (head_count_kv's SWA count), the trunk's entries from the config."""
+    plan = _mimo2_plan(tmp_path, num_nextn_predict_layers=1, mtp_num_hidden_layers=1)
+    kvs = {k: v for k, _, v in plan.kvs}
+    assert plan.mtp_layers == [2, 3, 4] and kvs["mimo2.nextn_predict_layers"] == 3
+    assert kvs["mimo2.attention.head_count_kv"] == [1, 2, 2, 2, 2]
+    assert kvs["mimo2.attention.sliding_window_pattern"] == [0, 1, 1, 1, 1]
+    plan = _mimo2_plan(tmp_path, hybrid_layer_pattern=[1, 0], swa_num_key_value_heads=2, num_key_value_heads=2)
+    assert {k: v for k, _, v in plan.kvs}["mimo2.attention.sliding_window_pattern"] == [1, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"hybrid_layer_pattern": [0, 1, 1]}, "config.json: hybrid_layer_pattern is not 2 entries of 0 or 1 "
+     "(one per num_hidden_layers)"),
+    ({"hybrid_layer_pattern": [0, 2]}, "config.json: hybrid_layer_pattern is not 2 entries of 0 or 1"),
+    ({"swa_num_key_value_heads": None}, "config.json: no swa_num_key_value_heads, which the converter reads for "
+     "a MiMo-V2 head"),
+    ({"rope_parameters": {"full_attention": {"partial_rotary_factor": 0.5}}}, "config.json: no "
+     "partial_rotary_factor in rope_parameters"),
+    ({"attention_value_scale": "0.7"}, "config.json: attention_value_scale '0.7' is not a number"),
+])
+def test_mimo2_config_fields_the_converter_reads_are_checked(tmp_path, edit, message):
+    with pytest.raises(SourceError, match="^" + re.escape(message)):
+        _mimo2_plan(tmp_path, **edit)
+
+
+def test_mimo2_a_fourth_mtp_layer_is_refused(tmp_path):
+    """MimoV2Model.modify_tensors asserts an MTP index below its three; mtpgraft refuses it in one line."""
+    from mtpgraft.sources.convert import plan_head
+    from mtpgraft.sources.safetensors import STensor
+
+    cfg = json.loads((build_checkpoint(tmp_path / "mimo", "mimo2-bf16") / "config.json").read_text())
+    name = "model.mtp.layers.3.enorm.weight"
+    with pytest.raises(SourceError, match=r"^ck: model.mtp.layers.3.enorm.weight is MTP layer 3; the converter "
+                                          r"takes mimo2's 3 MTP layers only$"):
+        plan_head(cfg, [("model.safetensors", {name: STensor(name, "BF16", (64,), 0, 128)})], label="ck")
+
+
+# ------------------------------------------------------------------------------------- hfconv2: Step-3.5
+
+def _step35_plan(tmp_path: Path, names: dict[str, tuple[int, ...]] | None = None, **edit):
+    from mtpgraft.sources.convert import plan_head
+    from mtpgraft.sources.safetensors import STensor, read_local_header
+
+    ckpt = build_checkpoint(tmp_path / "step", "step35-bf16")
+    cfg = json.loads((ckpt / "config.json").read_text()) | edit
+    headers = read_local_header(ckpt / "model.safetensors").tensors
+    if names is not None:
+        headers = {n: STensor(n, "BF16", shape, 0, 2 * math.prod(shape)) for n, shape in names.items()}
+    return plan_head(cfg, [("model.safetensors", headers)], label="ck")
+
+
+def test_step35_per_layer_arrays_keep_the_mtp_entries_of_layer_types_and_pad_the_rest(tmp_path):
+    """layer_types' entries for the MTP layers decide their head counts and sliding-window flags; a
+    list cut to the trunk is padded with full attention (and partial_rotary_factors with 0.5), the
+    SwiGLU clamps with 0, as Step35Model pads them."""
+    kvs = {k: v for k, _, v in _step35_plan(tmp_path).kvs}
+    assert kvs["step35.attention.head_count"] == [2, 4, 4, 4, 2]
+    assert kvs["step35.attention.sliding_window_pattern"] == [False, True, True, True, False]
+    assert kvs["step35.swiglu_clamp_exp"] == [0.0, 7.0, 0.0, 0.0, 0.0]
+    kvs = {k: v for k, _, v in _step35_plan(tmp_path, layer_types=["full_attention", "sliding_attention"],
+                                            partial_rotary_factors=[0.5, 1.0], swiglu_limits=None).kvs}
+    assert kvs["step35.attention.head_count"] == [2, 4, 2, 2, 2]
+    assert kvs["step35.attention.sliding_window_pattern"] == [False, True, False, False, False]
+    assert "step35.swiglu_clamp_exp" not in kvs and kvs["step35.leading_dense_block_count"] == 1
+
+
+def test_step35_squeezes_what_the_converter_squeezes(tmp_path):
+    """A one-head g_proj [1, H] is written 1-D (so F32), as Step35Model.modify_tensors squeezes it; a
+    norm gets +1; a tensor the converter does not squeeze keeps its size-1 dimension."""
+    names = {"model.layers.2.self_attn.g_proj.weight": (1, 64), "model.layers.2.eh_proj.weight": (1, 128),
+             "model.layers.2.enorm.weight": (64,)}
+    got = {t.name: (t.ne, t.ggml_type, t.plus_one) for t in _step35_plan(tmp_path, names).tensors}
+    assert got == {"blk.2.attn_gate.weight": ((64,), "F32", False),
+                   "blk.2.nextn.eh_proj.weight": ((128, 1), "BF16", False),
+                   "blk.2.nextn.enorm.weight": ((64,), "F32", True)}
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"partial_rotary_factors": [0.5, 0.5, 1.0, 1.0, 0.5]}, "config.json: partial_rotary_factors is not 1.0 for "
+     "each sliding_attention layer and 0.5 for the others, as the converter asserts"),
+    ({"num_attention_groups": None}, "config.json: no num_attention_groups, which the converter reads for a "
+     "Step-3.5 head"),
+    ({"moe_top_k": 2.5}, "config.json: moe_top_k 2.5 is not a count"),
+    ({"partial_rotary_factors": ["0.5"]}, "config.json: partial_rotary_factors is not a list of int/float entries"),
+    ({"moe_layers_enum": "1,x"}, "config.json: moe_layers_enum '1,x' is not comma-separated layer numbers"),
+    ({"norm_expert_weight": 1}, "config.json: norm_expert_weight is not true or false"),
+])
+def test_step35_config_fields_the_converter_reads_are_checked(tmp_path, edit, message):
+    with pytest.raises(SourceError, match="^" + re.escape(message)):
+        _step35_plan(tmp_path, **edit)

@@ -93,6 +93,9 @@ def test_converted_and_refused_architectures_are_the_pinned_converters():
     assert sorted(a for a in [*HEAD_RULES, *REFUSED] if a not in registered) == []
     assert registered["Glm4MoeForCausalLM"] == "Glm4MoeModel"
     assert registered["DeepseekV3ForCausalLM"] == "DeepseekV2Model"  # skip_mtp = True: the head is dropped
+    # hfconv2: the classes whose MTP handling the mimo2 and step35 rows reproduce
+    assert registered["MiMoV2FlashForCausalLM"] == registered["MiMoV2ForCausalLM"] == "MimoV2Model"
+    assert registered["Step3p5ForCausalLM"] == "Step35Model"
 
 
 def test_each_mtp_family_names_its_hf_conversion():

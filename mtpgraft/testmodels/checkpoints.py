@@ -1,6 +1,6 @@
 """Tiny random Hugging Face checkpoints with an MTP head, in numpy: Qwen3.5/3.6 (dense and MoE),
 Qwen3-Next, GLM-4.5, GLM-4.7-Flash, GLM-5, DeepSeek-V3.2 and Hy3 (the last five layer-indexed: the MTP
-layer is model.layers.N).
+layer is model.layers.N), MiMo-V2 (three model.mtp.layers.* heads) and Step-3.5 (three layer-indexed heads).
 
 The Qwen3.5/3.6 ones have the layout of the real Qwen/Qwen3.6-27B and Qwen3.6-35B-A3B repos:
 `config.json` with the text model nested under `text_config`, the trunk under `model.language_model.*`,
@@ -48,6 +48,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("glm47flash-bf16", moe=True, dtype="BF16", experts="per-expert", family="deepseek2"),
     Variant("deepseek32-bf16", moe=True, dtype="BF16", experts="per-expert", family="deepseek32"),
     Variant("hy3-bf16", moe=True, dtype="BF16", experts="per-expert", family="hy_v3"),
+    # hfconv2: MiMo-V2 (three model.mtp.layers.* heads) and Step-3.5
+    Variant("mimo2-bf16", moe=True, dtype="BF16", experts="per-expert", shards=1, mtp_layers=3, family="mimo2"),
+    Variant("step35-bf16", moe=True, dtype="BF16", shards=1, mtp_layers=3, family="step35"),
 )}
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FF, VOCAB = 64, 2, 1, 32, 128, 320
@@ -129,6 +132,10 @@ def config(v: Variant) -> dict[str, Any]:
         return _mla_config(v)
     if v.family == "hy_v3":
         return _hy_config()
+    if v.family == "mimo2":
+        return _mimo2_config()
+    if v.family == "step35":
+        return _step35_config()
     text: dict[str, Any] = {
         "model_type": "qwen3_5_moe_text" if v.moe else "qwen3_5_text",
         "hidden_size": HIDDEN, "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS,
@@ -292,12 +299,129 @@ def _hy_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+# ------------------------------------------------------------------------- hfconv2: MiMo-V2, Step-3.5
+
+MIMO2_PATTERN, MIMO2_SWA_KV, MIMO2_V_DIM = [0, 1], 2, 16  # hybrid_layer_pattern (1: sliding window)
+
+
+def _mimo2_config() -> dict[str, Any]:
+    """MiMo-V2's config.json (MiMoV2FlashForCausalLM): full and sliding-window layers with their own KV
+    head counts, no MTP layer count (the converter's is three), fused qkv_proj as MiMo-V2.5 ships it."""
+    return {"architectures": ["MiMoV2FlashForCausalLM"], "model_type": "mimo_v2_flash", "hidden_size": HIDDEN,
+            "num_hidden_layers": len(MIMO2_PATTERN), "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+            "swa_num_attention_heads": HEADS, "swa_num_key_value_heads": MIMO2_SWA_KV, "head_dim": HEAD_DIM,
+            "swa_head_dim": HEAD_DIM, "v_head_dim": MIMO2_V_DIM, "swa_v_head_dim": MIMO2_V_DIM,
+            "hybrid_layer_pattern": MIMO2_PATTERN, "sliding_window": 128, "intermediate_size": FF,
+            "moe_intermediate_size": EXPERT_FF, "n_routed_experts": EXPERTS, "num_experts_per_tok": EXPERTS_USED,
+            "moe_layer_freq": [0, 1], "scoring_func": "sigmoid", "topk_method": "noaux_tc", "n_group": 1,
+            "topk_group": 1, "norm_topk_prob": True, "routed_scaling_factor": None, "swa_rope_theta": 10000.0,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "partial_rotary_factor": 0.5},
+            "layernorm_epsilon": 1e-5,
+            "attention_value_scale": 0.707, "add_swa_attention_sink_bias": True,
+            "add_full_attention_sink_bias": False, "attention_bias": False, "vocab_size": VOCAB,
+            "max_position_embeddings": 4096, "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+def _mimo2_shapes() -> dict[str, tuple[int, ...]]:
+    """MiMo-V2's layout: fused qkv_proj, attention sinks on sliding-window layers, per-expert MoE after
+    a dense first layer; model.mtp.layers.K are sliding-window dense layers with enorm, hnorm, eh_proj
+    and final_layernorm."""
+    shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN), "model.embed_tokens.weight": (VOCAB, HIDDEN),
+                                          "model.norm.weight": (HIDDEN,)}
+    layers = [(f"model.layers.{i}", swa, i > 0) for i, swa in enumerate(MIMO2_PATTERN)]
+    for p, swa, moe in layers + [(f"model.mtp.layers.{k}", 1, False) for k in range(3)]:
+        kv = MIMO2_SWA_KV if swa else KV_HEADS
+        shapes.update({f"{p}.input_layernorm.weight": (HIDDEN,), f"{p}.post_attention_layernorm.weight": (HIDDEN,),
+                       f"{p}.self_attn.qkv_proj.weight": ((HEADS + kv) * HEAD_DIM + kv * MIMO2_V_DIM, HIDDEN),
+                       f"{p}.self_attn.o_proj.weight": (HIDDEN, HEADS * MIMO2_V_DIM)})
+        if swa:
+            shapes[f"{p}.self_attn.attention_sink_bias"] = (HEADS,)
+        if not moe:
+            shapes.update({f"{p}.mlp.{w}_proj.weight": (FF, HIDDEN) for w in ("gate", "up")})
+            shapes[f"{p}.mlp.down_proj.weight"] = (HIDDEN, FF)
+            continue
+        shapes.update({f"{p}.mlp.gate.weight": (EXPERTS, HIDDEN), f"{p}.mlp.gate.e_score_correction_bias": (EXPERTS,)})
+        for e in range(EXPERTS):
+            shapes.update({f"{p}.mlp.experts.{e}.{w}_proj.weight": (EXPERT_FF, HIDDEN) for w in ("gate", "up")})
+            shapes[f"{p}.mlp.experts.{e}.down_proj.weight"] = (HIDDEN, EXPERT_FF)
+    for k in range(3):
+        m = f"model.mtp.layers.{k}"
+        shapes.update({f"{m}.enorm.weight": (HIDDEN,), f"{m}.hnorm.weight": (HIDDEN,),
+                       f"{m}.eh_proj.weight": (HIDDEN, 2 * HIDDEN), f"{m}.final_layernorm.weight": (HIDDEN,)})
+    return shapes
+
+
+STEP35_TYPES = ["full_attention", "sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]
+STEP35_SWA_HEADS = 4
+
+
+def _step35_config() -> dict[str, Any]:
+    """Step-3.5's config.json (Step3p5ForCausalLM): layer_types and partial_rotary_factors with entries for
+    the three MTP layers (model.layers.N+i), sliding-window layers with their own head count, per-layer
+    SwiGLU clamps given for the trunk only, a leading dense layer. No model_type (the Hub's is step3p5):
+    transformers 5 knows step3p5 and renames the fields (num_attention_groups, moe_num_experts ...) that
+    the pinned Step35Model reads, which then fails; without it the converter reads config.json as it is,
+    as it does where transformers does not know step3p5 (4.57), and as mtpgraft does."""
+    n = 2
+    return {"architectures": ["Step3p5ForCausalLM"], "hidden_size": HIDDEN,
+            "num_hidden_layers": n, "num_attention_heads": HEADS, "num_attention_groups": KV_HEADS,
+            "head_dim": HEAD_DIM, "intermediate_size": FF, "vocab_size": VOCAB, "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-5, "rope_theta": [5000000.0, 10000.0], "layer_types": STEP35_TYPES,
+            "partial_rotary_factors": [1.0 if t == "sliding_attention" else 0.5 for t in STEP35_TYPES],
+            "attention_other_setting": {"attention_type": "sliding_attention", "num_attention_heads": STEP35_SWA_HEADS,
+                                        "num_attention_groups": KV_HEADS, "head_dim": HEAD_DIM,
+                                        "true_head_dim": HEAD_DIM},
+            "sliding_window": 128, "moe_num_experts": EXPERTS, "moe_top_k": EXPERTS_USED,
+            "moe_intermediate_size": EXPERT_FF, "share_expert_dim": SHARED_FF, "moe_router_scaling_factor": 3.0,
+            "norm_expert_weight": True, "moe_layers_enum": "1", "moe_every_n_layer": 1,
+            "moe_router_activation": "sigmoid", "use_moe_router_bias": True, "use_head_wise_attn_gate": True,
+            "num_nextn_predict_layers": 3, "swiglu_limits": [0.0, 7.0], "swiglu_limits_shared": [0.0, 16.0],
+            "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+def _step35_shapes() -> dict[str, tuple[int, ...]]:
+    """Step-3.5's layout: q/k norms and a head-wise attention gate (g_proj), fused 3-D moe.* experts with a
+    router bias and share_expert after a dense first layer; the MTP layers model.layers.N+i add eh_proj,
+    enorm, hnorm and transformer.shared_head.{norm,output}."""
+    shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN), "model.embed_tokens.weight": (VOCAB, HIDDEN),
+                                          "model.norm.weight": (HIDDEN,)}
+    for i, kind in enumerate(STEP35_TYPES):
+        p, heads = f"model.layers.{i}", STEP35_SWA_HEADS if kind == "sliding_attention" else HEADS
+        shapes.update({f"{p}.input_layernorm.weight": (HIDDEN,), f"{p}.post_attention_layernorm.weight": (HIDDEN,),
+                       f"{p}.self_attn.q_proj.weight": (heads * HEAD_DIM, HIDDEN),
+                       f"{p}.self_attn.k_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
+                       f"{p}.self_attn.v_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
+                       f"{p}.self_attn.o_proj.weight": (HIDDEN, heads * HEAD_DIM),
+                       f"{p}.self_attn.g_proj.weight": (heads, HIDDEN), f"{p}.self_attn.q_norm.weight": (HEAD_DIM,),
+                       f"{p}.self_attn.k_norm.weight": (HEAD_DIM,)})
+        if i == 0:
+            shapes.update({f"{p}.mlp.{w}_proj.weight": (FF, HIDDEN) for w in ("gate", "up")})
+            shapes[f"{p}.mlp.down_proj.weight"] = (HIDDEN, FF)
+            continue
+        shapes.update({f"{p}.moe.gate.weight": (EXPERTS, HIDDEN), f"{p}.moe.router_bias": (EXPERTS,),
+                       f"{p}.moe.gate_proj.weight": (EXPERTS, EXPERT_FF, HIDDEN),
+                       f"{p}.moe.up_proj.weight": (EXPERTS, EXPERT_FF, HIDDEN),
+                       f"{p}.moe.down_proj.weight": (EXPERTS, HIDDEN, EXPERT_FF),
+                       f"{p}.share_expert.gate_proj.weight": (SHARED_FF, HIDDEN),
+                       f"{p}.share_expert.up_proj.weight": (SHARED_FF, HIDDEN),
+                       f"{p}.share_expert.down_proj.weight": (HIDDEN, SHARED_FF)})
+        if i >= 2:
+            shapes.update({f"{p}.eh_proj.weight": (HIDDEN, 2 * HIDDEN), f"{p}.enorm.weight": (HIDDEN,),
+                           f"{p}.hnorm.weight": (HIDDEN,), f"{p}.transformer.shared_head.norm.weight": (HIDDEN,),
+                           f"{p}.transformer.shared_head.output.weight": (VOCAB, HIDDEN)})
+    return shapes
+
+
 def tensor_shapes(v: Variant) -> dict[str, tuple[int, ...]]:
     """Every tensor of the checkpoint: trunk, lm_head and the MTP head."""
     if v.family in ("glm4moe", "glm-dsa", "deepseek2", "deepseek32"):
         return _glm_shapes(v.family)
     if v.family == "hy_v3":
         return _hy_shapes()
+    if v.family == "mimo2":
+        return _mimo2_shapes()
+    if v.family == "step35":
+        return _step35_shapes()
     lm = "model" if v.family == "qwen3next" else "model.language_model"
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN),
                                           f"{lm}.embed_tokens.weight": (VOCAB, HIDDEN),

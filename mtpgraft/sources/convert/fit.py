@@ -33,7 +33,10 @@ def check_head_against_base(plan: HeadPlan, config: dict[str, Any], base: GGUFMo
         if suffix not in _CONFIG_NAMES:
             continue
         have = base.get(key)
-        if isinstance(have, list):
+        if isinstance(value, list):  # a per-layer array (MiMo-V2's head_count_kv): the trunk's entries
+            value = value[:plan.trunk_layers]
+            have = have[:plan.trunk_layers] if isinstance(have, list) else have
+        elif isinstance(have, list):
             have = have[0] if have and all(x == have[0] for x in have) else have
         if have is not None and have != value:
             hp = text_config(config)

@@ -125,8 +125,8 @@ def _preceding(rule: HeadRule, ordered: Sequence[tuple[str, STensor]], n_layers:
         bid, suffix = m.group(1), m.group(2)
         if re.match(r"mlp\.experts\.\d+\.", suffix):
             pending[bid] = pending.get(bid, 0) + 1
-            if pending[bid] >= 3 * n_experts:
-                last = f"blk.{bid}.ffn_up_exps.weight"  # written down, gate, up
+            if pending[bid] >= 3 * n_experts:  # written in the rule's expert order
+                last = f"blk.{bid}.{rule.names[f'mlp.experts.{rule.expert_order[-1]}.weight']}"
             continue
         if suffix.startswith("mlp.experts.gate_up_proj"):
             suffix = "mlp.experts.up_proj.weight"
@@ -199,6 +199,9 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
         if not m:
             raise SourceError(f"{label}: cannot map MTP tensor {t.name}")
         bid, suffix = int(m.group(1)), m.group(2)
+        if rule.fixed_mtp and bid >= n_layers + n_mtp:  # MimoV2Model.modify_tensors asserts the index
+            raise SourceError(f"{label}: {t.name} is MTP layer {bid - n_layers}; the converter takes "
+                              f"{rule.arch}'s {n_mtp} MTP layers only")
         if split is not None and suffix == MLA_SPLIT:
             tensors.extend(_mla_split(rule, file, t, bid, split, ftype, label))
             continue
@@ -218,8 +221,10 @@ def _layer_counts(rule: HeadRule, hp: dict[str, Any], headers: Sequence[tuple[st
                   label: str) -> tuple[int, int]:
     """(trunk layers, MTP layers), checked before any list is sized by them."""
     n_layers = int(hp.get("num_hidden_layers") or 0)
-    n_mtp = int(hp.get(rule.n_mtp_key) or 0)
+    n_mtp = rule.fixed_mtp or int(hp.get(rule.n_mtp_key) or 0)
     count, none = f"{rule.n_mtp_key} = {n_mtp}", f"config.json gives {rule.n_mtp_key} = {n_mtp}"
+    if rule.fixed_mtp:  # the converter's own count; config.json states none
+        count = f"{n_mtp} MTP layers (the converter's count for {rule.arch})"
     if not n_mtp and rule.counted_mtp:  # the converter's count: the highest mtp.layers.K, plus 1
         n_mtp = _counted_mtp_layers(headers)
         count = f"{n_mtp} mtp.layers (config.json gives no {rule.n_mtp_key})"
@@ -288,7 +293,7 @@ def _map_tensor(rule: HeadRule, file: str, t: STensor, bid: int, suffix: str, n_
         if len(got) < n_experts * 3:
             return []
         out = []
-        for w in ("down_proj", "gate_proj", "up_proj"):
+        for w in rule.expert_order:
             parts = [got.pop(f"model.layers.{bid}.mlp.experts.{x}.{w}.weight", None) for x in range(n_experts)]
             if any(p is None for p in parts):
                 raise SourceError(f"{label}: layer {bid} lacks some mlp.experts.N.{w} tensors")
@@ -297,7 +302,8 @@ def _map_tensor(rule: HeadRule, file: str, t: STensor, bid: int, suffix: str, n_
             out.append(_tensor(rule, f"mlp.experts.{w}.weight", bid, shape, first.dtype, plus_one,
                                tuple(_piece(f_, s) for f_, s in parts), ftype, label))  # type: ignore[misc]
         return out
-    return [_tensor(rule, suffix, bid, t.shape, t.dtype, plus_one, (_piece(file, t),), ftype, label)]
+    shape = tuple(d for d in t.shape if d != 1) if suffix in rule.squeezed else t.shape  # torch's squeeze()
+    return [_tensor(rule, suffix, bid, shape, t.dtype, plus_one, (_piece(file, t),), ftype, label)]
 
 
 def _tensor(rule: HeadRule, suffix: str, bid: int, shape: tuple[int, ...], dtype: str, plus_one: bool,

@@ -50,6 +50,10 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
         _sigmoid_routing_kvs(kvs, a, hp)
     if rule.hy_routing:
         _hy_routing_kvs(kvs, a, hp)
+    if rule.mimo_swa:
+        _mimo_kvs(kvs, a, hp, n_layers, n_mtp)
+    if rule.step_arrays:
+        _step_kvs(kvs, a, hp, n_layers + n_mtp)
     if rule.mla:
         if (v := hp.get("routed_scaling_factor")) is not None:
             kvs.append((f"{a}.expert_weights_scale", "FLOAT32", float(v)))
@@ -154,3 +158,132 @@ def _hybrid_kvs(a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> list[t
     interval = hp.get("full_attention_interval")  # null is absent, as for every other field
     kvs.append((f"{a}.full_attention_interval", "UINT32", 4 if interval is None else int(interval)))
     return kvs
+
+
+# ------------------------------------------------------------------------------------- hfconv2: MiMo-V2
+
+def _set_in_place(kvs: list[tuple[str, str, Any]], kv: tuple[str, str, Any]) -> None:
+    """The writer's overwrite: the key keeps its place (or comes last when new)."""
+    at = next((i for i, old in enumerate(kvs) if old[0] == kv[0]), None)
+    if at is None:
+        kvs.append(kv)
+    else:
+        kvs[at] = kv
+
+
+def _mimo_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> None:
+    """MimoV2Model.set_gguf_parameters' own keys, in its order (added to `kvs` in place): every MTP
+    layer is a sliding-window one, so hybrid_layer_pattern gets a 1 and head_count_kv the SWA count."""
+    need = ("hybrid_layer_pattern", "num_key_value_heads", "swa_num_key_value_heads", "head_dim", "v_head_dim",
+            "moe_intermediate_size")
+    missing = [k for k in need if hp.get(k) is None]
+    if missing:
+        raise SourceError(f"config.json: no {missing[0]}, which the converter reads for a MiMo-V2 head")
+    pattern = hp["hybrid_layer_pattern"]
+    if not isinstance(pattern, list) or len(pattern) != n_layers or any(x not in (0, 1) or isinstance(x, bool)
+                                                                        for x in pattern):
+        raise SourceError(f"config.json: hybrid_layer_pattern is not {n_layers} entries of 0 or 1 "
+                          "(one per num_hidden_layers)")
+    hybrid = [*pattern, *[1] * n_mtp]
+    full, swa = int(hp["num_key_value_heads"]), int(hp["swa_num_key_value_heads"])
+    _set_in_place(kvs, (f"{a}.attention.head_count_kv", "ARRAY_INT32", [swa if x == 1 else full for x in hybrid]))
+    _set_in_place(kvs, (f"{a}.attention.value_length", "UINT32", int(hp["v_head_dim"])))
+    kvs += [(f"{a}.attention.sliding_window_pattern", "ARRAY_INT32", hybrid),
+            (f"{a}.expert_feed_forward_length", "UINT32", int(hp["moe_intermediate_size"])),
+            (f"{a}.rope.dimension_count", "UINT32", int(int(hp["head_dim"]) * _mimo_rotary_factor(hp)))]
+    if (v := hp.get("attention_value_scale")) is not None:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise SourceError(f"config.json: attention_value_scale {v!r} is not a number")
+        kvs.append((f"{a}.attention.value_scale", "FLOAT32", float(v)))
+
+
+def _mimo_rotary_factor(hp: dict[str, Any]) -> float:
+    """MimoV2Model's rope_parameters["partial_rotary_factor"]: TextModel mirrors the top-level one into a
+    single-pattern rope_parameters only; the converter fails without one."""
+    params = hp.get("rope_parameters", hp.get("rope_scaling")) or {}
+    if not isinstance(params, dict):
+        raise SourceError("config.json: rope_parameters is not a JSON object")
+    v = params.get("partial_rotary_factor")
+    if v is None and "full_attention" not in params and "sliding_attention" not in params:
+        v = hp.get("partial_rotary_factor")
+    if v is None:
+        raise SourceError("config.json: no partial_rotary_factor in rope_parameters, which the converter reads "
+                          "for a MiMo-V2 head")
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1:
+        raise SourceError(f"config.json: partial_rotary_factor {v!r} is not a number in (0, 1]")
+    return float(v)
+
+
+# ------------------------------------------------------------------------------------- hfconv2: Step-3.5
+
+def _padded(hp: dict[str, Any], key: str, n: int, default: Any, kinds: tuple[type, ...]) -> list[Any]:
+    """Step35Model's _pad: a per-layer list cut or padded with `default` to the block count."""
+    v = hp.get(key)
+    if v is None:
+        v = []
+    if not isinstance(v, list) or any(x is not None and (isinstance(x, bool) or not isinstance(x, kinds)) for x in v):
+        raise SourceError(f"config.json: {key} is not a list of {'/'.join(k.__name__ for k in kinds)} entries")
+    return (list(v) + [default] * n)[:n]
+
+
+def _step_counts(hp: dict[str, Any], key: str, default: int | None = None) -> int:
+    v = hp.get(key, default)
+    if v is None:
+        raise SourceError(f"config.json: no {key}, which the converter reads for a Step-3.5 head")
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1 << 20:
+        raise SourceError(f"config.json: {key} {v!r} is not a count, which the converter reads for a Step-3.5 head")
+    return v
+
+
+def _step_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_blocks: int) -> None:
+    """Step35Model.set_gguf_parameters' own keys, in its order (added to `kvs` in place)."""
+    types = _padded(hp, "layer_types", n_blocks, "full_attention", (str,))
+    factors = _padded(hp, "partial_rotary_factors", n_blocks, 0.5, (int, float))
+    if [1.0 if t == "sliding_attention" else 0.5 for t in types] == factors:
+        swa = [t == "sliding_attention" for t in types]
+    else:  # the converter asserts it
+        raise SourceError("config.json: partial_rotary_factors is not 1.0 for each sliding_attention layer "
+                          "and 0.5 for the others, as the converter asserts")
+    other = hp.get("attention_other_setting") or {}
+    if not isinstance(other, dict):
+        raise SourceError("config.json: attention_other_setting is not a JSON object")
+    heads, groups = _step_counts(hp, "num_attention_heads"), _step_counts(hp, "num_attention_groups")
+    heads_swa, groups_swa = _step_counts(other, "num_attention_heads", heads), _step_counts(other, "num_attention_groups", groups)
+    _set_in_place(kvs, (f"{a}.attention.head_count", "ARRAY_INT32", [heads_swa if s else heads for s in swa]))
+    _set_in_place(kvs, (f"{a}.attention.head_count_kv", "ARRAY_INT32", [groups_swa if s else groups for s in swa]))
+    _set_in_place(kvs, (f"{a}.attention.sliding_window_pattern", "ARRAY", swa))
+    _set_in_place(kvs, (f"{a}.attention.value_length", "UINT32", _step_counts(hp, "head_dim")))
+    for suffix, key in (("expert_count", "moe_num_experts"), ("expert_used_count", "moe_top_k"),
+                        ("expert_feed_forward_length", "moe_intermediate_size"),
+                        ("expert_shared_feed_forward_length", "share_expert_dim")):
+        _set_in_place(kvs, (f"{a}.{suffix}", "UINT32", _step_counts(hp, key)))
+    _step_expert_weights(kvs, a, hp)
+    _set_in_place(kvs, (f"{a}.leading_dense_block_count", "UINT32", _leading_dense(hp)))
+    _set_in_place(kvs, (f"{a}.moe_every_n_layers", "UINT32", _step_counts(hp, "moe_every_n_layer", 1)))
+    for suffix, key in (("swiglu_clamp_exp", "swiglu_limits"), ("swiglu_clamp_shexp", "swiglu_limits_shared")):
+        if hp.get(key) is not None:
+            limits = [0.0 if x is None else float(x) for x in _padded(hp, key, n_blocks, 0.0, (int, float))]
+            _set_in_place(kvs, (f"{a}.{suffix}", "ARRAY_FLOAT32", limits))
+
+
+def _step_expert_weights(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any]) -> None:
+    if (v := hp.get("moe_router_scaling_factor")) is not None:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise SourceError(f"config.json: moe_router_scaling_factor {v!r} is not a number")
+        _set_in_place(kvs, (f"{a}.expert_weights_scale", "FLOAT32", float(v)))
+    if (v := hp.get("norm_expert_weight")) is not None:
+        if not isinstance(v, bool):
+            raise SourceError("config.json: norm_expert_weight is not true or false")
+        _set_in_place(kvs, (f"{a}.expert_weights_norm", "BOOL", v))
+
+
+def _leading_dense(hp: dict[str, Any]) -> int:
+    """The first MoE layer of moe_layers_enum ("3,4,...,44"), 0 without one."""
+    enum = hp.get("moe_layers_enum")
+    if not isinstance(enum, str) or not enum.strip():
+        return 0
+    try:
+        layers = sorted(int(i) for i in enum.strip().split(","))
+    except ValueError:
+        raise SourceError(f"config.json: moe_layers_enum {enum[:40]!r} is not comma-separated layer numbers") from None
+    return max(0, layers[0])

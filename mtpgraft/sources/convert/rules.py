@@ -79,6 +79,38 @@ HY_NAMES = {k: v for k, v in GLM_NAMES.items() if not k.endswith(".bias") and k 
     "mlp.shared_mlp.down_proj.weight": "ffn_down_shexp.weight",
     "final_layernorm.weight": "nextn.shared_head_norm.weight",
 }
+# hfconv2: MiMo-V2 (MimoV2Model): model.mtp.layers.K as extra layers, fused qkv_proj (V2.5) or split q/k/v
+# (V2-Flash), attention sinks (the converter appends .weight), the layer's final_layernorm.
+MIMO_NAMES = {k: v for k, v in GLM_NAMES.items()
+              if not k.startswith(("self_attn.", "mlp.shared_experts.")) or k.endswith("_proj.weight")} | {
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.qkv_proj.weight": "attn_qkv.weight",
+    "self_attn.attention_sink_bias": "attn_sinks.weight",
+    "final_layernorm.weight": "layer_output_norm.weight",
+}
+# hfconv2: Step-3.5 (Step35Model): the head is model.layers.N+i; q/k norms, the head-wise attention gate
+# g_proj, fused 3-D moe.* experts with a router bias (the converter appends .bias) and share_expert; the
+# MTP layer's transformer.shared_head.{norm,output} become nextn.shared_head_{norm,head}.
+_STEP_KEPT = ("eh_proj.", "enorm.", "hnorm.", "input_layernorm.", "self_attn.", "mlp.gate_proj.", "mlp.up_proj.",
+              "mlp.down_proj.")
+STEP_NAMES = {k: v for k, v in QWEN_NAMES.items() if k.startswith(_STEP_KEPT)} | {
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.g_proj.weight": "attn_gate.weight",
+    "moe.gate.weight": "ffn_gate_inp.weight",
+    "moe.router_bias": "exp_probs_b.bias",
+    "moe.gate_proj.weight": "ffn_gate_exps.weight",
+    "moe.up_proj.weight": "ffn_up_exps.weight",
+    "moe.down_proj.weight": "ffn_down_exps.weight",
+    "share_expert.gate_proj.weight": "ffn_gate_shexp.weight",
+    "share_expert.up_proj.weight": "ffn_up_shexp.weight",
+    "share_expert.down_proj.weight": "ffn_down_shexp.weight",
+    "embed_tokens.weight": "nextn.embed_tokens.weight",
+    "transformer.shared_head.norm.weight": "nextn.shared_head_norm.weight",
+    "transformer.shared_head.output.weight": "nextn.shared_head_head.weight",
+}
+# Step35Model.modify_tensors squeezes these (size-1 dimensions dropped) before they are written.
+STEP_SQUEEZED = ("self_attn.g_proj.weight", "moe.gate.weight", "moe.up_proj.weight", "moe.gate_proj.weight",
+                 "moe.down_proj.weight")
 QWEN_MOE_KEYS = (("expert_feed_forward_length", "moe_intermediate_size"),
                   ("expert_shared_feed_forward_length", "shared_expert_intermediate_size"))
 DSA_MOE_KEYS = (("leading_dense_block_count", "first_k_dense_replace"),
@@ -123,6 +155,19 @@ class HeadRule:
     # expert_shared_feed_forward_length (x num_shared_experts), expert_weights_norm (route_norm, default
     # true), expert_weights_scale (router_scaling_factor, default 1), sigmoid gating.
     hy_routing: bool = False
+    # hfconv2: the converter's own MTP layer count, which config.json does not state (MimoV2Model._n_nextn: 3)
+    fixed_mtp: int = 0
+    # The order per-expert tensors are stacked and written in when a layer's last one arrives.
+    expert_order: tuple[str, ...] = ("down_proj", "gate_proj", "up_proj")
+    # MimoV2Model.set_gguf_parameters' own keys: head_count_kv as a per-layer array and
+    # sliding_window_pattern, both hybrid_layer_pattern extended with a sliding-window entry per MTP layer;
+    # value_length v_head_dim (in place); expert_feed_forward_length, rope.dimension_count, value_scale.
+    mimo_swa: bool = False
+    # Step35Model.set_gguf_parameters' own keys: head_count, head_count_kv and sliding_window_pattern from
+    # layer_types (entries for the MTP layers kept, missing ones full attention), the expert keys from its
+    # own config names, leading_dense_block_count from moe_layers_enum, swiglu_clamp_* padded with 0.
+    step_arrays: bool = False
+    squeezed: tuple[str, ...] = ()  # HF names (after `model.layers.L.`) written with size-1 dimensions dropped
 
 
 _QWEN = {"n_mtp_key": "mtp_num_hidden_layers", "names": QWEN_NAMES, "plus_one_norms": True, "hybrid": True}
@@ -142,6 +187,14 @@ HEAD_RULES: dict[str, HeadRule] = {
                                        layer_indexed=True, moe_keys=DSA_MOE_KEYS, mla=True, mla_rope_dims=True),
     "HYV3ForCausalLM": HeadRule("hy_v3", "num_nextn_predict_layers", True, HY_NAMES, False, layer_indexed=True,
                                 hy_routing=True),
+    # hfconv2: MiMo-V2
+    "MiMoV2FlashForCausalLM": HeadRule("mimo2", "", True, MIMO_NAMES, False, fixed_mtp=3,
+                                       expert_order=("gate_proj", "up_proj", "down_proj"), mimo_swa=True),
+    "MiMoV2ForCausalLM": HeadRule("mimo2", "", True, MIMO_NAMES, False, fixed_mtp=3,
+                                  expert_order=("gate_proj", "up_proj", "down_proj"), mimo_swa=True),
+    # hfconv2: Step-3.5
+    "Step3p5ForCausalLM": HeadRule("step35", "num_nextn_predict_layers", True, STEP_NAMES, True, layer_indexed=True,
+                                   step_arrays=True, squeezed=STEP_SQUEEZED),
     "Glm4MoeForCausalLM": HeadRule("glm4moe", "num_nextn_predict_layers", True, GLM_NAMES, False,
                                    layer_indexed=True, moe_keys=GLM_MOE_KEYS, sigmoid_routing=True),
 }
@@ -159,20 +212,15 @@ REFUSED = {
     "DeepseekV4ForCausalLM": "llama.cpp's converter drops DeepSeek-V4's mtp.* head from a full conversion "
                              "and writes it only with --mtp, as a head-only file (e_proj and h_proj "
                              "concatenated into eh_proj)" + _DONOR,
-    "MiMoV2FlashForCausalLM": "llama.cpp's converter appends MiMo-V2's model.mtp.layers.* heads (three, a count "
-                              "config.json does not state) and extends the per-layer head_count_kv and "
-                              "sliding_window_pattern arrays for them, which mtpgraft does not reproduce" + _DONOR,
-    "Step3p5ForCausalLM": "llama.cpp's converter keeps Step-3.5's MTP layers (+1 on every norm, shared_head.output "
-                          "renamed) with per-layer head_count, head_count_kv, sliding_window_pattern and "
-                          "swiglu_clamp_* arrays padded for them, which mtpgraft does not reproduce" + _DONOR,
+    "Step3p7ForConditionalGeneration": "llama.cpp's converter keeps Step-3.7's MTP layers through Step-3.5's "
+                                       "class, but mtpgraft has no reference conversion of its multimodal "
+                                       "checkpoint (Step3p5ForCausalLM converts)" + _DONOR,
     "Cohere2MoeForCausalLM": "llama.cpp's converter keeps Cohere 2 MoE's MTP layer only in a full conversion "
                              "(it refuses --mtp and --no-mtp for this architecture) and drops its zero biases; "
                              "mtpgraft has no reference conversion for it" + _DONOR,
     "NemotronHForCausalLM": "llama.cpp's converter folds Nemotron-3's two mtp.layers.* (fusion and attention, "
                             "then MoE) into one block with renames, which mtpgraft does not reproduce" + _DONOR,
 }
-REFUSED |= {"MiMoV2ForCausalLM": REFUSED["MiMoV2FlashForCausalLM"],
-            "Step3p7ForConditionalGeneration": REFUSED["Step3p5ForCausalLM"]}
 
 
 # TextModel.filter_tensors: multimodal tensors the converter skips (the subset Qwen checkpoints hold).

@@ -24,8 +24,8 @@ CHUNK_BYTES = 16 << 20
 def encode_head_kvs(plan: HeadPlan) -> list[KV]:
     out = []
     for key, vtype, value in plan.kvs:
-        if vtype == "ARRAY":
-            out.append(encode_kv(key, V.ARRAY, value, V.BOOL))
+        if vtype.startswith("ARRAY"):  # "ARRAY" (of bools) or "ARRAY_<item type>"
+            out.append(encode_kv(key, V.ARRAY, value, V[vtype[6:]] if vtype != "ARRAY" else V.BOOL))
         else:
             out.append(encode_kv(key, V[vtype], value))
     return out
