@@ -387,3 +387,34 @@ def test_step35_squeezes_what_the_converter_squeezes(tmp_path):
 def test_step35_config_fields_the_converter_reads_are_checked(tmp_path, edit, message):
     with pytest.raises(SourceError, match="^" + re.escape(message)):
         _step35_plan(tmp_path, **edit)
+
+
+@pytest.mark.parametrize("variant", ["mimo2-bf16", "step35-bf16"])
+def test_heads_k_from_a_checkpoint_is_the_converted_file_pruned(hub, hf_hermetic, tmp_path, variant):
+    """Three converted MTP layers, --heads 1 and 2: attach from the checkpoint (local, and on the Hub,
+    where only the kept layers' tensors travel) equals the converter's full file pruned by detach
+    --heads K (keys array by array, tensors byte for byte)."""
+    ckpt = build_checkpoint(tmp_path / variant, variant, seed=0)
+    trunk = rebuild(TRUNKS[variant], ckpt, tmp_path / "trunk.gguf")
+    files = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    hub.put_files(f"tester/{variant}", files)
+
+    def run(*args):
+        r = CliRunner().invoke(cli, [str(a) for a in args])
+        assert r.exit_code == 0, r.output
+
+    full = tmp_path / "full.gguf"
+    run("attach", trunk, "--mtp-from", ckpt, "-o", full, "--mtp-type", "keep", "--layout", "converter")
+    sent = {}
+    for k in (1, 2):
+        want = tmp_path / f"pruned{k}.gguf"
+        run("detach", full, "--heads", k, "-o", want)
+        for where, src in (("local", ckpt), ("hub", f"hf://tester/{variant}")):
+            before = hub.bytes_sent
+            out = tmp_path / f"{where}{k}.gguf"
+            run("attach", trunk, "--mtp-from", src, "--heads", k, "-o", out, "--mtp-type", "keep", "--layout",
+                "converter", "--endpoint", hub.url)
+            sent[(where, k)] = hub.bytes_sent - before
+            assert tensors(out) == tensors(want), (where, k)
+            assert list(head_kvs(out).items()) == list(head_kvs(want).items()), (where, k)  # in order too
+    assert 0 < sent[("hub", 1)] < sent[("hub", 2)]  # the second layer's tensors travel only for K = 2
