@@ -283,8 +283,7 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "required; one MTP block, a full-attention MoE layer (ffn_gate_inp asserted); trunk-only "
                   "files load, but abort with --spec-type draft-mtp if they keep the key"),
     ArchRule("bailingmoe3", family="Ling/Ring 3", proven=True,
-             hf_conversion="not converted: BailingMoeV3ForCausalLM keeps its MTP layer through the MLA path "
-                           "(kv_b_proj split, attn_k_b transposed)",
+             hf_conversion="BailingMoeV3ForCausalLM",
              note="Ling/Ring 3: KDA and MLA (gated) layers told apart by head_count_kv (0: KDA), MoE with a "
                   "shared expert; one MTP block, an MLA + MoE layer whose final norm is "
                   "blk.N.layer_output_norm; trunk-only files load, but abort with --spec-type draft-mtp if "

@@ -33,7 +33,8 @@ TRUNKS = json.loads((REF / "trunks.json").read_text())
 CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16"), ("dense-bf16", "q8_0"), ("dense-f16", "auto"),
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
          ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
-         ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto")]
+         ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto"),
+         ("ling3-bf16", "auto")]  # hfconv3's families
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +62,8 @@ def ref_kvs(name: str) -> dict[str, str]:
 
 
 E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16",
-       "hy3-bf16")
+       "hy3-bf16",
+       "ling3-bf16")  # hfconv3's families
 
 
 def test_references_exist_and_are_small():
@@ -175,7 +177,7 @@ def _edit_config(ckpt: Path, **text) -> None:
 @pytest.mark.parametrize(("edit", "message"), [
     ({"mtp_num_hidden_layers": 0}, "ck: no MTP head: config.json gives mtp_num_hidden_layers = 0"),
     ({"architectures": ["LlamaForCausalLM"]}, "ck: no MTP head conversion for architecture LlamaForCausalLM "
-     "(mtpgraft converts DeepseekV32ForCausalLM, Glm4MoeForCausalLM, Glm4MoeLiteForCausalLM, GlmMoeDsaForCausalLM, "
+     "(mtpgraft converts BailingMoeV3ForCausalLM, DeepseekV32ForCausalLM, Glm4MoeForCausalLM, Glm4MoeLiteForCausalLM, GlmMoeDsaForCausalLM, "
      "HYV3ForCausalLM, Qwen3NextForCausalLM, Qwen3_5ForCausalLM, "
      "Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM, Qwen3_5MoeForConditionalGeneration; use a GGUF donor "
      "for the others)"),
@@ -276,3 +278,31 @@ def test_qwen3next_counts_its_mtp_layers_as_the_converter_does():
     with pytest.raises(SourceError, match=r"^ck: no MTP head: config.json gives no mtp_num_hidden_layers and the "
                                           r"checkpoint has no mtp.layers$"):
         plan("model.norm.weight")
+
+
+# ------------------------------------------------------------------------------ hfconv3's families
+
+
+def _plan_of(variant: str, names: list[str], **config_edit):
+    from mtpgraft.sources.convert import plan_head
+    from mtpgraft.sources.safetensors import STensor
+    from mtpgraft.testmodels.checkpoints import VARIANTS, config
+
+    cfg = {**config(VARIANTS[variant]), **config_edit}
+    return plan_head(cfg, [("model.safetensors", {n: STensor(n, "BF16", (64,), 0, 128) for n in names})], label="ck")
+
+
+def test_ling3_head_count_kv_marks_kda_layers_as_the_converter_does():
+    """BailingMoeV3Model writes head_count_kv per layer, 0 for a KDA layer and 1 for an MLA one (the MTP
+    layer too), from layer_group_size: the reference checkpoint's 1 makes every layer MLA; with 2 the real
+    converter wrote [0, 1, 1] for it (layer 0 KDA), and with 4 [1, 1, 1] (no whole group: all MLA)."""
+    head = ["model.layers.2.enorm.weight"]
+    for group, want in ((2, [0, 1, 1]), (4, [1, 1, 1])):
+        kvs = _plan_of("ling3-bf16", head, layer_group_size=group).kvs
+        assert [kv for kv in kvs if kv[0].endswith("head_count_kv")] == [
+            ("bailingmoe3.attention.head_count_kv", "ARRAY", want)]
+    with pytest.raises(SourceError, match=r"^ck: config.json layer_group_size = 0: out of range \(mtpgraft takes 1 to 4,096\)$"):
+        _plan_of("ling3-bf16", head, layer_group_size=0)
+    with pytest.raises(SourceError, match=r"^config.json: no norm_topk_prob, which the converter reads for a "
+                                          r"Ling 3 head$"):
+        _plan_of("ling3-bf16", head, norm_topk_prob=None)

@@ -93,6 +93,8 @@ def test_converted_and_refused_architectures_are_the_pinned_converters():
     assert sorted(a for a in [*HEAD_RULES, *REFUSED] if a not in registered) == []
     assert registered["Glm4MoeForCausalLM"] == "Glm4MoeModel"
     assert registered["DeepseekV3ForCausalLM"] == "DeepseekV2Model"  # skip_mtp = True: the head is dropped
+    # hfconv3's families
+    assert registered["BailingMoeV3ForCausalLM"] == "BailingMoeV3Model"
 
 
 def test_each_mtp_family_names_its_hf_conversion():

@@ -1,6 +1,6 @@
 """Tiny random Hugging Face checkpoints with an MTP head, in numpy: Qwen3.5/3.6 (dense and MoE),
 Qwen3-Next, GLM-4.5, GLM-4.7-Flash, GLM-5, DeepSeek-V3.2 and Hy3 (the last five layer-indexed: the MTP
-layer is model.layers.N).
+layer is model.layers.N); and hfconv3's: Ling 3 (layer-indexed).
 
 The Qwen3.5/3.6 ones have the layout of the real Qwen/Qwen3.6-27B and Qwen3.6-35B-A3B repos:
 `config.json` with the text model nested under `text_config`, the trunk under `model.language_model.*`,
@@ -48,6 +48,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("glm47flash-bf16", moe=True, dtype="BF16", experts="per-expert", family="deepseek2"),
     Variant("deepseek32-bf16", moe=True, dtype="BF16", experts="per-expert", family="deepseek32"),
     Variant("hy3-bf16", moe=True, dtype="BF16", experts="per-expert", family="hy_v3"),
+    # hfconv3's families
+    Variant("ling3-bf16", moe=True, dtype="BF16", experts="per-expert", family="bailingmoe3"),
 )}
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FF, VOCAB = 64, 2, 1, 32, 128, 320
@@ -120,7 +122,50 @@ def _qwen3next_config() -> dict[str, Any]:
             "tie_word_embeddings": False, "hidden_act": "silu"}
 
 
+# ---------------------------------------------------------------- hfconv3: Ling 3 (bailingmoe3)
+
+KDA_HEAD_DIM = 8  # not v_head_dim: value_length is the KDA head_dim the converter writes first
+
+
+def _ling3_config() -> dict[str, Any]:
+    """Ling/Ring 3's config.json (BailingMoeV3ForCausalLM, inclusionAI/Ling-3.0-flash): layer_group_size 1
+    makes every trunk layer MLA (no KDA layer), which is all the head's conversion touches."""
+    return {"architectures": ["BailingMoeV3ForCausalLM"], "model_type": "bailing_moe_v3", "hidden_size": HIDDEN,
+            "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS, "num_key_value_heads": HEADS,
+            "head_dim": KDA_HEAD_DIM, "layer_group_size": 1, "no_kda_lora": True, "kda_safe_gate": True,
+            "kda_lower_bound": -5.0, "short_conv_kernel_size": CONV_K,
+            "gated_attention_proj_granularity_type": "head_wise", "q_lora_rank": Q_LORA, "kv_lora_rank": KV_LORA,
+            "qk_nope_head_dim": QK_NOPE, "qk_rope_head_dim": QK_ROPE, "v_head_dim": V_DIM, "intermediate_size": FF,
+            "moe_intermediate_size": EXPERT_FF, "moe_shared_expert_intermediate_size": SHARED_FF,
+            "num_experts": EXPERTS, "num_experts_per_tok": EXPERTS_USED, "num_shared_experts": 1,
+            "first_k_dense_replace": 1, "routed_scaling_factor": 2.5, "norm_topk_prob": True,
+            "score_function": "sigmoid", "num_nextn_predict_layers": 1, "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-6, "vocab_size": VOCAB, "max_position_embeddings": 4096,
+            "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+def _ling3_shapes() -> dict[str, tuple[int, ...]]:
+    """Ling 3's layout: model.word_embeddings, attention.* MLA with a head-wise g_proj gate and
+    attention.dense as output, mlp.gate with expert_bias, shared_experts; the MTP layer is model.layers.N
+    with eh_proj, enorm, hnorm and final_layernorm."""
+    n = len(LAYER_TYPES)
+    shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN), "model.word_embeddings.weight": (VOCAB, HIDDEN),
+                                          "model.norm.weight": (HIDDEN,)}
+    for i in range(n + 1):
+        p = f"model.layers.{i}"
+        block = _glm_block(p, dense=i < 1, family="deepseek2")
+        block = {k.replace(".self_attn.", ".attention.").replace("attention.o_proj", "attention.dense")
+                 .replace("gate.e_score_correction_bias", "gate.expert_bias"): s for k, s in block.items()}
+        shapes.update(block | {f"{p}.attention.g_proj.weight": (HEADS, HIDDEN)})
+    m = f"model.layers.{n}"
+    shapes.update({f"{m}.eh_proj.weight": (HIDDEN, 2 * HIDDEN), f"{m}.enorm.weight": (HIDDEN,),
+                   f"{m}.hnorm.weight": (HIDDEN,), f"{m}.final_layernorm.weight": (HIDDEN,)})
+    return shapes
+
+
 def config(v: Variant) -> dict[str, Any]:
+    if v.family == "bailingmoe3":
+        return _ling3_config()
     if v.family == "glm4moe":
         return _glm_config()
     if v.family == "qwen3next":
@@ -298,6 +343,8 @@ def tensor_shapes(v: Variant) -> dict[str, tuple[int, ...]]:
         return _glm_shapes(v.family)
     if v.family == "hy_v3":
         return _hy_shapes()
+    if v.family == "bailingmoe3":
+        return _ling3_shapes()
     lm = "model" if v.family == "qwen3next" else "model.language_model"
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN),
                                           f"{lm}.embed_tokens.weight": (VOCAB, HIDDEN),

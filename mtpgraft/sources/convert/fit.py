@@ -33,7 +33,9 @@ def check_head_against_base(plan: HeadPlan, config: dict[str, Any], base: GGUFMo
         if suffix not in _CONFIG_NAMES:
             continue
         have = base.get(key)
-        if isinstance(have, list):
+        if isinstance(value, list) and isinstance(have, list):
+            value = value[:len(have)]  # a per-layer array (Ling 3's head_count_kv): the trunk's entries
+        elif isinstance(have, list):
             have = have[0] if have and all(x == have[0] for x in have) else have
         if have is not None and have != value:
             hp = text_config(config)

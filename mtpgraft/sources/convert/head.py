@@ -16,7 +16,7 @@ from ..donor import MAX_BLOCKS, MAX_MTP_LAYERS
 from ..safetensors import DTYPE_SIZE, STensor
 from .config import head_rule, text_config
 from .kvs import head_kvs
-from .rules import FORCED_F32, MLA_SPLIT, QWEN_ENDS, QWEN_MTP_TOP, QWEN_TRUNK, SKIPPED, HeadRule
+from .rules import FORCED_F32, QWEN_ENDS, QWEN_MTP_TOP, QWEN_TRUNK, SKIPPED, HeadRule
 
 # --outtype: the output file type, named as the tensor type its 2-D weights take (the converter's
 # LlamaFileType ALL_F32, MOSTLY_F16, MOSTLY_BF16, MOSTLY_Q8_0).
@@ -183,7 +183,8 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     ordered = [(f, t) for f, ts in sorted(headers, key=lambda h: h[0]) for t in sorted(ts.values(), key=lambda t: t.name)]
     ftype = _file_type(outtype, ordered)
     n_experts = int(hp.get("num_local_experts") or hp.get("num_experts") or hp.get("n_routed_experts") or 0)
-    split = _mla_dims(hp, label) if rule.mla else None
+    split_name, split_heads = rule.kv_b_split
+    split = _mla_dims(hp, label, split_heads) if rule.mla or rule.mla_split else None
     tensors: list[HeadTensor] = []
     pending: dict[int, dict[str, tuple[str, STensor]]] = {}
     files: list[str] = []
@@ -199,7 +200,7 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
         if not m:
             raise SourceError(f"{label}: cannot map MTP tensor {t.name}")
         bid, suffix = int(m.group(1)), m.group(2)
-        if split is not None and suffix == MLA_SPLIT:
+        if split is not None and suffix == split_name:
             tensors.extend(_mla_split(rule, file, t, bid, split, ftype, label))
             continue
         tensors.extend(_map_tensor(rule, file, t, bid, suffix, n_experts, pending, ftype, label))
@@ -234,10 +235,10 @@ def _layer_counts(rule: HeadRule, hp: dict[str, Any], headers: Sequence[tuple[st
     return n_layers, n_mtp
 
 
-def _mla_dims(hp: dict[str, Any], label: str) -> tuple[int, int, int]:
-    """(KV heads, qk_nope_head_dim, v_head_dim): how DeepseekV2Model cuts kv_b_proj (before it sets
-    head_count_kv to 1 for the metadata)."""
-    keys = ("num_key_value_heads", "qk_nope_head_dim", "v_head_dim")
+def _mla_dims(hp: dict[str, Any], label: str, heads: str) -> tuple[int, int, int]:
+    """(heads, qk_nope_head_dim, v_head_dim): how the converter cuts kv_b_proj (DeepseekV2Model by
+    num_key_value_heads, before it sets head_count_kv to 1 for the metadata)."""
+    keys = (heads, "qk_nope_head_dim", "v_head_dim")
     missing = [k for k in keys if not hp.get(k)]
     if missing:
         raise SourceError(f"{label}: config.json has no {missing[0]}, which the MLA head's kv_b_proj split needs")
@@ -251,12 +252,14 @@ def _mla_split(rule: HeadRule, file: str, t: STensor, bid: int, dims: tuple[int,
     n_kv, nope, v = dims
     if len(t.shape) != 2 or t.shape[0] != n_kv * (nope + v):
         raise SourceError(f"{label}: {t.name} has shape {list(t.shape)}, not [{n_kv * (nope + v)}, kv_lora_rank] "
-                          f"(num_key_value_heads x (qk_nope_head_dim + v_head_dim) rows)")
+                          f"({rule.kv_b_split[1]} x "
+                          f"(qk_nope_head_dim + v_head_dim) rows)")
     rank = t.shape[1]
+    at = rule.kv_b_split[0].removesuffix("kv_b_proj.weight")  # self_attn. or attention.
     k_b = Piece(t, file, n_kv, nope + v, rank, 0, nope, transposed=True)
     v_b = Piece(t, file, n_kv, nope + v, rank, nope, nope + v)
-    return [_tensor(rule, "self_attn.k_b_proj.weight", bid, (n_kv, rank, nope), t.dtype, False, (k_b,), ftype, label),
-            _tensor(rule, "self_attn.v_b_proj.weight", bid, (n_kv, v, rank), t.dtype, False, (v_b,), ftype, label)]
+    return [_tensor(rule, f"{at}k_b_proj.weight", bid, (n_kv, rank, nope), t.dtype, False, (k_b,), ftype, label),
+            _tensor(rule, f"{at}v_b_proj.weight", bid, (n_kv, v, rank), t.dtype, False, (v_b,), ftype, label)]
 
 
 def _counted_mtp_layers(headers: Sequence[tuple[str, dict[str, STensor]]]) -> int:

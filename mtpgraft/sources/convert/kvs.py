@@ -50,6 +50,8 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
         _sigmoid_routing_kvs(kvs, a, hp)
     if rule.hy_routing:
         _hy_routing_kvs(kvs, a, hp)
+    if rule.ling_kvs:
+        _ling_kvs(kvs, a, hp, n_layers, n_mtp)
     if rule.mla:
         if (v := hp.get("routed_scaling_factor")) is not None:
             kvs.append((f"{a}.expert_weights_scale", "FLOAT32", float(v)))
@@ -109,12 +111,7 @@ def _moe_kvs(a: str, hp: dict[str, Any]) -> list[tuple[str, str, Any]]:
 
 def _sigmoid_gating(kvs: list[tuple[str, str, Any]], a: str) -> None:
     """expert_gating_func = sigmoid, where the key already is (the writer overwrites in place) or last."""
-    gating = (f"{a}.expert_gating_func", "UINT32", _GATING["sigmoid"])
-    at = next((i for i, kv in enumerate(kvs) if kv[0] == gating[0]), None)
-    if at is None:
-        kvs.append(gating)
-    else:
-        kvs[at] = gating
+    _overwrite(kvs, (f"{a}.expert_gating_func", "UINT32", _GATING["sigmoid"]))
 
 
 def _sigmoid_routing_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any]) -> None:
@@ -141,6 +138,38 @@ def _hy_routing_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any])
             (f"{a}.expert_weights_norm", "BOOL", norm),
             (f"{a}.expert_weights_scale", "FLOAT32", float(hp["router_scaling_factor"]))]
     _sigmoid_gating(kvs, a)
+
+
+def _ling_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> None:
+    """BailingMoeV3Model.set_gguf_parameters' own keys, in its order (added to `kvs` in place; the ones
+    TextModel wrote already are overwritten where they are, as the writer does)."""
+    need = ("layer_group_size", "kv_lora_rank", "qk_rope_head_dim", "moe_intermediate_size",
+            "moe_shared_expert_intermediate_size", "first_k_dense_replace", "routed_scaling_factor", "norm_topk_prob")
+    missing = [k for k in need if hp.get(k) is None]
+    if missing:
+        raise SourceError(f"config.json: no {missing[0]}, which the converter reads for a Ling 3 head")
+    group, shared = int(hp["layer_group_size"]), hp.get("num_shared_experts", 1)
+    if isinstance(shared, bool) or not isinstance(shared, int) or not 0 <= shared <= 1 << 16:
+        raise SourceError(f"config.json: num_shared_experts {shared!r} is not a count")
+    full = [il >= n_layers or (il + 1) % group == 0 or il >= n_layers // group * group
+            for il in range(n_layers + n_mtp)]  # is_full_attention: the rest are KDA layers
+    _overwrite(kvs, (f"{a}.attention.head_count_kv", "ARRAY", [int(f) for f in full]))
+    _overwrite(kvs, (f"{a}.attention.key_length", "UINT32", int(hp["kv_lora_rank"]) + int(hp["qk_rope_head_dim"])))
+    kvs += [(f"{a}.expert_feed_forward_length", "UINT32", int(hp["moe_intermediate_size"])),
+            (f"{a}.expert_shared_feed_forward_length", "UINT32", int(hp["moe_shared_expert_intermediate_size"])),
+            (f"{a}.expert_shared_count", "UINT32", shared),
+            (f"{a}.leading_dense_block_count", "UINT32", int(hp["first_k_dense_replace"])),
+            (f"{a}.expert_weights_scale", "FLOAT32", float(hp["routed_scaling_factor"])),
+            (f"{a}.expert_weights_norm", "BOOL", bool(hp["norm_topk_prob"]))]
+
+
+def _overwrite(kvs: list[tuple[str, str, Any]], kv: tuple[str, str, Any]) -> None:
+    """A key set again: replaced where it is (the writer overwrites in place), else appended."""
+    at = next((i for i, old in enumerate(kvs) if old[0] == kv[0]), None)
+    if at is None:
+        kvs.append(kv)
+    else:
+        kvs[at] = kv
 
 
 def _hybrid_kvs(a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> list[tuple[str, str, Any]]:

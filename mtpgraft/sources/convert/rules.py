@@ -79,6 +79,20 @@ HY_NAMES = {k: v for k, v in GLM_NAMES.items() if not k.endswith(".bias") and k 
     "mlp.shared_mlp.down_proj.weight": "ffn_down_shexp.weight",
     "final_layernorm.weight": "nextn.shared_head_norm.weight",
 }
+# hfconv3's families.
+# Ling/Ring 3 (BailingMoeV3Model): attention.* MLA with attention.dense as output and a head-wise
+# attention.g_proj gate (attn_gate on a full-attention layer, as the MTP layer is), mlp.gate's
+# expert_bias (written exp_probs_b.bias), and the MTP layer's final_layernorm as layer_output_norm.
+LING_NAMES = {k.replace("self_attn.", "attention."): v for k, v in DSA_NAMES.items()
+              if not k.startswith(("self_attn.indexer.", "mlp.gate.e_score", "shared_head.", "embed_tokens."))} | {
+    "attention.q_proj.weight": "attn_q.weight",  # a model without q_lora_rank
+    "attention.dense.weight": "attn_output.weight",
+    "attention.g_proj.weight": "attn_gate.weight",
+    "mlp.gate.expert_bias": "exp_probs_b.bias",
+    "final_layernorm.weight": "layer_output_norm.weight",
+}
+LING_MLA_SPLIT = "attention.kv_b_proj.weight"
+
 QWEN_MOE_KEYS = (("expert_feed_forward_length", "moe_intermediate_size"),
                   ("expert_shared_feed_forward_length", "shared_expert_intermediate_size"))
 DSA_MOE_KEYS = (("leading_dense_block_count", "first_k_dense_replace"),
@@ -123,6 +137,19 @@ class HeadRule:
     # expert_shared_feed_forward_length (x num_shared_experts), expert_weights_norm (route_norm, default
     # true), expert_weights_scale (router_scaling_factor, default 1), sigmoid gating.
     hy_routing: bool = False
+    # hfconv3's fields.
+    # The MLA kv_b_proj split without DeepseekV2Model's keys: (the tensor's name, the config key giving
+    # the number of heads it is cut into). BailingMoeV3Model cuts attention.kv_b_proj by num_attention_heads.
+    mla_split: tuple[str, str] | None = None
+    # BailingMoeV3Model.set_gguf_parameters' own keys: head_count_kv per layer (1 full attention, 0 KDA,
+    # by layer_group_size), key_length kv_lora_rank + qk_rope_head_dim over head_dim's (value_length stays
+    # head_dim), then the expert and shared-expert keys, leading_dense_block_count, expert_weights_*.
+    ling_kvs: bool = False
+
+    @property
+    def kv_b_split(self) -> tuple[str, str]:
+        """(the kv_b_proj tensor an MLA head cuts, the config key giving into how many heads)."""
+        return self.mla_split or (MLA_SPLIT, "num_key_value_heads")
 
 
 _QWEN = {"n_mtp_key": "mtp_num_hidden_layers", "names": QWEN_NAMES, "plus_one_norms": True, "hybrid": True}
@@ -142,6 +169,10 @@ HEAD_RULES: dict[str, HeadRule] = {
                                        layer_indexed=True, moe_keys=DSA_MOE_KEYS, mla=True, mla_rope_dims=True),
     "HYV3ForCausalLM": HeadRule("hy_v3", "num_nextn_predict_layers", True, HY_NAMES, False, layer_indexed=True,
                                 hy_routing=True),
+    # hfconv3's families
+    "BailingMoeV3ForCausalLM": HeadRule("bailingmoe3", "num_nextn_predict_layers", True, LING_NAMES, False,
+                                        layer_indexed=True, mla_split=(LING_MLA_SPLIT, "num_attention_heads"),
+                                        ling_kvs=True),
     "Glm4MoeForCausalLM": HeadRule("glm4moe", "num_nextn_predict_layers", True, GLM_NAMES, False,
                                    layer_indexed=True, moe_keys=GLM_MOE_KEYS, sigmoid_routing=True),
 }
@@ -150,12 +181,9 @@ HEAD_RULES: dict[str, HeadRule] = {
 # pinned convert_hf_to_gguf.py (llama.cpp 0c1e570, conversion/*.py) does with the head. Refused from
 # config.json alone, before any tensor byte is read.
 _DONOR = "; use a GGUF donor converted with convert_hf_to_gguf.py"
-_MLA = ("through the MLA path (kv_b_proj split into attn_k_b and attn_v_b, attn_k_b transposed); mtpgraft "
-        "has no reference conversion for it yet" + _DONOR)
 REFUSED = {
     "DeepseekV3ForCausalLM": "llama.cpp's converter drops DeepSeek-V3's MTP layers (deepseek2 keeps MTP only "
                              "for GLM-4.7-Flash), so there is no GGUF head to build",
-    "BailingMoeV3ForCausalLM": "llama.cpp's converter keeps Ling/Ring 3's MTP layer but converts it " + _MLA,
     "DeepseekV4ForCausalLM": "llama.cpp's converter drops DeepSeek-V4's mtp.* head from a full conversion "
                              "and writes it only with --mtp, as a head-only file (e_proj and h_proj "
                              "concatenated into eh_proj)" + _DONOR,

@@ -24,8 +24,8 @@ CHUNK_BYTES = 16 << 20
 def encode_head_kvs(plan: HeadPlan) -> list[KV]:
     out = []
     for key, vtype, value in plan.kvs:
-        if vtype == "ARRAY":
-            out.append(encode_kv(key, V.ARRAY, value, V.BOOL))
+        if vtype == "ARRAY":  # gguf-py's item type: BOOL for bools, INT32 for ints (Ling 3's head_count_kv)
+            out.append(encode_kv(key, V.ARRAY, value, V.BOOL if all(isinstance(x, bool) for x in value) else V.INT32))
         else:
             out.append(encode_kv(key, V[vtype], value))
     return out
