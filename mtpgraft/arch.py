@@ -289,7 +289,7 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "blk.N.layer_output_norm; trunk-only files load, but abort with --spec-type draft-mtp if "
                   "they keep the key"),
     ArchRule("nemotron_h_moe", trunk_only_ok=False, trunk_only_mtp_aborts=False, family="Nemotron-3",
-             hf_conversion="not converted: NemotronHForCausalLM's two mtp.layers.* are folded into one block",
+             hf_conversion="NemotronHForCausalLM",
              proven=True,
              note="Nemotron-H MoE: one MTP block (attention + relu^2 MoE with a shared expert; its entries "
                   "head_count_kv = n_head_kv, feed_forward_length = n_ff_exp); a layer's kind comes from "

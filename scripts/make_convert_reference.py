@@ -43,7 +43,9 @@ How the committed references were made (2026-12-01):
   mlp.shared_mlp, per-expert; the MTP layer's final_layernorm);
   hfconv3's families: Ling 3 (BailingMoeV3ForCausalLM: attention.* MLA cut by num_attention_heads, a
   head-wise g_proj gate, mlp.gate.expert_bias; layer_group_size 1, so every trunk layer is MLA and
-  head_count_kv is all 1s; the MTP layer's final_layernorm is layer_output_norm);
+  head_count_kv is all 1s; the MTP layer's final_layernorm is layer_output_norm) and Nemotron-3
+  (NemotronHForCausalLM: backbone.*, one Mamba2, one attention and one MoE layer; the head as
+  mtp.layers.0 and mtp.layers.1, which the converter folds into one block);
 - kept: the MTP block's tensors (blk.L.* for L >= the trunk) exactly as written, and the converter's
   values of the structural keys listed in KEPT_KEYS and KEPT_BEFORE_NEXTN (vocabulary, names and size
   labels dropped), plus
@@ -83,10 +85,10 @@ CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16")
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
          ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
          ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto"),
-         ("ling3-bf16", "auto")]  # hfconv3's families
+         ("ling3-bf16", "auto"), ("nemotron3-bf16", "auto")]  # hfconv3's families
 E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16",
        "hy3-bf16",
-       "ling3-bf16")  # hfconv3's families
+       "ling3-bf16", "nemotron3-bf16")  # hfconv3's families
 KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
              "attention.head_count", "attention.head_count_kv", "attention.key_length",
              "attention.value_length", "expert_count", "expert_used_count", "expert_feed_forward_length",

@@ -34,7 +34,7 @@ CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16")
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
          ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
          ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto"),
-         ("ling3-bf16", "auto")]  # hfconv3's families
+         ("ling3-bf16", "auto"), ("nemotron3-bf16", "auto")]  # hfconv3's families
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +63,7 @@ def ref_kvs(name: str) -> dict[str, str]:
 
 E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16",
        "hy3-bf16",
-       "ling3-bf16")  # hfconv3's families
+       "ling3-bf16", "nemotron3-bf16")  # hfconv3's families
 
 
 def test_references_exist_and_are_small():
@@ -178,7 +178,7 @@ def _edit_config(ckpt: Path, **text) -> None:
     ({"mtp_num_hidden_layers": 0}, "ck: no MTP head: config.json gives mtp_num_hidden_layers = 0"),
     ({"architectures": ["LlamaForCausalLM"]}, "ck: no MTP head conversion for architecture LlamaForCausalLM "
      "(mtpgraft converts BailingMoeV3ForCausalLM, DeepseekV32ForCausalLM, Glm4MoeForCausalLM, Glm4MoeLiteForCausalLM, GlmMoeDsaForCausalLM, "
-     "HYV3ForCausalLM, Qwen3NextForCausalLM, Qwen3_5ForCausalLM, "
+     "HYV3ForCausalLM, NemotronHForCausalLM, Qwen3NextForCausalLM, Qwen3_5ForCausalLM, "
      "Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM, Qwen3_5MoeForConditionalGeneration; use a GGUF donor "
      "for the others)"),
     ({"architectures": ["DeepseekV3ForCausalLM"]}, "ck: DeepseekV3ForCausalLM: llama.cpp's converter drops "
@@ -306,3 +306,22 @@ def test_ling3_head_count_kv_marks_kda_layers_as_the_converter_does():
     with pytest.raises(SourceError, match=r"^config.json: no norm_topk_prob, which the converter reads for a "
                                           r"Ling 3 head$"):
         _plan_of("ling3-bf16", head, norm_topk_prob=None)
+
+
+def test_nemotron3_folds_exactly_one_mtp_head_of_a_moe_model():
+    """NemotronHModel folds mtp.layers.0 and mtp.layers.1 into one block and asserts
+    num_nextn_predict_layers == 1; it keeps the head of MoE models only (num_experts_per_tok); an
+    mtp.layers.2 is not one it can map."""
+    head = ["mtp.layers.0.enorm.weight"]
+    assert _plan_of("nemotron3-bf16", head).mtp_layers == [3]
+    with pytest.raises(SourceError, match=r"^ck: config.json gives num_nextn_predict_layers = 2; llama.cpp's "
+                                          r"converter folds exactly one MTP head for nemotron_h_moe$"):
+        _plan_of("nemotron3-bf16", head, num_nextn_predict_layers=2)
+    with pytest.raises(SourceError, match=r"^config.json: no num_experts_per_tok, which the converter reads for a "
+                                          r"Nemotron-H MoE head \(it keeps the MTP head of MoE models only\)$"):
+        _plan_of("nemotron3-bf16", head, num_experts_per_tok=None)
+    with pytest.raises(SourceError, match=r"^config.json: hybrid_override_pattern 'M\*' is not one of M, \* and "
+                                          r"E per layer \(3 layers\)$"):
+        _plan_of("nemotron3-bf16", head, hybrid_override_pattern="M*")
+    with pytest.raises(SourceError, match=r"^ck: cannot map MTP tensor mtp.layers.2.enorm.weight$"):
+        _plan_of("nemotron3-bf16", [*head, "mtp.layers.2.enorm.weight"])

@@ -95,6 +95,7 @@ def test_converted_and_refused_architectures_are_the_pinned_converters():
     assert registered["DeepseekV3ForCausalLM"] == "DeepseekV2Model"  # skip_mtp = True: the head is dropped
     # hfconv3's families
     assert registered["BailingMoeV3ForCausalLM"] == "BailingMoeV3Model"
+    assert registered["NemotronHForCausalLM"] == "NemotronHModel"
 
 
 def test_each_mtp_family_names_its_hf_conversion():

@@ -1,6 +1,7 @@
 """Tiny random Hugging Face checkpoints with an MTP head, in numpy: Qwen3.5/3.6 (dense and MoE),
 Qwen3-Next, GLM-4.5, GLM-4.7-Flash, GLM-5, DeepSeek-V3.2 and Hy3 (the last five layer-indexed: the MTP
-layer is model.layers.N); and hfconv3's: Ling 3 (layer-indexed).
+layer is model.layers.N); and hfconv3's: Ling 3 (layer-indexed) and Nemotron-3
+(mtp.layers.0 and 1, folded by the converter into one block).
 
 The Qwen3.5/3.6 ones have the layout of the real Qwen/Qwen3.6-27B and Qwen3.6-35B-A3B repos:
 `config.json` with the text model nested under `text_config`, the trunk under `model.language_model.*`,
@@ -50,6 +51,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("hy3-bf16", moe=True, dtype="BF16", experts="per-expert", family="hy_v3"),
     # hfconv3's families
     Variant("ling3-bf16", moe=True, dtype="BF16", experts="per-expert", family="bailingmoe3"),
+    Variant("nemotron3-bf16", moe=True, dtype="BF16", experts="per-expert", family="nemotron_h_moe"),
 )}
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FF, VOCAB = 64, 2, 1, 32, 128, 320
@@ -163,9 +165,68 @@ def _ling3_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+# --------------------------------------------------------- hfconv3: Nemotron-3 (nemotron_h_moe)
+
+NEMOTRON_PATTERN = "M*E"  # Mamba2, attention, MoE (hybrid_override_pattern): one layer of each kind
+MAMBA_HEADS, MAMBA_HEAD_DIM, SSM_STATE, SSM_GROUPS = 4, 16, 16, 1
+
+
+def _nemotron3_config() -> dict[str, Any]:
+    """Nemotron-3's config.json (NemotronHForCausalLM, nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B): one MTP
+    head stored as mtp.layers.0 (fusion + attention) and mtp.layers.1 (MoE + final norm)."""
+    return {"architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "hidden_size": HIDDEN,
+            "num_hidden_layers": len(NEMOTRON_PATTERN), "hybrid_override_pattern": NEMOTRON_PATTERN,
+            "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM,
+            "mamba_num_heads": MAMBA_HEADS, "mamba_head_dim": MAMBA_HEAD_DIM, "ssm_state_size": SSM_STATE,
+            "n_groups": SSM_GROUPS, "conv_kernel": CONV_K, "expand": 2, "intermediate_size": FF,
+            "moe_intermediate_size": EXPERT_FF, "moe_shared_expert_intermediate_size": SHARED_FF,
+            "n_routed_experts": EXPERTS, "n_shared_experts": 1, "num_experts_per_tok": EXPERTS_USED,
+            "norm_topk_prob": True, "routed_scaling_factor": 2.5, "n_group": 1, "topk_group": 1,
+            "num_nextn_predict_layers": 1, "layer_norm_epsilon": 1e-5, "vocab_size": VOCAB,
+            "max_position_embeddings": 4096, "mlp_hidden_act": "relu2", "tie_word_embeddings": False}
+
+
+def _nemotron_mixer(p: str, kind: str) -> dict[str, tuple[int, ...]]:
+    """One Nemotron-H layer's norm and mixer: Mamba2 (M), attention (*) or relu^2 MoE (E)."""
+    out: dict[str, tuple[int, ...]] = {f"{p}.norm.weight": (HIDDEN,)}
+    m = f"{p}.mixer"
+    if kind == "M":
+        d_inner, conv = MAMBA_HEADS * MAMBA_HEAD_DIM, MAMBA_HEADS * MAMBA_HEAD_DIM + 2 * SSM_GROUPS * SSM_STATE
+        return out | {f"{m}.in_proj.weight": (d_inner + conv + MAMBA_HEADS, HIDDEN), f"{m}.conv1d.weight": (conv, 1, CONV_K),
+                      f"{m}.conv1d.bias": (conv,), f"{m}.dt_bias": (MAMBA_HEADS,), f"{m}.A_log": (MAMBA_HEADS,),
+                      f"{m}.D": (MAMBA_HEADS,), f"{m}.norm.weight": (d_inner,), f"{m}.out_proj.weight": (HIDDEN, d_inner)}
+    if kind == "*":
+        return out | {f"{m}.q_proj.weight": (HEADS * HEAD_DIM, HIDDEN), f"{m}.k_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
+                      f"{m}.v_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN), f"{m}.o_proj.weight": (HIDDEN, HEADS * HEAD_DIM)}
+    out |= {f"{m}.gate.weight": (EXPERTS, HIDDEN), f"{m}.gate.e_score_correction_bias": (EXPERTS,),
+            f"{m}.shared_experts.up_proj.weight": (SHARED_FF, HIDDEN),
+            f"{m}.shared_experts.down_proj.weight": (HIDDEN, SHARED_FF)}
+    for e in range(EXPERTS):
+        out |= {f"{m}.experts.{e}.up_proj.weight": (EXPERT_FF, HIDDEN), f"{m}.experts.{e}.down_proj.weight": (HIDDEN, EXPERT_FF)}
+    return out
+
+
+def _nemotron3_shapes() -> dict[str, tuple[int, ...]]:
+    """Nemotron-H's layout: backbone.embeddings, backbone.layers.N.{norm, mixer.*}, backbone.norm_f; the MTP
+    head as mtp.layers.0 (enorm, hnorm, eh_proj, then an attention layer) and mtp.layers.1 (an MoE layer
+    and final_layernorm), which the converter folds into one block."""
+    shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN), "backbone.embeddings.weight": (VOCAB, HIDDEN),
+                                          "backbone.norm_f.weight": (HIDDEN,)}
+    for i, kind in enumerate(NEMOTRON_PATTERN):
+        shapes.update(_nemotron_mixer(f"backbone.layers.{i}", kind))
+    shapes |= {"mtp.layers.0.enorm.weight": (HIDDEN,), "mtp.layers.0.hnorm.weight": (HIDDEN,),
+               "mtp.layers.0.eh_proj.weight": (HIDDEN, 2 * HIDDEN)}
+    shapes.update(_nemotron_mixer("mtp.layers.0", "*"))
+    shapes.update(_nemotron_mixer("mtp.layers.1", "E"))
+    shapes["mtp.layers.1.final_layernorm.weight"] = (HIDDEN,)
+    return shapes
+
+
 def config(v: Variant) -> dict[str, Any]:
     if v.family == "bailingmoe3":
         return _ling3_config()
+    if v.family == "nemotron_h_moe":
+        return _nemotron3_config()
     if v.family == "glm4moe":
         return _glm_config()
     if v.family == "qwen3next":
@@ -345,6 +406,8 @@ def tensor_shapes(v: Variant) -> dict[str, tuple[int, ...]]:
         return _hy_shapes()
     if v.family == "bailingmoe3":
         return _ling3_shapes()
+    if v.family == "nemotron_h_moe":
+        return _nemotron3_shapes()
     lm = "model" if v.family == "qwen3next" else "model.language_model"
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN),
                                           f"{lm}.embed_tokens.weight": (VOCAB, HIDDEN),

@@ -93,6 +93,9 @@ def _hf_layer_name(rule: HeadRule, name: str, n_layers: int) -> str | None:
         return None
     parts = name.split(".", 3)
     if len(parts) == 4 and parts[1] == "layers" and parts[2].isdecimal():
+        if rule.mtp_fold is not None:  # one block; a layer the fold does not name stays unmappable
+            renames = rule.mtp_fold.get(parts[2])
+            return name if renames is None else f"model.layers.{n_layers}.{renames.get(parts[3], parts[3])}"
         return f"model.layers.{n_layers + int(parts[2])}.{parts[3]}"
     if len(parts) == 3 and parts[1] in QWEN_MTP_TOP:
         return f"model.layers.{n_layers}.{QWEN_MTP_TOP[parts[1]]}.{parts[2]}"
@@ -118,15 +121,15 @@ def _preceding(rule: HeadRule, ordered: Sequence[tuple[str, STensor]], n_layers:
         if _hf_layer_name(rule, t.name, n_layers) is not None:
             return last
         name = _filtered_name(t.name)
-        m = re.match(r"model\.layers\.(\d+)\.(.+)$", name)
+        m = re.match(r"(?:model|backbone)\.layers\.(\d+)\.(.+)$", name)  # backbone: Nemotron-H
         if not m:
             last = QWEN_ENDS.get(name, name)
             continue
         bid, suffix = m.group(1), m.group(2)
-        if re.match(r"mlp\.experts\.\d+\.", suffix):
+        if re.match(re.escape(rule.experts) + r"\d+\.", suffix):
             pending[bid] = pending.get(bid, 0) + 1
-            if pending[bid] >= 3 * n_experts:
-                last = f"blk.{bid}.ffn_up_exps.weight"  # written down, gate, up
+            if pending[bid] >= len(rule.expert_weights) * n_experts:  # written stacked, up last
+                last = f"blk.{bid}.ffn_{rule.expert_weights[-1].removesuffix('_proj')}_exps.weight"
             continue
         if suffix.startswith("mlp.experts.gate_up_proj"):
             suffix = "mlp.experts.up_proj.weight"
@@ -156,10 +159,10 @@ def _file_type(outtype: str, ordered: Sequence[tuple[str, STensor]]) -> str:
     raise SourceError(f"unknown output type {outtype!r} (auto, {', '.join(OUTTYPES)})")
 
 
-def _target_type(gguf_name: str, n_dims: int, ftype: str, ne0: int) -> str:
+def _target_type(rule: HeadRule, gguf_name: str, n_dims: int, ftype: str, ne0: int) -> str:
     if n_dims <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
         return "F32"
-    if gguf_name.endswith(FORCED_F32):
+    if gguf_name.endswith(FORCED_F32) and (rule.router_f32 or not gguf_name.endswith("ffn_gate_inp.weight")):
         return "F32"
     if not BY_NAME[ftype].row_fits(ne0):
         return "F16"  # the converter's QuantError fallback (Q8_0 rows of a whole number of blocks only)
@@ -203,6 +206,9 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
         if split is not None and suffix == split_name:
             tensors.extend(_mla_split(rule, file, t, bid, split, ftype, label))
             continue
+        if rule.permute_qk is not None and suffix in rule.permute_qk:
+            tensors.append(_permuted(rule, hp, file, t, bid, suffix, ftype, label))
+            continue
         tensors.extend(_map_tensor(rule, file, t, bid, suffix, n_experts, pending, ftype, label))
     leftover = [n for d in pending.values() for n in d]
     if leftover:
@@ -229,6 +235,9 @@ def _layer_counts(rule: HeadRule, hp: dict[str, Any], headers: Sequence[tuple[st
         raise SourceError(f"{label}: config.json has no num_hidden_layers")
     if n_mtp <= 0:
         raise SourceError(f"{label}: no MTP head: {none}")
+    if rule.mtp_fold is not None and n_mtp != 1:
+        raise SourceError(f"{label}: config.json gives {count}; llama.cpp's converter folds exactly one MTP head "
+                          f"for {rule.arch}")
     if n_layers > MAX_BLOCKS or n_mtp > MAX_MTP_LAYERS:
         raise SourceError(f"{label}: config.json gives num_hidden_layers = {n_layers} and {count}; no model has "
                           f"more than {MAX_BLOCKS} layers or {MAX_MTP_LAYERS} MTP layers")
@@ -262,6 +271,21 @@ def _mla_split(rule: HeadRule, file: str, t: STensor, bid: int, dims: tuple[int,
             _tensor(rule, f"{at}v_b_proj.weight", bid, (n_kv, v, rank), t.dtype, False, (v_b,), ftype, label)]
 
 
+def _permuted(rule: HeadRule, hp: dict[str, Any], file: str, t: STensor, bid: int, suffix: str, ftype: str,
+              label: str) -> HeadTensor:
+    """q or k as LlamaModel.permute writes it: in each head, row i of the second half after row i of
+    the first (one piece per row)."""
+    key = "num_attention_heads" if suffix == rule.permute_qk[0] else "num_key_value_heads"  # type: ignore[index]
+    heads = int(hp.get(key) or 0)
+    rows = t.shape[0] if len(t.shape) == 2 else 0
+    if not heads or rows % (2 * heads):
+        raise SourceError(f"{label}: {t.name} has shape {list(t.shape)}, not 2 x {key} = {heads} halves of rows")
+    half = rows // heads // 2
+    order = [h * 2 * half + j * half + i for h in range(heads) for i in range(half) for j in (0, 1)]
+    pieces = tuple(Piece(t, file, 1, rows, t.shape[1], r, r + 1) for r in order)
+    return _tensor(rule, suffix, bid, t.shape, t.dtype, False, pieces, ftype, label)
+
+
 def _counted_mtp_layers(headers: Sequence[tuple[str, dict[str, STensor]]]) -> int:
     """The converter's count of MTP layers when config.json gives none: the highest mtp.layers.K, plus 1."""
     found = [re.match(r"(?:model\.)?mtp\.layers\.(\d+)\.", _filtered_name(n)) for _, ts in headers for n in ts]
@@ -285,16 +309,16 @@ def _map_tensor(rule: HeadRule, file: str, t: STensor, bid: int, suffix: str, n_
     if rule.moe and suffix in ("mlp.experts.down_proj", "mlp.experts.down_proj.weight"):
         return [_tensor(rule, "mlp.experts.down_proj.weight", bid, t.shape, t.dtype, plus_one,
                         (_piece(file, t),), ftype, label)]
-    if rule.moe and suffix.startswith("mlp.experts."):
+    if rule.moe and suffix.startswith(rule.experts):
         got = pending.setdefault(bid, {})
         got[f"model.layers.{bid}.{suffix}"] = (file, t)
-        if len(got) < n_experts * 3:
+        if len(got) < n_experts * len(rule.expert_weights):
             return []
         out = []
-        for w in ("down_proj", "gate_proj", "up_proj"):
-            parts = [got.pop(f"model.layers.{bid}.mlp.experts.{x}.{w}.weight", None) for x in range(n_experts)]
+        for w in rule.expert_weights:
+            parts = [got.pop(f"model.layers.{bid}.{rule.experts}{x}.{w}.weight", None) for x in range(n_experts)]
             if any(p is None for p in parts):
-                raise SourceError(f"{label}: layer {bid} lacks some mlp.experts.N.{w} tensors")
+                raise SourceError(f"{label}: layer {bid} lacks some {rule.experts}N.{w} tensors")
             first = parts[0][1]  # type: ignore[index]
             shape = (n_experts, *first.shape)
             out.append(_tensor(rule, f"mlp.experts.{w}.weight", bid, shape, first.dtype, plus_one,
@@ -310,7 +334,7 @@ def _tensor(rule: HeadRule, suffix: str, bid: int, shape: tuple[int, ...], dtype
         raise SourceError(f"{label}: cannot map MTP tensor model.layers.{bid}.{suffix} to a {rule.arch} name")
     name = f"blk.{bid}.{gsuffix}"
     ne = tuple(reversed(shape)) if shape else (1,)
-    target = _target_type(name, len(shape), ftype, ne[0])
+    target = _target_type(rule, name, len(shape), ftype, ne[0])
     return HeadTensor(name, ne, target, dtype, plus_one, pieces)
 
 

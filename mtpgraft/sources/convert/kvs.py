@@ -38,7 +38,7 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
         kvs += _moe_kvs(a, hp)
     if rule.mla_lengths_first:  # where transformers' head_dim put them, with DeepseekV2Model's values
         kvs += _mla_lengths(a, hp)
-    elif not rule.mla and (hd := hp.get("head_dim")) is not None:
+    elif not rule.mla and not rule.nemotron_kvs and (hd := hp.get("head_dim")) is not None:  # Granite ignores it
         kvs += [(f"{a}.attention.key_length", "UINT32", int(hd)), (f"{a}.attention.value_length", "UINT32", int(hd))]
     kvs.append(("general.file_type", "UINT32", FILE_TYPES[ftype]))
     for suffix, field_ in rule.moe_keys:
@@ -52,6 +52,8 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
         _hy_routing_kvs(kvs, a, hp)
     if rule.ling_kvs:
         _ling_kvs(kvs, a, hp, n_layers, n_mtp)
+    if rule.nemotron_kvs:
+        _nemotron_kvs(kvs, a, hp, n_layers)
     if rule.mla:
         if (v := hp.get("routed_scaling_factor")) is not None:
             kvs.append((f"{a}.expert_weights_scale", "FLOAT32", float(v)))
@@ -161,6 +163,39 @@ def _ling_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_lay
             (f"{a}.leading_dense_block_count", "UINT32", int(hp["first_k_dense_replace"])),
             (f"{a}.expert_weights_scale", "FLOAT32", float(hp["routed_scaling_factor"])),
             (f"{a}.expert_weights_norm", "BOOL", bool(hp["norm_topk_prob"]))]
+
+
+_NEMOTRON_KINDS = {"M": "ssm", "*": "attn", "E": "moe", "mamba": "ssm", "linear_attention": "ssm",
+                   "attention": "attn", "full_attention": "attn", "moe": "moe"}
+
+
+def _nemotron_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_layers: int) -> None:
+    """NemotronHModel.set_gguf_parameters' own keys, in its order (in place, as for Ling 3); the folded MTP
+    block counts as an attention and an MoE layer."""
+    need = ("num_experts_per_tok", "head_dim", "moe_intermediate_size", "moe_shared_expert_intermediate_size",
+            "n_shared_experts", "norm_topk_prob", "routed_scaling_factor", "num_key_value_heads")
+    missing = [k for k in need if hp.get(k) is None]
+    if missing:
+        raise SourceError(f"config.json: no {missing[0]}, which the converter reads for a Nemotron-H MoE head "
+                          f"(it keeps the MTP head of MoE models only)")
+    pattern = hp.get("hybrid_override_pattern") or hp.get("layers_block_type")
+    kinds = [_NEMOTRON_KINDS.get(k) for k in pattern] if isinstance(pattern, str | list) else []
+    if len(kinds) != n_layers or None in kinds:
+        raise SourceError(f"config.json: hybrid_override_pattern {pattern!r} is not one of M, * and E per layer "
+                          f"({n_layers} layers)")
+    kinds.append("attn+moe")
+    ff, kv_heads = int(hp["moe_intermediate_size"]), int(hp["num_key_value_heads"])
+    if "ssm" in kinds:  # GraniteHybridModel: no rope, so an arbitrary context length
+        _overwrite(kvs, (f"{a}.context_length", "UINT32", 1 << 20))
+    _overwrite(kvs, (f"{a}.feed_forward_length", "ARRAY", [ff if "moe" in k else 0 for k in kinds]))
+    _overwrite(kvs, (f"{a}.attention.head_count_kv", "ARRAY", [kv_heads if "attn" in k else 0 for k in kinds]))
+    kvs += [(f"{a}.attention.key_length", "UINT32", int(hp["head_dim"])),
+            (f"{a}.attention.value_length", "UINT32", int(hp["head_dim"])),
+            (f"{a}.expert_feed_forward_length", "UINT32", ff),
+            (f"{a}.expert_shared_feed_forward_length", "UINT32", int(hp["moe_shared_expert_intermediate_size"])),
+            (f"{a}.expert_shared_count", "UINT32", int(hp["n_shared_experts"])),
+            (f"{a}.expert_weights_norm", "BOOL", bool(hp["norm_topk_prob"])),
+            (f"{a}.expert_weights_scale", "FLOAT32", float(hp["routed_scaling_factor"]))]
 
 
 def _overwrite(kvs: list[tuple[str, str, Any]], kv: tuple[str, str, Any]) -> None:

@@ -92,6 +92,21 @@ LING_NAMES = {k.replace("self_attn.", "attention."): v for k, v in DSA_NAMES.ite
     "final_layernorm.weight": "layer_output_norm.weight",
 }
 LING_MLA_SPLIT = "attention.kv_b_proj.weight"
+# Nemotron-3 (NemotronHModel): mtp.layers.0 (fusion + attention) and mtp.layers.1 (MoE + final norm)
+# folded into one block, with _MTP_SPECIAL_RENAMES (NEMOTRON_FOLD); names after `model.layers.N.`.
+NEMOTRON_FOLD = {"0": {}, "1": {"norm.weight": "post_attention_layernorm.weight",
+                                "final_layernorm.weight": "shared_head.norm.weight"}}
+NEMOTRON_NAMES = {
+    "eh_proj.weight": "nextn.eh_proj.weight", "enorm.weight": "nextn.enorm.weight",
+    "hnorm.weight": "nextn.hnorm.weight", "shared_head.norm.weight": "nextn.shared_head_norm.weight",
+    "norm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "mixer.q_proj.weight": "attn_q.weight", "mixer.k_proj.weight": "attn_k.weight",
+    "mixer.v_proj.weight": "attn_v.weight", "mixer.o_proj.weight": "attn_output.weight",
+    "mixer.gate.weight": "ffn_gate_inp.weight", "mixer.gate.e_score_correction.bias": "exp_probs_b.bias",
+    "mixer.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
+    "mixer.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
+    "mlp.experts.up_proj.weight": "ffn_up_exps.weight", "mlp.experts.down_proj.weight": "ffn_down_exps.weight",
+}
 
 QWEN_MOE_KEYS = (("expert_feed_forward_length", "moe_intermediate_size"),
                   ("expert_shared_feed_forward_length", "shared_expert_intermediate_size"))
@@ -145,6 +160,24 @@ class HeadRule:
     # by layer_group_size), key_length kv_lora_rank + qk_rope_head_dim over head_dim's (value_length stays
     # head_dim), then the expert and shared-expert keys, leading_dense_block_count, expert_weights_*.
     ling_kvs: bool = False
+    # mtp.layers.K.X folded into one block (NemotronHModel: K 0 and 1), X renamed per K where the map says;
+    # the converter takes exactly one MTP head then.
+    mtp_fold: dict[str, dict[str, str]] | None = None
+    # Where per-expert tensors sit (`<experts>N.<weight>.weight`) and which weights, in the order the
+    # converter writes them stacked.
+    experts: str = "mlp.experts."
+    expert_weights: tuple[str, ...] = ("down_proj", "gate_proj", "up_proj")
+    # False: the converter matches its forced-F32 list against an MTP tensor's checkpoint layer number
+    # (NemotronHModel: mtp.layers.1's router is looked up as blk.1), so the head's router keeps the output type.
+    router_f32: bool = True
+    # NemotronHModel.set_gguf_parameters' own keys: context_length 2^20 with Mamba layers,
+    # feed_forward_length and head_count_kv per layer (the MTP block is attention and MoE both),
+    # key/value_length (head_dim) after file_type, then its expert keys.
+    nemotron_kvs: bool = False
+    # LlamaModel.permute, which GraniteMoeModel applies (undo_permute): (q tensor, k tensor) whose rows are
+    # reordered per head, each head's two rotary halves interleaved; q by num_attention_heads, k by
+    # num_key_value_heads.
+    permute_qk: tuple[str, str] | None = None
 
     @property
     def kv_b_split(self) -> tuple[str, str]:
@@ -173,6 +206,10 @@ HEAD_RULES: dict[str, HeadRule] = {
     "BailingMoeV3ForCausalLM": HeadRule("bailingmoe3", "num_nextn_predict_layers", True, LING_NAMES, False,
                                         layer_indexed=True, mla_split=(LING_MLA_SPLIT, "num_attention_heads"),
                                         ling_kvs=True),
+    "NemotronHForCausalLM": HeadRule("nemotron_h_moe", "num_nextn_predict_layers", True, NEMOTRON_NAMES, False,
+                                     mtp_fold=NEMOTRON_FOLD, experts="mixer.experts.",
+                                     expert_weights=("down_proj", "up_proj"), router_f32=False, nemotron_kvs=True,
+                                     permute_qk=("mixer.q_proj.weight", "mixer.k_proj.weight")),
     "Glm4MoeForCausalLM": HeadRule("glm4moe", "num_nextn_predict_layers", True, GLM_NAMES, False,
                                    layer_indexed=True, moe_keys=GLM_MOE_KEYS, sigmoid_routing=True),
 }
@@ -196,8 +233,6 @@ REFUSED = {
     "Cohere2MoeForCausalLM": "llama.cpp's converter keeps Cohere 2 MoE's MTP layer only in a full conversion "
                              "(it refuses --mtp and --no-mtp for this architecture) and drops its zero biases; "
                              "mtpgraft has no reference conversion for it" + _DONOR,
-    "NemotronHForCausalLM": "llama.cpp's converter folds Nemotron-3's two mtp.layers.* (fusion and attention, "
-                            "then MoE) into one block with renames, which mtpgraft does not reproduce" + _DONOR,
 }
 REFUSED |= {"MiMoV2ForCausalLM": REFUSED["MiMoV2FlashForCausalLM"],
             "Step3p7ForConditionalGeneration": REFUSED["Step3p5ForCausalLM"]}
