@@ -277,8 +277,7 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "nextn.shared_head_norm is HF's final_layernorm; trunk-only files load, but abort with "
                   "--spec-type draft-mtp if they keep the key"),
     ArchRule("cohere2moe", family="Cohere 2 MoE", proven=True,
-             hf_conversion="not converted: Cohere2MoeForCausalLM's head is kept in a full conversion only "
-                           "(--mtp, --no-mtp refused)",
+             hf_conversion="Cohere2MoeForCausalLM",
              note="Cohere 2 MoE: parallel attention and FFN, routed + shared experts halved, logit_scale "
                   "required; one MTP block, a full-attention MoE layer (ffn_gate_inp asserted); trunk-only "
                   "files load, but abort with --spec-type draft-mtp if they keep the key"),

@@ -45,7 +45,10 @@ How the committed references were made (2026-12-01):
   head-wise g_proj gate, mlp.gate.expert_bias; layer_group_size 1, so every trunk layer is MLA and
   head_count_kv is all 1s; the MTP layer's final_layernorm is layer_output_norm) and Nemotron-3
   (NemotronHForCausalLM: backbone.*, one Mamba2, one attention and one MoE layer; the head as
-  mtp.layers.0 and mtp.layers.1, which the converter folds into one block);
+  mtp.layers.0 and mtp.layers.1, which the converter folds into one block) and Cohere 2 MoE
+  (Cohere2MoeForCausalLM: GLM-4.5's layout with zero attention biases, which the converter drops;
+  converted with --no-lazy, see CONVERT_FLAGS; not in E2E: the converter refuses --no-mtp for it, so
+  its head is proven against the MTP block of the full conversion only);
 - kept: the MTP block's tensors (blk.L.* for L >= the trunk) exactly as written, and the converter's
   values of the structural keys listed in KEPT_KEYS and KEPT_BEFORE_NEXTN (vocabulary, names and size
   labels dropped), plus
@@ -85,7 +88,7 @@ CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16")
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
          ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
          ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto"),
-         ("ling3-bf16", "auto"), ("nemotron3-bf16", "auto")]  # hfconv3's families
+         ("ling3-bf16", "auto"), ("nemotron3-bf16", "auto"), ("cohere2moe-bf16", "auto")]  # hfconv3's families
 E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16",
        "hy3-bf16",
        "ling3-bf16", "nemotron3-bf16")  # hfconv3's families
@@ -99,6 +102,9 @@ KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_
 # Kept too for the families whose converter writes them just before nextn_predict_layers: the head
 # carries them so that a graft places the count there (graft inserts it after the head's previous key).
 KEPT_BEFORE_NEXTN = dict.fromkeys(("glm-dsa", "deepseek2", "deepseek32"), ("rope.dimension_count",))
+# hfconv3: the pinned converter's lazy mode cannot run Cohere2MoeModel's check that a bias is zero
+# (torch.any on a lazy tensor raises), so any checkpoint with biases converts only with --no-lazy.
+CONVERT_FLAGS = {"cohere2moe-bf16": ("--no-lazy",)}
 RUNCONV = '''import runpy, sys
 src = sys.argv[1]
 sys.path.insert(0, src)
@@ -164,7 +170,8 @@ def main() -> int:
         for variant, outtype in CASES:
             assert variant in VARIANTS
             conv = t / f"{variant}-{outtype}.full.gguf"
-            convert(py, t / "runconv.py", args.src, t / variant, conv, "--outtype", outtype)
+            convert(py, t / "runconv.py", args.src, t / variant, conv, "--outtype", outtype,
+                    *CONVERT_FLAGS.get(variant, ()))
             name = reference_name(variant, outtype)
             keep(conv, t / name, variant, outtype)
             refs[name] = fingerprint(t / name)

@@ -34,7 +34,7 @@ CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16")
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
          ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
          ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto"),
-         ("ling3-bf16", "auto"), ("nemotron3-bf16", "auto")]  # hfconv3's families
+         ("ling3-bf16", "auto"), ("nemotron3-bf16", "auto"), ("cohere2moe-bf16", "auto")]  # hfconv3's families
 
 
 @pytest.fixture(autouse=True)
@@ -177,7 +177,7 @@ def _edit_config(ckpt: Path, **text) -> None:
 @pytest.mark.parametrize(("edit", "message"), [
     ({"mtp_num_hidden_layers": 0}, "ck: no MTP head: config.json gives mtp_num_hidden_layers = 0"),
     ({"architectures": ["LlamaForCausalLM"]}, "ck: no MTP head conversion for architecture LlamaForCausalLM "
-     "(mtpgraft converts BailingMoeV3ForCausalLM, DeepseekV32ForCausalLM, Glm4MoeForCausalLM, Glm4MoeLiteForCausalLM, GlmMoeDsaForCausalLM, "
+     "(mtpgraft converts BailingMoeV3ForCausalLM, Cohere2MoeForCausalLM, DeepseekV32ForCausalLM, Glm4MoeForCausalLM, Glm4MoeLiteForCausalLM, GlmMoeDsaForCausalLM, "
      "HYV3ForCausalLM, NemotronHForCausalLM, Qwen3NextForCausalLM, Qwen3_5ForCausalLM, "
      "Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM, Qwen3_5MoeForConditionalGeneration; use a GGUF donor "
      "for the others)"),
@@ -325,3 +325,20 @@ def test_nemotron3_folds_exactly_one_mtp_head_of_a_moe_model():
         _plan_of("nemotron3-bf16", head, hybrid_override_pattern="M*")
     with pytest.raises(SourceError, match=r"^ck: cannot map MTP tensor mtp.layers.2.enorm.weight$"):
         _plan_of("nemotron3-bf16", [*head, "mtp.layers.2.enorm.weight"])
+
+
+def test_cohere2moe_reads_config_json_as_transformers_fills_it():
+    """The converter reads AutoConfig's dict: Cohere2MoeConfig fills in softmax routing and a null
+    prefix_dense_intermediate_size (so no feed_forward_length), which the reference head shows; stated
+    values win. The head's biases are dropped (the converter drops them, zero)."""
+    names = ["model.layers.2.enorm.weight", "model.layers.2.self_attn.q_proj.bias"]
+    plan = _plan_of("cohere2moe-bf16", names)
+    assert [t.name for t in plan.tensors] == ["blk.2.nextn.enorm.weight"]
+    kvs = {k: v for k, _, v in plan.kvs}
+    assert kvs["cohere2moe.expert_gating_func"] == 1 and "cohere2moe.feed_forward_length" not in kvs
+    kvs = {k: v for k, _, v in _plan_of("cohere2moe-bf16", names, expert_selection_fn="sigmoid",
+                                         prefix_dense_intermediate_size=96).kvs}
+    assert kvs["cohere2moe.expert_gating_func"] == 2 and kvs["cohere2moe.feed_forward_length"] == 96
+    assert kvs["cohere2moe.leading_dense_block_count"] == 0
+    kvs = {k: v for k, _, v in _plan_of("cohere2moe-bf16", names, mlp_layer_types=["dense", "sparse"]).kvs}
+    assert kvs["cohere2moe.leading_dense_block_count"] == 1

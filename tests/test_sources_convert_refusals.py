@@ -96,6 +96,7 @@ def test_converted_and_refused_architectures_are_the_pinned_converters():
     # hfconv3's families
     assert registered["BailingMoeV3ForCausalLM"] == "BailingMoeV3Model"
     assert registered["NemotronHForCausalLM"] == "NemotronHModel"
+    assert registered["Cohere2MoeForCausalLM"] == "Cohere2MoeModel"
 
 
 def test_each_mtp_family_names_its_hf_conversion():

@@ -1,6 +1,6 @@
 """Tiny random Hugging Face checkpoints with an MTP head, in numpy: Qwen3.5/3.6 (dense and MoE),
 Qwen3-Next, GLM-4.5, GLM-4.7-Flash, GLM-5, DeepSeek-V3.2 and Hy3 (the last five layer-indexed: the MTP
-layer is model.layers.N); and hfconv3's: Ling 3 (layer-indexed) and Nemotron-3
+layer is model.layers.N); and hfconv3's: Ling 3 and Cohere 2 MoE (layer-indexed) and Nemotron-3
 (mtp.layers.0 and 1, folded by the converter into one block).
 
 The Qwen3.5/3.6 ones have the layout of the real Qwen/Qwen3.6-27B and Qwen3.6-35B-A3B repos:
@@ -52,6 +52,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # hfconv3's families
     Variant("ling3-bf16", moe=True, dtype="BF16", experts="per-expert", family="bailingmoe3"),
     Variant("nemotron3-bf16", moe=True, dtype="BF16", experts="per-expert", family="nemotron_h_moe"),
+    Variant("cohere2moe-bf16", moe=True, dtype="BF16", experts="per-expert", family="cohere2moe"),
 )}
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FF, VOCAB = 64, 2, 1, 32, 128, 320
@@ -222,7 +223,49 @@ def _nemotron3_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+# -------------------------------------------------------------- hfconv3: Cohere 2 MoE (cohere2moe)
+
+
+def _cohere2moe_config() -> dict[str, Any]:
+    """Cohere 2 MoE's config.json (Cohere2MoeForCausalLM, CohereLabs/North-Mini-Code-1.0): every layer
+    MoE with a shared expert (intermediate_size is the expert size), zero attention biases, one MTP
+    layer at model.layers.N."""
+    return {"architectures": ["Cohere2MoeForCausalLM"], "model_type": "cohere2_moe", "hidden_size": HIDDEN,
+            "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+            "head_dim": HEAD_DIM, "intermediate_size": EXPERT_FF, "num_experts": EXPERTS,
+            "num_experts_per_tok": EXPERTS_USED, "num_shared_experts": 1, "first_k_dense_replace": 0,
+            "norm_topk_prob": True, "logit_scale": 0.25, "sliding_window": 128,
+            "layer_types": ["sliding_attention", "full_attention"], "num_nextn_predict_layers": 1,
+            "attention_bias": True, "layer_norm_eps": 1e-5, "rope_theta": 50000.0, "vocab_size": VOCAB,
+            "max_position_embeddings": 4096, "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+def _cohere2moe_shapes() -> dict[str, tuple[int, ...]]:
+    """Cohere 2 MoE's layout: per layer input_layernorm, q/k/v/o with biases (zero: see build_checkpoint),
+    mlp.gate, per-expert and shared_experts tensors; the MTP layer adds eh_proj, enorm, hnorm, shared_head.norm."""
+    n = len(LAYER_TYPES)
+    shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN), "model.embed_tokens.weight": (VOCAB, HIDDEN),
+                                          "model.norm.weight": (HIDDEN,)}
+    for i in range(n + 1):
+        p = f"model.layers.{i}"
+        shapes[f"{p}.input_layernorm.weight"] = (HIDDEN,)
+        for w, rows in (("q", HEADS * HEAD_DIM), ("k", KV_HEADS * HEAD_DIM), ("v", KV_HEADS * HEAD_DIM)):
+            shapes |= {f"{p}.self_attn.{w}_proj.weight": (rows, HIDDEN), f"{p}.self_attn.{w}_proj.bias": (rows,)}
+        shapes |= {f"{p}.self_attn.o_proj.weight": (HIDDEN, HEADS * HEAD_DIM), f"{p}.mlp.gate.weight": (EXPERTS, HIDDEN)}
+        for e in range(EXPERTS):
+            shapes |= {f"{p}.mlp.experts.{e}.{w}_proj.weight": (EXPERT_FF, HIDDEN) for w in ("gate", "up")}
+            shapes[f"{p}.mlp.experts.{e}.down_proj.weight"] = (HIDDEN, EXPERT_FF)
+        shapes |= {f"{p}.mlp.shared_experts.{w}_proj.weight": (EXPERT_FF, HIDDEN) for w in ("gate", "up")}
+        shapes[f"{p}.mlp.shared_experts.down_proj.weight"] = (HIDDEN, EXPERT_FF)
+    m = f"model.layers.{n}"
+    shapes |= {f"{m}.eh_proj.weight": (HIDDEN, 2 * HIDDEN), f"{m}.enorm.weight": (HIDDEN,), f"{m}.hnorm.weight": (HIDDEN,),
+               f"{m}.shared_head.norm.weight": (HIDDEN,)}
+    return shapes
+
+
 def config(v: Variant) -> dict[str, Any]:
+    if v.family == "cohere2moe":
+        return _cohere2moe_config()
     if v.family == "bailingmoe3":
         return _ling3_config()
     if v.family == "nemotron_h_moe":
@@ -408,6 +451,8 @@ def tensor_shapes(v: Variant) -> dict[str, tuple[int, ...]]:
         return _ling3_shapes()
     if v.family == "nemotron_h_moe":
         return _nemotron3_shapes()
+    if v.family == "cohere2moe":
+        return _cohere2moe_shapes()
     lm = "model" if v.family == "qwen3next" else "model.language_model"
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN),
                                           f"{lm}.embed_tokens.weight": (VOCAB, HIDDEN),
@@ -440,6 +485,8 @@ def build_checkpoint(out_dir: str | Path, variant: str, *, seed: int = 0) -> Pat
     rng = np.random.default_rng(seed)
     shapes = tensor_shapes(v)
     arrays = {n: _values(rng, n, s, v.dtype) for n, s in shapes.items()}
+    if v.family == "cohere2moe":  # the converter refuses a non-zero bias (and drops the zero ones)
+        arrays |= {n: a * 0 for n, a in arrays.items() if n.endswith(".bias")}
     names = list(shapes)
     # Shard like the Hub's checkpoints: trunk first, the MTP head in the last shard.
     per = -(-len(names) // v.shards)

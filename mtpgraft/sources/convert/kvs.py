@@ -7,6 +7,7 @@ from typing import Any
 
 from ...errors import SourceError
 from ...ggml_types import FILE_TYPES
+from ...parsing import str_list_field
 from .config import SCORE_FUNC_KEYS
 from .rules import HeadRule
 
@@ -22,6 +23,7 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
               ftype: str) -> list[tuple[str, str, Any]]:
     """The structural keys of the converter's output that describe the head, in its order."""
     a = rule.arch
+    hp = {**rule.config_defaults, **hp}
     if rule.mla:
         hp = {**hp, "num_key_value_heads": 1}  # DeepseekV2Model: MLA is written as MQA
     kvs: list[tuple[str, str, Any]] = [("general.architecture", "STRING", a),
@@ -54,6 +56,8 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
         _ling_kvs(kvs, a, hp, n_layers, n_mtp)
     if rule.nemotron_kvs:
         _nemotron_kvs(kvs, a, hp, n_layers)
+    if rule.cohere:
+        kvs += _cohere_kvs(a, hp, n_mtp)
     if rule.mla:
         if (v := hp.get("routed_scaling_factor")) is not None:
             kvs.append((f"{a}.expert_weights_scale", "FLOAT32", float(v)))
@@ -163,6 +167,30 @@ def _ling_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_lay
             (f"{a}.leading_dense_block_count", "UINT32", int(hp["first_k_dense_replace"])),
             (f"{a}.expert_weights_scale", "FLOAT32", float(hp["routed_scaling_factor"])),
             (f"{a}.expert_weights_norm", "BOOL", bool(hp["norm_topk_prob"]))]
+
+
+def _cohere_kvs(a: str, hp: dict[str, Any], n_mtp: int) -> list[tuple[str, str, Any]]:
+    """Cohere2MoeModel.set_gguf_parameters' expert keys, in its order (nextn_predict_layers is added after)."""
+    if hp.get("intermediate_size") is None:
+        raise SourceError("config.json: no intermediate_size, which the converter reads for a Cohere 2 MoE head")
+    ff, shared, norm = int(hp["intermediate_size"]), hp.get("num_shared_experts", 0), hp.get("norm_topk_prob", False)
+    if isinstance(shared, bool) or not isinstance(shared, int) or not 0 <= shared <= 1 << 16:
+        raise SourceError(f"config.json: num_shared_experts {shared!r} is not a count")
+    if shared and hp.get("shared_expert_combination_strategy", "average") != "average":
+        raise SourceError("config.json: shared_expert_combination_strategy is not average, the only one the "
+                          "converter takes for Cohere 2 MoE")
+    types = hp.get("mlp_layer_types")
+    if types is None:
+        dense = int(hp.get("first_k_dense_replace") or 0)
+    else:
+        str_list_field(types, "config.json mlp_layer_types", max_len=1 << 12)
+        dense = next((i for i, t in enumerate(types) if t != "dense"), len(types))
+    kvs = [(f"{a}.expert_feed_forward_length", "UINT32", ff), (f"{a}.leading_dense_block_count", "UINT32", dense),
+           (f"{a}.expert_weights_norm", "BOOL", bool(norm))]
+    if shared:
+        kvs += [(f"{a}.expert_shared_count", "UINT32", shared),
+                (f"{a}.expert_shared_feed_forward_length", "UINT32", ff * shared)]
+    return kvs
 
 
 _NEMOTRON_KINDS = {"M": "ssm", "*": "attn", "E": "moe", "mamba": "ssm", "linear_attention": "ssm",

@@ -3,7 +3,8 @@ its head and how llama.cpp's converter names, types and describes it (and the ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 # HF name (after `model.layers.L.`) -> GGUF name (after `blk.L.`), the qwen35/qwen35moe tensor map.
 QWEN_NAMES = {
@@ -107,6 +108,11 @@ NEMOTRON_NAMES = {
     "mixer.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
     "mlp.experts.up_proj.weight": "ffn_up_exps.weight", "mlp.experts.down_proj.weight": "ffn_down_exps.weight",
 }
+# Cohere 2 MoE (Cohere2MoeModel): GLM-4.5's layer-indexed names; its attention biases are dropped.
+COHERE_NAMES = {k: v for k, v in GLM_NAMES.items() if not k.endswith(".bias")}
+# What transformers' Cohere2MoeConfig fills in when config.json lacks the key (the converter reads
+# AutoConfig's dict): softmax routing, and a dense size that is present but null, so no feed_forward_length.
+COHERE_DEFAULTS = {"expert_selection_fn": "softmax", "prefix_dense_intermediate_size": None}
 
 QWEN_MOE_KEYS = (("expert_feed_forward_length", "moe_intermediate_size"),
                   ("expert_shared_feed_forward_length", "shared_expert_intermediate_size"))
@@ -178,6 +184,11 @@ class HeadRule:
     # reordered per head, each head's two rotary halves interleaved; q by num_attention_heads, k by
     # num_key_value_heads.
     permute_qk: tuple[str, str] | None = None
+    # config.json keys as transformers' config class fills them in when absent (the converter reads them so).
+    config_defaults: dict[str, Any] = field(default_factory=dict)
+    # The head's *.bias tensors are dropped (Cohere2MoeModel drops them, after checking they are zero: see
+    # the README); Cohere2MoeModel.set_gguf_parameters' own keys after file_type.
+    cohere: bool = False
 
     @property
     def kv_b_split(self) -> tuple[str, str]:
@@ -210,6 +221,8 @@ HEAD_RULES: dict[str, HeadRule] = {
                                      mtp_fold=NEMOTRON_FOLD, experts="mixer.experts.",
                                      expert_weights=("down_proj", "up_proj"), router_f32=False, nemotron_kvs=True,
                                      permute_qk=("mixer.q_proj.weight", "mixer.k_proj.weight")),
+    "Cohere2MoeForCausalLM": HeadRule("cohere2moe", "num_nextn_predict_layers", True, COHERE_NAMES, False,
+                                      layer_indexed=True, config_defaults=COHERE_DEFAULTS, cohere=True),
     "Glm4MoeForCausalLM": HeadRule("glm4moe", "num_nextn_predict_layers", True, GLM_NAMES, False,
                                    layer_indexed=True, moe_keys=GLM_MOE_KEYS, sigmoid_routing=True),
 }
@@ -230,9 +243,6 @@ REFUSED = {
     "Step3p5ForCausalLM": "llama.cpp's converter keeps Step-3.5's MTP layers (+1 on every norm, shared_head.output "
                           "renamed) with per-layer head_count, head_count_kv, sliding_window_pattern and "
                           "swiglu_clamp_* arrays padded for them, which mtpgraft does not reproduce" + _DONOR,
-    "Cohere2MoeForCausalLM": "llama.cpp's converter keeps Cohere 2 MoE's MTP layer only in a full conversion "
-                             "(it refuses --mtp and --no-mtp for this architecture) and drops its zero biases; "
-                             "mtpgraft has no reference conversion for it" + _DONOR,
 }
 REFUSED |= {"MiMoV2ForCausalLM": REFUSED["MiMoV2FlashForCausalLM"],
             "Step3p7ForConditionalGeneration": REFUSED["Step3p5ForCausalLM"]}
