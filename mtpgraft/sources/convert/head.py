@@ -193,7 +193,7 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     files: list[str] = []
     for file, t in ordered:
         hf = _hf_layer_name(rule, t.name, n_layers)
-        if hf is None or (rule.cohere and hf.endswith(".bias")):  # Cohere2MoeModel drops (zero) biases
+        if hf is None or (rule.drop_biases and hf.endswith(".bias")):
             continue
         if file not in files:
             files.append(file)

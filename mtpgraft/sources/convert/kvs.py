@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...errors import SourceError
@@ -40,7 +40,7 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
         kvs += _moe_kvs(a, hp)
     if rule.mla_lengths_first:  # where transformers' head_dim put them, with DeepseekV2Model's values
         kvs += _mla_lengths(a, hp)
-    elif not rule.mla and not rule.nemotron_kvs and (hd := hp.get("head_dim")) is not None:  # Granite ignores it
+    elif not rule.mla and rule.early_head_dim and (hd := hp.get("head_dim")) is not None:
         kvs += [(f"{a}.attention.key_length", "UINT32", int(hd)), (f"{a}.attention.value_length", "UINT32", int(hd))]
     kvs.append(("general.file_type", "UINT32", FILE_TYPES[ftype]))
     for suffix, field_ in rule.moe_keys:
@@ -52,12 +52,8 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
         _sigmoid_routing_kvs(kvs, a, hp)
     if rule.hy_routing:
         _hy_routing_kvs(kvs, a, hp)
-    if rule.ling_kvs:
-        _ling_kvs(kvs, a, hp, n_layers, n_mtp)
-    if rule.nemotron_kvs:
-        _nemotron_kvs(kvs, a, hp, n_layers)
-    if rule.cohere:
-        kvs += _cohere_kvs(a, hp, n_mtp)
+    if rule.own_keys is not None:
+        OWN_KEYS[rule.own_keys](kvs, a, hp, n_layers, n_mtp)
     if rule.mla:
         if (v := hp.get("routed_scaling_factor")) is not None:
             kvs.append((f"{a}.expert_weights_scale", "FLOAT32", float(v)))
@@ -169,8 +165,8 @@ def _ling_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_lay
             (f"{a}.expert_weights_norm", "BOOL", bool(hp["norm_topk_prob"]))]
 
 
-def _cohere_kvs(a: str, hp: dict[str, Any], n_mtp: int) -> list[tuple[str, str, Any]]:
-    """Cohere2MoeModel.set_gguf_parameters' expert keys, in its order (nextn_predict_layers is added after)."""
+def _cohere_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> None:
+    """Cohere2MoeModel.set_gguf_parameters' expert keys, in its order (added to `kvs`)."""
     if hp.get("intermediate_size") is None:
         raise SourceError("config.json: no intermediate_size, which the converter reads for a Cohere 2 MoE head")
     ff, shared, norm = int(hp["intermediate_size"]), hp.get("num_shared_experts", 0), hp.get("norm_topk_prob", False)
@@ -185,19 +181,18 @@ def _cohere_kvs(a: str, hp: dict[str, Any], n_mtp: int) -> list[tuple[str, str, 
     else:
         str_list_field(types, "config.json mlp_layer_types", max_len=1 << 12)
         dense = next((i for i, t in enumerate(types) if t != "dense"), len(types))
-    kvs = [(f"{a}.expert_feed_forward_length", "UINT32", ff), (f"{a}.leading_dense_block_count", "UINT32", dense),
-           (f"{a}.expert_weights_norm", "BOOL", bool(norm))]
+    kvs += [(f"{a}.expert_feed_forward_length", "UINT32", ff), (f"{a}.leading_dense_block_count", "UINT32", dense),
+            (f"{a}.expert_weights_norm", "BOOL", bool(norm))]
     if shared:
         kvs += [(f"{a}.expert_shared_count", "UINT32", shared),
                 (f"{a}.expert_shared_feed_forward_length", "UINT32", ff * shared)]
-    return kvs
 
 
 _NEMOTRON_KINDS = {"M": "ssm", "*": "attn", "E": "moe", "mamba": "ssm", "linear_attention": "ssm",
                    "attention": "attn", "full_attention": "attn", "moe": "moe"}
 
 
-def _nemotron_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_layers: int) -> None:
+def _nemotron_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> None:
     """NemotronHModel.set_gguf_parameters' own keys, in its order (in place, as for Ling 3); the folded MTP
     block counts as an attention and an MoE layer."""
     need = ("num_experts_per_tok", "head_dim", "moe_intermediate_size", "moe_shared_expert_intermediate_size",
@@ -211,7 +206,7 @@ def _nemotron_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n
     if len(kinds) != n_layers or None in kinds:
         raise SourceError(f"config.json: hybrid_override_pattern {pattern!r} is not one of M, * and E per layer "
                           f"({n_layers} layers)")
-    kinds.append("attn+moe")
+    kinds += ["attn+moe"] * n_mtp
     ff, kv_heads = int(hp["moe_intermediate_size"]), int(hp["num_key_value_heads"])
     if "ssm" in kinds:  # GraniteHybridModel: no rope, so an arbitrary context length
         _overwrite(kvs, (f"{a}.context_length", "UINT32", 1 << 20))
@@ -224,6 +219,11 @@ def _nemotron_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n
             (f"{a}.expert_shared_count", "UINT32", int(hp["n_shared_experts"])),
             (f"{a}.expert_weights_norm", "BOOL", bool(hp["norm_topk_prob"])),
             (f"{a}.expert_weights_scale", "FLOAT32", float(hp["routed_scaling_factor"]))]
+
+
+# A converter class's own keys (HeadRule.own_keys), each added to the keys written so far, in place.
+OWN_KEYS: dict[str, Callable[[list[tuple[str, str, Any]], str, dict[str, Any], int, int], None]] = {
+    "BailingMoeV3Model": _ling_kvs, "NemotronHModel": _nemotron_kvs, "Cohere2MoeModel": _cohere_kvs}
 
 
 def _overwrite(kvs: list[tuple[str, str, Any]], kv: tuple[str, str, Any]) -> None:

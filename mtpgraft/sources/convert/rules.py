@@ -162,10 +162,13 @@ class HeadRule:
     # The MLA kv_b_proj split without DeepseekV2Model's keys: (the tensor's name, the config key giving
     # the number of heads it is cut into). BailingMoeV3Model cuts attention.kv_b_proj by num_attention_heads.
     mla_split: tuple[str, str] | None = None
-    # BailingMoeV3Model.set_gguf_parameters' own keys: head_count_kv per layer (1 full attention, 0 KDA,
-    # by layer_group_size), key_length kv_lora_rank + qk_rope_head_dim over head_dim's (value_length stays
-    # head_dim), then the expert and shared-expert keys, leading_dense_block_count, expert_weights_*.
-    ling_kvs: bool = False
+    # The converter class whose set_gguf_parameters' own keys the head carries (kvs.OWN_KEYS says which):
+    # BailingMoeV3Model (head_count_kv per layer, the MLA key_length over head_dim's), NemotronHModel
+    # (per-layer feed_forward_length and head_count_kv, key/value_length after file_type), Cohere2MoeModel.
+    own_keys: str | None = None
+    # TextModel writes key_length and value_length from head_dim before file_type (GraniteHybridModel,
+    # and so NemotronHModel, ignores head_dim there).
+    early_head_dim: bool = True
     # mtp.layers.K.X folded into one block (NemotronHModel: K 0 and 1), X renamed per K where the map says;
     # the converter takes exactly one MTP head then.
     mtp_fold: dict[str, dict[str, str]] | None = None
@@ -176,19 +179,15 @@ class HeadRule:
     # False: the converter matches its forced-F32 list against an MTP tensor's checkpoint layer number
     # (NemotronHModel: mtp.layers.1's router is looked up as blk.1), so the head's router keeps the output type.
     router_f32: bool = True
-    # NemotronHModel.set_gguf_parameters' own keys: context_length 2^20 with Mamba layers,
-    # feed_forward_length and head_count_kv per layer (the MTP block is attention and MoE both),
-    # key/value_length (head_dim) after file_type, then its expert keys.
-    nemotron_kvs: bool = False
     # LlamaModel.permute, which GraniteMoeModel applies (undo_permute): (q tensor, k tensor) whose rows are
     # reordered per head, each head's two rotary halves interleaved; q by num_attention_heads, k by
     # num_key_value_heads.
     permute_qk: tuple[str, str] | None = None
     # config.json keys as transformers' config class fills them in when absent (the converter reads them so).
     config_defaults: dict[str, Any] = field(default_factory=dict)
-    # The head's *.bias tensors are dropped (Cohere2MoeModel drops them, after checking they are zero: see
-    # the README); Cohere2MoeModel.set_gguf_parameters' own keys after file_type.
-    cohere: bool = False
+    # The head's *.bias tensors are dropped (Cohere2MoeModel drops them after checking they are zero; mtpgraft
+    # does not read them: see the README).
+    drop_biases: bool = False
 
     @property
     def kv_b_split(self) -> tuple[str, str]:
@@ -216,13 +215,15 @@ HEAD_RULES: dict[str, HeadRule] = {
     # hfconv3's families
     "BailingMoeV3ForCausalLM": HeadRule("bailingmoe3", "num_nextn_predict_layers", True, LING_NAMES, False,
                                         layer_indexed=True, mla_split=(LING_MLA_SPLIT, "num_attention_heads"),
-                                        ling_kvs=True),
+                                        own_keys="BailingMoeV3Model"),
     "NemotronHForCausalLM": HeadRule("nemotron_h_moe", "num_nextn_predict_layers", True, NEMOTRON_NAMES, False,
                                      mtp_fold=NEMOTRON_FOLD, experts="mixer.experts.",
-                                     expert_weights=("down_proj", "up_proj"), router_f32=False, nemotron_kvs=True,
+                                     expert_weights=("down_proj", "up_proj"), router_f32=False, own_keys="NemotronHModel",
+                                     early_head_dim=False,
                                      permute_qk=("mixer.q_proj.weight", "mixer.k_proj.weight")),
     "Cohere2MoeForCausalLM": HeadRule("cohere2moe", "num_nextn_predict_layers", True, COHERE_NAMES, False,
-                                      layer_indexed=True, config_defaults=COHERE_DEFAULTS, cohere=True),
+                                      layer_indexed=True, config_defaults=COHERE_DEFAULTS, drop_biases=True,
+                                      own_keys="Cohere2MoeModel"),
     "Glm4MoeForCausalLM": HeadRule("glm4moe", "num_nextn_predict_layers", True, GLM_NAMES, False,
                                    layer_indexed=True, moe_keys=GLM_MOE_KEYS, sigmoid_routing=True),
 }
