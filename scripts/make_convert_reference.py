@@ -102,6 +102,7 @@ KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_
 # Kept too for the families whose converter writes them just before nextn_predict_layers: the head
 # carries them so that a graft places the count there (graft inserts it after the head's previous key).
 KEPT_BEFORE_NEXTN = dict.fromkeys(("glm-dsa", "deepseek2", "deepseek32"), ("rope.dimension_count",))
+KEPT_BEFORE_NEXTN["bailingmoe3"] = ("swiglu_clamp_exp", "swiglu_clamp_shexp")  # hfconv3's families
 # hfconv3: the pinned converter's lazy mode cannot run Cohere2MoeModel's check that a bias is zero
 # (torch.any on a lazy tensor raises), so any checkpoint with biases converts only with --no-lazy.
 CONVERT_FLAGS = {"cohere2moe-bf16": ("--no-lazy",)}

@@ -143,6 +143,8 @@ def _ling3_config() -> dict[str, Any]:
             "num_experts": EXPERTS, "num_experts_per_tok": EXPERTS_USED, "num_shared_experts": 1,
             "first_k_dense_replace": 1, "routed_scaling_factor": 2.5, "norm_topk_prob": True,
             "score_function": "sigmoid", "num_nextn_predict_layers": 1, "rope_theta": 10000.0,
+            # per block, cut or padded by the converter: the MTP block's limit given, then left out
+            "expert_swiglu_limit_list": [None, 7.0, 6.5], "share_expert_swiglu_limit_list": [None, 7.0],
             "rms_norm_eps": 1e-6, "vocab_size": VOCAB, "max_position_embeddings": 4096,
             "tie_word_embeddings": False, "hidden_act": "silu"}
 

@@ -163,6 +163,19 @@ def _ling_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_lay
             (f"{a}.leading_dense_block_count", "UINT32", int(hp["first_k_dense_replace"])),
             (f"{a}.expert_weights_scale", "FLOAT32", float(hp["routed_scaling_factor"])),
             (f"{a}.expert_weights_norm", "BOOL", bool(hp["norm_topk_prob"]))]
+    for key, suffix in (("expert_swiglu_limit_list", "swiglu_clamp_exp"), ("share_expert_swiglu_limit_list",
+                                                                           "swiglu_clamp_shexp")):
+        if (values := hp.get(key)) is not None:  # per block: cut or padded with 0 (None is 0)
+            kvs.append((f"{a}.{suffix}", "ARRAY", _clamp_limits(values, key, n_layers + n_mtp)))
+
+
+def _clamp_limits(values: Any, key: str, n_blocks: int) -> list[float]:
+    ok = isinstance(values, list) and len(values) <= 1 << 16 and all(
+        v is None or (isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= 1e6) for v in values)
+    if not ok:
+        raise SourceError(f"config.json: {key} is not a list of numbers")
+    cut = [0.0 if v is None else float(v) for v in values[:n_blocks]]
+    return cut + [0.0] * (n_blocks - len(cut))
 
 
 def _cohere_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> None:

@@ -24,8 +24,10 @@ CHUNK_BYTES = 16 << 20
 def encode_head_kvs(plan: HeadPlan) -> list[KV]:
     out = []
     for key, vtype, value in plan.kvs:
-        if vtype == "ARRAY":  # gguf-py's item type: BOOL for bools, INT32 for ints (Ling 3's head_count_kv)
-            out.append(encode_kv(key, V.ARRAY, value, V.BOOL if all(isinstance(x, bool) for x in value) else V.INT32))
+        if vtype == "ARRAY":  # gguf-py's item type: BOOL, FLOAT32 for floats, INT32 for ints
+            item = V.BOOL if all(isinstance(x, bool) for x in value) else \
+                V.FLOAT32 if any(isinstance(x, float) for x in value) else V.INT32
+            out.append(encode_kv(key, V.ARRAY, value, item))
         else:
             out.append(encode_kv(key, V[vtype], value))
     return out
