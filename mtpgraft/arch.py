@@ -279,20 +279,18 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                   "nextn.shared_head_norm is HF's final_layernorm; trunk-only files load, but abort with "
                   "--spec-type draft-mtp if they keep the key"),
     ArchRule("cohere2moe", family="Cohere 2 MoE", proven=True,
-             hf_conversion="not converted: Cohere2MoeForCausalLM's head is kept in a full conversion only "
-                           "(--mtp, --no-mtp refused)",
+             hf_conversion="Cohere2MoeForCausalLM",
              note="Cohere 2 MoE: parallel attention and FFN, routed + shared experts halved, logit_scale "
                   "required; one MTP block, a full-attention MoE layer (ffn_gate_inp asserted); trunk-only "
                   "files load, but abort with --spec-type draft-mtp if they keep the key"),
     ArchRule("bailingmoe3", family="Ling/Ring 3", proven=True,
-             hf_conversion="not converted: BailingMoeV3ForCausalLM keeps its MTP layer through the MLA path "
-                           "(kv_b_proj split, attn_k_b transposed)",
+             hf_conversion="BailingMoeV3ForCausalLM",
              note="Ling/Ring 3: KDA and MLA (gated) layers told apart by head_count_kv (0: KDA), MoE with a "
                   "shared expert; one MTP block, an MLA + MoE layer whose final norm is "
                   "blk.N.layer_output_norm; trunk-only files load, but abort with --spec-type draft-mtp if "
                   "they keep the key"),
     ArchRule("nemotron_h_moe", trunk_only_ok=False, trunk_only_mtp_aborts=False, family="Nemotron-3",
-             hf_conversion="not converted: NemotronHForCausalLM's two mtp.layers.* are folded into one block",
+             hf_conversion="NemotronHForCausalLM",
              proven=True,
              note="Nemotron-H MoE: one MTP block (attention + relu^2 MoE with a shared expert; its entries "
                   "head_count_kv = n_head_kv, feed_forward_length = n_ff_exp); a layer's kind comes from "

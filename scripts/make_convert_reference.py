@@ -50,6 +50,14 @@ How the committed references were made (2026-12-01):
   5 knows step3p5 and renames the fields the pinned Step35Model reads, which then fails with a KeyError,
   so the pinned converter only reads a Step-3.5 config.json as it is where transformers does not know the
   type, as with the 4.57 of the first references);
+  hfconv3's families: Ling 3 (BailingMoeV3ForCausalLM: attention.* MLA cut by num_attention_heads, a
+  head-wise g_proj gate, mlp.gate.expert_bias; layer_group_size 1, so every trunk layer is MLA and
+  head_count_kv is all 1s; the MTP layer's final_layernorm is layer_output_norm) and Nemotron-3
+  (NemotronHForCausalLM: backbone.*, one Mamba2, one attention and one MoE layer; the head as
+  mtp.layers.0 and mtp.layers.1, which the converter folds into one block) and Cohere 2 MoE
+  (Cohere2MoeForCausalLM: GLM-4.5's layout with zero attention biases, which the converter drops;
+  converted with --no-lazy, see CONVERT_FLAGS; not in E2E: the converter refuses --no-mtp for it, so
+  its head is proven against the MTP block of the full conversion only);
 - kept: the MTP block's tensors (blk.L.* for L >= the trunk) exactly as written, and the converter's
   values of the structural keys listed in KEPT_KEYS and KEPT_BEFORE_NEXTN (vocabulary, names and size
   labels dropped), plus
@@ -93,6 +101,8 @@ CASES += [("mimo2-bf16", "auto"), ("step35-bf16", "auto"), ("step35-bf16", "q8_0
 E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16",
        "hy3-bf16")
 E2E += ("mimo2-bf16", "step35-bf16")  # hfconv2
+CASES += [("ling3-bf16", "auto"), ("nemotron3-bf16", "auto"), ("cohere2moe-bf16", "auto")]  # hfconv3's families
+E2E += ("ling3-bf16", "nemotron3-bf16")  # hfconv3's families (not cohere2moe: see the docstring)
 KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
              "attention.head_count", "attention.head_count_kv", "attention.key_length",
              "attention.value_length", "expert_count", "expert_used_count", "expert_feed_forward_length",
@@ -108,6 +118,10 @@ KEPT_BEFORE_NEXTN = dict.fromkeys(("glm-dsa", "deepseek2", "deepseek32"), ("rope
 KEPT_BEFORE_NEXTN["mimo2"] = ("attention.sliding_window_pattern", "rope.dimension_count", "attention.value_scale")
 KEPT_BEFORE_NEXTN["step35"] = ("attention.sliding_window_pattern", "moe_every_n_layers", "swiglu_clamp_exp",
                                "swiglu_clamp_shexp")
+KEPT_BEFORE_NEXTN["bailingmoe3"] = ("swiglu_clamp_exp", "swiglu_clamp_shexp")  # hfconv3's families
+# hfconv3: the pinned converter's lazy mode cannot run Cohere2MoeModel's check that a bias is zero
+# (torch.any on a lazy tensor raises), so any checkpoint with biases converts only with --no-lazy.
+CONVERT_FLAGS = {"cohere2moe-bf16": ("--no-lazy",)}
 RUNCONV = '''import runpy, sys
 src = sys.argv[1]
 sys.path.insert(0, src)
@@ -177,7 +191,8 @@ def main() -> int:
         for variant, outtype in CASES:
             assert variant in VARIANTS
             conv = t / f"{variant}-{outtype}.full.gguf"
-            convert(py, t / "runconv.py", args.src, t / variant, conv, "--outtype", outtype)
+            convert(py, t / "runconv.py", args.src, t / variant, conv, "--outtype", outtype,
+                    *CONVERT_FLAGS.get(variant, ()))
             name = reference_name(variant, outtype)
             keep(conv, t / name, variant, outtype)
             refs[name] = fingerprint(t / name)

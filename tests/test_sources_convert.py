@@ -37,6 +37,7 @@ CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16")
          ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
          ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto")]
 CASES += [("mimo2-bf16", "auto"), ("step35-bf16", "auto"), ("step35-bf16", "q8_0")]  # hfconv2
+CASES += [("ling3-bf16", "auto"), ("nemotron3-bf16", "auto"), ("cohere2moe-bf16", "auto")]  # hfconv3's families
 
 
 @pytest.fixture(autouse=True)
@@ -66,6 +67,7 @@ def ref_kvs(name: str) -> dict[str, str]:
 E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16",
        "hy3-bf16")
 E2E += ("mimo2-bf16", "step35-bf16")  # hfconv2
+E2E += ("ling3-bf16", "nemotron3-bf16")  # hfconv3's families
 
 
 def test_references_exist_and_are_small():
@@ -179,10 +181,11 @@ def _edit_config(ckpt: Path, **text) -> None:
 @pytest.mark.parametrize(("edit", "message"), [
     ({"mtp_num_hidden_layers": 0}, "ck: no MTP head: config.json gives mtp_num_hidden_layers = 0"),
     ({"architectures": ["LlamaForCausalLM"]}, "ck: no MTP head conversion for architecture LlamaForCausalLM "
-     "(mtpgraft converts DeepseekV32ForCausalLM, Glm4MoeForCausalLM, Glm4MoeLiteForCausalLM, GlmMoeDsaForCausalLM, "
-     "HYV3ForCausalLM, MiMoV2FlashForCausalLM, MiMoV2ForCausalLM, Qwen3NextForCausalLM, Qwen3_5ForCausalLM, "
-     "Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM, Qwen3_5MoeForConditionalGeneration, "
-     "Step3p5ForCausalLM; use a GGUF donor for the others)"),
+     "(mtpgraft converts BailingMoeV3ForCausalLM, Cohere2MoeForCausalLM, DeepseekV32ForCausalLM, Glm4MoeForCausalLM, "
+     "Glm4MoeLiteForCausalLM, GlmMoeDsaForCausalLM, HYV3ForCausalLM, MiMoV2FlashForCausalLM, MiMoV2ForCausalLM, "
+     "NemotronHForCausalLM, Qwen3NextForCausalLM, Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration, "
+     "Qwen3_5MoeForCausalLM, Qwen3_5MoeForConditionalGeneration, Step3p5ForCausalLM; use a GGUF donor for the "
+     "others)"),
     ({"architectures": ["DeepseekV3ForCausalLM"]}, "ck: DeepseekV3ForCausalLM: llama.cpp's converter drops "
      "DeepSeek-V3's MTP layers (deepseek2 keeps MTP only for GLM-4.7-Flash), so there is no GGUF head to build"),
 ])
@@ -418,3 +421,67 @@ def test_heads_k_from_a_checkpoint_is_the_converted_file_pruned(hub, hf_hermetic
             assert tensors(out) == tensors(want), (where, k)
             assert list(head_kvs(out).items()) == list(head_kvs(want).items()), (where, k)  # in order too
     assert 0 < sent[("hub", 1)] < sent[("hub", 2)]  # the second layer's tensors travel only for K = 2
+
+
+# ------------------------------------------------------------------------------ hfconv3's families
+
+
+def _plan_of(variant: str, names: list[str], **config_edit):
+    from mtpgraft.sources.convert import plan_head
+    from mtpgraft.sources.safetensors import STensor
+    from mtpgraft.testmodels.checkpoints import VARIANTS, config
+
+    cfg = {**config(VARIANTS[variant]), **config_edit}
+    return plan_head(cfg, [("model.safetensors", {n: STensor(n, "BF16", (64,), 0, 128) for n in names})], label="ck")
+
+
+def test_ling3_head_count_kv_marks_kda_layers_as_the_converter_does():
+    """BailingMoeV3Model writes head_count_kv per layer, 0 for a KDA layer and 1 for an MLA one (the MTP
+    layer too), from layer_group_size: the reference checkpoint's 1 makes every layer MLA; with 2 the real
+    converter wrote [0, 1, 1] for it (layer 0 KDA), and with 4 [1, 1, 1] (no whole group: all MLA)."""
+    head = ["model.layers.2.enorm.weight"]
+    for group, want in ((2, [0, 1, 1]), (4, [1, 1, 1])):
+        kvs = _plan_of("ling3-bf16", head, layer_group_size=group).kvs
+        assert [kv for kv in kvs if kv[0].endswith("head_count_kv")] == [
+            ("bailingmoe3.attention.head_count_kv", "ARRAY", want)]
+    with pytest.raises(SourceError, match=r"^ck: config.json layer_group_size = 0: out of range \(mtpgraft takes 1 to 4,096\)$"):
+        _plan_of("ling3-bf16", head, layer_group_size=0)
+    with pytest.raises(SourceError, match=r"^config.json: no norm_topk_prob, which the converter reads for a "
+                                          r"Ling 3 head$"):
+        _plan_of("ling3-bf16", head, norm_topk_prob=None)
+
+
+def test_nemotron3_folds_exactly_one_mtp_head_of_a_moe_model():
+    """NemotronHModel folds mtp.layers.0 and mtp.layers.1 into one block and asserts
+    num_nextn_predict_layers == 1; it keeps the head of MoE models only (num_experts_per_tok); an
+    mtp.layers.2 is not one it can map."""
+    head = ["mtp.layers.0.enorm.weight"]
+    assert _plan_of("nemotron3-bf16", head).mtp_layers == [3]
+    with pytest.raises(SourceError, match=r"^ck: config.json gives num_nextn_predict_layers = 2; llama.cpp's "
+                                          r"converter folds exactly one MTP head for nemotron_h_moe$"):
+        _plan_of("nemotron3-bf16", head, num_nextn_predict_layers=2)
+    with pytest.raises(SourceError, match=r"^config.json: no num_experts_per_tok, which the converter reads for a "
+                                          r"Nemotron-H MoE head \(it keeps the MTP head of MoE models only\)$"):
+        _plan_of("nemotron3-bf16", head, num_experts_per_tok=None)
+    with pytest.raises(SourceError, match=r"^config.json: hybrid_override_pattern 'M\*' is not one of M, \* and "
+                                          r"E per layer \(3 layers\)$"):
+        _plan_of("nemotron3-bf16", head, hybrid_override_pattern="M*")
+    with pytest.raises(SourceError, match=r"^ck: cannot map MTP tensor mtp.layers.2.enorm.weight$"):
+        _plan_of("nemotron3-bf16", [*head, "mtp.layers.2.enorm.weight"])
+
+
+def test_cohere2moe_reads_config_json_as_transformers_fills_it():
+    """The converter reads AutoConfig's dict: Cohere2MoeConfig fills in softmax routing and a null
+    prefix_dense_intermediate_size (so no feed_forward_length), which the reference head shows; stated
+    values win. The head's biases are dropped (the converter drops them, zero)."""
+    names = ["model.layers.2.enorm.weight", "model.layers.2.self_attn.q_proj.bias"]
+    plan = _plan_of("cohere2moe-bf16", names)
+    assert [t.name for t in plan.tensors] == ["blk.2.nextn.enorm.weight"]
+    kvs = {k: v for k, _, v in plan.kvs}
+    assert kvs["cohere2moe.expert_gating_func"] == 1 and "cohere2moe.feed_forward_length" not in kvs
+    kvs = {k: v for k, _, v in _plan_of("cohere2moe-bf16", names, expert_selection_fn="sigmoid",
+                                         prefix_dense_intermediate_size=96).kvs}
+    assert kvs["cohere2moe.expert_gating_func"] == 2 and kvs["cohere2moe.feed_forward_length"] == 96
+    assert kvs["cohere2moe.leading_dense_block_count"] == 0
+    kvs = {k: v for k, _, v in _plan_of("cohere2moe-bf16", names, mlp_layer_types=["dense", "sparse"]).kvs}
+    assert kvs["cohere2moe.leading_dense_block_count"] == 1

@@ -91,11 +91,19 @@ def test_converted_and_refused_architectures_are_the_pinned_converters():
     each converted one maps to the GGUF architecture llama.cpp's class for it writes."""
     registered = _converter_archs()
     assert sorted(a for a in [*HEAD_RULES, *REFUSED] if a not in registered) == []
+    assert sorted(set(HEAD_RULES) & set(REFUSED)) == []  # converted or refused, never both
     assert registered["Glm4MoeForCausalLM"] == "Glm4MoeModel"
     assert registered["DeepseekV3ForCausalLM"] == "DeepseekV2Model"  # skip_mtp = True: the head is dropped
     # hfconv2: the classes whose MTP handling the mimo2 and step35 rows reproduce
     assert registered["MiMoV2FlashForCausalLM"] == registered["MiMoV2ForCausalLM"] == "MimoV2Model"
     assert registered["Step3p5ForCausalLM"] == "Step35Model"
+    # hfconv3's families
+    assert registered["BailingMoeV3ForCausalLM"] == "BailingMoeV3Model"
+    assert registered["NemotronHForCausalLM"] == "NemotronHModel"
+    assert registered["Cohere2MoeForCausalLM"] == "Cohere2MoeModel"
+    # a rule's own keys are those of the class the converter registers for its architecture
+    assert {a: r.own_keys for a, r in HEAD_RULES.items() if r.own_keys} == {
+        a: registered[a] for a, r in HEAD_RULES.items() if r.own_keys}
 
 
 def test_each_mtp_family_names_its_hf_conversion():

@@ -1,6 +1,8 @@
 """Tiny random Hugging Face checkpoints with an MTP head, in numpy: Qwen3.5/3.6 (dense and MoE),
 Qwen3-Next, GLM-4.5, GLM-4.7-Flash, GLM-5, DeepSeek-V3.2 and Hy3 (the last five layer-indexed: the MTP
-layer is model.layers.N), MiMo-V2 (three model.mtp.layers.* heads) and Step-3.5 (three layer-indexed heads).
+layer is model.layers.N), MiMo-V2 (three model.mtp.layers.* heads) and Step-3.5 (three layer-indexed heads);
+and hfconv3's: Ling 3 and Cohere 2 MoE (layer-indexed) and Nemotron-3 (mtp.layers.0 and 1, folded by
+the converter into one block).
 
 The Qwen3.5/3.6 ones have the layout of the real Qwen/Qwen3.6-27B and Qwen3.6-35B-A3B repos:
 `config.json` with the text model nested under `text_config`, the trunk under `model.language_model.*`,
@@ -51,6 +53,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # hfconv2: MiMo-V2 (three model.mtp.layers.* heads) and Step-3.5
     Variant("mimo2-bf16", moe=True, dtype="BF16", experts="per-expert", shards=1, mtp_layers=3, family="mimo2"),
     Variant("step35-bf16", moe=True, dtype="BF16", shards=1, mtp_layers=3, family="step35"),
+    # hfconv3's families
+    Variant("ling3-bf16", moe=True, dtype="BF16", experts="per-expert", family="bailingmoe3"),
+    Variant("nemotron3-bf16", moe=True, dtype="BF16", experts="per-expert", family="nemotron_h_moe"),
+    Variant("cohere2moe-bf16", moe=True, dtype="BF16", experts="per-expert", family="cohere2moe"),
 )}
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FF, VOCAB = 64, 2, 1, 32, 128, 320
@@ -123,7 +129,153 @@ def _qwen3next_config() -> dict[str, Any]:
             "tie_word_embeddings": False, "hidden_act": "silu"}
 
 
+# ---------------------------------------------------------------- hfconv3: Ling 3 (bailingmoe3)
+
+KDA_HEAD_DIM = 8  # not v_head_dim: value_length is the KDA head_dim the converter writes first
+
+
+def _ling3_config() -> dict[str, Any]:
+    """Ling/Ring 3's config.json (BailingMoeV3ForCausalLM, inclusionAI/Ling-3.0-flash): layer_group_size 1
+    makes every trunk layer MLA (no KDA layer), which is all the head's conversion touches."""
+    return {"architectures": ["BailingMoeV3ForCausalLM"], "model_type": "bailing_moe_v3", "hidden_size": HIDDEN,
+            "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS, "num_key_value_heads": HEADS,
+            "head_dim": KDA_HEAD_DIM, "layer_group_size": 1, "no_kda_lora": True, "kda_safe_gate": True,
+            "kda_lower_bound": -5.0, "short_conv_kernel_size": CONV_K,
+            "gated_attention_proj_granularity_type": "head_wise", "q_lora_rank": Q_LORA, "kv_lora_rank": KV_LORA,
+            "qk_nope_head_dim": QK_NOPE, "qk_rope_head_dim": QK_ROPE, "v_head_dim": V_DIM, "intermediate_size": FF,
+            "moe_intermediate_size": EXPERT_FF, "moe_shared_expert_intermediate_size": SHARED_FF,
+            "num_experts": EXPERTS, "num_experts_per_tok": EXPERTS_USED, "num_shared_experts": 1,
+            "first_k_dense_replace": 1, "routed_scaling_factor": 2.5, "norm_topk_prob": True,
+            "score_function": "sigmoid", "num_nextn_predict_layers": 1, "rope_theta": 10000.0,
+            # per block, cut or padded by the converter: the MTP block's limit given, then left out
+            "expert_swiglu_limit_list": [None, 7.0, 6.5], "share_expert_swiglu_limit_list": [None, 7.0],
+            "rms_norm_eps": 1e-6, "vocab_size": VOCAB, "max_position_embeddings": 4096,
+            "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+def _ling3_shapes() -> dict[str, tuple[int, ...]]:
+    """Ling 3's layout: model.word_embeddings, attention.* MLA with a head-wise g_proj gate and
+    attention.dense as output, mlp.gate with expert_bias, shared_experts; the MTP layer is model.layers.N
+    with eh_proj, enorm, hnorm and final_layernorm."""
+    n = len(LAYER_TYPES)
+    shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN), "model.word_embeddings.weight": (VOCAB, HIDDEN),
+                                          "model.norm.weight": (HIDDEN,)}
+    for i in range(n + 1):
+        p = f"model.layers.{i}"
+        block = _glm_block(p, dense=i < 1, family="deepseek2")
+        block = {k.replace(".self_attn.", ".attention.").replace("attention.o_proj", "attention.dense")
+                 .replace("gate.e_score_correction_bias", "gate.expert_bias"): s for k, s in block.items()}
+        shapes.update(block | {f"{p}.attention.g_proj.weight": (HEADS, HIDDEN)})
+    m = f"model.layers.{n}"
+    shapes.update({f"{m}.eh_proj.weight": (HIDDEN, 2 * HIDDEN), f"{m}.enorm.weight": (HIDDEN,),
+                   f"{m}.hnorm.weight": (HIDDEN,), f"{m}.final_layernorm.weight": (HIDDEN,)})
+    return shapes
+
+
+# --------------------------------------------------------- hfconv3: Nemotron-3 (nemotron_h_moe)
+
+NEMOTRON_PATTERN = "M*E"  # Mamba2, attention, MoE (hybrid_override_pattern): one layer of each kind
+MAMBA_HEADS, MAMBA_HEAD_DIM, SSM_STATE, SSM_GROUPS = 4, 16, 16, 1
+
+
+def _nemotron3_config() -> dict[str, Any]:
+    """Nemotron-3's config.json (NemotronHForCausalLM, nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B): one MTP
+    head stored as mtp.layers.0 (fusion + attention) and mtp.layers.1 (MoE + final norm)."""
+    return {"architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "hidden_size": HIDDEN,
+            "num_hidden_layers": len(NEMOTRON_PATTERN), "hybrid_override_pattern": NEMOTRON_PATTERN,
+            "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM,
+            "mamba_num_heads": MAMBA_HEADS, "mamba_head_dim": MAMBA_HEAD_DIM, "ssm_state_size": SSM_STATE,
+            "n_groups": SSM_GROUPS, "conv_kernel": CONV_K, "expand": 2, "intermediate_size": FF,
+            "moe_intermediate_size": EXPERT_FF, "moe_shared_expert_intermediate_size": SHARED_FF,
+            "n_routed_experts": EXPERTS, "n_shared_experts": 1, "num_experts_per_tok": EXPERTS_USED,
+            "norm_topk_prob": True, "routed_scaling_factor": 2.5, "n_group": 1, "topk_group": 1,
+            "num_nextn_predict_layers": 1, "layer_norm_epsilon": 1e-5, "vocab_size": VOCAB,
+            "max_position_embeddings": 4096, "mlp_hidden_act": "relu2", "tie_word_embeddings": False}
+
+
+def _nemotron_mixer(p: str, kind: str) -> dict[str, tuple[int, ...]]:
+    """One Nemotron-H layer's norm and mixer: Mamba2 (M), attention (*) or relu^2 MoE (E)."""
+    out: dict[str, tuple[int, ...]] = {f"{p}.norm.weight": (HIDDEN,)}
+    m = f"{p}.mixer"
+    if kind == "M":
+        d_inner, conv = MAMBA_HEADS * MAMBA_HEAD_DIM, MAMBA_HEADS * MAMBA_HEAD_DIM + 2 * SSM_GROUPS * SSM_STATE
+        return out | {f"{m}.in_proj.weight": (d_inner + conv + MAMBA_HEADS, HIDDEN), f"{m}.conv1d.weight": (conv, 1, CONV_K),
+                      f"{m}.conv1d.bias": (conv,), f"{m}.dt_bias": (MAMBA_HEADS,), f"{m}.A_log": (MAMBA_HEADS,),
+                      f"{m}.D": (MAMBA_HEADS,), f"{m}.norm.weight": (d_inner,), f"{m}.out_proj.weight": (HIDDEN, d_inner)}
+    if kind == "*":
+        return out | {f"{m}.q_proj.weight": (HEADS * HEAD_DIM, HIDDEN), f"{m}.k_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
+                      f"{m}.v_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN), f"{m}.o_proj.weight": (HIDDEN, HEADS * HEAD_DIM)}
+    out |= {f"{m}.gate.weight": (EXPERTS, HIDDEN), f"{m}.gate.e_score_correction_bias": (EXPERTS,),
+            f"{m}.shared_experts.up_proj.weight": (SHARED_FF, HIDDEN),
+            f"{m}.shared_experts.down_proj.weight": (HIDDEN, SHARED_FF)}
+    for e in range(EXPERTS):
+        out |= {f"{m}.experts.{e}.up_proj.weight": (EXPERT_FF, HIDDEN), f"{m}.experts.{e}.down_proj.weight": (HIDDEN, EXPERT_FF)}
+    return out
+
+
+def _nemotron3_shapes() -> dict[str, tuple[int, ...]]:
+    """Nemotron-H's layout: backbone.embeddings, backbone.layers.N.{norm, mixer.*}, backbone.norm_f; the MTP
+    head as mtp.layers.0 (enorm, hnorm, eh_proj, then an attention layer) and mtp.layers.1 (an MoE layer
+    and final_layernorm), which the converter folds into one block."""
+    shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN), "backbone.embeddings.weight": (VOCAB, HIDDEN),
+                                          "backbone.norm_f.weight": (HIDDEN,)}
+    for i, kind in enumerate(NEMOTRON_PATTERN):
+        shapes.update(_nemotron_mixer(f"backbone.layers.{i}", kind))
+    shapes |= {"mtp.layers.0.enorm.weight": (HIDDEN,), "mtp.layers.0.hnorm.weight": (HIDDEN,),
+               "mtp.layers.0.eh_proj.weight": (HIDDEN, 2 * HIDDEN)}
+    shapes.update(_nemotron_mixer("mtp.layers.0", "*"))
+    shapes.update(_nemotron_mixer("mtp.layers.1", "E"))
+    shapes["mtp.layers.1.final_layernorm.weight"] = (HIDDEN,)
+    return shapes
+
+
+# -------------------------------------------------------------- hfconv3: Cohere 2 MoE (cohere2moe)
+
+
+def _cohere2moe_config() -> dict[str, Any]:
+    """Cohere 2 MoE's config.json (Cohere2MoeForCausalLM, CohereLabs/North-Mini-Code-1.0): every layer
+    MoE with a shared expert (intermediate_size is the expert size), zero attention biases, one MTP
+    layer at model.layers.N."""
+    return {"architectures": ["Cohere2MoeForCausalLM"], "model_type": "cohere2_moe", "hidden_size": HIDDEN,
+            "num_hidden_layers": len(LAYER_TYPES), "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+            "head_dim": HEAD_DIM, "intermediate_size": EXPERT_FF, "num_experts": EXPERTS,
+            "num_experts_per_tok": EXPERTS_USED, "num_shared_experts": 1, "first_k_dense_replace": 0,
+            "norm_topk_prob": True, "logit_scale": 0.25, "sliding_window": 128,
+            "layer_types": ["sliding_attention", "full_attention"], "num_nextn_predict_layers": 1,
+            "attention_bias": True, "layer_norm_eps": 1e-5, "rope_theta": 50000.0, "vocab_size": VOCAB,
+            "max_position_embeddings": 4096, "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+def _cohere2moe_shapes() -> dict[str, tuple[int, ...]]:
+    """Cohere 2 MoE's layout: per layer input_layernorm, q/k/v/o with biases (zero: see build_checkpoint),
+    mlp.gate, per-expert and shared_experts tensors; the MTP layer adds eh_proj, enorm, hnorm, shared_head.norm."""
+    n = len(LAYER_TYPES)
+    shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN), "model.embed_tokens.weight": (VOCAB, HIDDEN),
+                                          "model.norm.weight": (HIDDEN,)}
+    for i in range(n + 1):
+        p = f"model.layers.{i}"
+        shapes[f"{p}.input_layernorm.weight"] = (HIDDEN,)
+        for w, rows in (("q", HEADS * HEAD_DIM), ("k", KV_HEADS * HEAD_DIM), ("v", KV_HEADS * HEAD_DIM)):
+            shapes |= {f"{p}.self_attn.{w}_proj.weight": (rows, HIDDEN), f"{p}.self_attn.{w}_proj.bias": (rows,)}
+        shapes |= {f"{p}.self_attn.o_proj.weight": (HIDDEN, HEADS * HEAD_DIM), f"{p}.mlp.gate.weight": (EXPERTS, HIDDEN)}
+        for e in range(EXPERTS):
+            shapes |= {f"{p}.mlp.experts.{e}.{w}_proj.weight": (EXPERT_FF, HIDDEN) for w in ("gate", "up")}
+            shapes[f"{p}.mlp.experts.{e}.down_proj.weight"] = (HIDDEN, EXPERT_FF)
+        shapes |= {f"{p}.mlp.shared_experts.{w}_proj.weight": (EXPERT_FF, HIDDEN) for w in ("gate", "up")}
+        shapes[f"{p}.mlp.shared_experts.down_proj.weight"] = (HIDDEN, EXPERT_FF)
+    m = f"model.layers.{n}"
+    shapes |= {f"{m}.eh_proj.weight": (HIDDEN, 2 * HIDDEN), f"{m}.enorm.weight": (HIDDEN,), f"{m}.hnorm.weight": (HIDDEN,),
+               f"{m}.shared_head.norm.weight": (HIDDEN,)}
+    return shapes
+
+
 def config(v: Variant) -> dict[str, Any]:
+    if v.family == "cohere2moe":
+        return _cohere2moe_config()
+    if v.family == "bailingmoe3":
+        return _ling3_config()
+    if v.family == "nemotron_h_moe":
+        return _nemotron3_config()
     if v.family == "glm4moe":
         return _glm_config()
     if v.family == "qwen3next":
@@ -422,6 +574,12 @@ def tensor_shapes(v: Variant) -> dict[str, tuple[int, ...]]:
         return _mimo2_shapes()
     if v.family == "step35":
         return _step35_shapes()
+    if v.family == "bailingmoe3":
+        return _ling3_shapes()
+    if v.family == "nemotron_h_moe":
+        return _nemotron3_shapes()
+    if v.family == "cohere2moe":
+        return _cohere2moe_shapes()
     lm = "model" if v.family == "qwen3next" else "model.language_model"
     shapes: dict[str, tuple[int, ...]] = {"lm_head.weight": (VOCAB, HIDDEN),
                                           f"{lm}.embed_tokens.weight": (VOCAB, HIDDEN),
@@ -454,6 +612,8 @@ def build_checkpoint(out_dir: str | Path, variant: str, *, seed: int = 0) -> Pat
     rng = np.random.default_rng(seed)
     shapes = tensor_shapes(v)
     arrays = {n: _values(rng, n, s, v.dtype) for n, s in shapes.items()}
+    if v.family == "cohere2moe":  # the converter refuses a non-zero bias (and drops the zero ones)
+        arrays |= {n: a * 0 for n, a in arrays.items() if n.endswith(".bias")}
     names = list(shapes)
     # Shard like the Hub's checkpoints: trunk first, the MTP head in the last shard.
     per = -(-len(names) // v.shards)

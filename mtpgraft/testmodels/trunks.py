@@ -20,6 +20,9 @@ from ..gguf_io import CONVERTER, GGUFModel, GGUFValueType, OutTensor, encode_kv,
 from ..sources.safetensors import read_local_header
 from .fingerprint import fingerprint
 
+# The largest tensor a recipe may hold as its bytes: Nemotron-H's ssm_a, -exp(A_log) by torch, whose
+# float32 exp is an ulp off the correctly rounded one numpy gives for some inputs (one value per head).
+MAX_LITERAL = 64
 _EXPERT = re.compile(r"\.experts\.(\d+)\.")
 
 
@@ -33,6 +36,8 @@ def _f32(raw: bytes, dtype: str) -> np.ndarray:
 
 def _apply(op: str, sources: list[tuple[str, tuple[int, ...], bytes]]) -> bytes:
     """One recipe step: the bytes `op` makes of the checkpoint tensors `sources` (dtype, shape, raw)."""
+    if op.startswith("hex:"):  # the bytes themselves (a tiny tensor no numpy step reproduces, see derive)
+        return bytes.fromhex(op[4:])
     dtype, shape, raw = sources[0]
     if op == "raw":
         return raw
@@ -55,6 +60,10 @@ def _apply(op: str, sources: list[tuple[str, tuple[int, ...], bytes]]) -> bytes:
         arr = np.frombuffer(raw, f"u{es}").reshape(int(m[2]), -1, shape[-1])
         part = arr[:, :int(m[3]), :].transpose(0, 2, 1) if m[1] == "kb" else arr[:, int(m[3]):, :]
         return np.ascontiguousarray(part).tobytes()
+    m = re.fullmatch(r"perm(\d+)", op)  # LlamaModel.permute by that many heads (Granite's q and k)
+    if m:
+        arr = np.frombuffer(raw, np.uint8).reshape(shape[0], -1)
+        return np.ascontiguousarray(arr.reshape(int(m[1]), 2, -1, arr.shape[1]).swapaxes(1, 2)).tobytes()
     m = re.fullmatch(r"bytes(\d+):(\d+)", op)  # a run of rows of a fused tensor (Qwen3-Next's in_proj_qkvz)
     if m:
         return raw[int(m[1]):int(m[2])]
@@ -82,7 +91,9 @@ def _candidates(tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) -> list[
             groups.setdefault(_EXPERT.sub(".experts.*.", n), []).append((int(m[1]), n))
     mla = [([n], f"{w}.{h}.{k}") for n, (_, shape, _) in tensors.items() if n.endswith("kv_b_proj.weight")
            for h in range(1, shape[0] + 1) if shape[0] % h == 0 for k in range(1, shape[0] // h) for w in ("kb", "vb")]
-    return single + [([n for _, n in sorted(g)], "stack") for g in groups.values()] + mla
+    perm = [([n], f"perm{h}") for n, (_, shape, _) in tensors.items() if n.endswith(("q_proj.weight", "k_proj.weight"))
+            for h in range(1, shape[0] // 2 + 1) if shape[0] % (2 * h) == 0]
+    return single + [([n for _, n in sorted(g)], "stack") for g in groups.values()] + mla + perm
 
 
 def _slice_of(tensors: dict[str, tuple[str, tuple[int, ...], bytes]], want: bytes, message: str) -> tuple[list[str], str]:
@@ -91,6 +102,8 @@ def _slice_of(tensors: dict[str, tuple[str, tuple[int, ...], bytes]], want: byte
         at = raw.find(want)
         if at >= 0 and len(want) >= 64:  # long enough that a chance match is impossible
             return [n], f"bytes{at}:{at + len(want)}"
+    if len(want) <= MAX_LITERAL:
+        return [], "hex:" + want.hex()
     raise ValueError(message)
 
 

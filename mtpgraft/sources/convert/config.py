@@ -29,6 +29,7 @@ CONFIG_INTS: dict[str, int] = {
                      "num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok",
                      "num_experts_per_token", "n_group", "topk_group", "n_shared_experts"), 1 << 16),
     "first_k_dense_replace": 4096, "full_attention_interval": 4096,
+    "layer_group_size": 4096, "moe_shared_expert_intermediate_size": _MAX_DIM,  # Ling 3
 }
 
 
@@ -51,7 +52,7 @@ def check_config(config: Any, label: str) -> None:
     hp = text_config(config)
     for key, hi in CONFIG_INTS.items():
         if hp.get(key) is not None:
-            int_field(hp[key], f"{label}: config.json {key}", 1 if key == "full_attention_interval" else 0, hi)
+            int_field(hp[key], f"{label}: config.json {key}", 1 if key in ("full_attention_interval", "layer_group_size") else 0, hi)
     if hp.get("layer_types") is not None:
         str_list_field(hp["layer_types"], f"{label}: config.json layer_types", max_len=CONFIG_INTS["num_hidden_layers"])
     for key in ("routed_scaling_factor", "router_scaling_factor"):

@@ -33,7 +33,7 @@ def check_head_against_base(plan: HeadPlan, config: dict[str, Any], base: GGUFMo
         if suffix not in _CONFIG_NAMES:
             continue
         have = base.get(key)
-        if isinstance(value, list):  # a per-layer array (MiMo-V2's head_count_kv): the trunk's entries
+        if isinstance(value, list):  # a per-layer array (MiMo-V2's, Ling 3's head_count_kv): the trunk's entries
             value = value[:plan.trunk_layers]
             have = have[:plan.trunk_layers] if isinstance(have, list) else have
         elif isinstance(have, list):

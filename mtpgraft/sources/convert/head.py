@@ -16,7 +16,7 @@ from ..donor import MAX_BLOCKS, MAX_MTP_LAYERS
 from ..safetensors import DTYPE_SIZE, STensor
 from .config import head_rule, text_config
 from .kvs import head_kvs
-from .rules import FORCED_F32, MLA_SPLIT, QWEN_ENDS, QWEN_MTP_TOP, QWEN_TRUNK, SKIPPED, HeadRule
+from .rules import FORCED_F32, QWEN_ENDS, QWEN_MTP_TOP, QWEN_TRUNK, SKIPPED, HeadRule
 
 # --outtype: the output file type, named as the tensor type its 2-D weights take (the converter's
 # LlamaFileType ALL_F32, MOSTLY_F16, MOSTLY_BF16, MOSTLY_Q8_0).
@@ -93,6 +93,9 @@ def _hf_layer_name(rule: HeadRule, name: str, n_layers: int) -> str | None:
         return None
     parts = name.split(".", 3)
     if len(parts) == 4 and parts[1] == "layers" and parts[2].isdecimal():
+        if rule.mtp_fold is not None:  # one block; a layer the fold does not name stays unmappable
+            renames = rule.mtp_fold.get(parts[2])
+            return name if renames is None else f"model.layers.{n_layers}.{renames.get(parts[3], parts[3])}"
         return f"model.layers.{n_layers + int(parts[2])}.{parts[3]}"
     if len(parts) == 3 and parts[1] in QWEN_MTP_TOP:
         return f"model.layers.{n_layers}.{QWEN_MTP_TOP[parts[1]]}.{parts[2]}"
@@ -118,15 +121,15 @@ def _preceding(rule: HeadRule, ordered: Sequence[tuple[str, STensor]], n_layers:
         if _hf_layer_name(rule, t.name, n_layers) is not None:
             return last
         name = _filtered_name(t.name)
-        m = re.match(r"model\.layers\.(\d+)\.(.+)$", name)
+        m = re.match(r"(?:model|backbone)\.layers\.(\d+)\.(.+)$", name)  # backbone: Nemotron-H
         if not m:
             last = QWEN_ENDS.get(name, name)
             continue
         bid, suffix = m.group(1), m.group(2)
-        if re.match(r"mlp\.experts\.\d+\.", suffix):
+        if re.match(re.escape(rule.experts) + r"\d+\.", suffix):
             pending[bid] = pending.get(bid, 0) + 1
-            if pending[bid] >= 3 * n_experts:  # written in the rule's expert order
-                last = f"blk.{bid}.{rule.names[f'mlp.experts.{rule.expert_order[-1]}.weight']}"
+            if pending[bid] >= len(rule.expert_weights) * n_experts:  # written stacked, in the rule's order
+                last = f"blk.{bid}.ffn_{rule.expert_weights[-1].removesuffix('_proj')}_exps.weight"
             continue
         if suffix.startswith("mlp.experts.gate_up_proj"):
             suffix = "mlp.experts.up_proj.weight"
@@ -156,10 +159,10 @@ def _file_type(outtype: str, ordered: Sequence[tuple[str, STensor]]) -> str:
     raise SourceError(f"unknown output type {outtype!r} (auto, {', '.join(OUTTYPES)})")
 
 
-def _target_type(gguf_name: str, n_dims: int, ftype: str, ne0: int) -> str:
+def _target_type(rule: HeadRule, gguf_name: str, n_dims: int, ftype: str, ne0: int) -> str:
     if n_dims <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
         return "F32"
-    if gguf_name.endswith(FORCED_F32):
+    if gguf_name.endswith(FORCED_F32) and (rule.router_f32 or not gguf_name.endswith("ffn_gate_inp.weight")):
         return "F32"
     if not BY_NAME[ftype].row_fits(ne0):
         return "F16"  # the converter's QuantError fallback (Q8_0 rows of a whole number of blocks only)
@@ -183,13 +186,14 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     ordered = [(f, t) for f, ts in sorted(headers, key=lambda h: h[0]) for t in sorted(ts.values(), key=lambda t: t.name)]
     ftype = _file_type(outtype, ordered)
     n_experts = int(hp.get("num_local_experts") or hp.get("num_experts") or hp.get("n_routed_experts") or 0)
-    split = _mla_dims(hp, label) if rule.mla else None
+    split_name, split_heads = rule.kv_b_split
+    split = _mla_dims(hp, label, split_heads) if rule.mla or rule.mla_split else None
     tensors: list[HeadTensor] = []
     pending: dict[int, dict[str, tuple[str, STensor]]] = {}
     files: list[str] = []
     for file, t in ordered:
         hf = _hf_layer_name(rule, t.name, n_layers)
-        if hf is None:
+        if hf is None or (rule.drop_biases and hf.endswith(".bias")):
             continue
         if file not in files:
             files.append(file)
@@ -202,8 +206,11 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
         if rule.fixed_mtp and bid >= n_layers + n_mtp:  # MimoV2Model.modify_tensors asserts the index
             raise SourceError(f"{label}: {t.name} is MTP layer {bid - n_layers}; the converter takes "
                               f"{rule.arch}'s {n_mtp} MTP layers only")
-        if split is not None and suffix == MLA_SPLIT:
+        if split is not None and suffix == split_name:
             tensors.extend(_mla_split(rule, file, t, bid, split, ftype, label))
+            continue
+        if rule.permute_qk is not None and suffix in rule.permute_qk:
+            tensors.append(_permuted(rule, hp, file, t, bid, suffix, ftype, label))
             continue
         tensors.extend(_map_tensor(rule, file, t, bid, suffix, n_experts, pending, ftype, label))
     leftover = [n for d in pending.values() for n in d]
@@ -233,16 +240,19 @@ def _layer_counts(rule: HeadRule, hp: dict[str, Any], headers: Sequence[tuple[st
         raise SourceError(f"{label}: config.json has no num_hidden_layers")
     if n_mtp <= 0:
         raise SourceError(f"{label}: no MTP head: {none}")
+    if rule.mtp_fold is not None and n_mtp != 1:
+        raise SourceError(f"{label}: config.json gives {count}; llama.cpp's converter folds exactly one MTP head "
+                          f"for {rule.arch}")
     if n_layers > MAX_BLOCKS or n_mtp > MAX_MTP_LAYERS:
         raise SourceError(f"{label}: config.json gives num_hidden_layers = {n_layers} and {count}; no model has "
                           f"more than {MAX_BLOCKS} layers or {MAX_MTP_LAYERS} MTP layers")
     return n_layers, n_mtp
 
 
-def _mla_dims(hp: dict[str, Any], label: str) -> tuple[int, int, int]:
-    """(KV heads, qk_nope_head_dim, v_head_dim): how DeepseekV2Model cuts kv_b_proj (before it sets
-    head_count_kv to 1 for the metadata)."""
-    keys = ("num_key_value_heads", "qk_nope_head_dim", "v_head_dim")
+def _mla_dims(hp: dict[str, Any], label: str, heads: str) -> tuple[int, int, int]:
+    """(heads, qk_nope_head_dim, v_head_dim): how the converter cuts kv_b_proj (DeepseekV2Model by
+    num_key_value_heads, before it sets head_count_kv to 1 for the metadata)."""
+    keys = (heads, "qk_nope_head_dim", "v_head_dim")
     missing = [k for k in keys if not hp.get(k)]
     if missing:
         raise SourceError(f"{label}: config.json has no {missing[0]}, which the MLA head's kv_b_proj split needs")
@@ -256,12 +266,29 @@ def _mla_split(rule: HeadRule, file: str, t: STensor, bid: int, dims: tuple[int,
     n_kv, nope, v = dims
     if len(t.shape) != 2 or t.shape[0] != n_kv * (nope + v):
         raise SourceError(f"{label}: {t.name} has shape {list(t.shape)}, not [{n_kv * (nope + v)}, kv_lora_rank] "
-                          f"(num_key_value_heads x (qk_nope_head_dim + v_head_dim) rows)")
+                          f"({rule.kv_b_split[1]} x "
+                          f"(qk_nope_head_dim + v_head_dim) rows)")
     rank = t.shape[1]
+    at = rule.kv_b_split[0].removesuffix("kv_b_proj.weight")  # self_attn. or attention.
     k_b = Piece(t, file, n_kv, nope + v, rank, 0, nope, transposed=True)
     v_b = Piece(t, file, n_kv, nope + v, rank, nope, nope + v)
-    return [_tensor(rule, "self_attn.k_b_proj.weight", bid, (n_kv, rank, nope), t.dtype, False, (k_b,), ftype, label),
-            _tensor(rule, "self_attn.v_b_proj.weight", bid, (n_kv, v, rank), t.dtype, False, (v_b,), ftype, label)]
+    return [_tensor(rule, f"{at}k_b_proj.weight", bid, (n_kv, rank, nope), t.dtype, False, (k_b,), ftype, label),
+            _tensor(rule, f"{at}v_b_proj.weight", bid, (n_kv, v, rank), t.dtype, False, (v_b,), ftype, label)]
+
+
+def _permuted(rule: HeadRule, hp: dict[str, Any], file: str, t: STensor, bid: int, suffix: str, ftype: str,
+              label: str) -> HeadTensor:
+    """q or k as LlamaModel.permute writes it: in each head, row i of the second half after row i of
+    the first (one piece per row)."""
+    key = "num_attention_heads" if suffix == rule.permute_qk[0] else "num_key_value_heads"  # type: ignore[index]
+    heads = int(hp.get(key) or 0)
+    rows = t.shape[0] if len(t.shape) == 2 else 0
+    if not heads or rows % (2 * heads):
+        raise SourceError(f"{label}: {t.name} has shape {list(t.shape)}, not 2 x {key} = {heads} halves of rows")
+    half = rows // heads // 2
+    order = [h * 2 * half + j * half + i for h in range(heads) for i in range(half) for j in (0, 1)]
+    pieces = tuple(Piece(t, file, 1, rows, t.shape[1], r, r + 1) for r in order)
+    return _tensor(rule, suffix, bid, t.shape, t.dtype, False, pieces, ftype, label)
 
 
 def _counted_mtp_layers(headers: Sequence[tuple[str, dict[str, STensor]]]) -> int:
@@ -287,16 +314,16 @@ def _map_tensor(rule: HeadRule, file: str, t: STensor, bid: int, suffix: str, n_
     if rule.moe and suffix in ("mlp.experts.down_proj", "mlp.experts.down_proj.weight"):
         return [_tensor(rule, "mlp.experts.down_proj.weight", bid, t.shape, t.dtype, plus_one,
                         (_piece(file, t),), ftype, label)]
-    if rule.moe and suffix.startswith("mlp.experts."):
+    if rule.moe and suffix.startswith(rule.experts):
         got = pending.setdefault(bid, {})
         got[f"model.layers.{bid}.{suffix}"] = (file, t)
-        if len(got) < n_experts * 3:
+        if len(got) < n_experts * len(rule.expert_weights):
             return []
         out = []
-        for w in rule.expert_order:
-            parts = [got.pop(f"model.layers.{bid}.mlp.experts.{x}.{w}.weight", None) for x in range(n_experts)]
+        for w in rule.expert_weights:
+            parts = [got.pop(f"model.layers.{bid}.{rule.experts}{x}.{w}.weight", None) for x in range(n_experts)]
             if any(p is None for p in parts):
-                raise SourceError(f"{label}: layer {bid} lacks some mlp.experts.N.{w} tensors")
+                raise SourceError(f"{label}: layer {bid} lacks some {rule.experts}N.{w} tensors")
             first = parts[0][1]  # type: ignore[index]
             shape = (n_experts, *first.shape)
             out.append(_tensor(rule, f"mlp.experts.{w}.weight", bid, shape, first.dtype, plus_one,
@@ -313,7 +340,7 @@ def _tensor(rule: HeadRule, suffix: str, bid: int, shape: tuple[int, ...], dtype
         raise SourceError(f"{label}: cannot map MTP tensor model.layers.{bid}.{suffix} to a {rule.arch} name")
     name = f"blk.{bid}.{gsuffix}"
     ne = tuple(reversed(shape)) if shape else (1,)
-    target = _target_type(name, len(shape), ftype, ne[0])
+    target = _target_type(rule, name, len(shape), ftype, ne[0])
     return HeadTensor(name, ne, target, dtype, plus_one, pieces)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...errors import SourceError
 from ...ggml_types import FILE_TYPES
+from ...parsing import str_list_field
 from .config import SCORE_FUNC_KEYS
 from .rules import HeadRule
 
@@ -22,6 +23,7 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
               ftype: str) -> list[tuple[str, str, Any]]:
     """The structural keys of the converter's output that describe the head, in its order."""
     a = rule.arch
+    hp = {**rule.config_defaults, **hp}
     if rule.mla:
         hp = {**hp, "num_key_value_heads": 1}  # DeepseekV2Model: MLA is written as MQA
     kvs: list[tuple[str, str, Any]] = [("general.architecture", "STRING", a),
@@ -38,7 +40,7 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
         kvs += _moe_kvs(a, hp)
     if rule.mla_lengths_first:  # where transformers' head_dim put them, with DeepseekV2Model's values
         kvs += _mla_lengths(a, hp)
-    elif not rule.mla and (hd := hp.get("head_dim")) is not None:
+    elif not rule.mla and rule.early_head_dim and (hd := hp.get("head_dim")) is not None:
         kvs += [(f"{a}.attention.key_length", "UINT32", int(hd)), (f"{a}.attention.value_length", "UINT32", int(hd))]
     kvs.append(("general.file_type", "UINT32", FILE_TYPES[ftype]))
     for suffix, field_ in rule.moe_keys:
@@ -50,10 +52,8 @@ def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
         _sigmoid_routing_kvs(kvs, a, hp)
     if rule.hy_routing:
         _hy_routing_kvs(kvs, a, hp)
-    if rule.mimo_swa:
-        _mimo_kvs(kvs, a, hp, n_layers, n_mtp)
-    if rule.step_arrays:
-        _step_kvs(kvs, a, hp, n_layers + n_mtp)
+    if rule.own_keys is not None:
+        OWN_KEYS[rule.own_keys](kvs, a, hp, n_layers, n_mtp)
     if rule.mla:
         if (v := hp.get("routed_scaling_factor")) is not None:
             kvs.append((f"{a}.expert_weights_scale", "FLOAT32", float(v)))
@@ -113,12 +113,7 @@ def _moe_kvs(a: str, hp: dict[str, Any]) -> list[tuple[str, str, Any]]:
 
 def _sigmoid_gating(kvs: list[tuple[str, str, Any]], a: str) -> None:
     """expert_gating_func = sigmoid, where the key already is (the writer overwrites in place) or last."""
-    gating = (f"{a}.expert_gating_func", "UINT32", _GATING["sigmoid"])
-    at = next((i for i, kv in enumerate(kvs) if kv[0] == gating[0]), None)
-    if at is None:
-        kvs.append(gating)
-    else:
-        kvs[at] = gating
+    _overwrite(kvs, (f"{a}.expert_gating_func", "UINT32", _GATING["sigmoid"]))
 
 
 def _sigmoid_routing_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any]) -> None:
@@ -147,6 +142,107 @@ def _hy_routing_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any])
     _sigmoid_gating(kvs, a)
 
 
+def _ling_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> None:
+    """BailingMoeV3Model.set_gguf_parameters' own keys, in its order (added to `kvs` in place; the ones
+    TextModel wrote already are overwritten where they are, as the writer does)."""
+    need = ("layer_group_size", "kv_lora_rank", "qk_rope_head_dim", "moe_intermediate_size",
+            "moe_shared_expert_intermediate_size", "first_k_dense_replace", "routed_scaling_factor", "norm_topk_prob")
+    missing = [k for k in need if hp.get(k) is None]
+    if missing:
+        raise SourceError(f"config.json: no {missing[0]}, which the converter reads for a Ling 3 head")
+    group, shared = int(hp["layer_group_size"]), hp.get("num_shared_experts", 1)
+    if isinstance(shared, bool) or not isinstance(shared, int) or not 0 <= shared <= 1 << 16:
+        raise SourceError(f"config.json: num_shared_experts {shared!r} is not a count")
+    full = [il >= n_layers or (il + 1) % group == 0 or il >= n_layers // group * group
+            for il in range(n_layers + n_mtp)]  # is_full_attention: the rest are KDA layers
+    _overwrite(kvs, (f"{a}.attention.head_count_kv", "ARRAY", [int(f) for f in full]))
+    _overwrite(kvs, (f"{a}.attention.key_length", "UINT32", int(hp["kv_lora_rank"]) + int(hp["qk_rope_head_dim"])))
+    kvs += [(f"{a}.expert_feed_forward_length", "UINT32", int(hp["moe_intermediate_size"])),
+            (f"{a}.expert_shared_feed_forward_length", "UINT32", int(hp["moe_shared_expert_intermediate_size"])),
+            (f"{a}.expert_shared_count", "UINT32", shared),
+            (f"{a}.leading_dense_block_count", "UINT32", int(hp["first_k_dense_replace"])),
+            (f"{a}.expert_weights_scale", "FLOAT32", float(hp["routed_scaling_factor"])),
+            (f"{a}.expert_weights_norm", "BOOL", bool(hp["norm_topk_prob"]))]
+    for key, suffix in (("expert_swiglu_limit_list", "swiglu_clamp_exp"), ("share_expert_swiglu_limit_list",
+                                                                           "swiglu_clamp_shexp")):
+        if (values := hp.get(key)) is not None:  # per block: cut or padded with 0 (None is 0)
+            kvs.append((f"{a}.{suffix}", "ARRAY", _clamp_limits(values, key, n_layers + n_mtp)))
+
+
+def _clamp_limits(values: Any, key: str, n_blocks: int) -> list[float]:
+    ok = isinstance(values, list) and len(values) <= 1 << 16 and all(
+        v is None or (isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= 1e6) for v in values)
+    if not ok:
+        raise SourceError(f"config.json: {key} is not a list of numbers")
+    cut = [0.0 if v is None else float(v) for v in values[:n_blocks]]
+    return cut + [0.0] * (n_blocks - len(cut))
+
+
+def _cohere_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> None:
+    """Cohere2MoeModel.set_gguf_parameters' expert keys, in its order (added to `kvs`)."""
+    if hp.get("intermediate_size") is None:
+        raise SourceError("config.json: no intermediate_size, which the converter reads for a Cohere 2 MoE head")
+    ff, shared, norm = int(hp["intermediate_size"]), hp.get("num_shared_experts", 0), hp.get("norm_topk_prob", False)
+    if isinstance(shared, bool) or not isinstance(shared, int) or not 0 <= shared <= 1 << 16:
+        raise SourceError(f"config.json: num_shared_experts {shared!r} is not a count")
+    if shared and hp.get("shared_expert_combination_strategy", "average") != "average":
+        raise SourceError("config.json: shared_expert_combination_strategy is not average, the only one the "
+                          "converter takes for Cohere 2 MoE")
+    types = hp.get("mlp_layer_types")
+    if types is None:
+        dense = int(hp.get("first_k_dense_replace") or 0)
+    else:
+        str_list_field(types, "config.json mlp_layer_types", max_len=1 << 12)
+        dense = next((i for i, t in enumerate(types) if t != "dense"), len(types))
+    kvs += [(f"{a}.expert_feed_forward_length", "UINT32", ff), (f"{a}.leading_dense_block_count", "UINT32", dense),
+            (f"{a}.expert_weights_norm", "BOOL", bool(norm))]
+    if shared:
+        kvs += [(f"{a}.expert_shared_count", "UINT32", shared),
+                (f"{a}.expert_shared_feed_forward_length", "UINT32", ff * shared)]
+
+
+_NEMOTRON_KINDS = {"M": "ssm", "*": "attn", "E": "moe", "mamba": "ssm", "linear_attention": "ssm",
+                   "attention": "attn", "full_attention": "attn", "moe": "moe"}
+
+
+def _nemotron_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> None:
+    """NemotronHModel.set_gguf_parameters' own keys, in its order (in place, as for Ling 3); the folded MTP
+    block counts as an attention and an MoE layer."""
+    need = ("num_experts_per_tok", "head_dim", "moe_intermediate_size", "moe_shared_expert_intermediate_size",
+            "n_shared_experts", "norm_topk_prob", "routed_scaling_factor", "num_key_value_heads")
+    missing = [k for k in need if hp.get(k) is None]
+    if missing:
+        raise SourceError(f"config.json: no {missing[0]}, which the converter reads for a Nemotron-H MoE head "
+                          f"(it keeps the MTP head of MoE models only)")
+    pattern = hp.get("hybrid_override_pattern") or hp.get("layers_block_type")
+    kinds = [_NEMOTRON_KINDS.get(k) for k in pattern] if isinstance(pattern, str | list) else []
+    if len(kinds) != n_layers or None in kinds:
+        raise SourceError(f"config.json: hybrid_override_pattern {pattern!r} is not one of M, * and E per layer "
+                          f"({n_layers} layers)")
+    kinds += ["attn+moe"] * n_mtp
+    ff, kv_heads = int(hp["moe_intermediate_size"]), int(hp["num_key_value_heads"])
+    if "ssm" in kinds:  # GraniteHybridModel: no rope, so an arbitrary context length
+        _overwrite(kvs, (f"{a}.context_length", "UINT32", 1 << 20))
+    _overwrite(kvs, (f"{a}.feed_forward_length", "ARRAY", [ff if "moe" in k else 0 for k in kinds]))
+    _overwrite(kvs, (f"{a}.attention.head_count_kv", "ARRAY", [kv_heads if "attn" in k else 0 for k in kinds]))
+    kvs += [(f"{a}.attention.key_length", "UINT32", int(hp["head_dim"])),
+            (f"{a}.attention.value_length", "UINT32", int(hp["head_dim"])),
+            (f"{a}.expert_feed_forward_length", "UINT32", ff),
+            (f"{a}.expert_shared_feed_forward_length", "UINT32", int(hp["moe_shared_expert_intermediate_size"])),
+            (f"{a}.expert_shared_count", "UINT32", int(hp["n_shared_experts"])),
+            (f"{a}.expert_weights_norm", "BOOL", bool(hp["norm_topk_prob"])),
+            (f"{a}.expert_weights_scale", "FLOAT32", float(hp["routed_scaling_factor"]))]
+
+
+def _overwrite(kvs: list[tuple[str, str, Any]], kv: tuple[str, str, Any]) -> None:
+    """A key set again: replaced where it is (the writer overwrites in place), else appended."""
+    at = next((i for i, old in enumerate(kvs) if old[0] == kv[0]), None)
+    if at is None:
+        kvs.append(kv)
+    else:
+        kvs[at] = kv
+
+
 def _hybrid_kvs(a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> list[tuple[str, str, Any]]:
     """Which layers are recurrent (linear attention), and the full-attention interval."""
     kvs: list[tuple[str, str, Any]] = []
@@ -161,15 +257,6 @@ def _hybrid_kvs(a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> list[t
 
 
 # ------------------------------------------------------------------------------------- hfconv2: MiMo-V2
-
-def _set_in_place(kvs: list[tuple[str, str, Any]], kv: tuple[str, str, Any]) -> None:
-    """The writer's overwrite: the key keeps its place (or comes last when new)."""
-    at = next((i for i, old in enumerate(kvs) if old[0] == kv[0]), None)
-    if at is None:
-        kvs.append(kv)
-    else:
-        kvs[at] = kv
-
 
 def _mimo_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> None:
     """MimoV2Model.set_gguf_parameters' own keys, in its order (added to `kvs` in place): every MTP
@@ -186,9 +273,9 @@ def _mimo_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_lay
                           "(one per num_hidden_layers)")
     hybrid = [*pattern, *[1] * n_mtp]
     full, swa = int(hp["num_key_value_heads"]), int(hp["swa_num_key_value_heads"])
-    _set_in_place(kvs, (f"{a}.attention.head_count_kv", "ARRAY_INT32", [swa if x == 1 else full for x in hybrid]))
-    _set_in_place(kvs, (f"{a}.attention.value_length", "UINT32", int(hp["v_head_dim"])))
-    kvs += [(f"{a}.attention.sliding_window_pattern", "ARRAY_INT32", hybrid),
+    _overwrite(kvs, (f"{a}.attention.head_count_kv", "ARRAY", [swa if x == 1 else full for x in hybrid]))
+    _overwrite(kvs, (f"{a}.attention.value_length", "UINT32", int(hp["v_head_dim"])))
+    kvs += [(f"{a}.attention.sliding_window_pattern", "ARRAY", hybrid),
             (f"{a}.expert_feed_forward_length", "UINT32", int(hp["moe_intermediate_size"])),
             (f"{a}.rope.dimension_count", "UINT32", int(int(hp["head_dim"]) * _mimo_rotary_factor(hp)))]
     if (v := hp.get("attention_value_scale")) is not None:
@@ -235,8 +322,9 @@ def _step_counts(hp: dict[str, Any], key: str, default: int | None = None) -> in
     return v
 
 
-def _step_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_blocks: int) -> None:
+def _step_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> None:
     """Step35Model.set_gguf_parameters' own keys, in its order (added to `kvs` in place)."""
+    n_blocks = n_layers + n_mtp
     types = _padded(hp, "layer_types", n_blocks, "full_attention", (str,))
     factors = _padded(hp, "partial_rotary_factors", n_blocks, 0.5, (int, float))
     if [1.0 if t == "sliding_attention" else 0.5 for t in types] == factors:
@@ -249,32 +337,32 @@ def _step_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_blo
         raise SourceError("config.json: attention_other_setting is not a JSON object")
     heads, groups = _step_counts(hp, "num_attention_heads"), _step_counts(hp, "num_attention_groups")
     heads_swa, groups_swa = _step_counts(other, "num_attention_heads", heads), _step_counts(other, "num_attention_groups", groups)
-    _set_in_place(kvs, (f"{a}.attention.head_count", "ARRAY_INT32", [heads_swa if s else heads for s in swa]))
-    _set_in_place(kvs, (f"{a}.attention.head_count_kv", "ARRAY_INT32", [groups_swa if s else groups for s in swa]))
-    _set_in_place(kvs, (f"{a}.attention.sliding_window_pattern", "ARRAY", swa))
-    _set_in_place(kvs, (f"{a}.attention.value_length", "UINT32", _step_counts(hp, "head_dim")))
+    _overwrite(kvs, (f"{a}.attention.head_count", "ARRAY", [heads_swa if s else heads for s in swa]))
+    _overwrite(kvs, (f"{a}.attention.head_count_kv", "ARRAY", [groups_swa if s else groups for s in swa]))
+    _overwrite(kvs, (f"{a}.attention.sliding_window_pattern", "ARRAY", swa))
+    _overwrite(kvs, (f"{a}.attention.value_length", "UINT32", _step_counts(hp, "head_dim")))
     for suffix, key in (("expert_count", "moe_num_experts"), ("expert_used_count", "moe_top_k"),
                         ("expert_feed_forward_length", "moe_intermediate_size"),
                         ("expert_shared_feed_forward_length", "share_expert_dim")):
-        _set_in_place(kvs, (f"{a}.{suffix}", "UINT32", _step_counts(hp, key)))
+        _overwrite(kvs, (f"{a}.{suffix}", "UINT32", _step_counts(hp, key)))
     _step_expert_weights(kvs, a, hp)
-    _set_in_place(kvs, (f"{a}.leading_dense_block_count", "UINT32", _leading_dense(hp)))
-    _set_in_place(kvs, (f"{a}.moe_every_n_layers", "UINT32", _step_counts(hp, "moe_every_n_layer", 1)))
+    _overwrite(kvs, (f"{a}.leading_dense_block_count", "UINT32", _leading_dense(hp)))
+    _overwrite(kvs, (f"{a}.moe_every_n_layers", "UINT32", _step_counts(hp, "moe_every_n_layer", 1)))
     for suffix, key in (("swiglu_clamp_exp", "swiglu_limits"), ("swiglu_clamp_shexp", "swiglu_limits_shared")):
         if hp.get(key) is not None:
             limits = [0.0 if x is None else float(x) for x in _padded(hp, key, n_blocks, 0.0, (int, float))]
-            _set_in_place(kvs, (f"{a}.{suffix}", "ARRAY_FLOAT32", limits))
+            _overwrite(kvs, (f"{a}.{suffix}", "ARRAY", limits))
 
 
 def _step_expert_weights(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any]) -> None:
     if (v := hp.get("moe_router_scaling_factor")) is not None:
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise SourceError(f"config.json: moe_router_scaling_factor {v!r} is not a number")
-        _set_in_place(kvs, (f"{a}.expert_weights_scale", "FLOAT32", float(v)))
+        _overwrite(kvs, (f"{a}.expert_weights_scale", "FLOAT32", float(v)))
     if (v := hp.get("norm_expert_weight")) is not None:
         if not isinstance(v, bool):
             raise SourceError("config.json: norm_expert_weight is not true or false")
-        _set_in_place(kvs, (f"{a}.expert_weights_norm", "BOOL", v))
+        _overwrite(kvs, (f"{a}.expert_weights_norm", "BOOL", v))
 
 
 def _leading_dense(hp: dict[str, Any]) -> int:
@@ -287,3 +375,9 @@ def _leading_dense(hp: dict[str, Any]) -> int:
     except ValueError:
         raise SourceError(f"config.json: moe_layers_enum {enum[:40]!r} is not comma-separated layer numbers") from None
     return max(0, layers[0])
+
+
+# A converter class's own keys (HeadRule.own_keys), each added to the keys written so far, in place.
+OWN_KEYS: dict[str, Callable[[list[tuple[str, str, Any]], str, dict[str, Any], int, int], None]] = {
+    "BailingMoeV3Model": _ling_kvs, "NemotronHModel": _nemotron_kvs, "Cohere2MoeModel": _cohere_kvs,
+    "MimoV2Model": _mimo_kvs, "Step35Model": _step_kvs}

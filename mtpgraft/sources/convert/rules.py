@@ -3,7 +3,8 @@ its head and how llama.cpp's converter names, types and describes it (and the ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 # HF name (after `model.layers.L.`) -> GGUF name (after `blk.L.`), the qwen35/qwen35moe tensor map.
 QWEN_NAMES = {
@@ -88,6 +89,7 @@ MIMO_NAMES = {k: v for k, v in GLM_NAMES.items()
     "self_attn.attention_sink_bias": "attn_sinks.weight",
     "final_layernorm.weight": "layer_output_norm.weight",
 }
+MIMO_EXPERTS = ("gate_proj", "up_proj", "down_proj")  # MimoV2Model stacks and writes them in this order
 # hfconv2: Step-3.5 (Step35Model): the head is model.layers.N+i; q/k norms, the head-wise attention gate
 # g_proj, fused 3-D moe.* experts with a router bias (the converter appends .bias) and share_expert; the
 # MTP layer's transformer.shared_head.{norm,output} become nextn.shared_head_{norm,head}.
@@ -111,6 +113,40 @@ STEP_NAMES = {k: v for k, v in QWEN_NAMES.items() if k.startswith(_STEP_KEPT)} |
 # Step35Model.modify_tensors squeezes these (size-1 dimensions dropped) before they are written.
 STEP_SQUEEZED = ("self_attn.g_proj.weight", "moe.gate.weight", "moe.up_proj.weight", "moe.gate_proj.weight",
                  "moe.down_proj.weight")
+# hfconv3's families.
+# Ling/Ring 3 (BailingMoeV3Model): attention.* MLA with attention.dense as output and a head-wise
+# attention.g_proj gate (attn_gate on a full-attention layer, as the MTP layer is), mlp.gate's
+# expert_bias (written exp_probs_b.bias), and the MTP layer's final_layernorm as layer_output_norm.
+LING_NAMES = {k.replace("self_attn.", "attention."): v for k, v in DSA_NAMES.items()
+              if not k.startswith(("self_attn.indexer.", "mlp.gate.e_score", "shared_head.", "embed_tokens."))} | {
+    "attention.q_proj.weight": "attn_q.weight",  # a model without q_lora_rank
+    "attention.dense.weight": "attn_output.weight",
+    "attention.g_proj.weight": "attn_gate.weight",
+    "mlp.gate.expert_bias": "exp_probs_b.bias",
+    "final_layernorm.weight": "layer_output_norm.weight",
+}
+LING_MLA_SPLIT = "attention.kv_b_proj.weight"
+# Nemotron-3 (NemotronHModel): mtp.layers.0 (fusion + attention) and mtp.layers.1 (MoE + final norm)
+# folded into one block, with _MTP_SPECIAL_RENAMES (NEMOTRON_FOLD); names after `model.layers.N.`.
+NEMOTRON_FOLD = {"0": {}, "1": {"norm.weight": "post_attention_layernorm.weight",
+                                "final_layernorm.weight": "shared_head.norm.weight"}}
+NEMOTRON_NAMES = {
+    "eh_proj.weight": "nextn.eh_proj.weight", "enorm.weight": "nextn.enorm.weight",
+    "hnorm.weight": "nextn.hnorm.weight", "shared_head.norm.weight": "nextn.shared_head_norm.weight",
+    "norm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "mixer.q_proj.weight": "attn_q.weight", "mixer.k_proj.weight": "attn_k.weight",
+    "mixer.v_proj.weight": "attn_v.weight", "mixer.o_proj.weight": "attn_output.weight",
+    "mixer.gate.weight": "ffn_gate_inp.weight", "mixer.gate.e_score_correction.bias": "exp_probs_b.bias",
+    "mixer.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
+    "mixer.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
+    "mlp.experts.up_proj.weight": "ffn_up_exps.weight", "mlp.experts.down_proj.weight": "ffn_down_exps.weight",
+}
+# Cohere 2 MoE (Cohere2MoeModel): GLM-4.5's layer-indexed names; its attention biases are dropped.
+COHERE_NAMES = {k: v for k, v in GLM_NAMES.items() if not k.endswith(".bias")}
+# What transformers' Cohere2MoeConfig fills in when config.json lacks the key (the converter reads
+# AutoConfig's dict): softmax routing, and a dense size that is present but null, so no feed_forward_length.
+COHERE_DEFAULTS = {"expert_selection_fn": "softmax", "prefix_dense_intermediate_size": None}
+
 QWEN_MOE_KEYS = (("expert_feed_forward_length", "moe_intermediate_size"),
                   ("expert_shared_feed_forward_length", "shared_expert_intermediate_size"))
 DSA_MOE_KEYS = (("leading_dense_block_count", "first_k_dense_replace"),
@@ -157,17 +193,45 @@ class HeadRule:
     hy_routing: bool = False
     # hfconv2: the converter's own MTP layer count, which config.json does not state (MimoV2Model._n_nextn: 3)
     fixed_mtp: int = 0
-    # The order per-expert tensors are stacked and written in when a layer's last one arrives.
-    expert_order: tuple[str, ...] = ("down_proj", "gate_proj", "up_proj")
-    # MimoV2Model.set_gguf_parameters' own keys: head_count_kv as a per-layer array and
-    # sliding_window_pattern, both hybrid_layer_pattern extended with a sliding-window entry per MTP layer;
-    # value_length v_head_dim (in place); expert_feed_forward_length, rope.dimension_count, value_scale.
-    mimo_swa: bool = False
-    # Step35Model.set_gguf_parameters' own keys: head_count, head_count_kv and sliding_window_pattern from
-    # layer_types (entries for the MTP layers kept, missing ones full attention), the expert keys from its
-    # own config names, leading_dense_block_count from moe_layers_enum, swiglu_clamp_* padded with 0.
-    step_arrays: bool = False
     squeezed: tuple[str, ...] = ()  # HF names (after `model.layers.L.`) written with size-1 dimensions dropped
+    # hfconv3's fields.
+    # The MLA kv_b_proj split without DeepseekV2Model's keys: (the tensor's name, the config key giving
+    # the number of heads it is cut into). BailingMoeV3Model cuts attention.kv_b_proj by num_attention_heads.
+    mla_split: tuple[str, str] | None = None
+    # The converter class whose set_gguf_parameters' own keys the head carries (kvs.OWN_KEYS says which):
+    # BailingMoeV3Model (head_count_kv per layer, the MLA key_length over head_dim's), NemotronHModel
+    # (per-layer feed_forward_length and head_count_kv, key/value_length after file_type), Cohere2MoeModel,
+    # MimoV2Model (head_count_kv and sliding_window_pattern from hybrid_layer_pattern, a sliding-window entry
+    # per MTP layer), Step35Model (head_count, head_count_kv and sliding_window_pattern from layer_types,
+    # padded; its expert keys; swiglu_clamp_* padded with 0).
+    own_keys: str | None = None
+    # TextModel writes key_length and value_length from head_dim before file_type (GraniteHybridModel,
+    # and so NemotronHModel, ignores head_dim there).
+    early_head_dim: bool = True
+    # mtp.layers.K.X folded into one block (NemotronHModel: K 0 and 1), X renamed per K where the map says;
+    # the converter takes exactly one MTP head then.
+    mtp_fold: dict[str, dict[str, str]] | None = None
+    # Where per-expert tensors sit (`<experts>N.<weight>.weight`) and which weights, in the order the
+    # converter writes them stacked.
+    experts: str = "mlp.experts."
+    expert_weights: tuple[str, ...] = ("down_proj", "gate_proj", "up_proj")
+    # False: the converter matches its forced-F32 list against an MTP tensor's checkpoint layer number
+    # (NemotronHModel: mtp.layers.1's router is looked up as blk.1), so the head's router keeps the output type.
+    router_f32: bool = True
+    # LlamaModel.permute, which GraniteMoeModel applies (undo_permute): (q tensor, k tensor) whose rows are
+    # reordered per head, each head's two rotary halves interleaved; q by num_attention_heads, k by
+    # num_key_value_heads.
+    permute_qk: tuple[str, str] | None = None
+    # config.json keys as transformers' config class fills them in when absent (the converter reads them so).
+    config_defaults: dict[str, Any] = field(default_factory=dict)
+    # The head's *.bias tensors are dropped (Cohere2MoeModel drops them after checking they are zero; mtpgraft
+    # does not read them: see the README).
+    drop_biases: bool = False
+
+    @property
+    def kv_b_split(self) -> tuple[str, str]:
+        """(the kv_b_proj tensor an MLA head cuts, the config key giving into how many heads)."""
+        return self.mla_split or (MLA_SPLIT, "num_key_value_heads")
 
 
 _QWEN = {"n_mtp_key": "mtp_num_hidden_layers", "names": QWEN_NAMES, "plus_one_norms": True, "hybrid": True}
@@ -189,12 +253,24 @@ HEAD_RULES: dict[str, HeadRule] = {
                                 hy_routing=True),
     # hfconv2: MiMo-V2
     "MiMoV2FlashForCausalLM": HeadRule("mimo2", "", True, MIMO_NAMES, False, fixed_mtp=3,
-                                       expert_order=("gate_proj", "up_proj", "down_proj"), mimo_swa=True),
+                                       expert_weights=MIMO_EXPERTS, own_keys="MimoV2Model"),
     "MiMoV2ForCausalLM": HeadRule("mimo2", "", True, MIMO_NAMES, False, fixed_mtp=3,
-                                  expert_order=("gate_proj", "up_proj", "down_proj"), mimo_swa=True),
+                                  expert_weights=MIMO_EXPERTS, own_keys="MimoV2Model"),
     # hfconv2: Step-3.5
     "Step3p5ForCausalLM": HeadRule("step35", "num_nextn_predict_layers", True, STEP_NAMES, True, layer_indexed=True,
-                                   step_arrays=True, squeezed=STEP_SQUEEZED),
+                                   own_keys="Step35Model", squeezed=STEP_SQUEEZED),
+    # hfconv3's families
+    "BailingMoeV3ForCausalLM": HeadRule("bailingmoe3", "num_nextn_predict_layers", True, LING_NAMES, False,
+                                        layer_indexed=True, mla_split=(LING_MLA_SPLIT, "num_attention_heads"),
+                                        own_keys="BailingMoeV3Model"),
+    "NemotronHForCausalLM": HeadRule("nemotron_h_moe", "num_nextn_predict_layers", True, NEMOTRON_NAMES, False,
+                                     mtp_fold=NEMOTRON_FOLD, experts="mixer.experts.",
+                                     expert_weights=("down_proj", "up_proj"), router_f32=False, own_keys="NemotronHModel",
+                                     early_head_dim=False,
+                                     permute_qk=("mixer.q_proj.weight", "mixer.k_proj.weight")),
+    "Cohere2MoeForCausalLM": HeadRule("cohere2moe", "num_nextn_predict_layers", True, COHERE_NAMES, False,
+                                      layer_indexed=True, config_defaults=COHERE_DEFAULTS, drop_biases=True,
+                                      own_keys="Cohere2MoeModel"),
     "Glm4MoeForCausalLM": HeadRule("glm4moe", "num_nextn_predict_layers", True, GLM_NAMES, False,
                                    layer_indexed=True, moe_keys=GLM_MOE_KEYS, sigmoid_routing=True),
 }
@@ -203,23 +279,15 @@ HEAD_RULES: dict[str, HeadRule] = {
 # pinned convert_hf_to_gguf.py (llama.cpp 0c1e570, conversion/*.py) does with the head. Refused from
 # config.json alone, before any tensor byte is read.
 _DONOR = "; use a GGUF donor converted with convert_hf_to_gguf.py"
-_MLA = ("through the MLA path (kv_b_proj split into attn_k_b and attn_v_b, attn_k_b transposed); mtpgraft "
-        "has no reference conversion for it yet" + _DONOR)
 REFUSED = {
     "DeepseekV3ForCausalLM": "llama.cpp's converter drops DeepSeek-V3's MTP layers (deepseek2 keeps MTP only "
                              "for GLM-4.7-Flash), so there is no GGUF head to build",
-    "BailingMoeV3ForCausalLM": "llama.cpp's converter keeps Ling/Ring 3's MTP layer but converts it " + _MLA,
     "DeepseekV4ForCausalLM": "llama.cpp's converter drops DeepSeek-V4's mtp.* head from a full conversion "
                              "and writes it only with --mtp, as a head-only file (e_proj and h_proj "
                              "concatenated into eh_proj)" + _DONOR,
     "Step3p7ForConditionalGeneration": "llama.cpp's converter keeps Step-3.7's MTP layers through Step-3.5's "
                                        "class, but mtpgraft has no reference conversion of its multimodal "
                                        "checkpoint (Step3p5ForCausalLM converts)" + _DONOR,
-    "Cohere2MoeForCausalLM": "llama.cpp's converter keeps Cohere 2 MoE's MTP layer only in a full conversion "
-                             "(it refuses --mtp and --no-mtp for this architecture) and drops its zero biases; "
-                             "mtpgraft has no reference conversion for it" + _DONOR,
-    "NemotronHForCausalLM": "llama.cpp's converter folds Nemotron-3's two mtp.layers.* (fusion and attention, "
-                            "then MoE) into one block with renames, which mtpgraft does not reproduce" + _DONOR,
 }
 
 

@@ -24,11 +24,18 @@ CHUNK_BYTES = 16 << 20
 def encode_head_kvs(plan: HeadPlan) -> list[KV]:
     out = []
     for key, vtype, value in plan.kvs:
-        if vtype.startswith("ARRAY"):  # "ARRAY" (of bools) or "ARRAY_<item type>"
-            out.append(encode_kv(key, V.ARRAY, value, V[vtype[6:]] if vtype != "ARRAY" else V.BOOL))
+        if vtype == "ARRAY":  # a per-layer list, its item type as gguf-py gives it
+            out.append(encode_kv(key, V.ARRAY, value, _item_type(value)))
         else:
             out.append(encode_kv(key, V[vtype], value))
     return out
+
+
+def _item_type(values: Sequence[object]) -> GGUFValueType:
+    """gguf-py's writer types a list by its first item (GGUFValueType.get_type): bool BOOL, float
+    FLOAT32, int INT32. A plan's per-layer lists hold one kind of item, never none."""
+    first = values[0]
+    return V.BOOL if isinstance(first, bool) else V.FLOAT32 if isinstance(first, float) else V.INT32
 
 
 Locate = Callable[[Piece], tuple[Path, int]]  # where a piece's source tensor starts (file, offset)
