@@ -50,7 +50,7 @@ How the committed references were made (2026-12-01):
   5 knows step3p5 and renames the fields the pinned Step35Model reads, which then fails with a KeyError,
   so the pinned converter only reads a Step-3.5 config.json as it is where transformers does not know the
   type, as with the 4.57 of the first references);
-  hfconv3's families: Ling 3 (BailingMoeV3ForCausalLM: attention.* MLA cut by num_attention_heads, a
+  Ling 3 (BailingMoeV3ForCausalLM: attention.* MLA cut by num_attention_heads, a
   head-wise g_proj gate, mlp.gate.expert_bias; layer_group_size 1, so every trunk layer is MLA and
   head_count_kv is all 1s; the MTP layer's final_layernorm is layer_output_norm) and Nemotron-3
   (NemotronHForCausalLM: backbone.*, one Mamba2, one attention and one MoE layer; the head as
@@ -97,12 +97,12 @@ CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16")
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
          ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
          ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto")]
-CASES += [("mimo2-bf16", "auto"), ("step35-bf16", "auto"), ("step35-bf16", "q8_0")]  # hfconv2
+CASES += [("mimo2-bf16", "auto"), ("step35-bf16", "auto"), ("step35-bf16", "q8_0")]
 E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16",
        "hy3-bf16")
-E2E += ("mimo2-bf16", "step35-bf16")  # hfconv2
-CASES += [("ling3-bf16", "auto"), ("nemotron3-bf16", "auto"), ("cohere2moe-bf16", "auto")]  # hfconv3's families
-E2E += ("ling3-bf16", "nemotron3-bf16")  # hfconv3's families (not cohere2moe: see the docstring)
+E2E += ("mimo2-bf16", "step35-bf16")
+CASES += [("ling3-bf16", "auto"), ("nemotron3-bf16", "auto"), ("cohere2moe-bf16", "auto")]
+E2E += ("ling3-bf16", "nemotron3-bf16")  #  (not cohere2moe: see the docstring)
 KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
              "attention.head_count", "attention.head_count_kv", "attention.key_length",
              "attention.value_length", "expert_count", "expert_used_count", "expert_feed_forward_length",
@@ -113,13 +113,13 @@ KEPT_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_
 # Kept too for the families whose converter writes them just before nextn_predict_layers: the head
 # carries them so that a graft places the count there (graft inserts it after the head's previous key).
 KEPT_BEFORE_NEXTN = dict.fromkeys(("glm-dsa", "deepseek2", "deepseek32"), ("rope.dimension_count",))
-# hfconv2: MiMo-V2's head also carries the per-layer sliding_window_pattern it extends, and the keys the
+# MiMo-V2's head also carries the per-layer sliding_window_pattern it extends, and the keys the
 # converter writes after it up to nextn_predict_layers.
 KEPT_BEFORE_NEXTN["mimo2"] = ("attention.sliding_window_pattern", "rope.dimension_count", "attention.value_scale")
 KEPT_BEFORE_NEXTN["step35"] = ("attention.sliding_window_pattern", "moe_every_n_layers", "swiglu_clamp_exp",
                                "swiglu_clamp_shexp")
-KEPT_BEFORE_NEXTN["bailingmoe3"] = ("swiglu_clamp_exp", "swiglu_clamp_shexp")  # hfconv3's families
-# hfconv3: the pinned converter's lazy mode cannot run Cohere2MoeModel's check that a bias is zero
+KEPT_BEFORE_NEXTN["bailingmoe3"] = ("swiglu_clamp_exp", "swiglu_clamp_shexp")
+# the pinned converter's lazy mode cannot run Cohere2MoeModel's check that a bias is zero
 # (torch.any on a lazy tensor raises), so any checkpoint with biases converts only with --no-lazy.
 CONVERT_FLAGS = {"cohere2moe-bf16": ("--no-lazy",)}
 RUNCONV = '''import runpy, sys
@@ -130,7 +130,7 @@ import conversion.base as base
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen35"  # see the docstring
 import conversion.deepseek as deepseek
 deepseek.DeepseekV32Model.set_vocab = lambda self: self._set_vocab_gpt2()  # without its add_bos_token check
-import json, transformers  # hfconv2: Step-3.5's tokenizer loads without the model config (see the docstring)
+import json, transformers  # Step-3.5's tokenizer loads without the model config (see the docstring)
 if json.loads(open(sys.argv[1] + "/config.json").read())["architectures"] == ["Step3p5ForCausalLM"]:
     _from_pretrained = transformers.AutoTokenizer.from_pretrained
     transformers.AutoTokenizer.from_pretrained = lambda *a, **k: _from_pretrained(*a, config=transformers.PretrainedConfig(), **k)

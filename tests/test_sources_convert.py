@@ -36,8 +36,8 @@ CASES = [("glm4moe-bf16", "auto"), ("dense-bf16", "auto"), ("dense-bf16", "f16")
          ("dense-f16", "bf16"), ("dense-f16", "f32"), ("moe-bf16", "auto"), ("moe-f16-per-expert", "auto"),
          ("qwen3next-bf16", "auto"), ("glm-dsa-bf16", "auto"), ("glm-dsa-bf16", "q8_0"), ("glm47flash-bf16", "auto"),
          ("deepseek32-bf16", "auto"), ("hy3-bf16", "auto")]
-CASES += [("mimo2-bf16", "auto"), ("step35-bf16", "auto"), ("step35-bf16", "q8_0")]  # hfconv2
-CASES += [("ling3-bf16", "auto"), ("nemotron3-bf16", "auto"), ("cohere2moe-bf16", "auto")]  # hfconv3's families
+CASES += [("mimo2-bf16", "auto"), ("step35-bf16", "auto"), ("step35-bf16", "q8_0")]
+CASES += [("ling3-bf16", "auto"), ("nemotron3-bf16", "auto"), ("cohere2moe-bf16", "auto")]
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +66,8 @@ def ref_kvs(name: str) -> dict[str, str]:
 
 E2E = ("dense-bf16", "moe-bf16", "glm4moe-bf16", "qwen3next-bf16", "glm-dsa-bf16", "glm47flash-bf16", "deepseek32-bf16",
        "hy3-bf16")
-E2E += ("mimo2-bf16", "step35-bf16")  # hfconv2
-E2E += ("ling3-bf16", "nemotron3-bf16")  # hfconv3's families
+E2E += ("mimo2-bf16", "step35-bf16")
+E2E += ("ling3-bf16", "nemotron3-bf16")
 
 
 def test_references_exist_and_are_small():
@@ -287,7 +287,7 @@ def test_qwen3next_counts_its_mtp_layers_as_the_converter_does():
         plan("model.norm.weight")
 
 
-# ------------------------------------------------------------------------------------- hfconv2: MiMo-V2
+# ------------------------------------------------------------------------------------- MiMo-V2
 
 def _mimo2_plan(tmp_path: Path, **edit):
     from mtpgraft.sources.convert import plan_head
@@ -337,7 +337,7 @@ def test_mimo2_a_fourth_mtp_layer_is_refused(tmp_path):
         plan_head(cfg, [("model.safetensors", {name: STensor(name, "BF16", (64,), 0, 128)})], label="ck")
 
 
-# ------------------------------------------------------------------------------------- hfconv2: Step-3.5
+# ------------------------------------------------------------------------------------- Step-3.5
 
 def _step35_plan(tmp_path: Path, names: dict[str, tuple[int, ...]] | None = None, **edit):
     from mtpgraft.sources.convert import plan_head
@@ -423,7 +423,7 @@ def test_heads_k_from_a_checkpoint_is_the_converted_file_pruned(hub, hf_hermetic
     assert 0 < sent[("hub", 1)] < sent[("hub", 2)]  # the second layer's tensors travel only for K = 2
 
 
-# ------------------------------------------------------------------------------ hfconv3's families
+# ------------------------------------------------ Ling 3, Nemotron-3, Cohere 2 MoE
 
 
 def _plan_of(variant: str, names: list[str], **config_edit):

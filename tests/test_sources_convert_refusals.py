@@ -94,10 +94,10 @@ def test_converted_and_refused_architectures_are_the_pinned_converters():
     assert sorted(set(HEAD_RULES) & set(REFUSED)) == []  # converted or refused, never both
     assert registered["Glm4MoeForCausalLM"] == "Glm4MoeModel"
     assert registered["DeepseekV3ForCausalLM"] == "DeepseekV2Model"  # skip_mtp = True: the head is dropped
-    # hfconv2: the classes whose MTP handling the mimo2 and step35 rows reproduce
+    # the classes whose MTP handling the mimo2 and step35 rows reproduce
     assert registered["MiMoV2FlashForCausalLM"] == registered["MiMoV2ForCausalLM"] == "MimoV2Model"
     assert registered["Step3p5ForCausalLM"] == "Step35Model"
-    # hfconv3's families
+
     assert registered["BailingMoeV3ForCausalLM"] == "BailingMoeV3Model"
     assert registered["NemotronHForCausalLM"] == "NemotronHModel"
     assert registered["Cohere2MoeForCausalLM"] == "Cohere2MoeModel"

@@ -1,7 +1,7 @@
 """Tiny random Hugging Face checkpoints with an MTP head, in numpy: Qwen3.5/3.6 (dense and MoE),
 Qwen3-Next, GLM-4.5, GLM-4.7-Flash, GLM-5, DeepSeek-V3.2 and Hy3 (the last five layer-indexed: the MTP
-layer is model.layers.N), MiMo-V2 (three model.mtp.layers.* heads) and Step-3.5 (three layer-indexed heads);
-and hfconv3's: Ling 3 and Cohere 2 MoE (layer-indexed) and Nemotron-3 (mtp.layers.0 and 1, folded by
+layer is model.layers.N), MiMo-V2 (three model.mtp.layers.* heads), Step-3.5 (three layer-indexed heads),
+Ling 3 and Cohere 2 MoE (layer-indexed) and Nemotron-3 (mtp.layers.0 and 1, folded by
 the converter into one block).
 
 The Qwen3.5/3.6 ones have the layout of the real Qwen/Qwen3.6-27B and Qwen3.6-35B-A3B repos:
@@ -50,10 +50,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("glm47flash-bf16", moe=True, dtype="BF16", experts="per-expert", family="deepseek2"),
     Variant("deepseek32-bf16", moe=True, dtype="BF16", experts="per-expert", family="deepseek32"),
     Variant("hy3-bf16", moe=True, dtype="BF16", experts="per-expert", family="hy_v3"),
-    # hfconv2: MiMo-V2 (three model.mtp.layers.* heads) and Step-3.5
+    # MiMo-V2 (three model.mtp.layers.* heads) and Step-3.5
     Variant("mimo2-bf16", moe=True, dtype="BF16", experts="per-expert", shards=1, mtp_layers=3, family="mimo2"),
     Variant("step35-bf16", moe=True, dtype="BF16", shards=1, mtp_layers=3, family="step35"),
-    # hfconv3's families
+
     Variant("ling3-bf16", moe=True, dtype="BF16", experts="per-expert", family="bailingmoe3"),
     Variant("nemotron3-bf16", moe=True, dtype="BF16", experts="per-expert", family="nemotron_h_moe"),
     Variant("cohere2moe-bf16", moe=True, dtype="BF16", experts="per-expert", family="cohere2moe"),
@@ -129,7 +129,7 @@ def _qwen3next_config() -> dict[str, Any]:
             "tie_word_embeddings": False, "hidden_act": "silu"}
 
 
-# ---------------------------------------------------------------- hfconv3: Ling 3 (bailingmoe3)
+# ---------------------------------------------------------------- Ling 3 (bailingmoe3)
 
 KDA_HEAD_DIM = 8  # not v_head_dim: value_length is the KDA head_dim the converter writes first
 
@@ -172,7 +172,7 @@ def _ling3_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-# --------------------------------------------------------- hfconv3: Nemotron-3 (nemotron_h_moe)
+# --------------------------------------------------------- Nemotron-3 (nemotron_h_moe)
 
 NEMOTRON_PATTERN = "M*E"  # Mamba2, attention, MoE (hybrid_override_pattern): one layer of each kind
 MAMBA_HEADS, MAMBA_HEAD_DIM, SSM_STATE, SSM_GROUPS = 4, 16, 16, 1
@@ -229,7 +229,7 @@ def _nemotron3_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-# -------------------------------------------------------------- hfconv3: Cohere 2 MoE (cohere2moe)
+# -------------------------------------------------------------- Cohere 2 MoE (cohere2moe)
 
 
 def _cohere2moe_config() -> dict[str, Any]:
@@ -451,7 +451,7 @@ def _hy_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-# ------------------------------------------------------------------------- hfconv2: MiMo-V2, Step-3.5
+# ------------------------------------------------------------------------- MiMo-V2, Step-3.5
 
 MIMO2_PATTERN, MIMO2_SWA_KV, MIMO2_V_DIM = [0, 1], 2, 16  # hybrid_layer_pattern (1: sliding window)
 

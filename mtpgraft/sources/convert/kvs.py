@@ -256,7 +256,7 @@ def _hybrid_kvs(a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> list[t
     return kvs
 
 
-# ------------------------------------------------------------------------------------- hfconv2: MiMo-V2
+# ------------------------------------------------------------------------------------- MiMo-V2
 
 def _mimo_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_layers: int, n_mtp: int) -> None:
     """MimoV2Model.set_gguf_parameters' own keys, in its order (added to `kvs` in place): every MTP
@@ -301,7 +301,7 @@ def _mimo_rotary_factor(hp: dict[str, Any]) -> float:
     return float(v)
 
 
-# ------------------------------------------------------------------------------------- hfconv2: Step-3.5
+# ------------------------------------------------------------------------------------- Step-3.5
 
 def _padded(hp: dict[str, Any], key: str, n: int, default: Any, kinds: tuple[type, ...]) -> list[Any]:
     """Step35Model's _pad: a per-layer list cut or padded with `default` to the block count."""

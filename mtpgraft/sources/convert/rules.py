@@ -80,7 +80,7 @@ HY_NAMES = {k: v for k, v in GLM_NAMES.items() if not k.endswith(".bias") and k 
     "mlp.shared_mlp.down_proj.weight": "ffn_down_shexp.weight",
     "final_layernorm.weight": "nextn.shared_head_norm.weight",
 }
-# hfconv2: MiMo-V2 (MimoV2Model): model.mtp.layers.K as extra layers, fused qkv_proj (V2.5) or split q/k/v
+# MiMo-V2 (MimoV2Model): model.mtp.layers.K as extra layers, fused qkv_proj (V2.5) or split q/k/v
 # (V2-Flash), attention sinks (the converter appends .weight), the layer's final_layernorm.
 MIMO_NAMES = {k: v for k, v in GLM_NAMES.items()
               if not k.startswith(("self_attn.", "mlp.shared_experts.")) or k.endswith("_proj.weight")} | {
@@ -90,7 +90,7 @@ MIMO_NAMES = {k: v for k, v in GLM_NAMES.items()
     "final_layernorm.weight": "layer_output_norm.weight",
 }
 MIMO_EXPERTS = ("gate_proj", "up_proj", "down_proj")  # MimoV2Model stacks and writes them in this order
-# hfconv2: Step-3.5 (Step35Model): the head is model.layers.N+i; q/k norms, the head-wise attention gate
+# Step-3.5 (Step35Model): the head is model.layers.N+i; q/k norms, the head-wise attention gate
 # g_proj, fused 3-D moe.* experts with a router bias (the converter appends .bias) and share_expert; the
 # MTP layer's transformer.shared_head.{norm,output} become nextn.shared_head_{norm,head}.
 _STEP_KEPT = ("eh_proj.", "enorm.", "hnorm.", "input_layernorm.", "self_attn.", "mlp.gate_proj.", "mlp.up_proj.",
@@ -113,7 +113,6 @@ STEP_NAMES = {k: v for k, v in QWEN_NAMES.items() if k.startswith(_STEP_KEPT)} |
 # Step35Model.modify_tensors squeezes these (size-1 dimensions dropped) before they are written.
 STEP_SQUEEZED = ("self_attn.g_proj.weight", "moe.gate.weight", "moe.up_proj.weight", "moe.gate_proj.weight",
                  "moe.down_proj.weight")
-# hfconv3's families.
 # Ling/Ring 3 (BailingMoeV3Model): attention.* MLA with attention.dense as output and a head-wise
 # attention.g_proj gate (attn_gate on a full-attention layer, as the MTP layer is), mlp.gate's
 # expert_bias (written exp_probs_b.bias), and the MTP layer's final_layernorm as layer_output_norm.
@@ -191,10 +190,9 @@ class HeadRule:
     # expert_shared_feed_forward_length (x num_shared_experts), expert_weights_norm (route_norm, default
     # true), expert_weights_scale (router_scaling_factor, default 1), sigmoid gating.
     hy_routing: bool = False
-    # hfconv2: the converter's own MTP layer count, which config.json does not state (MimoV2Model._n_nextn: 3)
+    # the converter's own MTP layer count, which config.json does not state (MimoV2Model._n_nextn: 3)
     fixed_mtp: int = 0
     squeezed: tuple[str, ...] = ()  # HF names (after `model.layers.L.`) written with size-1 dimensions dropped
-    # hfconv3's fields.
     # The MLA kv_b_proj split without DeepseekV2Model's keys: (the tensor's name, the config key giving
     # the number of heads it is cut into). BailingMoeV3Model cuts attention.kv_b_proj by num_attention_heads.
     mla_split: tuple[str, str] | None = None
@@ -251,15 +249,15 @@ HEAD_RULES: dict[str, HeadRule] = {
                                        layer_indexed=True, moe_keys=DSA_MOE_KEYS, mla=True, mla_rope_dims=True),
     "HYV3ForCausalLM": HeadRule("hy_v3", "num_nextn_predict_layers", True, HY_NAMES, False, layer_indexed=True,
                                 hy_routing=True),
-    # hfconv2: MiMo-V2
+    # MiMo-V2
     "MiMoV2FlashForCausalLM": HeadRule("mimo2", "", True, MIMO_NAMES, False, fixed_mtp=3,
                                        expert_weights=MIMO_EXPERTS, own_keys="MimoV2Model"),
     "MiMoV2ForCausalLM": HeadRule("mimo2", "", True, MIMO_NAMES, False, fixed_mtp=3,
                                   expert_weights=MIMO_EXPERTS, own_keys="MimoV2Model"),
-    # hfconv2: Step-3.5
+    # Step-3.5
     "Step3p5ForCausalLM": HeadRule("step35", "num_nextn_predict_layers", True, STEP_NAMES, True, layer_indexed=True,
                                    own_keys="Step35Model", squeezed=STEP_SQUEEZED),
-    # hfconv3's families
+
     "BailingMoeV3ForCausalLM": HeadRule("bailingmoe3", "num_nextn_predict_layers", True, LING_NAMES, False,
                                         layer_indexed=True, mla_split=(LING_MLA_SPLIT, "num_attention_heads"),
                                         own_keys="BailingMoeV3Model"),
