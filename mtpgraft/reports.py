@@ -155,6 +155,26 @@ def _counts(j: _Json, obj: dict[str, Any], where: str) -> Counts:
     return Counts(j.get(c, "accepted", f"{where}counters.", int, 0), j.get(c, "draft_tokens", f"{where}counters.", int, 0))
 
 
+def _by_config(j: _Json, m: dict[str, Any], at: str) -> tuple[dict[str, Any], ...]:
+    """The runs per n (x p-min), with the type of each value the card's tables read checked."""
+    runs = j.items(m, "by_config", at)
+    for i, r in enumerate(runs):
+        w = f"{at}by_config[{i}]."
+        for key, want in (("n_max", int), ("n_max_effective", int), ("p_min", (int, float))):
+            j.get(r, key, w, want, None)
+        reps = j.get(r, "acceptance_reps", w, dict, None) or {}
+        for k in ("mean", "std"):
+            j.get(reps, k, f"{w}acceptance_reps.", (int, float), None)
+        for n, p in enumerate(j.items(r, "positions", w)):
+            pw = f"{w}positions[{n}]."
+            j.get(p, "position", pw, int, None)
+            j.get(p, "acceptance", pw, (int, float), None)
+            for b, block in enumerate(j.get(p, "head_blocks", pw, list, None) or []):
+                if not isinstance(block, int) or isinstance(block, bool):
+                    raise j.fail(f"{pw}head_blocks[{b}]", "an integer", block)
+    return tuple(runs)
+
+
 def _checked_model(j: _Json, m: dict[str, Any], at: str) -> CheckedModel:
     files = j.items(m, "files", at)
     draft = j.get(m, "draft", at, dict, None)
@@ -165,7 +185,7 @@ def _checked_model(j: _Json, m: dict[str, Any], at: str) -> CheckedModel:
         verdict=j.get(m, "verdict", at, str, None),
         reasons=tuple(str(r) for r in j.get(m, "reasons", at, list, [])),
         acceptance=j.get(m, "acceptance", at, (int, float), None), mtp_active=j.get(m, "mtp_active", at, bool, None),
-        categories=dict(j.objects(m, "categories", at)), by_config=tuple(j.items(m, "by_config", at)),
+        categories=dict(j.objects(m, "categories", at)), by_config=_by_config(j, m, at),
         counts=_counts(j, m, at),
         runs=tuple(CheckedRun(j.get(r, "category", f"{at}runs[{i}].", str, ""), _counts(j, r, f"{at}runs[{i}]."))
                    for i, r in enumerate(j.items(m, "runs", at))))

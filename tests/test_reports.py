@@ -78,6 +78,23 @@ def _with(data: dict, path: tuple, value: object) -> dict:
     (("models", 0, "categories", "code"), [], "models[0].categories.code must be an object, got []"),
     (("models", 0, "by_config", 0), 3, "models[0].by_config[0] must be an object, got 3"),
     (("settings",), "fast", 'settings must be an object, got "fast"'),
+    # what the card's tables read of each run (check.tables)
+    (("models", 0, "by_config", 0, "positions"), 5, "models[0].by_config[0].positions must be a list, got 5"),
+    (("models", 0, "by_config", 0, "positions"), [{"position": 0, "head_blocks": 7}],
+     "models[0].by_config[0].positions[0].head_blocks must be a list, got 7"),
+    (("models", 0, "by_config", 0, "positions"), [{"position": 0, "head_blocks": ["3"]}],
+     'models[0].by_config[0].positions[0].head_blocks[0] must be an integer, got "3"'),
+    (("models", 0, "by_config", 0, "positions"), [{"position": 0.5}],
+     "models[0].by_config[0].positions[0].position must be an integer, got 0.5"),
+    (("models", 0, "by_config", 0, "positions"), [{"position": 0, "acceptance": "1"}],
+     'models[0].by_config[0].positions[0].acceptance must be an integer or a number, got "1"'),
+    (("models", 0, "by_config", 0, "n_max"), "2 | x\n# pwn",
+     'models[0].by_config[0].n_max must be an integer, got "2 | x\\n# pwn"'),
+    (("models", 0, "by_config", 0, "n_max_effective"), "2", 'models[0].by_config[0].n_max_effective must be an '
+     'integer, got "2"'),
+    (("models", 0, "by_config", 0, "p_min"), [], "models[0].by_config[0].p_min must be an integer or a number, got []"),
+    (("models", 0, "by_config", 0, "acceptance_reps"), {"mean": "x"},
+     'models[0].by_config[0].acceptance_reps.mean must be an integer or a number, got "x"'),
 ])
 def test_a_malformed_check_report_is_one_line_naming_the_key(tmp_path: Path, path, value, message) -> None:
     d = write(tmp_path, "report.json", _with(REPORT, path, value))
