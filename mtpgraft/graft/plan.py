@@ -113,7 +113,8 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
     runs before llama-quantize is looked up (`tools` if given, else from `llama_cpp`, and only when
     a type needs it: `runtime`'s, or ik_llama.cpp's for a type only it makes). `heads`: only the
     source's first that many MTP blocks (None: all of them). `header_only`: SOURCE's tensor data is
-    a hole (a --dry-run's twin of a Hub source), so none of its bytes is compared with the base's."""
+    a hole (--dry-run's header-only twin of a Hub or safetensors source), so none of its bytes is
+    compared with the base's."""
     word = attach_word(mtp_type)
     base, src = GGUFModel(base_path), GGUFModel(source_path)
     outputs = _resolve_outputs(Path(out_path), len(base.shards))
