@@ -101,6 +101,9 @@ class ArchRule:
     # Why llama-quantize at the pin refuses llama-imatrix's own data for this architecture (a tensor
     # the loader reshapes gets an entry sized for its runtime shape), or "" where it takes it.
     imatrix_refused: str = ""
+    # The name endings of the tensors it is about: only an entry of one of them sized ne[0] x k
+    # (k > 1 matrices at run time) gets that reason; any other misfit is an imatrix of another model.
+    imatrix_reshaped: tuple[str, ...] = ()
     # The head's type when a quantized body is grafted or quantized ("match": the file type applies to
     # the whole file, as for a drafter that is all head).
     head_type: str = "q8_0"
@@ -240,6 +243,7 @@ ARCH_RULES: dict[str, ArchRule] = {r.name: r for r in (
                              "ne[0] x o_groups values for it, and llama-quantize compares them with the "
                              "file's 2-D tensor and aborts ('imatrix size ... is different from tensor "
                              "size'); quantize without --imatrix (the types that need one cannot be made)",
+             imatrix_reshaped=(".attn_output_a.weight",),
              hf_conversion="not converted: a full conversion drops DeepseekV4ForCausalLM's mtp.* head (only "
                            "--mtp writes it, head only)",
              shared_tensors=(*SHARED_TENSORS, *DSV4_HC_HEAD), head_globals=DSV4_HC_HEAD,

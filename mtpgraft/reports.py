@@ -155,6 +155,47 @@ def _counts(j: _Json, obj: dict[str, Any], where: str) -> Counts:
     return Counts(j.get(c, "accepted", f"{where}counters.", int, 0), j.get(c, "draft_tokens", f"{where}counters.", int, 0))
 
 
+_NUMBER = (int, float)
+# What the card reads of each category's winner (check.tables: the matrix, the flags, the margin)
+_CATEGORY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "speedup": _NUMBER, "acceptance": _NUMBER, "best_p_min": _NUMBER, "margin": _NUMBER, "margin_sd": _NUMBER,
+    "best_n": int, "speedup_reps": int, "best_spec_type": str, "runner_up": str, "status": str, "mtp_off": bool,
+    "margin_in_noise": bool}
+SPEED_STATUSES = ("green", "yellow", "red", "inconclusive", "single")  # check.judge.speed_status's
+
+
+def _categories(j: _Json, m: dict[str, Any], at: str) -> dict[str, dict[str, Any]]:
+    """Per category at its best n, with the type of each value the card reads checked."""
+    cats = j.objects(m, "categories", at)
+    for name, c in cats.items():
+        w = f"{at}categories.{name}."
+        for key, want in _CATEGORY_TYPES.items():
+            j.get(c, key, w, want, None)
+        if c.get("status") is not None and c["status"] not in SPEED_STATUSES:
+            raise j.fail(f"{w}status", "one of " + ", ".join(SPEED_STATUSES), c["status"])
+    return dict(cats)
+
+
+def _by_config(j: _Json, m: dict[str, Any], at: str) -> tuple[dict[str, Any], ...]:
+    """The runs per n (x p-min), with the type of each value the card's tables read checked."""
+    runs = j.items(m, "by_config", at)
+    for i, r in enumerate(runs):
+        w = f"{at}by_config[{i}]."
+        for key, want in (("n_max", int), ("n_max_effective", int), ("p_min", _NUMBER)):
+            j.get(r, key, w, want, None)
+        reps = j.get(r, "acceptance_reps", w, dict, None) or {}
+        for k in ("mean", "std"):
+            j.get(reps, k, f"{w}acceptance_reps.", _NUMBER, None)
+        for n, p in enumerate(j.items(r, "positions", w)):
+            pw = f"{w}positions[{n}]."
+            j.get(p, "position", pw, int, None)
+            j.get(p, "acceptance", pw, _NUMBER, None)
+            for b, block in enumerate(j.get(p, "head_blocks", pw, list, None) or []):
+                if not isinstance(block, int) or isinstance(block, bool):
+                    raise j.fail(f"{pw}head_blocks[{b}]", "an integer", block)
+    return tuple(runs)
+
+
 def _checked_model(j: _Json, m: dict[str, Any], at: str) -> CheckedModel:
     files = j.items(m, "files", at)
     draft = j.get(m, "draft", at, dict, None)
@@ -165,7 +206,7 @@ def _checked_model(j: _Json, m: dict[str, Any], at: str) -> CheckedModel:
         verdict=j.get(m, "verdict", at, str, None),
         reasons=tuple(str(r) for r in j.get(m, "reasons", at, list, [])),
         acceptance=j.get(m, "acceptance", at, (int, float), None), mtp_active=j.get(m, "mtp_active", at, bool, None),
-        categories=dict(j.objects(m, "categories", at)), by_config=tuple(j.items(m, "by_config", at)),
+        categories=_categories(j, m, at), by_config=_by_config(j, m, at),
         counts=_counts(j, m, at),
         runs=tuple(CheckedRun(j.get(r, "category", f"{at}runs[{i}].", str, ""), _counts(j, r, f"{at}runs[{i}]."))
                    for i, r in enumerate(j.items(m, "runs", at))))

@@ -20,6 +20,9 @@ from mtpgraft.check.prompts import builtin_prompts, select_prompts
 from mtpgraft.check.records import Cell, RequestRecord, ServerRun
 from mtpgraft.check.report import format_table, render_markdown
 from mtpgraft.check.servertool import ServerTool
+from mtpgraft.check.tables import acceptance_table, positions_table
+from mtpgraft.gguf_io import MAX_LAYERS
+from mtpgraft.hub.markdown import md
 from mtpgraft.runtimes import IK
 from mtpgraft.testmodels import family
 from mtpgraft.testmodels.families import SPECS
@@ -73,6 +76,25 @@ def test_several_heads_where_the_graph_takes_one_have_no_mapping():
     assert draft_heads("hy_v3", 5, 1) == DraftHeads(SINGLE, (4,), "")
     # An architecture the table does not know follows the driver: several heads chain.
     assert draft_heads("future", 6, 2) == DraftHeads(CHAIN, (4, 5), "")
+
+
+def test_a_header_past_llama_cpps_layers_has_no_heads():
+    # the header's values are not trusted: llama.cpp loads at most MAX_LAYERS blocks, and a header
+    # claiming 10**12 must not build a range of that size
+    assert draft_heads("future", MAX_LAYERS, 2) == DraftHeads(CHAIN, (MAX_LAYERS - 2, MAX_LAYERS - 1), "")
+    assert draft_heads("future", MAX_LAYERS + 1, 2) is None
+    assert draft_heads("future", 10**12, 10**11) is None
+
+
+def test_the_tables_render_every_report_value_through_the_given_text():
+    # a card passes hub.markdown.md: a value from report.json opens no table cell, line or markup
+    run = {"n_max": "2 | x\n# pwn", "p_min": None, "acceptance_reps": {"mean": 0.5, "std": None},
+           "positions": [{"position": 0, "head_blocks": [3], "acceptance": 0.5},
+                         {"position": 1, "head_blocks": [4], "acceptance": 0.25}]}
+    rows = [{"quant": "Q8_0", "by_config": [run]}]
+    for table in (positions_table(rows, md), acceptance_table(rows, md)):
+        assert "n=2 \\| x # pwn" in table and "\n#" not in table
+    assert positions_table(rows, md).splitlines()[-1] == "| Q8_0 | n=2 \\| x # pwn | 0.50 (blk.3) | 0.25 (blk.4) |"
 
 
 def test_ik_llama_cpp_runs_the_last_block_for_every_position():

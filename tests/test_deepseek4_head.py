@@ -144,6 +144,20 @@ def test_a_hub_donor_brings_the_heads_own_collapse(m, hub, hf_hermetic, tmp_path
     assert sum("hc collapse" in ln for ln in res.stderr.splitlines()) == 1, res.stderr
 
 
+@pytest.mark.parametrize("src", ["own", "mtp-only"])
+def test_a_dry_run_from_a_hub_donor_compares_no_collapse_bytes(m, hub, hf_hermetic, tmp_path, src):
+    """--dry-run reads the donor's headers only (its tensor data a hole of zeros): the head's own
+    collapse is not compared with the base's then, so no warning, neither a false one for a donor
+    whose collapse is the base's nor one for a donor whose own differs (the real run says that)."""
+    repo = f"tester/DSV4-{src}-GGUF"
+    hub.put_files(repo, {f"{src}.gguf": m[src].read_bytes()})
+    res = cli_run("attach", m["base"], "--mtp-from", f"hf://{repo}/{src}.gguf", "--mtp-type", "keep", "--dry-run",
+                  "--json", "-o", tmp_path / "a.gguf", "--endpoint", hub.url)
+    plan = json.loads(res.stdout)["plan"]
+    assert plan["operation"] == "attach" and not [w for w in plan["warnings"] if "hc collapse" in w], plan["warnings"]
+    assert "hc collapse" not in res.stderr and not (tmp_path / "a.gguf").exists()
+
+
 @pytest.mark.parametrize("src,warns", [("own", True), ("mtp-only", False), ("full", False)])
 def test_attach_keeps_the_bases_collapse_and_says_so(m, tmp_path, src, warns):
     out = tmp_path / "a.gguf"

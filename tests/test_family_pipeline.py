@@ -104,6 +104,27 @@ def test_an_imatrix_the_pinned_quantizer_cannot_take_is_refused_with_the_reason(
     assert not (tmp_path / "q").exists() or not list((tmp_path / "q").iterdir())
 
 
+def test_only_the_reshaped_tensors_entry_gets_the_pinned_quantizers_reason(tmp_path):
+    """The deepseek4 reason is about attn_output_a with ne[0] x k values (k > 1 matrices at run time);
+    any other misfit on a deepseek4 model is an imatrix of another model, said as for any model."""
+    from mtpgraft.errors import QuantizeError
+    from mtpgraft.gguf_io import GGUFModel
+    from mtpgraft.quantize.plan import check_imatrix_fits, read_imatrix_coverage
+
+    model = GGUFModel(tm.build_tiny_model(tmp_path / "f.gguf", arch="deepseek4", dtype="f16", layout="full"))
+    ne = {n: list(r.info.ne) for n, r in model.by_name.items()}
+    out_a = "blk.0.attn_output_a.weight"
+    other = next(n for n, x in ne.items() if len(x) == 2 and x[0] > 1 and n != out_a and n.startswith("blk.0."))
+    refused = ARCH_RULES["deepseek4"].imatrix_refused
+    for entry, n, why in ((out_a, 2 * ne[out_a][0], refused), (out_a, 3 * ne[out_a][0], refused),
+                          (out_a, ne[out_a][0] + 1, f"its {out_a} entry has {ne[out_a][0] + 1} columns"),
+                          (other, 2 * ne[other][0], f"its {other} entry has {2 * ne[other][0]} columns")):
+        im = _imatrix(tmp_path / f"im-{n}.gguf", {entry: n})
+        with pytest.raises(QuantizeError) as e:
+            check_imatrix_fits(read_imatrix_coverage(im), model)
+        assert why in str(e.value) and (why == refused) == (refused in str(e.value)), (entry, n, str(e.value))
+
+
 @pytest.mark.tools
 def test_match_onto_a_quantized_body_takes_its_types_and_drafts(fam, llama_cpp_dir, tmp_path):
     """The base quantized to Q4_K_M by `mtpgraft quantize`, then the head attached with match: each head

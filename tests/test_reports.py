@@ -78,6 +78,33 @@ def _with(data: dict, path: tuple, value: object) -> dict:
     (("models", 0, "categories", "code"), [], "models[0].categories.code must be an object, got []"),
     (("models", 0, "by_config", 0), 3, "models[0].by_config[0] must be an object, got 3"),
     (("settings",), "fast", 'settings must be an object, got "fast"'),
+    # what the card's tables read of each category's winner and of each run (check.tables)
+    (("models", 0, "categories", "code", "speedup"), "1.5", 'models[0].categories.code.speedup must be an integer '
+     'or a number, got "1.5"'),
+    (("models", 0, "categories", "code", "best_n"), "3 | x", 'models[0].categories.code.best_n must be an integer, '
+     'got "3 | x"'),
+    (("models", 0, "categories", "code", "margin_sd"), "0.1", 'models[0].categories.code.margin_sd must be an '
+     'integer or a number, got "0.1"'),
+    (("models", 0, "categories", "code", "status"), "purple", 'models[0].categories.code.status must be one of green, '
+     'yellow, red, inconclusive, single, got "purple"'),
+    (("models", 0, "categories", "code", "mtp_off"), 1, "models[0].categories.code.mtp_off must be true or false, "
+     "got 1"),
+    (("models", 0, "by_config", 0, "positions"), 5, "models[0].by_config[0].positions must be a list, got 5"),
+    (("models", 0, "by_config", 0, "positions"), [{"position": 0, "head_blocks": 7}],
+     "models[0].by_config[0].positions[0].head_blocks must be a list, got 7"),
+    (("models", 0, "by_config", 0, "positions"), [{"position": 0, "head_blocks": ["3"]}],
+     'models[0].by_config[0].positions[0].head_blocks[0] must be an integer, got "3"'),
+    (("models", 0, "by_config", 0, "positions"), [{"position": 0.5}],
+     "models[0].by_config[0].positions[0].position must be an integer, got 0.5"),
+    (("models", 0, "by_config", 0, "positions"), [{"position": 0, "acceptance": "1"}],
+     'models[0].by_config[0].positions[0].acceptance must be an integer or a number, got "1"'),
+    (("models", 0, "by_config", 0, "n_max"), "2 | x\n# pwn",
+     'models[0].by_config[0].n_max must be an integer, got "2 | x\\n# pwn"'),
+    (("models", 0, "by_config", 0, "n_max_effective"), "2", 'models[0].by_config[0].n_max_effective must be an '
+     'integer, got "2"'),
+    (("models", 0, "by_config", 0, "p_min"), [], "models[0].by_config[0].p_min must be an integer or a number, got []"),
+    (("models", 0, "by_config", 0, "acceptance_reps"), {"mean": "x"},
+     'models[0].by_config[0].acceptance_reps.mean must be an integer or a number, got "x"'),
 ])
 def test_a_malformed_check_report_is_one_line_naming_the_key(tmp_path: Path, path, value, message) -> None:
     d = write(tmp_path, "report.json", _with(REPORT, path, value))
@@ -104,13 +131,17 @@ def test_a_malformed_quality_report_is_one_line_naming_the_key(tmp_path: Path) -
     assert str(e.value) == f"{p}: {p} is not an mtpgraft report: retention.m-Q4_K_M.gguf must be an object, got 0.9"
 
 
-def test_push_names_the_setting_and_the_key_of_a_malformed_report(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("path", "value", "message"), [
+    (("models", 0, "verdict"), 1, "models[0].verdict must be a string, got 1"),
+    # the card's positions table (check.tables.positions_table) would fail on it with a TypeError
+    (("models", 0, "by_config", 0, "positions"), 5, "models[0].by_config[0].positions must be a list, got 5"),
+])
+def test_push_names_the_setting_and_the_key_of_a_malformed_report(tmp_path: Path, path, value, message) -> None:
     from mtpgraft.testmodels import build_tiny_model
 
     model = build_tiny_model(tmp_path / "m.gguf", dtype="f16")
-    d = write(tmp_path / "rep", "report.json", _with(REPORT, ("models", 0, "verdict"), 1))
+    d = write(tmp_path / "rep", "report.json", _with(REPORT, path, value))
     r = subprocess.run([sys.executable, "-m", "mtpgraft", "push", model, "--repo", "o/n", "--report", d, "--dry-run"],
                        capture_output=True, text=True, timeout=120, env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"})
     assert r.returncode == 2 and r.stderr.splitlines() == [
-        f"mtpgraft: error: --report {d}: {d / 'report.json'} is not an mtpgraft report: models[0].verdict must be "
-        "a string, got 1"], r.stderr
+        f"mtpgraft: error: --report {d}: {d / 'report.json'} is not an mtpgraft report: {message}"], r.stderr

@@ -229,6 +229,44 @@ def test_dry_run_writes_nothing_and_reads_no_tensor(tmp_path):
     assert not list((tmp_path / "cache" / "mtp-sources").glob("*.gguf"))
 
 
+def _without(ckpt: Path, prefix: str) -> None:
+    """The one-shard checkpoint with the tensors named `prefix`* dropped (rewritten in place)."""
+    from mtpgraft.sources.safetensors import write_safetensors
+
+    raw = (ckpt / "model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    head = json.loads(raw[8:8 + n])
+    keep = {k: (v["dtype"], tuple(v["shape"]), raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
+            for k, v in head.items() if k != "__metadata__" and not k.startswith(prefix)}
+    assert len(keep) < len(head) - 1
+    write_safetensors(ckpt / "model.safetensors", keep)
+
+
+@pytest.mark.parametrize("command", ["attach", "sidecar"])
+def test_a_graft_refusal_names_the_checkpoint_not_the_converted_file(hub, hf_hermetic, tmp_path, command):
+    """A Step-3.5 checkpoint without its middle MTP layer (model.layers.3.*): the converted head's
+    blocks blk.2 and blk.4 are refused by the graft, in one line naming the user's checkpoint (its
+    folder, or the Hub repo), never the converted file in the cache, in a run and in a dry run alike."""
+    ckpt = build_checkpoint(tmp_path / "Step-tiny", "step35-bf16", seed=0)
+    trunk = rebuild(TRUNKS["step35-bf16"], ckpt, tmp_path / "trunk.gguf")
+    _without(ckpt, "model.layers.3.")
+    for dry in ([], ["--dry-run"]):
+        r = CliRunner().invoke(cli, [command, str(trunk), "--mtp-from", str(ckpt), "-o", str(tmp_path / "o.gguf"),
+                                     *dry])
+        assert r.exit_code == 3 and r.stderr.splitlines() == [
+            "mtpgraft: error: Step-tiny/: the MTP blocks blk.2, blk.4 are not consecutive (a chain of heads with "
+            "a gap); take the heads from a complete source"], (dry, r.output)
+    assert not (tmp_path / "o.gguf").exists()
+    hub.put_files("tester/Step-tiny", {p.name: p.read_bytes() for p in ckpt.iterdir()})
+    for dry in ([], ["--dry-run"]):  # from the Hub: the repo as resolved, as for a local checkpoint
+        r = CliRunner().invoke(cli, [command, str(trunk), "--mtp-from", "hf://tester/Step-tiny", "-o",
+                                     str(tmp_path / "o.gguf"), "--endpoint", hub.url, *dry])
+        assert r.exit_code == 3 and len(r.stderr.splitlines()) == 1, (dry, r.output)
+        assert re.fullmatch(r"mtpgraft: error: hf://tester/Step-tiny@[0-9a-f]{40}: the MTP blocks blk\.2, blk\.4 .*",
+                            r.stderr.strip()), (dry, r.output)
+    assert not (tmp_path / "o.gguf").exists()
+
+
 @pytest.mark.parametrize("variant", E2E)
 def test_graft_onto_the_converters_trunk_gives_the_converters_full_file(tmp_path, variant):
     """convert_hf_to_gguf.py --no-mtp + mtpgraft's head = convert_hf_to_gguf.py (MTP kept): every key

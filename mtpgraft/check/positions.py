@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..arch import rule_for
+from ..gguf_io import MAX_LAYERS
 from ..runtimes import MAINLINE
 from .plan import CheckPlan, ModelSpec
 
@@ -91,9 +92,10 @@ def draft_heads(arch: str, block_count: int, nextn: int, *, runtime: str = MAINL
                 source: str = "") -> DraftHeads | None:
     """The heads of a draft model (arch, block_count and nextn_predict_layers from its header), as
     llama-server at the pin runs them; None where it runs none (no head, or several heads in a
-    family whose graph takes one: graph_mtp asserts n_layer_nextn == 1 there)."""
+    family whose graph takes one: graph_mtp asserts n_layer_nextn == 1 there, and for a header past
+    llama.cpp's MAX_LAYERS blocks, which it refuses to load)."""
     rule = rule_for(arch)
-    if nextn < 1 or block_count < nextn or (rule is not None and not rule.runs_mtp):
+    if nextn < 1 or block_count < nextn or block_count > MAX_LAYERS or (rule is not None and not rule.runs_mtp):
         return None
     blocks = tuple(range(block_count - nextn, block_count))
     if runtime != MAINLINE:

@@ -5,7 +5,7 @@ quant x n acceptance table with mean +- sd over reps.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 DOT = {"green": "🟢", "yellow": "🟡", "red": "🔴", "inconclusive": "❔", "single": "⬜", None: "⚪"}
@@ -89,21 +89,22 @@ def _first_condition(m: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in runs if (r.get("temperature"), r.get("reasoning"), r.get("depth")) == key]
 
 
-def acceptance_table(models: Sequence[dict[str, Any]]) -> str:
+def acceptance_table(models: Sequence[dict[str, Any]], text: Callable[[Any], str] = str) -> str:
     """Markdown: quant x draft depth n (x p-min), acceptance mean +- sd over reps, all categories,
-    at the report's first condition (temperature, thinking, depth)."""
+    at the report's first condition (temperature, thinking, depth). `text` renders each header and
+    cell from the report (a card passes hub.markdown.md); the quant labels come as given."""
     cols: list[tuple[Any, Any]] = list(dict.fromkeys((r.get("n_max"), r.get("p_min"))
                                                      for m in models for r in _first_condition(m)))
     if not cols:
         return ""
-    header = ["quant"] + [f"n={n}" + (f" p-min {p:g}" if p is not None else "") for n, p in cols]
+    header = ["quant"] + [text(f"n={n}" + (f" p-min {p:g}" if p is not None else "")) for n, p in cols]
     rows = []
     for label, m in zip(row_labels(models), models, strict=True):
         got = {(r.get("n_max"), r.get("p_min")): r for r in _first_condition(m)}
         cells = []
         for key in cols:
             a = (got.get(key) or {}).get("acceptance_reps") or {}
-            cells.append(_pm(a.get("mean"), a.get("std")))
+            cells.append(text(_pm(a.get("mean"), a.get("std"))))
         rows.append([label] + cells)
     return md_table(header, rows)
 
@@ -117,11 +118,11 @@ def _chained(r: dict[str, Any]) -> bool:
     return len({str(p.get("head_blocks")) for p in _positions(r) if p.get("head_blocks")}) > 1
 
 
-def positions_table(models: Sequence[dict[str, Any]]) -> str:
+def positions_table(models: Sequence[dict[str, Any]], text: Callable[[Any], str] = str) -> str:
     """Markdown: per quant and draft depth n (x p-min), each position's acceptance and the block that
     drafts it, all categories, at the report's first condition; '' unless some model's heads are
     chained (one head drafts every position: the acceptance table says all). A depth the heads clamp
-    says how many positions it drafts."""
+    says how many positions it drafts. `text` renders each cell from the report (as acceptance_table)."""
     chosen = [(label, [r for r in _first_condition(m) if _chained(r)])
               for label, m in zip(row_labels(models), models, strict=True)]
     width = max((len(_positions(r)) for _, runs in chosen for r in runs), default=0)
@@ -133,8 +134,8 @@ def positions_table(models: Sequence[dict[str, Any]]) -> str:
             n, p, eff = r.get("n_max"), r.get("p_min"), r.get("n_max_effective")
             config = f"n={n}" + (f" p-min {p:g}" if isinstance(p, (int, float)) else "") \
                 + (f" (drafts {eff})" if isinstance(eff, int) and eff != n else "")
-            cells = [_position_cell(x) for x in _positions(r)]
-            rows.append([label, config] + cells + ["-"] * (width - len(cells)))
+            cells = [text(_position_cell(x)) for x in _positions(r)]
+            rows.append([label, text(config)] + cells + ["-"] * (width - len(cells)))
     return md_table(["quant", "config"] + [f"position {i}" for i in range(width)], rows)
 
 

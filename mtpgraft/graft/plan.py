@@ -107,11 +107,14 @@ def quantize_tool(actions: list[TensorAction], tools: QuantizeTools | None, llam
 def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLike[str],
                 out_path: str | os.PathLike[str], *, mtp_type: str | None = None, replace: bool = False,
                 force: bool = False, llama_cpp: str | os.PathLike[str] | None = None,
-                tools: QuantizeTools | None = None, runtime: str = MAINLINE, heads: int | None = None) -> GraftPlan:
+                tools: QuantizeTools | None = None, runtime: str = MAINLINE, heads: int | None = None,
+                header_only: bool = False) -> GraftPlan:
     """Check that SOURCE's MTP block fits BASE and plan the output. Reads headers only; every check
     runs before llama-quantize is looked up (`tools` if given, else from `llama_cpp`, and only when
     a type needs it: `runtime`'s, or ik_llama.cpp's for a type only it makes). `heads`: only the
-    source's first that many MTP blocks (None: all of them)."""
+    source's first that many MTP blocks (None: all of them). `header_only`: SOURCE's tensor data is
+    a hole (--dry-run's header-only twin of a Hub or safetensors source), so none of its bytes is
+    compared with the base's."""
     word = attach_word(mtp_type)
     base, src = GGUFModel(base_path), GGUFModel(source_path)
     outputs = _resolve_outputs(Path(out_path), len(base.shards))
@@ -121,7 +124,7 @@ def plan_attach(base_path: str | os.PathLike[str], source_path: str | os.PathLik
     return GraftPlan(
         operation="attach", base=str(base.path), source=str(src.path), outputs=[str(o) for o in outputs],
         mtp_type=g.type_policy, arch=base.arch, trunk_layers=g.trunk, mtp_layers=g.mtp_layers, tensors=g.actions,
-        key_changes=g.key_changes, warnings=g.warnings + _head_globals_dropped(base, src),
+        key_changes=g.key_changes, warnings=g.warnings + ([] if header_only else _head_globals_dropped(base, src)),
         output_bytes=sum(t.nbytes for s in shards for t in s.tensors), force=force, shards=shards,
         source_refs=g.source_refs, **quantize_tool(g.actions, tools, llama_cpp, runtime),
     )

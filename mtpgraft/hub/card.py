@@ -140,7 +140,7 @@ def _positions_section(models: Sequence[ModelEntry]) -> list[str]:
     chained (check.tables.positions_table; nothing for one head, which drafts every position)."""
     rows = [{"quant": md(m.quant or PurePosixPath(m.name).name), "name": md(PurePosixPath(m.name).name),
              "by_config": list(m.check.by_config)} for m in models if m.check is not None]
-    table = positions_table(rows)
+    table = positions_table(rows, md)
     if not table:
         return []
     return ["Draft acceptance per position (all tasks): the model's MTP heads are chained, head k "

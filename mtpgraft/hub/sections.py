@@ -63,7 +63,7 @@ def _quant_tables(measured: Sequence[ModelEntry]) -> list[str]:
            "(>= 1.10×), 🟡 marginal, 🔴 slower (< 1.00×), ❔ inconclusive (the spread over repetitions "
            "covers 1.00×), ⬜ a single run (one repetition, no spread that tells it from 1.00×)."
            + (f" {basis}" if basis else ""), "", speedup_matrix(rows), ""]
-    acc = acceptance_table(rows)
+    acc = acceptance_table(rows, md)
     if acc:
         out += ["Draft acceptance per quant and `--spec-draft-n-max` (all tasks, mean ± sd over "
                 "repetitions):", "", acc, ""]

@@ -85,11 +85,21 @@ def check_imatrix_fits(cov: ImatrixCoverage, model: GGUFModel) -> None:
         ne = model.by_name[name].info.ne
         mats = ne[2] if len(ne) > 2 else 1
         if ne and size != ne[0] * mats:
-            if (rule := rule_for(model.arch)) is not None and rule.imatrix_refused:
-                raise QuantizeError(f"{model.path.name}: {rule.imatrix_refused}")
+            if why := _reshaped_refusal(model.arch, name, size, ne[0] if mats == 1 else 0):
+                raise QuantizeError(f"{model.path.name}: {why}")
             want = f"columns, the tensor's rows {ne[0]}" if mats == 1 else f"values, the tensor's {ne[0]} x {mats}"
             raise QuantizeError(f"imatrix {Path(cov.path).name} is not for {model.path.name}: its {name} entry "
                                 f"has {size} {want}")
+
+
+def _reshaped_refusal(arch: str, name: str, size: int, rows: int) -> str:
+    """The architecture's imatrix_refused where an entry that does not fit is one its loader reshapes:
+    a tensor named in imatrix_reshaped, 2-D in the file (`rows`: its ne[0], 0 for 3-D), with ne[0] x k
+    values for some k > 1 (the matrices llama-imatrix saw at run time); else ''."""
+    rule = rule_for(arch)
+    if rule is None or not (rows > 0 and size % rows == 0 and size // rows > 1):
+        return ""
+    return rule.imatrix_refused if name.endswith(rule.imatrix_reshaped) else ""
 
 
 @dataclass(frozen=True)

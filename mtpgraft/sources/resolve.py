@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -221,8 +221,16 @@ def _planned(precheck: Precheck | None, header_only: Path, label: str) -> None:
 
 def _named(precheck: Precheck, tmp: Path, label: str) -> None:
     """precheck(tmp), its refusal naming the source it stands for instead of the temporary file."""
-    try:
+    with _naming(tmp, label):
         precheck(tmp)
+
+
+@contextmanager
+def _naming(tmp: Path, label: str) -> Iterator[None]:
+    """A refusal raised inside names the source (`label`) instead of the file `tmp` that stands for
+    it (a header-only twin, or the converted or fetched file in the cache)."""
+    try:
+        yield
     except MtpgraftError as e:
         parts = e.text.parts if isinstance(e.text, Text) else (e.text,)
         renamed = [p if isinstance(p, Setting) else p.replace(str(tmp), label).replace(tmp.name, label)
@@ -501,8 +509,12 @@ def plan_attach_from(base: str | os.PathLike[str], source: str | os.PathLike[str
 
     src = resolve_mtp_source(source, base=base_path, progress=progress, hub=opts, plan_only=plan_only,
                              precheck=precheck, heads=attach.get("heads"))
+    # a header-only twin's tensor bytes are zeros: attach compares none of them (plan_attach)
+    twin = {"header_only": True} if src.temporary and planner is None else {}
     try:
-        return plan(base_path, src.path, out, **attach), src
+        # every refusal names the user's source, not the file in the cache that stands for it
+        with _naming(src.path, src.label) if src.kind != "gguf" else nullcontext():
+            return plan(base_path, src.path, out, **attach, **twin), src
     except BaseException:
         if src.temporary:
             src.path.unlink(missing_ok=True)
