@@ -318,10 +318,10 @@ def test_mimo2_heads_are_three_sliding_window_layers_config_json_does_not_count(
      "a MiMo-V2 head"),
     ({"rope_parameters": {"full_attention": {"partial_rotary_factor": 0.5}}}, "config.json: no "
      "partial_rotary_factor in rope_parameters"),
-    ({"attention_value_scale": "0.7"}, "config.json: attention_value_scale '0.7' is not a number"),
+    ({"attention_value_scale": "0.7"}, "config.json attention_value_scale = '0.7': not a number"),
 ])
 def test_mimo2_config_fields_the_converter_reads_are_checked(tmp_path, edit, message):
-    with pytest.raises(SourceError, match="^" + re.escape(message)):
+    with pytest.raises(SourceError, match="^ck: " + re.escape(message)):
         _mimo2_plan(tmp_path, **edit)
 
 
@@ -388,7 +388,7 @@ def test_step35_squeezes_what_the_converter_squeezes(tmp_path):
     ({"norm_expert_weight": 1}, "config.json: norm_expert_weight is not true or false"),
 ])
 def test_step35_config_fields_the_converter_reads_are_checked(tmp_path, edit, message):
-    with pytest.raises(SourceError, match="^" + re.escape(message)):
+    with pytest.raises(SourceError, match="^ck: " + re.escape(message)):
         _step35_plan(tmp_path, **edit)
 
 
@@ -446,7 +446,7 @@ def test_ling3_head_count_kv_marks_kda_layers_as_the_converter_does():
             ("bailingmoe3.attention.head_count_kv", "ARRAY", want)]
     with pytest.raises(SourceError, match=r"^ck: config.json layer_group_size = 0: out of range \(mtpgraft takes 1 to 4,096\)$"):
         _plan_of("ling3-bf16", head, layer_group_size=0)
-    with pytest.raises(SourceError, match=r"^config.json: no norm_topk_prob, which the converter reads for a "
+    with pytest.raises(SourceError, match=r"^ck: config.json: no norm_topk_prob, which the converter reads for a "
                                           r"Ling 3 head$"):
         _plan_of("ling3-bf16", head, norm_topk_prob=None)
 
@@ -460,10 +460,10 @@ def test_nemotron3_folds_exactly_one_mtp_head_of_a_moe_model():
     with pytest.raises(SourceError, match=r"^ck: config.json gives num_nextn_predict_layers = 2; llama.cpp's "
                                           r"converter folds exactly one MTP head for nemotron_h_moe$"):
         _plan_of("nemotron3-bf16", head, num_nextn_predict_layers=2)
-    with pytest.raises(SourceError, match=r"^config.json: no num_experts_per_tok, which the converter reads for a "
+    with pytest.raises(SourceError, match=r"^ck: config.json: no num_experts_per_tok, which the converter reads for a "
                                           r"Nemotron-H MoE head \(it keeps the MTP head of MoE models only\)$"):
         _plan_of("nemotron3-bf16", head, num_experts_per_tok=None)
-    with pytest.raises(SourceError, match=r"^config.json: hybrid_override_pattern 'M\*' is not one of M, \* and "
+    with pytest.raises(SourceError, match=r"^ck: config.json: hybrid_override_pattern 'M\*' is not one of M, \* and "
                                           r"E per layer \(3 layers\)$"):
         _plan_of("nemotron3-bf16", head, hybrid_override_pattern="M*")
     with pytest.raises(SourceError, match=r"^ck: cannot map MTP tensor mtp.layers.2.enorm.weight$"):

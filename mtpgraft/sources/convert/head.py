@@ -21,6 +21,9 @@ from .rules import FORCED_F32, QWEN_ENDS, QWEN_MTP_TOP, QWEN_TRUNK, SKIPPED, Hea
 # --outtype: the output file type, named as the tensor type its 2-D weights take (the converter's
 # LlamaFileType ALL_F32, MOSTLY_F16, MOSTLY_BF16, MOSTLY_Q8_0).
 OUTTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
+# A layer number in a tensor name: ASCII digits, at most 6 (int() of thousands of digits raises, and
+# \d takes other scripts' digits); a name with any other is not a layer's (unmappable if it is mtp.*).
+LAYER_NO = "([0-9]{1,6})"
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Piece:
     r0: int
     r1: int
     transposed: bool = False  # each block's slab is written transposed (MLA's attn_k_b)
+    interleaved: bool = False  # the slab's two halves written row by row in turn (LlamaModel.permute)
 
 
 @dataclass(frozen=True)
@@ -85,14 +89,14 @@ def _hf_layer_name(rule: HeadRule, name: str, n_layers: int) -> str | None:
     """The converter's rename of an MTP tensor to `model.layers.L.X`; None for non-MTP tensors."""
     name = _filtered_name(name)
     if rule.layer_indexed:
-        m = re.match(r"model\.layers\.(\d+)\.", name)
+        m = re.match(r"model\.layers\." + LAYER_NO + r"\.", name)
         return name if m and int(m.group(1)) >= n_layers else None
     if name.startswith("model.mtp."):
         name = name[len("model."):]
     if not name.startswith("mtp."):
         return None
     parts = name.split(".", 3)
-    if len(parts) == 4 and parts[1] == "layers" and parts[2].isdecimal():
+    if len(parts) == 4 and parts[1] == "layers" and re.fullmatch(LAYER_NO, parts[2]):
         if rule.mtp_fold is not None:  # one block; a layer the fold does not name stays unmappable
             renames = rule.mtp_fold.get(parts[2])
             return name if renames is None else f"model.layers.{n_layers}.{renames.get(parts[3], parts[3])}"
@@ -121,7 +125,7 @@ def _preceding(rule: HeadRule, ordered: Sequence[tuple[str, STensor]], n_layers:
         if _hf_layer_name(rule, t.name, n_layers) is not None:
             return last
         name = _filtered_name(t.name)
-        m = re.match(r"(?:model|backbone)\.layers\.(\d+)\.(.+)$", name)  # backbone: Nemotron-H
+        m = re.match(r"(?:model|backbone)\.layers\." + LAYER_NO + r"\.(.+)$", name)  # backbone: Nemotron-H
         if not m:
             last = QWEN_ENDS.get(name, name)
             continue
@@ -199,7 +203,7 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
             files.append(file)
         if t.dtype not in DTYPE_SIZE:
             raise SourceError(f"{label}: {t.name} has dtype {t.dtype}; mtpgraft converts BF16, F16 and F32 heads")
-        m = re.match(r"model\.layers\.(\d+)\.(.+)$", hf)
+        m = re.match(r"model\.layers\.([0-9]+)\.(.+)$", hf)  # numbers bounded above
         if not m:
             raise SourceError(f"{label}: cannot map MTP tensor {t.name}")
         bid, suffix = int(m.group(1)), m.group(2)
@@ -219,7 +223,7 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     if not tensors:
         raise SourceError(f"{label}: no MTP tensors (no mtp.* tensor in the safetensors files)")
     mtp_layers = list(range(n_layers, n_layers + n_mtp))
-    kvs = head_kvs(rule, hp, n_layers, n_mtp, ftype)
+    kvs = head_kvs(rule, hp, n_layers, n_mtp, ftype, label=label)
     return HeadPlan(rule.arch, str((config.get("architectures") or [""])[0]), n_layers, mtp_layers, ftype,
                     kvs, tensors, files, _preceding(rule, ordered, n_layers, n_experts), sorted(h[0] for h in headers))
 
@@ -253,9 +257,11 @@ def _mla_dims(hp: dict[str, Any], label: str, heads: str) -> tuple[int, int, int
     """(heads, qk_nope_head_dim, v_head_dim): how the converter cuts kv_b_proj (DeepseekV2Model by
     num_key_value_heads, before it sets head_count_kv to 1 for the metadata)."""
     keys = (heads, "qk_nope_head_dim", "v_head_dim")
-    missing = [k for k in keys if not hp.get(k)]
-    if missing:
-        raise SourceError(f"{label}: config.json has no {missing[0]}, which the MLA head's kv_b_proj split needs")
+    for k in keys:  # types and ranges are check_config's; a 0 would split kv_b_proj into nothing
+        if hp.get(k) is None:
+            raise SourceError(f"{label}: config.json has no {k}, which the MLA head's kv_b_proj split needs")
+        if not hp[k]:
+            raise SourceError(f"{label}: config.json {k} = 0; the MLA head's kv_b_proj split needs at least 1")
     return int(hp[keys[0]]), int(hp[keys[1]]), int(hp[keys[2]])
 
 
@@ -279,21 +285,23 @@ def _mla_split(rule: HeadRule, file: str, t: STensor, bid: int, dims: tuple[int,
 def _permuted(rule: HeadRule, hp: dict[str, Any], file: str, t: STensor, bid: int, suffix: str, ftype: str,
               label: str) -> HeadTensor:
     """q or k as LlamaModel.permute writes it: in each head, row i of the second half after row i of
-    the first (one piece per row)."""
+    the first (one interleaved piece per head), from a [heads x head_dim, hidden_size] tensor."""
     key = "num_attention_heads" if suffix == rule.permute_qk[0] else "num_key_value_heads"  # type: ignore[index]
-    heads = int(hp.get(key) or 0)
-    rows = t.shape[0] if len(t.shape) == 2 else 0
-    if not heads or rows % (2 * heads):
-        raise SourceError(f"{label}: {t.name} has shape {list(t.shape)}, not 2 x {key} = {heads} halves of rows")
-    half = rows // heads // 2
-    order = [h * 2 * half + j * half + i for h in range(heads) for i in range(half) for j in (0, 1)]
-    pieces = tuple(Piece(t, file, 1, rows, t.shape[1], r, r + 1) for r in order)
+    heads, head_dim, hidden = (int(hp.get(k) or 0) for k in (key, "head_dim", "hidden_size"))
+    if not heads or not head_dim or head_dim % 2 or not hidden:
+        raise SourceError(f"{label}: config.json gives {key} = {heads}, head_dim = {head_dim} and hidden_size = "
+                          f"{hidden}; permuting {t.name} needs heads, an even head_dim and hidden_size")
+    if list(t.shape) != [heads * head_dim, hidden]:
+        raise SourceError(f"{label}: {t.name} has shape {list(t.shape)}, not [{heads * head_dim}, {hidden}] "
+                          f"({key} x head_dim, hidden_size)")
+    pieces = tuple(Piece(t, file, 1, t.shape[0], hidden, h * head_dim, (h + 1) * head_dim, interleaved=True)
+                   for h in range(heads))
     return _tensor(rule, suffix, bid, t.shape, t.dtype, False, pieces, ftype, label)
 
 
 def _counted_mtp_layers(headers: Sequence[tuple[str, dict[str, STensor]]]) -> int:
     """The converter's count of MTP layers when config.json gives none: the highest mtp.layers.K, plus 1."""
-    found = [re.match(r"(?:model\.)?mtp\.layers\.(\d+)\.", _filtered_name(n)) for _, ts in headers for n in ts]
+    found = [re.match(r"(?:model\.)?mtp\.layers\." + LAYER_NO + r"\.", _filtered_name(n)) for _, ts in headers for n in ts]
     return max((int(m.group(1)) + 1 for m in found if m), default=0)
 
 
