@@ -50,7 +50,8 @@ def _refused(variant: str, names: dict[str, tuple[int, ...]], message: str, **co
 
 NEMOTRON_HEAD = {"mtp.layers.0.enorm.weight": (HIDDEN,)}
 MIMO_HEAD = {"model.mtp.layers.0.enorm.weight": (HIDDEN,)}
-STEP_HEAD = {"model.layers.2.enorm.weight": (HIDDEN,)}
+STEP_HEAD = {"model.layers.2.enorm.weight": (HIDDEN,), "model.layers.2.eh_proj.weight": (HIDDEN, 2 * HIDDEN)}
+NEMOTRON_EH = {"mtp.layers.0.eh_proj.weight": (HIDDEN, 2 * HIDDEN)}
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -128,8 +129,8 @@ def test_nemotron_q_shape_is_heads_times_head_dim_by_hidden(shape):
 
 
 def test_nemotron_q_and_k_are_one_piece_per_head():
-    plan = _plan("nemotron3-bf16", {Q: (HEADS * HEAD_DIM, HIDDEN), K: (KV_HEADS * HEAD_DIM, HIDDEN)})
-    pieces = {t.name: [(p.r0, p.r1, p.interleaved) for p in t.pieces] for t in plan.tensors}
+    plan = _plan("nemotron3-bf16", {Q: (HEADS * HEAD_DIM, HIDDEN), K: (KV_HEADS * HEAD_DIM, HIDDEN), **NEMOTRON_EH})
+    pieces = {t.name: [(p.r0, p.r1, p.interleaved) for p in t.pieces] for t in plan.tensors if "attn" in t.name}
     assert pieces == {"blk.3.attn_q.weight": [(h * HEAD_DIM, (h + 1) * HEAD_DIM, True) for h in range(HEADS)],
                       "blk.3.attn_k.weight": [(h * HEAD_DIM, (h + 1) * HEAD_DIM, True) for h in range(KV_HEADS)]}
 
@@ -150,8 +151,8 @@ def test_mtp_layer_numbers_are_ascii_and_short(name):
 
 
 def test_trunk_layer_numbers_that_are_not_short_ascii_are_not_mtp_layers():
-    plan = _plan("step35-bf16", {**STEP_HEAD, f"model.layers.{BIG}.enorm.weight": (HIDDEN,)})
-    assert [t.name for t in plan.tensors] == ["blk.2.nextn.enorm.weight"]
+    plan = _plan("step35-bf16", {**STEP_HEAD, f"model.layers.{BIG}.enorm.weight": (HIDDEN,)}, num_nextn_predict_layers=1)
+    assert [t.name for t in plan.tensors] == ["blk.2.nextn.eh_proj.weight", "blk.2.nextn.enorm.weight"]
 
 
 def test_qwen_counted_mtp_layers_ignore_a_huge_number():
@@ -174,3 +175,35 @@ def test_a_hostile_config_is_one_line_and_exit_3(tmp_path: Path):
     assert re.fullmatch(r"mtpgraft: error: \S*ck/: config.json: hybrid_override_pattern \['M', \['\*'\], 'E'\] is "
                         r"not one of M, \* and E per layer \(3 layers\)", r.output.strip())
     assert not (tmp_path / "o.gguf").exists()
+
+
+# ------------------------------------------------------------------ MTP layers on disk vs the converter's count
+
+
+def _eh(prefix: str, layers: range) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.{k}.eh_proj.weight": (HIDDEN, 2 * HIDDEN) for k in layers}
+
+
+def test_an_mtp_layer_without_eh_proj_is_refused():
+    """MimoV2Model writes 3 MTP layers whatever is on disk: with mtp.layers.0 alone its head has blocks
+    llama.cpp cannot use (a graft took 1 head); Step-3.5 and Qwen likewise for the count config.json gives."""
+    _refused("mimo2-bf16", _eh("model.mtp.layers", range(1)), "ck: MTP layer 1 of the 3 the converter writes has no "
+             "eh_proj tensor (blk.3.nextn.eh_proj.weight), without which llama.cpp cannot use the head")
+    _refused("step35-bf16", _eh("model.layers", range(2, 4)), "ck: MTP layer 2 of the 3 the converter writes has no "
+             "eh_proj tensor (blk.4.nextn.eh_proj.weight), without which llama.cpp cannot use the head")
+    _refused("qwen3next-bf16", {"mtp.layers.0.input_layernorm.weight": (HIDDEN,)}, "ck: MTP layer 0 of the 1 the "
+             "converter writes has no eh_proj tensor (blk.2.nextn.eh_proj.weight), without which llama.cpp cannot "
+             "use the head")
+    assert _plan("mimo2-bf16", _eh("model.mtp.layers", range(3))).mtp_layers == [2, 3, 4]
+    assert _plan("qwen3next-bf16", {"mtp.fc.weight": (HIDDEN, 2 * HIDDEN), "mtp.layers.1.input_layernorm.weight":
+                                    (HIDDEN,)}).mtp_layers == [2, 3]  # one mtp.fc for the whole head
+
+
+def test_an_mtp_layer_past_the_count_is_refused():
+    """Step35Model's tensor map ends at num_hidden_layers + num_nextn_predict_layers: a fourth layer on disk
+    makes the converter fail (mtpgraft converted 3 where config.json says 1)."""
+    _refused("step35-bf16", _eh("model.layers", range(2, 5)), "ck: model.layers.3.eh_proj.weight is MTP layer 1; the "
+             "converter takes 1 (config.json num_nextn_predict_layers) and fails on it", num_nextn_predict_layers=1)
+    _refused("qwen3next-bf16", {"mtp.fc.weight": (HIDDEN, 2 * HIDDEN), "mtp.layers.1.input_layernorm.weight": (HIDDEN,)},
+             "ck: mtp.layers.1.input_layernorm.weight is MTP layer 1; the converter takes 1 (config.json "
+             "mtp_num_hidden_layers) and fails on it", mtp_num_hidden_layers=1)

@@ -207,9 +207,10 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
         if not m:
             raise SourceError(f"{label}: cannot map MTP tensor {t.name}")
         bid, suffix = int(m.group(1)), m.group(2)
-        if rule.fixed_mtp and bid >= n_layers + n_mtp:  # MimoV2Model.modify_tensors asserts the index
+        if bid >= n_layers + n_mtp:  # MimoV2Model asserts the index; the others' tensor maps stop there
             raise SourceError(f"{label}: {t.name} is MTP layer {bid - n_layers}; the converter takes "
-                              f"{rule.arch}'s {n_mtp} MTP layers only")
+                              + (f"{rule.arch}'s {n_mtp} MTP layers only" if rule.fixed_mtp else
+                                 f"{n_mtp} (config.json {rule.n_mtp_key}) and fails on it"))
         if split is not None and suffix == split_name:
             tensors.extend(_mla_split(rule, file, t, bid, split, ftype, label))
             continue
@@ -224,8 +225,20 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
         raise SourceError(f"{label}: no MTP tensors (no mtp.* tensor in the safetensors files)")
     mtp_layers = list(range(n_layers, n_layers + n_mtp))
     kvs = head_kvs(rule, hp, n_layers, n_mtp, ftype, label=label)
+    _check_eh_proj(rule, tensors, mtp_layers, label)
     return HeadPlan(rule.arch, str((config.get("architectures") or [""])[0]), n_layers, mtp_layers, ftype,
                     kvs, tensors, files, _preceding(rule, ordered, n_layers, n_experts), sorted(h[0] for h in headers))
+
+
+def _check_eh_proj(rule: HeadRule, tensors: Sequence[HeadTensor], mtp_layers: list[int], label: str) -> None:
+    """Each MTP layer the converter writes has its eh_proj (Qwen: the first one): without it llama.cpp
+    does not use the head (a layer of a 3-layer MiMo head alone would graft as 1 head, not 3)."""
+    have = {t.name for t in tensors}
+    for k, layer in enumerate(mtp_layers if rule.eh_proj_per_layer else mtp_layers[:1]):
+        if f"blk.{layer}.nextn.eh_proj.weight" not in have:
+            raise SourceError(f"{label}: MTP layer {k} of the {len(mtp_layers)} the converter writes has no eh_proj "
+                              f"tensor (blk.{layer}.nextn.eh_proj.weight), without which llama.cpp cannot use "
+                              "the head")
 
 
 def _layer_counts(rule: HeadRule, hp: dict[str, Any], headers: Sequence[tuple[str, dict[str, STensor]]],
