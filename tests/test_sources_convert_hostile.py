@@ -96,6 +96,12 @@ def test_step35_swiglu_limits_out_of_range_are_refused(key, value):
              **{key: [None, value]})
 
 
+def test_step35_moe_layers_enum_past_any_layer_is_refused_naming_it():
+    """It was the GGUF writer's "does not fit its type uint32", without the checkpoint or the field."""
+    _refused("step35-bf16", _eh("model.layers", range(2, 5)), "ck: config.json: moe_layers_enum starts at layer 99999999999999, past the "
+             "4,096 layers mtpgraft takes", moe_layers_enum="99999999999999,100000000000000")
+
+
 def test_number_field_compares_a_huge_int_without_float():
     with pytest.raises(SourceError, match=r"^x = 1000000000000000000000000000000000000\.\.\.: out of range"):
         number_field(10 ** 400, "x", 0.0, 1.0)

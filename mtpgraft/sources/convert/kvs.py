@@ -9,7 +9,7 @@ from ...errors import SourceError
 from ...ggml_types import FILE_TYPES
 from ...gguf_io import shown
 from ...parsing import number_field, str_list_field
-from .config import SCORE_FUNC_KEYS
+from .config import CONFIG_INTS, SCORE_FUNC_KEYS
 from .rules import HeadRule
 
 # The largest scale or limit mtpgraft takes (real ones are below 100; a FLOAT32 holds up to 3.4e38).
@@ -390,6 +390,9 @@ def _leading_dense(hp: dict[str, Any]) -> int:
         layers = sorted(int(i) for i in enum.strip().split(","))
     except ValueError:
         raise SourceError(f"config.json: moe_layers_enum {enum[:40]!r} is not comma-separated layer numbers") from None
+    if layers[0] > CONFIG_INTS["num_hidden_layers"]:  # the converter writes it as a UINT32
+        raise SourceError(f"config.json: moe_layers_enum starts at layer {shown(str(layers[0]), 40)}, past the "
+                          f"{CONFIG_INTS['num_hidden_layers']:,} layers mtpgraft takes")
     return max(0, layers[0])
 
 
