@@ -11,7 +11,7 @@ from typing import Any
 
 from ...errors import SourceError
 from ...ggml_types import BY_NAME
-from ...gguf_io import tensor_nbytes
+from ...gguf_io import shown, tensor_nbytes
 from ..donor import MAX_BLOCKS, MAX_MTP_LAYERS
 from ..safetensors import DTYPE_SIZE, STensor
 from .config import head_rule, text_config
@@ -202,13 +202,13 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
         if file not in files:
             files.append(file)
         if t.dtype not in DTYPE_SIZE:
-            raise SourceError(f"{label}: {t.name} has dtype {t.dtype}; mtpgraft converts BF16, F16 and F32 heads")
+            raise SourceError(f"{label}: {shown(t.name)} has dtype {shown(t.dtype, 20)}; mtpgraft converts BF16, F16 and F32 heads")
         m = re.match(r"model\.layers\.([0-9]+)\.(.+)$", hf)  # numbers bounded above
         if not m:
-            raise SourceError(f"{label}: cannot map MTP tensor {t.name}")
+            raise SourceError(f"{label}: cannot map MTP tensor {shown(t.name)}")
         bid, suffix = int(m.group(1)), m.group(2)
         if bid >= n_layers + n_mtp:  # MimoV2Model asserts the index; the others' tensor maps stop there
-            raise SourceError(f"{label}: {t.name} is MTP layer {bid - n_layers}; the converter takes "
+            raise SourceError(f"{label}: {shown(t.name)} is MTP layer {bid - n_layers}; the converter takes "
                               + (f"{rule.arch}'s {n_mtp} MTP layers only" if rule.fixed_mtp else
                                  f"{n_mtp} (config.json {rule.n_mtp_key}) and fails on it"))
         if split is not None and suffix == split_name:
@@ -284,7 +284,7 @@ def _mla_split(rule: HeadRule, file: str, t: STensor, bid: int, dims: tuple[int,
     rows transposed (attn_k_b, [kv heads, rank, nope]), then its v rows (attn_v_b, [kv heads, v, rank])."""
     n_kv, nope, v = dims
     if len(t.shape) != 2 or t.shape[0] != n_kv * (nope + v):
-        raise SourceError(f"{label}: {t.name} has shape {list(t.shape)}, not [{n_kv * (nope + v)}, kv_lora_rank] "
+        raise SourceError(f"{label}: {shown(t.name)} has shape {list(t.shape)}, not [{n_kv * (nope + v)}, kv_lora_rank] "
                           f"({rule.kv_b_split[1]} x "
                           f"(qk_nope_head_dim + v_head_dim) rows)")
     rank = t.shape[1]
@@ -303,9 +303,9 @@ def _permuted(rule: HeadRule, hp: dict[str, Any], file: str, t: STensor, bid: in
     heads, head_dim, hidden = (int(hp.get(k) or 0) for k in (key, "head_dim", "hidden_size"))
     if not heads or not head_dim or head_dim % 2 or not hidden:
         raise SourceError(f"{label}: config.json gives {key} = {heads}, head_dim = {head_dim} and hidden_size = "
-                          f"{hidden}; permuting {t.name} needs heads, an even head_dim and hidden_size")
+                          f"{hidden}; permuting {shown(t.name)} needs heads, an even head_dim and hidden_size")
     if list(t.shape) != [heads * head_dim, hidden]:
-        raise SourceError(f"{label}: {t.name} has shape {list(t.shape)}, not [{heads * head_dim}, {hidden}] "
+        raise SourceError(f"{label}: {shown(t.name)} has shape {list(t.shape)}, not [{heads * head_dim}, {hidden}] "
                           f"({key} x head_dim, hidden_size)")
     pieces = tuple(Piece(t, file, 1, t.shape[0], hidden, h * head_dim, (h + 1) * head_dim, interleaved=True)
                    for h in range(heads))
@@ -324,7 +324,7 @@ def _map_tensor(rule: HeadRule, file: str, t: STensor, bid: int, suffix: str, n_
     plus_one = rule.plus_one_norms and suffix.endswith("norm.weight")
     if rule.moe and suffix in ("mlp.experts.gate_up_proj", "mlp.experts.gate_up_proj.weight"):
         if len(t.shape) < 3 or t.shape[-2] % 2:
-            raise SourceError(f"{label}: unexpected gate_up_proj shape {list(t.shape)} for {t.name}")
+            raise SourceError(f"{label}: unexpected gate_up_proj shape {list(t.shape)} for {shown(t.name)}")
         f = t.shape[-2] // 2
         out = []
         for which, (r0, r1) in (("gate", (0, f)), ("up", (f, 2 * f))):
