@@ -103,10 +103,11 @@ def int_field(v: Any, what: str, lo: int, hi: int, *, error: type[MtpgraftError]
 
 
 def number_field(v: Any, what: str, lo: float, hi: float, *, error: type[MtpgraftError] = SourceError) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    """`v` as a float in [lo, hi], or `error`; an int is compared as it is (float() of a huge one overflows)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
         raise error(f"{what} = {_shown(v)}: not a number")
     if not lo <= v <= hi:
-        raise error(f"{what} = {v}: out of range (mtpgraft takes {lo} to {hi})")
+        raise error(f"{what} = {_shown(v)}: out of range (mtpgraft takes {lo} to {hi})")
     return float(v)
 
 

@@ -315,8 +315,9 @@ def test_qwen3next_counts_its_mtp_layers_as_the_converter_does():
         return plan_head(cfg, [("model.safetensors", {n: STensor(n, "BF16", (64,), 0, 128) for n in names})],
                          label="ck")
 
-    assert plan("mtp.layers.1.input_layernorm.weight").kvs[-3] == ("qwen3next.nextn_predict_layers", "UINT32", 2)
-    assert plan("mtp.layers.1.input_layernorm.weight").mtp_layers == [2, 3]
+    head = ("mtp.fc.weight", "mtp.layers.1.input_layernorm.weight")
+    assert plan(*head).kvs[-3] == ("qwen3next.nextn_predict_layers", "UINT32", 2)
+    assert plan(*head).mtp_layers == [2, 3]
     with pytest.raises(SourceError, match=r"^ck: config.json gives num_hidden_layers = 2 and 100 mtp.layers "
                                           r"\(config.json gives no mtp_num_hidden_layers\); no model has more"):
         plan("mtp.layers.99.input_layernorm.weight")
@@ -356,10 +357,10 @@ def test_mimo2_heads_are_three_sliding_window_layers_config_json_does_not_count(
      "a MiMo-V2 head"),
     ({"rope_parameters": {"full_attention": {"partial_rotary_factor": 0.5}}}, "config.json: no "
      "partial_rotary_factor in rope_parameters"),
-    ({"attention_value_scale": "0.7"}, "config.json: attention_value_scale '0.7' is not a number"),
+    ({"attention_value_scale": "0.7"}, "config.json attention_value_scale = '0.7': not a number"),
 ])
 def test_mimo2_config_fields_the_converter_reads_are_checked(tmp_path, edit, message):
-    with pytest.raises(SourceError, match="^" + re.escape(message)):
+    with pytest.raises(SourceError, match="^ck: " + re.escape(message)):
         _mimo2_plan(tmp_path, **edit)
 
 
@@ -409,7 +410,7 @@ def test_step35_squeezes_what_the_converter_squeezes(tmp_path):
     norm gets +1; a tensor the converter does not squeeze keeps its size-1 dimension."""
     names = {"model.layers.2.self_attn.g_proj.weight": (1, 64), "model.layers.2.eh_proj.weight": (1, 128),
              "model.layers.2.enorm.weight": (64,)}
-    got = {t.name: (t.ne, t.ggml_type, t.plus_one) for t in _step35_plan(tmp_path, names).tensors}
+    got = {t.name: (t.ne, t.ggml_type, t.plus_one) for t in _step35_plan(tmp_path, names, num_nextn_predict_layers=1).tensors}
     assert got == {"blk.2.attn_gate.weight": ((64,), "F32", False),
                    "blk.2.nextn.eh_proj.weight": ((128, 1), "BF16", False),
                    "blk.2.nextn.enorm.weight": ((64,), "F32", True)}
@@ -426,7 +427,7 @@ def test_step35_squeezes_what_the_converter_squeezes(tmp_path):
     ({"norm_expert_weight": 1}, "config.json: norm_expert_weight is not true or false"),
 ])
 def test_step35_config_fields_the_converter_reads_are_checked(tmp_path, edit, message):
-    with pytest.raises(SourceError, match="^" + re.escape(message)):
+    with pytest.raises(SourceError, match="^ck: " + re.escape(message)):
         _step35_plan(tmp_path, **edit)
 
 
@@ -477,14 +478,14 @@ def test_ling3_head_count_kv_marks_kda_layers_as_the_converter_does():
     """BailingMoeV3Model writes head_count_kv per layer, 0 for a KDA layer and 1 for an MLA one (the MTP
     layer too), from layer_group_size: the reference checkpoint's 1 makes every layer MLA; with 2 the real
     converter wrote [0, 1, 1] for it (layer 0 KDA), and with 4 [1, 1, 1] (no whole group: all MLA)."""
-    head = ["model.layers.2.enorm.weight"]
+    head = ["model.layers.2.enorm.weight", "model.layers.2.eh_proj.weight"]
     for group, want in ((2, [0, 1, 1]), (4, [1, 1, 1])):
         kvs = _plan_of("ling3-bf16", head, layer_group_size=group).kvs
         assert [kv for kv in kvs if kv[0].endswith("head_count_kv")] == [
             ("bailingmoe3.attention.head_count_kv", "ARRAY", want)]
     with pytest.raises(SourceError, match=r"^ck: config.json layer_group_size = 0: out of range \(mtpgraft takes 1 to 4,096\)$"):
         _plan_of("ling3-bf16", head, layer_group_size=0)
-    with pytest.raises(SourceError, match=r"^config.json: no norm_topk_prob, which the converter reads for a "
+    with pytest.raises(SourceError, match=r"^ck: config.json: no norm_topk_prob, which the converter reads for a "
                                           r"Ling 3 head$"):
         _plan_of("ling3-bf16", head, norm_topk_prob=None)
 
@@ -493,15 +494,15 @@ def test_nemotron3_folds_exactly_one_mtp_head_of_a_moe_model():
     """NemotronHModel folds mtp.layers.0 and mtp.layers.1 into one block and asserts
     num_nextn_predict_layers == 1; it keeps the head of MoE models only (num_experts_per_tok); an
     mtp.layers.2 is not one it can map."""
-    head = ["mtp.layers.0.enorm.weight"]
+    head = ["mtp.layers.0.enorm.weight", "mtp.layers.0.eh_proj.weight"]
     assert _plan_of("nemotron3-bf16", head).mtp_layers == [3]
     with pytest.raises(SourceError, match=r"^ck: config.json gives num_nextn_predict_layers = 2; llama.cpp's "
                                           r"converter folds exactly one MTP head for nemotron_h_moe$"):
         _plan_of("nemotron3-bf16", head, num_nextn_predict_layers=2)
-    with pytest.raises(SourceError, match=r"^config.json: no num_experts_per_tok, which the converter reads for a "
+    with pytest.raises(SourceError, match=r"^ck: config.json: no num_experts_per_tok, which the converter reads for a "
                                           r"Nemotron-H MoE head \(it keeps the MTP head of MoE models only\)$"):
         _plan_of("nemotron3-bf16", head, num_experts_per_tok=None)
-    with pytest.raises(SourceError, match=r"^config.json: hybrid_override_pattern 'M\*' is not one of M, \* and "
+    with pytest.raises(SourceError, match=r"^ck: config.json: hybrid_override_pattern 'M\*' is not one of M, \* and "
                                           r"E per layer \(3 layers\)$"):
         _plan_of("nemotron3-bf16", head, hybrid_override_pattern="M*")
     with pytest.raises(SourceError, match=r"^ck: cannot map MTP tensor mtp.layers.2.enorm.weight$"):
@@ -512,9 +513,9 @@ def test_cohere2moe_reads_config_json_as_transformers_fills_it():
     """The converter reads AutoConfig's dict: Cohere2MoeConfig fills in softmax routing and a null
     prefix_dense_intermediate_size (so no feed_forward_length), which the reference head shows; stated
     values win. The head's biases are dropped (the converter drops them, zero)."""
-    names = ["model.layers.2.enorm.weight", "model.layers.2.self_attn.q_proj.bias"]
+    names = ["model.layers.2.eh_proj.weight", "model.layers.2.enorm.weight", "model.layers.2.self_attn.q_proj.bias"]
     plan = _plan_of("cohere2moe-bf16", names)
-    assert [t.name for t in plan.tensors] == ["blk.2.nextn.enorm.weight"]
+    assert [t.name for t in plan.tensors] == ["blk.2.nextn.eh_proj.weight", "blk.2.nextn.enorm.weight"]
     kvs = {k: v for k, _, v in plan.kvs}
     assert kvs["cohere2moe.expert_gating_func"] == 1 and "cohere2moe.feed_forward_length" not in kvs
     kvs = {k: v for k, _, v in _plan_of("cohere2moe-bf16", names, expert_selection_fn="sigmoid",

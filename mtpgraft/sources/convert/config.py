@@ -30,6 +30,8 @@ CONFIG_INTS: dict[str, int] = {
                      "num_experts_per_token", "n_group", "topk_group", "n_shared_experts"), 1 << 16),
     "first_k_dense_replace": 4096, "full_attention_interval": 4096,
     "layer_group_size": 4096, "moe_shared_expert_intermediate_size": _MAX_DIM,  # Ling 3
+    "swa_num_key_value_heads": 1 << 16, "swa_num_attention_heads": 1 << 16,  # MiMo-V2
+    "swa_head_dim": _MAX_DIM, "swa_v_head_dim": _MAX_DIM,
 }
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ...errors import SourceError
 from ...ggml_types import BY_NAME
-from ...gguf_io import tensor_nbytes
+from ...gguf_io import shown, tensor_nbytes
 from ..donor import MAX_BLOCKS, MAX_MTP_LAYERS
 from ..safetensors import DTYPE_SIZE, STensor
 from .config import head_rule, text_config
@@ -21,6 +21,9 @@ from .rules import FORCED_F32, QWEN_ENDS, QWEN_MTP_TOP, QWEN_TRUNK, SKIPPED, Hea
 # --outtype: the output file type, named as the tensor type its 2-D weights take (the converter's
 # LlamaFileType ALL_F32, MOSTLY_F16, MOSTLY_BF16, MOSTLY_Q8_0).
 OUTTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
+# A layer number in a tensor name: ASCII digits, at most 6 (int() of thousands of digits raises, and
+# \d takes other scripts' digits); a name with any other is not a layer's (unmappable if it is mtp.*).
+LAYER_NO = "([0-9]{1,6})"
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Piece:
     r0: int
     r1: int
     transposed: bool = False  # each block's slab is written transposed (MLA's attn_k_b)
+    interleaved: bool = False  # the slab's two halves written row by row in turn (LlamaModel.permute)
 
 
 @dataclass(frozen=True)
@@ -85,14 +89,14 @@ def _hf_layer_name(rule: HeadRule, name: str, n_layers: int) -> str | None:
     """The converter's rename of an MTP tensor to `model.layers.L.X`; None for non-MTP tensors."""
     name = _filtered_name(name)
     if rule.layer_indexed:
-        m = re.match(r"model\.layers\.(\d+)\.", name)
+        m = re.match(r"model\.layers\." + LAYER_NO + r"\.", name)
         return name if m and int(m.group(1)) >= n_layers else None
     if name.startswith("model.mtp."):
         name = name[len("model."):]
     if not name.startswith("mtp."):
         return None
     parts = name.split(".", 3)
-    if len(parts) == 4 and parts[1] == "layers" and parts[2].isdecimal():
+    if len(parts) == 4 and parts[1] == "layers" and re.fullmatch(LAYER_NO, parts[2]):
         if rule.mtp_fold is not None:  # one block; a layer the fold does not name stays unmappable
             renames = rule.mtp_fold.get(parts[2])
             return name if renames is None else f"model.layers.{n_layers}.{renames.get(parts[3], parts[3])}"
@@ -121,7 +125,7 @@ def _preceding(rule: HeadRule, ordered: Sequence[tuple[str, STensor]], n_layers:
         if _hf_layer_name(rule, t.name, n_layers) is not None:
             return last
         name = _filtered_name(t.name)
-        m = re.match(r"(?:model|backbone)\.layers\.(\d+)\.(.+)$", name)  # backbone: Nemotron-H
+        m = re.match(r"(?:model|backbone)\.layers\." + LAYER_NO + r"\.(.+)$", name)  # backbone: Nemotron-H
         if not m:
             last = QWEN_ENDS.get(name, name)
             continue
@@ -198,14 +202,15 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
         if file not in files:
             files.append(file)
         if t.dtype not in DTYPE_SIZE:
-            raise SourceError(f"{label}: {t.name} has dtype {t.dtype}; mtpgraft converts BF16, F16 and F32 heads")
-        m = re.match(r"model\.layers\.(\d+)\.(.+)$", hf)
+            raise SourceError(f"{label}: {shown(t.name)} has dtype {shown(t.dtype, 20)}; mtpgraft converts BF16, F16 and F32 heads")
+        m = re.match(r"model\.layers\.([0-9]+)\.(.+)$", hf)  # numbers bounded above
         if not m:
-            raise SourceError(f"{label}: cannot map MTP tensor {t.name}")
+            raise SourceError(f"{label}: cannot map MTP tensor {shown(t.name)}")
         bid, suffix = int(m.group(1)), m.group(2)
-        if rule.fixed_mtp and bid >= n_layers + n_mtp:  # MimoV2Model.modify_tensors asserts the index
-            raise SourceError(f"{label}: {t.name} is MTP layer {bid - n_layers}; the converter takes "
-                              f"{rule.arch}'s {n_mtp} MTP layers only")
+        if bid >= n_layers + n_mtp:  # MimoV2Model asserts the index; the others' tensor maps stop there
+            raise SourceError(f"{label}: {shown(t.name)} is MTP layer {bid - n_layers}; the converter takes "
+                              + (f"{rule.arch}'s {n_mtp} MTP layers only" if rule.fixed_mtp else
+                                 f"{n_mtp} (config.json {rule.n_mtp_key}) and fails on it"))
         if split is not None and suffix == split_name:
             tensors.extend(_mla_split(rule, file, t, bid, split, ftype, label))
             continue
@@ -219,9 +224,21 @@ def plan_head(config: dict[str, Any], headers: Sequence[tuple[str, dict[str, STe
     if not tensors:
         raise SourceError(f"{label}: no MTP tensors (no mtp.* tensor in the safetensors files)")
     mtp_layers = list(range(n_layers, n_layers + n_mtp))
-    kvs = head_kvs(rule, hp, n_layers, n_mtp, ftype)
+    kvs = head_kvs(rule, hp, n_layers, n_mtp, ftype, label=label)
+    _check_eh_proj(rule, tensors, mtp_layers, label)
     return HeadPlan(rule.arch, str((config.get("architectures") or [""])[0]), n_layers, mtp_layers, ftype,
                     kvs, tensors, files, _preceding(rule, ordered, n_layers, n_experts), sorted(h[0] for h in headers))
+
+
+def _check_eh_proj(rule: HeadRule, tensors: Sequence[HeadTensor], mtp_layers: list[int], label: str) -> None:
+    """Each MTP layer the converter writes has its eh_proj (Qwen: the first one): without it llama.cpp
+    does not use the head (a layer of a 3-layer MiMo head alone would graft as 1 head, not 3)."""
+    have = {t.name for t in tensors}
+    for k, layer in enumerate(mtp_layers if rule.eh_proj_per_layer else mtp_layers[:1]):
+        if f"blk.{layer}.nextn.eh_proj.weight" not in have:
+            raise SourceError(f"{label}: MTP layer {k} of the {len(mtp_layers)} the converter writes has no eh_proj "
+                              f"tensor (blk.{layer}.nextn.eh_proj.weight), without which llama.cpp cannot use "
+                              "the head")
 
 
 def _layer_counts(rule: HeadRule, hp: dict[str, Any], headers: Sequence[tuple[str, dict[str, STensor]]],
@@ -253,9 +270,11 @@ def _mla_dims(hp: dict[str, Any], label: str, heads: str) -> tuple[int, int, int
     """(heads, qk_nope_head_dim, v_head_dim): how the converter cuts kv_b_proj (DeepseekV2Model by
     num_key_value_heads, before it sets head_count_kv to 1 for the metadata)."""
     keys = (heads, "qk_nope_head_dim", "v_head_dim")
-    missing = [k for k in keys if not hp.get(k)]
-    if missing:
-        raise SourceError(f"{label}: config.json has no {missing[0]}, which the MLA head's kv_b_proj split needs")
+    for k in keys:  # types and ranges are check_config's; a 0 would split kv_b_proj into nothing
+        if hp.get(k) is None:
+            raise SourceError(f"{label}: config.json has no {k}, which the MLA head's kv_b_proj split needs")
+        if not hp[k]:
+            raise SourceError(f"{label}: config.json {k} = 0; the MLA head's kv_b_proj split needs at least 1")
     return int(hp[keys[0]]), int(hp[keys[1]]), int(hp[keys[2]])
 
 
@@ -265,7 +284,7 @@ def _mla_split(rule: HeadRule, file: str, t: STensor, bid: int, dims: tuple[int,
     rows transposed (attn_k_b, [kv heads, rank, nope]), then its v rows (attn_v_b, [kv heads, v, rank])."""
     n_kv, nope, v = dims
     if len(t.shape) != 2 or t.shape[0] != n_kv * (nope + v):
-        raise SourceError(f"{label}: {t.name} has shape {list(t.shape)}, not [{n_kv * (nope + v)}, kv_lora_rank] "
+        raise SourceError(f"{label}: {shown(t.name)} has shape {list(t.shape)}, not [{n_kv * (nope + v)}, kv_lora_rank] "
                           f"({rule.kv_b_split[1]} x "
                           f"(qk_nope_head_dim + v_head_dim) rows)")
     rank = t.shape[1]
@@ -279,21 +298,23 @@ def _mla_split(rule: HeadRule, file: str, t: STensor, bid: int, dims: tuple[int,
 def _permuted(rule: HeadRule, hp: dict[str, Any], file: str, t: STensor, bid: int, suffix: str, ftype: str,
               label: str) -> HeadTensor:
     """q or k as LlamaModel.permute writes it: in each head, row i of the second half after row i of
-    the first (one piece per row)."""
+    the first (one interleaved piece per head), from a [heads x head_dim, hidden_size] tensor."""
     key = "num_attention_heads" if suffix == rule.permute_qk[0] else "num_key_value_heads"  # type: ignore[index]
-    heads = int(hp.get(key) or 0)
-    rows = t.shape[0] if len(t.shape) == 2 else 0
-    if not heads or rows % (2 * heads):
-        raise SourceError(f"{label}: {t.name} has shape {list(t.shape)}, not 2 x {key} = {heads} halves of rows")
-    half = rows // heads // 2
-    order = [h * 2 * half + j * half + i for h in range(heads) for i in range(half) for j in (0, 1)]
-    pieces = tuple(Piece(t, file, 1, rows, t.shape[1], r, r + 1) for r in order)
+    heads, head_dim, hidden = (int(hp.get(k) or 0) for k in (key, "head_dim", "hidden_size"))
+    if not heads or not head_dim or head_dim % 2 or not hidden:
+        raise SourceError(f"{label}: config.json gives {key} = {heads}, head_dim = {head_dim} and hidden_size = "
+                          f"{hidden}; permuting {shown(t.name)} needs heads, an even head_dim and hidden_size")
+    if list(t.shape) != [heads * head_dim, hidden]:
+        raise SourceError(f"{label}: {shown(t.name)} has shape {list(t.shape)}, not [{heads * head_dim}, {hidden}] "
+                          f"({key} x head_dim, hidden_size)")
+    pieces = tuple(Piece(t, file, 1, t.shape[0], hidden, h * head_dim, (h + 1) * head_dim, interleaved=True)
+                   for h in range(heads))
     return _tensor(rule, suffix, bid, t.shape, t.dtype, False, pieces, ftype, label)
 
 
 def _counted_mtp_layers(headers: Sequence[tuple[str, dict[str, STensor]]]) -> int:
     """The converter's count of MTP layers when config.json gives none: the highest mtp.layers.K, plus 1."""
-    found = [re.match(r"(?:model\.)?mtp\.layers\.(\d+)\.", _filtered_name(n)) for _, ts in headers for n in ts]
+    found = [re.match(r"(?:model\.)?mtp\.layers\." + LAYER_NO + r"\.", _filtered_name(n)) for _, ts in headers for n in ts]
     return max((int(m.group(1)) + 1 for m in found if m), default=0)
 
 
@@ -303,7 +324,7 @@ def _map_tensor(rule: HeadRule, file: str, t: STensor, bid: int, suffix: str, n_
     plus_one = rule.plus_one_norms and suffix.endswith("norm.weight")
     if rule.moe and suffix in ("mlp.experts.gate_up_proj", "mlp.experts.gate_up_proj.weight"):
         if len(t.shape) < 3 or t.shape[-2] % 2:
-            raise SourceError(f"{label}: unexpected gate_up_proj shape {list(t.shape)} for {t.name}")
+            raise SourceError(f"{label}: unexpected gate_up_proj shape {list(t.shape)} for {shown(t.name)}")
         f = t.shape[-2] // 2
         out = []
         for which, (r0, r1) in (("gate", (0, f)), ("up", (f, 2 * f))):

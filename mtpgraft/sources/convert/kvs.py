@@ -7,10 +7,13 @@ from typing import Any
 
 from ...errors import SourceError
 from ...ggml_types import FILE_TYPES
-from ...parsing import str_list_field
-from .config import SCORE_FUNC_KEYS
+from ...gguf_io import shown
+from ...parsing import number_field, str_list_field
+from .config import CONFIG_INTS, SCORE_FUNC_KEYS
 from .rules import HeadRule
 
+# The largest scale or limit mtpgraft takes (real ones are below 100; a FLOAT32 holds up to 3.4e38).
+_MAX_SCALE = 1e6
 _GATING = {"softmax": 1, "sigmoid": 2, "sqrtsoftplus": 3}  # gguf.ExpertGatingFuncType
 
 
@@ -19,9 +22,18 @@ def _first(hp: dict[str, Any], keys: Sequence[str]) -> Any:
     return next((hp[k] for k in keys if k in hp), None)
 
 
-def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
+def head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int, ftype: str, *,
+             label: str = "the checkpoint") -> list[tuple[str, str, Any]]:
+    """The structural keys of the converter's output that describe the head, in its order; a config
+    field they cannot be made from is refused naming the checkpoint (`label`) and the field."""
+    try:
+        return _head_kvs(rule, hp, n_layers, n_mtp, ftype)
+    except SourceError as e:  # the helpers below name the field ("config.json: x ..."), not the checkpoint
+        raise SourceError(f"{label}: {e}") from None
+
+
+def _head_kvs(rule: HeadRule, hp: dict[str, Any], n_layers: int, n_mtp: int,
               ftype: str) -> list[tuple[str, str, Any]]:
-    """The structural keys of the converter's output that describe the head, in its order."""
     a = rule.arch
     hp = {**rule.config_defaults, **hp}
     if rule.mla:
@@ -170,10 +182,11 @@ def _ling_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_lay
 
 
 def _clamp_limits(values: Any, key: str, n_blocks: int) -> list[float]:
+    """Per-block SwiGLU limits (None is 0), cut or padded with 0 to `n_blocks`; each within +-_MAX_SCALE."""
     ok = isinstance(values, list) and len(values) <= 1 << 16 and all(
-        v is None or (isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= 1e6) for v in values)
+        v is None or (isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= _MAX_SCALE) for v in values)
     if not ok:
-        raise SourceError(f"config.json: {key} is not a list of numbers")
+        raise SourceError(f"config.json: {key} is not a list of numbers from -{_MAX_SCALE:g} to {_MAX_SCALE:g}")
     cut = [0.0 if v is None else float(v) for v in values[:n_blocks]]
     return cut + [0.0] * (n_blocks - len(cut))
 
@@ -193,6 +206,9 @@ def _cohere_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_l
         dense = int(hp.get("first_k_dense_replace") or 0)
     else:
         str_list_field(types, "config.json mlp_layer_types", max_len=1 << 12)
+        if len(types) != n_layers:  # the converter would count leading dense layers past the trunk's
+            raise SourceError(f"config.json: mlp_layer_types has {len(types)} entries, num_hidden_layers is "
+                              f"{n_layers}")
         dense = next((i for i, t in enumerate(types) if t != "dense"), len(types))
     kvs += [(f"{a}.expert_feed_forward_length", "UINT32", ff), (f"{a}.leading_dense_block_count", "UINT32", dense),
             (f"{a}.expert_weights_norm", "BOOL", bool(norm))]
@@ -214,10 +230,12 @@ def _nemotron_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n
     if missing:
         raise SourceError(f"config.json: no {missing[0]}, which the converter reads for a Nemotron-H MoE head "
                           f"(it keeps the MTP head of MoE models only)")
-    pattern = hp.get("hybrid_override_pattern") or hp.get("layers_block_type")
-    kinds = [_NEMOTRON_KINDS.get(k) for k in pattern] if isinstance(pattern, str | list) else []
+    key = "hybrid_override_pattern" if hp.get("hybrid_override_pattern") else "layers_block_type"
+    pattern = hp.get(key)
+    ok = isinstance(pattern, str) or (isinstance(pattern, list) and all(isinstance(k, str) for k in pattern))
+    kinds = [_NEMOTRON_KINDS.get(k) for k in pattern] if ok else []  # type: ignore[union-attr]
     if len(kinds) != n_layers or None in kinds:
-        raise SourceError(f"config.json: hybrid_override_pattern {pattern!r} is not one of M, * and E per layer "
+        raise SourceError(f"config.json: {key} {shown(repr(pattern), 60)} is not one of M, * and E per layer "
                           f"({n_layers} layers)")
     kinds += ["attn+moe"] * n_mtp
     ff, kv_heads = int(hp["moe_intermediate_size"]), int(hp["num_key_value_heads"])
@@ -267,7 +285,8 @@ def _mimo_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_lay
     if missing:
         raise SourceError(f"config.json: no {missing[0]}, which the converter reads for a MiMo-V2 head")
     pattern = hp["hybrid_layer_pattern"]
-    if not isinstance(pattern, list) or len(pattern) != n_layers or any(x not in (0, 1) or isinstance(x, bool)
+    # ints only: the converter writes the list as it is, so a 1.0 would make the array FLOAT32
+    if not isinstance(pattern, list) or len(pattern) != n_layers or any(type(x) is not int or x not in (0, 1)
                                                                         for x in pattern):
         raise SourceError(f"config.json: hybrid_layer_pattern is not {n_layers} entries of 0 or 1 "
                           "(one per num_hidden_layers)")
@@ -279,9 +298,8 @@ def _mimo_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_lay
             (f"{a}.expert_feed_forward_length", "UINT32", int(hp["moe_intermediate_size"])),
             (f"{a}.rope.dimension_count", "UINT32", int(int(hp["head_dim"]) * _mimo_rotary_factor(hp)))]
     if (v := hp.get("attention_value_scale")) is not None:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise SourceError(f"config.json: attention_value_scale {v!r} is not a number")
-        kvs.append((f"{a}.attention.value_scale", "FLOAT32", float(v)))
+        kvs.append((f"{a}.attention.value_scale", "FLOAT32", number_field(v, "config.json attention_value_scale",
+                                                                          0.0, _MAX_SCALE)))
 
 
 def _mimo_rotary_factor(hp: dict[str, Any]) -> float:
@@ -349,16 +367,14 @@ def _step_kvs(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any], n_lay
     _overwrite(kvs, (f"{a}.leading_dense_block_count", "UINT32", _leading_dense(hp)))
     _overwrite(kvs, (f"{a}.moe_every_n_layers", "UINT32", _step_counts(hp, "moe_every_n_layer", 1)))
     for suffix, key in (("swiglu_clamp_exp", "swiglu_limits"), ("swiglu_clamp_shexp", "swiglu_limits_shared")):
-        if hp.get(key) is not None:
-            limits = [0.0 if x is None else float(x) for x in _padded(hp, key, n_blocks, 0.0, (int, float))]
-            _overwrite(kvs, (f"{a}.{suffix}", "ARRAY", limits))
+        if hp.get(key) is not None:  # Step35Model._pad: cut or padded with 0, as Ling 3's
+            _overwrite(kvs, (f"{a}.{suffix}", "ARRAY", _clamp_limits(hp[key], key, n_blocks)))
 
 
 def _step_expert_weights(kvs: list[tuple[str, str, Any]], a: str, hp: dict[str, Any]) -> None:
     if (v := hp.get("moe_router_scaling_factor")) is not None:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise SourceError(f"config.json: moe_router_scaling_factor {v!r} is not a number")
-        _overwrite(kvs, (f"{a}.expert_weights_scale", "FLOAT32", float(v)))
+        scale = number_field(v, "config.json moe_router_scaling_factor", 0.0, _MAX_SCALE)
+        _overwrite(kvs, (f"{a}.expert_weights_scale", "FLOAT32", scale))
     if (v := hp.get("norm_expert_weight")) is not None:
         if not isinstance(v, bool):
             raise SourceError("config.json: norm_expert_weight is not true or false")
@@ -374,6 +390,9 @@ def _leading_dense(hp: dict[str, Any]) -> int:
         layers = sorted(int(i) for i in enum.strip().split(","))
     except ValueError:
         raise SourceError(f"config.json: moe_layers_enum {enum[:40]!r} is not comma-separated layer numbers") from None
+    if layers[0] > CONFIG_INTS["num_hidden_layers"]:  # the converter writes it as a UINT32
+        raise SourceError(f"config.json: moe_layers_enum starts at layer {shown(str(layers[0]), 40)}, past the "
+                          f"{CONFIG_INTS['num_hidden_layers']:,} layers mtpgraft takes")
     return max(0, layers[0])
 
 

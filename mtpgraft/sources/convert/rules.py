@@ -225,6 +225,9 @@ class HeadRule:
     # The head's *.bias tensors are dropped (Cohere2MoeModel drops them after checking they are zero; mtpgraft
     # does not read them: see the README).
     drop_biases: bool = False
+    # Every MTP layer has its own eh_proj (Qwen's one mtp.fc is the first layer's only); the converter
+    # writes the head without a missing one, which llama.cpp then cannot use.
+    eh_proj_per_layer: bool = True
 
     @property
     def kv_b_split(self) -> tuple[str, str]:
@@ -232,7 +235,8 @@ class HeadRule:
         return self.mla_split or (MLA_SPLIT, "num_key_value_heads")
 
 
-_QWEN = {"n_mtp_key": "mtp_num_hidden_layers", "names": QWEN_NAMES, "plus_one_norms": True, "hybrid": True}
+_QWEN = {"n_mtp_key": "mtp_num_hidden_layers", "names": QWEN_NAMES, "plus_one_norms": True, "hybrid": True,
+         "eh_proj_per_layer": False}
 HEAD_RULES: dict[str, HeadRule] = {
     "Qwen3_5ForConditionalGeneration": HeadRule("qwen35", moe=False, **_QWEN),
     "Qwen3_5ForCausalLM": HeadRule("qwen35", moe=False, **_QWEN),

@@ -72,6 +72,9 @@ def _piece_chunks(p: Piece, fd: int, base: int) -> Iterator[tuple[bytes, int]]:
     if p.transposed:
         yield from _transposed_blocks(p, fd, base, es)
         return
+    if p.interleaved:
+        yield from _interleaved_rows(p, fd, base, row)
+        return
     step = max(1, CHUNK_BYTES // max(1, row))
     for o in range(p.outer):
         for r in range(p.r0, p.r1, step):
@@ -93,6 +96,21 @@ def _transposed_blocks(p: Piece, fd: int, base: int, es: int) -> Iterator[tuple[
         if len(data) != n * row:
             raise SourceError(f"{p.file}: unexpected end of data reading {p.src.name}")
         yield np.frombuffer(data, dtype=f"u{es}").reshape(n, p.cols).T.tobytes(), n
+
+
+def _interleaved_rows(p: Piece, fd: int, base: int, row: int) -> Iterator[tuple[bytes, int]]:
+    """Rows [r0, r1) with row i of the second half after row i of the first, in bounded chunks."""
+    import numpy as np
+
+    half = (p.r1 - p.r0) // 2
+    step = max(1, CHUNK_BYTES // (2 * row))
+    for i in range(0, half, step):
+        n = min(step, half - i)
+        a, b = (os.pread(fd, n * row, base + (p.r0 + h * half + i) * row) for h in (0, 1))
+        if len(a) != n * row or len(b) != n * row:
+            raise SourceError(f"{p.file}: unexpected end of data reading {p.src.name}")
+        both = np.stack([np.frombuffer(a, np.uint8).reshape(n, row), np.frombuffer(b, np.uint8).reshape(n, row)], 1)
+        yield both.tobytes(), p.cols
 
 
 def tensor_producer(t: HeadTensor, locate: Locate) -> Callable[[], Iterator[bytes]]:
