@@ -244,9 +244,11 @@ def _without(ckpt: Path, prefix: str) -> None:
 
 @pytest.mark.parametrize("command", ["attach", "sidecar"])
 def test_a_graft_refusal_names_the_checkpoint_not_the_converted_file(hub, hf_hermetic, tmp_path, command):
-    """A Step-3.5 checkpoint without its middle MTP layer (model.layers.3.*): the converted head's
-    blocks blk.2 and blk.4 are refused by the graft, in one line naming the user's checkpoint (its
-    folder, or the Hub repo), never the converted file in the cache, in a run and in a dry run alike."""
+    """A Step-3.5 checkpoint without its middle MTP layer (model.layers.3.*) is refused in one line
+    naming the user's checkpoint (its folder, or the Hub repo), never the converted file in the cache,
+    in a run and in a dry run alike. The conversion's own check (each MTP layer the converter writes
+    has its eh_proj) now refuses it before the graft would ("blk.2, blk.4 are not consecutive"); both
+    name the source the same way (sources.resolve._naming)."""
     ckpt = build_checkpoint(tmp_path / "Step-tiny", "step35-bf16", seed=0)
     trunk = rebuild(TRUNKS["step35-bf16"], ckpt, tmp_path / "trunk.gguf")
     _without(ckpt, "model.layers.3.")
@@ -254,15 +256,15 @@ def test_a_graft_refusal_names_the_checkpoint_not_the_converted_file(hub, hf_her
         r = CliRunner().invoke(cli, [command, str(trunk), "--mtp-from", str(ckpt), "-o", str(tmp_path / "o.gguf"),
                                      *dry])
         assert r.exit_code == 3 and r.stderr.splitlines() == [
-            "mtpgraft: error: Step-tiny/: the MTP blocks blk.2, blk.4 are not consecutive (a chain of heads with "
-            "a gap); take the heads from a complete source"], (dry, r.output)
+            "mtpgraft: error: Step-tiny/: MTP layer 1 of the 3 the converter writes has no eh_proj tensor "
+            "(blk.3.nextn.eh_proj.weight), without which llama.cpp cannot use the head"], (dry, r.output)
     assert not (tmp_path / "o.gguf").exists()
     hub.put_files("tester/Step-tiny", {p.name: p.read_bytes() for p in ckpt.iterdir()})
     for dry in ([], ["--dry-run"]):  # from the Hub: the repo as resolved, as for a local checkpoint
         r = CliRunner().invoke(cli, [command, str(trunk), "--mtp-from", "hf://tester/Step-tiny", "-o",
                                      str(tmp_path / "o.gguf"), "--endpoint", hub.url, *dry])
         assert r.exit_code == 3 and len(r.stderr.splitlines()) == 1, (dry, r.output)
-        assert re.fullmatch(r"mtpgraft: error: hf://tester/Step-tiny@[0-9a-f]{40}: the MTP blocks blk\.2, blk\.4 .*",
+        assert re.fullmatch(r"mtpgraft: error: hf://tester/Step-tiny@[0-9a-f]{40}: MTP layer 1 of the 3 .*",
                             r.stderr.strip()), (dry, r.output)
     assert not (tmp_path / "o.gguf").exists()
 
