@@ -9,6 +9,22 @@ from typing import Any
 from mtpgraft.gguf_io import GGUFModel
 
 
+def gguf_tensors(path) -> dict[str, bytes]:
+    """Every tensor's bytes, by name, in file order (read by gguf-py, not by mtpgraft)."""
+    from gguf import GGUFReader
+
+    return {t.name: bytes(t.data) for t in GGUFReader(path).tensors}
+
+
+def gguf_keys(path) -> dict:
+    """The metadata a converter's file and a graft must agree on (gguf-py's reading), without the
+    vocabulary, mtpgraft's own keys and the name."""
+    from gguf import GGUFReader
+
+    return {k: f.contents() for k, f in GGUFReader(path).fields.items()
+            if not k.startswith(("GGUF.", "tokenizer.", "mtpgraft.", "general.name"))}
+
+
 def tensor_bytes(m: GGUFModel, name: str) -> bytes:
     """The bytes of tensor `name` as stored in its file (any shard of a split set)."""
     r = m.by_name[name]

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from gguf import GGUFReader
+from helpers import gguf_keys as _keys
+from helpers import gguf_tensors as _tensors
 from tinyserve import rate, run, serve
 
 from mtpgraft import testmodels as tm
@@ -34,15 +36,6 @@ def mtpgraft(*args, code: int = 0) -> str:
     res = CliRunner().invoke(cli, [str(a) for a in args])
     assert res.exit_code == code, res.output
     return res.stdout
-
-
-def _tensors(path) -> dict[str, bytes]:
-    return {t.name: bytes(t.data) for t in GGUFReader(path).tensors}
-
-
-def _keys(path) -> dict:
-    return {k: f.contents() for k, f in GGUFReader(path).fields.items()
-            if not k.startswith(("GGUF.", "tokenizer.", "mtpgraft.", "general.name"))}
 
 
 def _heads(arch: str) -> range:
